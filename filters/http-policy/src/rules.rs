@@ -1,0 +1,314 @@
+//! Compiled HTTP rules and their evaluation against one request.
+
+use std::borrow::Cow;
+
+use regex::Regex;
+use weir_filter_sdk::headers;
+use weir_filter_sdk::http::{HeaderOp, Request, append_header, remove_header, set_header};
+
+use crate::config::{HttpRule, MismatchAction, PolicyConfig};
+
+pub struct CompiledPolicy {
+    groups: Vec<CompiledGroup>,
+    /// Some rule has header-match actions: every group must run (their edits
+    /// are side effects), so evaluation cannot stop at the first allow.
+    have_header_matches: bool,
+}
+
+struct CompiledGroup {
+    name: Option<String>,
+    rules: Vec<CompiledRule>,
+    have_header_matches: bool,
+}
+
+struct CompiledRule {
+    /// All must hold for the rule to match.
+    matchers: Vec<Matcher>,
+    /// Run only when the matchers hold; a FAIL mismatch makes the rule deny.
+    actions: Vec<HeaderAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Field {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    /// A regular header, name in lower case.
+    Header(String),
+}
+
+enum Matcher {
+    Pattern(Field, Pattern),
+    Exact(Field, String),
+    Present(Field),
+}
+
+struct HeaderAction {
+    name: String,
+    value: String,
+    /// `None` is Cilium's default: a mismatch fails the rule.
+    mismatch: Option<MismatchAction>,
+}
+
+impl CompiledPolicy {
+    pub fn compile(config: &PolicyConfig) -> Result<Self, String> {
+        let mut groups = Vec::with_capacity(config.groups.len());
+        for (g, group) in config.groups.iter().enumerate() {
+            let label = group.name.clone().unwrap_or_else(|| format!("groups[{g}]"));
+            let mut rules = Vec::with_capacity(group.rules.len());
+            for (r, rule) in group.rules.iter().enumerate() {
+                rules.push(compile_rule(rule).map_err(|e| format!("{label}: http[{r}].{e}"))?);
+            }
+            let have_header_matches = rules.iter().any(|r| !r.actions.is_empty());
+            groups.push(CompiledGroup { name: group.name.clone(), rules, have_header_matches });
+        }
+        let have_header_matches = groups.iter().any(|g| g.have_header_matches);
+        Ok(CompiledPolicy { groups, have_header_matches })
+    }
+
+    /// `Some(group name)` when allowed, `None` when denied.
+    pub fn evaluate(&self, view: &mut HeaderView<'_>) -> Option<Option<&str>> {
+        if self.groups.is_empty() {
+            return Some(None);
+        }
+        let mut allowed_by = None;
+        for group in &self.groups {
+            if group.allows(view) {
+                allowed_by.get_or_insert(group.name.as_deref());
+                if !self.have_header_matches {
+                    break;
+                }
+            }
+        }
+        allowed_by
+    }
+}
+
+impl CompiledGroup {
+    fn allows(&self, view: &mut HeaderView<'_>) -> bool {
+        if self.rules.is_empty() {
+            return true;
+        }
+        let mut matched = false;
+        for rule in &self.rules {
+            if rule.matches(view) {
+                if !self.have_header_matches {
+                    return true;
+                }
+                if rule.run_actions(view) {
+                    matched = true;
+                }
+            }
+        }
+        matched
+    }
+}
+
+impl CompiledRule {
+    fn matches(&self, view: &HeaderView<'_>) -> bool {
+        self.matchers.iter().all(|m| match m {
+            Matcher::Pattern(field, pattern) => view.value(field).is_some_and(|v| pattern.matches(&v)),
+            Matcher::Exact(field, want) => view.value(field).is_some_and(|v| v == want.as_str()),
+            Matcher::Present(field) => view.value(field).is_some(),
+        })
+    }
+
+    /// Cilium's `HeaderMatch::Matches` for the mismatch actions a policy can
+    /// name. Returns false when a mismatch must fail the rule.
+    fn run_actions(&self, view: &mut HeaderView<'_>) -> bool {
+        let mut accepted = true;
+        for action in &self.actions {
+            let field = Field::Header(action.name.clone());
+            let current = view.value(&field).map(Cow::into_owned);
+            let presence_only = action.value.is_empty();
+            let matches = match &current {
+                Some(v) => presence_only || *v == action.value,
+                None => false,
+            };
+            if matches {
+                continue;
+            }
+            match action.mismatch {
+                None => accepted = false,
+                Some(MismatchAction::Log) => {}
+                Some(MismatchAction::Add) => view.append(&action.name, &action.value),
+                Some(MismatchAction::Delete) => {
+                    if !presence_only && current.is_some() {
+                        view.remove(&action.name);
+                    }
+                }
+                Some(MismatchAction::Replace) => view.set(&action.name, &action.value),
+            }
+        }
+        accepted
+    }
+}
+
+fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
+    let mut matchers = Vec::new();
+    for (field, pattern, name) in [
+        (Field::Method, &rule.method, "method"),
+        (Field::Path, &rule.path, "path"),
+        (Field::Authority, &rule.host, "host"),
+    ] {
+        if let Some(pattern) = pattern.as_deref().filter(|p| !p.is_empty()) {
+            matchers.push(Matcher::Pattern(field, Pattern::compile(pattern).map_err(|e| format!("{name}: {e}"))?));
+        }
+    }
+    for (i, header) in rule.headers.iter().enumerate() {
+        // Cilium splits at the first space: "Name" means present,
+        // "Name: value" (or "Name value") means that exact value.
+        match header.split_once(' ') {
+            Some((name, value)) => {
+                let field = header_field(name.trim_end_matches(':')).map_err(|e| format!("headers[{i}]: {e}"))?;
+                matchers.push(Matcher::Exact(field, value.to_string()));
+            }
+            None => {
+                let field = header_field(header).map_err(|e| format!("headers[{i}]: {e}"))?;
+                matchers.push(Matcher::Present(field));
+            }
+        }
+    }
+    let mut actions = Vec::new();
+    for (i, hm) in rule.header_matches.iter().enumerate() {
+        let field = header_field(&hm.name).map_err(|e| format!("headerMatches[{i}].name: {e}"))?;
+        let Field::Header(name) = field else {
+            return Err(format!(
+                "headerMatches[{i}].name: pseudo-header {:?} cannot be matched or edited here",
+                hm.name
+            ));
+        };
+        match hm.mismatch {
+            // No action: an ordinary matcher, as Cilium compiles it.
+            None if hm.value.is_empty() => matchers.push(Matcher::Present(Field::Header(name))),
+            None => matchers.push(Matcher::Exact(Field::Header(name), hm.value.clone())),
+            Some(action) => {
+                if hm.value.is_empty() && matches!(action, MismatchAction::Add | MismatchAction::Replace) {
+                    return Err(format!("headerMatches[{i}]: mismatch {action:?} needs a value to write"));
+                }
+                actions.push(HeaderAction { name, value: hm.value.clone(), mismatch: Some(action) })
+            }
+        }
+    }
+    Ok(CompiledRule { matchers, actions })
+}
+
+/// A Cilium regex, which must match the whole value. Literals and literal
+/// prefixes (`GET`, `/public/.*`) are most rules; they skip the regex engine.
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Pattern {
+    fn compile(pattern: &str) -> Result<Self, String> {
+        // Always compile, so an invalid pattern is rejected the same way
+        // whichever form is used to match it.
+        let regex = Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
+        let is_literal = |s: &str| !s.contains(|c: char| "\\.+*?()|[]{}^$#&-~ \t\n".contains(c) || c.is_whitespace());
+        if is_literal(pattern) {
+            return Ok(Pattern::Exact(pattern.to_string()));
+        }
+        if let Some(prefix) = pattern.strip_suffix(".*") {
+            if is_literal(prefix) && !prefix.is_empty() {
+                // `.` does not match a newline; values never contain one.
+                return Ok(Pattern::Prefix(prefix.to_string()));
+            }
+        }
+        Ok(Pattern::Regex(regex))
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Pattern::Exact(literal) => value == literal,
+            Pattern::Prefix(prefix) => value.starts_with(prefix.as_str()) && !value.contains('\n'),
+            Pattern::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+fn header_field(name: &str) -> Result<Field, String> {
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        ":method" => return Ok(Field::Method),
+        ":path" => return Ok(Field::Path),
+        ":authority" | "host" => return Ok(Field::Authority),
+        ":scheme" => return Ok(Field::Scheme),
+        _ => {}
+    }
+    let valid =
+        !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid { Ok(Field::Header(lower)) } else { Err(format!("{name:?} is not a valid header name")) }
+}
+
+/// The request as rules see it: the original head plus the edits made so far
+/// by header-match actions (later rules see earlier edits, as in Envoy).
+pub struct HeaderView<'r> {
+    request: &'r Request,
+    /// Materialized on the first edit; until then values come from the buffer.
+    edited: Option<Vec<(String, String)>>,
+    edits: Vec<HeaderOp>,
+}
+
+impl<'r> HeaderView<'r> {
+    pub fn new(request: &'r Request) -> Self {
+        HeaderView { request, edited: None, edits: Vec::new() }
+    }
+
+    pub fn into_edits(self) -> Vec<HeaderOp> {
+        self.edits
+    }
+
+    fn value(&self, field: &Field) -> Option<Cow<'_, str>> {
+        match field {
+            Field::Method => Some(Cow::Borrowed(&self.request.method)),
+            Field::Path => Some(Cow::Borrowed(&self.request.path)),
+            Field::Authority => Some(Cow::Borrowed(&self.request.authority)),
+            Field::Scheme => Some(Cow::Borrowed(&self.request.scheme)),
+            Field::Header(name) => match &self.edited {
+                None => join(headers::iter(&self.request.headers), name),
+                Some(list) => join(list.iter().map(|(n, v)| (n.as_str(), v.as_str())), name),
+            },
+        }
+    }
+
+    fn materialize(&mut self) -> &mut Vec<(String, String)> {
+        let request = self.request;
+        self.edited.get_or_insert_with(|| {
+            headers::iter(&request.headers).map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        })
+    }
+
+    fn append(&mut self, name: &str, value: &str) {
+        self.materialize().push((name.to_string(), value.to_string()));
+        self.edits.push(append_header(name, value));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.materialize().retain(|(n, _)| n != name);
+        self.edits.push(remove_header(name));
+    }
+
+    fn set(&mut self, name: &str, value: &str) {
+        let list = self.materialize();
+        list.retain(|(n, _)| n != name);
+        list.push((name.to_string(), value.to_string()));
+        self.edits.push(set_header(name, value));
+    }
+}
+
+/// All values of `name` joined with ',' (Envoy's getAllOfHeaderAsString);
+/// borrowed when there is exactly one.
+fn join<'a>(mut pairs: impl Iterator<Item = (&'a str, &'a str)>, name: &str) -> Option<Cow<'a, str>> {
+    let first = pairs.by_ref().find(|(n, _)| *n == name)?.1;
+    let mut joined: Option<String> = None;
+    for (_, v) in pairs.filter(|(n, _)| *n == name) {
+        let s = joined.get_or_insert_with(|| first.to_string());
+        s.push(',');
+        s.push_str(v);
+    }
+    Some(joined.map_or(Cow::Borrowed(first), Cow::Owned))
+}

@@ -1,0 +1,184 @@
+//! The admin API: /healthz, /metrics, /config, /flows and a service map at /.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::flow::{FlowFilter, FlowRecord, Verdict};
+use crate::state::ProxyState;
+
+type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+pub async fn serve(state: Arc<ProxyState>, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin API listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&state, req)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<AdminBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+fn route(state: &Arc<ProxyState>, req: Request<Incoming>) -> Response<AdminBody> {
+    if req.method() != Method::GET {
+        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    let query = req.uri().query().unwrap_or("");
+    match req.uri().path() {
+        "/healthz" => {
+            let generation = state.model.load().generation;
+            full(StatusCode::OK, "text/plain", format!("ok generation={generation}\n"))
+        }
+        "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
+        "/config" => {
+            let model = state.model.load();
+            let reload = state.reload.lock().unwrap().clone();
+            let body = serde_json::json!({ "model": model.describe(), "reload": reload });
+            full(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())
+        }
+        "/flows" => match FlowFilter::from_query(query) {
+            Ok((filter, options)) => flows(state, filter, options),
+            Err(e) => full(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+        },
+        "/" => full(StatusCode::OK, "text/html; charset=utf-8", service_map(state)),
+        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz /metrics /config /flows\n"),
+    }
+}
+
+/// NDJSON: the kept history (or its last N), then live flows if `follow`.
+fn flows(state: &Arc<ProxyState>, filter: FlowFilter, options: crate::flow::QueryOptions) -> Response<AdminBody> {
+    let (history, mut live) = state.flows.subscribe();
+    let mut past: Vec<Arc<FlowRecord>> = history.into_iter().filter(|f| filter.matches(f)).collect();
+    if let Some(last) = options.last {
+        past.drain(..past.len().saturating_sub(last));
+    }
+    let line = |f: &FlowRecord| {
+        let mut line = serde_json::to_vec(f).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    };
+    if !options.follow {
+        let body: Vec<u8> = past.iter().flat_map(|f| line(f)).collect();
+        return full(StatusCode::OK, "application/x-ndjson", body);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        for f in &past {
+            if tx.send(line(f)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(f) if filter.matches(&f) => {
+                    if tx.send(line(&f)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("{{\"lagged\":{n}}}\n");
+                    if tx.send(Bytes::from(note)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(ChannelBody(rx).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// Who talked to whom in the kept flow history, and how it went.
+fn service_map(state: &Arc<ProxyState>) -> String {
+    let (history, _) = state.flows.subscribe();
+    let mut edges: BTreeMap<(String, String), [u64; 4]> = BTreeMap::new();
+    let name = |labels: &[String], id: u32| {
+        let app: Vec<&str> = labels
+            .iter()
+            .filter(|l| !l.contains("io.kubernetes.pod.namespace"))
+            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, r)| r))
+            .collect();
+        if app.is_empty() { id.to_string() } else { app.join(",") }
+    };
+    for f in &history {
+        let key = (name(&f.source.labels, f.source.identity), name(&f.destination.labels, f.destination.identity));
+        let slot = match f.verdict {
+            Verdict::Forwarded => 0,
+            Verdict::Denied => 1,
+            Verdict::Dropped => 2,
+            Verdict::Error => 3,
+        };
+        edges.entry(key).or_default()[slot] += 1;
+    }
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut rows = String::new();
+    for ((src, dst), counts) in &edges {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>&rarr;</td><td>{}</td><td class=ok>{}</td><td class=deny>{}</td><td class=deny>{}</td><td>{}</td></tr>\n",
+            escape(src),
+            escape(dst),
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3]
+        ));
+    }
+    let generation = state.model.load().generation;
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>weir service map</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}\
+         .ok{{color:#070}}.deny{{color:#a00}}</style></head><body>\
+         <h1>weir service map</h1><p>policy generation {generation}; last {} flows. \
+         <a href=/flows>flows</a> · <a href=/config>config</a> · <a href=/metrics>metrics</a></p>\
+         <table><tr><th>source</th><th></th><th>destination</th><th>forwarded</th><th>denied</th>\
+         <th>dropped</th><th>error</th></tr>\n{rows}</table></body></html>\n",
+        history.len()
+    )
+}

@@ -1,0 +1,174 @@
+//! `weir run`, `weir init` and `weir policy check`: the binary's edges.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+
+use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
+use crate::control::{Controller, LocalSource};
+use crate::flow::FlowLog;
+use crate::metrics::Metrics;
+use crate::model::{ModelInputs, PolicyModel};
+use crate::policy::{PolicyError, document};
+use crate::state::{ProxyState, ReloadStatus};
+use crate::wasm::{FilterRuntime, RuntimeOptions};
+
+/// The quickstart, embedded so `weir run` works with no files at all.
+const QUICKSTART: &[(&str, &str)] = &[
+    (CONFIG_FILE, include_str!("../../examples/quickstart/weir.yaml")),
+    ("policies/demo-api.yaml", include_str!("../../examples/quickstart/policies/demo-api.yaml")),
+    ("policies/demo-admin.yaml", include_str!("../../examples/quickstart/policies/demo-admin.yaml")),
+];
+const QUICKSTART_TRY: &str = include_str!("../../examples/quickstart/TRY.txt");
+
+/// How long a stopping weir lets open connections finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn write_quickstart(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join(POLICY_DIR)).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in QUICKSTART {
+        let path = dir.join(name);
+        if path.exists() {
+            anyhow::bail!("{} exists; not overwriting it", path.display());
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Where `weir run` without --config keeps the quickstart: reused across
+/// runs, so edits to its policies persist.
+fn quickstart_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    // SAFETY: getuid has no preconditions.
+    let dir = base.join(format!("weir-quickstart-{}", unsafe { libc::getuid() }));
+    if !dir.join(CONFIG_FILE).exists() {
+        write_quickstart(&dir)?;
+    }
+    Ok(dir)
+}
+
+pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, quickstart) = match config {
+        Some(dir) => (dir, false),
+        None => (quickstart_dir()?, true),
+    };
+    let source = LocalSource::new(&dir);
+    let inputs = source.read().map_err(|errors| invalid(&errors))?;
+    let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("weir-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(source, inputs.config, quickstart))
+}
+
+fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    anyhow::anyhow!("the configuration is invalid ({} problem(s)); nothing was started", errors.len())
+}
+
+async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let options = RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None };
+    let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
+
+    let (model, fingerprint) = build(&source, &runtime, 1).await.map_err(|errors| invalid(&errors))?;
+    let model = Arc::new(model);
+    let state = Arc::new(ProxyState {
+        model: ArcSwap::new(model.clone()),
+        flows: FlowLog::new(config.flow_history, config.log_flows),
+        metrics,
+        runtime,
+        upstreams: Default::default(),
+        reload: std::sync::Mutex::new(ReloadStatus::default()),
+        active_connections: Default::default(),
+    });
+    if let Some(addr) = config.demo_backend {
+        let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;
+        tracing::info!(%addr, "demo backend listening");
+    }
+    let mut controller = Controller::new(source.clone(), state.clone(), fingerprint);
+    controller.install(model, fingerprint).map_err(|errors| invalid(&errors))?;
+    if let Some(addr) = config.admin {
+        crate::admin::serve(state.clone(), addr).await.with_context(|| format!("admin API on {addr}"))?;
+    }
+    tracing::info!(config = %source.dir.display(), "weir is running; edit the policies there and they reload on save");
+    if quickstart {
+        eprintln!("\n{QUICKSTART_TRY}");
+    }
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interval = tokio::time::interval(config.reload_interval.max(Duration::from_millis(100)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => controller.reload(false).await,
+            _ = hangup.recv() => controller.reload(true).await,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("stopping: no new connections; letting open ones finish");
+    controller.listeners.stop_all();
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while state.active_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn build(
+    source: &LocalSource,
+    runtime: &Arc<FilterRuntime>,
+    generation: u64,
+) -> Result<(PolicyModel, u64), Vec<String>> {
+    Controller::build(source, runtime, generation).await
+}
+
+/// `weir policy check`: the same parsing and validation a reload applies.
+pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<Vec<PolicyError>> {
+    let (config, config_dir, config_file) = match config_dir {
+        Some(dir) => {
+            let path = dir.join(CONFIG_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let config = WeirConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            (config, dir.to_path_buf(), path.display().to_string())
+        }
+        None => (WeirConfig::parse("{}").expect("defaults parse"), PathBuf::from("."), "(no weir.yaml)".into()),
+    };
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        let display = file.display().to_string();
+        match std::fs::read_to_string(file) {
+            Ok(text) => match document::parse_file(&display, &text) {
+                Ok(mut docs) => documents.append(&mut docs),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) => errors.push(PolicyError { file: display, object: None, field: None, message: e.to_string() }),
+        }
+    }
+    if !errors.is_empty() {
+        return Ok(errors);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let runtime = Arc::new(FilterRuntime::new(
+        metrics,
+        RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None },
+    )?);
+    // only policies are checked: listeners are not bound, so drop them
+    let mut config = config;
+    config.listeners.clear();
+    let inputs = ModelInputs { config, config_dir, config_file, documents };
+    Ok(PolicyModel::build(inputs, &runtime, 0).err().unwrap_or_default())
+}

@@ -1,0 +1,369 @@
+//! `weir.yaml`: listeners, endpoints, filters and the admin address.
+//!
+//! Plain serde types with `deny_unknown_fields`, so a typo is an error that
+//! names the field, never a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wasm::{FailurePolicy, FilterLimits};
+
+pub const CONFIG_FILE: &str = "weir.yaml";
+pub const POLICY_DIR: &str = "policies";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct WeirConfig {
+    /// Admin API: /metrics, /healthz, /config, /flows. `null` turns it off.
+    #[serde(default = "default_admin")]
+    pub admin: Option<SocketAddr>,
+    /// Start weir's built-in demo backend on this address (read at start only).
+    #[serde(default)]
+    pub demo_backend: Option<SocketAddr>,
+    /// Proxy worker threads; default: one per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// How often the config directory is checked for changes (SIGHUP forces one).
+    #[serde(default = "default_reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+    /// Where compiled filters are cached between runs. Default:
+    /// `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `""` turns the cache off.
+    #[serde(default)]
+    pub filter_cache: Option<PathBuf>,
+    /// Print every flow record to the log (as `weir observe` would show it).
+    #[serde(default = "yes")]
+    pub log_flows: bool,
+    /// Flow records kept for `/flows` and `weir observe --last`.
+    #[serde(default = "default_flow_history")]
+    pub flow_history: usize,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+}
+
+fn default_admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_flow_history() -> usize {
+    1000
+}
+fn yes() -> bool {
+    true
+}
+
+/// A workload whose traffic policy applies to: in local mode, a client
+/// address on loopback (for example 127.0.0.2) with the pod labels it stands for.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Fix the identity number (256-65535); derived from the labels otherwise.
+    #[serde(default)]
+    pub identity: Option<u32>,
+}
+
+impl EndpointConfig {
+    pub fn all_addresses(&self) -> Vec<IpAddr> {
+        self.address.iter().chain(self.addresses.iter()).copied().collect()
+    }
+}
+
+pub fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Whatever the client spoke: HTTP/2 (prior knowledge) for HTTP/2 and
+    /// gRPC clients, HTTP/1.1 otherwise. What a transparent proxy must do.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// What to do with `%2F` and `%5C` in a path: they hide a `/` or `\` from
+/// path rules but some upstreams decode them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// 400 Bad Request (the default: no rule can be bypassed this way).
+    #[default]
+    Reject,
+    /// Keep them encoded; rules see `%2F`.
+    Keep,
+    /// Decode them before matching and forwarding.
+    Unescape,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    pub upstream: SocketAddr,
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// The workload behind the listener, as policies select it.
+    pub destination: DestinationConfig,
+    /// Serve TLS (ALPN h2 and http/1.1) with this certificate.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Empty: the destination is outside the cluster (`reserved:world`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub identity: Option<u32>,
+    /// The port policies are written against; default: the upstream's port.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A custom filter that `wasm` policy rules can name.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub name: String,
+    /// Path of the component (relative to the config directory).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or a filter built into weir.
+    #[serde(default)]
+    pub builtin: Option<String>,
+    #[serde(default = "default_filter_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_filter_memory", with = "bytes")]
+    pub memory: usize,
+    #[serde(default)]
+    pub failure: FailurePolicy,
+}
+
+fn default_filter_timeout() -> Duration {
+    FilterLimits::default().timeout
+}
+fn default_filter_memory() -> usize {
+    FilterLimits::default().memory
+}
+
+impl FilterConfig {
+    pub fn limits(&self) -> FilterLimits {
+        FilterLimits { timeout: self.timeout, memory: self.memory }
+    }
+}
+
+impl WeirConfig {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: WeirConfig = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(&l.name) {
+                return Err(format!("listeners[{i}].name: {:?} is used twice", l.name));
+            }
+        }
+        let mut binds = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !binds.insert(l.bind) {
+                return Err(format!("listeners[{i}].bind: {} is used by two listeners", l.bind));
+            }
+        }
+        let mut seen = std::collections::HashMap::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if ep.all_addresses().is_empty() {
+                return Err(format!("endpoints[{i}] ({}): needs an `address` or `addresses`", ep.name));
+            }
+            for addr in ep.all_addresses() {
+                if let Some(other) = seen.insert(addr, &ep.name) {
+                    return Err(format!("endpoints[{i}].address: {addr} is claimed by {other:?} and {:?}", ep.name));
+                }
+            }
+        }
+        let mut filter_names = std::collections::HashSet::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            if !filter_names.insert(&f.name) {
+                return Err(format!("filters[{i}].name: {:?} is used twice", f.name));
+            }
+            if f.path.is_some() == f.builtin.is_some() {
+                return Err(format!("filters[{i}] ({}): give exactly one of `path` and `builtin`", f.name));
+            }
+            if f.memory > crate::wasm::MAX_FILTER_MEMORY {
+                return Err(format!("filters[{i}].memory: at most 1GiB"));
+            }
+            if f.timeout.is_zero() {
+                return Err(format!("filters[{i}].timeout: must be more than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The filter cache directory after defaults.
+    pub fn filter_cache_dir(&self) -> Option<PathBuf> {
+        match &self.filter_cache {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => default_cache_dir(),
+        }
+    }
+}
+
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WEIR_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|base| base.join("weir"))
+}
+
+pub mod bytes {
+    //! Sizes in config files: `64KiB`, `32MiB`, `1GiB`, or a number of bytes.
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(text: &str) -> Result<usize, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: usize = number.parse().map_err(|_| format!("{text:?} is not a size (try 64KiB, 32MiB)"))?;
+        let scale = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" => 1 << 10,
+            "MiB" | "M" | "MB" => 1 << 20,
+            "GiB" | "G" | "GB" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB)")),
+        };
+        n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+    }
+
+    pub fn serialize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+        if n.is_multiple_of(1 << 20) {
+            s.serialize_str(&format!("{}MiB", n >> 20))
+        } else {
+            s.serialize_str(&format!("{}KiB", n >> 10))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(n),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub mod duration {
+    //! Durations in config files: `250ms`, `10s`, `1m`, or a number of seconds.
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (try 250ms, 10s, 1m)"))?;
+        let seconds = match unit.trim() {
+            "" | "s" => value,
+            "ms" => value / 1e3,
+            "us" | "µs" => value / 1e6,
+            "ns" => value / 1e9,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ns, us, ms, s, m, h)")),
+        };
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(format!("{text:?} is not a duration"));
+        }
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    pub fn format(d: Duration) -> String {
+        if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else if d.as_nanos().is_multiple_of(1_000_000) {
+            format!("{}ms", d.as_millis())
+        } else {
+            format!("{}us", d.as_micros())
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            Raw::Seconds(s) => Err(serde::de::Error::custom(format!("{s} is not a duration"))),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}

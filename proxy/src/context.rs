@@ -1,0 +1,35 @@
+//! What the proxy knows about one downstream connection, shared by the
+//! protocol engines, the filter host and flow records.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::identity::Identity;
+
+/// Which side's policy a filter enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug)]
+pub struct ConnectionContext {
+    pub id: u64,
+    pub source: Arc<Identity>,
+    pub destination: Arc<Identity>,
+    pub source_addr: SocketAddr,
+    pub destination_addr: SocketAddr,
+    /// The port policy is written against (the service port).
+    pub port: u16,
+    /// The listener that accepted it, for flows and metrics.
+    pub listener: Arc<str>,
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,192 @@
+//! The local control plane: a directory holding `weir.yaml` and
+//! `policies/*.yaml`, watched and hot-reloaded. A new model is validated
+//! whole; if anything is wrong the last good model stays in force.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
+use crate::flow::rfc3339;
+use crate::listeners::ListenerSet;
+use crate::metrics::ReloadLabels;
+use crate::model::{ModelInputs, PolicyModel};
+use crate::policy::{PolicyError, document};
+use crate::state::ProxyState;
+
+/// A config directory on disk.
+#[derive(Clone, Debug)]
+pub struct LocalSource {
+    pub dir: PathBuf,
+}
+
+impl LocalSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalSource { dir: dir.into() }
+    }
+
+    /// Read and parse everything; every problem is reported.
+    pub fn read(&self) -> Result<ModelInputs, Vec<PolicyError>> {
+        let config_path = self.dir.join(CONFIG_FILE);
+        let config_file = config_path.display().to_string();
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            vec![PolicyError { file: config_file.clone(), object: None, field: None, message: e.to_string() }]
+        })?;
+        let config = WeirConfig::parse(&text).map_err(|message| {
+            let (field, message) = split_field(&message);
+            vec![PolicyError { file: config_file.clone(), object: None, field, message }]
+        })?;
+        let mut documents = Vec::new();
+        let mut errors = Vec::new();
+        for path in policy_files(&self.dir.join(POLICY_DIR)) {
+            let display = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match document::parse_file(&display, &text) {
+                    Ok(mut docs) => documents.append(&mut docs),
+                    Err(mut e) => errors.append(&mut e),
+                },
+                Err(e) => errors.push(PolicyError { file: display, object: None, field: None, message: e.to_string() }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ModelInputs { config, config_dir: self.dir.clone(), config_file, documents })
+    }
+
+    /// A cheap hash of what `read` would see: the config and policy files,
+    /// and the size and mtime of files the config points at (certificates,
+    /// filters), so that replacing one is a change too.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let config = std::fs::read_to_string(self.dir.join(CONFIG_FILE)).ok();
+        config.hash(&mut hasher);
+        if let Some(config) = config.as_deref().and_then(|text| WeirConfig::parse(text).ok()) {
+            let referenced = config.filters.iter().filter_map(|f| f.path.clone()).chain(
+                config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| [t.cert.clone(), t.key.clone()]),
+            );
+            for path in referenced {
+                let full = if path.is_absolute() { path } else { self.dir.join(path) };
+                std::fs::metadata(&full).ok().map(|m| (m.len(), m.modified().ok())).hash(&mut hasher);
+            }
+        }
+        for path in policy_files(&self.dir.join(POLICY_DIR)) {
+            (path.display().to_string(), std::fs::read(&path).ok()).hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+}
+
+/// `listeners[0].bind: invalid socket address` → (field, message)
+fn split_field(message: &str) -> (Option<String>, String) {
+    match message.split_once(": ") {
+        Some((field, rest)) if !field.contains(' ') => (Some(field.to_string()), rest.to_string()),
+        _ => (None, message.to_string()),
+    }
+}
+
+/// Policy files in a directory, sorted: `*.yaml`, `*.yml`, `*.json`; editor
+/// droppings and hidden files are skipped.
+pub fn policy_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            !name.starts_with('.')
+                && p.is_file()
+                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Keeps the proxy's model in step with a source.
+pub struct Controller {
+    pub source: LocalSource,
+    pub state: Arc<ProxyState>,
+    pub listeners: ListenerSet,
+    fingerprint: u64,
+}
+
+impl Controller {
+    pub fn new(source: LocalSource, state: Arc<ProxyState>, fingerprint: u64) -> Self {
+        Controller { source, state, listeners: ListenerSet::default(), fingerprint }
+    }
+
+    /// Build a model from the source, or every reason it cannot be built.
+    pub async fn build(
+        source: &LocalSource,
+        runtime: &Arc<crate::wasm::FilterRuntime>,
+        generation: u64,
+    ) -> Result<(PolicyModel, u64), Vec<String>> {
+        let source = source.clone();
+        let runtime = runtime.clone();
+        // compiling filters and regexes is CPU work: keep it off the workers
+        tokio::task::spawn_blocking(move || {
+            let fingerprint = source.fingerprint();
+            let inputs = source.read().map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            let model = PolicyModel::build(inputs, &runtime, generation)
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            Ok((model, fingerprint))
+        })
+        .await
+        .map_err(|e| vec![format!("model build panicked: {e}")])?
+    }
+
+    /// Install a model: bind its new listeners, swap it in, then start and
+    /// stop listeners. Fails without changing anything if a bind fails.
+    pub fn install(&mut self, model: impl Into<Arc<PolicyModel>>, fingerprint: u64) -> Result<(), Vec<String>> {
+        let model = model.into();
+        let bound = self.listeners.prepare(&model)?;
+        let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
+        let generation = model.generation;
+        self.state.flows.set_logging(model.config.log_flows);
+        self.state.model.store(model.clone());
+        self.listeners.commit(&self.state, &model, bound);
+        self.state.upstreams.retain(&in_use);
+        self.fingerprint = fingerprint;
+        self.state.metrics.policy_generation.set(generation as i64);
+        let mut status = self.state.reload.lock().unwrap();
+        status.generation = generation;
+        status.last_applied = Some(rfc3339(SystemTime::now()));
+        status.rejected.clear();
+        Ok(())
+    }
+
+    /// Check the source and apply it if it changed and is valid.
+    pub async fn reload(&mut self, forced: bool) {
+        let fingerprint = self.source.fingerprint();
+        if fingerprint == self.fingerprint && !forced {
+            return;
+        }
+        // whatever the outcome, do not retry the same files every tick
+        self.fingerprint = fingerprint;
+        let generation = self.state.model.load().generation + 1;
+        let result = match Controller::build(&self.source, &self.state.runtime, generation).await {
+            Ok((model, fingerprint)) => self.install(model, fingerprint),
+            Err(errors) => Err(errors),
+        };
+        let metrics = &self.state.metrics;
+        match result {
+            Ok(()) => {
+                tracing::info!(generation, "configuration reloaded");
+                metrics.policy_reloads.get_or_create(&ReloadLabels { result: "applied" }).inc();
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("rejected: {e}");
+                }
+                tracing::warn!("configuration update rejected; generation {} stays in force", generation - 1);
+                metrics.policy_reloads.get_or_create(&ReloadLabels { result: "rejected" }).inc();
+                let mut status = self.state.reload.lock().unwrap();
+                status.rejected = errors;
+                status.last_rejected = Some(rfc3339(SystemTime::now()));
+            }
+        }
+    }
+}

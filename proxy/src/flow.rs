@@ -1,0 +1,369 @@
+//! Flow records: one per L7 request and per dropped connection. They go to
+//! the log, to a bounded history, and to live subscribers (`/flows`,
+//! `weir observe`).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::identity::{Identity, Label};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Sent on to the upstream.
+    Forwarded,
+    /// Refused at L7 by a filter (HTTP 403 or the filter's reply).
+    Denied,
+    /// Refused at L3/L4: the connection was closed unserved.
+    Dropped,
+    /// Not served for another reason: bad request, filter failure, upstream down.
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Forwarded => "forwarded",
+            Verdict::Denied => "denied",
+            Verdict::Dropped => "dropped",
+            Verdict::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Verdict::Forwarded, Verdict::Denied, Verdict::Dropped, Verdict::Error].into_iter().find(|v| v.as_str() == text)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPeer {
+    pub identity: u32,
+    pub labels: Vec<String>,
+    pub address: String,
+}
+
+impl FlowPeer {
+    pub fn new(identity: &Identity, address: std::net::SocketAddr) -> Self {
+        FlowPeer { identity: identity.id, labels: identity.labels.to_strings(), address: address.to_string() }
+    }
+
+    fn brief(&self) -> String {
+        let labels: Vec<&str> = self
+            .labels
+            .iter()
+            .filter(|l| !l.starts_with("k8s:io.kubernetes.pod.namespace="))
+            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, rest)| rest))
+            .collect();
+        format!("{}[{}]", self.address, if labels.is_empty() { self.identity.to_string() } else { labels.join(",") })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFlow {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub version: String,
+    /// Status sent downstream; absent when none was (the client left first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub time: String,
+    pub id: u64,
+    pub protocol: String,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// L3/L4 rules that allowed the connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// What an L7 filter said allowed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
+    pub source: FlowPeer,
+    pub destination: FlowPeer,
+    pub listener: String,
+    pub port: u16,
+    pub connection: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    #[serde(default)]
+    pub filter_us: u64,
+}
+
+impl FlowRecord {
+    /// One line for logs and `weir observe`.
+    pub fn to_text(&self) -> String {
+        let mut line = format!(
+            "{} {:<5} {:<9} {} -> {}",
+            self.time,
+            self.protocol,
+            self.verdict.as_str(),
+            self.source.brief(),
+            self.destination.brief()
+        );
+        if let Some(h) = &self.http {
+            let _ = write!(line, " {} {} {} host={}", h.version, h.method, h.path, h.host);
+            if let Some(status) = h.status {
+                let _ = write!(line, " => {status}");
+            }
+        }
+        if let Some(l) = self.latency_us {
+            let _ = write!(line, " {:.2}ms", l as f64 / 1000.0);
+        }
+        if let Some(m) = &self.matched {
+            let _ = write!(line, " matched=\"{m}\"");
+        }
+        if let Some(r) = &self.reason {
+            let _ = write!(line, " reason=\"{r}\"");
+        }
+        line
+    }
+}
+
+/// Which flows a reader wants (`weir observe` flags, `/flows` query).
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub verdict: Option<Verdict>,
+    pub protocol: Option<String>,
+    /// Every label must be on the source (`app=web`, `k8s:app=web`, `reserved:world`).
+    pub from_labels: Vec<Label>,
+    pub to_labels: Vec<Label>,
+    pub http_path: Option<regex::Regex>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, flow: &FlowRecord) -> bool {
+        let has_labels = |peer: &FlowPeer, wanted: &[Label]| {
+            wanted.iter().all(|w| {
+                peer.labels.iter().map(|l| Label::parse(l)).any(|l| {
+                    l.key == w.key
+                        && l.value == w.value
+                        && (w.source == "any" || w.source == l.source || w.source == "k8s")
+                })
+            })
+        };
+        self.verdict.is_none_or(|v| v == flow.verdict)
+            && self.protocol.as_ref().is_none_or(|p| *p == flow.protocol)
+            && has_labels(&flow.source, &self.from_labels)
+            && has_labels(&flow.destination, &self.to_labels)
+            && self.http_path.as_ref().is_none_or(|re| flow.http.as_ref().is_some_and(|h| re.is_match(&h.path)))
+    }
+
+    /// Parse the `/flows` query string; unknown keys are errors.
+    pub fn from_query(query: &str) -> Result<(Self, QueryOptions), String> {
+        let mut filter = FlowFilter::default();
+        let mut options = QueryOptions { follow: false, last: None };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "verdict" => filter.verdict = Some(Verdict::parse(&value).ok_or(format!("unknown verdict {value:?}"))?),
+                "protocol" => filter.protocol = Some(value),
+                "from_label" => filter.from_labels.push(Label::parse(&value)),
+                "to_label" => filter.to_labels.push(Label::parse(&value)),
+                "http_path" => {
+                    filter.http_path = Some(regex::Regex::new(&value).map_err(|e| format!("http_path: {e}"))?)
+                }
+                "follow" => options.follow = value != "false" && value != "0",
+                "last" => options.last = Some(value.parse().map_err(|_| format!("last: {value:?} is not a number"))?),
+                other => return Err(format!("unknown query parameter {other:?}")),
+            }
+        }
+        Ok((filter, options))
+    }
+}
+
+pub struct QueryOptions {
+    pub follow: bool,
+    /// How many past flows to send first (default: all kept).
+    pub last: Option<usize>,
+}
+
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 3 <= bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Fan-out of flow records with a bounded history.
+pub struct FlowLog {
+    live: broadcast::Sender<Arc<FlowRecord>>,
+    history: Mutex<VecDeque<Arc<FlowRecord>>>,
+    capacity: usize,
+    next_id: AtomicU64,
+    log: std::sync::atomic::AtomicBool,
+}
+
+impl FlowLog {
+    pub fn new(capacity: usize, log: bool) -> Self {
+        let (live, _) = broadcast::channel(4096);
+        FlowLog {
+            live,
+            history: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            capacity,
+            next_id: AtomicU64::new(1),
+            log: std::sync::atomic::AtomicBool::new(log),
+        }
+    }
+
+    pub fn set_logging(&self, log: bool) {
+        self.log.store(log, Ordering::Relaxed);
+    }
+
+    /// Stamp time and id, then publish.
+    pub fn record(&self, mut flow: FlowRecord) {
+        flow.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        flow.time = rfc3339(SystemTime::now());
+        if self.log.load(Ordering::Relaxed) {
+            tracing::info!(target: "weir::flow", "{}", flow.to_text());
+        }
+        let flow = Arc::new(flow);
+        if self.capacity > 0 {
+            let mut history = self.history.lock().unwrap();
+            if history.len() == self.capacity {
+                history.pop_front();
+            }
+            history.push_back(flow.clone());
+        }
+        // no subscribers is fine
+        let _ = self.live.send(flow);
+    }
+
+    /// The kept history and a receiver for what comes after it.
+    pub fn subscribe(&self) -> (Vec<Arc<FlowRecord>>, broadcast::Receiver<Arc<FlowRecord>>) {
+        let history = self.history.lock().unwrap();
+        // subscribe while holding the lock: nothing falls between the two
+        let receiver = self.live.subscribe();
+        (history.iter().cloned().collect(), receiver)
+    }
+}
+
+/// `2026-11-24T10:15:30.123Z`
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40.000Z");
+    }
+
+    fn flow(verdict: Verdict, src: &[&str], path: &str) -> FlowRecord {
+        FlowRecord {
+            time: String::new(),
+            id: 0,
+            protocol: "http".into(),
+            verdict,
+            reason: None,
+            policies: vec![],
+            matched: None,
+            source: FlowPeer {
+                identity: 300,
+                labels: src.iter().map(|s| s.to_string()).collect(),
+                address: "127.0.0.2:1".into(),
+            },
+            destination: FlowPeer { identity: 2, labels: vec!["reserved:world".into()], address: "127.0.0.1:2".into() },
+            listener: "l".into(),
+            port: 80,
+            connection: 1,
+            http: Some(HttpFlow {
+                method: "GET".into(),
+                path: path.into(),
+                host: "h".into(),
+                version: "HTTP/1.1".into(),
+                status: Some(200),
+            }),
+            latency_us: None,
+            filter_us: 0,
+        }
+    }
+
+    #[test]
+    fn filters_by_verdict_labels_and_path() {
+        let f = flow(Verdict::Denied, &["k8s:app=web"], "/admin/x");
+        let (filter, _) = FlowFilter::from_query("verdict=denied&from_label=app%3Dweb&http_path=%5E/admin").unwrap();
+        assert!(filter.matches(&f));
+        let (filter, _) = FlowFilter::from_query("verdict=forwarded").unwrap();
+        assert!(!filter.matches(&f));
+        let (filter, _) = FlowFilter::from_query("from_label=app=db").unwrap();
+        assert!(!filter.matches(&f));
+        let (filter, _) = FlowFilter::from_query("to_label=reserved:world&protocol=http").unwrap();
+        assert!(filter.matches(&f));
+        assert!(FlowFilter::from_query("colour=red").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%3Db+c"), "a=b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn history_is_bounded_and_subscribers_see_new_flows() {
+        let log = FlowLog::new(2, false);
+        for _ in 0..3 {
+            log.record(flow(Verdict::Forwarded, &[], "/"));
+        }
+        let (history, mut rx) = log.subscribe();
+        assert_eq!(history.iter().map(|f| f.id).collect::<Vec<_>>(), vec![2, 3]);
+        log.record(flow(Verdict::Denied, &[], "/"));
+        assert_eq!(rx.try_recv().unwrap().id, 4);
+    }
+}

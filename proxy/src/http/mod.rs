@@ -1,0 +1,11 @@
+//! The HTTP engine: HTTP/1.1, HTTP/2 (h2c and TLS) and gRPC, on hyper.
+
+mod body;
+mod normalize;
+mod reply;
+pub mod server;
+mod service;
+pub mod upstream;
+
+pub use normalize::{NormalizeError, normalize_path};
+pub use reply::ACCESS_DENIED;

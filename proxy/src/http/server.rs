@@ -1,0 +1,123 @@
+//! Serving one accepted connection: TLS (ALPN h2 or http/1.1) or plaintext
+//! (HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the preface).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::service::HttpConnection;
+use crate::context::next_connection_id;
+use crate::flow::{FlowPeer, FlowRecord, Verdict};
+use crate::metrics::ListenerLabels;
+use crate::model::ConnectionVerdict;
+use crate::state::ProxyState;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slow-loris guard: a request head must arrive within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let labels = ListenerLabels { listener: listener.to_string() };
+    state.metrics.connections.get_or_create(&labels).inc();
+    let active = state.metrics.active_connections.get_or_create(&labels).clone();
+    active.inc();
+    state.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    struct Decrement(prometheus_client::metrics::gauge::Gauge, Arc<ProxyState>);
+    impl Drop for Decrement {
+        fn drop(&mut self) {
+            self.0.dec();
+            self.1.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _active = Decrement(active, state.clone());
+
+    let model = state.model.load_full();
+    let Some(listener_model) = model.listeners.get(&*listener).cloned() else { return };
+    let _ = stream.set_nodelay(true);
+    let tls = listener_model.tls.clone();
+    let conn =
+        Arc::new(HttpConnection::new(state.clone(), listener.clone(), peer, next_connection_id(), tls.is_some()));
+
+    // L3/L4 first: in the datapath a denied SYN never reaches the proxy.
+    let Some((verdict, context)) = conn.accept_verdict() else { return };
+    if let ConnectionVerdict::Drop { reason } = &*verdict {
+        state.metrics.connections_dropped.get_or_create(&labels).inc();
+        state.flows.record(FlowRecord {
+            time: String::new(),
+            id: 0,
+            protocol: "http".into(),
+            verdict: Verdict::Dropped,
+            reason: Some(reason.clone()),
+            policies: Vec::new(),
+            matched: None,
+            source: FlowPeer::new(&context.source, peer),
+            destination: FlowPeer::new(&context.destination, context.destination_addr),
+            listener: listener.to_string(),
+            port: context.port,
+            connection: context.id,
+            http: None,
+            latency_us: None,
+            filter_us: 0,
+        });
+        // RST, as close to a dropped SYN as a listening socket can get
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return;
+    }
+
+    match tls {
+        None => serve_http(conn, stream, Mode::Auto).await,
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, listener = &*listener, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, listener = &*listener, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mode = match tls_stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Mode::Http2,
+                _ => Mode::Http1,
+            };
+            serve_http(conn, tls_stream, mode).await
+        }
+    }
+}
+
+enum Mode {
+    Auto,
+    Http1,
+    Http2,
+}
+
+async fn serve_http<IO>(conn: Arc<HttpConnection>, io: IO, mode: Mode)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(request).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
+    let builder = match mode {
+        Mode::Auto => builder,
+        Mode::Http1 => builder.http1_only(),
+        Mode::Http2 => builder.http2_only(),
+    };
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!("connection ended with an error: {e}");
+    }
+}

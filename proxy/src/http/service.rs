@@ -1,0 +1,677 @@
+//! One request through the proxy: validate, normalize, filter, forward.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::ProxyBody;
+use super::normalize::normalize_path;
+use super::reply;
+use super::upstream::UpstreamPools;
+use crate::config::UpstreamProtocol;
+use crate::context::ConnectionContext;
+use crate::flow::{FlowPeer, FlowRecord, HttpFlow, Verdict};
+use crate::metrics::{ProtocolLabels, RequestLabels};
+use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
+use crate::state::ProxyState;
+use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit};
+
+/// Request bodies up to this size are read to the end when a request is
+/// refused, so an HTTP/1.1 connection stays usable; larger ones close it.
+const DRAIN_LIMIT: usize = 64 << 10;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// One downstream connection's view of the model, refreshed when the model changes.
+struct Snapshot {
+    model: Arc<PolicyModel>,
+    listener: Arc<ListenerModel>,
+    context: Arc<ConnectionContext>,
+    verdict: Arc<ConnectionVerdict>,
+    pools: Arc<UpstreamPools>,
+}
+
+pub struct HttpConnection {
+    state: Arc<ProxyState>,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    id: u64,
+    scheme: &'static str,
+    next_request: AtomicU64,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+}
+
+/// What a request's flow record needs, gathered along the way.
+struct RequestTrace {
+    started: Instant,
+    http: HttpFlow,
+    filter_time: Duration,
+    matched: Option<String>,
+}
+
+impl HttpConnection {
+    pub fn new(state: Arc<ProxyState>, listener: Arc<str>, peer: SocketAddr, id: u64, tls: bool) -> Self {
+        HttpConnection {
+            state,
+            listener,
+            peer,
+            id,
+            scheme: if tls { "https" } else { "http" },
+            next_request: AtomicU64::new(1),
+            snapshot: Mutex::new(None),
+        }
+    }
+
+    /// The model for this request; `None` if the listener is gone.
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let model = self.state.model.load();
+        let mut current = self.snapshot.lock().unwrap();
+        if let Some(s) = current.as_ref().filter(|s| s.model.generation == model.generation) {
+            return Some(s.clone());
+        }
+        let model = model.clone();
+        let listener = model.listeners.get(&*self.listener)?.clone();
+        let verdict = model.connection_verdict(&listener, self.peer);
+        let context = Arc::new(ConnectionContext {
+            id: self.id,
+            source: model.identities.identity_of(self.peer.ip()),
+            destination: listener.destination.identity.clone(),
+            source_addr: self.peer,
+            destination_addr: listener.config.upstream,
+            port: listener.port,
+            listener: self.listener.clone(),
+        });
+        let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout);
+        let snapshot = Arc::new(Snapshot { model, listener, context, verdict, pools });
+        *current = Some(snapshot.clone());
+        Some(snapshot)
+    }
+
+    /// The L3/L4 verdict at accept time (None: listener removed).
+    pub fn accept_verdict(&self) -> Option<(Arc<ConnectionVerdict>, Arc<ConnectionContext>)> {
+        self.snapshot().map(|s| (s.verdict.clone(), s.context.clone()))
+    }
+
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let version = request.version();
+        let mut trace = RequestTrace {
+            started,
+            http: HttpFlow {
+                method: request.method().to_string(),
+                path: request.uri().path_and_query().map_or_else(|| request.uri().to_string(), |p| p.to_string()),
+                host: authority_of(&request).unwrap_or_default(),
+                version: version_text(version).into(),
+                status: None,
+            },
+            filter_time: Duration::ZERO,
+            matched: None,
+        };
+        let Some(snap) = self.snapshot() else {
+            return reply::closing(reply::upstream_unavailable());
+        };
+        let chain = match &*snap.verdict {
+            ConnectionVerdict::Drop { reason } => {
+                // the policy changed under an open connection
+                let reason = format!("{reason} (policy changed; closing)");
+                return self.finish(
+                    &snap,
+                    trace,
+                    Verdict::Denied,
+                    Some(reason),
+                    reply::closing(reply::access_denied()),
+                );
+            }
+            ConnectionVerdict::Forward(chain) => chain,
+        };
+
+        // Framing and target checks, before anything is interpreted.
+        let authority = match check_request(&request) {
+            Ok(authority) => authority,
+            Err(why) => return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await,
+        };
+        if request.method() == Method::CONNECT {
+            let why = "CONNECT is not supported by an L7 policy listener".to_string();
+            return self.refuse(&snap, trace, request, reply::method_not_allowed(&why), Verdict::Error, why).await;
+        }
+        let path = match normalize_path(request.uri().path(), snap.listener.config.escaped_slashes) {
+            Ok(path) => path,
+            Err(e) => {
+                let why = e.to_string();
+                return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+            }
+        };
+        let path_and_query = match request.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        trace.http.path = path_and_query.clone();
+        trace.http.host = authority.clone();
+
+        // Filters.
+        let (mut parts, body) = request.into_parts();
+        let mut head = wit::Request {
+            id: request_id,
+            method: parts.method.to_string(),
+            path: path_and_query.clone(),
+            authority: authority.clone(),
+            scheme: self.scheme.to_string(),
+            headers: match flat_headers(&parts.headers) {
+                Ok(h) => h,
+                Err(why) => {
+                    let request = Request::from_parts(parts, body);
+                    return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+                }
+            },
+        };
+        for link in &chain.links {
+            let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
+            let filter_started = Instant::now();
+            let decision = link.filter.on_request(view, &head);
+            trace.filter_time += filter_started.elapsed();
+            match decision {
+                Ok(wit::RequestDecision::Allow(allow)) => {
+                    if !allow.edits.is_empty() {
+                        if let Err(why) = apply_edits(&mut parts.headers, &allow.edits) {
+                            let failure = FilterFailure {
+                                filter: link.filter.name.clone(),
+                                kind: crate::wasm::FailureKind::Trap,
+                                message: why,
+                            };
+                            if link.filter.failure == FailurePolicy::Closed {
+                                let request = Request::from_parts(parts, body);
+                                return self.filter_failed(&snap, trace, request, failure).await;
+                            }
+                            continue;
+                        }
+                        head.headers = flat_headers(&parts.headers).unwrap_or_default();
+                    }
+                    if let Some(matched) = allow.matched {
+                        trace.matched = Some(match trace.matched.take() {
+                            Some(earlier) => format!("{earlier}; {matched}"),
+                            None => matched,
+                        });
+                    }
+                }
+                Ok(wit::RequestDecision::Deny(deny)) => {
+                    let response = match deny.reply {
+                        None => reply::access_denied(),
+                        Some(custom) => match custom_reply(custom) {
+                            Ok(response) => response,
+                            Err(why) => {
+                                tracing::warn!(filter = &*link.filter.name, "invalid deny reply: {why}");
+                                reply::access_denied()
+                            }
+                        },
+                    };
+                    let request = Request::from_parts(parts, body);
+                    let reason = format!("{}: {}", link.filter.name, deny.reason);
+                    return self.refuse(&snap, trace, request, response, Verdict::Denied, reason).await;
+                }
+                Err(failure) => {
+                    if link.filter.failure == FailurePolicy::Closed {
+                        let request = Request::from_parts(parts, body);
+                        return self.filter_failed(&snap, trace, request, failure).await;
+                    }
+                    tracing::debug!("{failure}; failure policy open, continuing");
+                }
+            }
+        }
+
+        // Forward.
+        let upstream_h2 = match snap.listener.config.upstream_protocol {
+            UpstreamProtocol::Auto => version == Version::HTTP_2,
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+        };
+        let authority_for_uri =
+            if authority.is_empty() { snap.listener.config.upstream.to_string() } else { authority };
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(authority_for_uri.as_str())
+            .path_and_query(path_and_query)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(e) => {
+                let why = format!("cannot form the upstream URI: {e}");
+                let request = Request::from_parts(parts, body);
+                return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+            }
+        };
+        parts.uri = uri;
+        strip_hop_by_hop(&mut parts.headers);
+        if upstream_h2 {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        } else {
+            parts.version = Version::HTTP_11;
+            if let Ok(host) = HeaderValue::from_str(&authority_for_uri) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        let aborted = Arc::new(AtomicBool::new(false));
+        let body = TrackedBody { inner: body, aborted: aborted.clone() };
+        let client = if upstream_h2 { &snap.pools.http2 } else { &snap.pools.http1 };
+        let upstream = client.request(Request::from_parts(parts, body)).await;
+        let mut response = match upstream {
+            Ok(response) => response,
+            Err(e) => {
+                let (reply, why) = if aborted.load(Ordering::Relaxed) {
+                    (reply::bad_request("request body aborted"), "client aborted the request body".to_string())
+                } else if e.is_connect() {
+                    (reply::upstream_unavailable(), format!("upstream connect failed: {}", error_chain(&e)))
+                } else {
+                    (reply::upstream_failed(), format!("upstream failed: {}", error_chain(&e)))
+                };
+                return self.finish(&snap, trace, Verdict::Error, Some(why), reply);
+            }
+        };
+
+        // Response hooks, ingress side first (reverse order of the chain).
+        strip_hop_by_hop(response.headers_mut());
+        if !chain.links.is_empty() {
+            let mut head = wit::Response {
+                request_id,
+                status: response.status().as_u16(),
+                headers: flat_headers(response.headers()).unwrap_or_default(),
+            };
+            for link in chain.links.iter().rev() {
+                let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
+                let filter_started = Instant::now();
+                let decision = link.filter.on_response(view, &head);
+                trace.filter_time += filter_started.elapsed();
+                match decision {
+                    Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
+                    Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
+                        Ok(()) => head.headers = flat_headers(response.headers()).unwrap_or_default(),
+                        Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
+                    },
+                    Ok(wit::ResponseDecision::Replace(custom)) => {
+                        let replaced = custom_reply(custom).unwrap_or_else(|_| reply::filter_failed());
+                        let reason = format!("{}: replaced the upstream response", link.filter.name);
+                        return self.finish(&snap, trace, Verdict::Denied, Some(reason), replaced);
+                    }
+                    Err(failure) if link.filter.failure == FailurePolicy::Closed => {
+                        let reason = failure.to_string();
+                        return self.finish(&snap, trace, Verdict::Error, Some(reason), reply::filter_failed());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        parts.version = version;
+        let response = Response::from_parts(parts, ProxyBody::Upstream(body));
+        self.finish(&snap, trace, Verdict::Forwarded, None, response)
+    }
+
+    async fn filter_failed(
+        &self,
+        snap: &Snapshot,
+        trace: RequestTrace,
+        request: Request<Incoming>,
+        failure: FilterFailure,
+    ) -> Response<ProxyBody> {
+        let reason = failure.to_string();
+        self.refuse(snap, trace, request, reply::filter_failed(), Verdict::Error, reason).await
+    }
+
+    /// Answer without forwarding. An HTTP/1.1 request body is read to the end
+    /// (up to a limit) first, so the client can send its next request.
+    async fn refuse(
+        &self,
+        snap: &Snapshot,
+        trace: RequestTrace,
+        request: Request<Incoming>,
+        response: Response<ProxyBody>,
+        verdict: Verdict,
+        reason: String,
+    ) -> Response<ProxyBody> {
+        let http1 = request.version() < Version::HTTP_2;
+        let body = request.into_body();
+        let response =
+            if http1 && !body.is_end_stream() && !drain(body).await { reply::closing(response) } else { response };
+        self.finish(snap, trace, verdict, Some(reason), response)
+    }
+
+    fn finish(
+        &self,
+        snap: &Snapshot,
+        mut trace: RequestTrace,
+        verdict: Verdict,
+        reason: Option<String>,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let elapsed = trace.started.elapsed();
+        trace.http.status = Some(response.status().as_u16());
+        let metrics = &self.state.metrics;
+        metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
+        metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" }).observe(elapsed.as_secs_f64());
+        let policies = match &*snap.verdict {
+            ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
+            ConnectionVerdict::Drop { .. } => Vec::new(),
+        };
+        self.state.flows.record(FlowRecord {
+            time: String::new(),
+            id: 0,
+            protocol: "http".into(),
+            verdict,
+            reason,
+            policies,
+            matched: trace.matched,
+            source: FlowPeer::new(&snap.context.source, snap.context.source_addr),
+            destination: FlowPeer::new(&snap.context.destination, snap.context.destination_addr),
+            listener: self.listener.to_string(),
+            port: snap.context.port,
+            connection: self.id,
+            http: Some(trace.http),
+            latency_us: Some(elapsed.as_micros() as u64),
+            filter_us: trace.filter_time.as_micros() as u64,
+        });
+        response
+    }
+}
+
+fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// The authority a rule's `host` is matched against: the URI's (HTTP/2
+/// `:authority`, or an absolute-form HTTP/1 target), else the Host header.
+fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+}
+
+/// Reject requests whose framing or target two parsers could read differently.
+/// Returns the authority.
+fn check_request<B>(request: &Request<B>) -> Result<String, String> {
+    let headers = request.headers();
+    let hosts: Vec<&HeaderValue> = headers.get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err("more than one Host header".into());
+    }
+    if request.version() < Version::HTTP_2 {
+        let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+        let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+        if has_te && lengths > 0 {
+            return Err("both Content-Length and Transfer-Encoding".into());
+        }
+        if lengths > 1 || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
+            return Err("more than one Content-Length".into());
+        }
+        if request.version() == Version::HTTP_11 && hosts.is_empty() && request.uri().authority().is_none() {
+            return Err("HTTP/1.1 request without Host".into());
+        }
+    }
+    let authority = authority_of(request).unwrap_or_default();
+    if let (Some(uri_authority), Some(host)) = (request.uri().authority(), hosts.first()) {
+        // HTTP/2 may carry both; they must agree or rules and upstream disagree
+        if request.version() == Version::HTTP_2 && host.as_bytes() != uri_authority.as_str().as_bytes() {
+            return Err("Host header differs from :authority".into());
+        }
+    }
+    if authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
+        return Err("invalid authority".into());
+    }
+    Ok(authority)
+}
+
+/// Headers as the filters see them: `name: value\n`, Host left out (it is
+/// `authority`). Values must be text: control characters and invalid UTF-8
+/// are refused rather than passed to a filter in some lossy form.
+fn flat_headers(headers: &HeaderMap) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(headers.len() * 32);
+    for (name, value) in headers {
+        if name == header::HOST {
+            continue;
+        }
+        let bytes = value.as_bytes();
+        if std::str::from_utf8(bytes).is_err() || bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return Err(format!("header {name} has bytes that are not text"));
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(bytes);
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Headers a filter may not touch: they decide framing or routing.
+fn protected(name: &HeaderName) -> bool {
+    [header::HOST, header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION, header::UPGRADE, header::TE]
+        .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+fn apply_edits(headers: &mut HeaderMap, edits: &[wit::HeaderOp]) -> Result<(), String> {
+    let parse = |h: &wit::Header| -> Result<(HeaderName, HeaderValue), String> {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_str(&h.value).map_err(|_| format!("invalid value for header {name}"))?;
+        if protected(&name) {
+            return Err(format!("filters may not edit {name}"));
+        }
+        Ok((name, value))
+    };
+    for edit in edits {
+        match edit {
+            wit::HeaderOp::Set(h) => {
+                let (name, value) = parse(h)?;
+                headers.insert(name, value);
+            }
+            wit::HeaderOp::Append(h) => {
+                let (name, value) = parse(h)?;
+                headers.append(name, value);
+            }
+            wit::HeaderOp::Remove(name) => {
+                let name =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+                if protected(&name) {
+                    return Err(format!("filters may not edit {name}"));
+                }
+                headers.remove(name);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
+    let status = StatusCode::from_u16(custom.status).map_err(|_| format!("invalid status {}", custom.status))?;
+    let mut headers = Vec::with_capacity(custom.headers.len());
+    for h in custom.headers {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
+        if protected(&name) {
+            return Err(format!("a reply may not set {name}"));
+        }
+        let value = HeaderValue::from_str(&h.value).map_err(|_| format!("invalid value for header {name}"))?;
+        headers.push((name, value));
+    }
+    Ok(reply::custom(status, headers, custom.body))
+}
+
+/// Hop-by-hop headers describe one connection and must not be forwarded.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // TE: only "trailers" may cross (gRPC needs it)
+    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
+    }
+}
+
+/// Read and discard a refused request's body. True if it ended in time.
+async fn drain(mut body: Incoming) -> bool {
+    let mut read = 0usize;
+    let result = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                        if read > DRAIN_LIMIT {
+                            return false;
+                        }
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    })
+    .await;
+    result.unwrap_or(false)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The downstream request body, noting whether the client broke it off.
+pub struct TrackedBody {
+    inner: Incoming,
+    aborted: Arc<AtomicBool>,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.aborted.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc);
+        assert!(grpc.contains_key(header::TE));
+    }
+
+    #[test]
+    fn flat_headers_skip_host_and_refuse_binary() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        assert_eq!(flat_headers(&h).unwrap(), b"x-a: 1\nx-a: 2\n");
+        h.insert("x-bin", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert!(flat_headers(&h).is_err());
+        let mut utf8 = HeaderMap::new();
+        utf8.insert("x-name", HeaderValue::from_bytes("café".as_bytes()).unwrap());
+        assert_eq!(flat_headers(&utf8).unwrap(), "x-name: café\n".as_bytes());
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_framing_headers_are_protected() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("old"));
+        let edits = vec![
+            wit::HeaderOp::Append(wit::Header { name: "x-a".into(), value: "two".into() }),
+            wit::HeaderOp::Set(wit::Header { name: "x-b".into(), value: "b".into() }),
+            wit::HeaderOp::Remove("x-a".into()),
+        ];
+        apply_edits(&mut h, &edits).unwrap();
+        assert!(!h.contains_key("x-a"));
+        assert_eq!(h["x-b"], "b");
+        for bad in ["content-length", "Transfer-Encoding", "host"] {
+            let edit = wit::HeaderOp::Set(wit::Header { name: bad.into(), value: "1".into() });
+            assert!(apply_edits(&mut h, &[edit]).is_err(), "{bad}");
+        }
+        let newline = wit::HeaderOp::Set(wit::Header { name: "x-c".into(), value: "a\r\nb".into() });
+        assert!(apply_edits(&mut h, &[newline]).is_err());
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/").version(Version::HTTP_11);
+            for (n, v) in headers {
+                b = b.header(*n, *v);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(check_request(&req(&[("host", "a")])).is_ok());
+        assert!(
+            check_request(&req(&[("host", "a"), ("content-length", "1"), ("transfer-encoding", "chunked")])).is_err()
+        );
+        assert!(check_request(&req(&[("host", "a"), ("content-length", "1"), ("content-length", "2")])).is_err());
+        assert!(check_request(&req(&[("host", "a"), ("content-length", "1, 1")])).is_err());
+        assert!(check_request(&req(&[("host", "a"), ("host", "b")])).is_err());
+        assert!(check_request(&req(&[])).is_err(), "HTTP/1.1 needs Host");
+        let h2 = Request::builder().uri("http://a/").version(Version::HTTP_2).header("host", "b").body(()).unwrap();
+        assert!(check_request(&h2).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Weir: a per-node, sidecar-less L7 proxy. See `docs/architecture.md`.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod context;
+pub mod control;
+pub mod demo;
+pub mod flow;
+pub mod http;
+pub mod identity;
+pub mod listeners;
+pub mod metrics;
+pub mod model;
+pub mod observe;
+pub mod policy;
+pub mod state;
+pub mod wasm;

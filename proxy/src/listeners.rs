@@ -1,0 +1,104 @@
+//! The set of running listeners, reconciled with each new model.
+//!
+//! Sockets use SO_REUSEPORT so a changed listener can bind its new socket
+//! before the old one stops accepting: no window where connections are refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::model::PolicyModel;
+use crate::state::ProxyState;
+
+struct Running {
+    bind: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+pub struct ListenerSet {
+    running: HashMap<String, Running>,
+}
+
+impl ListenerSet {
+    /// Bind what the model needs that is not bound yet. Nothing changes if any
+    /// bind fails, so the caller can reject the model.
+    pub fn prepare(&self, model: &PolicyModel) -> Result<Vec<(String, SocketAddr, TcpListener)>, Vec<String>> {
+        let mut bound = Vec::new();
+        let mut errors = Vec::new();
+        for (i, (name, listener)) in model.listeners.iter().enumerate() {
+            let bind = listener.config.bind;
+            if self.running.get(name).is_some_and(|r| r.bind == bind) {
+                continue;
+            }
+            match bind_listener(bind) {
+                Ok(l) => bound.push((name.clone(), bind, l)),
+                Err(e) => errors.push(format!("listeners[{i}] ({name}): cannot listen on {bind}: {e}")),
+            }
+        }
+        if errors.is_empty() { Ok(bound) } else { Err(errors) }
+    }
+
+    /// Start the prepared listeners and stop the ones the model dropped or moved.
+    pub fn commit(
+        &mut self,
+        state: &Arc<ProxyState>,
+        model: &PolicyModel,
+        bound: Vec<(String, SocketAddr, TcpListener)>,
+    ) {
+        for (name, bind, listener) in bound {
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(accept_loop(state.clone(), Arc::from(name.as_str()), listener, stopped));
+            tracing::info!(listener = %name, %bind, "listening");
+            if let Some(old) = self.running.insert(name, Running { bind, stop }) {
+                let _ = old.stop.send(true);
+            }
+        }
+        self.running.retain(|name, running| {
+            let keep = model.listeners.contains_key(name);
+            if !keep {
+                tracing::info!(listener = %name, bind = %running.bind, "listener removed");
+                let _ = running.stop.send(true);
+            }
+            keep
+        });
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, running) in self.running.drain() {
+            let _ = running.stop.send(true);
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accept until told to stop; connections already accepted run to completion.
+async fn accept_loop(state: Arc<ProxyState>, name: Arc<str>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(crate::http::server::serve(state.clone(), name.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning
+                    tracing::warn!(listener = &*name, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

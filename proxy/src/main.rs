@@ -1,0 +1,185 @@
+//! The `weir` command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Per-node L7 proxy: CiliumNetworkPolicy rules enforced by WebAssembly filters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy. Without --config: the built-in quickstart (a demo
+    /// backend behind a listener, two client identities, an example policy).
+    Run {
+        /// Directory with weir.yaml and policies/*.yaml (hot-reloaded).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Follow flow records from a running weir.
+    Observe {
+        /// Admin API of the weir to watch.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// forwarded, denied, dropped or error.
+        #[arg(long)]
+        verdict: Option<String>,
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Source label (`app=web`, `k8s:app=web`, `reserved:world`); repeat to require several.
+        #[arg(long)]
+        from_label: Vec<String>,
+        #[arg(long)]
+        to_label: Vec<String>,
+        /// Regex over the HTTP path.
+        #[arg(long)]
+        http_path: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Start with the last N kept flows (default: all kept).
+        #[arg(long)]
+        last: Option<usize>,
+        /// Print the kept flows and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Write the quickstart configuration to a directory, to edit and run.
+    Init { dir: PathBuf },
+    /// Run only the demo backend (what the quickstart puts behind the proxy).
+    DemoBackend {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files with the checks a reload applies; exit 1 if any fails.
+    Check {
+        /// A config directory whose weir.yaml names the custom filters `wasm` rules use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => weir::app::run(config),
+        Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
+        Command::Observe { admin, verdict, protocol, from_label, to_label, http_path, output, last, no_follow } => {
+            let mut query = vec![format!("follow={}", !no_follow)];
+            let mut push = |key: &str, value: &str| query.push(format!("{key}={}", encode(value)));
+            if let Some(v) = &verdict {
+                push("verdict", v);
+            }
+            if let Some(p) = &protocol {
+                push("protocol", p);
+            }
+            for l in &from_label {
+                push("from_label", l);
+            }
+            for l in &to_label {
+                push("to_label", l);
+            }
+            if let Some(p) = &http_path {
+                push("http_path", p);
+            }
+            if let Some(n) = last {
+                push("last", &n.to_string());
+            }
+            let options =
+                weir::observe::ObserveOptions { admin, query: query.join("&"), json: matches!(output, Output::Json) };
+            runtime().and_then(|rt| rt.block_on(weir::observe::run(options)))
+        }
+        Command::Init { dir } => weir::app::write_quickstart(&dir).map(|()| {
+            println!("wrote the quickstart to {}; run it with: weir run --config {}", dir.display(), dir.display());
+        }),
+        Command::DemoBackend { listen } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let addr = weir::demo::serve(listen).await?;
+                println!("demo backend on http://{addr}");
+                tokio::signal::ctrl_c().await?;
+                Ok(())
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn policy_check(config: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<()> {
+    let errors = weir::app::check_policies(config, files)?;
+    if errors.is_empty() {
+        println!("{} file(s) OK", files.len());
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    anyhow::bail!("{} problem(s) found", errors.len())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,129 @@
+//! Prometheus metrics, served on the admin port at /metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub protocol: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabels {
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterFailureLabels {
+    pub filter: String,
+    /// trap, timeout, memory, config
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterCounterLabels {
+    pub filter: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// applied, rejected, unchanged
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<ProtocolLabels, Histogram>,
+    pub filter_duration: Family<FilterLabels, Histogram>,
+    pub filter_failures: Family<FilterFailureLabels, Counter>,
+    pub filter_instantiations: Family<FilterLabels, Counter>,
+    pub filter_counters: Family<FilterCounterLabels, Counter>,
+    pub connections: Family<ListenerLabels, Counter>,
+    pub active_connections: Family<ListenerLabels, Gauge>,
+    pub connections_dropped: Family<ListenerLabels, Counter>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    pub policy_generation: Gauge,
+}
+
+fn request_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+fn filter_histogram() -> Histogram {
+    // 250 ns .. ~130 ms
+    Histogram::new(exponential_buckets(0.00000025, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weir");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_histogram),
+            filter_duration: Family::new_with_constructor(filter_histogram),
+            filter_failures: Family::default(),
+            filter_instantiations: Family::default(),
+            filter_counters: Family::default(),
+            connections: Family::default(),
+            active_connections: Family::default(),
+            connections_dropped: Family::default(),
+            policy_reloads: Family::default(),
+            policy_generation: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, including upstream",
+            m.request_duration.clone(),
+        );
+        registry.register("filter_duration_seconds", "Time spent in one filter call", m.filter_duration.clone());
+        registry.register(
+            "filter_failures",
+            "Filter calls that trapped, ran out of time or memory",
+            m.filter_failures.clone(),
+        );
+        registry.register(
+            "filter_instantiations",
+            "Filter instances created (first use on a worker, or replacing a failed one)",
+            m.filter_instantiations.clone(),
+        );
+        registry.register("filter_counter", "Counters kept by filters through the host API", m.filter_counters.clone());
+        registry.register("connections", "Downstream connections accepted", m.connections.clone());
+        registry.register("active_connections", "Downstream connections open now", m.active_connections.clone());
+        registry.register(
+            "connections_dropped",
+            "Connections closed at accept because L3/L4 policy denies them",
+            m.connections_dropped.clone(),
+        );
+        registry.register("policy_reloads", "Configuration and policy reloads by result", m.policy_reloads.clone());
+        registry.register("policy_generation", "Generation of the policy model in force", m.policy_generation.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,451 @@
+//! The model in force: configuration, identities, compiled policies and the
+//! filters they use. A new model is built and validated whole, then swapped
+//! in atomically; connections look it up per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::config::{ListenerConfig, WeirConfig};
+use crate::context::Direction;
+use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL};
+use crate::policy::{Allowance, HttpRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict, SourcedDocument};
+use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
+
+/// Everything a model is built from.
+pub struct ModelInputs {
+    pub config: WeirConfig,
+    /// Relative filter and certificate paths resolve against it.
+    pub config_dir: PathBuf,
+    pub config_file: String,
+    pub documents: Vec<SourcedDocument>,
+}
+
+pub struct ListenerModel {
+    pub config: ListenerConfig,
+    /// The workload behind the listener, as policies see it.
+    pub destination: Arc<Endpoint>,
+    /// The port policies are written against.
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A custom filter from `weir.yaml`, compiled.
+struct CustomFilter {
+    component: Arc<FilterComponent>,
+    limits: FilterLimits,
+    failure: FailurePolicy,
+}
+
+/// What happens to a new connection (and to each request on it).
+#[derive(Debug)]
+pub enum ConnectionVerdict {
+    /// L3/L4 policy denies it: in the datapath the SYN would be dropped.
+    Drop {
+        reason: String,
+    },
+    Forward(FilterChain),
+}
+
+/// The filters every request of a connection passes, egress side first.
+#[derive(Debug, Default)]
+pub struct FilterChain {
+    pub links: Vec<ChainLink>,
+    /// Rules that allowed the connection at L3/L4.
+    pub allowed_by: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ChainLink {
+    pub direction: Direction,
+    pub filter: Arc<ConfiguredFilter>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct VerdictKey {
+    listener: String,
+    source: u32,
+    /// Only world peers are told apart by address (CIDR rules).
+    world_address: Option<IpAddr>,
+}
+
+pub struct PolicyModel {
+    pub generation: u64,
+    pub config: WeirConfig,
+    pub config_dir: PathBuf,
+    pub policies: PolicySet,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub identities: IdentityCache,
+    pub listeners: BTreeMap<String, Arc<ListenerModel>>,
+    /// Policy names, in the order loaded, for /config.
+    pub policy_names: Vec<String>,
+    runtime: Arc<FilterRuntime>,
+    http_policy: Arc<FilterComponent>,
+    custom_filters: HashMap<String, CustomFilter>,
+    verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
+}
+
+impl PolicyModel {
+    pub fn build(inputs: ModelInputs, runtime: &Arc<FilterRuntime>, generation: u64) -> Result<Self, Vec<PolicyError>> {
+        let ModelInputs { config, config_dir, config_file, documents } = inputs;
+        let config_error = |field: String, message: String| PolicyError {
+            file: config_file.clone(),
+            object: None,
+            field: Some(field),
+            message,
+        };
+        let mut errors = Vec::new();
+
+        // Identities for endpoints and listener destinations.
+        let endpoint_labels = |namespace: &str, labels: &BTreeMap<String, String>| {
+            let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::parse_pair(k, v)).collect();
+            all.push(Label::k8s(NAMESPACE_LABEL, namespace));
+            Labels::new(all)
+        };
+        let mut allocator = IdentityAllocator::default();
+        for ep in &config.endpoints {
+            allocator.request(endpoint_labels(&ep.namespace, &ep.labels), ep.identity);
+        }
+        for l in &config.listeners {
+            if !l.destination.labels.is_empty() {
+                allocator
+                    .request(endpoint_labels(&l.destination.namespace, &l.destination.labels), l.destination.identity);
+            }
+        }
+        let identities = match allocator.allocate() {
+            Ok(ids) => ids,
+            Err(e) => return Err(vec![config_error("endpoints".into(), e.to_string())]),
+        };
+        let endpoints: Vec<Arc<Endpoint>> = config
+            .endpoints
+            .iter()
+            .map(|ep| {
+                Arc::new(Endpoint {
+                    name: ep.name.clone(),
+                    namespace: ep.namespace.clone(),
+                    addresses: ep.all_addresses(),
+                    identity: identities[&endpoint_labels(&ep.namespace, &ep.labels)].clone(),
+                })
+            })
+            .collect();
+        let identity_cache = IdentityCache::new(&endpoints);
+
+        let mut listeners = BTreeMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let identity = if l.destination.labels.is_empty() {
+                identity_cache.world().clone()
+            } else {
+                identities[&endpoint_labels(&l.destination.namespace, &l.destination.labels)].clone()
+            };
+            let destination = Arc::new(Endpoint {
+                name: l.destination.name.clone().unwrap_or_else(|| l.name.clone()),
+                namespace: l.destination.namespace.clone(),
+                addresses: vec![l.upstream.ip()],
+                identity,
+            });
+            let tls = match &l.tls {
+                None => None,
+                Some(tls) => match load_tls(&config_dir, &tls.cert, &tls.key) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        errors.push(config_error(format!("listeners[{i}].tls"), e));
+                        None
+                    }
+                },
+            };
+            let port = l.destination.port.unwrap_or(l.upstream.port());
+            listeners.insert(l.name.clone(), Arc::new(ListenerModel { config: l.clone(), destination, port, tls }));
+        }
+
+        // Filters: the built-in HTTP policy filter and the custom ones.
+        let http_policy = runtime
+            .load(builtin::HTTP_POLICY, builtin::find(builtin::HTTP_POLICY).expect("embedded"))
+            .map_err(|e| vec![config_error("filters".into(), e.to_string())])?;
+        let mut custom_filters = HashMap::new();
+        for (i, f) in config.filters.iter().enumerate() {
+            let bytes = match (&f.path, &f.builtin) {
+                (Some(path), _) => {
+                    let path = resolve(&config_dir, path);
+                    match std::fs::read(&path) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            errors.push(config_error(format!("filters[{i}].path"), format!("{}: {e}", path.display())));
+                            continue;
+                        }
+                    }
+                }
+                (None, Some(name)) => match builtin::find(name) {
+                    Some(bytes) => bytes.to_vec(),
+                    None => {
+                        let known: Vec<&str> = builtin::BUILTIN_FILTERS.iter().map(|(n, _)| *n).collect();
+                        errors.push(config_error(
+                            format!("filters[{i}].builtin"),
+                            format!("no built-in filter {name:?}; built in: {}", known.join(", ")),
+                        ));
+                        continue;
+                    }
+                },
+                (None, None) => unreachable!("validated in WeirConfig::parse"),
+            };
+            match runtime.load(&f.name, &bytes) {
+                Ok(component) => {
+                    custom_filters
+                        .insert(f.name.clone(), CustomFilter { component, limits: f.limits(), failure: f.failure });
+                }
+                Err(e) => errors.push(config_error(format!("filters[{i}]"), e.to_string())),
+            }
+        }
+
+        let policy_names = documents.iter().map(SourcedDocument::name).collect();
+        let policies = match PolicySet::compile(&documents) {
+            Ok(p) => p,
+            Err(mut e) => {
+                errors.append(&mut e);
+                PolicySet::default()
+            }
+        };
+
+        let model = PolicyModel {
+            generation,
+            config,
+            config_dir,
+            policies,
+            endpoints,
+            identities: identity_cache,
+            listeners,
+            policy_names,
+            runtime: runtime.clone(),
+            http_policy,
+            custom_filters,
+            verdicts: Mutex::new(HashMap::new()),
+        };
+        errors.extend(model.validate_l7());
+        if errors.is_empty() { Ok(model) } else { Err(errors) }
+    }
+
+    /// Configure every filter a rule names, so bad rules are rejected now and
+    /// not when traffic arrives.
+    fn validate_l7(&self) -> Vec<PolicyError> {
+        let mut errors = Vec::new();
+        for rule in &self.policies.rules {
+            let sections = [&rule.ingress, &rule.egress];
+            let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
+            for set in sets {
+                let Some(l7) = &set.l7 else { continue };
+                let error = |field: String, message: String| PolicyError {
+                    file: rule.file.clone(),
+                    object: Some(format!("policy {}", rule.policy)),
+                    field: Some(field),
+                    message,
+                };
+                if let Some(http) = &l7.http {
+                    let config = http_policy_config(&[(set.path.clone(), http.as_slice())]);
+                    if let Err(message) = self.configure_http_policy(config) {
+                        // the filter prefixes "<group>: http[i].field: ..."
+                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
+                        errors.push(error(
+                            format!("{}.rules.{}", set.path, detail_field(detail)),
+                            detail_message(detail),
+                        ));
+                    }
+                }
+                for w in &l7.wasm {
+                    match self.custom_filters.get(&w.name) {
+                        None => errors.push(error(
+                            format!("{}.name", w.path),
+                            format!("no filter named {:?} in weir.yaml `filters`", w.name),
+                        )),
+                        Some(custom) => {
+                            if let Err(message) = self.runtime.configure(
+                                &custom.component,
+                                w.config.clone(),
+                                custom.limits,
+                                custom.failure,
+                            ) {
+                                errors.push(error(
+                                    format!("{}.config", w.path),
+                                    format!("rejected by the filter: {message}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    fn configure_http_policy(&self, config: String) -> Result<Arc<ConfiguredFilter>, String> {
+        self.runtime.configure(&self.http_policy, config, FilterLimits::default(), FailurePolicy::Closed)
+    }
+
+    /// The verdict for a connection from `source` to a listener, cached per
+    /// model (identities and policies are fixed within one).
+    pub fn connection_verdict(&self, listener: &ListenerModel, source: SocketAddr) -> Arc<ConnectionVerdict> {
+        let source_identity = self.identities.identity_of(source.ip());
+        let key = VerdictKey {
+            listener: listener.config.name.clone(),
+            source: source_identity.id,
+            world_address: (source_identity.id == crate::identity::reserved::WORLD).then_some(source.ip()),
+        };
+        if let Some(v) = self.verdicts.lock().unwrap().get(&key) {
+            return v.clone();
+        }
+        let verdict = Arc::new(self.compute_verdict(listener, &source_identity, source.ip()));
+        let mut cache = self.verdicts.lock().unwrap();
+        if cache.len() > 100_000 {
+            cache.clear(); // bounded: world peers are keyed by address
+        }
+        cache.insert(key, verdict.clone());
+        verdict
+    }
+
+    fn compute_verdict(&self, listener: &ListenerModel, source: &Identity, source_ip: IpAddr) -> ConnectionVerdict {
+        let destination = &listener.destination.identity;
+        let egress = self.policies.evaluate(
+            Direction::Egress,
+            source,
+            PeerInfo { identity: destination, address: listener.config.upstream.ip() },
+            listener.port,
+            L4Protocol::Tcp,
+        );
+        let ingress = self.policies.evaluate(
+            Direction::Ingress,
+            destination,
+            PeerInfo { identity: source, address: source_ip },
+            listener.port,
+            L4Protocol::Tcp,
+        );
+        let mut chain = FilterChain::default();
+        for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
+            match verdict {
+                SideVerdict::Denied { reason } => return ConnectionVerdict::Drop { reason },
+                SideVerdict::Unenforced => {}
+                SideVerdict::Allowed(allowances) => {
+                    chain.allowed_by.extend(allowances.iter().map(|a| a.origin.clone()));
+                    match self.links_for(direction, &allowances) {
+                        Ok(mut links) => chain.links.append(&mut links),
+                        Err(reason) => return ConnectionVerdict::Drop { reason },
+                    }
+                }
+            }
+        }
+        chain.allowed_by.dedup();
+        ConnectionVerdict::Forward(chain)
+    }
+
+    fn links_for<'a>(&self, direction: Direction, allowances: &[Allowance<'a>]) -> Result<Vec<ChainLink>, String> {
+        fn http_of<'a>(a: &Allowance<'a>) -> Option<&'a [HttpRule]> {
+            a.l7.and_then(|l| l.http.as_deref())
+        }
+        let mut links = Vec::new();
+        let allows_all = allowances.iter().any(|a| http_of(a).is_none());
+        let header_actions =
+            allowances.iter().filter_map(http_of).flatten().any(|rule| !rule.header_matches.is_empty());
+        // A rule without HTTP rules allows every request; the filter is only
+        // needed when no such rule applies, or to run header actions.
+        if !allows_all || header_actions {
+            let groups: Vec<(String, &[HttpRule])> =
+                allowances.iter().map(|a| (a.origin.clone(), http_of(a).unwrap_or(&[]))).collect();
+            let filter = self
+                .configure_http_policy(http_policy_config(&groups))
+                .map_err(|e| format!("http-policy configuration failed: {e}"))?;
+            links.push(ChainLink { direction, filter });
+        }
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for wasm in allowances.iter().filter_map(|a| a.l7).flat_map(|l| &l.wasm) {
+            if seen.contains(&(wasm.name.as_str(), wasm.config.as_str())) {
+                continue;
+            }
+            seen.push((&wasm.name, &wasm.config));
+            let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| format!("no filter {:?}", wasm.name))?;
+            let filter = self
+                .runtime
+                .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
+                .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;
+            links.push(ChainLink { direction, filter });
+        }
+        Ok(links)
+    }
+
+    /// The model as /config shows it.
+    pub fn describe(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct ListenerView<'a> {
+            name: &'a str,
+            bind: SocketAddr,
+            upstream: SocketAddr,
+            tls: bool,
+            destination: &'a Endpoint,
+            port: u16,
+        }
+        let listeners: Vec<ListenerView<'_>> = self
+            .listeners
+            .values()
+            .map(|l| ListenerView {
+                name: &l.config.name,
+                bind: l.config.bind,
+                upstream: l.config.upstream,
+                tls: l.tls.is_some(),
+                destination: &l.destination,
+                port: l.port,
+            })
+            .collect();
+        let filters: Vec<_> =
+            std::iter::once(builtin::HTTP_POLICY.to_string()).chain(self.custom_filters.keys().cloned()).collect();
+        serde_json::json!({
+            "generation": self.generation,
+            "listeners": listeners,
+            "endpoints": self.endpoints,
+            "policies": self.policy_names,
+            "rules": self.policies.rules,
+            "filters": filters,
+        })
+    }
+}
+
+/// The built-in filter's configuration: one group per allowing rule.
+fn http_policy_config(groups: &[(String, &[HttpRule])]) -> String {
+    let groups: Vec<_> =
+        groups.iter().map(|(name, rules)| serde_json::json!({ "name": name, "rules": rules })).collect();
+    serde_json::json!({ "groups": groups }).to_string()
+}
+
+/// `http[1].path: invalid regular expression …` → `http[1].path`
+fn detail_field(detail: &str) -> &str {
+    detail.split_once(": ").map_or("http", |(field, _)| field)
+}
+
+fn detail_message(detail: &str) -> String {
+    detail.split_once(": ").map_or(detail, |(_, m)| m).to_string()
+}
+
+fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { dir.join(path) }
+}
+
+fn load_tls(dir: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (cert_path, key_path) = (resolve(dir, cert), resolve(dir, key));
+    let cert_pem = std::fs::read(&cert_path).map_err(|e| format!("cert {}: {e}", cert_path.display()))?;
+    let key_pem = std::fs::read(&key_path).map_err(|e| format!("key {}: {e}", key_path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cert {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("cert {}: no PEM certificate found", cert_path.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("key {}: {e}", key_path.display()))?
+        .ok_or_else(|| format!("key {}: no PEM private key found", key_path.display()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}

@@ -1,0 +1,680 @@
+//! The policy model: documents compiled into rules, and the L3/L4 verdict
+//! for one side of a connection with the L7 rules that then apply.
+//!
+//! Semantics follow Cilium:
+//! - an endpoint is *enforced* in a direction when a rule selecting it has an
+//!   `ingress`/`ingressDeny` (resp. egress) section, unless that rule sets
+//!   `enableDefaultDeny` off for the direction; enforced endpoints deny what
+//!   no rule allows;
+//! - deny rules win over allow rules and carry L3/L4 only;
+//! - rules whose peers and ports match are OR-ed; each contributes its L7
+//!   rules as one group, and a matching rule without L7 rules allows all L7.
+
+pub mod document;
+pub mod selector;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::context::Direction;
+use crate::identity::{FIRST_ENDPOINT_IDENTITY, Identity, reserved};
+use document::{CidrRule, EgressRule, IngressRule, PortRule};
+pub use document::{HttpRule, PolicyError, SourcedDocument};
+use selector::Selector;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Any,
+}
+
+impl L4Protocol {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "TCP" => Some(L4Protocol::Tcp),
+            "UDP" => Some(L4Protocol::Udp),
+            "SCTP" => Some(L4Protocol::Sctp),
+            "ANY" => Some(L4Protocol::Any),
+            _ => None,
+        }
+    }
+
+    fn covers(self, actual: L4Protocol) -> bool {
+        self == L4Protocol::Any || self == actual
+    }
+}
+
+/// Cilium entities: sets of identities with well-known meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    All,
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    KubeApiserver,
+    Health,
+    Init,
+    Unmanaged,
+    Ingress,
+}
+
+impl Entity {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "all" => Entity::All,
+            "world" | "world-ipv4" | "world-ipv6" => Entity::World,
+            "cluster" => Entity::Cluster,
+            "host" => Entity::Host,
+            "remote-node" => Entity::RemoteNode,
+            "kube-apiserver" => Entity::KubeApiserver,
+            "health" => Entity::Health,
+            "init" => Entity::Init,
+            "unmanaged" => Entity::Unmanaged,
+            "ingress" => Entity::Ingress,
+            _ => return None,
+        })
+    }
+
+    fn selects(self, identity: &Identity) -> bool {
+        match self {
+            Entity::All => true,
+            Entity::World => identity.id == reserved::WORLD,
+            Entity::Cluster => identity.id != reserved::WORLD,
+            Entity::Host => identity.id == reserved::HOST,
+            Entity::RemoteNode => identity.id == reserved::REMOTE_NODE,
+            Entity::KubeApiserver => identity.id == reserved::KUBE_APISERVER,
+            Entity::Health => identity.id == reserved::HEALTH,
+            Entity::Init => identity.id == reserved::INIT,
+            Entity::Unmanaged => identity.id == reserved::UNMANAGED,
+            // Ingress (Cilium's embedded gateway) has no local-mode counterpart.
+            Entity::Ingress => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Peer {
+    Endpoints(Selector),
+    /// Matches only peers outside the cluster (world), as in Cilium: a
+    /// managed endpoint is known by its identity, not by its address.
+    Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    Entity(Entity),
+}
+
+impl Peer {
+    fn matches(&self, peer: &PeerInfo<'_>) -> bool {
+        match self {
+            Peer::Endpoints(selector) => selector.selects(peer.identity),
+            Peer::Cidr { cidr, except } => {
+                peer.identity.id == reserved::WORLD
+                    && cidr.contains(&peer.address)
+                    && !except.iter().any(|e| e.contains(&peer.address))
+            }
+            Peer::Entity(entity) => entity.selects(peer.identity),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+    pub protocol: L4Protocol,
+}
+
+impl PortRange {
+    fn matches(&self, port: u16, protocol: L4Protocol) -> bool {
+        self.protocol.covers(protocol) && (self.start == 0 || (self.start..=self.end).contains(&port))
+    }
+}
+
+/// A custom filter named by a `wasm` rule.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WasmRef {
+    pub name: String,
+    pub config: String,
+    /// Where it was written, for errors found when the filter configures.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct L7Rules {
+    /// `None`: no HTTP rules (allow all requests, still seen by the proxy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRule>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wasm: Vec<WasmRef>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRuleSet {
+    pub path: String,
+    /// Empty: every port.
+    pub ports: Vec<PortRange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Rules>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerRule {
+    pub path: String,
+    /// `None`: every peer.
+    pub peers: Option<Vec<Peer>>,
+    /// `None`: every port, no L7 rules.
+    pub to_ports: Option<Vec<PortRuleSet>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRule {
+    pub policy: String,
+    pub file: String,
+    pub path: String,
+    pub subject: Selector,
+    pub ingress: Option<Vec<PeerRule>>,
+    pub ingress_deny: Option<Vec<PeerRule>>,
+    pub egress: Option<Vec<PeerRule>>,
+    pub egress_deny: Option<Vec<PeerRule>>,
+    pub default_deny_ingress: bool,
+    pub default_deny_egress: bool,
+}
+
+impl PolicyRule {
+    fn sections(&self, direction: Direction) -> (Option<&Vec<PeerRule>>, Option<&Vec<PeerRule>>, bool) {
+        match direction {
+            Direction::Ingress => (self.ingress.as_ref(), self.ingress_deny.as_ref(), self.default_deny_ingress),
+            Direction::Egress => (self.egress.as_ref(), self.egress_deny.as_ref(), self.default_deny_egress),
+        }
+    }
+}
+
+/// The peer of the side being evaluated: the source for ingress, the
+/// destination for egress.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerInfo<'a> {
+    pub identity: &'a Identity,
+    pub address: IpAddr,
+}
+
+/// One reason a connection is allowed, with the L7 rules that then apply.
+#[derive(Clone, Debug)]
+pub struct Allowance<'a> {
+    /// `default/allow-get spec.ingress[0].toPorts[0]`
+    pub origin: String,
+    pub policy: &'a str,
+    /// `None`: everything at L7.
+    pub l7: Option<&'a L7Rules>,
+}
+
+#[derive(Clone, Debug)]
+pub enum SideVerdict<'a> {
+    /// No rule enforces this direction for the endpoint.
+    Unenforced,
+    Allowed(Vec<Allowance<'a>>),
+    Denied {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub rules: Vec<PolicyRule>,
+}
+
+impl PolicySet {
+    /// Compile documents; every problem found is reported, not only the first.
+    pub fn compile(documents: &[SourcedDocument]) -> Result<Self, Vec<PolicyError>> {
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        let mut names = std::collections::HashMap::new();
+        for doc in documents {
+            let name = doc.name();
+            let kind_name = format!("{:?}/{}", doc.kind, name);
+            if let Some(first) = names.insert(kind_name, doc.file.clone()) {
+                errors.push(PolicyError {
+                    file: doc.file.clone(),
+                    object: Some(format!("policy {name}")),
+                    field: Some("metadata.name".into()),
+                    message: format!("a policy of this kind and name is already defined in {first}"),
+                });
+                continue;
+            }
+            for (rule, path) in doc.rules() {
+                match compile_rule(doc, rule, &path) {
+                    Ok(compiled) => rules.push(compiled),
+                    Err((field, message)) => errors.push(PolicyError {
+                        file: doc.file.clone(),
+                        object: Some(format!("policy {name}")),
+                        field: Some(field),
+                        message,
+                    }),
+                }
+            }
+        }
+        if errors.is_empty() { Ok(PolicySet { rules }) } else { Err(errors) }
+    }
+
+    /// The verdict for one side. `subject` is the endpoint whose policy is
+    /// evaluated: the destination for ingress, the source for egress.
+    pub fn evaluate<'a>(
+        &'a self,
+        direction: Direction,
+        subject: &Identity,
+        peer: PeerInfo<'_>,
+        port: u16,
+        protocol: L4Protocol,
+    ) -> SideVerdict<'a> {
+        if subject.id < FIRST_ENDPOINT_IDENTITY {
+            // world and other reserved identities have no policy of their own
+            return SideVerdict::Unenforced;
+        }
+        let mut enforced = false;
+        let mut allowances = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.subject.selects(subject)) {
+            let (allow, deny, default_deny) = rule.sections(direction);
+            if default_deny && (allow.is_some() || deny.is_some()) {
+                enforced = true;
+            }
+            for peer_rule in deny.into_iter().flatten() {
+                if let Some(ports) = peer_rule.matching_ports(peer, port, protocol) {
+                    let at = ports.first().map_or(peer_rule.path.as_str(), |p| p.path.as_str());
+                    return SideVerdict::Denied { reason: format!("denied by {} {at}", rule.policy) };
+                }
+            }
+            for peer_rule in allow.into_iter().flatten() {
+                let Some(ports) = peer_rule.matching_ports(peer, port, protocol) else { continue };
+                if ports.is_empty() {
+                    allowances.push(Allowance {
+                        origin: format!("{} {}", rule.policy, peer_rule.path),
+                        policy: &rule.policy,
+                        l7: None,
+                    });
+                }
+                for set in ports {
+                    allowances.push(Allowance {
+                        origin: format!("{} {}", rule.policy, set.path),
+                        policy: &rule.policy,
+                        l7: set.l7.as_ref(),
+                    });
+                }
+            }
+        }
+        if !allowances.is_empty() {
+            SideVerdict::Allowed(allowances)
+        } else if enforced {
+            let side = match direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            };
+            SideVerdict::Denied { reason: format!("no {side} rule allows {} on port {port}", peer.identity.brief()) }
+        } else {
+            SideVerdict::Unenforced
+        }
+    }
+}
+
+impl PeerRule {
+    /// `None` if the rule does not apply; otherwise the port rule sets that
+    /// matched (empty when the rule has no `toPorts`: all ports, no L7).
+    fn matching_ports(&self, peer: PeerInfo<'_>, port: u16, protocol: L4Protocol) -> Option<Vec<&PortRuleSet>> {
+        if let Some(peers) = &self.peers
+            && !peers.iter().any(|p| p.matches(&peer))
+        {
+            return None;
+        }
+        match &self.to_ports {
+            None => Some(Vec::new()),
+            Some(sets) => {
+                let matched: Vec<&PortRuleSet> = sets
+                    .iter()
+                    .filter(|s| s.ports.is_empty() || s.ports.iter().any(|r| r.matches(port, protocol)))
+                    .collect();
+                (!matched.is_empty()).then_some(matched)
+            }
+        }
+    }
+}
+
+type FieldError = (String, String);
+
+fn unsupported(path: String, what: &str) -> FieldError {
+    (path, format!("valid in CiliumNetworkPolicy but not supported by weir yet ({what})"))
+}
+
+fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Result<PolicyRule, FieldError> {
+    let namespace = doc.namespace();
+    if rule.node_selector.is_some() {
+        return Err(unsupported(format!("{path}.nodeSelector"), "host policies need the eBPF datapath"));
+    }
+    let Some(selector) = &rule.endpoint_selector else {
+        return Err((format!("{path}.endpointSelector"), "required (use `{}` to select every endpoint)".into()));
+    };
+    let mut subject = Selector::compile(selector, &format!("{path}.endpointSelector"))?;
+    if let Some(ns) = namespace {
+        subject = subject.in_namespace(ns);
+    }
+    let defaults = rule.enable_default_deny.clone().unwrap_or_default();
+    let ingress = compile_section(rule.ingress.as_deref(), &format!("{path}.ingress"), namespace, false, ingress_rule)?;
+    let ingress_deny =
+        compile_section(rule.ingress_deny.as_deref(), &format!("{path}.ingressDeny"), namespace, true, ingress_rule)?;
+    let egress = compile_section(rule.egress.as_deref(), &format!("{path}.egress"), namespace, false, egress_rule)?;
+    let egress_deny =
+        compile_section(rule.egress_deny.as_deref(), &format!("{path}.egressDeny"), namespace, true, egress_rule)?;
+    Ok(PolicyRule {
+        policy: doc.name(),
+        file: doc.file.clone(),
+        path: path.to_string(),
+        subject,
+        ingress,
+        ingress_deny,
+        egress,
+        egress_deny,
+        default_deny_ingress: defaults.ingress.unwrap_or(true),
+        default_deny_egress: defaults.egress.unwrap_or(true),
+    })
+}
+
+type PeerCompiler<R> = fn(&R, &str, Option<&str>) -> Result<Option<Vec<Peer>>, FieldError>;
+
+fn compile_section<R: HasPorts>(
+    rules: Option<&[R]>,
+    path: &str,
+    namespace: Option<&str>,
+    deny: bool,
+    peers: PeerCompiler<R>,
+) -> Result<Option<Vec<PeerRule>>, FieldError> {
+    let Some(rules) = rules else { return Ok(None) };
+    let mut compiled = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let peers = peers(rule, &at, namespace)?;
+        let to_ports = match rule.to_ports() {
+            None => None,
+            Some(port_rules) => Some(
+                port_rules
+                    .iter()
+                    .enumerate()
+                    .map(|(j, pr)| compile_port_rule(pr, &format!("{at}.toPorts[{j}]"), deny))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        compiled.push(PeerRule { path: at, peers, to_ports });
+    }
+    Ok(Some(compiled))
+}
+
+trait HasPorts {
+    fn to_ports(&self) -> Option<&Vec<PortRule>>;
+}
+
+impl HasPorts for IngressRule {
+    fn to_ports(&self) -> Option<&Vec<PortRule>> {
+        self.to_ports.as_ref()
+    }
+}
+
+impl HasPorts for EgressRule {
+    fn to_ports(&self) -> Option<&Vec<PortRule>> {
+        self.to_ports.as_ref()
+    }
+}
+
+fn ingress_rule(rule: &IngressRule, at: &str, namespace: Option<&str>) -> Result<Option<Vec<Peer>>, FieldError> {
+    for (present, field, why) in [
+        (rule.from_requires.is_some(), "fromRequires", "deprecated in Cilium"),
+        (rule.from_groups.is_some(), "fromGroups", "cloud provider groups"),
+        (rule.from_nodes.is_some(), "fromNodes", "node selection needs Kubernetes"),
+        (rule.icmps.is_some(), "icmps", "ICMP rules need the eBPF datapath"),
+        (rule.authentication.is_some(), "authentication", "mutual authentication"),
+    ] {
+        if present {
+            return Err(unsupported(format!("{at}.{field}"), why));
+        }
+    }
+    peers(
+        at,
+        namespace,
+        ("fromEndpoints", rule.from_endpoints.as_ref()),
+        ("fromCIDR", rule.from_cidr.as_ref()),
+        ("fromCIDRSet", rule.from_cidr_set.as_ref()),
+        ("fromEntities", rule.from_entities.as_ref()),
+    )
+}
+
+fn egress_rule(rule: &EgressRule, at: &str, namespace: Option<&str>) -> Result<Option<Vec<Peer>>, FieldError> {
+    for (present, field, why) in [
+        (rule.to_requires.is_some(), "toRequires", "deprecated in Cilium"),
+        (rule.to_services.is_some(), "toServices", "service selection needs Kubernetes"),
+        (rule.to_fqdns.is_some(), "toFQDNs", "arrives with the DNS proxy"),
+        (rule.to_groups.is_some(), "toGroups", "cloud provider groups"),
+        (rule.to_nodes.is_some(), "toNodes", "node selection needs Kubernetes"),
+        (rule.icmps.is_some(), "icmps", "ICMP rules need the eBPF datapath"),
+        (rule.authentication.is_some(), "authentication", "mutual authentication"),
+    ] {
+        if present {
+            return Err(unsupported(format!("{at}.{field}"), why));
+        }
+    }
+    peers(
+        at,
+        namespace,
+        ("toEndpoints", rule.to_endpoints.as_ref()),
+        ("toCIDR", rule.to_cidr.as_ref()),
+        ("toCIDRSet", rule.to_cidr_set.as_ref()),
+        ("toEntities", rule.to_entities.as_ref()),
+    )
+}
+
+type Named<'a, T> = (&'a str, Option<&'a Vec<T>>);
+
+fn peers(
+    at: &str,
+    namespace: Option<&str>,
+    endpoints: Named<'_, document::Selector>,
+    cidrs: Named<'_, String>,
+    cidr_sets: Named<'_, CidrRule>,
+    entities: Named<'_, String>,
+) -> Result<Option<Vec<Peer>>, FieldError> {
+    let mut out = Vec::new();
+    let mut any_field = false;
+    let empty = |field: &str| {
+        (format!("{at}.{field}"), "an empty list selects nothing; omit the field to match every peer".to_string())
+    };
+    if let (field, Some(list)) = endpoints {
+        any_field = true;
+        if list.is_empty() {
+            return Err(empty(field));
+        }
+        for (i, sel) in list.iter().enumerate() {
+            let mut compiled = Selector::compile(sel, &format!("{at}.{field}[{i}]"))?;
+            if let Some(ns) = namespace {
+                compiled = compiled.in_namespace(ns);
+            }
+            out.push(Peer::Endpoints(compiled));
+        }
+    }
+    if let (field, Some(list)) = cidrs {
+        any_field = true;
+        if list.is_empty() {
+            return Err(empty(field));
+        }
+        for (i, text) in list.iter().enumerate() {
+            let cidr = parse_cidr(text).map_err(|m| (format!("{at}.{field}[{i}]"), m))?;
+            out.push(Peer::Cidr { cidr, except: Vec::new() });
+        }
+    }
+    if let (field, Some(list)) = cidr_sets {
+        any_field = true;
+        if list.is_empty() {
+            return Err(empty(field));
+        }
+        for (i, set) in list.iter().enumerate() {
+            let here = format!("{at}.{field}[{i}]");
+            if set.cidr_group_ref.is_some() || set.cidr_group_selector.is_some() {
+                return Err(unsupported(format!("{here}.cidrGroupRef"), "CiliumCIDRGroup needs Kubernetes"));
+            }
+            let Some(text) = &set.cidr else {
+                return Err((format!("{here}.cidr"), "required".into()));
+            };
+            let cidr = parse_cidr(text).map_err(|m| (format!("{here}.cidr"), m))?;
+            let mut except = Vec::new();
+            for (j, e) in set.except.iter().flatten().enumerate() {
+                let net = parse_cidr(e).map_err(|m| (format!("{here}.except[{j}]"), m))?;
+                if !cidr.contains(&net) {
+                    return Err((format!("{here}.except[{j}]"), format!("{net} is not inside {cidr}")));
+                }
+                except.push(net);
+            }
+            out.push(Peer::Cidr { cidr, except });
+        }
+    }
+    if let (field, Some(list)) = entities {
+        any_field = true;
+        if list.is_empty() {
+            return Err(empty(field));
+        }
+        for (i, name) in list.iter().enumerate() {
+            let entity = Entity::parse(name).ok_or_else(|| {
+                (
+                    format!("{at}.{field}[{i}]"),
+                    format!(
+                        "unknown entity {name:?}; use all, world, cluster, host, remote-node, kube-apiserver, \
+                         health, init, unmanaged or ingress"
+                    ),
+                )
+            })?;
+            out.push(Peer::Entity(entity));
+        }
+    }
+    Ok(any_field.then_some(out))
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR (like 10.0.0.0/8 or 2001:db8::/32)"))
+}
+
+fn compile_port_rule(rule: &PortRule, at: &str, deny: bool) -> Result<PortRuleSet, FieldError> {
+    for (present, field, why) in [
+        (rule.terminating_tls.is_some(), "terminatingTLS", "TLS interception"),
+        (rule.originating_tls.is_some(), "originatingTLS", "TLS origination"),
+        (rule.server_names.is_some(), "serverNames", "SNI rules"),
+        (rule.listener.is_some(), "listener", "Envoy listeners"),
+    ] {
+        if present {
+            return Err(unsupported(format!("{at}.{field}"), why));
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in rule.ports.iter().flatten().enumerate() {
+        let here = format!("{at}.ports[{i}]");
+        let start = match &p.port {
+            None => 0,
+            Some(document::PortValue::Number(n)) => {
+                u16::try_from(*n).map_err(|_| (format!("{here}.port"), format!("{n} is not a port (0-65535)")))?
+            }
+            Some(document::PortValue::Text(t)) => match t.parse::<u16>() {
+                Ok(n) => n,
+                Err(_) if t.parse::<i64>().is_ok() => {
+                    return Err((format!("{here}.port"), format!("{t} is not a port (0-65535)")));
+                }
+                Err(_) => {
+                    return Err(unsupported(format!("{here}.port"), "named ports need Kubernetes pod specs"));
+                }
+            },
+        };
+        let end = match p.end_port {
+            None => start,
+            Some(_) if start == 0 => {
+                return Err((format!("{here}.endPort"), "a range needs a start port other than 0".into()));
+            }
+            Some(e) if e < start as i64 || e > 65535 => {
+                return Err((format!("{here}.endPort"), format!("{e} must be between port ({start}) and 65535")));
+            }
+            Some(e) => e as u16,
+        };
+        let protocol = match p.protocol.as_deref() {
+            None => L4Protocol::Any,
+            Some(text) => L4Protocol::parse(text).ok_or_else(|| {
+                let msg = if text.starts_with("ICMP") {
+                    format!("{text} is not supported by weir yet (ICMP rules need the eBPF datapath)")
+                } else {
+                    format!("unknown protocol {text:?}; use TCP, UDP, SCTP or ANY")
+                };
+                (format!("{here}.protocol"), msg)
+            })?,
+        };
+        ports.push(PortRange { start, end, protocol });
+    }
+    let l7 = match &rule.rules {
+        None => None,
+        Some(_) if deny => {
+            return Err((format!("{at}.rules"), "deny rules carry L3/L4 only; L7 rules go in allow sections".into()));
+        }
+        Some(rules) => {
+            let rules_at = format!("{at}.rules");
+            for (present, field, why) in [
+                (rules.kafka.is_some(), "kafka", "arrives with the Kafka engine"),
+                (rules.dns.is_some(), "dns", "arrives with the DNS proxy"),
+                (rules.l7proto.is_some(), "l7proto", "arrives with the generic protocol filters"),
+                (rules.l7.is_some(), "l7", "arrives with the generic protocol filters"),
+            ] {
+                if present {
+                    return Err(unsupported(format!("{rules_at}.{field}"), why));
+                }
+            }
+            if ports.is_empty() || ports.iter().any(|p| p.start == 0) {
+                return Err((format!("{at}.ports"), "L7 rules need a specific port".into()));
+            }
+            if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
+                return Err((format!("{at}.ports"), format!("L7 rules need TCP (or ANY), not {:?}", p.protocol)));
+            }
+            if let Some(http) = &rules.http {
+                for (i, h) in http.iter().enumerate() {
+                    for (j, hm) in h.header_matches.iter().enumerate() {
+                        let here = format!("{rules_at}.http[{i}].headerMatches[{j}]");
+                        if hm.secret.is_some() {
+                            return Err(unsupported(format!("{here}.secret"), "secrets need the Kubernetes API"));
+                        }
+                        if let Some(m) = &hm.mismatch
+                            && !["LOG", "ADD", "DELETE", "REPLACE"].contains(&m.as_str())
+                        {
+                            return Err((
+                                format!("{here}.mismatch"),
+                                format!("unknown action {m:?}; use LOG, ADD, DELETE or REPLACE"),
+                            ));
+                        }
+                    }
+                }
+            }
+            let wasm = rules
+                .wasm
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, w)| WasmRef {
+                    name: w.name.clone(),
+                    config: w.config_text(),
+                    path: format!("{rules_at}.wasm[{i}]"),
+                })
+                .collect();
+            Some(L7Rules { http: rules.http.clone(), wasm })
+        }
+    };
+    Ok(PortRuleSet { path: at.to_string(), ports, l7 })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Host side of the `weir:filter` WIT: generated bindings and the imports
+//! every filter may call.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+
+use crate::context::{ConnectionContext, Direction};
+use crate::identity::Identity;
+use crate::metrics::{FilterCounterLabels, Metrics};
+
+wasmtime::component::bindgen!({
+    world: "http-filter",
+    path: "../wit",
+    imports: { default: trappable },
+    with: {
+        "weir:filter/types.connection": ConnectionView,
+    },
+});
+
+pub use weir::filter::http_types as http;
+use weir::filter::{host, types};
+
+/// What a filter sees of a connection: the shared context plus the direction
+/// of the policy this filter enforces.
+pub struct ConnectionView {
+    pub context: Arc<ConnectionContext>,
+    pub direction: Direction,
+}
+
+/// Most counter names one filter instance may create; beyond it increments
+/// are dropped (a filter must not blow up metrics cardinality).
+const MAX_COUNTER_NAMES: usize = 64;
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// Per-store state: one per filter instance.
+pub struct HostState {
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub filter_name: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    counter_names: HashSet<String>,
+}
+
+impl HostState {
+    pub fn new(filter_name: Arc<str>, limits: StoreLimits, metrics: Arc<Metrics>) -> Self {
+        HostState { table: ResourceTable::new(), limits, filter_name, metrics, counter_names: HashSet::new() }
+    }
+
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
+    }
+}
+
+impl types::Host for HostState {}
+
+impl http::Host for HostState {}
+
+fn identity(id: &Identity) -> types::Identity {
+    types::Identity { id: id.id, labels: id.labels.to_strings() }
+}
+
+fn socket_address(addr: std::net::SocketAddr) -> types::SocketAddress {
+    let ip = match crate::identity::canonical(addr.ip()) {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            types::IpAddress::Ipv4((a, b, c, d))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            types::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+        }
+    };
+    types::SocketAddress { ip, port: addr.port() }
+}
+
+impl types::HostConnection for HostState {
+    fn id(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.context.id)
+    }
+
+    fn direction(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<types::Direction> {
+        Ok(match self.table.get(&this)?.direction {
+            Direction::Ingress => types::Direction::Ingress,
+            Direction::Egress => types::Direction::Egress,
+        })
+    }
+
+    fn source(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<types::Identity> {
+        Ok(identity(&self.table.get(&this)?.context.source))
+    }
+
+    fn destination(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<types::Identity> {
+        Ok(identity(&self.table.get(&this)?.context.destination))
+    }
+
+    fn source_address(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<types::SocketAddress> {
+        Ok(socket_address(self.table.get(&this)?.context.source_addr))
+    }
+
+    fn destination_address(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<types::SocketAddress> {
+        Ok(socket_address(self.table.get(&this)?.context.destination_addr))
+    }
+
+    fn port(&mut self, this: Resource<ConnectionView>) -> wasmtime::Result<u16> {
+        Ok(self.table.get(&this)?.context.port)
+    }
+
+    /// Filters only ever borrow connections; the host removes the entry after
+    /// each call, so there is nothing to drop here.
+    fn drop(&mut self, _this: Resource<ConnectionView>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let filter = &*self.filter_name;
+        match level {
+            host::LogLevel::Trace => tracing::trace!(filter, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(filter, "{message}"),
+            host::LogLevel::Info => tracing::info!(filter, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(filter, "{message}"),
+            host::LogLevel::Error => tracing::error!(filter, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        if !self.counter_names.contains(&name) {
+            if self.counter_names.len() >= MAX_COUNTER_NAMES || name.len() > 64 {
+                tracing::debug!(filter = &*self.filter_name, name, "counter dropped: too many names or name too long");
+                return Ok(());
+            }
+            self.counter_names.insert(name.clone());
+        }
+        self.metrics
+            .filter_counters
+            .get_or_create(&FilterCounterLabels { filter: self.filter_name.to_string(), name })
+            .inc_by(delta);
+        Ok(())
+    }
+
+    fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        Ok(START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+}

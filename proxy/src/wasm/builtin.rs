@@ -1,0 +1,15 @@
+//! Filters compiled into the weir binary, so a node needs no files to enforce
+//! Cilium-style rules.
+
+/// Name of the built-in filter for `rules.http`.
+pub const HTTP_POLICY: &str = "http-policy";
+
+/// `(name, component bytes)`
+pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
+    (HTTP_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.wasm"))),
+    ("require-header", include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/require_header.wasm"))),
+];
+
+pub fn find(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_FILTERS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}

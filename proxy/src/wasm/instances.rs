@@ -1,0 +1,94 @@
+//! One live instance per (worker thread, configured filter).
+//!
+//! Filter calls are synchronous and short, so they run on the tokio worker
+//! that handles the request; keeping the instance in a thread-local map means
+//! no locking on the hot path and no instance is ever shared between threads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use super::bindings::{HostState, HttpFilter};
+use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, classify, deadline_ticks};
+
+pub(super) struct LiveInstance {
+    pub store: Store<HostState>,
+    pub bindings: HttpFilter,
+    /// Dead once the configured filter is dropped (no model uses it).
+    owner: Weak<()>,
+}
+
+#[derive(Default)]
+struct InstancePool {
+    live: HashMap<u64, LiveInstance>,
+    created_since_sweep: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<InstancePool> = RefCell::new(InstancePool::default());
+}
+
+/// Run `f` on this thread's instance of `filter`, creating it if needed. On
+/// any error the instance is dropped, so the next call starts fresh.
+pub(super) fn with_instance<R>(
+    runtime: &FilterRuntime,
+    filter: &ConfiguredFilter,
+    f: impl FnOnce(&mut LiveInstance) -> wasmtime::Result<R>,
+) -> Result<R, FilterFailure> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if !pool.live.contains_key(&filter.id) {
+            let live = instantiate(runtime, filter)?;
+            pool.created_since_sweep += 1;
+            if pool.created_since_sweep >= 32 {
+                // forget instances of filters no model uses any more
+                pool.live.retain(|_, live| live.owner.strong_count() > 0);
+                pool.created_since_sweep = 0;
+            }
+            pool.live.insert(filter.id, live);
+        }
+        let live = pool.live.get_mut(&filter.id).expect("inserted above");
+        match f(live) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                pool.live.remove(&filter.id);
+                Err(FilterFailure {
+                    filter: filter.name.clone(),
+                    kind: classify(&error),
+                    message: format!("{error:#}"),
+                })
+            }
+        }
+    })
+}
+
+/// A fresh instance with `configure` already called.
+pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) -> Result<LiveInstance, FilterFailure> {
+    let fail = |kind, message: String| FilterFailure { filter: filter.name.clone(), kind, message };
+    let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
+    let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
+    store.limiter(|state| state.limiter());
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
+    let bindings = filter
+        .component
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
+    runtime
+        .metrics
+        .filter_instantiations
+        .get_or_create(&crate::metrics::FilterLabels { filter: filter.name.to_string() })
+        .inc();
+    match bindings.call_configure(&mut store, &filter.config) {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => return Err(fail(FailureKind::Instantiate, message)),
+        Err(e) => {
+            let kind = classify(&e);
+            return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));
+        }
+    }
+    Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive) })
+}

@@ -1,0 +1,390 @@
+//! The filter host: compiles filter components once, keeps one configured
+//! instance per worker thread and filter, and runs every call under a CPU
+//! deadline and a memory limit.
+//!
+//! A call that traps, times out or runs out of memory never reaches the wire:
+//! the caller gets a [`FilterFailure`], applies the filter's failure policy,
+//! and the instance is thrown away (a guest that panicked is never reused).
+
+mod bindings;
+pub mod builtin;
+mod cache;
+mod instances;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use bindings::{ConnectionView, http};
+
+use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
+use bindings::{HostState, HttpFilter, HttpFilterPre};
+
+/// How often the epoch advances; CPU deadlines are whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The largest memory any filter may be given; per-filter limits are below it.
+pub const MAX_FILTER_MEMORY: usize = 1 << 30;
+
+/// CPU and memory budget of one filter, per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FilterLimits {
+    /// Longest a single call may run before it is interrupted.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// Most linear memory an instance may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits { timeout: Duration::from_millis(10), memory: 32 << 20 }
+    }
+}
+
+/// What happens to a request when its filter fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Refuse the request (HTTP 500). The default: a broken filter must not
+    /// turn into an open door.
+    #[default]
+    Closed,
+    /// Continue as if the filter had allowed the request.
+    Open,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// The guest trapped (a panic, unreachable, an out-of-bounds access).
+    Trap,
+    /// The call ran past its CPU deadline.
+    Timeout,
+    /// The guest tried to grow past its memory limit.
+    Memory,
+    /// No instance could be made (instantiation or `configure` failed).
+    Instantiate,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
+            FailureKind::Instantiate => "instantiate",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FilterFailure {
+    pub filter: Arc<str>,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl fmt::Display for FilterFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "filter {} failed ({}): {}", self.filter, self.kind.as_str(), self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("filter {name}: not a valid WebAssembly component: {message}")]
+    Compile { name: String, message: String },
+    #[error("filter {name}: does not implement the http-filter world of weir:filter@0.1.0: {message}")]
+    World { name: String, message: String },
+}
+
+/// Compiles components and owns the engine, the linker and the epoch clock.
+pub struct FilterRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    metrics: Arc<Metrics>,
+    cache: Option<cache::PrecompileCache>,
+    configured: Mutex<HashMap<ConfiguredKey, Weak<ConfiguredFilter>>>,
+    ticker: Option<EpochTicker>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ConfiguredKey {
+    digest: [u8; 32],
+    name: Arc<str>,
+    config: String,
+    limits: FilterLimits,
+    failure: FailurePolicy,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled filters are kept between runs; `None` compiles every start.
+    pub cache_dir: Option<PathBuf>,
+    /// Pool capacity: filter instances alive at once across all workers.
+    pub max_instances: Option<u32>,
+}
+
+impl FilterRuntime {
+    pub fn new(metrics: Arc<Metrics>, options: RuntimeOptions) -> anyhow::Result<Self> {
+        let max_instances = options.max_instances.unwrap_or(1000);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances)
+            .total_memories(max_instances)
+            .total_tables(max_instances)
+            .max_memory_size(MAX_FILTER_MEMORY)
+            // keep a few warm slots so replacing a trapped instance is cheap
+            .max_unused_warm_slots(16);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .concurrency_support(false)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // filters are small: a 1 MiB native stack is plenty and bounds recursion
+            .max_wasm_stack(1 << 20)
+            // 4 GiB reservations x 1000 slots is too much address space for a
+            // sidecar-free node agent; memories are small, bounds checks are cheap.
+            .memory_reservation(MAX_FILTER_MEMORY as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&config).map_err(anyhow_error)?;
+        let mut linker = Linker::new(&engine);
+        HttpFilter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
+
+        let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
+        let ticker = Some(EpochTicker::start(engine.clone()));
+        Ok(FilterRuntime { engine, linker, metrics, cache, configured: Mutex::new(HashMap::new()), ticker })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Compile a component and check it implements the http-filter world.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
+        let started = Instant::now();
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let component = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bytes, &digest),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::Compile { name: name.into(), message: format!("{e:#}") })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(HttpFilterPre::new)
+            .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
+        tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
+        Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))
+    }
+
+    /// A filter instance configuration, validated: `configure` ran once on a
+    /// fresh instance and accepted it. Identical requests share one value, so
+    /// reloads that keep a rule keep its warm instances.
+    pub fn configure(
+        self: &Arc<Self>,
+        component: &Arc<FilterComponent>,
+        config: String,
+        limits: FilterLimits,
+        failure: FailurePolicy,
+    ) -> Result<Arc<ConfiguredFilter>, String> {
+        let key = ConfiguredKey { digest: component.digest, name: component.name.clone(), config, limits, failure };
+        {
+            let configured = self.configured.lock().unwrap();
+            if let Some(existing) = configured.get(&key).and_then(Weak::upgrade) {
+                return Ok(existing);
+            }
+        }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let filter = Arc::new(ConfiguredFilter {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: component.name.clone(),
+            component: component.clone(),
+            config: key.config.clone(),
+            limits,
+            failure,
+            runtime: Arc::downgrade(self),
+            alive: Arc::new(()),
+            duration: self
+                .metrics
+                .filter_duration
+                .get_or_create(&FilterLabels { filter: component.name.to_string() })
+                .clone(),
+        });
+        // Validate on a throw-away instance so a bad configuration rejects the
+        // policy update instead of failing requests later.
+        instances::instantiate(self, &filter).map_err(|f| f.message)?;
+        let mut configured = self.configured.lock().unwrap();
+        configured.retain(|_, weak| weak.strong_count() > 0);
+        configured.insert(key, Arc::downgrade(&filter));
+        Ok(filter)
+    }
+}
+
+impl Drop for FilterRuntime {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+/// A compiled, pre-linked filter component.
+pub struct FilterComponent {
+    pub name: Arc<str>,
+    pub digest: [u8; 32],
+    pre: HttpFilterPre<HostState>,
+}
+
+impl fmt::Debug for FilterComponent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterComponent").field("name", &self.name).finish()
+    }
+}
+
+/// A component plus the configuration its instances are created with.
+pub struct ConfiguredFilter {
+    id: u64,
+    pub name: Arc<str>,
+    component: Arc<FilterComponent>,
+    pub config: String,
+    pub limits: FilterLimits,
+    pub failure: FailurePolicy,
+    runtime: Weak<FilterRuntime>,
+    /// Instances hold a weak reference: they are swept once this is gone.
+    alive: Arc<()>,
+    /// Resolved once: a label lookup per call would cost more than the call.
+    duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl fmt::Debug for ConfiguredFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredFilter").field("name", &self.name).field("config", &self.config).finish()
+    }
+}
+
+impl ConfiguredFilter {
+    pub fn on_request(
+        &self,
+        connection: ConnectionView,
+        request: &http::Request,
+    ) -> Result<http::RequestDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.weir_filter_http_handler().call_on_request(store, conn, request)
+        })
+    }
+
+    pub fn on_response(
+        &self,
+        connection: ConnectionView,
+        response: &http::Response,
+    ) -> Result<http::ResponseDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.weir_filter_http_handler().call_on_response(store, conn, response)
+        })
+    }
+
+    fn call<R>(
+        &self,
+        connection: ConnectionView,
+        f: impl FnOnce(
+            &HttpFilter,
+            &mut wasmtime::Store<HostState>,
+            wasmtime::component::Resource<ConnectionView>,
+        ) -> wasmtime::Result<R>,
+    ) -> Result<R, FilterFailure> {
+        let Some(runtime) = self.runtime.upgrade() else {
+            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
+        };
+        let started = Instant::now();
+        let result = instances::with_instance(&runtime, self, |live| {
+            live.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+            let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
+            // Lend the guest a transient borrow: an owned handle passed as a
+            // borrow would be tracked in the store forever.
+            let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(owned.rep());
+            let result = f(&live.bindings, &mut live.store, lent);
+            live.store.data_mut().table.delete(owned)?;
+            result
+        });
+        self.duration.observe(started.elapsed().as_secs_f64());
+        result.inspect_err(|failure| {
+            runtime
+                .metrics
+                .filter_failures
+                .get_or_create(&FilterFailureLabels { filter: self.name.to_string(), kind: failure.kind.as_str() })
+                .inc();
+            tracing::warn!(filter = &*self.name, kind = failure.kind.as_str(), "{}", failure.message);
+        })
+    }
+
+    fn failure(&self, kind: FailureKind, message: String) -> FilterFailure {
+        FilterFailure { filter: self.name.clone(), kind, message }
+    }
+}
+
+/// wasmtime 48 has its own error type; the binary edge speaks anyhow.
+fn anyhow_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    // +1: the current tick may be about to end
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// Sort a wasmtime error from a guest call into what the operator must know.
+fn classify(error: &wasmtime::Error) -> FailureKind {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return FailureKind::Timeout;
+    }
+    let text = format!("{error:#}");
+    if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
+        return FailureKind::Memory;
+    }
+    FailureKind::Trap
+}
+
+/// Advances the engine epoch every tick, on its own thread.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
