@@ -58,7 +58,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => (quickstart_dir()?, true),
     };
     let source = LocalSource::new(&dir);
-    let inputs = source.read().map_err(|errors| invalid(&errors))?;
+    let (inputs, _) = source.read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
@@ -146,21 +146,10 @@ pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::R
         }
         None => (WeirConfig::parse("{}").expect("defaults parse"), PathBuf::from("."), "(no weir.yaml)".into()),
     };
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        let display = file.display().to_string();
-        match std::fs::read_to_string(file) {
-            Ok(text) => match document::parse_file(&display, &text) {
-                Ok(mut docs) => documents.append(&mut docs),
-                Err(mut e) => errors.append(&mut e),
-            },
-            Err(e) => errors.push(PolicyError { file: display, object: None, field: None, message: e.to_string() }),
-        }
-    }
-    if !errors.is_empty() {
-        return Ok(errors);
-    }
+    let loaded = document::load_files(
+        files.iter().map(|file| (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| e.to_string()))),
+    );
+    let (documents, mut errors) = (loaded.documents, loaded.errors);
     let metrics = Arc::new(Metrics::default());
     let runtime = Arc::new(FilterRuntime::new(
         metrics,
@@ -170,5 +159,6 @@ pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::R
     let mut config = config;
     config.listeners.clear();
     let inputs = ModelInputs { config, config_dir, config_file, documents };
-    Ok(PolicyModel::build(inputs, &runtime, 0).err().unwrap_or_default())
+    errors.extend(PolicyModel::build(inputs, &runtime, 0).err().unwrap_or_default());
+    Ok(errors)
 }

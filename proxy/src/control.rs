@@ -26,8 +26,10 @@ impl LocalSource {
         LocalSource { dir: dir.into() }
     }
 
-    /// Read and parse everything; every problem is reported.
-    pub fn read(&self) -> Result<ModelInputs, Vec<PolicyError>> {
+    /// Read and parse everything. `Err` when weir.yaml itself is unusable;
+    /// otherwise the inputs built from every document that parsed, and the
+    /// errors of those that did not (so validation can report its own too).
+    pub fn read(&self) -> Result<(ModelInputs, Vec<PolicyError>), Vec<PolicyError>> {
         let config_path = self.dir.join(CONFIG_FILE);
         let config_file = config_path.display().to_string();
         let text = std::fs::read_to_string(&config_path).map_err(|e| {
@@ -37,22 +39,12 @@ impl LocalSource {
             let (field, message) = split_field(&message);
             vec![PolicyError { file: config_file.clone(), object: None, field, message }]
         })?;
-        let mut documents = Vec::new();
-        let mut errors = Vec::new();
-        for path in policy_files(&self.dir.join(POLICY_DIR)) {
-            let display = path.display().to_string();
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match document::parse_file(&display, &text) {
-                    Ok(mut docs) => documents.append(&mut docs),
-                    Err(mut e) => errors.append(&mut e),
-                },
-                Err(e) => errors.push(PolicyError { file: display, object: None, field: None, message: e.to_string() }),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(ModelInputs { config, config_dir: self.dir.clone(), config_file, documents })
+        let files = policy_files(&self.dir.join(POLICY_DIR)).into_iter().map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+            (path.display().to_string(), text)
+        });
+        let document::LoadedDocuments { documents, errors } = document::load_files(files);
+        Ok((ModelInputs { config, config_dir: self.dir.clone(), config_file, documents }, errors))
     }
 
     /// A cheap hash of what `read` would see: the config and policy files,
@@ -129,10 +121,16 @@ impl Controller {
         // compiling filters and regexes is CPU work: keep it off the workers
         tokio::task::spawn_blocking(move || {
             let fingerprint = source.fingerprint();
-            let inputs = source.read().map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            let model = PolicyModel::build(inputs, &runtime, generation)
-                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            Ok((model, fingerprint))
+            let text = |errors: Vec<PolicyError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>();
+            let (inputs, mut errors) = source.read().map_err(text)?;
+            match PolicyModel::build(inputs, &runtime, generation) {
+                Ok(model) if errors.is_empty() => Ok((model, fingerprint)),
+                Ok(_) => Err(text(errors)),
+                Err(more) => {
+                    errors.extend(more);
+                    Err(text(errors))
+                }
+            }
         })
         .await
         .map_err(|e| vec![format!("model build panicked: {e}")])?

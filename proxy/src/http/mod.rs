@@ -1,6 +1,7 @@
 //! The HTTP engine: HTTP/1.1, HTTP/2 (h2c and TLS) and gRPC, on hyper.
 
 mod body;
+mod framing;
 mod normalize;
 mod reply;
 pub mod server;

@@ -12,10 +12,14 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::framing::{FramingGuard, Rejected};
 use super::service::HttpConnection;
+use crate::context::ConnectionContext;
 use crate::context::next_connection_id;
+use crate::flow::HttpFlow;
 use crate::flow::{FlowPeer, FlowRecord, Verdict};
 use crate::metrics::ListenerLabels;
+use crate::metrics::RequestLabels;
 use crate::model::ConnectionVerdict;
 use crate::state::ProxyState;
 
@@ -71,8 +75,9 @@ pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream
         return;
     }
 
+    let on_reject = framing_rejected(state.clone(), context.clone());
     match tls {
-        None => serve_http(conn, stream, Mode::Auto).await,
+        None => serve_http(conn, FramingGuard::new(stream, on_reject), Mode::Auto).await,
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -86,12 +91,41 @@ pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream
                     return;
                 }
             };
-            let mode = match tls_stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Mode::Http2,
-                _ => Mode::Http1,
-            };
-            serve_http(conn, tls_stream, mode).await
+            match tls_stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => serve_http(conn, tls_stream, Mode::Http2).await,
+                _ => serve_http(conn, FramingGuard::new(tls_stream, on_reject), Mode::Http1).await,
+            }
         }
+    }
+}
+
+/// Flow records for requests the framing guard refused (hyper answers them 400).
+fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> impl FnMut(Rejected) + Unpin {
+    move |rejected: Rejected| {
+        state.metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: "error" }).inc();
+        state.flows.record(FlowRecord {
+            time: String::new(),
+            id: 0,
+            protocol: "http".into(),
+            verdict: Verdict::Error,
+            reason: Some("Content-Length together with Transfer-Encoding: refused (400)".into()),
+            policies: Vec::new(),
+            matched: None,
+            source: FlowPeer::new(&context.source, context.source_addr),
+            destination: FlowPeer::new(&context.destination, context.destination_addr),
+            listener: context.listener.to_string(),
+            port: context.port,
+            connection: context.id,
+            http: Some(HttpFlow {
+                method: rejected.method,
+                path: rejected.path,
+                host: String::new(),
+                version: "HTTP/1.1".into(),
+                status: Some(400),
+            }),
+            latency_us: None,
+            filter_us: 0,
+        });
     }
 }
 

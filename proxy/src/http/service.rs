@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
+use super::body::{BodyEnd, EndHook, ProxyBody};
 use super::normalize::normalize_path;
 use super::reply;
 use super::upstream::UpstreamPools;
@@ -50,12 +50,57 @@ pub struct HttpConnection {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
+/// A request in flight. If the client goes away, hyper drops the handler
+/// future; the guard then still records the request's flow.
+struct InFlight {
+    conn: Arc<HttpConnection>,
+    snap: Arc<Snapshot>,
+    trace: Option<RequestTrace>,
+}
+
+impl InFlight {
+    fn trace(&mut self) -> &mut RequestTrace {
+        self.trace.as_mut().expect("a finished request is not traced further")
+    }
+
+    /// Hand the flow over to the response body: it is recorded when the
+    /// body ends, so a stream cut short shows as such.
+    fn record_at_end(mut self, status: u16, request_aborted: Arc<AtomicBool>) -> EndHook {
+        let (conn, snap, mut trace) = (self.conn.clone(), self.snap.clone(), self.trace.take());
+        Box::new(move |end: BodyEnd| {
+            let Some(trace) = trace.take() else { return };
+            let (verdict, reason) = match end {
+                BodyEnd::Complete => (Verdict::Forwarded, None),
+                BodyEnd::Failed(_) if request_aborted.load(Ordering::Relaxed) => {
+                    (Verdict::Error, Some("the client aborted the request body".to_string()))
+                }
+                BodyEnd::Failed(e) => (Verdict::Error, Some(format!("the response body failed: {e}"))),
+                BodyEnd::Abandoned => {
+                    (Verdict::Error, Some("the client went away before the response ended".to_string()))
+                }
+            };
+            conn.record(&snap, trace, verdict, reason, Some(status));
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(trace) = self.trace.take() {
+            let reason = "the client closed the connection before the response".to_string();
+            self.conn.record(&self.snap, trace, Verdict::Error, Some(reason), None);
+        }
+    }
+}
+
 /// What a request's flow record needs, gathered along the way.
 struct RequestTrace {
     started: Instant,
     http: HttpFlow,
     filter_time: Duration,
     matched: Option<String>,
+    /// Time to the response head, when the upstream answered.
+    latency: Option<Duration>,
 }
 
 impl HttpConnection {
@@ -105,7 +150,7 @@ impl HttpConnection {
         let started = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let version = request.version();
-        let mut trace = RequestTrace {
+        let trace = RequestTrace {
             started,
             http: HttpFlow {
                 method: request.method().to_string(),
@@ -116,21 +161,17 @@ impl HttpConnection {
             },
             filter_time: Duration::ZERO,
             matched: None,
+            latency: None,
         };
         let Some(snap) = self.snapshot() else {
             return reply::closing(reply::upstream_unavailable());
         };
+        let mut flight = InFlight { conn: self.clone(), snap: snap.clone(), trace: Some(trace) };
         let chain = match &*snap.verdict {
             ConnectionVerdict::Drop { reason } => {
                 // the policy changed under an open connection
                 let reason = format!("{reason} (policy changed; closing)");
-                return self.finish(
-                    &snap,
-                    trace,
-                    Verdict::Denied,
-                    Some(reason),
-                    reply::closing(reply::access_denied()),
-                );
+                return Self::finish(flight, Verdict::Denied, Some(reason), reply::closing(reply::access_denied()));
             }
             ConnectionVerdict::Forward(chain) => chain,
         };
@@ -138,25 +179,25 @@ impl HttpConnection {
         // Framing and target checks, before anything is interpreted.
         let authority = match check_request(&request) {
             Ok(authority) => authority,
-            Err(why) => return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await,
+            Err(why) => return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await,
         };
         if request.method() == Method::CONNECT {
             let why = "CONNECT is not supported by an L7 policy listener".to_string();
-            return self.refuse(&snap, trace, request, reply::method_not_allowed(&why), Verdict::Error, why).await;
+            return Self::refuse(flight, request, reply::method_not_allowed(&why), Verdict::Error, why).await;
         }
         let path = match normalize_path(request.uri().path(), snap.listener.config.escaped_slashes) {
             Ok(path) => path,
             Err(e) => {
                 let why = e.to_string();
-                return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
             }
         };
         let path_and_query = match request.uri().query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        trace.http.path = path_and_query.clone();
-        trace.http.host = authority.clone();
+        flight.trace().http.path = path_and_query.clone();
+        flight.trace().http.host = authority.clone();
 
         // Filters.
         let (mut parts, body) = request.into_parts();
@@ -170,7 +211,7 @@ impl HttpConnection {
                 Ok(h) => h,
                 Err(why) => {
                     let request = Request::from_parts(parts, body);
-                    return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+                    return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
                 }
             },
         };
@@ -178,7 +219,7 @@ impl HttpConnection {
             let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
             let filter_started = Instant::now();
             let decision = link.filter.on_request(view, &head);
-            trace.filter_time += filter_started.elapsed();
+            flight.trace().filter_time += filter_started.elapsed();
             match decision {
                 Ok(wit::RequestDecision::Allow(allow)) => {
                     if !allow.edits.is_empty() {
@@ -190,13 +231,14 @@ impl HttpConnection {
                             };
                             if link.filter.failure == FailurePolicy::Closed {
                                 let request = Request::from_parts(parts, body);
-                                return self.filter_failed(&snap, trace, request, failure).await;
+                                return Self::filter_failed(flight, request, failure).await;
                             }
                             continue;
                         }
                         head.headers = flat_headers(&parts.headers).unwrap_or_default();
                     }
                     if let Some(matched) = allow.matched {
+                        let trace = flight.trace();
                         trace.matched = Some(match trace.matched.take() {
                             Some(earlier) => format!("{earlier}; {matched}"),
                             None => matched,
@@ -216,12 +258,12 @@ impl HttpConnection {
                     };
                     let request = Request::from_parts(parts, body);
                     let reason = format!("{}: {}", link.filter.name, deny.reason);
-                    return self.refuse(&snap, trace, request, response, Verdict::Denied, reason).await;
+                    return Self::refuse(flight, request, response, Verdict::Denied, reason).await;
                 }
                 Err(failure) => {
                     if link.filter.failure == FailurePolicy::Closed {
                         let request = Request::from_parts(parts, body);
-                        return self.filter_failed(&snap, trace, request, failure).await;
+                        return Self::filter_failed(flight, request, failure).await;
                     }
                     tracing::debug!("{failure}; failure policy open, continuing");
                 }
@@ -246,7 +288,7 @@ impl HttpConnection {
             Err(e) => {
                 let why = format!("cannot form the upstream URI: {e}");
                 let request = Request::from_parts(parts, body);
-                return self.refuse(&snap, trace, request, reply::bad_request(&why), Verdict::Error, why).await;
+                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
             }
         };
         parts.uri = uri;
@@ -274,7 +316,7 @@ impl HttpConnection {
                 } else {
                     (reply::upstream_failed(), format!("upstream failed: {}", error_chain(&e)))
                 };
-                return self.finish(&snap, trace, Verdict::Error, Some(why), reply);
+                return Self::finish(flight, Verdict::Error, Some(why), reply);
             }
         };
 
@@ -290,7 +332,7 @@ impl HttpConnection {
                 let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
                 let filter_started = Instant::now();
                 let decision = link.filter.on_response(view, &head);
-                trace.filter_time += filter_started.elapsed();
+                flight.trace().filter_time += filter_started.elapsed();
                 match decision {
                     Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
                     Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
@@ -300,11 +342,11 @@ impl HttpConnection {
                     Ok(wit::ResponseDecision::Replace(custom)) => {
                         let replaced = custom_reply(custom).unwrap_or_else(|_| reply::filter_failed());
                         let reason = format!("{}: replaced the upstream response", link.filter.name);
-                        return self.finish(&snap, trace, Verdict::Denied, Some(reason), replaced);
+                        return Self::finish(flight, Verdict::Denied, Some(reason), replaced);
                     }
                     Err(failure) if link.filter.failure == FailurePolicy::Closed => {
                         let reason = failure.to_string();
-                        return self.finish(&snap, trace, Verdict::Error, Some(reason), reply::filter_failed());
+                        return Self::finish(flight, Verdict::Error, Some(reason), reply::filter_failed());
                     }
                     Err(_) => {}
                 }
@@ -312,27 +354,24 @@ impl HttpConnection {
         }
         let (mut parts, body) = response.into_parts();
         parts.version = version;
-        let response = Response::from_parts(parts, ProxyBody::Upstream(body));
-        self.finish(&snap, trace, Verdict::Forwarded, None, response)
+        flight.trace().latency = Some(started.elapsed());
+        let on_end = flight.record_at_end(parts.status.as_u16(), aborted);
+        Response::from_parts(parts, ProxyBody::upstream(body, on_end))
     }
 
     async fn filter_failed(
-        &self,
-        snap: &Snapshot,
-        trace: RequestTrace,
+        flight: InFlight,
         request: Request<Incoming>,
         failure: FilterFailure,
     ) -> Response<ProxyBody> {
         let reason = failure.to_string();
-        self.refuse(snap, trace, request, reply::filter_failed(), Verdict::Error, reason).await
+        Self::refuse(flight, request, reply::filter_failed(), Verdict::Error, reason).await
     }
 
     /// Answer without forwarding. An HTTP/1.1 request body is read to the end
     /// (up to a limit) first, so the client can send its next request.
     async fn refuse(
-        &self,
-        snap: &Snapshot,
-        trace: RequestTrace,
+        flight: InFlight,
         request: Request<Incoming>,
         response: Response<ProxyBody>,
         verdict: Verdict,
@@ -342,19 +381,31 @@ impl HttpConnection {
         let body = request.into_body();
         let response =
             if http1 && !body.is_end_stream() && !drain(body).await { reply::closing(response) } else { response };
-        self.finish(snap, trace, verdict, Some(reason), response)
+        Self::finish(flight, verdict, Some(reason), response)
     }
 
     fn finish(
+        mut flight: InFlight,
+        verdict: Verdict,
+        reason: Option<String>,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        if let Some(trace) = flight.trace.take() {
+            flight.conn.record(&flight.snap, trace, verdict, reason, Some(response.status().as_u16()));
+        }
+        response
+    }
+
+    fn record(
         &self,
         snap: &Snapshot,
         mut trace: RequestTrace,
         verdict: Verdict,
         reason: Option<String>,
-        response: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
-        let elapsed = trace.started.elapsed();
-        trace.http.status = Some(response.status().as_u16());
+        status: Option<u16>,
+    ) {
+        let elapsed = trace.latency.unwrap_or_else(|| trace.started.elapsed());
+        trace.http.status = status;
         let metrics = &self.state.metrics;
         metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
         metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" }).observe(elapsed.as_secs_f64());
@@ -379,7 +430,6 @@ impl HttpConnection {
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
         });
-        response
     }
 }
 

@@ -315,8 +315,9 @@ impl std::fmt::Display for PolicyError {
     }
 }
 
-/// Split a file into documents and parse each; every bad document is reported.
-pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedDocument>, Vec<PolicyError>> {
+/// Split a file into documents and parse each. Returns the good documents
+/// and an error for every bad one, so callers can report everything at once.
+pub fn parse_file(file: &str, text: &str) -> (Vec<SourcedDocument>, Vec<PolicyError>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -340,7 +341,30 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedDocument>, Vec<Po
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+    (docs, errors)
+}
+
+/// Parse and compile policy files, reporting every problem in all of them.
+pub fn load_files(files: impl IntoIterator<Item = (String, Result<String, String>)>) -> LoadedDocuments {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in files {
+        match text {
+            Ok(text) => {
+                let (mut docs, mut errs) = parse_file(&file, &text);
+                documents.append(&mut docs);
+                errors.append(&mut errs);
+            }
+            Err(message) => errors.push(PolicyError { file, object: None, field: None, message }),
+        }
+    }
+    LoadedDocuments { documents, errors }
+}
+
+pub struct LoadedDocuments {
+    pub documents: Vec<SourcedDocument>,
+    /// Parse errors; compile errors of the parsed documents come from `PolicySet::compile`.
+    pub errors: Vec<PolicyError>,
 }
 
 fn parse_document(file: &str, index: usize, value: serde_yaml::Value) -> Result<SourcedDocument, PolicyError> {

@@ -1,1 +1,303 @@
+use std::net::IpAddr;
 
+use super::document::parse_file;
+use super::*;
+use crate::identity::{Label, Labels, NAMESPACE_LABEL};
+
+fn identity(id: u32, namespace: &str, labels: &[(&str, &str)]) -> Identity {
+    let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::k8s(k, v)).collect();
+    all.push(Label::k8s(NAMESPACE_LABEL, namespace));
+    Identity { id, labels: Labels::new(all) }
+}
+
+fn set(yaml: &str) -> PolicySet {
+    let (docs, errors) = parse_file("test.yaml", yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    PolicySet::compile(&docs).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn errors(yaml: &str) -> Vec<PolicyError> {
+    let (docs, mut errors) = parse_file("bad.yaml", yaml);
+    errors.extend(PolicySet::compile(&docs).err().unwrap_or_default());
+    assert!(!errors.is_empty(), "expected the policy to be rejected");
+    errors
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const WEB_FROM_FRONTEND: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/.*"}]
+"#;
+
+fn allowed(v: &SideVerdict<'_>) -> bool {
+    matches!(v, SideVerdict::Allowed(_))
+}
+
+#[test]
+fn ingress_rule_allows_selected_peer_on_its_port_with_l7_rules() {
+    let set = set(WEB_FROM_FRONTEND);
+    let web = identity(300, "shop", &[("app", "web")]);
+    let frontend = identity(301, "shop", &[("app", "frontend")]);
+    let peer = PeerInfo { identity: &frontend, address: ip("10.0.0.1") };
+    match set.evaluate(Direction::Ingress, &web, peer, 80, L4Protocol::Tcp) {
+        SideVerdict::Allowed(a) => {
+            assert_eq!(a.len(), 1);
+            assert_eq!(a[0].origin, "shop/web spec.ingress[0].toPorts[0]");
+            assert_eq!(a[0].l7.unwrap().http.as_ref().unwrap()[0].path.as_deref(), Some("/.*"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // other port, other protocol, other peer, other namespace: default deny
+    assert!(matches!(set.evaluate(Direction::Ingress, &web, peer, 81, L4Protocol::Tcp), SideVerdict::Denied { .. }));
+    assert!(matches!(set.evaluate(Direction::Ingress, &web, peer, 80, L4Protocol::Udp), SideVerdict::Denied { .. }));
+    let db = identity(302, "shop", &[("app", "db")]);
+    let other = PeerInfo { identity: &db, address: ip("10.0.0.2") };
+    assert!(matches!(set.evaluate(Direction::Ingress, &web, other, 80, L4Protocol::Tcp), SideVerdict::Denied { .. }));
+    let foreign = identity(303, "elsewhere", &[("app", "frontend")]);
+    let foreign = PeerInfo { identity: &foreign, address: ip("10.0.0.3") };
+    assert!(matches!(set.evaluate(Direction::Ingress, &web, foreign, 80, L4Protocol::Tcp), SideVerdict::Denied { .. }));
+    // the policy's namespace confines its endpointSelector too
+    let web_elsewhere = identity(304, "elsewhere", &[("app", "web")]);
+    assert!(matches!(
+        set.evaluate(Direction::Ingress, &web_elsewhere, peer, 80, L4Protocol::Tcp),
+        SideVerdict::Unenforced
+    ));
+    // egress of web is not enforced by an ingress-only policy
+    assert!(matches!(set.evaluate(Direction::Egress, &web, peer, 80, L4Protocol::Tcp), SideVerdict::Unenforced));
+}
+
+#[test]
+fn deny_rules_win_and_enable_default_deny() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: guard}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEntities: [all]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: attacker}}]
+      toPorts: [{ports: [{port: "80"}]}]
+"#);
+    let web = identity(300, "a", &[("app", "web")]);
+    let attacker = identity(301, "b", &[("app", "attacker")]);
+    let friend = identity(302, "b", &[("app", "friend")]);
+    let at = |who: &Identity, port| {
+        set.evaluate(
+            Direction::Ingress,
+            &web,
+            PeerInfo { identity: who, address: ip("10.1.1.1") },
+            port,
+            L4Protocol::Tcp,
+        )
+    };
+    match at(&attacker, 80) {
+        SideVerdict::Denied { reason } => assert!(reason.contains("guard spec.ingressDeny[0].toPorts[0]"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(allowed(&at(&attacker, 443)), "deny covers port 80 only");
+    assert!(allowed(&at(&friend, 80)));
+    // clusterwide: the empty-namespace rule spans namespaces
+    assert!(allowed(&at(&Identity::reserved(reserved::WORLD), 80)), "fromEntities: all includes world");
+}
+
+#[test]
+fn default_deny_can_be_switched_off() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: visibility}
+spec:
+  endpointSelector: {}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: a}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
+"#);
+    let web = identity(300, "default", &[("app", "web")]);
+    let a = identity(301, "default", &[("app", "a")]);
+    let b = identity(302, "default", &[("app", "b")]);
+    let at = |who: &Identity| {
+        set.evaluate(Direction::Ingress, &web, PeerInfo { identity: who, address: ip("10.0.0.9") }, 80, L4Protocol::Tcp)
+    };
+    assert!(allowed(&at(&a)), "a gets the L7 visibility rule");
+    assert!(matches!(at(&b), SideVerdict::Unenforced), "b is not denied: default deny is off");
+}
+
+#[test]
+fn entities_cidrs_and_port_ranges() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: edge}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]
+      toPorts: [{ports: [{port: "8000", endPort: 8099, protocol: TCP}]}]
+    - fromEntities: [host]
+"#);
+    let web = identity(300, "default", &[("app", "web")]);
+    let world = Identity::reserved(reserved::WORLD);
+    let host = Identity::reserved(reserved::HOST);
+    let from = |who: &Identity, addr: &str, port| {
+        set.evaluate(Direction::Ingress, &web, PeerInfo { identity: who, address: ip(addr) }, port, L4Protocol::Tcp)
+    };
+    assert!(allowed(&from(&world, "192.0.2.10", 8050)));
+    assert!(!allowed(&from(&world, "192.0.2.200", 8050)), "except carves out the upper half");
+    assert!(!allowed(&from(&world, "192.0.2.10", 8100)), "outside the range");
+    assert!(!allowed(&from(&world, "198.51.100.1", 8050)));
+    let managed = identity(305, "default", &[("app", "x")]);
+    assert!(!allowed(&from(&managed, "192.0.2.10", 8050)), "CIDR rules never match managed endpoints");
+    assert!(allowed(&from(&host, "127.0.0.1", 22)), "host entity on any port");
+}
+
+#[test]
+fn rule_without_http_rules_allows_all_l7_alongside_an_l7_rule() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: mixed}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: a}}]
+      toPorts: [{ports: [{port: "80"}], rules: {http: [{path: /only}]}}]
+    - fromEndpoints: [{matchLabels: {role: admin}}]
+"#);
+    let web = identity(300, "default", &[("app", "web")]);
+    let admin_a = identity(301, "default", &[("app", "a"), ("role", "admin")]);
+    match set.evaluate(
+        Direction::Ingress,
+        &web,
+        PeerInfo { identity: &admin_a, address: ip("10.0.0.1") },
+        80,
+        L4Protocol::Tcp,
+    ) {
+        SideVerdict::Allowed(a) => {
+            assert_eq!(a.len(), 2);
+            assert!(a.iter().any(|x| x.l7.is_none()), "the L3-only rule contributes an allow-all group");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn egress_is_evaluated_for_the_source() {
+    let set = set(r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {name: out}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: api}}]
+      toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#);
+    let client = identity(300, "default", &[("app", "client")]);
+    let api = identity(301, "default", &[("app", "api")]);
+    let to = |who: &Identity, port| {
+        set.evaluate(
+            Direction::Egress,
+            &client,
+            PeerInfo { identity: who, address: ip("10.0.0.5") },
+            port,
+            L4Protocol::Tcp,
+        )
+    };
+    assert!(allowed(&to(&api, 443)));
+    assert!(!allowed(&to(&api, 80)));
+    assert!(!allowed(&to(&Identity::reserved(reserved::WORLD), 443)));
+}
+
+fn one_error(yaml: &str) -> PolicyError {
+    let mut e = errors(yaml);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e.remove(0)
+}
+
+const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\n";
+
+#[test]
+fn errors_name_the_file_policy_and_field() {
+    let e = one_error(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - fromEndpoint: []\n"));
+    assert_eq!(e.file, "bad.yaml");
+    assert_eq!(e.field.as_deref(), Some("spec.ingress[0].fromEndpoint"));
+    assert!(e.message.contains("unknown field `fromEndpoint`"), "{}", e.message);
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - toPorts: [{{ports: [{{port: '80', protocol: TPC}}]}}]\n"
+    ));
+    assert_eq!(e.object.as_deref(), Some("policy default/p"));
+    assert_eq!(e.field.as_deref(), Some("spec.ingress[0].toPorts[0].ports[0].protocol"));
+
+    let e = one_error(&format!("{HEAD}spec:\n  ingress: []\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.endpointSelector"));
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toFQDNs: [{{matchName: example.com}}]\n"
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.egress[0].toFQDNs"));
+    assert!(e.message.contains("not supported by weir yet"));
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingressDeny:\n    - toPorts: [{{ports: [{{port: '80'}}], rules: {{http: [{{}}]}}}}]\n"
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.ingressDeny[0].toPorts[0].rules"));
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{http: [{{}}]}}}}]\n"
+    ));
+    assert!(e.message.contains("need TCP"), "{}", e.message);
+
+    let e = one_error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+    assert_eq!(e.field.as_deref(), Some("kind"));
+
+    let e = one_error(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - fromEndpoints: []\n"));
+    assert!(e.message.contains("empty list"), "{}", e.message);
+
+    let e = one_error(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - fromCIDR: [10.0.0.300/8]\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.ingress[0].fromCIDR[0]"));
+}
+
+#[test]
+fn every_bad_document_is_reported() {
+    let two = format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress: [{{fromEntities: [moon]}}]\n---\n{HEAD}spec:\n  endpointSelector: {{}}\n  bogus: 1\n"
+    );
+    assert_eq!(errors(&two).len(), 2);
+}
+
+#[test]
+fn kubectl_output_metadata_and_multi_document_files_load() {
+    let yaml = format!(
+        "{}---\n# a comment-only document is skipped\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+         metadata:\n  name: q\n  namespace: shop\n  uid: 1234\n  resourceVersion: \"42\"\n  creationTimestamp: null\n\
+         spec:\n  endpointSelector: {{}}\n",
+        WEB_FROM_FRONTEND
+    );
+    let (docs, errors) = parse_file("multi.yaml", &yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(docs.iter().map(|d| d.name()).collect::<Vec<_>>(), vec!["shop/web", "shop/q"]);
+}
+
+#[test]
+fn duplicate_policy_names_are_rejected() {
+    let doubled = format!("{WEB_FROM_FRONTEND}---\n{WEB_FROM_FRONTEND}");
+    let e = errors(&doubled);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].message.contains("already defined"));
+}

@@ -13,3 +13,7 @@ pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
 pub fn find(name: &str) -> Option<&'static [u8]> {
     BUILTIN_FILTERS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
+
+/// Where this build put every filter component, the test-only ones too
+/// (`misbehave.wasm`); tests load them from here.
+pub const BUILT_FILTERS_DIR: &str = env!("WEIR_BUILT_FILTERS_DIR");

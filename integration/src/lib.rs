@@ -1,0 +1,396 @@
+//! Harness for end-to-end tests: the real `weir` binary in a temporary
+//! config directory, real upstreams (nginx, weir's demo backend), and real
+//! clients (curl, nghttp, Python gRPC, raw sockets).
+//!
+//! Local mode needs no privileges. Clients take identities by binding
+//! loopback addresses (127.0.0.2 and up), which the endpoints in weir.yaml
+//! name. Every process started here is killed when its handle drops, also
+//! when a test fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use weir::flow::FlowRecord;
+
+pub const FRONTEND: &str = "127.0.0.2";
+pub const CRAWLER: &str = "127.0.0.3";
+
+/// The weir binary of this build. `scripts/test.sh` builds it first; set
+/// WEIR_BIN to test another.
+pub fn weir_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WEIR_BIN") {
+        return PathBuf::from(bin);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/weir
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("weir");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p weir, or scripts/test.sh)", bin.display());
+    bin
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn wait_port(addr: SocketAddr, what: &str) {
+    wait_for(what, Duration::from_secs(30), || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    child: Child,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Self {
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process { child, name: name.into() }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running weir with its own config directory and admin port.
+pub struct Weir {
+    pub dir: tempfile::TempDir,
+    pub admin: SocketAddr,
+    process: Process,
+    log: PathBuf,
+}
+
+impl Weir {
+    /// Start weir with `weir.yaml` (where `ADMIN` is replaced by a free
+    /// admin address) and policy files; waits until it is healthy.
+    pub fn start(config: &str, policies: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = config.replace("ADMIN", &admin.to_string());
+        std::fs::write(dir.path().join("weir.yaml"), format!("reload_interval: 200ms\n{config}")).unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        for (name, text) in policies {
+            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+        }
+        let log = dir.path().join("weir.log");
+        let process = Process::spawn(
+            "weir",
+            Command::new(weir_bin())
+                .args(["run", "--config"])
+                .arg(dir.path())
+                .env("WEIR_CACHE_DIR", cache_dir())
+                .env("WEIR_LOG", "info,weir=debug")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let mut weir = Weir { dir, admin, process, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(admin, "/healthz") {
+                break;
+            }
+            assert!(weir.process.is_running(), "weir exited during start:\n{}", weir.log());
+            assert!(Instant::now() < deadline, "weir did not become healthy:\n{}", weir.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        weir
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write_policy(&self, name: &str, text: &str) {
+        // write then rename, as editors and ConfigMap updates do
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("policies").join(name)).unwrap();
+    }
+
+    pub fn generation(&self) -> u64 {
+        let (_, body) = http_get(self.admin, "/healthz").expect("healthz");
+        body.trim().rsplit('=').next().and_then(|g| g.parse().ok()).expect("generation")
+    }
+
+    /// Wait until a reload past `generation` has been applied.
+    pub fn wait_generation_above(&self, generation: u64) {
+        wait_for("a policy reload", Duration::from_secs(30), || self.generation() > generation);
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        let (_, body) = http_get(self.admin, "/config").expect("config");
+        serde_json::from_str(&body).expect("config JSON")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("metrics").1
+    }
+
+    /// Kept flows matching a `/flows` query (without follow).
+    pub fn flows(&self, query: &str) -> Vec<FlowRecord> {
+        let (status, body) = http_get(self.admin, &format!("/flows?{query}")).expect("flows");
+        assert_eq!(status, 200, "{body}");
+        body.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    }
+
+    /// The last flow for a path, waiting a little for it to be recorded.
+    pub fn last_flow(&self, path: &str) -> FlowRecord {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = self.flows("");
+            if let Some(found) = flows.iter().rev().find(|f| f.http.as_ref().is_some_and(|h| h.path == path)) {
+                return found.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no flow for {path}; flows: {flows:#?}\nweir log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Compiled filters shared by all test runs of this build.
+fn cache_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("weir-test-cache")
+}
+
+/// GET over a fresh HTTP/1.1 connection; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    Ok((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What curl saw.
+#[derive(Debug)]
+pub struct CurlResult {
+    pub status: u16,
+    pub version: String,
+    pub body: String,
+    /// curl's exit code: 0, or e.g. 52/56 when the server closed/reset.
+    pub exit: i32,
+    pub stderr: String,
+}
+
+/// `curl` with the given arguments; `-w` output is parsed from the end.
+pub fn curl(args: &[&str]) -> CurlResult {
+    let out: Output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n__weir__ %{http_code} %{http_version}"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/setup.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, meta) = stdout.rsplit_once("\n__weir__ ").unwrap_or((&stdout, "0 0"));
+    let mut meta = meta.split_whitespace();
+    CurlResult {
+        status: meta.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        version: meta.next().unwrap_or("").to_string(),
+        body: body.to_string(),
+        exit: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// curl from a client identity's address.
+pub fn curl_from(source: &str, args: &[&str]) -> CurlResult {
+    let mut all = vec!["--interface", source];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+/// Send raw bytes from `source` and read the answer until the server closes
+/// or goes quiet for `quiet`.
+pub fn raw_exchange(source: &str, to: SocketAddr, request: &[u8], quiet: Duration) -> String {
+    let mut stream = connect_from(source, to);
+    stream.write_all(request).unwrap();
+    read_until_quiet(&mut stream, quiet)
+}
+
+pub fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+pub fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> String {
+    stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// weir's demo backend as its own process (an HTTP/1.1 + h2c hyper server).
+pub struct DemoBackend {
+    pub addr: SocketAddr,
+    _process: Process,
+}
+
+impl DemoBackend {
+    pub fn start() -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let process = Process::spawn(
+            "demo-backend",
+            Command::new(weir_bin())
+                .args(["demo-backend", "--listen", &addr.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_port(addr, "the demo backend");
+        DemoBackend { addr, _process: process }
+    }
+}
+
+/// A real nginx serving static files, with an access log we can read.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    _process: Process,
+}
+
+impl Nginx {
+    /// nginx on a free port. `/`: a static tree with `/public/hello.txt` and
+    /// `/admin/secret.txt`; `/slow`: answers after a pause (proxy timeout tests).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        for (file, text) in [
+            ("public/hello.txt", "hello from nginx\n"),
+            ("admin/secret.txt", "top secret\n"),
+            ("index.html", "index\n"),
+            ("robots.txt", "User-agent: *\n"),
+        ] {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let port = free_port();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\nuser root;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location /echo {{ return 200 \"$request_method $request_uri\\n\"; }}\n  }}\n}}\n",
+            d = dir.path().display(),
+            root = root.display(),
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("nginx");
+        let process = Process::spawn(
+            "nginx",
+            Command::new(nginx)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(dir.path().join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_port(addr, "nginx");
+        Nginx { addr, dir, _process: process }
+    }
+
+    /// Request lines nginx logged, e.g. `"GET /public/hello.txt HTTP/1.1" 200`.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files in `dir`.
+pub fn write_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// Run one of the Python helpers in `integration/python`.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+    Command::new("python3").arg(path).args(args).output().expect("python3")
+}
+
+pub fn python_server(script: &str, args: &[&str], addr: SocketAddr) -> Process {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+    let process = Process::spawn(
+        script,
+        Command::new("python3").arg(path).args(args).stdout(Stdio::null()).stderr(Stdio::inherit()),
+    );
+    wait_port(addr, script);
+    process
+}
+
+/// The misbehaving test filter built with this weir.
+pub fn misbehave_filter() -> PathBuf {
+    PathBuf::from(weir::wasm::builtin::BUILT_FILTERS_DIR).join("misbehave.wasm")
+}

@@ -1,0 +1,373 @@
+//! A guard under hyper's HTTP/1 parser for one ambiguity hyper resolves
+//! silently: a request with both Content-Length and Transfer-Encoding.
+//!
+//! Hyper follows RFC 9112 §6.3 (Transfer-Encoding wins, Content-Length is
+//! dropped, the connection closes after the response) and hides the dropped
+//! header, so the request would be forwarded. Weir refuses such requests
+//! outright. The guard follows message boundaries (heads, Content-Length and
+//! chunked bodies), holds each request head back until it is complete, and
+//! when one carries both headers it corrupts that head's Content-Length name
+//! so hyper's own parser answers 400 and closes, in order after any earlier
+//! pipelined responses. HTTP/2 connections are passed through untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads larger than this are passed on unchecked; hyper refuses them (431).
+const MAX_HEAD: usize = 128 << 10;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Collecting a request head.
+    Head,
+    /// `n` body bytes left.
+    Body(u64),
+    /// Inside a chunked body.
+    Chunked(Chunk),
+    /// Stop inspecting (HTTP/2, an oversized head, a malformed body hyper will refuse).
+    PassThrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    /// `n` data bytes left, then the CRLF after them.
+    Data(u64),
+    /// The CRLF after chunk data.
+    DataEnd,
+    /// Trailer lines after the last chunk, until an empty one.
+    Trailers,
+}
+
+/// What the guard found wrong with a head, for the caller's flow record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub method: String,
+    pub path: String,
+}
+
+/// The framing state machine, separate from I/O so it can be tested.
+pub struct Framer {
+    phase: Phase,
+    /// Bytes of the current line (chunk sizes, trailers) or head.
+    pending: Vec<u8>,
+    /// Bytes checked and ready for hyper.
+    ready: Vec<u8>,
+    started: bool,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer { phase: Phase::Head, pending: Vec::new(), ready: Vec::new(), started: false }
+    }
+}
+
+impl Framer {
+    /// Feed bytes read from the client; returns what was rejected, if anything.
+    pub fn feed(&mut self, mut input: &[u8]) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        if !self.started && !input.is_empty() {
+            self.started = true;
+            if H2_PREFACE.starts_with(&input[..input.len().min(H2_PREFACE.len())]) {
+                self.phase = Phase::PassThrough;
+            }
+        }
+        while !input.is_empty() {
+            match self.phase {
+                Phase::PassThrough => {
+                    self.ready.extend_from_slice(input);
+                    return rejected;
+                }
+                Phase::Head => {
+                    // find the end of the head, scanning only new bytes
+                    let before = self.pending.len();
+                    self.pending.extend_from_slice(input);
+                    let search_from = before.saturating_sub(3);
+                    let end = find(&self.pending[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4);
+                    match end {
+                        None => {
+                            if self.pending.len() > MAX_HEAD {
+                                self.ready.append(&mut self.pending);
+                                self.phase = Phase::PassThrough;
+                            }
+                            return rejected;
+                        }
+                        Some(end) => {
+                            let consumed = end - before;
+                            let mut head: Vec<u8> = self.pending.drain(..end).collect();
+                            self.pending.clear();
+                            input = &input[consumed..];
+                            self.phase = self.check_head(&mut head, &mut rejected);
+                            self.ready.extend_from_slice(&head);
+                        }
+                    }
+                }
+                Phase::Body(left) => {
+                    let n = (left as usize).min(input.len());
+                    self.ready.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.phase = if left as usize == n { Phase::Head } else { Phase::Body(left - n as u64) };
+                }
+                Phase::Chunked(Chunk::Data(left)) => {
+                    let n = (left as usize).min(input.len());
+                    self.ready.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.phase =
+                        Phase::Chunked(if left as usize == n { Chunk::DataEnd } else { Chunk::Data(left - n as u64) });
+                }
+                Phase::Chunked(state) => {
+                    // line-based states: Size, DataEnd, Trailers
+                    let Some(newline) = input.iter().position(|b| *b == b'\n') else {
+                        self.pending.extend_from_slice(input);
+                        self.ready.extend_from_slice(input);
+                        if self.pending.len() > 4096 {
+                            self.phase = Phase::PassThrough;
+                        }
+                        return rejected;
+                    };
+                    self.pending.extend_from_slice(&input[..=newline]);
+                    self.ready.extend_from_slice(&input[..=newline]);
+                    input = &input[newline + 1..];
+                    let line = std::mem::take(&mut self.pending);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.phase = match state {
+                        Chunk::Size => match parse_chunk_size(line) {
+                            Some(0) => Phase::Chunked(Chunk::Trailers),
+                            Some(size) => Phase::Chunked(Chunk::Data(size)),
+                            None => Phase::PassThrough, // hyper will refuse the body
+                        },
+                        Chunk::DataEnd if line.is_empty() => Phase::Chunked(Chunk::Size),
+                        Chunk::DataEnd => Phase::PassThrough,
+                        Chunk::Trailers if line.is_empty() => Phase::Head,
+                        Chunk::Trailers => Phase::Chunked(Chunk::Trailers),
+                        Chunk::Data(_) => unreachable!("handled above"),
+                    };
+                }
+            }
+        }
+        rejected
+    }
+
+    /// Decide what follows a complete head; poison it if it is ambiguous.
+    fn check_head(&mut self, head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut headers);
+        let (method, path, length, chunked, content_length_at) = match request.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let mut length: Option<u64> = None;
+                let mut chunked = false;
+                let mut transfer_encoding = false;
+                let mut content_length_at = None;
+                for h in request.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                        // where the name sits in `head`, to poison it
+                        content_length_at = Some(h.name.as_ptr() as usize + h.name.len() - head.as_ptr() as usize);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        transfer_encoding = true;
+                        chunked =
+                            h.value.rsplit(|b| *b == b',').next().is_some_and(|last| {
+                                String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked")
+                            });
+                    }
+                }
+                let both = transfer_encoding && content_length_at.is_some();
+                (
+                    request.method.unwrap_or("").to_string(),
+                    request.path.unwrap_or("").to_string(),
+                    length,
+                    chunked,
+                    content_length_at.filter(|_| both),
+                )
+            }
+            // hyper answers parse errors itself and closes
+            _ => return Phase::PassThrough,
+        };
+        if let Some(at) = content_length_at {
+            // "Content-Length:" becomes "Content-Length\0": an invalid header
+            // name, so hyper refuses the request with 400 and closes.
+            head[at] = 0;
+            rejected.push(Rejected { method, path });
+            return Phase::PassThrough;
+        }
+        if chunked {
+            Phase::Chunked(Chunk::Size)
+        } else {
+            match length {
+                Some(n) if n > 0 => Phase::Body(n),
+                _ => Phase::Head,
+            }
+        }
+    }
+
+    pub fn take_ready(&mut self, max: usize) -> Vec<u8> {
+        let n = max.min(self.ready.len());
+        self.ready.drain(..n).collect()
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|b| *b == b';').next()?;
+    let digits = std::str::from_utf8(digits).ok()?.trim();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// The guard around a client connection's I/O.
+pub struct FramingGuard<IO, F> {
+    io: IO,
+    framer: Framer,
+    on_reject: F,
+    eof: bool,
+}
+
+impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
+    pub fn new(io: IO, on_reject: F) -> Self {
+        FramingGuard { io, framer: Framer::default(), on_reject, eof: false }
+    }
+}
+
+impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGuard<IO, F> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.framer.has_ready() {
+                let chunk = this.framer.take_ready(buf.remaining());
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut scratch = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // hand over a head that never completed, then EOF
+                    let partial = std::mem::take(&mut this.framer.pending);
+                    this.framer.ready.extend_from_slice(&partial);
+                    this.eof = true;
+                }
+                Poll::Ready(Ok(())) => {
+                    for rejected in this.framer.feed(read.filled()) {
+                        (this.on_reject)(rejected);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin, F: Unpin> AsyncWrite for FramingGuard<IO, F> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `input` in pieces of `step` bytes; return what hyper would read.
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Rejected>) {
+        let mut framer = Framer::default();
+        let mut rejected = Vec::new();
+        for piece in input.chunks(step) {
+            rejected.extend(framer.feed(piece));
+        }
+        (framer.take_ready(usize::MAX), rejected)
+    }
+
+    const CLEAN: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n\
+        GET /fake HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n\
+        POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n\
+        GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[test]
+    fn clean_traffic_passes_unchanged_in_any_split() {
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let (out, rejected) = run(CLEAN, step);
+            assert_eq!(out, CLEAN, "step {step}");
+            assert!(rejected.is_empty(), "a body that looks like a head is not a head (step {step})");
+        }
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_poisoned() {
+        for (head, path) in [
+            (
+                &b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+                "/x",
+            ),
+            (b"POST /y HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\nHost: x\r\n\r\n", "/y"),
+        ] {
+            for step in [1, 5, 4096] {
+                let first: &[u8] = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
+                let stream = [first, head].concat();
+                let (out, rejected) = run(&stream, step);
+                assert_eq!(rejected, vec![Rejected { method: "POST".into(), path: path.into() }], "step {step}");
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let second = &out[first.len()..];
+                assert!(httparse::Request::new(&mut headers).parse(second).is_err(), "hyper must refuse it");
+                assert_eq!(&out[..first.len()], first, "earlier requests untouched");
+            }
+        }
+    }
+
+    #[test]
+    fn http2_is_passed_through() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        for step in [1, 3, 100] {
+            let (out, rejected) = run(preface, step);
+            assert_eq!(out, preface);
+            assert!(rejected.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_stop_inspection_without_losing_bytes() {
+        let stream = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /next HTTP/1.1\r\n\r\n";
+        let (out, _) = run(stream, 3);
+        assert_eq!(out, stream);
+    }
+}

@@ -1,0 +1,155 @@
+//! The filter host under misbehaving guests: traps, endless loops, memory
+//! hogs and bad configurations fail one call, never the host, and a failed
+//! instance is replaced while a healthy one is reused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir::context::{ConnectionContext, Direction};
+use weir::identity::{Identity, reserved};
+use weir::metrics::Metrics;
+use weir::wasm::http::{Request, RequestDecision};
+use weir::wasm::{
+    ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits,
+    FilterRuntime, RuntimeOptions, builtin,
+};
+
+fn setup() -> (Arc<Metrics>, Arc<FilterRuntime>, Arc<FilterComponent>) {
+    let metrics = Arc::new(Metrics::default());
+    let runtime = Arc::new(FilterRuntime::new(metrics.clone(), RuntimeOptions::default()).unwrap());
+    let bytes = std::fs::read(format!("{}/misbehave.wasm", builtin::BUILT_FILTERS_DIR)).unwrap();
+    let component = runtime.load("misbehave", &bytes).unwrap();
+    (metrics, runtime, component)
+}
+
+fn limits() -> FilterLimits {
+    FilterLimits { timeout: Duration::from_millis(20), memory: 8 << 20 }
+}
+
+fn call(filter: &ConfiguredFilter, path: &str) -> Result<RequestDecision, FilterFailure> {
+    let context = Arc::new(ConnectionContext {
+        id: 1,
+        source: Arc::new(Identity::reserved(reserved::WORLD)),
+        destination: Arc::new(Identity::reserved(reserved::WORLD)),
+        source_addr: SocketAddr::from(([127, 0, 0, 2], 1)),
+        destination_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+        port: 80,
+        listener: "t".into(),
+    });
+    let request = Request {
+        id: 1,
+        method: "GET".into(),
+        path: path.into(),
+        authority: "a".into(),
+        scheme: "http".into(),
+        headers: vec![],
+    };
+    filter.on_request(ConnectionView { context, direction: Direction::Ingress }, &request)
+}
+
+/// The misbehave filter stamps how many requests this instance has seen.
+fn seen(decision: RequestDecision) -> String {
+    match decision {
+        RequestDecision::Allow(a) => match &a.edits[..] {
+            [weir::wasm::http::HeaderOp::Set(h)] if h.name == "x-misbehave-seen" => h.value.clone(),
+            other => panic!("unexpected edits {other:?}"),
+        },
+        RequestDecision::Deny(d) => panic!("denied: {}", d.reason),
+    }
+}
+
+#[test]
+fn a_healthy_instance_is_reused_and_a_trapped_one_replaced() {
+    let (metrics, runtime, component) = setup();
+    let filter = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    assert_eq!(seen(call(&filter, "/ok").unwrap()), "1");
+    assert_eq!(seen(call(&filter, "/ok").unwrap()), "2", "the same instance serves the next call");
+
+    let failure = call(&filter, "/trap").unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(failure.message.contains("unreachable") || failure.message.contains("trap"), "{}", failure.message);
+
+    assert_eq!(seen(call(&filter, "/ok").unwrap()), "1", "a fresh instance after the trap");
+    let text = metrics.encode();
+    assert!(text.contains(r#"weir_filter_failures_total{filter="misbehave",kind="trap"} 1"#), "{text}");
+    // one for validation in configure, one first use, one replacement
+    assert!(text.contains(r#"weir_filter_instantiations_total{filter="misbehave"} 3"#), "{text}");
+    assert!(text.contains(r#"weir_filter_counter_total{filter="misbehave",name="requests"} 3"#), "{text}");
+}
+
+#[test]
+fn an_endless_loop_hits_the_cpu_deadline() {
+    let (_, runtime, component) = setup();
+    let filter = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    let failure = call(&filter, "/loop").unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Timeout, "{}", failure.message);
+    assert_eq!(seen(call(&filter, "/ok").unwrap()), "1");
+}
+
+#[test]
+fn a_memory_hog_hits_the_memory_limit() {
+    let (_, runtime, component) = setup();
+    let filter = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    let failure = call(&filter, "/oom").unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Memory, "{}", failure.message);
+    assert_eq!(seen(call(&filter, "/ok").unwrap()), "1");
+}
+
+#[test]
+fn bad_configurations_are_rejected_before_traffic() {
+    let (_, runtime, component) = setup();
+    let refused =
+        runtime.configure(&component, r#"{"rejectConfig":"no thanks"}"#.into(), limits(), FailurePolicy::Closed);
+    assert_eq!(refused.unwrap_err(), "no thanks");
+    let trapped = runtime.configure(&component, r#"{"trapInConfigure":true}"#.into(), limits(), FailurePolicy::Closed);
+    assert!(trapped.unwrap_err().contains("configure failed (trap)"));
+    let malformed = runtime.configure(&component, "{".into(), limits(), FailurePolicy::Closed);
+    assert!(malformed.unwrap_err().contains("misbehave config"));
+}
+
+#[test]
+fn identical_configurations_share_one_filter() {
+    let (_, runtime, component) = setup();
+    let a = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    let b = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    let open = runtime.configure(&component, String::new(), limits(), FailurePolicy::Open).unwrap();
+    assert!(!Arc::ptr_eq(&a, &open), "a different failure policy is a different filter");
+}
+
+#[test]
+fn components_that_are_not_filters_are_refused() {
+    let (_, runtime, _) = setup();
+    let not_wasm = runtime.load("junk", b"definitely not wasm");
+    assert!(not_wasm.unwrap_err().to_string().contains("not a valid WebAssembly component"));
+    // a valid component of another world: a core module is not a component at all
+    let core_module = b"\0asm\x01\0\0\0";
+    assert!(runtime.load("core", core_module).is_err());
+}
+
+#[test]
+fn the_example_filter_answers_with_its_own_reply() {
+    let metrics = Arc::new(Metrics::default());
+    let runtime = Arc::new(FilterRuntime::new(metrics.clone(), RuntimeOptions::default()).unwrap());
+    let component = runtime.load("require-header", builtin::find("require-header").unwrap()).unwrap();
+    let config = r#"{"header":"x-api-key","pattern":"[0-9a-f]{4}","realm":"r"}"#.to_string();
+    let filter = runtime.configure(&component, config, FilterLimits::default(), FailurePolicy::Closed).unwrap();
+    match call(&filter, "/").unwrap() {
+        RequestDecision::Deny(d) => {
+            let reply = d.reply.expect("a custom reply");
+            assert_eq!(reply.status, 401);
+            assert!(reply.headers.iter().any(|h| h.name == "www-authenticate" && h.value.contains("realm=\"r\"")));
+            assert_eq!(String::from_utf8(reply.body).unwrap(), "missing x-api-key header\n");
+        }
+        RequestDecision::Allow(_) => panic!("allowed without a key"),
+    }
+    assert!(metrics.encode().contains(r#"weir_filter_counter_total{filter="require-header",name="rejected"} 1"#));
+    let bad = runtime.configure(
+        &component,
+        r#"{"header":"x","pattern":"("}"#.into(),
+        FilterLimits::default(),
+        FailurePolicy::Closed,
+    );
+    assert!(bad.unwrap_err().contains("`pattern`"));
+}
