@@ -68,7 +68,8 @@ fn http1_requests_are_allowed_or_denied_by_source_identity() {
     // L3/L4, so the connection is reset before any HTTP is exchanged
     let world = curl(&[&url(port, "/public/hello.txt")]);
     assert_eq!(world.status, 0, "{world:?}");
-    assert!(world.exit == 56 || world.exit == 52, "connection reset or closed: {world:?}");
+    // curl reports the reset as 7, 52 or 56 depending on when it notices
+    assert!([7, 52, 56].contains(&world.exit), "connection reset: {world:?}");
 
     assert!(!nginx.access_log().contains("/admin/secret.txt"), "a denied request never reaches the upstream");
 
@@ -80,7 +81,7 @@ fn http1_requests_are_allowed_or_denied_by_source_identity() {
     assert_eq!(flow.reason.as_deref(), Some("http-policy: no HTTP rule matched"));
     let allowed = weir.flows("from_label=app=frontend&verdict=forwarded").pop().expect("the frontend's request");
     assert_eq!(allowed.http.as_ref().unwrap().path, "/public/hello.txt");
-    assert_eq!(allowed.matched.as_deref(), Some("default/web spec.ingress[0].toPorts[0]"));
+    assert_eq!(allowed.policies, vec!["default/web spec.ingress[0].toPorts[0]".to_string()]);
     let dropped = weir.flows("verdict=dropped");
     assert_eq!(dropped.len(), 1, "{dropped:?}");
     assert!(dropped[0].source.labels.contains(&"reserved:world".to_string()));

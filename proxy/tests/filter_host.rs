@@ -9,7 +9,7 @@ use std::time::Duration;
 use weir::context::{ConnectionContext, Direction};
 use weir::identity::{Identity, reserved};
 use weir::metrics::Metrics;
-use weir::wasm::http::{Request, RequestDecision};
+use weir::wasm::http::RequestDecision;
 use weir::wasm::{
     ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits,
     FilterRuntime, RuntimeOptions, builtin,
@@ -37,14 +37,7 @@ fn call(filter: &ConfiguredFilter, path: &str) -> Result<RequestDecision, Filter
         port: 80,
         listener: "t".into(),
     });
-    let request = Request {
-        id: 1,
-        method: "GET".into(),
-        path: path.into(),
-        authority: "a".into(),
-        scheme: "http".into(),
-        headers: vec![],
-    };
+    let request = weir::wasm::test_request("GET", path, "a", &[]);
     filter.on_request(ConnectionView { context, direction: Direction::Ingress }, &request)
 }
 

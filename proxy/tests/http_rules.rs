@@ -8,7 +8,7 @@ use serde_json::json;
 use weir::context::{ConnectionContext, Direction};
 use weir::identity::{Identity, reserved};
 use weir::metrics::Metrics;
-use weir::wasm::http::{HeaderOp, Request, RequestDecision};
+use weir::wasm::http::{HeaderOp, RequestDecision};
 use weir::wasm::{
     ConnectionView, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
 };
@@ -75,18 +75,7 @@ impl Policy {
             port: 80,
             listener: "test".into(),
         });
-        let mut headers = Vec::new();
-        for (n, v) in &req.headers {
-            headers.extend_from_slice(format!("{}: {v}\n", n.to_ascii_lowercase()).as_bytes());
-        }
-        let request = Request {
-            id: 1,
-            method: req.method.into(),
-            path: req.path.into(),
-            authority: req.authority.into(),
-            scheme: "http".into(),
-            headers,
-        };
+        let request = weir::wasm::test_request(req.method, req.path, req.authority, &req.headers);
         self.0.on_request(ConnectionView { context, direction: Direction::Ingress }, &request).expect("filter call")
     }
 

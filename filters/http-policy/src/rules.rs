@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use regex::Regex;
 use weir_filter_sdk::headers;
-use weir_filter_sdk::http::{HeaderOp, Request, append_header, remove_header, set_header};
+use weir_filter_sdk::http::{HeaderOp, Request, RequestParts, append_header, remove_header, set_header};
 
 use crate::config::{HttpRule, MismatchAction, PolicyConfig};
 
@@ -67,7 +67,9 @@ impl CompiledPolicy {
         Ok(CompiledPolicy { groups, have_header_matches })
     }
 
-    /// `Some(group name)` when allowed, `None` when denied.
+    /// `Some(group name)` when allowed, `None` when denied. The name is left
+    /// out when there is a single group: the host knows it already, and
+    /// returning a string is a good part of a call's cost.
     pub fn evaluate(&self, view: &mut HeaderView<'_>) -> Option<Option<&str>> {
         if self.groups.is_empty() {
             return Some(None);
@@ -75,7 +77,7 @@ impl CompiledPolicy {
         let mut allowed_by = None;
         for group in &self.groups {
             if group.allows(view) {
-                allowed_by.get_or_insert(group.name.as_deref());
+                allowed_by.get_or_insert(if self.groups.len() > 1 { group.name.as_deref() } else { None });
                 if !self.have_header_matches {
                     break;
                 }
@@ -224,7 +226,9 @@ impl Pattern {
     fn matches(&self, value: &str) -> bool {
         match self {
             Pattern::Exact(literal) => value == literal,
-            Pattern::Prefix(prefix) => value.starts_with(prefix.as_str()) && !value.contains('\n'),
+            // values never hold a newline (it separates head lines), so
+            // `.*` matching the rest of the value is a plain prefix test
+            Pattern::Prefix(prefix) => value.starts_with(prefix.as_str()),
             Pattern::Regex(regex) => regex.is_match(value),
         }
     }
@@ -248,6 +252,11 @@ fn header_field(name: &str) -> Result<Field, String> {
 /// by header-match actions (later rules see earlier edits, as in Envoy).
 pub struct HeaderView<'r> {
     request: &'r Request,
+    /// Method and path are what most rules test: found up front. The rest of
+    /// the head is parsed only if a rule asks for it.
+    method: &'r str,
+    path: &'r str,
+    rest: core::cell::Cell<Option<RequestParts<'r>>>,
     /// Materialized on the first edit; until then values come from the buffer.
     edited: Option<Vec<(String, String)>>,
     edits: Vec<HeaderOp>,
@@ -255,31 +264,41 @@ pub struct HeaderView<'r> {
 
 impl<'r> HeaderView<'r> {
     pub fn new(request: &'r Request) -> Self {
-        HeaderView { request, edited: None, edits: Vec::new() }
+        let (method, path) = method_and_path(&request.head);
+        HeaderView { request, method, path, rest: core::cell::Cell::new(None), edited: None, edits: Vec::new() }
     }
 
     pub fn into_edits(self) -> Vec<HeaderOp> {
         self.edits
     }
 
+    fn parts(&self) -> RequestParts<'r> {
+        match self.rest.get() {
+            Some(parts) => parts,
+            None => {
+                let parts = self.request.parts();
+                self.rest.set(Some(parts));
+                parts
+            }
+        }
+    }
+
     fn value(&self, field: &Field) -> Option<Cow<'_, str>> {
         match field {
-            Field::Method => Some(Cow::Borrowed(&self.request.method)),
-            Field::Path => Some(Cow::Borrowed(&self.request.path)),
-            Field::Authority => Some(Cow::Borrowed(&self.request.authority)),
-            Field::Scheme => Some(Cow::Borrowed(&self.request.scheme)),
+            Field::Method => Some(Cow::Borrowed(self.method)),
+            Field::Path => Some(Cow::Borrowed(self.path)),
+            Field::Authority => Some(Cow::Borrowed(self.parts().authority)),
+            Field::Scheme => Some(Cow::Borrowed(self.parts().scheme)),
             Field::Header(name) => match &self.edited {
-                None => join(headers::iter(&self.request.headers), name),
+                None => join(headers::iter(self.parts().headers), name),
                 Some(list) => join(list.iter().map(|(n, v)| (n.as_str(), v.as_str())), name),
             },
         }
     }
 
     fn materialize(&mut self) -> &mut Vec<(String, String)> {
-        let request = self.request;
-        self.edited.get_or_insert_with(|| {
-            headers::iter(&request.headers).map(|(n, v)| (n.to_string(), v.to_string())).collect()
-        })
+        let headers = self.parts().headers;
+        self.edited.get_or_insert_with(|| headers::iter(headers).map(|(n, v)| (n.to_string(), v.to_string())).collect())
     }
 
     fn append(&mut self, name: &str, value: &str) {
@@ -298,6 +317,17 @@ impl<'r> HeaderView<'r> {
         list.push((name.to_string(), value.to_string()));
         self.edits.push(set_header(name, value));
     }
+}
+
+/// The first two fields of the request line, without scanning the rest.
+fn method_and_path(head: &[u8]) -> (&str, &str) {
+    let field = |from: usize| {
+        let len = head[from..].iter().position(|b| matches!(b, b' ' | b'\n')).unwrap_or(head.len() - from);
+        (core::str::from_utf8(&head[from..from + len]).unwrap_or(""), from + len + 1)
+    };
+    let (method, next) = field(0);
+    let path = if next <= head.len() { field(next).0 } else { "" };
+    (method, path)
 }
 
 /// All values of `name` joined with ',' (Envoy's getAllOfHeaderAsString);

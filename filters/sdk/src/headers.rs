@@ -36,6 +36,19 @@ pub fn get_joined(buf: &[u8], name: &str) -> Option<String> {
     joined
 }
 
+/// A request head in the host's format (for tests).
+pub fn encode_head<'a>(
+    method: &str,
+    path: &str,
+    authority: &str,
+    scheme: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} {authority} {scheme}\n").into_bytes();
+    head.extend(encode(headers));
+    head
+}
+
 /// Encode pairs in the host's format (for tests and for filters that build buffers).
 pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -61,6 +74,20 @@ mod tests {
         assert_eq!(get(&buf, "empty"), Some(""));
         assert_eq!(get(&buf, "missing"), None);
         assert_eq!(iter(&buf).count(), 4);
+    }
+
+    #[test]
+    fn request_heads_parse_back() {
+        let head = encode_head("GET", "/a?b=c", "example.com:80", "https", [("x-a", "1")]);
+        let request = crate::http::Request { id: 1, head };
+        assert_eq!(request.method(), "GET");
+        assert_eq!(request.path(), "/a?b=c");
+        assert_eq!(request.path_only(), "/a");
+        assert_eq!(request.authority(), "example.com:80");
+        assert_eq!(request.scheme(), "https");
+        assert_eq!(request.header("X-A"), Some("1"));
+        let empty_authority = crate::http::Request { id: 2, head: encode_head("GET", "/", "", "http", []) };
+        assert_eq!((empty_authority.authority(), empty_authority.scheme()), ("", "http"));
     }
 
     #[test]

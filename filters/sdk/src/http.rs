@@ -30,20 +30,91 @@ pub trait HttpFilter: Sized + 'static {
     }
 }
 
+/// A request head split into its parts (see [`Request::parts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    /// The header lines, `name: value\n` each.
+    pub headers: &'a [u8],
+}
+
 impl Request {
-    /// The first value of a header (case-insensitive name).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        crate::headers::get(&self.headers, name)
+    /// All parts of the head in one pass. Each accessor below parses again;
+    /// a filter that reads several fields per request should call this once.
+    pub fn parts(&self) -> RequestParts<'_> {
+        let head = self.head.as_slice();
+        let mut spaces = [head.len(); 3];
+        let mut found = 0;
+        let mut end = head.len();
+        for (i, &b) in head.iter().enumerate() {
+            if b == b'\n' {
+                end = i;
+                break;
+            }
+            if b == b' ' && found < 3 {
+                spaces[found] = i;
+                found += 1;
+            }
+        }
+        // the host only sends UTF-8; a broken head reads as empty
+        let Ok(line) = core::str::from_utf8(&head[..end]) else { return RequestParts::default() };
+        let field = |from: usize, to: usize| line.get(from.min(end)..to.min(end)).unwrap_or("");
+        RequestParts {
+            method: field(0, spaces[0]),
+            path: field(spaces[0] + 1, spaces[1]),
+            authority: field(spaces[1] + 1, spaces[2]),
+            scheme: field(spaces[2] + 1, end),
+            headers: head.get(end + 1..).unwrap_or(&[]),
+        }
     }
 
-    /// All headers in wire order.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        crate::headers::iter(&self.headers)
+    /// `(method, path, authority, scheme)`.
+    pub fn request_line(&self) -> (&str, &str, &str, &str) {
+        let p = self.parts();
+        (p.method, p.path, p.authority, p.scheme)
+    }
+
+    pub fn method(&self) -> &str {
+        self.request_line().0
+    }
+
+    /// The normalized path and the query string, as Cilium's `path` rule sees it.
+    pub fn path(&self) -> &str {
+        self.request_line().1
     }
 
     /// The path without the query string.
     pub fn path_only(&self) -> &str {
-        self.path.split_once('?').map_or(&self.path, |(p, _)| p)
+        let path = self.path();
+        path.split_once('?').map_or(path, |(p, _)| p)
+    }
+
+    /// `:authority`, or the Host header on HTTP/1.1; may be empty.
+    pub fn authority(&self) -> &str {
+        self.request_line().2
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.request_line().3
+    }
+
+    /// The header lines (`name: value\n`), without the request line.
+    pub fn header_block(&self) -> &[u8] {
+        self.parts().headers
+    }
+
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        crate::headers::get(self.header_block(), name)
+    }
+
+    /// All headers in wire order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        crate::headers::iter(self.header_block())
     }
 }
 

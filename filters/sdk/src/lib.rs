@@ -4,7 +4,7 @@
 //! `weir:filter` WIT package. This crate hides the generated bindings behind a
 //! small trait per protocol and an export macro:
 //!
-//! ```ignore
+//! ```no_run
 //! use weir_filter_sdk::http::*;
 //!
 //! struct DenyAdmin;
@@ -12,7 +12,7 @@
 //! impl HttpFilter for DenyAdmin {
 //!     fn configure(_config: &str) -> Result<Self, String> { Ok(DenyAdmin) }
 //!     fn on_request(&self, _conn: &Connection, req: &Request) -> RequestDecision {
-//!         if req.path.starts_with("/admin") { deny("admin is off limits") } else { allow() }
+//!         if req.path().starts_with("/admin") { deny("admin is off limits") } else { allow() }
 //!     }
 //! }
 //!

@@ -201,25 +201,23 @@ impl HttpConnection {
 
         // Filters.
         let (mut parts, body) = request.into_parts();
-        let mut head = wit::Request {
-            id: request_id,
-            method: parts.method.to_string(),
-            path: path_and_query.clone(),
-            authority: authority.clone(),
-            scheme: self.scheme.to_string(),
-            headers: match flat_headers(&parts.headers) {
-                Ok(h) => h,
-                Err(why) => {
-                    let request = Request::from_parts(parts, body);
-                    return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
-                }
-            },
+        let method = parts.method.to_string();
+        let encode =
+            |headers: &[u8]| crate::wasm::request_head(&method, &path_and_query, &authority, self.scheme, headers);
+        let mut head = match flat_headers(&parts.headers) {
+            Ok(headers) => wit::Request { id: request_id, head: encode(&headers) },
+            Err(why) => {
+                let request = Request::from_parts(parts, body);
+                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
+            }
         };
         for link in &chain.links {
             let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
             let filter_started = Instant::now();
             let decision = link.filter.on_request(view, &head);
-            flight.trace().filter_time += filter_started.elapsed();
+            let elapsed = filter_started.elapsed();
+            link.filter.observe_duration(elapsed);
+            flight.trace().filter_time += elapsed;
             match decision {
                 Ok(wit::RequestDecision::Allow(allow)) => {
                     if !allow.edits.is_empty() {
@@ -235,7 +233,7 @@ impl HttpConnection {
                             }
                             continue;
                         }
-                        head.headers = flat_headers(&parts.headers).unwrap_or_default();
+                        head.head = encode(&flat_headers(&parts.headers).unwrap_or_default());
                     }
                     if let Some(matched) = allow.matched {
                         let trace = flight.trace();
@@ -332,7 +330,9 @@ impl HttpConnection {
                 let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
                 let filter_started = Instant::now();
                 let decision = link.filter.on_response(view, &head);
-                flight.trace().filter_time += filter_started.elapsed();
+                let elapsed = filter_started.elapsed();
+                link.filter.observe_duration(elapsed);
+                flight.trace().filter_time += elapsed;
                 match decision {
                     Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
                     Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
