@@ -60,11 +60,16 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let source = LocalSource::new(&dir);
     let (inputs, _) = source.read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .thread_name("weir-worker")
-        .enable_all()
-        .build()?;
+    // One worker needs no work stealing: a current-thread scheduler spares
+    // every wakeup its cross-thread bookkeeping.
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = builder.thread_name("weir-worker").enable_all().build()?;
     runtime.block_on(serve(source, inputs.config, quickstart))
 }
 

@@ -3,7 +3,8 @@
 //! `weir observe`).
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,13 +45,14 @@ impl Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowPeer {
     pub identity: u32,
-    pub labels: Vec<String>,
-    pub address: String,
+    /// Shared with the identity: a flow costs no label copies.
+    pub labels: Arc<[String]>,
+    pub address: SocketAddr,
 }
 
 impl FlowPeer {
-    pub fn new(identity: &Identity, address: std::net::SocketAddr) -> Self {
-        FlowPeer { identity: identity.id, labels: identity.labels.to_strings(), address: address.to_string() }
+    pub fn new(identity: &Identity, address: SocketAddr) -> Self {
+        FlowPeer { identity: identity.id, labels: identity.label_strings().clone(), address }
     }
 
     fn brief(&self) -> String {
@@ -77,7 +79,7 @@ pub struct HttpFlow {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
-    pub time: String,
+    pub time: FlowTime,
     pub id: u64,
     pub protocol: String,
     pub verdict: Verdict,
@@ -243,7 +245,7 @@ impl FlowLog {
     /// Stamp time and id, then publish.
     pub fn record(&self, mut flow: FlowRecord) {
         flow.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        flow.time = rfc3339(SystemTime::now());
+        flow.time = FlowTime(SystemTime::now());
         if self.log.load(Ordering::Relaxed) {
             tracing::info!(target: "weir::flow", "{}", flow.to_text());
         }
@@ -269,6 +271,63 @@ impl FlowLog {
 }
 
 /// `2026-11-24T10:15:30.123Z`
+/// When a flow was recorded; formatted (RFC 3339, UTC, milliseconds) only
+/// when someone reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTime(pub SystemTime);
+
+impl Default for FlowTime {
+    fn default() -> Self {
+        FlowTime(UNIX_EPOCH)
+    }
+}
+
+impl fmt::Display for FlowTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
+}
+
+impl Serialize for FlowTime {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FlowTime {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_rfc3339(&text)
+            .map(FlowTime)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a time like 2026-01-31T12:00:00.000Z")))
+    }
+}
+
+/// The inverse of [`rfc3339`] (UTC with a `Z`, fractional seconds optional).
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock = clock.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    // days-from-civil (Howard Hinnant's algorithm)
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
 pub fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
@@ -298,6 +357,17 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn flow_times_read_back_what_they_write() {
+        for millis in [0, 951_782_400_123, 1_795_000_000_000, 4_102_444_799_999] {
+            let time = FlowTime(UNIX_EPOCH + Duration::from_millis(millis));
+            let json = serde_json::to_string(&time).unwrap();
+            assert_eq!(serde_json::from_str::<FlowTime>(&json).unwrap(), time, "{json}");
+        }
+        assert!(serde_json::from_str::<FlowTime>("\"2026-13-01T00:00:00Z\"").is_err());
+        assert!(serde_json::from_str::<FlowTime>("\"yesterday\"").is_err());
+    }
+
+    #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
@@ -306,7 +376,7 @@ mod tests {
 
     fn flow(verdict: Verdict, src: &[&str], path: &str) -> FlowRecord {
         FlowRecord {
-            time: String::new(),
+            time: FlowTime::default(),
             id: 0,
             protocol: "http".into(),
             verdict,
@@ -316,9 +386,13 @@ mod tests {
             source: FlowPeer {
                 identity: 300,
                 labels: src.iter().map(|s| s.to_string()).collect(),
-                address: "127.0.0.2:1".into(),
+                address: "127.0.0.2:1".parse().unwrap(),
             },
-            destination: FlowPeer { identity: 2, labels: vec!["reserved:world".into()], address: "127.0.0.1:2".into() },
+            destination: FlowPeer {
+                identity: 2,
+                labels: Arc::new(["reserved:world".to_string()]),
+                address: "127.0.0.1:2".parse().unwrap(),
+            },
             listener: "l".into(),
             port: 80,
             connection: 1,

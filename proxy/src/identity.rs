@@ -146,12 +146,25 @@ impl fmt::Display for Labels {
 pub struct Identity {
     pub id: u32,
     pub labels: Labels,
+    /// The labels as `source:key=value` strings, made once: every flow
+    /// record and filter call hands them out.
+    #[serde(skip)]
+    strings: Arc<[String]>,
 }
 
 impl Identity {
+    pub fn new(id: u32, labels: Labels) -> Self {
+        let strings = labels.to_strings().into();
+        Identity { id, labels, strings }
+    }
+
     pub fn reserved(id: u32) -> Self {
         let name = reserved::ALL.iter().find(|(i, _)| *i == id).map(|(_, n)| *n).unwrap_or("unknown");
-        Identity { id, labels: Labels::new(vec![Label::reserved(name)]) }
+        Identity::new(id, Labels::new(vec![Label::reserved(name)]))
+    }
+
+    pub fn label_strings(&self) -> &Arc<[String]> {
+        &self.strings
     }
 
     pub fn is_reserved(&self, id: u32) -> bool {
@@ -238,7 +251,11 @@ impl IdentityAllocator {
             }
             self.assign(labels, id)?;
         }
-        Ok(self.by_labels.into_iter().map(|(labels, id)| (labels.clone(), Arc::new(Identity { id, labels }))).collect())
+        Ok(self
+            .by_labels
+            .into_iter()
+            .map(|(labels, id)| (labels.clone(), Arc::new(Identity::new(id, labels))))
+            .collect())
     }
 
     fn assign(&mut self, labels: &Labels, id: u32) -> Result<(), IdentityError> {
@@ -360,7 +377,7 @@ mod tests {
             name: "client".into(),
             namespace: "default".into(),
             addresses: vec!["127.0.0.2".parse().unwrap()],
-            identity: Arc::new(Identity { id: 300, labels: labels(&[("app", "client")]) }),
+            identity: Arc::new(Identity::new(300, labels(&[("app", "client")]))),
         });
         let cache = IdentityCache::new(&[ep]);
         assert_eq!(cache.identity_of("127.0.0.2".parse().unwrap()).id, 300);

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -20,9 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_HEAD: usize = 128 << 10;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
     /// Collecting a request head.
+    #[default]
     Head,
     /// `n` body bytes left.
     Body(u64),
@@ -52,88 +53,83 @@ pub struct Rejected {
 }
 
 /// The framing state machine, separate from I/O so it can be tested.
+///
+/// It works in place on the bytes the client sent: everything up to the end
+/// of the last complete message part is passed on (a poisoned head is edited
+/// where it lies), and only an incomplete head at the end is held back until
+/// the rest of it arrives.
+#[derive(Default)]
 pub struct Framer {
     phase: Phase,
-    /// Bytes of the current line (chunk sizes, trailers) or head.
-    pending: Vec<u8>,
-    /// Bytes checked and ready for hyper.
-    ready: Vec<u8>,
+    /// An incomplete request head, held back from hyper.
+    held: Vec<u8>,
+    /// How many bytes of `held` were already searched for the head's end.
+    held_scanned: usize,
+    /// The current chunk-size or trailer line so far (already passed on).
+    line: Vec<u8>,
     started: bool,
 }
 
-impl Default for Framer {
-    fn default() -> Self {
-        Framer { phase: Phase::Head, pending: Vec::new(), ready: Vec::new(), started: false }
-    }
-}
-
 impl Framer {
-    /// Feed bytes read from the client; returns what was rejected, if anything.
-    pub fn feed(&mut self, mut input: &[u8]) -> Vec<Rejected> {
-        let mut rejected = Vec::new();
+    /// Check `input`, which continues the stream after what was passed on
+    /// before (any held bytes are its start). Returns how many leading bytes
+    /// may go to hyper; the rest is an incomplete head the caller must hold.
+    fn scan(&mut self, input: &mut [u8], rejected: &mut Vec<Rejected>) -> usize {
         if !self.started && !input.is_empty() {
             self.started = true;
             if H2_PREFACE.starts_with(&input[..input.len().min(H2_PREFACE.len())]) {
                 self.phase = Phase::PassThrough;
             }
         }
-        while !input.is_empty() {
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &mut input[at..];
             match self.phase {
-                Phase::PassThrough => {
-                    self.ready.extend_from_slice(input);
-                    return rejected;
-                }
+                Phase::PassThrough => return input.len(),
                 Phase::Head => {
-                    // find the end of the head, scanning only new bytes
-                    let before = self.pending.len();
-                    self.pending.extend_from_slice(input);
-                    let search_from = before.saturating_sub(3);
-                    let end = find(&self.pending[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4);
-                    match end {
-                        None => {
-                            if self.pending.len() > MAX_HEAD {
-                                self.ready.append(&mut self.pending);
-                                self.phase = Phase::PassThrough;
-                            }
-                            return rejected;
+                    // only a head that starts `input` can have been searched before
+                    let from = if at == 0 { self.held_scanned.saturating_sub(3) } else { 0 };
+                    match find(&rest[from..], b"\r\n\r\n") {
+                        Some(i) => {
+                            let end = from + i + 4;
+                            self.held_scanned = 0;
+                            self.phase = check_head(&mut rest[..end], rejected);
+                            at += end;
                         }
-                        Some(end) => {
-                            let consumed = end - before;
-                            let mut head: Vec<u8> = self.pending.drain(..end).collect();
-                            self.pending.clear();
-                            input = &input[consumed..];
-                            self.phase = self.check_head(&mut head, &mut rejected);
-                            self.ready.extend_from_slice(&head);
+                        None if rest.len() > MAX_HEAD => {
+                            // hyper refuses it (431); nothing left to guard
+                            self.phase = Phase::PassThrough;
+                            return input.len();
+                        }
+                        None => {
+                            self.held_scanned = rest.len();
+                            return at;
                         }
                     }
                 }
                 Phase::Body(left) => {
-                    let n = (left as usize).min(input.len());
-                    self.ready.extend_from_slice(&input[..n]);
-                    input = &input[n..];
+                    let n = (left as usize).min(rest.len());
+                    at += n;
                     self.phase = if left as usize == n { Phase::Head } else { Phase::Body(left - n as u64) };
                 }
                 Phase::Chunked(Chunk::Data(left)) => {
-                    let n = (left as usize).min(input.len());
-                    self.ready.extend_from_slice(&input[..n]);
-                    input = &input[n..];
+                    let n = (left as usize).min(rest.len());
+                    at += n;
                     self.phase =
                         Phase::Chunked(if left as usize == n { Chunk::DataEnd } else { Chunk::Data(left - n as u64) });
                 }
                 Phase::Chunked(state) => {
-                    // line-based states: Size, DataEnd, Trailers
-                    let Some(newline) = input.iter().position(|b| *b == b'\n') else {
-                        self.pending.extend_from_slice(input);
-                        self.ready.extend_from_slice(input);
-                        if self.pending.len() > 4096 {
+                    // line-based states: Size, DataEnd, Trailers; lines pass on as they come
+                    let Some(newline) = rest.iter().position(|b| *b == b'\n') else {
+                        self.line.extend_from_slice(rest);
+                        if self.line.len() > 4096 {
                             self.phase = Phase::PassThrough;
                         }
-                        return rejected;
+                        return input.len();
                     };
-                    self.pending.extend_from_slice(&input[..=newline]);
-                    self.ready.extend_from_slice(&input[..=newline]);
-                    input = &input[newline + 1..];
-                    let line = std::mem::take(&mut self.pending);
+                    self.line.extend_from_slice(&rest[..=newline]);
+                    at += newline + 1;
+                    let line = std::mem::take(&mut self.line);
                     let line = line.strip_suffix(b"\n").unwrap_or(&line);
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     self.phase = match state {
@@ -151,68 +147,70 @@ impl Framer {
                 }
             }
         }
-        rejected
+        at
     }
 
-    /// Decide what follows a complete head; poison it if it is ambiguous.
-    fn check_head(&mut self, head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut request = httparse::Request::new(&mut headers);
-        let (method, path, length, chunked, content_length_at) = match request.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {
-                let mut length: Option<u64> = None;
-                let mut chunked = false;
-                let mut transfer_encoding = false;
-                let mut content_length_at = None;
-                for h in request.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-                        // where the name sits in `head`, to poison it
-                        content_length_at = Some(h.name.as_ptr() as usize + h.name.len() - head.as_ptr() as usize);
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        transfer_encoding = true;
-                        chunked =
-                            h.value.rsplit(|b| *b == b',').next().is_some_and(|last| {
-                                String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked")
-                            });
-                    }
+    /// Append `input` to the held head and check it all; returns the bytes
+    /// that may go to hyper (the slow path, when a head arrived in pieces).
+    fn feed_held(&mut self, input: &[u8], rejected: &mut Vec<Rejected>) -> Vec<u8> {
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(input);
+        let passed = self.scan(&mut data, rejected);
+        self.held = data.split_off(passed);
+        data
+    }
+}
+
+/// Decide what follows a complete head; poison it if it is ambiguous.
+fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut request = httparse::Request::new(&mut headers);
+    let (method, path, length, chunked, content_length_at) = match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {
+            let mut length: Option<u64> = None;
+            let mut chunked = false;
+            let mut transfer_encoding = false;
+            let mut content_length_at = None;
+            for h in request.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                    // where the name sits in `head`, to poison it
+                    content_length_at = Some(h.name.as_ptr() as usize + h.name.len() - head.as_ptr() as usize);
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    transfer_encoding = true;
+                    chunked = h
+                        .value
+                        .rsplit(|b| *b == b',')
+                        .next()
+                        .is_some_and(|last| String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked"));
                 }
-                let both = transfer_encoding && content_length_at.is_some();
-                (
-                    request.method.unwrap_or("").to_string(),
-                    request.path.unwrap_or("").to_string(),
-                    length,
-                    chunked,
-                    content_length_at.filter(|_| both),
-                )
             }
-            // hyper answers parse errors itself and closes
-            _ => return Phase::PassThrough,
-        };
-        if let Some(at) = content_length_at {
-            // "Content-Length:" becomes "Content-Length\0": an invalid header
-            // name, so hyper refuses the request with 400 and closes.
-            head[at] = 0;
-            rejected.push(Rejected { method, path });
-            return Phase::PassThrough;
+            let both = transfer_encoding && content_length_at.is_some();
+            (
+                request.method.unwrap_or("").to_string(),
+                request.path.unwrap_or("").to_string(),
+                length,
+                chunked,
+                content_length_at.filter(|_| both),
+            )
         }
-        if chunked {
-            Phase::Chunked(Chunk::Size)
-        } else {
-            match length {
-                Some(n) if n > 0 => Phase::Body(n),
-                _ => Phase::Head,
-            }
+        // hyper answers parse errors itself and closes
+        _ => return Phase::PassThrough,
+    };
+    if let Some(at) = content_length_at {
+        // "Content-Length:" becomes "Content-Length\0": an invalid header
+        // name, so hyper refuses the request with 400 and closes.
+        head[at] = 0;
+        rejected.push(Rejected { method, path });
+        return Phase::PassThrough;
+    }
+    if chunked {
+        Phase::Chunked(Chunk::Size)
+    } else {
+        match length {
+            Some(n) if n > 0 => Phase::Body(n),
+            _ => Phase::Head,
         }
-    }
-
-    pub fn take_ready(&mut self, max: usize) -> Vec<u8> {
-        let n = max.min(self.ready.len());
-        self.ready.drain(..n).collect()
-    }
-
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
     }
 }
 
@@ -234,43 +232,61 @@ pub struct FramingGuard<IO, F> {
     io: IO,
     framer: Framer,
     on_reject: F,
+    /// Checked bytes not yet handed to hyper (slow path only).
+    ready: Vec<u8>,
     eof: bool,
 }
 
 impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
     pub fn new(io: IO, on_reject: F) -> Self {
-        FramingGuard { io, framer: Framer::default(), on_reject, eof: false }
+        FramingGuard { io, framer: Framer::default(), on_reject, ready: Vec::new(), eof: false }
     }
 }
 
 impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGuard<IO, F> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let mut rejected = Vec::new();
         loop {
-            if this.framer.has_ready() {
-                let chunk = this.framer.take_ready(buf.remaining());
-                buf.put_slice(&chunk);
+            if !this.ready.is_empty() {
+                let n = buf.remaining().min(this.ready.len());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.drain(..n);
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let mut scratch = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+            if this.framer.held.is_empty() {
+                // Fast path: read straight into hyper's buffer and check in place.
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                let end = buf.filled().len();
+                if end == start {
+                    return Poll::Ready(Ok(())); // EOF
+                }
+                let passed = start + this.framer.scan(&mut buf.filled_mut()[start..], &mut rejected);
+                rejected.drain(..).for_each(&mut this.on_reject);
+                if passed < end {
+                    this.framer.held.extend_from_slice(&buf.filled()[passed..]);
+                    buf.set_filled(passed);
+                }
+                if passed > start {
+                    return Poll::Ready(Ok(()));
+                }
+                // only the start of a head arrived: keep reading
+            } else {
+                let mut scratch = [0u8; 4096];
+                let mut read = ReadBuf::new(&mut scratch);
+                ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+                if read.filled().is_empty() {
                     // hand over a head that never completed, then EOF
-                    let partial = std::mem::take(&mut this.framer.pending);
-                    this.framer.ready.extend_from_slice(&partial);
+                    this.ready = std::mem::take(&mut this.framer.held);
                     this.eof = true;
+                    continue;
                 }
-                Poll::Ready(Ok(())) => {
-                    for rejected in this.framer.feed(read.filled()) {
-                        (this.on_reject)(rejected);
-                    }
-                }
+                this.ready = this.framer.feed_held(read.filled(), &mut rejected);
+                rejected.drain(..).for_each(&mut this.on_reject);
             }
         }
     }
@@ -306,14 +322,48 @@ impl<IO: AsyncWrite + Unpin, F: Unpin> AsyncWrite for FramingGuard<IO, F> {
 mod tests {
     use super::*;
 
-    /// Feed `input` in pieces of `step` bytes; return what hyper would read.
-    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Rejected>) {
-        let mut framer = Framer::default();
-        let mut rejected = Vec::new();
-        for piece in input.chunks(step) {
-            rejected.extend(framer.feed(piece));
+    /// A client that sends `input` in pieces of `step` bytes.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
         }
-        (framer.take_ready(usize::MAX), rejected)
+    }
+
+    /// Send `input` in pieces of `step` bytes through the guard; return what
+    /// hyper would read (with a small and a large read buffer) and what was rejected.
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Rejected>) {
+        let mut results = [8usize, 8192].map(|buffer| {
+            let pieces = Pieces(input.chunks(step).map(<[u8]>::to_vec).collect());
+            let mut rejected = Vec::new();
+            let mut guard = FramingGuard::new(pieces, |r| rejected.push(r));
+            let mut out = Vec::new();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            loop {
+                let mut space = vec![0u8; buffer];
+                let mut buf = ReadBuf::new(&mut space);
+                let Poll::Ready(result) = Pin::new(&mut guard).poll_read(&mut cx, &mut buf) else {
+                    panic!("a ready reader never leaves the guard pending");
+                };
+                result.unwrap();
+                if buf.filled().is_empty() {
+                    break;
+                }
+                out.extend_from_slice(buf.filled());
+            }
+            drop(guard);
+            (out, rejected)
+        });
+        assert_eq!(results[0], results[1], "the read buffer size changes nothing");
+        std::mem::take(&mut results[0])
     }
 
     const CLEAN: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\

@@ -16,8 +16,7 @@ use super::framing::{FramingGuard, Rejected};
 use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::next_connection_id;
-use crate::flow::HttpFlow;
-use crate::flow::{FlowPeer, FlowRecord, Verdict};
+use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::ListenerLabels;
 use crate::metrics::RequestLabels;
 use crate::model::ConnectionVerdict;
@@ -54,7 +53,7 @@ pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream
     if let ConnectionVerdict::Drop { reason } = &*verdict {
         state.metrics.connections_dropped.get_or_create(&labels).inc();
         state.flows.record(FlowRecord {
-            time: String::new(),
+            time: FlowTime::default(),
             id: 0,
             protocol: "http".into(),
             verdict: Verdict::Dropped,
@@ -104,7 +103,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
     move |rejected: Rejected| {
         state.metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: "error" }).inc();
         state.flows.record(FlowRecord {
-            time: String::new(),
+            time: FlowTime::default(),
             id: 0,
             protocol: "http".into(),
             verdict: Verdict::Error,

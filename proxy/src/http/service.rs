@@ -20,7 +20,7 @@ use super::reply;
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
 use crate::context::ConnectionContext;
-use crate::flow::{FlowPeer, FlowRecord, HttpFlow, Verdict};
+use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
 use crate::state::ProxyState;
@@ -414,7 +414,7 @@ impl HttpConnection {
             ConnectionVerdict::Drop { .. } => Vec::new(),
         };
         self.state.flows.record(FlowRecord {
-            time: String::new(),
+            time: FlowTime::default(),
             id: 0,
             protocol: "http".into(),
             verdict,

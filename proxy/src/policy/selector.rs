@@ -146,7 +146,7 @@ mod tests {
     use crate::identity::{Label, reserved};
 
     fn identity(id: u32, labels: &[&str]) -> Identity {
-        Identity { id, labels: Labels::new(labels.iter().map(|l| Label::parse(l)).collect()) }
+        Identity::new(id, Labels::new(labels.iter().map(|l| Label::parse(l)).collect()))
     }
 
     fn selector(yaml: &str) -> Selector {

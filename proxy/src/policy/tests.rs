@@ -7,7 +7,7 @@ use crate::identity::{Label, Labels, NAMESPACE_LABEL};
 fn identity(id: u32, namespace: &str, labels: &[(&str, &str)]) -> Identity {
     let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::k8s(k, v)).collect();
     all.push(Label::k8s(NAMESPACE_LABEL, namespace));
-    Identity { id, labels: Labels::new(all) }
+    Identity::new(id, Labels::new(all))
 }
 
 fn set(yaml: &str) -> PolicySet {

@@ -21,8 +21,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use weir::filter::http_types as http;
-use weir::filter::{host, types};
+pub use self::weir::filter::http_types as http;
+use self::weir::filter::{host, types};
 
 /// What a filter sees of a connection: the shared context plus the direction
 /// of the policy this filter enforces.
@@ -60,7 +60,7 @@ impl types::Host for HostState {}
 impl http::Host for HostState {}
 
 fn identity(id: &Identity) -> types::Identity {
-    types::Identity { id: id.id, labels: id.labels.to_strings() }
+    types::Identity { id: id.id, labels: id.label_strings().to_vec() }
 }
 
 fn socket_address(addr: std::net::SocketAddr) -> types::SocketAddress {
