@@ -40,6 +40,10 @@ NGINX_H1=18120 NGINX_H2=18121
 HAPROXY_H1=18130 HAPROXY_H2=18131
 WEIR_ADMIN=18119
 
+for p in $UP_H1 $UP_H2 $WEIR_POLICY $WEIR_OPEN $WEIR_ADMIN $NGINX_H1 $NGINX_H2 $HAPROXY_H1 $HAPROXY_H2; do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then echo "port $p is in use: stop what listens there" >&2; exit 1; fi
+done
+
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # --- upstream: a static nginx answering every path, HTTP/1.1 and h2c ----------

@@ -52,9 +52,27 @@ fn main() {
 
     let release = target_dir.join(WASM_TARGET).join("release");
     for name in FILTERS {
-        let core = std::fs::read(release.join(format!("{name}.wasm")))
-            .unwrap_or_else(|e| panic!("filter {name} was not built: {e}"));
-        std::fs::write(out_dir.join(format!("{name}.wasm")), componentize(&core, name)).unwrap();
+        if !release.join(format!("{name}.wasm")).exists() {
+            panic!("filter {name} was not built into {}", release.display());
+        }
+    }
+    // Every filter crate in the workspace becomes a component, also the ones
+    // weir does not embed: a filter author adds a crate to filters/ and finds
+    // the component in target/wasm-guests/components/, ready for `path:`.
+    let components = target_dir.join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    for entry in std::fs::read_dir(&release).unwrap().flatten() {
+        let path = entry.path();
+        let Some(name) =
+            path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension().is_some_and(|e| e == "wasm"))
+        else {
+            continue;
+        };
+        let component = componentize(&std::fs::read(&path).unwrap(), name);
+        std::fs::write(components.join(format!("{name}.wasm")), &component).unwrap();
+        if FILTERS.contains(&name) {
+            std::fs::write(out_dir.join(format!("{name}.wasm")), component).unwrap();
+        }
     }
 }
 

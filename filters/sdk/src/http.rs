@@ -25,8 +25,10 @@ pub trait HttpFilter: Sized + 'static {
 
     fn on_request(&self, conn: &Connection, request: &Request) -> RequestDecision;
 
+    /// Judge or edit a response head. Not implementing it tells the host,
+    /// on the first response, to stop calling (`ResponseDecision::IgnoreResponses`).
     fn on_response(&self, _conn: &Connection, _response: &Response) -> ResponseDecision {
-        ResponseDecision::Pass(Vec::new())
+        ResponseDecision::IgnoreResponses
     }
 }
 

@@ -320,13 +320,13 @@ impl HttpConnection {
 
         // Response hooks, ingress side first (reverse order of the chain).
         strip_hop_by_hop(response.headers_mut());
-        if !chain.links.is_empty() {
+        if chain.links.iter().any(|link| link.filter.wants_responses()) {
             let mut head = wit::Response {
                 request_id,
                 status: response.status().as_u16(),
                 headers: flat_headers(response.headers()).unwrap_or_default(),
             };
-            for link in chain.links.iter().rev() {
+            for link in chain.links.iter().rev().filter(|link| link.filter.wants_responses()) {
                 let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
                 let filter_started = Instant::now();
                 let decision = link.filter.on_response(view, &head);
@@ -334,6 +334,7 @@ impl HttpConnection {
                 link.filter.observe_duration(elapsed);
                 flight.trace().filter_time += elapsed;
                 match decision {
+                    Ok(wit::ResponseDecision::IgnoreResponses) => link.filter.ignore_responses(),
                     Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
                     Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
                         Ok(()) => head.headers = flat_headers(response.headers()).unwrap_or_default(),

@@ -224,6 +224,7 @@ impl FilterRuntime {
             failure,
             runtime: Arc::downgrade(self),
             alive: Arc::new(()),
+            wants_responses: std::sync::atomic::AtomicBool::new(true),
             duration: self
                 .metrics
                 .filter_duration
@@ -274,6 +275,8 @@ pub struct ConfiguredFilter {
     alive: Arc<()>,
     /// Resolved once: a label lookup per call would cost more than the call.
     duration: prometheus_client::metrics::histogram::Histogram,
+    /// Cleared when the filter answers `ignore-responses`.
+    wants_responses: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for ConfiguredFilter {
@@ -333,6 +336,16 @@ impl ConfiguredFilter {
                 .inc();
             tracing::warn!(filter = &*self.name, kind = failure.kind.as_str(), "{}", failure.message);
         })
+    }
+
+    /// Whether `on_response` is worth calling: false once the filter said
+    /// it ignores responses.
+    pub fn wants_responses(&self) -> bool {
+        self.wants_responses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn ignore_responses(&self) {
+        self.wants_responses.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Record how long a call took. Callers time their calls anyway (for

@@ -4,8 +4,9 @@
 //! The request path picks the failure: `/trap` panics (a Wasm trap), `/loop`
 //! spins forever (hits the CPU deadline), `/oom` allocates until the memory
 //! limit stops it, `/slow-ok` burns some CPU and then allows. Any other path is
-//! allowed and counted. `{"rejectConfig": "why"}` makes `configure` fail, and
-//! `{"trapInConfigure": true}` makes it trap.
+//! allowed and counted. Every response gets `x-misbehave-responses: N`, the
+//! responses this instance has seen. `{"rejectConfig": "why"}` makes
+//! `configure` fail, and `{"trapInConfigure": true}` makes it trap.
 
 use serde::Deserialize;
 use weir_filter_sdk::host;
@@ -24,6 +25,7 @@ pub struct Misbehave {
     /// Requests seen by this instance; a fresh instance starts again at zero,
     /// which lets tests observe that a trapped instance was replaced.
     seen: core::cell::Cell<u64>,
+    responses: core::cell::Cell<u64>,
 }
 
 impl HttpFilter for Misbehave {
@@ -39,7 +41,7 @@ impl HttpFilter for Misbehave {
         if config.trap_in_configure {
             panic!("asked to trap in configure");
         }
-        Ok(Misbehave { seen: core::cell::Cell::new(0) })
+        Ok(Misbehave { seen: core::cell::Cell::new(0), responses: core::cell::Cell::new(0) })
     }
 
     fn on_request(&self, _conn: &Connection, request: &Request) -> RequestDecision {
@@ -69,6 +71,11 @@ impl HttpFilter for Misbehave {
                 })
             }
         }
+    }
+
+    fn on_response(&self, _conn: &Connection, _response: &Response) -> ResponseDecision {
+        self.responses.set(self.responses.get() + 1);
+        ResponseDecision::Pass(vec![set_header("x-misbehave-responses", &self.responses.get().to_string())])
     }
 }
 
