@@ -46,18 +46,26 @@ done
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-# --- upstream: a static nginx answering every path, HTTP/1.1 and h2c ----------
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-daemon off; worker_processes 1; user root; error_log $work/up/error.log; pid $work/up/nginx.pid;
+# The part of an nginx.conf every instance here shares: one worker, its files
+# in its own directory, no logs, unlimited keep-alive. $1: the directory.
+nginx_preamble() {
+  cat <<CONF
+daemon off; worker_processes 1; user root; error_log $1/error.log; pid $1/nginx.pid;
 events { worker_connections 4096; }
 http {
-  access_log off; client_body_temp_path $work/up/b; proxy_temp_path $work/up/p;
-  fastcgi_temp_path $work/up/f; uwsgi_temp_path $work/up/u; scgi_temp_path $work/up/s;
+  access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
+  fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;
   keepalive_requests 1000000;
+CONF
+}
+
+# --- upstream: a static nginx answering every path, HTTP/1.1 and h2c ----------
+mkdir -p "$work/up"
+{ nginx_preamble "$work/up"; cat <<CONF
   server { listen 127.0.0.1:$UP_H1; listen 127.0.0.1:$UP_H2 http2; location / { return 200 "hello from upstream\n"; } }
 }
 CONF
+} > "$work/up/nginx.conf"
 taskset -c $LOAD_CPU nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 
 # --- weir: the quickstart rules, and a listener no policy selects -------------
@@ -86,13 +94,7 @@ WEIR_LOG=warn taskset -c $PROXY_CPU "$WEIR" run --config "$work/weir" & pids+=($
 
 # --- nginx as a proxy with the same rules --------------------------------------
 mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-daemon off; worker_processes 1; user root; error_log $work/nginx/error.log; pid $work/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; client_body_temp_path $work/nginx/b; proxy_temp_path $work/nginx/p;
-  fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
-  keepalive_requests 1000000;
+{ nginx_preamble "$work/nginx"; cat <<CONF
   upstream up { server 127.0.0.1:$UP_H1; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_H1; listen 127.0.0.1:$NGINX_H2 http2;
@@ -107,6 +109,7 @@ http {
   }
 }
 CONF
+} > "$work/nginx/nginx.conf"
 taskset -c $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
 
 # --- HAProxy with the same rules -------------------------------------------------

@@ -3,15 +3,14 @@
 //! lifting the decision, the CPU deadline and metrics), as the HTTP engine
 //! makes it. Target: at most 1 µs median.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::context::{ConnectionContext, Direction};
-use weir::identity::{Identity, reserved};
 use weir::metrics::Metrics;
 use weir::wasm::http::Request;
-use weir::wasm::{ConnectionView, FailurePolicy, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_request};
+use weir::wasm::{
+    ConnectionView, FailurePolicy, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection, test_request,
+};
 
 /// The quickstart's demo-api rules for the frontend, plus a typical browser head.
 const QUICKSTART_RULES: &str = r#"{"groups":[{"rules":[
@@ -36,16 +35,9 @@ fn request(path: &str, headers: usize) -> Request {
 fn decisions(c: &mut Criterion) {
     let runtime = Arc::new(FilterRuntime::new(Arc::new(Metrics::default()), RuntimeOptions::default()).unwrap());
     let component = runtime.load("http-policy", builtin::find("http-policy").unwrap()).unwrap();
-    let context = Arc::new(ConnectionContext {
-        id: 1,
-        source: Arc::new(Identity::reserved(reserved::WORLD)),
-        destination: Arc::new(Identity::reserved(reserved::WORLD)),
-        source_addr: SocketAddr::from(([127, 0, 0, 2], 40000)),
-        destination_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
-        port: 80,
-        listener: "bench".into(),
-    });
-    let view = || ConnectionView { context: context.clone(), direction: Direction::Ingress };
+    // one connection for every call, as on a keep-alive connection
+    let connection = test_connection();
+    let view = || ConnectionView { context: connection.context.clone(), direction: connection.direction };
     let configure = |config: &str| {
         runtime.configure(&component, config.to_string(), FilterLimits::default(), FailurePolicy::Closed).unwrap()
     };

@@ -2,17 +2,14 @@
 //! hogs and bad configurations fail one call, never the host, and a failed
 //! instance is replaced while a healthy one is reused.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir::context::{ConnectionContext, Direction};
-use weir::identity::{Identity, reserved};
 use weir::metrics::Metrics;
 use weir::wasm::http::RequestDecision;
 use weir::wasm::{
-    ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits,
-    FilterRuntime, RuntimeOptions, builtin,
+    ConfiguredFilter, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits, FilterRuntime,
+    RuntimeOptions, builtin, test_connection,
 };
 
 fn setup() -> (Arc<Metrics>, Arc<FilterRuntime>, Arc<FilterComponent>) {
@@ -28,17 +25,8 @@ fn limits() -> FilterLimits {
 }
 
 fn call(filter: &ConfiguredFilter, path: &str) -> Result<RequestDecision, FilterFailure> {
-    let context = Arc::new(ConnectionContext {
-        id: 1,
-        source: Arc::new(Identity::reserved(reserved::WORLD)),
-        destination: Arc::new(Identity::reserved(reserved::WORLD)),
-        source_addr: SocketAddr::from(([127, 0, 0, 2], 1)),
-        destination_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
-        port: 80,
-        listener: "t".into(),
-    });
     let request = weir::wasm::test_request("GET", path, "a", &[]);
-    filter.on_request(ConnectionView { context, direction: Direction::Ingress }, &request)
+    filter.on_request(test_connection(), &request)
 }
 
 /// The misbehave filter stamps how many requests this instance has seen.

@@ -1,16 +1,13 @@
 //! Cilium's HTTP rule semantics, checked against the real built-in
 //! `http-policy` component running in the real filter host.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
-use weir::context::{ConnectionContext, Direction};
-use weir::identity::{Identity, reserved};
 use weir::metrics::Metrics;
 use weir::wasm::http::{HeaderOp, RequestDecision};
 use weir::wasm::{
-    ConnectionView, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
+    FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection,
 };
 
 fn runtime() -> &'static (Arc<FilterRuntime>, Arc<FilterComponent>) {
@@ -66,17 +63,8 @@ impl Req {
 
 impl Policy {
     fn decide(&self, req: Req) -> RequestDecision {
-        let context = Arc::new(ConnectionContext {
-            id: 7,
-            source: Arc::new(Identity::reserved(reserved::WORLD)),
-            destination: Arc::new(Identity::reserved(reserved::WORLD)),
-            source_addr: SocketAddr::from(([127, 0, 0, 2], 40000)),
-            destination_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
-            port: 80,
-            listener: "test".into(),
-        });
         let request = weir::wasm::test_request(req.method, req.path, req.authority, &req.headers);
-        self.0.on_request(ConnectionView { context, direction: Direction::Ingress }, &request).expect("filter call")
+        self.0.on_request(test_connection(), &request).expect("filter call")
     }
 
     fn allows(&self, req: Req) -> bool {

@@ -108,15 +108,14 @@ impl Framer {
                     }
                 }
                 Phase::Body(left) => {
-                    let n = (left as usize).min(rest.len());
+                    let (n, left) = consume(left, rest.len());
                     at += n;
-                    self.phase = if left as usize == n { Phase::Head } else { Phase::Body(left - n as u64) };
+                    self.phase = if left == 0 { Phase::Head } else { Phase::Body(left) };
                 }
                 Phase::Chunked(Chunk::Data(left)) => {
-                    let n = (left as usize).min(rest.len());
+                    let (n, left) = consume(left, rest.len());
                     at += n;
-                    self.phase =
-                        Phase::Chunked(if left as usize == n { Chunk::DataEnd } else { Chunk::Data(left - n as u64) });
+                    self.phase = Phase::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
                 }
                 Phase::Chunked(state) => {
                     // line-based states: Size, DataEnd, Trailers; lines pass on as they come
@@ -127,12 +126,10 @@ impl Framer {
                         }
                         return input.len();
                     };
-                    self.line.extend_from_slice(&rest[..=newline]);
+                    self.line.extend_from_slice(&rest[..newline]);
                     at += newline + 1;
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    self.phase = match state {
+                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+                    let next = match state {
                         Chunk::Size => match parse_chunk_size(line) {
                             Some(0) => Phase::Chunked(Chunk::Trailers),
                             Some(size) => Phase::Chunked(Chunk::Data(size)),
@@ -144,6 +141,8 @@ impl Framer {
                         Chunk::Trailers => Phase::Chunked(Chunk::Trailers),
                         Chunk::Data(_) => unreachable!("handled above"),
                     };
+                    self.phase = next;
+                    self.line.clear();
                 }
             }
         }
@@ -165,7 +164,7 @@ impl Framer {
 fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut request = httparse::Request::new(&mut headers);
-    let (method, path, length, chunked, content_length_at) = match request.parse(head) {
+    let (length, chunked, content_length_at) = match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {
             let mut length: Option<u64> = None;
             let mut chunked = false;
@@ -185,14 +184,12 @@ fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
                         .is_some_and(|last| String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked"));
                 }
             }
-            let both = transfer_encoding && content_length_at.is_some();
-            (
-                request.method.unwrap_or("").to_string(),
-                request.path.unwrap_or("").to_string(),
-                length,
-                chunked,
-                content_length_at.filter(|_| both),
-            )
+            let poison_at = content_length_at.filter(|_| transfer_encoding);
+            if poison_at.is_some() {
+                let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
+                rejected.push(Rejected { method: method.to_string(), path: path.to_string() });
+            }
+            (length, chunked, poison_at)
         }
         // hyper answers parse errors itself and closes
         _ => return Phase::PassThrough,
@@ -201,7 +198,6 @@ fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
         // "Content-Length:" becomes "Content-Length\0": an invalid header
         // name, so hyper refuses the request with 400 and closes.
         head[at] = 0;
-        rejected.push(Rejected { method, path });
         return Phase::PassThrough;
     }
     if chunked {
@@ -212,6 +208,13 @@ fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
             _ => Phase::Head,
         }
     }
+}
+
+/// Of `available` bytes, how many belong to a part with `left` bytes to go,
+/// and how many it has left after them.
+fn consume(left: u64, available: usize) -> (usize, u64) {
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(available);
+    (n, left - n as u64)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

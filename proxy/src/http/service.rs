@@ -24,7 +24,7 @@ use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
 use crate::state::ProxyState;
-use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit};
+use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, request_head_line};
 
 /// Request bodies up to this size are read to the end when a request is
 /// refused, so an HTTP/1.1 connection stays usable; larger ones close it.
@@ -201,16 +201,20 @@ impl HttpConnection {
 
         // Filters.
         let (mut parts, body) = request.into_parts();
-        let method = parts.method.to_string();
-        let encode =
-            |headers: &[u8]| crate::wasm::request_head(&method, &path_and_query, &authority, self.scheme, headers);
-        let mut head = match flat_headers(&parts.headers) {
-            Ok(headers) => wit::Request { id: request_id, head: encode(&headers) },
-            Err(why) => {
-                let request = Request::from_parts(parts, body);
-                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
-            }
+        if let Err(why) = check_headers(&parts.headers) {
+            let request = Request::from_parts(parts, body);
+            return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
+        }
+        let method = parts.method.clone();
+        let encode = |headers: &HeaderMap| {
+            let (path, scheme) = (&path_and_query, self.scheme);
+            let mut head = request_head_line(method.as_str(), path, &authority, scheme, headers.len() * 32);
+            write_headers(&mut head, headers);
+            head
         };
+        // a listener without filters never reads the head
+        let head = if chain.links.is_empty() { Vec::new() } else { encode(&parts.headers) };
+        let mut head = wit::Request { id: request_id, head };
         for link in &chain.links {
             let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
             let filter_started = Instant::now();
@@ -233,7 +237,7 @@ impl HttpConnection {
                             }
                             continue;
                         }
-                        head.head = encode(&flat_headers(&parts.headers).unwrap_or_default());
+                        head.head = encode(&parts.headers);
                     }
                     if let Some(matched) = allow.matched {
                         let trace = flight.trace();
@@ -493,21 +497,36 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
 /// `authority`). Values must be text: control characters and invalid UTF-8
 /// are refused rather than passed to a filter in some lossy form.
 fn flat_headers(headers: &HeaderMap) -> Result<Vec<u8>, String> {
+    check_headers(headers)?;
     let mut out = Vec::with_capacity(headers.len() * 32);
-    for (name, value) in headers {
-        if name == header::HOST {
-            continue;
-        }
+    write_headers(&mut out, headers);
+    Ok(out)
+}
+
+/// The headers a filter sees: all but Host (the head's first line has it).
+fn filter_visible(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers.iter().filter(|(name, _)| **name != header::HOST)
+}
+
+/// Filters read header values as text: refuse anything else.
+fn check_headers(headers: &HeaderMap) -> Result<(), String> {
+    for (name, value) in filter_visible(headers) {
         let bytes = value.as_bytes();
         if std::str::from_utf8(bytes).is_err() || bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
             return Err(format!("header {name} has bytes that are not text"));
         }
+    }
+    Ok(())
+}
+
+/// Append a `name: value\n` line per visible header.
+fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in filter_visible(headers) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(bytes);
+        out.extend_from_slice(value.as_bytes());
         out.push(b'\n');
     }
-    Ok(out)
 }
 
 /// Headers a filter may not touch: they decide framing or routing.

@@ -359,10 +359,10 @@ impl ConfiguredFilter {
     }
 }
 
-/// A request head in the WIT encoding: `METHOD path authority scheme\n`,
-/// then `headers` (already `name: value\n` lines).
-pub fn request_head(method: &str, path: &str, authority: &str, scheme: &str, headers: &[u8]) -> Vec<u8> {
-    let mut head = Vec::with_capacity(method.len() + path.len() + authority.len() + scheme.len() + 4 + headers.len());
+/// Start a request head in the WIT encoding: the line
+/// `METHOD path authority scheme\n`; `name: value\n` header lines follow it.
+pub fn request_head_line(method: &str, path: &str, authority: &str, scheme: &str, header_bytes: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(method.len() + path.len() + authority.len() + scheme.len() + 4 + header_bytes);
     for (i, part) in [method, path, authority, scheme].into_iter().enumerate() {
         if i > 0 {
             head.push(b' ');
@@ -370,20 +370,35 @@ pub fn request_head(method: &str, path: &str, authority: &str, scheme: &str, hea
         head.extend_from_slice(part.as_bytes());
     }
     head.push(b'\n');
-    head.extend_from_slice(headers);
     head
+}
+
+/// A connection for tests and benchmarks: world to world, port 80, ingress.
+pub fn test_connection() -> ConnectionView {
+    use crate::context::{ConnectionContext, Direction};
+    use crate::identity::{Identity, reserved};
+    let context = Arc::new(ConnectionContext {
+        id: 1,
+        source: Arc::new(Identity::reserved(reserved::WORLD)),
+        destination: Arc::new(Identity::reserved(reserved::WORLD)),
+        source_addr: std::net::SocketAddr::from(([127, 0, 0, 2], 40000)),
+        destination_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 80)),
+        port: 80,
+        listener: "test".into(),
+    });
+    ConnectionView { context, direction: Direction::Ingress }
 }
 
 /// A request for tests and benchmarks: headers given as pairs.
 pub fn test_request(method: &str, path: &str, authority: &str, headers: &[(&str, &str)]) -> http::Request {
-    let mut flat = Vec::new();
+    let mut head = request_head_line(method, path, authority, "http", 0);
     for (name, value) in headers {
-        flat.extend_from_slice(name.to_ascii_lowercase().as_bytes());
-        flat.extend_from_slice(b": ");
-        flat.extend_from_slice(value.as_bytes());
-        flat.push(b'\n');
+        head.extend_from_slice(name.to_ascii_lowercase().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.push(b'\n');
     }
-    http::Request { id: 1, head: request_head(method, path, authority, "http", &flat) }
+    http::Request { id: 1, head }
 }
 
 /// wasmtime 48 has its own error type; the binary edge speaks anyhow.
