@@ -10,6 +10,12 @@
 //!
 //! The core modules are wrapped as components here with `wit-component`, so no
 //! `wasm-tools` binary is needed.
+//!
+//! It also builds the eBPF datapath programs in `../datapath-ebpf/programs`
+//! (`WEIR_PREBUILT_DATAPATH=FILE` to use a built object instead): `core` is
+//! built from source for `bpfel-unknown-none` by a toolchain that has the
+//! Rust sources (the host's if `rustup component add rust-src`, else
+//! Debian's rustc-web), and linked by `bpf-linker`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,93 @@ const FILTERS: &[&str] = &["http_policy", "require_header", "misbehave"];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {
+    build_datapath();
+    build_filters();
+}
+
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+fn build_datapath() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("weir-datapath.o");
+    println!("cargo:rerun-if-env-changed=WEIR_PREBUILT_DATAPATH");
+    println!("cargo:rustc-env=WEIR_DATAPATH_OBJECT={}", out.display());
+    if let Some(prebuilt) = env::var_os("WEIR_PREBUILT_DATAPATH") {
+        println!("cargo:rerun-if-changed={}", PathBuf::from(&prebuilt).display());
+        std::fs::copy(&prebuilt, &out).unwrap_or_else(|e| panic!("WEIR_PREBUILT_DATAPATH: {e}"));
+        return;
+    }
+    let programs = root.join("datapath-ebpf/programs");
+    watch_tree(&programs);
+    watch_tree(&root.join("datapath-ebpf/common"));
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("bpf-guests");
+
+    let (cargo, rustc) = bpf_toolchain();
+    let linker = find_bpf_linker();
+    let mut cmd = Command::new(&cargo);
+    scrub_cargo_env(&mut cmd);
+    let path = env::join_paths(
+        std::iter::once(linker.parent().unwrap().to_path_buf()).chain(env::split_paths(&env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    cmd.env("RUSTC", &rustc)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", path)
+        .current_dir(&programs)
+        .args(["build", "--release", "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.display()));
+    if !output.status.success() {
+        panic!("building the eBPF programs failed ({cmd:?}):\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    std::fs::copy(target_dir.join(BPF_TARGET).join("release/weir-datapath"), &out).unwrap();
+}
+
+/// A cargo and rustc that can build `core` from source.
+fn bpf_toolchain() -> (PathBuf, PathBuf) {
+    let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let rustc = PathBuf::from(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+    let has_src = |rustc: &Path| {
+        Command::new(rustc)
+            .args(["--print", "sysroot"])
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library"))
+            .is_some_and(|p| p.join("core").exists())
+    };
+    if has_src(&rustc) {
+        return (cargo, rustc);
+    }
+    let (debian_cargo, debian_rustc) = (PathBuf::from("/usr/bin/cargo"), PathBuf::from("/usr/bin/rustc"));
+    if debian_cargo.exists() && Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
+        return (debian_cargo, debian_rustc);
+    }
+    panic!(
+        "\n\nNo toolchain can build the eBPF programs: `rustup component add rust-src`, or install \
+         Debian's rustc-web, cargo-web and rust-web-src (scripts/setup.sh does this), or point \
+         WEIR_PREBUILT_DATAPATH at a built object.\n\n"
+    );
+}
+
+fn find_bpf_linker() -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .chain(home.map(|h| h.join("bin")))
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("\n\nbpf-linker is not installed: scripts/setup.sh installs it (built against LLVM 22).\n\n")
+        })
+}
+
+fn build_filters() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let filters_dir = root.join("filters");

@@ -4,8 +4,12 @@
 #
 #   - a Wasm guest toolchain: the rustup wasm32 target if installed, else
 #     Debian's rustc-web/cargo-web/rust-web-src (Rust 1.96) plus lld for wasm-ld
+#   - an eBPF guest toolchain: the same rustc-web (build-std=core for
+#     bpfel-unknown-none) and bpf-linker built against Debian's LLVM 22, the LLVM
+#     rustc-web uses
 #   - real peers for tests and benchmarks: curl, nginx, haproxy, nghttp2 (nghttp,
-#     h2load), wrk, and Python's grpcio for gRPC
+#     h2load), wrk, iperf3, ncat (TCP/UDP/SCTP), iptables (the TPROXY comparison),
+#     bpftool, and Python's grpcio for gRPC
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -17,11 +21,18 @@ if [ "$(id -u)" -ne 0 ]; then
   if have sudo; then SUDO="sudo"; else log "not root and no sudo: install packages yourself"; fi
 fi
 
-packages=(curl nginx haproxy nghttp2-client wrk)
+packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
-  packages+=(rustc-web cargo-web rust-web-src lld-19)
+  packages+=(lld-19)
+fi
+# eBPF programs need a nightly-capable compiler for build-std=core either way
+packages+=(rustc-web cargo-web rust-web-src)
+# bpf-linker links against the LLVM that rustc-web was built with
+BPF_LINKER_VERSION=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  packages+=(llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev libxml2-dev)
 fi
 
 missing=()
@@ -39,6 +50,18 @@ fi
 # the Debian nginx package starts a daemon on :80; tests run their own
 if pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
   $SUDO nginx -s quit 2>/dev/null || true
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "installing bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about 3 minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+    cargo install --quiet --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+      --no-default-features --features llvm-22
+fi
+
+# pinned maps live in bpffs
+if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+  $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || log "could not mount bpffs at /sys/fs/bpf"
 fi
 
 if ! python3 -c 'import grpc' >/dev/null 2>&1; then

@@ -7,6 +7,8 @@
 //! name. Every process started here is killed when its handle drops, also
 //! when a test fails.
 
+pub mod node;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,6 +72,20 @@ impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGTERM, and wait (at most `patience`) for a clean exit.
+    pub fn terminate(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }
 
 impl Drop for Process {
@@ -91,6 +107,11 @@ impl Weir {
     /// Start weir with `weir.yaml` (where `ADMIN` is replaced by a free
     /// admin address) and policy files; waits until it is healthy.
     pub fn start(config: &str, policies: &[(&str, &str)]) -> Weir {
+        Weir::start_with(config, policies, &[])
+    }
+
+    /// The same, with more arguments for `weir run`.
+    pub fn start_with(config: &str, policies: &[(&str, &str)], args: &[&str]) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = config.replace("ADMIN", &admin.to_string());
@@ -105,6 +126,7 @@ impl Weir {
             Command::new(weir_bin())
                 .args(["run", "--config"])
                 .arg(dir.path())
+                .args(args)
                 .env("WEIR_CACHE_DIR", cache_dir())
                 .env("WEIR_LOG", "info,weir=debug")
                 .env("NO_COLOR", "1")
@@ -130,6 +152,15 @@ impl Weir {
 
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stop as an operator would (SIGTERM); `None` if it did not exit in time.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.terminate(Duration::from_secs(20))
     }
 
     pub fn config_dir(&self) -> &Path {

@@ -52,7 +52,15 @@ fn quickstart_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+/// The `datapath` settings of a config directory (defaults without one).
+pub fn datapath_settings(config_dir: Option<&Path>) -> anyhow::Result<crate::config::DatapathConfig> {
+    let Some(dir) = config_dir else { return Ok(Default::default()) };
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(WeirConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.datapath)
+}
+
+pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
     let (dir, quickstart) = match config {
         Some(dir) => (dir, false),
         None => (quickstart_dir()?, true),
@@ -70,7 +78,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         builder
     };
     let runtime = builder.thread_name("weir-worker").enable_all().build()?;
-    runtime.block_on(serve(source, inputs.config, quickstart))
+    runtime.block_on(serve(source, inputs.config, quickstart, ebpf))
 }
 
 fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
@@ -80,7 +88,7 @@ fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
     anyhow::anyhow!("the configuration is invalid ({} problem(s)); nothing was started", errors.len())
 }
 
-async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool) -> anyhow::Result<()> {
+async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let options = RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None };
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
@@ -101,7 +109,24 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool) -> any
         tracing::info!(%addr, "demo backend listening");
     }
     let mut controller = Controller::new(source.clone(), state.clone(), fingerprint);
-    controller.install(model, fingerprint).map_err(|errors| invalid(&errors))?;
+    let (stop_transparent, transparent_stopped) = tokio::sync::watch::channel(false);
+    if ebpf {
+        let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
+        let bind = crate::datapath::proxy_bind(&config.datapath);
+        let listener = crate::listeners::bind_transparent(bind)
+            .with_context(|| format!("transparent proxy listener on {bind}"))?;
+        datapath.register_proxy_socket(config.datapath.proxy_port, &listener)?;
+        tokio::spawn(crate::listeners::transparent_accept_loop(state.clone(), listener, transparent_stopped));
+        tokio::spawn(crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone()));
+        controller.datapath = Some(datapath);
+        tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");
+    }
+    if let Err(errors) = controller.install(model, fingerprint) {
+        if let Some(datapath) = controller.datapath.take() {
+            datapath.shutdown();
+        }
+        return Err(invalid(&errors));
+    }
     if let Some(addr) = config.admin {
         crate::admin::serve(state.clone(), addr).await.with_context(|| format!("admin API on {addr}"))?;
     }
@@ -125,6 +150,13 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool) -> any
     }
     tracing::info!("stopping: no new connections; letting open ones finish");
     controller.listeners.stop_all();
+    let _ = stop_transparent.send(true);
+    if let Some(datapath) = controller.datapath.take() {
+        for e in datapath.shutdown() {
+            tracing::warn!("datapath cleanup: {e}");
+        }
+        tracing::info!("datapath removed");
+    }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while state.active_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -46,6 +46,35 @@ pub struct WeirConfig {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// The eBPF datapath (`weir run --datapath ebpf`).
+    #[serde(default)]
+    pub datapath: DatapathConfig,
+}
+
+/// How the eBPF datapath hooks into the node. Read at start only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathConfig {
+    /// The transparent listener the programs hand L7 traffic to. It is bound
+    /// on loopback; packets reach it by `bpf_sk_assign`, not by address.
+    pub proxy_port: u16,
+    /// Where maps and program links are pinned (bpffs).
+    pub bpffs: PathBuf,
+    /// Routing table with `local 0.0.0.0/0 dev lo` for TO_PROXY packets.
+    pub route_table: u32,
+    /// Priority of the first of the two `ip rule`s weir installs.
+    pub rule_priority: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            proxy_port: 15001,
+            bpffs: PathBuf::from("/sys/fs/bpf/weir"),
+            route_table: 2004,
+            rule_priority: 9000,
+        }
+    }
 }
 
 fn default_admin() -> Option<SocketAddr> {
@@ -78,6 +107,10 @@ pub struct EndpointConfig {
     /// Fix the identity number (256-65535); derived from the labels otherwise.
     #[serde(default)]
     pub identity: Option<u32>,
+    /// The pod's host-side veth: with the eBPF datapath, weir attaches its
+    /// programs there and polices the pod's traffic.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 impl EndpointConfig {
@@ -143,7 +176,7 @@ pub struct ListenerConfig {
     pub connect_timeout: Duration,
 }
 
-fn default_connect_timeout() -> Duration {
+pub fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
@@ -232,6 +265,14 @@ impl WeirConfig {
                 if let Some(other) = seen.insert(addr, &ep.name) {
                     return Err(format!("endpoints[{i}].address: {addr} is claimed by {other:?} and {:?}", ep.name));
                 }
+            }
+        }
+        let mut interfaces = std::collections::HashMap::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if let Some(name) = &ep.interface
+                && let Some(other) = interfaces.insert(name, &ep.name)
+            {
+                return Err(format!("endpoints[{i}].interface: {name} is claimed by {other:?} and {:?}", ep.name));
             }
         }
         let mut filter_names = std::collections::HashSet::new();

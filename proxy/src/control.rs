@@ -102,12 +102,15 @@ pub struct Controller {
     pub source: LocalSource,
     pub state: Arc<ProxyState>,
     pub listeners: ListenerSet,
+    /// The eBPF datapath, when weir runs with one: every model goes into its
+    /// maps before the proxy uses it.
+    pub datapath: Option<crate::datapath::Datapath>,
     fingerprint: u64,
 }
 
 impl Controller {
     pub fn new(source: LocalSource, state: Arc<ProxyState>, fingerprint: u64) -> Self {
-        Controller { source, state, listeners: ListenerSet::default(), fingerprint }
+        Controller { source, state, listeners: ListenerSet::default(), datapath: None, fingerprint }
     }
 
     /// Build a model from the source, or every reason it cannot be built.
@@ -141,6 +144,9 @@ impl Controller {
     pub fn install(&mut self, model: impl Into<Arc<PolicyModel>>, fingerprint: u64) -> Result<(), Vec<String>> {
         let model = model.into();
         let bound = self.listeners.prepare(&model)?;
+        if let Some(datapath) = &mut self.datapath {
+            datapath.apply(&model)?;
+        }
         let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
         let generation = model.generation;
         self.state.flows.set_logging(model.config.log_flows);

@@ -282,18 +282,28 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Clone)]
 pub struct IdentityCache {
     by_address: HashMap<IpAddr, Arc<Endpoint>>,
+    by_id: HashMap<u32, Arc<Identity>>,
     world: Arc<Identity>,
 }
 
 impl IdentityCache {
     pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
         let mut by_address = HashMap::new();
+        let mut by_id: HashMap<u32, Arc<Identity>> =
+            reserved::ALL.iter().map(|(id, _)| (*id, Arc::new(Identity::reserved(*id)))).collect();
         for ep in endpoints {
             for addr in &ep.addresses {
                 by_address.insert(*addr, ep.clone());
             }
+            by_id.insert(ep.identity.id, ep.identity.clone());
         }
-        IdentityCache { by_address, world: Arc::new(Identity::reserved(reserved::WORLD)) }
+        let world = by_id[&reserved::WORLD].clone();
+        IdentityCache { by_address, by_id, world }
+    }
+
+    /// The identity with this number (a datapath mark or event names it).
+    pub fn by_id(&self, id: u32) -> Option<&Arc<Identity>> {
+        self.by_id.get(&id)
     }
 
     pub fn endpoint(&self, addr: IpAddr) -> Option<&Arc<Endpoint>> {

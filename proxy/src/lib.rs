@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod datapath;
 pub mod demo;
 pub mod flow;
 pub mod http;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::http::Target;
 use crate::model::PolicyModel;
 use crate::state::ProxyState;
 
@@ -75,13 +76,58 @@ impl ListenerSet {
 }
 
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_socket(addr, false)
+}
+
+/// The listener the eBPF datapath assigns redirected connections to.
+/// `IP_TRANSPARENT`: it accepts connections addressed to other hosts, and the
+/// accepted socket's local address is where the client was going.
+pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_socket(addr, true)
+}
+
+fn bind_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if transparent {
+        socket.set_ip_transparent(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Accept connections the datapath redirected, until told to stop.
+pub async fn transparent_accept_loop(state: Arc<ProxyState>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    use weir_datapath_common::mark;
+    let own = listener.local_addr().ok();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(original_destination) = stream.local_addr() else { continue };
+                    if Some(original_destination) == own {
+                        // dialled directly, not redirected: nowhere to forward to
+                        tracing::debug!(%peer, "direct connection to the transparent listener refused");
+                        continue;
+                    }
+                    // tcp_fwmark_accept: the accepted socket has the SYN's mark
+                    let socket_mark = socket2::SockRef::from(&stream).mark().unwrap_or(0);
+                    let source_identity = (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY)
+                        .then(|| mark::identity_of(socket_mark));
+                    let target = Target::Transparent { original_destination, source_identity };
+                    tokio::spawn(crate::http::server::serve(state.clone(), target, stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!("transparent accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Accept until told to stop; connections already accepted run to completion.
@@ -91,7 +137,7 @@ async fn accept_loop(state: Arc<ProxyState>, name: Arc<str>, listener: TcpListen
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(crate::http::server::serve(state.clone(), name.clone(), stream, peer));
+                    tokio::spawn(crate::http::server::serve(state.clone(), Target::Listener(name.clone()), stream, peer));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning

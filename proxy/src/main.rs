@@ -39,6 +39,15 @@ enum Command {
         /// Directory with weir.yaml and policies/*.yaml (hot-reloaded).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// `ebpf`: police the pods named by the endpoints' `interface` in the
+        /// kernel and hand L7 traffic to the proxy transparently.
+        #[arg(long, value_enum, default_value_t = DatapathMode::None)]
+        datapath: DatapathMode,
+    },
+    /// The eBPF datapath on this node.
+    Datapath {
+        #[command(subcommand)]
+        command: DatapathCommand,
     },
     /// Policy tools.
     Policy {
@@ -81,6 +90,28 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatapathMode {
+    /// Listeners only (local mode).
+    None,
+    Ebpf,
+}
+
+#[derive(Subcommand)]
+enum DatapathCommand {
+    /// List the links, maps, rules and routes weir installed.
+    Status {
+        /// The config directory whose weir.yaml sets `datapath` (default settings otherwise).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove what a crashed weir left behind (refuses while its owner runs).
+    Cleanup {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate policy files with the checks a reload applies; exit 1 if any fails.
@@ -103,7 +134,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => weir::app::run(config),
+        Command::Run { config, datapath } => weir::app::run(config, datapath == DatapathMode::Ebpf),
+        Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
         Command::Observe { admin, verdict, protocol, from_label, to_label, http_path, output, last, no_follow } => {
             let mut query = vec![format!("follow={}", !no_follow)];
@@ -147,6 +179,32 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("weir: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn datapath_command(command: DatapathCommand) -> anyhow::Result<()> {
+    let (DatapathCommand::Status { config } | DatapathCommand::Cleanup { config }) = &command;
+    let settings = weir::app::datapath_settings(config.as_deref())?;
+    match command {
+        DatapathCommand::Status { .. } => {
+            for line in weir::datapath::status(&settings) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        DatapathCommand::Cleanup { .. } => {
+            if let Some(state) = weir::datapath::routing::read_state(&settings.bpffs)
+                && Path::new(&format!("/proc/{}", state.owner)).exists()
+                && state.owner != std::process::id()
+            {
+                anyhow::bail!("weir (pid {}) still owns the datapath: stop it instead", state.owner);
+            }
+            let errors = weir::datapath::cleanup_pins_and_node(&settings, None);
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            if errors.is_empty() { Ok(()) } else { anyhow::bail!("{} item(s) could not be removed", errors.len()) }
         }
     }
 }

@@ -86,7 +86,12 @@ pub struct PolicyModel {
     http_policy: Arc<FilterComponent>,
     custom_filters: HashMap<String, CustomFilter>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
+    /// Destinations of connections the datapath handed over, as listeners.
+    transparent: Mutex<HashMap<SocketAddr, Arc<ListenerModel>>>,
 }
+
+/// The listener name of connections the eBPF datapath hands to the proxy.
+pub const TRANSPARENT_LISTENER: &str = "ebpf";
 
 impl PolicyModel {
     pub fn build(inputs: ModelInputs, runtime: &Arc<FilterRuntime>, generation: u64) -> Result<Self, Vec<PolicyError>> {
@@ -221,6 +226,7 @@ impl PolicyModel {
             http_policy,
             custom_filters,
             verdicts: Mutex::new(HashMap::new()),
+            transparent: Mutex::new(HashMap::new()),
         };
         errors.extend(model.validate_l7());
         if errors.is_empty() { Ok(model) } else { Err(errors) }
@@ -282,10 +288,62 @@ impl PolicyModel {
         self.runtime.configure(&self.http_policy, config, FilterLimits::default(), FailurePolicy::Closed)
     }
 
+    /// A connection the datapath redirected: its original destination seen
+    /// as a listener that forwards there (plain HTTP, policy port = the
+    /// destination port, the destination's identity from the endpoints).
+    pub fn transparent_listener(&self, original_destination: SocketAddr) -> Arc<ListenerModel> {
+        if let Some(l) = self.transparent.lock().unwrap().get(&original_destination) {
+            return l.clone();
+        }
+        let destination = match self.identities.endpoint(original_destination.ip()) {
+            Some(ep) => ep.clone(),
+            None => Arc::new(Endpoint {
+                name: original_destination.ip().to_string(),
+                namespace: String::new(),
+                addresses: vec![original_destination.ip()],
+                identity: self.identities.world().clone(),
+            }),
+        };
+        let config = ListenerConfig {
+            name: format!("{TRANSPARENT_LISTENER}:{original_destination}"),
+            bind: original_destination,
+            protocol: Default::default(),
+            upstream: original_destination,
+            upstream_protocol: Default::default(),
+            destination: crate::config::DestinationConfig {
+                name: Some(destination.name.clone()),
+                namespace: destination.namespace.clone(),
+                labels: Default::default(),
+                identity: Some(destination.identity.id),
+                port: None,
+            },
+            tls: None,
+            escaped_slashes: Default::default(),
+            connect_timeout: crate::config::default_connect_timeout(),
+        };
+        let listener = Arc::new(ListenerModel { config, destination, port: original_destination.port(), tls: None });
+        let mut cache = self.transparent.lock().unwrap();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(original_destination, listener.clone());
+        listener
+    }
+
     /// The verdict for a connection from `source` to a listener, cached per
     /// model (identities and policies are fixed within one).
     pub fn connection_verdict(&self, listener: &ListenerModel, source: SocketAddr) -> Arc<ConnectionVerdict> {
         let source_identity = self.identities.identity_of(source.ip());
+        self.connection_verdict_from(listener, source_identity, source)
+    }
+
+    /// The same, when the source's identity is known otherwise (the mark).
+    pub fn connection_verdict_from(
+        &self,
+        listener: &ListenerModel,
+        source_identity: Arc<Identity>,
+        source: SocketAddr,
+    ) -> Arc<ConnectionVerdict> {
         let key = VerdictKey {
             listener: listener.config.name.clone(),
             source: source_identity.id,
@@ -308,14 +366,14 @@ impl PolicyModel {
         let egress = self.policies.evaluate(
             Direction::Egress,
             source,
-            PeerInfo { identity: destination, address: listener.config.upstream.ip() },
+            PeerInfo { identity: destination, address: listener.config.upstream.ip().into() },
             listener.port,
             L4Protocol::Tcp,
         );
         let ingress = self.policies.evaluate(
             Direction::Ingress,
             destination,
-            PeerInfo { identity: source, address: source_ip },
+            PeerInfo { identity: source, address: source_ip.into() },
             listener.port,
             L4Protocol::Tcp,
         );

@@ -10,3 +10,4 @@ pub mod upstream;
 
 pub use normalize::{NormalizeError, normalize_path};
 pub use reply::ACCESS_DENIED;
+pub use service::Target;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::framing::{FramingGuard, Rejected};
-use super::service::HttpConnection;
+use super::service::{HttpConnection, Target};
 use crate::context::ConnectionContext;
 use crate::context::next_connection_id;
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
@@ -26,7 +26,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slow-loris guard: a request head must arrive within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, peer: SocketAddr) {
+    let listener = target.name();
     let labels = ListenerLabels { listener: listener.to_string() };
     state.metrics.connections.get_or_create(&labels).inc();
     let active = state.metrics.active_connections.get_or_create(&labels).clone();
@@ -41,12 +42,16 @@ pub async fn serve(state: Arc<ProxyState>, listener: Arc<str>, stream: TcpStream
     }
     let _active = Decrement(active, state.clone());
 
-    let model = state.model.load_full();
-    let Some(listener_model) = model.listeners.get(&*listener).cloned() else { return };
+    let tls = match &target {
+        Target::Listener(name) => {
+            let model = state.model.load();
+            let Some(listener_model) = model.listeners.get(&**name) else { return };
+            listener_model.tls.clone()
+        }
+        Target::Transparent { .. } => None,
+    };
     let _ = stream.set_nodelay(true);
-    let tls = listener_model.tls.clone();
-    let conn =
-        Arc::new(HttpConnection::new(state.clone(), listener.clone(), peer, next_connection_id(), tls.is_some()));
+    let conn = Arc::new(HttpConnection::new(state.clone(), target, peer, next_connection_id(), tls.is_some()));
 
     // L3/L4 first: in the datapath a denied SYN never reaches the proxy.
     let Some((verdict, context)) = conn.accept_verdict() else { return };

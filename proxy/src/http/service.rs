@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::body::{BodyEnd, EndHook, ProxyBody};
 use super::normalize::normalize_path;
 use super::reply;
-use super::upstream::UpstreamPools;
+use super::upstream::{UpstreamBind, UpstreamPools};
 use crate::config::UpstreamProtocol;
 use crate::context::ConnectionContext;
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
@@ -40,8 +40,29 @@ struct Snapshot {
     pools: Arc<UpstreamPools>,
 }
 
+/// Where a downstream connection came in.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A configured listener, by name.
+    Listener(Arc<str>),
+    /// Handed over by the eBPF datapath: the accepted socket's local address
+    /// is where the client was going, its mark says who the client is.
+    Transparent { original_destination: SocketAddr, source_identity: Option<u32> },
+}
+
+impl Target {
+    /// The listener name flows and metrics show.
+    pub fn name(&self) -> Arc<str> {
+        match self {
+            Target::Listener(name) => name.clone(),
+            Target::Transparent { .. } => Arc::from(crate::model::TRANSPARENT_LISTENER),
+        }
+    }
+}
+
 pub struct HttpConnection {
     state: Arc<ProxyState>,
+    target: Target,
     listener: Arc<str>,
     peer: SocketAddr,
     id: u64,
@@ -104,10 +125,11 @@ struct RequestTrace {
 }
 
 impl HttpConnection {
-    pub fn new(state: Arc<ProxyState>, listener: Arc<str>, peer: SocketAddr, id: u64, tls: bool) -> Self {
+    pub fn new(state: Arc<ProxyState>, target: Target, peer: SocketAddr, id: u64, tls: bool) -> Self {
         HttpConnection {
             state,
-            listener,
+            listener: target.name(),
+            target,
             peer,
             id,
             scheme: if tls { "https" } else { "http" },
@@ -124,18 +146,31 @@ impl HttpConnection {
             return Some(s.clone());
         }
         let model = model.clone();
-        let listener = model.listeners.get(&*self.listener)?.clone();
-        let verdict = model.connection_verdict(&listener, self.peer);
+        let (listener, source, bind) = match &self.target {
+            Target::Listener(name) => {
+                (model.listeners.get(&**name)?.clone(), model.identities.identity_of(self.peer.ip()), None)
+            }
+            Target::Transparent { original_destination, source_identity } => {
+                // the mark names the sender; the address is the fallback
+                let source = source_identity
+                    .and_then(|id| model.identities.by_id(id).cloned())
+                    .unwrap_or_else(|| model.identities.identity_of(self.peer.ip()));
+                let mark = weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
+                let bind = UpstreamBind { source: self.peer.ip(), mark };
+                (model.transparent_listener(*original_destination), source, Some(bind))
+            }
+        };
+        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer);
         let context = Arc::new(ConnectionContext {
             id: self.id,
-            source: model.identities.identity_of(self.peer.ip()),
+            source,
             destination: listener.destination.identity.clone(),
             source_addr: self.peer,
             destination_addr: listener.config.upstream,
             port: listener.port,
             listener: self.listener.clone(),
         });
-        let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout);
+        let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout, bind);
         let snapshot = Arc::new(Snapshot { model, listener, context, verdict, pools });
         *current = Some(snapshot.clone());
         Some(snapshot)

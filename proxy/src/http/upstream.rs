@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -21,6 +21,27 @@ use tokio::net::TcpStream;
 pub struct UpstreamConnector {
     address: SocketAddr,
     connect_timeout: Duration,
+    bind: Option<UpstreamBind>,
+}
+
+/// For connections the datapath redirected: dial from the client pod's own
+/// address (`IP_TRANSPARENT`), with a mark that tells the datapath the
+/// packets were already enforced (FROM_PROXY + the sender's identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamBind {
+    pub source: IpAddr,
+    pub mark: u32,
+}
+
+impl UpstreamBind {
+    fn connect(self, address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+        socket.set_ip_transparent(true)?;
+        socket.set_mark(self.mark)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::new(self.source, 0).into())?;
+        Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +62,15 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let (address, timeout) = (self.address, self.connect_timeout);
+        let (address, timeout, bind) = (self.address, self.connect_timeout, self.bind);
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            let connect = async move {
+                match bind {
+                    None => TcpStream::connect(address).await,
+                    Some(bind) => bind.connect(address)?.connect(address).await,
+                }
+            };
+            let stream = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| ConnectError::Timeout(address))?
                 .map_err(|e| ConnectError::Io(address, e))?;
@@ -62,8 +89,8 @@ pub struct UpstreamPools {
 }
 
 impl UpstreamPools {
-    fn new(address: SocketAddr, connect_timeout: Duration) -> Self {
-        let connector = UpstreamConnector { address, connect_timeout };
+    fn new(address: SocketAddr, connect_timeout: Duration, bind: Option<UpstreamBind>) -> Self {
+        let connector = UpstreamConnector { address, connect_timeout, bind };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
@@ -80,25 +107,42 @@ impl UpstreamPools {
     }
 }
 
-/// Pools by (address, connect timeout); they outlive policy reloads so warm
-/// upstream connections survive them.
+type PoolKey = (SocketAddr, Duration, Option<UpstreamBind>);
+
+/// Pools by (address, connect timeout, source binding); they outlive policy
+/// reloads so warm upstream connections survive them.
 #[derive(Default)]
 pub struct UpstreamRegistry {
-    pools: Mutex<HashMap<(SocketAddr, Duration), Arc<UpstreamPools>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<UpstreamPools>>>,
 }
 
+/// Transparent pools (one per client pod and destination) beyond this many
+/// are dropped at the next reload; their idle connections close.
+const MAX_TRANSPARENT_POOLS: usize = 10_000;
+
 impl UpstreamRegistry {
-    pub fn get(&self, address: SocketAddr, connect_timeout: Duration) -> Arc<UpstreamPools> {
+    pub fn get(
+        &self,
+        address: SocketAddr,
+        connect_timeout: Duration,
+        bind: Option<UpstreamBind>,
+    ) -> Arc<UpstreamPools> {
         self.pools
             .lock()
             .unwrap()
-            .entry((address, connect_timeout))
-            .or_insert_with(|| Arc::new(UpstreamPools::new(address, connect_timeout)))
+            .entry((address, connect_timeout, bind))
+            .or_insert_with(|| Arc::new(UpstreamPools::new(address, connect_timeout, bind)))
             .clone()
     }
 
-    /// Drop pools no listener uses any more.
+    /// Drop pools no listener uses any more (transparent ones stay, up to a
+    /// bound: the datapath may send the same pod there again).
     pub fn retain(&self, in_use: &[(SocketAddr, Duration)]) {
-        self.pools.lock().unwrap().retain(|key, _| in_use.contains(key));
+        let mut pools = self.pools.lock().unwrap();
+        let transparent = pools.keys().filter(|k| k.2.is_some()).count();
+        pools.retain(|key, _| match key.2 {
+            Some(_) => transparent <= MAX_TRANSPARENT_POOLS,
+            None => in_use.contains(&(key.0, key.1)),
+        });
     }
 }

@@ -31,6 +31,9 @@ pub enum L4Protocol {
     Udp,
     Sctp,
     Any,
+    /// A protocol without ports (ICMP, …): only port-less rules cover it.
+    /// Never written in a policy; the datapath asks about it.
+    Other,
 }
 
 impl L4Protocol {
@@ -203,7 +206,9 @@ impl PolicyRule {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerInfo<'a> {
     pub identity: &'a Identity,
-    pub address: IpAddr,
+    /// One address (a /32 or /128), or for the datapath a whole prefix of
+    /// world addresses that share a verdict.
+    pub address: IpNet,
 }
 
 /// One reason a connection is allowed, with the L7 rules that then apply.
@@ -320,6 +325,60 @@ impl PolicySet {
         } else {
             SideVerdict::Unenforced
         }
+    }
+}
+
+/// What the datapath compiler needs to turn rules into map entries.
+impl PolicySet {
+    /// Whether any rule selecting `subject` speaks about `direction` (only
+    /// then can a verdict differ from "allow").
+    pub fn concerns(&self, direction: Direction, subject: &Identity) -> bool {
+        self.rules.iter().filter(|r| r.subject.selects(subject)).any(|r| {
+            let (allow, deny, _) = r.sections(direction);
+            allow.is_some() || deny.is_some()
+        })
+    }
+
+    /// Whether `subject` is default-deny in `direction`.
+    pub fn enforces(&self, direction: Direction, subject: &Identity) -> bool {
+        self.rules.iter().filter(|r| r.subject.selects(subject)).any(|r| {
+            let (allow, deny, default_deny) = r.sections(direction);
+            default_deny && (allow.is_some() || deny.is_some())
+        })
+    }
+
+    /// Every port range a rule selecting `subject` names in `direction`.
+    pub fn port_ranges(&self, direction: Direction, subject: &Identity) -> Vec<&PortRange> {
+        let mut out = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.subject.selects(subject)) {
+            let (allow, deny, _) = rule.sections(direction);
+            for peer_rule in allow.into_iter().chain(deny).flatten() {
+                for set in peer_rule.to_ports.iter().flatten() {
+                    out.extend(set.ports.iter().filter(|p| p.start != 0));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every CIDR (and `except`) the rules name: each becomes a prefix with
+    /// its own identity in the datapath's ipcache.
+    pub fn cidrs(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            let sections = [&rule.ingress, &rule.ingress_deny, &rule.egress, &rule.egress_deny];
+            for peer_rule in sections.into_iter().flatten().flatten() {
+                for peer in peer_rule.peers.iter().flatten() {
+                    if let Peer::Cidr { cidr, except } = peer {
+                        out.push(*cidr);
+                        out.extend(except.iter().copied());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

@@ -23,8 +23,8 @@ fn errors(yaml: &str) -> Vec<PolicyError> {
     errors
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+fn ip(s: &str) -> ipnet::IpNet {
+    ipnet::IpNet::from(s.parse::<IpAddr>().unwrap())
 }
 
 const WEB_FROM_FRONTEND: &str = r#"

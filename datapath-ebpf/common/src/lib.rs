@@ -1,0 +1,229 @@
+//! What weir's eBPF programs and user space must agree on: the skb mark
+//! layout and the layout of every map key and value. `no_std`, `repr(C)`,
+//! padding explicit, so both sides see the same bytes.
+#![no_std]
+
+/// The 32-bit skb mark (design.md, "Mark registry"). The nibble under
+/// [`mark::MAGIC_MASK`] says what the rest of the mark means.
+pub mod mark {
+    pub const MAGIC_MASK: u32 = 0x0F00;
+    /// Deliver locally to the proxy; identity bits carry the sender.
+    pub const MAGIC_TO_PROXY: u32 = 0x0200;
+    /// Sent by the proxy: already enforced, pass exactly once.
+    pub const MAGIC_FROM_PROXY: u32 = 0x0A00;
+    /// Carries the sender's identity; on this node it also says "enforced at
+    /// the source's veth", so the destination's veth lets it in.
+    pub const MAGIC_IDENTITY: u32 = 0x0F00;
+
+    /// `(id & 0xFFFF) << 16 | (id >> 16) & 0xFF`: 24 bits of identity that
+    /// leave the magic nibble and kube-proxy's 0x4000/0x8000 alone.
+    #[inline(always)]
+    pub const fn identity_bits(id: u32) -> u32 {
+        ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF)
+    }
+
+    #[inline(always)]
+    pub const fn identity_of(mark: u32) -> u32 {
+        ((mark >> 16) & 0xFFFF) | ((mark & 0xFF) << 16)
+    }
+
+    #[inline(always)]
+    pub const fn make(magic: u32, id: u32) -> u32 {
+        magic | identity_bits(id)
+    }
+
+    #[inline(always)]
+    pub const fn magic(mark: u32) -> u32 {
+        mark & MAGIC_MASK
+    }
+}
+
+/// Reserved identities the programs need by number.
+pub mod identity {
+    pub const HOST: u32 = 1;
+    pub const WORLD: u32 = 2;
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Map names, as user space finds them in the object and under bpffs.
+pub mod maps {
+    pub const ENDPOINTS: &str = "WEIR_ENDPOINTS";
+    pub const IPCACHE: &str = "WEIR_IPCACHE";
+    pub const POLICY: &str = "WEIR_POLICY";
+    pub const CONNTRACK: &str = "WEIR_CT";
+    pub const PROXY_SOCKETS: &str = "WEIR_PROXY_SOCKS";
+    pub const EVENTS: &str = "WEIR_EVENTS";
+    pub const SETTINGS: &str = "WEIR_SETTINGS";
+    pub const ALL: &[&str] = &[ENDPOINTS, IPCACHE, POLICY, CONNTRACK, PROXY_SOCKETS, EVENTS, SETTINGS];
+}
+
+/// Program names (the functions in the object).
+pub mod programs {
+    /// TC ingress on the host-side veth: packets leaving the pod.
+    pub const FROM_POD: &str = "weir_from_pod";
+    /// TC egress on the host-side veth: packets entering the pod.
+    pub const TO_POD: &str = "weir_to_pod";
+}
+
+/// ENDPOINTS: host-side veth ifindex → the pod behind it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub identity: u32,
+    /// IPv4, network byte order.
+    pub ipv4: u32,
+    /// [`ENDPOINT_ENFORCE_INGRESS`] | [`ENDPOINT_ENFORCE_EGRESS`]: a missing
+    /// policy entry means deny in that direction (default deny).
+    pub flags: u32,
+}
+
+pub const ENDPOINT_ENFORCE_INGRESS: u32 = 1;
+pub const ENDPOINT_ENFORCE_EGRESS: u32 = 2;
+
+/// IPCACHE key (LPM trie data part): IPv4 in network byte order.
+pub type IpcacheKey = [u8; 4];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    /// Non-zero: a pod on this node (its host-side veth ifindex).
+    pub local_ifindex: u32,
+}
+
+/// POLICY key: the verdict for `subject` talking to `peer` in `direction`.
+/// `port == 0` is the entry for every port of `protocol` without its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub subject: u32,
+    pub peer: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub direction: u8,
+}
+
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+pub const VERDICT_REDIRECT: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    pub verdict: u8,
+    pub _pad: u8,
+    /// For [`VERDICT_REDIRECT`]: the proxy port (key of PROXY_SOCKETS).
+    pub proxy_port: u16,
+    /// Which rule decided, for drop events (index into user space's table).
+    pub rule: u32,
+}
+
+/// CONNTRACK key: the tuple of the packet that opened the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    #[inline(always)]
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The connection goes through the proxy: its packets are marked and
+/// assigned to the proxy's socket.
+pub const CT_PROXIED: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub flags: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub _pad: u32,
+}
+
+/// SETTINGS index 0: values user space tunes without reloading programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Non-zero: emit an event for every new allowed or redirected
+    /// connection (policy verdicts), not only for drops.
+    pub verdict_events: u32,
+    pub _pad: u32,
+}
+
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_ALLOW: u8 = 2;
+pub const EVENT_REDIRECT: u8 = 3;
+
+pub const REASON_POLICY: u8 = 1;
+pub const REASON_NO_PROXY: u8 = 2;
+pub const REASON_UNSUPPORTED: u8 = 3;
+
+/// One record in the EVENTS ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u8,
+    pub reason: u8,
+    pub direction: u8,
+    pub protocol: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub ifindex: u32,
+    pub rule: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY (all): plain repr(C) data with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::IpcacheValue {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark;
+
+    #[test]
+    fn identity_bits_round_trip_and_stay_out_of_the_magic_nibble() {
+        for id in [1u32, 2, 256, 0xFFFF, 0x1_0000, 0xFF_FFFF, 0x12_3456] {
+            let bits = mark::identity_bits(id);
+            assert_eq!(bits & mark::MAGIC_MASK, 0, "{id:#x}");
+            assert_eq!(bits & 0xC000, 0, "{id:#x} touches kube-proxy's bits");
+            assert_eq!(mark::identity_of(mark::make(mark::MAGIC_TO_PROXY, id)), id);
+        }
+    }
+}

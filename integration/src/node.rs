@@ -1,0 +1,227 @@
+//! A Kubernetes node built from network namespaces, for the eBPF datapath.
+//!
+//! ```text
+//!   <p>-node (the node: weir runs here)          <p>-<pod> (one per pod)
+//!     <p><pod>  169.254.1.1/32  ── veth ──  eth0  10.200.0.N/32
+//!     route 10.200.0.N/32 dev <p><pod>           default via 169.254.1.1
+//! ```
+//!
+//! Addresses exist only inside these namespaces. The test thread itself
+//! enters the node namespace ([`Node::enter`]), so weir — spawned from it —
+//! runs there, and the test reaches weir's admin API on the node's loopback.
+//! Dropping the node stops weir (SIGTERM, so it cleans up), runs
+//! `weir datapath cleanup` as a safety net, and deletes every namespace,
+//! also when the test failed.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::{Process, Weir, weir_bin};
+
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Host-side veth, in the node namespace.
+    pub interface: String,
+}
+
+pub struct Node {
+    pub prefix: String,
+    pub netns: String,
+    pub pods: Vec<Pod>,
+    /// bpffs directory of this node's weir (tests run in parallel).
+    pub bpffs: String,
+    /// Stopped before the namespaces go.
+    pub weir: Option<Weir>,
+    pub servers: Vec<Process>,
+    original_netns: Option<std::fs::File>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+impl Node {
+    /// A node with these pods (names of at most 4 characters).
+    pub fn new(pods: &[&str]) -> Node {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("w{}{n}", std::process::id() % 10000);
+        let netns = format!("{prefix}-node");
+        let mut node = Node {
+            bpffs: format!("/sys/fs/bpf/weir-test-{prefix}"),
+            prefix: prefix.clone(),
+            netns: netns.clone(),
+            pods: Vec::new(),
+            weir: None,
+            servers: Vec::new(),
+            original_netns: None,
+        };
+        // from here on, Drop cleans up whatever was made
+        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        run(&["ip", "netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (i, name) in pods.iter().enumerate() {
+            let pod_ns = format!("{prefix}-{name}");
+            let interface = format!("{prefix}{name}");
+            assert!(interface.len() <= 15, "interface name {interface} too long");
+            let ip = Ipv4Addr::new(10, 200, 0, 10 + i as u8);
+            run(&["ip", "netns", "add", &pod_ns]);
+            node.pods.push(Pod { name: name.to_string(), netns: pod_ns.clone(), ip, interface: interface.clone() });
+            run(&[
+                "ip", "-n", &netns, "link", "add", &interface, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
+            ]);
+            run(&["ip", "netns", "exec", &pod_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            run(&["ip", "-n", &netns, "link", "set", &interface, "up"]);
+            run(&["ip", "-n", &netns, "addr", "add", "169.254.1.1/32", "dev", &interface]);
+            run(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
+            run(&["ip", "-n", &pod_ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", &pod_ns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+            run(&["ip", "-n", &pod_ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+            run(&["ip", "-n", &pod_ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+            run(&["ip", "-n", &netns, "route", "add", &format!("{ip}/32"), "dev", &interface]);
+        }
+        node
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Move the calling thread into the node's network namespace: sockets it
+    /// opens and processes it starts live there.
+    pub fn enter(&mut self) {
+        let here = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let there = std::fs::File::open(format!("/run/netns/{}", self.netns)).unwrap();
+        // SAFETY: setns on this thread with a namespace fd we hold open.
+        let rc = unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        self.original_netns = Some(here);
+    }
+
+    /// `weir.yaml` lines for the pods: endpoints with interfaces and labels,
+    /// and the datapath settings of this node.
+    pub fn endpoints_yaml(&self, labels: &[(&str, &str)]) -> String {
+        let mut out = format!("datapath:\n  bpffs: {}\nendpoints:\n", self.bpffs);
+        for pod in &self.pods {
+            let app = labels.iter().find(|(p, _)| *p == pod.name).map_or(pod.name.as_str(), |(_, l)| l);
+            out.push_str(&format!(
+                "  - {{name: {}, address: {}, interface: {}, labels: {{app: {app}}}}}\n",
+                pod.name, pod.ip, pod.interface
+            ));
+        }
+        out
+    }
+
+    /// Start weir with the eBPF datapath (this thread must have entered the node).
+    pub fn start_weir(&mut self, config: &str, policies: &[(&str, &str)]) {
+        assert!(self.original_netns.is_some(), "enter() the node first");
+        self.weir = Some(Weir::start_with(config, policies, &["--datapath", "ebpf"]));
+    }
+
+    pub fn weir(&self) -> &Weir {
+        self.weir.as_ref().expect("weir started")
+    }
+
+    /// A command run inside a pod.
+    pub fn in_pod(&self, pod: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.pod(pod).netns, program]);
+        cmd
+    }
+
+    /// Start a long-running server inside a pod; stopped with the node.
+    pub fn serve(&mut self, pod: &str, name: &str, program: &str, args: &[&str]) {
+        let mut cmd = self.in_pod(pod, program);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        self.servers.push(Process::spawn(name, &mut cmd));
+    }
+
+    /// curl from a pod: (HTTP status, body); status 0 when no response came.
+    pub fn curl(&self, pod: &str, url: &str) -> (u16, String) {
+        let out = self
+            .in_pod(pod, "curl")
+            .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// What weir's own status command reports for this node.
+    pub fn datapath_status(&self) -> String {
+        let out = Command::new(weir_bin())
+            .args(["datapath", "status", "--config"])
+            .arg(self.weir_config_dir())
+            .output()
+            .expect("weir datapath status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn weir_config_dir(&self) -> std::path::PathBuf {
+        self.weir.as_ref().map(|w| w.config_dir().to_path_buf()).unwrap_or_default()
+    }
+
+    /// Everything of this node's datapath that is still in the kernel:
+    /// pins, TCX programs on its interfaces, rules and routes, in one text.
+    pub fn leftovers(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.bpffs) {
+            for e in entries.flatten() {
+                out.push_str(&format!("pin {}\n", e.path().display()));
+            }
+        }
+        let net = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "bpftool", "net", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for line in net.lines().filter(|l| l.contains(&self.prefix)) {
+            out.push_str(&format!("program {line}\n"));
+        }
+        let rules = String::from_utf8_lossy(&run(&["ip", "-n", &self.netns, "rule", "show"]).stdout).into_owned();
+        for line in rules.lines().filter(|l| l.contains("fwmark")) {
+            out.push_str(&format!("rule {line}\n"));
+        }
+        let table = String::from_utf8_lossy(&run(&["ip", "-n", &self.netns, "route", "show", "table", "all"]).stdout)
+            .into_owned();
+        for line in table.lines().filter(|l| l.contains("table 2004")) {
+            out.push_str(&format!("route {line}\n"));
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.terminate(Duration::from_secs(2));
+        }
+        self.servers.clear();
+        if let Some(mut weir) = self.weir.take() {
+            let dir = weir.config_dir().to_path_buf();
+            if weir.terminate().is_none() {
+                eprintln!("weir did not stop in time:\n{}", weir.log());
+            }
+            let _ = Command::new(weir_bin()).args(["datapath", "cleanup", "--config"]).arg(&dir).output();
+            drop(weir);
+        }
+        if let Some(original) = self.original_netns.take() {
+            // SAFETY: back to the namespace this thread started in.
+            unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) };
+        }
+        for pod in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}

@@ -1,0 +1,292 @@
+//! The eBPF datapath end to end: a node of network namespaces, weir with
+//! `--datapath ebpf` in the node, real clients and servers in the pods
+//! (curl, Python HTTP/TCP/UDP servers, raw SCTP packets). No pod is told
+//! about the proxy: the programs on the veths redirect and enforce.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use weir::flow::{FlowRecord, Verdict};
+use weir_integration::node::Node;
+use weir_integration::wait_for;
+
+fn peer_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/datapath_peer.py").display().to_string()
+}
+
+const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
+
+/// client → server:80 allowed for GET /public*; `other` is denied outright.
+const HTTP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-http}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/public.*"}]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: other}}]
+"#;
+
+fn flows(node: &Node) -> Vec<FlowRecord> {
+    node.weir().flows("")
+}
+
+fn wait_flow(node: &Node, what: &str, mut pick: impl FnMut(&FlowRecord) -> bool) -> FlowRecord {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(10), || {
+        found = flows(node).into_iter().find(|f| pick(f));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn has_label(labels: &[String], label: &str) -> bool {
+    labels.iter().any(|l| l == label)
+}
+
+fn start_http_node() -> Node {
+    let mut node = Node::new(&["cli", "srv", "oth"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
+    node.start_weir(&config, &[("server.yaml", HTTP_POLICY)]);
+    let url = format!("http://{server}/public/ready");
+    wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url).0 == 200);
+    node
+}
+
+#[test]
+fn l7_rules_are_enforced_transparently_with_the_senders_identity() {
+    let node = start_http_node();
+    let (client, server) = (node.pod("cli").ip, node.pod("srv").ip);
+
+    // allowed: reaches the server once, from the client's own address
+    let (status, body) = node.curl("cli", &format!("http://{server}/public/a"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("client={client}:")), "source address not kept: {body}");
+    assert!(body.contains("path=/public/a"), "{body}");
+
+    // refused at L7 by the proxy, which the client never addressed
+    let (status, body) = node.curl("cli", &format!("http://{server}/private"));
+    assert_eq!(status, 403);
+    assert_eq!(body, "Access denied\r\n");
+
+    // the proxy saw the sender's identity (from the mark), not an address guess
+    let denied = wait_flow(&node, "the L7 denial flow", |f| {
+        f.http.as_ref().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
+    });
+    assert!(has_label(&denied.source.labels, "k8s:app=client"), "{denied:?}");
+    assert!(has_label(&denied.destination.labels, "k8s:app=server"), "{denied:?}");
+    assert_eq!(denied.source.address.ip(), client);
+    assert_eq!(denied.listener, "ebpf");
+    let allowed = wait_flow(&node, "the L7 allow flow", |f| f.http.as_ref().is_some_and(|h| h.path == "/public/a"));
+    assert_eq!(allowed.verdict, Verdict::Forwarded);
+    assert_eq!(allowed.http.as_ref().unwrap().status, Some(200));
+
+    // `other` is denied at L3 by an ingressDeny rule: the SYN is dropped in
+    // the kernel (no HTTP answer at all) and the drop is a flow
+    let (status, _) = node.curl("oth", &format!("http://{server}/public/a"));
+    assert_eq!(status, 0, "a dropped SYN gets no response");
+    let drop = wait_flow(&node, "the drop flow", |f| f.verdict == Verdict::Dropped && f.protocol == "tcp");
+    assert!(has_label(&drop.source.labels, "k8s:app=other"), "{drop:?}");
+    assert_eq!(drop.port, 80);
+    assert!(drop.reason.as_deref().unwrap_or_default().contains("server-http"), "{drop:?}");
+
+    // the proxy's own upstream leg is not redirected again: one request per
+    // allowed GET reached the server (each answer names exactly one path)
+    for i in 0..5 {
+        let (status, body) = node.curl("cli", &format!("http://{server}/public/{i}"));
+        assert_eq!((status, body.matches("path=").count()), (200, 1), "{body}");
+    }
+    let metrics = node.weir().metrics();
+    assert!(metrics.contains("listener=\"ebpf\""), "{metrics}");
+}
+
+#[test]
+fn policy_updates_apply_in_place_without_reattaching() {
+    let node = start_http_node();
+    let server = node.pod("srv").ip;
+    assert_eq!(node.curl("cli", &format!("http://{server}/private")).0, 403);
+    let before = node.datapath_status();
+    assert!(before.contains("weir_from_pod") && before.contains("rule"), "{before}");
+
+    let generation = node.weir().generation();
+    node.weir().write_policy("server.yaml", &HTTP_POLICY.replace("/public.*", "/(public|private).*"));
+    node.weir().wait_generation_above(generation);
+    assert_eq!(node.curl("cli", &format!("http://{server}/private")).0, 200);
+
+    // and back to L3/L4 only: no L7 rule left, so no redirect — the flow for
+    // the next connection is a kernel allow, not an HTTP record
+    let generation = node.weir().generation();
+    let l4_only = HTTP_POLICY.replace("          rules:\n            http: [{method: GET, path: \"/public.*\"}]\n", "");
+    node.weir().write_policy("server.yaml", &l4_only);
+    node.weir().wait_generation_above(generation);
+    let (status, body) = node.curl("cli", &format!("http://{server}/not-filtered"));
+    assert_eq!(status, 200, "{body}");
+    let kernel_allow = wait_flow(&node, "an L4 allow flow", |f| {
+        f.protocol == "tcp" && f.verdict == Verdict::Forwarded && f.reason.is_none()
+    });
+    assert_eq!(kernel_allow.port, 80);
+    assert!(!flows(&node).iter().any(|f| f.http.as_ref().is_some_and(|h| h.path == "/not-filtered")));
+    assert_eq!(node.datapath_status().lines().filter(|l| l.starts_with("link")).count(), 6);
+}
+
+#[test]
+fn port_and_protocol_rules_for_tcp_udp_and_sctp() {
+    let mut node = Node::new(&["cli", "srv"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (udp_log, sctp_log) = (dir.path().join("udp"), dir.path().join("sctp"));
+    let script = peer_script();
+    node.serve("srv", "tcp echo", "python3", &[&script, "tcp-echo", &server, "9000"]);
+    node.serve("srv", "tcp echo 2", "python3", &[&script, "tcp-echo", &server, "9100"]);
+    for port in ["9001", "9101"] {
+        node.serve("srv", "udp sink", "python3", &[&script, "udp-sink", port, udp_log.to_str().unwrap()]);
+    }
+    for port in ["9002", "9102"] {
+        node.serve("srv", "sctp sink", "python3", &[&script, "sctp-sink", port, sctp_log.to_str().unwrap()]);
+    }
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-l4}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "9000", protocol: TCP}, {port: "9001", protocol: UDP}, {port: "9002", protocol: SCTP}]
+"#;
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", policy)]);
+
+    let tcp = |port: &str| {
+        node.in_pod("cli", "ncat").args(["-z", "-w", "2", &server, port]).status().map(|s| s.success()).unwrap_or(false)
+    };
+    wait_for("TCP 9000 allowed", Duration::from_secs(10), || tcp("9000"));
+    assert!(!tcp("9100"), "TCP 9100 is not in the policy");
+    // TCP on the UDP port is not allowed either
+    assert!(!tcp("9001"));
+
+    let send = |kind: &str, port: &str| {
+        let mut cmd = node.in_pod("cli", "python3");
+        cmd.args([&script, kind, &server, port]);
+        if kind == "udp-send" {
+            cmd.arg(format!("to-{port}"));
+        }
+        assert!(cmd.status().unwrap().success());
+    };
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    for _ in 0..3 {
+        send("udp-send", "9001");
+        send("udp-send", "9101");
+        send("sctp-send", "9002");
+        send("sctp-send", "9102");
+    }
+    wait_for("UDP 9001 delivered", Duration::from_secs(5), || read(&udp_log).contains("to-9001"));
+    wait_for("SCTP 9002 delivered", Duration::from_secs(5), || read(&sctp_log).contains(" 9002"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!read(&udp_log).contains("to-9101"), "UDP 9101 must be dropped: {}", read(&udp_log));
+    assert!(!read(&sctp_log).contains(" 9102"), "SCTP 9102 must be dropped: {}", read(&sctp_log));
+
+    let dropped: Vec<(String, u16)> = flows(&node)
+        .into_iter()
+        .filter(|f| f.verdict == Verdict::Dropped)
+        .map(|f| (f.protocol.clone(), f.port))
+        .collect();
+    for expected in [("tcp", 9100), ("udp", 9101), ("sctp", 9102)] {
+        assert!(dropped.contains(&(expected.0.to_string(), expected.1)), "{expected:?} not in {dropped:?}");
+    }
+}
+
+#[test]
+fn restart_keeps_established_connections_and_stop_leaves_nothing() {
+    let mut node = Node::new(&["cli", "srv"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    let script = peer_script();
+    node.serve("srv", "tcp echo", "python3", &[&script, "tcp-echo", &server, "9000"]);
+    // the server may only talk to the client on port 53: its replies to the
+    // client's connection pass by connection tracking alone
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-l4}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+  egress:
+    - toEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+"#;
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", policy)]);
+    wait_for("the echo server", Duration::from_secs(10), || {
+        node.in_pod("cli", "ncat").args(["-z", "-w", "1", &server, "9000"]).status().is_ok_and(|s| s.success())
+    });
+
+    let mut client = node
+        .in_pod("cli", "python3")
+        .args([&script, "lines", &server, "9000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut exchange = |text: &str| -> String {
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(exchange("one"), "one");
+
+    // weir crashes: the pinned links keep enforcing, conntrack is pinned
+    let config_dir = node.weir().config_dir().to_path_buf();
+    let old_pid = node.weir().pid();
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(old_pid as i32, libc::SIGKILL) };
+    wait_for("weir to die", Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{old_pid}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{old_pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    });
+    assert_eq!(exchange("two"), "two", "the connection died with weir");
+    assert!(
+        !node
+            .in_pod("srv", "ncat")
+            .args(["-z", "-w", "1", &node.pod("cli").ip.to_string(), "22"])
+            .status()
+            .unwrap()
+            .success(),
+        "the server's egress policy must still be enforced while weir is down"
+    );
+
+    // a new weir takes the pinned maps and links over
+    let policies = std::fs::read_to_string(config_dir.join("policies/server.yaml")).unwrap();
+    node.weir = None; // the dead one: nothing to clean, its successor owns the pins
+    node.start_weir(&config, &[("server.yaml", &policies)]);
+    assert_eq!(exchange("three"), "three", "the connection died when weir came back");
+
+    // a clean stop removes everything
+    let mut weir = node.weir.take().unwrap();
+    assert!(weir.terminate().is_some_and(|s| s.success()), "{}", weir.log());
+    let leftovers = node.leftovers();
+    assert!(leftovers.is_empty(), "left behind:\n{leftovers}\nweir log:\n{}", weir.log());
+    drop(input);
+    let _ = client.kill();
+    let _ = client.wait();
+}

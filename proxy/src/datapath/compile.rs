@@ -1,0 +1,277 @@
+//! The model compiled into what the eBPF maps must hold: endpoints by
+//! interface, the ipcache (prefix → identity) and the L3/L4 policy entries.
+//!
+//! The policy map is keyed by (subject, peer identity, port, protocol,
+//! direction). For every endpoint on this node and every identity it can
+//! meet, the compiler asks the same `PolicySet::evaluate` the proxy asks: once
+//! for each port the endpoint's rules name, and once for "any other port" of
+//! each protocol (port 0), so the kernel and the proxy cannot disagree.
+//! World addresses that CIDR rules name get identities of their own (one per
+//! prefix, as Cilium's local CIDR identities), so the map stays keyed by
+//! identity and the LPM ipcache picks the most specific prefix.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net};
+use weir_datapath_common::{
+    DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EndpointInfo, IpcacheValue, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+};
+
+use crate::context::Direction;
+use crate::identity::{Identity, reserved};
+use crate::model::PolicyModel;
+use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
+
+/// First identity of the prefixes CIDR rules name (Cilium's local range).
+pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+/// In rule texts of "every other port" entries, where the packet's port goes.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+/// A port range is expanded into one entry per port up to this width.
+pub const MAX_RANGE_WIDTH: u32 = 16384;
+
+/// One endpoint the programs are attached for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedEndpoint {
+    pub name: String,
+    pub interface: String,
+    pub ifindex: u32,
+    pub info: EndpointInfo,
+}
+
+/// Everything the maps should hold for one model.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub endpoints: Vec<AttachedEndpoint>,
+    /// (prefix, value); IPv4 only.
+    pub ipcache: BTreeMap<Ipv4Net, IpcacheValue>,
+    pub policy: HashMap<PolicyKey, PolicyValue>,
+    /// Texts that `PolicyValue::rule` indexes (0 is empty): why a packet was
+    /// dropped or allowed, for flow records.
+    pub rules: Vec<String>,
+    /// Identities the datapath made up (CIDR prefixes), for flows.
+    pub cidr_identities: BTreeMap<u32, Ipv4Net>,
+}
+
+/// Compile `model`. `ifindex` resolves interface names; `node_addresses`
+/// become `reserved:host` in the ipcache.
+pub fn compile(
+    model: &PolicyModel,
+    proxy_port: u16,
+    node_addresses: &[Ipv4Addr],
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> Result<Desired, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut desired = Desired { rules: vec![String::new()], ..Default::default() };
+    let mut rule_index: HashMap<String, u32> = HashMap::new();
+
+    // Endpoints on this node: the ones with an interface.
+    let mut local: Vec<(Arc<Identity>, AttachedEndpoint)> = Vec::new();
+    for (i, (config, endpoint)) in model.config.endpoints.iter().zip(&model.endpoints).enumerate() {
+        let Some(interface) = &config.interface else { continue };
+        let Some(ipv4) = endpoint.addresses.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        }) else {
+            errors.push(format!("endpoints[{i}] ({}): the eBPF datapath needs an IPv4 address", config.name));
+            continue;
+        };
+        let Some(index) = ifindex(interface) else {
+            errors.push(format!("endpoints[{i}].interface: no interface {interface:?} on this node"));
+            continue;
+        };
+        let info = EndpointInfo { identity: endpoint.identity.id, ipv4: u32::from_ne_bytes(ipv4.octets()), flags: 0 };
+        local.push((
+            endpoint.identity.clone(),
+            AttachedEndpoint { name: config.name.clone(), interface: interface.clone(), ifindex: index, info },
+        ));
+    }
+
+    // The ipcache, and the identities a local endpoint can meet.
+    let world = model.identities.world().clone();
+    let host = Arc::new(Identity::reserved(reserved::HOST));
+    let mut peers: Vec<(Arc<Identity>, u32, IpNet)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for endpoint in &model.endpoints {
+        for address in &endpoint.addresses {
+            if let IpAddr::V4(v4) = address {
+                // non-zero: a pod on this node, whose ingress policy the
+                // sender's veth enforces
+                let ifindex = local
+                    .iter()
+                    .find(|(_, e)| e.info.ipv4 == u32::from_ne_bytes(v4.octets()))
+                    .map_or(0, |(_, e)| e.ifindex);
+                desired.ipcache.insert(
+                    Ipv4Net::from(*v4),
+                    IpcacheValue { identity: endpoint.identity.id, local_ifindex: ifindex },
+                );
+            }
+        }
+        if seen.insert(endpoint.identity.id) {
+            let address = endpoint.addresses.first().map_or(IpNet::default(), |a| IpNet::from(*a));
+            peers.push((endpoint.identity.clone(), endpoint.identity.id, address));
+        }
+    }
+    for address in node_addresses {
+        desired
+            .ipcache
+            .entry(Ipv4Net::from(*address))
+            .or_insert(IpcacheValue { identity: reserved::HOST, local_ifindex: 0 });
+    }
+    peers.push((
+        host,
+        reserved::HOST,
+        node_addresses.first().map_or(IpNet::default(), |a| IpNet::from(IpAddr::V4(*a))),
+    ));
+    peers.push((world.clone(), reserved::WORLD, IpNet::V4(Ipv4Net::default())));
+    for (n, cidr) in model
+        .policies
+        .cidrs()
+        .into_iter()
+        .filter_map(|c| match c {
+            IpNet::V4(v4) => Some(v4),
+            IpNet::V6(_) => None,
+        })
+        .enumerate()
+    {
+        let id = FIRST_CIDR_IDENTITY + n as u32;
+        desired.cidr_identities.insert(id, cidr);
+        desired.ipcache.entry(cidr).or_insert(IpcacheValue { identity: id, local_ifindex: 0 });
+        peers.push((world.clone(), id, IpNet::V4(cidr)));
+    }
+
+    // Policy entries.
+    let mut index_of = |text: String| -> u32 {
+        let next = desired.rules.len() as u32;
+        *rule_index.entry(text.clone()).or_insert_with(|| {
+            desired.rules.push(text);
+            next
+        })
+    };
+    for (identity, endpoint) in &mut local {
+        for (direction, dir, flag) in [
+            (Direction::Ingress, DIR_INGRESS, ENDPOINT_ENFORCE_INGRESS),
+            (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS),
+        ] {
+            if !model.policies.concerns(direction, identity) {
+                continue;
+            }
+            // Entries are looked up only for enforced directions; an
+            // endpoint that is selected but not default-deny still needs
+            // them (for redirects), so it is marked enforced and the
+            // compiled "allow" entries keep it open.
+            endpoint.info.flags |= flag;
+            let ports = match named_ports(model, direction, identity) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(format!("endpoint {}: {e}", endpoint.name));
+                    continue;
+                }
+            };
+            for (peer, peer_id, address) in &peers {
+                let info = PeerInfo { identity: peer, address: *address };
+                for (protocol, number) in
+                    [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)]
+                {
+                    let named = &ports[&number];
+                    let key = |port| PolicyKey {
+                        subject: identity.id,
+                        peer: *peer_id,
+                        port,
+                        protocol: number,
+                        direction: dir,
+                    };
+                    let other_port = (1..=u16::MAX).rev().find(|p| !named.contains(p));
+                    let wildcard = other_port.map(|port| {
+                        let v = match model.policies.evaluate(direction, identity, info, port, protocol) {
+                            // the entry stands for every other port: the
+                            // flow fills in the one the packet had
+                            SideVerdict::Denied { reason } => SideVerdict::Denied {
+                                reason: reason
+                                    .replace(&format!("on port {port}"), &format!("on port {PORT_PLACEHOLDER}")),
+                            },
+                            v => v,
+                        };
+                        value(v, protocol, proxy_port, &mut index_of)
+                    });
+                    if let Some(w) = wildcard {
+                        desired.policy.insert(key(0), w);
+                    }
+                    for port in named {
+                        let v = model.policies.evaluate(direction, identity, info, *port, protocol);
+                        let v = value(v, protocol, proxy_port, &mut index_of);
+                        if Some(v) != wildcard {
+                            desired.policy.insert(key(*port), v);
+                        }
+                    }
+                }
+                // protocols without ports (ICMP and the rest)
+                let v = model.policies.evaluate(direction, identity, info, 0, L4Protocol::Other);
+                let v = value(v, L4Protocol::Other, proxy_port, &mut index_of);
+                desired.policy.insert(
+                    PolicyKey { subject: identity.id, peer: *peer_id, port: 0, protocol: 0, direction: dir },
+                    v,
+                );
+            }
+        }
+    }
+    desired.endpoints = local.into_iter().map(|(_, e)| e).collect();
+    if errors.is_empty() { Ok(desired) } else { Err(errors) }
+}
+
+/// The ports rules name for `subject` in `direction`, per IP protocol number.
+fn named_ports(
+    model: &PolicyModel,
+    direction: Direction,
+    subject: &Identity,
+) -> Result<HashMap<u8, BTreeSet<u16>>, String> {
+    let mut out: HashMap<u8, BTreeSet<u16>> =
+        [(PROTO_TCP, BTreeSet::new()), (PROTO_UDP, BTreeSet::new()), (PROTO_SCTP, BTreeSet::new())].into();
+    for range in model.policies.port_ranges(direction, subject) {
+        let width = u32::from(range.end) - u32::from(range.start) + 1;
+        if width > MAX_RANGE_WIDTH {
+            return Err(format!(
+                "port range {}-{} is wider than the datapath expands ({MAX_RANGE_WIDTH} ports)",
+                range.start, range.end
+            ));
+        }
+        for (protocol, number) in
+            [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)]
+        {
+            if range.protocol == L4Protocol::Any || range.protocol == protocol {
+                out.get_mut(&number).unwrap().extend(range.start..=range.end);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One side's verdict as a map value. L7 rules are enforced by the proxy,
+/// which only TCP can reach: other protocols on such a port are allowed only
+/// by a rule without L7 rules.
+fn value(
+    verdict: SideVerdict<'_>,
+    protocol: L4Protocol,
+    proxy_port: u16,
+    index_of: &mut impl FnMut(String) -> u32,
+) -> PolicyValue {
+    let entry = |verdict, proxy_port, rule| PolicyValue { verdict, _pad: 0, proxy_port, rule };
+    match verdict {
+        SideVerdict::Unenforced => entry(VERDICT_ALLOW, 0, 0),
+        SideVerdict::Denied { reason } => entry(VERDICT_DENY, 0, index_of(reason)),
+        SideVerdict::Allowed(allowances) => {
+            let l7 = allowances.iter().find(|a| a.l7.is_some());
+            let plain = allowances.iter().find(|a| a.l7.is_none());
+            match (protocol, l7, plain) {
+                (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, proxy_port, index_of(a.origin.clone())),
+                (_, _, Some(a)) => entry(VERDICT_ALLOW, 0, index_of(a.origin.clone())),
+                (_, Some(a), None) => {
+                    entry(VERDICT_DENY, 0, index_of(format!("{} has L7 rules, which cover TCP only", a.origin)))
+                }
+                (_, None, None) => entry(VERDICT_DENY, 0, 0),
+            }
+        }
+    }
+}

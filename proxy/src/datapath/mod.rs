@@ -1,0 +1,362 @@
+//! The eBPF datapath (`weir run --datapath ebpf`): loads the programs built
+//! from `datapath-ebpf/`, attaches them to each pod's host-side veth, keeps
+//! the maps in step with the model, installs the redirect plumbing, turns
+//! kernel events into flow records, and takes everything down again.
+//!
+//! Lifecycle. Maps and program links are pinned under `datapath.bpffs`. A
+//! weir that starts while pins exist (a crash, or a rolling restart where the
+//! new process starts before the old one stops) reuses the maps — conntrack
+//! included, so established connections keep flowing — and swaps its
+//! programs into the pinned links atomically (no window without a program).
+//! The state file names the owning process; a stopping weir cleans up only
+//! what it still owns.
+
+pub mod compile;
+pub mod events;
+pub mod routing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf, SockHash};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use ipnet::Ipv4Net;
+use weir_datapath_common::{EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, maps, programs};
+
+use crate::config::DatapathConfig;
+use crate::model::PolicyModel;
+use compile::{AttachedEndpoint, Desired};
+use routing::NodeState;
+
+/// The programs, built by build.rs from `datapath-ebpf/programs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEIR_DATAPATH_OBJECT"));
+
+/// One program attached to one interface, through a pinned TCX link.
+struct Attachment {
+    ifindex: u32,
+    pin: PathBuf,
+    _link: FdLink,
+}
+
+pub struct Datapath {
+    config: DatapathConfig,
+    ebpf: Ebpf,
+    state: NodeState,
+    /// interface name → [from-pod, to-pod]
+    attached: BTreeMap<String, [Attachment; 2]>,
+    proxy_sockets: SockHash<MapData, u32>,
+    /// Why entries decided what they did, by `PolicyValue::rule`.
+    pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
+}
+
+fn maps_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("maps")
+}
+
+fn links_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("links")
+}
+
+/// bpffs refuses names with dots (they are kept for its own `.debug` files).
+fn link_pin(bpffs: &Path, interface: &str, program: &str) -> PathBuf {
+    links_dir(bpffs).join(format!("{}-{program}", interface.replace('.', "_")))
+}
+
+impl Datapath {
+    /// Load the programs (reusing pinned maps), install the node plumbing and
+    /// take ownership. Nothing is attached until [`Datapath::apply`].
+    pub fn start(config: &DatapathConfig) -> anyhow::Result<Datapath> {
+        ensure_bpffs(&config.bpffs)?;
+        std::fs::create_dir_all(maps_dir(&config.bpffs))
+            .with_context(|| format!("creating {}", config.bpffs.display()))?;
+        std::fs::create_dir_all(links_dir(&config.bpffs))?;
+        let mut state = routing::read_state(&config.bpffs).unwrap_or_default();
+        state.owner = std::process::id();
+        routing::install(config, &mut state).context("installing the redirect rules and route")?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(maps_dir(&config.bpffs))
+            .load(OBJECT)
+            .context("loading the eBPF programs")?;
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
+            program.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let proxy_sockets = SockHash::try_from(ebpf.take_map(maps::PROXY_SOCKETS).expect("in the object"))?;
+        Ok(Datapath {
+            config: config.clone(),
+            ebpf,
+            state,
+            attached: BTreeMap::new(),
+            proxy_sockets,
+            rules: Default::default(),
+        })
+    }
+
+    /// The kernel's event ring, for [`events::run`]. Call once.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("events already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Hand new connections on `port` to this listening socket.
+    pub fn register_proxy_socket(&mut self, port: u16, socket: &impl AsRawFd) -> anyhow::Result<()> {
+        self.proxy_sockets.insert(u32::from(port), socket.as_raw_fd(), 0).context("adding the proxy socket")?;
+        Ok(())
+    }
+
+    /// Compile the model and bring maps and attachments in step with it.
+    /// Maps are updated in place (new and changed entries first, then the
+    /// ones that went away), so no packet sees an empty policy.
+    pub fn apply(&mut self, model: &PolicyModel) -> Result<(), Vec<String>> {
+        let node = node_addresses();
+        let desired = compile::compile(model, self.config.proxy_port, &node, ifindex_of)?;
+        self.sync_maps(&desired).map_err(|e| vec![format!("updating the datapath maps: {e:#}")])?;
+        self.sync_attachments(&desired.endpoints).map_err(|e| vec![format!("attaching the datapath: {e:#}")])?;
+        let mut rules = self.rules.write().unwrap();
+        rules.texts = desired.rules;
+        rules.cidrs = desired.cidr_identities;
+        Ok(())
+    }
+
+    fn sync_maps(&mut self, desired: &Desired) -> anyhow::Result<()> {
+        {
+            let mut map: BpfHashMap<_, u32, EndpointInfo> =
+                BpfHashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("in the object"))?;
+            let wanted: HashMap<u32, EndpointInfo> = desired.endpoints.iter().map(|e| (e.ifindex, e.info)).collect();
+            sync_hash(&mut map, &wanted)?;
+        }
+        {
+            let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> =
+                LpmTrie::try_from(self.ebpf.map_mut(maps::IPCACHE).expect("in the object"))?;
+            for (net, value) in &desired.ipcache {
+                let key = LpmKey::new(u32::from(net.prefix_len()), net.network().octets());
+                if map.get(&key, 0).ok() != Some(*value) {
+                    map.insert(&key, value, 0)?;
+                }
+            }
+            let stale: Vec<LpmKey<IpcacheKey>> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| {
+                    let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok();
+                    !net.is_some_and(|n| desired.ipcache.contains_key(&n))
+                })
+                .collect();
+            for key in stale {
+                map.remove(&key)?;
+            }
+        }
+        let mut map: BpfHashMap<_, PolicyKey, PolicyValue> =
+            BpfHashMap::try_from(self.ebpf.map_mut(maps::POLICY).expect("in the object"))?;
+        sync_hash(&mut map, &desired.policy)
+    }
+
+    fn sync_attachments(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
+        for endpoint in endpoints {
+            let current = self.attached.get(&endpoint.interface).map(|a| a[0].ifindex);
+            if current == Some(endpoint.ifindex) {
+                continue;
+            }
+            // a pod whose veth was re-created gets fresh links
+            if let Some(old) = self.attached.remove(&endpoint.interface) {
+                detach(old);
+            }
+            let from = self.attach(&endpoint.interface, endpoint.ifindex, programs::FROM_POD, TcAttachType::Ingress)?;
+            let to = self.attach(&endpoint.interface, endpoint.ifindex, programs::TO_POD, TcAttachType::Egress)?;
+            tracing::info!(endpoint = %endpoint.name, interface = %endpoint.interface, "datapath attached");
+            self.attached.insert(endpoint.interface.clone(), [from, to]);
+        }
+        let gone: Vec<String> =
+            self.attached.keys().filter(|name| !endpoints.iter().any(|e| &e.interface == *name)).cloned().collect();
+        for name in gone {
+            tracing::info!(interface = %name, "datapath detached");
+            detach(self.attached.remove(&name).unwrap());
+        }
+        Ok(())
+    }
+
+    /// Attach through the pinned link if one exists (an atomic program swap
+    /// in the running link), else create and pin a new link.
+    fn attach(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        program_name: &str,
+        attach_type: TcAttachType,
+    ) -> anyhow::Result<Attachment> {
+        let pin = link_pin(&self.config.bpffs, interface, program_name);
+        let program: &mut SchedClassifier = self.ebpf.program_mut(program_name).expect("loaded").try_into()?;
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let swapped = FdLink::from(old).try_into().map_err(anyhow::Error::from).and_then(|link| {
+                let id = program.attach_to_link(link)?;
+                Ok(program.take_link(id)?)
+            });
+            match swapped {
+                Ok(link) => return Ok(Attachment { ifindex, pin, _link: link.try_into()? }),
+                Err(e) => {
+                    // the link belonged to an interface that is gone
+                    tracing::debug!(%interface, "pinned link not reusable ({e:#}); attaching anew");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = program
+            .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching {program_name} to {interface}"))?;
+        let link: FdLink = program.take_link(id)?.try_into()?;
+        let pinned = link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(Attachment { ifindex, pin, _link: pinned.into() })
+    }
+
+    /// A clean stop: detach, unpin, remove rules and routes — unless another
+    /// weir took the datapath over in the meantime.
+    pub fn shutdown(mut self) -> Vec<String> {
+        let owner = routing::read_state(&self.config.bpffs).map(|s| s.owner);
+        if owner.is_some_and(|o| o != std::process::id()) {
+            tracing::info!(owner = ?owner, "another weir owns the datapath now; leaving it attached");
+            return Vec::new();
+        }
+        let _ = self.proxy_sockets.remove(&u32::from(self.config.proxy_port));
+        for (_, pair) in std::mem::take(&mut self.attached) {
+            detach(pair);
+        }
+        let (config, state) = (self.config.clone(), self.state.clone());
+        drop(self);
+        cleanup_pins_and_node(&config, Some(state))
+    }
+}
+
+fn detach(pair: [Attachment; 2]) {
+    for a in pair {
+        let _ = std::fs::remove_file(&a.pin);
+        // dropping the last reference (fd, no pin) detaches the program
+    }
+}
+
+/// Remove pins, rules, routes and the state file; used by a clean stop and by
+/// `weir datapath cleanup` after a crash. Returns what could not be undone.
+pub fn cleanup_pins_and_node(config: &DatapathConfig, state: Option<NodeState>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dir in [links_dir(&config.bpffs), maps_dir(&config.bpffs)] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    errors.push(format!("{}: {e}", entry.path().display()));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(&config.bpffs);
+    let state = state.or_else(|| routing::read_state(&config.bpffs));
+    if let Some(state) = state {
+        errors.extend(routing::uninstall(&state));
+    }
+    routing::remove_state(&config.bpffs);
+    errors
+}
+
+/// What is attached and installed now, for `weir datapath status`.
+pub fn status(config: &DatapathConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    match routing::read_state(&config.bpffs) {
+        Some(state) => {
+            let alive = Path::new(&format!("/proc/{}", state.owner)).exists();
+            out.push(format!("owner pid {} ({})", state.owner, if alive { "running" } else { "not running" }));
+        }
+        None => out.push(format!("no state file ({})", routing::state_file(&config.bpffs).display())),
+    }
+    for (kind, dir) in [("link", links_dir(&config.bpffs)), ("map", maps_dir(&config.bpffs))] {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        out.extend(names.into_iter().map(|n| format!("{kind} {}", dir.join(n).display())));
+    }
+    out.extend(routing::describe(config));
+    out
+}
+
+fn sync_hash<K, V>(map: &mut BpfHashMap<&mut MapData, K, V>, wanted: &HashMap<K, V>) -> anyhow::Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    for (key, value) in wanted {
+        if map.get(key, 0).ok().as_ref() != Some(value) {
+            map.insert(key, value, 0)?;
+        }
+    }
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(k)).collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root) {
+        let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
+        if !status.success() {
+            anyhow::bail!("bpffs is not mounted at /sys/fs/bpf and mounting it failed");
+        }
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == path.to_str() && l.split(' ').nth(2) == Some("bpf")))
+        .unwrap_or(false)
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The node's own IPv4 addresses (`reserved:host` in the ipcache).
+fn node_addresses() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut addrs) != 0 {
+            return out;
+        }
+        let mut cursor = addrs;
+        while !cursor.is_null() {
+            let addr = (*cursor).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cursor = (*cursor).ifa_next;
+        }
+        libc::freeifaddrs(addrs);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where the transparent listener binds: loopback, so nothing reaches it by
+/// address from outside the node; the programs assign packets to it.
+pub fn proxy_bind(config: &DatapathConfig) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], config.proxy_port))
+}

@@ -1,0 +1,147 @@
+//! The node plumbing the redirect needs, the same as TPROXY's:
+//!
+//! - `ip rule pref P   fwmark TO_PROXY/MASK iif lo lookup main`: packets the
+//!   node itself sends keep normal routing. With `tcp_fwmark_accept` the
+//!   proxy's accepted sockets (and their SYN-ACKs) carry the SYN's TO_PROXY
+//!   mark; without this rule they would be delivered back to the node.
+//! - `ip rule pref P+1 fwmark TO_PROXY/MASK lookup T` and
+//!   `ip route add local 0.0.0.0/0 dev lo table T`: packets the programs
+//!   marked are delivered locally, to the socket they were assigned to.
+//! - `net.ipv4.tcp_fwmark_accept=1`: an accepted socket takes the SYN's mark,
+//!   so the proxy reads the sender's identity with `SO_MARK`.
+//!
+//! What was changed is written to a state file first, so `weir datapath
+//! cleanup` can undo it after a crash, and a clean stop restores it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use weir_datapath_common::mark;
+
+use crate::config::DatapathConfig;
+
+const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+
+/// What weir changed on the node, and who owns it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The weir process that owns the datapath (a newer one takes over).
+    pub owner: u32,
+    pub rule_priority: u32,
+    pub route_table: u32,
+    /// `tcp_fwmark_accept` before weir set it.
+    pub fwmark_accept_before: Option<String>,
+    pub rules_installed: bool,
+}
+
+/// Where the state file for a bpffs directory lives (bpffs holds only BPF
+/// objects): `/run/weir/` plus the directory path made a file name.
+pub fn state_file(bpffs: &Path) -> PathBuf {
+    let name: String =
+        bpffs.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    PathBuf::from("/run/weir").join(format!("{name}.json"))
+}
+
+pub fn read_state(bpffs: &Path) -> Option<NodeState> {
+    let text = std::fs::read_to_string(state_file(bpffs)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn write_state(bpffs: &Path, state: &NodeState) -> anyhow::Result<()> {
+    let path = state_file(bpffs);
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn remove_state(bpffs: &Path) {
+    let _ = std::fs::remove_file(state_file(bpffs));
+}
+
+fn fwmark() -> String {
+    format!("{:#x}/{:#x}", mark::MAGIC_TO_PROXY, mark::MAGIC_MASK)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Install rules, route and sysctl; idempotent (a restart finds them there).
+pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result<()> {
+    if state.fwmark_accept_before.is_none() {
+        state.fwmark_accept_before = Some(std::fs::read_to_string(FWMARK_ACCEPT)?.trim().to_string());
+    }
+    state.rule_priority = config.rule_priority;
+    state.route_table = config.route_table;
+    state.rules_installed = true;
+    write_state(&config.bpffs, state)?;
+
+    std::fs::write(FWMARK_ACCEPT, "1").context("setting net.ipv4.tcp_fwmark_accept=1")?;
+    let (first, second) = (config.rule_priority.to_string(), (config.rule_priority + 1).to_string());
+    let table = config.route_table.to_string();
+    let rules = ip(&["-4", "rule", "show"])?;
+    if !rules.lines().any(|l| l.starts_with(&format!("{first}:"))) {
+        ip(&["-4", "rule", "add", "pref", &first, "fwmark", &fwmark(), "iif", "lo", "lookup", "main"])?;
+    }
+    if !rules.lines().any(|l| l.starts_with(&format!("{second}:"))) {
+        ip(&["-4", "rule", "add", "pref", &second, "fwmark", &fwmark(), "lookup", &table])?;
+    }
+    ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
+    Ok(())
+}
+
+/// Undo what `install` did; every step is tried, errors are collected.
+pub fn uninstall(state: &NodeState) -> Vec<String> {
+    let mut errors = Vec::new();
+    if state.rules_installed {
+        for pref in [state.rule_priority, state.rule_priority + 1] {
+            let pref = pref.to_string();
+            if let Ok(rules) = ip(&["-4", "rule", "show"])
+                && rules.lines().any(|l| l.starts_with(&format!("{pref}:")))
+                && let Err(e) = ip(&["-4", "rule", "del", "pref", &pref])
+            {
+                errors.push(e.to_string());
+            }
+        }
+        let table = state.route_table.to_string();
+        if ip(&["-4", "route", "show", "table", &table]).is_ok_and(|r| !r.trim().is_empty())
+            && let Err(e) = ip(&["-4", "route", "flush", "table", &table])
+        {
+            errors.push(e.to_string());
+        }
+    }
+    if let Some(before) = &state.fwmark_accept_before
+        && let Err(e) = std::fs::write(FWMARK_ACCEPT, before)
+    {
+        errors.push(format!("restoring net.ipv4.tcp_fwmark_accept={before}: {e}"));
+    }
+    errors
+}
+
+/// The rules and routes present now, for `weir datapath status`.
+pub fn describe(config: &DatapathConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let prefs = [config.rule_priority.to_string(), (config.rule_priority + 1).to_string()];
+    if let Ok(rules) = ip(&["-4", "rule", "show"]) {
+        out.extend(
+            rules
+                .lines()
+                .filter(|l| prefs.iter().any(|p| l.starts_with(&format!("{p}:"))))
+                .map(|l| format!("rule {l}")),
+        );
+    }
+    if let Ok(routes) = ip(&["-4", "route", "show", "table", &config.route_table.to_string()]) {
+        out.extend(routes.lines().filter(|l| !l.is_empty()).map(|l| format!("route table {} {l}", config.route_table)));
+    }
+    if let Ok(v) = std::fs::read_to_string(FWMARK_ACCEPT) {
+        out.push(format!("sysctl net.ipv4.tcp_fwmark_accept={}", v.trim()));
+    }
+    out
+}
