@@ -378,13 +378,15 @@ fn parse_document(file: &str, index: usize, value: serde_yaml::Value) -> Result<
         message,
     };
     let (api_version, kind) = (get("apiVersion").unwrap_or_default(), get("kind").unwrap_or_default());
+    if api_version == super::k8s::API && kind == super::k8s::KIND {
+        // read as the CiliumNetworkPolicy it means; errors name the NetworkPolicy's fields
+        let value = super::k8s::to_cilium(value).map_err(|(field, message)| err(Some(&field), message))?;
+        return parse_document(file, index, value);
+    }
     let Some(policy_kind) = PolicyKind::from_api(&api_version, &kind) else {
-        let hint = if api_version == "networking.k8s.io/v1" && kind == "NetworkPolicy" {
-            "Kubernetes NetworkPolicy is enforced by the eBPF datapath, which local mode does not run"
-        } else {
-            "expected apiVersion cilium.io/v2 with kind CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, \
-             or policy.weir.dev/v1alpha1 with kind WeirNetworkPolicy or WeirClusterwideNetworkPolicy"
-        };
+        let hint = "expected apiVersion cilium.io/v2 with kind CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, \
+             policy.weir.dev/v1alpha1 with kind WeirNetworkPolicy or WeirClusterwideNetworkPolicy, \
+             or networking.k8s.io/v1 NetworkPolicy";
         return Err(err(Some("kind"), format!("unsupported policy type {api_version:?}/{kind:?}: {hint}")));
     };
     let document: PolicyDocument = serde_path_to_error::deserialize(value).map_err(|e| {

@@ -11,6 +11,7 @@
 //!   rules as one group, and a matching rule without L7 rules allows all L7.
 
 pub mod document;
+mod k8s;
 pub mod selector;
 
 use std::net::IpAddr;

@@ -301,3 +301,60 @@ fn duplicate_policy_names_are_rejected() {
     assert_eq!(e.len(), 1);
     assert!(e[0].message.contains("already defined"));
 }
+
+const K8S_NETWORK_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from:
+        - podSelector: {matchLabels: {app: web}}
+        - podSelector: {matchLabels: {app: backup}}
+          namespaceSelector: {}
+        - ipBlock: {cidr: 10.9.0.0/16, except: [10.9.9.0/24]}
+      ports: [{port: 5432}, {port: 9000, endPort: 9002, protocol: UDP}]
+"#;
+
+#[test]
+fn kubernetes_network_policy_means_what_cilium_makes_of_it() {
+    let set = set(K8S_NETWORK_POLICY);
+    let db = identity(400, "shop", &[("app", "db")]);
+    let web = identity(401, "shop", &[("app", "web")]);
+    let web_elsewhere = identity(402, "lab", &[("app", "web")]);
+    let backup_elsewhere = identity(403, "ops", &[("app", "backup")]);
+    let world = Identity::reserved(reserved::WORLD);
+    let ingress = |who: &Identity, addr: &str, port, proto| {
+        allowed(&set.evaluate(Direction::Ingress, &db, PeerInfo { identity: who, address: ip(addr) }, port, proto))
+    };
+    // port without protocol is TCP; a podSelector stays in the namespace
+    assert!(ingress(&web, "10.0.0.1", 5432, L4Protocol::Tcp));
+    assert!(!ingress(&web, "10.0.0.1", 5432, L4Protocol::Udp));
+    assert!(!ingress(&web_elsewhere, "10.0.0.2", 5432, L4Protocol::Tcp));
+    // namespaceSelector {} widens to every namespace; endPort ranges
+    assert!(ingress(&backup_elsewhere, "10.0.0.3", 9001, L4Protocol::Udp));
+    assert!(!ingress(&backup_elsewhere, "10.0.0.3", 9003, L4Protocol::Udp));
+    // ipBlock with except, for world peers
+    assert!(ingress(&world, "10.9.1.1", 5432, L4Protocol::Tcp));
+    assert!(!ingress(&world, "10.9.9.1", 5432, L4Protocol::Tcp));
+    // Egress listed without rules: all egress denied
+    let egress =
+        set.evaluate(Direction::Egress, &db, PeerInfo { identity: &web, address: ip("10.0.0.1") }, 53, L4Protocol::Udp);
+    assert!(matches!(egress, SideVerdict::Denied { .. }), "{egress:?}");
+}
+
+#[test]
+fn kubernetes_network_policy_refuses_what_needs_the_cluster() {
+    let with_namespace_labels =
+        K8S_NETWORK_POLICY.replace("namespaceSelector: {}", "namespaceSelector: {matchLabels: {team: ops}}");
+    let e = errors(&with_namespace_labels);
+    assert_eq!(e[0].field.as_deref(), Some("spec.ingress[0].from[1].namespaceSelector"), "{e:?}");
+    let named_port = K8S_NETWORK_POLICY.replace("{port: 5432}", "{port: postgres}");
+    let e = errors(&named_port);
+    assert!(e[0].message.contains("named ports"), "{e:?}");
+    let typo = K8S_NETWORK_POLICY.replace("podSelector: {matchLabels: {app: db}}", "podSelectr: {}");
+    let e = errors(&typo);
+    assert!(e[0].message.contains("podSelectr"), "{e:?}");
+}
