@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Pod-to-pod cost of the eBPF datapath, side by side in one run, on a node
+# made of network namespaces (client pod, server pod, veth pairs):
+#
+#   none        no weir, no programs
+#   l3l4        weir's programs enforce an L3/L4 policy in the kernel
+#   l7-ebpf     an L7 rule: the programs hand connections to weir (sk_assign)
+#   l7-tproxy   the same L7 rule, with the redirect done by iptables TPROXY
+#               instead (the client's veth has no program; the server's has)
+#
+# HTTP: wrk in the client pod against nginx in the server pod (rps, p50, p99).
+# TCP stream: iperf3 for none and l3l4. Prints ratios to `none`, and for the
+# L7 redirect eBPF : TPROXY. The proxy runs one worker on CPU 1; load and
+# server share CPU 0.
+#
+#   bench/datapath.sh
+#   DURATION=20 CONNS=100 bench/datapath.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+P=wbench
+CLIENT=10.200.0.10 SERVER=10.200.0.11
+
+scripts/setup.sh
+cargo build --locked --release --bin weir 2>&1 | tail -1
+WEIR=$PWD/target/release/weir
+work=$(mktemp -d)
+mkdir -p "$work/policies" bench/results
+
+weir_pid=""
+servers=()
+stop_weir() {
+  if [ -n "$weir_pid" ]; then kill -TERM "$weir_pid" 2>/dev/null || true; wait "$weir_pid" 2>/dev/null || true; weir_pid=""; fi
+}
+cleanup() {
+  stop_weir
+  for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip netns exec $P-node iptables -t mangle -F 2>/dev/null || true
+  "$WEIR" datapath cleanup --config "$work" >/dev/null 2>&1 || true
+  for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
+
+# --- the node ---------------------------------------------------------------
+ip netns add $P-node
+ip -n $P-node link set lo up
+ip netns exec $P-node sysctl -qw net.ipv4.ip_forward=1
+i=10
+for pod in cli srv; do
+  ip netns add $P-$pod
+  ip -n $P-node link add $P$pod type veth peer name eth0 netns $P-$pod
+  ip netns exec $P-$pod sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  ip -n $P-node link set $P$pod up
+  ip -n $P-node addr add 169.254.1.1/32 dev $P$pod
+  ip -n $P-$pod link set lo up
+  ip -n $P-$pod link set eth0 up
+  ip -n $P-$pod addr add 10.200.0.$i/32 dev eth0
+  ip -n $P-$pod route add 169.254.1.1 dev eth0 scope link
+  ip -n $P-$pod route add default via 169.254.1.1 dev eth0
+  ip -n $P-node route add 10.200.0.$i/32 dev $P$pod
+  i=$((i + 1))
+done
+
+# --- the server pod: nginx (one worker) and iperf3 ---------------------------
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+daemon off; worker_processes 1; user root; error_log $work/nginx/error.log; pid $work/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/nginx/b; proxy_temp_path $work/nginx/p;
+  fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
+  server { listen $SERVER:80; location / { return 200 "hello from the server pod\n"; } }
+}
+CONF
+ip netns exec $P-srv taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
+servers+=($!)
+ip netns exec $P-srv iperf3 -s -p 5201 >/dev/null 2>&1 &
+servers+=($!)
+sleep 1
+
+# --- weir configurations -----------------------------------------------------
+endpoints() { # $1: "with" or "without" the client's interface
+  local iface=""
+  [ "$1" = with ] && iface=", interface: ${P}cli"
+  cat <<YAML
+admin: 127.0.0.1:19901
+workers: 1
+log_flows: false
+datapath: {bpffs: /sys/fs/bpf/weir-bench}
+endpoints:
+  - {name: client, address: $CLIENT, labels: {app: client}$iface}
+  - {name: server, address: $SERVER, labels: {app: server}, interface: ${P}srv}
+YAML
+}
+policy() { # $1: l4 or l7
+  local rules=""
+  [ "$1" = l7 ] && rules='
+          rules:
+            http: [{method: GET, path: "/.*"}]'
+  cat <<YAML
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]$rules
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "5201", protocol: TCP}]
+YAML
+}
+start_weir() { # $1: with|without client interface, $2: l4|l7
+  endpoints "$1" >"$work/weir.yaml"
+  policy "$2" >"$work/policies/server.yaml"
+  ip netns exec $P-node taskset -c 1 "$WEIR" run --config "$work" --datapath ebpf >"$work/weir.log" 2>&1 &
+  weir_pid=$!
+  for _ in $(seq 100); do
+    ip netns exec $P-node curl -sf http://127.0.0.1:19901/healthz >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$work/weir.log" >&2; exit 1
+}
+
+# --- measurements ------------------------------------------------------------
+declare -A RPS P50 P99 GBPS
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v } else { sub(/s$/, "", v); print v * 1000 } }'; }
+http_run() { # $1: name
+  check=$(ip netns exec $P-cli curl -s -m 3 http://$SERVER/)
+  [ "$check" = "hello from the server pod" ] || { echo "$1: the server is not reachable ($check)" >&2; exit 1; }
+  out=$(ip netns exec $P-cli taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://$SERVER/)
+  RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+  P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  echo "$1: ${RPS[$1]} rps" >&2
+}
+iperf_run() { # $1: name
+  bps=$(ip netns exec $P-cli iperf3 -c $SERVER -p 5201 -t "$DURATION" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  GBPS[$1]=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')
+  echo "$1: ${GBPS[$1]} Gbit/s" >&2
+}
+
+http_run none
+iperf_run none
+
+start_weir with l4
+http_run l3l4
+iperf_run l3l4
+stop_weir
+
+start_weir with l7
+http_run l7-ebpf
+grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows") \
+  || { echo "l7-ebpf: requests did not go through the proxy" >&2; exit 1; }
+stop_weir
+
+start_weir without l7
+ip netns exec $P-node iptables -t mangle -A PREROUTING -i ${P}cli -p tcp --dport 80 \
+  -j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x200/0xf00
+http_run l7-tproxy
+grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows") \
+  || { echo "l7-tproxy: requests did not go through the proxy" >&2; exit 1; }
+ip netns exec $P-node iptables -t mangle -F
+stop_weir
+
+# --- table -------------------------------------------------------------------
+result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
+{
+  echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
+  printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
+  for t in none l3l4 l7-ebpf l7-tproxy; do
+    ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[none]}" 'BEGIN { printf "%.3f", a / b }')
+    printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
+  done
+  awk -v a="${GBPS[l3l4]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4 stream throughput vs none: %.3f (target >= 0.95)\n", a / b }'
+  awk -v a="${RPS[l3l4]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4 HTTP rps vs none: %.3f (target >= 0.95)\n", a / b }'
+  awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
+} | tee "$result"
