@@ -195,7 +195,7 @@ fn datapath_command(command: DatapathCommand) -> anyhow::Result<()> {
         }
         DatapathCommand::Cleanup { .. } => {
             if let Some(state) = weir::datapath::routing::read_state(&settings.bpffs)
-                && Path::new(&format!("/proc/{}", state.owner)).exists()
+                && state.owner_alive()
                 && state.owner != std::process::id()
             {
                 anyhow::bail!("weir (pid {}) still owns the datapath: stop it instead", state.owner);

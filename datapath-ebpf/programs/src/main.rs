@@ -186,6 +186,22 @@ fn assign_to_proxy(ctx: &TcContext, t: &CtKey, proxy_port: u16) -> bool {
     assigned
 }
 
+/// The pod behind this veth and its IPv4 packet, or what to do with a packet
+/// that is not ours to judge: another program's interface (UNSPEC: let the
+/// next program decide), ARP and other non-IP frames (pass), IPv6 (drop).
+#[inline(always)]
+fn pod_packet(ctx: &TcContext) -> Result<Result<(u32, EndpointInfo, Packet), i32>, i64> {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        return Ok(Err(TC_ACT_UNSPEC));
+    };
+    Ok(match parse(ctx)? {
+        Parsed::Ipv4(p) => Ok((ifindex, endpoint, p)),
+        Parsed::Other => Err(TC_ACT_OK as i32),
+        Parsed::Ipv6 => Err(TC_ACT_SHOT as i32),
+    })
+}
+
 #[classifier]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
     from_pod(&ctx).unwrap_or(TC_ACT_SHOT as i32)
@@ -193,14 +209,9 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        return Ok(TC_ACT_UNSPEC);
-    };
-    let packet = match parse(ctx)? {
-        Parsed::Ipv4(p) => p,
-        Parsed::Other => return Ok(TC_ACT_OK as i32),
-        Parsed::Ipv6 => return Ok(TC_ACT_SHOT as i32),
+    let (ifindex, endpoint, packet) = match pod_packet(ctx)? {
+        Ok(found) => found,
+        Err(action) => return Ok(action),
     };
     let t = &packet.tuple;
     let me = endpoint.identity;
@@ -279,14 +290,9 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        return Ok(TC_ACT_UNSPEC);
-    };
-    let packet = match parse(ctx)? {
-        Parsed::Ipv4(p) => p,
-        Parsed::Other => return Ok(TC_ACT_OK as i32),
-        Parsed::Ipv6 => return Ok(TC_ACT_SHOT as i32),
+    let (ifindex, endpoint, packet) = match pod_packet(ctx)? {
+        Ok(found) => found,
+        Err(action) => return Ok(action),
     };
     let t = &packet.tuple;
     let skb_mark = unsafe { (*ctx.skb.skb).mark };

@@ -27,6 +27,10 @@ use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
 
 /// First identity of the prefixes CIDR rules name (Cilium's local range).
 pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+/// The protocols with ports, as policies name them and as IP numbers.
+const PORT_PROTOCOLS: [(L4Protocol, u8); 3] =
+    [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)];
+
 /// In rule texts of "every other port" entries, where the packet's port goes.
 pub const PORT_PLACEHOLDER: &str = "{port}";
 /// A port range is expanded into one entry per port up to this width.
@@ -172,9 +176,7 @@ pub fn compile(
             };
             for (peer, peer_id, address) in &peers {
                 let info = PeerInfo { identity: peer, address: *address };
-                for (protocol, number) in
-                    [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)]
-                {
+                for (protocol, number) in PORT_PROTOCOLS {
                     let named = &ports[&number];
                     let key = |port| PolicyKey {
                         subject: identity.id,
@@ -227,8 +229,7 @@ fn named_ports(
     direction: Direction,
     subject: &Identity,
 ) -> Result<HashMap<u8, BTreeSet<u16>>, String> {
-    let mut out: HashMap<u8, BTreeSet<u16>> =
-        [(PROTO_TCP, BTreeSet::new()), (PROTO_UDP, BTreeSet::new()), (PROTO_SCTP, BTreeSet::new())].into();
+    let mut out: HashMap<u8, BTreeSet<u16>> = PORT_PROTOCOLS.iter().map(|(_, n)| (*n, BTreeSet::new())).collect();
     for range in model.policies.port_ranges(direction, subject) {
         let width = u32::from(range.end) - u32::from(range.start) + 1;
         if width > MAX_RANGE_WIDTH {
@@ -237,9 +238,7 @@ fn named_ports(
                 range.start, range.end
             ));
         }
-        for (protocol, number) in
-            [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)]
-        {
+        for (protocol, number) in PORT_PROTOCOLS {
             if range.protocol == L4Protocol::Any || range.protocol == protocol {
                 out.get_mut(&number).unwrap().extend(range.start..=range.end);
             }

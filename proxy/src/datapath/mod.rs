@@ -270,8 +270,8 @@ pub fn status(config: &DatapathConfig) -> Vec<String> {
     let mut out = Vec::new();
     match routing::read_state(&config.bpffs) {
         Some(state) => {
-            let alive = Path::new(&format!("/proc/{}", state.owner)).exists();
-            out.push(format!("owner pid {} ({})", state.owner, if alive { "running" } else { "not running" }));
+            let alive = if state.owner_alive() { "running" } else { "not running" };
+            out.push(format!("owner pid {} ({alive})", state.owner));
         }
         None => out.push(format!("no state file ({})", routing::state_file(&config.bpffs).display())),
     }

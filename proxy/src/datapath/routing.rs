@@ -44,6 +44,13 @@ pub fn state_file(bpffs: &Path) -> PathBuf {
     PathBuf::from("/run/weir").join(format!("{name}.json"))
 }
 
+impl NodeState {
+    /// Whether the owning weir still runs.
+    pub fn owner_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.owner)).exists()
+    }
+}
+
 pub fn read_state(bpffs: &Path) -> Option<NodeState> {
     let text = std::fs::read_to_string(state_file(bpffs)).ok()?;
     serde_json::from_str(&text).ok()
