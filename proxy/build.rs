@@ -21,8 +21,8 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Output file stems of the filter crates; `http_policy` and `require_header` are embedded.
-const FILTERS: &[&str] = &["http_policy", "require_header", "misbehave"];
+/// Output file stems of the filter crates weir embeds or its tests load.
+const FILTERS: &[&str] = &["http_policy", "dns_policy", "require_header", "misbehave"];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {

@@ -9,7 +9,8 @@
 #     rustc-web uses
 #   - real peers for tests and benchmarks: curl, nginx, haproxy, nghttp2 (nghttp,
 #     h2load), wrk, iperf3, ncat (TCP/UDP/SCTP), iptables (the TPROXY comparison),
-#     bpftool, and Python's grpcio for gRPC
+#     bpftool, and Python's grpcio for gRPC; for DNS: unbound (the test
+#     resolver), dig and kdig (clients), dnsperf and dnsmasq (benchmark)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -21,7 +22,8 @@ if [ "$(id -u)" -ne 0 ]; then
   if have sudo; then SUDO="sudo"; else log "not root and no sudo: install packages yourself"; fi
 fi
 
-packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2)
+packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
+  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
@@ -50,6 +52,10 @@ fi
 # the Debian nginx package starts a daemon on :80; tests run their own
 if pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
   $SUDO nginx -s quit 2>/dev/null || true
+fi
+# so does unbound's (on :53); tests and benchmarks start their own
+if [ -f /run/unbound.pid ] && pgrep -x unbound >/dev/null 2>&1; then
+  $SUDO kill "$(cat /run/unbound.pid)" 2>/dev/null || true
 fi
 
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

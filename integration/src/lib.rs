@@ -8,6 +8,7 @@
 //! when a test fails.
 
 pub mod node;
+pub mod resolver;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -128,6 +129,7 @@ impl Weir {
                 .arg(dir.path())
                 .args(args)
                 .env("WEIR_CACHE_DIR", cache_dir())
+                .env("WEIR_STATE_DIR", dir.path().join("state"))
                 .env("WEIR_LOG", "info,weir=debug")
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
@@ -327,7 +329,11 @@ pub struct DemoBackend {
 
 impl DemoBackend {
     pub fn start() -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        DemoBackend::start_on(format!("127.0.0.1:{}", free_port()).parse().unwrap())
+    }
+
+    /// On a loopback address of the test's choosing (127.0.0.0/8 is all local).
+    pub fn start_on(addr: SocketAddr) -> Self {
         let process = Process::spawn(
             "demo-backend",
             Command::new(weir_bin())

@@ -72,8 +72,12 @@ fn route(state: &Arc<ProxyState>, req: Request<Incoming>) -> Response<AdminBody>
             Ok((filter, options)) => flows(state, filter, options),
             Err(e) => full(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
         },
+        "/fqdn" => {
+            let entries = state.fqdn.entries();
+            full(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&entries).unwrap_or_default())
+        }
         "/" => full(StatusCode::OK, "text/html; charset=utf-8", service_map(state)),
-        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz /metrics /config /flows\n"),
+        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz /metrics /config /flows /fqdn\n"),
     }
 }
 

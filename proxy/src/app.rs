@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
 use crate::control::{Controller, LocalSource};
+use crate::dns::cache::FqdnCache;
 use crate::flow::FlowLog;
 use crate::metrics::Metrics;
 use crate::model::{ModelInputs, PolicyModel};
@@ -93,7 +94,16 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
     let options = RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None };
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
 
-    let (model, fingerprint) = build(&source, &runtime, 1).await.map_err(|errors| invalid(&errors))?;
+    // Learned addresses come back before anything serves: a restarted weir
+    // must not refuse connections its pods were allowed a moment ago.
+    let fqdn = Arc::new(FqdnCache::new(crate::control::fqdn_limits(&config), config.dns.cache_file()));
+    match fqdn.restore() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(addresses = n, file = ?fqdn.file(), "FQDN cache restored"),
+        Err(e) => tracing::warn!("FQDN cache not restored (starting empty): {e}"),
+    }
+    let (model, fingerprint) =
+        Controller::build(&source, &runtime, &fqdn, 1).await.map_err(|errors| invalid(&errors))?;
     let model = Arc::new(model);
     let state = Arc::new(ProxyState {
         model: ArcSwap::new(model.clone()),
@@ -101,6 +111,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         metrics,
         runtime,
         upstreams: Default::default(),
+        fqdn: fqdn.clone(),
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
     });
@@ -138,6 +149,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(keep_fqdn_cache(state.clone()));
     let mut interval = tokio::time::interval(config.reload_interval.max(Duration::from_millis(100)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -161,15 +173,32 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
     while state.active_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if let Err(e) = state.fqdn.save() {
+        tracing::warn!(file = ?state.fqdn.file(), "FQDN cache not saved: {e}");
+    }
     Ok(())
 }
 
-async fn build(
-    source: &LocalSource,
-    runtime: &Arc<FilterRuntime>,
-    generation: u64,
-) -> Result<(PolicyModel, u64), Vec<String>> {
-    Controller::build(source, runtime, generation).await
+/// Forget expired addresses (often, so a TTL is kept to within a tick) and
+/// save the cache when it changed (less often: it is a file write).
+async fn keep_fqdn_cache(state: Arc<ProxyState>) {
+    const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+    const SAVE_EVERY: u32 = 4;
+    let mut interval = tokio::time::interval(EXPIRE_EVERY);
+    let mut ticks = 0u32;
+    loop {
+        interval.tick().await;
+        state.fqdn.expire();
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(SAVE_EVERY) {
+            state.metrics.fqdn_addresses.set(state.fqdn.len() as i64);
+            let fqdn = state.fqdn.clone();
+            let saved = tokio::task::spawn_blocking(move || fqdn.save()).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(file = ?state.fqdn.file(), "FQDN cache not saved: {e}");
+            }
+        }
+    }
 }
 
 /// `weir policy check`: the same parsing and validation a reload applies.
@@ -196,6 +225,7 @@ pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::R
     let mut config = config;
     config.listeners.clear();
     let inputs = ModelInputs { config, config_dir, config_file, documents };
-    errors.extend(PolicyModel::build(inputs, &runtime, 0).err().unwrap_or_default());
+    let fqdn = Arc::new(FqdnCache::new(Default::default(), None));
+    errors.extend(PolicyModel::build(inputs, &runtime, &fqdn, 0).err().unwrap_or_default());
     Ok(errors)
 }

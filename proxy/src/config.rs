@@ -49,6 +49,75 @@ pub struct WeirConfig {
     /// The eBPF datapath (`weir run --datapath ebpf`).
     #[serde(default)]
     pub datapath: DatapathConfig,
+    /// The DNS proxy and what it learns for `toFQDNs`.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// The answer to a query policy refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRefusal {
+    /// REFUSED (5), as Cilium answers.
+    #[default]
+    Refused,
+    /// NXDOMAIN (3): musl's resolver stops walking its search list at
+    /// REFUSED; NXDOMAIN lets it go on to the next suffix.
+    Nxdomain,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    pub refusal: DnsRefusal,
+    /// A resolver that has not answered by then: SERVFAIL to the client.
+    #[serde(with = "duration")]
+    pub upstream_timeout: Duration,
+    /// Learned addresses are kept at least this long, whatever the TTL said.
+    #[serde(with = "duration")]
+    pub min_ttl: Duration,
+    /// Most addresses kept per name and endpoint (the latest-expiring win).
+    pub max_ips_per_name: usize,
+    /// Where learned addresses are kept across restarts; `""` keeps them in
+    /// memory only. Default: `$WEIR_STATE_DIR/fqdn-cache.json`, else
+    /// `/var/lib/weir` for root and `~/.local/state/weir` for others.
+    pub cache_file: Option<PathBuf>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            refusal: DnsRefusal::Refused,
+            upstream_timeout: Duration::from_secs(2),
+            min_ttl: Duration::ZERO,
+            max_ips_per_name: 1000,
+            cache_file: None,
+        }
+    }
+}
+
+impl DnsConfig {
+    pub fn cache_file(&self) -> Option<PathBuf> {
+        match &self.cache_file {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => default_state_dir().map(|d| d.join("fqdn-cache.json")),
+        }
+    }
+}
+
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WEIR_STATE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        return Some(PathBuf::from("/var/lib/weir"));
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .map(|base| base.join("weir"))
 }
 
 /// How the eBPF datapath hooks into the node. Read at start only.
@@ -126,8 +195,11 @@ pub fn default_namespace() -> String {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (gRPC) on TCP.
     #[default]
     Http,
+    /// DNS on UDP and TCP, both bound on `bind`.
+    Dns,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -289,6 +361,17 @@ impl WeirConfig {
             if f.timeout.is_zero() {
                 return Err(format!("filters[{i}].timeout: must be more than zero"));
             }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.protocol == ListenerProtocol::Dns && l.tls.is_some() {
+                return Err(format!("listeners[{i}].tls: DNS listeners serve plain DNS (DoT/DoH are not built)"));
+            }
+        }
+        if self.dns.upstream_timeout.is_zero() {
+            return Err("dns.upstream_timeout: must be more than zero".into());
+        }
+        if self.dns.max_ips_per_name == 0 {
+            return Err("dns.max_ips_per_name: must be at least 1".into());
         }
         Ok(())
     }

@@ -97,6 +97,10 @@ pub fn policy_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+pub fn fqdn_limits(config: &WeirConfig) -> crate::dns::cache::FqdnLimits {
+    crate::dns::cache::FqdnLimits { min_ttl: config.dns.min_ttl, max_ips_per_name: config.dns.max_ips_per_name }
+}
+
 /// Keeps the proxy's model in step with a source.
 pub struct Controller {
     pub source: LocalSource,
@@ -117,16 +121,17 @@ impl Controller {
     pub async fn build(
         source: &LocalSource,
         runtime: &Arc<crate::wasm::FilterRuntime>,
+        fqdn: &Arc<crate::dns::cache::FqdnCache>,
         generation: u64,
     ) -> Result<(PolicyModel, u64), Vec<String>> {
         let source = source.clone();
-        let runtime = runtime.clone();
+        let (runtime, fqdn) = (runtime.clone(), fqdn.clone());
         // compiling filters and regexes is CPU work: keep it off the workers
         tokio::task::spawn_blocking(move || {
             let fingerprint = source.fingerprint();
             let text = |errors: Vec<PolicyError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>();
             let (inputs, mut errors) = source.read().map_err(text)?;
-            match PolicyModel::build(inputs, &runtime, generation) {
+            match PolicyModel::build(inputs, &runtime, &fqdn, generation) {
                 Ok(model) if errors.is_empty() => Ok((model, fingerprint)),
                 Ok(_) => Err(text(errors)),
                 Err(more) => {
@@ -150,6 +155,7 @@ impl Controller {
         let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
         let generation = model.generation;
         self.state.flows.set_logging(model.config.log_flows);
+        self.state.fqdn.set_limits(fqdn_limits(&model.config));
         self.state.model.store(model.clone());
         self.listeners.commit(&self.state, &model, bound);
         self.state.upstreams.retain(&in_use);
@@ -171,7 +177,7 @@ impl Controller {
         // whatever the outcome, do not retry the same files every tick
         self.fingerprint = fingerprint;
         let generation = self.state.model.load().generation + 1;
-        let result = match Controller::build(&self.source, &self.state.runtime, generation).await {
+        let result = match Controller::build(&self.source, &self.state.runtime, &self.state.fqdn, generation).await {
             Ok((model, fingerprint)) => self.install(model, fingerprint),
             Err(errors) => Err(errors),
         };

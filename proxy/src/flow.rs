@@ -77,6 +77,36 @@ pub struct HttpFlow {
     pub status: Option<u16>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsFlow {
+    /// The first question's name (lower case, no trailing dot).
+    pub query: String,
+    /// Its type: A, AAAA, TXT, ...
+    pub qtype: String,
+    /// Questions beyond the first (rare).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_questions: Vec<String>,
+    /// udp or tcp
+    pub transport: String,
+    /// The answer's code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, FORMERR...); absent when none was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<DnsAnswer>,
+    /// The answer had the TC bit: the client should retry over TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub data: String,
+    pub ttl: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub time: FlowTime,
@@ -99,6 +129,8 @@ pub struct FlowRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     #[serde(default)]
     pub filter_us: u64,
@@ -119,6 +151,21 @@ impl FlowRecord {
             let _ = write!(line, " {} {} {} host={}", h.version, h.method, h.path, h.host);
             if let Some(status) = h.status {
                 let _ = write!(line, " => {status}");
+            }
+        }
+        if let Some(d) = &self.dns {
+            let _ = write!(line, " {} {} {}", d.transport, d.qtype, d.query);
+            for more in &d.more_questions {
+                let _ = write!(line, " +{more}");
+            }
+            if let Some(rcode) = &d.rcode {
+                let _ = write!(line, " => {rcode}");
+            }
+            if d.truncated {
+                line.push_str(" (truncated)");
+            }
+            for a in &d.answers {
+                let _ = write!(line, " {} {} ttl={}", a.rtype, a.data, a.ttl);
             }
         }
         if let Some(l) = self.latency_us {
@@ -143,6 +190,8 @@ pub struct FlowFilter {
     pub from_labels: Vec<Label>,
     pub to_labels: Vec<Label>,
     pub http_path: Option<regex::Regex>,
+    /// Matched against the DNS query name.
+    pub dns_name: Option<regex::Regex>,
 }
 
 impl FlowFilter {
@@ -161,6 +210,7 @@ impl FlowFilter {
             && has_labels(&flow.source, &self.from_labels)
             && has_labels(&flow.destination, &self.to_labels)
             && self.http_path.as_ref().is_none_or(|re| flow.http.as_ref().is_some_and(|h| re.is_match(&h.path)))
+            && self.dns_name.as_ref().is_none_or(|re| flow.dns.as_ref().is_some_and(|d| re.is_match(&d.query)))
     }
 
     /// Parse the `/flows` query string; unknown keys are errors.
@@ -178,6 +228,7 @@ impl FlowFilter {
                 "http_path" => {
                     filter.http_path = Some(regex::Regex::new(&value).map_err(|e| format!("http_path: {e}"))?)
                 }
+                "dns_name" => filter.dns_name = Some(regex::Regex::new(&value).map_err(|e| format!("dns_name: {e}"))?),
                 "follow" => options.follow = value != "false" && value != "0",
                 "last" => options.last = Some(value.parse().map_err(|_| format!("last: {value:?} is not a number"))?),
                 other => return Err(format!("unknown query parameter {other:?}")),
@@ -403,6 +454,7 @@ mod tests {
                 version: "HTTP/1.1".into(),
                 status: Some(200),
             }),
+            dns: None,
             latency_us: None,
             filter_us: 0,
         }

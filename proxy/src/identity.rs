@@ -197,6 +197,13 @@ pub struct Endpoint {
     pub identity: Arc<Identity>,
 }
 
+impl Endpoint {
+    /// `namespace/name`: how the FQDN cache and `weir fqdn cache` name it.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Errors in the identity assignment of a configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {

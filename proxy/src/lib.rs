@@ -7,6 +7,7 @@ pub mod context;
 pub mod control;
 pub mod datapath;
 pub mod demo;
+pub mod dns;
 pub mod flow;
 pub mod http;
 pub mod identity;

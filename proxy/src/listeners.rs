@@ -10,12 +10,23 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::ListenerProtocol;
 use crate::http::Target;
 use crate::model::PolicyModel;
 use crate::state::ProxyState;
 
+/// A listener's sockets, bound and not yet serving.
+pub enum Bound {
+    Http(TcpListener),
+    Dns(crate::dns::DnsSockets),
+}
+
+/// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
+pub type Prepared = Vec<(String, SocketAddr, ListenerProtocol, Bound)>;
+
 struct Running {
     bind: SocketAddr,
+    protocol: ListenerProtocol,
     stop: watch::Sender<bool>,
 }
 
@@ -27,16 +38,20 @@ pub struct ListenerSet {
 impl ListenerSet {
     /// Bind what the model needs that is not bound yet. Nothing changes if any
     /// bind fails, so the caller can reject the model.
-    pub fn prepare(&self, model: &PolicyModel) -> Result<Vec<(String, SocketAddr, TcpListener)>, Vec<String>> {
+    pub fn prepare(&self, model: &PolicyModel) -> Result<Prepared, Vec<String>> {
         let mut bound = Vec::new();
         let mut errors = Vec::new();
         for (i, (name, listener)) in model.listeners.iter().enumerate() {
-            let bind = listener.config.bind;
-            if self.running.get(name).is_some_and(|r| r.bind == bind) {
+            let (bind, protocol) = (listener.config.bind, listener.config.protocol);
+            if self.running.get(name).is_some_and(|r| r.bind == bind && r.protocol == protocol) {
                 continue;
             }
-            match bind_listener(bind) {
-                Ok(l) => bound.push((name.clone(), bind, l)),
+            let sockets = match protocol {
+                ListenerProtocol::Http => bind_stream(bind).map(Bound::Http),
+                ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
+            };
+            match sockets {
+                Ok(sockets) => bound.push((name.clone(), bind, protocol, sockets)),
                 Err(e) => errors.push(format!("listeners[{i}] ({name}): cannot listen on {bind}: {e}")),
             }
         }
@@ -44,17 +59,26 @@ impl ListenerSet {
     }
 
     /// Start the prepared listeners and stop the ones the model dropped or moved.
-    pub fn commit(
-        &mut self,
-        state: &Arc<ProxyState>,
-        model: &PolicyModel,
-        bound: Vec<(String, SocketAddr, TcpListener)>,
-    ) {
-        for (name, bind, listener) in bound {
+    pub fn commit(&mut self, state: &Arc<ProxyState>, model: &PolicyModel, bound: Prepared) {
+        for (name, bind, protocol, sockets) in bound {
             let (stop, stopped) = watch::channel(false);
-            tokio::spawn(accept_loop(state.clone(), Arc::from(name.as_str()), listener, stopped));
-            tracing::info!(listener = %name, %bind, "listening");
-            if let Some(old) = self.running.insert(name, Running { bind, stop }) {
+            let shared_name: Arc<str> = Arc::from(name.as_str());
+            match sockets {
+                Bound::Http(listener) => {
+                    tokio::spawn(accept_loop(state.clone(), shared_name, listener, stopped));
+                }
+                Bound::Dns(sockets) => {
+                    tokio::spawn(crate::dns::serve_udp(
+                        state.clone(),
+                        shared_name.clone(),
+                        sockets.udp,
+                        stopped.clone(),
+                    ));
+                    tokio::spawn(crate::dns::serve_tcp(state.clone(), shared_name, sockets.tcp, stopped));
+                }
+            }
+            tracing::info!(listener = %name, %bind, ?protocol, "listening");
+            if let Some(old) = self.running.insert(name, Running { bind, protocol, stop }) {
                 let _ = old.stop.send(true);
             }
         }
@@ -75,7 +99,8 @@ impl ListenerSet {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A TCP listener with `SO_REUSEPORT` (see the module comment).
+pub fn bind_stream(addr: SocketAddr) -> std::io::Result<TcpListener> {
     bind_socket(addr, false)
 }
 

@@ -72,6 +72,9 @@ enum Command {
         /// Regex over the HTTP path.
         #[arg(long)]
         http_path: Option<String>,
+        /// Regex over the DNS query name (`--protocol dns` flows).
+        #[arg(long)]
+        dns_name: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Start with the last N kept flows (default: all kept).
@@ -80,6 +83,11 @@ enum Command {
         /// Print the kept flows and exit instead of following.
         #[arg(long)]
         no_follow: bool,
+    },
+    /// What endpoints learned through the DNS proxy (toFQDNs).
+    Fqdn {
+        #[command(subcommand)]
+        command: FqdnCommand,
     },
     /// Write the quickstart configuration to a directory, to edit and run.
     Init { dir: PathBuf },
@@ -113,6 +121,17 @@ enum DatapathCommand {
 }
 
 #[derive(Subcommand)]
+enum FqdnCommand {
+    /// List every learned (endpoint, name, address) and when it expires.
+    Cache {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate policy files with the checks a reload applies; exit 1 if any fails.
     Check {
@@ -137,7 +156,21 @@ fn main() -> ExitCode {
         Command::Run { config, datapath } => weir::app::run(config, datapath == DatapathMode::Ebpf),
         Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
-        Command::Observe { admin, verdict, protocol, from_label, to_label, http_path, output, last, no_follow } => {
+        Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => {
+            runtime().and_then(|rt| rt.block_on(weir::observe::fqdn_cache(admin, matches!(output, Output::Json))))
+        }
+        Command::Observe {
+            admin,
+            verdict,
+            protocol,
+            from_label,
+            to_label,
+            http_path,
+            dns_name,
+            output,
+            last,
+            no_follow,
+        } => {
             let mut query = vec![format!("follow={}", !no_follow)];
             let mut push = |key: &str, value: &str| query.push(format!("{key}={}", encode(value)));
             if let Some(v) = &verdict {
@@ -154,6 +187,9 @@ fn main() -> ExitCode {
             }
             if let Some(p) = &http_path {
                 push("http_path", p);
+            }
+            if let Some(n) = &dns_name {
+                push("dns_name", n);
             }
             if let Some(n) = last {
                 push("last", &n.to_string());

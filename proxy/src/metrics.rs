@@ -47,6 +47,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub verdict: &'static str,
+    /// NOERROR, NXDOMAIN, REFUSED, SERVFAIL, FORMERR, ... ("none" when nothing was sent)
+    pub rcode: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -60,6 +67,9 @@ pub struct Metrics {
     pub connections_dropped: Family<ListenerLabels, Counter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub policy_generation: Gauge,
+    pub dns_queries: Family<DnsLabels, Counter>,
+    pub dns_upstream_duration: Histogram,
+    pub fqdn_addresses: Gauge,
 }
 
 fn request_histogram() -> Histogram {
@@ -87,6 +97,9 @@ impl Default for Metrics {
             connections_dropped: Family::default(),
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
+            dns_queries: Family::default(),
+            dns_upstream_duration: request_histogram(),
+            fqdn_addresses: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -116,6 +129,17 @@ impl Default for Metrics {
         );
         registry.register("policy_reloads", "Configuration and policy reloads by result", m.policy_reloads.clone());
         registry.register("policy_generation", "Generation of the policy model in force", m.policy_generation.clone());
+        registry.register("dns_queries", "DNS queries by verdict and answer code", m.dns_queries.clone());
+        registry.register(
+            "dns_upstream_duration_seconds",
+            "Time from forwarding a DNS query to the resolver's answer",
+            m.dns_upstream_duration.clone(),
+        );
+        registry.register(
+            "fqdn_addresses",
+            "Addresses learned from DNS answers and held for toFQDNs",
+            m.fqdn_addresses.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::config::{ListenerConfig, WeirConfig};
+use crate::config::{ListenerConfig, ListenerProtocol, WeirConfig};
 use crate::context::Direction;
-use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL};
-use crate::policy::{Allowance, HttpRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict, SourcedDocument};
-use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
+use crate::dns::cache::FqdnCache;
+use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
+use crate::policy::{
+    Allowance, FqdnSelector, HttpRule, L4Protocol, L7Kind, PeerInfo, PolicyError, PolicySet, SideVerdict,
+    SourcedDocument,
+};
+use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, World, builtin};
 
 /// Everything a model is built from.
 pub struct ModelInputs {
@@ -70,6 +74,17 @@ struct VerdictKey {
     source: u32,
     /// Only world peers are told apart by address (CIDR rules).
     world_address: Option<IpAddr>,
+    protocol: ProtocolKey,
+    /// What the FQDN cache looked like (toFQDNs verdicts change with it).
+    fqdn_generation: u64,
+    /// The endpoint (FQDN names are learned per endpoint, not per identity).
+    source_address: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum ProtocolKey {
+    Tcp,
+    Udp,
 }
 
 pub struct PolicyModel {
@@ -83,7 +98,10 @@ pub struct PolicyModel {
     /// Policy names, in the order loaded, for /config.
     pub policy_names: Vec<String>,
     runtime: Arc<FilterRuntime>,
+    /// Addresses endpoints learned through the DNS proxy (shared by every model).
+    pub fqdn: Arc<FqdnCache>,
     http_policy: Arc<FilterComponent>,
+    dns_policy: Arc<FilterComponent>,
     custom_filters: HashMap<String, CustomFilter>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Destinations of connections the datapath handed over, as listeners.
@@ -94,7 +112,12 @@ pub struct PolicyModel {
 pub const TRANSPARENT_LISTENER: &str = "ebpf";
 
 impl PolicyModel {
-    pub fn build(inputs: ModelInputs, runtime: &Arc<FilterRuntime>, generation: u64) -> Result<Self, Vec<PolicyError>> {
+    pub fn build(
+        inputs: ModelInputs,
+        runtime: &Arc<FilterRuntime>,
+        fqdn: &Arc<FqdnCache>,
+        generation: u64,
+    ) -> Result<Self, Vec<PolicyError>> {
         let ModelInputs { config, config_dir, config_file, documents } = inputs;
         let config_error = |field: String, message: String| PolicyError {
             file: config_file.clone(),
@@ -165,10 +188,14 @@ impl PolicyModel {
             listeners.insert(l.name.clone(), Arc::new(ListenerModel { config: l.clone(), destination, port, tls }));
         }
 
-        // Filters: the built-in HTTP policy filter and the custom ones.
-        let http_policy = runtime
-            .load(builtin::HTTP_POLICY, builtin::find(builtin::HTTP_POLICY).expect("embedded"))
-            .map_err(|e| vec![config_error("filters".into(), e.to_string())])?;
+        // Filters: the built-in policy filters and the custom ones.
+        let load_builtin = |name: &str| {
+            runtime
+                .load(name, builtin::find(name).expect("embedded"))
+                .map_err(|e| vec![config_error("filters".into(), e.to_string())])
+        };
+        let http_policy = load_builtin(builtin::HTTP_POLICY)?;
+        let dns_policy = load_builtin(builtin::DNS_POLICY)?;
         let mut custom_filters = HashMap::new();
         for (i, f) in config.filters.iter().enumerate() {
             let bytes = match (&f.path, &f.builtin) {
@@ -223,7 +250,9 @@ impl PolicyModel {
             listeners,
             policy_names,
             runtime: runtime.clone(),
+            fqdn: fqdn.clone(),
             http_policy,
+            dns_policy,
             custom_filters,
             verdicts: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
@@ -248,8 +277,8 @@ impl PolicyModel {
                     message,
                 };
                 if let Some(http) = &l7.http {
-                    let config = http_policy_config(&[(set.path.clone(), http.as_slice())]);
-                    if let Err(message) = self.configure_http_policy(config) {
+                    let config = policy_config(&[(set.path.clone(), http.as_slice())]);
+                    if let Err(message) = self.configure_builtin(L7Kind::Http, config) {
                         // the filter prefixes "<group>: http[i].field: ..."
                         let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
                         errors.push(error(
@@ -258,11 +287,30 @@ impl PolicyModel {
                         ));
                     }
                 }
+                if let Some(dns) = &l7.dns {
+                    // names were checked when the policy compiled; this
+                    // checks that the filter takes what the host sends
+                    let config = policy_config(&[(set.path.clone(), dns.as_slice())]);
+                    if let Err(message) = self.configure_builtin(L7Kind::Dns, config) {
+                        errors.push(error(format!("{}.rules.dns", set.path), message));
+                    }
+                }
                 for w in &l7.wasm {
+                    let wanted = world_of(l7.kind);
                     match self.custom_filters.get(&w.name) {
                         None => errors.push(error(
                             format!("{}.name", w.path),
                             format!("no filter named {:?} in weir.yaml `filters`", w.name),
+                        )),
+                        Some(custom) if custom.component.world() != wanted => errors.push(error(
+                            format!("{}.name", w.path),
+                            format!(
+                                "filter {:?} implements {}, but this port carries {} rules ({} needed)",
+                                w.name,
+                                custom.component.world().as_str(),
+                                l7.kind.as_str(),
+                                wanted.as_str()
+                            ),
                         )),
                         Some(custom) => {
                             if let Err(message) = self.runtime.configure(
@@ -284,8 +332,12 @@ impl PolicyModel {
         errors
     }
 
-    fn configure_http_policy(&self, config: String) -> Result<Arc<ConfiguredFilter>, String> {
-        self.runtime.configure(&self.http_policy, config, FilterLimits::default(), FailurePolicy::Closed)
+    fn configure_builtin(&self, kind: L7Kind, config: String) -> Result<Arc<ConfiguredFilter>, String> {
+        let component = match kind {
+            L7Kind::Http => &self.http_policy,
+            L7Kind::Dns => &self.dns_policy,
+        };
+        self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
     }
 
     /// A connection the datapath redirected: its original destination seen
@@ -330,11 +382,17 @@ impl PolicyModel {
         listener
     }
 
-    /// The verdict for a connection from `source` to a listener, cached per
-    /// model (identities and policies are fixed within one).
-    pub fn connection_verdict(&self, listener: &ListenerModel, source: SocketAddr) -> Arc<ConnectionVerdict> {
+    /// The verdict for a connection (or a UDP exchange) from `source` to a
+    /// listener, cached per model (identities and policies are fixed within
+    /// one) and FQDN cache generation.
+    pub fn connection_verdict(
+        &self,
+        listener: &ListenerModel,
+        source: SocketAddr,
+        protocol: L4Protocol,
+    ) -> Arc<ConnectionVerdict> {
         let source_identity = self.identities.identity_of(source.ip());
-        self.connection_verdict_from(listener, source_identity, source)
+        self.connection_verdict_from(listener, source_identity, source, protocol)
     }
 
     /// The same, when the source's identity is known otherwise (the mark).
@@ -343,16 +401,21 @@ impl PolicyModel {
         listener: &ListenerModel,
         source_identity: Arc<Identity>,
         source: SocketAddr,
+        protocol: L4Protocol,
     ) -> Arc<ConnectionVerdict> {
+        let to_world = listener.destination.identity.id == reserved::WORLD;
         let key = VerdictKey {
             listener: listener.config.name.clone(),
             source: source_identity.id,
-            world_address: (source_identity.id == crate::identity::reserved::WORLD).then_some(source.ip()),
+            world_address: (source_identity.id == reserved::WORLD).then_some(source.ip()),
+            protocol: if protocol == L4Protocol::Udp { ProtocolKey::Udp } else { ProtocolKey::Tcp },
+            fqdn_generation: if to_world { self.fqdn.generation() } else { 0 },
+            source_address: to_world.then_some(source.ip()),
         };
         if let Some(v) = self.verdicts.lock().unwrap().get(&key) {
             return v.clone();
         }
-        let verdict = Arc::new(self.compute_verdict(listener, &source_identity, source.ip()));
+        let verdict = Arc::new(self.compute_verdict(listener, &source_identity, source.ip(), protocol));
         let mut cache = self.verdicts.lock().unwrap();
         if cache.len() > 100_000 {
             cache.clear(); // bounded: world peers are keyed by address
@@ -361,22 +424,43 @@ impl PolicyModel {
         verdict
     }
 
-    fn compute_verdict(&self, listener: &ListenerModel, source: &Identity, source_ip: IpAddr) -> ConnectionVerdict {
+    /// The names the endpoint at `source_ip` learned `address` for (toFQDNs).
+    pub fn learned_names(&self, source_ip: IpAddr, address: IpAddr) -> Vec<Arc<str>> {
+        match self.identities.endpoint(source_ip) {
+            Some(endpoint) => self.fqdn.names_for(&endpoint.qualified_name(), address),
+            None => Vec::new(),
+        }
+    }
+
+    fn compute_verdict(
+        &self,
+        listener: &ListenerModel,
+        source: &Identity,
+        source_ip: IpAddr,
+        protocol: L4Protocol,
+    ) -> ConnectionVerdict {
         let destination = &listener.destination.identity;
+        let upstream = listener.config.upstream.ip();
+        let learned =
+            if destination.id == reserved::WORLD { self.learned_names(source_ip, upstream) } else { Vec::new() };
         let egress = self.policies.evaluate(
             Direction::Egress,
             source,
-            PeerInfo { identity: destination, address: listener.config.upstream.ip().into() },
+            PeerInfo { identity: destination, address: upstream.into(), learned_names: &learned },
             listener.port,
-            L4Protocol::Tcp,
+            protocol,
         );
         let ingress = self.policies.evaluate(
             Direction::Ingress,
             destination,
-            PeerInfo { identity: source, address: source_ip.into() },
+            PeerInfo::new(source, source_ip.into()),
             listener.port,
-            L4Protocol::Tcp,
+            protocol,
         );
+        let kind = match listener.config.protocol {
+            ListenerProtocol::Http => L7Kind::Http,
+            ListenerProtocol::Dns => L7Kind::Dns,
+        };
         let mut chain = FilterChain::default();
         for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
             match verdict {
@@ -384,7 +468,7 @@ impl PolicyModel {
                 SideVerdict::Unenforced => {}
                 SideVerdict::Allowed(allowances) => {
                     chain.allowed_by.extend(allowances.iter().map(|a| a.origin.clone()));
-                    match self.links_for(direction, &allowances) {
+                    match self.links_for(direction, &allowances, kind) {
                         Ok(mut links) => chain.links.append(&mut links),
                         Err(reason) => return ConnectionVerdict::Drop { reason },
                     }
@@ -395,22 +479,48 @@ impl PolicyModel {
         ConnectionVerdict::Forward(chain)
     }
 
-    fn links_for<'a>(&self, direction: Direction, allowances: &[Allowance<'a>]) -> Result<Vec<ChainLink>, String> {
-        fn http_of<'a>(a: &Allowance<'a>) -> Option<&'a [HttpRule]> {
-            a.l7.and_then(|l| l.http.as_deref())
+    fn links_for<'a>(
+        &self,
+        direction: Direction,
+        allowances: &[Allowance<'a>],
+        kind: L7Kind,
+    ) -> Result<Vec<ChainLink>, String> {
+        // Rules written for another protocol allow nothing here: a port
+        // carries one protocol (Cilium refuses two parsers on one port).
+        let (allowances, other): (Vec<&Allowance<'a>>, Vec<&Allowance<'a>>) =
+            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind == kind));
+        if allowances.is_empty() {
+            let origin = other.first().map_or("", |a| a.origin.as_str());
+            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind.as_str());
+            return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.as_str()));
         }
         let mut links = Vec::new();
-        let allows_all = allowances.iter().any(|a| http_of(a).is_none());
-        let header_actions =
-            allowances.iter().filter_map(http_of).flatten().any(|rule| !rule.header_matches.is_empty());
-        // A rule without HTTP rules allows every request; the filter is only
+        let allows_all = allowances.iter().any(|a| a.l7.is_none());
+        let header_actions = allowances
+            .iter()
+            .filter_map(|a| a.l7.and_then(|l| l.http.as_deref()))
+            .flatten()
+            .any(|rule| !rule.header_matches.is_empty());
+        // A rule without L7 rules allows every request; the filter is only
         // needed when no such rule applies, or to run header actions.
         if !allows_all || header_actions {
-            let groups: Vec<(String, &[HttpRule])> =
-                allowances.iter().map(|a| (a.origin.clone(), http_of(a).unwrap_or(&[]))).collect();
+            let config = match kind {
+                L7Kind::Http => policy_config::<HttpRule>(
+                    &allowances
+                        .iter()
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.http.as_deref()).unwrap_or(&[])))
+                        .collect::<Vec<_>>(),
+                ),
+                L7Kind::Dns => policy_config::<FqdnSelector>(
+                    &allowances
+                        .iter()
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns.as_deref()).unwrap_or(&[])))
+                        .collect::<Vec<_>>(),
+                ),
+            };
             let filter = self
-                .configure_http_policy(http_policy_config(&groups))
-                .map_err(|e| format!("http-policy configuration failed: {e}"))?;
+                .configure_builtin(kind, config)
+                .map_err(|e| format!("{}-policy configuration failed: {e}", kind.as_str()))?;
             links.push(ChainLink { direction, filter });
         }
         let mut seen: Vec<(&str, &str)> = Vec::new();
@@ -452,8 +562,11 @@ impl PolicyModel {
                 port: l.port,
             })
             .collect();
-        let filters: Vec<_> =
-            std::iter::once(builtin::HTTP_POLICY.to_string()).chain(self.custom_filters.keys().cloned()).collect();
+        let filters: Vec<_> = [builtin::HTTP_POLICY, builtin::DNS_POLICY]
+            .into_iter()
+            .map(str::to_string)
+            .chain(self.custom_filters.keys().cloned())
+            .collect();
         serde_json::json!({
             "generation": self.generation,
             "listeners": listeners,
@@ -465,8 +578,15 @@ impl PolicyModel {
     }
 }
 
-/// The built-in filter's configuration: one group per allowing rule.
-fn http_policy_config(groups: &[(String, &[HttpRule])]) -> String {
+fn world_of(kind: L7Kind) -> World {
+    match kind {
+        L7Kind::Http => World::HttpFilter,
+        L7Kind::Dns => World::DnsFilter,
+    }
+}
+
+/// A built-in filter's configuration: one group per allowing rule.
+fn policy_config<R: Serialize>(groups: &[(String, &[R])]) -> String {
     let groups: Vec<_> =
         groups.iter().map(|(name, rules)| serde_json::json!({ "name": name, "rules": rules })).collect();
     serde_json::json!({ "groups": groups }).to_string()

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::dns::cache::FqdnCache;
 use crate::flow::FlowLog;
 use crate::http::upstream::UpstreamRegistry;
 use crate::metrics::Metrics;
@@ -18,6 +19,8 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<FilterRuntime>,
     pub upstreams: UpstreamRegistry,
+    /// What endpoints learned through the DNS proxy (outlives models).
+    pub fqdn: Arc<FqdnCache>,
     pub reload: Mutex<ReloadStatus>,
     /// Downstream connections open now (for draining on shutdown).
     pub active_connections: std::sync::atomic::AtomicUsize,

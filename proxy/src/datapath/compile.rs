@@ -175,7 +175,7 @@ pub fn compile(
                 }
             };
             for (peer, peer_id, address) in &peers {
-                let info = PeerInfo { identity: peer, address: *address };
+                let info = PeerInfo::new(peer, *address);
                 for (protocol, number) in PORT_PROTOCOLS {
                     let named = &ports[&number];
                     let key = |port| PolicyKey {

@@ -123,6 +123,7 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         port: event.dport,
         connection: 0,
         http: None,
+        dns: None,
         latency_us: None,
         filter_us: 0,
     }

@@ -71,6 +71,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             port: context.port,
             connection: context.id,
             http: None,
+            dns: None,
             latency_us: None,
             filter_us: 0,
         });
@@ -127,6 +128,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
                 version: "HTTP/1.1".into(),
                 status: Some(400),
             }),
+            dns: None,
             latency_us: None,
             filter_us: 0,
         });

@@ -23,6 +23,7 @@ use crate::context::ConnectionContext;
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
+use crate::policy::L4Protocol;
 use crate::state::ProxyState;
 use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, request_head_line};
 
@@ -38,6 +39,9 @@ struct Snapshot {
     context: Arc<ConnectionContext>,
     verdict: Arc<ConnectionVerdict>,
     pools: Arc<UpstreamPools>,
+    /// Holds a DNS-learned destination address for as long as this
+    /// connection lives, so its TTL running out does not cut it.
+    _fqdn_lease: Option<crate::dns::cache::FqdnLease>,
 }
 
 /// Where a downstream connection came in.
@@ -160,7 +164,7 @@ impl HttpConnection {
                 (model.transparent_listener(*original_destination), source, Some(bind))
             }
         };
-        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer);
+        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
         let context = Arc::new(ConnectionContext {
             id: self.id,
             source,
@@ -171,7 +175,14 @@ impl HttpConnection {
             listener: self.listener.clone(),
         });
         let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout, bind);
-        let snapshot = Arc::new(Snapshot { model, listener, context, verdict, pools });
+        let upstream_ip = listener.config.upstream.ip();
+        let _fqdn_lease = (matches!(*verdict, ConnectionVerdict::Forward(_))
+            && listener.destination.identity.id == crate::identity::reserved::WORLD
+            && !model.learned_names(self.peer.ip(), upstream_ip).is_empty())
+        .then(|| model.identities.endpoint(self.peer.ip()).map(|e| e.qualified_name()))
+        .flatten()
+        .map(|endpoint| self.state.fqdn.lease(&endpoint, upstream_ip));
+        let snapshot = Arc::new(Snapshot { model, listener, context, verdict, pools, _fqdn_lease });
         *current = Some(snapshot.clone());
         Some(snapshot)
     }
@@ -467,6 +478,7 @@ impl HttpConnection {
             port: snap.context.port,
             connection: self.id,
             http: Some(trace.http),
+            dns: None,
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
         });

@@ -153,7 +153,7 @@ pub struct EgressRule {
     #[serde(default)]
     pub to_services: Option<serde_yaml::Value>,
     #[serde(default, rename = "toFQDNs")]
-    pub to_fqdns: Option<serde_yaml::Value>,
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
     #[serde(default)]
     pub to_groups: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -223,7 +223,7 @@ pub struct L7Rules {
     #[serde(default)]
     pub kafka: Option<serde_yaml::Value>,
     #[serde(default)]
-    pub dns: Option<serde_yaml::Value>,
+    pub dns: Option<Vec<FqdnSelector>>,
     #[serde(default)]
     pub l7proto: Option<String>,
     #[serde(default)]
@@ -259,6 +259,16 @@ pub struct HeaderMatch {
     pub mismatch: Option<String>,
     #[serde(default, skip_serializing)]
     pub secret: Option<serde_yaml::Value>,
+}
+
+/// Cilium's `FQDNSelector`: used by `toFQDNs` and by `rules.dns`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FqdnSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pattern: Option<String>,
 }
 
 /// Weir's `wasm` L7 rule.

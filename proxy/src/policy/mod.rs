@@ -15,14 +15,16 @@ mod k8s;
 pub mod selector;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
+use weir_fqdn_match::NameMatcher;
 
 use crate::context::Direction;
 use crate::identity::{FIRST_ENDPOINT_IDENTITY, Identity, reserved};
 use document::{CidrRule, EgressRule, IngressRule, PortRule};
-pub use document::{HttpRule, PolicyError, SourcedDocument};
+pub use document::{FqdnSelector, HttpRule, PolicyError, SourcedDocument};
 use selector::Selector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -114,11 +116,32 @@ pub enum Peer {
         except: Vec<IpNet>,
     },
     Entity(Entity),
+    /// `toFQDNs`: world addresses the subject learned, through the DNS
+    /// proxy, for a name the selector matches (and only while the answer's
+    /// TTL lasts).
+    Fqdn(FqdnPeer),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FqdnPeer {
+    #[serde(flatten)]
+    pub selector: FqdnSelector,
+    #[serde(skip)]
+    pub matchers: Vec<NameMatcher>,
+}
+
+impl FqdnPeer {
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.matchers.iter().any(|m| m.matches(name))
+    }
 }
 
 impl Peer {
     fn matches(&self, peer: &PeerInfo<'_>) -> bool {
         match self {
+            Peer::Fqdn(fqdn) => {
+                peer.identity.id == reserved::WORLD && peer.learned_names.iter().any(|n| fqdn.matches_name(n))
+            }
             Peer::Endpoints(selector) => selector.selects(peer.identity),
             Peer::Cidr { cidr, except } => {
                 peer.identity.id == reserved::WORLD
@@ -152,11 +175,32 @@ pub struct WasmRef {
     pub path: String,
 }
 
+/// Which protocol a port's L7 rules are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L7Kind {
+    Http,
+    Dns,
+}
+
+impl L7Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L7Kind::Http => "http",
+            L7Kind::Dns => "dns",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct L7Rules {
+    pub kind: L7Kind,
     /// `None`: no HTTP rules (allow all requests, still seen by the proxy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRule>>,
+    /// `rules.dns`: the names that may be looked up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnSelector>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wasm: Vec<WasmRef>,
 }
@@ -210,6 +254,15 @@ pub struct PeerInfo<'a> {
     /// One address (a /32 or /128), or for the datapath a whole prefix of
     /// world addresses that share a verdict.
     pub address: IpNet,
+    /// Names (normalized) the subject learned this address for through the
+    /// DNS proxy and whose TTL has not run out; what `toFQDNs` matches.
+    pub learned_names: &'a [Arc<str>],
+}
+
+impl<'a> PeerInfo<'a> {
+    pub fn new(identity: &'a Identity, address: IpNet) -> Self {
+        PeerInfo { identity, address, learned_names: &[] }
+    }
 }
 
 /// One reason a connection is allowed, with the L7 rules that then apply.
@@ -424,12 +477,13 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
         subject = subject.in_namespace(ns);
     }
     let defaults = rule.enable_default_deny.clone().unwrap_or_default();
-    let ingress = compile_section(rule.ingress.as_deref(), &format!("{path}.ingress"), namespace, false, ingress_rule)?;
+    let section = |name: &str| Section { path: format!("{path}.{name}"), namespace, deny: name.ends_with("Deny") };
+    let ingress = compile_section(rule.ingress.as_deref(), section("ingress"), Direction::Ingress, ingress_rule)?;
     let ingress_deny =
-        compile_section(rule.ingress_deny.as_deref(), &format!("{path}.ingressDeny"), namespace, true, ingress_rule)?;
-    let egress = compile_section(rule.egress.as_deref(), &format!("{path}.egress"), namespace, false, egress_rule)?;
+        compile_section(rule.ingress_deny.as_deref(), section("ingressDeny"), Direction::Ingress, ingress_rule)?;
+    let egress = compile_section(rule.egress.as_deref(), section("egress"), Direction::Egress, egress_rule)?;
     let egress_deny =
-        compile_section(rule.egress_deny.as_deref(), &format!("{path}.egressDeny"), namespace, true, egress_rule)?;
+        compile_section(rule.egress_deny.as_deref(), section("egressDeny"), Direction::Egress, egress_rule)?;
     Ok(PolicyRule {
         policy: doc.name(),
         file: doc.file.clone(),
@@ -446,14 +500,21 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
 
 type PeerCompiler<R> = fn(&R, &str, Option<&str>) -> Result<Option<Vec<Peer>>, FieldError>;
 
+/// Where a section sits and what kind it is.
+struct Section<'a> {
+    path: String,
+    namespace: Option<&'a str>,
+    deny: bool,
+}
+
 fn compile_section<R: HasPorts>(
     rules: Option<&[R]>,
-    path: &str,
-    namespace: Option<&str>,
-    deny: bool,
+    section: Section<'_>,
+    direction: Direction,
     peers: PeerCompiler<R>,
 ) -> Result<Option<Vec<PeerRule>>, FieldError> {
     let Some(rules) = rules else { return Ok(None) };
+    let Section { path, namespace, deny } = section;
     let mut compiled = Vec::with_capacity(rules.len());
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("{path}[{i}]");
@@ -464,7 +525,7 @@ fn compile_section<R: HasPorts>(
                 port_rules
                     .iter()
                     .enumerate()
-                    .map(|(j, pr)| compile_port_rule(pr, &format!("{at}.toPorts[{j}]"), deny))
+                    .map(|(j, pr)| compile_port_rule(pr, &format!("{at}.toPorts[{j}]"), deny, direction))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
@@ -515,7 +576,6 @@ fn egress_rule(rule: &EgressRule, at: &str, namespace: Option<&str>) -> Result<O
     for (present, field, why) in [
         (rule.to_requires.is_some(), "toRequires", "deprecated in Cilium"),
         (rule.to_services.is_some(), "toServices", "service selection needs Kubernetes"),
-        (rule.to_fqdns.is_some(), "toFQDNs", "arrives with the DNS proxy"),
         (rule.to_groups.is_some(), "toGroups", "cloud provider groups"),
         (rule.to_nodes.is_some(), "toNodes", "node selection needs Kubernetes"),
         (rule.icmps.is_some(), "icmps", "ICMP rules need the eBPF datapath"),
@@ -524,6 +584,34 @@ fn egress_rule(rule: &EgressRule, at: &str, namespace: Option<&str>) -> Result<O
         if present {
             return Err(unsupported(format!("{at}.{field}"), why));
         }
+    }
+    if let Some(selectors) = &rule.to_fqdns {
+        let others = [
+            ("toEndpoints", rule.to_endpoints.is_some()),
+            ("toCIDR", rule.to_cidr.is_some()),
+            ("toCIDRSet", rule.to_cidr_set.is_some()),
+            ("toEntities", rule.to_entities.is_some()),
+        ];
+        if let Some((other, _)) = others.iter().find(|(_, present)| *present) {
+            return Err((
+                format!("{at}.toFQDNs"),
+                format!("cannot be combined with {other} in one rule (as in Cilium); write two egress rules"),
+            ));
+        }
+        if selectors.is_empty() {
+            return Err((format!("{at}.toFQDNs"), "an empty list selects nothing; omit the field".into()));
+        }
+        let matchers = selectors
+            .iter()
+            .enumerate()
+            .map(|(i, sel)| fqdn_matchers(sel, &format!("{at}.toFQDNs[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peers = selectors
+            .iter()
+            .zip(matchers)
+            .map(|(selector, matchers)| Peer::Fqdn(FqdnPeer { selector: selector.clone(), matchers }))
+            .collect();
+        return Ok(Some(peers));
     }
     peers(
         at,
@@ -619,6 +707,21 @@ fn peers(
     Ok(any_field.then_some(out))
 }
 
+/// A `matchName`/`matchPattern` pair, checked with the same code that matches it.
+fn fqdn_matchers(selector: &FqdnSelector, at: &str) -> Result<Vec<NameMatcher>, FieldError> {
+    let mut out = Vec::new();
+    if let Some(name) = &selector.match_name {
+        out.push(NameMatcher::name(name).map_err(|e| (format!("{at}.matchName"), e.to_string()))?);
+    }
+    if let Some(pattern) = &selector.match_pattern {
+        out.push(NameMatcher::pattern(pattern).map_err(|e| (format!("{at}.matchPattern"), e.to_string()))?);
+    }
+    if out.is_empty() {
+        return Err((at.to_string(), "give matchName or matchPattern".into()));
+    }
+    Ok(out)
+}
+
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
@@ -626,7 +729,7 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR (like 10.0.0.0/8 or 2001:db8::/32)"))
 }
 
-fn compile_port_rule(rule: &PortRule, at: &str, deny: bool) -> Result<PortRuleSet, FieldError> {
+fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction) -> Result<PortRuleSet, FieldError> {
     for (present, field, why) in [
         (rule.terminating_tls.is_some(), "terminatingTLS", "TLS interception"),
         (rule.originating_tls.is_some(), "originatingTLS", "TLS origination"),
@@ -687,7 +790,6 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool) -> Result<PortRuleSe
             let rules_at = format!("{at}.rules");
             for (present, field, why) in [
                 (rules.kafka.is_some(), "kafka", "arrives with the Kafka engine"),
-                (rules.dns.is_some(), "dns", "arrives with the DNS proxy"),
                 (rules.l7proto.is_some(), "l7proto", "arrives with the generic protocol filters"),
                 (rules.l7.is_some(), "l7", "arrives with the generic protocol filters"),
             ] {
@@ -698,8 +800,42 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool) -> Result<PortRuleSe
             if ports.is_empty() || ports.iter().any(|p| p.start == 0) {
                 return Err((format!("{at}.ports"), "L7 rules need a specific port".into()));
             }
-            if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
-                return Err((format!("{at}.ports"), format!("L7 rules need TCP (or ANY), not {:?}", p.protocol)));
+            let kind = match (&rules.http, &rules.dns) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        format!("{rules_at}.dns"),
+                        "one port rule carries the rules of one protocol; put http and dns in separate toPorts".into(),
+                    ));
+                }
+                (_, Some(_)) => L7Kind::Dns,
+                _ => L7Kind::Http,
+            };
+            match kind {
+                L7Kind::Http => {
+                    if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
+                        return Err((
+                            format!("{at}.ports"),
+                            format!("HTTP rules need TCP (or ANY), not {:?}", p.protocol),
+                        ));
+                    }
+                }
+                L7Kind::Dns => {
+                    if direction == Direction::Ingress {
+                        return Err((
+                            format!("{rules_at}.dns"),
+                            "DNS rules apply to egress only (as in Cilium)".into(),
+                        ));
+                    }
+                    if let Some(p) = ports.iter().find(|p| p.protocol == L4Protocol::Sctp) {
+                        return Err((
+                            format!("{at}.ports"),
+                            format!("DNS runs over UDP and TCP, not {:?}", p.protocol),
+                        ));
+                    }
+                    for (i, selector) in rules.dns.iter().flatten().enumerate() {
+                        fqdn_matchers(selector, &format!("{rules_at}.dns[{i}]"))?;
+                    }
+                }
             }
             if let Some(http) = &rules.http {
                 for (i, h) in http.iter().enumerate() {
@@ -730,7 +866,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool) -> Result<PortRuleSe
                     path: format!("{rules_at}.wasm[{i}]"),
                 })
                 .collect();
-            Some(L7Rules { http: rules.http.clone(), wasm })
+            Some(L7Rules { kind, http: rules.http.clone(), dns: rules.dns.clone(), wasm })
         }
     };
     Ok(PortRuleSet { path: at.to_string(), ports, l7 })

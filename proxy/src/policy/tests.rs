@@ -50,7 +50,7 @@ fn ingress_rule_allows_selected_peer_on_its_port_with_l7_rules() {
     let set = set(WEB_FROM_FRONTEND);
     let web = identity(300, "shop", &[("app", "web")]);
     let frontend = identity(301, "shop", &[("app", "frontend")]);
-    let peer = PeerInfo { identity: &frontend, address: ip("10.0.0.1") };
+    let peer = PeerInfo::new(&frontend, ip("10.0.0.1"));
     match set.evaluate(Direction::Ingress, &web, peer, 80, L4Protocol::Tcp) {
         SideVerdict::Allowed(a) => {
             assert_eq!(a.len(), 1);
@@ -63,10 +63,10 @@ fn ingress_rule_allows_selected_peer_on_its_port_with_l7_rules() {
     assert!(matches!(set.evaluate(Direction::Ingress, &web, peer, 81, L4Protocol::Tcp), SideVerdict::Denied { .. }));
     assert!(matches!(set.evaluate(Direction::Ingress, &web, peer, 80, L4Protocol::Udp), SideVerdict::Denied { .. }));
     let db = identity(302, "shop", &[("app", "db")]);
-    let other = PeerInfo { identity: &db, address: ip("10.0.0.2") };
+    let other = PeerInfo::new(&db, ip("10.0.0.2"));
     assert!(matches!(set.evaluate(Direction::Ingress, &web, other, 80, L4Protocol::Tcp), SideVerdict::Denied { .. }));
     let foreign = identity(303, "elsewhere", &[("app", "frontend")]);
-    let foreign = PeerInfo { identity: &foreign, address: ip("10.0.0.3") };
+    let foreign = PeerInfo::new(&foreign, ip("10.0.0.3"));
     assert!(matches!(set.evaluate(Direction::Ingress, &web, foreign, 80, L4Protocol::Tcp), SideVerdict::Denied { .. }));
     // the policy's namespace confines its endpointSelector too
     let web_elsewhere = identity(304, "elsewhere", &[("app", "web")]);
@@ -96,13 +96,7 @@ spec:
     let attacker = identity(301, "b", &[("app", "attacker")]);
     let friend = identity(302, "b", &[("app", "friend")]);
     let at = |who: &Identity, port| {
-        set.evaluate(
-            Direction::Ingress,
-            &web,
-            PeerInfo { identity: who, address: ip("10.1.1.1") },
-            port,
-            L4Protocol::Tcp,
-        )
+        set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip("10.1.1.1")), port, L4Protocol::Tcp)
     };
     match at(&attacker, 80) {
         SideVerdict::Denied { reason } => assert!(reason.contains("guard spec.ingressDeny[0].toPorts[0]"), "{reason}"),
@@ -131,7 +125,7 @@ spec:
     let a = identity(301, "default", &[("app", "a")]);
     let b = identity(302, "default", &[("app", "b")]);
     let at = |who: &Identity| {
-        set.evaluate(Direction::Ingress, &web, PeerInfo { identity: who, address: ip("10.0.0.9") }, 80, L4Protocol::Tcp)
+        set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip("10.0.0.9")), 80, L4Protocol::Tcp)
     };
     assert!(allowed(&at(&a)), "a gets the L7 visibility rule");
     assert!(matches!(at(&b), SideVerdict::Unenforced), "b is not denied: default deny is off");
@@ -154,7 +148,7 @@ spec:
     let world = Identity::reserved(reserved::WORLD);
     let host = Identity::reserved(reserved::HOST);
     let from = |who: &Identity, addr: &str, port| {
-        set.evaluate(Direction::Ingress, &web, PeerInfo { identity: who, address: ip(addr) }, port, L4Protocol::Tcp)
+        set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip(addr)), port, L4Protocol::Tcp)
     };
     assert!(allowed(&from(&world, "192.0.2.10", 8050)));
     assert!(!allowed(&from(&world, "192.0.2.200", 8050)), "except carves out the upper half");
@@ -180,13 +174,7 @@ spec:
 "#);
     let web = identity(300, "default", &[("app", "web")]);
     let admin_a = identity(301, "default", &[("app", "a"), ("role", "admin")]);
-    match set.evaluate(
-        Direction::Ingress,
-        &web,
-        PeerInfo { identity: &admin_a, address: ip("10.0.0.1") },
-        80,
-        L4Protocol::Tcp,
-    ) {
+    match set.evaluate(Direction::Ingress, &web, PeerInfo::new(&admin_a, ip("10.0.0.1")), 80, L4Protocol::Tcp) {
         SideVerdict::Allowed(a) => {
             assert_eq!(a.len(), 2);
             assert!(a.iter().any(|x| x.l7.is_none()), "the L3-only rule contributes an allow-all group");
@@ -210,13 +198,7 @@ spec:
     let client = identity(300, "default", &[("app", "client")]);
     let api = identity(301, "default", &[("app", "api")]);
     let to = |who: &Identity, port| {
-        set.evaluate(
-            Direction::Egress,
-            &client,
-            PeerInfo { identity: who, address: ip("10.0.0.5") },
-            port,
-            L4Protocol::Tcp,
-        )
+        set.evaluate(Direction::Egress, &client, PeerInfo::new(who, ip("10.0.0.5")), port, L4Protocol::Tcp)
     };
     assert!(allowed(&to(&api, 443)));
     assert!(!allowed(&to(&api, 80)));
@@ -248,10 +230,31 @@ fn errors_name_the_file_policy_and_field() {
     assert_eq!(e.field.as_deref(), Some("spec.endpointSelector"));
 
     let e = one_error(&format!(
-        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toFQDNs: [{{matchName: example.com}}]\n"
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toFQDNs: [{{matchName: example.com}}]\n      toEntities: [world]\n"
     ));
     assert_eq!(e.field.as_deref(), Some("spec.egress[0].toFQDNs"));
-    assert!(e.message.contains("not supported by weir yet"));
+    assert!(e.message.contains("cannot be combined with toEntities"), "{}", e.message);
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toFQDNs: [{{matchPattern: 'a..b'}}]\n"
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.egress[0].toFQDNs[0].matchPattern"));
+    assert!(e.message.contains("empty label"), "{}", e.message);
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchName: 'bad name'}}]}}}}]\n"
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.egress[0].toPorts[0].rules.dns[0].matchName"));
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"
+    ));
+    assert!(e.message.contains("egress only"), "{}", e.message);
+
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{http: [{{}}]}}}}]\n"
+    ));
+    assert!(e.message.contains("HTTP rules need TCP"), "{}", e.message);
 
     let e = one_error(&format!(
         "{HEAD}spec:\n  endpointSelector: {{}}\n  ingressDeny:\n    - toPorts: [{{ports: [{{port: '80'}}], rules: {{http: [{{}}]}}}}]\n"
@@ -327,7 +330,7 @@ fn kubernetes_network_policy_means_what_cilium_makes_of_it() {
     let backup_elsewhere = identity(403, "ops", &[("app", "backup")]);
     let world = Identity::reserved(reserved::WORLD);
     let ingress = |who: &Identity, addr: &str, port, proto| {
-        allowed(&set.evaluate(Direction::Ingress, &db, PeerInfo { identity: who, address: ip(addr) }, port, proto))
+        allowed(&set.evaluate(Direction::Ingress, &db, PeerInfo::new(who, ip(addr)), port, proto))
     };
     // port without protocol is TCP; a podSelector stays in the namespace
     assert!(ingress(&web, "10.0.0.1", 5432, L4Protocol::Tcp));
@@ -340,8 +343,7 @@ fn kubernetes_network_policy_means_what_cilium_makes_of_it() {
     assert!(ingress(&world, "10.9.1.1", 5432, L4Protocol::Tcp));
     assert!(!ingress(&world, "10.9.9.1", 5432, L4Protocol::Tcp));
     // Egress listed without rules: all egress denied
-    let egress =
-        set.evaluate(Direction::Egress, &db, PeerInfo { identity: &web, address: ip("10.0.0.1") }, 53, L4Protocol::Udp);
+    let egress = set.evaluate(Direction::Egress, &db, PeerInfo::new(&web, ip("10.0.0.1")), 53, L4Protocol::Udp);
     assert!(matches!(egress, SideVerdict::Denied { .. }), "{egress:?}");
 }
 
@@ -357,4 +359,59 @@ fn kubernetes_network_policy_refuses_what_needs_the_cluster() {
     let typo = K8S_NETWORK_POLICY.replace("podSelector: {matchLabels: {app: db}}", "podSelectr: {}");
     let e = errors(&typo);
     assert!(e[0].message.contains("podSelectr"), "{e:?}");
+}
+
+#[test]
+fn to_fqdns_allows_only_learned_world_addresses_for_matching_names() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toFQDNs: [{matchName: api.example.com}, {matchPattern: "*.cdn.example.net"}]
+      toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#);
+    let client = identity(300, "default", &[("app", "client")]);
+    let world = Identity::reserved(reserved::WORLD);
+    let api = identity(301, "default", &[("app", "api")]);
+    let to = |who: &Identity, names: &[&str], port| {
+        let names: Vec<std::sync::Arc<str>> = names.iter().map(|n| std::sync::Arc::from(*n)).collect();
+        let peer = PeerInfo { identity: who, address: ip("192.0.2.1"), learned_names: &names };
+        allowed(&set.evaluate(Direction::Egress, &client, peer, port, L4Protocol::Tcp))
+    };
+    assert!(!to(&world, &[], 443), "an address never learned stays blocked");
+    assert!(to(&world, &["api.example.com"], 443));
+    assert!(to(&world, &["eu.cdn.example.net"], 443));
+    assert!(!to(&world, &["a.b.cdn.example.net"], 443), "a star does not cross a dot");
+    assert!(!to(&world, &["other.example.com"], 443), "learned, but for a name no rule names");
+    assert!(!to(&world, &["api.example.com"], 80), "the port still counts");
+    assert!(!to(&api, &["api.example.com"], 443), "toFQDNs selects world addresses only");
+}
+
+#[test]
+fn dns_rules_compile_for_udp_and_tcp_and_keep_their_kind() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+      toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules:
+            dns: [{matchPattern: "*.example.com"}]
+"#);
+    let client = identity(300, "default", &[("app", "client")]);
+    let dns = identity(302, "default", &[("k8s-app", "kube-dns")]);
+    for protocol in [L4Protocol::Udp, L4Protocol::Tcp] {
+        let v = set.evaluate(Direction::Egress, &client, PeerInfo::new(&dns, ip("10.0.0.53")), 53, protocol);
+        let SideVerdict::Allowed(a) = v else { panic!("{protocol:?} to the resolver is allowed") };
+        let l7 = a[0].l7.expect("with DNS rules");
+        assert_eq!(l7.kind, crate::policy::L7Kind::Dns);
+        assert_eq!(l7.dns.as_ref().unwrap()[0].match_pattern.as_deref(), Some("*.example.com"));
+    }
 }

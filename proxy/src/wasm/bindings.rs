@@ -24,6 +24,23 @@ wasmtime::component::bindgen!({
 pub use self::weir::filter::http_types as http;
 use self::weir::filter::{host, types};
 
+/// The `dns-filter` world. Its imports (`types`, `host`) are the ones above:
+/// one host implementation and one connection resource for every world.
+pub mod dns_world {
+    wasmtime::component::bindgen!({
+        world: "dns-filter",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "weir:filter/types": super::weir::filter::types,
+            "weir:filter/host": super::weir::filter::host,
+        },
+    });
+}
+
+pub use dns_world::weir::filter::dns_types as dns;
+pub use dns_world::{DnsFilter, DnsFilterPre};
+
 /// What a filter sees of a connection: the shared context plus the direction
 /// of the policy this filter enforces.
 pub struct ConnectionView {
@@ -58,6 +75,8 @@ impl HostState {
 impl types::Host for HostState {}
 
 impl http::Host for HostState {}
+
+impl dns::Host for HostState {}
 
 fn identity(id: &Identity) -> types::Identity {
     types::Identity { id: id.id, labels: id.label_strings().to_vec() }

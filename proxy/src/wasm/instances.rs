@@ -10,12 +10,14 @@ use std::sync::{Arc, Weak};
 
 use wasmtime::{Store, StoreLimitsBuilder};
 
-use super::bindings::{HostState, HttpFilter};
-use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, classify, deadline_ticks};
+use super::bindings::HostState;
+use super::{
+    ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, WorldPre, classify, deadline_ticks,
+};
 
 pub(super) struct LiveInstance {
     pub store: Store<HostState>,
-    pub bindings: HttpFilter,
+    pub bindings: WorldBindings,
     /// Dead once the configured filter is dropped (no model uses it).
     owner: Weak<()>,
 }
@@ -72,17 +74,21 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
     store.limiter(|state| state.limiter());
     store.epoch_deadline_trap();
     store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
-    let bindings = filter
-        .component
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
+    let bindings = match &filter.component.pre {
+        WorldPre::Http(pre) => pre.instantiate(&mut store).map(WorldBindings::Http),
+        WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
+    }
+    .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
     runtime
         .metrics
         .filter_instantiations
         .get_or_create(&crate::metrics::FilterLabels { filter: filter.name.to_string() })
         .inc();
-    match bindings.call_configure(&mut store, &filter.config) {
+    let configured = match &bindings {
+        WorldBindings::Http(b) => b.call_configure(&mut store, &filter.config),
+        WorldBindings::Dns(b) => b.call_configure(&mut store, &filter.config),
+    };
+    match configured {
         Ok(Ok(())) => {}
         Ok(Err(message)) => return Err(fail(FailureKind::Instantiate, message)),
         Err(e) => {

@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ConnectionView, http};
+pub use bindings::{ConnectionView, dns, http};
 
 use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
-use bindings::{HostState, HttpFilter, HttpFilterPre};
+use bindings::{DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre};
 
 /// How often the epoch advances; CPU deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -104,7 +104,7 @@ impl fmt::Display for FilterFailure {
 pub enum LoadError {
     #[error("filter {name}: not a valid WebAssembly component: {message}")]
     Compile { name: String, message: String },
-    #[error("filter {name}: does not implement the http-filter world of weir:filter@0.1.0: {message}")]
+    #[error("filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter): {message}")]
     World { name: String, message: String },
 }
 
@@ -169,6 +169,10 @@ impl FilterRuntime {
         let mut linker = Linker::new(&engine);
         HttpFilter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow_error)?;
+        // the other worlds share `types` and `host`; only their own type
+        // interfaces are new
+        bindings::dns::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
 
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
         let ticker = Some(EpochTicker::start(engine.clone()));
@@ -179,7 +183,7 @@ impl FilterRuntime {
         &self.metrics
     }
 
-    /// Compile a component and check it implements the http-filter world.
+    /// Compile a component and find which world it implements.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
         let started = Instant::now();
         let digest: [u8; 32] = Sha256::digest(bytes).into();
@@ -188,11 +192,20 @@ impl FilterRuntime {
             None => Component::new(&self.engine, bytes),
         }
         .map_err(|e| LoadError::Compile { name: name.into(), message: format!("{e:#}") })?;
-        let pre = self
+        let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(HttpFilterPre::new)
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
+        let pre = match HttpFilterPre::new(instance_pre.clone()) {
+            Ok(pre) => WorldPre::Http(pre),
+            Err(http_error) => match DnsFilterPre::new(instance_pre) {
+                Ok(pre) => WorldPre::Dns(pre),
+                Err(dns_error) => {
+                    let message = format!("as http-filter: {http_error:#}; as dns-filter: {dns_error:#}");
+                    return Err(LoadError::World { name: name.into(), message });
+                }
+            },
+        };
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
         Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))
     }
@@ -249,11 +262,64 @@ impl Drop for FilterRuntime {
     }
 }
 
+/// The `weir:filter` worlds a component can implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    HttpFilter,
+    DnsFilter,
+}
+
+impl World {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::HttpFilter => "http-filter",
+            World::DnsFilter => "dns-filter",
+        }
+    }
+}
+
+enum WorldPre {
+    Http(HttpFilterPre<HostState>),
+    Dns(DnsFilterPre<HostState>),
+}
+
+/// A live instance's exports, by world.
+pub(crate) enum WorldBindings {
+    Http(HttpFilter),
+    Dns(DnsFilter),
+}
+
+impl WorldBindings {
+    fn http(&self) -> wasmtime::Result<&HttpFilter> {
+        match self {
+            WorldBindings::Http(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not an http-filter")),
+        }
+    }
+
+    fn dns(&self) -> wasmtime::Result<&DnsFilter> {
+        match self {
+            WorldBindings::Dns(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not a dns-filter")),
+        }
+    }
+}
+
 /// A compiled, pre-linked filter component.
 pub struct FilterComponent {
     pub name: Arc<str>,
     pub digest: [u8; 32],
-    pre: HttpFilterPre<HostState>,
+    pre: WorldPre,
+}
+
+impl FilterComponent {
+    pub fn world(&self) -> World {
+        match self.pre {
+            WorldPre::Http(_) => World::HttpFilter,
+            WorldPre::Dns(_) => World::DnsFilter,
+        }
+    }
 }
 
 impl fmt::Debug for FilterComponent {
@@ -292,7 +358,7 @@ impl ConfiguredFilter {
         request: &http::Request,
     ) -> Result<http::RequestDecision, FilterFailure> {
         self.call(connection, |bindings, store, conn| {
-            bindings.weir_filter_http_handler().call_on_request(store, conn, request)
+            bindings.http()?.weir_filter_http_handler().call_on_request(store, conn, request)
         })
     }
 
@@ -302,15 +368,29 @@ impl ConfiguredFilter {
         response: &http::Response,
     ) -> Result<http::ResponseDecision, FilterFailure> {
         self.call(connection, |bindings, store, conn| {
-            bindings.weir_filter_http_handler().call_on_response(store, conn, response)
+            bindings.http()?.weir_filter_http_handler().call_on_response(store, conn, response)
         })
+    }
+
+    pub fn on_query(
+        &self,
+        connection: ConnectionView,
+        query: &dns::Query,
+    ) -> Result<dns::QueryDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.dns()?.weir_filter_dns_handler().call_on_query(store, conn, query)
+        })
+    }
+
+    pub fn world(&self) -> World {
+        self.component.world()
     }
 
     fn call<R>(
         &self,
         connection: ConnectionView,
         f: impl FnOnce(
-            &HttpFilter,
+            &WorldBindings,
             &mut wasmtime::Store<HostState>,
             wasmtime::component::Resource<ConnectionView>,
         ) -> wasmtime::Result<R>,

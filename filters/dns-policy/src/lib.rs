@@ -1,0 +1,109 @@
+//! Built-in DNS policy filter: CiliumNetworkPolicy `rules.dns` semantics.
+//!
+//! The host hands this filter, per (endpoint, direction, port, peer identity),
+//! the groups of DNS rules whose selector chose the peer. A query is allowed
+//! when some group allows every one of its questions; a group with no rules
+//! allows everything (an L3/L4 rule on the DNS port). Inside a group,
+//! `matchName` and `matchPattern` entries are OR-ed.
+//!
+//! Tested as a component, through the real host: `proxy/tests/dns_rules.rs`.
+
+use serde::Deserialize;
+use weir_filter_sdk::dns::*;
+use weir_fqdn_match::NameMatcher;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyConfig {
+    #[serde(default)]
+    groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupConfig {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+}
+
+/// Cilium's `PortRuleDNS` (a `FQDNSelector`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RuleConfig {
+    match_name: Option<String>,
+    match_pattern: Option<String>,
+}
+
+struct Group {
+    name: Option<String>,
+    /// Empty: every name.
+    matchers: Vec<NameMatcher>,
+}
+
+impl Group {
+    fn allows(&self, name: &str) -> bool {
+        self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches(name))
+    }
+}
+
+pub struct DnsPolicy {
+    groups: Vec<Group>,
+}
+
+impl DnsPolicy {
+    pub fn compile(config: &str) -> Result<Self, String> {
+        let parsed: PolicyConfig = serde_json::from_str(config).map_err(|e| format!("dns-policy config: {e}"))?;
+        let mut groups = Vec::with_capacity(parsed.groups.len());
+        for group in parsed.groups {
+            let label = group.name.clone().unwrap_or_default();
+            let mut matchers = Vec::with_capacity(group.rules.len());
+            for (i, rule) in group.rules.iter().enumerate() {
+                // both fields in one entry: either may match, as in Cilium
+                if rule.match_name.is_none() && rule.match_pattern.is_none() {
+                    return Err(format!("{label}: dns[{i}]: give matchName or matchPattern"));
+                }
+                if let Some(name) = &rule.match_name {
+                    matchers.push(NameMatcher::name(name).map_err(|e| format!("{label}: dns[{i}].matchName: {e}"))?);
+                }
+                if let Some(pattern) = &rule.match_pattern {
+                    matchers.push(
+                        NameMatcher::pattern(pattern).map_err(|e| format!("{label}: dns[{i}].matchPattern: {e}"))?,
+                    );
+                }
+            }
+            groups.push(Group { name: group.name, matchers });
+        }
+        Ok(DnsPolicy { groups })
+    }
+
+    /// `Ok(what allowed it)` or `Err(the first name no group allows)`.
+    pub fn judge<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<Option<&str>, String> {
+        for group in &self.groups {
+            if names.clone().all(|name| group.allows(name)) {
+                return Ok(group.name.as_deref());
+            }
+        }
+        let denied = names.clone().find(|name| !self.groups.iter().any(|g| g.allows(name)));
+        Err(match denied {
+            Some(name) => format!("no DNS rule allows {name}"),
+            None => "no single DNS rule allows every question".into(),
+        })
+    }
+}
+
+impl DnsFilter for DnsPolicy {
+    fn configure(config: &str) -> Result<Self, String> {
+        DnsPolicy::compile(config)
+    }
+
+    fn on_query(&self, _conn: &Connection, query: &Query) -> QueryDecision {
+        match self.judge(query.questions.iter().map(|q| q.name.as_str())) {
+            Ok(matched) => allow(matched.map(str::to_string)),
+            Err(reason) => refuse(reason),
+        }
+    }
+}
+
+weir_filter_sdk::dns_filter!(DnsPolicy);

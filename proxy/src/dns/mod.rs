@@ -1,0 +1,11 @@
+//! The DNS proxy: queries on UDP and TCP are judged by the `dns-filter`
+//! chain of the (endpoint, resolver, port) they belong to; refused ones get
+//! REFUSED (or NXDOMAIN) from the proxy, allowed ones go to the resolver and
+//! its answer comes back unchanged. Addresses in allowed answers are
+//! learned per endpoint for `toFQDNs` (see [`cache`]).
+
+pub mod cache;
+pub mod message;
+mod server;
+
+pub use server::{DnsSockets, bind, serve_tcp, serve_udp};

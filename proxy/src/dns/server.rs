@@ -1,0 +1,531 @@
+//! Serving DNS on a listener's UDP socket and TCP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+use super::message::{self, AnswerRecord};
+use crate::config::DnsRefusal;
+use crate::context::{ConnectionContext, next_connection_id};
+use crate::flow::{DnsAnswer, DnsFlow, FlowPeer, FlowRecord, FlowTime, Verdict};
+use crate::metrics::{DnsLabels, RequestLabels};
+use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
+use crate::policy::L4Protocol;
+use crate::state::ProxyState;
+use crate::wasm::{ConnectionView, FailurePolicy, dns};
+
+/// Largest DNS message over UDP (and the TCP length prefix's limit).
+const MAX_MESSAGE: usize = 65535;
+/// A TCP client that sends nothing for this long is disconnected (RFC 7766 6.2.3).
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct DnsSockets {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+}
+
+/// Bind UDP and TCP on the same address. `SO_REUSEPORT` lets a changed
+/// listener bind before the old one stops, as for HTTP.
+pub fn bind(addr: SocketAddr) -> std::io::Result<DnsSockets> {
+    let udp = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    udp.set_reuse_address(true)?;
+    udp.set_reuse_port(true)?;
+    udp.set_nonblocking(true)?;
+    // bursts of queries must not be dropped by a small default buffer
+    let _ = udp.set_recv_buffer_size(4 << 20);
+    udp.bind(&addr.into())?;
+    let tcp = crate::listeners::bind_stream(addr)?;
+    Ok(DnsSockets { udp: UdpSocket::from_std(udp.into())?, tcp })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    fn protocol(self) -> L4Protocol {
+        match self {
+            Transport::Udp => L4Protocol::Udp,
+            Transport::Tcp => L4Protocol::Tcp,
+        }
+    }
+}
+
+/// Receive queries until told to stop; each is answered on its own task.
+pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket, mut stop: watch::Receiver<bool>) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, peer)) => {
+                    let query = buf[..len].to_vec();
+                    let (state, name, socket) = (state.clone(), name.clone(), socket.clone());
+                    tokio::spawn(async move {
+                        let mut upstream = Upstream::Udp;
+                        let id = next_connection_id();
+                        if let Some(answer) = exchange(&state, &name, peer, id, &query, &mut upstream).await
+                            && let Err(e) = socket.send_to(&answer, peer).await
+                        {
+                            tracing::debug!(listener = &*name, %peer, "DNS answer not sent: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; keep serving
+                    tracing::debug!(listener = &*name, "DNS receive failed: {e}");
+                }
+            },
+        }
+    }
+}
+
+/// Accept TCP clients until told to stop.
+pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(tcp_connection(state.clone(), name.clone(), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = &*name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Several queries may come on one connection, pipelined: they are answered
+/// in order, over one connection to the resolver.
+async fn tcp_connection(state: Arc<ProxyState>, name: Arc<str>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut upstream = Upstream::Tcp(None);
+    let id = next_connection_id();
+    loop {
+        let query = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_framed(&mut stream)).await {
+            Ok(Ok(Some(query))) => query,
+            Ok(Ok(None)) | Err(_) => return, // closed, or idle too long
+            Ok(Err(e)) => {
+                tracing::debug!(listener = &*name, %peer, "DNS over TCP: {e}");
+                return;
+            }
+        };
+        let Some(answer) = exchange(&state, &name, peer, id, &query, &mut upstream).await else {
+            // nothing to say (dropped by policy, or not DNS at all): hang up
+            return;
+        };
+        if write_framed(&mut stream, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One length-prefixed message; `None` at a clean end of stream.
+async fn read_framed(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut message = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut message).await?;
+    Ok(Some(message))
+}
+
+async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| std::io::Error::other("DNS message over 64 KiB"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+/// How queries reach the resolver: a fresh UDP socket per query (a random
+/// source port each time, as resolvers do against spoofing), or the TCP
+/// connection that belongs to the client's TCP connection.
+enum Upstream {
+    Udp,
+    Tcp(Option<TcpStream>),
+}
+
+impl Upstream {
+    fn transport(&self) -> Transport {
+        match self {
+            Upstream::Udp => Transport::Udp,
+            Upstream::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    /// Send the query as received, and wait for its answer.
+    async fn forward(
+        &mut self,
+        resolver: SocketAddr,
+        bytes: &[u8],
+        query: &Message,
+    ) -> std::io::Result<(Vec<u8>, Message)> {
+        match self {
+            Upstream::Udp => {
+                let local: SocketAddr =
+                    if resolver.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+                let socket = UdpSocket::bind(local).await?;
+                socket.connect(resolver).await?;
+                socket.send(bytes).await?;
+                let mut buf = vec![0u8; MAX_MESSAGE];
+                loop {
+                    let len = socket.recv(&mut buf).await?;
+                    // late, spoofed or garbled datagrams are ignored; the
+                    // deadline around this call ends the wait
+                    if let Ok(answer) = Message::from_vec(&buf[..len])
+                        && message::answers(query, &answer)
+                    {
+                        buf.truncate(len);
+                        return Ok((buf, answer));
+                    }
+                }
+            }
+            Upstream::Tcp(connection) => {
+                // a kept connection the resolver closed meanwhile fails at
+                // once: then try once more on a new one
+                for attempt in 0..2 {
+                    let reused = connection.is_some();
+                    if connection.is_none() {
+                        let stream = TcpStream::connect(resolver).await?;
+                        let _ = stream.set_nodelay(true);
+                        *connection = Some(stream);
+                    }
+                    let stream = connection.as_mut().expect("connected above");
+                    let result = async {
+                        write_framed(stream, bytes).await?;
+                        read_framed(stream)
+                            .await?
+                            .ok_or_else(|| std::io::Error::other("the resolver closed the connection"))
+                    }
+                    .await;
+                    match result {
+                        Ok(answer_bytes) => {
+                            let answer = Message::from_vec(&answer_bytes).map_err(|e| {
+                                std::io::Error::other(format!("malformed answer from the resolver: {e}"))
+                            })?;
+                            if !message::answers(query, &answer) {
+                                *connection = None;
+                                return Err(std::io::Error::other("the resolver answered another query"));
+                            }
+                            return Ok((answer_bytes, answer));
+                        }
+                        Err(e) => {
+                            *connection = None;
+                            if !reused || attempt == 1 {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                unreachable!("the second attempt returns")
+            }
+        }
+    }
+}
+
+/// What happened to one query, for the flow record.
+struct Outcome {
+    verdict: Verdict,
+    reason: Option<String>,
+    matched: Option<String>,
+    /// What the client was sent, if anything.
+    answer: Option<Vec<u8>>,
+    rcode: Option<ResponseCode>,
+    answers: Vec<AnswerRecord>,
+    truncated: bool,
+}
+
+impl Outcome {
+    fn own(verdict: Verdict, reason: String, query: &Message, rcode: ResponseCode) -> Self {
+        Outcome {
+            verdict,
+            reason: Some(reason),
+            matched: None,
+            answer: Some(message::own_answer(query, rcode)),
+            rcode: Some(rcode),
+            answers: Vec::new(),
+            truncated: false,
+        }
+    }
+}
+
+/// Judge one query, forward it if allowed, learn from the answer, record the
+/// flow. Returns what to send back (`None`: send nothing).
+async fn exchange(
+    state: &Arc<ProxyState>,
+    name: &Arc<str>,
+    peer: SocketAddr,
+    connection: u64,
+    bytes: &[u8],
+    upstream: &mut Upstream,
+) -> Option<Vec<u8>> {
+    let started = Instant::now();
+    let model = state.model.load_full();
+    let listener = model.listeners.get(&**name)?.clone();
+    let transport = upstream.transport();
+    let source = model.identities.identity_of(peer.ip());
+    let context = Arc::new(ConnectionContext {
+        id: connection,
+        source,
+        destination: listener.destination.identity.clone(),
+        source_addr: peer,
+        destination_addr: listener.config.upstream,
+        port: listener.port,
+        listener: name.clone(),
+    });
+    let mut flow = DnsFlow { transport: transport.as_str().into(), ..Default::default() };
+    let mut filter_time = Duration::ZERO;
+    let mut policies = Vec::new();
+
+    let outcome = match Message::from_vec(bytes) {
+        Err(e) => match message::header_of(bytes) {
+            // answering a response would let two proxies ping-pong forever
+            Some(header) if header.message_type() == hickory_proto::op::MessageType::Query => Outcome {
+                verdict: Verdict::Error,
+                reason: Some(format!("malformed query: {e}")),
+                matched: None,
+                answer: Some(message::format_error(&header)),
+                rcode: Some(ResponseCode::FormErr),
+                answers: Vec::new(),
+                truncated: false,
+            },
+            _ => Outcome {
+                verdict: Verdict::Error,
+                reason: Some(format!("not a DNS query, dropped: {e}")),
+                matched: None,
+                answer: None,
+                rcode: None,
+                answers: Vec::new(),
+                truncated: false,
+            },
+        },
+        Ok(query) => {
+            if let Some(first) = query.queries().first() {
+                flow.query = message::name_text(first.name());
+                flow.qtype = message::type_text(first.query_type());
+                flow.more_questions = query.queries()[1..].iter().map(|q| message::name_text(q.name())).collect();
+            }
+            if let Some(why) = message::not_a_query(&query) {
+                if query.message_type() == hickory_proto::op::MessageType::Response {
+                    Outcome {
+                        answer: None,
+                        rcode: None,
+                        ..Outcome::own(Verdict::Error, why, &query, ResponseCode::FormErr)
+                    }
+                } else if query.queries().is_empty() {
+                    Outcome::own(Verdict::Error, why, &query, ResponseCode::FormErr)
+                } else {
+                    Outcome::own(Verdict::Denied, why, &query, ResponseCode::Refused)
+                }
+            } else {
+                let verdict = model.connection_verdict(&listener, peer, transport.protocol());
+                match &*verdict {
+                    ConnectionVerdict::Drop { reason } => Outcome {
+                        verdict: Verdict::Dropped,
+                        reason: Some(reason.clone()),
+                        matched: None,
+                        answer: None,
+                        rcode: None,
+                        answers: Vec::new(),
+                        truncated: false,
+                    },
+                    ConnectionVerdict::Forward(chain) => {
+                        policies = chain.allowed_by.clone();
+                        let judged = judge(&model, &context, chain, &query, transport, &mut filter_time);
+                        match judged {
+                            Err(outcome) => outcome,
+                            Ok(matched) => {
+                                let mut outcome =
+                                    forward(state, &model, &listener, upstream, peer, bytes, &query).await;
+                                outcome.matched = matched;
+                                outcome
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    flow.rcode = outcome.rcode.map(rcode_text);
+    flow.truncated = outcome.truncated;
+    flow.answers = outcome
+        .answers
+        .into_iter()
+        .map(|a| DnsAnswer { name: a.name, rtype: a.rtype, data: a.data, ttl: a.ttl })
+        .collect();
+    let metrics = &state.metrics;
+    metrics
+        .dns_queries
+        .get_or_create(&DnsLabels {
+            verdict: outcome.verdict.as_str(),
+            rcode: flow.rcode.clone().unwrap_or("none".into()),
+        })
+        .inc();
+    metrics.requests.get_or_create(&RequestLabels { protocol: "dns", verdict: outcome.verdict.as_str() }).inc();
+    state.flows.record(FlowRecord {
+        time: FlowTime::default(),
+        id: 0,
+        protocol: "dns".into(),
+        verdict: outcome.verdict,
+        reason: outcome.reason,
+        policies,
+        matched: outcome.matched,
+        source: FlowPeer::new(&context.source, peer),
+        destination: FlowPeer::new(&context.destination, context.destination_addr),
+        listener: name.to_string(),
+        port: context.port,
+        connection: context.id,
+        http: None,
+        dns: Some(flow),
+        latency_us: Some(started.elapsed().as_micros() as u64),
+        filter_us: filter_time.as_micros() as u64,
+    });
+    outcome.answer
+}
+
+/// Run the filter chain. `Ok(what allowed it)`, or the outcome of a refusal.
+fn judge(
+    model: &PolicyModel,
+    context: &Arc<ConnectionContext>,
+    chain: &crate::model::FilterChain,
+    query: &Message,
+    transport: Transport,
+    filter_time: &mut Duration,
+) -> Result<Option<String>, Outcome> {
+    if chain.links.is_empty() {
+        return Ok(chain.allowed_by.first().cloned());
+    }
+    let wit_query = dns::Query {
+        id: query.id(),
+        questions: query
+            .queries()
+            .iter()
+            .map(|q| dns::Question {
+                name: message::name_text(q.name()),
+                qtype: u16::from(q.query_type()),
+                qclass: u16::from(q.query_class()),
+            })
+            .collect(),
+        transport: match transport {
+            Transport::Udp => dns::Transport::Udp,
+            Transport::Tcp => dns::Transport::Tcp,
+        },
+    };
+    let refusal = |rcode: Option<dns::Refusal>| match rcode {
+        Some(dns::Refusal::Nxdomain) => ResponseCode::NXDomain,
+        Some(dns::Refusal::Refused) => ResponseCode::Refused,
+        None => match model.config.dns.refusal {
+            DnsRefusal::Refused => ResponseCode::Refused,
+            DnsRefusal::Nxdomain => ResponseCode::NXDomain,
+        },
+    };
+    let mut matched = None;
+    for link in &chain.links {
+        let view = ConnectionView { context: context.clone(), direction: link.direction };
+        let started = Instant::now();
+        let decision = link.filter.on_query(view, &wit_query);
+        let elapsed = started.elapsed();
+        link.filter.observe_duration(elapsed);
+        *filter_time += elapsed;
+        match decision {
+            Ok(dns::QueryDecision::Allow(allow)) => matched = allow.matched.or(matched),
+            Ok(dns::QueryDecision::Deny(deny)) => {
+                return Err(Outcome::own(Verdict::Denied, deny.reason, query, refusal(deny.rcode)));
+            }
+            Err(failure) => match link.filter.failure {
+                FailurePolicy::Open => continue,
+                FailurePolicy::Closed => {
+                    return Err(Outcome::own(Verdict::Error, failure.to_string(), query, ResponseCode::ServFail));
+                }
+            },
+        }
+    }
+    Ok(matched)
+}
+
+/// Send an allowed query to the resolver and relay its answer; learn the
+/// addresses it names for the client endpoint.
+async fn forward(
+    state: &Arc<ProxyState>,
+    model: &PolicyModel,
+    listener: &ListenerModel,
+    upstream: &mut Upstream,
+    peer: SocketAddr,
+    bytes: &[u8],
+    query: &Message,
+) -> Outcome {
+    let resolver = listener.config.upstream;
+    let timeout = model.config.dns.upstream_timeout;
+    let asked = Instant::now();
+    let result = tokio::time::timeout(timeout, upstream.forward(resolver, bytes, query)).await;
+    let (answer_bytes, answer) = match result {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            if let Upstream::Tcp(connection) = upstream {
+                *connection = None;
+            }
+            let reason = format!("resolver {resolver}: {e}");
+            return Outcome::own(Verdict::Error, reason, query, ResponseCode::ServFail);
+        }
+        Err(_) => {
+            if let Upstream::Tcp(connection) = upstream {
+                *connection = None; // an answer may still come: never read it as the next one's
+            }
+            let reason = format!("resolver {resolver} did not answer within {timeout:?}");
+            return Outcome::own(Verdict::Error, reason, query, ResponseCode::ServFail);
+        }
+    };
+    state.metrics.dns_upstream_duration.observe(asked.elapsed().as_secs_f64());
+    if answer.response_code() == ResponseCode::NoError
+        && let Some(endpoint) = model.identities.endpoint(peer.ip())
+    {
+        let endpoint = endpoint.qualified_name();
+        for (name, addresses) in message::learned_addresses(&answer) {
+            state.fqdn.learn(&endpoint, &name, &addresses);
+        }
+    }
+    Outcome {
+        verdict: Verdict::Forwarded,
+        reason: None,
+        matched: None,
+        rcode: Some(answer.response_code()),
+        answers: message::answer_records(&answer),
+        truncated: answer.truncated(),
+        answer: Some(answer_bytes),
+    }
+}
+
+fn rcode_text(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
+    }
+}
