@@ -112,6 +112,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         runtime,
         upstreams: Default::default(),
         fqdn: fqdn.clone(),
+        dns_upstreams: Default::default(),
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
     });

@@ -159,6 +159,13 @@ impl Controller {
         self.state.model.store(model.clone());
         self.listeners.commit(&self.state, &model, bound);
         self.state.upstreams.retain(&in_use);
+        let resolvers: Vec<_> = model
+            .listeners
+            .values()
+            .filter(|l| l.config.protocol == crate::config::ListenerProtocol::Dns)
+            .map(|l| l.config.upstream)
+            .collect();
+        self.state.dns_upstreams.retain(&resolvers);
         self.fingerprint = fingerprint;
         self.state.metrics.policy_generation.set(generation as i64);
         let mut status = self.state.reload.lock().unwrap();

@@ -21,6 +21,8 @@ pub struct ProxyState {
     pub upstreams: UpstreamRegistry,
     /// What endpoints learned through the DNS proxy (outlives models).
     pub fqdn: Arc<FqdnCache>,
+    /// Sockets to DNS resolvers, shared by all queries to each.
+    pub dns_upstreams: crate::dns::upstream::UdpUpstreams,
     pub reload: Mutex<ReloadStatus>,
     /// Downstream connections open now (for draining on shutdown).
     pub active_connections: std::sync::atomic::AtomicUsize,

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 use weir_filter_sdk::dns::*;
-use weir_fqdn_match::NameMatcher;
+use weir_fqdn_match::{NameMatcher, PreparedName};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,8 +43,8 @@ struct Group {
 }
 
 impl Group {
-    fn allows(&self, name: &str) -> bool {
-        self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches(name))
+    fn allows(&self, name: &PreparedName<'_>) -> bool {
+        self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches_prepared(name))
     }
 }
 
@@ -79,15 +79,17 @@ impl DnsPolicy {
     }
 
     /// `Ok(what allowed it)` or `Err(the first name no group allows)`.
-    pub fn judge<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<Option<&str>, String> {
+    pub fn judge<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<Option<&str>, String> {
+        // split each name into labels once, not once per pattern
+        let names: Vec<PreparedName<'a>> = names.map(PreparedName::new).collect();
         for group in &self.groups {
-            if names.clone().all(|name| group.allows(name)) {
+            if names.iter().all(|name| group.allows(name)) {
                 return Ok(group.name.as_deref());
             }
         }
-        let denied = names.clone().find(|name| !self.groups.iter().any(|g| g.allows(name)));
+        let denied = names.iter().find(|name| !self.groups.iter().any(|g| g.allows(name)));
         Err(match denied {
-            Some(name) => format!("no DNS rule allows {name}"),
+            Some(name) => format!("no DNS rule allows {}", name.as_str()),
             None => "no single DNS rule allows every question".into(),
         })
     }

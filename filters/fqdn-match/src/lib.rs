@@ -16,12 +16,14 @@ extern crate alloc;
 
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
 /// Longest name DNS allows (RFC 1035: 255 octets on the wire, 253 as text).
 pub const MAX_NAME_LENGTH: usize = 253;
+
+/// Longest label (RFC 1035).
+pub const MAX_LABEL_LENGTH: usize = 63;
 
 /// A DNS name in the form every comparison uses: lower case, no trailing dot.
 pub fn normalize(name: &str) -> String {
@@ -40,11 +42,46 @@ pub enum NameMatcher {
     Any,
     Exact(String),
     Pattern {
-        /// With a leading `**.`: at least one label must come before `rest`.
+        /// With a leading `**.`: at least one label must come before `labels`.
         any_depth: bool,
-        /// Lower case, no trailing dot, `*` for a run of DNS characters.
-        rest: Vec<u8>,
+        /// One per label, in name order; a `*` never crosses a dot, so a
+        /// pattern is matched label by label.
+        labels: Vec<LabelPattern>,
     },
+}
+
+/// One label of a pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelPattern {
+    Literal(String),
+    /// Contains `*`: each matches a run of DNS characters.
+    Glob(String),
+}
+
+impl LabelPattern {
+    fn matches(&self, label: &str) -> bool {
+        match self {
+            LabelPattern::Literal(text) => text == label,
+            LabelPattern::Glob(glob) => label.bytes().all(is_dns_char) && wildcard(glob.as_bytes(), label.as_bytes()),
+        }
+    }
+}
+
+/// A name split into labels once, to be tried against many matchers.
+pub struct PreparedName<'a> {
+    text: &'a str,
+    labels: Vec<&'a str>,
+}
+
+impl<'a> PreparedName<'a> {
+    /// `name` must be normalized (see [`normalize`]).
+    pub fn new(name: &'a str) -> Self {
+        PreparedName { text: name, labels: name.split('.').collect() }
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.text
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,29 +118,38 @@ impl NameMatcher {
         if !rest.contains('*') && !any_depth {
             return Ok(NameMatcher::Exact(String::from(rest)));
         }
-        Ok(NameMatcher::Pattern { any_depth, rest: rest.as_bytes().to_vec() })
+        let labels = rest
+            .split('.')
+            .map(|label| {
+                if label.contains('*') {
+                    LabelPattern::Glob(String::from(label))
+                } else {
+                    LabelPattern::Literal(String::from(label))
+                }
+            })
+            .collect();
+        Ok(NameMatcher::Pattern { any_depth, labels })
     }
 
     /// Whether `name` (normalized, see [`normalize`]) matches.
     pub fn matches(&self, name: &str) -> bool {
+        self.matches_prepared(&PreparedName::new(name))
+    }
+
+    /// The same for a name already split, when one name meets many matchers.
+    pub fn matches_prepared(&self, name: &PreparedName<'_>) -> bool {
         match self {
             NameMatcher::Any => true,
-            NameMatcher::Exact(exact) => exact == name,
-            NameMatcher::Pattern { any_depth: false, rest } => glob(rest, name.as_bytes()),
-            NameMatcher::Pattern { any_depth: true, rest } => {
-                // try `rest` against every proper suffix that starts a label
-                let bytes = name.as_bytes();
-                bytes
-                    .iter()
-                    .enumerate()
-                    .any(|(i, &b)| b == b'.' && i > 0 && labels_ok(&bytes[..i]) && glob(rest, &bytes[i + 1..]))
+            NameMatcher::Exact(exact) => exact == name.text,
+            NameMatcher::Pattern { any_depth, labels } => {
+                let (n, p) = (name.labels.len(), labels.len());
+                let fits = if *any_depth { n > p } else { n == p };
+                // the last labels are the most distinct: compare from the end
+                fits && labels.iter().rev().zip(name.labels.iter().rev()).all(|(pattern, label)| pattern.matches(label))
+                    && (!*any_depth || name.labels[..n - p].iter().all(|l| !l.is_empty() && l.bytes().all(is_dns_char)))
             }
         }
     }
-}
-
-fn labels_ok(prefix: &[u8]) -> bool {
-    prefix.split(|&b| b == b'.').all(|label| !label.is_empty() && label.iter().all(|&b| is_dns_char(b)))
 }
 
 fn check(name: &str, original: &str, stars: bool) -> Result<(), InvalidName> {
@@ -121,31 +167,36 @@ fn check(name: &str, original: &str, stars: bool) -> Result<(), InvalidName> {
     if name.split('.').any(str::is_empty) {
         return Err(InvalidName(format!("{original:?}: empty label (two dots in a row, or a leading dot)")));
     }
+    if name.split('.').any(|label| label.len() > MAX_LABEL_LENGTH) {
+        return Err(InvalidName(format!("{original:?}: a label is longer than {MAX_LABEL_LENGTH} characters")));
+    }
     Ok(())
 }
 
-/// `*` matches a run of DNS characters; everything else matches itself.
-/// Dynamic programming over (pattern, name) positions: linear in both, so
-/// no pattern can make a lookup slow.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    // reachable[j]: name[..j] is matched by the pattern read so far
-    let mut reachable = vec![false; name.len() + 1];
-    reachable[0] = true;
-    for &p in pattern {
-        if p == b'*' {
-            for j in 1..=name.len() {
-                if !reachable[j] && reachable[j - 1] && is_dns_char(name[j - 1]) {
-                    reachable[j] = true;
-                }
-            }
+/// Glob match inside one label, where `*` matches any run (the caller has
+/// checked the label holds DNS characters only). The classic two-pointer
+/// walk: linear in practice, no allocation, and never worse than
+/// pattern x label (both at most 63 bytes).
+fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            // let the last star take one more character
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
         } else {
-            for j in (1..=name.len()).rev() {
-                reachable[j] = reachable[j - 1] && name[j - 1] == p;
-            }
-            reachable[0] = false;
+            return false;
         }
     }
-    reachable[name.len()]
+    pattern[p..].iter().all(|&b| b == b'*')
 }
 
 #[cfg(test)]
@@ -202,6 +253,14 @@ mod tests {
     }
 
     #[test]
+    fn names_with_other_characters_never_match_a_star() {
+        assert!(!pat("*.example.com").matches("a b.example.com"));
+        assert!(!pat("*.example.com").matches("*.example.com"));
+        assert!(pat("a*z.example.com").matches("abcz.example.com"));
+        assert!(!pat("a*z.example.com").matches("abc.example.com"));
+    }
+
+    #[test]
     fn patterns_without_stars_are_exact() {
         assert_eq!(pat("Example.com."), NameMatcher::Exact("example.com".into()));
     }
@@ -218,9 +277,11 @@ mod tests {
 
     #[test]
     fn many_stars_stay_fast() {
-        let m = pat(&"a*".repeat(60));
-        assert!(m.matches(&"a".repeat(60)));
-        assert!(!m.matches(&"a".repeat(59)));
-        assert!(!m.matches(&alloc::format!("{}.b", "a".repeat(200))));
+        // the pathological case for backtracking matchers
+        let m = pat(&alloc::format!("{}z", "a*".repeat(30)));
+        assert!(m.matches(&alloc::format!("{}z", "a".repeat(61))));
+        assert!(!m.matches(&"a".repeat(62)));
+        assert!(!m.matches(&alloc::format!("{}z", "a".repeat(29))));
+        assert!(NameMatcher::pattern(&"a".repeat(64)).unwrap_err().0.contains("label is longer"));
     }
 }

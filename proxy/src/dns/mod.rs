@@ -7,5 +7,6 @@
 pub mod cache;
 pub mod message;
 mod server;
+pub mod upstream;
 
 pub use server::{DnsSockets, bind, serve_tcp, serve_udp};

@@ -175,32 +175,24 @@ impl Upstream {
         }
     }
 
-    /// Send the query as received, and wait for its answer.
+    /// Send the query as received (over UDP with an id of the proxy's, see
+    /// [`super::upstream`]), and wait for its answer.
     async fn forward(
         &mut self,
+        state: &ProxyState,
         resolver: SocketAddr,
         bytes: &[u8],
         query: &Message,
     ) -> std::io::Result<(Vec<u8>, Message)> {
         match self {
             Upstream::Udp => {
-                let local: SocketAddr =
-                    if resolver.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-                let socket = UdpSocket::bind(local).await?;
-                socket.connect(resolver).await?;
-                socket.send(bytes).await?;
-                let mut buf = vec![0u8; MAX_MESSAGE];
-                loop {
-                    let len = socket.recv(&mut buf).await?;
-                    // late, spoofed or garbled datagrams are ignored; the
-                    // deadline around this call ends the wait
-                    if let Ok(answer) = Message::from_vec(&buf[..len])
-                        && message::answers(query, &answer)
-                    {
-                        buf.truncate(len);
-                        return Ok((buf, answer));
-                    }
+                let answer_bytes = state.dns_upstreams.exchange(resolver, bytes).await?;
+                let answer = Message::from_vec(&answer_bytes)
+                    .map_err(|e| std::io::Error::other(format!("malformed answer from the resolver: {e}")))?;
+                if !message::answers(query, &answer) {
+                    return Err(std::io::Error::other("the resolver's answer does not match the question"));
                 }
+                Ok((answer_bytes, answer))
             }
             Upstream::Tcp(connection) => {
                 // a kept connection the resolver closed meanwhile fails at
@@ -480,7 +472,7 @@ async fn forward(
     let resolver = listener.config.upstream;
     let timeout = model.config.dns.upstream_timeout;
     let asked = Instant::now();
-    let result = tokio::time::timeout(timeout, upstream.forward(resolver, bytes, query)).await;
+    let result = tokio::time::timeout(timeout, upstream.forward(state, resolver, bytes, query)).await;
     let (answer_bytes, answer) = match result {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
