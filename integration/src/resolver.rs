@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{Process, free_port, wait_for};
+use crate::{Process, wait_for};
 
 pub struct Unbound {
     pub addr: SocketAddr,
@@ -17,12 +17,20 @@ impl Unbound {
     /// `records` are zone-file lines (`api.example.com. 300 IN A 127.0.0.61`);
     /// every name under `zones` not listed is NXDOMAIN.
     pub fn start(zones: &[&str], records: &[&str]) -> Unbound {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_and_tcp_port()).parse().unwrap();
+        Unbound::start_at(addr, Command::new("unbound"), zones, records)
+    }
+
+    /// The same on `addr`, started by `command` (for example `ip netns exec
+    /// POD unbound`, to run it inside a pod); the probe query runs in the
+    /// caller's network namespace, which must reach `addr`.
+    pub fn start_at(addr: SocketAddr, mut command: Command, zones: &[&str], records: &[&str]) -> Unbound {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_udp_and_tcp_port();
+        let (ip, port) = (addr.ip(), addr.port());
         let mut conf = format!(
-            "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
+            "server:\n  interface: {ip}@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
              chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
-             do-ip6: no\n  num-threads: 1\n  so-reuseport: no\n  access-control: 127.0.0.0/8 allow\n  \
+             do-ip6: no\n  num-threads: 1\n  so-reuseport: no\n  access-control: 0.0.0.0/0 allow\n  \
              module-config: \"iterator\"\n  msg-cache-size: 4m\n  rrset-cache-size: 4m\n  \
              minimal-responses: yes\n",
             dir = dir.path().display()
@@ -39,9 +47,8 @@ impl Unbound {
         assert!(check.status.success(), "unbound config: {}", String::from_utf8_lossy(&check.stdout));
         let process = Process::spawn(
             "unbound",
-            Command::new("unbound").arg("-d").arg("-c").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()),
+            command.arg("-d").arg("-c").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()),
         );
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let probe = zones.first().copied().unwrap_or(".");
         wait_for("unbound", Duration::from_secs(20), || {
             dig(addr, &[probe, "SOA", "+time=1", "+tries=1"]).status.is_some()
@@ -50,11 +57,17 @@ impl Unbound {
     }
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1.
+/// A port free for both UDP and TCP on 127.0.0.1, below the ephemeral
+/// range: no client socket, resolver lane or parallel test's `free_port()`
+/// can take it by chance between this call and the bind.
 pub fn free_udp_and_tcp_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20000 + (std::process::id() % 400) as u16 * 25;
     loop {
-        let port = free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 2700;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if tcp.is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }

@@ -17,6 +17,7 @@ use crate::model::{ModelInputs, PolicyModel};
 use crate::policy::{PolicyError, document};
 use crate::state::{ProxyState, ReloadStatus};
 use crate::wasm::{FilterRuntime, RuntimeOptions};
+use weir_datapath_common::{PROTO_TCP, PROTO_UDP};
 
 /// The quickstart, embedded so `weir run` works with no files at all.
 const QUICKSTART: &[(&str, &str)] = &[
@@ -113,6 +114,8 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         upstreams: Default::default(),
         fqdn: fqdn.clone(),
         dns_upstreams: Default::default(),
+        datapath_active: std::sync::atomic::AtomicBool::new(ebpf),
+        fqdn_applied: tokio::sync::watch::Sender::new(0),
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
     });
@@ -127,8 +130,18 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         let bind = crate::datapath::proxy_bind(&config.datapath);
         let listener = crate::listeners::bind_transparent(bind)
             .with_context(|| format!("transparent proxy listener on {bind}"))?;
-        datapath.register_proxy_socket(config.datapath.proxy_port, &listener)?;
-        tokio::spawn(crate::listeners::transparent_accept_loop(state.clone(), listener, transparent_stopped));
+        datapath.register_proxy_socket(config.datapath.proxy_port, PROTO_TCP, &listener)?;
+        tokio::spawn(crate::listeners::transparent_accept_loop(state.clone(), listener, transparent_stopped.clone()));
+        // the DNS proxy's own pair: TCP and UDP on one port
+        let dns_bind = crate::datapath::dns_proxy_bind(&config.datapath);
+        let dns_tcp = crate::listeners::bind_transparent(dns_bind)
+            .with_context(|| format!("transparent DNS listener on {dns_bind}"))?;
+        let dns_udp = crate::dns::bind_transparent_udp(dns_bind)
+            .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
+        datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_TCP, &dns_tcp)?;
+        datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_UDP, &dns_udp)?;
+        tokio::spawn(crate::dns::serve_transparent_tcp(state.clone(), dns_tcp, transparent_stopped.clone()));
+        tokio::spawn(crate::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped));
         tokio::spawn(crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone()));
         controller.datapath = Some(datapath);
         tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");
@@ -151,11 +164,17 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(keep_fqdn_cache(state.clone()));
+    let mut fqdn_changes = state.fqdn.subscribe();
     let mut interval = tokio::time::interval(config.reload_interval.max(Duration::from_millis(100)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interval.tick() => controller.reload(false).await,
+            // learned or expired addresses: the kernel's toFQDNs entries follow
+            Ok(()) = fqdn_changes.changed(), if controller.datapath.is_some() => {
+                let generation = *fqdn_changes.borrow_and_update();
+                controller.apply_fqdn(generation);
+            }
             _ = hangup.recv() => controller.reload(true).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,

@@ -127,6 +127,9 @@ pub struct DatapathConfig {
     /// The transparent listener the programs hand L7 traffic to. It is bound
     /// on loopback; packets reach it by `bpf_sk_assign`, not by address.
     pub proxy_port: u16,
+    /// The DNS proxy's transparent TCP listener and UDP socket (for ports
+    /// whose rules are `dns` rules), bound on loopback like `proxy_port`.
+    pub dns_proxy_port: u16,
     /// Where maps and program links are pinned (bpffs).
     pub bpffs: PathBuf,
     /// Routing table with `local 0.0.0.0/0 dev lo` for TO_PROXY packets.
@@ -139,6 +142,7 @@ impl Default for DatapathConfig {
     fn default() -> Self {
         DatapathConfig {
             proxy_port: 15001,
+            dns_proxy_port: 15053,
             bpffs: PathBuf::from("/sys/fs/bpf/weir"),
             route_table: 2004,
             rule_priority: 9000,
@@ -192,7 +196,7 @@ pub fn default_namespace() -> String {
     "default".into()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 (gRPC) on TCP.

@@ -150,7 +150,9 @@ impl Controller {
         let model = model.into();
         let bound = self.listeners.prepare(&model)?;
         if let Some(datapath) = &mut self.datapath {
+            let fqdn_generation = self.state.fqdn.generation();
             datapath.apply(&model)?;
+            self.state.fqdn_applied.send_replace(fqdn_generation);
         }
         let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
         let generation = model.generation;
@@ -173,6 +175,19 @@ impl Controller {
         status.last_applied = Some(rfc3339(SystemTime::now()));
         status.rejected.clear();
         Ok(())
+    }
+
+    /// The FQDN cache changed (generation `generation`): bring the datapath's
+    /// toFQDNs entries in step, then let held DNS answers go.
+    pub fn apply_fqdn(&mut self, generation: u64) {
+        let Some(datapath) = &mut self.datapath else { return };
+        let model = self.state.model.load_full();
+        if let Err(errors) = datapath.apply(&model) {
+            for e in errors {
+                tracing::error!("datapath update for learned addresses failed: {e}");
+            }
+        }
+        self.state.fqdn_applied.send_replace(generation);
     }
 
     /// Check the source and apply it if it changed and is valid.

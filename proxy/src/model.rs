@@ -105,7 +105,7 @@ pub struct PolicyModel {
     custom_filters: HashMap<String, CustomFilter>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Destinations of connections the datapath handed over, as listeners.
-    transparent: Mutex<HashMap<SocketAddr, Arc<ListenerModel>>>,
+    transparent: Mutex<HashMap<(SocketAddr, ListenerProtocol), Arc<ListenerModel>>>,
 }
 
 /// The listener name of connections the eBPF datapath hands to the proxy.
@@ -343,8 +343,12 @@ impl PolicyModel {
     /// A connection the datapath redirected: its original destination seen
     /// as a listener that forwards there (plain HTTP, policy port = the
     /// destination port, the destination's identity from the endpoints).
-    pub fn transparent_listener(&self, original_destination: SocketAddr) -> Arc<ListenerModel> {
-        if let Some(l) = self.transparent.lock().unwrap().get(&original_destination) {
+    pub fn transparent_listener(
+        &self,
+        original_destination: SocketAddr,
+        protocol: ListenerProtocol,
+    ) -> Arc<ListenerModel> {
+        if let Some(l) = self.transparent.lock().unwrap().get(&(original_destination, protocol)) {
             return l.clone();
         }
         let destination = match self.identities.endpoint(original_destination.ip()) {
@@ -357,9 +361,12 @@ impl PolicyModel {
             }),
         };
         let config = ListenerConfig {
-            name: format!("{TRANSPARENT_LISTENER}:{original_destination}"),
+            name: match protocol {
+                ListenerProtocol::Http => format!("{TRANSPARENT_LISTENER}:{original_destination}"),
+                ListenerProtocol::Dns => format!("{TRANSPARENT_LISTENER}-dns:{original_destination}"),
+            },
             bind: original_destination,
-            protocol: Default::default(),
+            protocol,
             upstream: original_destination,
             upstream_protocol: Default::default(),
             destination: crate::config::DestinationConfig {
@@ -378,7 +385,7 @@ impl PolicyModel {
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(original_destination, listener.clone());
+        cache.insert((original_destination, protocol), listener.clone());
         listener
     }
 

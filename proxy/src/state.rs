@@ -23,6 +23,11 @@ pub struct ProxyState {
     pub fqdn: Arc<FqdnCache>,
     /// Sockets to DNS resolvers, shared by all queries to each.
     pub dns_upstreams: crate::dns::upstream::UdpUpstreams,
+    /// Whether the eBPF datapath enforces L3/L4 (then learned addresses
+    /// must reach its maps before a DNS answer is let go).
+    pub datapath_active: std::sync::atomic::AtomicBool,
+    /// The FQDN cache generation the datapath's maps reflect.
+    pub fqdn_applied: tokio::sync::watch::Sender<u64>,
     pub reload: Mutex<ReloadStatus>,
     /// Downstream connections open now (for draining on shutdown).
     pub active_connections: std::sync::atomic::AtomicUsize,

@@ -154,6 +154,19 @@ impl CtKey {
 /// The connection goes through the proxy: its packets are marked and
 /// assigned to the proxy's socket.
 pub const CT_PROXIED: u32 = 1;
+/// The connection was allowed to an address learned from DNS (`toFQDNs`):
+/// it stays allowed when the address expires, as the proxy's connections do.
+pub const CT_FQDN: u32 = 2;
+
+/// First identity of addresses learned from DNS answers (one per address;
+/// above the CIDR identities at 2^24).
+pub const FIRST_FQDN_IDENTITY: u32 = (1 << 24) + (1 << 20);
+
+/// PROXY_SOCKETS key of the proxy's socket for `port` and IP `protocol`:
+/// TCP listeners by port alone, UDP sockets with the protocol above it.
+pub const fn proxy_socket_key(port: u16, protocol: u8) -> u32 {
+    if protocol == PROTO_TCP { port as u32 } else { port as u32 | (protocol as u32) << 16 }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

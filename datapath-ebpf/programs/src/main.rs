@@ -28,10 +28,10 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, RingBuf, SockHash};
 use aya_ebpf::programs::TcContext;
 use weir_datapath_common::{
-    CT_PROXIED, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
-    EVENT_ALLOW, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event, IpcacheKey, IpcacheValue, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, PolicyKey, PolicyValue, REASON_NO_PROXY, REASON_POLICY, REASON_UNSUPPORTED, VERDICT_ALLOW, VERDICT_DENY,
-    VERDICT_REDIRECT, identity, mark,
+    CT_FQDN, CT_PROXIED, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
+    EVENT_ALLOW, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event, FIRST_FQDN_IDENTITY, IpcacheKey, IpcacheValue,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_NO_PROXY, REASON_POLICY, REASON_UNSUPPORTED,
+    VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT, identity, mark, proxy_socket_key,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -174,15 +174,21 @@ fn assign_to_proxy(ctx: &TcContext, t: &CtKey, proxy_port: u16) -> bool {
     if proxy_port == 0 {
         return false;
     }
-    let key: u32 = proxy_port as u32;
-    let listener = unsafe {
+    assign_to_proxy_socket(ctx, proxy_socket_key(proxy_port, PROTO_TCP))
+}
+
+/// Hand a packet to the proxy socket registered under `key` (a TCP listener,
+/// or the transparent UDP socket of the DNS proxy).
+#[inline(always)]
+fn assign_to_proxy_socket(ctx: &TcContext, key: u32) -> bool {
+    let socket = unsafe {
         bpf_map_lookup_elem(&PROXY_SOCKS as *const _ as *mut _, &key as *const u32 as *const _) as *mut bpf_sock
     };
-    if listener.is_null() {
+    if socket.is_null() {
         return false;
     }
-    let assigned = unsafe { bpf_sk_assign(skb, listener as *mut _, 0) } == 0;
-    unsafe { bpf_sk_release(listener as *mut _) };
+    let assigned = unsafe { bpf_sk_assign(ctx.skb.skb as *mut _, socket as *mut _, 0) } == 0;
+    unsafe { bpf_sk_release(socket as *mut _) };
     assigned
 }
 
@@ -253,7 +259,16 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
 
     match verdict.verdict {
         VERDICT_REDIRECT => {
-            if t.protocol != PROTO_TCP || !assign_to_proxy(ctx, t, verdict.proxy_port) {
+            let assigned = match t.protocol {
+                PROTO_TCP => assign_to_proxy(ctx, t, verdict.proxy_port),
+                // DNS: every datagram goes to the proxy's transparent socket
+                PROTO_UDP => {
+                    verdict.proxy_port != 0
+                        && assign_to_proxy_socket(ctx, proxy_socket_key(verdict.proxy_port, PROTO_UDP))
+                }
+                _ => false,
+            };
+            if !assigned {
                 emit(EVENT_DROP, REASON_NO_PROXY, direction, t, me, peer.identity, ifindex, verdict.rule);
                 return Ok(TC_ACT_SHOT as i32);
             }
@@ -269,10 +284,17 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
         }
         VERDICT_ALLOW => {
             if existing.is_none() {
-                let value = CtValue { flags: 0, src_identity: me, dst_identity: peer.identity, _pad: 0 };
+                let flags = if peer.identity >= FIRST_FQDN_IDENTITY { CT_FQDN } else { 0 };
+                let value = CtValue { flags, src_identity: me, dst_identity: peer.identity, _pad: 0 };
                 let _ = CT.insert(t, &value, 0);
                 emit(EVENT_ALLOW, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
             }
+            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            Ok(TC_ACT_OK as i32)
+        }
+        // a connection opened to a DNS-learned address while it was valid
+        // outlives the address (a new connection has a new tuple, no entry)
+        _ if existing.is_some_and(|ct| ct.flags & CT_FQDN != 0) => {
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
             Ok(TC_ACT_OK as i32)
         }
@@ -299,8 +321,10 @@ fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
     match mark::magic(skb_mark) {
         mark::MAGIC_FROM_PROXY => {
             // the proxy's upstream leg: its replies must find the way back
-            // to the proxy (weir_from_pod looks this entry up)
-            if unsafe { CT.get(t) }.is_none() {
+            // to the proxy (weir_from_pod looks this entry up). Not for UDP:
+            // there it is the DNS proxy answering, and the pod's next query
+            // must be redirected like the first, not read as a reply.
+            if t.protocol == PROTO_TCP && unsafe { CT.get(t) }.is_none() {
                 let value = CtValue {
                     flags: CT_PROXIED,
                     src_identity: mark::identity_of(skb_mark),

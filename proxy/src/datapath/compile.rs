@@ -16,14 +16,22 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use weir_datapath_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EndpointInfo, IpcacheValue, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
+    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_DENY,
+    VERDICT_REDIRECT,
 };
 
 use crate::context::Direction;
 use crate::identity::{Identity, reserved};
 use crate::model::PolicyModel;
-use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
+use crate::policy::{L4Protocol, L7Kind, PeerInfo, SideVerdict};
+
+/// Where redirected traffic goes, by the kind of its L7 rules.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPorts {
+    pub http: u16,
+    pub dns: u16,
+}
 
 /// First identity of the prefixes CIDR rules name (Cilium's local range).
 pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
@@ -55,7 +63,8 @@ pub struct Desired {
     /// Texts that `PolicyValue::rule` indexes (0 is empty): why a packet was
     /// dropped or allowed, for flow records.
     pub rules: Vec<String>,
-    /// Identities the datapath made up (CIDR prefixes), for flows.
+    /// Identities the datapath made up (CIDR prefixes, DNS-learned
+    /// addresses), for flows.
     pub cidr_identities: BTreeMap<u32, Ipv4Net>,
 }
 
@@ -63,7 +72,7 @@ pub struct Desired {
 /// become `reserved:host` in the ipcache.
 pub fn compile(
     model: &PolicyModel,
-    proxy_port: u16,
+    proxy_port: ProxyPorts,
     node_addresses: &[Ipv4Addr],
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
@@ -97,6 +106,27 @@ pub fn compile(
     let world = model.identities.world().clone();
     let host = Arc::new(Identity::reserved(reserved::HOST));
     let mut peers: Vec<(Arc<Identity>, u32, IpNet)> = Vec::new();
+    // addresses local endpoints learned from DNS, each with an identity of
+    // its own, and per subject identity the names it learned each one for
+    let mut learned: BTreeMap<Ipv4Addr, BTreeMap<u32, Vec<Arc<str>>>> = BTreeMap::new();
+    for (config, endpoint) in model.config.endpoints.iter().zip(&model.endpoints) {
+        if config.interface.is_none() {
+            continue;
+        }
+        for entry in model.fqdn.entries() {
+            if entry.endpoint != endpoint.qualified_name() {
+                continue;
+            }
+            let IpAddr::V4(v4) = entry.address else { continue };
+            // names still held (TTL left, or a proxied connection keeps them)
+            for name in model.fqdn.names_for(&entry.endpoint, entry.address) {
+                let names = learned.entry(v4).or_default().entry(endpoint.identity.id).or_default();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
     let mut seen = BTreeSet::new();
     for endpoint in &model.endpoints {
         for address in &endpoint.addresses {
@@ -146,6 +176,27 @@ pub fn compile(
         peers.push((world.clone(), id, IpNet::V4(cidr)));
     }
 
+    let no_names = BTreeMap::new();
+    let mut fqdn_peers = Vec::new();
+    for (n, (address, _)) in learned.iter().enumerate() {
+        // a managed endpoint is known by its identity, never by a learned name
+        if desired.ipcache.get(&Ipv4Net::from(*address)).is_some_and(|v| v.identity != reserved::HOST) {
+            continue;
+        }
+        let id = FIRST_FQDN_IDENTITY + n as u32;
+        desired.cidr_identities.insert(id, Ipv4Net::from(*address));
+        desired.ipcache.insert(Ipv4Net::from(*address), IpcacheValue { identity: id, local_ifindex: 0 });
+        fqdn_peers.push((world.clone(), id, IpNet::V4(Ipv4Net::from(*address))));
+    }
+    let names_of = |peer_id: u32, address: &IpNet, subject: u32| -> Vec<Arc<str>> {
+        let IpNet::V4(v4) = address else { return Vec::new() };
+        if peer_id < FIRST_FQDN_IDENTITY {
+            return Vec::new();
+        }
+        learned.get(&v4.addr()).unwrap_or(&no_names).get(&subject).cloned().unwrap_or_default()
+    };
+    peers.extend(fqdn_peers);
+
     // Policy entries.
     let mut index_of = |text: String| -> u32 {
         let next = desired.rules.len() as u32;
@@ -175,7 +226,8 @@ pub fn compile(
                 }
             };
             for (peer, peer_id, address) in &peers {
-                let info = PeerInfo::new(peer, *address);
+                let names = names_of(*peer_id, address, identity.id);
+                let info = PeerInfo { identity: peer, address: *address, learned_names: &names };
                 for (protocol, number) in PORT_PROTOCOLS {
                     let named = &ports[&number];
                     let key = |port| PolicyKey {
@@ -248,12 +300,13 @@ fn named_ports(
 }
 
 /// One side's verdict as a map value. L7 rules are enforced by the proxy,
-/// which only TCP can reach: other protocols on such a port are allowed only
-/// by a rule without L7 rules.
+/// which TCP reaches, and UDP for DNS rules (the DNS proxy's transparent
+/// socket): other protocols on such a port are allowed only by a rule
+/// without L7 rules.
 fn value(
     verdict: SideVerdict<'_>,
     protocol: L4Protocol,
-    proxy_port: u16,
+    ports: ProxyPorts,
     index_of: &mut impl FnMut(String) -> u32,
 ) -> PolicyValue {
     let entry = |verdict, proxy_port, rule| PolicyValue { verdict, _pad: 0, proxy_port, rule };
@@ -263,8 +316,14 @@ fn value(
         SideVerdict::Allowed(allowances) => {
             let l7 = allowances.iter().find(|a| a.l7.is_some());
             let plain = allowances.iter().find(|a| a.l7.is_none());
+            let port_of = |a: &crate::policy::Allowance<'_>| match a.l7.map(|l| l.kind) {
+                Some(L7Kind::Dns) => ports.dns,
+                _ => ports.http,
+            };
+            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind == L7Kind::Dns));
             match (protocol, l7, plain) {
-                (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, proxy_port, index_of(a.origin.clone())),
+                (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, port_of(a), index_of(a.origin.clone())),
+                (L4Protocol::Udp, Some(a), _) if dns => entry(VERDICT_REDIRECT, ports.dns, index_of(a.origin.clone())),
                 (_, _, Some(a)) => entry(VERDICT_ALLOW, 0, index_of(a.origin.clone())),
                 (_, Some(a), None) => {
                     entry(VERDICT_DENY, 0, index_of(format!("{} has L7 rules, which cover TCP only", a.origin)))

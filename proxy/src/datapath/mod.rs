@@ -108,8 +108,11 @@ impl Datapath {
     }
 
     /// Hand new connections on `port` to this listening socket.
-    pub fn register_proxy_socket(&mut self, port: u16, socket: &impl AsRawFd) -> anyhow::Result<()> {
-        self.proxy_sockets.insert(u32::from(port), socket.as_raw_fd(), 0).context("adding the proxy socket")?;
+    /// Register a proxy socket the programs assign packets to: a TCP listener
+    /// or a UDP socket (`protocol`: IP number) on `port`.
+    pub fn register_proxy_socket(&mut self, port: u16, protocol: u8, socket: &impl AsRawFd) -> anyhow::Result<()> {
+        let key = weir_datapath_common::proxy_socket_key(port, protocol);
+        self.proxy_sockets.insert(key, socket.as_raw_fd(), 0).context("adding the proxy socket")?;
         Ok(())
     }
 
@@ -118,7 +121,8 @@ impl Datapath {
     /// ones that went away), so no packet sees an empty policy.
     pub fn apply(&mut self, model: &PolicyModel) -> Result<(), Vec<String>> {
         let node = node_addresses();
-        let desired = compile::compile(model, self.config.proxy_port, &node, ifindex_of)?;
+        let ports = compile::ProxyPorts { http: self.config.proxy_port, dns: self.config.dns_proxy_port };
+        let desired = compile::compile(model, ports, &node, ifindex_of)?;
         self.sync_maps(&desired).map_err(|e| vec![format!("updating the datapath maps: {e:#}")])?;
         self.sync_attachments(&desired.endpoints).map_err(|e| vec![format!("attaching the datapath: {e:#}")])?;
         let mut rules = self.rules.write().unwrap();
@@ -225,7 +229,14 @@ impl Datapath {
             tracing::info!(owner = ?owner, "another weir owns the datapath now; leaving it attached");
             return Vec::new();
         }
-        let _ = self.proxy_sockets.remove(&u32::from(self.config.proxy_port));
+        use weir_datapath_common::{PROTO_TCP, PROTO_UDP, proxy_socket_key};
+        for key in [
+            proxy_socket_key(self.config.proxy_port, PROTO_TCP),
+            proxy_socket_key(self.config.dns_proxy_port, PROTO_TCP),
+            proxy_socket_key(self.config.dns_proxy_port, PROTO_UDP),
+        ] {
+            let _ = self.proxy_sockets.remove(&key);
+        }
         for (_, pair) in std::mem::take(&mut self.attached) {
             detach(pair);
         }
@@ -359,4 +370,9 @@ fn node_addresses() -> Vec<Ipv4Addr> {
 /// address from outside the node; the programs assign packets to it.
 pub fn proxy_bind(config: &DatapathConfig) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], config.proxy_port))
+}
+
+/// Where the DNS proxy's transparent sockets bind (TCP and UDP).
+pub fn dns_proxy_bind(config: &DatapathConfig) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], config.dns_proxy_port))
 }

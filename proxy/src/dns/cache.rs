@@ -67,6 +67,7 @@ pub struct FqdnCache {
     generation: AtomicU64,
     dirty: AtomicBool,
     file: Option<PathBuf>,
+    notify: tokio::sync::watch::Sender<u64>,
 }
 
 /// One learned address as `weir fqdn cache` and the state file show it.
@@ -101,6 +102,7 @@ impl FqdnCache {
             generation: AtomicU64::new(1),
             dirty: AtomicBool::new(false),
             file,
+            notify: tokio::sync::watch::Sender::new(1),
         }
     }
 
@@ -113,17 +115,24 @@ impl FqdnCache {
     }
 
     fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.notify.send_replace(generation);
     }
 
-    /// Record an allowed answer: `name` resolved to these addresses with these TTLs.
-    pub fn learn(&self, endpoint: &str, name: &str, answers: &[(IpAddr, u32)]) {
-        self.learn_at(endpoint, name, answers, SystemTime::now());
+    /// Record an allowed answer: `name` resolved to these addresses with
+    /// these TTLs. True when an address is new (a verdict may change).
+    pub fn learn(&self, endpoint: &str, name: &str, answers: &[(IpAddr, u32)]) -> bool {
+        self.learn_at(endpoint, name, answers, SystemTime::now())
     }
 
-    fn learn_at(&self, endpoint: &str, name: &str, answers: &[(IpAddr, u32)], now: SystemTime) {
+    /// Follow changes that can turn a verdict: the generation after each.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn learn_at(&self, endpoint: &str, name: &str, answers: &[(IpAddr, u32)], now: SystemTime) -> bool {
         if answers.is_empty() {
-            return;
+            return false;
         }
         let limits = *self.limits.lock().unwrap();
         let mut endpoints = self.endpoints.lock().unwrap();
@@ -159,9 +168,12 @@ impl FqdnCache {
             entry.unindex(&name, *address);
         }
         self.dirty.store(true, Ordering::Release);
-        if !new.is_empty() || !evicted.is_empty() {
+        let changed = !new.is_empty() || !evicted.is_empty();
+        if changed {
+            drop(endpoints);
             self.changed();
         }
+        changed
     }
 
     /// The names `endpoint` learned `address` for that still hold (TTL left,

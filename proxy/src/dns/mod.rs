@@ -9,4 +9,7 @@ pub mod message;
 mod server;
 pub mod upstream;
 
-pub use server::{DnsSockets, bind, serve_tcp, serve_udp};
+pub use server::{
+    DnsSockets, DnsTarget, bind, bind_transparent_udp, serve_tcp, serve_transparent_tcp, serve_transparent_udp,
+    serve_udp,
+};

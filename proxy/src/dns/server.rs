@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 use super::message::{self, AnswerRecord};
-use crate::config::DnsRefusal;
+use crate::config::{DnsRefusal, ListenerProtocol};
 use crate::context::{ConnectionContext, next_connection_id};
 use crate::flow::{DnsAnswer, DnsFlow, FlowPeer, FlowRecord, FlowTime, Verdict};
 use crate::metrics::{DnsLabels, RequestLabels};
@@ -41,6 +41,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<DnsSockets> {
     udp.bind(&addr.into())?;
     let tcp = crate::listeners::bind_stream(addr)?;
     Ok(DnsSockets { udp: UdpSocket::from_std(udp.into())?, tcp })
+}
+
+/// Where a query came in.
+#[derive(Clone, Debug)]
+pub enum DnsTarget {
+    /// A configured `protocol: dns` listener, by name.
+    Listener(Arc<str>),
+    /// Handed over by the eBPF datapath: the resolver the pod addressed, and
+    /// the sender's identity from the packet mark.
+    Transparent { original_destination: SocketAddr, source_identity: Option<u32> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,7 +89,8 @@ pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket
                     tokio::spawn(async move {
                         let mut upstream = Upstream::Udp;
                         let id = next_connection_id();
-                        if let Some(answer) = exchange(&state, &name, peer, id, &query, &mut upstream).await
+                        let target = DnsTarget::Listener(name.clone());
+                        if let Some(answer) = exchange(&state, &target, peer, id, &query, &mut upstream).await
                             && let Err(e) = socket.send_to(&answer, peer).await
                         {
                             tracing::debug!(listener = &*name, %peer, "DNS answer not sent: {e}");
@@ -103,7 +114,7 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(tcp_connection(state.clone(), name.clone(), stream, peer));
+                    tokio::spawn(tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer));
                 }
                 Err(e) => {
                     tracing::warn!(listener = &*name, "accept failed: {e}");
@@ -114,9 +125,172 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
     }
 }
 
+/// Accept the TCP connections the datapath redirected to the DNS proxy.
+pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    use weir_datapath_common::mark;
+    let own = listener.local_addr().ok();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(original_destination) = stream.local_addr() else { continue };
+                    if Some(original_destination) == own {
+                        continue; // dialled directly: no resolver to forward to
+                    }
+                    let socket_mark = socket2::SockRef::from(&stream).mark().unwrap_or(0);
+                    let source_identity = (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY)
+                        .then(|| mark::identity_of(socket_mark));
+                    let _ = stream.set_nodelay(true);
+                    let target = DnsTarget::Transparent { original_destination, source_identity };
+                    tokio::spawn(tcp_connection(state.clone(), target, stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!("transparent DNS accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// `SO_RCVMARK` (Linux 5.19): each datagram's mark arrives as a control message.
+const SO_RCVMARK: libc::c_int = 75;
+
+/// The UDP socket the datapath assigns DNS datagrams to: `IP_TRANSPARENT`
+/// so it takes datagrams addressed to any resolver, and each datagram comes
+/// with its original destination and its mark.
+pub fn bind_transparent_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    socket.set_ip_transparent(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let on: libc::c_int = 1;
+    for (level, option) in [(libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR), (libc::SOL_SOCKET, SO_RCVMARK)] {
+        // SAFETY: a valid fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                level,
+                option,
+                &on as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// One datagram with where it was going and its mark.
+struct Datagram {
+    len: usize,
+    peer: SocketAddr,
+    original_destination: Option<SocketAddr>,
+    mark: u32,
+}
+
+fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<Datagram> {
+    // SAFETY: every pointer handed to recvmsg points into locals that outlive
+    // the call, with their true lengths; control messages are read with the
+    // CMSG macros within msg_controllen.
+    unsafe {
+        let mut peer: libc::sockaddr_in = std::mem::zeroed();
+        let mut control = [0u8; 128];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut peer as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len();
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let v4 = |sa: &libc::sockaddr_in| {
+            SocketAddr::from((u32::from_be(sa.sin_addr.s_addr).to_be_bytes(), u16::from_be(sa.sin_port)))
+        };
+        let mut datagram = Datagram { len: n as usize, peer: v4(&peer), original_destination: None, mark: 0 };
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_ORIGDSTADDR) => {
+                    let sa = std::ptr::read_unaligned(data as *const libc::sockaddr_in);
+                    datagram.original_destination = Some(v4(&sa));
+                }
+                (libc::SOL_SOCKET, libc::SO_MARK) => {
+                    datagram.mark = std::ptr::read_unaligned(data as *const u32);
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(datagram)
+    }
+}
+
+/// Serve the datagrams the datapath assigned to the DNS proxy; answers leave
+/// from the resolver's address, as if the resolver had sent them.
+pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mut stop: watch::Receiver<bool>) {
+    use weir_datapath_common::mark;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    let own = socket.local_addr().ok();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let received = tokio::select! {
+            _ = stop.changed() => break,
+            r = socket.async_io(tokio::io::Interest::READABLE, || recv_with_origin(fd, &mut buf)) => r,
+        };
+        let datagram = match received {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("transparent DNS receive failed: {e}");
+                continue;
+            }
+        };
+        let Some(original_destination) = datagram.original_destination.filter(|d| Some(*d) != own) else {
+            continue; // sent to the proxy's own address: not redirected
+        };
+        let source_identity =
+            (mark::magic(datagram.mark) == mark::MAGIC_TO_PROXY).then(|| mark::identity_of(datagram.mark));
+        let query = buf[..datagram.len].to_vec();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let target = DnsTarget::Transparent { original_destination, source_identity };
+            let mut upstream = Upstream::Udp;
+            let id = next_connection_id();
+            if let Some(answer) = exchange(&state, &target, datagram.peer, id, &query, &mut upstream).await
+                && let Err(e) = reply_from(original_destination, datagram.peer, source_identity, &answer)
+            {
+                tracing::debug!(%original_destination, peer = %datagram.peer, "DNS answer not sent: {e}");
+            }
+        });
+    }
+}
+
+/// Send `answer` to `peer` from `from` (the resolver's address), marked as
+/// the proxy's so the datapath passes it once.
+fn reply_from(from: SocketAddr, peer: SocketAddr, identity: Option<u32>, answer: &[u8]) -> std::io::Result<()> {
+    use weir_datapath_common::mark;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(from), socket2::Type::DGRAM, None)?;
+    socket.set_ip_transparent(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_mark(mark::make(mark::MAGIC_FROM_PROXY, identity.unwrap_or(0)))?;
+    socket.bind(&from.into())?;
+    socket.send_to(answer, &peer.into())?;
+    Ok(())
+}
+
 /// Several queries may come on one connection, pipelined: they are answered
 /// in order, over one connection to the resolver.
-async fn tcp_connection(state: Arc<ProxyState>, name: Arc<str>, mut stream: TcpStream, peer: SocketAddr) {
+async fn tcp_connection(state: Arc<ProxyState>, target: DnsTarget, mut stream: TcpStream, peer: SocketAddr) {
     let mut upstream = Upstream::Tcp(None);
     let id = next_connection_id();
     loop {
@@ -124,11 +298,11 @@ async fn tcp_connection(state: Arc<ProxyState>, name: Arc<str>, mut stream: TcpS
             Ok(Ok(Some(query))) => query,
             Ok(Ok(None)) | Err(_) => return, // closed, or idle too long
             Ok(Err(e)) => {
-                tracing::debug!(listener = &*name, %peer, "DNS over TCP: {e}");
+                tracing::debug!(?target, %peer, "DNS over TCP: {e}");
                 return;
             }
         };
-        let Some(answer) = exchange(&state, &name, peer, id, &query, &mut upstream).await else {
+        let Some(answer) = exchange(&state, &target, peer, id, &query, &mut upstream).await else {
             // nothing to say (dropped by policy, or not DNS at all): hang up
             return;
         };
@@ -267,7 +441,7 @@ impl Outcome {
 /// flow. Returns what to send back (`None`: send nothing).
 async fn exchange(
     state: &Arc<ProxyState>,
-    name: &Arc<str>,
+    target: &DnsTarget,
     peer: SocketAddr,
     connection: u64,
     bytes: &[u8],
@@ -275,9 +449,18 @@ async fn exchange(
 ) -> Option<Vec<u8>> {
     let started = Instant::now();
     let model = state.model.load_full();
-    let listener = model.listeners.get(&**name)?.clone();
+    let (listener, source) = match target {
+        DnsTarget::Listener(name) => (model.listeners.get(&**name)?.clone(), model.identities.identity_of(peer.ip())),
+        DnsTarget::Transparent { original_destination, source_identity } => (
+            model.transparent_listener(*original_destination, ListenerProtocol::Dns),
+            // the mark names the sender; the address is the fallback
+            source_identity
+                .and_then(|id| model.identities.by_id(id).cloned())
+                .unwrap_or_else(|| model.identities.identity_of(peer.ip())),
+        ),
+    };
+    let name: Arc<str> = Arc::from(listener.config.name.as_str());
     let transport = upstream.transport();
-    let source = model.identities.identity_of(peer.ip());
     let context = Arc::new(ConnectionContext {
         id: connection,
         source,
@@ -332,7 +515,8 @@ async fn exchange(
                     Outcome::own(Verdict::Denied, why, &query, ResponseCode::Refused)
                 }
             } else {
-                let verdict = model.connection_verdict(&listener, peer, transport.protocol());
+                let verdict =
+                    model.connection_verdict_from(&listener, context.source.clone(), peer, transport.protocol());
                 match &*verdict {
                     ConnectionVerdict::Drop { reason } => Outcome {
                         verdict: Verdict::Dropped,
@@ -495,8 +679,12 @@ async fn forward(
         && let Some(endpoint) = model.identities.endpoint(peer.ip())
     {
         let endpoint = endpoint.qualified_name();
+        let mut learned_new = false;
         for (name, addresses) in message::learned_addresses(&answer) {
-            state.fqdn.learn(&endpoint, &name, &addresses);
+            learned_new |= state.fqdn.learn(&endpoint, &name, &addresses);
+        }
+        if learned_new {
+            datapath_caught_up(state).await;
         }
     }
     Outcome {
@@ -507,6 +695,21 @@ async fn forward(
         answers: message::answer_records(&answer),
         truncated: answer.truncated(),
         answer: Some(answer_bytes),
+    }
+}
+
+/// With the eBPF datapath, hold an answer that taught new addresses until the
+/// kernel's maps allow them: a client connects the moment it has the answer,
+/// and a SYN dropped for a map not yet written costs it a second.
+async fn datapath_caught_up(state: &ProxyState) {
+    const MOST: Duration = Duration::from_millis(500);
+    if !state.datapath_active.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let wanted = state.fqdn.generation();
+    let mut applied = state.fqdn_applied.subscribe();
+    if tokio::time::timeout(MOST, applied.wait_for(|g| *g >= wanted)).await.is_err() {
+        tracing::warn!("the datapath did not take newly learned addresses within {MOST:?}; answering anyway");
     }
 }
 

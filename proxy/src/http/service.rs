@@ -161,7 +161,8 @@ impl HttpConnection {
                     .unwrap_or_else(|| model.identities.identity_of(self.peer.ip()));
                 let mark = weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
                 let bind = UpstreamBind { source: self.peer.ip(), mark };
-                (model.transparent_listener(*original_destination), source, Some(bind))
+                let listener = model.transparent_listener(*original_destination, crate::config::ListenerProtocol::Http);
+                (listener, source, Some(bind))
             }
         };
         let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);

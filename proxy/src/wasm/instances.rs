@@ -15,6 +15,9 @@ use super::{
     ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, WorldPre, classify, deadline_ticks,
 };
 
+/// Longest a `configure` call may run.
+const CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) struct LiveInstance {
     pub store: Store<HostState>,
     pub bindings: WorldBindings,
@@ -73,7 +76,9 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
     let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
     store.limiter(|state| state.limiter());
     store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
+    // configure parses and compiles rules once; it gets more time than a
+    // request (a busy node must not reject a valid policy), but not forever
+    store.set_epoch_deadline(deadline_ticks(filter.limits.timeout.max(CONFIGURE_TIMEOUT)));
     let bindings = match &filter.component.pre {
         WorldPre::Http(pre) => pre.instantiate(&mut store).map(WorldBindings::Http),
         WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
@@ -96,5 +101,6 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
             return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));
         }
     }
+    store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
     Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive) })
 }
