@@ -131,7 +131,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         let listener = crate::listeners::bind_transparent(bind)
             .with_context(|| format!("transparent proxy listener on {bind}"))?;
         datapath.register_proxy_socket(config.datapath.proxy_port, PROTO_TCP, &listener)?;
-        tokio::spawn(crate::listeners::transparent_accept_loop(state.clone(), listener, transparent_stopped.clone()));
+        tokio::spawn(crate::listeners::serve_transparent_http(state.clone(), listener, transparent_stopped.clone()));
         // the DNS proxy's own pair: TCP and UDP on one port
         let dns_bind = crate::datapath::dns_proxy_bind(&config.datapath);
         let dns_tcp = crate::listeners::bind_transparent(dns_bind)

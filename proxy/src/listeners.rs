@@ -124,9 +124,31 @@ fn bind_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListen
     TcpListener::from_std(socket.into())
 }
 
-/// Accept connections the datapath redirected, until told to stop.
-pub async fn transparent_accept_loop(state: Arc<ProxyState>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// A connection the datapath redirected to a transparent listener.
+pub struct Redirected {
+    pub stream: tokio::net::TcpStream,
+    pub peer: SocketAddr,
+    /// Where the client was going (the accepted socket's local address).
+    pub original_destination: SocketAddr,
+    /// The sender's identity, from the mark (`None`: not marked by the datapath).
+    pub source_identity: Option<u32>,
+}
+
+/// The identity a TO_PROXY mark carries (the SYN's, with
+/// `tcp_fwmark_accept`, or a datagram's, with `SO_RCVMARK`).
+pub fn sender_identity(socket_mark: u32) -> Option<u32> {
     use weir_datapath_common::mark;
+    (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY).then(|| mark::identity_of(socket_mark))
+}
+
+/// Accept connections the datapath redirected, until told to stop, and hand
+/// each to `handle`. Connections dialled to the listener's own address were
+/// not redirected (there is nowhere to forward them) and are closed.
+pub async fn transparent_accept_loop(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut handle: impl FnMut(Redirected),
+) {
     let own = listener.local_addr().ok();
     loop {
         tokio::select! {
@@ -135,16 +157,11 @@ pub async fn transparent_accept_loop(state: Arc<ProxyState>, listener: TcpListen
                 Ok((stream, peer)) => {
                     let Ok(original_destination) = stream.local_addr() else { continue };
                     if Some(original_destination) == own {
-                        // dialled directly, not redirected: nowhere to forward to
-                        tracing::debug!(%peer, "direct connection to the transparent listener refused");
+                        tracing::debug!(%peer, "direct connection to a transparent listener refused");
                         continue;
                     }
-                    // tcp_fwmark_accept: the accepted socket has the SYN's mark
-                    let socket_mark = socket2::SockRef::from(&stream).mark().unwrap_or(0);
-                    let source_identity = (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY)
-                        .then(|| mark::identity_of(socket_mark));
-                    let target = Target::Transparent { original_destination, source_identity };
-                    tokio::spawn(crate::http::server::serve(state.clone(), target, stream, peer));
+                    let source_identity = sender_identity(socket2::SockRef::from(&stream).mark().unwrap_or(0));
+                    handle(Redirected { stream, peer, original_destination, source_identity });
                 }
                 Err(e) => {
                     tracing::warn!("transparent accept failed: {e}");
@@ -153,6 +170,16 @@ pub async fn transparent_accept_loop(state: Arc<ProxyState>, listener: TcpListen
             },
         }
     }
+}
+
+/// The HTTP side of the datapath: redirected connections to the HTTP engine.
+pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    transparent_accept_loop(listener, stop, |c| {
+        let target =
+            Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
+        tokio::spawn(crate::http::server::serve(state.clone(), target, c.stream, c.peer));
+    })
+    .await
 }
 
 /// Accept until told to stop; connections already accepted run to completion.

@@ -125,33 +125,15 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
     }
 }
 
-/// Accept the TCP connections the datapath redirected to the DNS proxy.
-pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    use weir_datapath_common::mark;
-    let own = listener.local_addr().ok();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(original_destination) = stream.local_addr() else { continue };
-                    if Some(original_destination) == own {
-                        continue; // dialled directly: no resolver to forward to
-                    }
-                    let socket_mark = socket2::SockRef::from(&stream).mark().unwrap_or(0);
-                    let source_identity = (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY)
-                        .then(|| mark::identity_of(socket_mark));
-                    let _ = stream.set_nodelay(true);
-                    let target = DnsTarget::Transparent { original_destination, source_identity };
-                    tokio::spawn(tcp_connection(state.clone(), target, stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!("transparent DNS accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
+/// Serve the TCP connections the datapath redirected to the DNS proxy.
+pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::listeners::transparent_accept_loop(listener, stop, |c| {
+        let _ = c.stream.set_nodelay(true);
+        let target =
+            DnsTarget::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
+        tokio::spawn(tcp_connection(state.clone(), target, c.stream, c.peer));
+    })
+    .await
 }
 
 /// `SO_RCVMARK` (Linux 5.19): each datagram's mark arrives as a control message.
@@ -239,7 +221,6 @@ fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<D
 /// Serve the datagrams the datapath assigned to the DNS proxy; answers leave
 /// from the resolver's address, as if the resolver had sent them.
 pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mut stop: watch::Receiver<bool>) {
-    use weir_datapath_common::mark;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     let own = socket.local_addr().ok();
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -258,8 +239,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mu
         let Some(original_destination) = datagram.original_destination.filter(|d| Some(*d) != own) else {
             continue; // sent to the proxy's own address: not redirected
         };
-        let source_identity =
-            (mark::magic(datagram.mark) == mark::MAGIC_TO_PROXY).then(|| mark::identity_of(datagram.mark));
+        let source_identity = crate::listeners::sender_identity(datagram.mark);
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
         tokio::spawn(async move {
@@ -424,16 +404,27 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn own(verdict: Verdict, reason: String, query: &Message, rcode: ResponseCode) -> Self {
+    /// Nothing is sent back.
+    fn silent(verdict: Verdict, reason: String) -> Self {
         Outcome {
             verdict,
             reason: Some(reason),
             matched: None,
-            answer: Some(message::own_answer(query, rcode)),
-            rcode: Some(rcode),
+            answer: None,
+            rcode: None,
             answers: Vec::new(),
             truncated: false,
         }
+    }
+
+    /// The proxy answers with `answer` (code `rcode`) itself.
+    fn answered(verdict: Verdict, reason: String, answer: Vec<u8>, rcode: ResponseCode) -> Self {
+        Outcome { answer: Some(answer), rcode: Some(rcode), ..Outcome::silent(verdict, reason) }
+    }
+
+    /// The proxy answers `query` with `rcode` and no records.
+    fn own(verdict: Verdict, reason: String, query: &Message, rcode: ResponseCode) -> Self {
+        Outcome::answered(verdict, reason, message::own_answer(query, rcode), rcode)
     }
 }
 
@@ -477,24 +468,13 @@ async fn exchange(
     let outcome = match Message::from_vec(bytes) {
         Err(e) => match message::header_of(bytes) {
             // answering a response would let two proxies ping-pong forever
-            Some(header) if header.message_type() == hickory_proto::op::MessageType::Query => Outcome {
-                verdict: Verdict::Error,
-                reason: Some(format!("malformed query: {e}")),
-                matched: None,
-                answer: Some(message::format_error(&header)),
-                rcode: Some(ResponseCode::FormErr),
-                answers: Vec::new(),
-                truncated: false,
-            },
-            _ => Outcome {
-                verdict: Verdict::Error,
-                reason: Some(format!("not a DNS query, dropped: {e}")),
-                matched: None,
-                answer: None,
-                rcode: None,
-                answers: Vec::new(),
-                truncated: false,
-            },
+            Some(header) if header.message_type() == hickory_proto::op::MessageType::Query => Outcome::answered(
+                Verdict::Error,
+                format!("malformed query: {e}"),
+                message::format_error(&header),
+                ResponseCode::FormErr,
+            ),
+            _ => Outcome::silent(Verdict::Error, format!("not a DNS query, dropped: {e}")),
         },
         Ok(query) => {
             if let Some(first) = query.queries().first() {
@@ -504,11 +484,7 @@ async fn exchange(
             }
             if let Some(why) = message::not_a_query(&query) {
                 if query.message_type() == hickory_proto::op::MessageType::Response {
-                    Outcome {
-                        answer: None,
-                        rcode: None,
-                        ..Outcome::own(Verdict::Error, why, &query, ResponseCode::FormErr)
-                    }
+                    Outcome::silent(Verdict::Error, why)
                 } else if query.queries().is_empty() {
                     Outcome::own(Verdict::Error, why, &query, ResponseCode::FormErr)
                 } else {
@@ -518,15 +494,7 @@ async fn exchange(
                 let verdict =
                     model.connection_verdict_from(&listener, context.source.clone(), peer, transport.protocol());
                 match &*verdict {
-                    ConnectionVerdict::Drop { reason } => Outcome {
-                        verdict: Verdict::Dropped,
-                        reason: Some(reason.clone()),
-                        matched: None,
-                        answer: None,
-                        rcode: None,
-                        answers: Vec::new(),
-                        truncated: false,
-                    },
+                    ConnectionVerdict::Drop { reason } => Outcome::silent(Verdict::Dropped, reason.clone()),
                     ConnectionVerdict::Forward(chain) => {
                         policies = chain.allowed_by.clone();
                         let judged = judge(&model, &context, chain, &query, transport, &mut filter_time);
