@@ -31,7 +31,11 @@ spec:
           rules:
             dns: [{matchPattern: "*.example.com"}]
     - toFQDNs: [{matchName: api.example.com}]
-      toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "9000", protocol: TCP}]}]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/hello.*"}]
+        - ports: [{port: "9000", protocol: TCP}]
 "#;
 
 /// `/etc/netns/POD/resolv.conf`: `ip netns exec` mounts it over
@@ -133,7 +137,18 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     let _resolv = PodResolvConf::new(&node.pod("cli").netns, &resolver);
     let (status, body) = node.curl("cli", "http://api.example.com:8080/hello");
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with(&format!("client={client}:")), "{body}");
+    // a world server sees the node's address (the proxy's upstream leg is
+    // not steered back by any program on the server's side)
+    assert!(body.starts_with("client=169.254.1.1:") && body.contains("path=/hello"), "{body}");
+    // the HTTP rules of the toFQDNs port apply too: the connection went through the proxy
+    let (status, body) = node.curl("cli", "http://api.example.com:8080/secret");
+    assert_eq!(status, 403, "{body}");
+    let http = node.weir().flows("protocol=http&verdict=denied");
+    assert!(
+        http.iter().any(|f| f.source.labels.iter().any(|l| l == "k8s:app=client")
+            && f.http.as_ref().is_some_and(|h| h.path == "/secret")),
+        "{http:?}"
+    );
 
     // a connection opened while the answer held is not cut when it expires
     let mut lines = node
@@ -154,6 +169,7 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     };
     assert_eq!(exchange("one"), "one");
     // TTL 2s: the kernel forgets the address, new connections are dropped
+    // (until then this path is refused at L7 with 403; after, at L3/L4)
     wait_for("the learned address to expire", Duration::from_secs(10), || node.curl("cli", &api).0 == 0);
     assert_eq!(exchange("two"), "two", "the established connection survived the expiry");
     let _ = lines.kill();

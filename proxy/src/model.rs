@@ -431,6 +431,12 @@ impl PolicyModel {
         verdict
     }
 
+    /// Whether `address` is a pod the datapath is attached for (an endpoint
+    /// with an `interface`).
+    pub fn is_local_pod(&self, address: IpAddr) -> bool {
+        self.config.endpoints.iter().any(|e| e.interface.is_some() && e.all_addresses().contains(&address))
+    }
+
     /// The names the endpoint at `source_ip` learned `address` for (toFQDNs).
     pub fn learned_names(&self, source_ip: IpAddr, address: IpAddr) -> Vec<Arc<str>> {
         match self.identities.endpoint(source_ip) {

@@ -159,10 +159,17 @@ impl HttpConnection {
                 let source = source_identity
                     .and_then(|id| model.identities.by_id(id).cloned())
                     .unwrap_or_else(|| model.identities.identity_of(self.peer.ip()));
-                let mark = weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
-                let bind = UpstreamBind { source: self.peer.ip(), mark };
+                // To a pod on this node, leave from the client's address: the
+                // programs on the pod's veth steer its replies back to us. Any
+                // other destination answers by plain routing, which would
+                // deliver replies to the client pod instead: leave from the
+                // node's address.
+                let bind = model.is_local_pod(original_destination.ip()).then(|| {
+                    let mark = weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
+                    UpstreamBind { source: self.peer.ip(), mark }
+                });
                 let listener = model.transparent_listener(*original_destination, crate::config::ListenerProtocol::Http);
-                (listener, source, Some(bind))
+                (listener, source, bind)
             }
         };
         let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
