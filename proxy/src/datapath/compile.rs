@@ -109,21 +109,21 @@ pub fn compile(
     // addresses local endpoints learned from DNS, each with an identity of
     // its own, and per subject identity the names it learned each one for
     let mut learned: BTreeMap<Ipv4Addr, BTreeMap<u32, Vec<Arc<str>>>> = BTreeMap::new();
-    for (config, endpoint) in model.config.endpoints.iter().zip(&model.endpoints) {
-        if config.interface.is_none() {
-            continue;
-        }
-        for entry in model.fqdn.entries() {
-            if entry.endpoint != endpoint.qualified_name() {
-                continue;
-            }
-            let IpAddr::V4(v4) = entry.address else { continue };
-            // names still held (TTL left, or a proxied connection keeps them)
-            for name in model.fqdn.names_for(&entry.endpoint, entry.address) {
-                let names = learned.entry(v4).or_default().entry(endpoint.identity.id).or_default();
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+    let attached: HashMap<String, u32> = model
+        .config
+        .endpoints
+        .iter()
+        .zip(&model.endpoints)
+        .filter(|(config, _)| config.interface.is_some())
+        .map(|(_, endpoint)| (endpoint.qualified_name(), endpoint.identity.id))
+        .collect();
+    for entry in model.fqdn.entries() {
+        let (Some(&subject), IpAddr::V4(v4)) = (attached.get(&entry.endpoint), entry.address) else { continue };
+        // names still held (TTL left, or a proxied connection keeps them)
+        for name in model.fqdn.names_for(&entry.endpoint, entry.address) {
+            let names = learned.entry(v4).or_default().entry(subject).or_default();
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
     }

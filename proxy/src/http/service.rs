@@ -165,7 +165,8 @@ impl HttpConnection {
                 // deliver replies to the client pod instead: leave from the
                 // node's address.
                 let bind = model.is_local_pod(original_destination.ip()).then(|| {
-                    let mark = weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
+                    let mark =
+                        weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
                     UpstreamBind { source: self.peer.ip(), mark }
                 });
                 let listener = model.transparent_listener(*original_destination, crate::config::ListenerProtocol::Http);
