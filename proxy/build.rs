@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Output file stems of the filter crates weir embeds or its tests load.
-const FILTERS: &[&str] = &["http_policy", "dns_policy", "require_header", "misbehave"];
+const FILTERS: &[&str] = &["http_policy", "dns_policy", "kafka_policy", "require_header", "misbehave"];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {

@@ -204,6 +204,8 @@ pub enum ListenerProtocol {
     Http,
     /// DNS on UDP and TCP, both bound on `bind`.
     Dns,
+    /// Kafka on TCP: one upstream connection per client connection.
+    Kafka,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -369,6 +371,9 @@ impl WeirConfig {
         for (i, l) in self.listeners.iter().enumerate() {
             if l.protocol == ListenerProtocol::Dns && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: DNS listeners serve plain DNS (DoT/DoH are not built)"));
+            }
+            if l.protocol == ListenerProtocol::Kafka && l.tls.is_some() {
+                return Err(format!("listeners[{i}].tls: Kafka listeners serve plaintext Kafka (TLS is not built)"));
             }
         }
         if self.dns.upstream_timeout.is_zero() {

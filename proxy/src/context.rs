@@ -33,3 +33,23 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub fn next_connection_id() -> u64 {
     NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Where a downstream connection came in.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A configured listener, by name.
+    Listener(Arc<str>),
+    /// Handed over by the eBPF datapath: the accepted socket's local address
+    /// is where the client was going, its mark says who the client is.
+    Transparent { original_destination: SocketAddr, source_identity: Option<u32> },
+}
+
+impl Target {
+    /// The listener name flows and metrics show.
+    pub fn name(&self) -> Arc<str> {
+        match self {
+            Target::Listener(name) => name.clone(),
+            Target::Transparent { .. } => Arc::from(crate::model::TRANSPARENT_LISTENER),
+        }
+    }
+}

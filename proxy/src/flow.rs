@@ -107,6 +107,23 @@ pub struct DnsAnswer {
     pub ttl: u32,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaFlow {
+    /// The API's name: Produce, Fetch, Metadata, ...
+    pub api_key: String,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// The topics the request names; `["*"]` for every topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The error code weir answered a refusal with (the broker's answers are
+    /// relayed unread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i16>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub time: FlowTime,
@@ -130,6 +147,8 @@ pub struct FlowRecord {
     pub http: Option<HttpFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     #[serde(default)]
@@ -166,6 +185,16 @@ impl FlowRecord {
             }
             for a in &d.answers {
                 let _ = write!(line, " {} {} ttl={}", a.rtype, a.data, a.ttl);
+            }
+        }
+        if let Some(k) = &self.kafka {
+            let _ =
+                write!(line, " {} v{} corr={} client={:?}", k.api_key, k.api_version, k.correlation_id, k.client_id);
+            if !k.topics.is_empty() {
+                let _ = write!(line, " topics={}", k.topics.join(","));
+            }
+            if let Some(code) = k.error_code {
+                let _ = write!(line, " => error {code}");
             }
         }
         if let Some(l) = self.latency_us {
@@ -455,6 +484,7 @@ mod tests {
                 status: Some(200),
             }),
             dns: None,
+            kafka: None,
             latency_us: None,
             filter_us: 0,
         }

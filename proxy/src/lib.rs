@@ -11,6 +11,7 @@ pub mod dns;
 pub mod flow;
 pub mod http;
 pub mod identity;
+pub mod kafka;
 pub mod listeners;
 pub mod metrics;
 pub mod model;

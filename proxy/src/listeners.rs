@@ -19,6 +19,7 @@ use crate::state::ProxyState;
 pub enum Bound {
     Http(TcpListener),
     Dns(crate::dns::DnsSockets),
+    Kafka(TcpListener),
 }
 
 /// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
@@ -49,6 +50,7 @@ impl ListenerSet {
             let sockets = match protocol {
                 ListenerProtocol::Http => bind_stream(bind).map(Bound::Http),
                 ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
+                ListenerProtocol::Kafka => bind_stream(bind).map(Bound::Kafka),
             };
             match sockets {
                 Ok(sockets) => bound.push((name.clone(), bind, protocol, sockets)),
@@ -65,7 +67,18 @@ impl ListenerSet {
             let shared_name: Arc<str> = Arc::from(name.as_str());
             match sockets {
                 Bound::Http(listener) => {
-                    tokio::spawn(accept_loop(state.clone(), shared_name, listener, stopped));
+                    let state = state.clone();
+                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
+                        let target = Target::Listener(shared_name.clone());
+                        tokio::spawn(crate::http::server::serve(state.clone(), target, stream, peer));
+                    }));
+                }
+                Bound::Kafka(listener) => {
+                    let state = state.clone();
+                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
+                        let target = Target::Listener(shared_name.clone());
+                        tokio::spawn(crate::kafka::serve(state.clone(), target, stream, peer));
+                    }));
                 }
                 Bound::Dns(sockets) => {
                     tokio::spawn(crate::dns::serve_udp(
@@ -183,14 +196,17 @@ pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListene
 }
 
 /// Accept until told to stop; connections already accepted run to completion.
-async fn accept_loop(state: Arc<ProxyState>, name: Arc<str>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    name: Arc<str>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut handle: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(crate::http::server::serve(state.clone(), Target::Listener(name.clone()), stream, peer));
-                }
+                Ok((stream, peer)) => handle(stream, peer),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning
                     tracing::warn!(listener = &*name, "accept failed: {e}");

@@ -54,6 +54,13 @@ pub struct DnsLabels {
     pub rcode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KafkaLabels {
+    /// Produce, Fetch, Metadata, ...
+    pub api: String,
+    pub verdict: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -70,6 +77,7 @@ pub struct Metrics {
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_upstream_duration: Histogram,
     pub fqdn_addresses: Gauge,
+    pub kafka_requests: Family<KafkaLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -100,6 +108,7 @@ impl Default for Metrics {
             dns_queries: Family::default(),
             dns_upstream_duration: request_histogram(),
             fqdn_addresses: Gauge::default(),
+            kafka_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -140,6 +149,7 @@ impl Default for Metrics {
             "Addresses learned from DNS answers and held for toFQDNs",
             m.fqdn_addresses.clone(),
         );
+        registry.register("kafka_requests", "Kafka requests by API and verdict", m.kafka_requests.clone());
         Metrics { registry, ..m }
     }
 }

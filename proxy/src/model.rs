@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::config::{ListenerConfig, ListenerProtocol, WeirConfig};
-use crate::context::Direction;
+use crate::context::{Direction, Target};
 use crate::dns::cache::FqdnCache;
+use crate::http::upstream::UpstreamBind;
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
 use crate::policy::{
-    Allowance, FqdnSelector, HttpRule, L4Protocol, L7Kind, PeerInfo, PolicyError, PolicySet, SideVerdict,
+    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, L7Kind, PeerInfo, PolicyError, PolicySet, SideVerdict,
     SourcedDocument,
 };
 use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, World, builtin};
@@ -102,10 +103,19 @@ pub struct PolicyModel {
     pub fqdn: Arc<FqdnCache>,
     http_policy: Arc<FilterComponent>,
     dns_policy: Arc<FilterComponent>,
+    kafka_policy: Arc<FilterComponent>,
     custom_filters: HashMap<String, CustomFilter>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Destinations of connections the datapath handed over, as listeners.
     transparent: Mutex<HashMap<(SocketAddr, ListenerProtocol), Arc<ListenerModel>>>,
+}
+
+/// A connection's listener, sender and upstream source binding.
+pub struct Resolved {
+    pub listener: Arc<ListenerModel>,
+    pub source: Arc<Identity>,
+    /// `Some`: dial the upstream from the client's address (datapath).
+    pub bind: Option<UpstreamBind>,
 }
 
 /// The listener name of connections the eBPF datapath hands to the proxy.
@@ -196,6 +206,7 @@ impl PolicyModel {
         };
         let http_policy = load_builtin(builtin::HTTP_POLICY)?;
         let dns_policy = load_builtin(builtin::DNS_POLICY)?;
+        let kafka_policy = load_builtin(builtin::KAFKA_POLICY)?;
         let mut custom_filters = HashMap::new();
         for (i, f) in config.filters.iter().enumerate() {
             let bytes = match (&f.path, &f.builtin) {
@@ -253,6 +264,7 @@ impl PolicyModel {
             fqdn: fqdn.clone(),
             http_policy,
             dns_policy,
+            kafka_policy,
             custom_filters,
             verdicts: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
@@ -280,6 +292,17 @@ impl PolicyModel {
                     let config = policy_config(&[(set.path.clone(), http.as_slice())]);
                     if let Err(message) = self.configure_builtin(L7Kind::Http, config) {
                         // the filter prefixes "<group>: http[i].field: ..."
+                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
+                        errors.push(error(
+                            format!("{}.rules.{}", set.path, detail_field(detail)),
+                            detail_message(detail),
+                        ));
+                    }
+                }
+                if let Some(kafka) = &l7.kafka {
+                    let config = policy_config(&[(set.path.clone(), kafka.as_slice())]);
+                    if let Err(message) = self.configure_builtin(L7Kind::Kafka, config) {
+                        // the filter prefixes "<group>: kafka[i].field: ..."
                         let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
                         errors.push(error(
                             format!("{}.rules.{}", set.path, detail_field(detail)),
@@ -336,6 +359,7 @@ impl PolicyModel {
         let component = match kind {
             L7Kind::Http => &self.http_policy,
             L7Kind::Dns => &self.dns_policy,
+            L7Kind::Kafka => &self.kafka_policy,
         };
         self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
     }
@@ -364,6 +388,7 @@ impl PolicyModel {
             name: match protocol {
                 ListenerProtocol::Http => format!("{TRANSPARENT_LISTENER}:{original_destination}"),
                 ListenerProtocol::Dns => format!("{TRANSPARENT_LISTENER}-dns:{original_destination}"),
+                ListenerProtocol::Kafka => format!("{TRANSPARENT_LISTENER}-kafka:{original_destination}"),
             },
             bind: original_destination,
             protocol,
@@ -387,6 +412,35 @@ impl PolicyModel {
         }
         cache.insert((original_destination, protocol), listener.clone());
         listener
+    }
+
+    /// Where a connection that came in at `target` from `peer` goes, and who
+    /// sent it. `None`: its listener is gone.
+    pub fn resolve(&self, target: &Target, peer: SocketAddr, protocol: ListenerProtocol) -> Option<Resolved> {
+        match target {
+            Target::Listener(name) => Some(Resolved {
+                listener: self.listeners.get(&**name)?.clone(),
+                source: self.identities.identity_of(peer.ip()),
+                bind: None,
+            }),
+            Target::Transparent { original_destination, source_identity } => {
+                // the mark names the sender; the address is the fallback
+                let source = source_identity
+                    .and_then(|id| self.identities.by_id(id).cloned())
+                    .unwrap_or_else(|| self.identities.identity_of(peer.ip()));
+                // To a pod on this node, leave from the client's address: the
+                // programs on the pod's veth steer its replies back to us. Any
+                // other destination answers by plain routing, which would
+                // deliver replies to the client pod instead: leave from the
+                // node's address.
+                let bind = self.is_local_pod(original_destination.ip()).then(|| {
+                    use weir_datapath_common::mark;
+                    UpstreamBind { source: peer.ip(), mark: mark::make(mark::MAGIC_FROM_PROXY, source.id) }
+                });
+                let listener = self.transparent_listener(*original_destination, protocol);
+                Some(Resolved { listener, source, bind })
+            }
+        }
     }
 
     /// The verdict for a connection (or a UDP exchange) from `source` to a
@@ -473,6 +527,7 @@ impl PolicyModel {
         let kind = match listener.config.protocol {
             ListenerProtocol::Http => L7Kind::Http,
             ListenerProtocol::Dns => L7Kind::Dns,
+            ListenerProtocol::Kafka => L7Kind::Kafka,
         };
         let mut chain = FilterChain::default();
         for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
@@ -530,6 +585,12 @@ impl PolicyModel {
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
+                L7Kind::Kafka => policy_config::<KafkaRule>(
+                    &allowances
+                        .iter()
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka.as_deref()).unwrap_or(&[])))
+                        .collect::<Vec<_>>(),
+                ),
             };
             let filter = self
                 .configure_builtin(kind, config)
@@ -575,7 +636,7 @@ impl PolicyModel {
                 port: l.port,
             })
             .collect();
-        let filters: Vec<_> = [builtin::HTTP_POLICY, builtin::DNS_POLICY]
+        let filters: Vec<_> = [builtin::HTTP_POLICY, builtin::DNS_POLICY, builtin::KAFKA_POLICY]
             .into_iter()
             .map(str::to_string)
             .chain(self.custom_filters.keys().cloned())
@@ -595,6 +656,7 @@ fn world_of(kind: L7Kind) -> World {
     match kind {
         L7Kind::Http => World::HttpFilter,
         L7Kind::Dns => World::DnsFilter,
+        L7Kind::Kafka => World::KafkaFilter,
     }
 }
 
@@ -607,7 +669,7 @@ fn policy_config<R: Serialize>(groups: &[(String, &[R])]) -> String {
 
 /// `http[1].path: invalid regular expression …` → `http[1].path`
 fn detail_field(detail: &str) -> &str {
-    detail.split_once(": ").map_or("http", |(field, _)| field)
+    detail.split_once(": ").map_or("", |(field, _)| field)
 }
 
 fn detail_message(detail: &str) -> String {

@@ -27,6 +27,7 @@ pub mod dns;
 pub mod headers;
 pub mod host;
 pub mod http;
+pub mod kafka;
 mod slot;
 
 #[doc(hidden)]

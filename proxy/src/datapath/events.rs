@@ -124,6 +124,7 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         connection: 0,
         http: None,
         dns: None,
+        kafka: None,
         latency_us: None,
         filter_us: 0,
     }

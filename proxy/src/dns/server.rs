@@ -544,6 +544,7 @@ async fn exchange(
         connection: context.id,
         http: None,
         dns: Some(flow),
+        kafka: None,
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
     });

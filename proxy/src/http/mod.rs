@@ -8,6 +8,6 @@ pub mod server;
 mod service;
 pub mod upstream;
 
+pub use crate::context::Target;
 pub use normalize::{NormalizeError, normalize_path};
 pub use reply::ACCESS_DENIED;
-pub use service::Target;

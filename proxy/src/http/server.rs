@@ -13,8 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::framing::{FramingGuard, Rejected};
-use super::service::{HttpConnection, Target};
+use super::service::HttpConnection;
 use crate::context::ConnectionContext;
+use crate::context::Target;
 use crate::context::next_connection_id;
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::ListenerLabels;
@@ -72,6 +73,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             connection: context.id,
             http: None,
             dns: None,
+            kafka: None,
             latency_us: None,
             filter_us: 0,
         });
@@ -129,6 +131,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
                 status: Some(400),
             }),
             dns: None,
+            kafka: None,
             latency_us: None,
             filter_us: 0,
         });

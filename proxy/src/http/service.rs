@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use super::body::{BodyEnd, EndHook, ProxyBody};
 use super::normalize::normalize_path;
 use super::reply;
-use super::upstream::{UpstreamBind, UpstreamPools};
+use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
-use crate::context::ConnectionContext;
+use crate::context::{ConnectionContext, Target};
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
@@ -42,26 +42,6 @@ struct Snapshot {
     /// Holds a DNS-learned destination address for as long as this
     /// connection lives, so its TTL running out does not cut it.
     _fqdn_lease: Option<crate::dns::cache::FqdnLease>,
-}
-
-/// Where a downstream connection came in.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// A configured listener, by name.
-    Listener(Arc<str>),
-    /// Handed over by the eBPF datapath: the accepted socket's local address
-    /// is where the client was going, its mark says who the client is.
-    Transparent { original_destination: SocketAddr, source_identity: Option<u32> },
-}
-
-impl Target {
-    /// The listener name flows and metrics show.
-    pub fn name(&self) -> Arc<str> {
-        match self {
-            Target::Listener(name) => name.clone(),
-            Target::Transparent { .. } => Arc::from(crate::model::TRANSPARENT_LISTENER),
-        }
-    }
 }
 
 pub struct HttpConnection {
@@ -150,29 +130,8 @@ impl HttpConnection {
             return Some(s.clone());
         }
         let model = model.clone();
-        let (listener, source, bind) = match &self.target {
-            Target::Listener(name) => {
-                (model.listeners.get(&**name)?.clone(), model.identities.identity_of(self.peer.ip()), None)
-            }
-            Target::Transparent { original_destination, source_identity } => {
-                // the mark names the sender; the address is the fallback
-                let source = source_identity
-                    .and_then(|id| model.identities.by_id(id).cloned())
-                    .unwrap_or_else(|| model.identities.identity_of(self.peer.ip()));
-                // To a pod on this node, leave from the client's address: the
-                // programs on the pod's veth steer its replies back to us. Any
-                // other destination answers by plain routing, which would
-                // deliver replies to the client pod instead: leave from the
-                // node's address.
-                let bind = model.is_local_pod(original_destination.ip()).then(|| {
-                    let mark =
-                        weir_datapath_common::mark::make(weir_datapath_common::mark::MAGIC_FROM_PROXY, source.id);
-                    UpstreamBind { source: self.peer.ip(), mark }
-                });
-                let listener = model.transparent_listener(*original_destination, crate::config::ListenerProtocol::Http);
-                (listener, source, bind)
-            }
-        };
+        let crate::model::Resolved { listener, source, bind } =
+            model.resolve(&self.target, self.peer, crate::config::ListenerProtocol::Http)?;
         let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
         let context = Arc::new(ConnectionContext {
             id: self.id,
@@ -488,6 +447,7 @@ impl HttpConnection {
             connection: self.id,
             http: Some(trace.http),
             dns: None,
+            kafka: None,
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
         });

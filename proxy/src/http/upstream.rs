@@ -34,7 +34,7 @@ pub struct UpstreamBind {
 }
 
 impl UpstreamBind {
-    fn connect(self, address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    pub fn connect(self, address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
         let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
         socket.set_ip_transparent(true)?;
         socket.set_mark(self.mark)?;

@@ -221,7 +221,7 @@ pub struct L7Rules {
     #[serde(default)]
     pub http: Option<Vec<HttpRule>>,
     #[serde(default)]
-    pub kafka: Option<serde_yaml::Value>,
+    pub kafka: Option<Vec<KafkaRule>>,
     #[serde(default)]
     pub dns: Option<Vec<FqdnSelector>>,
     #[serde(default)]
@@ -269,6 +269,24 @@ pub struct FqdnSelector {
     pub match_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_pattern: Option<String>,
+}
+
+/// Cilium's `PortRuleKafka`: every field optional, all given must match.
+/// Checked by the built-in kafka-policy filter when the policy loads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KafkaRule {
+    /// `produce` or `consume`: expands to the API keys the operation needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, rename = "clientID", skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// Weir's `wasm` L7 rule.

@@ -24,7 +24,7 @@ use weir_fqdn_match::NameMatcher;
 use crate::context::Direction;
 use crate::identity::{FIRST_ENDPOINT_IDENTITY, Identity, reserved};
 use document::{CidrRule, EgressRule, IngressRule, PortRule};
-pub use document::{FqdnSelector, HttpRule, PolicyError, SourcedDocument};
+pub use document::{FqdnSelector, HttpRule, KafkaRule, PolicyError, SourcedDocument};
 use selector::Selector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -181,6 +181,7 @@ pub struct WasmRef {
 pub enum L7Kind {
     Http,
     Dns,
+    Kafka,
 }
 
 impl L7Kind {
@@ -188,6 +189,7 @@ impl L7Kind {
         match self {
             L7Kind::Http => "http",
             L7Kind::Dns => "dns",
+            L7Kind::Kafka => "kafka",
         }
     }
 }
@@ -201,6 +203,9 @@ pub struct L7Rules {
     /// `rules.dns`: the names that may be looked up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<FqdnSelector>>,
+    /// `rules.kafka`: the requests that may be sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Vec<KafkaRule>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wasm: Vec<WasmRef>,
 }
@@ -789,7 +794,6 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
         Some(rules) => {
             let rules_at = format!("{at}.rules");
             for (present, field, why) in [
-                (rules.kafka.is_some(), "kafka", "arrives with the Kafka engine"),
                 (rules.l7proto.is_some(), "l7proto", "arrives with the generic protocol filters"),
                 (rules.l7.is_some(), "l7", "arrives with the generic protocol filters"),
             ] {
@@ -800,17 +804,35 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             if ports.is_empty() || ports.iter().any(|p| p.start == 0) {
                 return Err((format!("{at}.ports"), "L7 rules need a specific port".into()));
             }
-            let kind = match (&rules.http, &rules.dns) {
-                (Some(_), Some(_)) => {
-                    return Err((
-                        format!("{rules_at}.dns"),
-                        "one port rule carries the rules of one protocol; put http and dns in separate toPorts".into(),
-                    ));
-                }
-                (_, Some(_)) => L7Kind::Dns,
-                _ => L7Kind::Http,
-            };
+            let given: Vec<(&str, L7Kind)> = [
+                (rules.http.is_some(), "http", L7Kind::Http),
+                (rules.dns.is_some(), "dns", L7Kind::Dns),
+                (rules.kafka.is_some(), "kafka", L7Kind::Kafka),
+            ]
+            .into_iter()
+            .filter(|(present, _, _)| *present)
+            .map(|(_, field, kind)| (field, kind))
+            .collect();
+            if let [(first, _), (second, _), ..] = given[..] {
+                return Err((
+                    format!("{rules_at}.{second}"),
+                    format!(
+                        "one port rule carries the rules of one protocol; put {first} and {second} in separate toPorts"
+                    ),
+                ));
+            }
+            // `wasm` alone: an HTTP port, unless a wasm filter says otherwise
+            // (checked when the filters configure)
+            let kind = given.first().map_or(L7Kind::Http, |(_, kind)| *kind);
             match kind {
+                L7Kind::Kafka => {
+                    if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
+                        return Err((
+                            format!("{at}.ports"),
+                            format!("Kafka rules need TCP (or ANY), not {:?}", p.protocol),
+                        ));
+                    }
+                }
                 L7Kind::Http => {
                     if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
                         return Err((
@@ -866,7 +888,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
                     path: format!("{rules_at}.wasm[{i}]"),
                 })
                 .collect();
-            Some(L7Rules { kind, http: rules.http.clone(), dns: rules.dns.clone(), wasm })
+            Some(L7Rules { kind, http: rules.http.clone(), dns: rules.dns.clone(), kafka: rules.kafka.clone(), wasm })
         }
     };
     Ok(PortRuleSet { path: at.to_string(), ports, l7 })

@@ -41,6 +41,22 @@ pub mod dns_world {
 pub use dns_world::weir::filter::dns_types as dns;
 pub use dns_world::{DnsFilter, DnsFilterPre};
 
+/// The `kafka-filter` world, on the same shared imports.
+pub mod kafka_world {
+    wasmtime::component::bindgen!({
+        world: "kafka-filter",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "weir:filter/types": super::weir::filter::types,
+            "weir:filter/host": super::weir::filter::host,
+        },
+    });
+}
+
+pub use kafka_world::weir::filter::kafka_types as kafka;
+pub use kafka_world::{KafkaFilter, KafkaFilterPre};
+
 /// What a filter sees of a connection: the shared context plus the direction
 /// of the policy this filter enforces.
 pub struct ConnectionView {
@@ -77,6 +93,8 @@ impl types::Host for HostState {}
 impl http::Host for HostState {}
 
 impl dns::Host for HostState {}
+
+impl kafka::Host for HostState {}
 
 fn identity(id: &Identity) -> types::Identity {
     types::Identity { id: id.id, labels: id.label_strings().to_vec() }

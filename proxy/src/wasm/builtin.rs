@@ -5,11 +5,14 @@
 pub const HTTP_POLICY: &str = "http-policy";
 /// Name of the built-in filter for `rules.dns`.
 pub const DNS_POLICY: &str = "dns-policy";
+/// Name of the built-in filter for `rules.kafka`.
+pub const KAFKA_POLICY: &str = "kafka-policy";
 
 /// `(name, component bytes)`
 pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
     (HTTP_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.wasm"))),
     (DNS_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.wasm"))),
+    (KAFKA_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.wasm"))),
     ("require-header", include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/require_header.wasm"))),
 ];
 

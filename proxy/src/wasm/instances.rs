@@ -82,6 +82,7 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
     let bindings = match &filter.component.pre {
         WorldPre::Http(pre) => pre.instantiate(&mut store).map(WorldBindings::Http),
         WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
+        WorldPre::Kafka(pre) => pre.instantiate(&mut store).map(WorldBindings::Kafka),
     }
     .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
     runtime
@@ -92,6 +93,7 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
     let configured = match &bindings {
         WorldBindings::Http(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Dns(b) => b.call_configure(&mut store, &filter.config),
+        WorldBindings::Kafka(b) => b.call_configure(&mut store, &filter.config),
     };
     match configured {
         Ok(Ok(())) => {}

@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ConnectionView, dns, http};
+pub use bindings::{ConnectionView, dns, http, kafka};
 
 use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
-use bindings::{DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre};
+use bindings::{DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter, KafkaFilterPre};
 
 /// How often the epoch advances; CPU deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -104,7 +104,9 @@ impl fmt::Display for FilterFailure {
 pub enum LoadError {
     #[error("filter {name}: not a valid WebAssembly component: {message}")]
     Compile { name: String, message: String },
-    #[error("filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter): {message}")]
+    #[error(
+        "filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter, kafka-filter): {message}"
+    )]
     World { name: String, message: String },
 }
 
@@ -173,6 +175,8 @@ impl FilterRuntime {
         // interfaces are new
         bindings::dns::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow_error)?;
+        bindings::kafka::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
 
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
         let ticker = Some(EpochTicker::start(engine.clone()));
@@ -198,12 +202,17 @@ impl FilterRuntime {
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
         let pre = match HttpFilterPre::new(instance_pre.clone()) {
             Ok(pre) => WorldPre::Http(pre),
-            Err(http_error) => match DnsFilterPre::new(instance_pre) {
+            Err(http_error) => match DnsFilterPre::new(instance_pre.clone()) {
                 Ok(pre) => WorldPre::Dns(pre),
-                Err(dns_error) => {
-                    let message = format!("as http-filter: {http_error:#}; as dns-filter: {dns_error:#}");
-                    return Err(LoadError::World { name: name.into(), message });
-                }
+                Err(dns_error) => match KafkaFilterPre::new(instance_pre) {
+                    Ok(pre) => WorldPre::Kafka(pre),
+                    Err(kafka_error) => {
+                        let message = format!(
+                            "as http-filter: {http_error:#}; as dns-filter: {dns_error:#}; as kafka-filter: {kafka_error:#}"
+                        );
+                        return Err(LoadError::World { name: name.into(), message });
+                    }
+                },
             },
         };
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
@@ -268,6 +277,7 @@ impl Drop for FilterRuntime {
 pub enum World {
     HttpFilter,
     DnsFilter,
+    KafkaFilter,
 }
 
 impl World {
@@ -275,6 +285,7 @@ impl World {
         match self {
             World::HttpFilter => "http-filter",
             World::DnsFilter => "dns-filter",
+            World::KafkaFilter => "kafka-filter",
         }
     }
 }
@@ -282,12 +293,14 @@ impl World {
 enum WorldPre {
     Http(HttpFilterPre<HostState>),
     Dns(DnsFilterPre<HostState>),
+    Kafka(KafkaFilterPre<HostState>),
 }
 
 /// A live instance's exports, by world.
 pub(crate) enum WorldBindings {
     Http(HttpFilter),
     Dns(DnsFilter),
+    Kafka(KafkaFilter),
 }
 
 impl WorldBindings {
@@ -304,6 +317,13 @@ impl WorldBindings {
             _ => Err(wasmtime::Error::msg("not a dns-filter")),
         }
     }
+
+    fn kafka(&self) -> wasmtime::Result<&KafkaFilter> {
+        match self {
+            WorldBindings::Kafka(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not a kafka-filter")),
+        }
+    }
 }
 
 /// A compiled, pre-linked filter component.
@@ -318,6 +338,7 @@ impl FilterComponent {
         match self.pre {
             WorldPre::Http(_) => World::HttpFilter,
             WorldPre::Dns(_) => World::DnsFilter,
+            WorldPre::Kafka(_) => World::KafkaFilter,
         }
     }
 }
@@ -379,6 +400,16 @@ impl ConfiguredFilter {
     ) -> Result<dns::QueryDecision, FilterFailure> {
         self.call(connection, |bindings, store, conn| {
             bindings.dns()?.weir_filter_dns_handler().call_on_query(store, conn, query)
+        })
+    }
+
+    pub fn on_kafka_request(
+        &self,
+        connection: ConnectionView,
+        request: &kafka::Request,
+    ) -> Result<kafka::RequestDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.kafka()?.weir_filter_kafka_handler().call_on_request(store, conn, request)
         })
     }
 

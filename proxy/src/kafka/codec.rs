@@ -1,0 +1,566 @@
+//! Kafka wire format: request frames read into what policy needs, refusals
+//! written as responses of the request's own API and version, and the
+//! ApiVersions answer narrowed to what weir can judge.
+//!
+//! Messages are encoded and decoded by the `kafka-protocol` crate; this
+//! module decides which fields matter.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
+use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+/// Kafka error codes weir answers with.
+pub mod error_code {
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+}
+
+/// The topics a request names (the `topics` variant of the WIT).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topics {
+    None,
+    Named(Vec<String>),
+    All,
+    Unknown,
+}
+
+/// A request as policy sees it, with its body when weir could decode it.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    pub topics: Topics,
+    pub transactional_id: Option<String>,
+    /// A Produce with `acks=0`: the broker sends no response, nor may we.
+    pub expects_response: bool,
+    body: Option<RequestKind>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("request header too short ({0} bytes)")]
+    ShortHeader(usize),
+    #[error("request header: {0}")]
+    Header(String),
+    #[error("{api} v{version} body: {message}")]
+    Body { api: String, version: i16, message: String },
+}
+
+/// The highest version of each API whose requests name their topics (newer
+/// Produce and Fetch versions name topics by id only). ApiVersions answers
+/// are narrowed to this, so clients never send what weir cannot read.
+fn highest_judged_version(key: ApiKey) -> i16 {
+    let crate_max = key.valid_versions().max;
+    match key {
+        ApiKey::Produce | ApiKey::Fetch => crate_max.min(12),
+        ApiKey::OffsetCommit | ApiKey::OffsetFetch => crate_max.min(9),
+        _ => crate_max,
+    }
+}
+
+/// The name Kafka gives an API key (`Produce`, `Fetch`), or its number.
+pub fn api_name(key: i16) -> String {
+    match ApiKey::try_from(key) {
+        Ok(k) => format!("{k:?}"),
+        Err(_) => format!("ApiKey{key}"),
+    }
+}
+
+/// Parse one request frame (without its length prefix).
+pub fn parse_request(frame: Bytes) -> Result<Request, ParseError> {
+    if frame.len() < 8 {
+        return Err(ParseError::ShortHeader(frame.len()));
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+    let mut buf = frame;
+    let Ok(key) = ApiKey::try_from(api_key) else {
+        // an API this build does not know: read the v1 header (key, version,
+        // correlation id, client id) and nothing else
+        let mut header = buf.clone();
+        header.advance(4);
+        let correlation_id = header.get_i32();
+        let client_id = read_nullable_string(&mut header).map_err(ParseError::Header)?;
+        return Ok(Request {
+            api_key,
+            api_version,
+            correlation_id,
+            client_id,
+            topics: Topics::Unknown,
+            transactional_id: None,
+            expects_response: true,
+            body: None,
+        });
+    };
+    let header = RequestHeader::decode(&mut buf, key.request_header_version(api_version))
+        .map_err(|e| ParseError::Header(format!("{e:#}")))?;
+    let client_id = header.client_id.as_ref().map(|c| c.as_str().to_string());
+    let range = key.valid_versions();
+    if api_version < range.min || api_version > range.max {
+        return Ok(Request {
+            api_key,
+            api_version,
+            correlation_id: header.correlation_id,
+            client_id,
+            topics: if carries_topics(key) { Topics::Unknown } else { Topics::None },
+            transactional_id: None,
+            expects_response: true,
+            body: None,
+        });
+    }
+    let body = RequestKind::decode(key, &mut buf, api_version).map_err(|e| ParseError::Body {
+        api: api_name(api_key),
+        version: api_version,
+        message: format!("{e:#}"),
+    })?;
+    let expects_response = !matches!(&body, RequestKind::Produce(p) if p.acks == 0);
+    Ok(Request {
+        api_key,
+        api_version,
+        correlation_id: header.correlation_id,
+        client_id,
+        topics: topics_of(&body),
+        transactional_id: transactional_id_of(&body),
+        expects_response,
+        body: Some(body),
+    })
+}
+
+fn read_nullable_string(buf: &mut Bytes) -> Result<Option<String>, String> {
+    if buf.remaining() < 2 {
+        return Err("client id length missing".into());
+    }
+    let len = buf.get_i16();
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = len as usize;
+    if buf.remaining() < len {
+        return Err("client id runs past the frame".into());
+    }
+    String::from_utf8(buf.split_to(len).to_vec()).map(Some).map_err(|_| "client id is not UTF-8".into())
+}
+
+fn transactional_id_of(body: &RequestKind) -> Option<String> {
+    let id = match body {
+        RequestKind::InitProducerId(r) => r.transactional_id.as_ref()?,
+        RequestKind::AddOffsetsToTxn(r) => &r.transactional_id,
+        RequestKind::EndTxn(r) => &r.transactional_id,
+        RequestKind::TxnOffsetCommit(r) => &r.transactional_id,
+        RequestKind::AddPartitionsToTxn(r) => match r.transactions.first() {
+            Some(tx) => &tx.transactional_id,
+            None => &r.v3_and_below_transactional_id,
+        },
+        // key type 1: the coordinator of a transaction
+        RequestKind::FindCoordinator(r) if r.key_type == 1 => {
+            return Some(r.coordinator_keys.first().map_or_else(|| r.key.to_string(), |k| k.to_string()));
+        }
+        _ => return None,
+    };
+    Some(id.0.to_string())
+}
+
+/// APIs whose requests name topics (Cilium's list, less the inter-broker
+/// ones the crate no longer carries).
+fn carries_topics(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ListOffsets
+            | ApiKey::Metadata
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::CreateTopics
+            | ApiKey::DeleteTopics
+            | ApiKey::DeleteRecords
+            | ApiKey::OffsetForLeaderEpoch
+            | ApiKey::AddPartitionsToTxn
+            | ApiKey::TxnOffsetCommit
+            | ApiKey::AlterReplicaLogDirs
+            | ApiKey::DescribeLogDirs
+            | ApiKey::CreatePartitions
+    )
+}
+
+/// Names in request order, each once; a name missing (topic ids only) makes
+/// the whole list unknown.
+fn named<'a>(names: impl IntoIterator<Item = Option<&'a StrBytes>>) -> Topics {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        match name {
+            Some(n) if !n.is_empty() => {
+                if !out.iter().any(|o| o == n.as_str()) {
+                    out.push(n.as_str().to_string());
+                }
+            }
+            _ => return Topics::Unknown,
+        }
+    }
+    Topics::Named(out)
+}
+
+fn topics_of(body: &RequestKind) -> Topics {
+    match body {
+        RequestKind::Produce(r) => named(r.topic_data.iter().map(|t| Some(&t.name.0))),
+        RequestKind::Fetch(r) => named(r.topics.iter().map(|t| Some(&t.topic.0))),
+        RequestKind::ListOffsets(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        RequestKind::Metadata(r) => match &r.topics {
+            None => Topics::All,
+            Some(topics) => named(topics.iter().map(|t| t.name.as_ref().map(|n| &n.0))),
+        },
+        RequestKind::OffsetCommit(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        RequestKind::OffsetFetch(r) => {
+            if r.groups.is_empty() {
+                match &r.topics {
+                    // null: every topic the group has offsets for
+                    None => Topics::All,
+                    Some(topics) => named(topics.iter().map(|t| Some(&t.name.0))),
+                }
+            } else if r.groups.iter().any(|g| g.topics.is_none()) {
+                Topics::All
+            } else {
+                named(r.groups.iter().flat_map(|g| g.topics.iter().flatten()).map(|t| Some(&t.name.0)))
+            }
+        }
+        RequestKind::CreateTopics(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        RequestKind::DeleteTopics(r) => {
+            if r.topic_names.is_empty() {
+                named(r.topics.iter().map(|t| t.name.as_ref().map(|n| &n.0)))
+            } else {
+                named(r.topic_names.iter().map(|t| Some(&t.0)))
+            }
+        }
+        RequestKind::DeleteRecords(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        RequestKind::OffsetForLeaderEpoch(r) => named(r.topics.iter().map(|t| Some(&t.topic.0))),
+        RequestKind::AddPartitionsToTxn(r) => named(
+            r.v3_and_below_topics
+                .iter()
+                .map(|t| Some(&t.name.0))
+                .chain(r.transactions.iter().flat_map(|tx| tx.topics.iter()).map(|t| Some(&t.name.0))),
+        ),
+        RequestKind::TxnOffsetCommit(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        RequestKind::AlterReplicaLogDirs(r) => {
+            named(r.dirs.iter().flat_map(|d| d.topics.iter()).map(|t| Some(&t.name.0)))
+        }
+        RequestKind::DescribeLogDirs(r) => match &r.topics {
+            None => Topics::All,
+            Some(topics) => named(topics.iter().map(|t| Some(&t.topic.0))),
+        },
+        RequestKind::CreatePartitions(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
+        _ => Topics::None,
+    }
+}
+
+impl Request {
+    /// The error code a refusal carries when the filter chose none.
+    pub fn default_error_code(&self) -> i16 {
+        use error_code::*;
+        let Ok(key) = ApiKey::try_from(self.api_key) else { return CLUSTER_AUTHORIZATION_FAILED };
+        match key {
+            ApiKey::FindCoordinator => match &self.body {
+                Some(RequestKind::FindCoordinator(r)) if r.key_type == 1 => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                _ => GROUP_AUTHORIZATION_FAILED,
+            },
+            ApiKey::InitProducerId => match &self.body {
+                Some(RequestKind::InitProducerId(r)) if r.transactional_id.is_some() => {
+                    TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                }
+                _ => CLUSTER_AUTHORIZATION_FAILED,
+            },
+            ApiKey::JoinGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::SyncGroup
+            | ApiKey::DescribeGroups
+            | ApiKey::DeleteGroups => GROUP_AUTHORIZATION_FAILED,
+            ApiKey::OffsetCommit | ApiKey::OffsetFetch => match &self.topics {
+                Topics::Named(t) if !t.is_empty() => TOPIC_AUTHORIZATION_FAILED,
+                _ => GROUP_AUTHORIZATION_FAILED,
+            },
+            _ if carries_topics(key) => TOPIC_AUTHORIZATION_FAILED,
+            _ => CLUSTER_AUTHORIZATION_FAILED,
+        }
+    }
+
+    /// A complete response frame (length prefix included) refusing this
+    /// request with `code` on every topic, partition or group it names.
+    /// `None`: weir cannot answer this API (the caller closes the connection).
+    pub fn refusal(&self, code: i16) -> Option<BytesMut> {
+        let key = ApiKey::try_from(self.api_key).ok()?;
+        let body = self.body.as_ref()?;
+        let v = self.api_version;
+        let mut out = BytesMut::with_capacity(128);
+        out.put_i32(0); // length, filled in below
+        let header = ResponseHeader::default().with_correlation_id(self.correlation_id);
+        header.encode(&mut out, key.response_header_version(v)).ok()?;
+        let encoded = match body {
+            RequestKind::Produce(r) => ProduceResponse::default()
+                .with_responses(
+                    r.topic_data
+                        .iter()
+                        .map(|t| {
+                            TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(
+                                t.partition_data
+                                    .iter()
+                                    .map(|p| {
+                                        PartitionProduceResponse::default()
+                                            .with_index(p.index)
+                                            .with_error_code(code)
+                                            .with_base_offset(-1)
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::Fetch(r) => FetchResponse::default()
+                .with_responses(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            FetchableTopicResponse::default().with_topic(t.topic.clone()).with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        fetch_response::PartitionData::default()
+                                            .with_partition_index(p.partition)
+                                            .with_error_code(code)
+                                            .with_high_watermark(-1)
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::ListOffsets(r) => ListOffsetsResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            ListOffsetsTopicResponse::default().with_name(t.name.clone()).with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        ListOffsetsPartitionResponse::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::Metadata(r) => MetadataResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .flatten()
+                        .map(|t| MetadataResponseTopic::default().with_name(t.name.clone()).with_error_code(code))
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::OffsetCommit(r) => OffsetCommitResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        OffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::OffsetFetch(r) => {
+                let response = if v >= 8 {
+                    OffsetFetchResponse::default().with_groups(
+                        r.groups
+                            .iter()
+                            .map(|g| {
+                                OffsetFetchResponseGroup::default()
+                                    .with_group_id(g.group_id.clone())
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+                } else {
+                    let response = OffsetFetchResponse::default().with_topics(
+                        r.topics
+                            .iter()
+                            .flatten()
+                            .map(|t| {
+                                OffsetFetchResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                                    t.partition_indexes
+                                        .iter()
+                                        .map(|p| {
+                                            OffsetFetchResponsePartition::default()
+                                                .with_partition_index(*p)
+                                                .with_committed_offset(-1)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                            })
+                            .collect(),
+                    );
+                    if v >= 2 { response.with_error_code(code) } else { response }
+                };
+                response.encode(&mut out, v)
+            }
+            RequestKind::FindCoordinator(r) => {
+                let response = if v >= 4 {
+                    FindCoordinatorResponse::default().with_coordinators(
+                        r.coordinator_keys
+                            .iter()
+                            .map(|k| {
+                                find_coordinator_response::Coordinator::default()
+                                    .with_key(k.clone())
+                                    .with_node_id(BrokerId(-1))
+                                    .with_port(-1)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+                } else {
+                    FindCoordinatorResponse::default().with_error_code(code).with_node_id(BrokerId(-1)).with_port(-1)
+                };
+                response.encode(&mut out, v)
+            }
+            RequestKind::JoinGroup(_) => {
+                JoinGroupResponse::default().with_error_code(code).with_generation_id(-1).encode(&mut out, v)
+            }
+            RequestKind::Heartbeat(_) => HeartbeatResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::LeaveGroup(_) => LeaveGroupResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::SyncGroup(_) => SyncGroupResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::DescribeGroups(r) => DescribeGroupsResponse::default()
+                .with_groups(
+                    r.groups
+                        .iter()
+                        .map(|g| DescribedGroup::default().with_group_id(g.clone()).with_error_code(code))
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::ListGroups(_) => ListGroupsResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::ApiVersions(_) => ApiVersionsResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::CreateTopics(r) => CreateTopicsResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            CreatableTopicResult::default()
+                                .with_name(t.name.clone())
+                                .with_error_code(code)
+                                .with_num_partitions(-1)
+                                .with_replication_factor(-1)
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::DeleteTopics(r) => {
+                let names: Vec<TopicName> = if r.topic_names.is_empty() {
+                    r.topics.iter().filter_map(|t| t.name.clone()).collect()
+                } else {
+                    r.topic_names.clone()
+                };
+                DeleteTopicsResponse::default()
+                    .with_responses(
+                        names
+                            .into_iter()
+                            .map(|n| DeletableTopicResult::default().with_name(Some(n)).with_error_code(code))
+                            .collect(),
+                    )
+                    .encode(&mut out, v)
+            }
+            RequestKind::DeleteRecords(r) => DeleteRecordsResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            DeleteRecordsTopicResult::default().with_name(t.name.clone()).with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        DeleteRecordsPartitionResult::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_low_watermark(-1)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::InitProducerId(_) => InitProducerIdResponse::default()
+                .with_error_code(code)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .encode(&mut out, v),
+            _ => return None,
+        };
+        if let Err(e) = encoded {
+            tracing::warn!(api = api_name(self.api_key), version = v, "cannot encode a refusal: {e:#}");
+            return None;
+        }
+        let len = (out.len() - 4) as i32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Some(out)
+    }
+}
+
+/// Narrow an ApiVersions response (a whole frame, length prefix included)
+/// to the versions weir can judge. `None`: leave it as it is (not decodable,
+/// or an error answer).
+pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMut> {
+    let mut buf = Bytes::copy_from_slice(frame.get(4..)?);
+    let header_version = ApiVersionsResponse::header_version(request_version);
+    let header = ResponseHeader::decode(&mut buf, header_version).ok()?;
+    let mut response = ApiVersionsResponse::decode(&mut buf, request_version).ok()?;
+    if response.error_code != 0 {
+        return None;
+    }
+    response.api_keys.retain_mut(|api| {
+        let Ok(key) = ApiKey::try_from(api.api_key) else { return true };
+        let weir = key.valid_versions();
+        api.min_version = api.min_version.max(weir.min);
+        api.max_version = api.max_version.min(highest_judged_version(key));
+        api.min_version <= api.max_version
+    });
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.put_i32(0);
+    header.encode(&mut out, header_version).ok()?;
+    response.encode(&mut out, request_version).ok()?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

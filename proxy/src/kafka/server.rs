@@ -1,0 +1,477 @@
+//! One Kafka client connection, relayed to one broker connection.
+//!
+//! Two halves run at once so that neither direction can stall the other:
+//!
+//! - the request half reads a frame, parses it, asks the filter chain and
+//!   either writes the frame to the broker or queues weir's own refusal;
+//! - the response half keeps the queue in request order: it writes a refusal
+//!   as soon as every request before it has been answered, and matches each
+//!   broker response to the oldest forwarded request by correlation id.
+//!
+//! A frame that cannot be parsed is never forwarded: the connection closes
+//! with a flow record saying why.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::codec::{self, Request, Topics};
+use crate::config::ListenerProtocol;
+use crate::context::{ConnectionContext, Target, next_connection_id};
+use crate::flow::{FlowPeer, FlowRecord, FlowTime, KafkaFlow, Verdict};
+use crate::metrics::{KafkaLabels, ListenerLabels, RequestLabels};
+use crate::model::{ConnectionVerdict, FilterChain, ListenerModel, PolicyModel, Resolved};
+use crate::policy::L4Protocol;
+use crate::state::ProxyState;
+use crate::wasm::{ConnectionView, FailurePolicy, kafka as wit};
+
+/// Kafka's own default for `socket.request.max.bytes`.
+const MAX_REQUEST: usize = 100 << 20;
+/// Responses may be larger (`fetch.max.bytes` is 50 MiB by default).
+const MAX_RESPONSE: usize = 256 << 20;
+/// Requests judged and not yet answered; beyond it the client waits.
+const MAX_IN_FLIGHT: usize = 1024;
+const READ_CHUNK: usize = 64 << 10;
+
+/// What the response half must send next, in request order.
+enum Pending {
+    /// The broker answers: its next response must carry this correlation id.
+    Broker { correlation_id: i32, api_key: i16, api_version: i16, flow: Box<FlowRecord>, started: Instant },
+    /// Weir answered (a refusal): these bytes.
+    Local { response: BytesMut },
+}
+
+/// The model-dependent part of a connection, rebuilt when the model changes.
+struct Snapshot {
+    model: Arc<PolicyModel>,
+    listener: Arc<ListenerModel>,
+    context: Arc<ConnectionContext>,
+    verdict: Arc<ConnectionVerdict>,
+}
+
+struct Connection {
+    state: Arc<ProxyState>,
+    target: Target,
+    peer: SocketAddr,
+    id: u64,
+    listener: Arc<str>,
+}
+
+impl Connection {
+    fn snapshot(&self, current: Option<Snapshot>) -> Option<(Snapshot, Option<crate::http::upstream::UpstreamBind>)> {
+        let model = self.state.model.load_full();
+        // cheap when nothing changed: one generation compare
+        if let Some(s) = current.filter(|s| s.model.generation == model.generation) {
+            return Some((s, None));
+        }
+        let Resolved { listener, source, bind } = model.resolve(&self.target, self.peer, ListenerProtocol::Kafka)?;
+        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
+        let context = Arc::new(ConnectionContext {
+            id: self.id,
+            source,
+            destination: listener.destination.identity.clone(),
+            source_addr: self.peer,
+            destination_addr: listener.config.upstream,
+            port: listener.port,
+            listener: self.listener.clone(),
+        });
+        Some((Snapshot { model, listener, context, verdict }, bind))
+    }
+
+    fn flow(&self, snap: &Snapshot, verdict: Verdict, reason: Option<String>, kafka: Option<KafkaFlow>) -> FlowRecord {
+        let context = &snap.context;
+        FlowRecord {
+            time: FlowTime::default(),
+            id: 0,
+            protocol: "kafka".into(),
+            verdict,
+            reason,
+            policies: match &*snap.verdict {
+                ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
+                ConnectionVerdict::Drop { .. } => Vec::new(),
+            },
+            matched: None,
+            source: FlowPeer::new(&context.source, self.peer),
+            destination: FlowPeer::new(&context.destination, context.destination_addr),
+            listener: self.listener.to_string(),
+            port: context.port,
+            connection: context.id,
+            http: None,
+            dns: None,
+            kafka,
+            latency_us: None,
+            filter_us: 0,
+        }
+    }
+
+    fn record(&self, flow: FlowRecord) {
+        let verdict = flow.verdict.as_str();
+        if let Some(k) = &flow.kafka {
+            self.state.metrics.kafka_requests.get_or_create(&KafkaLabels { api: k.api_key.clone(), verdict }).inc();
+            self.state.metrics.requests.get_or_create(&RequestLabels { protocol: "kafka", verdict }).inc();
+        }
+        self.state.flows.record(flow);
+    }
+}
+
+pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
+    let listener = target.name();
+    let labels = ListenerLabels { listener: listener.to_string() };
+    state.metrics.connections.get_or_create(&labels).inc();
+    let active = state.metrics.active_connections.get_or_create(&labels).clone();
+    active.inc();
+    let conn = Connection { state: state.clone(), target, peer, id: next_connection_id(), listener };
+    let _ = client.set_nodelay(true);
+    relay(&conn, client).await;
+    active.dec();
+}
+
+async fn relay(conn: &Connection, client: TcpStream) {
+    let Some((snap, bind)) = conn.snapshot(None) else { return };
+    if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
+        conn.state
+            .metrics
+            .connections_dropped
+            .get_or_create(&ListenerLabels { listener: conn.listener.to_string() })
+            .inc();
+        conn.state.flows.record(conn.flow(&snap, Verdict::Dropped, Some(reason.clone()), None));
+        // RST, as close to a dropped SYN as a listening socket can get
+        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        return;
+    }
+    let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
+    let connect = async {
+        match bind {
+            None => TcpStream::connect(address).await,
+            Some(bind) => bind.connect(address)?.connect(address).await,
+        }
+    };
+    let broker = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return conn.record(conn.flow(&snap, Verdict::Error, Some(format!("broker {address}: {e}")), None));
+        }
+        Err(_) => {
+            return conn.record(conn.flow(
+                &snap,
+                Verdict::Error,
+                Some(format!("broker {address}: connect timed out")),
+                None,
+            ));
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (broker_read, broker_write) = broker.into_split();
+    let (queue, queued) = mpsc::channel(MAX_IN_FLIGHT);
+    let requests = requests(conn, snap, client_read, broker_write, queue);
+    let responses = responses(conn, broker_read, client_write, queued);
+    // the response half ends the connection when the broker or the client
+    // goes; the request half ends it on a bad frame or the client's EOF
+    tokio::join!(requests, responses);
+}
+
+/// Why a connection is closed by weir, for its last flow record.
+struct Closing(String);
+
+async fn requests(
+    conn: &Connection,
+    snap: Snapshot,
+    mut client: OwnedReadHalf,
+    mut broker: OwnedWriteHalf,
+    queue: mpsc::Sender<Pending>,
+) {
+    let mut snap = Some(snap);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let frame = tokio::select! {
+            // the response half gave up: stop reading requests
+            _ = queue.closed() => break,
+            frame = read_frame(&mut client, &mut buf, MAX_REQUEST) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => break,
+            Err(FrameError::Io(e)) => {
+                // a client that hangs up mid-request: nothing of it was sent on
+                if let Some((s, _)) = conn.snapshot(snap.take()) {
+                    conn.record(conn.flow(&s, Verdict::Error, Some(e.to_string()), None));
+                }
+                break;
+            }
+            Err(FrameError::Bad(why)) => {
+                if let Some((s, _)) = conn.snapshot(snap.take()) {
+                    conn.record(conn.flow(&s, Verdict::Error, Some(format!("{why}; connection closed")), None));
+                }
+                break;
+            }
+        };
+        let Some((current, _)) = conn.snapshot(snap.take()) else { break };
+        let s = snap.insert(current);
+        let started = Instant::now();
+        let request = match codec::parse_request(frame.clone().freeze().slice(4..)) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("unparsable Kafka request ({e}); not forwarded, connection closed");
+                conn.record(conn.flow(s, Verdict::Error, Some(reason), Some(bad_frame_flow(&frame))));
+                break;
+            }
+        };
+        let mut flow = conn.flow(s, Verdict::Forwarded, None, Some(kafka_flow(&request)));
+        match judge(s, &request, &mut flow) {
+            None => {
+                if request.expects_response {
+                    let pending = Pending::Broker {
+                        correlation_id: request.correlation_id,
+                        api_key: request.api_key,
+                        api_version: request.api_version,
+                        flow: Box::new(flow),
+                        started,
+                    };
+                    if queue.send(pending).await.is_err() {
+                        break;
+                    }
+                } else {
+                    conn.record(flow);
+                }
+                if broker.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            Some(Refusal { code, verdict }) => {
+                flow.verdict = verdict;
+                if let Some(k) = &mut flow.kafka {
+                    k.error_code = Some(code);
+                }
+                if !request.expects_response {
+                    // acks=0: the client waits for nothing; the records are dropped
+                    conn.record(flow);
+                    continue;
+                }
+                let Some(response) = request.refusal(code) else {
+                    let why = flow.reason.take().unwrap_or_default();
+                    flow.reason = Some(format!("{why}; weir cannot answer this API, connection closed"));
+                    conn.record(flow);
+                    break;
+                };
+                conn.record(flow);
+                if queue.send(Pending::Local { response }).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // no more requests: the broker sees EOF once everything sent is answered
+    let _ = broker.shutdown().await;
+}
+
+/// A request weir answers itself.
+struct Refusal {
+    code: i16,
+    /// Denied by policy, or Error when a filter failed closed.
+    verdict: Verdict,
+}
+
+/// Run the chain. `Some` refuses the request; the flow gets the reason and
+/// what matched.
+fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<Refusal> {
+    let chain: &FilterChain = match &*snap.verdict {
+        ConnectionVerdict::Drop { reason } => {
+            flow.reason = Some(format!("{reason} (policy changed under an open connection)"));
+            return Some(Refusal { code: request.default_error_code(), verdict: Verdict::Denied });
+        }
+        ConnectionVerdict::Forward(chain) => chain,
+    };
+    if chain.links.is_empty() {
+        return None;
+    }
+    let wit_request = wit::Request {
+        api_key: request.api_key,
+        api_version: request.api_version,
+        correlation_id: request.correlation_id,
+        client_id: request.client_id.clone(),
+        topics: match &request.topics {
+            Topics::None => wit::Topics::None,
+            Topics::Named(t) => wit::Topics::Named(t.clone()),
+            Topics::All => wit::Topics::All,
+            Topics::Unknown => wit::Topics::Unknown,
+        },
+        transactional_id: request.transactional_id.clone(),
+    };
+    let mut filter_time = Duration::ZERO;
+    let mut matched = Vec::new();
+    let mut outcome = None;
+    for link in &chain.links {
+        let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
+        let started = Instant::now();
+        let decision = link.filter.on_kafka_request(view, &wit_request);
+        let elapsed = started.elapsed();
+        link.filter.observe_duration(elapsed);
+        filter_time += elapsed;
+        match decision {
+            Ok(wit::RequestDecision::Allow(allow)) => matched.extend(allow.matched),
+            Ok(wit::RequestDecision::Deny(deny)) => {
+                flow.reason = Some(deny.reason);
+                let code = deny.error_code.unwrap_or_else(|| request.default_error_code());
+                outcome = Some(Refusal { code, verdict: Verdict::Denied });
+                break;
+            }
+            Err(failure) if link.filter.failure == FailurePolicy::Open => {
+                tracing::debug!("{failure}; failing open");
+            }
+            Err(failure) => {
+                flow.reason = Some(failure.to_string());
+                outcome = Some(Refusal { code: request.default_error_code(), verdict: Verdict::Error });
+                break;
+            }
+        }
+    }
+    flow.filter_us = filter_time.as_micros() as u64;
+    if !matched.is_empty() {
+        flow.matched = Some(matched.join(", "));
+    }
+    outcome
+}
+
+async fn responses(
+    conn: &Connection,
+    mut broker: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+    mut queued: mpsc::Receiver<Pending>,
+) {
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut requests_done = false;
+    let closing = loop {
+        // refusals whose turn has come go out now
+        while let Some(Pending::Local { .. }) = pending.front() {
+            let Some(Pending::Local { response }) = pending.pop_front() else { unreachable!() };
+            if client.write_all(&response).await.is_err() {
+                break;
+            }
+        }
+        if requests_done && pending.is_empty() {
+            break None;
+        }
+        tokio::select! {
+            next = queued.recv(), if !requests_done => match next {
+                Some(p) => pending.push_back(p),
+                None => requests_done = true,
+            },
+            frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE) => match frame {
+                Ok(Some(mut frame)) => {
+                    let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started }) = pending.pop_front() else {
+                        break Some(Closing("the broker sent a response nobody asked for".into()));
+                    };
+                    let got = i32::from_be_bytes(frame[4..8].try_into().unwrap());
+                    if got != correlation_id {
+                        flow.verdict = Verdict::Error;
+                        flow.reason = Some(format!("the broker answered correlation id {got}, expected {correlation_id}; connection closed"));
+                        conn.record(*flow);
+                        break Some(Closing("the broker answered out of order".into()));
+                    }
+                    if api_key == 18 && let Some(narrowed) = codec::narrow_api_versions(&frame, api_version) {
+                        frame = narrowed;
+                    }
+                    flow.latency_us = Some(started.elapsed().as_micros() as u64);
+                    let written = client.write_all(&frame).await;
+                    if written.is_err() {
+                        flow.verdict = Verdict::Error;
+                        flow.reason = Some("the client went away before the response".into());
+                    }
+                    conn.record(*flow);
+                    if written.is_err() {
+                        break None;
+                    }
+                }
+                Ok(None) => break Some(Closing("the broker closed the connection".into())),
+                Err(FrameError::Io(e)) => break Some(Closing(format!("the broker connection failed ({e})"))),
+                Err(FrameError::Bad(why)) => break Some(Closing(format!("broker response: {why}"))),
+            },
+        }
+    };
+    if let Some(Closing(why)) = closing {
+        // what was asked and not answered: the client sees the connection
+        // close, as it would if the broker had gone
+        for p in pending.drain(..) {
+            if let Pending::Broker { mut flow, .. } = p {
+                flow.verdict = Verdict::Error;
+                flow.reason = Some(format!("{why} before responding"));
+                conn.record(*flow);
+            }
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+enum FrameError {
+    Io(std::io::Error),
+    /// Not Kafka framing: a negative or oversized length.
+    Bad(String),
+}
+
+/// Read one length-prefixed frame (prefix included). `Ok(None)`: a clean EOF
+/// between frames. Cancel-safe: a partly read frame stays in `buf`.
+async fn read_frame(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<BytesMut>, FrameError> {
+    loop {
+        if buf.len() >= 4 {
+            let len = i32::from_be_bytes(buf[..4].try_into().unwrap());
+            // 4: a correlation id at least
+            if len < 4 || len as usize > max {
+                return Err(FrameError::Bad(format!("frame length {len} outside 4..={max}")));
+            }
+            let total = 4 + len as usize;
+            if buf.len() >= total {
+                return Ok(Some(buf.split_to(total)));
+            }
+            buf.reserve(total - buf.len());
+        } else {
+            buf.reserve(READ_CHUNK);
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => {
+                let why = format!("the peer closed the connection inside a frame ({} bytes read)", buf.len());
+                return Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why)));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+}
+
+fn kafka_flow(request: &Request) -> KafkaFlow {
+    KafkaFlow {
+        api_key: codec::api_name(request.api_key),
+        api_version: request.api_version,
+        correlation_id: request.correlation_id,
+        client_id: request.client_id.clone().unwrap_or_default(),
+        topics: match &request.topics {
+            Topics::Named(t) => t.clone(),
+            Topics::All => vec!["*".into()],
+            Topics::None | Topics::Unknown => Vec::new(),
+        },
+        error_code: None,
+    }
+}
+
+/// What a frame that did not parse still shows: its API key and version.
+fn bad_frame_flow(frame: &[u8]) -> KafkaFlow {
+    let mut head = &frame[4..];
+    let api_key = if head.len() >= 2 { head.get_i16() } else { -1 };
+    let api_version = if head.len() >= 2 { head.get_i16() } else { -1 };
+    let correlation_id = if head.len() >= 4 { head.get_i32() } else { -1 };
+    KafkaFlow { api_key: codec::api_name(api_key), api_version, correlation_id, ..Default::default() }
+}
