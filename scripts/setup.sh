@@ -10,7 +10,9 @@
 #   - real peers for tests and benchmarks: curl, nginx, haproxy, nghttp2 (nghttp,
 #     h2load), wrk, iperf3, ncat (TCP/UDP/SCTP), iptables (the TPROXY comparison),
 #     bpftool, and Python's grpcio for gRPC; for DNS: unbound (the test
-#     resolver), dig and kdig (clients), dnsperf and dnsmasq (benchmark)
+#     resolver), dig and kdig (clients), dnsperf and dnsmasq (benchmark); for
+#     Kafka: the tansu broker (crates.io, about 11 minutes to build once), kcat
+#     and kafka-python (clients)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -23,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
-  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base)
+  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
@@ -73,5 +75,16 @@ fi
 if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   log "installing Python grpcio (gRPC client and server for tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'grpcio>=1.60,<2'
+fi
+if ! python3 -c 'import kafka' >/dev/null 2>&1; then
+  log "installing kafka-python (Kafka client for tests)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'kafka-python>=2.2,<4'
+fi
+
+# a Kafka-compatible broker for tests and benchmarks, in memory
+TANSU_VERSION=0.6.0
+if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "installing the tansu broker $TANSU_VERSION (about 11 minutes, once per machine)"
+  cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore
 fi
 log "ready"

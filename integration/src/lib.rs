@@ -7,6 +7,7 @@
 //! name. Every process started here is killed when its handle drops, also
 //! when a test fails.
 
+pub mod kafka;
 pub mod node;
 pub mod resolver;
 

@@ -217,7 +217,9 @@ async fn requests(
         let Some((current, _)) = conn.snapshot(snap.take()) else { break };
         let s = snap.insert(current);
         let started = Instant::now();
-        let request = match codec::parse_request(frame.clone().freeze().slice(4..)) {
+        // one buffer: the parsed request borrows from the bytes that are forwarded
+        let frame = frame.freeze();
+        let request = match codec::parse_request(frame.slice(4..)) {
             Ok(r) => r,
             Err(e) => {
                 let reason = format!("unparsable Kafka request ({e}); not forwarded, connection closed");

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Kafka proxying cost, side by side in one run, on loopback:
+#
+#   direct   kafka_load -> tansu
+#   weir     kafka_load -> weir's Kafka listener -> tansu, with a produce and a
+#            consume rule (every request judged by the kafka-policy filter)
+#
+# kafka_load (integration/src/bin/kafka_load.rs, on the kafka-protocol crate)
+# keeps WINDOW requests in flight on one connection and times each:
+#   produce  BATCH records of RECORD bytes per Produce (acks=1)
+#   fetch    1 MiB Fetches re-reading a partition that holds 1000 records
+# tansu (in memory) runs on CPU 0, weir (one worker) on CPU 1, the load on CPU 0.
+#
+#   bench/kafka.sh
+#   DURATION=20 BATCH=500 bench/kafka.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+BATCH=${BATCH:-100}
+RECORD=${RECORD:-1024}
+WINDOW=${WINDOW:-8}
+
+scripts/setup.sh
+cargo build --locked --release --bin weir --bin kafka_load 2>&1 | tail -1
+WEIR=$PWD/target/release/weir
+LOAD=$PWD/target/release/kafka_load
+work=$(mktemp -d)
+mkdir -p "$work/policies" bench/results
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BROKER=$(port) LISTENER=$(port) ADMIN=$(port)
+
+taskset -c 0 tansu broker --listener-url "tcp://127.0.0.1:$BROKER" \
+  --advertised-listener-url "tcp://127.0.0.1:$LISTENER" --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+pids+=($!)
+
+cat > "$work/weir.yaml" <<CONF
+admin: 127.0.0.1:$ADMIN
+workers: 1
+endpoints:
+  - {name: producer, address: 127.0.0.1, labels: {app: producer}}
+listeners:
+  - {name: kafka, protocol: kafka, bind: 127.0.0.1:$LISTENER, upstream: 127.0.0.1:$BROKER,
+     destination: {labels: {app: kafka}, port: 9092}}
+CONF
+cat > "$work/policies/kafka.yaml" <<'POLICY'
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: producer}}]
+      toPorts:
+        - ports: [{port: "9092", protocol: TCP}]
+          rules:
+            kafka:
+              - {role: produce, topic: bench-direct}
+              - {role: produce, topic: bench-weir}
+              - {role: consume, topic: bench-fetch}
+POLICY
+WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1 && nc -z 127.0.0.1 "$BROKER" 2>/dev/null && break
+  sleep 0.1
+done
+for t in bench-direct bench-weir bench-fetch; do
+  tansu topic create --broker "tcp://127.0.0.1:$BROKER" --partitions 1 "$t"
+done
+# the fetch partition: 1000 records of RECORD bytes
+taskset -c 0 "$LOAD" "127.0.0.1:$BROKER" bench-fetch produce 0.001 1000 "$RECORD" 1 >/dev/null
+
+run() { # name target topic mode
+  echo "$1 $(taskset -c 0 "$LOAD" "127.0.0.1:$2" "$3" "$4" "$DURATION" "$BATCH" "$RECORD" "$WINDOW")"
+}
+results=(
+  "$(run produce-direct "$BROKER" bench-direct produce)"
+  "$(run produce-weir "$LISTENER" bench-weir produce)"
+  "$(run fetch-direct "$BROKER" bench-fetch fetch)"
+  "$(run fetch-weir "$LISTENER" bench-fetch fetch)"
+)
+denied=$(curl -s "127.0.0.1:$ADMIN/metrics" | grep -c 'weir_kafka_requests_total{.*verdict="denied"' || true)
+
+python3 - "$DURATION" "$BATCH" "$RECORD" "$WINDOW" "$denied" "${results[@]}" <<'PY' | tee bench/results/kafka.txt
+import json, sys
+duration, batch, record, window, denied, *lines = sys.argv[1:]
+rows = {}
+for line in lines:
+    name, data = line.split(" ", 1)
+    rows[name] = json.loads(data)
+print(f"Kafka through weir vs direct to tansu: {duration}s per run, window {window}, "
+      f"produce batches of {batch} x {record} B")
+print(f"{'target':<16}{'req/s':>9}{'msg/s':>10}{'MB/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}")
+for kind in ("produce", "fetch"):
+    base = rows[f"{kind}-direct"]
+    for who in ("direct", "weir"):
+        r = rows[f"{kind}-{who}"]
+        secs = r["seconds"]
+        mbps = r["bytes"] / secs / 1e6
+        ratio = mbps / (base["bytes"] / base["seconds"] / 1e6)
+        print(f"{kind + ' ' + who:<16}{r['requests'] / secs:>9.0f}{r['records'] / secs:>10.0f}{mbps:>9.1f}"
+              f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{ratio:>10.3f}x")
+if denied != "0":
+    print(f"warning: {denied} denied request series: the policy refused load traffic")
+PY

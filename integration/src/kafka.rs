@@ -1,0 +1,128 @@
+//! Kafka peers for tests: the tansu broker (a Kafka-compatible broker from
+//! crates.io, installed by `scripts/setup.sh`), kcat and kafka-python as
+//! clients, and a raw client built on the `kafka-protocol` crate for what
+//! real clients never do on purpose (pipelined mixes, broken frames).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::{Process, free_port, wait_for};
+
+/// A tansu broker in memory, advertising `advertised` (weir's listener) so
+/// that clients come back through weir after their first Metadata.
+pub struct Tansu {
+    pub addr: SocketAddr,
+    _process: Process,
+}
+
+impl Tansu {
+    pub fn start(advertised: SocketAddr) -> Tansu {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let process = Process::spawn(
+            "tansu",
+            Command::new("tansu")
+                .args(["broker", "--listener-url", &format!("tcp://{addr}")])
+                .args(["--advertised-listener-url", &format!("tcp://{advertised}")])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for("tansu to listen", Duration::from_secs(30), || TcpStream::connect(addr).is_ok());
+        Tansu { addr, _process: process }
+    }
+
+    pub fn create_topic(&self, name: &str) {
+        let out = Command::new("tansu")
+            .args(["topic", "create", "--broker", &format!("tcp://{}", self.addr), "--partitions", "1", name])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "creating {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Run kcat with `args` against `broker`, feeding it `input`.
+pub fn kcat(broker: SocketAddr, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new("kcat")
+        .args(["-b", &broker.to_string(), "-m", "10"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat (scripts/setup.sh installs it)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // kcat retries a refused request until its timeouts: bound it
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Kafka client speaking raw frames, from a chosen source address.
+pub struct RawClient {
+    pub stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+impl RawClient {
+    pub fn connect(source: &str, to: SocketAddr) -> RawClient {
+        let stream = crate::connect_from(source, to);
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawClient { stream, next_correlation_id: 1 }
+    }
+
+    /// A request frame (length prefix included); returns it and its correlation id.
+    pub fn frame(&mut self, key: ApiKey, version: i16, body: &RequestKind) -> (Vec<u8>, i32) {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("raw-client")))
+            .encode(&mut out, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut out, version).unwrap();
+        let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&out);
+        (frame, correlation_id)
+    }
+
+    pub fn send(&mut self, key: ApiKey, version: i16, body: &RequestKind) -> i32 {
+        let (frame, id) = self.frame(key, version, body);
+        self.stream.write_all(&frame).unwrap();
+        id
+    }
+
+    /// The next response, decoded as `key` v`version`; `None` if the
+    /// connection closed first.
+    pub fn receive(&mut self, key: ApiKey, version: i16) -> Option<(i32, ResponseKind)> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        let mut buf = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut buf, key.response_header_version(version)).unwrap();
+        Some((header.correlation_id, ResponseKind::decode(key, &mut buf, version).unwrap()))
+    }
+
+    /// Whether the peer closed the connection (EOF or reset) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}

@@ -1,0 +1,283 @@
+//! The Kafka engine in local mode, end to end: the tansu broker, kcat
+//! (librdkafka) and kafka-python as clients, and a raw client for pipelined
+//! mixes and broken frames. Clients come from 127.0.0.1 (kcat and
+//! kafka-python cannot pick a source address), which is `empire-hq`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use weir_integration::kafka::{RawClient, Tansu, kcat};
+use weir_integration::*;
+
+const HQ: &str = "127.0.0.1";
+/// No endpoint has this address: a world peer that no rule allows.
+const STRANGER: &str = "127.0.0.4";
+
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: secure-empire-kafka}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: empire-hq}}]
+      toPorts:
+        - ports: [{port: "9092", protocol: TCP}]
+          rules:
+            kafka:
+              - {role: produce, topic: empire-announce}
+              - {role: consume, topic: empire-announce}
+              - {role: consume, topic: deathstar-plans, clientID: rdkafka}
+              - {role: produce, topic: deathstar-plans, clientID: vader}
+              - {apiKey: createtopics, topic: allowed-new}
+"#;
+
+struct Setup {
+    weir: Weir,
+    listener: SocketAddr,
+    _tansu: Tansu,
+}
+
+fn setup() -> Setup {
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tansu = Tansu::start(listener);
+    for topic in ["empire-announce", "deathstar-plans"] {
+        tansu.create_topic(topic);
+    }
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+         listeners:\n  \
+         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {}, \
+              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n",
+        tansu.addr
+    );
+    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+    Setup { weir, listener, _tansu: tansu }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn python_client(listener: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let bootstrap = listener.to_string();
+    let mut all = vec![bootstrap.as_str(), client_id];
+    all.extend_from_slice(args);
+    let out = python("kafka_client.py", &all);
+    assert!(out.status.success(), "kafka_client.py {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn kafka_flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
+    weir.flows(&format!("protocol=kafka&{query}"))
+}
+
+/// Wait for a flow the proxy records after answering (flows of forwarded
+/// requests are written when their response has been relayed).
+fn wait_flow(weir: &Weir, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(10), || {
+        found = kafka_flows(weir, query).into_iter().rev().find(|f| matches(f));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn api(flow: &FlowRecord) -> &str {
+    &flow.kafka.as_ref().unwrap().api_key
+}
+
+#[test]
+fn kcat_produces_and_consumes_where_the_roles_allow() {
+    let s = setup();
+    let produced = kcat(s.listener, &["-P", "-t", "empire-announce"], "hello\nfrom\nhq\n");
+    assert!(produced.status.success(), "kcat -P: {}", text(&produced.stderr));
+    let consumed = kcat(s.listener, &["-C", "-t", "empire-announce", "-o", "beginning", "-e"], "");
+    assert!(consumed.status.success(), "kcat -C: {}", text(&consumed.stderr));
+    assert_eq!(text(&consumed.stdout), "hello\nfrom\nhq\n");
+
+    // Metadata for deathstar-plans is allowed (consume, client rdkafka),
+    // Produce is not: librdkafka reads weir's Produce refusal
+    let refused = kcat(s.listener, &["-P", "-t", "deathstar-plans"], "the plans\n");
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("Topic authorization failed"), "{}", text(&refused.stderr));
+    let flow = wait_flow(&s.weir, "verdict=denied", "the produce refusal", |f| api(f) == "Produce");
+    let kafka = flow.kafka.as_ref().unwrap();
+    assert_eq!(
+        (kafka.topics.clone(), kafka.error_code, kafka.client_id.as_str()),
+        (vec!["deathstar-plans".into()], Some(29), "rdkafka")
+    );
+    assert!(flow.reason.as_deref().unwrap().contains("deathstar-plans"), "{flow:?}");
+    assert_eq!(flow.source.labels.first().map(String::as_str), Some("k8s:app=empire-hq"));
+
+    // the allowed requests went through and were recorded with latency
+    let fetch = wait_flow(&s.weir, "verdict=forwarded", "a forwarded fetch", |f| api(f) == "Fetch");
+    assert!(fetch.latency_us.is_some());
+    assert_eq!(fetch.kafka.as_ref().unwrap().topics, vec!["empire-announce".to_string()]);
+    let metrics = s.weir.metrics();
+    assert!(metrics.contains("weir_kafka_requests_total{api=\"Produce\",verdict=\"denied\"}"), "{metrics}");
+}
+
+#[test]
+fn kafka_python_clients_by_client_id_and_a_consumer_group() {
+    let s = setup();
+    let vader = python_client(s.listener, "vader", &["produce", "deathstar-plans", "plan-a", "plan-b"]);
+    assert!(vader.iter().all(|r| r["ok"] == true), "{vader:?}");
+    let spy = python_client(s.listener, "spy", &["produce", "deathstar-plans", "stolen"]);
+    assert_eq!(spy[0]["error"], "TopicAuthorizationFailedError", "{spy:?}");
+
+    let hq = python_client(s.listener, "hq", &["produce", "empire-announce", "one", "two", "three"]);
+    assert!(hq.iter().all(|r| r["ok"] == true), "{hq:?}");
+    let group = python_client(s.listener, "hq", &["consume", "empire-announce", "imperial-readers", "3"]);
+    assert_eq!(group[0]["values"], serde_json::json!(["one", "two", "three"]), "{group:?}");
+    assert_eq!(group[0]["committed"], 3);
+    for api_key in ["FindCoordinator", "JoinGroup", "SyncGroup", "OffsetCommit", "OffsetFetch"] {
+        wait_flow(&s.weir, "verdict=forwarded", api_key, |f| api(f) == api_key);
+    }
+
+    let allowed = python_client(s.listener, "admin", &["create-topic", "allowed-new"]);
+    assert_eq!(allowed[0]["ok"], true, "{allowed:?}");
+    let refused = python_client(s.listener, "admin", &["create-topic", "forbidden-new"]);
+    assert_eq!(refused[0]["ok"], false, "{refused:?}");
+    let flow = wait_flow(&s.weir, "verdict=denied", "the CreateTopics refusal", |f| api(f) == "CreateTopics");
+    assert_eq!(flow.kafka.as_ref().unwrap().error_code, Some(29));
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn metadata(topics: &[&str]) -> RequestKind {
+    RequestKind::Metadata(
+        MetadataRequest::default().with_topics(Some(
+            topics.iter().map(|t| MetadataRequestTopic::default().with_name(Some(topic(t)))).collect(),
+        )),
+    )
+}
+
+fn produce(topic_name: &str, acks: i16) -> RequestKind {
+    RequestKind::Produce(ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(topic(topic_name))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0)]),
+    ]))
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_refusals_included() {
+    let s = setup();
+    let mut client = RawClient::connect(HQ, s.listener);
+    // allowed, refused (raw-client may not produce to deathstar-plans), a
+    // refused acks=0 produce that must get no answer, allowed: all at once
+    let (a, id_a) = client.frame(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
+    let (b, id_b) = client.frame(ApiKey::Produce, 9, &produce("deathstar-plans", 1));
+    let (c, _) = client.frame(ApiKey::Produce, 9, &produce("deathstar-plans", 0));
+    let (d, id_d) = client.frame(ApiKey::Metadata, 9, &metadata(&["empire-announce", "deathstar-plans"]));
+    client.stream.write_all(&[a, b, c, d].concat()).unwrap();
+
+    let (id, ResponseKind::Metadata(first)) = client.receive(ApiKey::Metadata, 9).unwrap() else { panic!() };
+    assert_eq!(id, id_a);
+    assert_eq!(first.topics[0].error_code, 0, "allowed metadata comes from the broker");
+    assert!(!first.brokers.is_empty());
+    let (id, ResponseKind::Produce(second)) = client.receive(ApiKey::Produce, 9).unwrap() else { panic!() };
+    assert_eq!(id, id_b);
+    assert_eq!(second.responses[0].partition_responses[0].error_code, 29);
+    // mixed topics: the whole request is refused, each topic named
+    let (id, ResponseKind::Metadata(fourth)) = client.receive(ApiKey::Metadata, 9).unwrap() else { panic!() };
+    assert_eq!(id, id_d, "the acks=0 produce got no answer; order kept");
+    let codes: Vec<(String, i16)> =
+        fourth.topics.iter().map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code)).collect();
+    assert_eq!(codes, vec![("empire-announce".into(), 29), ("deathstar-plans".into(), 29)]);
+    let denied = kafka_flows(&s.weir, "verdict=denied");
+    assert_eq!(denied.iter().filter(|f| api(f) == "Produce").count(), 2, "both refusals recorded: {denied:#?}");
+}
+
+#[test]
+fn broken_frames_close_the_connection_and_are_never_forwarded() {
+    let s = setup();
+    // a frame whose body is not a Produce request
+    let mut client = RawClient::connect(HQ, s.listener);
+    let mut garbage = 14i32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 5, 0, 2, b'x', b'y', 0xff, 0xff]);
+    client.stream.write_all(&garbage).unwrap();
+    assert!(client.closed(), "an unparsable request closes the connection");
+    let flow = wait_flow(&s.weir, "verdict=error", "the unparsable frame", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("unparsable"))
+    });
+    assert_eq!(flow.kafka.as_ref().unwrap().api_key, "Produce");
+
+    // a negative length is not Kafka framing
+    let mut client = RawClient::connect(HQ, s.listener);
+    client.stream.write_all(&(-5i32).to_be_bytes()).unwrap();
+    assert!(client.closed());
+    wait_flow(&s.weir, "verdict=error", "the bad length", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("frame length -5"))
+    });
+
+    // a client that hangs up inside a frame
+    let mut client = RawClient::connect(HQ, s.listener);
+    let (frame, _) = client.frame(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
+    client.stream.write_all(&frame[..frame.len() / 2]).unwrap();
+    drop(client);
+    wait_flow(&s.weir, "verdict=error", "the half frame", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("inside a frame"))
+    });
+
+    // and weir keeps serving
+    let mut client = RawClient::connect(HQ, s.listener);
+    client.send(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
+    let (_, ResponseKind::Metadata(ok)) = client.receive(ApiKey::Metadata, 9).unwrap() else { panic!() };
+    assert_eq!(ok.topics[0].error_code, 0);
+}
+
+#[test]
+fn a_peer_no_rule_allows_is_dropped_at_connect() {
+    let s = setup();
+    let mut client = RawClient::connect(STRANGER, s.listener);
+    client.send(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
+    assert!(client.receive(ApiKey::ApiVersions, 3).is_none(), "dropped connections get no answer");
+    let flow = wait_flow(&s.weir, "verdict=dropped", "the dropped connection", |_| true);
+    assert!(flow.source.labels.iter().any(|l| l == "reserved:world"), "{flow:?}");
+}
+
+/// A stand-in broker (not Kafka: tansu cannot be told to fail mid-answer)
+/// that reads one request and sends half a response, then hangs up.
+#[test]
+fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
+    let broker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_addr = broker.local_addr().unwrap();
+    let stand_in = std::thread::spawn(move || {
+        let (mut conn, _) = broker.accept().unwrap();
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).unwrap();
+        let mut request = vec![0u8; i32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut request).unwrap();
+        let correlation_id = &request[4..8];
+        // promise 100 bytes, send 10
+        let mut half = 100i32.to_be_bytes().to_vec();
+        half.extend_from_slice(correlation_id);
+        half.extend_from_slice(&[0; 6]);
+        conn.write_all(&half).unwrap();
+    });
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+         listeners:\n  \
+         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {broker_addr}, \
+              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n"
+    );
+    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+    let mut client = RawClient::connect(HQ, listener);
+    client.send(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
+    assert!(client.receive(ApiKey::Metadata, 9).is_none(), "the client sees the connection close");
+    stand_in.join().unwrap();
+    let flow = wait_flow(&weir, "verdict=error", "the broken response", |f| api(f) == "Metadata");
+    assert!(flow.reason.as_deref().unwrap().contains("broker"), "{flow:?}");
+}
