@@ -77,6 +77,19 @@ pub fn compile(
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
+    // Kafka ports would be redirected to the HTTP proxy port, which cannot
+    // speak Kafka: refuse instead of breaking the traffic.
+    for rule in &model.policies.rules {
+        let sets =
+            [&rule.ingress, &rule.egress].into_iter().flatten().flatten().flat_map(|p| p.to_ports.iter().flatten());
+        for set in sets.filter(|s| s.l7.as_ref().is_some_and(|l| l.kind == L7Kind::Kafka)) {
+            errors.push(format!(
+                "policy {} {}.rules.kafka: the eBPF datapath does not redirect Kafka ports yet; \
+                 Kafka rules are enforced on `protocol: kafka` listeners (local mode)",
+                rule.policy, set.path
+            ));
+        }
+    }
     let mut desired = Desired { rules: vec![String::new()], ..Default::default() };
     let mut rule_index: HashMap<String, u32> = HashMap::new();
 

@@ -415,3 +415,48 @@ spec:
         assert_eq!(l7.dns.as_ref().unwrap()[0].match_pattern.as_deref(), Some("*.example.com"));
     }
 }
+
+const KAFKA_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: empire-hq}}]
+      toPorts:
+        - ports: [{port: "9092", protocol: PROTO}]
+          rules:
+            RULES
+"#;
+
+#[test]
+fn kafka_rules_compile_with_their_kind_and_fields() {
+    let yaml = KAFKA_POLICY
+        .replace("PROTO", "TCP")
+        .replace("RULES", "kafka: [{role: produce, topic: empire-announce, clientID: hq}]");
+    let set = set(&yaml);
+    let kafka = identity(400, "default", &[("app", "kafka")]);
+    let hq = identity(401, "default", &[("app", "empire-hq")]);
+    let v = set.evaluate(Direction::Ingress, &kafka, PeerInfo::new(&hq, ip("10.0.0.7")), 9092, L4Protocol::Tcp);
+    let SideVerdict::Allowed(a) = v else { panic!("hq may connect") };
+    let l7 = a[0].l7.expect("with Kafka rules");
+    assert_eq!(l7.kind, L7Kind::Kafka);
+    let rule = &l7.kafka.as_ref().unwrap()[0];
+    assert_eq!(
+        (rule.role.as_deref(), rule.topic.as_deref(), rule.client_id.as_deref()),
+        (Some("produce"), Some("empire-announce"), Some("hq"))
+    );
+}
+
+#[test]
+fn kafka_rules_need_tcp_one_protocol_per_port_and_known_fields() {
+    let udp = KAFKA_POLICY.replace("PROTO", "UDP").replace("RULES", "kafka: [{role: produce}]");
+    assert!(errors(&udp)[0].message.contains("Kafka rules need TCP"), "{:?}", errors(&udp));
+    let mixed =
+        KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "kafka: [{role: produce}]\n            http: [{}]");
+    let e = errors(&mixed);
+    assert!(e[0].message.contains("put http and kafka in separate toPorts"), "{e:?}");
+    let typo = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "kafka: [{topics: t}]");
+    assert!(errors(&typo)[0].message.contains("unknown field `topics`"), "{:?}", errors(&typo));
+}
