@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::config::{ListenerConfig, ListenerProtocol, WeirConfig};
-use crate::context::{Direction, Target};
+use crate::context::{ConnectionContext, Direction, Target};
 use crate::dns::cache::FqdnCache;
 use crate::http::upstream::UpstreamBind;
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
@@ -116,6 +116,21 @@ pub struct Resolved {
     pub source: Arc<Identity>,
     /// `Some`: dial the upstream from the client's address (datapath).
     pub bind: Option<UpstreamBind>,
+}
+
+impl Resolved {
+    /// The context filters and flows see for connection `id` from `peer`.
+    pub fn context(&self, id: u64, peer: SocketAddr, listener_name: &Arc<str>) -> Arc<ConnectionContext> {
+        Arc::new(ConnectionContext {
+            id,
+            source: self.source.clone(),
+            destination: self.listener.destination.identity.clone(),
+            source_addr: peer,
+            destination_addr: self.listener.config.upstream,
+            port: self.listener.port,
+            listener: listener_name.clone(),
+        })
+    }
 }
 
 /// The listener name of connections the eBPF datapath hands to the proxy.

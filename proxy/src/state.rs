@@ -42,3 +42,37 @@ pub struct ReloadStatus {
     pub rejected: Vec<String>,
     pub last_rejected: Option<String>,
 }
+
+/// A downstream connection counted while it lives: the `connections` and
+/// `active_connections` metrics of its listener, and the count shutdown
+/// drains. Every protocol engine opens one per accepted connection.
+pub struct OpenConnection {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    labels: crate::metrics::ListenerLabels,
+    state: Arc<ProxyState>,
+}
+
+impl OpenConnection {
+    pub fn new(state: &Arc<ProxyState>, listener: &str) -> Self {
+        let labels = crate::metrics::ListenerLabels { listener: listener.to_string() };
+        state.metrics.connections.get_or_create(&labels).inc();
+        let gauge = state.metrics.active_connections.get_or_create(&labels).clone();
+        gauge.inc();
+        state.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection { gauge, labels, state: state.clone() }
+    }
+
+    /// L3/L4 policy refused it at accept: counted, and reset (as close to a
+    /// dropped SYN as a listening socket can get).
+    pub fn drop_at_accept(&self, stream: &tokio::net::TcpStream) {
+        self.state.metrics.connections_dropped.get_or_create(&self.labels).inc();
+        let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.state.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

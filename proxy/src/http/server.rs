@@ -18,7 +18,6 @@ use crate::context::ConnectionContext;
 use crate::context::Target;
 use crate::context::next_connection_id;
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
-use crate::metrics::ListenerLabels;
 use crate::metrics::RequestLabels;
 use crate::model::ConnectionVerdict;
 use crate::state::ProxyState;
@@ -29,19 +28,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, peer: SocketAddr) {
     let listener = target.name();
-    let labels = ListenerLabels { listener: listener.to_string() };
-    state.metrics.connections.get_or_create(&labels).inc();
-    let active = state.metrics.active_connections.get_or_create(&labels).clone();
-    active.inc();
-    state.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    struct Decrement(prometheus_client::metrics::gauge::Gauge, Arc<ProxyState>);
-    impl Drop for Decrement {
-        fn drop(&mut self) {
-            self.0.dec();
-            self.1.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    let _active = Decrement(active, state.clone());
+    let open = crate::state::OpenConnection::new(&state, &listener);
 
     let tls = match &target {
         Target::Listener(name) => {
@@ -57,7 +44,6 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
     // L3/L4 first: in the datapath a denied SYN never reaches the proxy.
     let Some((verdict, context)) = conn.accept_verdict() else { return };
     if let ConnectionVerdict::Drop { reason } = &*verdict {
-        state.metrics.connections_dropped.get_or_create(&labels).inc();
         state.flows.record(FlowRecord {
             time: FlowTime::default(),
             id: 0,
@@ -77,8 +63,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             latency_us: None,
             filter_us: 0,
         });
-        // RST, as close to a dropped SYN as a listening socket can get
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        open.drop_at_accept(&stream);
         return;
     }
 

@@ -130,18 +130,11 @@ impl HttpConnection {
             return Some(s.clone());
         }
         let model = model.clone();
-        let crate::model::Resolved { listener, source, bind } =
-            model.resolve(&self.target, self.peer, crate::config::ListenerProtocol::Http)?;
-        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
-        let context = Arc::new(ConnectionContext {
-            id: self.id,
-            source,
-            destination: listener.destination.identity.clone(),
-            source_addr: self.peer,
-            destination_addr: listener.config.upstream,
-            port: listener.port,
-            listener: self.listener.clone(),
-        });
+        let resolved = model.resolve(&self.target, self.peer, crate::config::ListenerProtocol::Http)?;
+        let verdict =
+            model.connection_verdict_from(&resolved.listener, resolved.source.clone(), self.peer, L4Protocol::Tcp);
+        let context = resolved.context(self.id, self.peer, &self.listener);
+        let crate::model::Resolved { listener, bind, .. } = resolved;
         let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout, bind);
         let upstream_ip = listener.config.upstream.ip();
         let _fqdn_lease = (matches!(*verdict, ConnectionVerdict::Forward(_))

@@ -26,10 +26,10 @@ use super::codec::{self, Request, Topics};
 use crate::config::ListenerProtocol;
 use crate::context::{ConnectionContext, Target, next_connection_id};
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, KafkaFlow, Verdict};
-use crate::metrics::{KafkaLabels, ListenerLabels, RequestLabels};
+use crate::metrics::{KafkaLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, FilterChain, ListenerModel, PolicyModel, Resolved};
 use crate::policy::L4Protocol;
-use crate::state::ProxyState;
+use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConnectionView, FailurePolicy, kafka as wit};
 
 /// Kafka's own default for `socket.request.max.bytes`.
@@ -71,17 +71,11 @@ impl Connection {
         if let Some(s) = current.filter(|s| s.model.generation == model.generation) {
             return Some((s, None));
         }
-        let Resolved { listener, source, bind } = model.resolve(&self.target, self.peer, ListenerProtocol::Kafka)?;
-        let verdict = model.connection_verdict_from(&listener, source.clone(), self.peer, L4Protocol::Tcp);
-        let context = Arc::new(ConnectionContext {
-            id: self.id,
-            source,
-            destination: listener.destination.identity.clone(),
-            source_addr: self.peer,
-            destination_addr: listener.config.upstream,
-            port: listener.port,
-            listener: self.listener.clone(),
-        });
+        let resolved = model.resolve(&self.target, self.peer, ListenerProtocol::Kafka)?;
+        let verdict =
+            model.connection_verdict_from(&resolved.listener, resolved.source.clone(), self.peer, L4Protocol::Tcp);
+        let context = resolved.context(self.id, self.peer, &self.listener);
+        let Resolved { listener, bind, .. } = resolved;
         Some((Snapshot { model, listener, context, verdict }, bind))
     }
 
@@ -123,27 +117,17 @@ impl Connection {
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
     let listener = target.name();
-    let labels = ListenerLabels { listener: listener.to_string() };
-    state.metrics.connections.get_or_create(&labels).inc();
-    let active = state.metrics.active_connections.get_or_create(&labels).clone();
-    active.inc();
+    let open = OpenConnection::new(&state, &listener);
     let conn = Connection { state: state.clone(), target, peer, id: next_connection_id(), listener };
     let _ = client.set_nodelay(true);
-    relay(&conn, client).await;
-    active.dec();
+    relay(&conn, &open, client).await;
 }
 
-async fn relay(conn: &Connection, client: TcpStream) {
+async fn relay(conn: &Connection, open: &OpenConnection, client: TcpStream) {
     let Some((snap, bind)) = conn.snapshot(None) else { return };
     if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
-        conn.state
-            .metrics
-            .connections_dropped
-            .get_or_create(&ListenerLabels { listener: conn.listener.to_string() })
-            .inc();
         conn.state.flows.record(conn.flow(&snap, Verdict::Dropped, Some(reason.clone()), None));
-        // RST, as close to a dropped SYN as a listening socket can get
-        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        open.drop_at_accept(&client);
         return;
     }
     let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
