@@ -12,7 +12,10 @@
 #     bpftool, and Python's grpcio for gRPC; for DNS: unbound (the test
 #     resolver), dig and kdig (clients), dnsperf and dnsmasq (benchmark); for
 #     Kafka: the tansu broker (crates.io, about 11 minutes to build once), kcat
-#     and kafka-python (clients)
+#     and kafka-python (clients); for memcached: the memcached server,
+#     pymemcache (text) and python-binary-memcached (binary); for Cassandra: the cassandra-driver
+#     Python package (the client, and the protocol classes of the stand-in
+#     responder: no Cassandra server can run here)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -25,7 +28,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
-  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat)
+  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat memcached)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
@@ -55,6 +58,10 @@ fi
 if pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
   $SUDO nginx -s quit 2>/dev/null || true
 fi
+# and memcached's (on :11211)
+if [ -f /run/memcached/memcached.pid ] && pgrep -x memcached >/dev/null 2>&1; then
+  $SUDO kill "$(cat /run/memcached/memcached.pid)" 2>/dev/null || true
+fi
 # so does unbound's (on :53); tests and benchmarks start their own
 if [ -f /run/unbound.pid ] && pgrep -x unbound >/dev/null 2>&1; then
   $SUDO kill "$(cat /run/unbound.pid)" 2>/dev/null || true
@@ -79,6 +86,21 @@ fi
 if ! python3 -c 'import kafka' >/dev/null 2>&1; then
   log "installing kafka-python (Kafka client for tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'kafka-python>=2.2,<4'
+fi
+
+if ! python3 -c 'import pymemcache' >/dev/null 2>&1; then
+  log "installing pymemcache (memcached client for tests)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'pymemcache>=4,<5'
+fi
+if ! python3 -c 'import bmemcached' >/dev/null 2>&1; then
+  log "installing python-binary-memcached (binary-protocol memcached client for tests)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'python-binary-memcached>=0.31,<1'
+fi
+if ! python3 -c 'import cassandra' >/dev/null 2>&1; then
+  log "installing cassandra-driver (CQL client for tests)"
+  # without Cython: the pure-Python driver installs in seconds, not minutes
+  CASS_DRIVER_NO_CYTHON=1 CASS_DRIVER_NO_EXTENSIONS=1 python3 -m pip install --quiet \
+    --disable-pip-version-check --root-user-action=ignore 'cassandra-driver>=3.29,<4'
 fi
 
 # a Kafka-compatible broker for tests and benchmarks, in memory

@@ -432,3 +432,25 @@ pub fn python_server(script: &str, args: &[&str], addr: SocketAddr) -> Process {
 pub fn misbehave_filter() -> PathBuf {
     PathBuf::from(weir::wasm::builtin::BUILT_FILTERS_DIR).join("misbehave.wasm")
 }
+
+/// A real memcached server (Debian's) on a free loopback port.
+pub struct Memcached {
+    pub addr: SocketAddr,
+    _process: Process,
+}
+
+impl Memcached {
+    pub fn start() -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let process = Process::spawn(
+            "memcached",
+            Command::new("memcached")
+                .args(["-l", "127.0.0.1", "-U", "0", "-m", "64", "-t", "1", "-u", "root", "-p"])
+                .arg(addr.port().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_port(addr, "memcached");
+        Memcached { addr, _process: process }
+    }
+}

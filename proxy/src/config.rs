@@ -206,6 +206,12 @@ pub enum ListenerProtocol {
     Dns,
     /// Kafka on TCP: one upstream connection per client connection.
     Kafka,
+    /// memcached (text, meta and binary) on TCP: one upstream connection per
+    /// client connection.
+    Memcached,
+    /// Any TCP protocol: relayed byte for byte, through the stream filter a
+    /// port rule names with `l7proto` (or untouched when no rule has one).
+    Stream,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -372,8 +378,8 @@ impl WeirConfig {
             if l.protocol == ListenerProtocol::Dns && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: DNS listeners serve plain DNS (DoT/DoH are not built)"));
             }
-            if l.protocol == ListenerProtocol::Kafka && l.tls.is_some() {
-                return Err(format!("listeners[{i}].tls: Kafka listeners serve plaintext Kafka (TLS is not built)"));
+            if l.protocol != ListenerProtocol::Http && l.tls.is_some() {
+                return Err(format!("listeners[{i}].tls: only HTTP listeners terminate TLS"));
             }
         }
         if self.dns.upstream_timeout.is_zero() {

@@ -124,6 +124,30 @@ pub struct KafkaFlow {
     pub error_code: Option<i16>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemcachedFlow {
+    /// `text` (meta commands included) or `binary`.
+    pub protocol: String,
+    /// The command word, or the binary opcode's name.
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// What the server answered: the first word of a text reply (`STORED`,
+    /// `END`, `HD`, ...) or a binary status (`0x0001`); weir's own refusal
+    /// shows as `CLIENT_ERROR` / `0x0020`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// A request of a protocol parsed by a stream filter (`l7proto`): the
+/// fields the filter chose to show.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Flow {
+    pub l7proto: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub time: FlowTime,
@@ -149,6 +173,10 @@ pub struct FlowRecord {
     pub dns: Option<DnsFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memcached: Option<MemcachedFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Flow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     #[serde(default)]
@@ -195,6 +223,20 @@ impl FlowRecord {
             }
             if let Some(code) = k.error_code {
                 let _ = write!(line, " => error {code}");
+            }
+        }
+        if let Some(m) = &self.memcached {
+            let _ = write!(line, " {} {}", m.protocol, m.command);
+            if !m.keys.is_empty() {
+                let _ = write!(line, " keys={}", m.keys.join(","));
+            }
+            if let Some(r) = &m.response {
+                let _ = write!(line, " => {r}");
+            }
+        }
+        if let Some(g) = &self.l7 {
+            for (k, v) in &g.fields {
+                let _ = write!(line, " {k}={v:?}");
             }
         }
         if let Some(l) = self.latency_us {
@@ -485,6 +527,8 @@ mod tests {
             }),
             dns: None,
             kafka: None,
+            memcached: None,
+            l7: None,
             latency_us: None,
             filter_us: 0,
         }

@@ -20,6 +20,8 @@ pub enum Bound {
     Http(TcpListener),
     Dns(crate::dns::DnsSockets),
     Kafka(TcpListener),
+    Memcached(TcpListener),
+    Stream(TcpListener),
 }
 
 /// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
@@ -51,6 +53,8 @@ impl ListenerSet {
                 ListenerProtocol::Http => bind_stream(bind).map(Bound::Http),
                 ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
                 ListenerProtocol::Kafka => bind_stream(bind).map(Bound::Kafka),
+                ListenerProtocol::Memcached => bind_stream(bind).map(Bound::Memcached),
+                ListenerProtocol::Stream => bind_stream(bind).map(Bound::Stream),
             };
             match sockets {
                 Ok(sockets) => bound.push((name.clone(), bind, protocol, sockets)),
@@ -78,6 +82,20 @@ impl ListenerSet {
                     tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
                         let target = Target::Listener(shared_name.clone());
                         tokio::spawn(crate::kafka::serve(state.clone(), target, stream, peer));
+                    }));
+                }
+                Bound::Memcached(listener) => {
+                    let state = state.clone();
+                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
+                        let target = Target::Listener(shared_name.clone());
+                        tokio::spawn(crate::memcached::serve(state.clone(), target, stream, peer));
+                    }));
+                }
+                Bound::Stream(listener) => {
+                    let state = state.clone();
+                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
+                        let target = Target::Listener(shared_name.clone());
+                        tokio::spawn(crate::stream::serve(state.clone(), target, stream, peer));
                     }));
                 }
                 Bound::Dns(sockets) => {

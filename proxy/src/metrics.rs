@@ -61,6 +61,13 @@ pub struct KafkaLabels {
     pub verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemcachedLabels {
+    /// The command word or binary opcode name.
+    pub command: String,
+    pub verdict: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -78,6 +85,7 @@ pub struct Metrics {
     pub dns_upstream_duration: Histogram,
     pub fqdn_addresses: Gauge,
     pub kafka_requests: Family<KafkaLabels, Counter>,
+    pub memcached_requests: Family<MemcachedLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -109,6 +117,7 @@ impl Default for Metrics {
             dns_upstream_duration: request_histogram(),
             fqdn_addresses: Gauge::default(),
             kafka_requests: Family::default(),
+            memcached_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -150,6 +159,11 @@ impl Default for Metrics {
             m.fqdn_addresses.clone(),
         );
         registry.register("kafka_requests", "Kafka requests by API and verdict", m.kafka_requests.clone());
+        registry.register(
+            "memcached_requests",
+            "memcached requests by command and verdict",
+            m.memcached_requests.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

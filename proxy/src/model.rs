@@ -63,7 +63,7 @@ pub struct FilterChain {
     pub allowed_by: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChainLink {
     pub direction: Direction,
     pub filter: Arc<ConfiguredFilter>,
@@ -104,7 +104,10 @@ pub struct PolicyModel {
     http_policy: Arc<FilterComponent>,
     dns_policy: Arc<FilterComponent>,
     kafka_policy: Arc<FilterComponent>,
+    memcached_policy: Arc<FilterComponent>,
     custom_filters: HashMap<String, CustomFilter>,
+    /// Stream filters built into weir, by `l7proto` name.
+    builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Destinations of connections the datapath handed over, as listeners.
     transparent: Mutex<HashMap<(SocketAddr, ListenerProtocol), Arc<ListenerModel>>>,
@@ -222,6 +225,11 @@ impl PolicyModel {
         let http_policy = load_builtin(builtin::HTTP_POLICY)?;
         let dns_policy = load_builtin(builtin::DNS_POLICY)?;
         let kafka_policy = load_builtin(builtin::KAFKA_POLICY)?;
+        let memcached_policy = load_builtin(builtin::MEMCACHED_POLICY)?;
+        let mut builtin_streams = HashMap::new();
+        for name in builtin::STREAM_FILTERS {
+            builtin_streams.insert(*name, load_builtin(name)?);
+        }
         let mut custom_filters = HashMap::new();
         for (i, f) in config.filters.iter().enumerate() {
             let bytes = match (&f.path, &f.builtin) {
@@ -280,7 +288,9 @@ impl PolicyModel {
             http_policy,
             dns_policy,
             kafka_policy,
+            memcached_policy,
             custom_filters,
+            builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
         };
@@ -322,6 +332,30 @@ impl PolicyModel {
                         errors.push(error(
                             format!("{}.rules.{}", set.path, detail_field(detail)),
                             detail_message(detail),
+                        ));
+                    }
+                }
+                if l7.kind == L7Kind::Memcached {
+                    let config = policy_config(&[(set.path.clone(), l7.l7.as_deref().unwrap_or(&[]))]);
+                    if let Err(message) = self.configure_builtin(L7Kind::Memcached, config) {
+                        // the filter prefixes "<group>: l7[i].field: ..."
+                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
+                        errors.push(error(
+                            format!("{}.rules.{}", set.path, detail_field(detail)),
+                            detail_message(detail),
+                        ));
+                    }
+                }
+                if l7.kind == L7Kind::Stream {
+                    let name = l7.l7proto.as_deref().unwrap_or_default();
+                    let config = policy_config(&[(set.path.clone(), l7.l7.as_deref().unwrap_or(&[]))]);
+                    if let Err(message) = self.configure_stream(name, config) {
+                        errors.push(error(format!("{}.rules.l7proto", set.path), message));
+                    }
+                    if !l7.wasm.is_empty() {
+                        errors.push(error(
+                            format!("{}.rules.wasm", set.path),
+                            format!("a port parsed by l7proto {name} has no other filters; chain in the parser"),
                         ));
                     }
                 }
@@ -375,8 +409,44 @@ impl PolicyModel {
             L7Kind::Http => &self.http_policy,
             L7Kind::Dns => &self.dns_policy,
             L7Kind::Kafka => &self.kafka_policy,
+            L7Kind::Memcached => &self.memcached_policy,
+            L7Kind::Stream => return Err("stream filters are named by l7proto".into()),
         };
         self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
+    }
+
+    /// The stream filter `l7proto: name` selects (weir.yaml `filters` first,
+    /// then the built-in ones), configured with the port's `l7` rules.
+    fn configure_stream(&self, name: &str, config: String) -> Result<Arc<ConfiguredFilter>, String> {
+        let (component, limits, failure) = match self.custom_filters.get(name) {
+            Some(custom) => (&custom.component, custom.limits, custom.failure),
+            None => match self.builtin_streams.get(name) {
+                Some(component) => (component, FilterLimits::default(), FailurePolicy::Closed),
+                None => {
+                    let mut known: Vec<&str> = self.builtin_streams.keys().copied().collect();
+                    known.extend(
+                        self.custom_filters
+                            .iter()
+                            .filter(|(_, c)| c.component.world() == World::StreamFilter)
+                            .map(|(n, _)| n.as_str()),
+                    );
+                    known.sort();
+                    return Err(format!(
+                        "no parser {name:?}: weir parses memcache itself; stream filters here: {}",
+                        known.join(", ")
+                    ));
+                }
+            },
+        };
+        if component.world() != World::StreamFilter {
+            return Err(format!(
+                "filter {name:?} implements {}; l7proto needs a stream-filter",
+                component.world().as_str()
+            ));
+        }
+        self.runtime
+            .configure(component, config, limits, failure)
+            .map_err(|e| format!("rejected by the {name} filter: {e}"))
     }
 
     /// A connection the datapath redirected: its original destination seen
@@ -404,6 +474,8 @@ impl PolicyModel {
                 ListenerProtocol::Http => format!("{TRANSPARENT_LISTENER}:{original_destination}"),
                 ListenerProtocol::Dns => format!("{TRANSPARENT_LISTENER}-dns:{original_destination}"),
                 ListenerProtocol::Kafka => format!("{TRANSPARENT_LISTENER}-kafka:{original_destination}"),
+                ListenerProtocol::Memcached => format!("{TRANSPARENT_LISTENER}-memcached:{original_destination}"),
+                ListenerProtocol::Stream => format!("{TRANSPARENT_LISTENER}-stream:{original_destination}"),
             },
             bind: original_destination,
             protocol,
@@ -543,6 +615,8 @@ impl PolicyModel {
             ListenerProtocol::Http => L7Kind::Http,
             ListenerProtocol::Dns => L7Kind::Dns,
             ListenerProtocol::Kafka => L7Kind::Kafka,
+            ListenerProtocol::Memcached => L7Kind::Memcached,
+            ListenerProtocol::Stream => L7Kind::Stream,
         };
         let mut chain = FilterChain::default();
         for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
@@ -606,10 +680,25 @@ impl PolicyModel {
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
+                L7Kind::Memcached | L7Kind::Stream => policy_config::<BTreeMap<String, String>>(
+                    &allowances
+                        .iter()
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.l7.as_deref()).unwrap_or(&[])))
+                        .collect::<Vec<_>>(),
+                ),
             };
-            let filter = self
-                .configure_builtin(kind, config)
-                .map_err(|e| format!("{}-policy configuration failed: {e}", kind.as_str()))?;
+            let filter = if kind == L7Kind::Stream {
+                // one parser per port: every rule here must name the same one
+                let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto.as_deref()));
+                let name = names.next().unwrap_or_default();
+                if let Some(other) = names.find(|n| *n != name) {
+                    return Err(format!("rules for this port name two parsers, l7proto {name} and {other}"));
+                }
+                self.configure_stream(name, config)?
+            } else {
+                self.configure_builtin(kind, config)
+                    .map_err(|e| format!("{}-policy configuration failed: {e}", kind.as_str()))?
+            };
             links.push(ChainLink { direction, filter });
         }
         let mut seen: Vec<(&str, &str)> = Vec::new();
@@ -651,11 +740,13 @@ impl PolicyModel {
                 port: l.port,
             })
             .collect();
-        let filters: Vec<_> = [builtin::HTTP_POLICY, builtin::DNS_POLICY, builtin::KAFKA_POLICY]
-            .into_iter()
-            .map(str::to_string)
-            .chain(self.custom_filters.keys().cloned())
-            .collect();
+        let filters: Vec<_> =
+            [builtin::HTTP_POLICY, builtin::DNS_POLICY, builtin::KAFKA_POLICY, builtin::MEMCACHED_POLICY]
+                .into_iter()
+                .chain(builtin::STREAM_FILTERS.iter().copied())
+                .map(str::to_string)
+                .chain(self.custom_filters.keys().cloned())
+                .collect();
         serde_json::json!({
             "generation": self.generation,
             "listeners": listeners,
@@ -672,6 +763,8 @@ fn world_of(kind: L7Kind) -> World {
         L7Kind::Http => World::HttpFilter,
         L7Kind::Dns => World::DnsFilter,
         L7Kind::Kafka => World::KafkaFilter,
+        L7Kind::Memcached => World::MemcachedFilter,
+        L7Kind::Stream => World::StreamFilter,
     }
 }
 

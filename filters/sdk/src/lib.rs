@@ -28,7 +28,9 @@ pub mod headers;
 pub mod host;
 pub mod http;
 pub mod kafka;
+pub mod memcached;
 mod slot;
+pub mod stream;
 
 #[doc(hidden)]
 pub use slot::Slot;

@@ -77,15 +77,21 @@ pub fn compile(
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
-    // Kafka ports would be redirected to the HTTP proxy port, which cannot
-    // speak Kafka: refuse instead of breaking the traffic.
+    // Kafka, memcached and stream ports would be redirected to the HTTP
+    // proxy port, which cannot speak them: refuse instead of breaking traffic.
     for rule in &model.policies.rules {
         let sets =
             [&rule.ingress, &rule.egress].into_iter().flatten().flatten().flat_map(|p| p.to_ports.iter().flatten());
-        for set in sets.filter(|s| s.l7.as_ref().is_some_and(|l| l.kind == L7Kind::Kafka)) {
+        for (set, l7) in sets.filter_map(|s| s.l7.as_ref().map(|l| (s, l))) {
+            let (field, what, listener) = match l7.kind {
+                L7Kind::Http | L7Kind::Dns => continue,
+                L7Kind::Kafka => ("kafka", "Kafka", "kafka"),
+                L7Kind::Memcached => ("l7proto", "memcached", "memcached"),
+                L7Kind::Stream => ("l7proto", "l7proto", "stream"),
+            };
             errors.push(format!(
-                "policy {} {}.rules.kafka: the eBPF datapath does not redirect Kafka ports yet; \
-                 Kafka rules are enforced on `protocol: kafka` listeners (local mode)",
+                "policy {} {}.rules.{field}: the eBPF datapath does not redirect {what} ports yet; \
+                 these rules are enforced on `protocol: {listener}` listeners (local mode)",
                 rule.policy, set.path
             ));
         }

@@ -125,6 +125,8 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         http: None,
         dns: None,
         kafka: None,
+        memcached: None,
+        l7: None,
         latency_us: None,
         filter_us: 0,
     }

@@ -545,6 +545,8 @@ async fn exchange(
         http: None,
         dns: Some(flow),
         kafka: None,
+        memcached: None,
+        l7: None,
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
     });

@@ -60,6 +60,8 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             http: None,
             dns: None,
             kafka: None,
+            memcached: None,
+            l7: None,
             latency_us: None,
             filter_us: 0,
         });
@@ -117,6 +119,8 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
             }),
             dns: None,
             kafka: None,
+            memcached: None,
+            l7: None,
             latency_us: None,
             filter_us: 0,
         });

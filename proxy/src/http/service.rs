@@ -441,6 +441,8 @@ impl HttpConnection {
             http: Some(trace.http),
             dns: None,
             kafka: None,
+            memcached: None,
+            l7: None,
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
         });

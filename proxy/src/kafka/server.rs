@@ -24,11 +24,11 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Request, Topics};
 use crate::config::ListenerProtocol;
-use crate::context::{ConnectionContext, Target, next_connection_id};
-use crate::flow::{FlowPeer, FlowRecord, FlowTime, KafkaFlow, Verdict};
+use crate::context::Target;
+use crate::flow::{FlowRecord, KafkaFlow, Verdict};
 use crate::metrics::{KafkaLabels, RequestLabels};
-use crate::model::{ConnectionVerdict, FilterChain, ListenerModel, PolicyModel, Resolved};
-use crate::policy::L4Protocol;
+use crate::model::{ConnectionVerdict, FilterChain};
+use crate::relay::{self, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConnectionView, FailurePolicy, kafka as wit};
 
@@ -48,61 +48,19 @@ enum Pending {
     Local { response: BytesMut },
 }
 
-/// The model-dependent part of a connection, rebuilt when the model changes.
-struct Snapshot {
-    model: Arc<PolicyModel>,
-    listener: Arc<ListenerModel>,
-    context: Arc<ConnectionContext>,
-    verdict: Arc<ConnectionVerdict>,
-}
+/// A Kafka connection: the shared relay connection plus Kafka's flow details.
+struct Connection(relay::Connection);
 
-struct Connection {
-    state: Arc<ProxyState>,
-    target: Target,
-    peer: SocketAddr,
-    id: u64,
-    listener: Arc<str>,
+impl std::ops::Deref for Connection {
+    type Target = relay::Connection;
+    fn deref(&self) -> &relay::Connection {
+        &self.0
+    }
 }
 
 impl Connection {
-    fn snapshot(&self, current: Option<Snapshot>) -> Option<(Snapshot, Option<crate::http::upstream::UpstreamBind>)> {
-        let model = self.state.model.load_full();
-        // cheap when nothing changed: one generation compare
-        if let Some(s) = current.filter(|s| s.model.generation == model.generation) {
-            return Some((s, None));
-        }
-        let resolved = model.resolve(&self.target, self.peer, ListenerProtocol::Kafka)?;
-        let verdict =
-            model.connection_verdict_from(&resolved.listener, resolved.source.clone(), self.peer, L4Protocol::Tcp);
-        let context = resolved.context(self.id, self.peer, &self.listener);
-        let Resolved { listener, bind, .. } = resolved;
-        Some((Snapshot { model, listener, context, verdict }, bind))
-    }
-
     fn flow(&self, snap: &Snapshot, verdict: Verdict, reason: Option<String>, kafka: Option<KafkaFlow>) -> FlowRecord {
-        let context = &snap.context;
-        FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: "kafka".into(),
-            verdict,
-            reason,
-            policies: match &*snap.verdict {
-                ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
-                ConnectionVerdict::Drop { .. } => Vec::new(),
-            },
-            matched: None,
-            source: FlowPeer::new(&context.source, self.peer),
-            destination: FlowPeer::new(&context.destination, context.destination_addr),
-            listener: self.listener.to_string(),
-            port: context.port,
-            connection: context.id,
-            http: None,
-            dns: None,
-            kafka,
-            latency_us: None,
-            filter_us: 0,
-        }
+        FlowRecord { kafka, ..self.0.flow(snap, verdict, reason) }
     }
 
     fn record(&self, flow: FlowRecord) {
@@ -116,47 +74,15 @@ impl Connection {
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let listener = target.name();
-    let open = OpenConnection::new(&state, &listener);
-    let conn = Connection { state: state.clone(), target, peer, id: next_connection_id(), listener };
+    let conn = Connection(relay::Connection::new(state, target, peer, ListenerProtocol::Kafka, "kafka"));
+    let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
-    relay(&conn, &open, client).await;
-}
-
-async fn relay(conn: &Connection, open: &OpenConnection, client: TcpStream) {
-    let Some((snap, bind)) = conn.snapshot(None) else { return };
-    if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
-        conn.state.flows.record(conn.flow(&snap, Verdict::Dropped, Some(reason.clone()), None));
-        open.drop_at_accept(&client);
-        return;
-    }
-    let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
-    let connect = async {
-        match bind {
-            None => TcpStream::connect(address).await,
-            Some(bind) => bind.connect(address)?.connect(address).await,
-        }
-    };
-    let broker = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return conn.record(conn.flow(&snap, Verdict::Error, Some(format!("broker {address}: {e}")), None));
-        }
-        Err(_) => {
-            return conn.record(conn.flow(
-                &snap,
-                Verdict::Error,
-                Some(format!("broker {address}: connect timed out")),
-                None,
-            ));
-        }
-    };
-    let _ = broker.set_nodelay(true);
+    let Some((snap, broker)) = conn.open(&open, &client).await else { return };
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
     let (queue, queued) = mpsc::channel(MAX_IN_FLIGHT);
-    let requests = requests(conn, snap, client_read, broker_write, queue);
-    let responses = responses(conn, broker_read, client_write, queued);
+    let requests = requests(&conn, snap, client_read, broker_write, queue);
+    let responses = responses(&conn, broker_read, client_write, queued);
     // the response half ends the connection when the broker or the client
     // goes; the request half ends it on a bad frame or the client's EOF
     tokio::join!(requests, responses);
@@ -348,12 +274,18 @@ async fn responses(
             break None;
         }
         tokio::select! {
+            // requests first: a response is only understood once its request is known
+            biased;
             next = queued.recv(), if !requests_done => match next {
                 Some(p) => pending.push_back(p),
                 None => requests_done = true,
             },
             frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE) => match frame {
                 Ok(Some(mut frame)) => {
+                    // its request may have been queued after the select chose this branch
+                    while let Ok(p) = queued.try_recv() {
+                        pending.push_back(p);
+                    }
                     let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started }) = pending.pop_front() else {
                         break Some(Closing("the broker sent a response nobody asked for".into()));
                     };

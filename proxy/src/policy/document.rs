@@ -224,10 +224,13 @@ pub struct L7Rules {
     pub kafka: Option<Vec<KafkaRule>>,
     #[serde(default)]
     pub dns: Option<Vec<FqdnSelector>>,
+    /// The parser for the port: `memcache`, `cassandra`, or the name of a
+    /// stream filter (built-in like `r2d2`, or from weir.yaml `filters`).
     #[serde(default)]
     pub l7proto: Option<String>,
+    /// Cilium's `PortRuleL7`: key-value rules the parser understands.
     #[serde(default)]
-    pub l7: Option<serde_yaml::Value>,
+    pub l7: Option<Vec<std::collections::BTreeMap<String, String>>>,
     /// Weir: custom filters that must also allow the request.
     #[serde(default)]
     pub wasm: Option<Vec<WasmRule>>,

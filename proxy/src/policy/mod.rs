@@ -14,6 +14,7 @@ pub mod document;
 mod k8s;
 pub mod selector;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -182,6 +183,10 @@ pub enum L7Kind {
     Http,
     Dns,
     Kafka,
+    /// `l7proto: memcache`.
+    Memcached,
+    /// `l7proto: <name>`: a stream filter named by `L7Rules::l7proto`.
+    Stream,
 }
 
 impl L7Kind {
@@ -190,9 +195,14 @@ impl L7Kind {
             L7Kind::Http => "http",
             L7Kind::Dns => "dns",
             L7Kind::Kafka => "kafka",
+            L7Kind::Memcached => "memcache",
+            L7Kind::Stream => "stream",
         }
     }
 }
+
+/// `l7proto` names that weir's own engines parse (Cilium's names).
+pub const MEMCACHE_L7PROTO: &[&str] = &["memcache", "memcached"];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct L7Rules {
@@ -206,6 +216,12 @@ pub struct L7Rules {
     /// `rules.kafka`: the requests that may be sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<Vec<KafkaRule>>,
+    /// `l7proto`, as written (the stream filter's name for `Stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7proto: Option<String>,
+    /// `l7`: the generic rules, for the parser `l7proto` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<Vec<BTreeMap<String, String>>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wasm: Vec<WasmRef>,
 }
@@ -793,13 +809,17 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
         }
         Some(rules) => {
             let rules_at = format!("{at}.rules");
-            for (present, field, why) in [
-                (rules.l7proto.is_some(), "l7proto", "arrives with the generic protocol filters"),
-                (rules.l7.is_some(), "l7", "arrives with the generic protocol filters"),
-            ] {
-                if present {
-                    return Err(unsupported(format!("{rules_at}.{field}"), why));
-                }
+            if rules.l7.is_some() && rules.l7proto.is_none() {
+                return Err((format!("{rules_at}.l7"), "l7 rules need l7proto (the parser that reads them)".into()));
+            }
+            let generic = rules
+                .l7proto
+                .as_deref()
+                .map(|name| if MEMCACHE_L7PROTO.contains(&name) { L7Kind::Memcached } else { L7Kind::Stream });
+            if let Some(name) = rules.l7proto.as_deref()
+                && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            {
+                return Err((format!("{rules_at}.l7proto"), format!("{name:?} is not a parser name")));
             }
             if ports.is_empty() || ports.iter().any(|p| p.start == 0) {
                 return Err((format!("{at}.ports"), "L7 rules need a specific port".into()));
@@ -808,6 +828,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
                 (rules.http.is_some(), "http", L7Kind::Http),
                 (rules.dns.is_some(), "dns", L7Kind::Dns),
                 (rules.kafka.is_some(), "kafka", L7Kind::Kafka),
+                (generic.is_some(), "l7proto", generic.unwrap_or(L7Kind::Stream)),
             ]
             .into_iter()
             .filter(|(present, _, _)| *present)
@@ -825,12 +846,13 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             // (checked when the filters configure)
             let kind = given.first().map_or(L7Kind::Http, |(_, kind)| *kind);
             match kind {
-                L7Kind::Kafka => {
+                L7Kind::Kafka | L7Kind::Memcached | L7Kind::Stream => {
                     if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
-                        return Err((
-                            format!("{at}.ports"),
-                            format!("Kafka rules need TCP (or ANY), not {:?}", p.protocol),
-                        ));
+                        let what = match kind {
+                            L7Kind::Kafka => "Kafka rules".to_string(),
+                            _ => format!("l7proto {}", rules.l7proto.as_deref().unwrap_or_default()),
+                        };
+                        return Err((format!("{at}.ports"), format!("{what} need TCP (or ANY), not {:?}", p.protocol)));
                     }
                 }
                 L7Kind::Http => {
@@ -888,7 +910,15 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
                     path: format!("{rules_at}.wasm[{i}]"),
                 })
                 .collect();
-            Some(L7Rules { kind, http: rules.http.clone(), dns: rules.dns.clone(), kafka: rules.kafka.clone(), wasm })
+            Some(L7Rules {
+                kind,
+                http: rules.http.clone(),
+                dns: rules.dns.clone(),
+                kafka: rules.kafka.clone(),
+                l7proto: rules.l7proto.clone(),
+                l7: rules.l7.clone(),
+                wasm,
+            })
         }
     };
     Ok(PortRuleSet { path: at.to_string(), ports, l7 })

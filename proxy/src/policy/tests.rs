@@ -460,3 +460,32 @@ fn kafka_rules_need_tcp_one_protocol_per_port_and_known_fields() {
     let typo = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "kafka: [{topics: t}]");
     assert!(errors(&typo)[0].message.contains("unknown field `topics`"), "{:?}", errors(&typo));
 }
+
+#[test]
+fn l7proto_selects_weirs_memcached_engine_or_a_stream_filter_by_name() {
+    let kafka = identity(400, "default", &[("app", "kafka")]);
+    let hq = identity(401, "default", &[("app", "empire-hq")]);
+    for (proto, kind) in [("memcache", L7Kind::Memcached), ("r2d2", L7Kind::Stream)] {
+        let yaml = KAFKA_POLICY
+            .replace("PROTO", "TCP")
+            .replace("RULES", &format!("l7proto: {proto}\n            l7: [{{command: get, keyPrefix: a/}}]"));
+        let set = set(&yaml);
+        let v = set.evaluate(Direction::Ingress, &kafka, PeerInfo::new(&hq, ip("10.0.0.7")), 9092, L4Protocol::Tcp);
+        let SideVerdict::Allowed(a) = v else { panic!("hq may connect") };
+        let l7 = a[0].l7.expect("with l7 rules");
+        assert_eq!((l7.kind, l7.l7proto.as_deref()), (kind, Some(proto)));
+        assert_eq!(l7.l7.as_ref().unwrap()[0]["keyPrefix"], "a/");
+    }
+}
+
+#[test]
+fn l7_rules_need_a_parser_tcp_and_a_port_of_their_own() {
+    let orphan = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "l7: [{cmd: READ}]");
+    assert!(errors(&orphan)[0].message.contains("l7 rules need l7proto"), "{:?}", errors(&orphan));
+    let udp = KAFKA_POLICY.replace("PROTO", "UDP").replace("RULES", "l7proto: memcache");
+    assert!(errors(&udp)[0].message.contains("l7proto memcache need TCP"), "{:?}", errors(&udp));
+    let mixed = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "l7proto: r2d2\n            kafka: [{}]");
+    assert!(errors(&mixed)[0].message.contains("separate toPorts"), "{:?}", errors(&mixed));
+    let bad_name = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "l7proto: \"a b\"");
+    assert!(errors(&bad_name)[0].message.contains("not a parser name"), "{:?}", errors(&bad_name));
+}

@@ -57,6 +57,38 @@ pub mod kafka_world {
 pub use kafka_world::weir::filter::kafka_types as kafka;
 pub use kafka_world::{KafkaFilter, KafkaFilterPre};
 
+/// The `memcached-filter` world, on the same shared imports.
+pub mod memcached_world {
+    wasmtime::component::bindgen!({
+        world: "memcached-filter",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "weir:filter/types": super::weir::filter::types,
+            "weir:filter/host": super::weir::filter::host,
+        },
+    });
+}
+
+pub use memcached_world::weir::filter::memcached_types as memcached;
+pub use memcached_world::{MemcachedFilter, MemcachedFilterPre};
+
+/// The `stream-filter` world, on the same shared imports.
+pub mod stream_world {
+    wasmtime::component::bindgen!({
+        world: "stream-filter",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "weir:filter/types": super::weir::filter::types,
+            "weir:filter/host": super::weir::filter::host,
+        },
+    });
+}
+
+pub use stream_world::weir::filter::stream_types as stream;
+pub use stream_world::{StreamFilter, StreamFilterPre};
+
 /// What a filter sees of a connection: the shared context plus the direction
 /// of the policy this filter enforces.
 pub struct ConnectionView {
@@ -76,11 +108,48 @@ pub struct HostState {
     pub filter_name: Arc<str>,
     pub metrics: Arc<Metrics>,
     counter_names: HashSet<String>,
+    /// The running call's CPU budget and the thread's CPU clock when it began.
+    pub cpu: CpuBudget,
+}
+
+/// A call's deadline counts the CPU time of the thread running it, not wall
+/// time: a worker preempted on a busy node must not time out a healthy
+/// filter. The epoch tick only wakes [`CpuBudget::on_epoch`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBudget {
+    pub budget: std::time::Duration,
+    pub started: std::time::Duration,
+}
+
+impl CpuBudget {
+    pub fn start(budget: std::time::Duration) -> Self {
+        CpuBudget { budget, started: thread_cpu_time() }
+    }
+
+    /// Whether the call has used up its budget.
+    pub fn spent(&self) -> bool {
+        thread_cpu_time().saturating_sub(self.started) >= self.budget
+    }
+}
+
+/// CPU time consumed by the calling thread.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 impl HostState {
     pub fn new(filter_name: Arc<str>, limits: StoreLimits, metrics: Arc<Metrics>) -> Self {
-        HostState { table: ResourceTable::new(), limits, filter_name, metrics, counter_names: HashSet::new() }
+        HostState {
+            table: ResourceTable::new(),
+            limits,
+            filter_name,
+            metrics,
+            counter_names: HashSet::new(),
+            cpu: CpuBudget::default(),
+        }
     }
 
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
@@ -95,6 +164,10 @@ impl http::Host for HostState {}
 impl dns::Host for HostState {}
 
 impl kafka::Host for HostState {}
+
+impl memcached::Host for HostState {}
+
+impl stream::Host for HostState {}
 
 fn identity(id: &Identity) -> types::Identity {
     types::Identity { id: id.id, labels: id.label_strings().to_vec() }

@@ -8,11 +8,20 @@ pub const DNS_POLICY: &str = "dns-policy";
 /// Name of the built-in filter for `rules.kafka`.
 pub const KAFKA_POLICY: &str = "kafka-policy";
 
+/// Name of the built-in filter for `l7proto: memcache`.
+pub const MEMCACHED_POLICY: &str = "memcached-policy";
+/// The example stream filter for Cilium's r2d2 test protocol (`l7proto: r2d2`).
+pub const R2D2: &str = "r2d2";
+/// Built-in stream filters: `l7proto` names that need no weir.yaml entry.
+pub const STREAM_FILTERS: &[&str] = &[R2D2];
+
 /// `(name, component bytes)`
 pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
     (HTTP_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.wasm"))),
     (DNS_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.wasm"))),
     (KAFKA_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.wasm"))),
+    (MEMCACHED_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/memcached_policy.wasm"))),
+    (R2D2, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/r2d2.wasm"))),
     ("require-header", include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/require_header.wasm"))),
 ];
 

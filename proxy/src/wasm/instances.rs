@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 
 use wasmtime::{Store, StoreLimitsBuilder};
 
-use super::bindings::HostState;
+use super::bindings::{CpuBudget, HostState};
 use super::{
     ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, WorldPre, classify, deadline_ticks,
 };
@@ -75,14 +75,26 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
     let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
     let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
     store.limiter(|state| state.limiter());
-    store.epoch_deadline_trap();
+    // each tick past the deadline asks whether the call spent its CPU budget:
+    // only then does it trap; otherwise it looks again a tick later
+    store.epoch_deadline_callback(|store| {
+        if store.data().cpu.spent() {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        }
+    });
     // configure parses and compiles rules once; it gets more time than a
     // request (a busy node must not reject a valid policy), but not forever
-    store.set_epoch_deadline(deadline_ticks(filter.limits.timeout.max(CONFIGURE_TIMEOUT)));
+    let configure_budget = filter.limits.timeout.max(CONFIGURE_TIMEOUT);
+    store.data_mut().cpu = CpuBudget::start(configure_budget);
+    store.set_epoch_deadline(deadline_ticks(configure_budget));
     let bindings = match &filter.component.pre {
         WorldPre::Http(pre) => pre.instantiate(&mut store).map(WorldBindings::Http),
         WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
         WorldPre::Kafka(pre) => pre.instantiate(&mut store).map(WorldBindings::Kafka),
+        WorldPre::Memcached(pre) => pre.instantiate(&mut store).map(WorldBindings::Memcached),
+        WorldPre::Stream(pre) => pre.instantiate(&mut store).map(WorldBindings::Stream),
     }
     .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
     runtime
@@ -94,6 +106,8 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
         WorldBindings::Http(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Dns(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Kafka(b) => b.call_configure(&mut store, &filter.config),
+        WorldBindings::Memcached(b) => b.call_configure(&mut store, &filter.config),
+        WorldBindings::Stream(b) => b.call_configure(&mut store, &filter.config),
     };
     match configured {
         Ok(Ok(())) => {}

@@ -24,10 +24,13 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ConnectionView, dns, http, kafka};
+pub use bindings::{ConnectionView, dns, http, kafka, memcached, stream};
 
 use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
-use bindings::{DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter, KafkaFilterPre};
+use bindings::{
+    DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter, KafkaFilterPre, MemcachedFilter,
+    MemcachedFilterPre, StreamFilter, StreamFilterPre,
+};
 
 /// How often the epoch advances; CPU deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -105,7 +108,8 @@ pub enum LoadError {
     #[error("filter {name}: not a valid WebAssembly component: {message}")]
     Compile { name: String, message: String },
     #[error(
-        "filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter, kafka-filter): {message}"
+        "filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter, kafka-filter, \
+         memcached-filter, stream-filter): {message}"
     )]
     World { name: String, message: String },
 }
@@ -177,6 +181,10 @@ impl FilterRuntime {
             .map_err(anyhow_error)?;
         bindings::kafka::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow_error)?;
+        bindings::memcached::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
+        bindings::stream::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
 
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
         let ticker = Some(EpochTicker::start(engine.clone()));
@@ -200,20 +208,34 @@ impl FilterRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
-        let pre = match HttpFilterPre::new(instance_pre.clone()) {
-            Ok(pre) => WorldPre::Http(pre),
-            Err(http_error) => match DnsFilterPre::new(instance_pre.clone()) {
-                Ok(pre) => WorldPre::Dns(pre),
-                Err(dns_error) => match KafkaFilterPre::new(instance_pre) {
-                    Ok(pre) => WorldPre::Kafka(pre),
-                    Err(kafka_error) => {
-                        let message = format!(
-                            "as http-filter: {http_error:#}; as dns-filter: {dns_error:#}; as kafka-filter: {kafka_error:#}"
-                        );
-                        return Err(LoadError::World { name: name.into(), message });
-                    }
-                },
-            },
+        // try each world in turn; the errors say why none fitted
+        let mut why = Vec::new();
+        let pre = None
+            .or_else(|| {
+                HttpFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("http", e))).ok().map(WorldPre::Http)
+            })
+            .or_else(|| {
+                DnsFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("dns", e))).ok().map(WorldPre::Dns)
+            })
+            .or_else(|| {
+                KafkaFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("kafka", e))).ok().map(WorldPre::Kafka)
+            })
+            .or_else(|| {
+                MemcachedFilterPre::new(instance_pre.clone())
+                    .map_err(|e| why.push(("memcached", e)))
+                    .ok()
+                    .map(WorldPre::Memcached)
+            })
+            .or_else(|| {
+                StreamFilterPre::new(instance_pre.clone())
+                    .map_err(|e| why.push(("stream", e)))
+                    .ok()
+                    .map(WorldPre::Stream)
+            });
+        let Some(pre) = pre else {
+            let message =
+                why.iter().map(|(world, e)| format!("as {world}-filter: {e:#}")).collect::<Vec<_>>().join("; ");
+            return Err(LoadError::World { name: name.into(), message });
         };
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
         Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))
@@ -278,6 +300,8 @@ pub enum World {
     HttpFilter,
     DnsFilter,
     KafkaFilter,
+    MemcachedFilter,
+    StreamFilter,
 }
 
 impl World {
@@ -286,6 +310,8 @@ impl World {
             World::HttpFilter => "http-filter",
             World::DnsFilter => "dns-filter",
             World::KafkaFilter => "kafka-filter",
+            World::MemcachedFilter => "memcached-filter",
+            World::StreamFilter => "stream-filter",
         }
     }
 }
@@ -294,6 +320,8 @@ enum WorldPre {
     Http(HttpFilterPre<HostState>),
     Dns(DnsFilterPre<HostState>),
     Kafka(KafkaFilterPre<HostState>),
+    Memcached(MemcachedFilterPre<HostState>),
+    Stream(StreamFilterPre<HostState>),
 }
 
 /// A live instance's exports, by world.
@@ -301,6 +329,8 @@ pub(crate) enum WorldBindings {
     Http(HttpFilter),
     Dns(DnsFilter),
     Kafka(KafkaFilter),
+    Memcached(MemcachedFilter),
+    Stream(StreamFilter),
 }
 
 impl WorldBindings {
@@ -324,6 +354,20 @@ impl WorldBindings {
             _ => Err(wasmtime::Error::msg("not a kafka-filter")),
         }
     }
+
+    fn memcached(&self) -> wasmtime::Result<&MemcachedFilter> {
+        match self {
+            WorldBindings::Memcached(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not a memcached-filter")),
+        }
+    }
+
+    fn stream(&self) -> wasmtime::Result<&StreamFilter> {
+        match self {
+            WorldBindings::Stream(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not a stream-filter")),
+        }
+    }
 }
 
 /// A compiled, pre-linked filter component.
@@ -339,6 +383,8 @@ impl FilterComponent {
             WorldPre::Http(_) => World::HttpFilter,
             WorldPre::Dns(_) => World::DnsFilter,
             WorldPre::Kafka(_) => World::KafkaFilter,
+            WorldPre::Memcached(_) => World::MemcachedFilter,
+            WorldPre::Stream(_) => World::StreamFilter,
         }
     }
 }
@@ -413,6 +459,16 @@ impl ConfiguredFilter {
         })
     }
 
+    pub fn on_memcached_request(
+        &self,
+        connection: ConnectionView,
+        request: &memcached::Request,
+    ) -> Result<memcached::RequestDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.memcached()?.weir_filter_memcached_handler().call_on_request(store, conn, request)
+        })
+    }
+
     pub fn world(&self) -> World {
         self.component.world()
     }
@@ -429,24 +485,27 @@ impl ConfiguredFilter {
         let Some(runtime) = self.runtime.upgrade() else {
             return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
         };
-        let result = instances::with_instance(&runtime, self, |live| {
-            live.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
-            let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
-            // Lend the guest a transient borrow: an owned handle passed as a
-            // borrow would be tracked in the store forever.
-            let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(owned.rep());
-            let result = f(&live.bindings, &mut live.store, lent);
-            live.store.data_mut().table.delete(owned)?;
-            result
-        });
-        result.inspect_err(|failure| {
-            runtime
-                .metrics
-                .filter_failures
-                .get_or_create(&FilterFailureLabels { filter: self.name.to_string(), kind: failure.kind.as_str() })
-                .inc();
-            tracing::warn!(filter = &*self.name, kind = failure.kind.as_str(), "{}", failure.message);
-        })
+        let result = instances::with_instance(&runtime, self, |live| run(live, self.limits, connection, f));
+        result.inspect_err(|failure| self.count_failure(&runtime, failure))
+    }
+
+    /// An instance for one connection alone (stream filters keep parser
+    /// state in it), configured and ready.
+    pub fn dedicated(self: &Arc<Self>) -> Result<DedicatedInstance, FilterFailure> {
+        let Some(runtime) = self.runtime.upgrade() else {
+            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
+        };
+        let live = instances::instantiate(&runtime, self).inspect_err(|f| self.count_failure(&runtime, f))?;
+        Ok(DedicatedInstance { filter: self.clone(), live: Some(live) })
+    }
+
+    fn count_failure(&self, runtime: &FilterRuntime, failure: &FilterFailure) {
+        runtime
+            .metrics
+            .filter_failures
+            .get_or_create(&FilterFailureLabels { filter: self.name.to_string(), kind: failure.kind.as_str() })
+            .inc();
+        tracing::warn!(filter = &*self.name, kind = failure.kind.as_str(), "{}", failure.message);
     }
 
     /// Whether `on_response` is worth calling: false once the filter said
@@ -467,6 +526,67 @@ impl ConfiguredFilter {
 
     fn failure(&self, kind: FailureKind, message: String) -> FilterFailure {
         FilterFailure { filter: self.name.clone(), kind, message }
+    }
+}
+
+/// One guest call on a live instance, under the filter's CPU budget, with
+/// `connection` lent for the call.
+fn run<R>(
+    live: &mut instances::LiveInstance,
+    limits: FilterLimits,
+    connection: ConnectionView,
+    f: impl FnOnce(
+        &WorldBindings,
+        &mut wasmtime::Store<HostState>,
+        wasmtime::component::Resource<ConnectionView>,
+    ) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    live.store.data_mut().cpu = bindings::CpuBudget::start(limits.timeout);
+    live.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
+    // Lend the guest a transient borrow: an owned handle passed as a
+    // borrow would be tracked in the store forever.
+    let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(owned.rep());
+    let result = f(&live.bindings, &mut live.store, lent);
+    live.store.data_mut().table.delete(owned)?;
+    result
+}
+
+/// A filter instance owned by one connection. After a failed call it is
+/// gone: every later call fails too (a guest that trapped is never reused,
+/// and its parser state is lost with it).
+pub struct DedicatedInstance {
+    filter: Arc<ConfiguredFilter>,
+    live: Option<instances::LiveInstance>,
+}
+
+impl DedicatedInstance {
+    pub fn filter(&self) -> &Arc<ConfiguredFilter> {
+        &self.filter
+    }
+
+    pub fn on_stream_data(
+        &mut self,
+        connection: ConnectionView,
+        side: stream::Side,
+        end_stream: bool,
+        data: &[u8],
+    ) -> Result<Vec<stream::Op>, FilterFailure> {
+        let filter = &self.filter;
+        let Some(live) = self.live.as_mut() else {
+            return Err(filter.failure(FailureKind::Trap, "the connection's instance failed earlier".into()));
+        };
+        let result = run(live, filter.limits, connection, |bindings, store, conn| {
+            bindings.stream()?.weir_filter_stream_handler().call_on_data(store, conn, side, end_stream, data)
+        });
+        result.map_err(|error| {
+            self.live = None;
+            let failure = filter.failure(classify(&error), format!("{error:#}"));
+            if let Some(runtime) = filter.runtime.upgrade() {
+                filter.count_failure(&runtime, &failure);
+            }
+            failure
+        })
     }
 }
 
