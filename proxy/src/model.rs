@@ -313,38 +313,19 @@ impl PolicyModel {
                     field: Some(field),
                     message,
                 };
-                if let Some(http) = &l7.http {
-                    let config = policy_config(&[(set.path.clone(), http.as_slice())]);
-                    if let Err(message) = self.configure_builtin(L7Kind::Http, config) {
-                        // the filter prefixes "<group>: http[i].field: ..."
-                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
-                        errors.push(error(
-                            format!("{}.rules.{}", set.path, detail_field(detail)),
-                            detail_message(detail),
-                        ));
-                    }
-                }
-                if let Some(kafka) = &l7.kafka {
-                    let config = policy_config(&[(set.path.clone(), kafka.as_slice())]);
-                    if let Err(message) = self.configure_builtin(L7Kind::Kafka, config) {
-                        // the filter prefixes "<group>: kafka[i].field: ..."
-                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
-                        errors.push(error(
-                            format!("{}.rules.{}", set.path, detail_field(detail)),
-                            detail_message(detail),
-                        ));
-                    }
-                }
-                if l7.kind == L7Kind::Memcached {
-                    let config = policy_config(&[(set.path.clone(), l7.l7.as_deref().unwrap_or(&[]))]);
-                    if let Err(message) = self.configure_builtin(L7Kind::Memcached, config) {
-                        // the filter prefixes "<group>: l7[i].field: ..."
-                        let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
-                        errors.push(error(
-                            format!("{}.rules.{}", set.path, detail_field(detail)),
-                            detail_message(detail),
-                        ));
-                    }
+                // the built-in filters prefix errors "<group>: <field>[i].name: ..."
+                let path = || set.path.clone();
+                let fielded = match l7.kind {
+                    L7Kind::Http => l7.http.as_deref().map(|r| policy_config(&[(path(), r)])),
+                    L7Kind::Kafka => l7.kafka.as_deref().map(|r| policy_config(&[(path(), r)])),
+                    L7Kind::Memcached => Some(policy_config(&[(path(), l7.l7.as_deref().unwrap_or(&[]))])),
+                    L7Kind::Dns | L7Kind::Stream => None,
+                };
+                if let Some(config) = fielded
+                    && let Err(message) = self.configure_builtin(l7.kind, config)
+                {
+                    let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
+                    errors.push(error(format!("{}.rules.{}", set.path, detail_field(detail)), detail_message(detail)));
                 }
                 if l7.kind == L7Kind::Stream {
                     let name = l7.l7proto.as_deref().unwrap_or_default();

@@ -1,9 +1,10 @@
 //! What every one-upstream-connection-per-client engine (Kafka, memcached,
 //! stream filters) shares: the connection's view of the policy model, its
-//! flow records and the upstream dial.
+//! flow records, the upstream dial and the filter chain a request runs through.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -14,6 +15,7 @@ use crate::http::upstream::UpstreamBind;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
 use crate::policy::L4Protocol;
 use crate::state::{OpenConnection, ProxyState};
+use crate::wasm::{ConfiguredFilter, ConnectionView, FailurePolicy, FilterFailure};
 
 /// The model-dependent part of a connection, rebuilt when the model changes.
 pub struct Snapshot {
@@ -121,4 +123,76 @@ impl Connection {
         self.state.flows.record(self.flow(&snap, Verdict::Error, Some(reason)));
         None
     }
+}
+
+/// What one filter said about a request, in the engine's terms.
+pub enum Answer<D> {
+    /// Allowed; what allowed it, for the flow record.
+    Allow(Option<String>),
+    /// Refused, with the reason and the engine's detail (Kafka's error code).
+    Deny(String, D),
+}
+
+/// A request the chain refuses.
+pub struct Refusal<D> {
+    /// Denied by policy, or Error when a filter failed closed.
+    pub verdict: Verdict,
+    /// The denying filter's detail, or the engine's default when the
+    /// connection's policy changed to drop or a filter failed.
+    pub detail: D,
+}
+
+/// Run a request through the connection's filter chain. The WIT request is
+/// built only when some filter will read it. `Some` refuses the request; the
+/// flow gets the reason, what matched and the time spent in filters.
+pub fn run_chain<W, D>(
+    snap: &Snapshot,
+    flow: &mut FlowRecord,
+    request: impl FnOnce() -> W,
+    default_detail: impl Fn() -> D,
+    mut ask: impl FnMut(&ConfiguredFilter, ConnectionView, &W) -> Result<Answer<D>, FilterFailure>,
+) -> Option<Refusal<D>> {
+    let chain = match &*snap.verdict {
+        ConnectionVerdict::Drop { reason } => {
+            flow.reason = Some(format!("{reason} (policy changed under an open connection)"));
+            return Some(Refusal { verdict: Verdict::Denied, detail: default_detail() });
+        }
+        ConnectionVerdict::Forward(chain) => chain,
+    };
+    if chain.links.is_empty() {
+        return None;
+    }
+    let request = request();
+    let mut filter_time = Duration::ZERO;
+    let mut matched = Vec::new();
+    let mut outcome = None;
+    for link in &chain.links {
+        let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
+        let started = Instant::now();
+        let answer = ask(&link.filter, view, &request);
+        let elapsed = started.elapsed();
+        link.filter.observe_duration(elapsed);
+        filter_time += elapsed;
+        match answer {
+            Ok(Answer::Allow(m)) => matched.extend(m),
+            Ok(Answer::Deny(reason, detail)) => {
+                flow.reason = Some(reason);
+                outcome = Some(Refusal { verdict: Verdict::Denied, detail });
+                break;
+            }
+            Err(failure) if link.filter.failure == FailurePolicy::Open => {
+                tracing::debug!("{failure}; failing open");
+            }
+            Err(failure) => {
+                flow.reason = Some(failure.to_string());
+                outcome = Some(Refusal { verdict: Verdict::Error, detail: default_detail() });
+                break;
+            }
+        }
+    }
+    flow.filter_us = filter_time.as_micros() as u64;
+    if !matched.is_empty() {
+        flow.matched = Some(matched.join(", "));
+    }
+    outcome
 }

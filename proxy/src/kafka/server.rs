@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -27,17 +27,18 @@ use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, KafkaFlow, Verdict};
 use crate::metrics::{KafkaLabels, RequestLabels};
-use crate::model::{ConnectionVerdict, FilterChain};
 use crate::relay::{self, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
-use crate::wasm::{ConnectionView, FailurePolicy, kafka as wit};
+use crate::wasm::kafka as wit;
 
 /// Kafka's own default for `socket.request.max.bytes`.
 const MAX_REQUEST: usize = 100 << 20;
 /// Responses may be larger (`fetch.max.bytes` is 50 MiB by default).
 const MAX_RESPONSE: usize = 256 << 20;
-/// Requests judged and not yet answered; beyond it the client waits.
-const MAX_IN_FLIGHT: usize = 1024;
+/// Capacity of the queue between the halves. The response half moves
+/// entries out at once, so this is not what bounds requests in flight: the
+/// broker's socket buffer is (the request half waits when it is full).
+const QUEUE: usize = 1024;
 const READ_CHUNK: usize = 64 << 10;
 
 /// What the response half must send next, in request order.
@@ -80,7 +81,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let Some((snap, broker)) = conn.open(&open, &client).await else { return };
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
-    let (queue, queued) = mpsc::channel(MAX_IN_FLIGHT);
+    let (queue, queued) = mpsc::channel(QUEUE);
     let requests = requests(&conn, snap, client_read, broker_write, queue);
     let responses = responses(&conn, broker_read, client_write, queued);
     // the response half ends the connection when the broker or the client
@@ -158,7 +159,7 @@ async fn requests(
                     break;
                 }
             }
-            Some(Refusal { code, verdict }) => {
+            Some(relay::Refusal { verdict, detail: code }) => {
                 flow.verdict = verdict;
                 if let Some(k) = &mut flow.kafka {
                     k.error_code = Some(code);
@@ -185,27 +186,9 @@ async fn requests(
     let _ = broker.shutdown().await;
 }
 
-/// A request weir answers itself.
-struct Refusal {
-    code: i16,
-    /// Denied by policy, or Error when a filter failed closed.
-    verdict: Verdict,
-}
-
-/// Run the chain. `Some` refuses the request; the flow gets the reason and
-/// what matched.
-fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<Refusal> {
-    let chain: &FilterChain = match &*snap.verdict {
-        ConnectionVerdict::Drop { reason } => {
-            flow.reason = Some(format!("{reason} (policy changed under an open connection)"));
-            return Some(Refusal { code: request.default_error_code(), verdict: Verdict::Denied });
-        }
-        ConnectionVerdict::Forward(chain) => chain,
-    };
-    if chain.links.is_empty() {
-        return None;
-    }
-    let wit_request = wit::Request {
+/// Run the chain; `Some` refuses the request with a Kafka error code.
+fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<relay::Refusal<i16>> {
+    let wit_request = || wit::Request {
         api_key: request.api_key,
         api_version: request.api_version,
         correlation_id: request.correlation_id,
@@ -218,39 +201,15 @@ fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<Re
         },
         transactional_id: request.transactional_id.clone(),
     };
-    let mut filter_time = Duration::ZERO;
-    let mut matched = Vec::new();
-    let mut outcome = None;
-    for link in &chain.links {
-        let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
-        let started = Instant::now();
-        let decision = link.filter.on_kafka_request(view, &wit_request);
-        let elapsed = started.elapsed();
-        link.filter.observe_duration(elapsed);
-        filter_time += elapsed;
-        match decision {
-            Ok(wit::RequestDecision::Allow(allow)) => matched.extend(allow.matched),
-            Ok(wit::RequestDecision::Deny(deny)) => {
-                flow.reason = Some(deny.reason);
-                let code = deny.error_code.unwrap_or_else(|| request.default_error_code());
-                outcome = Some(Refusal { code, verdict: Verdict::Denied });
-                break;
+    let default_code = || request.default_error_code();
+    relay::run_chain(snap, flow, wit_request, default_code, |filter, view, wit_request| {
+        Ok(match filter.on_kafka_request(view, wit_request)? {
+            wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
+            wit::RequestDecision::Deny(deny) => {
+                relay::Answer::Deny(deny.reason, deny.error_code.unwrap_or_else(default_code))
             }
-            Err(failure) if link.filter.failure == FailurePolicy::Open => {
-                tracing::debug!("{failure}; failing open");
-            }
-            Err(failure) => {
-                flow.reason = Some(failure.to_string());
-                outcome = Some(Refusal { code: request.default_error_code(), verdict: Verdict::Error });
-                break;
-            }
-        }
-    }
-    flow.filter_us = filter_time.as_micros() as u64;
-    if !matched.is_empty() {
-        flow.matched = Some(matched.join(", "));
-    }
-    outcome
+        })
+    })
 }
 
 async fn responses(
@@ -274,7 +233,9 @@ async fn responses(
             break None;
         }
         tokio::select! {
-            // requests first: a response is only understood once its request is known
+            // requests first: a response is only understood once its request
+            // is known. Both halves run on one task (join!), so nothing can be
+            // queued between this check and the read below.
             biased;
             next = queued.recv(), if !requests_done => match next {
                 Some(p) => pending.push_back(p),
@@ -282,10 +243,6 @@ async fn responses(
             },
             frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE) => match frame {
                 Ok(Some(mut frame)) => {
-                    // its request may have been queued after the select chose this branch
-                    while let Ok(p) = queued.try_recv() {
-                        pending.push_back(p);
-                    }
                     let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started }) = pending.pop_front() else {
                         break Some(Closing("the broker sent a response nobody asked for".into()));
                     };

@@ -38,6 +38,14 @@ impl Protocol {
             Protocol::Binary => "binary",
         }
     }
+
+    /// How weir's refusal shows in a flow record, as a server reply would.
+    pub fn refusal_summary(self) -> &'static str {
+        match self {
+            Protocol::Text => "CLIENT_ERROR",
+            Protocol::Binary => "0x0020",
+        }
+    }
 }
 
 /// What the server sends back for a request.
@@ -173,10 +181,9 @@ fn parse_text_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
     let key = |i: usize| tokens.get(i).map(|k| vec![k.to_vec()]).unwrap_or_default();
     let quiet_or = |reply| if noreply { Reply::Quiet } else { reply };
     let (keys, reply, data) = match command.as_str() {
-        "set" | "add" | "replace" | "append" | "prepend" => {
+        "set" | "add" | "replace" | "append" | "prepend" | "cas" => {
             (key(1), quiet_or(Reply::One), Some(number(tokens.get(4), "data length")?))
         }
-        "cas" => (key(1), quiet_or(Reply::One), Some(number(tokens.get(4), "data length")?)),
         "get" | "gets" => (tokens[1..].iter().map(|k| k.to_vec()).collect(), Reply::Values, None),
         "gat" | "gats" => (tokens.iter().skip(2).map(|k| k.to_vec()).collect(), Reply::Values, None),
         "delete" | "incr" | "decr" | "touch" => (key(1), quiet_or(Reply::One), None),
@@ -287,7 +294,7 @@ fn binary_header(buf: &[u8], magic: u8) -> Result<Option<BinaryHeader>, FrameErr
 fn parse_binary_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
     let Some((op, key_len, extras, body, opaque)) = binary_header(buf, REQUEST_MAGIC)? else { return Ok(None) };
     let len = HEADER + body;
-    if buf.len() < HEADER + extras + key_len {
+    if buf.len() < len {
         return Ok(None);
     }
     let key = &buf[HEADER + extras..HEADER + extras + key_len];
@@ -300,9 +307,6 @@ fn parse_binary_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
         _ => Reply::One,
     };
     let keys = if key_len > 0 { vec![key.to_vec()] } else { Vec::new() };
-    if buf.len() < len {
-        return Ok(None);
-    }
     Ok(Some(Request {
         protocol: Protocol::Binary,
         command: opcode_name(op),
@@ -385,8 +389,7 @@ pub fn ends_reply(protocol: Protocol, reply: Reply, unit: &ReplyUnit) -> bool {
 /// Whether `unit` is the reply of the pending request (and not a late reply
 /// of a quiet request before it). Text replies carry no id: only `mn`'s
 /// `MN` can be told apart. Binary replies echo the opcode and opaque.
-pub fn belongs_to(protocol: Protocol, request: (u8, u32, Reply), unit: &ReplyUnit) -> bool {
-    let (opcode, opaque, reply) = request;
+pub fn belongs_to(protocol: Protocol, reply: Reply, opcode: u8, opaque: u32, unit: &ReplyUnit) -> bool {
     match protocol {
         Protocol::Text => reply != Reply::Flush || unit.summary == "MN",
         Protocol::Binary => unit.opcode == opcode && unit.opaque == opaque,

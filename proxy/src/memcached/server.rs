@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,13 +25,14 @@ use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, MemcachedFlow, Verdict};
 use crate::metrics::{MemcachedLabels, RequestLabels};
-use crate::model::ConnectionVerdict;
 use crate::relay::{self, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
-use crate::wasm::{ConnectionView, FailurePolicy, memcached as wit};
+use crate::wasm::memcached as wit;
 
-/// Requests judged and not yet answered; beyond it the client waits.
-const MAX_IN_FLIGHT: usize = 1024;
+/// Capacity of the queue between the halves. The response half moves
+/// entries out at once, so this is not what bounds requests in flight: the
+/// server's socket buffer is (the request half waits when it is full).
+const QUEUE: usize = 1024;
 const READ_CHUNK: usize = 64 << 10;
 
 /// What the response half must send next, in request order.
@@ -65,10 +66,9 @@ impl Connection {
     }
 
     /// A connection-level error record (bad frame, peer gone).
-    fn record_error(&self, snap: &mut Option<Snapshot>, why: String, request: Option<MemcachedFlow>) {
+    fn record_error(&self, snap: &mut Option<Snapshot>, why: String) {
         if let Some((s, _)) = self.snapshot(snap.take()) {
-            let flow = FlowRecord { memcached: request, ..self.flow(&s, Verdict::Error, Some(why)) };
-            self.record(flow);
+            self.record(self.flow(&s, Verdict::Error, Some(why)));
             *snap = Some(s);
         }
     }
@@ -81,10 +81,12 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let Some((snap, server)) = conn.open(&open, &client).await else { return };
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let (queue, queued) = mpsc::channel(MAX_IN_FLIGHT);
+    let (queue, queued) = mpsc::channel(QUEUE);
+    // set by the request half from the first byte the client sends
+    let protocol = OnceLock::new();
     tokio::join!(
-        requests(&conn, snap, client_read, server_write, queue),
-        responses(&conn, server_read, client_write, queued)
+        requests(&conn, snap, client_read, server_write, &protocol, queue),
+        responses(&conn, server_read, client_write, &protocol, queued)
     );
 }
 
@@ -93,12 +95,12 @@ async fn requests(
     snap: Snapshot,
     mut client: OwnedReadHalf,
     mut server: OwnedWriteHalf,
-    queue: mpsc::Sender<(Protocol, Pending)>,
+    protocol: &OnceLock<Protocol>,
+    queue: mpsc::Sender<Pending>,
 ) {
     let mut snap = Some(snap);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut protocol = None;
     // a quiet request went out since the last barrier or flush
     let mut quiet_since_barrier = false;
     'read: loop {
@@ -111,22 +113,22 @@ async fn requests(
             Ok(0) if buf.is_empty() => break,
             Ok(0) => {
                 let why = format!("the client closed the connection inside a request ({} bytes read)", buf.len());
-                conn.record_error(&mut snap, why, None);
+                conn.record_error(&mut snap, why);
                 break;
             }
             Ok(_) => {}
             Err(_) => break,
         }
-        let protocol = *protocol.get_or_insert_with(|| Protocol::of_first_byte(buf[0]));
+        let protocol = *protocol.get_or_init(|| Protocol::of_first_byte(buf[0]));
         // every complete request in the buffer, forwarded in one write
         loop {
-            let request = match codec::parse_request(protocol, &buf) {
+            let mut request = match codec::parse_request(protocol, &buf) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(FrameError(why)) => {
                     let reason =
                         format!("unparsable memcached {} request ({why}); connection closed", protocol.as_str());
-                    conn.record_error(&mut snap, reason, None);
+                    conn.record_error(&mut snap, reason);
                     let _ = server.write_all(&out).await;
                     break 'read;
                 }
@@ -137,7 +139,7 @@ async fn requests(
             let started = Instant::now();
             let mut flow =
                 FlowRecord { memcached: Some(memcached_flow(&request)), ..conn.flow(s, Verdict::Forwarded, None) };
-            match judge(s, &request, &mut flow) {
+            match judge(s, &mut request, &mut flow) {
                 None => {
                     out.extend_from_slice(&frame);
                     match request.reply {
@@ -156,7 +158,7 @@ async fn requests(
                                 flow: Box::new(flow),
                                 started,
                             };
-                            if queue.send((protocol, pending)).await.is_err() {
+                            if queue.send(pending).await.is_err() {
                                 break 'read;
                             }
                         }
@@ -174,23 +176,17 @@ async fn requests(
                         continue;
                     };
                     if let Some(m) = &mut flow.memcached {
-                        m.response = Some(
-                            codec::parse_reply_unit(protocol, &response)
-                                .ok()
-                                .flatten()
-                                .map(|u| u.summary)
-                                .unwrap_or_default(),
-                        );
+                        m.response = Some(protocol.refusal_summary().into());
                     }
                     conn.record(flow);
                     if quiet_since_barrier {
                         out.extend_from_slice(&codec::barrier(protocol));
                         quiet_since_barrier = false;
-                        if queue.send((protocol, Pending::Barrier)).await.is_err() {
+                        if queue.send(Pending::Barrier).await.is_err() {
                             break 'read;
                         }
                     }
-                    if queue.send((protocol, Pending::Local { response })).await.is_err() {
+                    if queue.send(Pending::Local { response }).await.is_err() {
                         break 'read;
                     }
                 }
@@ -207,79 +203,47 @@ async fn requests(
     let _ = server.shutdown().await;
 }
 
-/// Run the chain. `Some(verdict)` refuses the request (Denied, or Error when
-/// a filter failed closed); the flow gets the reason and what matched.
-fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<Verdict> {
-    let chain = match &*snap.verdict {
-        ConnectionVerdict::Drop { reason } => {
-            flow.reason = Some(format!("{reason} (policy changed under an open connection)"));
-            return Some(Verdict::Denied);
-        }
-        ConnectionVerdict::Forward(chain) => chain,
-    };
-    if chain.links.is_empty() {
-        return None;
-    }
-    let wit_request = wit::Request {
+/// Run the chain; `Some(verdict)` refuses the request (Denied, or Error when
+/// a filter failed closed).
+fn judge(snap: &Snapshot, request: &mut Request, flow: &mut FlowRecord) -> Option<Verdict> {
+    let wit_request = || wit::Request {
         protocol: match request.protocol {
             Protocol::Text => wit::Protocol::Text,
             Protocol::Binary => wit::Protocol::Binary,
         },
         command: request.command.clone(),
         opcode: request.opcode,
-        keys: request.keys.clone(),
+        // the flow has its own copy; nothing reads the keys after this
+        keys: std::mem::take(&mut request.keys),
     };
-    let mut filter_time = Duration::ZERO;
-    let mut matched = Vec::new();
-    let mut outcome = None;
-    for link in &chain.links {
-        let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
-        let started = Instant::now();
-        let decision = link.filter.on_memcached_request(view, &wit_request);
-        let elapsed = started.elapsed();
-        link.filter.observe_duration(elapsed);
-        filter_time += elapsed;
-        match decision {
-            Ok(wit::RequestDecision::Allow(allow)) => matched.extend(allow.matched),
-            Ok(wit::RequestDecision::Deny(deny)) => {
-                flow.reason = Some(deny.reason);
-                outcome = Some(Verdict::Denied);
-                break;
-            }
-            Err(failure) if link.filter.failure == FailurePolicy::Open => {
-                tracing::debug!("{failure}; failing open");
-            }
-            Err(failure) => {
-                flow.reason = Some(failure.to_string());
-                outcome = Some(Verdict::Error);
-                break;
-            }
-        }
-    }
-    flow.filter_us = filter_time.as_micros() as u64;
-    if !matched.is_empty() {
-        flow.matched = Some(matched.join(", "));
-    }
-    outcome
+    let refusal = relay::run_chain(
+        snap,
+        flow,
+        wit_request,
+        || (),
+        |filter, view, wit_request| {
+            Ok(match filter.on_memcached_request(view, wit_request)? {
+                wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
+                wit::RequestDecision::Deny(deny) => relay::Answer::Deny(deny.reason, ()),
+            })
+        },
+    );
+    refusal.map(|r| r.verdict)
 }
 
 async fn responses(
     conn: &Connection,
     mut server: OwnedReadHalf,
     mut client: OwnedWriteHalf,
-    mut queued: mpsc::Receiver<(Protocol, Pending)>,
+    protocol: &OnceLock<Protocol>,
+    mut queued: mpsc::Receiver<Pending>,
 ) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut protocol = None;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut requests_done = false;
     let closing = 'serve: loop {
-        // refusals whose turn has come
-        while let Some(Pending::Local { .. }) = pending.front() {
-            let Some(Pending::Local { response }) = pending.pop_front() else { unreachable!() };
-            out.extend_from_slice(&response);
-        }
+        take_refusals(&mut pending, &mut out);
         if !out.is_empty() {
             if client.write_all(&out).await.is_err() {
                 break None;
@@ -290,13 +254,12 @@ async fn responses(
             break None;
         }
         tokio::select! {
-            // requests first: a reply is only understood once its request is known
+            // requests first: a reply is only understood once its request is
+            // known. Both halves run on one task (join!), so nothing can be
+            // queued between this check and the read below.
             biased;
             next = queued.recv(), if !requests_done => match next {
-                Some((p, entry)) => {
-                    protocol = Some(p);
-                    pending.push_back(entry);
-                }
+                Some(entry) => pending.push_back(entry),
                 None => requests_done = true,
             },
             read = server.read_buf(&mut buf) => {
@@ -306,13 +269,7 @@ async fn responses(
                     Ok(_) => {}
                     Err(e) => break Some(format!("the server connection failed ({e})")),
                 }
-                // the replies may be for requests queued after the select
-                // chose this branch
-                while let Ok((p, entry)) = queued.try_recv() {
-                    protocol = Some(p);
-                    pending.push_back(entry);
-                }
-                let Some(protocol) = protocol else {
+                let Some(&protocol) = protocol.get() else {
                     break Some("the server sent bytes before any request".to_string());
                 };
                 // every complete reply unit, attributed in order
@@ -323,15 +280,12 @@ async fn responses(
                         Err(FrameError(why)) => break 'serve Some(format!("unparsable reply ({why})")),
                     };
                     let bytes = buf.split_to(unit.len);
-                    while let Ok((_, entry)) = queued.try_recv() {
-                        pending.push_back(entry);
-                    }
                     match pending.front_mut() {
                         Some(Pending::Barrier) if is_barrier_reply(protocol, &unit) => {
                             pending.pop_front();
                         }
                         Some(Pending::Server { reply, opcode, opaque, flow, started })
-                            if codec::belongs_to(protocol, (*opcode, *opaque, *reply), &unit) =>
+                            if codec::belongs_to(protocol, *reply, *opcode, *opaque, &unit) =>
                         {
                             out.extend_from_slice(&bytes);
                             if codec::ends_reply(protocol, *reply, &unit) {
@@ -347,10 +301,7 @@ async fn responses(
                         _ => out.extend_from_slice(&bytes),
                     }
                     // refusals right behind it go out in the same write
-                    while let Some(Pending::Local { .. }) = pending.front() {
-                        let Some(Pending::Local { response }) = pending.pop_front() else { unreachable!() };
-                        out.extend_from_slice(&response);
-                    }
+                    take_refusals(&mut pending, &mut out);
                 }
             },
         }
@@ -371,6 +322,14 @@ async fn responses(
         }
     }
     let _ = client.shutdown().await;
+}
+
+/// Move the refusals whose turn has come to the client's output.
+fn take_refusals(pending: &mut VecDeque<Pending>, out: &mut Vec<u8>) {
+    while let Some(Pending::Local { .. }) = pending.front() {
+        let Some(Pending::Local { response }) = pending.pop_front() else { unreachable!() };
+        out.extend_from_slice(&response);
+    }
 }
 
 fn is_barrier_reply(protocol: Protocol, unit: &codec::ReplyUnit) -> bool {

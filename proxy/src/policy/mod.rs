@@ -846,21 +846,14 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             // (checked when the filters configure)
             let kind = given.first().map_or(L7Kind::Http, |(_, kind)| *kind);
             match kind {
-                L7Kind::Kafka | L7Kind::Memcached | L7Kind::Stream => {
+                L7Kind::Http | L7Kind::Kafka | L7Kind::Memcached | L7Kind::Stream => {
                     if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
                         let what = match kind {
+                            L7Kind::Http => "HTTP rules".to_string(),
                             L7Kind::Kafka => "Kafka rules".to_string(),
                             _ => format!("l7proto {}", rules.l7proto.as_deref().unwrap_or_default()),
                         };
                         return Err((format!("{at}.ports"), format!("{what} need TCP (or ANY), not {:?}", p.protocol)));
-                    }
-                }
-                L7Kind::Http => {
-                    if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
-                        return Err((
-                            format!("{at}.ports"),
-                            format!("HTTP rules need TCP (or ANY), not {:?}", p.protocol),
-                        ));
                     }
                 }
                 L7Kind::Dns => {

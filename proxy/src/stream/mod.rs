@@ -83,6 +83,11 @@ impl Stage {
             data = &data[n..];
         }
         s.undecided.extend_from_slice(data);
+        // checked before asking: a filter that keeps answering `more` must
+        // not make weir buffer without bound
+        if s.undecided.len() > MAX_UNDECIDED {
+            return Err(format!("{name} left more than {MAX_UNDECIDED} bytes undecided"));
+        }
         if s.undecided.len() < s.need && !s.ended {
             return Ok(());
         }
@@ -122,9 +127,6 @@ impl Stage {
                     wit::Op::Flow(flow) => out.flows.push((name.clone(), flow)),
                     wit::Op::Error(why) => return Err(format!("{name}: {why}")),
                 }
-            }
-            if s.undecided.len() > MAX_UNDECIDED {
-                return Err(format!("{name} left more than {MAX_UNDECIDED} bytes undecided"));
             }
             // ask again only while the filter keeps deciding bytes
             if !consumed || s.pass > 0 || s.drop > 0 || s.ended {
@@ -197,8 +199,8 @@ async fn relay_through(
             wit::Side::Reply => from_server.split(),
         };
         // requests run through the stages in order, replies back through them
-        let mut bytes = data.to_vec();
-        let mut replies: Vec<(wit::Side, Vec<u8>)> = Vec::new();
+        let mut forwarded: Option<Vec<u8>> = None;
+        let mut replies: Vec<Vec<u8>> = Vec::new();
         let order: Vec<usize> = match side {
             wit::Side::Request => (0..stages.len()).collect(),
             wit::Side::Reply => (0..stages.len()).rev().collect(),
@@ -208,24 +210,26 @@ async fn relay_through(
         let mut broken = None;
         for i in order {
             let mut out = Output::default();
-            if let Err(why) = stages[i].feed(snap, side, &bytes, end, &mut out) {
+            let input = forwarded.as_deref().unwrap_or(&data);
+            if let Err(why) = stages[i].feed(snap, side, input, end, &mut out) {
                 broken.get_or_insert(why);
             }
             record_flows(conn, snap, out.flows);
             if !out.reply.is_empty() {
-                replies.push((side, out.reply));
+                replies.push(out.reply);
             }
-            bytes = out.forward;
+            forwarded = Some(out.forward);
         }
         let (forward_to, reply_to) = match side {
             wit::Side::Request => (&mut server_write, &mut client_write),
             wit::Side::Reply => (&mut client_write, &mut server_write),
         };
-        for (_, reply) in replies {
+        for reply in replies {
             if reply_to.write_all(&reply).await.is_err() {
                 return None;
             }
         }
+        let bytes = forwarded.unwrap_or_default();
         if !bytes.is_empty() && forward_to.write_all(&bytes).await.is_err() {
             return None;
         }
@@ -265,8 +269,8 @@ fn record_flows(conn: &relay::Connection, snap: &Snapshot, flows: Vec<(Arc<str>,
             Verdict::Forwarded => record.matched = flow.reason,
             _ => record.reason = flow.reason,
         }
-        let protocol: &'static str = "stream";
-        conn.state.metrics.requests.get_or_create(&RequestLabels { protocol, verdict: verdict.as_str() }).inc();
+        let labels = RequestLabels { protocol: conn.flow_protocol, verdict: verdict.as_str() };
+        conn.state.metrics.requests.get_or_create(&labels).inc();
         conn.state.flows.record(record);
     }
 }

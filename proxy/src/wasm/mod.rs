@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::{ConnectionView, dns, http, kafka, memcached, stream};
@@ -209,33 +209,27 @@ impl FilterRuntime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
         // try each world in turn; the errors say why none fitted
+        type Attempt = fn(&InstancePre<HostState>) -> wasmtime::Result<WorldPre>;
+        let worlds: [(&str, Attempt); 5] = [
+            ("http", |p| HttpFilterPre::new(p.clone()).map(WorldPre::Http)),
+            ("dns", |p| DnsFilterPre::new(p.clone()).map(WorldPre::Dns)),
+            ("kafka", |p| KafkaFilterPre::new(p.clone()).map(WorldPre::Kafka)),
+            ("memcached", |p| MemcachedFilterPre::new(p.clone()).map(WorldPre::Memcached)),
+            ("stream", |p| StreamFilterPre::new(p.clone()).map(WorldPre::Stream)),
+        ];
         let mut why = Vec::new();
-        let pre = None
-            .or_else(|| {
-                HttpFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("http", e))).ok().map(WorldPre::Http)
-            })
-            .or_else(|| {
-                DnsFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("dns", e))).ok().map(WorldPre::Dns)
-            })
-            .or_else(|| {
-                KafkaFilterPre::new(instance_pre.clone()).map_err(|e| why.push(("kafka", e))).ok().map(WorldPre::Kafka)
-            })
-            .or_else(|| {
-                MemcachedFilterPre::new(instance_pre.clone())
-                    .map_err(|e| why.push(("memcached", e)))
-                    .ok()
-                    .map(WorldPre::Memcached)
-            })
-            .or_else(|| {
-                StreamFilterPre::new(instance_pre.clone())
-                    .map_err(|e| why.push(("stream", e)))
-                    .ok()
-                    .map(WorldPre::Stream)
-            });
-        let Some(pre) = pre else {
-            let message =
-                why.iter().map(|(world, e)| format!("as {world}-filter: {e:#}")).collect::<Vec<_>>().join("; ");
-            return Err(LoadError::World { name: name.into(), message });
+        let mut found = None;
+        for (world, attempt) in worlds {
+            match attempt(&instance_pre) {
+                Ok(pre) => {
+                    found = Some(pre);
+                    break;
+                }
+                Err(e) => why.push(format!("as {world}-filter: {e:#}")),
+            }
+        }
+        let Some(pre) = found else {
+            return Err(LoadError::World { name: name.into(), message: why.join("; ") });
         };
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
         Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))

@@ -91,8 +91,8 @@ fn replies_end_where_the_request_kind_says() {
     assert_eq!(va.len, 12);
     assert_eq!(parse_reply_unit(Protocol::Text, b"VA 2 f\r\nh").unwrap(), None);
     let mn = parse_reply_unit(Protocol::Text, b"MN\r\n").unwrap().unwrap();
-    assert!(belongs_to(Protocol::Text, (0, 0, Reply::Flush), &mn));
-    assert!(!belongs_to(Protocol::Text, (0, 0, Reply::Flush), &va), "a quiet mg's hit before mn's MN");
+    assert!(belongs_to(Protocol::Text, Reply::Flush, 0, 0, &mn));
+    assert!(!belongs_to(Protocol::Text, Reply::Flush, 0, 0, &va), "a quiet mg's hit before mn's MN");
     let stat = binary_packet(RESPONSE_MAGIC, 0x10, b"pid", &[], b"1", 0);
     let end = binary_packet(RESPONSE_MAGIC, 0x10, b"", &[], b"", 0);
     let u = parse_reply_unit(Protocol::Binary, &stat).unwrap().unwrap();
