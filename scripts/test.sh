@@ -10,5 +10,5 @@ cargo build --locked --workspace --bins
 cargo test --locked --workspace
 # the filter SDK's own tests run natively; the filters themselves are tested
 # as components, through the host, above
-cargo test --locked --manifest-path filters/Cargo.toml -p weir-filter-sdk -p weir-fqdn-match \
+cargo test --locked --manifest-path filters/Cargo.toml -p weir-filter-sdk -p weir-fqdn-match --features weir-filter-sdk/l7-rules \
   --target-dir target/filters-host

@@ -13,28 +13,13 @@
 //! allow them all). A request without keys (`stats`, `version`) needs a rule
 //! whose group holds its command. A group with no rules allows everything.
 //!
-//! Tested as a component, through the real host: `proxy/tests/memcached_rules.rs`.
+//! Tested end to end, with a real memcached and real clients:
+//! `integration/tests/memcached_local.rs`.
 
-use serde::Deserialize;
 use std::collections::BTreeMap;
+
+use weir_filter_sdk::l7_rules::{Group, compile_groups};
 use weir_filter_sdk::memcached::*;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyConfig {
-    #[serde(default)]
-    groups: Vec<GroupConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupConfig {
-    #[serde(default)]
-    name: Option<String>,
-    /// Cilium's `PortRuleL7`: a map of strings.
-    #[serde(default)]
-    rules: Vec<BTreeMap<String, String>>,
-}
 
 /// A command group: the text commands and binary opcodes a rule's
 /// `command` names. Cilium's table, with the meta commands added where they
@@ -120,14 +105,8 @@ impl Rule {
     }
 }
 
-struct Group {
-    name: Option<String>,
-    /// Empty: the group allows every request.
-    rules: Vec<Rule>,
-}
-
 pub struct MemcachedPolicy {
-    groups: Vec<Group>,
+    groups: Vec<Group<Rule>>,
 }
 
 fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> {
@@ -170,23 +149,7 @@ fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> 
 
 impl MemcachedFilter for MemcachedPolicy {
     fn configure(config: &str) -> Result<Self, String> {
-        let parsed: PolicyConfig = if config.trim().is_empty() {
-            PolicyConfig::default()
-        } else {
-            serde_json::from_str(config).map_err(|e| format!("invalid memcached-policy configuration: {e}"))?
-        };
-        let mut groups = Vec::new();
-        for (g, group) in parsed.groups.into_iter().enumerate() {
-            let label = group.name.clone().unwrap_or_else(|| format!("group {g}"));
-            let rules = group
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, fields)| compile(&format!("{label}: l7[{i}]"), fields))
-                .collect::<Result<Vec<_>, _>>()?;
-            groups.push(Group { name: group.name, rules });
-        }
-        Ok(MemcachedPolicy { groups })
+        Ok(MemcachedPolicy { groups: compile_groups(config, "memcached-policy", compile)? })
     }
 
     fn on_request(&self, _conn: &Connection, request: &Request) -> RequestDecision {
@@ -194,7 +157,7 @@ impl MemcachedFilter for MemcachedPolicy {
             return allow(open.name.clone());
         }
         let rules = || self.groups.iter().flat_map(|g| g.rules.iter().map(move |r| (g, r)));
-        let mut matched: Option<&Group> = None;
+        let mut matched: Option<&Group<Rule>> = None;
         if request.keys.is_empty() {
             match rules().find(|(_, r)| r.command_matches(request)) {
                 Some((g, _)) => matched = Some(g),

@@ -28,6 +28,8 @@ pub mod headers;
 pub mod host;
 pub mod http;
 pub mod kafka;
+#[cfg(feature = "l7-rules")]
+pub mod l7_rules;
 pub mod memcached;
 mod slot;
 pub mod stream;

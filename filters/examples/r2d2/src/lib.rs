@@ -10,41 +10,21 @@
 //! denied request is dropped and answered `ERROR\r\n`. A line longer than
 //! 1 KiB or an unknown command breaks the connection.
 
-use serde::Deserialize;
 use std::collections::BTreeMap;
+
+use weir_filter_sdk::l7_rules::{Group, compile_groups};
 use weir_filter_sdk::stream::*;
 
 const MAX_LINE: usize = 1024;
 const COMMANDS: &[&str] = &["READ", "WRITE", "HALT", "RESET"];
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    #[serde(default)]
-    groups: Vec<GroupConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupConfig {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    rules: Vec<BTreeMap<String, String>>,
-}
 
 struct Rule {
     cmd: Option<String>,
     file: Option<regex::Regex>,
 }
 
-struct Group {
-    name: Option<String>,
-    rules: Vec<Rule>,
-}
-
 pub struct R2d2 {
-    groups: Vec<Group>,
+    groups: Vec<Group<Rule>>,
 }
 
 fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> {
@@ -65,23 +45,7 @@ fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> 
 
 impl StreamFilter for R2d2 {
     fn configure(config: &str) -> Result<Self, String> {
-        let parsed: Config = if config.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_json::from_str(config).map_err(|e| format!("invalid r2d2 configuration: {e}"))?
-        };
-        let mut groups = Vec::new();
-        for (g, group) in parsed.groups.into_iter().enumerate() {
-            let label = group.name.clone().unwrap_or_else(|| format!("group {g}"));
-            let rules = group
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, f)| compile(&format!("{label}: l7[{i}]"), f))
-                .collect::<Result<_, _>>()?;
-            groups.push(Group { name: group.name, rules });
-        }
-        Ok(R2d2 { groups })
+        Ok(R2d2 { groups: compile_groups(config, "r2d2", compile)? })
     }
 
     fn on_data(&self, _conn: &Connection, side: Side, _end_stream: bool, data: &[u8]) -> Vec<Op> {
