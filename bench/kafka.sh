@@ -21,21 +21,9 @@ BATCH=${BATCH:-100}
 RECORD=${RECORD:-1024}
 WINDOW=${WINDOW:-8}
 
-scripts/setup.sh
-cargo build --locked --release --bin weir --bin kafka_load 2>&1 | tail -1
-WEIR=$PWD/target/release/weir
+source bench/lib.sh
+bench_start kafka_load
 LOAD=$PWD/target/release/kafka_load
-work=$(mktemp -d)
-mkdir -p "$work/policies" bench/results
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BROKER=$(port) LISTENER=$(port) ADMIN=$(port)
 
 taskset -c 0 tansu broker --listener-url "tcp://127.0.0.1:$BROKER" \
@@ -69,10 +57,7 @@ spec:
 POLICY
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  curl -sf "127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1 && nc -z 127.0.0.1 "$BROKER" 2>/dev/null && break
-  sleep 0.1
-done
+wait_ready "$ADMIN" "$BROKER"
 for t in bench-direct bench-weir bench-fetch; do
   tansu topic create --broker "tcp://127.0.0.1:$BROKER" --partitions 1 "$t"
 done

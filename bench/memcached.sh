@@ -21,21 +21,9 @@ CONNS=${CONNS:-4}
 VALUE=${VALUE:-64}
 PIPELINE=${PIPELINE:-1}
 
-scripts/setup.sh
-cargo build --locked --release --bin weir --bin memcached_load 2>&1 | tail -1
-WEIR=$PWD/target/release/weir
+source bench/lib.sh
+bench_start memcached_load
 LOAD=$PWD/target/release/memcached_load
-work=$(mktemp -d)
-mkdir -p "$work/policies" bench/results
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SERVER=$(port) LISTENER=$(port) ADMIN=$(port)
 
 taskset -c 0 memcached -l 127.0.0.1 -p "$SERVER" -U 0 -t 1 -m 256 -u root >"$work/memcached.log" 2>&1 &
@@ -69,10 +57,7 @@ spec:
 POLICY
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  curl -sf "127.0.0.1:$ADMIN/healthz" >/dev/null 2>&1 && nc -z 127.0.0.1 "$SERVER" 2>/dev/null && break
-  sleep 0.1
-done
+wait_ready "$ADMIN" "$SERVER"
 
 run() { echo "$1 $(taskset -c 0 "$LOAD" "127.0.0.1:$2" "$CONNS" "$DURATION" "$VALUE" "$PIPELINE")"; }
 results=("$(run direct "$SERVER")" "$(run weir "$LISTENER")")

@@ -1,0 +1,37 @@
+# Shared by the side-by-side benchmark scripts (sourced, not run):
+# set up the machine, build weir and the named load binaries in release,
+# and give the script a work directory and processes cleaned up on exit.
+#
+#   source bench/lib.sh; bench_start LOAD_BIN...
+#   WEIR, work (with policies/), pids+=($!), port, wait_ready ADMIN PORT
+
+bench_start() {
+  scripts/setup.sh
+  local bins=(--bin weir)
+  for b in "$@"; do bins+=(--bin "$b"); done
+  cargo build --locked --release "${bins[@]}" 2>&1 | tail -1
+  WEIR=$PWD/target/release/weir
+  work=$(mktemp -d)
+  mkdir -p "$work/policies" bench/results
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Wait (10 s at most) until weir's admin API is healthy and PORT accepts.
+wait_ready() {
+  for _ in $(seq 100); do
+    curl -sf "127.0.0.1:$1/healthz" >/dev/null 2>&1 && nc -z 127.0.0.1 "$2" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "weir (admin $1) or port $2 never became ready" >&2
+  exit 1
+}
