@@ -302,10 +302,11 @@ pub fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let local: SocketAddr = format!("{source}:0").parse().unwrap();
     socket.bind(&local.into()).unwrap();
+    // before connecting: a peer that resets at once (a policy drop) would
+    // make setting it afterwards fail
+    socket.set_nodelay(true).unwrap();
     socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_nodelay(true).unwrap();
-    stream
+    socket.into()
 }
 
 pub fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> String {

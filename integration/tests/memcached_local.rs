@@ -280,3 +280,15 @@ fn a_server_that_hangs_up_mid_reply_closes_the_client_with_a_flow() {
     });
     assert!(flow.reason.as_deref().unwrap().contains("inside a reply"), "{flow:?}");
 }
+
+#[test]
+fn a_pipeline_deeper_than_the_in_flight_limit_is_answered_in_full() {
+    let s = setup();
+    // more requests in one write than weir keeps in flight (1024): the
+    // batched ones must reach the server before weir waits for replies
+    let requests = "version\r\n".repeat(3000);
+    let mut stream = connect_from(CLIENT, s.listener);
+    stream.write_all(requests.as_bytes()).unwrap();
+    let answer = read_until_quiet(&mut stream, Duration::from_secs(2));
+    assert_eq!(answer.matches("VERSION ").count(), 3000);
+}
