@@ -22,8 +22,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Output file stems of the filter crates weir embeds or its tests load.
-const FILTERS: &[&str] =
-    &["http_policy", "dns_policy", "kafka_policy", "memcached_policy", "r2d2", "require_header", "misbehave"];
+const FILTERS: &[&str] = &[
+    "http_policy",
+    "dns_policy",
+    "kafka_policy",
+    "memcached_policy",
+    "cassandra_policy",
+    "r2d2",
+    "require_header",
+    "misbehave",
+];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {

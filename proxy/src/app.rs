@@ -118,6 +118,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         fqdn_applied: tokio::sync::watch::Sender::new(0),
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
+        cql_prepared: Default::default(),
     });
     if let Some(addr) = config.demo_backend {
         let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;

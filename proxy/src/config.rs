@@ -209,6 +209,9 @@ pub enum ListenerProtocol {
     /// memcached (text, meta and binary) on TCP: one upstream connection per
     /// client connection.
     Memcached,
+    /// Cassandra CQL (native protocol v3, v4, v5) on TCP: one upstream
+    /// connection per client connection.
+    Cassandra,
     /// Any TCP protocol: relayed byte for byte, through the stream filter a
     /// port rule names with `l7proto` (or untouched when no rule has one).
     Stream,

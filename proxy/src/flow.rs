@@ -139,6 +139,32 @@ pub struct MemcachedFlow {
     pub response: Option<String>,
 }
 
+/// One statement of a Cassandra request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CqlStatementFlow {
+    /// Cilium's `query_action` (`select`, `insert`, `create-table`, ...).
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CassandraFlow {
+    pub version: u8,
+    /// The request's opcode: `query`, `prepare`, `execute`, `batch`, `startup`, ...
+    pub opcode: String,
+    pub stream: i16,
+    /// What the request runs (a batch: every entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statements: Vec<CqlStatementFlow>,
+    /// What the server answered: a RESULT kind (`rows`, `void`,
+    /// `set-keyspace`, `prepared`, `schema-change`), `ready`, `supported`,
+    /// ..., or `error 0x2200`. Weir's own refusal shows as `error 0x2100`
+    /// (Unauthorized), `error 0x2500` (Unprepared), `error 0x000a` (protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
 /// A request of a protocol parsed by a stream filter (`l7proto`): the
 /// fields the filter chose to show.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +201,8 @@ pub struct FlowRecord {
     pub kafka: Option<KafkaFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memcached: Option<MemcachedFlow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cassandra: Option<CassandraFlow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l7: Option<L7Flow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +259,18 @@ impl FlowRecord {
                 let _ = write!(line, " keys={}", m.keys.join(","));
             }
             if let Some(r) = &m.response {
+                let _ = write!(line, " => {r}");
+            }
+        }
+        if let Some(c) = &self.cassandra {
+            let _ = write!(line, " v{} {} stream={}", c.version, c.opcode, c.stream);
+            for s in &c.statements {
+                let _ = write!(line, " {}", s.action);
+                if let Some(t) = &s.table {
+                    let _ = write!(line, ":{t}");
+                }
+            }
+            if let Some(r) = &c.response {
                 let _ = write!(line, " => {r}");
             }
         }
@@ -528,6 +568,7 @@ mod tests {
             dns: None,
             kafka: None,
             memcached: None,
+            cassandra: None,
             l7: None,
             latency_us: None,
             filter_us: 0,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cassandra;
 pub mod config;
 pub mod context;
 pub mod control;

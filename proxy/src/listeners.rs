@@ -21,6 +21,7 @@ pub enum Bound {
     Dns(crate::dns::DnsSockets),
     Kafka(TcpListener),
     Memcached(TcpListener),
+    Cassandra(TcpListener),
     Stream(TcpListener),
 }
 
@@ -54,6 +55,7 @@ impl ListenerSet {
                 ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
                 ListenerProtocol::Kafka => bind_stream(bind).map(Bound::Kafka),
                 ListenerProtocol::Memcached => bind_stream(bind).map(Bound::Memcached),
+                ListenerProtocol::Cassandra => bind_stream(bind).map(Bound::Cassandra),
                 ListenerProtocol::Stream => bind_stream(bind).map(Bound::Stream),
             };
             match sockets {
@@ -89,6 +91,13 @@ impl ListenerSet {
                     tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
                         let target = Target::Listener(shared_name.clone());
                         tokio::spawn(crate::memcached::serve(state.clone(), target, stream, peer));
+                    }));
+                }
+                Bound::Cassandra(listener) => {
+                    let state = state.clone();
+                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
+                        let target = Target::Listener(shared_name.clone());
+                        tokio::spawn(crate::cassandra::serve(state.clone(), target, stream, peer));
                     }));
                 }
                 Bound::Stream(listener) => {

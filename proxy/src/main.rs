@@ -62,6 +62,7 @@ enum Command {
         /// forwarded, denied, dropped or error.
         #[arg(long)]
         verdict: Option<String>,
+        /// http, dns, kafka, memcached, cassandra, or an l7proto name.
         #[arg(long)]
         protocol: Option<String>,
         /// Source label (`app=web`, `k8s:app=web`, `reserved:world`); repeat to require several.

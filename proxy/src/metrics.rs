@@ -68,6 +68,13 @@ pub struct MemcachedLabels {
     pub verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CassandraLabels {
+    /// The request's opcode (`query`, `execute`, `batch`, ...).
+    pub opcode: String,
+    pub verdict: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -86,6 +93,7 @@ pub struct Metrics {
     pub fqdn_addresses: Gauge,
     pub kafka_requests: Family<KafkaLabels, Counter>,
     pub memcached_requests: Family<MemcachedLabels, Counter>,
+    pub cassandra_requests: Family<CassandraLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -118,6 +126,7 @@ impl Default for Metrics {
             fqdn_addresses: Gauge::default(),
             kafka_requests: Family::default(),
             memcached_requests: Family::default(),
+            cassandra_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -163,6 +172,11 @@ impl Default for Metrics {
             "memcached_requests",
             "memcached requests by command and verdict",
             m.memcached_requests.clone(),
+        );
+        registry.register(
+            "cassandra_requests",
+            "Cassandra requests by opcode and verdict",
+            m.cassandra_requests.clone(),
         );
         Metrics { registry, ..m }
     }

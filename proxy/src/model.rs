@@ -105,6 +105,7 @@ pub struct PolicyModel {
     dns_policy: Arc<FilterComponent>,
     kafka_policy: Arc<FilterComponent>,
     memcached_policy: Arc<FilterComponent>,
+    cassandra_policy: Arc<FilterComponent>,
     custom_filters: HashMap<String, CustomFilter>,
     /// Stream filters built into weir, by `l7proto` name.
     builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
@@ -226,6 +227,7 @@ impl PolicyModel {
         let dns_policy = load_builtin(builtin::DNS_POLICY)?;
         let kafka_policy = load_builtin(builtin::KAFKA_POLICY)?;
         let memcached_policy = load_builtin(builtin::MEMCACHED_POLICY)?;
+        let cassandra_policy = load_builtin(builtin::CASSANDRA_POLICY)?;
         let mut builtin_streams = HashMap::new();
         for name in builtin::STREAM_FILTERS {
             builtin_streams.insert(*name, load_builtin(name)?);
@@ -289,6 +291,7 @@ impl PolicyModel {
             dns_policy,
             kafka_policy,
             memcached_policy,
+            cassandra_policy,
             custom_filters,
             builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
@@ -318,7 +321,9 @@ impl PolicyModel {
                 let fielded = match l7.kind {
                     L7Kind::Http => l7.http.as_deref().map(|r| policy_config(&[(path(), r)])),
                     L7Kind::Kafka => l7.kafka.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    L7Kind::Memcached => Some(policy_config(&[(path(), l7.l7.as_deref().unwrap_or(&[]))])),
+                    L7Kind::Memcached | L7Kind::Cassandra => {
+                        Some(policy_config(&[(path(), l7.l7.as_deref().unwrap_or(&[]))]))
+                    }
                     L7Kind::Dns | L7Kind::Stream => None,
                 };
                 if let Some(config) = fielded
@@ -391,6 +396,7 @@ impl PolicyModel {
             L7Kind::Dns => &self.dns_policy,
             L7Kind::Kafka => &self.kafka_policy,
             L7Kind::Memcached => &self.memcached_policy,
+            L7Kind::Cassandra => &self.cassandra_policy,
             L7Kind::Stream => return Err("stream filters are named by l7proto".into()),
         };
         self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
@@ -456,6 +462,7 @@ impl PolicyModel {
                 ListenerProtocol::Dns => format!("{TRANSPARENT_LISTENER}-dns:{original_destination}"),
                 ListenerProtocol::Kafka => format!("{TRANSPARENT_LISTENER}-kafka:{original_destination}"),
                 ListenerProtocol::Memcached => format!("{TRANSPARENT_LISTENER}-memcached:{original_destination}"),
+                ListenerProtocol::Cassandra => format!("{TRANSPARENT_LISTENER}-cassandra:{original_destination}"),
                 ListenerProtocol::Stream => format!("{TRANSPARENT_LISTENER}-stream:{original_destination}"),
             },
             bind: original_destination,
@@ -597,6 +604,7 @@ impl PolicyModel {
             ListenerProtocol::Dns => L7Kind::Dns,
             ListenerProtocol::Kafka => L7Kind::Kafka,
             ListenerProtocol::Memcached => L7Kind::Memcached,
+            ListenerProtocol::Cassandra => L7Kind::Cassandra,
             ListenerProtocol::Stream => L7Kind::Stream,
         };
         let mut chain = FilterChain::default();
@@ -661,7 +669,7 @@ impl PolicyModel {
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
-                L7Kind::Memcached | L7Kind::Stream => policy_config::<BTreeMap<String, String>>(
+                L7Kind::Memcached | L7Kind::Cassandra | L7Kind::Stream => policy_config::<BTreeMap<String, String>>(
                     &allowances
                         .iter()
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.l7.as_deref()).unwrap_or(&[])))
@@ -721,13 +729,18 @@ impl PolicyModel {
                 port: l.port,
             })
             .collect();
-        let filters: Vec<_> =
-            [builtin::HTTP_POLICY, builtin::DNS_POLICY, builtin::KAFKA_POLICY, builtin::MEMCACHED_POLICY]
-                .into_iter()
-                .chain(builtin::STREAM_FILTERS.iter().copied())
-                .map(str::to_string)
-                .chain(self.custom_filters.keys().cloned())
-                .collect();
+        let filters: Vec<_> = [
+            builtin::HTTP_POLICY,
+            builtin::DNS_POLICY,
+            builtin::KAFKA_POLICY,
+            builtin::MEMCACHED_POLICY,
+            builtin::CASSANDRA_POLICY,
+        ]
+        .into_iter()
+        .chain(builtin::STREAM_FILTERS.iter().copied())
+        .map(str::to_string)
+        .chain(self.custom_filters.keys().cloned())
+        .collect();
         serde_json::json!({
             "generation": self.generation,
             "listeners": listeners,
@@ -745,6 +758,7 @@ fn world_of(kind: L7Kind) -> World {
         L7Kind::Dns => World::DnsFilter,
         L7Kind::Kafka => World::KafkaFilter,
         L7Kind::Memcached => World::MemcachedFilter,
+        L7Kind::Cassandra => World::CassandraFilter,
         L7Kind::Stream => World::StreamFilter,
     }
 }

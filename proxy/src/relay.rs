@@ -89,6 +89,7 @@ impl Connection {
             dns: None,
             kafka: None,
             memcached: None,
+            cassandra: None,
             l7: None,
             latency_us: None,
             filter_us: 0,

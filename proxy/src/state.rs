@@ -31,6 +31,8 @@ pub struct ProxyState {
     pub reload: Mutex<ReloadStatus>,
     /// Downstream connections open now (for draining on shutdown).
     pub active_connections: std::sync::atomic::AtomicUsize,
+    /// What Cassandra prepared-statement ids run (shared by connections).
+    pub cql_prepared: crate::cassandra::PreparedStatements,
 }
 
 /// The outcome of the last reload, for /config and /healthz.

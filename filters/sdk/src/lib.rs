@@ -23,6 +23,7 @@
 //! `filters/README.md`); the host calls `configure` once per instance and then
 //! the request/response hooks, synchronously, under a CPU and memory budget.
 
+pub mod cassandra;
 pub mod dns;
 pub mod headers;
 pub mod host;

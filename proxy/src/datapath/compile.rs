@@ -77,7 +77,7 @@ pub fn compile(
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
-    // Kafka, memcached and stream ports would be redirected to the HTTP
+    // Kafka, memcached, Cassandra and stream ports would be redirected to the HTTP
     // proxy port, which cannot speak them: refuse instead of breaking traffic.
     for rule in &model.policies.rules {
         let sets =
@@ -87,6 +87,7 @@ pub fn compile(
                 L7Kind::Http | L7Kind::Dns => continue,
                 L7Kind::Kafka => ("kafka", "Kafka", "kafka"),
                 L7Kind::Memcached => ("l7proto", "memcached", "memcached"),
+                L7Kind::Cassandra => ("l7proto", "Cassandra", "cassandra"),
                 L7Kind::Stream => ("l7proto", "l7proto", "stream"),
             };
             errors.push(format!(

@@ -126,6 +126,7 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         dns: None,
         kafka: None,
         memcached: None,
+        cassandra: None,
         l7: None,
         latency_us: None,
         filter_us: 0,

@@ -546,6 +546,7 @@ async fn exchange(
         dns: Some(flow),
         kafka: None,
         memcached: None,
+        cassandra: None,
         l7: None,
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,

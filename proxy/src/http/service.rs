@@ -442,6 +442,7 @@ impl HttpConnection {
             dns: None,
             kafka: None,
             memcached: None,
+            cassandra: None,
             l7: None,
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,

@@ -185,6 +185,8 @@ pub enum L7Kind {
     Kafka,
     /// `l7proto: memcache`.
     Memcached,
+    /// `l7proto: cassandra`.
+    Cassandra,
     /// `l7proto: <name>`: a stream filter named by `L7Rules::l7proto`.
     Stream,
 }
@@ -196,6 +198,7 @@ impl L7Kind {
             L7Kind::Dns => "dns",
             L7Kind::Kafka => "kafka",
             L7Kind::Memcached => "memcache",
+            L7Kind::Cassandra => "cassandra",
             L7Kind::Stream => "stream",
         }
     }
@@ -203,6 +206,7 @@ impl L7Kind {
 
 /// `l7proto` names that weir's own engines parse (Cilium's names).
 pub const MEMCACHE_L7PROTO: &[&str] = &["memcache", "memcached"];
+pub const CASSANDRA_L7PROTO: &str = "cassandra";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct L7Rules {
@@ -812,10 +816,11 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             if rules.l7.is_some() && rules.l7proto.is_none() {
                 return Err((format!("{rules_at}.l7"), "l7 rules need l7proto (the parser that reads them)".into()));
             }
-            let generic = rules
-                .l7proto
-                .as_deref()
-                .map(|name| if MEMCACHE_L7PROTO.contains(&name) { L7Kind::Memcached } else { L7Kind::Stream });
+            let generic = rules.l7proto.as_deref().map(|name| match name {
+                _ if MEMCACHE_L7PROTO.contains(&name) => L7Kind::Memcached,
+                CASSANDRA_L7PROTO => L7Kind::Cassandra,
+                _ => L7Kind::Stream,
+            });
             if let Some(name) = rules.l7proto.as_deref()
                 && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
             {
@@ -846,7 +851,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             // (checked when the filters configure)
             let kind = given.first().map_or(L7Kind::Http, |(_, kind)| *kind);
             match kind {
-                L7Kind::Http | L7Kind::Kafka | L7Kind::Memcached | L7Kind::Stream => {
+                L7Kind::Http | L7Kind::Kafka | L7Kind::Memcached | L7Kind::Cassandra | L7Kind::Stream => {
                     if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
                         let what = match kind {
                             L7Kind::Http => "HTTP rules".to_string(),

@@ -462,10 +462,10 @@ fn kafka_rules_need_tcp_one_protocol_per_port_and_known_fields() {
 }
 
 #[test]
-fn l7proto_selects_weirs_memcached_engine_or_a_stream_filter_by_name() {
+fn l7proto_selects_weirs_engines_or_a_stream_filter_by_name() {
     let kafka = identity(400, "default", &[("app", "kafka")]);
     let hq = identity(401, "default", &[("app", "empire-hq")]);
-    for (proto, kind) in [("memcache", L7Kind::Memcached), ("r2d2", L7Kind::Stream)] {
+    for (proto, kind) in [("memcache", L7Kind::Memcached), ("cassandra", L7Kind::Cassandra), ("r2d2", L7Kind::Stream)] {
         let yaml = KAFKA_POLICY
             .replace("PROTO", "TCP")
             .replace("RULES", &format!("l7proto: {proto}\n            l7: [{{command: get, keyPrefix: a/}}]"));

@@ -74,6 +74,22 @@ pub mod memcached_world {
 pub use memcached_world::weir::filter::memcached_types as memcached;
 pub use memcached_world::{MemcachedFilter, MemcachedFilterPre};
 
+/// The `cassandra-filter` world, on the same shared imports.
+pub mod cassandra_world {
+    wasmtime::component::bindgen!({
+        world: "cassandra-filter",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "weir:filter/types": super::weir::filter::types,
+            "weir:filter/host": super::weir::filter::host,
+        },
+    });
+}
+
+pub use cassandra_world::weir::filter::cassandra_types as cassandra;
+pub use cassandra_world::{CassandraFilter, CassandraFilterPre};
+
 /// The `stream-filter` world, on the same shared imports.
 pub mod stream_world {
     wasmtime::component::bindgen!({
@@ -191,6 +207,8 @@ impl dns::Host for HostState {}
 impl kafka::Host for HostState {}
 
 impl memcached::Host for HostState {}
+
+impl cassandra::Host for HostState {}
 
 impl stream::Host for HostState {}
 

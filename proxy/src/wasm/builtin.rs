@@ -10,6 +10,7 @@ pub const KAFKA_POLICY: &str = "kafka-policy";
 
 /// Name of the built-in filter for `l7proto: memcache`.
 pub const MEMCACHED_POLICY: &str = "memcached-policy";
+pub const CASSANDRA_POLICY: &str = "cassandra-policy";
 /// The example stream filter for Cilium's r2d2 test protocol (`l7proto: r2d2`).
 pub const R2D2: &str = "r2d2";
 /// Built-in stream filters: `l7proto` names that need no weir.yaml entry.
@@ -21,6 +22,7 @@ pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
     (DNS_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.wasm"))),
     (KAFKA_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.wasm"))),
     (MEMCACHED_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/memcached_policy.wasm"))),
+    (CASSANDRA_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/cassandra_policy.wasm"))),
     (R2D2, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/r2d2.wasm"))),
     ("require-header", include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/require_header.wasm"))),
 ];

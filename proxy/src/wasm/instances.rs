@@ -94,6 +94,7 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
         WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
         WorldPre::Kafka(pre) => pre.instantiate(&mut store).map(WorldBindings::Kafka),
         WorldPre::Memcached(pre) => pre.instantiate(&mut store).map(WorldBindings::Memcached),
+        WorldPre::Cassandra(pre) => pre.instantiate(&mut store).map(WorldBindings::Cassandra),
         WorldPre::Stream(pre) => pre.instantiate(&mut store).map(WorldBindings::Stream),
     }
     .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
@@ -107,6 +108,7 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
         WorldBindings::Dns(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Kafka(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Memcached(b) => b.call_configure(&mut store, &filter.config),
+        WorldBindings::Cassandra(b) => b.call_configure(&mut store, &filter.config),
         WorldBindings::Stream(b) => b.call_configure(&mut store, &filter.config),
     };
     match configured {

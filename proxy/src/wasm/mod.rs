@@ -24,12 +24,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ConnectionView, dns, http, kafka, memcached, stream};
+pub use bindings::{ConnectionView, cassandra, dns, http, kafka, memcached, stream};
 
 use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
 use bindings::{
-    DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter, KafkaFilterPre, MemcachedFilter,
-    MemcachedFilterPre, StreamFilter, StreamFilterPre,
+    CassandraFilter, CassandraFilterPre, DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter,
+    KafkaFilterPre, MemcachedFilter, MemcachedFilterPre, StreamFilter, StreamFilterPre,
 };
 
 /// How often the epoch advances; CPU deadlines are whole ticks.
@@ -109,7 +109,7 @@ pub enum LoadError {
     Compile { name: String, message: String },
     #[error(
         "filter {name}: implements no world of weir:filter@0.1.0 (http-filter, dns-filter, kafka-filter, \
-         memcached-filter, stream-filter): {message}"
+         memcached-filter, cassandra-filter, stream-filter): {message}"
     )]
     World { name: String, message: String },
 }
@@ -183,6 +183,8 @@ impl FilterRuntime {
             .map_err(anyhow_error)?;
         bindings::memcached::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow_error)?;
+        bindings::cassandra::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow_error)?;
         bindings::stream::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow_error)?;
 
@@ -210,11 +212,12 @@ impl FilterRuntime {
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
         // try each world in turn; the errors say why none fitted
         type Attempt = fn(&InstancePre<HostState>) -> wasmtime::Result<WorldPre>;
-        let worlds: [(&str, Attempt); 5] = [
+        let worlds: [(&str, Attempt); 6] = [
             ("http", |p| HttpFilterPre::new(p.clone()).map(WorldPre::Http)),
             ("dns", |p| DnsFilterPre::new(p.clone()).map(WorldPre::Dns)),
             ("kafka", |p| KafkaFilterPre::new(p.clone()).map(WorldPre::Kafka)),
             ("memcached", |p| MemcachedFilterPre::new(p.clone()).map(WorldPre::Memcached)),
+            ("cassandra", |p| CassandraFilterPre::new(p.clone()).map(WorldPre::Cassandra)),
             ("stream", |p| StreamFilterPre::new(p.clone()).map(WorldPre::Stream)),
         ];
         let mut why = Vec::new();
@@ -295,6 +298,7 @@ pub enum World {
     DnsFilter,
     KafkaFilter,
     MemcachedFilter,
+    CassandraFilter,
     StreamFilter,
 }
 
@@ -305,6 +309,7 @@ impl World {
             World::DnsFilter => "dns-filter",
             World::KafkaFilter => "kafka-filter",
             World::MemcachedFilter => "memcached-filter",
+            World::CassandraFilter => "cassandra-filter",
             World::StreamFilter => "stream-filter",
         }
     }
@@ -315,6 +320,7 @@ enum WorldPre {
     Dns(DnsFilterPre<HostState>),
     Kafka(KafkaFilterPre<HostState>),
     Memcached(MemcachedFilterPre<HostState>),
+    Cassandra(CassandraFilterPre<HostState>),
     Stream(StreamFilterPre<HostState>),
 }
 
@@ -324,6 +330,7 @@ pub(crate) enum WorldBindings {
     Dns(DnsFilter),
     Kafka(KafkaFilter),
     Memcached(MemcachedFilter),
+    Cassandra(CassandraFilter),
     Stream(StreamFilter),
 }
 
@@ -356,6 +363,13 @@ impl WorldBindings {
         }
     }
 
+    fn cassandra(&self) -> wasmtime::Result<&CassandraFilter> {
+        match self {
+            WorldBindings::Cassandra(b) => Ok(b),
+            _ => Err(wasmtime::Error::msg("not a cassandra-filter")),
+        }
+    }
+
     fn stream(&self) -> wasmtime::Result<&StreamFilter> {
         match self {
             WorldBindings::Stream(b) => Ok(b),
@@ -378,6 +392,7 @@ impl FilterComponent {
             WorldPre::Dns(_) => World::DnsFilter,
             WorldPre::Kafka(_) => World::KafkaFilter,
             WorldPre::Memcached(_) => World::MemcachedFilter,
+            WorldPre::Cassandra(_) => World::CassandraFilter,
             WorldPre::Stream(_) => World::StreamFilter,
         }
     }
@@ -460,6 +475,16 @@ impl ConfiguredFilter {
     ) -> Result<memcached::RequestDecision, FilterFailure> {
         self.call(connection, |bindings, store, conn| {
             bindings.memcached()?.weir_filter_memcached_handler().call_on_request(store, conn, request)
+        })
+    }
+
+    pub fn on_cassandra_request(
+        &self,
+        connection: ConnectionView,
+        request: &cassandra::Request,
+    ) -> Result<cassandra::RequestDecision, FilterFailure> {
+        self.call(connection, |bindings, store, conn| {
+            bindings.cassandra()?.weir_filter_cassandra_handler().call_on_request(store, conn, request)
         })
     }
 

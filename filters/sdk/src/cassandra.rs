@@ -1,0 +1,70 @@
+//! Cassandra filters (`cassandra-filter` world): one call per request.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "cassandra-filter",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_cassandra_filter_world",
+        default_bindings_module: "weir_filter_sdk::cassandra::bindings",
+        // one Connection type for every world
+        with: {
+            "weir:filter/types@0.1.0": crate::http::bindings::weir::filter::types,
+            "weir:filter/host@0.1.0": crate::http::bindings::weir::filter::host,
+        },
+    });
+}
+
+pub use crate::{Connection, Direction, Identity};
+pub use bindings::weir::filter::cassandra_types::{Allow, Deny, Request, RequestDecision, Statement};
+
+/// A Cassandra filter. One value is built per instance by `configure` and
+/// then asked about every request.
+pub trait CassandraFilter: Sized + 'static {
+    /// Parse and validate the configuration. An error rejects the policy that
+    /// carried it, with this message.
+    fn configure(config: &str) -> Result<Self, String>;
+
+    fn on_request(&self, conn: &Connection, request: &Request) -> RequestDecision;
+}
+
+/// Allow; `matched` names what allowed it in the flow record.
+pub fn allow(matched: Option<String>) -> RequestDecision {
+    RequestDecision::Allow(Allow { matched })
+}
+
+/// Refuse: the client gets the protocol's "access denied" error.
+pub fn deny(reason: impl Into<String>) -> RequestDecision {
+    RequestDecision::Deny(Deny { reason: reason.into() })
+}
+
+/// Export a type implementing [`CassandraFilter`] as this component's filter.
+#[macro_export]
+macro_rules! cassandra_filter {
+    ($filter:ty) => {
+        const _: () = {
+            static FILTER: $crate::Slot<$filter> = $crate::Slot::new();
+
+            struct WeirCassandraExport;
+
+            impl $crate::cassandra::bindings::Guest for WeirCassandraExport {
+                fn configure(config: ::std::string::String) -> ::core::result::Result<(), ::std::string::String> {
+                    FILTER.set(<$filter as $crate::cassandra::CassandraFilter>::configure(&config)?);
+                    Ok(())
+                }
+            }
+
+            impl $crate::cassandra::bindings::exports::weir::filter::cassandra_handler::Guest for WeirCassandraExport {
+                fn on_request(
+                    conn: &$crate::Connection,
+                    request: $crate::cassandra::Request,
+                ) -> $crate::cassandra::RequestDecision {
+                    <$filter as $crate::cassandra::CassandraFilter>::on_request(FILTER.get(), conn, &request)
+                }
+            }
+
+    $crate::cassandra::bindings::export_cassandra_filter_world!(WeirCassandraExport with_types_in $crate::cassandra::bindings);
+        };
+    };
+}

@@ -1,0 +1,473 @@
+//! The Cassandra engine in local mode, end to end. No Cassandra server can
+//! run here, so the server is a STAND-IN (`integration/python/cql_standin.py`,
+//! built on the cassandra-driver's own protocol code; it logs every request
+//! it receives) and the client is the real cassandra-driver's connection
+//! layer (`cassandra_client.py`), on protocol v3, v4 and v5. Raw sockets
+//! bring the broken frames. Clients connect from 127.0.0.1 (`cql-client`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weir_integration::*;
+
+const CLIENT: &str = "127.0.0.1";
+
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cql-access}
+spec:
+  endpointSelector: {matchLabels: {app: cassandra}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: cql-client}}]
+      toPorts:
+        - ports: [{port: "9042", protocol: TCP}]
+          rules:
+            l7proto: cassandra
+            l7:
+              - {query_action: select, query_table: "^app\\.(orders|items)$"}
+              - {query_action: insert, query_table: "^app\\.orders$"}
+              - {query_action: select, query_table: "^system\\."}
+"#;
+
+/// The stand-in CQL server, with the log of what reached it.
+struct Standin {
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    _process: Process,
+}
+
+impl Standin {
+    fn start(args: &[&str]) -> Standin {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let mut all = vec![addr.to_string(), log.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let process = python_server("cql_standin.py", &all, addr);
+        Standin { addr, log, _dir: dir, _process: process }
+    }
+
+    /// Every request the server received.
+    fn received(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn received_queries(&self) -> Vec<String> {
+        self.received().iter().filter_map(|r| r["query"].as_str().map(str::to_string)).collect()
+    }
+}
+
+fn start_weir(upstream: SocketAddr) -> (Weir, SocketAddr) {
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: client, address: {CLIENT}, labels: {{app: cql-client}}}}\n\
+         listeners:\n  \
+         - {{name: cql, protocol: cassandra, bind: {listener}, upstream: {upstream}, \
+              destination: {{labels: {{app: cassandra}}, port: 9042}}}}\n"
+    );
+    (Weir::start(&config, &[("cql.yaml", POLICY)]), listener)
+}
+
+struct Client {
+    connected: Value,
+    results: Vec<Value>,
+}
+
+fn client(addr: SocketAddr, version: u8, ops: Value, flags: &[&str]) -> Client {
+    let mut args = vec![addr.to_string(), version.to_string(), ops.to_string()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = python("cassandra_client.py", &args);
+    assert!(out.status.success(), "cassandra_client.py: {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>();
+    assert!(!lines.is_empty(), "no output: {}", String::from_utf8_lossy(&out.stderr));
+    let connected = lines.remove(0);
+    assert_eq!(connected["connected"], true, "{connected}");
+    Client { connected, results: lines }
+}
+
+fn rows(r: &Value) -> Value {
+    assert_eq!(r["ok"], true, "{r}");
+    r["rows"].clone()
+}
+
+fn unauthorized(r: &Value) {
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"], "Unauthorized", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("code=2100"), "{r}");
+}
+
+fn flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
+    weir.flows(&format!("protocol=cassandra&{query}"))
+}
+
+fn wait_flow(weir: &Weir, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(10), || {
+        found = flows(weir, query).into_iter().rev().find(|f| matches(f));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn statements(f: &FlowRecord) -> Vec<(String, Option<String>)> {
+    f.cassandra.as_ref().unwrap().statements.iter().map(|s| (s.action.clone(), s.table.clone())).collect()
+}
+
+/// A legacy (v3/v4) or pre-handshake frame.
+fn frame(version: u8, stream: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![version, 0];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.push(opcode);
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+fn long_string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+fn query(version: u8, stream: i16, cql: &str) -> Vec<u8> {
+    let mut body = long_string(cql);
+    body.extend_from_slice(&[0, 1, 0]); // consistency ONE, no flags
+    frame(version, stream, 0x07, &body)
+}
+
+fn string_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = (pairs.len() as u16).to_be_bytes().to_vec();
+    for (k, v) in pairs {
+        for s in [k, v] {
+            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+    }
+    b
+}
+
+/// Read frames until the peer closes or goes quiet.
+fn read_quiet(stream: &mut TcpStream, quiet: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// (stream, opcode, body) of each legacy frame in `bytes`.
+fn parse_frames(mut bytes: &[u8]) -> Vec<(i16, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes(bytes[5..9].try_into().unwrap()) as usize;
+        out.push((i16::from_be_bytes([bytes[2], bytes[3]]), bytes[4], bytes[9..9 + len].to_vec()));
+        bytes = &bytes[9 + len..];
+    }
+    out
+}
+
+fn error_code(body: &[u8]) -> u32 {
+    u32::from_be_bytes(body[..4].try_into().unwrap())
+}
+
+#[test]
+fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays_usable() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    let c = client(
+        listener,
+        4,
+        json!([
+            ["query", "USE app"],
+            ["query", "SELECT * FROM orders WHERE id = 1"],
+            ["query", "SELECT * FROM secrets"],
+            ["query", "DELETE FROM orders WHERE id = 1"],
+            ["query", "SELECT * /* FROM app.orders */ FROM app.secrets"],
+            ["prepare", "items", "SELECT * FROM items"],
+            ["execute", "items"],
+            ["prepare", "wipe", "TRUNCATE orders"],
+            ["batch", ["INSERT INTO orders (id) VALUES (1)", "INSERT INTO app.orders (id) VALUES (2)"]],
+            ["batch", ["INSERT INTO orders (id) VALUES (3)", "INSERT INTO app.audit (id) VALUES (4)"]],
+            [
+                "together",
+                [
+                    ["query", "SELECT * FROM items"],
+                    ["query", "SELECT * FROM ledger"],
+                    ["query", "SELECT * FROM system.local"]
+                ]
+            ],
+            ["query", "SELECT * FROM orders"],
+        ]),
+        &[],
+    );
+    let r = &c.results;
+    assert_eq!(r.len(), 14, "{r:?}");
+    assert_eq!(r[0]["kind"], 3, "USE answered SetKeyspace: {}", r[0]);
+    assert_eq!(rows(&r[1]), json!([["SELECT * FROM orders WHERE id = 1", "app"]]));
+    for i in [2, 3, 4, 7, 9, 11] {
+        unauthorized(&r[i]);
+    }
+    assert_eq!(r[5]["kind"], 4, "prepared: {}", r[5]);
+    assert_eq!(rows(&r[6]), json!([["SELECT * FROM items", "app"]]), "EXECUTE ran the prepared text");
+    assert_eq!(r[8]["kind"], 1, "an allowed batch: {}", r[8]);
+    // several streams at once: each answered on its own stream
+    assert_eq!(rows(&r[10]), json!([["SELECT * FROM items", "app"]]));
+    assert_eq!(rows(&r[12]), json!([["SELECT * FROM system.local", "app"]]));
+    assert_eq!(rows(&r[13]), json!([["SELECT * FROM orders", "app"]]), "still usable after refusals");
+
+    // the server never saw a refused request
+    let seen = standin.received_queries();
+    for refused in ["secrets", "DELETE", "TRUNCATE", "ledger", "audit"] {
+        assert!(!seen.iter().any(|q| q.contains(refused)), "{refused} reached the server: {seen:?}");
+    }
+    let batches: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "batch").collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+
+    // flows: action and keyspace-qualified table, per statement
+    let denied = wait_flow(&weir, "verdict=denied", "the refused select", |f| {
+        statements(f) == [("select".to_string(), Some("app.secrets".to_string()))]
+            && f.cassandra.as_ref().unwrap().opcode == "query"
+    });
+    let c = denied.cassandra.as_ref().unwrap();
+    assert_eq!((c.version, c.response.as_deref()), (4, Some("error 0x2100")));
+    assert_eq!(denied.reason.as_deref(), Some("select on app.secrets is not allowed"));
+    assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cql-client"));
+    let batch =
+        wait_flow(&weir, "verdict=denied", "the refused batch", |f| f.cassandra.as_ref().unwrap().opcode == "batch");
+    assert_eq!(
+        statements(&batch),
+        [("insert".to_string(), Some("app.orders".to_string())), ("insert".to_string(), Some("app.audit".to_string()))]
+    );
+    let executed =
+        wait_flow(&weir, "verdict=forwarded", "the execute", |f| f.cassandra.as_ref().unwrap().opcode == "execute");
+    assert_eq!(statements(&executed), [("select".to_string(), Some("app.items".to_string()))]);
+    assert_eq!(executed.cassandra.as_ref().unwrap().response.as_deref(), Some("rows"));
+    assert!(executed.latency_us.is_some());
+    let truncate = wait_flow(&weir, "verdict=denied", "the refused prepare", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "prepare"
+    });
+    assert_eq!(statements(&truncate), [("truncate-table".to_string(), Some("app.orders".to_string()))]);
+    let metrics = weir.metrics();
+    assert!(metrics.contains(r#"weir_cassandra_requests_total{opcode="query",verdict="denied"} 4"#), "{metrics}");
+
+    // and weir observe shows them
+    let text = std::process::Command::new(weir_bin())
+        .args([
+            "observe",
+            "--admin",
+            &weir.admin.to_string(),
+            "--no-follow",
+            "--protocol",
+            "cassandra",
+            "--verdict",
+            "denied",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("v4 query") && l.contains("select:app.secrets") && l.contains("=> error 0x2100")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_query_sent_right_behind_use_is_judged_in_the_keyspace_use_sets() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    let mut stream = connect_from(CLIENT, listener);
+    stream.write_all(&frame(4, 0, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
+    stream.write_all(&query(4, 1, "USE app")).unwrap();
+    let answers = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    assert_eq!(answers.iter().map(|a| a.1).collect::<Vec<_>>(), [0x02, 0x08]);
+    // in one write: weir must not judge the SELECT before the USE is answered
+    let mut both = query(4, 2, "USE other");
+    both.extend(query(4, 3, "SELECT * FROM orders"));
+    stream.write_all(&both).unwrap();
+    let answers = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    let by_stream: std::collections::HashMap<i16, (u8, Vec<u8>)> =
+        answers.into_iter().map(|(s, op, body)| (s, (op, body))).collect();
+    assert_eq!(by_stream[&2].0, 0x08, "USE answered");
+    assert_eq!((by_stream[&3].0, error_code(&by_stream[&3].1)), (0x00, 0x2100), "other.orders is refused");
+    wait_flow(&weir, "verdict=denied", "the select in keyspace other", |f| {
+        statements(f) == [("select".to_string(), Some("other.orders".to_string()))]
+    });
+    assert!(!standin.received_queries().contains(&"SELECT * FROM orders".to_string()));
+}
+
+#[test]
+fn protocol_v3_v4_and_v5_are_judged_alike() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    for version in [3u8, 4, 5] {
+        let c = client(
+            listener,
+            version,
+            json!([
+                ["query", "SELECT * FROM app.orders"],
+                ["query", "UPDATE app.orders SET v = 1 WHERE id = 1"],
+                ["prepare", "p", "SELECT * FROM app.items"],
+                ["execute", "p"],
+                // a large query: more than one v5 segment (128 KiB) each way
+                ["query", "SELECT * FROM app.orders WHERE note = 'PAD'", 200_000],
+            ]),
+            &[],
+        );
+        let r = &c.results;
+        assert_eq!(rows(&r[0]), json!([["SELECT * FROM app.orders", null]]), "v{version}");
+        unauthorized(&r[1]);
+        assert_eq!(rows(&r[3]), json!([["SELECT * FROM app.items", null]]), "v{version}");
+        assert_eq!(rows(&r[4])[0][0].as_str().unwrap().len(), 200_040, "v{version}");
+        wait_flow(&weir, "verdict=denied", "the refused update", |f| {
+            f.cassandra.as_ref().is_some_and(|c| c.version == version && statements(f)[0].0 == "update")
+        });
+    }
+    assert!(!standin.received_queries().iter().any(|q| q.starts_with("UPDATE")));
+}
+
+#[test]
+fn prepared_ids_are_followed_across_connections_and_unknown_ones_get_unprepared() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    // prepared on one connection...
+    let first = client(listener, 4, json!([["prepare", "p", "SELECT * FROM app.orders"]]), &[]);
+    let id = first.results[0]["id"].as_str().unwrap().to_string();
+    // ...executed on another, as drivers do
+    let second = client(listener, 4, json!([["execute_id", id], ["execute_id", "0badc0de"]]), &[]);
+    assert_eq!(rows(&second.results[0]), json!([["SELECT * FROM app.orders", null]]));
+    let unknown = &second.results[1];
+    assert_eq!(unknown["error"], "PreparedQueryNotFound", "{unknown}");
+    assert_eq!(unknown["code"], 0x2500);
+    // the stand-in never saw the unknown id
+    let executes: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "execute").collect();
+    assert_eq!(executes.len(), 1, "{executes:?}");
+    let flow = wait_flow(&weir, "verdict=error", "the unknown id", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("0badc0de"))
+    });
+    assert_eq!(flow.cassandra.as_ref().unwrap().response.as_deref(), Some("error 0x2500"));
+}
+
+#[test]
+fn authentication_passes_and_compression_is_declined() {
+    let standin = Standin::start(&["--auth"]);
+    let (weir, listener) = start_weir(standin.addr);
+    // v5: AUTHENTICATE starts segment framing; AUTH_RESPONSE comes in a segment
+    let c = client(listener, 5, json!([["query", "SELECT * FROM app.orders"]]), &["--auth"]);
+    assert_eq!(c.connected["compressor"], Value::Null);
+    assert_eq!(rows(&c.results[0]), json!([["SELECT * FROM app.orders", null]]));
+    assert!(standin.received().iter().any(|r| r["op"] == "auth-response" && r["ok"] == true));
+    wait_flow(&weir, "verdict=forwarded", "the auth response", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "auth-response"
+    });
+
+    // SUPPORTED reaches the client with no compression on offer
+    let mut stream = connect_from(CLIENT, listener);
+    stream.write_all(&frame(4, 1, 0x05, &[])).unwrap();
+    let answer = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    assert_eq!(answer[0].1, 0x06, "SUPPORTED: {answer:?}");
+    let body = String::from_utf8_lossy(&answer[0].2).into_owned();
+    assert!(body.contains("COMPRESSION") && !body.contains("lz4") && !body.contains("snappy"), "{body:?}");
+    // a client that asks anyway is told why, and may start again without
+    let startup = frame(4, 2, 0x01, &string_map(&[("CQL_VERSION", "3.0.0"), ("COMPRESSION", "lz4")]));
+    stream.write_all(&startup).unwrap();
+    let answer = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    let (stream_id, opcode, body) = &answer[0];
+    assert_eq!((*stream_id, *opcode, error_code(body)), (2, 0x00, 0x000a));
+    assert!(String::from_utf8_lossy(body).contains("connect without compression"), "{body:?}");
+    stream.write_all(&frame(4, 3, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
+    let answer = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    assert_eq!((answer[0].0, answer[0].1), (3, 0x03), "AUTHENTICATE: {answer:?}");
+    let startups: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "startup").collect();
+    assert!(startups.iter().all(|s| s["options"].get("COMPRESSION").is_none()), "{startups:?}");
+}
+
+#[test]
+fn broken_frames_close_the_connection_with_a_flow_and_weir_keeps_serving() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    let mut huge = frame(4, 1, 0x07, &[]);
+    huge[5..9].copy_from_slice(&(300u32 << 20).to_be_bytes());
+    let mut bad_string = query(4, 1, "SELECT 1");
+    bad_string[9..13].copy_from_slice(&1000u32.to_be_bytes());
+    let cases: [(Vec<u8>, &str); 5] = [
+        (frame(0x84, 1, 0x02, &[]), "expected a request"),
+        (huge, "over the"),
+        (query(4, 1, "SELECT * FROM app.orders")[..15].to_vec(), "inside a frame"),
+        (bad_string, "body ends inside"),
+        (frame(4, 1, 0x08, &[0, 0, 0, 1]), "is not a request"),
+    ];
+    for (bytes, why) in cases {
+        let mut stream = connect_from(CLIENT, listener);
+        stream.write_all(&bytes).unwrap();
+        if why == "inside a frame" {
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"", "nothing answers {why:?}");
+        wait_flow(&weir, "verdict=error", why, |f| f.reason.as_deref().is_some_and(|r| r.contains(why)));
+    }
+    // an unsupported version gets the error drivers downgrade on, then the close
+    let mut stream = connect_from(CLIENT, listener);
+    stream.write_all(&frame(6, 0, 0x05, &[])).unwrap();
+    let answer = parse_frames(&read_quiet(&mut stream, Duration::from_secs(2)));
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(error_code(&answer[0].2), 0x000a);
+    assert!(String::from_utf8_lossy(&answer[0].2).contains("Invalid or unsupported protocol version (6)"));
+
+    // v5: a corrupt segment after the handshake
+    let mut stream = connect_from(CLIENT, listener);
+    stream.write_all(&frame(5, 0, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
+    let ready = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
+    assert_eq!(ready[0].1, 0x02, "READY: {ready:?}");
+    stream.write_all(&[9, 0, 2, 0x11, 0x22, 0x33, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"");
+    wait_flow(&weir, "verdict=error", "the corrupt segment", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("CRC24"))
+    });
+
+    // nothing broken reached the server, and weir still serves
+    assert!(standin.received_queries().is_empty(), "{:?}", standin.received_queries());
+    let c = client(listener, 4, json!([["query", "SELECT * FROM app.orders"]]), &[]);
+    assert_eq!(rows(&c.results[0]), json!([["SELECT * FROM app.orders", null]]));
+}
+
+#[test]
+fn a_server_that_hangs_up_mid_response_closes_the_client_with_a_flow() {
+    // stand-in server: READY to STARTUP, half a RESULT to the query, gone
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in server.incoming().take(1) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(&frame(0x84, 0, 0x02, &[]));
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(&frame(0x84, 1, 0x08, &[0, 0, 0, 2, 0, 0])[..12]);
+        }
+    });
+    let (weir, listener) = start_weir(upstream);
+    let mut stream = connect_from(CLIENT, listener);
+    stream.write_all(&frame(4, 0, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
+    assert_eq!(parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)))[0].1, 0x02);
+    stream.write_all(&query(4, 1, "SELECT * FROM app.orders")).unwrap();
+    assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"", "the half response is not relayed");
+    let flow =
+        wait_flow(&weir, "verdict=error", "the unanswered query", |f| f.cassandra.as_ref().unwrap().opcode == "query");
+    assert!(flow.reason.as_deref().unwrap().contains("inside a frame"), "{flow:?}");
+}
