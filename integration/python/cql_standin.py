@@ -58,9 +58,8 @@ def log(**entry):
         f.write(json.dumps(entry) + "\n")
 
 
-def rows_body(keyspace, values):
-    f = io.BytesIO()
-    write_int(f, 2)  # Rows
+def echo_metadata(f):
+    """Result metadata of the two echo columns (query, keyspace)."""
     write_int(f, 0x0001)  # global table spec
     write_int(f, 2)
     write_string(f, "standin")
@@ -68,6 +67,12 @@ def rows_body(keyspace, values):
     for name in ("query", "keyspace"):
         write_string(f, name)
         write_short(f, VARCHAR)
+
+
+def rows_body(keyspace, values):
+    f = io.BytesIO()
+    write_int(f, 2)  # Rows
+    echo_metadata(f)
     write_int(f, 1)
     for v in values:
         write_value(f, v.encode() if v is not None else None)
@@ -84,13 +89,7 @@ def prepared_body(version, query_id):
     write_int(f, 0)
     if version >= 4:
         write_int(f, 0)  # partition key indexes
-    write_int(f, 0x0001)  # result metadata: the two echo columns
-    write_int(f, 2)
-    write_string(f, "standin")
-    write_string(f, "echo")
-    for name in ("query", "keyspace"):
-        write_string(f, name)
-        write_short(f, VARCHAR)
+    echo_metadata(f)
     return f.getvalue()
 
 

@@ -203,6 +203,17 @@ impl Weir {
         body.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
     }
 
+    /// The newest kept flow matching a `/flows` query and `matches`, waiting
+    /// for it (the proxy records a flow after answering).
+    pub fn wait_flow(&self, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+        let mut found = None;
+        wait_for(what, Duration::from_secs(10), || {
+            found = self.flows(query).into_iter().rev().find(|f| matches(f));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
     /// The last flow for a path, waiting a little for it to be recorded.
     pub fn last_flow(&self, path: &str) -> FlowRecord {
         let deadline = Instant::now() + Duration::from_secs(5);

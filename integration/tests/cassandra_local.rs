@@ -106,19 +106,6 @@ fn unauthorized(r: &Value) {
     assert!(r["message"].as_str().unwrap().contains("code=2100"), "{r}");
 }
 
-fn flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
-    weir.flows(&format!("protocol=cassandra&{query}"))
-}
-
-fn wait_flow(weir: &Weir, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = flows(weir, query).into_iter().rev().find(|f| matches(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 fn statements(f: &FlowRecord) -> Vec<(String, Option<String>)> {
     f.cassandra.as_ref().unwrap().statements.iter().map(|s| (s.action.clone(), s.table.clone())).collect()
 }
@@ -239,7 +226,7 @@ fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays
     assert_eq!(batches.len(), 1, "{batches:?}");
 
     // flows: action and keyspace-qualified table, per statement
-    let denied = wait_flow(&weir, "verdict=denied", "the refused select", |f| {
+    let denied = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused select", |f| {
         statements(f) == [("select".to_string(), Some("app.secrets".to_string()))]
             && f.cassandra.as_ref().unwrap().opcode == "query"
     });
@@ -247,18 +234,20 @@ fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays
     assert_eq!((c.version, c.response.as_deref()), (4, Some("error 0x2100")));
     assert_eq!(denied.reason.as_deref(), Some("select on app.secrets is not allowed"));
     assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cql-client"));
-    let batch =
-        wait_flow(&weir, "verdict=denied", "the refused batch", |f| f.cassandra.as_ref().unwrap().opcode == "batch");
+    let batch = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused batch", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "batch"
+    });
     assert_eq!(
         statements(&batch),
         [("insert".to_string(), Some("app.orders".to_string())), ("insert".to_string(), Some("app.audit".to_string()))]
     );
-    let executed =
-        wait_flow(&weir, "verdict=forwarded", "the execute", |f| f.cassandra.as_ref().unwrap().opcode == "execute");
+    let executed = weir.wait_flow("protocol=cassandra&verdict=forwarded", "the execute", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "execute"
+    });
     assert_eq!(statements(&executed), [("select".to_string(), Some("app.items".to_string()))]);
     assert_eq!(executed.cassandra.as_ref().unwrap().response.as_deref(), Some("rows"));
     assert!(executed.latency_us.is_some());
-    let truncate = wait_flow(&weir, "verdict=denied", "the refused prepare", |f| {
+    let truncate = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused prepare", |f| {
         f.cassandra.as_ref().unwrap().opcode == "prepare"
     });
     assert_eq!(statements(&truncate), [("truncate-table".to_string(), Some("app.orders".to_string()))]);
@@ -305,7 +294,7 @@ fn a_query_sent_right_behind_use_is_judged_in_the_keyspace_use_sets() {
         answers.into_iter().map(|(s, op, body)| (s, (op, body))).collect();
     assert_eq!(by_stream[&2].0, 0x08, "USE answered");
     assert_eq!((by_stream[&3].0, error_code(&by_stream[&3].1)), (0x00, 0x2100), "other.orders is refused");
-    wait_flow(&weir, "verdict=denied", "the select in keyspace other", |f| {
+    weir.wait_flow("protocol=cassandra&verdict=denied", "the select in keyspace other", |f| {
         statements(f) == [("select".to_string(), Some("other.orders".to_string()))]
     });
     assert!(!standin.received_queries().contains(&"SELECT * FROM orders".to_string()));
@@ -334,7 +323,7 @@ fn protocol_v3_v4_and_v5_are_judged_alike() {
         unauthorized(&r[1]);
         assert_eq!(rows(&r[3]), json!([["SELECT * FROM app.items", null]]), "v{version}");
         assert_eq!(rows(&r[4])[0][0].as_str().unwrap().len(), 200_040, "v{version}");
-        wait_flow(&weir, "verdict=denied", "the refused update", |f| {
+        weir.wait_flow("protocol=cassandra&verdict=denied", "the refused update", |f| {
             f.cassandra.as_ref().is_some_and(|c| c.version == version && statements(f)[0].0 == "update")
         });
     }
@@ -357,7 +346,7 @@ fn prepared_ids_are_followed_across_connections_and_unknown_ones_get_unprepared(
     // the stand-in never saw the unknown id
     let executes: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "execute").collect();
     assert_eq!(executes.len(), 1, "{executes:?}");
-    let flow = wait_flow(&weir, "verdict=error", "the unknown id", |f| {
+    let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unknown id", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("0badc0de"))
     });
     assert_eq!(flow.cassandra.as_ref().unwrap().response.as_deref(), Some("error 0x2500"));
@@ -372,7 +361,7 @@ fn authentication_passes_and_compression_is_declined() {
     assert_eq!(c.connected["compressor"], Value::Null);
     assert_eq!(rows(&c.results[0]), json!([["SELECT * FROM app.orders", null]]));
     assert!(standin.received().iter().any(|r| r["op"] == "auth-response" && r["ok"] == true));
-    wait_flow(&weir, "verdict=forwarded", "the auth response", |f| {
+    weir.wait_flow("protocol=cassandra&verdict=forwarded", "the auth response", |f| {
         f.cassandra.as_ref().unwrap().opcode == "auth-response"
     });
 
@@ -419,7 +408,9 @@ fn broken_frames_close_the_connection_with_a_flow_and_weir_keeps_serving() {
             stream.shutdown(std::net::Shutdown::Write).unwrap();
         }
         assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"", "nothing answers {why:?}");
-        wait_flow(&weir, "verdict=error", why, |f| f.reason.as_deref().is_some_and(|r| r.contains(why)));
+        weir.wait_flow("protocol=cassandra&verdict=error", why, |f| {
+            f.reason.as_deref().is_some_and(|r| r.contains(why))
+        });
     }
     // an unsupported version gets the error drivers downgrade on, then the close
     let mut stream = connect_from(CLIENT, listener);
@@ -436,7 +427,7 @@ fn broken_frames_close_the_connection_with_a_flow_and_weir_keeps_serving() {
     assert_eq!(ready[0].1, 0x02, "READY: {ready:?}");
     stream.write_all(&[9, 0, 2, 0x11, 0x22, 0x33, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"");
-    wait_flow(&weir, "verdict=error", "the corrupt segment", |f| {
+    weir.wait_flow("protocol=cassandra&verdict=error", "the corrupt segment", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("CRC24"))
     });
 
@@ -467,7 +458,8 @@ fn a_server_that_hangs_up_mid_response_closes_the_client_with_a_flow() {
     assert_eq!(parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)))[0].1, 0x02);
     stream.write_all(&query(4, 1, "SELECT * FROM app.orders")).unwrap();
     assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"", "the half response is not relayed");
-    let flow =
-        wait_flow(&weir, "verdict=error", "the unanswered query", |f| f.cassandra.as_ref().unwrap().opcode == "query");
+    let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unanswered query", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "query"
+    });
     assert!(flow.reason.as_deref().unwrap().contains("inside a frame"), "{flow:?}");
 }

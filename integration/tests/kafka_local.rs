@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -78,17 +77,6 @@ fn kafka_flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
     weir.flows(&format!("protocol=kafka&{query}"))
 }
 
-/// Wait for a flow the proxy records after answering (flows of forwarded
-/// requests are written when their response has been relayed).
-fn wait_flow(weir: &Weir, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = kafka_flows(weir, query).into_iter().rev().find(|f| matches(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 fn api(flow: &FlowRecord) -> &str {
     &flow.kafka.as_ref().unwrap().api_key
 }
@@ -107,7 +95,7 @@ fn kcat_produces_and_consumes_where_the_roles_allow() {
     let refused = kcat(s.listener, &["-P", "-t", "deathstar-plans"], "the plans\n");
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("Topic authorization failed"), "{}", text(&refused.stderr));
-    let flow = wait_flow(&s.weir, "verdict=denied", "the produce refusal", |f| api(f) == "Produce");
+    let flow = s.weir.wait_flow("protocol=kafka&verdict=denied", "the produce refusal", |f| api(f) == "Produce");
     let kafka = flow.kafka.as_ref().unwrap();
     assert_eq!(
         (kafka.topics.clone(), kafka.error_code, kafka.client_id.as_str()),
@@ -117,7 +105,7 @@ fn kcat_produces_and_consumes_where_the_roles_allow() {
     assert_eq!(flow.source.labels.first().map(String::as_str), Some("k8s:app=empire-hq"));
 
     // the allowed requests went through and were recorded with latency
-    let fetch = wait_flow(&s.weir, "verdict=forwarded", "a forwarded fetch", |f| api(f) == "Fetch");
+    let fetch = s.weir.wait_flow("protocol=kafka&verdict=forwarded", "a forwarded fetch", |f| api(f) == "Fetch");
     assert!(fetch.latency_us.is_some());
     assert_eq!(fetch.kafka.as_ref().unwrap().topics, vec!["empire-announce".to_string()]);
     let metrics = s.weir.metrics();
@@ -138,14 +126,15 @@ fn kafka_python_clients_by_client_id_and_a_consumer_group() {
     assert_eq!(group[0]["values"], serde_json::json!(["one", "two", "three"]), "{group:?}");
     assert_eq!(group[0]["committed"], 3);
     for api_key in ["FindCoordinator", "JoinGroup", "SyncGroup", "OffsetCommit", "OffsetFetch"] {
-        wait_flow(&s.weir, "verdict=forwarded", api_key, |f| api(f) == api_key);
+        s.weir.wait_flow("protocol=kafka&verdict=forwarded", api_key, |f| api(f) == api_key);
     }
 
     let allowed = python_client(s.listener, "admin", &["create-topic", "allowed-new"]);
     assert_eq!(allowed[0]["ok"], true, "{allowed:?}");
     let refused = python_client(s.listener, "admin", &["create-topic", "forbidden-new"]);
     assert_eq!(refused[0]["ok"], false, "{refused:?}");
-    let flow = wait_flow(&s.weir, "verdict=denied", "the CreateTopics refusal", |f| api(f) == "CreateTopics");
+    let flow =
+        s.weir.wait_flow("protocol=kafka&verdict=denied", "the CreateTopics refusal", |f| api(f) == "CreateTopics");
     assert_eq!(flow.kafka.as_ref().unwrap().error_code, Some(29));
 }
 
@@ -207,7 +196,7 @@ fn broken_frames_close_the_connection_and_are_never_forwarded() {
     garbage.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 5, 0, 2, b'x', b'y', 0xff, 0xff]);
     client.stream.write_all(&garbage).unwrap();
     assert!(client.closed(), "an unparsable request closes the connection");
-    let flow = wait_flow(&s.weir, "verdict=error", "the unparsable frame", |f| {
+    let flow = s.weir.wait_flow("protocol=kafka&verdict=error", "the unparsable frame", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("unparsable"))
     });
     assert_eq!(flow.kafka.as_ref().unwrap().api_key, "Produce");
@@ -216,7 +205,7 @@ fn broken_frames_close_the_connection_and_are_never_forwarded() {
     let mut client = RawClient::connect(HQ, s.listener);
     client.stream.write_all(&(-5i32).to_be_bytes()).unwrap();
     assert!(client.closed());
-    wait_flow(&s.weir, "verdict=error", "the bad length", |f| {
+    s.weir.wait_flow("protocol=kafka&verdict=error", "the bad length", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("frame length -5"))
     });
 
@@ -225,7 +214,7 @@ fn broken_frames_close_the_connection_and_are_never_forwarded() {
     let (frame, _) = client.frame(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
     client.stream.write_all(&frame[..frame.len() / 2]).unwrap();
     drop(client);
-    wait_flow(&s.weir, "verdict=error", "the half frame", |f| {
+    s.weir.wait_flow("protocol=kafka&verdict=error", "the half frame", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("inside a frame"))
     });
 
@@ -242,7 +231,7 @@ fn a_peer_no_rule_allows_is_dropped_at_connect() {
     let mut client = RawClient::connect(STRANGER, s.listener);
     client.send(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
     assert!(client.receive(ApiKey::ApiVersions, 3).is_none(), "dropped connections get no answer");
-    let flow = wait_flow(&s.weir, "verdict=dropped", "the dropped connection", |_| true);
+    let flow = s.weir.wait_flow("protocol=kafka&verdict=dropped", "the dropped connection", |_| true);
     assert!(flow.source.labels.iter().any(|l| l == "reserved:world"), "{flow:?}");
 }
 
@@ -278,6 +267,6 @@ fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
     client.send(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
     assert!(client.receive(ApiKey::Metadata, 9).is_none(), "the client sees the connection close");
     stand_in.join().unwrap();
-    let flow = wait_flow(&weir, "verdict=error", "the broken response", |f| api(f) == "Metadata");
+    let flow = weir.wait_flow("protocol=kafka&verdict=error", "the broken response", |f| api(f) == "Metadata");
     assert!(flow.reason.as_deref().unwrap().contains("broker"), "{flow:?}");
 }

@@ -63,19 +63,6 @@ fn client(addr: SocketAddr, protocol: &str, ops: serde_json::Value) -> Vec<serde
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
-    weir.flows(&format!("protocol=memcached&{query}"))
-}
-
-fn wait_flow(weir: &Weir, query: &str, what: &str, matches: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = flows(weir, query).into_iter().rev().find(|f| matches(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 /// Send `request` on a fresh connection and read until it goes quiet.
 fn exchange(to: SocketAddr, request: &[u8]) -> String {
     raw_exchange(CLIENT, to, request, Duration::from_millis(500))
@@ -112,7 +99,7 @@ fn pymemcache_is_allowed_and_refused_key_by_key() {
     assert_eq!(results[8]["ok"], true);
 
     // the refused multi-get names the key that was refused
-    let denied = wait_flow(&s.weir, "verdict=denied", "the multi-get refusal", |f| {
+    let denied = s.weir.wait_flow("protocol=memcached&verdict=denied", "the multi-get refusal", |f| {
         f.memcached.as_ref().is_some_and(|m| m.keys.len() == 2)
     });
     let m = denied.memcached.as_ref().unwrap();
@@ -121,7 +108,7 @@ fn pymemcache_is_allowed_and_refused_key_by_key() {
     assert_eq!(m.response.as_deref(), Some("CLIENT_ERROR"));
     assert!(denied.reason.as_deref().unwrap().contains("\"secret\""), "{denied:?}");
     assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cache-client"));
-    let stored = wait_flow(&s.weir, "verdict=forwarded", "the forwarded set", |f| {
+    let stored = s.weir.wait_flow("protocol=memcached&verdict=forwarded", "the forwarded set", |f| {
         f.memcached.as_ref().is_some_and(|m| m.command == "set")
     });
     assert_eq!(stored.memcached.as_ref().unwrap().response.as_deref(), Some("STORED"));
@@ -155,7 +142,7 @@ fn binary_clients_get_a_binary_refusal() {
             results[i]
         );
     }
-    let denied = wait_flow(&s.weir, "verdict=denied", "a binary refusal", |f| {
+    let denied = s.weir.wait_flow("protocol=memcached&verdict=denied", "a binary refusal", |f| {
         f.memcached.as_ref().is_some_and(|m| m.protocol == "binary")
     });
     assert_eq!(denied.memcached.as_ref().unwrap().response.as_deref(), Some("0x0020"));
@@ -246,14 +233,16 @@ fn broken_requests_close_the_connection_with_a_flow_and_weir_keeps_serving() {
         }
         let answer = read_until_quiet(&mut stream, Duration::from_secs(2));
         assert_eq!(answer, "", "nothing is answered to {why:?}");
-        let flow = wait_flow(&s.weir, "verdict=error", why, |f| f.reason.as_deref().is_some_and(|r| r.contains(why)));
+        let flow = s.weir.wait_flow("protocol=memcached&verdict=error", why, |f| {
+            f.reason.as_deref().is_some_and(|r| r.contains(why))
+        });
         assert_eq!(flow.listener, "cache");
     }
     // a binary packet with a body length that cannot hold its key
     let mut bad = binary(0x00, b"key", &[], &[], 0);
     bad[8..12].copy_from_slice(&1u32.to_be_bytes());
     assert_eq!(exchange(s.listener, &bad), "");
-    wait_flow(&s.weir, "verdict=error", "the inconsistent binary packet", |f| {
+    s.weir.wait_flow("protocol=memcached&verdict=error", "the inconsistent binary packet", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("longer than the body"))
     });
     assert_eq!(exchange(s.listener, b"get motd\r\n"), "END\r\n", "still serving");
@@ -275,7 +264,7 @@ fn a_server_that_hangs_up_mid_reply_closes_the_client_with_a_flow() {
     let (weir, listener) = setup_with_upstream(upstream);
     let answer = exchange(listener, b"get public/h\r\n");
     assert!(!answer.contains("END"), "{answer:?}");
-    let flow = wait_flow(&weir, "verdict=error", "the unanswered get", |f| {
+    let flow = weir.wait_flow("protocol=memcached&verdict=error", "the unanswered get", |f| {
         f.memcached.as_ref().is_some_and(|m| m.command == "get")
     });
     assert!(flow.reason.as_deref().unwrap().contains("inside a reply"), "{flow:?}");

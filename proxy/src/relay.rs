@@ -12,6 +12,7 @@ use crate::config::ListenerProtocol;
 use crate::context::{ConnectionContext, Target, next_connection_id};
 use crate::flow::{FlowPeer, FlowRecord, FlowTime, Verdict};
 use crate::http::upstream::UpstreamBind;
+use crate::metrics::{CassandraLabels, KafkaLabels, MemcachedLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
 use crate::policy::L4Protocol;
 use crate::state::{OpenConnection, ProxyState};
@@ -93,6 +94,38 @@ impl Connection {
             l7: None,
             latency_us: None,
             filter_us: 0,
+        }
+    }
+
+    /// Keep a flow and count it: a flow that describes a request counts in
+    /// `weir_requests_total` and its protocol's own counter.
+    pub fn record(&self, flow: FlowRecord) {
+        let metrics = &self.state.metrics;
+        let verdict = flow.verdict.as_str();
+        let request = if let Some(k) = &flow.kafka {
+            metrics.kafka_requests.get_or_create(&KafkaLabels { api: k.api_key.clone(), verdict }).inc();
+            true
+        } else if let Some(m) = &flow.memcached {
+            metrics.memcached_requests.get_or_create(&MemcachedLabels { command: m.command.clone(), verdict }).inc();
+            true
+        } else if let Some(c) = &flow.cassandra {
+            metrics.cassandra_requests.get_or_create(&CassandraLabels { opcode: c.opcode.clone(), verdict }).inc();
+            true
+        } else {
+            false
+        };
+        if request {
+            metrics.requests.get_or_create(&RequestLabels { protocol: self.flow_protocol, verdict }).inc();
+        }
+        self.state.flows.record(flow);
+    }
+
+    /// A connection-level error record (bad frame, peer gone), unless the
+    /// listener is gone.
+    pub fn record_error(&self, snap: &mut Option<Snapshot>, why: String) {
+        if let Some((s, _)) = self.snapshot(snap.take()) {
+            self.record(self.flow(&s, Verdict::Error, Some(why)));
+            *snap = Some(s);
         }
     }
 

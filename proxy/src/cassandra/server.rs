@@ -29,8 +29,7 @@ use super::frame::{self, BatchEntry, Deframer, FrameError, Framer, HEADER, Heade
 use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
-use crate::metrics::{CassandraLabels, RequestLabels};
-use crate::relay::{self, Snapshot};
+use crate::relay::{self, Connection, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::cassandra as wit;
 
@@ -79,37 +78,8 @@ struct Asked {
     is_use: bool,
 }
 
-struct Connection(relay::Connection);
-
-impl std::ops::Deref for Connection {
-    type Target = relay::Connection;
-    fn deref(&self) -> &relay::Connection {
-        &self.0
-    }
-}
-
-impl Connection {
-    fn record(&self, flow: FlowRecord) {
-        let verdict = flow.verdict.as_str();
-        if let Some(c) = &flow.cassandra {
-            let labels = CassandraLabels { opcode: c.opcode.clone(), verdict };
-            self.state.metrics.cassandra_requests.get_or_create(&labels).inc();
-            self.state.metrics.requests.get_or_create(&RequestLabels { protocol: "cassandra", verdict }).inc();
-        }
-        self.state.flows.record(flow);
-    }
-
-    /// A connection-level error record (bad frame, peer gone).
-    fn record_error(&self, snap: &mut Option<Snapshot>, why: String, cassandra: Option<CassandraFlow>) {
-        if let Some((s, _)) = self.snapshot(snap.take()) {
-            self.record(FlowRecord { cassandra, ..self.flow(&s, Verdict::Error, Some(why)) });
-            *snap = Some(s);
-        }
-    }
-}
-
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection(relay::Connection::new(state, target, peer, ListenerProtocol::Cassandra, "cassandra"));
+    let conn = Connection::new(state, target, peer, ListenerProtocol::Cassandra, "cassandra");
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, server)) = conn.open(&open, &client).await else { return };
@@ -162,7 +132,7 @@ async fn requests(
             Ok(0) if input.partial() == 0 => break,
             Ok(0) => {
                 let why = format!("the client closed the connection inside a frame ({} bytes read)", input.partial());
-                conn.record_error(&mut snap, why, None);
+                conn.record_error(&mut snap, why);
                 break;
             }
             Ok(_) => {}
@@ -173,7 +143,7 @@ async fn requests(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(FrameError(why)) => {
-                    conn.record_error(&mut snap, format!("unparsable CQL ({why}); connection closed"), None);
+                    conn.record_error(&mut snap, format!("unparsable CQL ({why}); connection closed"));
                     break 'read;
                 }
             };

@@ -26,8 +26,7 @@ use super::codec::{self, Request, Topics};
 use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, KafkaFlow, Verdict};
-use crate::metrics::{KafkaLabels, RequestLabels};
-use crate::relay::{self, Snapshot};
+use crate::relay::{self, Connection, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::kafka as wit;
 
@@ -49,33 +48,8 @@ enum Pending {
     Local { response: BytesMut },
 }
 
-/// A Kafka connection: the shared relay connection plus Kafka's flow details.
-struct Connection(relay::Connection);
-
-impl std::ops::Deref for Connection {
-    type Target = relay::Connection;
-    fn deref(&self) -> &relay::Connection {
-        &self.0
-    }
-}
-
-impl Connection {
-    fn flow(&self, snap: &Snapshot, verdict: Verdict, reason: Option<String>, kafka: Option<KafkaFlow>) -> FlowRecord {
-        FlowRecord { kafka, ..self.0.flow(snap, verdict, reason) }
-    }
-
-    fn record(&self, flow: FlowRecord) {
-        let verdict = flow.verdict.as_str();
-        if let Some(k) = &flow.kafka {
-            self.state.metrics.kafka_requests.get_or_create(&KafkaLabels { api: k.api_key.clone(), verdict }).inc();
-            self.state.metrics.requests.get_or_create(&RequestLabels { protocol: "kafka", verdict }).inc();
-        }
-        self.state.flows.record(flow);
-    }
-}
-
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection(relay::Connection::new(state, target, peer, ListenerProtocol::Kafka, "kafka"));
+    let conn = Connection::new(state, target, peer, ListenerProtocol::Kafka, "kafka");
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, broker)) = conn.open(&open, &client).await else { return };
@@ -113,15 +87,11 @@ async fn requests(
             Err(FrameError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => break,
             Err(FrameError::Io(e)) => {
                 // a client that hangs up mid-request: nothing of it was sent on
-                if let Some((s, _)) = conn.snapshot(snap.take()) {
-                    conn.record(conn.flow(&s, Verdict::Error, Some(e.to_string()), None));
-                }
+                conn.record_error(&mut snap, e.to_string());
                 break;
             }
             Err(FrameError::Bad(why)) => {
-                if let Some((s, _)) = conn.snapshot(snap.take()) {
-                    conn.record(conn.flow(&s, Verdict::Error, Some(format!("{why}; connection closed")), None));
-                }
+                conn.record_error(&mut snap, format!("{why}; connection closed"));
                 break;
             }
         };
@@ -134,11 +104,14 @@ async fn requests(
             Ok(r) => r,
             Err(e) => {
                 let reason = format!("unparsable Kafka request ({e}); not forwarded, connection closed");
-                conn.record(conn.flow(s, Verdict::Error, Some(reason), Some(bad_frame_flow(&frame))));
+                conn.record(FlowRecord {
+                    kafka: Some(bad_frame_flow(&frame)),
+                    ..conn.flow(s, Verdict::Error, Some(reason))
+                });
                 break;
             }
         };
-        let mut flow = conn.flow(s, Verdict::Forwarded, None, Some(kafka_flow(&request)));
+        let mut flow = FlowRecord { kafka: Some(kafka_flow(&request)), ..conn.flow(s, Verdict::Forwarded, None) };
         match judge(s, &request, &mut flow) {
             None => {
                 if request.expects_response {

@@ -24,8 +24,7 @@ use super::codec::{self, FrameError, Protocol, Reply, Request};
 use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, MemcachedFlow, Verdict};
-use crate::metrics::{MemcachedLabels, RequestLabels};
-use crate::relay::{self, Snapshot};
+use crate::relay::{self, Connection, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::memcached as wit;
 
@@ -45,37 +44,8 @@ enum Pending {
     Local { response: Vec<u8> },
 }
 
-struct Connection(relay::Connection);
-
-impl std::ops::Deref for Connection {
-    type Target = relay::Connection;
-    fn deref(&self) -> &relay::Connection {
-        &self.0
-    }
-}
-
-impl Connection {
-    fn record(&self, flow: FlowRecord) {
-        let verdict = flow.verdict.as_str();
-        if let Some(m) = &flow.memcached {
-            let labels = MemcachedLabels { command: m.command.clone(), verdict };
-            self.state.metrics.memcached_requests.get_or_create(&labels).inc();
-            self.state.metrics.requests.get_or_create(&RequestLabels { protocol: "memcached", verdict }).inc();
-        }
-        self.state.flows.record(flow);
-    }
-
-    /// A connection-level error record (bad frame, peer gone).
-    fn record_error(&self, snap: &mut Option<Snapshot>, why: String) {
-        if let Some((s, _)) = self.snapshot(snap.take()) {
-            self.record(self.flow(&s, Verdict::Error, Some(why)));
-            *snap = Some(s);
-        }
-    }
-}
-
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection(relay::Connection::new(state, target, peer, ListenerProtocol::Memcached, "memcached"));
+    let conn = Connection::new(state, target, peer, ListenerProtocol::Memcached, "memcached");
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, server)) = conn.open(&open, &client).await else { return };
