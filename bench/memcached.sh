@@ -2,29 +2,34 @@
 # memcached proxying cost, side by side in one run, on loopback:
 #
 #   direct   memcached_load -> memcached
+#   haproxy  memcached_load -> HAProxy in TCP mode (bytes only, no policy:
+#            what any userspace relay costs here) -> memcached
 #   weir     memcached_load -> weir's memcached listener -> memcached, with
-#            `l7proto: memcache` rules (every request judged by the
-#            memcached-policy filter)
+#            `l7proto: memcache` rules (every request parsed and judged by
+#            the memcached-policy filter, a flow record each)
 #
 # memcached_load (integration/src/bin/memcached_load.rs) is memtier-style:
-# CONNS connections, half set / half get of VALUE-byte values, PIPELINE
-# requests per round trip. memcached (1 thread) and the load run on CPU 0,
-# weir (one worker) on CPU 1.
+# N connections, half set / half get of VALUE-byte values, PIPELINE
+# requests per round trip. Each CONNS_LIST entry is one round of the three:
+# 50 is memtier's default clients per thread (throughput); 4 is latency
+# bound (every request pays the relay's two extra loopback hops).
+# memcached (1 thread) and the load run on CPU 0, the proxy (one worker) on
+# CPU 1.
 #
 #   bench/memcached.sh
-#   DURATION=20 CONNS=8 PIPELINE=1 bench/memcached.sh
+#   DURATION=20 CONNS_LIST="4 16 50" PIPELINE=1 bench/memcached.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
-CONNS=${CONNS:-4}
+CONNS_LIST=${CONNS_LIST:-4 50}
 VALUE=${VALUE:-64}
 PIPELINE=${PIPELINE:-1}
 
 source bench/lib.sh
 bench_start memcached_load
 LOAD=$PWD/target/release/memcached_load
-SERVER=$(port) LISTENER=$(port) ADMIN=$(port)
+SERVER=$(port) LISTENER=$(port) ADMIN=$(port) HAPROXY=$(port)
 
 taskset -c 0 memcached -l 127.0.0.1 -p "$SERVER" -U 0 -t 1 -m 256 -u root >"$work/memcached.log" 2>&1 &
 pids+=($!)
@@ -57,27 +62,47 @@ spec:
 POLICY
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen memcached
+  bind 127.0.0.1:$HAPROXY
+  server memcached 127.0.0.1:$SERVER
+CONF
+taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+pids+=($!)
 wait_ready "$ADMIN" "$SERVER"
+wait_ready "$ADMIN" "$HAPROXY"
 
-run() { echo "$1 $(taskset -c 0 "$LOAD" "127.0.0.1:$2" "$CONNS" "$DURATION" "$VALUE" "$PIPELINE")"; }
-results=("$(run direct "$SERVER")" "$(run weir "$LISTENER")")
+run() { echo "$1 $2 $(taskset -c 0 "$LOAD" "127.0.0.1:$3" "$2" "$DURATION" "$VALUE" "$PIPELINE")"; }
+results=()
+for conns in $CONNS_LIST; do
+  results+=("$(run direct "$conns" "$SERVER")" "$(run haproxy "$conns" "$HAPROXY")" "$(run weir "$conns" "$LISTENER")")
+done
 denied=$(curl -s "127.0.0.1:$ADMIN/metrics" | grep -c 'weir_memcached_requests_total{.*verdict="denied"' || true)
 
-python3 - "$DURATION" "$CONNS" "$VALUE" "$PIPELINE" "$denied" "${results[@]}" <<'PY' | tee bench/results/memcached.txt
+python3 - "$DURATION" "$VALUE" "$PIPELINE" "$denied" "${results[@]}" <<'PY' | tee bench/results/memcached.txt
 import json, sys
-duration, conns, value, pipeline, denied, *lines = sys.argv[1:]
-rows = {}
+duration, value, pipeline, denied, *lines = sys.argv[1:]
+rounds = {}
 for line in lines:
-    name, data = line.split(" ", 1)
-    rows[name] = json.loads(data)
-print(f"memcached through weir vs direct: {duration}s per run, {conns} connections, "
-      f"pipeline {pipeline}, 50% set / 50% get of {value} B values")
-print(f"{'target':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}")
-base = rows["direct"]["requests"] / rows["direct"]["seconds"]
-for who in ("direct", "weir"):
-    r = rows[who]
-    rps = r["requests"] / r["seconds"]
-    print(f"{who:<10}{rps:>10.0f}{r['p50_us'] / 1000:>9.3f}{r['p99_us'] / 1000:>9.3f}{rps / base:>10.3f}x")
+    name, conns, data = line.split(" ", 2)
+    r = json.loads(data)
+    rounds.setdefault(int(conns), {})[name] = (r["requests"] / r["seconds"], r)
+print(f"memcached through weir vs HAProxy (TCP) vs direct: {duration}s per run, pipeline {pipeline}, "
+      f"50% set / 50% get of {value} B values")
+print(f"{'conns':>5}  {'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}")
+for conns, rows in sorted(rounds.items()):
+    base = rows["direct"][0]
+    for who in ("direct", "haproxy", "weir"):
+        rps, r = rows[who]
+        print(f"{conns:>5}  {who:<9}{rps:>10.0f}{r['p50_us'] / 1000:>9.3f}{r['p99_us'] / 1000:>9.3f}{rps / base:>10.3f}x")
+    print(f"{'':>5}  weir / haproxy: {rows['weir'][0] / rows['haproxy'][0]:.3f}x")
 if denied != "0":
     print(f"warning: {denied} denied request series: the policy refused load traffic")
 PY

@@ -106,6 +106,11 @@ fn unauthorized(r: &Value) {
     assert!(r["message"].as_str().unwrap().contains("code=2100"), "{r}");
 }
 
+/// Every flow of one connection.
+fn flows_of(weir: &Weir, connection: u64) -> Vec<FlowRecord> {
+    weir.flows("protocol=cassandra").into_iter().filter(|f| f.connection == connection).collect()
+}
+
 fn statements(f: &FlowRecord) -> Vec<(String, Option<String>)> {
     f.cassandra.as_ref().unwrap().statements.iter().map(|s| (s.action.clone(), s.table.clone())).collect()
 }
@@ -430,6 +435,20 @@ fn broken_frames_close_the_connection_with_a_flow_and_weir_keeps_serving() {
     weir.wait_flow("protocol=cassandra&verdict=error", "the corrupt segment", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("CRC24"))
     });
+
+    // v5: bytes pipelined behind STARTUP are read as the server will read
+    // them, as segments (weir waits for READY), never as a legacy frame
+    let last = weir.flows("protocol=cassandra").iter().map(|f| f.id).max().unwrap_or(0);
+    let mut stream = connect_from(CLIENT, listener);
+    let mut pipelined = frame(5, 0, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]));
+    pipelined.extend(query(5, 1, "SELECT * FROM app.orders"));
+    stream.write_all(&pipelined).unwrap();
+    let answer = parse_frames(&read_quiet(&mut stream, Duration::from_secs(2)));
+    assert_eq!(answer.iter().map(|a| a.1).collect::<Vec<_>>(), [0x02], "READY, then the close: {answer:?}");
+    let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the legacy frame after v5 STARTUP", |f| {
+        f.id > last && f.reason.as_deref().is_some_and(|r| r.contains("CRC24"))
+    });
+    assert!(flows_of(&weir, flow.connection).iter().all(|f| f.cassandra.as_ref().is_none_or(|c| c.opcode != "query")));
 
     // nothing broken reached the server, and weir still serves
     assert!(standin.received_queries().is_empty(), "{:?}", standin.received_queries());

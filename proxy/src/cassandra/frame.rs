@@ -131,9 +131,10 @@ impl Deframer {
         if header.length > max {
             return bad(format!("frame body of {} bytes is over the {max}-byte limit", header.length));
         }
+        // no reservation for the declared length: a header alone must not
+        // make weir allocate up to 256 MiB (reads grow the buffer as bytes come)
         let total = HEADER + header.length;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
             return Ok(None);
         }
         Ok(Some(buf.split_to(total)))
@@ -158,7 +159,6 @@ fn take_segment(raw: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
     let len = (bits & 0x1ffff) as usize;
     let total = SEGMENT_HEADER + len + SEGMENT_CRC;
     if raw.len() < total {
-        raw.reserve(total - raw.len());
         return Ok(None);
     }
     let mut segment = raw.split_to(total);

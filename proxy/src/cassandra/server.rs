@@ -49,8 +49,9 @@ struct Shared {
     modern: AtomicBool,
     /// The keyspace of the last successful `USE`.
     keyspace: Mutex<Option<String>>,
-    /// How many forwarded `USE` queries have been answered.
-    uses_answered: watch::Sender<u64>,
+    /// How many forwarded turning points have been answered (see
+    /// `Asked::turning_point`).
+    turns_answered: watch::Sender<u64>,
     /// The server, for the prepared-statement ids it hands out.
     upstream: SocketAddr,
 }
@@ -75,7 +76,12 @@ struct Asked {
     started: Instant,
     /// PREPARE: what the statement runs, to file under the id it gets.
     prepares: Option<Vec<Statement>>,
-    is_use: bool,
+    /// Its answer changes how the client's next bytes read: a `USE` (the
+    /// keyspace names are qualified with) or a STARTUP (v5 framing starts
+    /// after READY). Weir reads nothing more from the client until it is
+    /// answered, so a pipelined request is never read one way by weir and
+    /// another by the server.
+    turning_point: bool,
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
@@ -87,7 +93,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
         version: OnceLock::new(),
         modern: AtomicBool::new(false),
         keyspace: Mutex::new(None),
-        uses_answered: watch::channel(0).0,
+        turns_answered: watch::channel(0).0,
         upstream: snap.listener.config.upstream,
     };
     let (client_read, client_write) = client.into_split();
@@ -119,8 +125,8 @@ async fn requests(
     let mut snap = Some(snap);
     let mut input = Deframer::default();
     let mut output = Framer::default();
-    let mut uses_sent = 0u64;
-    let mut uses_answered = shared.uses_answered.subscribe();
+    let mut turns_sent = 0u64;
+    let mut turns_answered = shared.turns_answered.subscribe();
     'read: loop {
         input.raw.reserve(READ_CHUNK);
         let read = tokio::select! {
@@ -139,6 +145,18 @@ async fn requests(
             Err(_) => break,
         }
         loop {
+            // a turning point in flight: its answer decides how the next
+            // frame reads (its framing, its keyspace), so wait before parsing
+            if turns_sent > *turns_answered.borrow() && input.partial() > 0 {
+                if server.write_all(output.take()).await.is_err() {
+                    break 'read;
+                }
+                output.clear();
+                tokio::select! {
+                    _ = queue.closed() => break 'read,
+                    answered = turns_answered.wait_for(|n| *n >= turns_sent) => if answered.is_err() { break 'read },
+                }
+            }
             let request = match input.next(shared.modern(), false, frame::MAX_BODY) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -147,22 +165,11 @@ async fn requests(
                     break 'read;
                 }
             };
-            // a USE in flight: its answer decides how the next names read
-            if uses_sent > *uses_answered.borrow() {
-                if server.write_all(output.take()).await.is_err() {
-                    break 'read;
-                }
-                output.clear();
-                tokio::select! {
-                    _ = queue.closed() => break 'read,
-                    answered = uses_answered.wait_for(|n| *n >= uses_sent) => if answered.is_err() { break 'read },
-                }
-            }
             let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
             let s = snap.insert(current);
             match step(conn, shared, s, &request) {
                 Step::Forward(asked) => {
-                    uses_sent += u64::from(asked.is_use);
+                    turns_sent += u64::from(asked.turning_point);
                     if queue.send(Pending::Server(asked)).await.is_err() {
                         break 'read;
                     }
@@ -275,9 +282,19 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
         conn.record(flow);
         return Step::Answer(frame::error(version, header.stream, frame::ERR_UNAUTHORIZED, DENIED_MESSAGE, &[]));
     }
-    let is_use = header.opcode == frame::OP_QUERY && statements.len() == 1 && statements[0].action == "use";
+    let turning_point = header.opcode == frame::OP_STARTUP
+        || (matches!(header.opcode, frame::OP_QUERY | frame::OP_EXECUTE)
+            && statements.len() == 1
+            && statements[0].action == "use");
     let prepares = (header.opcode == frame::OP_PREPARE).then_some(statements);
-    Step::Forward(Box::new(Asked { stream: header.stream, opcode: header.opcode, flow, started, prepares, is_use }))
+    Step::Forward(Box::new(Asked {
+        stream: header.stream,
+        opcode: header.opcode,
+        flow,
+        started,
+        prepares,
+        turning_point,
+    }))
 }
 
 /// An EXECUTE (or batch entry) of an id weir has not seen prepared: it
@@ -390,11 +407,16 @@ async fn responses(
                         output.push(shared.modern(), &response);
                         continue;
                     };
+                    let turning_point = a.turning_point;
                     let rewritten = learn(conn, shared, a, &header, &body, &response);
                     output.push(shared.modern(), rewritten.as_deref().unwrap_or(&response));
                     // v5: segments from the frame after the one that answers STARTUP
                     if header.version == 5 && matches!(header.opcode, frame::OP_READY | frame::OP_AUTHENTICATE) {
                         shared.modern.store(true, Ordering::Release);
+                    }
+                    // last: the request half reads on once this is counted
+                    if turning_point {
+                        shared.turns_answered.send_modify(|n| *n += 1);
                     }
                 }
             },
@@ -439,9 +461,6 @@ fn learn(
         ResponseBody::Result(kind) => (*kind).into(),
         ResponseBody::Other => frame::opcode_name(header.opcode).into(),
     };
-    if a.is_use {
-        shared.uses_answered.send_modify(|n| *n += 1);
-    }
     let rewritten = match (a.opcode, header.opcode) {
         (frame::OP_OPTIONS, frame::OP_SUPPORTED) => frame::supported_without_compression(response).ok().flatten(),
         _ => None,

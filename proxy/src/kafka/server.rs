@@ -284,7 +284,9 @@ async fn read_frame(
             if buf.len() >= total {
                 return Ok(Some(buf.split_to(total)));
             }
-            buf.reserve(total - buf.len());
+            // a chunk at a time: a length prefix alone must not make weir
+            // allocate up to the frame limit
+            buf.reserve((total - buf.len()).min(READ_CHUNK));
         } else {
             buf.reserve(READ_CHUNK);
         }
