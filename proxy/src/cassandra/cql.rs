@@ -38,13 +38,19 @@ impl Token {
     }
 }
 
-fn tokenize(text: &str) -> Result<Vec<Token>, String> {
+/// Where a token starts and ends in the text.
+type Span = (usize, usize);
+
+/// The tokens of `text`, and their spans.
+fn tokenize(text: &str) -> Result<(Vec<Token>, Vec<Span>), String> {
     let mut tokens = Vec::new();
+    let mut spans = Vec::new();
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         let rest = &text[i..];
+        let start = i;
         if c.is_ascii_whitespace() {
             i += 1;
         } else if rest.starts_with("--") || rest.starts_with("//") {
@@ -54,15 +60,19 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
         } else if let Some(after) = rest.strip_prefix("$$") {
             i += 2 + after.find("$$").ok_or("an unterminated $$ string")? + 2;
             tokens.push(Token::Literal);
+            spans.push((start, i));
         } else if c == b'\'' || c == b'"' {
-            // '' and "" inside are the quote itself
+            // '' and "" inside are the quote itself; a literal's value is not kept
+            let quoted_name = c == b'"';
             let mut j = i + 1;
             let mut value = String::new();
             loop {
                 let Some(k) = text[j..].find(c as char) else {
                     return Err(format!("an unterminated {} quote", c as char));
                 };
-                value.push_str(&text[j..j + k]);
+                if quoted_name {
+                    value.push_str(&text[j..j + k]);
+                }
                 j += k + 1;
                 if b.get(j) == Some(&c) {
                     value.push(c as char);
@@ -71,25 +81,28 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                     break;
                 }
             }
-            tokens.push(if c == b'"' { Token::Quoted(value) } else { Token::Literal });
+            tokens.push(if quoted_name { Token::Quoted(value) } else { Token::Literal });
             i = j;
+            spans.push((start, i));
         } else if c.is_ascii_alphanumeric() || c == b'_' {
             let len = rest.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).unwrap_or(rest.len());
             tokens.push(Token::Word(rest[..len].to_ascii_lowercase()));
             i += len;
+            spans.push((start, i));
         } else {
             let ch = rest.chars().next().unwrap();
             tokens.push(Token::Punct(ch));
             i += ch.len_utf8();
+            spans.push((start, i));
         }
     }
-    Ok(tokens)
+    Ok((tokens, spans))
 }
 
 /// The statements a QUERY or PREPARE text runs: one, or each of a `BEGIN
 /// BATCH ... APPLY BATCH`. `keyspace` qualifies names that have none.
 pub fn classify(text: &str, keyspace: Option<&str>) -> Vec<Statement> {
-    let tokens = match tokenize(text) {
+    let (tokens, spans) = match tokenize(text) {
         Ok(t) => t,
         // no rule names this action, so only a rule-free port lets it pass
         Err(why) => return vec![Statement { action: format!("invalid ({why})"), table: None, query: text.into() }],
@@ -99,24 +112,37 @@ pub fn classify(text: &str, keyspace: Option<&str>) -> Vec<Statement> {
         tokens = rest;
     }
     if tokens.first().is_some_and(|t| t.is("begin")) {
-        return batch(tokens, keyspace, text);
+        return batch(tokens, &spans, keyspace, text);
     }
     vec![one(tokens, keyspace, text)]
 }
 
-fn batch(tokens: &[Token], keyspace: Option<&str>, text: &str) -> Vec<Statement> {
-    // BEGIN [UNLOGGED | COUNTER] BATCH [USING ...] stmt; ... APPLY BATCH
+/// Each statement of a `BEGIN [UNLOGGED | COUNTER] BATCH [USING ...] stmt;
+/// ... APPLY BATCH`, with its own text (not the whole batch's, once per
+/// statement: a large batch would be copied as many times).
+fn batch(tokens: &[Token], spans: &[Span], keyspace: Option<&str>, text: &str) -> Vec<Statement> {
     let Some(start) = tokens.iter().position(|t| t.is("insert") || t.is("update") || t.is("delete")) else {
         return vec![one(tokens, keyspace, text)];
     };
-    let mut body = &tokens[start..];
-    if let [rest @ .., a, b] = body
+    let mut end = tokens.len();
+    if let [.., a, b] = tokens
         && a.is("apply")
         && b.is("batch")
     {
-        body = rest;
+        end -= 2;
     }
-    body.split(|t| *t == Token::Punct(';')).filter(|s| !s.is_empty()).map(|s| one(s, keyspace, text)).collect()
+    let mut statements = Vec::new();
+    let mut from = start;
+    for i in start..=end {
+        if i == end || tokens[i] == Token::Punct(';') {
+            if from < i {
+                let own = &text[spans[from].0..spans[i - 1].1];
+                statements.push(one(&tokens[from..i], keyspace, own));
+            }
+            from = i + 1;
+        }
+    }
+    statements
 }
 
 fn one(tokens: &[Token], keyspace: Option<&str>, text: &str) -> Statement {
@@ -299,5 +325,7 @@ mod tests {
         );
         let got: Vec<_> = s.iter().map(|s| (s.action.as_str(), s.table.as_deref())).collect();
         assert_eq!(got, [("insert", Some("a.t")), ("update", Some("ks.t")), ("delete", Some("b.u"))]);
+        // each keeps its own text
+        assert_eq!(s[1].query, "UPDATE t SET v = 2 WHERE k = 1");
     }
 }
