@@ -1,7 +1,7 @@
 """The cassandra-driver's connection layer as a client for weir's tests: its
 framing (v3, v4, v5 segments), handshake, compression negotiation, stream
-ids and error decoding. (The driver's Cluster also needs a control
-connection reading system tables, which the stand-in server does not have.)
+ids and error decoding, one request (or several at once) exactly as asked.
+(cassandra_session.py drives the full Cluster and Session.)
 
 usage: cassandra_client.py HOST:PORT VERSION OPS_JSON [--auth] [--compression]
   OPS_JSON: a list of

@@ -8,7 +8,10 @@ codec) and answers just enough for the tests:
   STARTUP   -> READY, or AUTHENTICATE with --auth (AUTH_RESPONSE -> AUTH_SUCCESS)
   REGISTER  -> READY
   QUERY     -> "USE ks": RESULT SetKeyspace; a query containing "fail:":
-               an Invalid error; else RESULT Rows, one row (query, keyspace)
+               an Invalid error; system.local: one row describing this node,
+               system.peers: none, system.peers_v2: Invalid (as Cassandra 3),
+               so the driver's Cluster can connect; else RESULT Rows, one row
+               (query, keyspace)
   PREPARE   -> RESULT Prepared, id = md5(keyspace + query) as Cassandra does
   EXECUTE   -> RESULT Rows (the prepared query, keyspace), or Unprepared
   BATCH     -> RESULT Void
@@ -46,6 +49,10 @@ from cassandra.protocol import (
 from cassandra.segment import CRC24_LENGTH, SegmentCodec
 
 VARCHAR = 0x000D
+UUID = 0x000C
+INET = 0x0010
+SET = 0x0022
+HOST_ID = bytes.fromhex("5a1e5e0d000040008000000000000001")
 ADDR, LOG = sys.argv[1], sys.argv[2]
 AUTH = "--auth" in sys.argv[3:]
 log_lock = threading.Lock()
@@ -77,6 +84,61 @@ def rows_body(keyspace, values):
     for v in values:
         write_value(f, v.encode() if v is not None else None)
     return f.getvalue()
+
+
+def typed_rows(table, columns, rows):
+    """RESULT Rows of system.TABLE: columns [(name, type)], values already encoded."""
+    f = io.BytesIO()
+    write_int(f, 2)
+    write_int(f, 0x0001)
+    write_int(f, len(columns))
+    write_string(f, "system")
+    write_string(f, table)
+    for name, kind in columns:
+        write_string(f, name)
+        if kind == "set<text>":
+            write_short(f, SET)
+            write_short(f, VARCHAR)
+        else:
+            write_short(f, {"text": VARCHAR, "uuid": UUID, "inet": INET}[kind])
+    write_int(f, len(rows))
+    for row in rows:
+        for value in row:
+            write_value(f, value)
+    return f.getvalue()
+
+
+def text_set(items):
+    out = struct.pack(">i", len(items))
+    for item in items:
+        out += struct.pack(">i", len(item)) + item.encode()
+    return out
+
+
+LOCAL_COLUMNS = [
+    ("key", "text"), ("cluster_name", "text"), ("data_center", "text"), ("rack", "text"),
+    ("partitioner", "text"), ("release_version", "text"), ("rpc_address", "inet"),
+    ("broadcast_address", "inet"), ("listen_address", "inet"), ("host_id", "uuid"),
+    ("schema_version", "uuid"), ("tokens", "set<text>"),
+]
+PEERS_COLUMNS = [
+    ("peer", "inet"), ("data_center", "text"), ("rack", "text"), ("rpc_address", "inet"),
+    ("host_id", "uuid"), ("release_version", "text"), ("schema_version", "uuid"), ("tokens", "set<text>"),
+]
+
+
+def system_table(query):
+    """The body answering a driver's system-table query, or None."""
+    loopback = bytes([127, 0, 0, 1])
+    if "system.peers_v2" in query:
+        return error_body(0x2200, "unconfigured table peers_v2")
+    if "system.peers" in query:
+        return typed_rows("peers", PEERS_COLUMNS, [])
+    if "system.local" in query:
+        row = [b"local", b"standin", b"dc1", b"r1", b"org.apache.cassandra.dht.Murmur3Partitioner", b"4.0.11",
+               loopback, loopback, loopback, HOST_ID, HOST_ID, text_set(["0"])]
+        return typed_rows("local", LOCAL_COLUMNS, [row])
+    return None
 
 
 def prepared_body(version, query_id):
@@ -190,6 +252,9 @@ class Connection(socketserver.BaseRequestHandler):
             words = query.strip().rstrip(";").split()
             if "fail:" in query:
                 self.send(version, stream, 0x00, error_body(0x2200, "stand-in: invalid on purpose"))
+            elif system_table(query) is not None:
+                body = system_table(query)
+                self.send(version, stream, 0x00 if "peers_v2" in query else 0x08, body)
             elif words and words[0].lower() == "use":
                 self.keyspace = words[1].strip('"').lower()
                 out = io.BytesIO()

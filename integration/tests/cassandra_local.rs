@@ -66,6 +66,10 @@ impl Standin {
 
 fn start_weir(upstream: SocketAddr) -> (Weir, SocketAddr) {
     let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    (start_weir_on(upstream, listener), listener)
+}
+
+fn start_weir_on(upstream: SocketAddr, listener: SocketAddr) -> Weir {
     let config = format!(
         "admin: ADMIN\n\
          endpoints:\n  - {{name: client, address: {CLIENT}, labels: {{app: cql-client}}}}\n\
@@ -73,7 +77,7 @@ fn start_weir(upstream: SocketAddr) -> (Weir, SocketAddr) {
          - {{name: cql, protocol: cassandra, bind: {listener}, upstream: {upstream}, \
               destination: {{labels: {{app: cassandra}}, port: 9042}}}}\n"
     );
-    (Weir::start(&config, &[("cql.yaml", POLICY)]), listener)
+    Weir::start(&config, &[("cql.yaml", POLICY)])
 }
 
 struct Client {
@@ -303,6 +307,52 @@ fn a_query_sent_right_behind_use_is_judged_in_the_keyspace_use_sets() {
         statements(f) == [("select".to_string(), Some("other.orders".to_string()))]
     });
     assert!(!standin.received_queries().contains(&"SELECT * FROM orders".to_string()));
+}
+
+#[test]
+fn the_drivers_session_prepares_again_when_a_restarted_weir_answers_unprepared() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let standin = Standin::start(&[]);
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut weir = start_weir_on(standin.addr, listener);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cassandra_session.py");
+    let mut session = Command::new("python3")
+        .arg(script)
+        .arg(listener.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(session.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap() };
+    // Cluster's control connection read system.local and system.peers through weir
+    let executed = next();
+    assert_eq!(executed["rows"], json!([["SELECT * FROM app.orders", null]]), "{executed}");
+    let refused = next();
+    assert_eq!(refused["error"], "Unauthorized", "{refused}");
+    assert_eq!(next()["step"], "pause");
+
+    // a new weir knows no prepared statement: it answers Unprepared, and
+    // the driver prepares again, through weir, and retries by itself
+    weir.terminate();
+    let weir = start_weir_on(standin.addr, listener);
+    writeln!(session.stdin.as_mut().unwrap()).unwrap();
+    let again = next();
+    assert_eq!(again["rows"], json!([["SELECT * FROM app.orders", null]]), "{again}");
+    assert!(session.wait().unwrap().success());
+    let prepares =
+        standin.received().iter().filter(|r| r["op"] == "prepare" && r["query"] == "SELECT * FROM app.orders").count();
+    assert_eq!(prepares, 2, "prepared once per weir");
+    let unprepared = weir.wait_flow("protocol=cassandra&verdict=error", "the unknown id", |f| {
+        f.cassandra.as_ref().is_some_and(|c| c.opcode == "execute")
+    });
+    assert_eq!(unprepared.cassandra.as_ref().unwrap().response.as_deref(), Some("error 0x2500"));
+    weir.wait_flow("protocol=cassandra&verdict=forwarded", "the execute after preparing again", |f| {
+        f.cassandra.as_ref().is_some_and(|c| c.opcode == "execute" && c.response.as_deref() == Some("rows"))
+    });
 }
 
 #[test]
