@@ -9,9 +9,9 @@
 //! against the server's, only whole-frame (and, in v5, whole-segment)
 //! boundaries.
 //!
-//! Compression is declined: weir takes `COMPRESSION` out of the server's
-//! SUPPORTED answer, so drivers connect uncompressed, and answers a STARTUP
-//! that asks for it anyway with a protocol error naming the reason.
+//! Compression is declined: weir empties the `COMPRESSION` list of the
+//! server's SUPPORTED answer, so drivers connect uncompressed, and answers a
+//! STARTUP that asks for it anyway with a protocol error naming the reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
