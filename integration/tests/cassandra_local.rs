@@ -223,7 +223,7 @@ fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays
     assert_eq!(r[8]["kind"], 1, "an allowed batch: {}", r[8]);
     // several streams at once: each answered on its own stream
     assert_eq!(rows(&r[10]), json!([["SELECT * FROM items", "app"]]));
-    assert_eq!(rows(&r[12]), json!([["SELECT * FROM system.local", "app"]]));
+    assert_eq!(rows(&r[12])[0][0], "local", "the stand-in's node row: {}", r[12]);
     assert_eq!(rows(&r[13]), json!([["SELECT * FROM orders", "app"]]), "still usable after refusals");
 
     // the server never saw a refused request
