@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::context::ConnectionContext;
 use crate::identity::{Identity, Label};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +213,49 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// A record of who talked to whom and nothing more: callers name what
+    /// they add (`FlowRecord { reason, http, ..FlowRecord::new(...) }`), so a
+    /// new protocol's field does not touch every place that records.
+    pub fn new(protocol: &str, verdict: Verdict, source: FlowPeer, destination: FlowPeer) -> FlowRecord {
+        FlowRecord {
+            time: FlowTime::default(),
+            id: 0,
+            protocol: protocol.into(),
+            verdict,
+            reason: None,
+            policies: Vec::new(),
+            matched: None,
+            source,
+            destination,
+            listener: String::new(),
+            port: 0,
+            connection: 0,
+            http: None,
+            dns: None,
+            kafka: None,
+            memcached: None,
+            cassandra: None,
+            l7: None,
+            latency_us: None,
+            filter_us: 0,
+        }
+    }
+
+    /// A record of a connection the proxy holds: its peers, listener, port and id.
+    pub fn of(context: &ConnectionContext, protocol: &str, verdict: Verdict) -> FlowRecord {
+        FlowRecord {
+            listener: context.listener.to_string(),
+            port: context.port,
+            connection: context.id,
+            ..FlowRecord::new(
+                protocol,
+                verdict,
+                FlowPeer::new(&context.source, context.source_addr),
+                FlowPeer::new(&context.destination, context.destination_addr),
+            )
+        }
+    }
+
     /// One line for logs and `weir observe`.
     pub fn to_text(&self) -> String {
         let mut line = format!(
@@ -537,24 +581,17 @@ mod tests {
     }
 
     fn flow(verdict: Verdict, src: &[&str], path: &str) -> FlowRecord {
+        let source = FlowPeer {
+            identity: 300,
+            labels: src.iter().map(|s| s.to_string()).collect(),
+            address: "127.0.0.2:1".parse().unwrap(),
+        };
+        let destination = FlowPeer {
+            identity: 2,
+            labels: Arc::new(["reserved:world".to_string()]),
+            address: "127.0.0.1:2".parse().unwrap(),
+        };
         FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: "http".into(),
-            verdict,
-            reason: None,
-            policies: vec![],
-            matched: None,
-            source: FlowPeer {
-                identity: 300,
-                labels: src.iter().map(|s| s.to_string()).collect(),
-                address: "127.0.0.2:1".parse().unwrap(),
-            },
-            destination: FlowPeer {
-                identity: 2,
-                labels: Arc::new(["reserved:world".to_string()]),
-                address: "127.0.0.1:2".parse().unwrap(),
-            },
             listener: "l".into(),
             port: 80,
             connection: 1,
@@ -565,13 +602,7 @@ mod tests {
                 version: "HTTP/1.1".into(),
                 status: Some(200),
             }),
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
-            latency_us: None,
-            filter_us: 0,
+            ..FlowRecord::new("http", verdict, source, destination)
         }
     }
 

@@ -17,12 +17,9 @@ use crate::state::ProxyState;
 
 /// A listener's sockets, bound and not yet serving.
 pub enum Bound {
-    Http(TcpListener),
+    /// Every TCP protocol: its engine is picked per accepted connection.
+    Tcp(TcpListener),
     Dns(crate::dns::DnsSockets),
-    Kafka(TcpListener),
-    Memcached(TcpListener),
-    Cassandra(TcpListener),
-    Stream(TcpListener),
 }
 
 /// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
@@ -51,12 +48,8 @@ impl ListenerSet {
                 continue;
             }
             let sockets = match protocol {
-                ListenerProtocol::Http => bind_stream(bind).map(Bound::Http),
                 ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
-                ListenerProtocol::Kafka => bind_stream(bind).map(Bound::Kafka),
-                ListenerProtocol::Memcached => bind_stream(bind).map(Bound::Memcached),
-                ListenerProtocol::Cassandra => bind_stream(bind).map(Bound::Cassandra),
-                ListenerProtocol::Stream => bind_stream(bind).map(Bound::Stream),
+                _ => bind_stream(bind).map(Bound::Tcp),
             };
             match sockets {
                 Ok(sockets) => bound.push((name.clone(), bind, protocol, sockets)),
@@ -72,39 +65,11 @@ impl ListenerSet {
             let (stop, stopped) = watch::channel(false);
             let shared_name: Arc<str> = Arc::from(name.as_str());
             match sockets {
-                Bound::Http(listener) => {
+                Bound::Tcp(listener) => {
                     let state = state.clone();
                     tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
                         let target = Target::Listener(shared_name.clone());
-                        tokio::spawn(crate::http::server::serve(state.clone(), target, stream, peer));
-                    }));
-                }
-                Bound::Kafka(listener) => {
-                    let state = state.clone();
-                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
-                        let target = Target::Listener(shared_name.clone());
-                        tokio::spawn(crate::kafka::serve(state.clone(), target, stream, peer));
-                    }));
-                }
-                Bound::Memcached(listener) => {
-                    let state = state.clone();
-                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
-                        let target = Target::Listener(shared_name.clone());
-                        tokio::spawn(crate::memcached::serve(state.clone(), target, stream, peer));
-                    }));
-                }
-                Bound::Cassandra(listener) => {
-                    let state = state.clone();
-                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
-                        let target = Target::Listener(shared_name.clone());
-                        tokio::spawn(crate::cassandra::serve(state.clone(), target, stream, peer));
-                    }));
-                }
-                Bound::Stream(listener) => {
-                    let state = state.clone();
-                    tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
-                        let target = Target::Listener(shared_name.clone());
-                        tokio::spawn(crate::stream::serve(state.clone(), target, stream, peer));
+                        serve_tcp(protocol, state.clone(), target, stream, peer);
                     }));
                 }
                 Bound::Dns(sockets) => {
@@ -220,6 +185,25 @@ pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListene
         tokio::spawn(crate::http::server::serve(state.clone(), target, c.stream, c.peer));
     })
     .await
+}
+
+/// Hand an accepted connection to its protocol's engine.
+fn serve_tcp(
+    protocol: ListenerProtocol,
+    state: Arc<ProxyState>,
+    target: Target,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    match protocol {
+        ListenerProtocol::Http => tokio::spawn(crate::http::server::serve(state, target, stream, peer)),
+        ListenerProtocol::Kafka => tokio::spawn(crate::kafka::serve(state, target, stream, peer)),
+        ListenerProtocol::Memcached => tokio::spawn(crate::memcached::serve(state, target, stream, peer)),
+        ListenerProtocol::Cassandra => tokio::spawn(crate::cassandra::serve(state, target, stream, peer)),
+        ListenerProtocol::Stream => tokio::spawn(crate::stream::serve(state, target, stream, peer)),
+        // bound as Bound::Dns, never here
+        ListenerProtocol::Dns => unreachable!("DNS listeners serve their own sockets"),
+    };
 }
 
 /// Accept until told to stop; connections already accepted run to completion.

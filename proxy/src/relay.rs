@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ListenerProtocol;
 use crate::context::{ConnectionContext, Target, next_connection_id};
-use crate::flow::{FlowPeer, FlowRecord, FlowTime, Verdict};
+use crate::flow::{FlowRecord, Verdict};
 use crate::http::upstream::UpstreamBind;
 use crate::metrics::{CassandraLabels, KafkaLabels, MemcachedLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
@@ -69,31 +69,13 @@ impl Connection {
 
     /// A flow record of this connection, without protocol details.
     pub fn flow(&self, snap: &Snapshot, verdict: Verdict, reason: Option<String>) -> FlowRecord {
-        let context = &snap.context;
         FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: self.flow_protocol.into(),
-            verdict,
             reason,
             policies: match &*snap.verdict {
                 ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
                 ConnectionVerdict::Drop { .. } => Vec::new(),
             },
-            matched: None,
-            source: FlowPeer::new(&context.source, self.peer),
-            destination: FlowPeer::new(&context.destination, context.destination_addr),
-            listener: self.listener.to_string(),
-            port: context.port,
-            connection: context.id,
-            http: None,
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
-            latency_us: None,
-            filter_us: 0,
+            ..FlowRecord::of(&snap.context, self.flow_protocol, verdict)
         }
     }
 
@@ -112,7 +94,8 @@ impl Connection {
             metrics.cassandra_requests.get_or_create(&CassandraLabels { opcode: c.opcode.clone(), verdict }).inc();
             true
         } else {
-            false
+            // a stream filter's request flow (it has no counter of its own)
+            flow.l7.is_some()
         };
         if request {
             metrics.requests.get_or_create(&RequestLabels { protocol: self.flow_protocol, verdict }).inc();

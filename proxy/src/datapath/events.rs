@@ -11,7 +11,7 @@ use weir_datapath_common::{
     DIR_INGRESS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_NO_PROXY, REASON_POLICY,
 };
 
-use crate::flow::{FlowPeer, FlowRecord, FlowTime, Verdict};
+use crate::flow::{FlowPeer, FlowRecord, Verdict};
 use crate::identity::Identity;
 use crate::metrics::ListenerLabels;
 use crate::model::PolicyModel;
@@ -109,26 +109,13 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         (EVENT_ALLOW, _) => (Verdict::Forwarded, None, rule.into_iter().collect()),
         _ => (Verdict::Forwarded, Some("redirected to the proxy".to_string()), rule.into_iter().collect()),
     };
+    let source = FlowPeer::new(&identity(event.src_identity), address(event.saddr, event.sport));
+    let destination = FlowPeer::new(&identity(event.dst_identity), address(event.daddr, event.dport));
     FlowRecord {
-        time: FlowTime::default(),
-        id: 0,
-        protocol: protocol.into(),
-        verdict,
         reason,
         policies,
-        matched: None,
-        source: FlowPeer::new(&identity(event.src_identity), address(event.saddr, event.sport)),
-        destination: FlowPeer::new(&identity(event.dst_identity), address(event.daddr, event.dport)),
         listener: "datapath".into(),
         port: event.dport,
-        connection: 0,
-        http: None,
-        dns: None,
-        kafka: None,
-        memcached: None,
-        cassandra: None,
-        l7: None,
-        latency_us: None,
-        filter_us: 0,
+        ..FlowRecord::new(protocol, verdict, source, destination)
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::message::{self, AnswerRecord};
 use crate::config::{DnsRefusal, ListenerProtocol};
 use crate::context::{ConnectionContext, next_connection_id};
-use crate::flow::{DnsAnswer, DnsFlow, FlowPeer, FlowRecord, FlowTime, Verdict};
+use crate::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
 use crate::metrics::{DnsLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
 use crate::policy::L4Protocol;
@@ -530,26 +530,13 @@ async fn exchange(
         .inc();
     metrics.requests.get_or_create(&RequestLabels { protocol: "dns", verdict: outcome.verdict.as_str() }).inc();
     state.flows.record(FlowRecord {
-        time: FlowTime::default(),
-        id: 0,
-        protocol: "dns".into(),
-        verdict: outcome.verdict,
         reason: outcome.reason,
         policies,
         matched: outcome.matched,
-        source: FlowPeer::new(&context.source, peer),
-        destination: FlowPeer::new(&context.destination, context.destination_addr),
-        listener: name.to_string(),
-        port: context.port,
-        connection: context.id,
-        http: None,
         dns: Some(flow),
-        kafka: None,
-        memcached: None,
-        cassandra: None,
-        l7: None,
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
+        ..FlowRecord::of(&context, "dns", outcome.verdict)
     });
     outcome.answer
 }

@@ -17,7 +17,7 @@ use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::Target;
 use crate::context::next_connection_id;
-use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
+use crate::flow::{FlowRecord, HttpFlow, Verdict};
 use crate::metrics::RequestLabels;
 use crate::model::ConnectionVerdict;
 use crate::state::ProxyState;
@@ -44,28 +44,9 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
     // L3/L4 first: in the datapath a denied SYN never reaches the proxy.
     let Some((verdict, context)) = conn.accept_verdict() else { return };
     if let ConnectionVerdict::Drop { reason } = &*verdict {
-        state.flows.record(FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: "http".into(),
-            verdict: Verdict::Dropped,
-            reason: Some(reason.clone()),
-            policies: Vec::new(),
-            matched: None,
-            source: FlowPeer::new(&context.source, peer),
-            destination: FlowPeer::new(&context.destination, context.destination_addr),
-            listener: listener.to_string(),
-            port: context.port,
-            connection: context.id,
-            http: None,
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
-            latency_us: None,
-            filter_us: 0,
-        });
+        state
+            .flows
+            .record(FlowRecord { reason: Some(reason.clone()), ..FlowRecord::of(&context, "http", Verdict::Dropped) });
         open.drop_at_accept(&stream);
         return;
     }
@@ -99,18 +80,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
     move |rejected: Rejected| {
         state.metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: "error" }).inc();
         state.flows.record(FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: "http".into(),
-            verdict: Verdict::Error,
             reason: Some("Content-Length together with Transfer-Encoding: refused (400)".into()),
-            policies: Vec::new(),
-            matched: None,
-            source: FlowPeer::new(&context.source, context.source_addr),
-            destination: FlowPeer::new(&context.destination, context.destination_addr),
-            listener: context.listener.to_string(),
-            port: context.port,
-            connection: context.id,
             http: Some(HttpFlow {
                 method: rejected.method,
                 path: rejected.path,
@@ -118,13 +88,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
                 version: "HTTP/1.1".into(),
                 status: Some(400),
             }),
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
-            latency_us: None,
-            filter_us: 0,
+            ..FlowRecord::of(&context, "http", Verdict::Error)
         });
     }
 }

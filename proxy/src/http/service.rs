@@ -20,7 +20,7 @@ use super::reply;
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
 use crate::context::{ConnectionContext, Target};
-use crate::flow::{FlowPeer, FlowRecord, FlowTime, HttpFlow, Verdict};
+use crate::flow::{FlowRecord, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
 use crate::policy::L4Protocol;
@@ -426,26 +426,13 @@ impl HttpConnection {
             ConnectionVerdict::Drop { .. } => Vec::new(),
         };
         self.state.flows.record(FlowRecord {
-            time: FlowTime::default(),
-            id: 0,
-            protocol: "http".into(),
-            verdict,
             reason,
             policies,
             matched: trace.matched,
-            source: FlowPeer::new(&snap.context.source, snap.context.source_addr),
-            destination: FlowPeer::new(&snap.context.destination, snap.context.destination_addr),
-            listener: self.listener.to_string(),
-            port: snap.context.port,
-            connection: self.id,
             http: Some(trace.http),
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
+            ..FlowRecord::of(&snap.context, "http", verdict)
         });
     }
 }

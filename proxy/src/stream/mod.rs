@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use crate::config::ListenerProtocol;
 use crate::context::{Direction, Target};
 use crate::flow::{FlowRecord, L7Flow, Verdict};
-use crate::metrics::RequestLabels;
 use crate::model::ConnectionVerdict;
 use crate::relay::{self, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
@@ -159,7 +158,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
                 stages.push(Stage { instance, direction: link.direction, sides: Default::default(), bypass: false })
             }
             Err(failure) => {
-                conn.state.flows.record(conn.flow(&snap, Verdict::Error, Some(failure.to_string())));
+                conn.record(conn.flow(&snap, Verdict::Error, Some(failure.to_string())));
                 return;
             }
         }
@@ -167,7 +166,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     if let Some(why) = relay_through(&conn, &snap, &mut stages, &mut client, &mut server).await {
         let mut flow = conn.flow(&snap, Verdict::Error, Some(format!("{why}; connection closed")));
         flow.protocol = stages[0].instance.filter().name.to_string();
-        conn.state.flows.record(flow);
+        conn.record(flow);
     }
 }
 
@@ -269,8 +268,6 @@ fn record_flows(conn: &relay::Connection, snap: &Snapshot, flows: Vec<(Arc<str>,
             Verdict::Forwarded => record.matched = flow.reason,
             _ => record.reason = flow.reason,
         }
-        let labels = RequestLabels { protocol: conn.flow_protocol, verdict: verdict.as_str() };
-        conn.state.metrics.requests.get_or_create(&labels).inc();
-        conn.state.flows.record(record);
+        conn.record(record);
     }
 }

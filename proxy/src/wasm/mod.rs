@@ -334,48 +334,28 @@ pub(crate) enum WorldBindings {
     Stream(StreamFilter),
 }
 
-impl WorldBindings {
-    fn http(&self) -> wasmtime::Result<&HttpFilter> {
-        match self {
-            WorldBindings::Http(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not an http-filter")),
+/// `WorldBindings::name()`: the exports of that world, or an error when the
+/// instance implements another (a filter configured for the wrong port kind).
+macro_rules! world_exports {
+    ($($name:ident: $variant:ident => $exports:ty, $world:literal;)*) => {
+        impl WorldBindings {
+            $(fn $name(&self) -> wasmtime::Result<&$exports> {
+                match self {
+                    WorldBindings::$variant(b) => Ok(b),
+                    _ => Err(wasmtime::Error::msg(concat!("not a ", $world))),
+                }
+            })*
         }
-    }
+    };
+}
 
-    fn dns(&self) -> wasmtime::Result<&DnsFilter> {
-        match self {
-            WorldBindings::Dns(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not a dns-filter")),
-        }
-    }
-
-    fn kafka(&self) -> wasmtime::Result<&KafkaFilter> {
-        match self {
-            WorldBindings::Kafka(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not a kafka-filter")),
-        }
-    }
-
-    fn memcached(&self) -> wasmtime::Result<&MemcachedFilter> {
-        match self {
-            WorldBindings::Memcached(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not a memcached-filter")),
-        }
-    }
-
-    fn cassandra(&self) -> wasmtime::Result<&CassandraFilter> {
-        match self {
-            WorldBindings::Cassandra(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not a cassandra-filter")),
-        }
-    }
-
-    fn stream(&self) -> wasmtime::Result<&StreamFilter> {
-        match self {
-            WorldBindings::Stream(b) => Ok(b),
-            _ => Err(wasmtime::Error::msg("not a stream-filter")),
-        }
-    }
+world_exports! {
+    http: Http => HttpFilter, "http-filter";
+    dns: Dns => DnsFilter, "dns-filter";
+    kafka: Kafka => KafkaFilter, "kafka-filter";
+    memcached: Memcached => MemcachedFilter, "memcached-filter";
+    cassandra: Cassandra => CassandraFilter, "cassandra-filter";
+    stream: Stream => StreamFilter, "stream-filter";
 }
 
 /// A compiled, pre-linked filter component.
