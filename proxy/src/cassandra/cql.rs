@@ -13,26 +13,30 @@ pub struct Statement {
     pub query: String,
 }
 
+/// A token borrows the text: only the names a statement reports are copied
+/// (a large INSERT's values cost no allocation each).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    /// An unquoted word, lowercased (keywords, names, numbers).
-    Word(String),
-    /// A "quoted" name, as written.
+enum Token<'a> {
+    /// An unquoted word as written (keywords, names, numbers).
+    Word(&'a str),
+    /// A "quoted" name, unescaped.
     Quoted(String),
     /// A string or `$$` literal (its content does not matter).
     Literal,
     Punct(char),
 }
 
-impl Token {
-    fn is(&self, word: &str) -> bool {
-        matches!(self, Token::Word(w) if w == word)
+impl Token<'_> {
+    /// This keyword (given lowercase), in any case.
+    fn is(&self, keyword: &str) -> bool {
+        matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(keyword))
     }
 
-    /// A name: a word or a quoted name.
-    fn name(&self) -> Option<&str> {
+    /// A name as Cassandra reads it: unquoted lowercased, quoted as written.
+    fn name(&self) -> Option<String> {
         match self {
-            Token::Word(w) | Token::Quoted(w) => Some(w),
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
+            Token::Quoted(q) => Some(q.clone()),
             _ => None,
         }
     }
@@ -42,7 +46,7 @@ impl Token {
 type Span = (usize, usize);
 
 /// The tokens of `text`, and their spans.
-fn tokenize(text: &str) -> Result<(Vec<Token>, Vec<Span>), String> {
+fn tokenize(text: &str) -> Result<(Vec<Token<'_>>, Vec<Span>), String> {
     let mut tokens = Vec::new();
     let mut spans = Vec::new();
     let b = text.as_bytes();
@@ -86,7 +90,7 @@ fn tokenize(text: &str) -> Result<(Vec<Token>, Vec<Span>), String> {
             spans.push((start, i));
         } else if c.is_ascii_alphanumeric() || c == b'_' {
             let len = rest.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).unwrap_or(rest.len());
-            tokens.push(Token::Word(rest[..len].to_ascii_lowercase()));
+            tokens.push(Token::Word(&rest[..len]));
             i += len;
             spans.push((start, i));
         } else {
@@ -145,57 +149,57 @@ fn batch(tokens: &[Token], spans: &[Span], keyspace: Option<&str>, text: &str) -
     statements
 }
 
+/// The lowercase word at `i`, or "".
+fn keyword(tokens: &[Token], i: usize) -> String {
+    match tokens.get(i) {
+        Some(Token::Word(w)) => w.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
 fn one(tokens: &[Token], keyspace: Option<&str>, text: &str) -> Statement {
-    let word = |i: usize| match tokens.get(i) {
-        Some(Token::Word(w)) => w.as_str(),
-        _ => "",
-    };
-    let first = word(0);
+    let second_is = |word: &str| tokens.get(1).is_some_and(|t| t.is(word));
     let qualified = |at: usize| qualified_name(tokens, at, keyspace);
-    let (action, table) = match first {
-        "select" | "delete" => (first.to_string(), after_from(tokens).and_then(qualified)),
-        "insert" => ("insert".into(), if word(1) == "into" { qualified(2) } else { None }),
+    let first = keyword(tokens, 0);
+    let (action, table) = match first.as_str() {
+        "select" | "delete" => (first.clone(), after_from(tokens).and_then(qualified)),
+        "insert" => ("insert".into(), if second_is("into") { qualified(2) } else { None }),
         "update" => ("update".into(), qualified(1)),
-        "use" => ("use".into(), tokens.get(1).and_then(Token::name).map(str::to_string)),
+        "use" => ("use".into(), tokens.get(1).and_then(Token::name)),
         "truncate" => {
-            ("truncate-table".into(), qualified(if word(1) == "table" || word(1) == "columnfamily" { 2 } else { 1 }))
+            ("truncate-table".into(), qualified(if second_is("table") || second_is("columnfamily") { 2 } else { 1 }))
         }
-        "create" | "alter" | "drop" => schema(tokens, keyspace),
+        "create" | "alter" | "drop" => schema(&first, tokens, keyspace),
         "grant" | "revoke" => {
             let on = tokens.iter().any(|t| t.is("on"));
             (format!("{first}-{}", if on { "permission" } else { "role" }), None)
         }
         "list" => {
-            let what = match word(1) {
-                "roles" => "roles",
-                "users" => "users",
-                _ => "permissions",
+            let what = if second_is("roles") {
+                "roles"
+            } else if second_is("users") {
+                "users"
+            } else {
+                "permissions"
             };
             (format!("list-{what}"), None)
         }
         "" => ("invalid".into(), None),
-        other => (other.to_string(), None),
+        _ => (first, None),
     };
     Statement { action, table, query: text.to_string() }
 }
 
 /// CREATE / ALTER / DROP: the object kind makes the action; tables and
 /// keyspaces carry their name.
-fn schema(tokens: &[Token], keyspace: Option<&str>) -> (String, Option<String>) {
-    let verb = match &tokens[0] {
-        Token::Word(w) => w.as_str(),
-        _ => unreachable!(),
-    };
+fn schema(verb: &str, tokens: &[Token], keyspace: Option<&str>) -> (String, Option<String>) {
     let mut i = 1;
     // CREATE OR REPLACE FUNCTION, CREATE CUSTOM INDEX
     while tokens.get(i).is_some_and(|t| t.is("or") || t.is("replace") || t.is("custom")) {
         i += 1;
     }
-    let object = match tokens.get(i) {
-        Some(Token::Word(w)) => w.as_str(),
-        _ => "",
-    };
-    let object = match object {
+    let object = keyword(tokens, i);
+    let object = match object.as_str() {
         "columnfamily" => "table",
         "schema" => "keyspace",
         "materialized" if tokens.get(i + 1).is_some_and(|t| t.is("view")) => {
@@ -215,7 +219,7 @@ fn schema(tokens: &[Token], keyspace: Option<&str>) -> (String, Option<String>) 
     }
     let table = match object {
         "table" => qualified_name(tokens, i, keyspace),
-        "keyspace" => tokens.get(i).and_then(Token::name).map(str::to_string),
+        "keyspace" => tokens.get(i).and_then(Token::name),
         _ => None,
     };
     (format!("{verb}-{object}"), table)
@@ -244,7 +248,7 @@ fn qualified_name(tokens: &[Token], at: usize, keyspace: Option<&str>) -> Option
     }
     Some(match keyspace {
         Some(ks) => format!("{ks}.{first}"),
-        None => first.to_string(),
+        None => first,
     })
 }
 

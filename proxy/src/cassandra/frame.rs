@@ -12,6 +12,7 @@
 //! compression (see `server`).
 
 use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub const HEADER: usize = 9;
 /// The spec's limit on a frame body.
@@ -198,14 +199,20 @@ impl Framer {
         }
     }
 
-    /// The bytes to write: every pushed frame.
-    pub fn take(&mut self) -> &[u8] {
+    /// Write every pushed frame (nothing when none is pushed).
+    pub async fn flush(&mut self, to: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
         self.seal();
-        &self.out
+        if !self.out.is_empty() {
+            to.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
     }
 
-    pub fn clear(&mut self) {
-        self.out.clear();
+    #[cfg(test)]
+    fn bytes(&mut self) -> &[u8] {
+        self.seal();
+        &self.out
     }
 
     fn seal(&mut self) {

@@ -49,7 +49,7 @@ impl PreparedStatements {
 
     /// Filed only from a server's answer to a PREPARE weir forwarded, so a
     /// client cannot make an id stand for another statement.
-    pub fn insert(&self, server: SocketAddr, id: &[u8], statements: Vec<cql::Statement>) {
+    pub fn insert(&self, server: SocketAddr, id: &[u8], statements: Arc<[cql::Statement]>) {
         let added = size(&statements);
         let mut held = self.held.lock().unwrap();
         let held = &mut *held;
@@ -60,7 +60,7 @@ impl PreparedStatements {
             held.count -= 1;
             held.bytes -= size(&gone);
         }
-        let replaced = held.by_server.entry(server).or_default().insert(id.to_vec(), statements.into());
+        let replaced = held.by_server.entry(server).or_default().insert(id.to_vec(), statements);
         match replaced {
             Some(old) => held.bytes -= size(&old),
             None => held.count += 1,
@@ -73,8 +73,8 @@ impl PreparedStatements {
 mod tests {
     use super::*;
 
-    fn statement(query: &str) -> Vec<cql::Statement> {
-        vec![cql::Statement { action: "select".into(), table: None, query: query.into() }]
+    fn statement(query: &str) -> Arc<[cql::Statement]> {
+        Arc::new([cql::Statement { action: "select".into(), table: None, query: query.into() }])
     }
 
     #[test]

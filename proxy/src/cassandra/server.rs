@@ -75,7 +75,7 @@ struct Asked {
     flow: FlowRecord,
     started: Instant,
     /// PREPARE: what the statement runs, to file under the id it gets.
-    prepares: Option<Vec<Statement>>,
+    prepares: Option<Arc<[Statement]>>,
     /// Its answer changes how the client's next bytes read: a `USE` (the
     /// keyspace names are qualified with) or a STARTUP (v5 framing starts
     /// after READY). Weir reads nothing more from the client until it is
@@ -148,10 +148,9 @@ async fn requests(
             // a turning point in flight: its answer decides how the next
             // frame reads (its framing, its keyspace), so wait before parsing
             if turns_sent > *turns_answered.borrow() && input.partial() > 0 {
-                if server.write_all(output.take()).await.is_err() {
+                if output.flush(&mut server).await.is_err() {
                     break 'read;
                 }
-                output.clear();
                 tokio::select! {
                     _ = queue.closed() => break 'read,
                     answered = turns_answered.wait_for(|n| *n >= turns_sent) => if answered.is_err() { break 'read },
@@ -187,12 +186,11 @@ async fn requests(
                 Step::Close => break 'read,
             }
         }
-        if server.write_all(output.take()).await.is_err() {
+        if output.flush(&mut server).await.is_err() {
             break;
         }
-        output.clear();
     }
-    let _ = server.write_all(output.take()).await;
+    let _ = output.flush(&mut server).await;
     // no more requests: the server sees EOF once everything sent is answered
     let _ = server.shutdown().await;
 }
@@ -239,7 +237,8 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
     };
     let keyspace = shared.keyspace.lock().unwrap().clone();
     let prepared = |id: &[u8]| conn.state.cql_prepared.get(shared.upstream, id);
-    let statements: Vec<Statement> = match &body {
+    // shared, not copied, for an EXECUTE of a prepared statement (the common case)
+    let statements: Arc<[Statement]> = match &body {
         RequestBody::Startup { compression: Some(algorithm) } => {
             let why = format!(
                 "weir reads every CQL request and does not decompress them: connect without compression \
@@ -249,12 +248,12 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
             conn.record(error_flow(cassandra, why.clone()));
             return Step::Answer(frame::error(version, header.stream, frame::ERR_PROTOCOL, &why, &[]));
         }
-        RequestBody::Startup { compression: None } | RequestBody::Handshake => Vec::new(),
+        RequestBody::Startup { compression: None } | RequestBody::Handshake => Arc::new([]),
         RequestBody::Query { query, keyspace: ks } | RequestBody::Prepare { query, keyspace: ks } => {
-            cql::classify(query, ks.or(keyspace.as_deref()))
+            cql::classify(query, ks.or(keyspace.as_deref())).into()
         }
         RequestBody::Execute { id } => match prepared(id) {
-            Some(statements) => statements.to_vec(),
+            Some(statements) => statements,
             None => return unknown_prepared(conn, snap, &header, cassandra, id),
         },
         RequestBody::Batch { entries, keyspace: ks } => {
@@ -268,7 +267,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
                     },
                 }
             }
-            all
+            all.into()
         }
     };
     cassandra.statements =
@@ -357,12 +356,8 @@ async fn responses(
     let mut output = Framer::default();
     let mut requests_done = false;
     let closing = 'serve: loop {
-        let bytes = output.take();
-        if !bytes.is_empty() {
-            if client.write_all(bytes).await.is_err() {
-                break None;
-            }
-            output.clear();
+        if output.flush(&mut client).await.is_err() {
+            break None;
         }
         if requests_done && asked.is_empty() {
             break None;
@@ -422,7 +417,7 @@ async fn responses(
             },
         }
     };
-    let _ = client.write_all(output.take()).await;
+    let _ = output.flush(&mut client).await;
     if let Some(why) = closing {
         tracing::debug!(connection = conn.id, "closing: {why}");
         // what was asked and not answered: the client sees the connection

@@ -337,11 +337,12 @@ pub fn parse_reply_unit(protocol: Protocol, buf: &[u8]) -> Result<Option<ReplyUn
     match protocol {
         Protocol::Text => {
             let Some((content, line_len)) = line(buf, MAX_LINE)? else { return Ok(None) };
-            let tokens: Vec<&[u8]> = content.split(|&b| b == b' ').filter(|t| !t.is_empty()).collect();
-            let word = tokens.first().copied().unwrap_or_default();
+            // no token vector per reply: only VALUE and VA need a later word
+            let mut tokens = content.split(|&b| b == b' ').filter(|t| !t.is_empty());
+            let word = tokens.next().unwrap_or_default();
             let data = match word {
-                b"VALUE" => Some(number(tokens.get(3), "VALUE length")?),
-                b"VA" => Some(number(tokens.get(1), "VA length")?),
+                b"VALUE" => Some(number(tokens.nth(2).as_ref(), "VALUE length")?),
+                b"VA" => Some(number(tokens.next().as_ref(), "VA length")?),
                 _ => None,
             };
             let mut len = line_len;

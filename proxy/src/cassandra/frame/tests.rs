@@ -28,7 +28,7 @@ fn v5_segments_round_trip_self_contained_and_split() {
     framer.push(true, &small);
     framer.push(true, &small);
     framer.push(true, &big);
-    let wire = framer.take().to_vec();
+    let wire = framer.bytes().to_vec();
     // one self-contained segment for the two small frames, three pieces for the big one
     let mut de = Deframer::default();
     // byte by byte: no frame before its last byte
@@ -47,7 +47,7 @@ fn v5_segments_round_trip_self_contained_and_split() {
 fn a_corrupt_segment_is_refused() {
     let mut framer = Framer::default();
     framer.push(true, &request(5, 1, OP_OPTIONS, b""));
-    let mut wire = framer.take().to_vec();
+    let mut wire = framer.bytes().to_vec();
     let last = wire.len() - 1;
     wire[last] ^= 1;
     let mut de = Deframer::default();
