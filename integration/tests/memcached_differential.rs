@@ -232,7 +232,7 @@ fn meta_flags_that_touch_or_create_need_those_commands_too() {
     let _weir = Weir::start(&config, &[("cache.yaml", &policy)]);
     assert_eq!(exchange(behind.addr, b"set public/n 0 0 2\r\n10\r\n"), "STORED\r\n");
     assert_eq!(exchange(listener, b"mg public/n v\r\n"), "VA 2\r\n10\r\n");
-    assert_eq!(exchange(listener, b"mg public/n v T1\r\n"), "VA 2\r\n10\r\n", "touch is allowed here");
+    assert_eq!(exchange(listener, b"mg public/n v T300\r\n"), "VA 2\r\n10\r\n", "touch is allowed here");
     assert_eq!(exchange(listener, b"mg public/new N30\r\n"), format!("{DENIED}\r\n"), "no add rule");
     assert_eq!(value_of(behind.addr, "public/new"), None);
     assert_eq!(exchange(listener, b"ma public/n v\r\n"), "VA 2\r\n11\r\n");
