@@ -119,6 +119,9 @@ fn what_memcached_executes_through_weir_is_what_weir_judged() {
     for (i, (what, bytes)) in shapes.iter().enumerate() {
         let direct = exchange(s.direct.addr, bytes.as_bytes());
         let through = exchange(s.listener, bytes.as_bytes());
+        // nothing forbidden ran behind weir
+        assert_eq!(value_of(s.behind.addr, &format!("secret/owned-{i}")), None, "{what}: {through:?}");
+        assert_eq!(value_of(s.behind.addr, "secret/canary").as_deref(), Some("intact"), "{what}");
         // weir answers line for line what memcached answers, with its
         // refusals in place of what the policy forbids
         let direct_lines: Vec<&str> = direct.split_terminator("\r\n").collect();
@@ -156,9 +159,10 @@ fn numbers_memcached_reads_leniently_close_the_connection_unforwarded() {
     let s = setup();
     // memcached takes "+N", a length with junk after a tab, flags past 32
     // bits (truncated): weir does not forward a number read that way
-    for (i, line) in ["set public/l 0 0 +{n}\r\n", "set public/l 0 0 {n}\tjunk\r\n", "set public/l 4294967296 0 {n}\r\n"]
-        .iter()
-        .enumerate()
+    for (i, line) in
+        ["set public/l 0 0 +{n}\r\n", "set public/l 0 0 {n}\tjunk\r\n", "set public/l 4294967296 0 {n}\r\n"]
+            .iter()
+            .enumerate()
     {
         let bytes = format!("{}{}\r\n", line.replace("{n}", &hidden(i).len().to_string()), hidden(i));
         let through = exchange(s.listener, bytes.as_bytes());
@@ -275,10 +279,9 @@ fn binary_packets_memcached_reads_shorter_than_their_body_are_refused() {
     // stat and touch read only their key and extras: memcached runs the rest
     // of the declared body as new packets (here a forbidden delete)
     let hidden = binary(0x04, b"secret/bcanary", &[], &[]);
-    for (what, packet) in [
-        ("stat", binary(0x10, b"", &[], &hidden)),
-        ("touch", binary(0x1c, b"public/t", &[0; 4], &hidden)),
-    ] {
+    for (what, packet) in
+        [("stat", binary(0x10, b"", &[], &hidden)), ("touch", binary(0x1c, b"public/t", &[0; 4], &hidden))]
+    {
         exchange(s.direct.addr, b"set secret/bcanary 0 0 6\r\nintact\r\n");
         exchange(s.direct.addr, &packet);
         assert_eq!(value_of(s.direct.addr, "secret/bcanary"), None, "{what}: memcached ran the hidden delete");

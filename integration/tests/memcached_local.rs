@@ -219,10 +219,8 @@ fn pipelined_requests_keep_their_order_with_refusals_in_place() {
 #[test]
 fn broken_requests_close_the_connection_with_a_flow_and_weir_keeps_serving() {
     let s = setup();
-    let cases: [(&[u8], &str); 2] = [
-        (&[b'g'; 70_000], "longer than"),
-        (&binary(0x00, b"k", &[], &[], 0)[..20], "inside a request"),
-    ];
+    let cases: [(&[u8], &str); 2] =
+        [(&[b'g'; 70_000], "longer than"), (&binary(0x00, b"k", &[], &[], 0)[..20], "inside a request")];
     for (request, why) in cases {
         let mut stream = connect_from(CLIENT, s.listener);
         stream.write_all(request).unwrap();

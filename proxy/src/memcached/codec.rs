@@ -374,7 +374,12 @@ fn parse_binary_request(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
             // memcached swallows the body counted from after the key and
             // extras: with either, it would eat the next packet's first bytes
             let close = key_len + extras > 0;
-            return refused(STATUS_UNKNOWN_COMMAND, "Unknown command", close, format!("unknown binary opcode {op:#04x}"));
+            return refused(
+                STATUS_UNKNOWN_COMMAND,
+                "Unknown command",
+                close,
+                format!("unknown binary opcode {op:#04x}"),
+            );
         }
     }
     let key = &buf[HEADER + extras..HEADER + extras + key_len];

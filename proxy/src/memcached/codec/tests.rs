@@ -171,14 +171,14 @@ fn numbers_are_read_as_memcacheds_safe_strto_functions_read_them() {
 fn storage_lines_memcached_refuses_leave_their_data_to_be_read_as_commands() {
     let line = |s: &str| s.len();
     for bad in [
-        "set public/a 0 abc 20\r\n",              // exptime
-        "set public/a x 0 20\r\n",                // flags
-        "set public/a -1 0 20\r\n",               // negative flags
-        "set public/a 0 0 -20\r\n",               // negative length
-        "set public/a 0 0 20 noreply extra\r\n",  // a token too many
-        "set public/a 0 0\r\n",                   // a token short
-        "cas public/a 0 0 20\r\n",                // no cas unique
-        "cas public/a 0 0 20 x\r\n",              // a bad cas unique
+        "set public/a 0 abc 20\r\n",             // exptime
+        "set public/a x 0 20\r\n",               // flags
+        "set public/a -1 0 20\r\n",              // negative flags
+        "set public/a 0 0 -20\r\n",              // negative length
+        "set public/a 0 0 20 noreply extra\r\n", // a token too many
+        "set public/a 0 0\r\n",                  // a token short
+        "cas public/a 0 0 20\r\n",               // no cas unique
+        "cas public/a 0 0 20 x\r\n",             // a bad cas unique
         "add public/a 0 0 99999999999999999999\r\n",
     ] {
         let buf = format!("{bad}get secret\r\n");
@@ -275,7 +275,10 @@ fn meta_commands_are_checked_and_swallowed_as_memcached_does() {
     assert_eq!(refused(b"mg k Z\r\n").0, "CLIENT_ERROR invalid flag\r\n");
     assert_eq!(refused(b"mg\r\n").0, "ERROR\r\n");
     let flags: Vec<&str> = "v t c f s k h l u O1 P L I q N1 R1 T1 C1".split(' ').collect();
-    assert_eq!(refused(format!("mg k {}\r\n", flags.join(" ")).as_bytes()).0, "CLIENT_ERROR options flags are too long\r\n");
+    assert_eq!(
+        refused(format!("mg k {}\r\n", flags.join(" ")).as_bytes()).0,
+        "CLIENT_ERROR options flags are too long\r\n"
+    );
     // a flag is its first byte: "quiet" is q
     assert_eq!(text(b"mg k v quiet\r\n").reply, Reply::Quiet);
     assert_eq!(text(b"md k q\r\n").reply, Reply::Quiet);

@@ -158,7 +158,9 @@ impl<'a> Line<'a> {
             b"incr" | b"decr" if n == 3 || n == 4 => {
                 self.keyed(2, Width::U64, "CLIENT_ERROR invalid numeric delta argument", "the delta")
             }
-            b"touch" if n == 3 || n == 4 => self.keyed(2, Width::I32, "CLIENT_ERROR invalid exptime argument", "the exptime"),
+            b"touch" if n == 3 || n == 4 => {
+                self.keyed(2, Width::I32, "CLIENT_ERROR invalid exptime argument", "the exptime")
+            }
             b"delete" if (2..=4).contains(&n) => self.delete(),
             b"verbosity" if n == 2 || n == 3 => match number(t[1], Width::U32) {
                 Number::Value(_) => self.forward(Vec::new(), quiet_or(Reply::One), 0),
@@ -185,8 +187,8 @@ impl<'a> Line<'a> {
                 self.forward(Vec::new(), quiet_or(Reply::One), 0)
             }
             b"stats" => {
-                let single = matches!(t.get(1).copied(), Some(b"reset") | Some(b"detail"))
-                    && t.get(2).copied() != Some(b"dump");
+                let single =
+                    matches!(t.get(1).copied(), Some(b"reset") | Some(b"detail")) && t.get(2).copied() != Some(b"dump");
                 self.forward(Vec::new(), if single { Reply::One } else { Reply::Lines }, 0)
             }
             b"lru_crawler" => {
@@ -376,7 +378,8 @@ impl<'a> Line<'a> {
         let flags = match meta_flags(t[1], &t[flags_from..]) {
             Ok(flags) => flags,
             Err(FlagError::Refused(answer)) => {
-                let answer = if matches!(which, b'd' | b'a') { "CLIENT_ERROR invalid or duplicate flag" } else { answer };
+                let answer =
+                    if matches!(which, b'd' | b'a') { "CLIENT_ERROR invalid or duplicate flag" } else { answer };
                 return refuse(answer, "meta flags memcached refuses");
             }
             Err(FlagError::Lenient) => return self.lenient("a meta flag's number"),
