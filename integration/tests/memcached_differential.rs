@@ -85,13 +85,16 @@ fn hidden(i: usize) -> String {
     format!("set secret/owned-{i} 0 0 5\r\npwned\r\ndelete secret/canary\r\nset public/marker-{i} 0 0 1\r\nX\r\n")
 }
 
+/// The first line of shape `i`, given the index.
+type FirstLine = Box<dyn Fn(usize) -> String>;
+
 /// Text shapes: a first line whose trouble is named, declaring the hidden
 /// block as its data where it declares anything.
 fn text_shapes() -> Vec<(&'static str, String)> {
     let long_key = format!("public/{}", "k".repeat(250));
     let flags = "v t c f s k h l u O1 P L I N1 R1 T1 C1";
     let n = |i: usize| hidden(i).len();
-    let shapes: Vec<(&str, Box<dyn Fn(usize) -> String>)> = vec![
+    let shapes: Vec<(&str, FirstLine)> = vec![
         ("an exptime memcached cannot parse", Box::new(move |i| format!("set public/a 0 abc {}\r\n", n(i)))),
         ("flags memcached cannot parse", Box::new(move |i| format!("set public/a x 0 {}\r\n", n(i)))),
         ("negative flags", Box::new(move |i| format!("set public/a -1 0 {}\r\n", n(i)))),

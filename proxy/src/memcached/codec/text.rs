@@ -539,14 +539,14 @@ fn base64_value(b: u8) -> Option<u8> {
 
 fn canonical_base64(text: &[u8]) -> bool {
     let body = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(text);
-    !text.is_empty() && text.len() % 4 == 0 && body.iter().all(|&b| b != b'=' && base64_value(b).is_some())
+    !text.is_empty() && text.len().is_multiple_of(4) && body.iter().all(|&b| b != b'=' && base64_value(b).is_some())
 }
 
 /// memcached's `base64_decode` (`base64.c`), byte for byte: `None` where it
 /// returns 0.
 pub fn memcached_base64_decode(src: &[u8]) -> Option<Vec<u8>> {
     let count = src.iter().filter(|&&b| base64_value(b).is_some()).count();
-    if count == 0 || count % 4 != 0 {
+    if count == 0 || !count.is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(count / 4 * 3);
