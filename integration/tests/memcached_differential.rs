@@ -297,3 +297,17 @@ fn binary_packets_memcached_reads_shorter_than_their_body_are_refused() {
         });
     }
 }
+
+#[test]
+fn answers_for_memcached_keep_their_place_behind_quiet_requests() {
+    let s = setup();
+    exchange(s.behind.addr, b"set public/q 0 0 2\r\nhi\r\n");
+    exchange(s.direct.addr, b"set public/q 0 0 2\r\nhi\r\n");
+    // a quiet hit, a quiet miss, requests memcached refuses, a bad data
+    // chunk, an allowed get: weir's answers land where memcached's do
+    let pipeline = b"mg public/q v q\r\nmg public/none v q\r\nmg public/q Z\r\nset public/q 0 0 1\r\nXYZ\r\n\
+                     incr public/q x\r\nget public/q\r\nmn\r\n";
+    let direct = exchange(s.direct.addr, pipeline);
+    assert_eq!(exchange(s.listener, pipeline), direct);
+    assert!(direct.contains("CLIENT_ERROR invalid flag") && direct.ends_with("MN\r\n"), "{direct:?}");
+}
