@@ -8,6 +8,11 @@
 //! with no fields matches every request; one with a key condition but no
 //! `command` is refused (as in Cilium).
 //!
+//! The host names the commands a meta request does when its flags make it
+//! do more than its own (`mg` with `T` is also judged as `touch`, with `N`
+//! as `add`; `ma` is judged as `incr` or `decr` by its mode): each must be
+//! allowed.
+//!
 //! Weir judges multi-key requests key by key: `get a b` is allowed when
 //! every key is allowed by some rule for `get` (Cilium wants one rule to
 //! allow them all). A request without keys (`stats`, `version`) needs a rule
@@ -43,10 +48,10 @@ const GROUPS: &[CommandGroup] = &[
     CommandGroup { name: "incr", text: &["incr", "ma"], binary: &[5, 21] },
     CommandGroup { name: "decr", text: &["decr", "ma"], binary: &[6, 22] },
     CommandGroup { name: "storage", text: STORAGE_TEXT, binary: STORAGE_BINARY },
-    CommandGroup { name: "get", text: &["get", "gets", "mg"], binary: &[0, 9, 12, 13] },
+    CommandGroup { name: "get", text: &["get", "gets", "bget", "mg"], binary: &[0, 9, 12, 13] },
     CommandGroup { name: "delete", text: &["delete", "md"], binary: &[4, 20] },
     CommandGroup { name: "touch", text: &["touch"], binary: &[28] },
-    CommandGroup { name: "gat", text: &["gat", "gats"], binary: &[29, 30] },
+    CommandGroup { name: "gat", text: &["gat", "gats"], binary: &[29, 30, 35, 36] },
     CommandGroup {
         name: "writeGroup",
         text: &[

@@ -28,8 +28,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// As memcached negotiates: binary only for the request magic.
     pub fn of_first_byte(b: u8) -> Protocol {
-        if b >= 0x80 { Protocol::Binary } else { Protocol::Text }
+        if b == REQUEST_MAGIC { Protocol::Binary } else { Protocol::Text }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +81,10 @@ pub struct Request {
     pub reply: Reply,
     /// Binary: the request's opaque, echoed in its reply.
     pub opaque: u32,
+    /// The commands the policy must allow, when not just `command`: a meta
+    /// request whose flags make it do what other commands do (`mg` with
+    /// `T` also touches, `ma` with mode `D` decrements).
+    pub judge_as: Vec<&'static str>,
 }
 
 impl Request {
@@ -102,15 +107,20 @@ fn is_meta(command: &str) -> bool {
     matches!(command, "mg" | "ms" | "md" | "ma" | "mn" | "me")
 }
 
-/// A binary reply packet with `status` and the "access denied" body.
+/// A binary reply packet with weir's refusal status and "access denied".
 fn binary_error(opcode: u8, opaque: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + DENIED_BODY.len());
+    binary_status(opcode, opaque, STATUS_DENIED, DENIED_BODY)
+}
+
+/// A binary reply packet with `status` and `body` (an error message).
+fn binary_status(opcode: u8, opaque: u32, status: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&[RESPONSE_MAGIC, opcode, 0, 0, 0, 0]);
-    out.extend_from_slice(&STATUS_DENIED.to_be_bytes());
-    out.extend_from_slice(&(DENIED_BODY.len() as u32).to_be_bytes());
+    out.extend_from_slice(&status.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&opaque.to_be_bytes());
     out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(DENIED_BODY);
+    out.extend_from_slice(body);
     out
 }
 
@@ -144,80 +154,47 @@ fn bad(why: impl Into<String>) -> FrameError {
     FrameError(why.into())
 }
 
-/// The first request in `buf`: `Ok(None)` until all of it has arrived.
-pub fn parse_request(protocol: Protocol, buf: &[u8]) -> Result<Option<Request>, FrameError> {
+/// What the client sent next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A request memcached will execute as weir read it: judge, then forward.
+    Request(Request),
+    /// Bytes memcached would refuse: weir answers them as memcached would
+    /// and forwards none of them.
+    Refused(Refused),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub protocol: Protocol,
+    pub command: String,
+    /// Bytes of the client's stream this covers: the line, plus the data
+    /// block memcached would swallow with its error.
+    pub len: usize,
+    /// memcached's answer (empty for a `noreply` request: none).
+    pub answer: Vec<u8>,
+    /// memcached closes the connection here, or weir does not trust what
+    /// follows: weir closes it after the answer.
+    pub close: bool,
+    pub why: String,
+}
+
+/// The first request in `buf`: `Ok(None)` until all of it has arrived; an
+/// error when weir closes the connection without an answer (as memcached
+/// would, or where buffering more is not worth it).
+pub fn parse_request(protocol: Protocol, buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     match protocol {
-        Protocol::Text => parse_text_request(buf),
+        Protocol::Text => text::parse(buf),
         Protocol::Binary => parse_binary_request(buf),
     }
 }
 
-/// One text line: `(its content without \r\n, bytes including the \n)`.
-fn line(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
-    match buf.iter().take(max + 1).position(|&b| b == b'\n') {
-        Some(nl) => {
-            let content = &buf[..nl];
-            Ok(Some((content.strip_suffix(b"\r").unwrap_or(content), nl + 1)))
-        }
-        None if buf.len() > max => Err(bad(format!("a text line longer than {max} bytes"))),
-        None => Ok(None),
-    }
-}
-
-fn number(token: Option<&&[u8]>, what: &str) -> Result<usize, FrameError> {
+fn reply_number(token: Option<&&[u8]>, what: &str) -> Result<usize, FrameError> {
     let token = token.ok_or_else(|| bad(format!("missing {what}")))?;
     std::str::from_utf8(token)
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
         .ok_or_else(|| bad(format!("{what} {:?} is not a number", String::from_utf8_lossy(token))))
-}
-
-fn parse_text_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
-    let Some((content, line_len)) = line(buf, MAX_LINE)? else { return Ok(None) };
-    let tokens: Vec<&[u8]> = content.split(|&b| b == b' ').filter(|t| !t.is_empty()).collect();
-    let command = tokens.first().map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
-    let noreply = tokens.len() > 1 && tokens.last() == Some(&&b"noreply"[..]);
-    let meta_quiet = tokens.iter().skip(2).any(|t| *t == b"q");
-    let key = |i: usize| tokens.get(i).map(|k| vec![k.to_vec()]).unwrap_or_default();
-    let quiet_or = |reply| if noreply { Reply::Quiet } else { reply };
-    let (keys, reply, data) = match command.as_str() {
-        "set" | "add" | "replace" | "append" | "prepend" | "cas" => {
-            (key(1), quiet_or(Reply::One), Some(number(tokens.get(4), "data length")?))
-        }
-        "get" | "gets" => (tokens[1..].iter().map(|k| k.to_vec()).collect(), Reply::Values, None),
-        "gat" | "gats" => (tokens.iter().skip(2).map(|k| k.to_vec()).collect(), Reply::Values, None),
-        "delete" | "incr" | "decr" | "touch" => (key(1), quiet_or(Reply::One), None),
-        "mg" | "md" | "ma" | "me" => (key(1), if meta_quiet { Reply::Quiet } else { Reply::One }, None),
-        "ms" => {
-            (key(1), if meta_quiet { Reply::Quiet } else { Reply::One }, Some(number(tokens.get(2), "data length")?))
-        }
-        "mn" => (Vec::new(), Reply::Flush, None),
-        "stats" => {
-            let single = matches!(tokens.get(1).map(|t| &t[..]), Some(b"reset") | Some(b"detail"))
-                && tokens.get(2).map(|t| &t[..]) != Some(b"dump");
-            (Vec::new(), if single { Reply::One } else { Reply::Lines }, None)
-        }
-        "lru_crawler" => {
-            let dump = matches!(tokens.get(1).map(|t| &t[..]), Some(b"metadump") | Some(b"mgdump"));
-            (Vec::new(), if dump { Reply::Lines } else { quiet_or(Reply::One) }, None)
-        }
-        "quit" | "shutdown" => (Vec::new(), Reply::Close, None),
-        _ => (Vec::new(), quiet_or(Reply::One), None),
-    };
-    let mut len = line_len;
-    if let Some(data) = data {
-        if data > MAX_VALUE {
-            return Err(bad(format!("a {data}-byte value (weir relays at most {MAX_VALUE})")));
-        }
-        len += data + 2;
-        if buf.len() < len {
-            return Ok(None);
-        }
-        if &buf[len - 2..len] != b"\r\n" {
-            return Err(bad("the data block does not end with \\r\\n where its length says (bad data chunk)"));
-        }
-    }
-    Ok(Some(Request { protocol: Protocol::Text, command, opcode: None, keys, len, reply, opaque: 0 }))
 }
 
 /// Binary opcode names (memcached's protocol_binary.h).
@@ -291,11 +268,119 @@ fn binary_header(buf: &[u8], magic: u8) -> Result<Option<BinaryHeader>, FrameErr
     Ok(Some((buf[1], key_len, extras, body, u32::from_be_bytes(buf[12..16].try_into().unwrap()))))
 }
 
-fn parse_binary_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
+/// memcached's binary statuses for malformed requests.
+const STATUS_EINVAL: u16 = 0x0004;
+const STATUS_UNKNOWN_COMMAND: u16 = 0x0081;
+
+/// How memcached 1.6.18 (`dispatch_bin_command`) checks a packet's key,
+/// extras and body lengths per opcode.
+enum BinaryShape {
+    /// The lengths it accepts; the body is the extras, the key and the value.
+    Valid,
+    /// A protocol error: memcached answers EINVAL and closes.
+    Invalid,
+    /// memcached accepts the header but reads only the extras and the key
+    /// (stat, touch, gat): the rest of the body would be read as new
+    /// packets. Weir refuses and closes.
+    TrailingBody,
+    /// An opcode memcached does not know: it answers "unknown command".
+    Unknown,
+}
+
+fn binary_shape(op: u8, key: usize, extras: usize, body: usize) -> BinaryShape {
+    use BinaryShape::*;
+    let check = |ok: bool| if ok { Valid } else { Invalid };
+    match op {
+        // version, noop, quit, quitq, sasl-list-mechs
+        0x0b | 0x0a | 0x07 | 0x17 | 0x20 => check(extras == 0 && key == 0 && body == 0),
+        // flush, flushq
+        0x08 | 0x18 => check(key == 0 && body == extras && (extras == 0 || extras == 4)),
+        // set, add, replace and their quiet forms
+        0x01..=0x03 | 0x11..=0x13 => check(extras == 8 && key != 0 && body >= key + 8),
+        // get, getq, getk, getkq
+        0x00 | 0x09 | 0x0c | 0x0d => check(extras == 0 && body == key && key > 0),
+        // delete, deleteq
+        0x04 | 0x14 => check(key > 0 && extras == 0 && body == key),
+        // increment, decrement and their quiet forms
+        0x05 | 0x06 | 0x15 | 0x16 => check(key > 0 && extras == 20 && body == key + 20),
+        // append, prepend and their quiet forms
+        0x0e | 0x0f | 0x19 | 0x1a => check(key > 0 && extras == 0),
+        // sasl-auth, sasl-step
+        0x21 | 0x22 => check(extras == 0 && key != 0),
+        0x10 if extras != 0 => Invalid,
+        0x10 if body != key => TrailingBody,
+        0x10 => Valid,
+        // touch, gat, gatq, gatk, gatkq
+        0x1c | 0x1d | 0x1e | 0x23 | 0x24 if !(extras == 4 && key != 0) => Invalid,
+        0x1c | 0x1d | 0x1e | 0x23 | 0x24 if body != key + 4 => TrailingBody,
+        0x1c | 0x1d | 0x1e | 0x23 | 0x24 => Valid,
+        _ => Unknown,
+    }
+}
+
+fn parse_binary_request(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
+    if buf.len() >= HEADER && buf[0] == REQUEST_MAGIC {
+        let (key_len, extras) = (u16::from_be_bytes([buf[2], buf[3]]) as usize, buf[4] as usize);
+        let body = u32::from_be_bytes(buf[8..12].try_into().unwrap()) as usize;
+        if key_len + extras > body {
+            // memcached answers "unknown command" and closes
+            let opaque = u32::from_be_bytes(buf[12..16].try_into().unwrap());
+            return Ok(Some(Frame::Refused(Refused {
+                protocol: Protocol::Binary,
+                command: opcode_name(buf[1]),
+                len: HEADER,
+                answer: binary_status(buf[1], opaque, STATUS_UNKNOWN_COMMAND, b"Unknown command"),
+                close: true,
+                why: format!("binary key ({key_len}) and extras ({extras}) longer than the body ({body})"),
+            })));
+        }
+    }
     let Some((op, key_len, extras, body, opaque)) = binary_header(buf, REQUEST_MAGIC)? else { return Ok(None) };
+    let refused = |status: u16, message: &str, close: bool, why: String| {
+        Ok(Some(Frame::Refused(Refused {
+            protocol: Protocol::Binary,
+            command: opcode_name(op),
+            len: HEADER + body,
+            answer: binary_status(op, opaque, status, message.as_bytes()),
+            close,
+            why,
+        })))
+    };
+    if key_len > text::KEY_MAX {
+        let why = format!("a {key_len}-byte binary key (memcached takes at most 250 and closes)");
+        return refused(STATUS_EINVAL, "Invalid arguments", true, why);
+    }
     let len = HEADER + body;
     if buf.len() < len {
         return Ok(None);
+    }
+    match binary_shape(op, key_len, extras, body) {
+        BinaryShape::Valid => {}
+        BinaryShape::Invalid => {
+            let why = format!(
+                "binary {} with key {key_len}, extras {extras}, body {body} bytes: memcached refuses these lengths and closes",
+                opcode_name(op)
+            );
+            return refused(STATUS_EINVAL, "Invalid arguments", true, why);
+        }
+        BinaryShape::TrailingBody => {
+            let why = format!(
+                "binary {} with a body longer than its extras and key: memcached would read the rest as new requests",
+                opcode_name(op)
+            );
+            return refused(STATUS_EINVAL, "Invalid arguments", true, why);
+        }
+        BinaryShape::Unknown => {
+            // memcached swallows the body counted from after the key and
+            // extras: with either, it would eat the next packet's first bytes
+            let close = key_len + extras > 0;
+            return refused(
+                STATUS_UNKNOWN_COMMAND,
+                "Unknown command",
+                close,
+                format!("unknown binary opcode {op:#04x}"),
+            );
+        }
     }
     let key = &buf[HEADER + extras..HEADER + extras + key_len];
     let reply = match op {
@@ -307,7 +392,7 @@ fn parse_binary_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
         _ => Reply::One,
     };
     let keys = if key_len > 0 { vec![key.to_vec()] } else { Vec::new() };
-    Ok(Some(Request {
+    Ok(Some(Frame::Request(Request {
         protocol: Protocol::Binary,
         command: opcode_name(op),
         opcode: Some(op),
@@ -315,7 +400,8 @@ fn parse_binary_request(buf: &[u8]) -> Result<Option<Request>, FrameError> {
         len,
         reply,
         opaque,
-    }))
+        judge_as: Vec::new(),
+    })))
 }
 
 /// One reply unit at the start of `buf`.
@@ -336,13 +422,13 @@ pub struct ReplyUnit {
 pub fn parse_reply_unit(protocol: Protocol, buf: &[u8]) -> Result<Option<ReplyUnit>, FrameError> {
     match protocol {
         Protocol::Text => {
-            let Some((content, line_len)) = line(buf, MAX_LINE)? else { return Ok(None) };
+            let Some((content, line_len)) = text::line(buf, MAX_LINE)? else { return Ok(None) };
             // no token vector per reply: only VALUE and VA need a later word
             let mut tokens = content.split(|&b| b == b' ').filter(|t| !t.is_empty());
             let word = tokens.next().unwrap_or_default();
             let data = match word {
-                b"VALUE" => Some(number(tokens.nth(2).as_ref(), "VALUE length")?),
-                b"VA" => Some(number(tokens.next().as_ref(), "VA length")?),
+                b"VALUE" => Some(reply_number(tokens.nth(2).as_ref(), "VALUE length")?),
+                b"VA" => Some(reply_number(tokens.next().as_ref(), "VA length")?),
                 _ => None,
             };
             let mut len = line_len;
@@ -396,6 +482,8 @@ pub fn belongs_to(protocol: Protocol, reply: Reply, opcode: u8, opaque: u32, uni
         Protocol::Binary => unit.opcode == opcode && unit.opaque == opaque,
     }
 }
+
+mod text;
 
 #[cfg(test)]
 mod tests;

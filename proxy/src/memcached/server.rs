@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use super::codec::{self, FrameError, Protocol, Reply, Request};
+use super::codec::{self, Frame, FrameError, Protocol, Refused, Reply, Request};
 use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, MemcachedFlow, Verdict};
@@ -93,7 +93,34 @@ async fn requests(
         // every complete request in the buffer, forwarded in one write
         loop {
             let mut request = match codec::parse_request(protocol, &buf) {
-                Ok(Some(r)) => r,
+                Ok(Some(Frame::Request(r))) => r,
+                Ok(Some(Frame::Refused(refused))) => {
+                    // memcached would refuse it: answer as it would, forward nothing
+                    let close = refused.close;
+                    if !close {
+                        let _ = buf.split_to(refused.len);
+                    }
+                    let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
+                    let s = snap.insert(current);
+                    conn.record(refused_flow(conn, s, &refused));
+                    if !refused.answer.is_empty() {
+                        if quiet_since_barrier {
+                            out.extend_from_slice(&codec::barrier(protocol));
+                            quiet_since_barrier = false;
+                            if queue.send(Pending::Barrier).await.is_err() {
+                                break 'read;
+                            }
+                        }
+                        if queue.send(Pending::Local { response: refused.answer }).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    if close {
+                        let _ = server.write_all(&out).await;
+                        break 'read;
+                    }
+                    continue;
+                }
                 Ok(None) => break,
                 Err(FrameError(why)) => {
                     let reason =
@@ -174,31 +201,63 @@ async fn requests(
 }
 
 /// Run the chain; `Some(verdict)` refuses the request (Denied, or Error when
-/// a filter failed closed).
+/// a filter failed closed). A request that does what several commands do
+/// (`judge_as`) is asked about each of them, with its keys.
 fn judge(snap: &Snapshot, request: &mut Request, flow: &mut FlowRecord) -> Option<Verdict> {
-    let wit_request = || wit::Request {
-        protocol: match request.protocol {
-            Protocol::Text => wit::Protocol::Text,
-            Protocol::Binary => wit::Protocol::Binary,
-        },
-        command: request.command.clone(),
-        opcode: request.opcode,
-        // the flow has its own copy; nothing reads the keys after this
-        keys: std::mem::take(&mut request.keys),
+    let protocol = match request.protocol {
+        Protocol::Text => wit::Protocol::Text,
+        Protocol::Binary => wit::Protocol::Binary,
     };
-    let refusal = relay::run_chain(
-        snap,
-        flow,
-        wit_request,
-        || (),
-        |filter, view, wit_request| {
-            Ok(match filter.on_memcached_request(view, wit_request)? {
-                wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
-                wit::RequestDecision::Deny(deny) => relay::Answer::Deny(deny.reason, ()),
-            })
-        },
+    // the flow has its own copy; nothing reads the keys after this
+    let mut keys = std::mem::take(&mut request.keys);
+    let judge_as = std::mem::take(&mut request.judge_as);
+    let count = judge_as.len().max(1);
+    for i in 0..count {
+        let command = judge_as.get(i).map_or_else(|| request.command.clone(), |c| c.to_string());
+        let keys = if i + 1 == count { std::mem::take(&mut keys) } else { keys.clone() };
+        let wit_request = || wit::Request { protocol, command, opcode: request.opcode, keys };
+        let refusal = relay::run_chain(
+            snap,
+            flow,
+            wit_request,
+            || (),
+            |filter, view, wit_request| {
+                Ok(match filter.on_memcached_request(view, wit_request)? {
+                    wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
+                    wit::RequestDecision::Deny(deny) => relay::Answer::Deny(deny.reason, ()),
+                })
+            },
+        );
+        if let Some(refusal) = refusal {
+            return Some(refusal.verdict);
+        }
+    }
+    None
+}
+
+/// The flow of a request memcached would have refused: an error, with what
+/// weir answered for the server.
+fn refused_flow(conn: &Connection, snap: &Snapshot, refused: &Refused) -> FlowRecord {
+    let answered = refused.answer.split(|&b| b == b' ' || b == b'\r').next().unwrap_or_default();
+    let response = match refused.protocol {
+        _ if refused.answer.is_empty() => None,
+        Protocol::Text => Some(String::from_utf8_lossy(answered).into_owned()),
+        Protocol::Binary => Some(format!("{:#06x}", u16::from_be_bytes([refused.answer[6], refused.answer[7]]))),
+    };
+    let reason = format!(
+        "memcached would refuse this request ({}): answered for it, not forwarded{}",
+        refused.why,
+        if refused.close { "; connection closed" } else { "" }
     );
-    refusal.map(|r| r.verdict)
+    FlowRecord {
+        memcached: Some(MemcachedFlow {
+            protocol: refused.protocol.as_str().into(),
+            command: refused.command.clone(),
+            keys: Vec::new(),
+            response,
+        }),
+        ..conn.flow(snap, Verdict::Error, Some(reason))
+    }
 }
 
 async fn responses(
