@@ -358,8 +358,16 @@ fn tainted(id: u16, name: &str) -> Vec<Tainted> {
             bytes: [plain.clone(), query_bytes(0, "other.example.org")[12..].to_vec()].concat(),
             unbound_rcode: 3,
         },
-        Tainted { what: "trailing garbage", bytes: [plain.clone(), b"\xde\xad\xbe\xef".to_vec()].concat(), unbound_rcode: 3 },
-        Tainted { what: "garbage after an OPT record", bytes: [with(10, &[&opt]), vec![0xff; 9]].concat(), unbound_rcode: 3 },
+        Tainted {
+            what: "trailing garbage",
+            bytes: [plain.clone(), b"\xde\xad\xbe\xef".to_vec()].concat(),
+            unbound_rcode: 3,
+        },
+        Tainted {
+            what: "garbage after an OPT record",
+            bytes: [with(10, &[&opt]), vec![0xff; 9]].concat(),
+            unbound_rcode: 3,
+        },
         Tainted { what: "an answer record", bytes: with(6, &[&record]), unbound_rcode: 1 },
         Tainted { what: "an authority record", bytes: with(8, &[&record]), unbound_rcode: 1 },
         Tainted { what: "an additional record that is not OPT", bytes: with(10, &[&record]), unbound_rcode: 1 },
@@ -405,7 +413,12 @@ fn queries_carrying_more_than_their_question_get_formerr_and_reach_no_resolver()
         // a name of its own per case, to find it in unbound's log
         let id = 0x5000 + i as u16;
         let case = tainted(id, &format!("direct{i}.example.com")).remove(i);
-        assert_eq!(rcode_over_udp(&client, resolver.addr, &case.bytes), (id, case.unbound_rcode), "unbound, {}", case.what);
+        assert_eq!(
+            rcode_over_udp(&client, resolver.addr, &case.bytes),
+            (id, case.unbound_rcode),
+            "unbound, {}",
+            case.what
+        );
     }
     for (i, case) in tainted(0x6000, "via-weir.example.com").into_iter().enumerate() {
         let id = 0x6000 + i as u16;
@@ -427,7 +440,12 @@ fn queries_carrying_more_than_their_question_get_formerr_and_reach_no_resolver()
     let direct: Vec<&str> = read.iter().filter(|q| q.starts_with("direct")).map(String::as_str).collect();
     assert_eq!(
         direct,
-        ["direct0.example.com. A IN", "direct1.example.com. A IN", "direct2.example.com. A IN", "direct5.example.com. A IN"],
+        [
+            "direct0.example.com. A IN",
+            "direct1.example.com. A IN",
+            "direct2.example.com. A IN",
+            "direct5.example.com. A IN"
+        ],
         "{read:?}"
     );
     // ... and never saw one of those weir was sent

@@ -148,15 +148,16 @@ fn kafka_python_admin_apis_are_judged_on_the_topics_they_name() {
     let s = setup();
     let allowed = python_client(s.listener, "admin", &["describe-configs", "empire-announce"]);
     assert_eq!(allowed[0]["ok"], true, "{allowed:?}");
-    let flow = s.weir.wait_flow("protocol=kafka&verdict=forwarded", "the allowed DescribeConfigs", |f| {
-        api(f) == "DescribeConfigs"
-    });
+    let flow = s
+        .weir
+        .wait_flow("protocol=kafka&verdict=forwarded", "the allowed DescribeConfigs", |f| api(f) == "DescribeConfigs");
     assert_eq!(flow.kafka.as_ref().unwrap().topics, vec!["empire-announce".to_string()]);
 
     let refused = python_client(s.listener, "admin", &["describe-configs", "deathstar-plans"]);
     assert_eq!(refused[0]["keys"], serde_json::json!([]), "the refusal carries no configs: {refused:?}");
-    let flow =
-        s.weir.wait_flow("protocol=kafka&verdict=denied", "the DescribeConfigs refusal", |f| api(f) == "DescribeConfigs");
+    let flow = s
+        .weir
+        .wait_flow("protocol=kafka&verdict=denied", "the DescribeConfigs refusal", |f| api(f) == "DescribeConfigs");
     let kafka = flow.kafka.as_ref().unwrap();
     assert_eq!((kafka.topics.clone(), kafka.error_code), (vec!["deathstar-plans".to_string()], Some(29)));
     assert!(flow.reason.as_deref().unwrap().contains("deathstar-plans"), "{flow:?}");
@@ -196,7 +197,8 @@ fn kafka_python_admin_apis_are_judged_on_the_topics_they_name() {
     // topic does not allow it
     let deleted = python_client(s.listener, "admin", &["delete-groups", "imperial-readers"]);
     assert_eq!(deleted[0]["results"]["imperial-readers"], "GroupAuthorizationFailedError", "{deleted:?}");
-    let flow = s.weir.wait_flow("protocol=kafka&verdict=denied", "the DeleteGroups refusal", |f| api(f) == "DeleteGroups");
+    let flow =
+        s.weir.wait_flow("protocol=kafka&verdict=denied", "the DeleteGroups refusal", |f| api(f) == "DeleteGroups");
     assert_eq!(flow.kafka.as_ref().unwrap().topics, vec!["*".to_string()]);
 }
 

@@ -274,7 +274,8 @@ mod tests {
         assert!(unjudged(&garbage).contains("after the end"), "{}", unjudged(&garbage));
 
         // records of a kind a query does not carry
-        let record = Record::from_rdata(Name::from_str("secret.example.org.").unwrap(), 60, RData::A(A::new(1, 2, 3, 4)));
+        let record =
+            Record::from_rdata(Name::from_str("secret.example.org.").unwrap(), 60, RData::A(A::new(1, 2, 3, 4)));
         let mut with_answer = query("www.example.com.", RecordType::A, false);
         with_answer.add_answer(record.clone());
         assert!(unjudged(&with_answer.to_vec().unwrap()).contains("1 answer record"));

@@ -204,9 +204,7 @@ impl Request {
             ApiKey::CreateAcls | ApiKey::DeleteAcls | ApiKey::DescribeAcls => CLUSTER_AUTHORIZATION_FAILED,
             ApiKey::DescribeTransactions => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             // broker, logger or client-metrics configs: cluster resources
-            ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs
-                if !matches!(&self.topics, Topics::Named(t) if !t.is_empty()) =>
-            {
+            ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs if !matches!(&self.topics, Topics::Named(t) if !t.is_empty()) => {
                 CLUSTER_AUTHORIZATION_FAILED
             }
             ApiKey::OffsetCommit | ApiKey::OffsetFetch => match &self.topics {
@@ -590,16 +588,18 @@ impl Request {
                     r.topics
                         .iter()
                         .map(|t| {
-                            describe_producers_response::TopicResponse::default().with_name(t.name.clone()).with_partitions(
-                                t.partition_indexes
-                                    .iter()
-                                    .map(|p| {
-                                        describe_producers_response::PartitionResponse::default()
-                                            .with_partition_index(*p)
-                                            .with_error_code(code)
-                                    })
-                                    .collect(),
-                            )
+                            describe_producers_response::TopicResponse::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partition_indexes
+                                        .iter()
+                                        .map(|p| {
+                                            describe_producers_response::PartitionResponse::default()
+                                                .with_partition_index(*p)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
                         })
                         .collect(),
                 )

@@ -297,21 +297,92 @@ fn any_request(key: ApiKey) -> RequestKind {
         };
     }
     every_api!(
-        Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat,
-        LeaveGroup, SyncGroup, DescribeGroups, ListGroups, SaslHandshake, ApiVersions, CreateTopics, DeleteTopics,
-        DeleteRecords, InitProducerId, OffsetForLeaderEpoch, AddPartitionsToTxn, AddOffsetsToTxn, EndTxn,
-        WriteTxnMarkers, TxnOffsetCommit, DescribeAcls, CreateAcls, DeleteAcls, DescribeConfigs, AlterConfigs,
-        AlterReplicaLogDirs, DescribeLogDirs, SaslAuthenticate, CreatePartitions, CreateDelegationToken,
-        RenewDelegationToken, ExpireDelegationToken, DescribeDelegationToken, DeleteGroups, ElectLeaders,
-        IncrementalAlterConfigs, AlterPartitionReassignments, ListPartitionReassignments, OffsetDelete,
-        DescribeClientQuotas, AlterClientQuotas, DescribeUserScramCredentials, AlterUserScramCredentials, Vote,
-        BeginQuorumEpoch, EndQuorumEpoch, DescribeQuorum, AlterPartition, UpdateFeatures, Envelope, FetchSnapshot,
-        DescribeCluster, DescribeProducers, BrokerRegistration, BrokerHeartbeat, UnregisterBroker,
-        DescribeTransactions, ListTransactions, AllocateProducerIds, ConsumerGroupHeartbeat, ConsumerGroupDescribe,
-        ControllerRegistration, GetTelemetrySubscriptions, PushTelemetry, AssignReplicasToDirs, ListConfigResources,
-        DescribeTopicPartitions, ShareGroupHeartbeat, ShareGroupDescribe, ShareFetch, ShareAcknowledge, AddRaftVoter,
-        RemoveRaftVoter, UpdateRaftVoter, InitializeShareGroupState, ReadShareGroupState, WriteShareGroupState,
-        DeleteShareGroupState, ReadShareGroupStateSummary, DescribeShareGroupOffsets, AlterShareGroupOffsets,
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        OffsetCommit,
+        OffsetFetch,
+        FindCoordinator,
+        JoinGroup,
+        Heartbeat,
+        LeaveGroup,
+        SyncGroup,
+        DescribeGroups,
+        ListGroups,
+        SaslHandshake,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DeleteRecords,
+        InitProducerId,
+        OffsetForLeaderEpoch,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        EndTxn,
+        WriteTxnMarkers,
+        TxnOffsetCommit,
+        DescribeAcls,
+        CreateAcls,
+        DeleteAcls,
+        DescribeConfigs,
+        AlterConfigs,
+        AlterReplicaLogDirs,
+        DescribeLogDirs,
+        SaslAuthenticate,
+        CreatePartitions,
+        CreateDelegationToken,
+        RenewDelegationToken,
+        ExpireDelegationToken,
+        DescribeDelegationToken,
+        DeleteGroups,
+        ElectLeaders,
+        IncrementalAlterConfigs,
+        AlterPartitionReassignments,
+        ListPartitionReassignments,
+        OffsetDelete,
+        DescribeClientQuotas,
+        AlterClientQuotas,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials,
+        Vote,
+        BeginQuorumEpoch,
+        EndQuorumEpoch,
+        DescribeQuorum,
+        AlterPartition,
+        UpdateFeatures,
+        Envelope,
+        FetchSnapshot,
+        DescribeCluster,
+        DescribeProducers,
+        BrokerRegistration,
+        BrokerHeartbeat,
+        UnregisterBroker,
+        DescribeTransactions,
+        ListTransactions,
+        AllocateProducerIds,
+        ConsumerGroupHeartbeat,
+        ConsumerGroupDescribe,
+        ControllerRegistration,
+        GetTelemetrySubscriptions,
+        PushTelemetry,
+        AssignReplicasToDirs,
+        ListConfigResources,
+        DescribeTopicPartitions,
+        ShareGroupHeartbeat,
+        ShareGroupDescribe,
+        ShareFetch,
+        ShareAcknowledge,
+        AddRaftVoter,
+        RemoveRaftVoter,
+        UpdateRaftVoter,
+        InitializeShareGroupState,
+        ReadShareGroupState,
+        WriteShareGroupState,
+        DeleteShareGroupState,
+        ReadShareGroupStateSummary,
+        DescribeShareGroupOffsets,
+        AlterShareGroupOffsets,
         DeleteShareGroupOffsets,
     )
 }
@@ -375,7 +446,10 @@ fn config_resources_name_topics_and_other_resources_are_unknown() {
     };
     for version in 1..=4 {
         let key = ApiKey::DescribeConfigs;
-        assert_eq!(topics_in(key, version, &describe(vec![(2, "secret"), (2, "public")])), names(&["secret", "public"]));
+        assert_eq!(
+            topics_in(key, version, &describe(vec![(2, "secret"), (2, "public")])),
+            names(&["secret", "public"])
+        );
         assert_eq!(topics_in(key, version, &describe(vec![(2, "t"), (4, "1")])), Topics::Unknown, "a broker resource");
         assert_eq!(topics_in(key, version, &describe(vec![(8, "1")])), Topics::Unknown, "broker loggers");
         assert_eq!(topics_in(key, version, &describe(vec![(2, "")])), Topics::Unknown, "an empty topic name");
@@ -387,9 +461,13 @@ fn config_resources_name_topics_and_other_resources_are_unknown() {
         assert_eq!(topics_in(ApiKey::AlterConfigs, version, &alter), names(&["secret"]));
     }
     let incremental = |t: i8, n: &'static str| {
-        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
-            incremental_alter_configs_request::AlterConfigsResource::default().with_resource_type(t).with_resource_name(s(n)),
-        ]))
+        RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(t)
+                    .with_resource_name(s(n)),
+            ]),
+        )
     };
     for version in 0..=1 {
         assert_eq!(topics_in(ApiKey::IncrementalAlterConfigs, version, &incremental(2, "secret")), names(&["secret"]));
@@ -445,9 +523,9 @@ fn acl_patterns_name_a_topic_only_when_literal() {
 #[test]
 fn group_apis_name_their_topics_or_mean_every_topic_of_the_group() {
     let offset_delete = RequestKind::OffsetDelete(
-        OffsetDeleteRequest::default().with_group_id(GroupId(s("g"))).with_topics(vec![
-            offset_delete_request::OffsetDeleteRequestTopic::default().with_name(topic("secret")),
-        ]),
+        OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default().with_name(topic("secret"))]),
     );
     assert_eq!(topics_in(ApiKey::OffsetDelete, 0, &offset_delete), names(&["secret"]));
     let groups = || vec![GroupId(s("g"))];
@@ -518,7 +596,9 @@ fn null_or_empty_lists_that_kafka_reads_as_every_topic() {
     let elect = |topics: Option<Vec<&'static str>>| {
         RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(topics.map(|t| {
             t.into_iter()
-                .map(|n| elect_leaders_request::TopicPartitions::default().with_topic(topic(n)).with_partitions(vec![0]))
+                .map(|n| {
+                    elect_leaders_request::TopicPartitions::default().with_topic(topic(n)).with_partitions(vec![0])
+                })
                 .collect()
         })))
     };
@@ -551,9 +631,8 @@ fn null_or_empty_lists_that_kafka_reads_as_every_topic() {
 #[test]
 fn topics_by_id_are_unknown_wherever_they_appear() {
     use delete_topics_request::DeleteTopicState;
-    let delete = |state: DeleteTopicState| {
-        RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topics(vec![state]))
-    };
+    let delete =
+        |state: DeleteTopicState| RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topics(vec![state]));
     let named = delete(DeleteTopicState::default().with_name(Some(topic("secret"))));
     assert_eq!(topics_in(ApiKey::DeleteTopics, 6, &named), names(&["secret"]));
     let by_id = delete(DeleteTopicState::default().with_topic_id(uuid::Uuid::from_u128(1)));
@@ -601,9 +680,10 @@ fn admin_and_transaction_apis_name_their_topics() {
         ),
         (
             ApiKey::DescribeProducers,
-            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
-                describe_producers_request::TopicRequest::default().with_name(topic("secret")),
-            ])),
+            RequestKind::DescribeProducers(
+                DescribeProducersRequest::default()
+                    .with_topics(vec![describe_producers_request::TopicRequest::default().with_name(topic("secret"))]),
+            ),
         ),
         (
             ApiKey::WriteTxnMarkers,
@@ -654,9 +734,11 @@ fn admin_and_transaction_apis_name_their_topics() {
         ),
         (
             ApiKey::DeleteRecords,
-            RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
-                delete_records_request::DeleteRecordsTopic::default().with_name(topic("secret")),
-            ])),
+            RequestKind::DeleteRecords(
+                DeleteRecordsRequest::default().with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default().with_name(topic("secret")),
+                ]),
+            ),
         ),
     ];
     for (key, body) in cases {
@@ -669,9 +751,13 @@ fn admin_and_transaction_apis_name_their_topics() {
 
 #[test]
 fn refusals_of_the_resource_apis_carry_the_code_per_resource() {
-    let describe = RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
-        describe_configs_request::DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("secret")),
-    ]));
+    let describe = RequestKind::DescribeConfigs(
+        DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("secret")),
+        ]),
+    );
     for version in 1..=4 {
         let request = parse_request(frame(ApiKey::DescribeConfigs, version, 8, &describe)).unwrap();
         assert_eq!(request.default_error_code(), error_code::TOPIC_AUTHORIZATION_FAILED);
@@ -693,7 +779,8 @@ fn refusals_of_the_resource_apis_carry_the_code_per_resource() {
     let delete = RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]));
     let request = parse_request(frame(ApiKey::DeleteGroups, 2, 8, &delete)).unwrap();
     assert_eq!(request.default_error_code(), error_code::GROUP_AUTHORIZATION_FAILED);
-    let (_, ResponseKind::DeleteGroups(response)) = read_response(ApiKey::DeleteGroups, 2, &request.refusal(30).unwrap())
+    let (_, ResponseKind::DeleteGroups(response)) =
+        read_response(ApiKey::DeleteGroups, 2, &request.refusal(30).unwrap())
     else {
         panic!()
     };
