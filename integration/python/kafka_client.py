@@ -4,6 +4,8 @@ usage: kafka_client.py BOOTSTRAP CLIENT_ID COMMAND ARGS...
   produce TOPIC VALUE...       send the values, print one JSON line per value
   consume TOPIC GROUP COUNT    read COUNT records as member of GROUP, commit
   create-topic TOPIC           CreateTopics through the admin API
+  describe-configs TOPIC       DescribeConfigs of one topic (all keys)
+  delete-groups GROUP...       DeleteGroups; the outcome per group
 
 Every outcome, success or Kafka error, is printed as JSON so the test can
 assert on the error class the client saw.
@@ -13,7 +15,7 @@ import json
 import sys
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError
 
 
@@ -62,6 +64,26 @@ def main():
             result = admin.create_topics([NewTopic(topic, 1, 1)])
             errors = [e[1] for e in getattr(result, "topic_errors", [])]
             out(ok=all(code == 0 for code in errors), codes=errors)
+        except KafkaError as e:
+            out(ok=False, error=type(e).__name__, message=str(e))
+        admin.close()
+    elif command == "describe-configs":
+        (topic,) = args
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10000)
+        try:
+            # kafka-python does not raise on a per-resource error code: an
+            # answer without configs is what a refusal looks like to it
+            result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+            configs = result.get("topic", {}).get(topic, {})
+            out(ok=True, keys=sorted(configs))
+        except KafkaError as e:
+            out(ok=False, error=type(e).__name__, message=str(e))
+        admin.close()
+    elif command == "delete-groups":
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10000)
+        try:
+            # {group: "OK" or the error class name}
+            out(ok=True, results=admin.delete_groups(list(args)))
         except KafkaError as e:
             out(ok=False, error=type(e).__name__, message=str(e))
         admin.close()

@@ -9,7 +9,7 @@ use crate::{Process, wait_for};
 
 pub struct Unbound {
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _process: Process,
 }
 
@@ -29,7 +29,8 @@ impl Unbound {
         let (ip, port) = (addr.ip(), addr.port());
         let mut conf = format!(
             "server:\n  interface: {ip}@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
-             chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
+             chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  \
+             logfile: \"{dir}/unbound.log\"\n  log-queries: yes\n  \
              do-ip6: no\n  num-threads: 1\n  so-reuseport: no\n  access-control: 0.0.0.0/0 allow\n  \
              module-config: \"iterator\"\n  msg-cache-size: 4m\n  rrset-cache-size: 4m\n  \
              minimal-responses: yes\n",
@@ -53,7 +54,21 @@ impl Unbound {
         wait_for("unbound", Duration::from_secs(20), || {
             dig(addr, &[probe, "SOA", "+time=1", "+tries=1"]).status.is_some()
         });
-        Unbound { addr, _dir: dir, _process: process }
+        Unbound { addr, dir, _process: process }
+    }
+
+    /// The queries unbound has read, as its `log-queries` lines name them
+    /// (`NAME. TYPE CLASS`, lower case as sent).
+    pub fn queries_read(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.split(" info: ").nth(1))
+            .filter_map(|rest| {
+                // "127.0.0.1 www.example.com. A IN"
+                let mut words = rest.split_whitespace().skip(1);
+                Some(format!("{} {} {}", words.next()?, words.next()?, words.next()?))
+            })
+            .collect()
     }
 }
 

@@ -322,3 +322,141 @@ fn learned_addresses_survive_a_restart() {
     assert!(second.log().contains("FQDN cache restored"), "{}", second.log());
     assert_eq!(curl_from(CLIENT, &[&api]).status, 200, "allowed without a new lookup");
 }
+
+/// A query for `name` (allowed by the policy) that carries something more
+/// than its question: what unbound answers when sent it directly.
+struct Tainted {
+    what: &'static str,
+    bytes: Vec<u8>,
+    /// unbound's own rcode for these bytes (1 FORMERR, 3 NXDOMAIN).
+    unbound_rcode: u8,
+}
+
+fn tainted(id: u16, name: &str) -> Vec<Tainted> {
+    let plain = query_bytes(id, name);
+    let set_count = |mut q: Vec<u8>, at: usize| {
+        q[at + 1] = 1;
+        q
+    };
+    // a record for a name the policy refuses
+    let record = {
+        let mut r = query_bytes(0, "other.example.org")[12..].to_vec();
+        r.extend_from_slice(&[0, 0, 0, 60, 0, 4, 127, 0, 0, 73]);
+        r
+    };
+    let opt = [0u8, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0];
+    let with = |at: usize, tail: &[&[u8]]| {
+        let mut q = set_count(plain.clone(), at);
+        tail.iter().for_each(|t| q.extend_from_slice(t));
+        q
+    };
+    let mut two_additional = with(10, &[&opt, &record]);
+    two_additional[11] = 2;
+    vec![
+        Tainted {
+            what: "a second question behind QDCOUNT=1",
+            bytes: [plain.clone(), query_bytes(0, "other.example.org")[12..].to_vec()].concat(),
+            unbound_rcode: 3,
+        },
+        Tainted {
+            what: "trailing garbage",
+            bytes: [plain.clone(), b"\xde\xad\xbe\xef".to_vec()].concat(),
+            unbound_rcode: 3,
+        },
+        Tainted {
+            what: "garbage after an OPT record",
+            bytes: [with(10, &[&opt]), vec![0xff; 9]].concat(),
+            unbound_rcode: 3,
+        },
+        Tainted { what: "an answer record", bytes: with(6, &[&record]), unbound_rcode: 1 },
+        Tainted { what: "an authority record", bytes: with(8, &[&record]), unbound_rcode: 1 },
+        Tainted { what: "an additional record that is not OPT", bytes: with(10, &[&record]), unbound_rcode: 1 },
+        Tainted { what: "an OPT record and another", bytes: two_additional, unbound_rcode: 1 },
+    ]
+}
+
+fn rcode_over_udp(client: &UdpSocket, server: SocketAddr, query: &[u8]) -> (u16, u8) {
+    client.send_to(query, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = client.recv_from(&mut buf).expect("an answer");
+    assert!(n >= 12);
+    (u16::from_be_bytes([buf[0], buf[1]]), buf[3] & 0x0f)
+}
+
+fn rcode_over_tcp(server: SocketAddr, query: &[u8]) -> (u16, u8) {
+    let mut stream = connect_from(CLIENT, server);
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(&[&(query.len() as u16).to_be_bytes()[..], query].concat()).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut msg).unwrap();
+    (u16::from_be_bytes([msg[0], msg[1]]), msg[3] & 0x0f)
+}
+
+/// Bytes nobody judged never reach the resolver: a query carrying anything
+/// but its question and one OPT record is answered FORMERR by weir and not
+/// forwarded, over UDP and TCP. unbound itself answers FORMERR to the
+/// records, and ignores trailing bytes (it answers the first question): weir
+/// is stricter there, so no resolver reads what weir did not judge.
+#[test]
+fn queries_carrying_more_than_their_question_get_formerr_and_reach_no_resolver() {
+    let resolver = unbound();
+    let dns_port = free_udp_and_tcp_port();
+    let weir = Weir::start(&config(dns_port, resolver.addr, dns_addr(1), free_port(), ""), &[("p.yaml", POLICY)]);
+    let dns = dns_addr(dns_port);
+    let client = UdpSocket::bind(format!("{CLIENT}:0")).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+
+    let cases = tainted(0, "x.example.com").len();
+    for i in 0..cases {
+        // a name of its own per case, to find it in unbound's log
+        let id = 0x5000 + i as u16;
+        let case = tainted(id, &format!("direct{i}.example.com")).remove(i);
+        assert_eq!(
+            rcode_over_udp(&client, resolver.addr, &case.bytes),
+            (id, case.unbound_rcode),
+            "unbound, {}",
+            case.what
+        );
+    }
+    for (i, case) in tainted(0x6000, "via-weir.example.com").into_iter().enumerate() {
+        let id = 0x6000 + i as u16;
+        let mut bytes = case.bytes;
+        bytes[..2].copy_from_slice(&id.to_be_bytes());
+        assert_eq!(rcode_over_udp(&client, dns, &bytes), (id, 1), "weir over UDP, {}", case.what);
+        assert_eq!(rcode_over_tcp(dns, &bytes), (id, 1), "weir over TCP, {}", case.what);
+    }
+    // a clean query still goes through, and shows unbound's log is read
+    let clean = query_bytes(0x7000, "clean.example.com");
+    assert_eq!(rcode_over_udp(&client, dns, &clean), (0x7000, 3), "NXDOMAIN from unbound");
+    wait_for("unbound to log the clean query", Duration::from_secs(10), || {
+        resolver.queries_read().iter().any(|q| q == "clean.example.com. A IN")
+    });
+    let read = resolver.queries_read();
+    // unbound read the question of the tainted queries sent to it directly
+    // when it answered them (trailing bytes ignored), and of the non-OPT
+    // additional record before answering FORMERR ...
+    let direct: Vec<&str> = read.iter().filter(|q| q.starts_with("direct")).map(String::as_str).collect();
+    assert_eq!(
+        direct,
+        [
+            "direct0.example.com. A IN",
+            "direct1.example.com. A IN",
+            "direct2.example.com. A IN",
+            "direct5.example.com. A IN"
+        ],
+        "{read:?}"
+    );
+    // ... and never saw one of those weir was sent
+    assert!(!read.iter().any(|q| q.contains("via-weir")), "{read:?}");
+    assert!(!read.iter().any(|q| q.contains("other.example.org")), "{read:?}");
+
+    let errors = weir.flows("protocol=dns&verdict=error");
+    let formerr: Vec<_> =
+        errors.iter().filter(|f| f.reason.as_deref().unwrap_or("").contains("not forwarded")).collect();
+    assert_eq!(formerr.len(), 14, "seven cases, UDP and TCP: {errors:#?}");
+    assert!(formerr.iter().all(|f| f.dns.as_ref().unwrap().rcode.as_deref() == Some("FORMERR")));
+    assert!(formerr.iter().any(|f| f.reason.as_deref().unwrap().contains("byte(s) after the end")), "{formerr:#?}");
+    assert!(formerr.iter().any(|f| f.reason.as_deref().unwrap().contains("1 answer record")), "{formerr:#?}");
+}

@@ -163,3 +163,53 @@ fn bad_rules_are_refused_with_the_field_named() {
         assert!(error.contains(expected), "{error:?} should contain {expected:?}");
     }
 }
+
+const DESCRIBE_GROUPS: i16 = 15;
+const DESCRIBE_CONFIGS: i16 = 32;
+const CREATE_ACLS: i16 = 30;
+const DELETE_GROUPS: i16 = 42;
+const OFFSET_DELETE: i16 = 47;
+
+/// The host names the topics of every API (config and ACL resources, group
+/// offsets); an `apiKey` rule with a topic allows only that topic there.
+#[test]
+fn an_api_key_rule_with_a_topic_allows_that_topic_only() {
+    let f = configure(json!([{ "rules": [
+        { "apiKey": "describeconfigs", "topic": "public" },
+        { "apiKey": "createacls", "topic": "public" },
+        { "apiKey": "offsetdelete", "topic": "public" },
+    ]}]))
+    .unwrap();
+    for key in [DESCRIBE_CONFIGS, CREATE_ACLS, OFFSET_DELETE] {
+        assert!(ask(&f, &request(key, 1, "c", named(&["public"]))).is_ok(), "API key {key}");
+        let reason = ask(&f, &request(key, 1, "c", named(&["public", "secret"]))).unwrap_err();
+        assert!(reason.contains("\"secret\""), "API key {key}: {reason}");
+        // a broker config, a prefixed ACL, a topic by id: not a topic the rule names
+        assert!(ask(&f, &request(key, 1, "c", Topics::Unknown)).unwrap_err().contains("cannot read"), "{key}");
+        // a literal `*` ACL, every topic
+        assert!(ask(&f, &request(key, 1, "c", Topics::All)).unwrap_err().contains("every topic"), "{key}");
+    }
+    let open = configure(json!([{ "rules": [{ "apiKey": "describeconfigs" }] }])).unwrap();
+    assert!(ask(&open, &request(DESCRIBE_CONFIGS, 4, "c", Topics::Unknown)).is_ok(), "a rule without topic");
+}
+
+/// Cilium has no group rules. Group membership stays topic-less (the consume
+/// role needs it under topic rules); group-wide APIs reach every topic of the
+/// group and are allowed only by a rule without topic.
+#[test]
+fn group_names_are_not_matched_and_group_wide_apis_need_a_rule_without_topic() {
+    let f = configure(json!([{ "rules": [
+        { "role": "consume", "topic": "t" },
+        { "apiKey": "describegroups", "topic": "t" },
+        { "apiKey": "deletegroups", "topic": "t" },
+    ]}]))
+    .unwrap();
+    assert!(ask(&f, &request(JOIN_GROUP, 9, "c", Topics::None)).is_ok());
+    assert!(ask(&f, &request(HEARTBEAT, 4, "c", Topics::None)).is_ok());
+    for key in [DESCRIBE_GROUPS, DELETE_GROUPS] {
+        let reason = ask(&f, &request(key, 2, "c", Topics::All)).unwrap_err();
+        assert!(reason.contains("every topic"), "API key {key}: {reason}");
+    }
+    let open = configure(json!([{ "rules": [{ "apiKey": "deletegroups" }] }])).unwrap();
+    assert!(ask(&open, &request(DELETE_GROUPS, 2, "c", Topics::All)).is_ok());
+}

@@ -13,9 +13,13 @@
 //!
 //! Weir's own decisions where Cilium is silent: a request with an empty topic
 //! list (Metadata asking for brokers only) is judged like one without topics;
-//! a Metadata request for every topic, and a request whose topics the host
-//! could not read, are allowed only by a rule without `topic`. A group with no
-//! rules allows everything.
+//! a request for every topic (`all`: a null list, a `*` ACL, a group-wide API
+//! such as DeleteGroups) and a request whose topics the host could not read
+//! (`unknown`: topic ids, prefixed or MATCH/ANY ACL patterns, config or ACL
+//! resources that are not topics) are allowed only by a rule without
+//! `topic`. The host decides which topics each API names (every API it can
+//! decode, not only Cilium's list: `proxy/src/kafka/codec/topics.rs`); group
+//! names are not matched by any rule. A group with no rules allows everything.
 //!
 //! Tested as a component, through the real host: `proxy/tests/kafka_rules.rs`.
 
@@ -241,7 +245,8 @@ impl KafkaPolicy {
                 Err(format!("{} for every topic: the rules allow only named topics", api_key_name(request.api_key)))
             }
             Topics::Unknown => Err(format!(
-                "{} v{}: weir cannot read this version's topics, and the rules allow only named topics",
+                "{} v{}: weir cannot read which topics this request touches (topic ids, ACL patterns, resources \
+                 that are not topics), and the rules allow only named topics",
                 api_key_name(request.api_key),
                 request.api_version
             )),

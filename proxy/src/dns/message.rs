@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use hickory_proto::ProtoError;
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
@@ -66,6 +67,48 @@ fn header_only(header: &Header, rcode: ResponseCode) -> Vec<u8> {
         .set_recursion_available(true)
         .set_response_code(rcode);
     answer.to_vec().expect("a header alone always encodes")
+}
+
+/// Read a message, and say what in it the proxy would relay without judging
+/// it (`Some(why)`: answer FORMERR, forward nothing).
+///
+/// The proxy judges a query's questions; besides them a query may carry one
+/// OPT record (EDNS) and nothing else. Answer or authority records, other
+/// additional records (TSIG, SIG(0), a second OPT) and bytes after the last
+/// record the header counts are refused rather than relayed for a resolver
+/// to read in its own way. unbound answers FORMERR to all of these but the
+/// trailing bytes, which it ignores (`worker_check_request`,
+/// `parse_edns_from_query_pkt`).
+pub fn read_query(bytes: &[u8]) -> Result<(Message, Option<String>), ProtoError> {
+    let mut decoder = BinDecoder::new(bytes);
+    let message = Message::read(&mut decoder)?;
+    let unjudged = unjudged_content(bytes, &message, decoder.index());
+    Ok((message, unjudged))
+}
+
+fn unjudged_content(bytes: &[u8], message: &Message, end: usize) -> Option<String> {
+    // the header's counts as sent (hickory moves OPT and signatures out of
+    // the additional records it keeps)
+    let header = message.header();
+    let (answers, authority, additional) =
+        (header.answer_count(), header.name_server_count(), header.additional_count());
+    if answers > 0 {
+        return Some(format!("a query with {answers} answer record(s)"));
+    }
+    if authority > 0 {
+        return Some(format!("a query with {authority} authority record(s)"));
+    }
+    if additional > 1 {
+        return Some(format!("a query with {additional} additional records (one OPT at most)"));
+    }
+    // (hickory refuses an OPT record whose owner is not the root)
+    if additional == 1 && message.extensions().is_none() {
+        return Some("a query whose additional record is not an OPT record".into());
+    }
+    if end < bytes.len() {
+        return Some(format!("{} byte(s) after the end of the query", bytes.len() - end));
+    }
+    None
 }
 
 /// Why a message is not a query the proxy passes on.
@@ -202,6 +245,59 @@ mod tests {
         let answer = Message::from_vec(&format_error(&header)).unwrap();
         assert_eq!((answer.id(), answer.response_code()), (4242, ResponseCode::FormErr));
         assert!(header_of(&[1, 2, 3]).is_none());
+    }
+
+    /// `bytes` with its header's count at `at` (6 answers, 8 authority, 10
+    /// additional) set to `count`.
+    fn with_count(mut bytes: Vec<u8>, at: usize, count: u16) -> Vec<u8> {
+        bytes[at..at + 2].copy_from_slice(&count.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn only_questions_and_one_opt_record_are_relayed() {
+        let plain = query("www.example.com.", RecordType::A, false).to_vec().unwrap();
+        let edns = query("www.example.com.", RecordType::A, true).to_vec().unwrap();
+        for ok in [&plain, &edns] {
+            let (message, unjudged) = read_query(ok).unwrap();
+            assert_eq!(unjudged, None);
+            assert_eq!(message.queries().len(), 1);
+        }
+        let unjudged = |bytes: &[u8]| read_query(bytes).unwrap().1.unwrap_or_default();
+
+        // a second question behind QDCOUNT=1, and plain garbage, after the message
+        let mut second = plain.clone();
+        second.extend_from_slice(&query("secret.example.org.", RecordType::A, false).to_vec().unwrap()[12..]);
+        assert_eq!(unjudged(&second), "24 byte(s) after the end of the query");
+        let mut garbage = edns.clone();
+        garbage.extend_from_slice(b"\xffjunk");
+        assert!(unjudged(&garbage).contains("after the end"), "{}", unjudged(&garbage));
+
+        // records of a kind a query does not carry
+        let record =
+            Record::from_rdata(Name::from_str("secret.example.org.").unwrap(), 60, RData::A(A::new(1, 2, 3, 4)));
+        let mut with_answer = query("www.example.com.", RecordType::A, false);
+        with_answer.add_answer(record.clone());
+        assert!(unjudged(&with_answer.to_vec().unwrap()).contains("1 answer record"));
+        let mut with_authority = query("www.example.com.", RecordType::A, false);
+        with_authority.add_name_server(record.clone());
+        assert!(unjudged(&with_authority.to_vec().unwrap()).contains("1 authority record"));
+        let mut with_additional = query("www.example.com.", RecordType::A, false);
+        with_additional.add_additional(record.clone());
+        assert!(unjudged(&with_additional.to_vec().unwrap()).contains("not an OPT record"));
+        let mut two = query("www.example.com.", RecordType::A, true);
+        two.add_additional(record);
+        assert!(unjudged(&two.to_vec().unwrap()).contains("2 additional records"));
+
+        // an OPT record owned by another name than the root
+        let mut owned = plain.clone();
+        owned = with_count(owned, 10, 1);
+        owned.extend_from_slice(&[1, b'x', 0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        assert!(read_query(&owned).is_err(), "malformed: FORMERR, as unbound answers");
+        // the same record with the root as its owner is fine
+        let mut root = with_count(plain.clone(), 10, 1);
+        root.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(read_query(&root).unwrap().1, None);
     }
 
     #[test]

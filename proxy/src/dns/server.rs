@@ -465,7 +465,7 @@ async fn exchange(
     let mut filter_time = Duration::ZERO;
     let mut policies = Vec::new();
 
-    let outcome = match Message::from_vec(bytes) {
+    let outcome = match message::read_query(bytes) {
         Err(e) => match message::header_of(bytes) {
             // answering a response would let two proxies ping-pong forever
             Some(header) if header.message_type() == hickory_proto::op::MessageType::Query => Outcome::answered(
@@ -476,7 +476,7 @@ async fn exchange(
             ),
             _ => Outcome::silent(Verdict::Error, format!("not a DNS query, dropped: {e}")),
         },
-        Ok(query) => {
+        Ok((query, unjudged)) => {
             if let Some(first) = query.queries().first() {
                 flow.query = message::name_text(first.name());
                 flow.qtype = message::type_text(first.query_type());
@@ -490,6 +490,10 @@ async fn exchange(
                 } else {
                     Outcome::own(Verdict::Denied, why, &query, ResponseCode::Refused)
                 }
+            } else if let Some(why) = unjudged {
+                // never relay bytes no rule looked at
+                let reason = format!("malformed query: {why}; not forwarded");
+                Outcome::own(Verdict::Error, reason, &query, ResponseCode::FormErr)
             } else {
                 let verdict =
                     model.connection_verdict_from(&listener, context.source.clone(), peer, transport.protocol());

@@ -19,7 +19,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
 /// Kafka error codes weir answers with.
 pub mod error_code {
@@ -135,7 +135,7 @@ pub fn parse_request(frame: Bytes) -> Result<Request, ParseError> {
         api_version,
         correlation_id: header.correlation_id,
         client_id,
-        topics: topics_of(&body),
+        topics: topics_of(&body, api_version),
         transactional_id: transactional_id_of(&body),
         expects_response,
         body: Some(body),
@@ -176,98 +176,6 @@ fn transactional_id_of(body: &RequestKind) -> Option<String> {
     Some(id.0.to_string())
 }
 
-/// APIs whose requests name topics (Cilium's list, less the inter-broker
-/// ones the crate no longer carries).
-fn carries_topics(key: ApiKey) -> bool {
-    matches!(
-        key,
-        ApiKey::Produce
-            | ApiKey::Fetch
-            | ApiKey::ListOffsets
-            | ApiKey::Metadata
-            | ApiKey::OffsetCommit
-            | ApiKey::OffsetFetch
-            | ApiKey::CreateTopics
-            | ApiKey::DeleteTopics
-            | ApiKey::DeleteRecords
-            | ApiKey::OffsetForLeaderEpoch
-            | ApiKey::AddPartitionsToTxn
-            | ApiKey::TxnOffsetCommit
-            | ApiKey::AlterReplicaLogDirs
-            | ApiKey::DescribeLogDirs
-            | ApiKey::CreatePartitions
-    )
-}
-
-/// Names in request order, each once; a name missing (topic ids only) makes
-/// the whole list unknown.
-fn named<'a>(names: impl IntoIterator<Item = Option<&'a StrBytes>>) -> Topics {
-    let mut out: Vec<String> = Vec::new();
-    for name in names {
-        match name {
-            Some(n) if !n.is_empty() => {
-                if !out.iter().any(|o| o == n.as_str()) {
-                    out.push(n.as_str().to_string());
-                }
-            }
-            _ => return Topics::Unknown,
-        }
-    }
-    Topics::Named(out)
-}
-
-fn topics_of(body: &RequestKind) -> Topics {
-    match body {
-        RequestKind::Produce(r) => named(r.topic_data.iter().map(|t| Some(&t.name.0))),
-        RequestKind::Fetch(r) => named(r.topics.iter().map(|t| Some(&t.topic.0))),
-        RequestKind::ListOffsets(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        RequestKind::Metadata(r) => match &r.topics {
-            None => Topics::All,
-            Some(topics) => named(topics.iter().map(|t| t.name.as_ref().map(|n| &n.0))),
-        },
-        RequestKind::OffsetCommit(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        RequestKind::OffsetFetch(r) => {
-            if r.groups.is_empty() {
-                match &r.topics {
-                    // null: every topic the group has offsets for
-                    None => Topics::All,
-                    Some(topics) => named(topics.iter().map(|t| Some(&t.name.0))),
-                }
-            } else if r.groups.iter().any(|g| g.topics.is_none()) {
-                Topics::All
-            } else {
-                named(r.groups.iter().flat_map(|g| g.topics.iter().flatten()).map(|t| Some(&t.name.0)))
-            }
-        }
-        RequestKind::CreateTopics(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        RequestKind::DeleteTopics(r) => {
-            if r.topic_names.is_empty() {
-                named(r.topics.iter().map(|t| t.name.as_ref().map(|n| &n.0)))
-            } else {
-                named(r.topic_names.iter().map(|t| Some(&t.0)))
-            }
-        }
-        RequestKind::DeleteRecords(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        RequestKind::OffsetForLeaderEpoch(r) => named(r.topics.iter().map(|t| Some(&t.topic.0))),
-        RequestKind::AddPartitionsToTxn(r) => named(
-            r.v3_and_below_topics
-                .iter()
-                .map(|t| Some(&t.name.0))
-                .chain(r.transactions.iter().flat_map(|tx| tx.topics.iter()).map(|t| Some(&t.name.0))),
-        ),
-        RequestKind::TxnOffsetCommit(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        RequestKind::AlterReplicaLogDirs(r) => {
-            named(r.dirs.iter().flat_map(|d| d.topics.iter()).map(|t| Some(&t.name.0)))
-        }
-        RequestKind::DescribeLogDirs(r) => match &r.topics {
-            None => Topics::All,
-            Some(topics) => named(topics.iter().map(|t| Some(&t.topic.0))),
-        },
-        RequestKind::CreatePartitions(r) => named(r.topics.iter().map(|t| Some(&t.name.0))),
-        _ => Topics::None,
-    }
-}
-
 impl Request {
     /// The error code a refusal carries when the filter chose none.
     pub fn default_error_code(&self) -> i16 {
@@ -289,7 +197,16 @@ impl Request {
             | ApiKey::LeaveGroup
             | ApiKey::SyncGroup
             | ApiKey::DescribeGroups
-            | ApiKey::DeleteGroups => GROUP_AUTHORIZATION_FAILED,
+            | ApiKey::DeleteGroups
+            | ApiKey::ConsumerGroupDescribe
+            | ApiKey::ShareGroupDescribe => GROUP_AUTHORIZATION_FAILED,
+            // Kafka authorizes ACL changes and reads on the cluster resource
+            ApiKey::CreateAcls | ApiKey::DeleteAcls | ApiKey::DescribeAcls => CLUSTER_AUTHORIZATION_FAILED,
+            ApiKey::DescribeTransactions => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            // broker, logger or client-metrics configs: cluster resources
+            ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs if !matches!(&self.topics, Topics::Named(t) if !t.is_empty()) => {
+                CLUSTER_AUTHORIZATION_FAILED
+            }
             ApiKey::OffsetCommit | ApiKey::OffsetFetch => match &self.topics {
                 Topics::Named(t) if !t.is_empty() => TOPIC_AUTHORIZATION_FAILED,
                 _ => GROUP_AUTHORIZATION_FAILED,
@@ -518,6 +435,263 @@ impl Request {
                         .collect(),
                 )
                 .encode(&mut out, v),
+            RequestKind::DescribeConfigs(r) => DescribeConfigsResponse::default()
+                .with_results(
+                    r.resources
+                        .iter()
+                        .map(|c| {
+                            describe_configs_response::DescribeConfigsResult::default()
+                                .with_error_code(code)
+                                .with_resource_type(c.resource_type)
+                                .with_resource_name(c.resource_name.clone())
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::AlterConfigs(r) => AlterConfigsResponse::default()
+                .with_responses(
+                    r.resources
+                        .iter()
+                        .map(|c| {
+                            alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_error_code(code)
+                                .with_resource_type(c.resource_type)
+                                .with_resource_name(c.resource_name.clone())
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::IncrementalAlterConfigs(r) => IncrementalAlterConfigsResponse::default()
+                .with_responses(
+                    r.resources
+                        .iter()
+                        .map(|c| {
+                            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_error_code(code)
+                                .with_resource_type(c.resource_type)
+                                .with_resource_name(c.resource_name.clone())
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::CreateAcls(r) => CreateAclsResponse::default()
+                .with_results(
+                    r.creations
+                        .iter()
+                        .map(|_| create_acls_response::AclCreationResult::default().with_error_code(code))
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::DeleteAcls(r) => DeleteAclsResponse::default()
+                .with_filter_results(
+                    r.filters
+                        .iter()
+                        .map(|_| delete_acls_response::DeleteAclsFilterResult::default().with_error_code(code))
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::DescribeAcls(_) => DescribeAclsResponse::default().with_error_code(code).encode(&mut out, v),
+            RequestKind::OffsetDelete(r) => OffsetDeleteResponse::default()
+                .with_error_code(code)
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            offset_delete_response::OffsetDeleteResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            offset_delete_response::OffsetDeleteResponsePartition::default()
+                                                .with_partition_index(p.partition_index)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::DeleteGroups(r) => DeleteGroupsResponse::default()
+                .with_results(
+                    r.groups_names
+                        .iter()
+                        .map(|g| {
+                            delete_groups_response::DeletableGroupResult::default()
+                                .with_group_id(g.clone())
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::ConsumerGroupDescribe(r) => ConsumerGroupDescribeResponse::default()
+                .with_groups(
+                    r.group_ids
+                        .iter()
+                        .map(|g| {
+                            consumer_group_describe_response::DescribedGroup::default()
+                                .with_group_id(g.clone())
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::ConsumerGroupHeartbeat(_) => {
+                ConsumerGroupHeartbeatResponse::default().with_error_code(code).encode(&mut out, v)
+            }
+            RequestKind::CreatePartitions(r) => CreatePartitionsResponse::default()
+                .with_results(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            create_partitions_response::CreatePartitionsTopicResult::default()
+                                .with_name(t.name.clone())
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::ElectLeaders(r) => {
+                let response = ElectLeadersResponse::default().with_replica_election_results(
+                    r.topic_partitions
+                        .iter()
+                        .flatten()
+                        .map(|t| {
+                            elect_leaders_response::ReplicaElectionResult::default()
+                                .with_topic(t.topic.clone())
+                                .with_partition_result(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            elect_leaders_response::PartitionResult::default()
+                                                .with_partition_id(*p)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                // v0 has no top-level error: every partition carries it
+                let response = if v >= 1 { response.with_error_code(code) } else { response };
+                response.encode(&mut out, v)
+            }
+            RequestKind::AlterPartitionReassignments(_) => {
+                AlterPartitionReassignmentsResponse::default().with_error_code(code).encode(&mut out, v)
+            }
+            RequestKind::ListPartitionReassignments(_) => {
+                ListPartitionReassignmentsResponse::default().with_error_code(code).encode(&mut out, v)
+            }
+            RequestKind::DescribeProducers(r) => DescribeProducersResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            describe_producers_response::TopicResponse::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partition_indexes
+                                        .iter()
+                                        .map(|p| {
+                                            describe_producers_response::PartitionResponse::default()
+                                                .with_partition_index(*p)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::OffsetForLeaderEpoch(r) => OffsetForLeaderEpochResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                                .with_topic(t.topic.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            offset_for_leader_epoch_response::EpochEndOffset::default()
+                                                .with_partition(p.partition)
+                                                .with_error_code(code)
+                                                .with_leader_epoch(-1)
+                                                .with_end_offset(-1)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            RequestKind::TxnOffsetCommit(r) => TxnOffsetCommitResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                                .with_partition_index(p.partition_index)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            // v0-3 (what clients send): per topic and partition
+            RequestKind::AddPartitionsToTxn(r) if v <= 3 => AddPartitionsToTxnResponse::default()
+                .with_results_by_topic_v3_and_below(
+                    r.v3_and_below_topics
+                        .iter()
+                        .map(|t| {
+                            add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                                .with_name(t.name.clone())
+                                .with_results_by_partition(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                                                .with_partition_index(*p)
+                                                .with_partition_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
+            // v4+ (broker to broker): one top-level error for the batch
+            RequestKind::AddPartitionsToTxn(_) => {
+                AddPartitionsToTxnResponse::default().with_error_code(code).encode(&mut out, v)
+            }
+            RequestKind::DescribeLogDirs(_) => {
+                // v0-2 have no error field: an empty answer is all there is
+                let response = DescribeLogDirsResponse::default();
+                let response = if v >= 3 { response.with_error_code(code) } else { response };
+                response.encode(&mut out, v)
+            }
+            RequestKind::DescribeTopicPartitions(r) => DescribeTopicPartitionsResponse::default()
+                .with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
+                                .with_name(Some(t.name.clone()))
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+                .encode(&mut out, v),
             RequestKind::InitProducerId(_) => InitProducerIdResponse::default()
                 .with_error_code(code)
                 .with_producer_id(ProducerId(-1))
@@ -561,6 +735,9 @@ pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMu
     out[..4].copy_from_slice(&len.to_be_bytes());
     Some(out)
 }
+
+mod topics;
+use topics::{carries_topics, topics_of};
 
 #[cfg(test)]
 mod tests;

@@ -136,6 +136,26 @@ fn every_answerable_api_refuses_in_every_version() {
         ApiKey::DeleteTopics,
         ApiKey::DeleteRecords,
         ApiKey::InitProducerId,
+        ApiKey::DescribeConfigs,
+        ApiKey::AlterConfigs,
+        ApiKey::IncrementalAlterConfigs,
+        ApiKey::CreateAcls,
+        ApiKey::DeleteAcls,
+        ApiKey::DescribeAcls,
+        ApiKey::OffsetDelete,
+        ApiKey::DeleteGroups,
+        ApiKey::ConsumerGroupDescribe,
+        ApiKey::ConsumerGroupHeartbeat,
+        ApiKey::CreatePartitions,
+        ApiKey::ElectLeaders,
+        ApiKey::AlterPartitionReassignments,
+        ApiKey::ListPartitionReassignments,
+        ApiKey::DescribeProducers,
+        ApiKey::OffsetForLeaderEpoch,
+        ApiKey::TxnOffsetCommit,
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::DescribeLogDirs,
+        ApiKey::DescribeTopicPartitions,
     ];
     let mut answered = 0;
     for key in answerable {
@@ -176,7 +196,7 @@ fn default_request(key: ApiKey) -> RequestKind {
         ApiKey::DeleteTopics => RequestKind::DeleteTopics(DeleteTopicsRequest::default()),
         ApiKey::DeleteRecords => RequestKind::DeleteRecords(DeleteRecordsRequest::default()),
         ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
-        other => panic!("no default request for {other:?}"),
+        other => any_request(other),
     }
 }
 
@@ -264,4 +284,505 @@ fn api_versions_are_narrowed_to_what_weir_reads() {
             "v{version}: Produce/Fetch capped where topics lose their names, ListOffsets v0 dropped, unknown kept"
         );
     }
+}
+
+/// A default request body of every API the crate knows.
+fn any_request(key: ApiKey) -> RequestKind {
+    // exhaustive on purpose: a crate upgrade that adds an API fails here
+    macro_rules! every_api {
+        ($($name:ident),* $(,)?) => {
+            match key {
+                $(ApiKey::$name => RequestKind::$name(Default::default()),)*
+            }
+        };
+    }
+    every_api!(
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        OffsetCommit,
+        OffsetFetch,
+        FindCoordinator,
+        JoinGroup,
+        Heartbeat,
+        LeaveGroup,
+        SyncGroup,
+        DescribeGroups,
+        ListGroups,
+        SaslHandshake,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DeleteRecords,
+        InitProducerId,
+        OffsetForLeaderEpoch,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        EndTxn,
+        WriteTxnMarkers,
+        TxnOffsetCommit,
+        DescribeAcls,
+        CreateAcls,
+        DeleteAcls,
+        DescribeConfigs,
+        AlterConfigs,
+        AlterReplicaLogDirs,
+        DescribeLogDirs,
+        SaslAuthenticate,
+        CreatePartitions,
+        CreateDelegationToken,
+        RenewDelegationToken,
+        ExpireDelegationToken,
+        DescribeDelegationToken,
+        DeleteGroups,
+        ElectLeaders,
+        IncrementalAlterConfigs,
+        AlterPartitionReassignments,
+        ListPartitionReassignments,
+        OffsetDelete,
+        DescribeClientQuotas,
+        AlterClientQuotas,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials,
+        Vote,
+        BeginQuorumEpoch,
+        EndQuorumEpoch,
+        DescribeQuorum,
+        AlterPartition,
+        UpdateFeatures,
+        Envelope,
+        FetchSnapshot,
+        DescribeCluster,
+        DescribeProducers,
+        BrokerRegistration,
+        BrokerHeartbeat,
+        UnregisterBroker,
+        DescribeTransactions,
+        ListTransactions,
+        AllocateProducerIds,
+        ConsumerGroupHeartbeat,
+        ConsumerGroupDescribe,
+        ControllerRegistration,
+        GetTelemetrySubscriptions,
+        PushTelemetry,
+        AssignReplicasToDirs,
+        ListConfigResources,
+        DescribeTopicPartitions,
+        ShareGroupHeartbeat,
+        ShareGroupDescribe,
+        ShareFetch,
+        ShareAcknowledge,
+        AddRaftVoter,
+        RemoveRaftVoter,
+        UpdateRaftVoter,
+        InitializeShareGroupState,
+        ReadShareGroupState,
+        WriteShareGroupState,
+        DeleteShareGroupState,
+        ReadShareGroupStateSummary,
+        DescribeShareGroupOffsets,
+        AlterShareGroupOffsets,
+        DeleteShareGroupOffsets,
+    )
+}
+
+/// Parse `body` as a client would send it in `version`; its topics.
+fn topics_in(key: ApiKey, version: i16, body: &RequestKind) -> Topics {
+    let frame = try_frame(key, version, 1, body).unwrap_or_else(|e| panic!("{key:?} v{version} does not encode: {e}"));
+    let request = parse_request(frame).unwrap_or_else(|e| panic!("{key:?} v{version} does not parse: {e}"));
+    assert_eq!(request.api_key, key as i16);
+    request.topics
+}
+
+fn names(list: &[&str]) -> Topics {
+    Topics::Named(list.iter().map(|t| t.to_string()).collect())
+}
+
+fn s(text: &'static str) -> StrBytes {
+    StrBytes::from_static_str(text)
+}
+
+/// Every API of the crate, in every version: the ones that can carry topics
+/// are never judged as topic-less, and the others always are.
+#[test]
+fn every_api_in_every_version_is_classified() {
+    let mut exercised = 0;
+    for key in ApiKey::iter() {
+        let range = key.valid_versions();
+        for version in range.min..=range.max {
+            let Ok(frame) = try_frame(key, version, 1, &any_request(key)) else { continue };
+            let request = parse_request(frame).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+            let topic_less = request.topics == Topics::None;
+            assert_eq!(topic_less, !carries_topics(key), "{key:?} v{version}: {:?}", request.topics);
+            exercised += 1;
+        }
+        // a version weir does not read: unknown if the API carries topics
+        let mut header = BytesMut::new();
+        header.put_i16(key as i16);
+        header.put_i16(range.max + 1);
+        header.put_i32(1);
+        header.put_i16(-1);
+        header.put_u8(0); // no tagged fields, for the flexible header versions
+        let beyond = parse_request(header.freeze()).unwrap();
+        let expected = if carries_topics(key) { Topics::Unknown } else { Topics::None };
+        assert_eq!(beyond.topics, expected, "{key:?} v{}", range.max + 1);
+    }
+    assert!(exercised > 280, "only {exercised} API versions were exercised");
+}
+
+#[test]
+fn config_resources_name_topics_and_other_resources_are_unknown() {
+    use describe_configs_request::DescribeConfigsResource;
+    let describe = |resources: Vec<(i8, &'static str)>| {
+        RequestKind::DescribeConfigs(
+            DescribeConfigsRequest::default().with_resources(
+                resources
+                    .into_iter()
+                    .map(|(t, n)| DescribeConfigsResource::default().with_resource_type(t).with_resource_name(s(n)))
+                    .collect(),
+            ),
+        )
+    };
+    for version in 1..=4 {
+        let key = ApiKey::DescribeConfigs;
+        assert_eq!(
+            topics_in(key, version, &describe(vec![(2, "secret"), (2, "public")])),
+            names(&["secret", "public"])
+        );
+        assert_eq!(topics_in(key, version, &describe(vec![(2, "t"), (4, "1")])), Topics::Unknown, "a broker resource");
+        assert_eq!(topics_in(key, version, &describe(vec![(8, "1")])), Topics::Unknown, "broker loggers");
+        assert_eq!(topics_in(key, version, &describe(vec![(2, "")])), Topics::Unknown, "an empty topic name");
+    }
+    let alter = RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s("secret")),
+    ]));
+    for version in 0..=2 {
+        assert_eq!(topics_in(ApiKey::AlterConfigs, version, &alter), names(&["secret"]));
+    }
+    let incremental = |t: i8, n: &'static str| {
+        RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(t)
+                    .with_resource_name(s(n)),
+            ]),
+        )
+    };
+    for version in 0..=1 {
+        assert_eq!(topics_in(ApiKey::IncrementalAlterConfigs, version, &incremental(2, "secret")), names(&["secret"]));
+        assert_eq!(topics_in(ApiKey::IncrementalAlterConfigs, version, &incremental(4, "")), Topics::Unknown);
+    }
+}
+
+#[test]
+fn acl_patterns_name_a_topic_only_when_literal() {
+    use create_acls_request::AclCreation;
+    use delete_acls_request::DeleteAclsFilter;
+    // (resource type, pattern type, name) -> topics
+    let cases: [(i8, i8, Option<&'static str>, Topics); 8] = [
+        (2, 3, Some("secret"), names(&["secret"])),
+        (2, 3, Some("*"), Topics::All),
+        (2, 3, None, Topics::All),
+        (2, 4, Some("sec"), Topics::Unknown),
+        (2, 2, Some("secret"), Topics::Unknown),
+        (2, 1, Some("secret"), Topics::Unknown),
+        (1, 3, Some("secret"), Topics::Unknown),
+        (3, 3, Some("a-group"), Topics::Unknown),
+    ];
+    for (resource, pattern, name, expected) in cases {
+        let what = format!("resource {resource} pattern {pattern} name {name:?}");
+        for version in 1..=3 {
+            let describe = RequestKind::DescribeAcls(
+                DescribeAclsRequest::default()
+                    .with_resource_type_filter(resource)
+                    .with_pattern_type_filter(pattern)
+                    .with_resource_name_filter(name.map(s)),
+            );
+            assert_eq!(topics_in(ApiKey::DescribeAcls, version, &describe), expected, "DescribeAcls v{version} {what}");
+            let delete = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+                DeleteAclsFilter::default()
+                    .with_resource_type_filter(resource)
+                    .with_pattern_type_filter(pattern)
+                    .with_resource_name_filter(name.map(s)),
+            ]));
+            assert_eq!(topics_in(ApiKey::DeleteAcls, version, &delete), expected, "DeleteAcls v{version} {what}");
+            if let Some(name) = name {
+                let create = RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![
+                    AclCreation::default()
+                        .with_resource_type(resource)
+                        .with_resource_pattern_type(pattern)
+                        .with_resource_name(s(name)),
+                ]));
+                assert_eq!(topics_in(ApiKey::CreateAcls, version, &create), expected, "CreateAcls v{version} {what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn group_apis_name_their_topics_or_mean_every_topic_of_the_group() {
+    let offset_delete = RequestKind::OffsetDelete(
+        OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default().with_name(topic("secret"))]),
+    );
+    assert_eq!(topics_in(ApiKey::OffsetDelete, 0, &offset_delete), names(&["secret"]));
+    let groups = || vec![GroupId(s("g"))];
+    for version in 0..=6 {
+        let describe = RequestKind::DescribeGroups(DescribeGroupsRequest::default().with_groups(groups()));
+        assert_eq!(topics_in(ApiKey::DescribeGroups, version, &describe), Topics::All);
+    }
+    for version in 0..=2 {
+        let delete = RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(groups()));
+        assert_eq!(topics_in(ApiKey::DeleteGroups, version, &delete), Topics::All);
+    }
+    // OffsetFetch v8+: a batch of groups, each with topics or null (every topic)
+    use offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    let batch = |second: Option<Vec<OffsetFetchRequestTopics>>| {
+        RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s("a")))
+                .with_topics(Some(vec![OffsetFetchRequestTopics::default().with_name(topic("public"))])),
+            OffsetFetchRequestGroup::default().with_group_id(GroupId(s("b"))).with_topics(second),
+        ]))
+    };
+    for version in 8..=9 {
+        let two = batch(Some(vec![OffsetFetchRequestTopics::default().with_name(topic("secret"))]));
+        assert_eq!(topics_in(ApiKey::OffsetFetch, version, &two), names(&["public", "secret"]));
+        assert_eq!(topics_in(ApiKey::OffsetFetch, version, &batch(None)), Topics::All);
+    }
+    // the new consumer protocol: subscriptions by name or regex, owned partitions by id
+    use consumer_group_heartbeat_request::TopicPartitions;
+    let heartbeat = |names: Option<Vec<&'static str>>, regex: Option<&'static str>, owned: bool| {
+        RequestKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_subscribed_topic_names(names.map(|n| n.into_iter().map(topic).collect()))
+                .with_subscribed_topic_regex(regex.map(s))
+                .with_topic_partitions(Some(if owned {
+                    vec![TopicPartitions::default().with_topic_id(uuid::Uuid::from_u128(3))]
+                } else {
+                    vec![]
+                })),
+        )
+    };
+    for version in 0..=1 {
+        let key = ApiKey::ConsumerGroupHeartbeat;
+        assert_eq!(topics_in(key, version, &heartbeat(Some(vec!["secret"]), None, false)), names(&["secret"]));
+        assert_eq!(topics_in(key, version, &heartbeat(None, None, false)), names(&[]), "an unchanged subscription");
+        assert_eq!(topics_in(key, version, &heartbeat(Some(vec![]), None, true)), Topics::Unknown, "owned by id");
+        if version >= 1 {
+            assert_eq!(topics_in(key, version, &heartbeat(None, Some("sec.*"), false)), Topics::Unknown, "a regex");
+        }
+    }
+}
+
+#[test]
+fn null_or_empty_lists_that_kafka_reads_as_every_topic() {
+    let empty_metadata = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![])));
+    assert_eq!(topics_in(ApiKey::Metadata, 0, &empty_metadata), Topics::All, "v0: empty means all");
+    assert_eq!(topics_in(ApiKey::Metadata, 1, &empty_metadata), names(&[]), "v1+: empty means brokers only");
+    let by_id = RequestKind::Metadata(
+        MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_topic_id(uuid::Uuid::from_u128(5))])),
+    );
+    assert_eq!(topics_in(ApiKey::Metadata, 12, &by_id), Topics::Unknown);
+    let both = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic("public"))).with_topic_id(uuid::Uuid::from_u128(5)),
+    ])));
+    assert_eq!(topics_in(ApiKey::Metadata, 12, &both), Topics::Unknown, "a name beside an id is not trusted");
+
+    let elect = |topics: Option<Vec<&'static str>>| {
+        RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(topics.map(|t| {
+            t.into_iter()
+                .map(|n| {
+                    elect_leaders_request::TopicPartitions::default().with_topic(topic(n)).with_partitions(vec![0])
+                })
+                .collect()
+        })))
+    };
+    for version in 0..=2 {
+        assert_eq!(topics_in(ApiKey::ElectLeaders, version, &elect(None)), Topics::All);
+        assert_eq!(topics_in(ApiKey::ElectLeaders, version, &elect(Some(vec!["secret"]))), names(&["secret"]));
+    }
+    let list = RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default().with_topics(None));
+    assert_eq!(topics_in(ApiKey::ListPartitionReassignments, 0, &list), Topics::All);
+    let dirs = RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None));
+    for version in 1..=4 {
+        assert_eq!(topics_in(ApiKey::DescribeLogDirs, version, &dirs), Topics::All);
+    }
+    use describe_topic_partitions_request::{Cursor, TopicRequest};
+    let describe = |topics: Vec<&'static str>, cursor: Option<&'static str>| {
+        RequestKind::DescribeTopicPartitions(
+            DescribeTopicPartitionsRequest::default()
+                .with_topics(topics.into_iter().map(|t| TopicRequest::default().with_name(topic(t))).collect())
+                .with_cursor(cursor.map(|c| Cursor::default().with_topic_name(topic(c)))),
+        )
+    };
+    assert_eq!(topics_in(ApiKey::DescribeTopicPartitions, 0, &describe(vec![], None)), Topics::All);
+    assert_eq!(
+        topics_in(ApiKey::DescribeTopicPartitions, 0, &describe(vec!["public"], Some("secret"))),
+        names(&["public", "secret"]),
+        "the cursor's topic is judged too"
+    );
+}
+
+#[test]
+fn topics_by_id_are_unknown_wherever_they_appear() {
+    use delete_topics_request::DeleteTopicState;
+    let delete =
+        |state: DeleteTopicState| RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topics(vec![state]));
+    let named = delete(DeleteTopicState::default().with_name(Some(topic("secret"))));
+    assert_eq!(topics_in(ApiKey::DeleteTopics, 6, &named), names(&["secret"]));
+    let by_id = delete(DeleteTopicState::default().with_topic_id(uuid::Uuid::from_u128(1)));
+    assert_eq!(topics_in(ApiKey::DeleteTopics, 6, &by_id), Topics::Unknown);
+    let old = RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topic_names(vec![topic("secret")]));
+    for version in 1..=5 {
+        assert_eq!(topics_in(ApiKey::DeleteTopics, version, &old), names(&["secret"]));
+    }
+    let share = RequestKind::ShareFetch(ShareFetchRequest::default());
+    assert_eq!(topics_in(ApiKey::ShareFetch, 1, &share), Topics::Unknown);
+    // a fetch session's forgotten topics are named too
+    let fetch = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_topics(vec![FetchTopic::default().with_topic(topic("public"))])
+            .with_forgotten_topics_data(vec![fetch_request::ForgottenTopic::default().with_topic(topic("secret"))]),
+    );
+    for version in 7..=12 {
+        assert_eq!(topics_in(ApiKey::Fetch, version, &fetch), names(&["public", "secret"]));
+    }
+}
+
+#[test]
+fn admin_and_transaction_apis_name_their_topics() {
+    use add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
+    let txn_topic = |n| AddPartitionsToTxnTopic::default().with_name(topic(n)).with_partitions(vec![0]);
+    let v3 = RequestKind::AddPartitionsToTxn(
+        AddPartitionsToTxnRequest::default().with_v3_and_below_topics(vec![txn_topic("secret")]),
+    );
+    for version in 0..=3 {
+        assert_eq!(topics_in(ApiKey::AddPartitionsToTxn, version, &v3), names(&["secret"]));
+    }
+    let batched = RequestKind::AddPartitionsToTxn(AddPartitionsToTxnRequest::default().with_transactions(vec![
+        AddPartitionsToTxnTransaction::default().with_topics(vec![txn_topic("public")]),
+        AddPartitionsToTxnTransaction::default().with_topics(vec![txn_topic("secret")]),
+    ]));
+    for version in 4..=5 {
+        assert_eq!(topics_in(ApiKey::AddPartitionsToTxn, version, &batched), names(&["public", "secret"]));
+    }
+    let cases: Vec<(ApiKey, RequestKind)> = vec![
+        (
+            ApiKey::TxnOffsetCommit,
+            RequestKind::TxnOffsetCommit(TxnOffsetCommitRequest::default().with_topics(vec![
+                txn_offset_commit_request::TxnOffsetCommitRequestTopic::default().with_name(topic("secret")),
+            ])),
+        ),
+        (
+            ApiKey::DescribeProducers,
+            RequestKind::DescribeProducers(
+                DescribeProducersRequest::default()
+                    .with_topics(vec![describe_producers_request::TopicRequest::default().with_name(topic("secret"))]),
+            ),
+        ),
+        (
+            ApiKey::WriteTxnMarkers,
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                write_txn_markers_request::WritableTxnMarker::default().with_topics(vec![
+                    write_txn_markers_request::WritableTxnMarkerTopic::default().with_name(topic("secret")),
+                ]),
+            ])),
+        ),
+        (
+            ApiKey::CreatePartitions,
+            RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default().with_name(topic("secret")),
+            ])),
+        ),
+        (
+            ApiKey::AlterPartitionReassignments,
+            RequestKind::AlterPartitionReassignments(AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default().with_name(topic("secret")),
+            ])),
+        ),
+        (
+            ApiKey::ListPartitionReassignments,
+            RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default().with_topics(Some(
+                vec![list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+                    .with_name(topic("secret"))],
+            ))),
+        ),
+        (
+            ApiKey::OffsetForLeaderEpoch,
+            RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default().with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default().with_topic(topic("secret")),
+            ])),
+        ),
+        (
+            ApiKey::AlterReplicaLogDirs,
+            RequestKind::AlterReplicaLogDirs(AlterReplicaLogDirsRequest::default().with_dirs(vec![
+                alter_replica_log_dirs_request::AlterReplicaLogDir::default().with_topics(vec![
+                    alter_replica_log_dirs_request::AlterReplicaLogDirTopic::default().with_name(topic("secret")),
+                ]),
+            ])),
+        ),
+        (
+            ApiKey::DescribeLogDirs,
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(Some(vec![
+                describe_log_dirs_request::DescribableLogDirTopic::default().with_topic(topic("secret")),
+            ]))),
+        ),
+        (
+            ApiKey::DeleteRecords,
+            RequestKind::DeleteRecords(
+                DeleteRecordsRequest::default().with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default().with_name(topic("secret")),
+                ]),
+            ),
+        ),
+    ];
+    for (key, body) in cases {
+        let range = key.valid_versions();
+        for version in range.min..=range.max {
+            assert_eq!(topics_in(key, version, &body), names(&["secret"]), "{key:?} v{version}");
+        }
+    }
+}
+
+#[test]
+fn refusals_of_the_resource_apis_carry_the_code_per_resource() {
+    let describe = RequestKind::DescribeConfigs(
+        DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("secret")),
+        ]),
+    );
+    for version in 1..=4 {
+        let request = parse_request(frame(ApiKey::DescribeConfigs, version, 8, &describe)).unwrap();
+        assert_eq!(request.default_error_code(), error_code::TOPIC_AUTHORIZATION_FAILED);
+        let (id, ResponseKind::DescribeConfigs(response)) =
+            read_response(ApiKey::DescribeConfigs, version, &request.refusal(29).unwrap())
+        else {
+            panic!()
+        };
+        assert_eq!(id, 8);
+        let results: Vec<(i8, String, i16)> =
+            response.results.iter().map(|r| (r.resource_type, r.resource_name.to_string(), r.error_code)).collect();
+        assert_eq!(results, vec![(2, "secret".to_string(), 29)]);
+    }
+    let acl = RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![
+        create_acls_request::AclCreation::default().with_resource_type(2).with_resource_pattern_type(3),
+    ]));
+    let request = parse_request(frame(ApiKey::CreateAcls, 3, 8, &acl)).unwrap();
+    assert_eq!(request.default_error_code(), error_code::CLUSTER_AUTHORIZATION_FAILED, "ACLs are cluster operations");
+    let delete = RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]));
+    let request = parse_request(frame(ApiKey::DeleteGroups, 2, 8, &delete)).unwrap();
+    assert_eq!(request.default_error_code(), error_code::GROUP_AUTHORIZATION_FAILED);
+    let (_, ResponseKind::DeleteGroups(response)) =
+        read_response(ApiKey::DeleteGroups, 2, &request.refusal(30).unwrap())
+    else {
+        panic!()
+    };
+    assert_eq!((response.results[0].group_id.0.as_str(), response.results[0].error_code), ("g", 30));
 }
