@@ -185,7 +185,7 @@ def runs(text, keyspace):
 def query_options(f, version):
     """QueryOptions.Codec.decode: (consistency, flags, keyspace)."""
     consistency = read_short(f)
-    flags = read_int(f) if version >= 5 else read_byte(f)
+    flags = read_int(f) & 0xffffffff if version >= 5 else read_byte(f) & 0xff  # the driver reads them signed
     if flags & 0x01:
         for _ in range(read_short(f)):
             if flags & 0x40:
@@ -403,11 +403,11 @@ class Connection(socketserver.BaseRequestHandler):
                 self.send(version, stream, 0x00 if "peers_v2" in query else 0x08, body)
                 return
             try:
-                runs = statements(query, keyspace)
+                parsed = statements(query, keyspace)
             except CqlSyntaxError as e:
                 self.send(version, stream, 0x00, error_body(0x2000, f"stand-in: {e}"))
                 return
-            if runs[0][0] == "use":
+            if parsed[0][0] == "use":
                 self.keyspace = name(tokens(query)[1])
                 out = io.BytesIO()
                 write_int(out, 3)
