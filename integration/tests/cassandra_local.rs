@@ -638,14 +638,23 @@ fn comments_and_batches_are_split_where_cassandra_splits_them() {
         json!([
             ["query", "USE app"],
             // Cassandra's lexer ends a -- or // comment at a carriage return too
-            ["query", "BEGIN BATCH INSERT INTO orders (id) VALUES (1); --\rDELETE FROM orders WHERE id = 1;\nAPPLY BATCH"],
-            ["query", "BEGIN BATCH INSERT INTO orders (id) VALUES (1) // x\rUPDATE secrets SET v = 1 WHERE id = 1\nAPPLY BATCH"],
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (1); --\rDELETE FROM orders WHERE id = 1;\nAPPLY BATCH"
+            ],
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (1) // x\rUPDATE secrets SET v = 1 WHERE id = 1\nAPPLY BATCH"
+            ],
             // the ';' between batch statements is optional
             ["query", "BEGIN BATCH INSERT INTO orders (id) VALUES (2) DELETE FROM orders WHERE id = 2 APPLY BATCH"],
             // one statement per QUERY: two are never forwarded
             ["query", "SELECT * FROM orders; DELETE FROM orders WHERE id = 3"],
             // allowed, and judged as what the server runs
-            ["query", "BEGIN BATCH INSERT INTO orders (id) VALUES (4) INSERT INTO app.orders (id) VALUES (5) APPLY BATCH"],
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (4) INSERT INTO app.orders (id) VALUES (5) APPLY BATCH"
+            ],
             ["query", "SELECT * FROM -- why not\rorders"],
         ]),
         &[],
@@ -814,7 +823,15 @@ fn a_prepared_id_that_is_not_cassandras_digest_of_the_statement_is_not_filed() {
                 let reply = match opcode {
                     0x01 => frame(0x84, stream_id, 0x02, &[]),
                     // Prepared, id 0xdeadbeef, no metadata
-                    0x09 => frame(0x84, stream_id, 0x08, &[0, 0, 0, 4, 0, 4, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]),
+                    0x09 => frame(
+                        0x84,
+                        stream_id,
+                        0x08,
+                        &[
+                            0, 0, 0, 4, 0, 4, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4,
+                            0, 0, 0, 0,
+                        ],
+                    ),
                     _ => frame(0x84, stream_id, 0x08, &[0, 0, 0, 1]),
                 };
                 let _ = stream.write_all(&reply);

@@ -331,9 +331,8 @@ fn negative_word_len(b: &[u8]) -> Result<Option<usize>, String> {
 /// Cassandra would not read as that (or weir cannot be sure it reads alike)
 /// is one `invalid (why)` statement, which no rule names.
 pub fn classify(text: &str, keyspace: Option<&str>) -> Vec<Statement> {
-    statements(text, keyspace).unwrap_or_else(|why| {
-        vec![Statement { action: format!("invalid ({why})"), table: None, query: text.into() }]
-    })
+    statements(text, keyspace)
+        .unwrap_or_else(|why| vec![Statement { action: format!("invalid ({why})"), table: None, query: text.into() }])
 }
 
 fn statements(text: &str, keyspace: Option<&str>) -> Result<Vec<Statement>, String> {
@@ -664,8 +663,10 @@ mod tests {
     fn batch_statements_need_no_semicolon_between_them() {
         // Parser.g batchStatement: ( batchStatementObjective ';'? )*
         assert_eq!(
-            all("BEGIN BATCH INSERT INTO a.t (k) VALUES (1) DELETE FROM b.u WHERE k = 1 UPDATE t SET v = 1 WHERE k = 1 \
-                 APPLY BATCH"),
+            all(
+                "BEGIN BATCH INSERT INTO a.t (k) VALUES (1) DELETE FROM b.u WHERE k = 1 UPDATE t SET v = 1 WHERE k = 1 \
+                 APPLY BATCH"
+            ),
             [at("insert", Some("a.t")), at("delete", Some("b.u")), at("update", Some("ks.t"))]
         );
         assert_eq!(

@@ -482,7 +482,10 @@ fn query_options<'a>(version: u8, r: &mut Reader<'a>, batch: bool) -> Result<Opt
     let _consistency = r.short()?;
     let flags = if version >= 5 { r.int()? as u32 } else { u32::from(r.byte()?) };
     if flags & !KNOWN_FLAGS != 0 {
-        return bad(format!("query flags {flags:#x}: weir does not know what Cassandra reads for {:#x}", flags & !KNOWN_FLAGS));
+        return bad(format!(
+            "query flags {flags:#x}: weir does not know what Cassandra reads for {:#x}",
+            flags & !KNOWN_FLAGS
+        ));
     }
     if batch && flags & NAMES_FOR_VALUES != 0 {
         // Cassandra refuses named values in a batch too

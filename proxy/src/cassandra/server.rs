@@ -7,7 +7,10 @@
 //! PREPARE got, when v5 framing starts) and writes weir's own answers. CQL
 //! clients match responses by stream id, so weir's answers need no ordering
 //! against the server's, only whole-frame (and, in v5, whole-segment)
-//! boundaries.
+//! boundaries. Weir matches them the same way, so it allows one request per
+//! stream at a time: a request on a stream still in flight (or on a
+//! negative one, the server's) is refused with a protocol error, and every
+//! answer teaches weir about exactly the request it answers.
 //!
 //! Compression is declined: weir empties the `COMPRESSION` list of the
 //! server's SUPPORTED answer, so drivers connect uncompressed, and answers a
@@ -247,10 +250,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
     let stream_refused = if header.stream < 0 {
         Some(format!("stream id {} is negative: those are the server's (events)", header.stream))
     } else if shared.in_flight.lock().unwrap().contains(&header.stream) {
-        Some(format!(
-            "stream id {} is still in flight: reuse a stream only once its answer has arrived",
-            header.stream
-        ))
+        Some(format!("stream id {} is still in flight: reuse a stream only once its answer has arrived", header.stream))
     } else {
         None
     };

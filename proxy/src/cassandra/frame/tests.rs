@@ -174,7 +174,10 @@ fn query_options_are_read_as_cassandra_reads_them_in_every_version() {
         b.extend_from_slice(&[0, 0, 0, 1, 0x81, 0, 0, 0, 2, b'k', b's']);
         assert_eq!(
             request_body(version, 0, OP_BATCH, &b).unwrap(),
-            RequestBody::Batch { entries: vec![BatchEntry::Query("INSERT INTO t (k) VALUES (1)")], keyspace: Some("ks") },
+            RequestBody::Batch {
+                entries: vec![BatchEntry::Query("INSERT INTO t (k) VALUES (1)")],
+                keyspace: Some("ks")
+            },
         );
     }
     // v5: an [int] of flags; now_in_seconds (0x100) comes after the keyspace
