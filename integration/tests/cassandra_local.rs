@@ -607,20 +607,28 @@ fn read_frames(stream: &mut TcpStream, n: usize) -> Vec<(i16, u8, Vec<u8>)> {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 65536];
     loop {
-        let mut rest = &bytes[..];
-        let mut whole = 0;
-        while rest.len() >= 9 && rest.len() >= 9 + u32::from_be_bytes(rest[5..9].try_into().unwrap()) as usize {
-            whole += 9 + u32::from_be_bytes(rest[5..9].try_into().unwrap()) as usize;
-            rest = &bytes[whole..];
-        }
-        if parse_frames(&bytes[..whole]).len() >= n {
-            return parse_frames(&bytes[..whole]);
+        let frames = parse_frames(&bytes[..whole_frames(&bytes)]);
+        if frames.len() >= n {
+            return frames;
         }
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return parse_frames(&bytes[..whole]),
+            Ok(0) | Err(_) => return frames,
             Ok(k) => bytes.extend_from_slice(&buf[..k]),
         }
     }
+}
+
+/// How many of `bytes`' first bytes are whole legacy frames.
+fn whole_frames(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 9) {
+        let end = at + 9 + u32::from_be_bytes(header[5..9].try_into().unwrap()) as usize;
+        if end > bytes.len() {
+            break;
+        }
+        at = end;
+    }
+    at
 }
 
 /// The result kind of a RESULT body, or the error code of an ERROR one.
