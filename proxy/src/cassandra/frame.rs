@@ -442,7 +442,9 @@ pub fn request_body(version: u8, flags: u8, opcode: u8, body: &[u8]) -> Result<R
         OP_PREPARE => {
             let query = r.long_string()?;
             let mut keyspace = None;
-            if version >= 5 && !r.0.is_empty() {
+            // v5: Cassandra always reads the flags (a body without them is
+            // broken, not a PREPARE without keyspace)
+            if version >= 5 {
                 let flags = r.int()? as u32;
                 if flags & 0x01 != 0 {
                     keyspace = Some(r.string()?);

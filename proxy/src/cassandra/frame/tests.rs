@@ -191,6 +191,18 @@ fn query_options_are_read_as_cassandra_reads_them_in_every_version() {
     let mut q = long_string("SELECT * FROM t");
     q.extend_from_slice(&[0, 1, 0, 0, 0x02, 0x80, 0, 2, b'k', b's', 0, 0, 0, 42]);
     assert!(request_body(5, 0, OP_QUERY, &q).unwrap_err().0.contains("0x200"));
+    // v5 PREPARE: flags always, 0x01 with keyspace
+    let mut p = long_string("SELECT * FROM t");
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 2, b'k', b's']);
+    assert_eq!(
+        request_body(5, 0, OP_PREPARE, &p).unwrap(),
+        RequestBody::Prepare { query: "SELECT * FROM t", keyspace: Some("ks") }
+    );
+    assert!(request_body(5, 0, OP_PREPARE, &long_string("SELECT * FROM t")).is_err());
+    assert_eq!(
+        request_body(4, 0, OP_PREPARE, &long_string("SELECT * FROM t")).unwrap(),
+        RequestBody::Prepare { query: "SELECT * FROM t", keyspace: None }
+    );
     // a keyspace flag with the keyspace missing is broken, not ignored
     let mut q = long_string("SELECT * FROM t");
     q.extend_from_slice(&[0, 1, 0x80]);
