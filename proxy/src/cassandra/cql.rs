@@ -687,4 +687,21 @@ mod tests {
         assert!(invalid("SELECT * FROM ks.a; DROP TABLE ks.b").contains("more than one statement"));
         assert!(invalid("USE a; SELECT * FROM t").contains("more than one statement"));
     }
+
+    #[test]
+    fn no_text_makes_the_tokenizer_panic() {
+        // every string of up to 4 of these pieces (multibyte ones included)
+        let pieces =
+            ["-", "/", "*", "$", "'", "\"", "\r", "\n", "µ", "1", "e", "x", "P", "T", "n", ";", " ", "0", "é", "."];
+        let mut texts = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> =
+                texts.iter().flat_map(|t| pieces.iter().map(move |p| format!("{t}{p}"))).collect();
+            for text in &longer {
+                classify(text, Some("ks"));
+                classify(&format!("BEGIN BATCH UPDATE t SET v = {text} WHERE k = 1 APPLY BATCH"), None);
+            }
+            texts = longer;
+        }
+    }
 }

@@ -531,3 +531,24 @@ fn learn(
     conn.record(a.flow);
     rewritten
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn prepared_ids_are_cassandras_md5_of_keyspace_and_text() {
+        // md5("SELECT * FROM t") and md5("app" + "SELECT * FROM t")
+        let bare = unhex("cd36a2072e7f9deaa746db7480200944");
+        let in_app = unhex("0476978415be409d24aa9c2a604a6677");
+        assert!(cassandras_prepared_id(&bare, "SELECT * FROM t", None));
+        assert!(cassandras_prepared_id(&bare, "SELECT * FROM t", Some("app")), "fully qualified: no keyspace");
+        assert!(cassandras_prepared_id(&in_app, "SELECT * FROM t", Some("app")));
+        assert!(!cassandras_prepared_id(&in_app, "SELECT * FROM t", Some("other")), "read in another keyspace");
+        assert!(!cassandras_prepared_id(&in_app, "SELECT * FROM u", Some("app")), "another statement");
+    }
+}
