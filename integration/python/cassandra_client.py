@@ -7,6 +7,7 @@ usage: cassandra_client.py HOST:PORT VERSION OPS_JSON [--auth] [--compression]
   OPS_JSON: a list of
     ["query", cql]             QUERY
     ["query", cql, n]          QUERY with PAD in cql replaced by n x's
+    ["query_in", ks, cql]      QUERY with the keyspace option (the driver sends it in v5)
     ["prepare", name, cql]     PREPARE, the id kept under name
     ["execute", name]          EXECUTE a kept id
     ["execute_id", hex]        EXECUTE an id weir never saw prepared
@@ -45,6 +46,8 @@ def message(op):
         # ["query", cql, n]: PAD in cql becomes n x's (argv cannot hold big queries)
         query = args[0].replace("PAD", "x" * args[1]) if len(args) > 1 else args[0]
         return QueryMessage(query=query, consistency_level=ONE)
+    if kind == "query_in":
+        return QueryMessage(query=args[1], consistency_level=ONE, keyspace=args[0])
     if kind == "prepare":
         return PrepareMessage(query=args[1])
     if kind == "execute":

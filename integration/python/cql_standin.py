@@ -10,15 +10,31 @@ codec) and answers just enough for the tests:
   QUERY     -> "USE ks": RESULT SetKeyspace; a query containing "fail:":
                an Invalid error; system.local: one row describing this node,
                system.peers: none, system.peers_v2: Invalid (as Cassandra 3),
-               so the driver's Cluster can connect; else RESULT Rows, one row
+               so the driver's Cluster can connect; text Cassandra's lexer or
+               grammar refuses: a Syntax error; else RESULT Rows, one row
                (query, keyspace)
   PREPARE   -> RESULT Prepared, id = md5(keyspace + query) as Cassandra does
   EXECUTE   -> RESULT Rows (the prepared query, keyspace), or Unprepared
   BATCH     -> RESULT Void
 
+Where weir's judgement depends on it, it reads requests as Cassandra 5.0
+does (not more: it executes nothing):
+  - query options (QueryOptions.Codec): flags are a [byte] before v5 and an
+    [int] from v5; the keyspace flag (0x80) is honoured in v3 and v4 too,
+    for QUERY and BATCH, and v5's PREPARE keyspace flag; that keyspace
+    qualifies unqualified names;
+  - the lexer (Lexer.g): whitespace is space, tab, LF, CR; `--` and `//`
+    comments end at LF *or* CR (one at the very end is an error); `/* */`
+    does not nest; '' and "" are doubled quotes; $$ strings;
+  - the grammar (Parser.g, Cql.g): one statement per QUERY (and trailing
+    `;`), and the statements of BEGIN BATCH ... APPLY BATCH need no `;`
+    between them (each starts with INSERT, UPDATE or DELETE).
+
 Every request it reads is appended to LOG as a JSON line
-({"op": ..., "query"/"id"/"entries": ...}), so a test can tell what never
-reached the server.
+({"op": ..., "query"/"id"/"entries": ..., "runs": [[action, table]...]}),
+"runs" being each statement the request would run (its first word and its
+keyspace-qualified table), as Cassandra would read it; so a test can tell
+what never reached the server, and what did.
 
 usage: cql_standin.py HOST:PORT LOG [--auth]
 """
@@ -26,6 +42,7 @@ usage: cql_standin.py HOST:PORT LOG [--auth]
 import hashlib
 import io
 import json
+import re
 import socketserver
 import struct
 import sys
@@ -38,6 +55,7 @@ from cassandra.protocol import (
     read_int,
     read_longstring,
     read_short,
+    read_string,
     read_stringmap,
     read_value,
     write_int,
@@ -58,6 +76,133 @@ AUTH = "--auth" in sys.argv[3:]
 log_lock = threading.Lock()
 # prepared statements are per server, shared by connections (as Cassandra's)
 prepared = {}
+
+
+# Lexer.g, as far as names and statements go
+TOKEN = re.compile(r"""
+    (?P<ws>[ \t\n\r]+)
+  | (?P<comment>(?:--|//)[^\n\r]*[\n\r])
+  | (?P<block>/\*.*?\*/)
+  | (?P<string>'(?:[^']|'')*'|\$\$.*?\$\$)
+  | (?P<name>"(?:[^"]|"")+")
+  | (?P<number>0[xX][0-9A-Fa-f]*|-?[0-9]+(?:\.[0-9]+)?)
+  | (?P<ident>[A-Za-z][A-Za-z0-9_]*)
+  | (?P<unended>--|//)
+  | (?P<punct>[();,.=<>!\[\]{}:+\-*/%?])
+""", re.S | re.X)
+
+
+class CqlSyntaxError(Exception):
+    pass
+
+
+def tokens(text):
+    out, at = [], 0
+    while at < len(text):
+        m = TOKEN.match(text, at)
+        if not m or m.lastgroup == "unended":
+            raise CqlSyntaxError(f"line 1:{at} token recognition error")
+        at = m.end()
+        if m.lastgroup not in ("ws", "comment", "block"):
+            out.append((m.lastgroup, m.group()))
+    return out
+
+
+def word(token, *words):
+    return token[0] == "ident" and token[1].lower() in words
+
+
+def name(token):
+    kind, text = token
+    if kind == "ident":
+        return text.lower()
+    if kind == "name":
+        return text[1:-1].replace('""', '"')
+    raise CqlSyntaxError(f"no name at {text!r}")
+
+
+def table_at(toks, at, keyspace):
+    first = name(toks[at])
+    if at + 2 < len(toks) and toks[at + 1] == ("punct", "."):
+        return f"{first}.{name(toks[at + 2])}"
+    return f"{keyspace}.{first}" if keyspace else first
+
+
+def table_of(toks, keyspace):
+    """The table one statement runs on (None for other statements)."""
+    if not toks:
+        raise CqlSyntaxError("empty statement")
+    if word(toks[0], "select", "delete"):
+        depth = 0
+        for i, t in enumerate(toks):
+            depth += (t == ("punct", "(")) - (t == ("punct", ")"))
+            if depth == 0 and word(t, "from"):
+                return table_at(toks, i + 1, keyspace)
+        raise CqlSyntaxError("no FROM")
+    if word(toks[0], "insert"):
+        return table_at(toks, 2, keyspace)
+    if word(toks[0], "update"):
+        return table_at(toks, 1, keyspace)
+    if word(toks[0], "truncate"):
+        return table_at(toks, 2 if word(toks[1], "table", "columnfamily") else 1, keyspace)
+    return None
+
+
+def statements(text, keyspace):
+    """[(first word, table)] of what a QUERY/PREPARE text runs, as Cassandra parses it."""
+    toks = tokens(text)
+    while toks and toks[-1] == ("punct", ";"):
+        toks.pop()
+    if toks and word(toks[0], "begin"):
+        i = 1 + (len(toks) > 1 and word(toks[1], "unlogged", "counter"))
+        if not (i < len(toks) and word(toks[i], "batch")) or len(toks) < 2 \
+                or not (word(toks[-2], "apply") and word(toks[-1], "batch")):
+            raise CqlSyntaxError("bad batch")
+        body = toks[i + 1:-2]
+        starts = [k for k, t in enumerate(body) if word(t, "insert", "update", "delete")]
+        out = []
+        for n, k in enumerate(starts):
+            one = body[k:starts[n + 1] if n + 1 < len(starts) else len(body)]
+            if one and one[-1] == ("punct", ";"):
+                one = one[:-1]
+            if ("punct", ";") in one:
+                raise CqlSyntaxError("two ';'")
+            out.append((one[0][1].lower(), table_of(one, keyspace)))
+        return out
+    if ("punct", ";") in toks:
+        raise CqlSyntaxError("missing EOF")
+    return [(toks[0][1].lower() if toks else "", table_of(toks, keyspace))]
+
+
+def runs(text, keyspace):
+    """[[first word, table]] of each statement the text runs ([] if refused)."""
+    try:
+        return [list(s) for s in statements(text, keyspace)]
+    except CqlSyntaxError:
+        return []
+
+
+def query_options(f, version):
+    """QueryOptions.Codec.decode: (consistency, flags, keyspace)."""
+    consistency = read_short(f)
+    flags = read_int(f) & 0xffffffff if version >= 5 else read_byte(f) & 0xff  # the driver reads them signed
+    if flags & 0x01:
+        for _ in range(read_short(f)):
+            if flags & 0x40:
+                read_string(f)
+            read_value(f)
+    if flags & 0x04:
+        read_int(f)
+    if flags & 0x08:
+        read_value(f)
+    if flags & 0x10:
+        read_short(f)
+    if flags & 0x20:
+        f.read(8)
+    keyspace = read_string(f) if flags & 0x80 else None
+    if flags & 0x100:
+        read_int(f)
+    return consistency, flags, keyspace
 
 
 def log(**entry):
@@ -248,33 +393,43 @@ class Connection(socketserver.BaseRequestHandler):
             self.send(version, stream, 0x02, b"")
         elif opcode == 0x07:  # QUERY
             query = read_longstring(f)
-            log(op="query", query=query)
-            words = query.strip().rstrip(";").split()
+            keyspace = query_options(f, version)[2] or self.keyspace
+            log(op="query", query=query, keyspace=keyspace, runs=runs(query, keyspace))
             if "fail:" in query:
                 self.send(version, stream, 0x00, error_body(0x2200, "stand-in: invalid on purpose"))
-            elif system_table(query) is not None:
+                return
+            if system_table(query) is not None:
                 body = system_table(query)
                 self.send(version, stream, 0x00 if "peers_v2" in query else 0x08, body)
-            elif words and words[0].lower() == "use":
-                self.keyspace = words[1].strip('"').lower()
+                return
+            try:
+                parsed = statements(query, keyspace)
+            except CqlSyntaxError as e:
+                self.send(version, stream, 0x00, error_body(0x2000, f"stand-in: {e}"))
+                return
+            if parsed[0][0] == "use":
+                self.keyspace = name(tokens(query)[1])
                 out = io.BytesIO()
                 write_int(out, 3)
                 write_string(out, self.keyspace)
                 self.send(version, stream, 0x08, out.getvalue())
             else:
-                self.send(version, stream, 0x08, rows_body(self.keyspace, [query, self.keyspace]))
+                self.send(version, stream, 0x08, rows_body(keyspace, [query, keyspace]))
         elif opcode == 0x09:  # PREPARE
             query = read_longstring(f)
-            log(op="prepare", query=query)
-            query_id = hashlib.md5(((self.keyspace or "") + query).encode()).digest()
+            keyspace = self.keyspace
+            if version >= 5 and read_int(f) & 0x01:
+                keyspace = read_string(f)
+            log(op="prepare", query=query, keyspace=keyspace)
+            query_id = hashlib.md5(((keyspace or "") + query).encode()).digest()
             with log_lock:
-                prepared[query_id] = (query, self.keyspace)
+                prepared[query_id] = (query, keyspace)
             self.send(version, stream, 0x08, prepared_body(version, query_id))
         elif opcode == 0x0A:  # EXECUTE
             query_id = read_binary_string(f)
-            log(op="execute", id=query_id.hex())
             with log_lock:
                 known = prepared.get(query_id)
+            log(op="execute", id=query_id.hex(), runs=runs(*known) if known else [])
             if known is None:
                 extra = struct.pack(">H", len(query_id)) + query_id
                 self.send(version, stream, 0x00, error_body(0x2500, "stand-in: unprepared", extra))
@@ -285,12 +440,17 @@ class Connection(socketserver.BaseRequestHandler):
             entries = []
             for _ in range(read_short(f)):
                 if read_byte(f) == 0:
-                    entries.append(read_longstring(f))
+                    entries.append((True, read_longstring(f)))
                 else:
-                    entries.append(read_binary_string(f).hex())
+                    entries.append((False, read_binary_string(f)))
                 for _ in range(read_short(f)):
                     read_value(f)
-            log(op="batch", entries=entries)
+            keyspace = query_options(f, version)[2] or self.keyspace
+            ran = []
+            with log_lock:
+                for is_text, entry in entries:
+                    ran += runs(entry, keyspace) if is_text else runs(*prepared.get(entry, ("", None)))
+            log(op="batch", entries=[e if t else e.hex() for t, e in entries], keyspace=keyspace, runs=ran)
             out = io.BytesIO()
             write_int(out, 1)
             self.send(version, stream, 0x08, out.getvalue())

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use weir_integration::*;
 
 const CLIENT: &str = "127.0.0.1";
+/// Another identity (`cql-reader`), allowed to read app.items only.
+const READER: &str = "127.0.0.2";
 
 const POLICY: &str = r#"
 apiVersion: cilium.io/v2
@@ -31,6 +33,13 @@ spec:
               - {query_action: select, query_table: "^app\\.(orders|items)$"}
               - {query_action: insert, query_table: "^app\\.orders$"}
               - {query_action: select, query_table: "^system\\."}
+    - fromEndpoints: [{matchLabels: {app: cql-reader}}]
+      toPorts:
+        - ports: [{port: "9042", protocol: TCP}]
+          rules:
+            l7proto: cassandra
+            l7:
+              - {query_action: select, query_table: "^app\\.items$"}
 "#;
 
 /// The stand-in CQL server, with the log of what reached it.
@@ -62,6 +71,13 @@ impl Standin {
     fn received_queries(&self) -> Vec<String> {
         self.received().iter().filter_map(|r| r["query"].as_str().map(str::to_string)).collect()
     }
+
+    /// (action, table) of every statement the server ran, as Cassandra
+    /// would read the requests that reached it.
+    fn ran(&self) -> Vec<(String, String)> {
+        let runs = self.received().into_iter().flat_map(|r| r["runs"].as_array().cloned().unwrap_or_default());
+        runs.map(|run| (run[0].as_str().unwrap().to_string(), run[1].as_str().unwrap_or("").to_string())).collect()
+    }
 }
 
 fn start_weir(upstream: SocketAddr) -> (Weir, SocketAddr) {
@@ -72,7 +88,8 @@ fn start_weir(upstream: SocketAddr) -> (Weir, SocketAddr) {
 fn start_weir_on(upstream: SocketAddr, listener: SocketAddr) -> Weir {
     let config = format!(
         "admin: ADMIN\n\
-         endpoints:\n  - {{name: client, address: {CLIENT}, labels: {{app: cql-client}}}}\n\
+         endpoints:\n  - {{name: client, address: {CLIENT}, labels: {{app: cql-client}}}}\n  \
+         - {{name: reader, address: {READER}, labels: {{app: cql-reader}}}}\n\
          listeners:\n  \
          - {{name: cql, protocol: cassandra, bind: {listener}, upstream: {upstream}, \
               destination: {{labels: {{app: cassandra}}, port: 9042}}}}\n"
@@ -531,4 +548,315 @@ fn a_server_that_hangs_up_mid_response_closes_the_client_with_a_flow() {
         f.cassandra.as_ref().unwrap().opcode == "query"
     });
     assert!(flow.reason.as_deref().unwrap().contains("inside a frame"), "{flow:?}");
+}
+
+/// QUERY with options: consistency ONE, the keyspace flag (0x80) and
+/// `keyspace`, in the version's flags width ([byte] before v5).
+fn query_in(version: u8, stream: i16, cql: &str, keyspace: &str) -> Vec<u8> {
+    let mut body = long_string(cql);
+    body.extend_from_slice(&[0, 1]);
+    body.extend(options_with_keyspace(version, keyspace));
+    frame(version, stream, 0x07, &body)
+}
+
+fn options_with_keyspace(version: u8, keyspace: &str) -> Vec<u8> {
+    let mut b = if version >= 5 { vec![0, 0, 0, 0x80] } else { vec![0x80] };
+    b.extend_from_slice(&(keyspace.len() as u16).to_be_bytes());
+    b.extend_from_slice(keyspace.as_bytes());
+    b
+}
+
+/// A logged BATCH of query strings (no values), with the keyspace option.
+fn batch_in(version: u8, stream: i16, queries: &[&str], keyspace: &str) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(&(queries.len() as u16).to_be_bytes());
+    for q in queries {
+        body.push(0);
+        body.extend(long_string(q));
+        body.extend_from_slice(&[0, 0]);
+    }
+    body.extend_from_slice(&[0, 1]);
+    body.extend(options_with_keyspace(version, keyspace));
+    frame(version, stream, 0x0d, &body)
+}
+
+fn prepare(version: u8, stream: i16, cql: &str) -> Vec<u8> {
+    frame(version, stream, 0x09, &long_string(cql))
+}
+
+fn execute(version: u8, stream: i16, id: &[u8]) -> Vec<u8> {
+    let mut body = (id.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(id);
+    body.extend_from_slice(&[0, 1, 0]);
+    frame(version, stream, 0x0a, &body)
+}
+
+/// A raw connection from `source`, STARTUP answered with READY.
+fn raw_session(version: u8, source: &str, listener: SocketAddr) -> TcpStream {
+    let mut stream = connect_from(source, listener);
+    stream.write_all(&frame(version, 0, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
+    let ready = read_frames(&mut stream, 1);
+    assert_eq!(ready.iter().map(|a| a.1).collect::<Vec<_>>(), [0x02], "READY: {ready:?}");
+    stream
+}
+
+/// The next `n` legacy frames (fewer if the peer closes or stays silent
+/// for a generous while: the caller's assertions then say what is missing).
+fn read_frames(stream: &mut TcpStream, n: usize) -> Vec<(i16, u8, Vec<u8>)> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let frames = parse_frames(&bytes[..whole_frames(&bytes)]);
+        if frames.len() >= n {
+            return frames;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return frames,
+            Ok(k) => bytes.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// How many of `bytes`' first bytes are whole legacy frames.
+fn whole_frames(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 9) {
+        let end = at + 9 + u32::from_be_bytes(header[5..9].try_into().unwrap()) as usize;
+        if end > bytes.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
+/// The result kind of a RESULT body, or the error code of an ERROR one.
+fn answer(frame: &(i16, u8, Vec<u8>)) -> (u8, u32) {
+    (frame.1, error_code(&frame.2))
+}
+
+#[test]
+fn comments_and_batches_are_split_where_cassandra_splits_them() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    let c = client(
+        listener,
+        4,
+        json!([
+            ["query", "USE app"],
+            // Cassandra's lexer ends a -- or // comment at a carriage return too
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (1); --\rDELETE FROM orders WHERE id = 1;\nAPPLY BATCH"
+            ],
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (1) // x\rUPDATE secrets SET v = 1 WHERE id = 1\nAPPLY BATCH"
+            ],
+            // the ';' between batch statements is optional
+            ["query", "BEGIN BATCH INSERT INTO orders (id) VALUES (2) DELETE FROM orders WHERE id = 2 APPLY BATCH"],
+            // one statement per QUERY: two are never forwarded
+            ["query", "SELECT * FROM orders; DELETE FROM orders WHERE id = 3"],
+            // allowed, and judged as what the server runs
+            [
+                "query",
+                "BEGIN BATCH INSERT INTO orders (id) VALUES (4) INSERT INTO app.orders (id) VALUES (5) APPLY BATCH"
+            ],
+            ["query", "SELECT * FROM -- why not\rorders"],
+        ]),
+        &[],
+    );
+    let r = &c.results;
+    assert_eq!(r.len(), 7, "{r:?}");
+    for refused in &r[1..5] {
+        unauthorized(refused);
+    }
+    assert_eq!(r[5]["kind"], 2, "{}", r[5]);
+    assert_eq!(rows(&r[6]), json!([["SELECT * FROM -- why not\rorders", "app"]]));
+
+    // the server ran inserts into and selects from app.orders, nothing else
+    let ran = standin.ran();
+    assert!(!ran.is_empty());
+    for (action, table) in &ran {
+        assert!(
+            matches!(action.as_str(), "use" | "insert" | "select") && (table.is_empty() || table == "app.orders"),
+            "the server ran {action} on {table}: {ran:?}"
+        );
+    }
+    let flows = weir.flows("protocol=cassandra&verdict=denied");
+    let judged: Vec<_> = flows.iter().map(statements).collect();
+    for expected in [
+        vec![("insert", "app.orders"), ("delete", "app.orders")],
+        vec![("insert", "app.orders"), ("update", "app.secrets")],
+    ] {
+        let expected: Vec<_> = expected.iter().map(|(a, t)| (a.to_string(), Some(t.to_string()))).collect();
+        assert!(judged.contains(&expected), "{expected:?} not in {judged:?}");
+    }
+    assert!(
+        flows.iter().any(|f| f.reason.as_deref().is_some_and(|r| r.contains("more than one statement"))),
+        "{flows:?}"
+    );
+}
+
+#[test]
+fn the_keyspace_query_option_decides_unqualified_names_in_v3_v4_and_v5() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    for version in [3u8, 4] {
+        let mut s = raw_session(version, CLIENT, listener);
+        s.write_all(&query(version, 1, "USE app")).unwrap();
+        assert_eq!(read_frames(&mut s, 1)[0].1, 0x08);
+        let mut bytes = query_in(version, 2, "SELECT * FROM orders", "other");
+        bytes.extend(query_in(version, 3, "SELECT * FROM orders", "app"));
+        bytes.extend(batch_in(version, 4, &["INSERT INTO orders (id) VALUES (1)"], "other"));
+        bytes.extend(batch_in(version, 5, &["INSERT INTO orders (id) VALUES (1)"], "app"));
+        s.write_all(&bytes).unwrap();
+        let answers: std::collections::HashMap<i16, (u8, u32)> =
+            read_frames(&mut s, 4).iter().map(|f| (f.0, answer(f))).collect();
+        assert_eq!(answers.get(&2), Some(&(0x00, 0x2100)), "other.orders is refused (v{version}): {answers:?}");
+        assert_eq!(answers.get(&3), Some(&(0x08, 2)), "app.orders is read (v{version}): {answers:?}");
+        assert_eq!(answers.get(&4), Some(&(0x00, 0x2100)), "a batch into other.orders (v{version}): {answers:?}");
+        assert_eq!(answers.get(&5), Some(&(0x08, 1)), "a batch into app.orders (v{version}): {answers:?}");
+        weir.wait_flow("protocol=cassandra&verdict=denied", "the select in the keyspace option", |f| {
+            f.cassandra.as_ref().unwrap().version == version
+                && statements(f) == [("select".to_string(), Some("other.orders".to_string()))]
+        });
+    }
+    // v5: the driver itself sends the option
+    let c = client(
+        listener,
+        5,
+        json!([["query_in", "other", "SELECT * FROM orders"], ["query_in", "app", "SELECT * FROM orders"]]),
+        &[],
+    );
+    unauthorized(&c.results[0]);
+    assert_eq!(rows(&c.results[1]), json!([["SELECT * FROM orders", "app"]]));
+    let ran = standin.ran();
+    assert!(ran.iter().all(|(_, table)| table.is_empty() || table == "app.orders"), "{ran:?}");
+    assert_eq!(ran.iter().filter(|(_, table)| table == "app.orders").count(), 5, "{ran:?}");
+}
+
+#[test]
+fn a_stream_still_in_flight_is_refused_so_a_use_is_always_learned() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    let mut s = raw_session(4, CLIENT, listener);
+    s.write_all(&query(4, 1, "USE app")).unwrap();
+    assert_eq!(read_frames(&mut s, 1)[0].1, 0x08);
+    // in one write: stream 5 twice, the second time a USE that would change
+    // how the query on stream 6 reads; then a USE on the server's stream -1
+    let mut bytes = query(4, 5, "SELECT * FROM orders");
+    bytes.extend(query(4, 5, "USE other"));
+    bytes.extend(query(4, 6, "SELECT * FROM orders"));
+    bytes.extend(query(4, -1, "USE other"));
+    s.write_all(&bytes).unwrap();
+    let answers = read_frames(&mut s, 4);
+    let on = |stream: i16| answers.iter().filter(|f| f.0 == stream).map(answer).collect::<Vec<_>>();
+    let mut five = on(5);
+    five.sort();
+    assert_eq!(five, [(0x00, 0x000a), (0x08, 2)], "rows for the first, a protocol error for the reuse: {answers:?}");
+    assert_eq!(on(6), [(0x08, 2)], "{answers:?}");
+    assert_eq!(on(-1), [(0x00, 0x000a)], "{answers:?}");
+    let reused = answers.iter().find(|f| f.0 == 5 && f.1 == 0x00).unwrap();
+    assert!(String::from_utf8_lossy(&reused.2).contains("still in flight"), "{reused:?}");
+
+    // the server never switched keyspace: everything ran in app
+    assert!(!standin.received_queries().iter().any(|q| q == "USE other"), "{:?}", standin.received_queries());
+    let ran = standin.ran();
+    assert!(ran.iter().all(|(_, table)| table.is_empty() || table == "app.orders"), "{ran:?}");
+    weir.wait_flow("protocol=cassandra&verdict=error", "the reused stream", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("stream id 5 is still in flight"))
+    });
+    weir.wait_flow("protocol=cassandra&verdict=error", "the negative stream", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("stream id -1 is negative"))
+    });
+    // and the connection still serves
+    s.write_all(&query(4, 5, "SELECT * FROM items")).unwrap();
+    assert_eq!(read_frames(&mut s, 1).iter().map(answer).collect::<Vec<_>>(), [(0x08, 2)]);
+}
+
+#[test]
+fn a_prepared_id_is_filed_with_the_statement_its_server_prepared() {
+    let standin = Standin::start(&[]);
+    let (weir, listener) = start_weir(standin.addr);
+    // cql-client may read app.orders and app.items; it prepares both on one
+    // stream, the second while the first is in flight
+    let mut client = raw_session(4, CLIENT, listener);
+    let mut bytes = prepare(4, 3, "SELECT * FROM app.orders");
+    bytes.extend(prepare(4, 3, "SELECT * FROM app.items"));
+    client.write_all(&bytes).unwrap();
+    let answers = read_frames(&mut client, 2);
+    let mut kinds: Vec<_> = answers.iter().map(answer).collect();
+    kinds.sort();
+    assert_eq!(kinds, [(0x00, 0x000a), (0x08, 4)], "one PREPARED, one refusal: {answers:?}");
+    let prepared = &answers.iter().find(|f| f.1 == 0x08).unwrap().2;
+    let id_len = u16::from_be_bytes([prepared[4], prepared[5]]) as usize;
+    let orders_id = prepared[6..6 + id_len].to_vec();
+    let prepares: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "prepare").collect();
+    assert_eq!(prepares.len(), 1, "{prepares:?}");
+    assert_eq!(prepares[0]["query"], "SELECT * FROM app.orders");
+
+    // cql-reader may read app.items only: the orders id is judged as orders
+    let mut reader = raw_session(4, READER, listener);
+    reader.write_all(&execute(4, 1, &orders_id)).unwrap();
+    assert_eq!(read_frames(&mut reader, 1).iter().map(answer).collect::<Vec<_>>(), [(0x00, 0x2100)]);
+    assert!(!standin.received().iter().any(|r| r["op"] == "execute"), "the reader's EXECUTE reached the server");
+    let denied = weir.wait_flow("protocol=cassandra&verdict=denied", "the reader's execute", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "execute"
+    });
+    assert_eq!(statements(&denied), [("select".to_string(), Some("app.orders".to_string()))]);
+    // while the client that may read orders executes it
+    client.write_all(&execute(4, 4, &orders_id)).unwrap();
+    assert_eq!(read_frames(&mut client, 1).iter().map(answer).collect::<Vec<_>>(), [(0x08, 2)]);
+}
+
+#[test]
+fn a_prepared_id_that_is_not_cassandras_digest_of_the_statement_is_not_filed() {
+    // a server answering PREPARE with an id that is not MD5(keyspace +
+    // query): weir cannot tie it to the statement, so EXECUTE of it is
+    // answered Unprepared and never reaches the server
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(Ok(mut stream)) = server.incoming().next() else { return };
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for (stream_id, opcode, _) in parse_frames(&buf[..n]) {
+                let _ = seen_tx.send(opcode);
+                let reply = match opcode {
+                    0x01 => frame(0x84, stream_id, 0x02, &[]),
+                    // Prepared, id 0xdeadbeef, no metadata
+                    0x09 => frame(
+                        0x84,
+                        stream_id,
+                        0x08,
+                        &[
+                            0, 0, 0, 4, 0, 4, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4,
+                            0, 0, 0, 0,
+                        ],
+                    ),
+                    _ => frame(0x84, stream_id, 0x08, &[0, 0, 0, 1]),
+                };
+                let _ = stream.write_all(&reply);
+            }
+        }
+    });
+    let (weir, listener) = start_weir(upstream);
+    let mut s = raw_session(4, CLIENT, listener);
+    s.write_all(&prepare(4, 1, "SELECT * FROM app.items")).unwrap();
+    assert_eq!(read_frames(&mut s, 1).iter().map(answer).collect::<Vec<_>>(), [(0x08, 4)]);
+    s.write_all(&execute(4, 2, &[0xde, 0xad, 0xbe, 0xef])).unwrap();
+    assert_eq!(read_frames(&mut s, 1).iter().map(answer).collect::<Vec<_>>(), [(0x00, 0x2500)]);
+    let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unfiled prepare", |f| {
+        f.cassandra.as_ref().unwrap().opcode == "prepare"
+    });
+    assert!(flow.reason.as_deref().unwrap().contains("not the MD5"), "{flow:?}");
+    drop(s);
+    let opcodes: Vec<u8> = seen.try_iter().collect();
+    assert_eq!(opcodes, [0x01, 0x09], "the EXECUTE never reached the server");
 }

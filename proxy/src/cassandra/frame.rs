@@ -405,14 +405,18 @@ pub enum BatchEntry<'a> {
     Prepared(&'a [u8]),
 }
 
-// query parameter flags
+// query parameter flags (Cassandra's QueryOptions.Codec.Flag, bit = ordinal)
 const VALUES: u32 = 0x01;
+// 0x02, skip metadata, carries nothing
 const PAGE_SIZE: u32 = 0x04;
 const PAGING_STATE: u32 = 0x08;
 const SERIAL_CONSISTENCY: u32 = 0x10;
 const TIMESTAMP: u32 = 0x20;
 const NAMES_FOR_VALUES: u32 = 0x40;
 const WITH_KEYSPACE: u32 = 0x80;
+const NOW_IN_SECONDS: u32 = 0x100;
+/// Every flag Cassandra 5.0 reads; v5 carries them in an [int].
+const KNOWN_FLAGS: u32 = 0x1ff;
 
 /// Parse a request body of protocol `version` (`flags` from its header).
 pub fn request_body(version: u8, flags: u8, opcode: u8, body: &[u8]) -> Result<RequestBody<'_>, FrameError> {
@@ -432,13 +436,15 @@ pub fn request_body(version: u8, flags: u8, opcode: u8, body: &[u8]) -> Result<R
         OP_OPTIONS | OP_REGISTER | OP_AUTH_RESPONSE => RequestBody::Handshake,
         OP_QUERY => {
             let query = r.long_string()?;
-            let keyspace = query_parameters(version, &mut r)?;
+            let keyspace = query_options(version, &mut r, false)?;
             RequestBody::Query { query, keyspace }
         }
         OP_PREPARE => {
             let query = r.long_string()?;
             let mut keyspace = None;
-            if version >= 5 && !r.0.is_empty() {
+            // v5: Cassandra always reads the flags (a body without them is
+            // broken, not a PREPARE without keyspace)
+            if version >= 5 {
                 let flags = r.int()? as u32;
                 if flags & 0x01 != 0 {
                     keyspace = Some(r.string()?);
@@ -461,19 +467,7 @@ pub fn request_body(version: u8, flags: u8, opcode: u8, body: &[u8]) -> Result<R
                     r.value()?;
                 }
             }
-            let _consistency = r.short()?;
-            let flags = if version >= 5 { r.int()? as u32 } else { u32::from(r.byte()?) };
-            if flags & NAMES_FOR_VALUES != 0 {
-                // Cassandra refuses it too; weir could not find the values' ends
-                return bad("named values in a batch");
-            }
-            if flags & SERIAL_CONSISTENCY != 0 {
-                r.short()?;
-            }
-            if flags & TIMESTAMP != 0 {
-                r.skip(8, "a timestamp")?;
-            }
-            let keyspace = if version >= 5 && flags & WITH_KEYSPACE != 0 { Some(r.string()?) } else { None };
+            let keyspace = query_options(version, &mut r, true)?;
             RequestBody::Batch { entries, keyspace }
         }
         op => return bad(format!("opcode {op:#04x} ({}) is not a request", opcode_name(op))),
@@ -481,13 +475,24 @@ pub fn request_body(version: u8, flags: u8, opcode: u8, body: &[u8]) -> Result<R
     Ok(parsed)
 }
 
-/// Walk QUERY's parameters to v5's keyspace (earlier versions have none).
-fn query_parameters<'a>(version: u8, r: &mut Reader<'a>) -> Result<Option<&'a str>, FrameError> {
-    if version < 5 {
-        return Ok(None);
-    }
+/// Read QUERY's (or BATCH's) options exactly as Cassandra's
+/// `QueryOptions.Codec.decode` does, in every version: the flags are a
+/// [byte] before v5 and an [int] from v5, and Cassandra 4 and 5 honour
+/// every flag the [byte] can carry, `with keyspace` (0x80) included, in v3
+/// and v4 too. Returns that keyspace, which decides unqualified names.
+fn query_options<'a>(version: u8, r: &mut Reader<'a>, batch: bool) -> Result<Option<&'a str>, FrameError> {
     let _consistency = r.short()?;
-    let flags = r.int()? as u32;
+    let flags = if version >= 5 { r.int()? as u32 } else { u32::from(r.byte()?) };
+    if flags & !KNOWN_FLAGS != 0 {
+        return bad(format!(
+            "query flags {flags:#x}: weir does not know what Cassandra reads for {:#x}",
+            flags & !KNOWN_FLAGS
+        ));
+    }
+    if batch && flags & NAMES_FOR_VALUES != 0 {
+        // Cassandra refuses named values in a batch too
+        return bad("named values in a batch");
+    }
     if flags & VALUES != 0 {
         for _ in 0..r.short()? {
             if flags & NAMES_FOR_VALUES != 0 {
@@ -496,6 +501,7 @@ fn query_parameters<'a>(version: u8, r: &mut Reader<'a>) -> Result<Option<&'a st
             r.value()?;
         }
     }
+    // then, in this order, what each flag adds
     if flags & PAGE_SIZE != 0 {
         r.int()?;
     }
@@ -508,7 +514,11 @@ fn query_parameters<'a>(version: u8, r: &mut Reader<'a>) -> Result<Option<&'a st
     if flags & TIMESTAMP != 0 {
         r.skip(8, "a timestamp")?;
     }
-    Ok(if flags & WITH_KEYSPACE != 0 { Some(r.string()?) } else { None })
+    let keyspace = if flags & WITH_KEYSPACE != 0 { Some(r.string()?) } else { None };
+    if flags & NOW_IN_SECONDS != 0 {
+        r.int()?;
+    }
+    Ok(keyspace)
 }
 
 /// What a response says, as far as weir follows it.

@@ -7,13 +7,16 @@
 //! PREPARE got, when v5 framing starts) and writes weir's own answers. CQL
 //! clients match responses by stream id, so weir's answers need no ordering
 //! against the server's, only whole-frame (and, in v5, whole-segment)
-//! boundaries.
+//! boundaries. Weir matches them the same way, so it allows one request per
+//! stream at a time: a request on a stream still in flight (or on a
+//! negative one, the server's) is refused with a protocol error, and every
+//! answer teaches weir about exactly the request it answers.
 //!
 //! Compression is declined: weir empties the `COMPRESSION` list of the
 //! server's SUPPORTED answer, so drivers connect uncompressed, and answers a
 //! STARTUP that asks for it anyway with a protocol error naming the reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +57,11 @@ struct Shared {
     turns_answered: watch::Sender<u64>,
     /// The server, for the prepared-statement ids it hands out.
     upstream: SocketAddr,
+    /// Stream ids forwarded and not answered yet. A request on one of them
+    /// is refused: its answer could not be told from the first one's, and
+    /// weir would learn from the wrong request (a `USE` never learned, a
+    /// PREPARE's id filed under another statement).
+    in_flight: Mutex<HashSet<i16>>,
 }
 
 impl Shared {
@@ -75,13 +83,22 @@ struct Asked {
     flow: FlowRecord,
     started: Instant,
     /// PREPARE: what the statement runs, to file under the id it gets.
-    prepares: Option<Arc<[Statement]>>,
+    prepares: Option<Prepares>,
     /// Its answer changes how the client's next bytes read: a `USE` (the
     /// keyspace names are qualified with) or a STARTUP (v5 framing starts
     /// after READY). Weir reads nothing more from the client until it is
     /// answered, so a pipelined request is never read one way by weir and
     /// another by the server.
     turning_point: bool,
+}
+
+/// A forwarded PREPARE: its text and the keyspace it was read in (the
+/// server's id for it must be the MD5 Cassandra computes of them), and what
+/// it runs.
+struct Prepares {
+    query: String,
+    keyspace: Option<String>,
+    statements: Arc<[Statement]>,
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
@@ -95,6 +112,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
         keyspace: Mutex::new(None),
         turns_answered: watch::channel(0).0,
         upstream: snap.listener.config.upstream,
+        in_flight: Mutex::new(HashSet::new()),
     };
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
@@ -169,6 +187,7 @@ async fn requests(
             match step(conn, shared, s, &request) {
                 Step::Forward(asked) => {
                     turns_sent += u64::from(asked.turning_point);
+                    shared.in_flight.lock().unwrap().insert(asked.stream);
                     if queue.send(Pending::Server(asked)).await.is_err() {
                         break 'read;
                     }
@@ -225,6 +244,21 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
         cassandra: Some(cassandra),
         ..conn.flow(snap, Verdict::Error, Some(why))
     };
+    // One request per stream at a time, and none on the server's (negative)
+    // streams: every answer then belongs to exactly one request. Refused with
+    // a protocol error on that stream; the connection stays open.
+    let stream_refused = if header.stream < 0 {
+        Some(format!("stream id {} is negative: those are the server's (events)", header.stream))
+    } else if shared.in_flight.lock().unwrap().contains(&header.stream) {
+        Some(format!("stream id {} is still in flight: reuse a stream only once its answer has arrived", header.stream))
+    } else {
+        None
+    };
+    if let Some(why) = stream_refused {
+        cassandra.response = Some(format!("error {:#06x}", frame::ERR_PROTOCOL));
+        conn.record(error_flow(cassandra, why.clone()));
+        return Step::Answer(frame::error(version, header.stream, frame::ERR_PROTOCOL, &why, &[]));
+    }
     let body = match frame::request_body(header.version, header.flags, header.opcode, &request[HEADER..]) {
         Ok(body) => body,
         Err(FrameError(why)) => {
@@ -237,6 +271,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
     };
     let keyspace = shared.keyspace.lock().unwrap().clone();
     let prepared = |id: &[u8]| conn.state.cql_prepared.get(shared.upstream, id);
+    let mut prepare_of = None;
     // shared, not copied, for an EXECUTE of a prepared statement (the common case)
     let statements: Arc<[Statement]> = match &body {
         RequestBody::Startup { compression: Some(algorithm) } => {
@@ -249,8 +284,11 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
             return Step::Answer(frame::error(version, header.stream, frame::ERR_PROTOCOL, &why, &[]));
         }
         RequestBody::Startup { compression: None } | RequestBody::Handshake => Arc::new([]),
-        RequestBody::Query { query, keyspace: ks } | RequestBody::Prepare { query, keyspace: ks } => {
-            cql::classify(query, ks.or(keyspace.as_deref())).into()
+        RequestBody::Query { query, keyspace: ks } => cql::classify(query, ks.or(keyspace.as_deref())).into(),
+        RequestBody::Prepare { query, keyspace: ks } => {
+            let ks = ks.or(keyspace.as_deref());
+            prepare_of = Some((query.to_string(), ks.map(str::to_string)));
+            cql::classify(query, ks).into()
         }
         RequestBody::Execute { id } => match prepared(id) {
             Some(statements) => statements,
@@ -285,7 +323,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
         || (matches!(header.opcode, frame::OP_QUERY | frame::OP_EXECUTE)
             && statements.len() == 1
             && statements[0].action == "use");
-    let prepares = (header.opcode == frame::OP_PREPARE).then_some(statements);
+    let prepares = prepare_of.map(|(query, keyspace)| Prepares { query, keyspace, statements });
     Step::Forward(Box::new(Asked {
         stream: header.stream,
         opcode: header.opcode,
@@ -304,6 +342,15 @@ fn unknown_prepared(conn: &Connection, snap: &Snapshot, header: &Header, mut c: 
     let why = format!("prepared statement {} unknown to weir; answered Unprepared", hex(id));
     conn.record(FlowRecord { cassandra: Some(c), ..conn.flow(snap, Verdict::Error, Some(why)) });
     Step::Answer(frame::unprepared(header.version, header.stream, id))
+}
+
+/// Cassandra's prepared-statement id (QueryProcessor.computeId): the MD5 of
+/// the keyspace the statement was prepared in followed by its text, or of
+/// the text alone (fully qualified statements, and servers before 4.0.2).
+fn cassandras_prepared_id(id: &[u8], query: &str, keyspace: Option<&str>) -> bool {
+    use md5::{Digest, Md5};
+    let with_keyspace = keyspace.map(|ks| Md5::new().chain_update(ks).chain_update(query).finalize());
+    id == Md5::digest(query).as_slice() || with_keyspace.is_some_and(|digest| id == digest.as_slice())
 }
 
 fn hex(id: &[u8]) -> String {
@@ -398,15 +445,20 @@ async fn responses(
                         Err(FrameError(why)) => break 'serve Some(format!("unparsable {} response ({why})", frame::opcode_name(header.opcode))),
                     };
                     let Some(a) = (header.stream >= 0).then(|| asked.remove(&header.stream)).flatten() else {
-                        // events (stream -1), and answers to streams the client gave up on
+                        // events (stream -1), and answers to no request weir forwarded
                         output.push(shared.modern(), &response);
                         continue;
                     };
+                    shared.in_flight.lock().unwrap().remove(&header.stream);
                     let turning_point = a.turning_point;
+                    let answers_startup = a.opcode == frame::OP_STARTUP;
                     let rewritten = learn(conn, shared, a, &header, &body, &response);
                     output.push(shared.modern(), rewritten.as_deref().unwrap_or(&response));
                     // v5: segments from the frame after the one that answers STARTUP
-                    if header.version == 5 && matches!(header.opcode, frame::OP_READY | frame::OP_AUTHENTICATE) {
+                    if answers_startup
+                        && header.version == 5
+                        && matches!(header.opcode, frame::OP_READY | frame::OP_AUTHENTICATE)
+                    {
                         shared.modern.store(true, Ordering::Release);
                     }
                     // last: the request half reads on once this is counted
@@ -448,8 +500,20 @@ fn learn(
             "set-keyspace".into()
         }
         ResponseBody::Prepared { id } => {
-            if let Some(statements) = a.prepares.take() {
-                conn.state.cql_prepared.insert(shared.upstream, id, statements);
+            if let Some(p) = a.prepares.take() {
+                if cassandras_prepared_id(id, &p.query, p.keyspace.as_deref()) {
+                    conn.state.cql_prepared.insert(shared.upstream, id, p.statements);
+                } else {
+                    // weir read the statement in another keyspace than the
+                    // server did, or the answer is not this PREPARE's: its
+                    // EXECUTEs are answered Unprepared, never judged as it
+                    a.flow.verdict = Verdict::Error;
+                    a.flow.reason = Some(format!(
+                        "prepared id {} is not the MD5 Cassandra computes for this statement in keyspace {}; not filed",
+                        hex(id),
+                        p.keyspace.as_deref().unwrap_or("(none)")
+                    ));
+                }
             }
             "prepared".into()
         }
@@ -466,4 +530,25 @@ fn learn(
     a.flow.latency_us = Some(a.started.elapsed().as_micros() as u64);
     conn.record(a.flow);
     rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn prepared_ids_are_cassandras_md5_of_keyspace_and_text() {
+        // md5("SELECT * FROM t") and md5("app" + "SELECT * FROM t")
+        let bare = unhex("cd36a2072e7f9deaa746db7480200944");
+        let in_app = unhex("0476978415be409d24aa9c2a604a6677");
+        assert!(cassandras_prepared_id(&bare, "SELECT * FROM t", None));
+        assert!(cassandras_prepared_id(&bare, "SELECT * FROM t", Some("app")), "fully qualified: no keyspace");
+        assert!(cassandras_prepared_id(&in_app, "SELECT * FROM t", Some("app")));
+        assert!(!cassandras_prepared_id(&in_app, "SELECT * FROM t", Some("other")), "read in another keyspace");
+        assert!(!cassandras_prepared_id(&in_app, "SELECT * FROM u", Some("app")), "another statement");
+    }
 }

@@ -81,11 +81,10 @@ fn request_bodies_give_queries_ids_batches_and_v5_keyspaces() {
         request_body(5, 0, OP_QUERY, &q).unwrap(),
         RequestBody::Query { query: "SELECT * FROM t", keyspace: Some("ks") }
     );
-    // v4 keeps no keyspace in the request
-    assert_eq!(
-        request_body(4, 0, OP_QUERY, &long_string("USE a")).unwrap(),
-        RequestBody::Query { query: "USE a", keyspace: None }
-    );
+    // no flags, no keyspace
+    let mut use_a = long_string("USE a");
+    use_a.extend_from_slice(&[0, 1, 0]);
+    assert_eq!(request_body(4, 0, OP_QUERY, &use_a).unwrap(), RequestBody::Query { query: "USE a", keyspace: None });
     assert_eq!(request_body(4, 0, OP_EXECUTE, &[0, 2, 7, 8, 0, 1, 0]).unwrap(), RequestBody::Execute { id: &[7, 8] });
     let mut b = vec![0, 0, 2];
     b.push(0);
@@ -152,4 +151,60 @@ fn responses_teach_keyspaces_and_prepared_ids_past_a_tracing_prefix() {
         ResponseBody::Prepared { id: &[1, 2] }
     );
     assert_eq!(response_body(0, OP_ERROR, &[0, 0, 0x22, 0, 0, 0]).unwrap(), ResponseBody::Error { code: 0x2200 });
+}
+
+#[test]
+fn query_options_are_read_as_cassandra_reads_them_in_every_version() {
+    // v3 and v4: a [byte] of flags, and Cassandra 4/5 honour 0x80 (with keyspace) there too
+    for version in [3, 4] {
+        let mut q = long_string("SELECT * FROM t");
+        // values with names | page size | paging state | serial | timestamp | keyspace
+        q.extend_from_slice(&[0, 1, 0xfd, 0, 1, 0, 1, b'v', 0, 0, 0, 1, 7]);
+        q.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 2, 1, 2, 0, 8]);
+        q.extend(5u64.to_be_bytes());
+        q.extend_from_slice(&[0, 5, b'o', b't', b'h', b'e', b'r']);
+        assert_eq!(
+            request_body(version, 0, OP_QUERY, &q).unwrap(),
+            RequestBody::Query { query: "SELECT * FROM t", keyspace: Some("other") },
+            "v{version}"
+        );
+        // a batch's options are the same codec (values included)
+        let mut b = vec![1, 0, 1, 0];
+        b.extend(long_string("INSERT INTO t (k) VALUES (1)"));
+        b.extend_from_slice(&[0, 0, 0, 1, 0x81, 0, 0, 0, 2, b'k', b's']);
+        assert_eq!(
+            request_body(version, 0, OP_BATCH, &b).unwrap(),
+            RequestBody::Batch {
+                entries: vec![BatchEntry::Query("INSERT INTO t (k) VALUES (1)")],
+                keyspace: Some("ks")
+            },
+        );
+    }
+    // v5: an [int] of flags; now_in_seconds (0x100) comes after the keyspace
+    let mut q = long_string("SELECT * FROM t");
+    q.extend_from_slice(&[0, 1, 0, 0, 0x01, 0x80, 0, 2, b'k', b's', 0, 0, 0, 42]);
+    assert_eq!(
+        request_body(5, 0, OP_QUERY, &q).unwrap(),
+        RequestBody::Query { query: "SELECT * FROM t", keyspace: Some("ks") }
+    );
+    // a flag Cassandra 5.0 does not define: weir cannot know what follows it
+    let mut q = long_string("SELECT * FROM t");
+    q.extend_from_slice(&[0, 1, 0, 0, 0x02, 0x80, 0, 2, b'k', b's', 0, 0, 0, 42]);
+    assert!(request_body(5, 0, OP_QUERY, &q).unwrap_err().0.contains("0x200"));
+    // v5 PREPARE: flags always, 0x01 with keyspace
+    let mut p = long_string("SELECT * FROM t");
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 2, b'k', b's']);
+    assert_eq!(
+        request_body(5, 0, OP_PREPARE, &p).unwrap(),
+        RequestBody::Prepare { query: "SELECT * FROM t", keyspace: Some("ks") }
+    );
+    assert!(request_body(5, 0, OP_PREPARE, &long_string("SELECT * FROM t")).is_err());
+    assert_eq!(
+        request_body(4, 0, OP_PREPARE, &long_string("SELECT * FROM t")).unwrap(),
+        RequestBody::Prepare { query: "SELECT * FROM t", keyspace: None }
+    );
+    // a keyspace flag with the keyspace missing is broken, not ignored
+    let mut q = long_string("SELECT * FROM t");
+    q.extend_from_slice(&[0, 1, 0x80]);
+    assert!(request_body(4, 0, OP_QUERY, &q).is_err());
 }
