@@ -55,7 +55,9 @@ fn wait_port(addr: SocketAddr, what: &str) {
     wait_for(what, Duration::from_secs(30), || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
 }
 
-/// A child process killed on drop.
+/// A child process killed on drop, with everything it started: it runs in
+/// its own process group (nginx's workers, a shell's children), and the
+/// whole group is killed, so no worker outlives a master killed alone.
 pub struct Process {
     child: Child,
     pub name: String,
@@ -63,8 +65,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, command: &mut Command) -> Self {
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        use std::os::unix::process::CommandExt as _;
+        let child = command.process_group(0).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Process { child, name: name.into() }
+    }
+
+    /// Send `signal` to the process's whole group (its pid is the group id).
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: signalling the process group our own child leads.
+        unsafe { libc::kill(-(self.child.id() as i32), signal) };
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -92,6 +101,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // the group first: once the leader is reaped, its workers would be
+        // orphans nobody waits for
+        self.signal_group(libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
