@@ -126,6 +126,16 @@ impl Weir {
 
     /// The same, with more arguments for `weir run`.
     pub fn start_with(config: &str, policies: &[(&str, &str)], args: &[&str]) -> Weir {
+        Weir::start_inner(config, policies, args, None)
+    }
+
+    /// The same, with `RLIMIT_NOFILE` (soft and hard) set to `nofile` for
+    /// weir: descriptor exhaustion is cheap to reach.
+    pub fn start_with_nofile(config: &str, policies: &[(&str, &str)], nofile: u64) -> Weir {
+        Weir::start_inner(config, policies, &[], Some(nofile))
+    }
+
+    fn start_inner(config: &str, policies: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = config.replace("ADMIN", &admin.to_string());
@@ -135,19 +145,33 @@ impl Weir {
             std::fs::write(dir.path().join("policies").join(name), text).unwrap();
         }
         let log = dir.path().join("weir.log");
-        let process = Process::spawn(
-            "weir",
-            Command::new(weir_bin())
-                .args(["run", "--config"])
-                .arg(dir.path())
-                .args(args)
-                .env("WEIR_CACHE_DIR", cache_dir())
-                .env("WEIR_STATE_DIR", dir.path().join("state"))
-                .env("WEIR_LOG", "info,weir=debug")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap()),
-        );
+        let mut command = Command::new(weir_bin());
+        command
+            .args(["run", "--config"])
+            .arg(dir.path())
+            .args(args)
+            .env("WEIR_CACHE_DIR", cache_dir())
+            .env("WEIR_STATE_DIR", dir.path().join("state"))
+            .env("WEIR_LOG", "info,weir=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(nofile) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+            // SAFETY: setrlimit is async-signal-safe and reads a struct copied
+            // into the closure; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let process = Process::spawn("weir", &mut command);
         let mut weir = Weir { dir, admin, process, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -113,8 +113,12 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // counted against the connection limits (limits.rs) while it lives
+                    let target = crate::context::Target::Listener(name.clone());
+                    let Some(admitted) = crate::listeners::admit(&state, &target, ListenerProtocol::Dns, &stream, peer) else { continue };
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer));
+                    let connection = tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer);
+                    tokio::spawn(async move { let _admitted = admitted; connection.await });
                 }
                 Err(e) => {
                     tracing::warn!(listener = &*name, "accept failed: {e}");
