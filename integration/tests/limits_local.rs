@@ -523,3 +523,50 @@ fn a_stream_filter_flood_leaves_dns_answering_and_recovers_by_itself() {
     assert_eq!(lookup(ALICE).as_deref(), Some("NOERROR"));
     assert_eq!(weir.config()["reload"]["rejected"], serde_json::json!([]), "{}", weir.config());
 }
+
+// -------------------------------------------------------------- Cassandra
+
+#[test]
+fn cql_frames_past_the_request_limit_and_idle_cql_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin_addr = listen_addr();
+    let log = dir.path().join("requests.jsonl");
+    let _standin =
+        python_server("cql_standin.py", &[&standin_addr.to_string(), &log.display().to_string()], standin_addr);
+    let listener = listen_addr();
+    let config = format!(
+        "admin: ADMIN\nlimits: {{idle_timeout: 1s}}\n\
+         endpoints:\n  - {{name: alice, address: {ALICE}, labels: {{app: client}}}}\n\
+         listeners:\n  \
+         - {{name: cql, protocol: cassandra, bind: {listener}, upstream: {standin_addr}, \
+              destination: {{labels: {{app: cassandra}}, port: 9042}}}}\n"
+    );
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cql-access}
+spec:
+  endpointSelector: {matchLabels: {app: cassandra}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9042", protocol: TCP}]}]
+"#;
+    let weir = Weir::start(&config, &[("cql.yaml", policy)]);
+
+    // a v4 QUERY header declaring a 256 MiB body (what CQL allows): refused
+    // at the header, before any of it is buffered
+    let mut greedy = connect_from(ALICE, listener);
+    let mut header = vec![0x04, 0x00, 0x00, 0x01, 0x07];
+    header.extend_from_slice(&(256u32 << 20).to_be_bytes());
+    greedy.write_all(&header).unwrap();
+    assert!(closed_within(&greedy, Duration::from_secs(20)), "the 256 MiB frame's connection is still open");
+    weir.wait_flow("protocol=cassandra", "the frame limit's flow", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("over the 16777216-byte limit"))
+    });
+
+    let idle = connect_from(ALICE, listener);
+    assert!(closed_within(&idle, Duration::from_secs(20)), "the idle CQL connection is still open");
+    weir.wait_flow("protocol=cassandra", "the idle flow", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("idle_timeout"))
+    });
+}
