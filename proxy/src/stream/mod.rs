@@ -186,7 +186,13 @@ async fn relay_through(
     let (mut from_client, mut from_server) = (BytesMut::with_capacity(READ_CHUNK), BytesMut::with_capacity(READ_CHUNK));
     let (mut client_done, mut server_done) = (false, false);
     let mut closing = None;
+    // what the filters hold undecided counts against the buffer budgets (limits.rs)
+    let mut held = conn.held(snap);
     while !(client_done && server_done) {
+        let undecided: usize = stages.iter().flat_map(|s| &s.sides).map(|side| side.undecided.len()).sum();
+        if let Err(over) = held.cover(undecided + 2 * READ_CHUNK) {
+            return Some(over.to_string());
+        }
         let (side, read) = tokio::select! {
             r = conn.idle_guard(client_read.read_buf(&mut from_client)), if !client_done => match r {
                 Ok(r) => (wit::Side::Request, r),
