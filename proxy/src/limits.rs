@@ -183,12 +183,15 @@ impl Descriptors {
             return Descriptors::for_limit(1024);
         }
         let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+        // an unlimited hard limit still stops at the kernel's fs.nr_open
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse().ok());
+        let target = nr_open.map_or(hard, |n: u64| hard.min(n));
         let mut raised = soft;
-        if soft < hard {
-            let wanted = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        if soft < target {
+            let wanted = libc::rlimit { rlim_cur: target, rlim_max: hard };
             // SAFETY: setrlimit reads the struct we own.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-                raised = hard;
+                raised = target;
             } else {
                 tracing::warn!(soft, hard, "cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
             }
