@@ -55,7 +55,9 @@ fn wait_port(addr: SocketAddr, what: &str) {
     wait_for(what, Duration::from_secs(30), || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
 }
 
-/// A child process killed on drop.
+/// A child process killed on drop, with everything it started: it runs in
+/// its own process group (nginx's workers, a shell's children), and the
+/// whole group is killed, so no worker outlives a master killed alone.
 pub struct Process {
     child: Child,
     pub name: String,
@@ -63,8 +65,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, command: &mut Command) -> Self {
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        use std::os::unix::process::CommandExt as _;
+        let child = command.process_group(0).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Process { child, name: name.into() }
+    }
+
+    /// Send `signal` to the process's whole group (its pid is the group id).
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: signalling the process group our own child leads.
+        unsafe { libc::kill(-(self.child.id() as i32), signal) };
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -92,6 +101,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // the group first: once the leader is reaped, its workers would be
+        // orphans nobody waits for
+        self.signal_group(libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -114,6 +126,16 @@ impl Weir {
 
     /// The same, with more arguments for `weir run`.
     pub fn start_with(config: &str, policies: &[(&str, &str)], args: &[&str]) -> Weir {
+        Weir::start_inner(config, policies, args, None)
+    }
+
+    /// The same, with `RLIMIT_NOFILE` (soft and hard) set to `nofile` for
+    /// weir: descriptor exhaustion is cheap to reach.
+    pub fn start_with_nofile(config: &str, policies: &[(&str, &str)], nofile: u64) -> Weir {
+        Weir::start_inner(config, policies, &[], Some(nofile))
+    }
+
+    fn start_inner(config: &str, policies: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = config.replace("ADMIN", &admin.to_string());
@@ -123,19 +145,33 @@ impl Weir {
             std::fs::write(dir.path().join("policies").join(name), text).unwrap();
         }
         let log = dir.path().join("weir.log");
-        let process = Process::spawn(
-            "weir",
-            Command::new(weir_bin())
-                .args(["run", "--config"])
-                .arg(dir.path())
-                .args(args)
-                .env("WEIR_CACHE_DIR", cache_dir())
-                .env("WEIR_STATE_DIR", dir.path().join("state"))
-                .env("WEIR_LOG", "info,weir=debug")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap()),
-        );
+        let mut command = Command::new(weir_bin());
+        command
+            .args(["run", "--config"])
+            .arg(dir.path())
+            .args(args)
+            .env("WEIR_CACHE_DIR", cache_dir())
+            .env("WEIR_STATE_DIR", dir.path().join("state"))
+            .env("WEIR_LOG", "info,weir=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(nofile) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+            // SAFETY: setrlimit is async-signal-safe and reads a struct copied
+            // into the closure; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let process = Process::spawn("weir", &mut command);
         let mut weir = Weir { dir, admin, process, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -67,6 +67,8 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
         Some(dir) => (dir, false),
         None => (quickstart_dir()?, true),
     };
+    // before anything opens descriptors: the budget follows from the limit
+    let descriptors = crate::limits::Descriptors::raise();
     let source = LocalSource::new(&dir);
     let (inputs, _) = source.read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -80,7 +82,7 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
         builder
     };
     let runtime = builder.thread_name("weir-worker").enable_all().build()?;
-    runtime.block_on(serve(source, inputs.config, quickstart, ebpf))
+    runtime.block_on(serve(source, inputs.config, quickstart, ebpf, descriptors))
 }
 
 fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
@@ -90,9 +92,16 @@ fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
     anyhow::anyhow!("the configuration is invalid ({} problem(s)); nothing was started", errors.len())
 }
 
-async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: bool) -> anyhow::Result<()> {
+async fn serve(
+    source: LocalSource,
+    config: WeirConfig,
+    quickstart: bool,
+    ebpf: bool,
+    descriptors: crate::limits::Descriptors,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let options = RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None };
+    let options =
+        RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
 
     // Learned addresses come back before anything serves: a restarted weir
@@ -119,6 +128,7 @@ async fn serve(source: LocalSource, config: WeirConfig, quickstart: bool, ebpf: 
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
         cql_prepared: Default::default(),
+        limits: crate::limits::Limits::new(descriptors),
     });
     if let Some(addr) = config.demo_backend {
         let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;

@@ -52,6 +52,9 @@ pub struct WeirConfig {
     /// The DNS proxy and what it learns for `toFQDNs`.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Connection, timeout and buffer limits (docs/limits.md).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// The answer to a query policy refuses.
@@ -261,6 +264,9 @@ pub struct ListenerConfig {
     pub escaped_slashes: EscapedSlashes,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// This listener's limits, over the `limits:` defaults (docs/limits.md).
+    #[serde(default)]
+    pub limits: crate::limits::ListenerLimitsConfig,
 }
 
 pub fn default_connect_timeout() -> Duration {
@@ -384,6 +390,10 @@ impl WeirConfig {
             if l.protocol != ListenerProtocol::Http && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: only HTTP listeners terminate TLS"));
             }
+        }
+        self.limits.validate()?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.limits.validate().map_err(|e| format!("listeners[{i}].{e}"))?;
         }
         if self.dns.upstream_timeout.is_zero() {
             return Err("dns.upstream_timeout: must be more than zero".into());

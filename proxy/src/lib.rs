@@ -13,6 +13,7 @@ pub mod flow;
 pub mod http;
 pub mod identity;
 pub mod kafka;
+pub mod limits;
 pub mod listeners;
 pub mod memcached;
 pub mod metrics;

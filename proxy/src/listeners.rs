@@ -11,7 +11,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ListenerProtocol;
+use crate::context::next_connection_id;
+use crate::flow::{FlowRecord, Verdict};
 use crate::http::Target;
+use crate::limits::{Admitted, ListenerLimits};
+use crate::metrics::RefusedLabels;
 use crate::model::PolicyModel;
 use crate::state::ProxyState;
 
@@ -69,7 +73,9 @@ impl ListenerSet {
                     let state = state.clone();
                     tokio::spawn(accept_loop(shared_name.clone(), listener, stopped, move |stream, peer| {
                         let target = Target::Listener(shared_name.clone());
-                        serve_tcp(protocol, state.clone(), target, stream, peer);
+                        if let Some(admitted) = admit(&state, &target, protocol, &stream, peer) {
+                            serve_tcp(protocol, state.clone(), target, stream, peer, admitted);
+                        }
                     }));
                 }
                 Bound::Dns(sockets) => {
@@ -182,28 +188,67 @@ pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListene
     transparent_accept_loop(listener, stop, |c| {
         let target =
             Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
-        tokio::spawn(crate::http::server::serve(state.clone(), target, c.stream, c.peer));
+        if let Some(admitted) = admit(&state, &target, ListenerProtocol::Http, &c.stream, c.peer) {
+            serve_tcp(ListenerProtocol::Http, state.clone(), target, c.stream, c.peer, admitted);
+        }
     })
     .await
 }
 
-/// Hand an accepted connection to its protocol's engine.
+/// Count an accepted connection against the connection limits
+/// (`limits.rs`), or refuse it: reset at once, with a flow record and
+/// `weir_connections_refused_total`. Refusing costs the descriptor only for
+/// a moment, and the budget leaves room for it.
+pub fn admit(
+    state: &Arc<ProxyState>,
+    target: &Target,
+    protocol: ListenerProtocol,
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let model = state.model.load();
+    // the listener is gone: the engine would close it at once anyway
+    let resolved = model.resolve(target, peer, protocol)?;
+    let limits = ListenerLimits::of(&model.config.limits, &resolved.listener.config.limits);
+    let name = target.name();
+    match state.limits.admit(&model.config.limits, &limits, &name, &resolved.source, peer) {
+        Ok(admitted) => Some(admitted),
+        Err(refused) => {
+            let labels = RefusedLabels { listener: name.to_string(), reason: refused.label() };
+            state.metrics.connections_refused.get_or_create(&labels).inc();
+            let context = resolved.context(next_connection_id(), peer, &name);
+            state.flows.record(FlowRecord {
+                reason: Some(refused.to_string()),
+                ..FlowRecord::of(&context, crate::limits::flow_protocol(protocol), Verdict::Error)
+            });
+            let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+            None
+        }
+    }
+}
+
+/// Hand an accepted connection to its protocol's engine; it stays counted
+/// (`admitted`) until the engine is done with it.
 fn serve_tcp(
     protocol: ListenerProtocol,
     state: Arc<ProxyState>,
     target: Target,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    admitted: Admitted,
 ) {
-    match protocol {
-        ListenerProtocol::Http => tokio::spawn(crate::http::server::serve(state, target, stream, peer)),
-        ListenerProtocol::Kafka => tokio::spawn(crate::kafka::serve(state, target, stream, peer)),
-        ListenerProtocol::Memcached => tokio::spawn(crate::memcached::serve(state, target, stream, peer)),
-        ListenerProtocol::Cassandra => tokio::spawn(crate::cassandra::serve(state, target, stream, peer)),
-        ListenerProtocol::Stream => tokio::spawn(crate::stream::serve(state, target, stream, peer)),
-        // bound as Bound::Dns, never here
-        ListenerProtocol::Dns => unreachable!("DNS listeners serve their own sockets"),
-    };
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        match protocol {
+            ListenerProtocol::Http => crate::http::server::serve(state, target, stream, peer).await,
+            ListenerProtocol::Kafka => crate::kafka::serve(state, target, stream, peer).await,
+            ListenerProtocol::Memcached => crate::memcached::serve(state, target, stream, peer).await,
+            ListenerProtocol::Cassandra => crate::cassandra::serve(state, target, stream, peer).await,
+            ListenerProtocol::Stream => crate::stream::serve(state, target, stream, peer).await,
+            // bound as Bound::Dns, never here
+            ListenerProtocol::Dns => unreachable!("DNS listeners serve their own sockets"),
+        }
+    });
 }
 
 /// Accept until told to stop; connections already accepted run to completion.

@@ -42,6 +42,13 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// process_limit, listener_limit, identity_limit
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// applied, rejected, unchanged
     pub result: &'static str,
@@ -86,6 +93,8 @@ pub struct Metrics {
     pub connections: Family<ListenerLabels, Counter>,
     pub active_connections: Family<ListenerLabels, Gauge>,
     pub connections_dropped: Family<ListenerLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
+    pub connections_closed_idle: Family<ListenerLabels, Counter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub policy_generation: Gauge,
     pub dns_queries: Family<DnsLabels, Counter>,
@@ -119,6 +128,8 @@ impl Default for Metrics {
             connections: Family::default(),
             active_connections: Family::default(),
             connections_dropped: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed_idle: Family::default(),
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             dns_queries: Family::default(),
@@ -153,6 +164,16 @@ impl Default for Metrics {
             "connections_dropped",
             "Connections closed at accept because L3/L4 policy denies them",
             m.connections_dropped.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections reset at accept because a connection limit was reached",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed_idle",
+            "Connections closed because the client sent nothing for the idle or head timeout",
+            m.connections_closed_idle.clone(),
         );
         registry.register("policy_reloads", "Configuration and policy reloads by result", m.policy_reloads.clone());
         registry.register("policy_generation", "Generation of the policy model in force", m.policy_generation.clone());

@@ -477,6 +477,7 @@ impl PolicyModel {
                 port: None,
             },
             tls: None,
+            limits: Default::default(),
             escaped_slashes: Default::default(),
             connect_timeout: crate::config::default_connect_timeout(),
         };
@@ -551,7 +552,13 @@ impl PolicyModel {
         if let Some(v) = self.verdicts.lock().unwrap().get(&key) {
             return v.clone();
         }
+        let exhaustions = self.runtime.exhaustions();
         let verdict = Arc::new(self.compute_verdict(listener, &source_identity, source.ip(), protocol));
+        // a verdict that met a filter-instance shortage is not kept: the
+        // shortage passes, a cached drop would not
+        if self.runtime.exhaustions() != exhaustions {
+            return verdict;
+        }
         let mut cache = self.verdicts.lock().unwrap();
         if cache.len() > 100_000 {
             cache.clear(); // bounded: world peers are keyed by address

@@ -12,7 +12,8 @@ use crate::config::ListenerProtocol;
 use crate::context::{ConnectionContext, Target, next_connection_id};
 use crate::flow::{FlowRecord, Verdict};
 use crate::http::upstream::UpstreamBind;
-use crate::metrics::{CassandraLabels, KafkaLabels, MemcachedLabels, RequestLabels};
+use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
+use crate::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
 use crate::policy::L4Protocol;
 use crate::state::{OpenConnection, ProxyState};
@@ -36,6 +37,8 @@ pub struct Connection {
     pub protocol: ListenerProtocol,
     /// The `protocol` of its flow records.
     pub flow_protocol: &'static str,
+    /// When bytes last moved, for the listener's `idle_timeout` (set by `open`).
+    pub idle: Idle,
 }
 
 impl Connection {
@@ -47,7 +50,44 @@ impl Connection {
         flow_protocol: &'static str,
     ) -> Self {
         let listener = target.name();
-        Connection { state, target, peer, id: next_connection_id(), listener, protocol, flow_protocol }
+        Connection {
+            state,
+            target,
+            peer,
+            id: next_connection_id(),
+            listener,
+            protocol,
+            flow_protocol,
+            idle: Idle::default(),
+        }
+    }
+
+    /// The listener's limits as the snapshot's model has them.
+    pub fn limits(&self, snap: &Snapshot) -> ListenerLimits {
+        ListenerLimits::of(&snap.model.config.limits, &snap.listener.config.limits)
+    }
+
+    /// How many stream-filter instances one client address may hold.
+    pub fn filter_instances_per_client(&self, snap: &Snapshot) -> usize {
+        snap.model
+            .config
+            .limits
+            .filter_instances_per_client
+            .unwrap_or(crate::limits::DEFAULT_FILTER_INSTANCES_PER_CLIENT)
+    }
+
+    /// This connection's share of the request-buffer budget.
+    pub fn held(&self, snap: &Snapshot) -> Held {
+        Held::new(&self.state.limits, self.limits(snap).max_request)
+    }
+
+    /// A read from the client, unless the connection idles past its
+    /// `idle_timeout` first (then counted in `weir_connections_closed_idle`).
+    pub async fn idle_guard<F: std::future::Future>(&self, read: F) -> Result<F::Output, IdleTimeout> {
+        self.idle.guard(read).await.inspect_err(|_| {
+            let labels = ListenerLabels { listener: self.listener.to_string() };
+            self.state.metrics.connections_closed_idle.get_or_create(&labels).inc();
+        })
     }
 
     /// The current snapshot: `current` when the model has not changed, a
@@ -117,6 +157,7 @@ impl Connection {
     /// (a flow record says which).
     pub async fn open(&self, open: &OpenConnection, client: &TcpStream) -> Option<(Snapshot, TcpStream)> {
         let (snap, bind) = self.snapshot(None)?;
+        self.idle.set_timeout(self.limits(&snap).idle_timeout);
         if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
             self.state.flows.record(self.flow(&snap, Verdict::Dropped, Some(reason.clone())));
             open.drop_at_accept(client);

@@ -33,6 +33,8 @@ pub struct ProxyState {
     pub active_connections: std::sync::atomic::AtomicUsize,
     /// What Cassandra prepared-statement ids run (shared by connections).
     pub cql_prepared: crate::cassandra::PreparedStatements,
+    /// Connection budgets and buffered bytes (`limits.rs`).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// The outcome of the last reload, for /config and /healthz.

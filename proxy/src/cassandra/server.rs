@@ -140,17 +140,30 @@ async fn requests(
     mut server: OwnedWriteHalf,
     queue: mpsc::Sender<Pending>,
 ) {
+    // what this connection may buffer (limits.rs), and its largest frame
+    let mut held = conn.held(&snap);
+    let max_body = frame::MAX_BODY.min(held.max_request());
     let mut snap = Some(snap);
     let mut input = Deframer::default();
     let mut output = Framer::default();
     let mut turns_sent = 0u64;
     let mut turns_answered = shared.turns_answered.subscribe();
     'read: loop {
+        if let Err(over) = held.cover(input.partial() + READ_CHUNK) {
+            conn.record_error(&mut snap, format!("{over}; connection closed"));
+            break;
+        }
         input.raw.reserve(READ_CHUNK);
         let read = tokio::select! {
             // the response half gave up: stop reading requests
             _ = queue.closed() => break,
-            read = client.read_buf(&mut input.raw) => read,
+            read = conn.idle_guard(client.read_buf(&mut input.raw)) => match read {
+                Ok(read) => read,
+                Err(idle) => {
+                    conn.record_error(&mut snap, format!("{idle}; connection closed"));
+                    break;
+                }
+            },
         };
         match read {
             Ok(0) if input.partial() == 0 => break,
@@ -174,7 +187,7 @@ async fn requests(
                     answered = turns_answered.wait_for(|n| *n >= turns_sent) => if answered.is_err() { break 'read },
                 }
             }
-            let request = match input.next(shared.modern(), false, frame::MAX_BODY) {
+            let request = match input.next(shared.modern(), false, max_body) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(FrameError(why)) => {
@@ -430,7 +443,7 @@ async fn responses(
                 match read {
                     Ok(0) if input.partial() == 0 => break Some("the server closed the connection".to_string()),
                     Ok(0) => break Some("the server closed the connection inside a frame".to_string()),
-                    Ok(_) => {}
+                    Ok(_) => conn.idle.touch(),
                     Err(e) => break Some(format!("the server connection failed ({e})")),
                 }
                 loop {

@@ -113,8 +113,12 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // counted against the connection limits (limits.rs) while it lives
+                    let target = crate::context::Target::Listener(name.clone());
+                    let Some(admitted) = crate::listeners::admit(&state, &target, ListenerProtocol::Dns, &stream, peer) else { continue };
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer));
+                    let connection = tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer);
+                    tokio::spawn(async move { let _admitted = admitted; connection.await });
                 }
                 Err(e) => {
                     tracing::warn!(listener = &*name, "accept failed: {e}");
@@ -128,10 +132,18 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
 /// Serve the TCP connections the datapath redirected to the DNS proxy.
 pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
     crate::listeners::transparent_accept_loop(listener, stop, |c| {
+        let (original_destination, source_identity) = (c.original_destination, c.source_identity);
+        let counted = crate::context::Target::Transparent { original_destination, source_identity };
+        let Some(admitted) = crate::listeners::admit(&state, &counted, ListenerProtocol::Dns, &c.stream, c.peer) else {
+            return;
+        };
         let _ = c.stream.set_nodelay(true);
-        let target =
-            DnsTarget::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
-        tokio::spawn(tcp_connection(state.clone(), target, c.stream, c.peer));
+        let target = DnsTarget::Transparent { original_destination, source_identity };
+        let connection = tcp_connection(state.clone(), target, c.stream, c.peer);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            connection.await
+        });
     })
     .await
 }

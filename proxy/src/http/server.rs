@@ -23,8 +23,6 @@ use crate::model::ConnectionVerdict;
 use crate::state::ProxyState;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Slow-loris guard: a request head must arrive within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, peer: SocketAddr) {
     let listener = target.name();
@@ -38,6 +36,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         }
         Target::Transparent { .. } => None,
     };
+    let head_timeout = crate::limits::http_head_timeout(&state, &target);
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(HttpConnection::new(state.clone(), target, peer, next_connection_id(), tls.is_some()));
 
@@ -52,8 +51,24 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
     }
 
     let on_reject = framing_rejected(state.clone(), context.clone());
+    let on_head_timeout = {
+        let (state, context) = (state.clone(), context.clone());
+        move || crate::limits::record_head_timeout(&state, &context, head_timeout)
+    };
     match tls {
-        None => serve_http(conn, FramingGuard::new(stream, on_reject), Mode::Auto).await,
+        // hyper-util's own detection reads through the framing guard (which
+        // holds back an incomplete head) with no timer: weir tells the
+        // versions apart itself, under the head timeout
+        None => match crate::limits::detect_http_version(&stream, head_timeout).await {
+            None => on_head_timeout(),
+            Some(crate::limits::HttpVersion::Http2) => {
+                serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout).await
+            }
+            Some(crate::limits::HttpVersion::Http1) => {
+                let io = FramingGuard::new(stream, on_reject);
+                serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
+            }
+        },
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -68,8 +83,11 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                 }
             };
             match tls_stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => serve_http(conn, tls_stream, Mode::Http2).await,
-                _ => serve_http(conn, FramingGuard::new(tls_stream, on_reject), Mode::Http1).await,
+                Some(b"h2") => serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout).await,
+                _ => {
+                    let io = FramingGuard::new(tls_stream, on_reject);
+                    serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
+                }
             }
         }
     }
@@ -94,13 +112,19 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
 }
 
 enum Mode {
-    Auto,
     Http1,
     Http2,
 }
 
-async fn serve_http<IO>(conn: Arc<HttpConnection>, io: IO, mode: Mode)
-where
+/// `head_timeout`: how long a request head may take, from when hyper starts
+/// waiting for it (so it also ends idle keep-alive connections); `None`: no limit.
+async fn serve_http<IO>(
+    conn: Arc<HttpConnection>,
+    io: IO,
+    mode: Mode,
+    head_timeout: Option<Duration>,
+    on_head_timeout: impl FnOnce(),
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
@@ -108,14 +132,16 @@ where
         async move { Ok::<_, Infallible>(conn.handle(request).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
     let builder = match mode {
-        Mode::Auto => builder,
         Mode::Http1 => builder.http1_only(),
         Mode::Http2 => builder.http2_only(),
     };
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!("connection ended with an error: {e}");
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            on_head_timeout();
+        }
     }
 }

@@ -73,13 +73,18 @@ async fn requests(
     mut broker: OwnedWriteHalf,
     queue: mpsc::Sender<Pending>,
 ) {
+    // what this connection may buffer (limits.rs), and its largest request
+    let mut held = conn.held(&snap);
+    let max_request = MAX_REQUEST.min(held.max_request());
     let mut snap = Some(snap);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         let frame = tokio::select! {
             // the response half gave up: stop reading requests
             _ = queue.closed() => break,
-            frame = read_frame(&mut client, &mut buf, MAX_REQUEST) => frame,
+            frame = conn.idle_guard(read_frame(&mut client, &mut buf, max_request, Some(&mut held))) => {
+                frame.unwrap_or_else(|idle| Err(FrameError::Bad(idle.to_string())))
+            }
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -214,8 +219,9 @@ async fn responses(
                 Some(p) => pending.push_back(p),
                 None => requests_done = true,
             },
-            frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE) => match frame {
+            frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE, None) => match frame {
                 Ok(Some(mut frame)) => {
+                    conn.idle.touch();
                     let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started }) = pending.pop_front() else {
                         break Some(Closing("the broker sent a response nobody asked for".into()));
                     };
@@ -267,11 +273,14 @@ enum FrameError {
 }
 
 /// Read one length-prefixed frame (prefix included). `Ok(None)`: a clean EOF
-/// between frames. Cancel-safe: a partly read frame stays in `buf`.
+/// between frames. Cancel-safe: a partly read frame stays in `buf`. With
+/// `held`, the declared frame is reserved from the buffer budget before
+/// its body is read.
 async fn read_frame(
     reader: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     max: usize,
+    mut held: Option<&mut crate::limits::Held>,
 ) -> Result<Option<BytesMut>, FrameError> {
     loop {
         if buf.len() >= 4 {
@@ -283,6 +292,9 @@ async fn read_frame(
             let total = 4 + len as usize;
             if buf.len() >= total {
                 return Ok(Some(buf.split_to(total)));
+            }
+            if let Some(held) = held.as_deref_mut() {
+                held.cover(total.max(buf.len())).map_err(|over| FrameError::Bad(over.to_string()))?;
             }
             // a chunk at a time: a length prefix alone must not make weir
             // allocate up to the frame limit

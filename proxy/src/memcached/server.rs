@@ -68,16 +68,28 @@ async fn requests(
     protocol: &OnceLock<Protocol>,
     queue: mpsc::Sender<Pending>,
 ) {
+    // what this connection may buffer (limits.rs)
+    let mut held = conn.held(&snap);
     let mut snap = Some(snap);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // a quiet request went out since the last barrier or flush
     let mut quiet_since_barrier = false;
     'read: loop {
+        if let Err(over) = held.cover(buf.len() + READ_CHUNK) {
+            conn.record_error(&mut snap, format!("{over}; connection closed"));
+            break;
+        }
         let read = tokio::select! {
             // the response half gave up: stop reading requests
             _ = queue.closed() => break,
-            read = client.read_buf(&mut buf) => read,
+            read = conn.idle_guard(client.read_buf(&mut buf)) => match read {
+                Ok(read) => read,
+                Err(idle) => {
+                    conn.record_error(&mut snap, format!("{idle}; connection closed"));
+                    break;
+                }
+            },
         };
         match read {
             Ok(0) if buf.is_empty() => break,
@@ -295,7 +307,7 @@ async fn responses(
                 match read {
                     Ok(0) if buf.is_empty() => break Some("the server closed the connection".to_string()),
                     Ok(0) => break Some("the server closed the connection inside a reply".to_string()),
-                    Ok(_) => {}
+                    Ok(_) => conn.idle.touch(),
                     Err(e) => break Some(format!("the server connection failed ({e})")),
                 }
                 let Some(&protocol) = protocol.get() else {

@@ -147,13 +147,16 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
         ConnectionVerdict::Drop { .. } => Vec::new(),
     };
     if links.is_empty() {
-        // no parser on this port: L3/L4 policy allowed it, bytes go as they are
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        // no parser on this port: L3/L4 policy allowed it, bytes go as they
+        // are (through the relay loop, for its idle timeout)
+        if let Some(why) = relay_through(&conn, &snap, &mut [], &mut client, &mut server).await {
+            conn.record(conn.flow(&snap, Verdict::Error, Some(format!("{why}; connection closed"))));
+        }
         return;
     }
     let mut stages = Vec::new();
     for link in links {
-        match link.filter.dedicated() {
+        match link.filter.dedicated(conn.peer.ip(), conn.filter_instances_per_client(&snap)) {
             Ok(instance) => {
                 stages.push(Stage { instance, direction: link.direction, sides: Default::default(), bypass: false })
             }
@@ -183,10 +186,22 @@ async fn relay_through(
     let (mut from_client, mut from_server) = (BytesMut::with_capacity(READ_CHUNK), BytesMut::with_capacity(READ_CHUNK));
     let (mut client_done, mut server_done) = (false, false);
     let mut closing = None;
+    // what the filters hold undecided counts against the buffer budgets (limits.rs)
+    let mut held = conn.held(snap);
     while !(client_done && server_done) {
+        let undecided: usize = stages.iter().flat_map(|s| &s.sides).map(|side| side.undecided.len()).sum();
+        if let Err(over) = held.cover(undecided + 2 * READ_CHUNK) {
+            return Some(over.to_string());
+        }
         let (side, read) = tokio::select! {
-            r = client_read.read_buf(&mut from_client), if !client_done => (wit::Side::Request, r),
-            r = server_read.read_buf(&mut from_server), if !server_done => (wit::Side::Reply, r),
+            r = conn.idle_guard(client_read.read_buf(&mut from_client)), if !client_done => match r {
+                Ok(r) => (wit::Side::Request, r),
+                Err(idle) => return Some(idle.to_string()),
+            },
+            r = server_read.read_buf(&mut from_server), if !server_done => {
+                conn.idle.touch();
+                (wit::Side::Reply, r)
+            }
         };
         let end = match read {
             Ok(0) => true,
@@ -228,7 +243,8 @@ async fn relay_through(
                 return None;
             }
         }
-        let bytes = forwarded.unwrap_or_default();
+        // no stages: the bytes go on as they came
+        let bytes = forwarded.unwrap_or_else(|| data.to_vec());
         if !bytes.is_empty() && forward_to.write_all(&bytes).await.is_err() {
             return None;
         }

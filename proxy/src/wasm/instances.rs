@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use wasmtime::{Store, StoreLimitsBuilder};
 
 use super::bindings::{CpuBudget, HostState};
+use super::slots::{Slot, Use};
 use super::{
     ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, WorldPre, classify, deadline_ticks,
 };
@@ -23,6 +24,9 @@ pub(super) struct LiveInstance {
     pub bindings: WorldBindings,
     /// Dead once the configured filter is dropped (no model uses it).
     owner: Weak<()>,
+    /// The pool slot it holds, given back when it is dropped (after the store:
+    /// fields drop in order).
+    _slot: Slot,
 }
 
 #[derive(Default)]
@@ -45,7 +49,7 @@ pub(super) fn with_instance<R>(
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if !pool.live.contains_key(&filter.id) {
-            let live = instantiate(runtime, filter)?;
+            let live = instantiate(runtime, filter, Use::Shared)?;
             pool.created_since_sweep += 1;
             if pool.created_since_sweep >= 32 {
                 // forget instances of filters no model uses any more
@@ -69,9 +73,15 @@ pub(super) fn with_instance<R>(
     })
 }
 
-/// A fresh instance with `configure` already called.
-pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) -> Result<LiveInstance, FilterFailure> {
+/// A fresh instance with `configure` already called, in a slot `purpose`
+/// may take.
+pub(super) fn instantiate(
+    runtime: &FilterRuntime,
+    filter: &ConfiguredFilter,
+    purpose: Use,
+) -> Result<LiveInstance, FilterFailure> {
     let fail = |kind, message: String| FilterFailure { filter: filter.name.clone(), kind, message };
+    let slot = runtime.slots.take(purpose).map_err(|why| fail(FailureKind::Exhausted, why))?;
     let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
     let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
     store.limiter(|state| state.limiter());
@@ -97,7 +107,17 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
         WorldPre::Cassandra(pre) => pre.instantiate(&mut store).map(WorldBindings::Cassandra),
         WorldPre::Stream(pre) => pre.instantiate(&mut store).map(WorldBindings::Stream),
     }
-    .map_err(|e| fail(FailureKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
+    .map_err(|e| {
+        // the allocator's own limits (core instances, memories) are a
+        // shortage too, not a fault of the filter
+        let message = format!("cannot instantiate: {e:#}");
+        if message.contains("maximum concurrent") {
+            runtime.slots.count_exhaustion();
+            fail(FailureKind::Exhausted, message)
+        } else {
+            fail(FailureKind::Instantiate, message)
+        }
+    })?;
     runtime
         .metrics
         .filter_instantiations
@@ -120,5 +140,5 @@ pub(super) fn instantiate(runtime: &FilterRuntime, filter: &ConfiguredFilter) ->
         }
     }
     store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
-    Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive) })
+    Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive), _slot: slot })
 }

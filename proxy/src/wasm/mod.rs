@@ -10,9 +10,11 @@ mod bindings;
 pub mod builtin;
 mod cache;
 mod instances;
+mod slots;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -77,6 +79,9 @@ pub enum FailureKind {
     Memory,
     /// No instance could be made (instantiation or `configure` failed).
     Instantiate,
+    /// No instance slot was free for it (the pool, the filter's or the
+    /// client's share of it): a resource shortage, never the filter's fault.
+    Exhausted,
 }
 
 impl FailureKind {
@@ -86,6 +91,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Memory => "memory",
             FailureKind::Instantiate => "instantiate",
+            FailureKind::Exhausted => "exhausted",
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct FilterRuntime {
     cache: Option<cache::PrecompileCache>,
     configured: Mutex<HashMap<ConfiguredKey, Weak<ConfiguredFilter>>>,
     ticker: Option<EpochTicker>,
+    /// Who holds the pool's instance slots (`slots.rs`).
+    slots: Arc<slots::Slots>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -190,7 +198,20 @@ impl FilterRuntime {
 
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
         let ticker = Some(EpochTicker::start(engine.clone()));
-        Ok(FilterRuntime { engine, linker, metrics, cache, configured: Mutex::new(HashMap::new()), ticker })
+        let slots = Arc::new(slots::Slots::new(max_instances as usize));
+        Ok(FilterRuntime { engine, linker, metrics, cache, configured: Mutex::new(HashMap::new()), ticker, slots })
+    }
+
+    /// How many times an instance could not be made for lack of a slot. A
+    /// verdict computed while this moved may rest on such a failure, and
+    /// must not be kept (the shortage passes; the verdict would not).
+    pub fn exhaustions(&self) -> u64 {
+        self.slots.exhaustions()
+    }
+
+    /// Instances alive now, and the stream-filter instances among them.
+    pub fn instances_in_use(&self) -> (usize, usize) {
+        self.slots.in_use()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -273,8 +294,9 @@ impl FilterRuntime {
                 .clone(),
         });
         // Validate on a throw-away instance so a bad configuration rejects the
-        // policy update instead of failing requests later.
-        instances::instantiate(self, &filter).map_err(|f| f.message)?;
+        // policy update instead of failing requests later. It may take the
+        // slots kept in reserve: floods of connections must not fail reloads.
+        instances::instantiate(self, &filter, slots::Use::Validate).map_err(|f| f.message)?;
         let mut configured = self.configured.lock().unwrap();
         configured.retain(|_, weak| weak.strong_count() > 0);
         configured.insert(key, Arc::downgrade(&filter));
@@ -489,12 +511,15 @@ impl ConfiguredFilter {
     }
 
     /// An instance for one connection alone (stream filters keep parser
-    /// state in it), configured and ready.
-    pub fn dedicated(self: &Arc<Self>) -> Result<DedicatedInstance, FilterFailure> {
+    /// state in it), configured and ready. Such instances live as long as
+    /// their connection, so they get only part of the pool, each filter a
+    /// part of that, and each `client` address at most `per_client` of them.
+    pub fn dedicated(self: &Arc<Self>, client: IpAddr, per_client: usize) -> Result<DedicatedInstance, FilterFailure> {
         let Some(runtime) = self.runtime.upgrade() else {
             return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
         };
-        let live = instances::instantiate(&runtime, self).inspect_err(|f| self.count_failure(&runtime, f))?;
+        let purpose = slots::Use::Dedicated { filter: self.name.clone(), client, per_client };
+        let live = instances::instantiate(&runtime, self, purpose).inspect_err(|f| self.count_failure(&runtime, f))?;
         Ok(DedicatedInstance { filter: self.clone(), live: Some(live) })
     }
 

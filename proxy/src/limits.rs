@@ -1,0 +1,757 @@
+//! What keeps slow, idle or greedy clients from starving the proxy
+//! ([docs/limits.md](../../docs/limits.md)):
+//!
+//! - **descriptors**: the soft `RLIMIT_NOFILE` is raised to the hard limit at
+//!   start, and a process-wide connection budget is derived from it that
+//!   leaves descriptors for upstream dials and the admin API;
+//! - **admission**: every accepted connection is counted against that
+//!   budget, its listener's `max_connections` and its source's
+//!   `max_connections_per_identity`; past any of them it is refused (reset)
+//!   with a flow record and `weir_connections_refused_total`;
+//! - **idle timeouts** for the relaying engines ([`Idle`]);
+//! - **buffered request bytes**, per connection and in total ([`Held`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ListenerProtocol;
+use crate::identity::{Identity, reserved};
+
+/// Defaults, chosen against what the servers behind weir do (docs/limits.md).
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 1_000;
+/// nginx's `client_header_timeout` is 60 s, Apache's `RequestReadTimeout` 20 s.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Kafka closes connections idle for 10 minutes (`connections.max.idle.ms`);
+/// drivers of Cassandra send a heartbeat every 30 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Cassandra 4's `native_transport_max_frame_size`; Kafka's producers send
+/// 1 MiB (`max.request.size`), memcached stores 1 MiB items by default.
+pub const DEFAULT_MAX_REQUEST: usize = 16 << 20;
+pub const DEFAULT_MAX_BUFFERED: usize = 256 << 20;
+pub const DEFAULT_FILTER_INSTANCES_PER_CLIENT: usize = 200;
+
+/// Every connection may buffer this much without reserving from the
+/// process budget: one read's worth, which the connection limits bound.
+const FREE_BYTES: usize = 128 << 10;
+
+/// `limits:` in weir.yaml: the process-wide limits, and the defaults of
+/// every listener's (which `listeners[].limits` overrides).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Client connections open at once in the whole process. Default (and
+    /// upper bound): what the descriptor limit leaves room for.
+    pub max_connections: Option<usize>,
+    /// Request bytes all connections may hold buffered together.
+    #[serde(with = "opt_bytes")]
+    pub max_buffered: Option<usize>,
+    /// Stream-filter instances one client address may hold (one per open
+    /// connection through a stream filter).
+    pub filter_instances_per_client: Option<usize>,
+    /// Filter instances alive at once, all filters together (the instance
+    /// pool; read at start). Default 1000.
+    pub filter_instances: Option<u32>,
+    /// Defaults for each listener.
+    pub max_connections_per_listener: Option<usize>,
+    pub max_connections_per_identity: Option<usize>,
+    #[serde(with = "opt_duration")]
+    pub request_head_timeout: Option<Duration>,
+    #[serde(with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(with = "opt_bytes")]
+    pub max_request: Option<usize>,
+}
+
+/// `listeners[].limits`: this listener's own, over the `limits:` defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimitsConfig {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_identity: Option<usize>,
+    #[serde(with = "opt_duration")]
+    pub request_head_timeout: Option<Duration>,
+    #[serde(with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(with = "opt_bytes")]
+    pub max_request: Option<usize>,
+}
+
+/// One listener's limits after defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub max_connections_per_identity: usize,
+    /// `None`: no timeout (configured as 0).
+    pub request_head_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes one connection may hold buffered (one request, or the
+    /// frames read ahead of it).
+    pub max_request: usize,
+}
+
+impl ListenerLimits {
+    pub fn of(global: &LimitsConfig, listener: &ListenerLimitsConfig) -> Self {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        ListenerLimits {
+            max_connections: listener
+                .max_connections
+                .or(global.max_connections_per_listener)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_LISTENER),
+            max_connections_per_identity: listener
+                .max_connections_per_identity
+                .or(global.max_connections_per_identity)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IDENTITY),
+            request_head_timeout: nonzero(
+                listener.request_head_timeout.or(global.request_head_timeout).unwrap_or(DEFAULT_REQUEST_HEAD_TIMEOUT),
+            ),
+            idle_timeout: nonzero(listener.idle_timeout.or(global.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT)),
+            max_request: listener.max_request.or(global.max_request).unwrap_or(DEFAULT_MAX_REQUEST),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections),
+            ("max_buffered", self.max_buffered),
+            ("filter_instances_per_client", self.filter_instances_per_client),
+            ("filter_instances", self.filter_instances.map(|n| n as usize)),
+            ("max_connections_per_listener", self.max_connections_per_listener),
+            ("max_connections_per_identity", self.max_connections_per_identity),
+            ("max_request", self.max_request),
+        ];
+        for (field, value) in positive {
+            if value == Some(0) {
+                return Err(format!("limits.{field}: must be at least 1"));
+            }
+        }
+        if let Some(n) = self.filter_instances
+            && n < 32
+        {
+            return Err(format!(
+                "limits.filter_instances: at least 32 (16 are kept for configuration checks), not {n}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ListenerLimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_identity", self.max_connections_per_identity),
+            ("max_request", self.max_request),
+        ] {
+            if value == Some(0) {
+                return Err(format!("limits.{field}: must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- descriptors
+
+/// What the descriptor limit allows, found at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Descriptors {
+    /// The soft limit in force (after raising it).
+    pub limit: u64,
+    /// Client connections the process takes at most.
+    pub connection_budget: usize,
+}
+
+impl Descriptors {
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit, log both, and derive
+    /// the connection budget: a relayed client connection costs two
+    /// descriptors (its own and its upstream's), and a reserve is kept for
+    /// the admin API, listener sockets, DNS upstream sockets and files.
+    pub fn raise() -> Self {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            tracing::warn!("cannot read RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+            return Descriptors::for_limit(1024);
+        }
+        let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+        // an unlimited hard limit still stops at the kernel's fs.nr_open
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse().ok());
+        let target = nr_open.map_or(hard, |n: u64| hard.min(n));
+        let mut raised = soft;
+        if soft < target {
+            let wanted = libc::rlimit { rlim_cur: target, rlim_max: hard };
+            // SAFETY: setrlimit reads the struct we own.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+                raised = target;
+            } else {
+                tracing::warn!(soft, hard, "cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+            }
+        }
+        let descriptors = Descriptors::for_limit(raised);
+        tracing::info!(
+            soft_before = soft,
+            hard,
+            soft = raised,
+            connection_budget = descriptors.connection_budget,
+            "file descriptor limit"
+        );
+        descriptors
+    }
+
+    pub fn for_limit(limit: u64) -> Self {
+        // RLIM_INFINITY and absurd hard limits: budget as if a million
+        let usable = limit.min(1 << 20) as usize;
+        let reserve = (usable / 16).max(64);
+        Descriptors { limit, connection_budget: (usable.saturating_sub(reserve) / 2).max(1) }
+    }
+}
+
+// ------------------------------------------------------------------ admission
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The process-wide budget (descriptors, or `limits.max_connections`).
+    Process { max: usize },
+    /// The listener's `max_connections`.
+    Listener { max: usize },
+    /// The source's `max_connections_per_identity` on this listener.
+    Identity { max: usize, source: String },
+}
+
+impl Refused {
+    /// The `reason` label of `weir_connections_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Process { .. } => "process_limit",
+            Refused::Listener { .. } => "listener_limit",
+            Refused::Identity { .. } => "identity_limit",
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Process { max } => {
+                write!(f, "refused: weir has {max} connections open, its limit (descriptors or limits.max_connections)")
+            }
+            Refused::Listener { max } => {
+                write!(f, "refused: the listener has {max} connections open (its max_connections)")
+            }
+            Refused::Identity { max, source } => {
+                write!(
+                    f,
+                    "refused: {source} has {max} connections open to this listener (max_connections_per_identity)"
+                )
+            }
+        }
+    }
+}
+
+/// Who counts as one source for `max_connections_per_identity`: an identity,
+/// or for `reserved:world` (everyone outside the cluster) each address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Identity(u32),
+    World(IpAddr),
+}
+
+#[derive(Debug, Default)]
+struct ListenerCount {
+    open: usize,
+    by_source: HashMap<SourceKey, usize>,
+}
+
+/// Open connections by listener and source, and in total.
+#[derive(Debug, Default)]
+pub struct Admission {
+    open: AtomicUsize,
+    listeners: Mutex<HashMap<Arc<str>, ListenerCount>>,
+}
+
+/// A connection counted while it lives.
+#[derive(Debug)]
+pub struct Admitted {
+    state: Arc<Limits>,
+    listener: Arc<str>,
+    source: SourceKey,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let admission = &self.state.admission;
+        admission.open.fetch_sub(1, Ordering::Relaxed);
+        let mut listeners = admission.listeners.lock().unwrap();
+        if let Some(count) = listeners.get_mut(&self.listener) {
+            count.open -= 1;
+            if let Some(n) = count.by_source.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    count.by_source.remove(&self.source);
+                }
+            }
+            if count.open == 0 {
+                listeners.remove(&self.listener);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the budgets
+
+/// The process's limits state, shared by every listener.
+#[derive(Debug)]
+pub struct Limits {
+    pub descriptors: Descriptors,
+    pub admission: Admission,
+    pub buffered: ByteBudget,
+}
+
+impl Limits {
+    pub fn new(descriptors: Descriptors) -> Arc<Self> {
+        Arc::new(Limits {
+            descriptors,
+            admission: Admission::default(),
+            buffered: ByteBudget::new(DEFAULT_MAX_BUFFERED),
+        })
+    }
+
+    /// Count a new connection on `listener` from `source`, or say why not.
+    pub fn admit(
+        self: &Arc<Self>,
+        config: &LimitsConfig,
+        limits: &ListenerLimits,
+        listener: &Arc<str>,
+        source: &Identity,
+        peer: SocketAddr,
+    ) -> Result<Admitted, Refused> {
+        // the process-wide settings follow the model in force
+        self.buffered.set_max(config.max_buffered.unwrap_or(DEFAULT_MAX_BUFFERED));
+        let process_max = config.max_connections.unwrap_or(usize::MAX).min(self.descriptors.connection_budget);
+        let key =
+            if source.id == reserved::WORLD { SourceKey::World(peer.ip()) } else { SourceKey::Identity(source.id) };
+        let admission = &self.admission;
+        let mut listeners = admission.listeners.lock().unwrap();
+        if admission.open.load(Ordering::Relaxed) >= process_max {
+            return Err(Refused::Process { max: process_max });
+        }
+        let count = listeners.entry(listener.clone()).or_default();
+        if count.open >= limits.max_connections {
+            return Err(Refused::Listener { max: limits.max_connections });
+        }
+        let from_source = count.by_source.get(&key).copied().unwrap_or(0);
+        if from_source >= limits.max_connections_per_identity {
+            let source = match key {
+                SourceKey::World(ip) => format!("reserved:world {ip}"),
+                SourceKey::Identity(id) => format!("identity {id}"),
+            };
+            return Err(Refused::Identity { max: limits.max_connections_per_identity, source });
+        }
+        count.open += 1;
+        *count.by_source.entry(key.clone()).or_default() += 1;
+        admission.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Admitted { state: self.clone(), listener: listener.clone(), source: key })
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.admission.open.load(Ordering::Relaxed)
+    }
+}
+
+/// The name flows give a listener protocol.
+pub fn flow_protocol(protocol: ListenerProtocol) -> &'static str {
+    match protocol {
+        ListenerProtocol::Http => "http",
+        ListenerProtocol::Dns => "dns",
+        ListenerProtocol::Kafka => "kafka",
+        ListenerProtocol::Memcached => "memcached",
+        ListenerProtocol::Cassandra => "cassandra",
+        ListenerProtocol::Stream => "stream",
+    }
+}
+
+// --------------------------------------------------------------- idle clients
+
+/// When a connection last moved bytes; [`Idle::guard`] ends a read that
+/// waits longer than the timeout since then. Both directions count, so a
+/// request still waiting for its answer is not idle until the answer is as
+/// late as the timeout.
+pub struct Idle {
+    /// Milliseconds; 0: no timeout.
+    timeout_ms: AtomicU64,
+    origin: Instant,
+    /// Milliseconds since `origin` at the last activity.
+    last: AtomicU64,
+}
+
+/// A connection closed for idling, with the timeout for its flow record.
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client sent nothing for {} (idle_timeout)", crate::config::duration::format(self.0))
+    }
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Idle { timeout_ms: AtomicU64::new(0), origin: Instant::now(), last: AtomicU64::new(0) }
+    }
+}
+
+impl Idle {
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| (t.as_millis() as u64).max(1));
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Bytes moved: the connection is not idle.
+    pub fn touch(&self) {
+        self.last.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `read`, unless the connection stays idle for the timeout first. `read`
+    /// must be cancel-safe (a partial read stays in its buffer).
+    pub async fn guard<F: Future>(&self, read: F) -> Result<F::Output, IdleTimeout> {
+        let timeout = match self.timeout_ms.load(Ordering::Relaxed) {
+            0 => return Ok(read.await),
+            ms => Duration::from_millis(ms),
+        };
+        tokio::select! {
+            out = read => {
+                self.touch();
+                Ok(out)
+            }
+            () = self.expired(timeout) => Err(IdleTimeout(timeout)),
+        }
+    }
+
+    async fn expired(&self, timeout: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+// ------------------------------------------------------------- HTTP heads
+
+/// The request-head timeout of the listener an HTTP connection came in on.
+pub fn http_head_timeout(state: &crate::state::ProxyState, target: &crate::context::Target) -> Option<Duration> {
+    let model = state.model.load();
+    let listener = match target {
+        crate::context::Target::Listener(name) => model.listeners.get(&**name).map(|l| l.config.limits.clone()),
+        crate::context::Target::Transparent { .. } => None,
+    };
+    ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default()).request_head_timeout
+}
+
+/// What a plaintext HTTP client speaks, told by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    /// HTTP/2 with prior knowledge: the connection preface.
+    Http2,
+}
+
+/// Wait (at most `timeout`) until the first bytes tell HTTP/1 from the
+/// HTTP/2 preface; `None`: they did not come in time (a client that connects
+/// and sends nothing, or stops inside the preface). A peer that closes or
+/// fails reads as HTTP/1, whose server then sees the end itself.
+pub async fn detect_http_version(stream: &tokio::net::TcpStream, timeout: Option<Duration>) -> Option<HttpVersion> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let detect = async {
+        let mut first = [0u8; PREFACE.len()];
+        loop {
+            let n = match stream.peek(&mut first).await {
+                Ok(n) => n,
+                Err(_) => return HttpVersion::Http1,
+            };
+            if n == 0 || first[..n] != PREFACE[..n] {
+                return HttpVersion::Http1;
+            }
+            if n == PREFACE.len() {
+                return HttpVersion::Http2;
+            }
+            // a prefix of the preface (rare): look again shortly
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, detect).await.ok(),
+        None => Some(detect.await),
+    }
+}
+
+/// The flow of an HTTP connection closed because no whole request head came
+/// within `request_head_timeout` (hyper's timer, or the version wait).
+pub fn record_head_timeout(
+    state: &crate::state::ProxyState,
+    context: &crate::context::ConnectionContext,
+    timeout: Option<Duration>,
+) {
+    let labels = crate::metrics::ListenerLabels { listener: context.listener.to_string() };
+    state.metrics.connections_closed_idle.get_or_create(&labels).inc();
+    let timeout = timeout.map_or_else(|| "its timeout".into(), crate::config::duration::format);
+    state.flows.record(crate::flow::FlowRecord {
+        reason: Some(format!("no whole request head within {timeout} (request_head_timeout): connection closed")),
+        ..crate::flow::FlowRecord::of(context, "http", crate::flow::Verdict::Error)
+    });
+}
+
+// ------------------------------------------------------------ buffered bytes
+
+/// Request bytes held in connection buffers, process-wide.
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(max: usize) -> Self {
+        ByteBudget { used: AtomicUsize::new(0), max: AtomicUsize::new(max) }
+    }
+
+    fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: usize) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| (used + n <= max).then_some(used + n))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// One connection's share of the [`ByteBudget`]: what its request buffer
+/// may hold. Frame readers call [`Held::cover`] with what the buffer will
+/// hold before they read more into it, so a frame that declares a large
+/// body can only be buffered as far as the budgets allow.
+pub struct Held {
+    limits: Arc<Limits>,
+    max: usize,
+    held: usize,
+}
+
+/// Why a connection may not buffer more.
+#[derive(Debug)]
+pub enum OverBudget {
+    /// Over the listener's `max_request`.
+    Connection { max: usize },
+    /// Every connection together holds `limits.max_buffered`.
+    Process { max: usize },
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = format_size;
+        match self {
+            OverBudget::Connection { max } => {
+                write!(f, "a request over {} (limits.max_request)", size(*max))
+            }
+            OverBudget::Process { max } => write!(
+                f,
+                "weir's request buffers are full ({} held by all connections, limits.max_buffered)",
+                size(*max)
+            ),
+        }
+    }
+}
+
+impl Held {
+    pub fn new(limits: &Arc<Limits>, max_request: usize) -> Self {
+        Held { limits: limits.clone(), max: max_request, held: 0 }
+    }
+
+    /// The most one request may take on this connection.
+    pub fn max_request(&self) -> usize {
+        self.max
+    }
+
+    /// Make the reservation fit a buffer of `bytes` (growing or shrinking it).
+    pub fn cover(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        if bytes > self.max.saturating_add(FREE_BYTES) {
+            return Err(OverBudget::Connection { max: self.max });
+        }
+        let wanted = bytes.saturating_sub(FREE_BYTES);
+        let budget = &self.limits.buffered;
+        if wanted > self.held {
+            if !budget.try_take(wanted - self.held) {
+                return Err(OverBudget::Process { max: budget.max.load(Ordering::Relaxed) });
+            }
+        } else {
+            budget.give_back(self.held - wanted);
+        }
+        self.held = wanted;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.limits.buffered.give_back(self.held);
+    }
+}
+
+fn format_size(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{}MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{}KiB", n >> 10)
+    } else {
+        format!("{n}B")
+    }
+}
+
+// ------------------------------------------------------------- serde helpers
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => crate::config::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "crate::config::duration")] Duration);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => crate::config::bytes::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "crate::config::bytes")] usize);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Arc<Limits> {
+        Limits::new(Descriptors::for_limit(256))
+    }
+
+    #[test]
+    fn the_budget_leaves_descriptors_for_upstreams_and_the_admin_api() {
+        let d = Descriptors::for_limit(256);
+        assert_eq!(d.connection_budget, (256 - 64) / 2);
+        assert!(Descriptors::for_limit(u64::MAX).connection_budget < 1 << 20);
+    }
+
+    #[test]
+    fn admission_counts_per_listener_and_identity_and_forgets_closed_connections() {
+        let state = limits();
+        let config = LimitsConfig::default();
+        let per = ListenerLimits {
+            max_connections: 3,
+            max_connections_per_identity: 2,
+            ..ListenerLimits::of(&config, &Default::default())
+        };
+        let listener: Arc<str> = Arc::from("l");
+        let a = Identity::reserved(reserved::HOST);
+        let peer: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let first = state.admit(&config, &per, &listener, &a, peer).unwrap();
+        let _second = state.admit(&config, &per, &listener, &a, peer).unwrap();
+        assert!(matches!(state.admit(&config, &per, &listener, &a, peer), Err(Refused::Identity { max: 2, .. })));
+        let world = Identity::reserved(reserved::WORLD);
+        let _third = state.admit(&config, &per, &listener, &world, peer).unwrap();
+        assert_eq!(state.admit(&config, &per, &listener, &world, peer).unwrap_err(), Refused::Listener { max: 3 });
+        drop(first);
+        let _again = state.admit(&config, &per, &listener, &a, peer).unwrap();
+        assert_eq!(state.open_connections(), 3);
+    }
+
+    #[test]
+    fn the_process_budget_bounds_every_listener_together() {
+        let state = limits();
+        let config = LimitsConfig { max_connections: Some(2), ..Default::default() };
+        let per = ListenerLimits::of(&config, &Default::default());
+        let world = Identity::reserved(reserved::WORLD);
+        let held: Vec<_> = (0..2)
+            .map(|i| {
+                let peer = SocketAddr::from(([127, 0, 0, 2 + i], 1));
+                state.admit(&config, &per, &Arc::from(format!("l{i}")), &world, peer).unwrap()
+            })
+            .collect();
+        let peer = SocketAddr::from(([127, 0, 0, 9], 1));
+        assert_eq!(
+            state.admit(&config, &per, &Arc::from("l9"), &world, peer).unwrap_err(),
+            Refused::Process { max: 2 }
+        );
+        drop(held);
+        assert_eq!(state.open_connections(), 0);
+    }
+
+    #[test]
+    fn buffers_reserve_from_the_process_budget_and_give_it_back() {
+        let state = limits();
+        state.buffered.set_max(1 << 20);
+        let mut a = Held::new(&state, 1 << 20);
+        let mut b = Held::new(&state, 1 << 20);
+        a.cover(FREE_BYTES).unwrap();
+        assert_eq!(state.buffered.used(), 0, "one read's worth is free");
+        a.cover(FREE_BYTES + (768 << 10)).unwrap();
+        assert!(matches!(b.cover(FREE_BYTES + (512 << 10)), Err(OverBudget::Process { .. })));
+        a.cover(0).unwrap();
+        b.cover(FREE_BYTES + (512 << 10)).unwrap();
+        assert!(matches!(b.cover(FREE_BYTES + (2 << 20)), Err(OverBudget::Connection { .. })));
+        drop(b);
+        assert_eq!(state.buffered.used(), 0);
+    }
+
+    #[test]
+    fn limits_parse_with_units_and_listener_overrides() {
+        let global: LimitsConfig =
+            serde_yaml::from_str("idle_timeout: 2s\nmax_request: 1MiB\nmax_connections_per_identity: 5").unwrap();
+        let listener: ListenerLimitsConfig = serde_yaml::from_str("idle_timeout: 0\nmax_connections: 7").unwrap();
+        let l = ListenerLimits::of(&global, &listener);
+        assert_eq!(l.idle_timeout, None, "0 turns it off");
+        assert_eq!((l.max_request, l.max_connections, l.max_connections_per_identity), (1 << 20, 7, 5));
+        assert_eq!(l.request_head_timeout, Some(DEFAULT_REQUEST_HEAD_TIMEOUT));
+        assert!(serde_yaml::from_str::<LimitsConfig>("idle_timeot: 2s").is_err());
+    }
+}
