@@ -207,9 +207,15 @@ pub struct Rejected {
 #[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    Request { method: String, target: String, body: SeenBody },
+    Request {
+        method: String,
+        target: String,
+        body: SeenBody,
+    },
     /// Content-Length with Transfer-Encoding: poisoned, hyper answers 400.
-    Poisoned { target: String },
+    Poisoned {
+        target: String,
+    },
     /// A head hyper refuses: nothing is read after it.
     Refused,
     /// A head over [`MAX_HEAD_BYTES`]: hyper answers 431.
@@ -481,7 +487,9 @@ fn is_complete_fast(bytes: &[u8], prev_len: usize) -> bool {
 fn is_chunked(value: &[u8]) -> bool {
     http::HeaderValue::from_bytes(value)
         .ok()
-        .and_then(|v| v.to_str().ok().and_then(|s| s.rsplit(',').next()).map(|last| last.trim().eq_ignore_ascii_case("chunked")))
+        .and_then(|v| {
+            v.to_str().ok().and_then(|s| s.rsplit(',').next()).map(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        })
         .unwrap_or(false)
 }
 
@@ -693,7 +701,8 @@ pub(crate) mod tests {
     /// each followed by a CL+TE request that must be caught.
     #[test]
     fn heads_hyper_reads_are_the_heads_the_guard_reads() {
-        let smuggled: &[u8] = b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let smuggled: &[u8] =
+            b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         let many_headers: Vec<u8> = (0..MAX_HEADERS - 2).flat_map(|i| format!("X-{i}: v\r\n").into_bytes()).collect();
         let big = vec![b'a'; 200 << 10];
         let walkers: Vec<Vec<u8>> = vec![

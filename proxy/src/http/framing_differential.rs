@@ -280,8 +280,8 @@ async fn serve(case: &Case, guarded: bool) -> Vec<Served> {
         let mut sink = Vec::new();
         let _ = read_half.read_to_end(&mut sink).await;
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(connection, send, drain) })
-        .await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(connection, send, drain) }).await;
     served.lock().unwrap().clone()
 }
 
@@ -304,10 +304,10 @@ fn check(case: &Case, bare: &[Served], guarded: &[Served], seen: &[Seen]) -> Res
     }
     match seen.get(stop) {
         // hyper alone reads a CL+TE request (Transfer-Encoding wins) and closes
-        Some(Seen::Poisoned { target }) if bare.len() > stop => {
-            if bare.len() > stop + 1 || bare[stop].target != *target {
-                return Err(format!("hyper read past a CL+TE request: {:?}", &bare[stop..]));
-            }
+        Some(Seen::Poisoned { target })
+            if bare.len() > stop + 1 || bare.get(stop).is_some_and(|r| r.target != *target) =>
+        {
+            return Err(format!("hyper read past a CL+TE request: {:?}", &bare[stop..]));
         }
         // a head hyper refuses: hyper alone reads nothing more either
         Some(Seen::Refused) if bare.len() > stop => {
