@@ -245,6 +245,21 @@ pub enum EscapedSlashes {
     Unescape,
 }
 
+/// What to do with path forms that common upstreams read differently from
+/// RFC 3986: a dot segment with `;` parameters (`/public/..;/admin`, which
+/// servlet containers serve as `/admin`), also as `%3B`, and double
+/// percent-encoding (`%252e`), which an upstream that decodes twice reads as
+/// `.`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmbiguousPaths {
+    /// 400 Bad Request (the default).
+    #[default]
+    Reject,
+    /// Forward them as they are (rules see them as plain names).
+    Allow,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -262,6 +277,9 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub escaped_slashes: EscapedSlashes,
+    /// Path forms common upstreams read differently (docs/http.md).
+    #[serde(default)]
+    pub ambiguous_paths: AmbiguousPaths,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// This listener's limits, over the `limits:` defaults (docs/limits.md).

@@ -479,6 +479,7 @@ impl PolicyModel {
             tls: None,
             limits: Default::default(),
             escaped_slashes: Default::default(),
+            ambiguous_paths: Default::default(),
             connect_timeout: crate::config::default_connect_timeout(),
         };
         let listener = Arc::new(ListenerModel { config, destination, port: original_destination.port(), tls: None });

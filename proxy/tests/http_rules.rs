@@ -125,6 +125,21 @@ fn host_is_a_whole_value_regex_over_the_authority() {
     assert!(rules(json!([{ "host": ".*\\.example\\.com(:[0-9]+)?" }])).allows(get("/").host("api.example.com:8443")));
 }
 
+/// Host names are case-insensitive (RFC 9110 §4.2.3); the proxy hands the
+/// filter the authority lower-cased, without a trailing dot or default port.
+#[test]
+fn host_rules_ignore_case() {
+    for host in
+        ["api.example.com", "Api\\.Example\\.COM", "API.EXAMPLE.COM", "[a-z]+\\.EXAMPLE\\.com", "API.example.com.*"]
+    {
+        let p = rules(json!([{ "host": host }]));
+        assert!(p.allows(get("/").host("api.example.com")), "{host}");
+        assert!(p.allows(get("/").host("API.Example.Com")), "{host}");
+        assert!(!p.allows(get("/").host("api.example.org")), "{host}");
+    }
+    assert!(!rules(json!([{ "path": "/A" }])).allows(get("/a")), "paths still compare exactly");
+}
+
 #[test]
 fn headers_presence_and_exact_value() {
     let present = rules(json!([{ "headers": ["X-Token"] }]));

@@ -155,7 +155,11 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
         (Field::Authority, &rule.host, "host"),
     ] {
         if let Some(pattern) = pattern.as_deref().filter(|p| !p.is_empty()) {
-            matchers.push(Matcher::Pattern(field, Pattern::compile(pattern).map_err(|e| format!("{name}: {e}"))?));
+            // host names are case-insensitive; the host hands over the
+            // authority normalized (lower case, no trailing dot or default port)
+            let case_insensitive = field == Field::Authority;
+            let pattern = Pattern::compile(pattern, case_insensitive).map_err(|e| format!("{name}: {e}"))?;
+            matchers.push(Matcher::Pattern(field, pattern));
         }
     }
     for (i, header) in rule.headers.iter().enumerate() {
@@ -201,23 +205,30 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
 enum Pattern {
     Exact(String),
     Prefix(String),
+    /// ASCII literals matched ignoring case (host names).
+    ExactNoCase(String),
+    PrefixNoCase(String),
     Regex(Regex),
 }
 
 impl Pattern {
-    fn compile(pattern: &str) -> Result<Self, String> {
+    /// `case_insensitive` patterns are matched against lower-case values.
+    fn compile(pattern: &str, case_insensitive: bool) -> Result<Self, String> {
         // Always compile, so an invalid pattern is rejected the same way
         // whichever form is used to match it.
-        let regex = Regex::new(&format!("^(?:{pattern})$"))
+        let flags = if case_insensitive { "(?i)" } else { "" };
+        let regex = Regex::new(&format!("{flags}^(?:{pattern})$"))
             .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
         let is_literal = |s: &str| !s.contains(|c: char| "\\.+*?()|[]{}^$#&-~ \t\n".contains(c) || c.is_whitespace());
-        if is_literal(pattern) {
-            return Ok(Pattern::Exact(pattern.to_string()));
+        if is_literal(pattern) && (!case_insensitive || pattern.is_ascii()) {
+            let literal = pattern.to_string();
+            return Ok(if case_insensitive { Pattern::ExactNoCase(literal) } else { Pattern::Exact(literal) });
         }
         if let Some(prefix) = pattern.strip_suffix(".*") {
-            if is_literal(prefix) && !prefix.is_empty() {
+            if is_literal(prefix) && !prefix.is_empty() && (!case_insensitive || prefix.is_ascii()) {
                 // `.` does not match a newline; values never contain one.
-                return Ok(Pattern::Prefix(prefix.to_string()));
+                let prefix = prefix.to_string();
+                return Ok(if case_insensitive { Pattern::PrefixNoCase(prefix) } else { Pattern::Prefix(prefix) });
             }
         }
         Ok(Pattern::Regex(regex))
@@ -229,6 +240,10 @@ impl Pattern {
             // values never hold a newline (it separates head lines), so
             // `.*` matching the rest of the value is a plain prefix test
             Pattern::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            Pattern::ExactNoCase(literal) => value.eq_ignore_ascii_case(literal),
+            Pattern::PrefixNoCase(prefix) => {
+                value.len() >= prefix.len() && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            }
             Pattern::Regex(regex) => regex.is_match(value),
         }
     }

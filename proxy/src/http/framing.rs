@@ -3,12 +3,28 @@
 //!
 //! Hyper follows RFC 9112 §6.3 (Transfer-Encoding wins, Content-Length is
 //! dropped, the connection closes after the response) and hides the dropped
-//! header, so the request would be forwarded. Weir refuses such requests
-//! outright. The guard follows message boundaries (heads, Content-Length and
-//! chunked bodies), holds each request head back until it is complete, and
-//! when one carries both headers it corrupts that head's Content-Length name
-//! so hyper's own parser answers 400 and closes, in order after any earlier
-//! pipelined responses. HTTP/2 connections are passed through untouched.
+//! header, so the service cannot see it. Weir refuses such requests outright:
+//! the guard corrupts that head's Content-Length name so hyper's own parser
+//! answers 400 and closes, in order after any earlier pipelined responses.
+//!
+//! To find every head hyper reads, the guard reads the byte stream exactly as
+//! hyper does, with hyper's own pieces: heads are parsed by `httparse` (the
+//! parser inside hyper, same version, same `ParserConfig`, the same header
+//! table size [`MAX_HEADERS`] and buffer limit [`MAX_HEAD_BYTES`], which
+//! `server.rs` sets on hyper from these constants); body length follows
+//! hyper's `role.rs` (Transfer-Encoding, then Content-Length, in header
+//! order); chunked bodies follow hyper's `decode.rs` state machine byte for
+//! byte, with its limits; the HTTP/2 preface is detected as hyper-util's
+//! auto builder does. Whatever the guard cannot frame (a head hyper refuses,
+//! a head over hyper's limit, a malformed chunk) is handed to hyper so it
+//! answers its own error, and nothing after it is ever passed on: hyper
+//! closes there, and the guard discards the rest. So the guard never passes
+//! a byte it has not framed the way hyper will.
+//!
+//! It works in place on the bytes the client sent: everything up to the end
+//! of the last complete message part is passed on (a poisoned head is edited
+//! where it lies); only an incomplete head (or an undecided preface) is held
+//! back until the rest of it arrives. HTTP/2 connections pass untouched.
 
 use std::io;
 use std::pin::Pin;
@@ -16,33 +32,168 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Heads larger than this are passed on unchecked; hyper refuses them (431).
-const MAX_HEAD: usize = 128 << 10;
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// hyper's header table size for a request (its `DEFAULT_MAX_HEADERS`); set
+/// on hyper's builder from this constant. Also its trailer-count limit.
+pub const MAX_HEADERS: usize = 100;
+/// hyper's read buffer limit (its `DEFAULT_MAX_BUFFER_SIZE`), set on hyper's
+/// builder from this constant: a head still incomplete at this many bytes is
+/// refused by hyper (431).
+pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// hyper refuses request targets longer than this (its `MAX_URI_LEN`).
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
+/// hyper's limits inside a chunked body (`decode.rs`): extension bytes per
+/// body, and trailer bytes (when `max_header_size` is not set).
+const CHUNKED_EXTENSIONS_LIMIT: u64 = 16 << 10;
+const TRAILER_LIMIT: usize = 16 << 10;
+/// hyper's largest body length (`MAX_LEN` in body/length.rs).
+const MAX_BODY_LEN: u64 = u64::MAX - 2;
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which protocols hyper may speak on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detect {
+    /// hyper-util's auto builder: HTTP/2 if the first 24 bytes are its preface.
+    Auto,
+    /// HTTP/1 only (TLS with ALPN http/1.1).
+    Http1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Auto mode, before the first bytes tell HTTP/1 from HTTP/2.
+    Preface,
     /// Collecting a request head.
-    #[default]
     Head,
     /// `n` body bytes left.
     Body(u64),
     /// Inside a chunked body.
-    Chunked(Chunk),
-    /// Stop inspecting (HTTP/2, an oversized head, a malformed body hyper will refuse).
+    Chunked(Chunked),
+    /// HTTP/2: nothing to guard.
     PassThrough,
+    /// hyper stops reading at what was passed on (it answers an error and
+    /// closes): later bytes are discarded.
+    Closed,
+}
+
+/// hyper's chunked decoder state (`ChunkedState` in decode.rs), with its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chunked {
+    state: ChunkState,
+    size: u64,
+    extensions: u64,
+    /// Trailer bytes so far; `None` until a trailer starts.
+    trailer_bytes: Option<usize>,
+    trailer_lines: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Reading a chunk-size line.
+enum ChunkState {
+    Start,
     Size,
-    /// `n` data bytes left, then the CRLF after them.
-    Data(u64),
-    /// The CRLF after chunk data.
-    DataEnd,
-    /// Trailer lines after the last chunk, until an empty one.
-    Trailers,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Body,
+    BodyCr,
+    BodyLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
+}
+
+enum ChunkStep {
+    /// All of the input was consumed; the body goes on.
+    More,
+    /// The body ended after this many bytes.
+    End(usize),
+    /// hyper fails the body at the byte at this index.
+    Invalid(usize),
+}
+
+impl Chunked {
+    fn new() -> Self {
+        Chunked { state: ChunkState::Start, size: 0, extensions: 0, trailer_bytes: None, trailer_lines: 0 }
+    }
+
+    /// One trailer byte into hyper's trailer buffer (`put_u8!`): false past its limit.
+    fn put_trailer_byte(&mut self) -> bool {
+        let bytes = self.trailer_bytes.get_or_insert(0);
+        *bytes += 1;
+        *bytes < TRAILER_LIMIT
+    }
+
+    fn feed(&mut self, input: &[u8]) -> ChunkStep {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == Body {
+                let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(input.len() - i);
+                self.size -= n as u64;
+                i += n;
+                if self.size == 0 {
+                    self.state = BodyCr;
+                }
+                continue;
+            }
+            let b = input[i];
+            let hex = (b as char).to_digit(16).filter(|_| b.is_ascii_hexdigit());
+            let next = match (self.state, b) {
+                (Start, _) | (Size, _) if hex.is_some() => {
+                    match self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(hex.unwrap()))) {
+                        Some(size) => self.size = size,
+                        None => return ChunkStep::Invalid(i),
+                    }
+                    Some(Size)
+                }
+                (Size | SizeLws, b'\t' | b' ') => Some(SizeLws),
+                (Size | SizeLws, b';') => Some(Extension),
+                (Size | SizeLws | Extension, b'\r') => Some(SizeLf),
+                (Extension, b'\n') => None,
+                (Extension, _) => {
+                    self.extensions += 1;
+                    (self.extensions < CHUNKED_EXTENSIONS_LIMIT).then_some(Extension)
+                }
+                (SizeLf, b'\n') if self.size == 0 => Some(EndCr),
+                (SizeLf, b'\n') => Some(Body),
+                (BodyCr, b'\r') => Some(BodyLf),
+                (BodyLf, b'\n') => Some(Start),
+                (Trailer, _) => self.put_trailer_byte().then_some(if b == b'\r' { TrailerLf } else { Trailer }),
+                (TrailerLf, b'\n') => {
+                    if self.trailer_lines >= MAX_HEADERS {
+                        return ChunkStep::Invalid(i);
+                    }
+                    self.trailer_lines += 1;
+                    self.put_trailer_byte().then_some(EndCr)
+                }
+                (EndCr, b'\r') => match self.trailer_bytes {
+                    Some(_) => self.put_trailer_byte().then_some(EndLf),
+                    None => Some(EndLf),
+                },
+                (EndCr, _) => match self.trailer_bytes {
+                    // the first trailer byte starts the buffer unchecked
+                    None => {
+                        self.trailer_bytes = Some(1);
+                        Some(Trailer)
+                    }
+                    Some(_) => self.put_trailer_byte().then_some(Trailer),
+                },
+                (EndLf, b'\n') => {
+                    if self.trailer_bytes.is_some() && !self.put_trailer_byte() {
+                        return ChunkStep::Invalid(i);
+                    }
+                    return ChunkStep::End(i + 1);
+                }
+                _ => None,
+            };
+            match next {
+                Some(state) => self.state = state,
+                None => return ChunkStep::Invalid(i),
+            }
+            i += 1;
+        }
+        ChunkStep::More
+    }
 }
 
 /// What the guard found wrong with a head, for the caller's flow record.
@@ -52,182 +203,305 @@ pub struct Rejected {
     pub path: String,
 }
 
+/// How the guard framed a head hyper accepts (kept for tests).
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Request {
+        method: String,
+        target: String,
+        body: SeenBody,
+    },
+    /// Content-Length with Transfer-Encoding: poisoned, hyper answers 400.
+    Poisoned {
+        target: String,
+    },
+    /// A head hyper refuses: nothing is read after it.
+    Refused,
+    /// A head over [`MAX_HEAD_BYTES`]: hyper answers 431.
+    TooLarge,
+}
+
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenBody {
+    Length(u64),
+    Chunked,
+}
+
+/// What one complete or incomplete head means.
+enum Head {
+    /// Not complete yet: hold it.
+    Incomplete,
+    /// A request hyper accepts: `len` head bytes, then its body.
+    Framed { len: usize, body: Phase },
+    /// Content-Length with Transfer-Encoding: the head (`len` bytes) was poisoned.
+    Poisoned { len: usize },
+    /// hyper refuses the head (400, …): give it these bytes (the whole head
+    /// when its end is known, else all there is), then nothing more.
+    RefusedByHyper(Option<usize>),
+    /// Longer than [`MAX_HEAD_BYTES`]: hyper gets exactly that many bytes of
+    /// it, so it answers 431 and can never complete it (a single large read
+    /// can take hyper's own buffer past its limit), then nothing more.
+    TooLarge,
+}
+
 /// The framing state machine, separate from I/O so it can be tested.
-///
-/// It works in place on the bytes the client sent: everything up to the end
-/// of the last complete message part is passed on (a poisoned head is edited
-/// where it lies), and only an incomplete head at the end is held back until
-/// the rest of it arrives.
-#[derive(Default)]
 pub struct Framer {
     phase: Phase,
-    /// An incomplete request head, held back from hyper.
+    /// An incomplete request head (or undecided preface), held back from hyper.
     held: Vec<u8>,
-    /// How many bytes of `held` were already searched for the head's end.
-    held_scanned: usize,
-    /// The current chunk-size or trailer line so far (already passed on).
-    line: Vec<u8>,
-    started: bool,
+    /// How much of `held` the last full parse saw (hyper's `partial_len`).
+    partial_len: Option<usize>,
+    /// Length at the last full parse, to re-parse at least at each doubling
+    /// (so a head hyper refuses early is answered early, at linear cost).
+    parsed_at: usize,
+    #[cfg(test)]
+    pub seen: Vec<Seen>,
 }
 
 impl Framer {
+    pub fn new(detect: Detect) -> Self {
+        Framer {
+            phase: if detect == Detect::Auto { Phase::Preface } else { Phase::Head },
+            held: Vec::new(),
+            partial_len: None,
+            parsed_at: 0,
+            #[cfg(test)]
+            seen: Vec::new(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
     /// Check `input`, which continues the stream after what was passed on
     /// before (any held bytes are its start). Returns how many leading bytes
-    /// may go to hyper; the rest is an incomplete head the caller must hold.
+    /// may go to hyper. The rest is an incomplete head the caller must hold,
+    /// or, once the framer is closed, bytes to discard.
     fn scan(&mut self, input: &mut [u8], rejected: &mut Vec<Rejected>) -> usize {
-        if !self.started && !input.is_empty() {
-            self.started = true;
-            if H2_PREFACE.starts_with(&input[..input.len().min(H2_PREFACE.len())]) {
-                self.phase = Phase::PassThrough;
-            }
-        }
         let mut at = 0;
-        while at < input.len() {
+        loop {
             let rest = &mut input[at..];
             match self.phase {
+                Phase::Closed => return at,
                 Phase::PassThrough => return input.len(),
+                Phase::Preface => {
+                    let n = rest.len().min(H2_PREFACE.len());
+                    if rest[..n] != H2_PREFACE[..n] {
+                        self.phase = Phase::Head;
+                    } else if n == H2_PREFACE.len() {
+                        self.phase = Phase::PassThrough;
+                    } else {
+                        return at; // undecided: hold
+                    }
+                }
                 Phase::Head => {
-                    // only a head that starts `input` can have been searched before
-                    let from = if at == 0 { self.held_scanned.saturating_sub(3) } else { 0 };
-                    match find(&rest[from..], b"\r\n\r\n") {
-                        Some(i) => {
-                            let end = from + i + 4;
-                            self.held_scanned = 0;
-                            self.phase = check_head(&mut rest[..end], rejected);
-                            at += end;
+                    if rest.is_empty() {
+                        return at;
+                    }
+                    // only a head that starts `input` can have been held before
+                    let partial_len = if at == 0 { self.partial_len } else { None };
+                    match self.read_head(rest, partial_len, rejected) {
+                        Head::Incomplete => return at,
+                        Head::Framed { len, body } => {
+                            at += len;
+                            self.phase = body;
                         }
-                        None if rest.len() > MAX_HEAD => {
-                            // hyper refuses it (431); nothing left to guard
-                            self.phase = Phase::PassThrough;
-                            return input.len();
+                        Head::Poisoned { len } => {
+                            self.phase = Phase::Closed;
+                            return at + len;
                         }
-                        None => {
-                            self.held_scanned = rest.len();
-                            return at;
+                        Head::RefusedByHyper(len) => {
+                            self.phase = Phase::Closed;
+                            return len.map_or(input.len(), |len| at + len);
+                        }
+                        Head::TooLarge => {
+                            self.phase = Phase::Closed;
+                            return at + MAX_HEAD_BYTES;
                         }
                     }
                 }
                 Phase::Body(left) => {
-                    let (n, left) = consume(left, rest.len());
+                    if rest.is_empty() {
+                        return at;
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
                     at += n;
+                    let left = left - n as u64;
                     self.phase = if left == 0 { Phase::Head } else { Phase::Body(left) };
                 }
-                Phase::Chunked(Chunk::Data(left)) => {
-                    let (n, left) = consume(left, rest.len());
-                    at += n;
-                    self.phase = Phase::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                }
-                Phase::Chunked(state) => {
-                    // line-based states: Size, DataEnd, Trailers; lines pass on as they come
-                    let Some(newline) = rest.iter().position(|b| *b == b'\n') else {
-                        self.line.extend_from_slice(rest);
-                        if self.line.len() > 4096 {
-                            self.phase = Phase::PassThrough;
+                Phase::Chunked(mut chunked) => {
+                    if rest.is_empty() {
+                        return at;
+                    }
+                    match chunked.feed(rest) {
+                        ChunkStep::More => {
+                            self.phase = Phase::Chunked(chunked);
+                            return input.len();
                         }
-                        return input.len();
-                    };
-                    self.line.extend_from_slice(&rest[..newline]);
-                    at += newline + 1;
-                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-                    let next = match state {
-                        Chunk::Size => match parse_chunk_size(line) {
-                            Some(0) => Phase::Chunked(Chunk::Trailers),
-                            Some(size) => Phase::Chunked(Chunk::Data(size)),
-                            None => Phase::PassThrough, // hyper will refuse the body
-                        },
-                        Chunk::DataEnd if line.is_empty() => Phase::Chunked(Chunk::Size),
-                        Chunk::DataEnd => Phase::PassThrough,
-                        Chunk::Trailers if line.is_empty() => Phase::Head,
-                        Chunk::Trailers => Phase::Chunked(Chunk::Trailers),
-                        Chunk::Data(_) => unreachable!("handled above"),
-                    };
-                    self.phase = next;
-                    self.line.clear();
+                        ChunkStep::End(n) => {
+                            at += n;
+                            self.phase = Phase::Head;
+                        }
+                        ChunkStep::Invalid(i) => {
+                            // hyper fails the body at this byte and reads no further
+                            self.phase = Phase::Closed;
+                            return at + i + 1;
+                        }
+                    }
                 }
             }
         }
-        at
     }
 
-    /// Append `input` to the held head and check it all; returns the bytes
+    /// Parse the head at the start of `input` as hyper's `Server::parse` does.
+    fn read_head(&mut self, input: &mut [u8], partial_len: Option<usize>, rejected: &mut Vec<Rejected>) -> Head {
+        // hyper re-parses a partial head only when its end may have arrived
+        if let Some(prev) = partial_len
+            && !is_complete_fast(input, prev)
+            && input.len() < self.parsed_at.saturating_mul(2)
+            && input.len() < MAX_HEAD_BYTES
+        {
+            self.partial_len = Some(input.len());
+            return Head::Incomplete;
+        }
+        self.parsed_at = input.len();
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let len = match httparse::ParserConfig::default().parse_request(&mut request, input) {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+            Ok(httparse::Status::Complete(_)) => return self.too_large(),
+            Ok(httparse::Status::Partial) if input.len() >= MAX_HEAD_BYTES => return self.too_large(),
+            Ok(httparse::Status::Partial) => {
+                self.partial_len = Some(input.len());
+                return Head::Incomplete;
+            }
+            Err(_) => return self.refused(None),
+        };
+        self.partial_len = None;
+        self.parsed_at = 0;
+        let (method, target) = (request.method.unwrap_or_default(), request.path.unwrap_or_default());
+        if target.len() > MAX_URI_LEN
+            || http::Method::from_bytes(method.as_bytes()).is_err()
+            || http::Uri::try_from(target).is_err()
+        {
+            return self.refused(Some(len));
+        }
+        let http11 = request.version == Some(1);
+        // role.rs, header by header: a Transfer-Encoding drops any Content-Length,
+        // a Content-Length after a Transfer-Encoding is not even parsed.
+        let (mut has_length, mut has_te, mut chunked, mut length) = (false, false, false, None::<u64>);
+        let mut length_name_end = None;
+        for h in request.headers.iter() {
+            if h.name.len() >= 1 << 16 || http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                return self.refused(Some(len));
+            }
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                if !http11 {
+                    return self.refused(Some(len));
+                }
+                has_te = true;
+                length = None;
+                chunked = is_chunked(h.value);
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                has_length = true;
+                // where the name ends in `input`, to poison it
+                length_name_end.get_or_insert(h.name.as_ptr() as usize + h.name.len() - input.as_ptr() as usize);
+                if has_te {
+                    continue;
+                }
+                match from_digits(h.value) {
+                    Some(n) if n <= MAX_BODY_LEN && length.is_none_or(|prev| prev == n) => length = Some(n),
+                    _ => return self.refused(Some(len)),
+                }
+            }
+        }
+        if has_length && has_te {
+            rejected.push(Rejected { method: method.to_string(), path: target.to_string() });
+            #[cfg(test)]
+            self.seen.push(Seen::Poisoned { target: target.to_string() });
+            // "Content-Length:" becomes "Content-Length\0": an invalid header
+            // name, so hyper refuses the request with 400 and closes.
+            if let Some(at) = length_name_end {
+                input[at] = 0;
+            }
+            return Head::Poisoned { len };
+        }
+        if has_te && !chunked {
+            return self.refused(Some(len));
+        }
+        let body = match (chunked, length) {
+            (true, _) => Phase::Chunked(Chunked::new()),
+            (false, Some(n)) if n > 0 => Phase::Body(n),
+            _ => Phase::Head,
+        };
+        #[cfg(test)]
+        self.seen.push(Seen::Request {
+            method: method.to_string(),
+            target: target.to_string(),
+            body: if chunked { SeenBody::Chunked } else { SeenBody::Length(length.unwrap_or(0)) },
+        });
+        Head::Framed { len, body }
+    }
+
+    fn refused(&mut self, len: Option<usize>) -> Head {
+        #[cfg(test)]
+        self.seen.push(Seen::Refused);
+        Head::RefusedByHyper(len)
+    }
+
+    fn too_large(&mut self) -> Head {
+        #[cfg(test)]
+        self.seen.push(Seen::TooLarge);
+        Head::TooLarge
+    }
+
+    /// Append `input` to the held bytes and check them all; returns the bytes
     /// that may go to hyper (the slow path, when a head arrived in pieces).
     fn feed_held(&mut self, input: &[u8], rejected: &mut Vec<Rejected>) -> Vec<u8> {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(input);
         let passed = self.scan(&mut data, rejected);
-        self.held = data.split_off(passed);
+        let rest = data.split_off(passed);
+        if !self.is_closed() {
+            self.held = rest;
+        }
         data
     }
 }
 
-/// Decide what follows a complete head; poison it if it is ambiguous.
-fn check_head(head: &mut [u8], rejected: &mut Vec<Rejected>) -> Phase {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut request = httparse::Request::new(&mut headers);
-    let (length, chunked, content_length_at) = match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {
-            let mut length: Option<u64> = None;
-            let mut chunked = false;
-            let mut transfer_encoding = false;
-            let mut content_length_at = None;
-            for h in request.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-                    // where the name sits in `head`, to poison it
-                    content_length_at = Some(h.name.as_ptr() as usize + h.name.len() - head.as_ptr() as usize);
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    transfer_encoding = true;
-                    chunked = h
-                        .value
-                        .rsplit(|b| *b == b',')
-                        .next()
-                        .is_some_and(|last| String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked"));
-                }
-            }
-            let poison_at = content_length_at.filter(|_| transfer_encoding);
-            if poison_at.is_some() {
-                let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
-                rejected.push(Rejected { method: method.to_string(), path: path.to_string() });
-            }
-            (length, chunked, poison_at)
-        }
-        // hyper answers parse errors itself and closes
-        _ => return Phase::PassThrough,
-    };
-    if let Some(at) = content_length_at {
-        // "Content-Length:" becomes "Content-Length\0": an invalid header
-        // name, so hyper refuses the request with 400 and closes.
-        head[at] = 0;
-        return Phase::PassThrough;
-    }
-    if chunked {
-        Phase::Chunked(Chunk::Size)
-    } else {
-        match length {
-            Some(n) if n > 0 => Phase::Body(n),
-            _ => Phase::Head,
-        }
-    }
+/// hyper's `is_complete_fast`: can a head that was partial at `prev_len`
+/// bytes have ended in `bytes`?
+fn is_complete_fast(bytes: &[u8], prev_len: usize) -> bool {
+    let bytes = &bytes[prev_len.saturating_sub(3)..];
+    bytes.iter().enumerate().any(|(i, b)| match b {
+        b'\r' => bytes[i + 1..].starts_with(b"\n\r\n"),
+        b'\n' => bytes[i + 1..].starts_with(b"\n") || bytes[i + 1..].starts_with(b"\r\n"),
+        _ => false,
+    })
 }
 
-/// Of `available` bytes, how many belong to a part with `left` bytes to go,
-/// and how many it has left after them.
-fn consume(left: u64, available: usize) -> (usize, u64) {
-    let n = usize::try_from(left).unwrap_or(usize::MAX).min(available);
-    (n, left - n as u64)
+/// hyper's `headers::is_chunked_`: the last coding of the value is `chunked`.
+fn is_chunked(value: &[u8]) -> bool {
+    http::HeaderValue::from_bytes(value)
+        .ok()
+        .and_then(|v| {
+            v.to_str().ok().and_then(|s| s.rsplit(',').next()).map(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        })
+        .unwrap_or(false)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|b| *b == b';').next()?;
-    let digits = std::str::from_utf8(digits).ok()?.trim();
-    if digits.is_empty() || digits.len() > 16 {
+/// hyper's `headers::from_digits`: ASCII digits only, no sign, no spaces.
+fn from_digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
         return None;
     }
-    u64::from_str_radix(digits, 16).ok()
+    value.iter().try_fold(0u64, |n, b| match b {
+        b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
 }
 
 /// The guard around a client connection's I/O.
@@ -241,8 +515,8 @@ pub struct FramingGuard<IO, F> {
 }
 
 impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
-    pub fn new(io: IO, on_reject: F) -> Self {
-        FramingGuard { io, framer: Framer::default(), on_reject, ready: Vec::new(), eof: false }
+    pub fn new(io: IO, detect: Detect, on_reject: F) -> Self {
+        FramingGuard { io, framer: Framer::new(detect), on_reject, ready: Vec::new(), eof: false }
     }
 }
 
@@ -260,7 +534,7 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.framer.held.is_empty() {
+            if this.framer.held.is_empty() && !this.framer.is_closed() {
                 // Fast path: read straight into hyper's buffer and check in place.
                 let start = buf.filled().len();
                 ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
@@ -271,7 +545,9 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
                 let passed = start + this.framer.scan(&mut buf.filled_mut()[start..], &mut rejected);
                 rejected.drain(..).for_each(&mut this.on_reject);
                 if passed < end {
-                    this.framer.held.extend_from_slice(&buf.filled()[passed..]);
+                    if !this.framer.is_closed() {
+                        this.framer.held.extend_from_slice(&buf.filled()[passed..]);
+                    }
                     buf.set_filled(passed);
                 }
                 if passed > start {
@@ -287,6 +563,9 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
                     this.ready = std::mem::take(&mut this.framer.held);
                     this.eof = true;
                     continue;
+                }
+                if this.framer.is_closed() {
+                    continue; // hyper reads nothing more: discard
                 }
                 this.ready = this.framer.feed_held(read.filled(), &mut rejected);
                 rejected.drain(..).for_each(&mut this.on_reject);
@@ -322,11 +601,11 @@ impl<IO: AsyncWrite + Unpin, F: Unpin> AsyncWrite for FramingGuard<IO, F> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A client that sends `input` in pieces of `step` bytes.
-    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+    /// A client that sends `input` in the given pieces.
+    pub(crate) struct Pieces(pub std::collections::VecDeque<Vec<u8>>);
 
     impl AsyncRead for Pieces {
         fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -341,13 +620,13 @@ mod tests {
         }
     }
 
-    /// Send `input` in pieces of `step` bytes through the guard; return what
-    /// hyper would read (with a small and a large read buffer) and what was rejected.
-    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Rejected>) {
+    /// Send `pieces` through the guard; return what hyper would read (with
+    /// a small and a large read buffer), what was rejected and what was seen.
+    pub(crate) fn run_pieces(pieces: &[&[u8]], detect: Detect) -> (Vec<u8>, Vec<Rejected>, Vec<Seen>) {
         let mut results = [8usize, 8192].map(|buffer| {
-            let pieces = Pieces(input.chunks(step).map(<[u8]>::to_vec).collect());
+            let pieces = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
             let mut rejected = Vec::new();
-            let mut guard = FramingGuard::new(pieces, |r| rejected.push(r));
+            let mut guard = FramingGuard::new(pieces, detect, |r| rejected.push(r));
             let mut out = Vec::new();
             let mut cx = Context::from_waker(std::task::Waker::noop());
             loop {
@@ -362,11 +641,22 @@ mod tests {
                 }
                 out.extend_from_slice(buf.filled());
             }
+            let seen = std::mem::take(&mut guard.framer.seen);
             drop(guard);
-            (out, rejected)
+            (out, rejected, seen)
         });
-        assert_eq!(results[0], results[1], "the read buffer size changes nothing");
-        std::mem::take(&mut results[0])
+        // the read buffer size changes nothing, except how much of a head
+        // hyper refuses is handed over before the rest is discarded
+        let [small, large] = &mut results;
+        assert_eq!((&small.1, &small.2), (&large.1, &large.2), "the read buffer size changes nothing");
+        assert!(large.0.starts_with(&small.0), "the read buffer size changes nothing");
+        std::mem::take(large)
+    }
+
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Rejected>) {
+        let pieces: Vec<&[u8]> = input.chunks(step).collect();
+        let (out, rejected, _) = run_pieces(&pieces, Detect::Auto);
+        (out, rejected)
     }
 
     const CLEAN: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -407,20 +697,76 @@ mod tests {
         }
     }
 
+    /// The shapes the attack run used to walk the old guard out of step,
+    /// each followed by a CL+TE request that must be caught.
     #[test]
-    fn http2_is_passed_through() {
+    fn heads_hyper_reads_are_the_heads_the_guard_reads() {
+        let smuggled: &[u8] =
+            b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let many_headers: Vec<u8> = (0..MAX_HEADERS - 2).flat_map(|i| format!("X-{i}: v\r\n").into_bytes()).collect();
+        let big = vec![b'a'; 200 << 10];
+        let walkers: Vec<Vec<u8>> = vec![
+            b"GET /crlf-lf HTTP/1.1\r\nHost: x\r\n\n".to_vec(),
+            b"GET /lf HTTP/1.1\nHost: x\n\n".to_vec(),
+            [b"GET /many HTTP/1.1\r\nHost: x\r\n".as_slice(), &many_headers, b"\r\n"].concat(),
+            [b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(), &big, b"\r\n\r\n"].concat(),
+            b"POST /zeros HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              00000000000000000000005\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ];
+        for walker in &walkers {
+            for first in [1, 2, 3, 5, 17] {
+                let stream = [walker.as_slice(), smuggled].concat();
+                let pieces: Vec<&[u8]> = [&stream[..first]].into_iter().chain(stream[first..].chunks(4096)).collect();
+                let (_, rejected, seen) = run_pieces(&pieces, Detect::Auto);
+                let name = String::from_utf8_lossy(&walker[..walker.len().min(24)]).into_owned();
+                assert_eq!(rejected.len(), 1, "{name:?} split at {first}: {seen:?}");
+                assert_eq!(rejected[0].path, "/smuggled");
+                assert_eq!(seen.len(), 2, "{name:?}: {seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn http2_is_passed_through_only_after_the_whole_preface() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
         for step in [1, 3, 100] {
             let (out, rejected) = run(preface, step);
             assert_eq!(out, preface);
             assert!(rejected.is_empty());
         }
+        // a request starting like the preface is HTTP/1 once it differs
+        let (_, rejected) =
+            run(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 1);
+        assert_eq!(rejected.len(), 1);
+        // HTTP/1-only connections never switch
+        let pieces: Vec<&[u8]> = vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
+        let (out, _, seen) = run_pieces(&pieces, Detect::Http1);
+        assert_eq!(out, pieces[0], "hyper answers it (400)");
+        assert_eq!(seen, vec![Seen::Refused]);
     }
 
     #[test]
-    fn malformed_chunks_stop_inspection_without_losing_bytes() {
-        let stream = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /next HTTP/1.1\r\n\r\n";
-        let (out, _) = run(stream, 3);
-        assert_eq!(out, stream);
+    fn what_hyper_refuses_is_passed_and_nothing_is_framed_after_it() {
+        let next: &[u8] = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
+        for (refused, cut) in [
+            (&b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..], true),
+            (b"POST /te HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", true),
+            (b"GET /v HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", true),
+            (b"GET /cr HTTP/1.1\rHost: x\r\r", false),
+            (b"GET /fold HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", false),
+        ] {
+            let stream = [refused, next].concat();
+            for step in [1, 3, 4096] {
+                let pieces: Vec<&[u8]> = stream.chunks(step).collect();
+                let (out, _, seen) = run_pieces(&pieces, Detect::Auto);
+                assert!(stream.starts_with(&out), "bytes are passed unchanged");
+                assert!(seen.iter().all(|s| !matches!(s, Seen::Request { target, .. } if target == "/next")));
+                if cut {
+                    // the end of what hyper refuses is known: nothing after it is passed
+                    assert!(!String::from_utf8_lossy(&out).contains("/next"), "{}", String::from_utf8_lossy(&out));
+                }
+            }
+        }
     }
 }

@@ -2,6 +2,8 @@
 
 mod body;
 mod framing;
+#[cfg(test)]
+mod framing_differential;
 mod normalize;
 mod reply;
 pub mod server;

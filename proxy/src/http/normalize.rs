@@ -6,8 +6,14 @@
 //! characters (`%41` → `A`, `%2e` → `.`) and upper-case the others; apply the
 //! listener's choice for `%2F`/`%5C`; merge repeated slashes; remove `.` and
 //! `..` segments (RFC 3986 §5.2.4). The query string is not touched.
+//!
+//! Path forms common upstreams read differently from RFC 3986 are refused
+//! unless the listener allows them (`ambiguous_paths`): a dot segment with
+//! `;` parameters (`..;x`, also `..%3B`), which servlet containers read as
+//! `..`, and a double percent-encoding (`%25` + two hex digits), which an
+//! upstream that decodes twice reads as the encoded character.
 
-use crate::config::EscapedSlashes;
+use crate::config::{AmbiguousPaths, EscapedSlashes};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NormalizeError {
@@ -23,6 +29,10 @@ pub enum NormalizeError {
     EscapedSlash,
     #[error("encoded NUL (%00) in the path")]
     EncodedNul,
+    #[error("a dot segment with `;` parameters in the path; this listener rejects them")]
+    DotSegmentParameters,
+    #[error("double percent-encoding (%25 and two hex digits) in the path; this listener rejects it")]
+    DoubleEncoding,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -40,7 +50,11 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Normalize the path part of a request target.
-pub fn normalize_path(path: &str, escaped: EscapedSlashes) -> Result<String, NormalizeError> {
+pub fn normalize_path(
+    path: &str,
+    escaped: EscapedSlashes,
+    ambiguous: AmbiguousPaths,
+) -> Result<String, NormalizeError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(NormalizeError::NotAbsolutePath);
@@ -84,6 +98,9 @@ pub fn normalize_path(path: &str, escaped: EscapedSlashes) -> Result<String, Nor
         decoded.push(b as char);
         i += 1;
     }
+    if ambiguous == AmbiguousPaths::Reject {
+        refuse_ambiguous(&decoded)?;
+    }
     // 4: merge slashes
     let mut merged = String::with_capacity(decoded.len());
     for c in decoded.chars() {
@@ -94,6 +111,23 @@ pub fn normalize_path(path: &str, escaped: EscapedSlashes) -> Result<String, Nor
     }
     // 5: dot segments
     Ok(remove_dot_segments(&merged))
+}
+
+/// `decoded` has unreserved characters decoded and other escapes upper-case.
+fn refuse_ambiguous(decoded: &str) -> Result<(), NormalizeError> {
+    let bytes = decoded.as_bytes();
+    if bytes.windows(5).any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit()) {
+        return Err(NormalizeError::DoubleEncoding);
+    }
+    for segment in decoded.split('/') {
+        let name_end = [segment.find(';'), segment.find("%3B")].into_iter().flatten().min();
+        if let Some(end) = name_end
+            && matches!(&segment[..end], "." | "..")
+        {
+            return Err(NormalizeError::DotSegmentParameters);
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3986 §5.2.4 for an absolute path with no empty segments left.
@@ -125,7 +159,34 @@ mod tests {
     use super::*;
 
     fn norm(p: &str) -> Result<String, NormalizeError> {
-        normalize_path(p, EscapedSlashes::Reject)
+        normalize_path(p, EscapedSlashes::Reject, AmbiguousPaths::Reject)
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_and_double_encoding_are_refused() {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/public/.;/admin",
+            "/public/..%3B/admin",
+            "/public/..%3b/admin",
+            "/public/%2e%2e;/admin",
+            "/public/.%2E%3Bx/admin",
+        ] {
+            assert_eq!(norm(p), Err(NormalizeError::DotSegmentParameters), "{p}");
+        }
+        for p in ["/public/%252e%252e/admin", "/a%252Fb", "/a%2541", "/a%25%32%65"] {
+            assert_eq!(norm(p), Err(NormalizeError::DoubleEncoding), "{p}");
+        }
+        // parameters on names, and a lone encoded percent, are ordinary
+        assert_eq!(norm("/a;v=1/b").unwrap(), "/a;v=1/b");
+        assert_eq!(norm("/..a;x/b").unwrap(), "/..a;x/b");
+        assert_eq!(norm("/100%25").unwrap(), "/100%25");
+        assert_eq!(norm("/a%25zz").unwrap(), "/a%25zz");
+        // the listener may allow them: forwarded as plain names
+        let allow = |p| normalize_path(p, EscapedSlashes::Reject, AmbiguousPaths::Allow);
+        assert_eq!(allow("/public/..;/admin").unwrap(), "/public/..;/admin");
+        assert_eq!(allow("/public/%252e%252e/admin").unwrap(), "/public/%252e%252e/admin");
     }
 
     #[test]
@@ -183,11 +244,14 @@ mod tests {
 
     #[test]
     fn escaped_slash_choices() {
-        assert_eq!(normalize_path("/a%2fb", EscapedSlashes::Keep).unwrap(), "/a%2Fb");
-        assert_eq!(normalize_path("/a%5cb", EscapedSlashes::Keep).unwrap(), "/a%5Cb");
-        assert_eq!(normalize_path("/a%2f..%2fb", EscapedSlashes::Keep).unwrap(), "/a%2F..%2Fb");
-        assert_eq!(normalize_path("/public%2f..%2fadmin", EscapedSlashes::Unescape).unwrap(), "/admin");
-        assert_eq!(normalize_path("/a%5C%5Cb", EscapedSlashes::Unescape).unwrap(), "/a/b");
+        assert_eq!(normalize_path("/a%2fb", EscapedSlashes::Keep, AmbiguousPaths::Reject).unwrap(), "/a%2Fb");
+        assert_eq!(normalize_path("/a%5cb", EscapedSlashes::Keep, AmbiguousPaths::Reject).unwrap(), "/a%5Cb");
+        assert_eq!(normalize_path("/a%2f..%2fb", EscapedSlashes::Keep, AmbiguousPaths::Reject).unwrap(), "/a%2F..%2Fb");
+        assert_eq!(
+            normalize_path("/public%2f..%2fadmin", EscapedSlashes::Unescape, AmbiguousPaths::Reject).unwrap(),
+            "/admin"
+        );
+        assert_eq!(normalize_path("/a%5C%5Cb", EscapedSlashes::Unescape, AmbiguousPaths::Reject).unwrap(), "/a/b");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::framing::{FramingGuard, Rejected};
+use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected};
 use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::Target;
@@ -23,6 +23,20 @@ use crate::model::ConnectionVerdict;
 use crate::state::ProxyState;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Envoy's recommended `max_concurrent_streams` for edge proxies (nginx: 128).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before weir accepted them (h2's default;
+/// rapid reset past it is answered with GOAWAY ENHANCE_YOUR_CALM).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams weir may reset for the client's protocol errors before GOAWAY.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Envoy's `max_request_headers_kb` default (60 KiB); nginx allows 32 KiB.
+const H2_MAX_HEADER_LIST_SIZE: u32 = 60 << 10;
+/// Bytes buffered per stream towards a slow reader (hyper's default).
+const H2_MAX_SEND_BUFFER: usize = 400 << 10;
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, peer: SocketAddr) {
     let listener = target.name();
@@ -65,7 +79,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                 serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout).await
             }
             Some(crate::limits::HttpVersion::Http1) => {
-                let io = FramingGuard::new(stream, on_reject);
+                let io = FramingGuard::new(stream, Detect::Http1, on_reject);
                 serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
             }
         },
@@ -85,7 +99,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             match tls_stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout).await,
                 _ => {
-                    let io = FramingGuard::new(tls_stream, on_reject);
+                    let io = FramingGuard::new(tls_stream, Detect::Http1, on_reject);
                     serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
                 }
             }
@@ -111,7 +125,11 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
     }
 }
 
-enum Mode {
+pub(super) enum Mode {
+    /// hyper's own version detection: only the framing differential test
+    /// serves this way (weir detects the version itself, under the head timeout)
+    #[cfg(test)]
+    Auto,
     Http1,
     Http2,
 }
@@ -131,17 +149,44 @@ async fn serve_http<IO>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(request).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
-    let builder = match mode {
-        Mode::Http1 => builder.http1_only(),
-        Mode::Http2 => builder.http2_only(),
-    };
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    if let Err(e) = hyper_builder(mode, head_timeout).serve_connection(TokioIo::new(io), service).await {
         tracing::debug!("connection ended with an error: {e}");
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
         }
+    }
+}
+
+/// hyper's settings for client connections. The HTTP/1 parser limits are
+/// set from the framing guard's constants: the guard reads heads as hyper does.
+/// `head_timeout`: see `serve_http`.
+pub(super) fn hyper_builder(mode: Mode, head_timeout: Option<Duration>) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .keep_alive(true)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    // HTTP/2 flood limits, as Envoy and nginx set them (docs/http.md): rapid
+    // reset (CVE-2023-44487) and streams reset for errors end the connection
+    // with GOAWAY; header lists are bounded while they are decoded (HPACK
+    // bombs, CONTINUATION floods); a peer that stops answering PINGs is cut.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    match mode {
+        #[cfg(test)]
+        Mode::Auto => builder,
+        Mode::Http1 => builder.http1_only(),
+        Mode::Http2 => builder.http2_only(),
     }
 }

@@ -185,14 +185,19 @@ impl HttpConnection {
 
         // Framing and target checks, before anything is interpreted.
         let authority = match check_request(&request) {
-            Ok(authority) => authority,
+            Ok(authority) => normalize_authority(&authority, self.scheme),
             Err(why) => return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await,
         };
         if request.method() == Method::CONNECT {
             let why = "CONNECT is not supported by an L7 policy listener".to_string();
             return Self::refuse(flight, request, reply::method_not_allowed(&why), Verdict::Error, why).await;
         }
-        let path = match normalize_path(request.uri().path(), snap.listener.config.escaped_slashes) {
+        let listener_config = &snap.listener.config;
+        let path = match normalize_path(
+            request.uri().path(),
+            listener_config.escaped_slashes,
+            listener_config.ambiguous_paths,
+        ) {
             Ok(path) => path,
             Err(e) => {
                 let why = e.to_string();
@@ -206,9 +211,10 @@ impl HttpConnection {
         flight.trace().http.path = path_and_query.clone();
         flight.trace().http.host = authority.clone();
 
-        // Filters.
+        // Filters judge the request as it will be forwarded: hop-by-hop
+        // headers (and those `Connection` names) go first.
         let (mut parts, body) = request.into_parts();
-        if let Err(why) = check_headers(&parts.headers) {
+        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
             let request = Request::from_parts(parts, body);
             return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
         }
@@ -301,7 +307,6 @@ impl HttpConnection {
             }
         };
         parts.uri = uri;
-        strip_hop_by_hop(&mut parts.headers);
         if upstream_h2 {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
@@ -330,7 +335,7 @@ impl HttpConnection {
         };
 
         // Response hooks, ingress side first (reverse order of the chain).
-        strip_hop_by_hop(response.headers_mut());
+        strip_response_hop_by_hop(response.headers_mut());
         if chain.links.iter().any(|link| link.filter.wants_responses()) {
             let mut head = wit::Response {
                 request_id,
@@ -475,6 +480,16 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
         if lengths > 1 || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
             return Err("more than one Content-Length".into());
         }
+        // hyper only checks that the last coding is chunked; weir forwards
+        // the body decoded from chunked alone, so nothing else may be applied
+        let mut codings =
+            headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+        if has_te
+            && !(codings.next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                && codings.next().is_none())
+        {
+            return Err("Transfer-Encoding other than one chunked".into());
+        }
         if request.version() == Version::HTTP_11 && hosts.is_empty() && request.uri().authority().is_none() {
             return Err("HTTP/1.1 request without Host".into());
         }
@@ -490,6 +505,38 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
         return Err("invalid authority".into());
     }
     Ok(authority)
+}
+
+/// The authority as rules match it and the upstream receives it: host in
+/// lower case without a trailing dot, and no port when it is the scheme's
+/// default (RFC 3986 §6.2.2-6.2.3), so `API.Example.:80` is `api.example`.
+fn normalize_authority(authority: &str, scheme: &str) -> String {
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.strip_prefix('[') {
+        // an IPv6 literal: the port follows the `]`
+        Some(_) => match authority.find(']') {
+            Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+            None => return authority,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority.as_str(), None),
+        },
+    };
+    let host = match host.strip_suffix('.') {
+        Some(stripped) if !stripped.is_empty() && !host.starts_with('[') => stripped,
+        _ => host,
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    match port {
+        None | Some("") => host.to_string(),
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => match port.parse::<u16>() {
+            Ok(p) if p == default_port => host.to_string(),
+            Ok(p) => format!("{host}:{p}"),
+            Err(_) => format!("{host}:{port}"),
+        },
+        Some(port) => format!("{host}:{port}"),
+    }
 }
 
 /// Headers as the filters see them: `name: value\n`, Host left out (it is
@@ -583,15 +630,49 @@ fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
     Ok(reply::custom(status, headers, custom.body))
 }
 
-/// Hop-by-hop headers describe one connection and must not be forwarded.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+/// Headers a `Connection` header may not name: they say where the request
+/// goes and how its body is read, for every recipient (RFC 9110 §7.6.1).
+const END_TO_END: [HeaderName; 5] =
+    [header::HOST, header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONTENT_TYPE, header::CONTENT_ENCODING];
+
+/// Hop-by-hop headers describe one connection and are not forwarded: the
+/// fixed ones, and every header the `Connection` header names. Done before
+/// any filter sees the request, so a rule never judges a header the
+/// upstream will not receive. A `Connection` header naming an end-to-end
+/// header is refused.
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), String> {
+    let listed = connection_options(headers)?;
+    remove_hop_by_hop(headers, listed);
+    // request trailers are dropped (TrackedBody): announcing them would lie
+    headers.remove(header::TRAILER);
+    Ok(())
+}
+
+/// An upstream's response: what `Connection` names is dropped, unless it is
+/// end-to-end (then only the fixed hop-by-hop headers are).
+fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_options(headers).unwrap_or_default();
+    remove_hop_by_hop(headers, listed);
+}
+
+/// The header names a `Connection` header lists (every line of it).
+fn connection_options(headers: &HeaderMap) -> Result<Vec<HeaderName>, String> {
+    let mut listed = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let value = value.to_str().map_err(|_| "Connection header is not text".to_string())?;
+        for option in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let name = HeaderName::from_bytes(option.as_bytes())
+                .map_err(|_| format!("Connection header names {option:?}, not a header name"))?;
+            if END_TO_END.contains(&name) {
+                return Err(format!("Connection header names the end-to-end header {name}"));
+            }
+            listed.push(name);
+        }
+    }
+    Ok(listed)
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, listed: Vec<HeaderName>) {
     for name in listed {
         headers.remove(name);
     }
@@ -651,11 +732,20 @@ impl Body for TrackedBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.aborted.store(true, Ordering::Relaxed);
+        loop {
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            match &polled {
+                Poll::Ready(Some(Err(_))) => self.aborted.store(true, Ordering::Relaxed),
+                // Request trailers are headers no filter judged: they are
+                // not forwarded (docs/http.md).
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("request trailers dropped");
+                    continue;
+                }
+                _ => {}
+            }
+            return polled;
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -679,14 +769,32 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h).unwrap();
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
 
         let mut grpc = HeaderMap::new();
         grpc.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut grpc);
+        strip_hop_by_hop(&mut grpc).unwrap();
         assert!(grpc.contains_key(header::TE));
+    }
+
+    #[test]
+    fn connection_may_not_name_end_to_end_headers() {
+        for named in ["host", "Content-Length", "transfer-encoding", "content-type", "close, Content-Encoding"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_str(named).unwrap());
+            assert!(strip_hop_by_hop(&mut h).is_err(), "{named}");
+        }
+        let mut bad = HeaderMap::new();
+        bad.insert(header::CONNECTION, HeaderValue::from_static("x y"));
+        assert!(strip_hop_by_hop(&mut bad).is_err(), "not a header name");
+        let mut two = HeaderMap::new();
+        two.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        two.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        two.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut two).unwrap();
+        assert!(two.is_empty(), "every Connection line counts: {two:?}");
     }
 
     #[test]
@@ -724,6 +832,28 @@ mod tests {
     }
 
     #[test]
+    fn authorities_are_matched_and_forwarded_normalized() {
+        for (given, scheme, want) in [
+            ("api.example", "http", "api.example"),
+            ("API.Example", "http", "api.example"),
+            ("api.example.", "http", "api.example"),
+            ("api.example:80", "http", "api.example"),
+            ("API.EXAMPLE.:80", "http", "api.example"),
+            ("api.example:", "http", "api.example"),
+            ("api.example:080", "http", "api.example"),
+            ("api.example:443", "http", "api.example:443"),
+            ("api.example:443", "https", "api.example"),
+            ("api.example:8080", "http", "api.example:8080"),
+            ("[::1]:80", "http", "[::1]"),
+            ("[::1]:8080", "http", "[::1]:8080"),
+            ("10.0.0.1.:80", "http", "10.0.0.1"),
+            ("", "http", ""),
+        ] {
+            assert_eq!(normalize_authority(given, scheme), want, "{given} ({scheme})");
+        }
+    }
+
+    #[test]
     fn ambiguous_framing_is_refused() {
         let req = |headers: &[(&str, &str)]| {
             let mut b = Request::builder().uri("/").version(Version::HTTP_11);
@@ -738,6 +868,14 @@ mod tests {
         );
         assert!(check_request(&req(&[("host", "a"), ("content-length", "1"), ("content-length", "2")])).is_err());
         assert!(check_request(&req(&[("host", "a"), ("content-length", "1, 1")])).is_err());
+        assert!(check_request(&req(&[("host", "a"), ("transfer-encoding", "chunked")])).is_ok());
+        assert!(check_request(&req(&[("host", "a"), ("transfer-encoding", " Chunked ")])).is_ok());
+        for codings in
+            [&["gzip, chunked"][..], &["chunked, chunked"], &["chunked", "chunked"], &["identity", "chunked"]]
+        {
+            let te: Vec<(&str, &str)> = codings.iter().map(|c| ("transfer-encoding", *c)).collect();
+            assert!(check_request(&req(&[&[("host", "a")], te.as_slice()].concat())).is_err(), "{codings:?}");
+        }
         assert!(check_request(&req(&[("host", "a"), ("host", "b")])).is_err());
         assert!(check_request(&req(&[])).is_err(), "HTTP/1.1 needs Host");
         let h2 = Request::builder().uri("http://a/").version(Version::HTTP_2).header("host", "b").body(()).unwrap();
