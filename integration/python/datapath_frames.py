@@ -12,7 +12,9 @@ pod actually receives. For the datapath hardening tests.
   ipv6 DST6                  an IPv6 UDP packet
   syn SPORT DST DPORT        a TCP SYN from this pod's address
   udp SPORT DST DPORT MSG    a UDP datagram from this pod's address
-  udp-flood DST DPORT FIRST N  N datagrams from source ports FIRST.. (new flows)
+  udp-flood DST DPORT FIRST N [ROUNDS]
+                             N datagrams from source ports FIRST.. (new
+                             flows), ROUNDS times over
   icmp DST TYPE ID MSG       an ICMP message (8: echo request, 0: echo reply,
                              13: timestamp, 3: unreachable) from this pod
   frag-tail DST DPORT ID     the second fragment of a UDP datagram whose first
@@ -130,13 +132,15 @@ def udp(sport, dst, dport, msg):
     send(ether() / udp_packet(my_address(), dst, dport, msg, sport=int(sport)))
 
 
-def udp_flood(dst, dport, first, n):
+def udp_flood(dst, dport, first, n, rounds="1"):
     from scapy.all import sendp
 
     base = ether()
     me = my_address()
-    frames = [base / udp_packet(me, dst, dport, f"flood-{p}", sport=p) for p in range(int(first), int(first) + int(n))]
-    sendp(frames, iface="eth0", verbose=False, inter=0.002)
+    ports = range(int(first), int(first) + int(n))
+    for r in range(int(rounds)):
+        frames = [base / udp_packet(me, dst, dport, f"flood-{r}-{p}", sport=p) for p in ports]
+        sendp(frames, iface="eth0", verbose=False, inter=0.002)
 
 
 def icmp(dst, kind, ident, msg):

@@ -4,7 +4,9 @@
 //! rule. One test per bypass class of issue 23; each asserts on what the
 //! receiving pod got and on the drop flows and counters weir reports.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use weir::flow::{FlowRecord, Verdict};
@@ -397,6 +399,63 @@ fn one_pods_conntrack_churn_is_bounded_per_endpoint() {
     }
     send(&node, "cli", &["udp", "41000", &sink, "9999", "client-still-counts"]);
     wait_for("the client's datagram", Duration::from_secs(5), || !seen(&log, "client-still-counts").is_empty());
+}
+
+/// Class 4, the table: when it is full (110 entries here), new connections
+/// are refused; an established connection of another pod is not evicted —
+/// it was with the LRU table, after which its replies were judged as new
+/// and dropped.
+#[test]
+fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
+    let mut node = Node::new(&["cli", "srv", "oth", "oth2", "snk"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, sink) = (node.pod("srv").ip.to_string(), node.pod("snk").ip.to_string());
+    node.serve("srv", "tcp echo", "python3", &[&script("datapath_peer.py"), "tcp-echo", &server, "9000"]);
+    let log = sniff(&mut node, "snk", dir.path());
+    let labels = [("cli", "client"), ("srv", "server"), ("oth", "other"), ("oth2", "other"), ("snk", "sink")];
+    node.start_weir(&config(&node, &labels, "{per_endpoint: 64, capacity: 110}"), &[("server.yaml", SINK_AND_SERVER)]);
+    assert_eq!(metric(&node, "weir_datapath_conntrack_capacity"), 110);
+
+    let mut client = node
+        .in_pod("cli", "python3")
+        .args([&script("datapath_peer.py"), "lines", &server, "9000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut exchange = |text: &str| -> String {
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    // srv's replies pass by conntrack alone (its egress allows DNS only)
+    let mut first = String::new();
+    wait_for("the client's connection", Duration::from_secs(10), || {
+        first = exchange("one");
+        first == "one"
+    });
+
+    // two hostile pods, 64 new flows each at most: the table fills up
+    // (twice over: entries that are used again are what an LRU keeps)
+    send(&node, "oth", &["udp-flood", &sink, "9999", "20000", "100", "2"]);
+    send(&node, "oth2", &["udp-flood", &sink, "9999", "30000", "100", "2"]);
+    settle();
+    assert_eq!(exchange("two"), "two", "the established connection was evicted");
+    let delivered = seen(&log, "flood-0-").len();
+    assert!((100..=115).contains(&delivered), "{delivered} flows fit a table of 110");
+    wait_drops(&node, "conntrack_full", 0);
+    let refused: u64 = ["oth", "oth2"]
+        .iter()
+        .map(|p| metric(&node, &format!("weir_datapath_conntrack_refused_total{{endpoint=\"{p}\"}}")))
+        .sum();
+    assert!(refused >= 80, "{refused} refusals");
+    let _ = client.kill();
+    let _ = client.wait();
 }
 
 /// Class 5: fragmented datagrams to an allowed port arrive whole; to a

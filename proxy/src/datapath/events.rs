@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
     CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_ICMP, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_MALFORMED,
-    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, conntrack, reason_name,
+    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
 use crate::flow::{FlowPeer, FlowRecord, Verdict};
@@ -40,6 +40,8 @@ pub struct RuleTexts {
 pub struct Kernel {
     pub ring: RingBuf<MapData>,
     pub conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    /// Size of the conntrack table.
+    pub capacity: u32,
     pub usage: BpfHashMap<MapData, u32, CtUsage>,
     pub freed: BpfHashMap<MapData, u32, u64>,
     pub drops: PerCpuArray<MapData, u64>,
@@ -99,7 +101,8 @@ impl DatapathMetrics {
 /// Read events until the ring is closed; meanwhile a thread keeps the
 /// kernel counters in the metrics and collects expired conntrack entries.
 pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleTexts>>) {
-    let Kernel { ring, conntrack, usage, freed, drops, gc_interval } = kernel;
+    let Kernel { ring, conntrack, capacity, usage, freed, drops, gc_interval } = kernel;
+    state.metrics.datapath.conntrack_capacity.set(i64::from(capacity));
     let mut collector = Collector::new(conntrack, usage, freed, drops);
     let (counter_state, counter_rules) = (state.clone(), rules.clone());
     let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
@@ -239,7 +242,6 @@ impl Collector {
             }
             *last = usage.refused;
         }
-        metrics.conntrack_capacity.set(i64::from(conntrack::CAPACITY));
     }
 }
 

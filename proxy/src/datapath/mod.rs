@@ -66,6 +66,11 @@ pub struct ConntrackConfig {
     /// Most entries one endpoint's connections may hold; new connections
     /// past it are dropped (`conntrack_endpoint_limit`).
     pub per_endpoint: u32,
+    /// Size of the table, for all endpoints; when full, new connections are
+    /// dropped (`conntrack_full`), nothing is evicted. Takes effect when the
+    /// map is created: a pinned table keeps its size until `weir datapath
+    /// cleanup`.
+    pub capacity: u32,
     /// How often weir deletes expired entries.
     #[serde(with = "crate::config::duration")]
     pub gc_interval: Duration,
@@ -82,6 +87,7 @@ impl Default for ConntrackConfig {
             icmp: secs(conntrack::ICMP_SECS),
             other: secs(conntrack::OTHER_SECS),
             per_endpoint: conntrack::PER_ENDPOINT,
+            capacity: conntrack::CAPACITY,
             gc_interval: Duration::from_secs(10),
         }
     }
@@ -149,6 +155,7 @@ impl Datapath {
 
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(maps_dir(&config.bpffs))
+            .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD] {
@@ -176,9 +183,16 @@ impl Datapath {
     /// also collects expired conntrack entries). Call once.
     pub fn take_events(&mut self) -> anyhow::Result<events::Kernel> {
         let mut take = |name: &str| self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} already taken"));
+        let conntrack = take(maps::CONNTRACK)?;
+        // a reused pin has the size it was created with
+        let capacity = match &conntrack {
+            aya::maps::Map::HashMap(data) => data.info().map(|i| i.max_entries()).ok(),
+            _ => None,
+        };
         Ok(events::Kernel {
             ring: RingBuf::try_from(take(maps::EVENTS)?)?,
-            conntrack: BpfHashMap::try_from(take(maps::CONNTRACK)?)?,
+            conntrack: BpfHashMap::try_from(conntrack)?,
+            capacity: capacity.unwrap_or(self.config.conntrack.capacity),
             usage: BpfHashMap::try_from(take(maps::CT_USAGE)?)?,
             freed: BpfHashMap::try_from(take(maps::CT_FREED)?)?,
             drops: PerCpuArray::try_from(take(maps::DROPS)?)?,
