@@ -470,3 +470,23 @@ pub fn proxy_bind(config: &DatapathConfig) -> SocketAddr {
 pub fn dns_proxy_bind(config: &DatapathConfig) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], config.dns_proxy_port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ConntrackConfig;
+
+    #[test]
+    fn conntrack_settings_parse_and_reach_the_programs_in_whole_seconds() {
+        let config: ConntrackConfig =
+            serde_yaml::from_str("{udp: 3s, tcp_established: 1h, icmp: 250ms, per_endpoint: 0}").unwrap();
+        let settings = config.settings();
+        assert_eq!(settings.udp_secs, 3);
+        assert_eq!(settings.tcp_established_secs, 3600);
+        // below a second, and a zero limit, would read as "default" in the
+        // programs: they are raised to the smallest real value instead
+        assert_eq!(settings.icmp_secs, 1);
+        assert_eq!(settings.ct_per_endpoint, 1);
+        assert_eq!(settings.tcp_syn_secs, 60, "unset fields keep their defaults");
+        assert!(serde_yaml::from_str::<ConntrackConfig>("{udp_timeout: 3s}").is_err(), "unknown fields are refused");
+    }
+}
