@@ -17,6 +17,9 @@ pod actually receives. For the datapath hardening tests.
                              flows), ROUNDS times over
   icmp DST TYPE ID MSG       an ICMP message (8: echo request, 0: echo reply,
                              13: timestamp, 3: unreachable) from this pod
+  icmp-error DST ISRC IDST ISPORT IDPORT MSG
+                             port unreachable to DST quoting a UDP packet
+                             ISRC:ISPORT > IDST:IDPORT
   frag-tail DST DPORT ID     the second fragment of a UDP datagram whose first
                              fragment was never sent
   hold HOST PORT SPORT       connect from SPORT to HOST:PORT and keep it open
@@ -149,6 +152,13 @@ def icmp(dst, kind, ident, msg):
     send(ether() / IP(src=my_address(), dst=dst) / ICMP(type=int(kind), id=int(ident), seq=1) / msg.encode())
 
 
+def icmp_error(dst, inner_src, inner_dst, inner_sport, inner_dport, msg):
+    from scapy.all import ICMP, IP, UDP
+
+    quoted = IP(src=inner_src, dst=inner_dst) / UDP(sport=int(inner_sport), dport=int(inner_dport))
+    send(ether() / IP(src=my_address(), dst=dst) / ICMP(type=3, code=3) / quoted / msg.encode())
+
+
 def frag_tail(dst, dport, ident):
     from scapy.all import IP
 
@@ -179,6 +189,7 @@ if __name__ == "__main__":
         "udp": udp,
         "udp-flood": udp_flood,
         "icmp": icmp,
+        "icmp-error": icmp_error,
         "frag-tail": frag_tail,
         "hold": hold,
     }

@@ -513,3 +513,43 @@ fn fragments_follow_their_first_fragments_verdict() {
     let entries = metric(&node, "weir_datapath_conntrack_entries{endpoint=\"cli\"}");
     assert_eq!(entries, 0, "cli's entries are all expired and collected");
 }
+
+/// srv takes UDP 9001 from the client and may send nothing at all.
+const SERVER_SILENT: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-silent}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
+  egress:
+    - toEndpoints: [{matchLabels: {app: nobody}}]
+"#;
+
+/// ICMP errors about a tracked connection's packet pass (here srv's kernel
+/// answering "port unreachable" to the client's allowed datagram, which
+/// srv's egress policy alone would drop); an error quoting a tuple that no
+/// connection has is judged by policy like any ICMP, and dropped.
+#[test]
+fn icmp_errors_pass_only_for_tracked_connections() {
+    let mut node = Node::new(&["cli", "srv"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (client, server) = (node.pod("cli").ip.to_string(), node.pod("srv").ip.to_string());
+    let log = sniff(&mut node, "cli", dir.path());
+    let config = config(&node, &[("cli", "client"), ("srv", "server")], SHORT_LIVED);
+    node.start_weir(&config, &[("server.yaml", SERVER_SILENT)]);
+
+    // nothing listens on srv:9001: its kernel answers with an ICMP error
+    wait_for("srv's port unreachable", Duration::from_secs(10), || {
+        send(&node, "cli", &["udp", "41000", &server, "9001", "to-closed-port"]);
+        !seen(&log, &format!("icmp {server} > {client} 3")).is_empty()
+    });
+    // a forged error quoting a tuple no connection has
+    send(&node, "srv", &["icmp-error", &client, &client, &server, "41001", "9001", "unrelated"]);
+    settle();
+    assert!(seen(&log, "unrelated").is_empty(), "an unrelated ICMP error passed:\n{}", read(&log));
+    wait_flow(&node, "the unrelated error's drop", |f| f.verdict == Verdict::Dropped && f.protocol == "icmp");
+}

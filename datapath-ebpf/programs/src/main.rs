@@ -95,6 +95,9 @@ const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
 const EEXIST: i32 = 17;
 const NANOS: u64 = 1_000_000_000;
 
@@ -119,6 +122,10 @@ struct Packet {
     /// are judged with its ports.
     first_fragment: bool,
     ip_id: u16,
+    /// An ICMP error (unreachable, time exceeded, parameter problem): the
+    /// tuple of the packet it quotes, which its destination sent. It passes
+    /// when that tuple belongs to a live connection (in either direction).
+    quoted: Option<CtKey>,
 }
 
 enum Parsed {
@@ -186,6 +193,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
         opens: true,
         first_fragment: false,
         ip_id,
+        quoted: None,
     };
     if frag & IP_OFFSET != 0 {
         // a later fragment: no L4 header; it is what its first fragment was
@@ -224,14 +232,48 @@ fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
                 packet.tuple.dport = id;
                 packet.opens = false;
             }
-            // errors and the rest: judged by policy alone, every time
+            // errors may be related to a connection; they and the rest are
+            // judged by policy otherwise, every time
             _ => {
                 packet.reply_candidate = false;
                 packet.opens = false;
+                if matches!(icmp_type, ICMP_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
+                    packet.quoted = quoted_tuple(ctx, l4 + 8, daddr);
+                }
             }
         }
     }
     Ok(Parsed::Ipv4(packet))
+}
+
+/// The tuple of the IPv4 packet an ICMP error quotes at `offset`, if it is
+/// whole enough to say (header and ports of TCP, UDP, SCTP) and was sent by
+/// the error's destination `to`.
+#[inline(always)]
+fn quoted_tuple(ctx: &TcContext, offset: usize, to: u32) -> Option<CtKey> {
+    let version_ihl: u8 = ctx.load(offset).ok()?;
+    if version_ihl >> 4 != 4 || version_ihl & 0x0F < 5 {
+        return None;
+    }
+    let protocol: u8 = ctx.load(offset + 9).ok()?;
+    let saddr: u32 = ctx.load(offset + 12).ok()?;
+    let daddr: u32 = ctx.load(offset + 16).ok()?;
+    if !has_ports(protocol) || saddr != to {
+        return None;
+    }
+    let l4 = offset + ((version_ihl & 0x0F) as usize) * 4;
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    Some(CtKey { saddr, daddr, sport, dport, protocol, _pad: [0; 3] })
+}
+
+/// An ICMP error about a live connection's packet.
+#[inline(always)]
+fn related_error(packet: &Packet) -> bool {
+    match &packet.quoted {
+        Some(quoted) => ct_live(quoted).is_some() || ct_live(&quoted.reversed()).is_some(),
+        None => false,
+    }
 }
 
 /// Remember a passed first fragment's ports for the rest of its datagram.
@@ -553,6 +595,10 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
         }
         return TC_ACT_OK as i32;
     }
+    if related_error(packet) {
+        ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+        return TC_ACT_OK as i32;
+    }
 
     let existing = ct_live(t);
     // a SYN starts over, even on a tuple with an entry
@@ -702,6 +748,9 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
         && let Some(ct) = ct_live(&t.reversed())
     {
         ct_touch(ct, packet, true);
+        return TC_ACT_OK as i32;
+    }
+    if related_error(packet) {
         return TC_ACT_OK as i32;
     }
     let peer = ipcache(t.saddr);
