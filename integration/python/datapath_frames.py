@@ -4,13 +4,15 @@ pod actually receives. For the datapath hardening tests.
   sniff FILE                 log every IPv4 packet arriving on eth0, one line
                              each: "tcp SRC:SPORT > DST:DPORT FLAGS [PAYLOAD]",
                              "udp SRC:SPORT > DST:DPORT PAYLOAD",
-                             "icmp SRC > DST TYPE ID", "ip SRC > DST PROTO"
+                             "icmp SRC > DST TYPE ID PAYLOAD", "ip SRC > DST PROTO PAYLOAD"
   qinq SRC DST DPORT MSG     UDP in two 802.1Q tags with VLAN ID 0 (QinQ)
   qinq-ad SRC DST DPORT MSG  UDP in an 802.1ad tag and an 802.1Q tag, ID 0
   vlan SRC DST DPORT MSG     UDP in one 802.1Q tag, ID 0
   ethertype TYPE             a frame of that ethertype (hex), 64 bytes
   ipv6 DST6                  an IPv6 UDP packet
   syn SPORT DST DPORT        a TCP SYN from this pod's address
+  tcp SPORT DST DPORT FLAGS MSG  a TCP segment with these flags (scapy letters)
+  proto DST NUMBER MSG       an IPv4 packet of that protocol (47: GRE)
   udp SPORT DST DPORT MSG    a UDP datagram from this pod's address
   udp-flood DST DPORT FIRST N [ROUNDS]
                              N datagrams from source ports FIRST.. (new
@@ -95,7 +97,7 @@ def sniff(path):
                 icmp_type, _code, _sum, ident = struct.unpack("!BBHH", l4[:6])
                 out.write(f"icmp {src} > {dst} {icmp_type} {ident} {l4[8:].decode(errors='replace')}\n")
             else:
-                out.write(f"ip {src} > {dst} {proto}\n")
+                out.write(f"ip {src} > {dst} {proto} {l4.decode(errors='replace')}\n")
 
 
 def qinq(src, dst, dport, msg, outer=0x8100):
@@ -129,6 +131,19 @@ def syn(sport, dst, dport):
     from scapy.all import IP, TCP
 
     send(ether() / IP(src=my_address(), dst=dst) / TCP(sport=int(sport), dport=int(dport), flags="S", seq=1000))
+
+
+def tcp(sport, dst, dport, flags, msg):
+    from scapy.all import IP, TCP
+
+    segment = TCP(sport=int(sport), dport=int(dport), flags=flags, seq=1000, ack=2000)
+    send(ether() / IP(src=my_address(), dst=dst) / segment / msg.encode())
+
+
+def proto(dst, number, msg):
+    from scapy.all import IP
+
+    send(ether() / IP(src=my_address(), dst=dst, proto=int(number)) / msg.encode())
 
 
 def udp(sport, dst, dport, msg):
@@ -186,6 +201,8 @@ if __name__ == "__main__":
         "ethertype": ethertype,
         "ipv6": ipv6,
         "syn": syn,
+        "tcp": tcp,
+        "proto": proto,
         "udp": udp,
         "udp-flood": udp_flood,
         "icmp": icmp,

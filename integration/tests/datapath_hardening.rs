@@ -168,8 +168,22 @@ fn tagged_and_unknown_frames_are_dropped_and_counted() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_drops(&node, "spoofed_source", spoofed);
+    // and from the client, allowed UDP 9001 only: odd TCP flags without a
+    // SYN, GRE and TCP on the UDP port are no way in
+    send(
+        &node,
+        "cli",
+        &[
+            "multi",
+            &format!("tcp 40000 {server} 9001 FPU odd-flags"),
+            &format!("tcp 40001 {server} 9001 A bare-ack"),
+            &format!("proto {server} 47 gre"),
+        ],
+    );
     settle();
-    assert!(seen(&log, "hostile-own").is_empty() && seen(&log, "spoofed-plain").is_empty(), "{}", read(&log));
+    for payload in ["hostile-own", "spoofed-plain", "odd-flags", "bare-ack", "gre"] {
+        assert!(seen(&log, payload).is_empty(), "{payload} reached the server:\n{}", read(&log));
+    }
 }
 
 /// srv may connect out to the client (TCP 7000, and anything else L3), but
