@@ -64,10 +64,10 @@ static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(262144, BPF_F_N
 #[map(name = "WEIR_CONNTRACK")]
 static CT: HashMap<CtKey, CtValue> = HashMap::pinned(conntrack::CAPACITY, 0);
 #[map(name = "WEIR_CT_USAGE")]
-static CT_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(4096, 0);
+static CT_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(16384, 0);
 /// Written by weir's collector only: entries of each endpoint it deleted.
 #[map(name = "WEIR_CT_FREED")]
-static CT_FREED: HashMap<u32, u64> = HashMap::pinned(4096, 0);
+static CT_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
 #[map(name = "WEIR_FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
 #[map(name = "WEIR_DROPS")]
@@ -377,8 +377,11 @@ fn charge(owner: u32) -> Result<*mut CtUsage, u8> {
     } as u64;
     let u = unsafe { &mut *usage };
     // racing CPUs may each pass the check: the limit holds to within one
-    // entry per CPU
-    if u.created.wrapping_sub(u.reclaimed).wrapping_sub(freed) >= limit {
+    // entry per CPU. A count that went below zero (a race with the
+    // collector) reads as empty, never as full.
+    let gone = u.reclaimed + freed;
+    let used = if u.created > gone { u.created - gone } else { 0 };
+    if used >= limit {
         add(&mut u.refused, 1);
         return Err(REASON_CT_LIMIT);
     }

@@ -111,7 +111,7 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
             std::thread::sleep(Duration::from_secs(1));
             if last_sweep.elapsed() >= gc_interval {
                 last_sweep = Instant::now();
-                let expired = collector.sweep();
+                let expired = collector.sweep(&counter_rules.read().unwrap().endpoints);
                 counter_state.metrics.datapath.conntrack_expired.inc_by(expired);
             }
             collector.publish(&counter_state.metrics.datapath, &counter_rules.read().unwrap());
@@ -197,7 +197,9 @@ impl Collector {
     }
 
     /// Delete the entries whose deadline has passed; returns how many.
-    fn sweep(&mut self) -> u64 {
+    /// Also forgets the usage of interfaces that are no endpoint anymore and
+    /// hold no entry (veths come and go, each with a new ifindex).
+    fn sweep(&mut self, endpoints: &BTreeMap<u32, String>) -> u64 {
         let now = monotonic_ns();
         let expired: Vec<(CtKey, CtValue)> =
             self.conntrack.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
@@ -218,7 +220,28 @@ impl Collector {
                 tracing::warn!(owner, "conntrack usage not updated: {e}");
             }
         }
+        if !endpoints.is_empty() {
+            let gone: Vec<u32> = self
+                .usage
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(owner, usage)| !endpoints.contains_key(owner) && self.in_use(*owner, usage) == 0)
+                .map(|(owner, _)| owner)
+                .collect();
+            for owner in gone {
+                let _ = self.usage.remove(&owner);
+                let _ = self.freed_map.remove(&owner);
+                self.freed.remove(&owner);
+                self.last_refused.remove(&owner);
+            }
+        }
         deleted
+    }
+
+    /// Entries `owner` holds (as the programs count them).
+    fn in_use(&self, owner: u32, usage: &CtUsage) -> u64 {
+        let gone = usage.reclaimed + self.freed.get(&owner).copied().unwrap_or(0);
+        usage.created.saturating_sub(gone)
     }
 
     fn publish(&mut self, metrics: &DatapathMetrics, rules: &RuleTexts) {
@@ -231,11 +254,12 @@ impl Collector {
             }
             *last = total;
         }
-        for (owner, usage) in self.usage.iter().filter_map(Result::ok) {
-            let gone = usage.reclaimed + self.freed.get(&owner).copied().unwrap_or(0);
+        let usages: Vec<(u32, CtUsage)> = self.usage.iter().filter_map(Result::ok).collect();
+        for (owner, usage) in usages {
+            let held = self.in_use(owner, &usage);
             let endpoint = rules.endpoints.get(&owner).cloned().unwrap_or_else(|| format!("ifindex-{owner}"));
             let labels = EndpointLabels { endpoint };
-            metrics.conntrack_entries.get_or_create(&labels).set(usage.created.saturating_sub(gone) as i64);
+            metrics.conntrack_entries.get_or_create(&labels).set(held as i64);
             let last = self.last_refused.entry(owner).or_default();
             if usage.refused > *last {
                 metrics.conntrack_refused.get_or_create(&labels).inc_by(usage.refused - *last);
