@@ -111,7 +111,9 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
             std::thread::sleep(Duration::from_secs(1));
             if last_sweep.elapsed() >= gc_interval {
                 last_sweep = Instant::now();
-                let expired = collector.sweep(&counter_rules.read().unwrap().endpoints);
+                // a copy: a sweep of a full table must not hold up a reload
+                let endpoints = counter_rules.read().unwrap().endpoints.clone();
+                let expired = collector.sweep(&endpoints);
                 counter_state.metrics.datapath.conntrack_expired.inc_by(expired);
             }
             collector.publish(&counter_state.metrics.datapath, &counter_rules.read().unwrap());
