@@ -139,6 +139,8 @@ pub struct DatapathConfig {
     pub route_table: u32,
     /// Priority of the first of the two `ip rule`s weir installs.
     pub rule_priority: u32,
+    /// Conntrack lifetimes and the per-endpoint entry limit.
+    pub conntrack: crate::datapath::ConntrackConfig,
 }
 
 impl Default for DatapathConfig {
@@ -149,6 +151,7 @@ impl Default for DatapathConfig {
             bpffs: PathBuf::from("/sys/fs/bpf/weir"),
             route_table: 2004,
             rule_priority: 9000,
+            conntrack: Default::default(),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub kafka_requests: Family<KafkaLabels, Counter>,
     pub memcached_requests: Family<MemcachedLabels, Counter>,
     pub cassandra_requests: Family<CassandraLabels, Counter>,
+    /// Kernel drop counters and conntrack fill (eBPF datapath).
+    pub datapath: crate::datapath::events::DatapathMetrics,
 }
 
 fn request_histogram() -> Histogram {
@@ -138,6 +140,7 @@ impl Default for Metrics {
             kafka_requests: Family::default(),
             memcached_requests: Family::default(),
             cassandra_requests: Family::default(),
+            datapath: Default::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -199,6 +202,7 @@ impl Default for Metrics {
             "Cassandra requests by opcode and verdict",
             m.cassandra_requests.clone(),
         );
+        m.datapath.register(&mut registry);
         Metrics { registry, ..m }
     }
 }

@@ -44,6 +44,7 @@ pub mod identity {
     pub const WORLD: u32 = 2;
 }
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
@@ -56,11 +57,18 @@ pub mod maps {
     pub const ENDPOINTS: &str = "WEIR_ENDPOINTS";
     pub const IPCACHE: &str = "WEIR_IPCACHE";
     pub const POLICY: &str = "WEIR_POLICY";
-    pub const CONNTRACK: &str = "WEIR_CT";
+    /// Renamed from `WEIR_CT` when entries got state and deadlines: a pin
+    /// of the old layout is never read with the new one.
+    pub const CONNTRACK: &str = "WEIR_CONNTRACK";
+    pub const CT_USAGE: &str = "WEIR_CT_USAGE";
+    pub const CT_FREED: &str = "WEIR_CT_FREED";
+    pub const FRAGMENTS: &str = "WEIR_FRAGMENTS";
+    pub const DROPS: &str = "WEIR_DROPS";
     pub const PROXY_SOCKETS: &str = "WEIR_PROXY_SOCKS";
     pub const EVENTS: &str = "WEIR_EVENTS";
     pub const SETTINGS: &str = "WEIR_SETTINGS";
-    pub const ALL: &[&str] = &[ENDPOINTS, IPCACHE, POLICY, CONNTRACK, PROXY_SOCKETS, EVENTS, SETTINGS];
+    pub const ALL: &[&str] =
+        &[ENDPOINTS, IPCACHE, POLICY, CONNTRACK, CT_USAGE, CT_FREED, FRAGMENTS, DROPS, PROXY_SOCKETS, EVENTS, SETTINGS];
 }
 
 /// Program names (the functions in the object).
@@ -157,6 +165,11 @@ pub const CT_PROXIED: u32 = 1;
 /// The connection was allowed to an address learned from DNS (`toFQDNs`):
 /// it stays allowed when the address expires, as the proxy's connections do.
 pub const CT_FQDN: u32 = 2;
+/// Recorded at the sender's veth after judging the destination pod's ingress
+/// policy for exactly this tuple: the destination's veth may trust the
+/// identity mark for it. Without it (the tuple was rewritten on the way, as
+/// by a service DNAT), the destination judges its ingress itself.
+pub const CT_DEST_JUDGED: u32 = 4;
 
 /// First identity of addresses learned from DNS answers (one per address;
 /// above the CIDR identities at 2^24).
@@ -168,22 +181,101 @@ pub const fn proxy_socket_key(port: u16, protocol: u8) -> u32 {
     if protocol == PROTO_TCP { port as u32 } else { port as u32 | (protocol as u32) << 16 }
 }
 
+/// CONNTRACK value. An entry whose `expires` (`bpf_ktime_get_ns`, i.e.
+/// CLOCK_MONOTONIC) has passed is treated as absent; weir's collector
+/// deletes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
     pub flags: u32,
     pub src_identity: u32,
     pub dst_identity: u32,
+    /// Host veth ifindex of the endpoint the entry is charged to (CT_USAGE).
+    pub owner: u32,
+    pub expires: u64,
+    /// TCP: `TCP_*` bits below.
+    pub tcp: u32,
     pub _pad: u32,
 }
 
+/// The side that answered has sent a packet.
+pub const TCP_REPLY_SEEN: u32 = 1;
+/// Both sides have sent a packet without SYN: established.
+pub const TCP_ESTABLISHED: u32 = 2;
+pub const TCP_FIN_FORWARD: u32 = 4;
+pub const TCP_FIN_REPLY: u32 = 8;
+/// RST seen, or FIN from both sides.
+pub const TCP_CLOSING: u32 = 16;
+
+/// CT_USAGE value, per endpoint (key: host veth ifindex); written by the
+/// programs only. Entries in use = `created - reclaimed - CT_FREED[owner]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtUsage {
+    /// Entries inserted for this endpoint.
+    pub created: u64,
+    /// Expired entries of this endpoint the programs overwrote.
+    pub reclaimed: u64,
+    /// New connections refused because the endpoint was at its limit, or
+    /// the table was full.
+    pub refused: u64,
+}
+
+/// FRAGMENTS key: one IPv4 datagram being fragmented.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IP identification, as on the wire.
+    pub id: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// FRAGMENTS value: what the first fragment carried, for the later ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+    /// Non-zero: the first fragment may be a conntrack reply (not a SYN,
+    /// not an ICMP echo request).
+    pub reply_candidate: u32,
+    pub expires: u64,
+}
+
+/// Default conntrack lifetimes (seconds) and limits; user space writes the
+/// configured ones into SETTINGS.
+pub mod conntrack {
+    pub const TCP_SYN_SECS: u32 = 60;
+    pub const TCP_ESTABLISHED_SECS: u32 = 6 * 3600;
+    pub const TCP_CLOSING_SECS: u32 = 10;
+    pub const UDP_SECS: u32 = 60;
+    pub const ICMP_SECS: u32 = 10;
+    /// SCTP, GRE and everything else.
+    pub const OTHER_SECS: u32 = 60;
+    pub const CAPACITY: u32 = 262144;
+    pub const PER_ENDPOINT: u32 = 32768;
+    /// How long a first fragment's ports are kept for the later fragments
+    /// (Linux gives up reassembly after 30 s: ipfrag_time).
+    pub const FRAGMENT_SECS: u32 = 30;
+    pub const FRAGMENT_CAPACITY: u32 = 16384;
+}
+
 /// SETTINGS index 0: values user space tunes without reloading programs.
+/// A zero field means the default in [`conntrack`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Non-zero: emit an event for every new allowed or redirected
-    /// connection (policy verdicts), not only for drops.
-    pub verdict_events: u32,
+    /// Most conntrack entries one endpoint may hold.
+    pub ct_per_endpoint: u32,
+    pub tcp_syn_secs: u32,
+    pub tcp_established_secs: u32,
+    pub tcp_closing_secs: u32,
+    pub udp_secs: u32,
+    pub icmp_secs: u32,
+    pub other_secs: u32,
     pub _pad: u32,
 }
 
@@ -191,9 +283,45 @@ pub const EVENT_DROP: u8 = 1;
 pub const EVENT_ALLOW: u8 = 2;
 pub const EVENT_REDIRECT: u8 = 3;
 
+/// Drop reasons: in events, and the index of DROPS (a per-CPU array of
+/// packet counts) — every drop is counted there, evented or not.
 pub const REASON_POLICY: u8 = 1;
 pub const REASON_NO_PROXY: u8 = 2;
-pub const REASON_UNSUPPORTED: u8 = 3;
+/// The source address is not the pod's.
+pub const REASON_SPOOFED: u8 = 3;
+/// A VLAN-tagged frame (802.1Q or 802.1ad, in the data or in the skb).
+pub const REASON_VLAN: u8 = 4;
+/// An ethertype a pod may not send (only IPv4 and ARP pass).
+pub const REASON_ETHERTYPE: u8 = 5;
+/// IPv6: not enforced yet, so dropped (no event: pods send it unasked).
+pub const REASON_IPV6: u8 = 6;
+/// An IPv4 header the programs refuse (version, header length, truncated).
+pub const REASON_MALFORMED: u8 = 7;
+/// A new connection past the endpoint's conntrack limit.
+pub const REASON_CT_LIMIT: u8 = 8;
+/// A new connection while the conntrack table is full.
+pub const REASON_CT_FULL: u8 = 9;
+/// A non-first fragment whose first fragment was not seen (or not passed).
+pub const REASON_FRAGMENT: u8 = 10;
+/// Size of DROPS.
+pub const DROP_REASONS: u32 = 16;
+
+/// Names for metrics, by reason number.
+pub const fn reason_name(reason: u8) -> &'static str {
+    match reason {
+        REASON_POLICY => "policy",
+        REASON_NO_PROXY => "no_proxy",
+        REASON_SPOOFED => "spoofed_source",
+        REASON_VLAN => "vlan_tagged",
+        REASON_ETHERTYPE => "ethertype",
+        REASON_IPV6 => "ipv6",
+        REASON_MALFORMED => "malformed",
+        REASON_CT_LIMIT => "conntrack_endpoint_limit",
+        REASON_CT_FULL => "conntrack_full",
+        REASON_FRAGMENT => "fragment_without_first",
+        _ => "other",
+    }
+}
 
 /// One record in the EVENTS ring buffer.
 #[repr(C)]
@@ -223,6 +351,9 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::CtUsage {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::Event {}
 }
 

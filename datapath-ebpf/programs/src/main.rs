@@ -1,37 +1,55 @@
 //! weir's per-pod datapath: two TC programs on each pod's host-side veth.
 //!
 //! `weir_from_pod` (TC ingress of the host veth: packets the pod sends)
-//!   - replies to connections opened toward the pod pass (conntrack);
+//!   - only IPv4 and ARP frames pass; tagged frames, IPv6 and every other
+//!     ethertype are dropped and counted (a frame is judged or dropped);
+//!   - replies to connections opened toward the pod pass (conntrack; a SYN
+//!     is never a reply);
 //!   - everything else is judged by the pod's egress policy and, when the
 //!     destination is a pod on this node, by that pod's ingress policy too;
 //!   - a redirect verdict marks the packet TO_PROXY with the sender's
 //!     identity and `bpf_sk_assign`s it to the proxy's transparent socket.
 //!
 //! `weir_to_pod` (TC egress of the host veth: packets the pod receives)
-//!   - packets already judged on this node (identity mark) or sent by the
-//!     proxy pass; replies to the pod's own connections pass;
-//!   - the rest (from the host or off the node) is judged by the pod's
-//!     ingress policy.
+//!   - packets the sender's veth judged *for this pod and this tuple*
+//!     (identity mark + a conntrack entry saying so) or sent by the proxy
+//!     pass; replies to the pod's own connections pass;
+//!   - the rest (from the host, off the node, or rewritten on the way as by
+//!     a service DNAT) is judged by the pod's ingress policy.
+//!
+//! Conntrack entries carry TCP state and a deadline (docs/datapath.md lists
+//! the lifetimes); expired entries count as absent. Each endpoint may hold a
+//! bounded number of entries, so one pod cannot crowd the others out.
 //!
 //! IPv4 only: IPv6 from an enforced pod is dropped (see docs/datapath.md).
 #![no_std]
 #![no_main]
+// atomic adds on map values: `AtomicU64::fetch_add` is not offered for
+// the BPF target, the intrinsic is (the build runs with RUSTC_BOOTSTRAP)
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{
-    BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock, bpf_sock_tuple,
+    BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock, bpf_sock_tuple,
 };
-use aya_ebpf::helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp};
+use aya_ebpf::helpers::generated::{
+    bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
+};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, RingBuf, SockHash};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash};
 use aya_ebpf::programs::TcContext;
 use weir_datapath_common::{
-    CT_FQDN, CT_PROXIED, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
-    EVENT_ALLOW, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event, FIRST_FQDN_IDENTITY, IpcacheKey, IpcacheValue,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_NO_PROXY, REASON_POLICY, REASON_UNSUPPORTED,
-    VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT, identity, mark, proxy_socket_key,
+    CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
+    ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EVENT_ALLOW, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event,
+    FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey, IpcacheValue, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6,
+    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    conntrack, identity, mark, proxy_socket_key,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -40,8 +58,22 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(4096, 0);
 static IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(65536, 0);
 #[map(name = "WEIR_POLICY")]
 static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(262144, BPF_F_NO_PREALLOC);
-#[map(name = "WEIR_CT")]
-static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+/// Not an LRU: a full table refuses new connections instead of evicting
+/// someone's established one; expired entries are reclaimed (here on reuse
+/// of the tuple, by weir's collector otherwise).
+#[map(name = "WEIR_CONNTRACK")]
+static CT: HashMap<CtKey, CtValue> = HashMap::pinned(conntrack::CAPACITY, 0);
+#[map(name = "WEIR_CT_USAGE")]
+static CT_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(16384, 0);
+/// Written by weir's collector only: entries of each endpoint it deleted.
+#[map(name = "WEIR_CT_FREED")]
+static CT_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
+#[map(name = "WEIR_FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+#[map(name = "WEIR_DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
+#[map(name = "WEIR_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "WEIR_PROXY_SOCKS")]
 static PROXY_SOCKS: SockHash<u32> = SockHash::pinned(64, 0);
 #[map(name = "WEIR_EVENTS")]
@@ -50,47 +82,351 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 const BPF_F_NO_PREALLOC: u32 = 1;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_P_QINQ1: u16 = 0x9100;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1FFF;
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const EEXIST: i32 = 17;
+const NANOS: u64 = 1_000_000_000;
 
 /// The packet fields every decision needs. Addresses and ports as on the wire.
+///
+/// ICMP has no ports; an echo request is keyed `sport = id, dport = 0` and
+/// an echo reply `sport = 0, dport = id`, so the reply's reversed tuple is
+/// the request's. Other ICMP types have both zero and never open or match
+/// an entry.
 struct Packet {
     tuple: CtKey,
-    /// A TCP SYN without ACK: the first packet of a connection.
+    /// TCP flags; 0 for other protocols and for non-first fragments.
+    tcp_flags: u8,
+    /// A TCP SYN without ACK: the first packet of a connection, always
+    /// judged as new, never a reply.
     syn: bool,
+    /// May be a reply of a tracked connection.
+    reply_candidate: bool,
+    /// May record a conntrack entry when allowed.
+    opens: bool,
+    /// The first fragment of a fragmented datagram: the later fragments
+    /// are judged with its ports.
+    first_fragment: bool,
+    ip_id: u16,
+    /// An ICMP error (unreachable, time exceeded, parameter problem): the
+    /// tuple of the packet it quotes, which its destination sent. It passes
+    /// when that tuple belongs to a live connection (in either direction).
+    quoted: Option<CtKey>,
 }
 
 enum Parsed {
     Ipv4(Packet),
-    Ipv6,
-    /// ARP and other non-IP frames: not policy's business.
-    Other,
+    Arp,
+    Drop(u8),
+}
+
+#[inline(always)]
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn count_drop(reason: u8) {
+    if let Some(count) = DROPS.get_ptr_mut(reason as u32) {
+        // per CPU: no other writer
+        unsafe { *count += 1 };
+    }
+}
+
+/// Count a drop (with an event for `emit`ted reasons) and say so.
+#[inline(always)]
+fn shot(reason: u8) -> i32 {
+    count_drop(reason);
+    TC_ACT_SHOT as i32
 }
 
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
-    if ethertype == ETH_P_IPV6 {
-        return Ok(Parsed::Ipv6);
+    // a tag the kernel already moved into the skb (skb_vlan_untag) is as
+    // tagged as one still in the data
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Ok(Parsed::Drop(REASON_VLAN));
     }
-    if ethertype != ETH_P_IP {
-        return Ok(Parsed::Other);
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
+    match ethertype {
+        ETH_P_IP => {}
+        ETH_P_ARP => return Ok(Parsed::Arp),
+        ETH_P_IPV6 => return Ok(Parsed::Drop(REASON_IPV6)),
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => return Ok(Parsed::Drop(REASON_VLAN)),
+        _ => return Ok(Parsed::Drop(REASON_ETHERTYPE)),
     }
     let version_ihl: u8 = ctx.load(ETH_HLEN)?;
+    if version_ihl >> 4 != 4 || version_ihl & 0x0F < 5 {
+        return Ok(Parsed::Drop(REASON_MALFORMED));
+    }
     let ihl = ((version_ihl & 0x0F) as usize) * 4;
+    let ip_id: u16 = ctx.load(ETH_HLEN + 4)?;
     let frag: u16 = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6)?);
     let protocol: u8 = ctx.load(ETH_HLEN + 9)?;
     let saddr: u32 = ctx.load(ETH_HLEN + 12)?;
     let daddr: u32 = ctx.load(ETH_HLEN + 16)?;
     let l4 = ETH_HLEN + ihl;
-    let has_ports = matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && frag & 0x1FFF == 0;
-    let (sport, dport) = if has_ports { (ctx.load::<u16>(l4)?, ctx.load::<u16>(l4 + 2)?) } else { (0, 0) };
-    let syn = protocol == PROTO_TCP && has_ports && {
-        let flags: u8 = ctx.load(l4 + 13)?;
-        flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    let mut packet = Packet {
+        tuple: CtKey { saddr, daddr, sport: 0, dport: 0, protocol, _pad: [0; 3] },
+        tcp_flags: 0,
+        syn: false,
+        reply_candidate: true,
+        opens: true,
+        first_fragment: false,
+        ip_id,
+        quoted: None,
     };
-    Ok(Parsed::Ipv4(Packet { tuple: CtKey { saddr, daddr, sport, dport, protocol, _pad: [0; 3] }, syn }))
+    if frag & IP_OFFSET != 0 {
+        // a later fragment: no L4 header; it is what its first fragment was
+        let key = FragKey { saddr, daddr, id: ip_id, protocol, _pad: 0 };
+        let Some(first) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
+            return Ok(Parsed::Drop(REASON_FRAGMENT));
+        };
+        if first.expires <= now() {
+            return Ok(Parsed::Drop(REASON_FRAGMENT));
+        }
+        packet.tuple.sport = first.sport;
+        packet.tuple.dport = first.dport;
+        packet.reply_candidate = first.reply_candidate != 0;
+        packet.opens = false;
+        return Ok(Parsed::Ipv4(packet));
+    }
+    packet.first_fragment = frag & IP_MF != 0;
+    if has_ports(protocol) {
+        packet.tuple.sport = ctx.load::<u16>(l4)?;
+        packet.tuple.dport = ctx.load::<u16>(l4 + 2)?;
+        if protocol == PROTO_TCP {
+            let flags: u8 = ctx.load(l4 + 13)?;
+            packet.tcp_flags = flags;
+            packet.syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+            packet.reply_candidate = !packet.syn;
+        }
+    } else if protocol == PROTO_ICMP {
+        let icmp_type: u8 = ctx.load(l4)?;
+        let id: u16 = ctx.load(l4 + 4)?;
+        match icmp_type {
+            ICMP_ECHO_REQUEST => {
+                packet.tuple.sport = id;
+                packet.reply_candidate = false;
+            }
+            ICMP_ECHO_REPLY => {
+                packet.tuple.dport = id;
+                packet.opens = false;
+            }
+            // errors may be related to a connection; they and the rest are
+            // judged by policy otherwise, every time
+            _ => {
+                packet.reply_candidate = false;
+                packet.opens = false;
+                if matches!(icmp_type, ICMP_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
+                    packet.quoted = quoted_tuple(ctx, l4 + 8, daddr);
+                }
+            }
+        }
+    }
+    Ok(Parsed::Ipv4(packet))
+}
+
+/// The tuple of the IPv4 packet an ICMP error quotes at `offset`, if it is
+/// whole enough to say (header and ports of TCP, UDP, SCTP) and was sent by
+/// the error's destination `to`.
+#[inline(always)]
+fn quoted_tuple(ctx: &TcContext, offset: usize, to: u32) -> Option<CtKey> {
+    let version_ihl: u8 = ctx.load(offset).ok()?;
+    if version_ihl >> 4 != 4 || version_ihl & 0x0F < 5 {
+        return None;
+    }
+    let protocol: u8 = ctx.load(offset + 9).ok()?;
+    let saddr: u32 = ctx.load(offset + 12).ok()?;
+    let daddr: u32 = ctx.load(offset + 16).ok()?;
+    if !has_ports(protocol) || saddr != to {
+        return None;
+    }
+    let l4 = offset + ((version_ihl & 0x0F) as usize) * 4;
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    Some(CtKey { saddr, daddr, sport, dport, protocol, _pad: [0; 3] })
+}
+
+/// An ICMP error about a live connection's packet.
+#[inline(always)]
+fn related_error(packet: &Packet) -> bool {
+    match &packet.quoted {
+        Some(quoted) => ct_live(quoted).is_some() || ct_live(&quoted.reversed()).is_some(),
+        None => false,
+    }
+}
+
+/// Remember a passed first fragment's ports for the rest of its datagram.
+#[inline(always)]
+fn record_fragment(packet: &Packet) {
+    let t = &packet.tuple;
+    let key = FragKey { saddr: t.saddr, daddr: t.daddr, id: packet.ip_id, protocol: t.protocol, _pad: 0 };
+    let value = FragValue {
+        sport: t.sport,
+        dport: t.dport,
+        reply_candidate: packet.reply_candidate as u32,
+        expires: now() + conntrack::FRAGMENT_SECS as u64 * NANOS,
+    };
+    let _ = FRAGMENTS.insert(&key, &value, 0);
+}
+
+#[inline(always)]
+fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn or_default(value: u32, default: u32) -> u64 {
+    (if value == 0 { default } else { value }) as u64 * NANOS
+}
+
+/// How long an entry in this state lives without traffic.
+#[inline(always)]
+fn lifetime(protocol: u8, tcp: u32) -> u64 {
+    let s = settings();
+    match protocol {
+        PROTO_TCP if tcp & TCP_CLOSING != 0 => or_default(s.tcp_closing_secs, conntrack::TCP_CLOSING_SECS),
+        PROTO_TCP if tcp & TCP_ESTABLISHED != 0 => or_default(s.tcp_established_secs, conntrack::TCP_ESTABLISHED_SECS),
+        PROTO_TCP => or_default(s.tcp_syn_secs, conntrack::TCP_SYN_SECS),
+        PROTO_UDP => or_default(s.udp_secs, conntrack::UDP_SECS),
+        PROTO_ICMP => or_default(s.icmp_secs, conntrack::ICMP_SECS),
+        _ => or_default(s.other_secs, conntrack::OTHER_SECS),
+    }
+}
+
+/// The live entry for `key`; an expired one is absent.
+#[inline(always)]
+fn ct_live(key: &CtKey) -> Option<*mut CtValue> {
+    let entry = CT.get_ptr_mut(key)?;
+    if unsafe { (*entry).expires } <= now() { None } else { Some(entry) }
+}
+
+/// A packet of a tracked connection passed: advance its TCP state and its
+/// deadline. `reply`: the packet goes the way the connection's replies go.
+#[inline(always)]
+fn ct_touch(entry: *mut CtValue, packet: &Packet, reply: bool) {
+    let protocol = packet.tuple.protocol;
+    let mut tcp = unsafe { (*entry).tcp };
+    if protocol == PROTO_TCP {
+        let flags = packet.tcp_flags;
+        if reply {
+            tcp |= TCP_REPLY_SEEN;
+        }
+        if flags & TCP_FLAG_RST != 0 {
+            tcp |= TCP_CLOSING;
+        }
+        if flags & TCP_FLAG_FIN != 0 {
+            tcp |= if reply { TCP_FIN_REPLY } else { TCP_FIN_FORWARD };
+        }
+        if tcp & (TCP_FIN_FORWARD | TCP_FIN_REPLY) == TCP_FIN_FORWARD | TCP_FIN_REPLY {
+            tcp |= TCP_CLOSING;
+        }
+        // both sides have sent something past the handshake's SYNs
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_ACK && tcp & TCP_REPLY_SEEN != 0 {
+            tcp |= TCP_ESTABLISHED;
+        }
+    }
+    let expires = now() + lifetime(protocol, tcp);
+    unsafe {
+        (*entry).tcp = tcp;
+        (*entry).expires = expires;
+    }
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    // programs on other CPUs update the same endpoint's usage
+    // the result stays unused: LLVM emits BPF's plain atomic add (XADD)
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// Count one more entry for `owner`, unless it is at its limit.
+#[inline(always)]
+fn charge(owner: u32) -> Result<*mut CtUsage, u8> {
+    let usage = match CT_USAGE.get_ptr_mut(&owner) {
+        Some(usage) => usage,
+        None => {
+            let _ = CT_USAGE.insert(&owner, &CtUsage::default(), BPF_NOEXIST as u64);
+            CT_USAGE.get_ptr_mut(&owner).ok_or(REASON_CT_FULL)?
+        }
+    };
+    let freed = unsafe { CT_FREED.get(&owner) }.copied().unwrap_or(0);
+    let limit = match settings().ct_per_endpoint {
+        0 => conntrack::PER_ENDPOINT,
+        n => n,
+    } as u64;
+    let u = unsafe { &mut *usage };
+    // racing CPUs may each pass the check: the limit holds to within one
+    // entry per CPU. A count that went below zero (a race with the
+    // collector) reads as empty, never as full.
+    let gone = u.reclaimed + freed;
+    let used = if u.created > gone { u.created - gone } else { 0 };
+    if used >= limit {
+        add(&mut u.refused, 1);
+        return Err(REASON_CT_LIMIT);
+    }
+    add(&mut u.created, 1);
+    Ok(usage)
+}
+
+#[inline(always)]
+fn release(owner: u32) {
+    if let Some(usage) = CT_USAGE.get_ptr_mut(&owner) {
+        add(unsafe { &mut (*usage).reclaimed }, 1);
+    }
+}
+
+/// Record a new connection charged to `owner` (the endpoint whose veth
+/// judged it), or restart the entry of a reused tuple. `Err(reason)`: no
+/// room; the caller drops the packet, since its replies could not pass.
+#[inline(always)]
+fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32) -> Result<(), u8> {
+    let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, _pad: 0 };
+    value.expires = now() + lifetime(t.protocol, 0);
+    if let Some(entry) = CT.get_ptr_mut(t) {
+        // the tuple's old entry (expired, closing, or a restarted handshake)
+        let previous = unsafe { (*entry).owner };
+        if previous != owner {
+            charge(owner)?;
+            release(previous);
+        }
+        unsafe { *entry = value };
+        return Ok(());
+    }
+    let usage = charge(owner)?;
+    match CT.insert(t, &value, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // not ours after all: another CPU inserted it, or no room
+            add(unsafe { &mut (*usage).reclaimed }, 1);
+            if e == -EEXIST {
+                Ok(())
+            } else {
+                add(unsafe { &mut (*usage).refused }, 1);
+                Err(REASON_CT_FULL)
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -109,7 +445,8 @@ fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> Poli
     if flags & enforced == 0 {
         return PolicyValue { verdict: VERDICT_ALLOW, _pad: 0, proxy_port: 0, rule: 0 };
     }
-    let port = u16::from_be(t.dport);
+    // ICMP's id rides in the tuple's ports; policy knows no ports there
+    let port = if has_ports(t.protocol) { u16::from_be(t.dport) } else { 0 };
     let mut key = PolicyKey { subject, peer, port, protocol: t.protocol, direction };
     // exact port, then every port of the protocol, then every protocol
     if let Some(v) = unsafe { POLICY.get(&key) } {
@@ -192,44 +529,65 @@ fn assign_to_proxy_socket(ctx: &TcContext, key: u32) -> bool {
     assigned
 }
 
-/// The pod behind this veth and its IPv4 packet, or what to do with a packet
+/// The pod behind this veth and its IPv4 packet, or what to do with a frame
 /// that is not ours to judge: another program's interface (UNSPEC: let the
-/// next program decide), ARP and other non-IP frames (pass), IPv6 (drop).
+/// next program decide), ARP (pass), anything else (drop, counted).
 #[inline(always)]
-fn pod_packet(ctx: &TcContext) -> Result<Result<(u32, EndpointInfo, Packet), i32>, i64> {
+fn pod_packet(ctx: &TcContext, direction: u8) -> Result<Result<(u32, EndpointInfo, Packet), i32>, i64> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
         return Ok(Err(TC_ACT_UNSPEC));
     };
     Ok(match parse(ctx)? {
         Parsed::Ipv4(p) => Ok((ifindex, endpoint, p)),
-        Parsed::Other => Err(TC_ACT_OK as i32),
-        Parsed::Ipv6 => Err(TC_ACT_SHOT as i32),
+        Parsed::Arp => Err(TC_ACT_OK as i32),
+        Parsed::Drop(reason) => {
+            if reason != REASON_IPV6 {
+                // the ethertype rides in the port field, for the flow record
+                let ethertype = u16::from_be(ctx.load::<u16>(12).unwrap_or(0));
+                let t = CtKey { dport: ethertype.to_be(), ..CtKey::default() };
+                let (src, dst) = if direction == DIR_EGRESS { (endpoint.identity, 0) } else { (0, endpoint.identity) };
+                emit(EVENT_DROP, reason, direction, &t, src, dst, ifindex, 0);
+            }
+            Err(shot(reason))
+        }
     })
 }
 
 #[classifier]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
-    from_pod(&ctx).unwrap_or(TC_ACT_SHOT as i32)
+    from_pod(&ctx).unwrap_or_else(|_| shot(REASON_MALFORMED))
 }
 
 #[inline(always)]
 fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let (ifindex, endpoint, packet) = match pod_packet(ctx)? {
+    let (ifindex, endpoint, packet) = match pod_packet(ctx, DIR_EGRESS)? {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
+    let action = judge_from_pod(ctx, ifindex, &endpoint, &packet);
+    if action == TC_ACT_OK as i32 && packet.first_fragment {
+        record_fragment(&packet);
+    }
+    Ok(action)
+}
+
+#[inline(always)]
+fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet) -> i32 {
     let t = &packet.tuple;
     let me = endpoint.identity;
     if t.saddr != endpoint.ipv4 {
         // a pod may only send from its own address
-        emit(EVENT_DROP, REASON_UNSUPPORTED, DIR_EGRESS, t, me, 0, ifindex, 0);
-        return Ok(TC_ACT_SHOT as i32);
+        emit(EVENT_DROP, REASON_SPOOFED, DIR_EGRESS, t, me, 0, ifindex, 0);
+        return shot(REASON_SPOOFED);
     }
 
     // Replies to a connection opened toward this pod.
-    if let Some(ct) = unsafe { CT.get(&t.reversed()) } {
-        if ct.flags & CT_PROXIED != 0 {
+    if packet.reply_candidate
+        && let Some(ct) = ct_live(&t.reversed())
+    {
+        ct_touch(ct, packet, true);
+        if unsafe { (*ct).flags } & CT_PROXIED != 0 {
             // the proxy opened it (upstream leg of a proxied request)
             ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
             if t.protocol == PROTO_TCP {
@@ -238,16 +596,24 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
         } else {
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
         }
-        return Ok(TC_ACT_OK as i32);
+        return TC_ACT_OK as i32;
+    }
+    if related_error(packet) {
+        ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+        return TC_ACT_OK as i32;
     }
 
-    let existing = unsafe { CT.get(t) }.copied();
+    let existing = ct_live(t);
+    // a SYN starts over, even on a tuple with an entry
+    let opening = packet.syn || existing.is_none();
     let peer = ipcache(t.daddr);
     let mut verdict = policy(me, endpoint.flags, peer.identity, t, DIR_EGRESS);
     let mut direction = DIR_EGRESS;
+    let mut ct_flags = 0;
     if verdict.verdict != VERDICT_DENY && peer.local_ifindex != 0 {
         // a pod on this node: its ingress policy is enforced here, where a
-        // redirect is still possible
+        // redirect is still possible. The entry says so, for this tuple
+        // only: rewritten on the way (DNAT), it is judged again there.
         let flags = unsafe { ENDPOINTS.get(&peer.local_ifindex) }.map_or(0, |e| e.flags);
         let ingress = policy(peer.identity, flags, me, t, DIR_INGRESS);
         if ingress.verdict == VERDICT_DENY || (ingress.verdict == VERDICT_REDIRECT && verdict.verdict == VERDICT_ALLOW)
@@ -255,6 +621,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
             verdict = ingress;
             direction = DIR_INGRESS;
         }
+        ct_flags = CT_DEST_JUDGED;
     }
 
     match verdict.verdict {
@@ -270,52 +637,79 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
             };
             if !assigned {
                 emit(EVENT_DROP, REASON_NO_PROXY, direction, t, me, peer.identity, ifindex, verdict.rule);
-                return Ok(TC_ACT_SHOT as i32);
+                return shot(REASON_NO_PROXY);
             }
             ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
-            if existing.is_none() {
-                let value = CtValue { flags: CT_PROXIED, src_identity: me, dst_identity: peer.identity, _pad: 0 };
-                let _ = CT.insert(t, &value, 0);
-                if packet.syn {
-                    emit(EVENT_REDIRECT, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+            match existing {
+                Some(ct) if !opening => ct_touch(ct, packet, false),
+                _ if packet.opens => {
+                    if let Err(reason) = ct_open(t, CT_PROXIED, me, peer.identity, ifindex) {
+                        emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
+                        return shot(reason);
+                    }
+                    if packet.syn {
+                        emit(EVENT_REDIRECT, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+                    }
                 }
+                _ => {}
             }
-            Ok(TC_ACT_OK as i32)
+            TC_ACT_OK as i32
         }
         VERDICT_ALLOW => {
-            if existing.is_none() {
-                let flags = if peer.identity >= FIRST_FQDN_IDENTITY { CT_FQDN } else { 0 };
-                let value = CtValue { flags, src_identity: me, dst_identity: peer.identity, _pad: 0 };
-                let _ = CT.insert(t, &value, 0);
-                emit(EVENT_ALLOW, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+            match existing {
+                Some(ct) if !opening => ct_touch(ct, packet, false),
+                _ if packet.opens => {
+                    if peer.identity >= FIRST_FQDN_IDENTITY {
+                        ct_flags |= CT_FQDN;
+                    }
+                    if let Err(reason) = ct_open(t, ct_flags, me, peer.identity, ifindex) {
+                        emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
+                        return shot(reason);
+                    }
+                    emit(EVENT_ALLOW, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+                }
+                _ => {}
             }
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
-            Ok(TC_ACT_OK as i32)
+            TC_ACT_OK as i32
         }
         // a connection opened to a DNS-learned address while it was valid
-        // outlives the address (a new connection has a new tuple, no entry)
-        _ if existing.is_some_and(|ct| ct.flags & CT_FQDN != 0) => {
+        // outlives the address (a new connection has a new tuple, no entry;
+        // a SYN on the old tuple is a new connection too)
+        _ if !opening && existing.is_some_and(|ct| unsafe { (*ct).flags } & CT_FQDN != 0) => {
+            if let Some(ct) = existing {
+                ct_touch(ct, packet, false);
+            }
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
-            Ok(TC_ACT_OK as i32)
+            TC_ACT_OK as i32
         }
         _ => {
             emit(EVENT_DROP, REASON_POLICY, direction, t, me, peer.identity, ifindex, verdict.rule);
-            Ok(TC_ACT_SHOT as i32)
+            shot(REASON_POLICY)
         }
     }
 }
 
 #[classifier]
 pub fn weir_to_pod(ctx: TcContext) -> i32 {
-    to_pod(&ctx).unwrap_or(TC_ACT_SHOT as i32)
+    to_pod(&ctx).unwrap_or_else(|_| shot(REASON_MALFORMED))
 }
 
 #[inline(always)]
 fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let (ifindex, endpoint, packet) = match pod_packet(ctx)? {
+    let (ifindex, endpoint, packet) = match pod_packet(ctx, DIR_INGRESS)? {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
+    let action = judge_to_pod(ctx, ifindex, &endpoint, &packet);
+    if action == TC_ACT_OK as i32 && packet.first_fragment {
+        record_fragment(&packet);
+    }
+    Ok(action)
+}
+
+#[inline(always)]
+fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet) -> i32 {
     let t = &packet.tuple;
     let skb_mark = unsafe { (*ctx.skb.skb).mark };
     match mark::magic(skb_mark) {
@@ -324,45 +718,71 @@ fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
             // to the proxy (weir_from_pod looks this entry up). Not for UDP:
             // there it is the DNS proxy answering, and the pod's next query
             // must be redirected like the first, not read as a reply.
-            if t.protocol == PROTO_TCP && unsafe { CT.get(t) }.is_none() {
-                let value = CtValue {
-                    flags: CT_PROXIED,
-                    src_identity: mark::identity_of(skb_mark),
-                    dst_identity: endpoint.identity,
-                    _pad: 0,
-                };
-                let _ = CT.insert(t, &value, 0);
+            if t.protocol == PROTO_TCP {
+                match ct_live(t) {
+                    Some(ct) if !packet.syn => ct_touch(ct, packet, false),
+                    _ => {
+                        let src = mark::identity_of(skb_mark);
+                        if let Err(reason) = ct_open(t, CT_PROXIED, src, endpoint.identity, ifindex) {
+                            emit(EVENT_DROP, reason, DIR_INGRESS, t, src, endpoint.identity, ifindex, 0);
+                            return shot(reason);
+                        }
+                    }
+                }
             }
-            return Ok(TC_ACT_OK as i32);
+            return TC_ACT_OK as i32;
         }
-        // judged at the sender's veth, or the proxy answering a pod
-        mark::MAGIC_IDENTITY | mark::MAGIC_TO_PROXY => return Ok(TC_ACT_OK as i32),
+        // the proxy answering a pod
+        mark::MAGIC_TO_PROXY => return TC_ACT_OK as i32,
+        // judged at the sender's veth, if that judgement named this pod for
+        // this very tuple (not so after a DNAT on the way: judged below)
+        mark::MAGIC_IDENTITY => {
+            if let Some(ct) = ct_live(t) {
+                let judged = unsafe { (*ct).flags & CT_DEST_JUDGED != 0 && (*ct).dst_identity == endpoint.identity };
+                if judged {
+                    return TC_ACT_OK as i32;
+                }
+            }
+        }
         _ => {}
     }
     // replies to the pod's own connections
-    if unsafe { CT.get(&t.reversed()) }.is_some() {
-        return Ok(TC_ACT_OK as i32);
+    if packet.reply_candidate
+        && let Some(ct) = ct_live(&t.reversed())
+    {
+        ct_touch(ct, packet, true);
+        return TC_ACT_OK as i32;
+    }
+    if related_error(packet) {
+        return TC_ACT_OK as i32;
     }
     let peer = ipcache(t.saddr);
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     match verdict.verdict {
         VERDICT_ALLOW => {
-            if unsafe { CT.get(t) }.is_none() {
-                let value = CtValue { flags: 0, src_identity: peer.identity, dst_identity: endpoint.identity, _pad: 0 };
-                let _ = CT.insert(t, &value, 0);
-                emit(EVENT_ALLOW, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+            match ct_live(t) {
+                Some(ct) if !packet.syn => ct_touch(ct, packet, false),
+                _ if packet.opens => {
+                    if let Err(reason) = ct_open(t, 0, peer.identity, endpoint.identity, ifindex) {
+                        emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
+                        return shot(reason);
+                    }
+                    emit(EVENT_ALLOW, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+                }
+                _ => {}
             }
-            Ok(TC_ACT_OK as i32)
+            TC_ACT_OK as i32
         }
         VERDICT_REDIRECT => {
             // only a pod's own veth can hand packets to the proxy (sk_assign
-            // works on ingress); off-node traffic to an L7 port fails closed
+            // works on ingress); off-node traffic to an L7 port, and a
+            // service DNAT to one, fail closed
             emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
-            Ok(TC_ACT_SHOT as i32)
+            shot(REASON_NO_PROXY)
         }
         _ => {
             emit(EVENT_DROP, REASON_POLICY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
-            Ok(TC_ACT_SHOT as i32)
+            shot(REASON_POLICY)
         }
     }
 }

@@ -1,14 +1,24 @@
-//! Kernel events (drops, and verdicts for new connections) into flow records.
+//! Kernel events (drops, and verdicts for new connections) into flow
+//! records; the kernel's drop counters and conntrack fill into metrics; and
+//! the conntrack collector, which deletes expired entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use ipnet::Ipv4Net;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
-    DIR_INGRESS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_NO_PROXY, REASON_POLICY,
+    CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_ICMP, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_MALFORMED,
+    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
 use crate::flow::{FlowPeer, FlowRecord, Verdict};
@@ -22,10 +32,96 @@ use crate::state::ProxyState;
 pub struct RuleTexts {
     pub texts: Vec<String>,
     pub cidrs: BTreeMap<u32, Ipv4Net>,
+    /// Endpoint names by host veth ifindex (conntrack metrics).
+    pub endpoints: BTreeMap<u32, String>,
 }
 
-/// Read events until the ring is closed.
-pub async fn run(state: Arc<ProxyState>, ring: RingBuf<MapData>, rules: Arc<RwLock<RuleTexts>>) {
+/// What [`run`] reads from the kernel.
+pub struct Kernel {
+    pub ring: RingBuf<MapData>,
+    pub conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    /// Size of the conntrack table.
+    pub capacity: u32,
+    pub usage: BpfHashMap<MapData, u32, CtUsage>,
+    pub freed: BpfHashMap<MapData, u32, u64>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub gc_interval: Duration,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+/// `weir_datapath_*` in /metrics.
+#[derive(Default)]
+pub struct DatapathMetrics {
+    pub drops: Family<DropLabels, Counter>,
+    pub conntrack_entries: Family<EndpointLabels, Gauge>,
+    pub conntrack_refused: Family<EndpointLabels, Counter>,
+    pub conntrack_expired: Counter,
+    pub conntrack_capacity: Gauge,
+}
+
+impl DatapathMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "datapath_drops",
+            "Packets the eBPF programs dropped, by reason (kernel counters, read every second)",
+            self.drops.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_entries",
+            "Conntrack entries held for each endpoint's connections",
+            self.conntrack_entries.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_refused",
+            "New connections dropped for want of a conntrack entry (endpoint limit or full table)",
+            self.conntrack_refused.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_expired",
+            "Expired conntrack entries deleted by weir's collector",
+            self.conntrack_expired.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_capacity",
+            "Size of the conntrack table",
+            self.conntrack_capacity.clone(),
+        );
+    }
+}
+
+/// Read events until the ring is closed; meanwhile a thread keeps the
+/// kernel counters in the metrics and collects expired conntrack entries.
+pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleTexts>>) {
+    let Kernel { ring, conntrack, capacity, usage, freed, drops, gc_interval } = kernel;
+    state.metrics.datapath.conntrack_capacity.set(i64::from(capacity));
+    let mut collector = Collector::new(conntrack, usage, freed, drops);
+    let (counter_state, counter_rules) = (state.clone(), rules.clone());
+    let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
+        let mut last_sweep = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if last_sweep.elapsed() >= gc_interval {
+                last_sweep = Instant::now();
+                // a copy: a sweep of a full table must not hold up a reload
+                let endpoints = counter_rules.read().unwrap().endpoints.clone();
+                let expired = collector.sweep(&endpoints);
+                counter_state.metrics.datapath.conntrack_expired.inc_by(expired);
+            }
+            collector.publish(&counter_state.metrics.datapath, &counter_rules.read().unwrap());
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("the conntrack collector cannot start: {e}");
+    }
     // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as
     // long as it lives, which is as long as the AsyncFd.
     let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
@@ -62,6 +158,135 @@ pub async fn run(state: Arc<ProxyState>, ring: RingBuf<MapData>, rules: Arc<RwLo
     }
 }
 
+/// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Deletes expired conntrack entries and reads the kernel's counters.
+struct Collector {
+    conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    usage: BpfHashMap<MapData, u32, CtUsage>,
+    freed_map: BpfHashMap<MapData, u32, u64>,
+    drops: PerCpuArray<MapData, u64>,
+    /// Entries deleted per owner since the maps were created (CT_FREED).
+    freed: HashMap<u32, u64>,
+    last_drops: [u64; DROP_REASONS as usize],
+    last_refused: HashMap<u32, u64>,
+}
+
+impl Collector {
+    fn new(
+        conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+        usage: BpfHashMap<MapData, u32, CtUsage>,
+        freed_map: BpfHashMap<MapData, u32, u64>,
+        drops: PerCpuArray<MapData, u64>,
+    ) -> Collector {
+        // a weir taking over pinned maps goes on from their totals
+        let freed = freed_map.iter().filter_map(Result::ok).collect();
+        Collector {
+            conntrack,
+            usage,
+            freed_map,
+            drops,
+            freed,
+            last_drops: [0; DROP_REASONS as usize],
+            last_refused: HashMap::new(),
+        }
+    }
+
+    /// Delete the entries whose deadline has passed; returns how many.
+    /// Also forgets the usage of interfaces that are no endpoint anymore and
+    /// hold no entry (veths come and go, each with a new ifindex).
+    fn sweep(&mut self, endpoints: &BTreeMap<u32, String>) -> u64 {
+        let now = monotonic_ns();
+        let expired: Vec<(CtKey, CtValue)> =
+            self.conntrack.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
+        let mut deleted = 0;
+        for (key, value) in expired {
+            // the programs may have restarted the entry since (a new
+            // connection on the same tuple): leave that one alone
+            if self.conntrack.get(&key, 0).ok() != Some(value) {
+                continue;
+            }
+            if self.conntrack.remove(&key).is_ok() {
+                *self.freed.entry(value.owner).or_default() += 1;
+                deleted += 1;
+            }
+        }
+        for (owner, total) in &self.freed {
+            if let Err(e) = self.freed_map.insert(owner, total, 0) {
+                tracing::warn!(owner, "conntrack usage not updated: {e}");
+            }
+        }
+        if !endpoints.is_empty() {
+            let gone: Vec<u32> = self
+                .usage
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(owner, usage)| !endpoints.contains_key(owner) && self.in_use(*owner, usage) == 0)
+                .map(|(owner, _)| owner)
+                .collect();
+            for owner in gone {
+                let _ = self.usage.remove(&owner);
+                let _ = self.freed_map.remove(&owner);
+                self.freed.remove(&owner);
+                self.last_refused.remove(&owner);
+            }
+        }
+        deleted
+    }
+
+    /// Entries `owner` holds (as the programs count them).
+    fn in_use(&self, owner: u32, usage: &CtUsage) -> u64 {
+        let gone = usage.reclaimed + self.freed.get(&owner).copied().unwrap_or(0);
+        usage.created.saturating_sub(gone)
+    }
+
+    fn publish(&mut self, metrics: &DatapathMetrics, rules: &RuleTexts) {
+        for reason in 1..DROP_REASONS {
+            let Ok(per_cpu) = self.drops.get(&reason, 0) else { continue };
+            let total: u64 = per_cpu.iter().sum();
+            let last = &mut self.last_drops[reason as usize];
+            if total > *last {
+                metrics.drops.get_or_create(&DropLabels { reason: reason_name(reason as u8) }).inc_by(total - *last);
+            }
+            *last = total;
+        }
+        let usages: Vec<(u32, CtUsage)> = self.usage.iter().filter_map(Result::ok).collect();
+        for (owner, usage) in usages {
+            let held = self.in_use(owner, &usage);
+            let endpoint = rules.endpoints.get(&owner).cloned().unwrap_or_else(|| format!("ifindex-{owner}"));
+            let labels = EndpointLabels { endpoint };
+            metrics.conntrack_entries.get_or_create(&labels).set(held as i64);
+            let last = self.last_refused.entry(owner).or_default();
+            if usage.refused > *last {
+                metrics.conntrack_refused.get_or_create(&labels).inc_by(usage.refused - *last);
+            }
+            *last = usage.refused;
+        }
+    }
+}
+
+/// Why a packet was dropped, for reasons that are not a rule's.
+fn drop_reason(event: &Event) -> String {
+    match event.reason {
+        REASON_SPOOFED => "spoofed source address".into(),
+        REASON_VLAN => {
+            format!("VLAN-tagged frame (ethertype {:#06x}): a pod may send untagged IPv4 and ARP only", event.dport)
+        }
+        REASON_ETHERTYPE => format!("ethertype {:#06x}: a pod may send IPv4 and ARP only", event.dport),
+        REASON_MALFORMED => "an IPv4 header the datapath refuses (version, length)".into(),
+        REASON_FRAGMENT => "an IP fragment whose first fragment did not pass".into(),
+        REASON_CT_LIMIT => "new connection refused: the endpoint holds its limit of conntrack entries".into(),
+        REASON_CT_FULL => "new connection refused: the conntrack table is full".into(),
+        other => format!("dropped ({})", reason_name(other)),
+    }
+}
+
 fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord {
     let identity = |id: u32| -> Arc<Identity> {
         if let Some(i) = model.identities.by_id(id) {
@@ -83,9 +308,11 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         PROTO_SCTP => "sctp",
-        1 => "icmp",
+        PROTO_ICMP => "icmp",
         _ => "ip",
     };
+    // ICMP's id and frame drops' ethertype (protocol 0) ride in the port field
+    let port = if matches!(event.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) { event.dport } else { 0 };
     let rule = rules
         .texts
         .get(event.rule as usize)
@@ -105,17 +332,18 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
             )),
             Vec::new(),
         ),
-        (EVENT_DROP, _) => (Verdict::Dropped, Some("spoofed source address".to_string()), Vec::new()),
+        (EVENT_DROP, _) => (Verdict::Dropped, Some(drop_reason(event)), Vec::new()),
         (EVENT_ALLOW, _) => (Verdict::Forwarded, None, rule.into_iter().collect()),
         _ => (Verdict::Forwarded, Some("redirected to the proxy".to_string()), rule.into_iter().collect()),
     };
-    let source = FlowPeer::new(&identity(event.src_identity), address(event.saddr, event.sport));
-    let destination = FlowPeer::new(&identity(event.dst_identity), address(event.daddr, event.dport));
+    let sport = if port == 0 { 0 } else { event.sport };
+    let source = FlowPeer::new(&identity(event.src_identity), address(event.saddr, sport));
+    let destination = FlowPeer::new(&identity(event.dst_identity), address(event.daddr, port));
     FlowRecord {
         reason,
         policies,
         listener: "datapath".into(),
-        port: event.dport,
+        port,
         ..FlowRecord::new(protocol, verdict, source, destination)
     }
 }

@@ -22,13 +22,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf, SockHash};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
-use weir_datapath_common::{EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, maps, programs};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use weir_datapath_common::{
+    EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, Settings, conntrack, maps, programs,
+};
 
 use crate::config::DatapathConfig;
 use crate::model::PolicyModel;
@@ -37,6 +41,74 @@ use routing::NodeState;
 
 /// The programs, built by build.rs from `datapath-ebpf/programs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEIR_DATAPATH_OBJECT"));
+
+/// `datapath.conntrack` in `weir.yaml`: how long entries live without
+/// traffic, and how many one endpoint may hold (docs/datapath.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// A TCP connection whose handshake has not completed.
+    #[serde(with = "crate::config::duration")]
+    pub tcp_syn: Duration,
+    #[serde(with = "crate::config::duration")]
+    pub tcp_established: Duration,
+    /// After an RST, or a FIN from both sides.
+    #[serde(with = "crate::config::duration")]
+    pub tcp_closing: Duration,
+    #[serde(with = "crate::config::duration")]
+    pub udp: Duration,
+    /// An echo request, for its reply.
+    #[serde(with = "crate::config::duration")]
+    pub icmp: Duration,
+    /// SCTP, GRE and other protocols.
+    #[serde(with = "crate::config::duration")]
+    pub other: Duration,
+    /// Most entries one endpoint's connections may hold; new connections
+    /// past it are dropped (`conntrack_endpoint_limit`).
+    pub per_endpoint: u32,
+    /// Size of the table, for all endpoints; when full, new connections are
+    /// dropped (`conntrack_full`), nothing is evicted. Takes effect when the
+    /// map is created: a pinned table keeps its size until `weir datapath
+    /// cleanup`.
+    pub capacity: u32,
+    /// How often weir deletes expired entries.
+    #[serde(with = "crate::config::duration")]
+    pub gc_interval: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        ConntrackConfig {
+            tcp_syn: secs(conntrack::TCP_SYN_SECS),
+            tcp_established: secs(conntrack::TCP_ESTABLISHED_SECS),
+            tcp_closing: secs(conntrack::TCP_CLOSING_SECS),
+            udp: secs(conntrack::UDP_SECS),
+            icmp: secs(conntrack::ICMP_SECS),
+            other: secs(conntrack::OTHER_SECS),
+            per_endpoint: conntrack::PER_ENDPOINT,
+            capacity: conntrack::CAPACITY,
+            gc_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConntrackConfig {
+    /// What the programs read; lifetimes in whole seconds, at least one.
+    fn settings(&self) -> Settings {
+        let secs = |d: Duration| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+        Settings {
+            ct_per_endpoint: self.per_endpoint.max(1),
+            tcp_syn_secs: secs(self.tcp_syn),
+            tcp_established_secs: secs(self.tcp_established),
+            tcp_closing_secs: secs(self.tcp_closing),
+            udp_secs: secs(self.udp),
+            icmp_secs: secs(self.icmp),
+            other_secs: secs(self.other),
+            _pad: 0,
+        }
+    }
+}
 
 /// One program attached to one interface, through a pinned TCX link.
 struct Attachment {
@@ -83,12 +155,18 @@ impl Datapath {
 
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(maps_dir(&config.bpffs))
+            .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
             program.load().with_context(|| format!("verifying {name}"))?;
+        }
+        {
+            let mut settings: Array<_, Settings> =
+                Array::try_from(ebpf.map_mut(maps::SETTINGS).expect("in the object"))?;
+            settings.set(0, config.conntrack.settings(), 0).context("writing the datapath settings")?;
         }
         let proxy_sockets = SockHash::try_from(ebpf.take_map(maps::PROXY_SOCKETS).expect("in the object"))?;
         Ok(Datapath {
@@ -101,10 +179,25 @@ impl Datapath {
         })
     }
 
-    /// The kernel's event ring, for [`events::run`]. Call once.
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("events already taken"))?;
-        Ok(RingBuf::try_from(map)?)
+    /// The kernel's event ring and counters, for [`events::run`] (which
+    /// also collects expired conntrack entries). Call once.
+    pub fn take_events(&mut self) -> anyhow::Result<events::Kernel> {
+        let mut take = |name: &str| self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} already taken"));
+        let conntrack = take(maps::CONNTRACK)?;
+        // a reused pin has the size it was created with
+        let capacity = match &conntrack {
+            aya::maps::Map::HashMap(data) => data.info().map(|i| i.max_entries()).ok(),
+            _ => None,
+        };
+        Ok(events::Kernel {
+            ring: RingBuf::try_from(take(maps::EVENTS)?)?,
+            conntrack: BpfHashMap::try_from(conntrack)?,
+            capacity: capacity.unwrap_or(self.config.conntrack.capacity),
+            usage: BpfHashMap::try_from(take(maps::CT_USAGE)?)?,
+            freed: BpfHashMap::try_from(take(maps::CT_FREED)?)?,
+            drops: PerCpuArray::try_from(take(maps::DROPS)?)?,
+            gc_interval: self.config.conntrack.gc_interval,
+        })
     }
 
     /// Hand new connections on `port` to this listening socket.
@@ -128,6 +221,7 @@ impl Datapath {
         let mut rules = self.rules.write().unwrap();
         rules.texts = desired.rules;
         rules.cidrs = desired.cidr_identities;
+        rules.endpoints = desired.endpoints.iter().map(|e| (e.ifindex, e.name.clone())).collect();
         Ok(())
     }
 
@@ -375,4 +469,24 @@ pub fn proxy_bind(config: &DatapathConfig) -> SocketAddr {
 /// Where the DNS proxy's transparent sockets bind (TCP and UDP).
 pub fn dns_proxy_bind(config: &DatapathConfig) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], config.dns_proxy_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConntrackConfig;
+
+    #[test]
+    fn conntrack_settings_parse_and_reach_the_programs_in_whole_seconds() {
+        let config: ConntrackConfig =
+            serde_yaml::from_str("{udp: 3s, tcp_established: 1h, icmp: 250ms, per_endpoint: 0}").unwrap();
+        let settings = config.settings();
+        assert_eq!(settings.udp_secs, 3);
+        assert_eq!(settings.tcp_established_secs, 3600);
+        // below a second, and a zero limit, would read as "default" in the
+        // programs: they are raised to the smallest real value instead
+        assert_eq!(settings.icmp_secs, 1);
+        assert_eq!(settings.ct_per_endpoint, 1);
+        assert_eq!(settings.tcp_syn_secs, 60, "unset fields keep their defaults");
+        assert!(serde_yaml::from_str::<ConntrackConfig>("{udp_timeout: 3s}").is_err(), "unknown fields are refused");
+    }
 }
