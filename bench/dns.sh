@@ -24,8 +24,9 @@ RATE=${RATE:-5000}
 NAMES=1000
 
 scripts/setup.sh
-cargo build --locked --release --bin weir 2>&1 | tail -1
-WEIR=$PWD/target/release/weir
+# WEIR_BIN=PATH measures another build (e.g. the previous commit's) instead
+if [ -z "${WEIR_BIN:-}" ]; then cargo build --locked --release --bin weir 2>&1 | tail -1; fi
+WEIR=${WEIR_BIN:-$PWD/target/release/weir}
 work=$(mktemp -d)
 mkdir -p "$work/policies" bench/results
 pids=()

@@ -22,8 +22,9 @@ LOAD_CPU=0
 PROXY_CPU=1
 
 scripts/setup.sh
-cargo build --locked --release --bin weir 2>&1 | tail -1
-WEIR=$PWD/target/release/weir
+# WEIR_BIN=PATH measures another build (e.g. the previous commit's) instead
+if [ -z "${WEIR_BIN:-}" ]; then cargo build --locked --release --bin weir 2>&1 | tail -1; fi
+WEIR=${WEIR_BIN:-$PWD/target/release/weir}
 
 work=$(mktemp -d)
 pids=()

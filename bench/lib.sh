@@ -4,13 +4,15 @@
 #
 #   source bench/lib.sh; bench_start LOAD_BIN...
 #   WEIR, work (with policies/), pids+=($!), port, wait_ready ADMIN PORT
+#   WEIR_BIN=PATH: run that weir binary instead of the one built here
 
 bench_start() {
   scripts/setup.sh
   local bins=(--bin weir)
   for b in "$@"; do bins+=(--bin "$b"); done
   cargo build --locked --release "${bins[@]}" 2>&1 | tail -1
-  WEIR=$PWD/target/release/weir
+  # WEIR_BIN=PATH measures another build of weir (e.g. the previous commit's)
+  WEIR=${WEIR_BIN:-$PWD/target/release/weir}
   work=$(mktemp -d)
   mkdir -p "$work/policies" bench/results
   pids=()
