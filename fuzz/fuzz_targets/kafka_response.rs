@@ -3,12 +3,13 @@
 //!
 //! Input: two bytes of request version, then a whole response frame (length
 //! prefix included) as the broker sent it. A narrowed answer must be a
-//! well-formed frame that decodes again, with no empty version range, and
+//! well-formed frame that decodes again, with no empty version range for an API
+//! weir knows, and
 //! narrowing it again changes nothing.
 #![no_main]
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ApiVersionsResponse, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use libfuzzer_sys::fuzz_target;
 use weir::kafka::codec;
@@ -26,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let header_version = ApiVersionsResponse::header_version(version);
     ResponseHeader::decode(&mut buf, header_version).expect("the narrowed header decodes");
     let response = ApiVersionsResponse::decode(&mut buf, version).expect("the narrowed body decodes");
-    for api in &response.api_keys {
+    // APIs weir does not know pass as the broker sent them
+    for api in response.api_keys.iter().filter(|a| ApiKey::try_from(a.api_key).is_ok()) {
         assert!(api.min_version <= api.max_version, "an empty version range is advertised");
     }
     let again = codec::narrow_api_versions(&narrowed, version).expect("a narrowed answer narrows again");

@@ -10,6 +10,8 @@ pub mod datapath;
 pub mod demo;
 pub mod dns;
 pub mod flow;
+#[cfg(test)]
+mod fuzz_regressions;
 pub mod http;
 pub mod identity;
 pub mod kafka;
