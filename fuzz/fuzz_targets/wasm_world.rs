@@ -68,9 +68,16 @@ fn host() -> &'static Host {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
-    let _ = one(&mut Unstructured::new(data));
-});
+fuzz_target!(
+    // compiling the five components takes seconds: before libFuzzer's
+    // per-input timeout starts
+    init: {
+        host();
+    },
+    |data: &[u8]| {
+        let _ = one(&mut Unstructured::new(data));
+    }
+);
 
 fn one(u: &mut Unstructured) -> Result<()> {
     let host = host();

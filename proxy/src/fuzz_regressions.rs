@@ -45,22 +45,11 @@ impl AsyncRead for Reads {
     }
 }
 
-/// http_framing: a request whose first read is one byte, `P`, is taken for
-/// the start of the HTTP/2 preface (`PRI * HTTP/2.0`) and the guard stops
-/// inspecting the connection, so a later Content-Length + Transfer-Encoding
-/// request reaches hyper unpoisoned (issue 22, class 6: "a request split in
-/// its first bytes"). Open: the framing guard is being rewritten.
-#[test]
-#[ignore = "open: issue 22 class 6, the framing guard rewrite"]
-fn a_first_read_of_one_byte_does_not_switch_the_framing_guard_off() {
-    let reads = Reads(
-        [&b"P"[..], b"OST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]
-            .into(),
-    );
-    let mut rejected = Vec::new();
-    let mut guard = crate::http::framing::FramingGuard::new(reads, |r| rejected.push(r));
+/// How many requests the framing guard rejects from a client sending `reads`.
+fn guard_rejections(reads: &[&'static [u8]]) -> usize {
+    let mut rejected = 0;
+    let mut guard = crate::http::framing::FramingGuard::new(Reads(reads.iter().copied().collect()), |_| rejected += 1);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut out = Vec::new();
     loop {
         let mut space = [0u8; 4096];
         let mut buf = ReadBuf::new(&mut space);
@@ -68,8 +57,31 @@ fn a_first_read_of_one_byte_does_not_switch_the_framing_guard_off() {
         if buf.filled().is_empty() {
             break;
         }
-        out.extend_from_slice(buf.filled());
     }
     drop(guard);
-    assert_eq!(rejected.len(), 1, "the CL+TE request is rejected");
+    rejected
+}
+
+const CL_AND_TE: &[u8] = b"OST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+/// http_framing: a request whose first read is one byte, `P`, is taken for
+/// the start of the HTTP/2 preface (`PRI * HTTP/2.0`) and the guard stops
+/// inspecting the connection, so a later Content-Length + Transfer-Encoding
+/// request reaches hyper unpoisoned (issue 22, class 6: "a request split in
+/// its first bytes"; a first read `PRI /a HTTP/1.1` does the same). Open:
+/// the framing guard is being rewritten.
+#[test]
+#[ignore = "open: issue 22 class 6, the framing guard rewrite"]
+fn a_first_read_of_one_byte_does_not_switch_the_framing_guard_off() {
+    assert_eq!(guard_rejections(&[b"P", CL_AND_TE]), 1, "the CL+TE request is rejected");
+}
+
+/// http_framing: empty lines before a request line (which hyper, like
+/// httparse, skips) make the guard take `\r\n\r\n` for a whole head it
+/// cannot parse, and it stops inspecting: the CL+TE request behind them
+/// reaches hyper unpoisoned. Open, as above.
+#[test]
+#[ignore = "open: issue 22 class 6, the framing guard rewrite"]
+fn empty_lines_before_a_request_do_not_switch_the_framing_guard_off() {
+    assert_eq!(guard_rejections(&[b"\r\n\r\nP", CL_AND_TE]), 1, "the CL+TE request is rejected");
 }
