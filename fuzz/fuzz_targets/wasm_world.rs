@@ -17,8 +17,8 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use weir::metrics::Metrics;
 use weir::wasm::{
-    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
-    cassandra, dns, http, kafka, memcached, test_connection,
+    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, cassandra,
+    dns, http, kafka, memcached, test_connection,
 };
 
 /// `(built-in filter, a configuration with a rule of each kind it knows)`
@@ -85,12 +85,7 @@ fn one(u: &mut Unstructured) -> Result<()> {
     if u.ratio(1, 16)? {
         // a configuration: refused or accepted, never a trap of the host
         let config: String = u.arbitrary()?;
-        let _ = host.runtime.configure(
-            &host.components[world],
-            config,
-            FilterLimits::default(),
-            FailurePolicy::Closed,
-        );
+        let _ = host.runtime.configure(&host.components[world], config, FilterLimits::default(), FailurePolicy::Closed);
         return Ok(());
     }
     let filter = &host.filters[world];

@@ -62,7 +62,8 @@ fn guard_rejections(reads: &[&'static [u8]]) -> usize {
     rejected
 }
 
-const CL_AND_TE: &[u8] = b"OST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+const CL_AND_TE: &[u8] =
+    b"OST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 
 /// http_framing: a request whose first read is one byte, `P`, is taken for
 /// the start of the HTTP/2 preface (`PRI * HTTP/2.0`) and the guard stops
