@@ -113,4 +113,10 @@ if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   log "installing the tansu broker $TANSU_VERSION (about 11 minutes, once per machine)"
   cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore
 fi
+# cargo-fuzz for the fuzz targets in fuzz/ (docs/fuzzing.md; CI runs each briefly)
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 1 minute)"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
 log "ready"

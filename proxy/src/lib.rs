@@ -10,6 +10,8 @@ pub mod datapath;
 pub mod demo;
 pub mod dns;
 pub mod flow;
+#[cfg(test)]
+mod fuzz_regressions;
 pub mod http;
 pub mod identity;
 pub mod kafka;
@@ -24,3 +26,20 @@ pub mod relay;
 pub mod state;
 pub mod stream;
 pub mod wasm;
+
+/// What the fuzz targets (`fuzz/`, docs/fuzzing.md) reach that is not
+/// otherwise public. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::framing::{FramingGuard, Rejected};
+
+    /// The HTTP engine's check that header values are text filters can read.
+    pub fn check_headers(headers: &http::HeaderMap) -> Result<(), String> {
+        crate::http::service::check_headers(headers)
+    }
+
+    /// The HTTP engine's encoding of headers into a filter's request head.
+    pub fn write_headers(out: &mut Vec<u8>, headers: &http::HeaderMap) {
+        crate::http::service::write_headers(out, headers)
+    }
+}

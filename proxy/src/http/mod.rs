@@ -1,13 +1,13 @@
 //! The HTTP engine: HTTP/1.1, HTTP/2 (h2c and TLS) and gRPC, on hyper.
 
 mod body;
-mod framing;
+pub(crate) mod framing;
 #[cfg(test)]
 mod framing_differential;
 mod normalize;
 mod reply;
 pub mod server;
-mod service;
+pub(crate) mod service;
 pub mod upstream;
 
 pub use crate::context::Target;

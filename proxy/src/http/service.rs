@@ -555,7 +555,7 @@ fn filter_visible(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &He
 }
 
 /// Filters read header values as text: refuse anything else.
-fn check_headers(headers: &HeaderMap) -> Result<(), String> {
+pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), String> {
     for (name, value) in filter_visible(headers) {
         let bytes = value.as_bytes();
         if std::str::from_utf8(bytes).is_err() || bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
@@ -566,7 +566,7 @@ fn check_headers(headers: &HeaderMap) -> Result<(), String> {
 }
 
 /// Append a `name: value\n` line per visible header.
-fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+pub(crate) fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in filter_visible(headers) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
