@@ -6,6 +6,7 @@
 #   DURATION=20 bench/fuzz.sh              # what CI runs (.ci/run)
 #   DURATION=600 bench/fuzz.sh cql_frames http_framing
 #   JOBS=2 bench/fuzz.sh kafka_request     # libFuzzer workers per target
+#   OPEN="kafka_request" bench/fuzz.sh     # all but the targets named
 #
 # Each run starts from the seed corpus in fuzz/corpus/<target>/ (read only)
 # and keeps what it learns in target/fuzz-corpus/<target>/ (reused by the
@@ -39,7 +40,13 @@ fi
 
 mapfile -t all < <(cd fuzz && cargo fuzz list)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+if [ ${#targets[@]} -eq 0 ]; then
+  # OPEN="a b": targets whose open findings (docs/fuzzing.md) are known to
+  # crash them within seconds; every other target runs
+  for t in "${all[@]}"; do
+    case " ${OPEN:-} " in *" $t "*) echo "fuzz: $t not run: it has an open finding (docs/fuzzing.md)" ;; *) targets+=("$t") ;; esac
+  done
+fi
 
 started=$(date +%s)
 (cd fuzz && cargo fuzz build "${FUZZ_FLAGS[@]}")

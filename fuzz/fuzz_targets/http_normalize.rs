@@ -14,19 +14,22 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir::config::EscapedSlashes;
+use weir::config::{AmbiguousPaths, EscapedSlashes};
 use weir::http::normalize_path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(uri) = http::Uri::try_from(data) else { return };
     let (path, query) = (uri.path(), uri.query());
-    for mode in [EscapedSlashes::Reject, EscapedSlashes::Keep, EscapedSlashes::Unescape] {
-        let Ok(normalized) = normalize_path(path, mode) else { continue };
+    let modes = [EscapedSlashes::Reject, EscapedSlashes::Keep, EscapedSlashes::Unescape]
+        .into_iter()
+        .flat_map(|e| [(e, AmbiguousPaths::Reject), (e, AmbiguousPaths::Allow)]);
+    for (mode, ambiguous) in modes {
+        let Ok(normalized) = normalize_path(path, mode, ambiguous) else { continue };
         check_canonical(&normalized, mode);
         assert_eq!(
-            normalize_path(&normalized, mode).as_deref(),
+            normalize_path(&normalized, mode, ambiguous).as_deref(),
             Ok(normalized.as_str()),
-            "normalization is not idempotent ({mode:?}) for {path:?}"
+            "normalization is not idempotent ({mode:?}, {ambiguous:?}) for {path:?}"
         );
         let path_and_query = match query {
             Some(q) => format!("{normalized}?{q}"),

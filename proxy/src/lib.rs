@@ -31,7 +31,7 @@ pub mod wasm;
 /// otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::http::framing::{FramingGuard, Rejected};
+    pub use crate::http::framing::{Detect, FramingGuard, Rejected};
 
     /// The HTTP engine's check that header values are text filters can read.
     pub fn check_headers(headers: &http::HeaderMap) -> Result<(), String> {

@@ -331,8 +331,15 @@ fn negative_word_len(b: &[u8]) -> Result<Option<usize>, String> {
 /// Cassandra would not read as that (or weir cannot be sure it reads alike)
 /// is one `invalid (why)` statement, which no rule names.
 pub fn classify(text: &str, keyspace: Option<&str>) -> Vec<Statement> {
-    statements(text, keyspace)
-        .unwrap_or_else(|why| vec![Statement { action: format!("invalid ({why})"), table: None, query: text.into() }])
+    let invalid = |why: &str| vec![Statement { action: format!("invalid ({why})"), table: None, query: text.into() }];
+    match statements(text, keyspace) {
+        // a request always runs something in the policy's eyes: an empty
+        // batch would otherwise be allowed by every rule set (found by the
+        // cql_statement fuzz target: `BEGIN UNLOGGED BATCH USING APPLY BATCH`)
+        Ok(statements) if statements.is_empty() => invalid("a batch without statements"),
+        Ok(statements) => statements,
+        Err(why) => invalid(&why),
+    }
 }
 
 fn statements(text: &str, keyspace: Option<&str>) -> Result<Vec<Statement>, String> {
@@ -584,6 +591,12 @@ mod tests {
         assert_eq!(s.len(), 1, "{text:?}: {s:?}");
         assert!(s[0].action.starts_with("invalid"), "{text:?} was read as {s:?}");
         s[0].action.clone()
+    }
+
+    #[test]
+    fn a_batch_without_statements_is_invalid_not_empty() {
+        invalid("BEGIN UNLOGGED BATCH USING APPLY BATCH;");
+        invalid("BEGIN BATCH APPLY BATCH");
     }
 
     fn all(text: &str) -> Vec<(String, Option<String>)> {

@@ -75,6 +75,10 @@ async fn requests(
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // a quiet request went out since the last barrier or flush
     let mut quiet_since_barrier = false;
+    // bytes of a refused request that have not arrived yet: memcached
+    // swallows them with its error, and so does weir (never parsed, never
+    // forwarded)
+    let mut swallow: usize = 0;
     'read: loop {
         if let Err(over) = held.cover(buf.len() + READ_CHUNK) {
             conn.record_error(&mut snap, format!("{over}; connection closed"));
@@ -101,6 +105,14 @@ async fn requests(
             Ok(_) => {}
             Err(_) => break,
         }
+        if swallow > 0 {
+            let n = swallow.min(buf.len());
+            let _ = buf.split_to(n);
+            swallow -= n;
+            if buf.is_empty() {
+                continue;
+            }
+        }
         let protocol = *protocol.get_or_init(|| Protocol::of_first_byte(buf[0]));
         // every complete request in the buffer, forwarded in one write
         loop {
@@ -110,7 +122,9 @@ async fn requests(
                     // memcached would refuse it: answer as it would, forward nothing
                     let close = refused.close;
                     if !close {
-                        let _ = buf.split_to(refused.len);
+                        let here = refused.len.min(buf.len());
+                        let _ = buf.split_to(here);
+                        swallow = refused.len - here;
                     }
                     let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
                     let s = snap.insert(current);
