@@ -461,13 +461,11 @@ fn config_resources_name_topics_and_other_resources_are_unknown() {
         assert_eq!(topics_in(ApiKey::AlterConfigs, version, &alter), names(&["secret"]));
     }
     let incremental = |t: i8, n: &'static str| {
-        RequestKind::IncrementalAlterConfigs(
-            IncrementalAlterConfigsRequest::default().with_resources(vec![
+        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
                 incremental_alter_configs_request::AlterConfigsResource::default()
                     .with_resource_type(t)
                     .with_resource_name(s(n)),
-            ]),
-        )
+            ]))
     };
     for version in 0..=1 {
         assert_eq!(topics_in(ApiKey::IncrementalAlterConfigs, version, &incremental(2, "secret")), names(&["secret"]));
@@ -751,13 +749,11 @@ fn admin_and_transaction_apis_name_their_topics() {
 
 #[test]
 fn refusals_of_the_resource_apis_carry_the_code_per_resource() {
-    let describe = RequestKind::DescribeConfigs(
-        DescribeConfigsRequest::default().with_resources(vec![
+    let describe = RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             describe_configs_request::DescribeConfigsResource::default()
                 .with_resource_type(2)
                 .with_resource_name(s("secret")),
-        ]),
-    );
+        ]));
     for version in 1..=4 {
         let request = parse_request(frame(ApiKey::DescribeConfigs, version, 8, &describe)).unwrap();
         assert_eq!(request.default_error_code(), error_code::TOPIC_AUTHORIZATION_FAILED);
