@@ -209,6 +209,53 @@ fn slow_and_silent_http_clients_are_closed_by_the_head_timeout() {
     assert_eq!(curl_from(ALICE, &[&format!("http://{listener}/hello")]).status, 200);
 }
 
+/// The frame types weir sends on an HTTP/2 connection until it closes it
+/// (`None` if it is still open after `within`).
+fn http2_frames_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (mut bytes, mut buf, mut closed) = (Vec::new(), [0u8; 4096], false);
+    while !closed && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => closed = true,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => closed = true,
+        }
+    }
+    let (mut types, mut at) = (Vec::new(), 0);
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        types.push(bytes[at + 3]);
+        at += 9 + length;
+    }
+    closed.then_some(types)
+}
+
+#[test]
+fn an_idle_http2_connection_is_sent_goaway() {
+    const GOAWAY: u8 = 0x7;
+    let backend = DemoBackend::start();
+    let listener = listen_addr();
+    let config = http_config(backend.addr, listener, "limits: {idle_timeout: 2s}\n");
+    let weir = Weir::start(&config, &[("api.yaml", HTTP_POLICY)]);
+
+    // the preface and an empty SETTINGS frame, then no request at all
+    let mut idle = connect_from(ALICE, listener);
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let frames = http2_frames_until_closed(&mut idle, Duration::from_secs(30))
+        .expect("an idle HTTP/2 connection is kept open past its idle timeout");
+    assert!(frames.contains(&GOAWAY), "closed without a GOAWAY: frame types {frames:?}");
+    weir.wait_flow("verdict=error", "the HTTP/2 idle flow", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("HTTP/2") && r.contains("idle_timeout"))
+    });
+    assert!(metric(&weir, "weir_connections_closed_idle_total") >= 1.0);
+
+    // requests are served as before
+    let served = curl_from(ALICE, &["--http2-prior-knowledge", &format!("http://{listener}/hello")]);
+    assert_eq!(served.status, 200);
+}
+
 // ------------------------------------------------------------- memcached
 
 const CACHE_POLICY: &str = r#"

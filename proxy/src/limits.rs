@@ -462,6 +462,36 @@ pub fn http_head_timeout(state: &crate::state::ProxyState, target: &crate::conte
     ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default()).request_head_timeout
 }
 
+/// The idle timeout of the listener an HTTP connection came in on (HTTP/2:
+/// HTTP/1 keep-alive connections end at the request-head timeout).
+pub fn http_idle_timeout(state: &crate::state::ProxyState, target: &crate::context::Target) -> Option<Duration> {
+    let model = state.model.load();
+    let listener = match target {
+        crate::context::Target::Listener(name) => model.listeners.get(&**name).map(|l| l.config.limits.clone()),
+        crate::context::Target::Transparent { .. } => None,
+    };
+    ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default()).idle_timeout
+}
+
+/// The flow of an HTTP/2 connection that started no request for
+/// `idle_timeout`: it is shut down gracefully (GOAWAY; streams still open
+/// finish first).
+pub fn record_http2_idle(
+    state: &crate::state::ProxyState,
+    context: &crate::context::ConnectionContext,
+    timeout: Duration,
+) {
+    let labels = crate::metrics::ListenerLabels { listener: context.listener.to_string() };
+    state.metrics.connections_closed_idle.get_or_create(&labels).inc();
+    state.flows.record(crate::flow::FlowRecord {
+        reason: Some(format!(
+            "no HTTP/2 request for {} (idle_timeout): connection shut down with GOAWAY",
+            crate::config::duration::format(timeout)
+        )),
+        ..crate::flow::FlowRecord::of(context, "http", crate::flow::Verdict::Error)
+    });
+}
+
 /// What a plaintext HTTP client speaks, told by its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpVersion {

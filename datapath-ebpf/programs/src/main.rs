@@ -347,6 +347,13 @@ fn ct_touch(entry: *mut CtValue, packet: &Packet, reply: bool) {
         }
     }
     let expires = now() + lifetime(protocol, tcp);
+    // write only what changes the entry by a second or more: every packet of
+    // a busy connection would otherwise store into one shared cache line
+    // from both veths' CPUs (a deadline may end up to 1 s early)
+    let (old_tcp, old_expires) = unsafe { ((*entry).tcp, (*entry).expires) };
+    if tcp == old_tcp && expires < old_expires + NANOS {
+        return;
+    }
     unsafe {
         (*entry).tcp = tcp;
         (*entry).expires = expires;

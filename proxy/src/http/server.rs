@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::body::ProxyBody;
 use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected};
 use super::service::HttpConnection;
 use crate::context::ConnectionContext;
@@ -51,6 +52,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         Target::Transparent { .. } => None,
     };
     let head_timeout = crate::limits::http_head_timeout(&state, &target);
+    let idle_timeout = crate::limits::http_idle_timeout(&state, &target);
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(HttpConnection::new(state.clone(), target, peer, next_connection_id(), tls.is_some()));
 
@@ -69,6 +71,13 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         let (state, context) = (state.clone(), context.clone());
         move || crate::limits::record_head_timeout(&state, &context, head_timeout)
     };
+    let http2_idle = {
+        let (state, context) = (state.clone(), context.clone());
+        Http2Idle {
+            timeout: idle_timeout,
+            on_idle: Box::new(move |timeout| crate::limits::record_http2_idle(&state, &context, timeout)),
+        }
+    };
     match tls {
         // hyper-util's own detection reads through the framing guard (which
         // holds back an incomplete head) with no timer: weir tells the
@@ -76,11 +85,11 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         None => match crate::limits::detect_http_version(&stream, head_timeout).await {
             None => on_head_timeout(),
             Some(crate::limits::HttpVersion::Http2) => {
-                serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout).await
+                serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
             }
             Some(crate::limits::HttpVersion::Http1) => {
                 let io = FramingGuard::new(stream, Detect::Http1, on_reject);
-                serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
+                serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout, http2_idle).await
             }
         },
         Some(config) => {
@@ -97,10 +106,12 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                 }
             };
             match tls_stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout).await,
+                Some(b"h2") => {
+                    serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
+                }
                 _ => {
                     let io = FramingGuard::new(tls_stream, Detect::Http1, on_reject);
-                    serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout).await
+                    serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout, http2_idle).await
                 }
             }
         }
@@ -134,6 +145,84 @@ pub(super) enum Mode {
     Http2,
 }
 
+/// How long an idle HTTP/2 connection has to finish its GOAWAY exchange.
+const HTTP2_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Streams open on one HTTP/2 connection, and when the last one ended or a
+/// new one started.
+#[derive(Default)]
+struct StreamActivity {
+    open: std::sync::atomic::AtomicUsize,
+    idle: crate::limits::Idle,
+}
+
+impl StreamActivity {
+    /// Resolves when no stream has been open for the idle timeout (never
+    /// when there is none).
+    async fn idle_for(&self) -> Duration {
+        loop {
+            if let Err(timeout) = self.idle.guard(std::future::pending::<()>()).await {
+                if self.open.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    return timeout.0;
+                }
+                self.idle.touch();
+            }
+        }
+    }
+}
+
+/// One request's stream, from its head to the end of its response body.
+struct OpenStream(Arc<StreamActivity>);
+
+impl OpenStream {
+    fn new(activity: &Arc<StreamActivity>) -> Self {
+        activity.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        activity.idle.touch();
+        OpenStream(activity.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.idle.touch();
+    }
+}
+
+/// A response body that keeps its stream counted as open until hyper drops it.
+struct CountedBody {
+    body: ProxyBody,
+    _open: OpenStream,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = super::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An HTTP/2 connection that starts no request for `timeout` is shut down
+/// gracefully (hyper's HTTP/2 server has no idle timeout of its own; its
+/// PINGs only find dead peers, not idle ones).
+struct Http2Idle {
+    timeout: Option<Duration>,
+    on_idle: Box<dyn FnOnce(Duration) + Send>,
+}
+
 /// `head_timeout`: how long a request head may take, from when hyper starts
 /// waiting for it (so it also ends idle keep-alive connections); `None`: no limit.
 async fn serve_http<IO>(
@@ -142,14 +231,36 @@ async fn serve_http<IO>(
     mode: Mode,
     head_timeout: Option<Duration>,
     on_head_timeout: impl FnOnce(),
+    http2_idle: Http2Idle,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(request).await) }
-    });
-    if let Err(e) = hyper_builder(mode, head_timeout).serve_connection(TokioIo::new(io), service).await {
+    // a stream open or started is activity; bytes alone are not (weir's own
+    // keep-alive PINGs are answered by idle peers too)
+    let activity = Arc::new(StreamActivity::default());
+    activity.idle.set_timeout(if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None });
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |request| {
+            let open = OpenStream::new(&activity);
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(request).await.map(|body| CountedBody { body, _open: open })) }
+        })
+    };
+    let builder = hyper_builder(mode, head_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        timeout = activity.idle_for() => {
+            (http2_idle.on_idle)(timeout);
+            connection.as_mut().graceful_shutdown();
+            // nothing is in flight: a peer that does not finish the shutdown
+            // (answer its PING) within the grace is closed
+            tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, connection).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
