@@ -120,9 +120,26 @@ WEIR_LOG=warn "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 & pids+=($!)
 weir_pid=$!
 wait_ready "$ADMIN" "$HTTP"
 
+# every error flow of the run, to say why a request failed
+curl -sN "127.0.0.1:$ADMIN/flows?verdict=error&follow=true" >"$work/errors.ndjson" 2>/dev/null & pids+=($!)
+
 status=0
 python3 bench/soak.py --duration "$DURATION" --weir-pid "$weir_pid" --http "$HTTP" \
   --memcached "$MEMCACHED" --dns "$DNS" --policy "$work/policies/soak.yaml" --slow "$SLOW" || status=$?
 echo "soak: reload status: $(curl -s "127.0.0.1:$ADMIN/config" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("reload", d.get("last_reload", "?")))' 2>/dev/null || echo '?')"
+echo "soak: error flows by protocol and reason (slow and idle clients closed on purpose among them):"
+python3 - "$work/errors.ndjson" <<'PY'
+import collections, json, re, sys
+seen = collections.Counter()
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        f = json.loads(line)
+    except ValueError:
+        continue
+    reason = re.sub(r"\d+", "N", f.get("reason") or "?")
+    seen[(f.get("protocol", "?"), reason)] += 1
+for (protocol, reason), n in seen.most_common(20):
+    print(f"  {n:8} {protocol:10} {reason}")
+PY
 if [ "$status" -ne 0 ]; then tail -20 "$work/weir.log" >&2; fi
 exit "$status"
