@@ -1,6 +1,6 @@
 //! Inputs the fuzz targets (`fuzz/`, docs/fuzzing.md) found, each pinned
-//! here with the property it broke. `#[ignore]`d tests are findings not
-//! fixed yet, in code other work owns; each names what is left to do.
+//! here with the property it broke. Open findings are not here: they are in
+//! docs/fuzzing.md with their inputs in `fuzz/regressions/`.
 
 use std::io;
 use std::pin::Pin;
@@ -18,19 +18,6 @@ fn dns_answer_with_an_opt_record_is_shown_without_panicking() {
     let records = crate::dns::message::answer_records(&answer);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].rtype, "OPT");
-}
-
-/// kafka_request: a 23-byte Metadata v1 request declaring 721 million topics.
-/// kafka-protocol 0.18 reserves the whole array before reading it
-/// (`Vec::with_capacity(n)` in `Array::decode`), the allocation fails and the
-/// process aborts: every connection of every listener is lost. Open: fixed
-/// upstream only in unmerged pull requests (kafka-protocol-rs #152, #161,
-/// #200); needs a patched crate or a bound before decoding.
-#[test]
-#[ignore = "open: kafka-protocol allocates arrays by declaration (aborts the test process)"]
-fn kafka_request_declaring_a_huge_array_is_refused_without_allocating() {
-    let frame = b"\x00\x03\x00\x01\x00\x00\x00\x00\x00\x00\x2b\x00\x01\x00\x04\x66\x35\x7a\x7a\xff\xe9\xff\xff";
-    assert!(crate::kafka::codec::parse_request(bytes::Bytes::from_static(frame)).is_err());
 }
 
 /// A client that sends its bytes in the given reads.

@@ -452,25 +452,16 @@ impl Idle {
 
 // ------------------------------------------------------------- HTTP heads
 
-/// The request-head timeout of the listener an HTTP connection came in on.
-pub fn http_head_timeout(state: &crate::state::ProxyState, target: &crate::context::Target) -> Option<Duration> {
+/// The limits of the listener an HTTP connection came in on (the request-head
+/// timeout for HTTP/1; the idle timeout for HTTP/2: HTTP/1 keep-alive
+/// connections end at the head timeout).
+pub fn http_limits(state: &crate::state::ProxyState, target: &crate::context::Target) -> ListenerLimits {
     let model = state.model.load();
     let listener = match target {
         crate::context::Target::Listener(name) => model.listeners.get(&**name).map(|l| l.config.limits.clone()),
         crate::context::Target::Transparent { .. } => None,
     };
-    ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default()).request_head_timeout
-}
-
-/// The idle timeout of the listener an HTTP connection came in on (HTTP/2:
-/// HTTP/1 keep-alive connections end at the request-head timeout).
-pub fn http_idle_timeout(state: &crate::state::ProxyState, target: &crate::context::Target) -> Option<Duration> {
-    let model = state.model.load();
-    let listener = match target {
-        crate::context::Target::Listener(name) => model.listeners.get(&**name).map(|l| l.config.limits.clone()),
-        crate::context::Target::Transparent { .. } => None,
-    };
-    ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default()).idle_timeout
+    ListenerLimits::of(&model.config.limits, &listener.unwrap_or_default())
 }
 
 /// The flow of an HTTP/2 connection that started no request for

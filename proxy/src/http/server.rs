@@ -51,8 +51,8 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         }
         Target::Transparent { .. } => None,
     };
-    let head_timeout = crate::limits::http_head_timeout(&state, &target);
-    let idle_timeout = crate::limits::http_idle_timeout(&state, &target);
+    let limits = crate::limits::http_limits(&state, &target);
+    let (head_timeout, idle_timeout) = (limits.request_head_timeout, limits.idle_timeout);
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(HttpConnection::new(state.clone(), target, peer, next_connection_id(), tls.is_some()));
 
@@ -192,7 +192,7 @@ impl Drop for OpenStream {
 /// A response body that keeps its stream counted as open until hyper drops it.
 struct CountedBody {
     body: ProxyBody,
-    _open: OpenStream,
+    _open: Option<OpenStream>,
 }
 
 impl http_body::Body for CountedBody {
@@ -238,11 +238,13 @@ async fn serve_http<IO>(
     // a stream open or started is activity; bytes alone are not (weir's own
     // keep-alive PINGs are answered by idle peers too)
     let activity = Arc::new(StreamActivity::default());
-    activity.idle.set_timeout(if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None });
+    let idle_timeout = if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None };
+    activity.idle.set_timeout(idle_timeout);
     let service = {
         let activity = activity.clone();
         service_fn(move |request| {
-            let open = OpenStream::new(&activity);
+            // counted only where an idle timeout reads the count
+            let open = idle_timeout.map(|_| OpenStream::new(&activity));
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(conn.handle(request).await.map(|body| CountedBody { body, _open: open })) }
         })
