@@ -3,7 +3,7 @@
 //! clients, and a raw client built on the `kafka-protocol` crate for what
 //! real clients never do on purpose (pipelined mixes, broken frames).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -104,7 +104,13 @@ impl RawClient {
 
     pub fn send(&mut self, key: ApiKey, version: i16, body: &RequestKind) -> i32 {
         let (frame, id) = self.frame(key, version, body);
-        self.stream.write_all(&frame).unwrap();
+        match self.stream.write_all(&frame) {
+            Ok(()) => {}
+            // the proxy has already closed the connection (a drop): the next
+            // `receive` reports it as `None`
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {}
+            Err(e) => panic!("send {key:?}: {e}"),
+        }
         id
     }
 
