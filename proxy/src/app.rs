@@ -69,6 +69,7 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
     };
     // before anything opens descriptors: the budget follows from the limit
     let descriptors = crate::limits::Descriptors::raise();
+    crate::reservations::warn_if_strict_overcommit();
     let source = LocalSource::new(&dir);
     let (inputs, _) = source.read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

@@ -76,3 +76,28 @@ fn a_first_read_of_one_byte_does_not_switch_the_framing_guard_off() {
 fn empty_lines_before_a_request_do_not_switch_the_framing_guard_off() {
     assert_eq!(guard_rejections(&[b"\r\n\r\nP", CL_AND_TE]), 1, "the CL+TE request is rejected");
 }
+
+/// kafka_request: a 23-byte Metadata v1 request declaring 721 million topics.
+/// kafka-protocol 0.18 reserves for all of them before decoding one
+/// (`Vec::with_capacity(n)`, 46 GB): the allocation failed and the process
+/// aborted, every connection with it. Fixed by weir's allocator, which serves
+/// such a reservation as address space (`reservations`): the decoder runs out
+/// of bytes and the request is a parse error (the Kafka engine closes that
+/// one connection).
+#[test]
+fn a_kafka_request_declaring_a_huge_array_is_a_parse_error() {
+    let frame = include_bytes!("../../fuzz/corpus/kafka_request/huge-metadata-array");
+    let error = crate::kafka::codec::parse_request(bytes::Bytes::from_static(frame)).unwrap_err();
+    assert!(error.to_string().starts_with("Metadata v1 body:"), "{error}");
+}
+
+/// kafka_response: an ApiVersions answer declaring a huge `api_keys` array,
+/// the same crate code from `narrow_api_versions`: a broker (or anything
+/// answering on its address) aborted weir. Fixed likewise; the answer is not
+/// decodable, so it is passed on as the broker sent it.
+#[test]
+fn a_kafka_response_declaring_a_huge_array_is_left_as_it_is() {
+    let input = include_bytes!("../../fuzz/corpus/kafka_response/huge-api-versions-array");
+    let version = i16::from_be_bytes([input[0], input[1]]) % 8;
+    assert!(crate::kafka::codec::narrow_api_versions(&input[2..], version).is_none());
+}

@@ -23,9 +23,16 @@ pub mod model;
 pub mod observe;
 pub mod policy;
 pub mod relay;
+pub mod reservations;
 pub mod state;
 pub mod stream;
 pub mod wasm;
+
+/// Every binary built on weir (the proxy, its tests, the fuzz targets) gets
+/// this allocator: a reservation a peer declared cannot abort the process
+/// (`reservations`).
+#[global_allocator]
+static ALLOCATOR: reservations::LargeAsAddressSpace = reservations::LargeAsAddressSpace;
 
 /// What the fuzz targets (`fuzz/`, docs/fuzzing.md) reach that is not
 /// otherwise public. Not an API.

@@ -6,11 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// A proxy allocates and frees small objects on every request; glibc's
-/// allocator cost ~10% of a request's CPU in profiles, mimalloc a fraction.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "weir",

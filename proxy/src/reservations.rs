@@ -1,0 +1,163 @@
+//! Weir's global allocator: mimalloc, except that reservations of
+//! [`LARGE`] bytes or more are address space the kernel commits page by page
+//! as they are written (`mmap` with `MAP_NORESERVE`).
+//!
+//! Why: decoders read element counts off the wire and reserve for them before
+//! reading a single element. `kafka-protocol` 0.18 does this for every array
+//! (`Vec::with_capacity(n)`, n up to 2^32): a 23-byte request declaring 721
+//! million topics asks for 46 GB at once. An allocator that asks the kernel
+//! for committed memory is refused a request larger than RAM and swap (the
+//! default overcommit heuristic; glibc's was, in the fuzz targets), and a
+//! refused allocation aborts the process, every other client's connection
+//! with it. Served from address space, the same
+//! reservation succeeds, the decoder runs out of bytes after a few elements
+//! and returns an error, and the pages it touched (bounded by the frame's
+//! size) are unmapped with it. This covers every dependency that reserves by
+//! declaration, not only the ones the fuzzers found (docs/fuzzing.md).
+//!
+//! Limit: with `vm.overcommit_memory=2` (strict accounting) the kernel
+//! ignores `MAP_NORESERVE`, so such a reservation fails and aborts as before;
+//! weir warns at start on such a node (`warn_if_strict_overcommit`). The
+//! kubelet's default is 1, where every reservation succeeds.
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as Small;
+use std::ptr;
+
+/// Reservations at least this large are served as address space. Far above
+/// anything weir allocates in normal work (its per-connection byte budget is
+/// 16 MiB, docs/limits.md), so mimalloc keeps everything else: a proxy allocates and frees small
+/// objects on every request, and glibc's allocator cost ~10% of a request's
+/// CPU in profiles, mimalloc a fraction.
+pub const LARGE: usize = 64 << 20;
+
+/// `mmap` returns page-aligned memory; larger alignments stay with mimalloc.
+const PAGE: usize = 4096;
+
+pub struct LargeAsAddressSpace;
+
+fn as_address_space(size: usize, align: usize) -> bool {
+    size >= LARGE && align <= PAGE
+}
+
+unsafe fn map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping of fresh address space; no
+    // existing memory is touched
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED { ptr::null_mut() } else { p.cast() }
+}
+
+unsafe fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: `p` and `size` are a mapping `map` made (the caller's layout
+    // is the one it was allocated with)
+    unsafe { libc::munmap(p.cast(), size) };
+}
+
+// SAFETY: every pointer is freed by the allocator that made it: the choice
+// depends only on the layout's size and alignment, which `dealloc` and
+// `realloc` receive unchanged from the allocation (GlobalAlloc's contract).
+unsafe impl GlobalAlloc for LargeAsAddressSpace {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if as_address_space(layout.size(), layout.align()) {
+            unsafe { map(layout.size()) }
+        } else {
+            unsafe { Small.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if as_address_space(layout.size(), layout.align()) {
+            // anonymous mappings read as zeros
+            unsafe { map(layout.size()) }
+        } else {
+            unsafe { Small.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        if as_address_space(layout.size(), layout.align()) {
+            unsafe { unmap(p, layout.size()) }
+        } else {
+            unsafe { Small.dealloc(p, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        match (as_address_space(layout.size(), align), as_address_space(new_size, align)) {
+            (false, false) => unsafe { Small.realloc(p, layout, new_size) },
+            (true, true) => {
+                // SAFETY: `p` is a mapping of `layout.size()` bytes; the
+                // moved mapping keeps MAP_NORESERVE
+                let q = unsafe { libc::mremap(p.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
+                if q == libc::MAP_FAILED { ptr::null_mut() } else { q.cast() }
+            }
+            (from_large, _) => {
+                // across the threshold: a new block from the other side,
+                // the old one freed by the allocator that made it
+                // SAFETY: GlobalAlloc's contract: `new_size` is non-zero and
+                // fits `align`
+                let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+                let q = unsafe { self.alloc(new_layout) };
+                if !q.is_null() {
+                    unsafe { ptr::copy_nonoverlapping(p, q, layout.size().min(new_size)) };
+                    if from_large { unsafe { unmap(p, layout.size()) } } else { unsafe { Small.dealloc(p, layout) } }
+                }
+                q
+            }
+        }
+    }
+}
+
+/// Say so at start when the node's overcommit policy makes a reservation by
+/// declaration abort weir again (see the module's documentation).
+pub fn warn_if_strict_overcommit() {
+    if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|mode| mode.trim() == "2") {
+        tracing::warn!(
+            "vm.overcommit_memory is 2 (strict): a peer that declares a huge array (a Kafka frame) \
+             can make an allocation fail, which aborts weir; set it to 0 or 1 (the kubelet's default)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LARGE;
+
+    /// One terabyte asked for up front (more than any test machine's RAM and
+    /// swap: the system allocator alone refuses it, which aborts), a few
+    /// elements written, then dropped.
+    #[test]
+    fn a_reservation_larger_than_memory_succeeds_and_commits_what_is_written() {
+        let mut v: Vec<u64> = Vec::with_capacity((1usize << 40) / 8);
+        v.extend(0..1000);
+        assert_eq!(v.iter().sum::<u64>(), 999 * 1000 / 2);
+    }
+
+    /// Growing and shrinking across the threshold keeps the contents, in
+    /// both directions and within large blocks.
+    #[test]
+    fn blocks_keep_their_contents_across_the_threshold() {
+        let mut v: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        v.reserve_exact(LARGE); // small → large
+        assert!(v.capacity() >= LARGE);
+        v.reserve_exact(2 * LARGE); // large → larger (mremap)
+        v.extend((0..=255u8).cycle().take(LARGE));
+        v.truncate(1 << 20);
+        v.shrink_to_fit(); // large → small
+        assert!(v.capacity() < LARGE);
+        assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
+        let zeroed = vec![0u8; LARGE + 1];
+        assert!(zeroed.iter().all(|&b| b == 0));
+    }
+}
