@@ -12,6 +12,8 @@ use weir_integration::*;
 const CLIENT: &str = "127.0.0.2";
 /// Where api.example.com points, and where the demo backend listens.
 const API_ADDRESS: &str = "127.0.0.61";
+/// Where cache.example.com points, and where memcached listens.
+const CACHE_ADDRESS: &str = "127.0.0.62";
 /// An address no DNS answer ever names.
 const UNLEARNED_ADDRESS: &str = "127.0.0.63";
 
@@ -20,6 +22,7 @@ const ZONES: &[&str] = &["example.com.", "example.org."];
 fn records() -> Vec<String> {
     let mut records = vec![
         format!("api.example.com. 2 IN A {API_ADDRESS}"),
+        format!("cache.example.com. 2 IN A {CACHE_ADDRESS}"),
         "www.example.com. 300 IN A 127.0.0.70".into(),
         "a.b.example.com. 300 IN A 127.0.0.71".into(),
         "exact.example.org. 300 IN A 127.0.0.72".into(),
@@ -51,6 +54,18 @@ spec:
               - matchName: "Exact.Example.ORG."
     - toFQDNs: [{matchName: api.example.com}]
       toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    - toFQDNs: [{matchName: cache.example.com}]
+      toPorts: [{ports: [{port: "11211", protocol: TCP}]}]
+"#;
+
+/// A policy that changes nothing for the client: writing it only makes a new model.
+const UNRELATED_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: unrelated}
+spec:
+  endpointSelector: {matchLabels: {app: nobody}}
+  egress: [{toEndpoints: [{matchLabels: {app: nothing}}]}]
 "#;
 
 /// weir.yaml: the client endpoint, a DNS listener in front of `resolver`,
@@ -299,6 +314,54 @@ fn to_fqdns_opens_learned_addresses_for_their_ttl_only() {
     // while it is open the address is kept ("zombie"); once closed, it goes
     drop(kept);
     wait_for("the expired address to be forgotten", Duration::from_secs(5), || curl_from(CLIENT, &[&api]).status == 0);
+}
+
+/// The lease is the connection step's, so every TCP engine holds it, not
+/// only HTTP: a memcached connection `toFQDNs` allowed outlives the answer's
+/// TTL, even when a policy change makes it decide again after the TTL, and
+/// once it closes, the address goes.
+#[test]
+fn a_memcached_connection_to_a_learned_address_outlives_the_ttl() {
+    let resolver = unbound();
+    let memcached = Memcached::start_on(format!("{CACHE_ADDRESS}:{}", free_port()).parse().unwrap());
+    let (dns_port, api_port, cache_port) = (free_udp_and_tcp_port(), free_port(), free_port());
+    let cache: SocketAddr = format!("127.0.0.1:{cache_port}").parse().unwrap();
+    let extra = format!(
+        "  - {{name: cache, protocol: memcached, bind: {cache}, upstream: {}, destination: {{port: 11211}}}}\n",
+        memcached.addr
+    );
+    let api = DemoBackend::start_on(format!("{API_ADDRESS}:{}", free_port()).parse().unwrap());
+    let weir = Weir::start(&config(dns_port, resolver.addr, api.addr, api_port, &extra), &[("p.yaml", POLICY)]);
+    // a dropped connection may be reset before the write: then nothing is read
+    let version = |stream: &mut std::net::TcpStream| {
+        let _ = stream.write_all(b"version\r\n");
+        read_until_quiet(stream, Duration::from_millis(300))
+    };
+
+    assert_eq!(version(&mut connect_from(CLIENT, cache)), "", "dropped before any lookup");
+    let lookup = dig(dns_addr(dns_port), &from_client(&["cache.example.com", "A"]));
+    assert_eq!(lookup.data(), [CACHE_ADDRESS], "{}", lookup.output);
+    let mut kept = connect_from(CLIENT, cache);
+    assert!(version(&mut kept).starts_with("VERSION "), "allowed after the lookup");
+
+    // past the TTL (2s), a policy change makes the open connection decide
+    // again under the new model: the lease is what still allows it
+    std::thread::sleep(Duration::from_millis(2600));
+    let generation = weir.generation();
+    weir.write_policy("unrelated.yaml", UNRELATED_POLICY);
+    weir.wait_generation_above(generation);
+    assert!(version(&mut kept).starts_with("VERSION "), "not cut when its TTL ran out");
+    let denied = weir.flows("verdict=denied&protocol=memcached");
+    assert!(denied.is_empty(), "{denied:?}");
+
+    // while it is open the address is kept for everyone of this endpoint;
+    // once closed, it goes, and a new connection is dropped
+    drop(kept);
+    wait_for("the expired address to be forgotten", Duration::from_secs(5), || {
+        version(&mut connect_from(CLIENT, cache)).is_empty()
+    });
+    let dropped = weir.flows("verdict=dropped&protocol=memcached");
+    assert!(dropped[0].reason.as_deref().unwrap_or("").contains("no egress rule"), "{dropped:?}");
 }
 
 #[test]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod cassandra;
 pub mod config;
+pub mod connection;
 pub mod context;
 pub mod control;
 pub mod datapath;

@@ -9,23 +9,19 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::config::ListenerProtocol;
-use crate::context::{ConnectionContext, Target, next_connection_id};
+use crate::connection::Decision;
+use crate::context::{Target, next_connection_id};
 use crate::flow::{FlowRecord, Verdict};
-use crate::http::upstream::UpstreamBind;
 use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
 use crate::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
-use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
+use crate::model::ConnectionVerdict;
 use crate::policy::L4Protocol;
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConfiguredFilter, ConnectionView, FailurePolicy, FilterFailure};
 
-/// The model-dependent part of a connection, rebuilt when the model changes.
-pub struct Snapshot {
-    pub model: Arc<PolicyModel>,
-    pub listener: Arc<ListenerModel>,
-    pub context: Arc<ConnectionContext>,
-    pub verdict: Arc<ConnectionVerdict>,
-}
+/// The model-dependent part of a connection (the connection step's
+/// decision), made again when the model changes.
+pub type Snapshot = Decision;
 
 /// One client connection of a relaying engine.
 pub struct Connection {
@@ -91,20 +87,16 @@ impl Connection {
     }
 
     /// The current snapshot: `current` when the model has not changed, a
-    /// fresh one (and the upstream binding) when it has. `None`: the
-    /// listener is gone.
-    pub fn snapshot(&self, current: Option<Snapshot>) -> Option<(Snapshot, Option<UpstreamBind>)> {
+    /// fresh decision when it has. `None`: the listener is gone.
+    pub fn snapshot(&self, current: Option<Snapshot>) -> Option<Snapshot> {
         let model = self.state.model.load_full();
         // cheap when nothing changed: one generation compare
-        if let Some(s) = current.filter(|s| s.model.generation == model.generation) {
-            return Some((s, None));
+        if current.as_ref().is_some_and(|s| s.model.generation == model.generation) {
+            return current;
         }
-        let resolved = model.resolve(&self.target, self.peer, self.protocol)?;
-        let verdict =
-            model.connection_verdict_from(&resolved.listener, resolved.source.clone(), self.peer, L4Protocol::Tcp);
-        let context = resolved.context(self.id, self.peer, &self.listener);
-        let Resolved { listener, bind, .. } = resolved;
-        Some((Snapshot { model, listener, context, verdict }, bind))
+        // `current` lives until the new decision is made: its FQDN lease
+        // keeps the address while the new verdict is computed
+        Decision::make(&self.state, model, &self.target, self.peer, self.id, self.protocol, L4Protocol::Tcp)
     }
 
     /// A flow record of this connection, without protocol details.
@@ -146,7 +138,7 @@ impl Connection {
     /// A connection-level error record (bad frame, peer gone), unless the
     /// listener is gone.
     pub fn record_error(&self, snap: &mut Option<Snapshot>, why: String) {
-        if let Some((s, _)) = self.snapshot(snap.take()) {
+        if let Some(s) = self.snapshot(snap.take()) {
             self.record(self.flow(&s, Verdict::Error, Some(why)));
             *snap = Some(s);
         }
@@ -156,7 +148,7 @@ impl Connection {
     /// connection was dropped by policy or the upstream could not be reached
     /// (a flow record says which).
     pub async fn open(&self, open: &OpenConnection, client: &TcpStream) -> Option<(Snapshot, TcpStream)> {
-        let (snap, bind) = self.snapshot(None)?;
+        let snap = self.snapshot(None)?;
         self.idle.set_timeout(self.limits(&snap).idle_timeout);
         if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
             self.state.flows.record(self.flow(&snap, Verdict::Dropped, Some(reason.clone())));
@@ -165,7 +157,7 @@ impl Connection {
         }
         let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
         let connect = async {
-            match bind {
+            match snap.bind {
                 None => TcpStream::connect(address).await,
                 Some(bind) => bind.connect(address)?.connect(address).await,
             }

@@ -195,7 +195,7 @@ async fn requests(
                     break 'read;
                 }
             };
-            let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
+            let Some(current) = conn.snapshot(snap.take()) else { break 'read };
             let s = snap.insert(current);
             match step(conn, shared, s, &request) {
                 Step::Forward(asked) => {

@@ -10,6 +10,5 @@ mod server;
 pub mod upstream;
 
 pub use server::{
-    DnsSockets, DnsTarget, bind, bind_transparent_udp, serve_tcp, serve_transparent_tcp, serve_transparent_udp,
-    serve_udp,
+    DnsSockets, bind, bind_transparent_udp, serve_tcp, serve_transparent_tcp, serve_transparent_udp, serve_udp,
 };

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use super::message::{self, AnswerRecord};
 use crate::config::{DnsRefusal, ListenerProtocol};
-use crate::context::{ConnectionContext, next_connection_id};
+use crate::connection::Decision;
+use crate::context::{ConnectionContext, Target, next_connection_id};
 use crate::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
 use crate::metrics::{DnsLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
@@ -41,16 +42,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<DnsSockets> {
     udp.bind(&addr.into())?;
     let tcp = crate::listeners::bind_stream(addr)?;
     Ok(DnsSockets { udp: UdpSocket::from_std(udp.into())?, tcp })
-}
-
-/// Where a query came in.
-#[derive(Clone, Debug)]
-pub enum DnsTarget {
-    /// A configured `protocol: dns` listener, by name.
-    Listener(Arc<str>),
-    /// Handed over by the eBPF datapath: the resolver the pod addressed, and
-    /// the sender's identity from the packet mark.
-    Transparent { original_destination: SocketAddr, source_identity: Option<u32> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,7 +80,7 @@ pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket
                     tokio::spawn(async move {
                         let mut upstream = Upstream::Udp;
                         let id = next_connection_id();
-                        let target = DnsTarget::Listener(name.clone());
+                        let target = Target::Listener(name.clone());
                         if let Some(answer) = exchange(&state, &target, peer, id, &query, &mut upstream).await
                             && let Err(e) = socket.send_to(&answer, peer).await
                         {
@@ -114,10 +105,10 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // counted against the connection limits (limits.rs) while it lives
-                    let target = crate::context::Target::Listener(name.clone());
+                    let target = Target::Listener(name.clone());
                     let Some(admitted) = crate::listeners::admit(&state, &target, ListenerProtocol::Dns, &stream, peer) else { continue };
                     let _ = stream.set_nodelay(true);
-                    let connection = tcp_connection(state.clone(), DnsTarget::Listener(name.clone()), stream, peer);
+                    let connection = tcp_connection(state.clone(), Target::Listener(name.clone()), stream, peer);
                     tokio::spawn(async move { let _admitted = admitted; connection.await });
                 }
                 Err(e) => {
@@ -138,7 +129,7 @@ pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener
             return;
         };
         let _ = c.stream.set_nodelay(true);
-        let target = DnsTarget::Transparent { original_destination, source_identity };
+        let target = Target::Transparent { original_destination, source_identity };
         let connection = tcp_connection(state.clone(), target, c.stream, c.peer);
         tokio::spawn(async move {
             let _admitted = admitted;
@@ -255,7 +246,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mu
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
         tokio::spawn(async move {
-            let target = DnsTarget::Transparent { original_destination, source_identity };
+            let target = Target::Transparent { original_destination, source_identity };
             let mut upstream = Upstream::Udp;
             let id = next_connection_id();
             if let Some(answer) = exchange(&state, &target, datagram.peer, id, &query, &mut upstream).await
@@ -282,7 +273,7 @@ fn reply_from(from: SocketAddr, peer: SocketAddr, identity: Option<u32>, answer:
 
 /// Several queries may come on one connection, pipelined: they are answered
 /// in order, over one connection to the resolver.
-async fn tcp_connection(state: Arc<ProxyState>, target: DnsTarget, mut stream: TcpStream, peer: SocketAddr) {
+async fn tcp_connection(state: Arc<ProxyState>, target: Target, mut stream: TcpStream, peer: SocketAddr) {
     let mut upstream = Upstream::Tcp(None);
     let id = next_connection_id();
     loop {
@@ -444,35 +435,25 @@ impl Outcome {
 /// flow. Returns what to send back (`None`: send nothing).
 async fn exchange(
     state: &Arc<ProxyState>,
-    target: &DnsTarget,
+    target: &Target,
     peer: SocketAddr,
     connection: u64,
     bytes: &[u8],
     upstream: &mut Upstream,
 ) -> Option<Vec<u8>> {
     let started = Instant::now();
-    let model = state.model.load_full();
-    let (listener, source) = match target {
-        DnsTarget::Listener(name) => (model.listeners.get(&**name)?.clone(), model.identities.identity_of(peer.ip())),
-        DnsTarget::Transparent { original_destination, source_identity } => (
-            model.transparent_listener(*original_destination, ListenerProtocol::Dns),
-            // the mark names the sender; the address is the fallback
-            source_identity
-                .and_then(|id| model.identities.by_id(id).cloned())
-                .unwrap_or_else(|| model.identities.identity_of(peer.ip())),
-        ),
-    };
-    let name: Arc<str> = Arc::from(listener.config.name.as_str());
     let transport = upstream.transport();
-    let context = Arc::new(ConnectionContext {
-        id: connection,
-        source,
-        destination: listener.destination.identity.clone(),
-        source_addr: peer,
-        destination_addr: listener.config.upstream,
-        port: listener.port,
-        listener: name.clone(),
-    });
+    // the connection step, for each exchange (the verdict is cached per model)
+    let decision = Decision::make(
+        state,
+        state.model.load_full(),
+        target,
+        peer,
+        connection,
+        ListenerProtocol::Dns,
+        transport.protocol(),
+    )?;
+    let (model, listener, context) = (&decision.model, &decision.listener, &decision.context);
     let mut flow = DnsFlow { transport: transport.as_str().into(), ..Default::default() };
     let mut filter_time = Duration::ZERO;
     let mut policies = Vec::new();
@@ -507,9 +488,7 @@ async fn exchange(
                 let reason = format!("malformed query: {why}; not forwarded");
                 Outcome::own(Verdict::Error, reason, &query, ResponseCode::FormErr)
             } else {
-                let verdict =
-                    model.connection_verdict_from(&listener, context.source.clone(), peer, transport.protocol());
-                match &*verdict {
+                match &*decision.verdict {
                     ConnectionVerdict::Drop { reason } => Outcome::silent(Verdict::Dropped, reason.clone()),
                     ConnectionVerdict::Forward(chain) => {
                         policies = chain.allowed_by.clone();

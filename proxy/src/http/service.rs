@@ -19,10 +19,11 @@ use super::normalize::normalize_path;
 use super::reply;
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
+use crate::connection::Decision;
 use crate::context::{ConnectionContext, Target};
 use crate::flow::{FlowRecord, HttpFlow, Verdict};
 use crate::metrics::{ProtocolLabels, RequestLabels};
-use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
+use crate::model::ConnectionVerdict;
 use crate::policy::L4Protocol;
 use crate::state::ProxyState;
 use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, request_head_line};
@@ -32,22 +33,24 @@ use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, req
 const DRAIN_LIMIT: usize = 64 << 10;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// One downstream connection's view of the model, refreshed when the model changes.
+/// One downstream connection's view of the model (the connection step's
+/// decision and the upstream pools it picks), made again when the model
+/// changes.
 struct Snapshot {
-    model: Arc<PolicyModel>,
-    listener: Arc<ListenerModel>,
-    context: Arc<ConnectionContext>,
-    verdict: Arc<ConnectionVerdict>,
+    decision: Decision,
     pools: Arc<UpstreamPools>,
-    /// Holds a DNS-learned destination address for as long as this
-    /// connection lives, so its TTL running out does not cut it.
-    _fqdn_lease: Option<crate::dns::cache::FqdnLease>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Decision;
+    fn deref(&self) -> &Decision {
+        &self.decision
+    }
 }
 
 pub struct HttpConnection {
     state: Arc<ProxyState>,
     target: Target,
-    listener: Arc<str>,
     peer: SocketAddr,
     id: u64,
     scheme: &'static str,
@@ -112,7 +115,6 @@ impl HttpConnection {
     pub fn new(state: Arc<ProxyState>, target: Target, peer: SocketAddr, id: u64, tls: bool) -> Self {
         HttpConnection {
             state,
-            listener: target.name(),
             target,
             peer,
             id,
@@ -129,21 +131,20 @@ impl HttpConnection {
         if let Some(s) = current.as_ref().filter(|s| s.model.generation == model.generation) {
             return Some(s.clone());
         }
-        let model = model.clone();
-        let resolved = model.resolve(&self.target, self.peer, crate::config::ListenerProtocol::Http)?;
-        let verdict =
-            model.connection_verdict_from(&resolved.listener, resolved.source.clone(), self.peer, L4Protocol::Tcp);
-        let context = resolved.context(self.id, self.peer, &self.listener);
-        let crate::model::Resolved { listener, bind, .. } = resolved;
-        let pools = self.state.upstreams.get(listener.config.upstream, listener.config.connect_timeout, bind);
-        let upstream_ip = listener.config.upstream.ip();
-        let _fqdn_lease = (matches!(*verdict, ConnectionVerdict::Forward(_))
-            && listener.destination.identity.id == crate::identity::reserved::WORLD
-            && !model.learned_names(self.peer.ip(), upstream_ip).is_empty())
-        .then(|| model.identities.endpoint(self.peer.ip()).map(|e| e.qualified_name()))
-        .flatten()
-        .map(|endpoint| self.state.fqdn.lease(&endpoint, upstream_ip));
-        let snapshot = Arc::new(Snapshot { model, listener, context, verdict, pools, _fqdn_lease });
+        // the old snapshot stays in `current` until the new one is made: its
+        // FQDN lease keeps the address while the new verdict is computed
+        let decision = Decision::make(
+            &self.state,
+            model.clone(),
+            &self.target,
+            self.peer,
+            self.id,
+            crate::config::ListenerProtocol::Http,
+            L4Protocol::Tcp,
+        )?;
+        let config = &decision.listener.config;
+        let pools = self.state.upstreams.get(config.upstream, config.connect_timeout, decision.bind);
+        let snapshot = Arc::new(Snapshot { decision, pools });
         *current = Some(snapshot.clone());
         Some(snapshot)
     }

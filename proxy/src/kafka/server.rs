@@ -100,7 +100,7 @@ async fn requests(
                 break;
             }
         };
-        let Some((current, _)) = conn.snapshot(snap.take()) else { break };
+        let Some(current) = conn.snapshot(snap.take()) else { break };
         let s = snap.insert(current);
         let started = Instant::now();
         // one buffer: the parsed request borrows from the bytes that are forwarded

@@ -126,7 +126,7 @@ async fn requests(
                         let _ = buf.split_to(here);
                         swallow = refused.len - here;
                     }
-                    let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
+                    let Some(current) = conn.snapshot(snap.take()) else { break 'read };
                     let s = snap.insert(current);
                     conn.record(refused_flow(conn, s, &refused));
                     if !refused.answer.is_empty() {
@@ -157,7 +157,7 @@ async fn requests(
                 }
             };
             let frame = buf.split_to(request.len);
-            let Some((current, _)) = conn.snapshot(snap.take()) else { break 'read };
+            let Some(current) = conn.snapshot(snap.take()) else { break 'read };
             let s = snap.insert(current);
             let started = Instant::now();
             let mut flow =
