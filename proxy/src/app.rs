@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
-use crate::control::{Controller, LocalSource};
+use crate::control::{Controller, LocalSource, Sources};
 use crate::dns::cache::FqdnCache;
 use crate::flow::FlowLog;
 use crate::metrics::Metrics;
@@ -71,7 +71,7 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
     let descriptors = crate::limits::Descriptors::raise();
     crate::reservations::warn_if_strict_overcommit();
     let source = LocalSource::new(&dir);
-    let (inputs, _) = source.read().map_err(|errors| invalid(&errors))?;
+    let (inputs, _) = Sources::new(vec![Arc::new(source.clone())]).read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // One worker needs no work stealing: a current-thread scheduler spares
     // every wakeup its cross-thread bookkeeping.
@@ -100,6 +100,8 @@ async fn serve(
     ebpf: bool,
     descriptors: crate::limits::Descriptors,
 ) -> anyhow::Result<()> {
+    // the embedded default: the file source alone
+    let sources = Sources::new(vec![Arc::new(source.clone())]);
     let metrics = Arc::new(Metrics::default());
     let options =
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
@@ -114,7 +116,7 @@ async fn serve(
         Err(e) => tracing::warn!("FQDN cache not restored (starting empty): {e}"),
     }
     let (model, fingerprint) =
-        Controller::build(&source, &runtime, &fqdn, 1).await.map_err(|errors| invalid(&errors))?;
+        Controller::build(&sources, &runtime, &fqdn, 1).await.map_err(|errors| invalid(&errors))?;
     let model = Arc::new(model);
     let state = Arc::new(ProxyState {
         model: ArcSwap::new(model.clone()),
@@ -135,7 +137,7 @@ async fn serve(
         let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;
         tracing::info!(%addr, "demo backend listening");
     }
-    let mut controller = Controller::new(source.clone(), state.clone(), fingerprint);
+    let mut controller = Controller::new(sources, state.clone(), fingerprint);
     let (stop_transparent, transparent_stopped) = tokio::sync::watch::channel(false);
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
