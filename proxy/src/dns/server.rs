@@ -492,12 +492,11 @@ async fn exchange(
                     ConnectionVerdict::Drop { reason } => Outcome::silent(Verdict::Dropped, reason.clone()),
                     ConnectionVerdict::Forward(chain) => {
                         policies = chain.allowed_by.clone();
-                        let judged = judge(&model, &context, chain, &query, transport, &mut filter_time);
+                        let judged = judge(model, context, chain, &query, transport, &mut filter_time);
                         match judged {
                             Err(outcome) => outcome,
                             Ok(matched) => {
-                                let mut outcome =
-                                    forward(state, &model, &listener, upstream, peer, bytes, &query).await;
+                                let mut outcome = forward(state, model, listener, upstream, peer, bytes, &query).await;
                                 outcome.matched = matched;
                                 outcome
                             }
@@ -531,7 +530,7 @@ async fn exchange(
         dns: Some(flow),
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
-        ..FlowRecord::of(&context, "dns", outcome.verdict)
+        ..FlowRecord::of(context, "dns", outcome.verdict)
     });
     outcome.answer
 }
