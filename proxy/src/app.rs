@@ -70,8 +70,9 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
     // before anything opens descriptors: the budget follows from the limit
     let descriptors = crate::limits::Descriptors::raise();
     crate::reservations::warn_if_strict_overcommit();
-    let source = LocalSource::new(&dir);
-    let (inputs, _) = Sources::new(vec![Arc::new(source.clone())]).read().map_err(|errors| invalid(&errors))?;
+    // the embedded default: the file source alone
+    let sources = Sources::new(vec![Arc::new(LocalSource::new(&dir))]);
+    let (inputs, _) = sources.read().map_err(|errors| invalid(&errors))?;
     let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // One worker needs no work stealing: a current-thread scheduler spares
     // every wakeup its cross-thread bookkeeping.
@@ -83,7 +84,7 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
         builder
     };
     let runtime = builder.thread_name("weir-worker").enable_all().build()?;
-    runtime.block_on(serve(source, inputs.config, quickstart, ebpf, descriptors))
+    runtime.block_on(serve(sources, &dir, inputs.config, quickstart, ebpf, descriptors))
 }
 
 fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
@@ -94,14 +95,13 @@ fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
 }
 
 async fn serve(
-    source: LocalSource,
+    sources: Sources,
+    config_dir: &std::path::Path,
     config: WeirConfig,
     quickstart: bool,
     ebpf: bool,
     descriptors: crate::limits::Descriptors,
 ) -> anyhow::Result<()> {
-    // the embedded default: the file source alone
-    let sources = Sources::new(vec![Arc::new(source.clone())]);
     let metrics = Arc::new(Metrics::default());
     let options =
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
@@ -169,7 +169,7 @@ async fn serve(
     if let Some(addr) = config.admin {
         crate::admin::serve(state.clone(), addr).await.with_context(|| format!("admin API on {addr}"))?;
     }
-    tracing::info!(config = %source.dir.display(), "weir is running; edit the policies there and they reload on save");
+    tracing::info!(config = %config_dir.display(), "weir is running; edit the policies there and they reload on save");
     if quickstart {
         eprintln!("\n{QUICKSTART_TRY}");
     }

@@ -1,8 +1,8 @@
 //! The one step every engine takes for a connection (and the DNS engine for
 //! each exchange): under one policy model, resolve the listener, the sender
 //! and the upstream binding, decide the L3/L4 verdict, build the context
-//! filters and flows see, and hold the DNS-learned destination address for
-//! as long as the decision lives. Decided once per model generation; an
+//! filters and flows see, and (for a connection) hold the DNS-learned
+//! destination address for as long as the decision lives. Decided once per model generation; an
 //! engine keeps the [`Decision`] and asks again only when the model changed.
 
 use std::net::SocketAddr;
@@ -50,7 +50,10 @@ impl Decision {
         let verdict = model.connection_verdict_from(&resolved.listener, resolved.source.clone(), peer, l4);
         let context = resolved.context(id, peer, &target.name());
         let Resolved { listener, bind, .. } = resolved;
-        let _fqdn_lease = fqdn_lease(state, &model, &listener, &verdict, peer);
+        // a DNS exchange ends with its answer: there is no connection to keep
+        // open, and the lease would cost a lock on every query
+        let _fqdn_lease =
+            (protocol != ListenerProtocol::Dns).then(|| fqdn_lease(state, &model, &listener, &verdict, peer)).flatten();
         Some(Decision { model, listener, context, verdict, bind, _fqdn_lease })
     }
 }
