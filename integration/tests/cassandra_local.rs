@@ -453,7 +453,14 @@ fn authentication_passes_and_compression_is_declined() {
     assert!(String::from_utf8_lossy(body).contains("connect without compression"), "{body:?}");
     stream.write_all(&frame(4, 3, 0x01, &string_map(&[("CQL_VERSION", "3.0.0")]))).unwrap();
     let answer = parse_frames(&read_quiet(&mut stream, Duration::from_millis(500)));
-    assert_eq!((answer[0].0, answer[0].1), (3, 0x03), "AUTHENTICATE: {answer:?}");
+    // on failure, say which verdict weir reached and why (a CI run once saw
+    // this STARTUP refused and showed nothing more)
+    let why = || {
+        let flows = weir.flows("protocol=cassandra");
+        let flows: Vec<_> = flows.iter().map(|f| (&f.verdict, f.reason.as_deref(), f.connection)).collect();
+        format!("AUTHENTICATE: {answer:?}\nflows: {flows:?}\nlog: {}", weir.log())
+    };
+    assert_eq!((answer[0].0, answer[0].1), (3, 0x03), "{}", why());
     let startups: Vec<Value> = standin.received().into_iter().filter(|r| r["op"] == "startup").collect();
     assert!(startups.iter().all(|s| s["options"].get("COMPRESSION").is_none()), "{startups:?}");
 }
