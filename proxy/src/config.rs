@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Protocol;
 use crate::wasm::{FailurePolicy, FilterLimits};
 
 pub const CONFIG_FILE: &str = "weir.yaml";
@@ -202,27 +203,6 @@ pub fn default_namespace() -> String {
     "default".into()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerProtocol {
-    /// HTTP/1.1 and HTTP/2 (gRPC) on TCP.
-    #[default]
-    Http,
-    /// DNS on UDP and TCP, both bound on `bind`.
-    Dns,
-    /// Kafka on TCP: one upstream connection per client connection.
-    Kafka,
-    /// memcached (text, meta and binary) on TCP: one upstream connection per
-    /// client connection.
-    Memcached,
-    /// Cassandra CQL (native protocol v3, v4, v5) on TCP: one upstream
-    /// connection per client connection.
-    Cassandra,
-    /// Any TCP protocol: relayed byte for byte, through the stream filter a
-    /// port rule names with `l7proto` (or untouched when no rule has one).
-    Stream,
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
@@ -269,7 +249,7 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     #[serde(default)]
-    pub protocol: ListenerProtocol,
+    pub protocol: Protocol,
     pub upstream: SocketAddr,
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
@@ -405,10 +385,10 @@ impl WeirConfig {
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.protocol == ListenerProtocol::Dns && l.tls.is_some() {
+            if l.protocol == Protocol::Dns && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: DNS listeners serve plain DNS (DoT/DoH are not built)"));
             }
-            if l.protocol != ListenerProtocol::Http && l.tls.is_some() {
+            if l.protocol != Protocol::Http && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: only HTTP listeners terminate TLS"));
             }
         }

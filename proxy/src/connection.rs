@@ -8,13 +8,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::ListenerProtocol;
 use crate::context::{ConnectionContext, Target};
 use crate::dns::cache::FqdnLease;
 use crate::http::upstream::UpstreamBind;
 use crate::identity::reserved;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
 use crate::policy::L4Protocol;
+use crate::protocol::Protocol;
 use crate::state::ProxyState;
 
 /// A connection's view of one policy model.
@@ -43,7 +43,7 @@ impl Decision {
         target: &Target,
         peer: SocketAddr,
         id: u64,
-        protocol: ListenerProtocol,
+        protocol: Protocol,
         l4: L4Protocol,
     ) -> Option<Decision> {
         let resolved = model.resolve(target, peer, protocol)?;
@@ -53,7 +53,7 @@ impl Decision {
         // a DNS exchange ends with its answer: there is no connection to keep
         // open, and the lease would cost a lock on every query
         let _fqdn_lease =
-            (protocol != ListenerProtocol::Dns).then(|| fqdn_lease(state, &model, &listener, &verdict, peer)).flatten();
+            (protocol != Protocol::Dns).then(|| fqdn_lease(state, &model, &listener, &verdict, peer)).flatten();
         Some(Decision { model, listener, context, verdict, bind, _fqdn_lease })
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::context::ConnectionContext;
 use crate::identity::{Identity, Label};
+use crate::protocol::Protocol;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,13 +243,13 @@ impl FlowRecord {
     }
 
     /// A record of a connection the proxy holds: its peers, listener, port and id.
-    pub fn of(context: &ConnectionContext, protocol: &str, verdict: Verdict) -> FlowRecord {
+    pub fn of(context: &ConnectionContext, protocol: Protocol, verdict: Verdict) -> FlowRecord {
         FlowRecord {
             listener: context.listener.to_string(),
             port: context.port,
             connection: context.id,
             ..FlowRecord::new(
-                protocol,
+                protocol.name(),
                 verdict,
                 FlowPeer::new(&context.source, context.source_addr),
                 FlowPeer::new(&context.destination, context.destination_addr),

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod policy;
+pub mod protocol;
 pub mod relay;
 pub mod reservations;
 pub mod state;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ListenerProtocol;
 use crate::identity::{Identity, reserved};
 
 /// Defaults, chosen against what the servers behind weir do (docs/limits.md).
@@ -368,18 +367,6 @@ impl Limits {
     }
 }
 
-/// The name flows give a listener protocol.
-pub fn flow_protocol(protocol: ListenerProtocol) -> &'static str {
-    match protocol {
-        ListenerProtocol::Http => "http",
-        ListenerProtocol::Dns => "dns",
-        ListenerProtocol::Kafka => "kafka",
-        ListenerProtocol::Memcached => "memcached",
-        ListenerProtocol::Cassandra => "cassandra",
-        ListenerProtocol::Stream => "stream",
-    }
-}
-
 // --------------------------------------------------------------- idle clients
 
 /// When a connection last moved bytes; [`Idle::guard`] ends a read that
@@ -479,7 +466,7 @@ pub fn record_http2_idle(
             "no HTTP/2 request for {} (idle_timeout): connection shut down with GOAWAY",
             crate::config::duration::format(timeout)
         )),
-        ..crate::flow::FlowRecord::of(context, "http", crate::flow::Verdict::Error)
+        ..crate::flow::FlowRecord::of(context, crate::protocol::Protocol::Http, crate::flow::Verdict::Error)
     });
 }
 
@@ -532,7 +519,7 @@ pub fn record_head_timeout(
     let timeout = timeout.map_or_else(|| "its timeout".into(), crate::config::duration::format);
     state.flows.record(crate::flow::FlowRecord {
         reason: Some(format!("no whole request head within {timeout} (request_head_timeout): connection closed")),
-        ..crate::flow::FlowRecord::of(context, "http", crate::flow::Verdict::Error)
+        ..crate::flow::FlowRecord::of(context, crate::protocol::Protocol::Http, crate::flow::Verdict::Error)
     });
 }
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::ListenerProtocol;
 use crate::context::next_connection_id;
 use crate::flow::{FlowRecord, Verdict};
 use crate::http::Target;
 use crate::limits::{Admitted, ListenerLimits};
 use crate::metrics::RefusedLabels;
 use crate::model::PolicyModel;
+use crate::protocol::Protocol;
 use crate::state::ProxyState;
 
 /// A listener's sockets, bound and not yet serving.
@@ -27,11 +27,11 @@ pub enum Bound {
 }
 
 /// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
-pub type Prepared = Vec<(String, SocketAddr, ListenerProtocol, Bound)>;
+pub type Prepared = Vec<(String, SocketAddr, Protocol, Bound)>;
 
 struct Running {
     bind: SocketAddr,
-    protocol: ListenerProtocol,
+    protocol: Protocol,
     stop: watch::Sender<bool>,
 }
 
@@ -52,7 +52,7 @@ impl ListenerSet {
                 continue;
             }
             let sockets = match protocol {
-                ListenerProtocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
+                Protocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
                 _ => bind_stream(bind).map(Bound::Tcp),
             };
             match sockets {
@@ -188,8 +188,8 @@ pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListene
     transparent_accept_loop(listener, stop, |c| {
         let target =
             Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
-        if let Some(admitted) = admit(&state, &target, ListenerProtocol::Http, &c.stream, c.peer) {
-            serve_tcp(ListenerProtocol::Http, state.clone(), target, c.stream, c.peer, admitted);
+        if let Some(admitted) = admit(&state, &target, Protocol::Http, &c.stream, c.peer) {
+            serve_tcp(Protocol::Http, state.clone(), target, c.stream, c.peer, admitted);
         }
     })
     .await
@@ -202,7 +202,7 @@ pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListene
 pub fn admit(
     state: &Arc<ProxyState>,
     target: &Target,
-    protocol: ListenerProtocol,
+    protocol: Protocol,
     stream: &tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<Admitted> {
@@ -219,7 +219,7 @@ pub fn admit(
             let context = resolved.context(next_connection_id(), peer, &name);
             state.flows.record(FlowRecord {
                 reason: Some(refused.to_string()),
-                ..FlowRecord::of(&context, crate::limits::flow_protocol(protocol), Verdict::Error)
+                ..FlowRecord::of(&context, protocol, Verdict::Error)
             });
             let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
             None
@@ -230,7 +230,7 @@ pub fn admit(
 /// Hand an accepted connection to its protocol's engine; it stays counted
 /// (`admitted`) until the engine is done with it.
 fn serve_tcp(
-    protocol: ListenerProtocol,
+    protocol: Protocol,
     state: Arc<ProxyState>,
     target: Target,
     stream: tokio::net::TcpStream,
@@ -240,13 +240,13 @@ fn serve_tcp(
     tokio::spawn(async move {
         let _admitted = admitted;
         match protocol {
-            ListenerProtocol::Http => crate::http::server::serve(state, target, stream, peer).await,
-            ListenerProtocol::Kafka => crate::kafka::serve(state, target, stream, peer).await,
-            ListenerProtocol::Memcached => crate::memcached::serve(state, target, stream, peer).await,
-            ListenerProtocol::Cassandra => crate::cassandra::serve(state, target, stream, peer).await,
-            ListenerProtocol::Stream => crate::stream::serve(state, target, stream, peer).await,
+            Protocol::Http => crate::http::server::serve(state, target, stream, peer).await,
+            Protocol::Kafka => crate::kafka::serve(state, target, stream, peer).await,
+            Protocol::Memcached => crate::memcached::serve(state, target, stream, peer).await,
+            Protocol::Cassandra => crate::cassandra::serve(state, target, stream, peer).await,
+            Protocol::Stream => crate::stream::serve(state, target, stream, peer).await,
             // bound as Bound::Dns, never here
-            ListenerProtocol::Dns => unreachable!("DNS listeners serve their own sockets"),
+            Protocol::Dns => unreachable!("DNS listeners serve their own sockets"),
         }
     });
 }

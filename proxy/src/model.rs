@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::config::{ListenerConfig, ListenerProtocol, WeirConfig};
+use crate::config::{ListenerConfig, WeirConfig};
 use crate::context::{ConnectionContext, Direction, Target};
 use crate::dns::cache::FqdnCache;
 use crate::http::upstream::UpstreamBind;
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
 use crate::policy::{
-    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, L7Kind, PeerInfo, PolicyError, PolicySet, SideVerdict,
+    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict,
     SourcedDocument,
 };
-use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, World, builtin};
+use crate::protocol::Protocol;
+use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
 
 /// Everything a model is built from.
 pub struct ModelInputs {
@@ -101,17 +102,14 @@ pub struct PolicyModel {
     runtime: Arc<FilterRuntime>,
     /// Addresses endpoints learned through the DNS proxy (shared by every model).
     pub fqdn: Arc<FqdnCache>,
-    http_policy: Arc<FilterComponent>,
-    dns_policy: Arc<FilterComponent>,
-    kafka_policy: Arc<FilterComponent>,
-    memcached_policy: Arc<FilterComponent>,
-    cassandra_policy: Arc<FilterComponent>,
+    /// Each protocol's built-in policy filter (`Spec::policy_filter`).
+    policy_filters: HashMap<Protocol, Arc<FilterComponent>>,
     custom_filters: HashMap<String, CustomFilter>,
     /// Stream filters built into weir, by `l7proto` name.
     builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Destinations of connections the datapath handed over, as listeners.
-    transparent: Mutex<HashMap<(SocketAddr, ListenerProtocol), Arc<ListenerModel>>>,
+    transparent: Mutex<HashMap<(SocketAddr, Protocol), Arc<ListenerModel>>>,
 }
 
 /// A connection's listener, sender and upstream source binding.
@@ -223,11 +221,12 @@ impl PolicyModel {
                 .load(name, builtin::find(name).expect("embedded"))
                 .map_err(|e| vec![config_error("filters".into(), e.to_string())])
         };
-        let http_policy = load_builtin(builtin::HTTP_POLICY)?;
-        let dns_policy = load_builtin(builtin::DNS_POLICY)?;
-        let kafka_policy = load_builtin(builtin::KAFKA_POLICY)?;
-        let memcached_policy = load_builtin(builtin::MEMCACHED_POLICY)?;
-        let cassandra_policy = load_builtin(builtin::CASSANDRA_POLICY)?;
+        let mut policy_filters = HashMap::new();
+        for protocol in Protocol::ALL {
+            if let Some(name) = protocol.spec().policy_filter {
+                policy_filters.insert(protocol, load_builtin(name)?);
+            }
+        }
         let mut builtin_streams = HashMap::new();
         for name in builtin::STREAM_FILTERS {
             builtin_streams.insert(*name, load_builtin(name)?);
@@ -287,11 +286,7 @@ impl PolicyModel {
             policy_names,
             runtime: runtime.clone(),
             fqdn: fqdn.clone(),
-            http_policy,
-            dns_policy,
-            kafka_policy,
-            memcached_policy,
-            cassandra_policy,
+            policy_filters,
             custom_filters,
             builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
@@ -319,12 +314,12 @@ impl PolicyModel {
                 // the built-in filters prefix errors "<group>: <field>[i].name: ..."
                 let path = || set.path.clone();
                 let fielded = match l7.kind {
-                    L7Kind::Http => l7.http.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    L7Kind::Kafka => l7.kafka.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    L7Kind::Memcached | L7Kind::Cassandra => {
+                    Protocol::Http => l7.http.as_deref().map(|r| policy_config(&[(path(), r)])),
+                    Protocol::Kafka => l7.kafka.as_deref().map(|r| policy_config(&[(path(), r)])),
+                    Protocol::Memcached | Protocol::Cassandra => {
                         Some(policy_config(&[(path(), l7.l7.as_deref().unwrap_or(&[]))]))
                     }
-                    L7Kind::Dns | L7Kind::Stream => None,
+                    Protocol::Dns | Protocol::Stream => None,
                 };
                 if let Some(config) = fielded
                     && let Err(message) = self.configure_builtin(l7.kind, config)
@@ -332,7 +327,7 @@ impl PolicyModel {
                     let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
                     errors.push(error(format!("{}.rules.{}", set.path, detail_field(detail)), detail_message(detail)));
                 }
-                if l7.kind == L7Kind::Stream {
+                if l7.kind == Protocol::Stream {
                     let name = l7.l7proto.as_deref().unwrap_or_default();
                     let config = policy_config(&[(set.path.clone(), l7.l7.as_deref().unwrap_or(&[]))]);
                     if let Err(message) = self.configure_stream(name, config) {
@@ -349,12 +344,12 @@ impl PolicyModel {
                     // names were checked when the policy compiled; this
                     // checks that the filter takes what the host sends
                     let config = policy_config(&[(set.path.clone(), dns.as_slice())]);
-                    if let Err(message) = self.configure_builtin(L7Kind::Dns, config) {
+                    if let Err(message) = self.configure_builtin(Protocol::Dns, config) {
                         errors.push(error(format!("{}.rules.dns", set.path), message));
                     }
                 }
                 for w in &l7.wasm {
-                    let wanted = world_of(l7.kind);
+                    let wanted = l7.kind;
                     match self.custom_filters.get(&w.name) {
                         None => errors.push(error(
                             format!("{}.name", w.path),
@@ -365,9 +360,9 @@ impl PolicyModel {
                             format!(
                                 "filter {:?} implements {}, but this port carries {} rules ({} needed)",
                                 w.name,
-                                custom.component.world().as_str(),
-                                l7.kind.as_str(),
-                                wanted.as_str()
+                                custom.component.world().world(),
+                                l7.kind.rules_name(),
+                                wanted.world()
                             ),
                         )),
                         Some(custom) => {
@@ -390,14 +385,9 @@ impl PolicyModel {
         errors
     }
 
-    fn configure_builtin(&self, kind: L7Kind, config: String) -> Result<Arc<ConfiguredFilter>, String> {
-        let component = match kind {
-            L7Kind::Http => &self.http_policy,
-            L7Kind::Dns => &self.dns_policy,
-            L7Kind::Kafka => &self.kafka_policy,
-            L7Kind::Memcached => &self.memcached_policy,
-            L7Kind::Cassandra => &self.cassandra_policy,
-            L7Kind::Stream => return Err("stream filters are named by l7proto".into()),
+    fn configure_builtin(&self, kind: Protocol, config: String) -> Result<Arc<ConfiguredFilter>, String> {
+        let Some(component) = self.policy_filters.get(&kind) else {
+            return Err(format!("{kind} filters are named by l7proto"));
         };
         self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
     }
@@ -414,7 +404,7 @@ impl PolicyModel {
                     known.extend(
                         self.custom_filters
                             .iter()
-                            .filter(|(_, c)| c.component.world() == World::StreamFilter)
+                            .filter(|(_, c)| c.component.world() == Protocol::Stream)
                             .map(|(n, _)| n.as_str()),
                     );
                     known.sort();
@@ -425,10 +415,10 @@ impl PolicyModel {
                 }
             },
         };
-        if component.world() != World::StreamFilter {
+        if component.world() != Protocol::Stream {
             return Err(format!(
                 "filter {name:?} implements {}; l7proto needs a stream-filter",
-                component.world().as_str()
+                component.world().world()
             ));
         }
         self.runtime
@@ -439,11 +429,7 @@ impl PolicyModel {
     /// A connection the datapath redirected: its original destination seen
     /// as a listener that forwards there (plain HTTP, policy port = the
     /// destination port, the destination's identity from the endpoints).
-    pub fn transparent_listener(
-        &self,
-        original_destination: SocketAddr,
-        protocol: ListenerProtocol,
-    ) -> Arc<ListenerModel> {
+    pub fn transparent_listener(&self, original_destination: SocketAddr, protocol: Protocol) -> Arc<ListenerModel> {
         if let Some(l) = self.transparent.lock().unwrap().get(&(original_destination, protocol)) {
             return l.clone();
         }
@@ -458,12 +444,8 @@ impl PolicyModel {
         };
         let config = ListenerConfig {
             name: match protocol {
-                ListenerProtocol::Http => format!("{TRANSPARENT_LISTENER}:{original_destination}"),
-                ListenerProtocol::Dns => format!("{TRANSPARENT_LISTENER}-dns:{original_destination}"),
-                ListenerProtocol::Kafka => format!("{TRANSPARENT_LISTENER}-kafka:{original_destination}"),
-                ListenerProtocol::Memcached => format!("{TRANSPARENT_LISTENER}-memcached:{original_destination}"),
-                ListenerProtocol::Cassandra => format!("{TRANSPARENT_LISTENER}-cassandra:{original_destination}"),
-                ListenerProtocol::Stream => format!("{TRANSPARENT_LISTENER}-stream:{original_destination}"),
+                Protocol::Http => format!("{TRANSPARENT_LISTENER}:{original_destination}"),
+                _ => format!("{TRANSPARENT_LISTENER}-{protocol}:{original_destination}"),
             },
             bind: original_destination,
             protocol,
@@ -493,7 +475,7 @@ impl PolicyModel {
 
     /// Where a connection that came in at `target` from `peer` goes, and who
     /// sent it. `None`: its listener is gone.
-    pub fn resolve(&self, target: &Target, peer: SocketAddr, protocol: ListenerProtocol) -> Option<Resolved> {
+    pub fn resolve(&self, target: &Target, peer: SocketAddr, protocol: Protocol) -> Option<Resolved> {
         match target {
             Target::Listener(name) => Some(Resolved {
                 listener: self.listeners.get(&**name)?.clone(),
@@ -607,14 +589,7 @@ impl PolicyModel {
             listener.port,
             protocol,
         );
-        let kind = match listener.config.protocol {
-            ListenerProtocol::Http => L7Kind::Http,
-            ListenerProtocol::Dns => L7Kind::Dns,
-            ListenerProtocol::Kafka => L7Kind::Kafka,
-            ListenerProtocol::Memcached => L7Kind::Memcached,
-            ListenerProtocol::Cassandra => L7Kind::Cassandra,
-            ListenerProtocol::Stream => L7Kind::Stream,
-        };
+        let kind = listener.config.protocol;
         let mut chain = FilterChain::default();
         for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
             match verdict {
@@ -637,7 +612,7 @@ impl PolicyModel {
         &self,
         direction: Direction,
         allowances: &[Allowance<'a>],
-        kind: L7Kind,
+        kind: Protocol,
     ) -> Result<Vec<ChainLink>, String> {
         // Rules written for another protocol allow nothing here: a port
         // carries one protocol (Cilium refuses two parsers on one port).
@@ -645,8 +620,8 @@ impl PolicyModel {
             allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind == kind));
         if allowances.is_empty() {
             let origin = other.first().map_or("", |a| a.origin.as_str());
-            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind.as_str());
-            return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.as_str()));
+            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind.rules_name());
+            return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.rules_name()));
         }
         let mut links = Vec::new();
         let allows_all = allowances.iter().any(|a| a.l7.is_none());
@@ -659,32 +634,34 @@ impl PolicyModel {
         // needed when no such rule applies, or to run header actions.
         if !allows_all || header_actions {
             let config = match kind {
-                L7Kind::Http => policy_config::<HttpRule>(
+                Protocol::Http => policy_config::<HttpRule>(
                     &allowances
                         .iter()
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.http.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
-                L7Kind::Dns => policy_config::<FqdnSelector>(
+                Protocol::Dns => policy_config::<FqdnSelector>(
                     &allowances
                         .iter()
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
-                L7Kind::Kafka => policy_config::<KafkaRule>(
+                Protocol::Kafka => policy_config::<KafkaRule>(
                     &allowances
                         .iter()
                         .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka.as_deref()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
-                L7Kind::Memcached | L7Kind::Cassandra | L7Kind::Stream => policy_config::<BTreeMap<String, String>>(
-                    &allowances
-                        .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.l7.as_deref()).unwrap_or(&[])))
-                        .collect::<Vec<_>>(),
-                ),
+                Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => {
+                    policy_config::<BTreeMap<String, String>>(
+                        &allowances
+                            .iter()
+                            .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.l7.as_deref()).unwrap_or(&[])))
+                            .collect::<Vec<_>>(),
+                    )
+                }
             };
-            let filter = if kind == L7Kind::Stream {
+            let filter = if kind == Protocol::Stream {
                 // one parser per port: every rule here must name the same one
                 let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto.as_deref()));
                 let name = names.next().unwrap_or_default();
@@ -694,7 +671,7 @@ impl PolicyModel {
                 self.configure_stream(name, config)?
             } else {
                 self.configure_builtin(kind, config)
-                    .map_err(|e| format!("{}-policy configuration failed: {e}", kind.as_str()))?
+                    .map_err(|e| format!("{}-policy configuration failed: {e}", kind.rules_name()))?
             };
             links.push(ChainLink { direction, filter });
         }
@@ -737,18 +714,13 @@ impl PolicyModel {
                 port: l.port,
             })
             .collect();
-        let filters: Vec<_> = [
-            builtin::HTTP_POLICY,
-            builtin::DNS_POLICY,
-            builtin::KAFKA_POLICY,
-            builtin::MEMCACHED_POLICY,
-            builtin::CASSANDRA_POLICY,
-        ]
-        .into_iter()
-        .chain(builtin::STREAM_FILTERS.iter().copied())
-        .map(str::to_string)
-        .chain(self.custom_filters.keys().cloned())
-        .collect();
+        let filters: Vec<_> = Protocol::ALL
+            .into_iter()
+            .filter_map(|p| p.spec().policy_filter)
+            .chain(builtin::STREAM_FILTERS.iter().copied())
+            .map(str::to_string)
+            .chain(self.custom_filters.keys().cloned())
+            .collect();
         serde_json::json!({
             "generation": self.generation,
             "listeners": listeners,
@@ -757,17 +729,6 @@ impl PolicyModel {
             "rules": self.policies.rules,
             "filters": filters,
         })
-    }
-}
-
-fn world_of(kind: L7Kind) -> World {
-    match kind {
-        L7Kind::Http => World::HttpFilter,
-        L7Kind::Dns => World::DnsFilter,
-        L7Kind::Kafka => World::KafkaFilter,
-        L7Kind::Memcached => World::MemcachedFilter,
-        L7Kind::Cassandra => World::CassandraFilter,
-        L7Kind::Stream => World::StreamFilter,
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::config::ListenerProtocol;
 use crate::connection::Decision;
 use crate::context::{Target, next_connection_id};
 use crate::flow::{FlowRecord, Verdict};
@@ -16,6 +15,7 @@ use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
 use crate::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::model::ConnectionVerdict;
 use crate::policy::L4Protocol;
+use crate::protocol::Protocol;
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConfiguredFilter, ConnectionView, FailurePolicy, FilterFailure};
 
@@ -30,32 +30,15 @@ pub struct Connection {
     pub peer: SocketAddr,
     pub id: u64,
     pub listener: Arc<str>,
-    pub protocol: ListenerProtocol,
-    /// The `protocol` of its flow records.
-    pub flow_protocol: &'static str,
+    pub protocol: Protocol,
     /// When bytes last moved, for the listener's `idle_timeout` (set by `open`).
     pub idle: Idle,
 }
 
 impl Connection {
-    pub fn new(
-        state: Arc<ProxyState>,
-        target: Target,
-        peer: SocketAddr,
-        protocol: ListenerProtocol,
-        flow_protocol: &'static str,
-    ) -> Self {
+    pub fn new(state: Arc<ProxyState>, target: Target, peer: SocketAddr, protocol: Protocol) -> Self {
         let listener = target.name();
-        Connection {
-            state,
-            target,
-            peer,
-            id: next_connection_id(),
-            listener,
-            protocol,
-            flow_protocol,
-            idle: Idle::default(),
-        }
+        Connection { state, target, peer, id: next_connection_id(), listener, protocol, idle: Idle::default() }
     }
 
     /// The listener's limits as the snapshot's model has them.
@@ -107,7 +90,7 @@ impl Connection {
                 ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
                 ConnectionVerdict::Drop { .. } => Vec::new(),
             },
-            ..FlowRecord::of(&snap.context, self.flow_protocol, verdict)
+            ..FlowRecord::of(&snap.context, self.protocol, verdict)
         }
     }
 
@@ -130,7 +113,7 @@ impl Connection {
             flow.l7.is_some()
         };
         if request {
-            metrics.requests.get_or_create(&RequestLabels { protocol: self.flow_protocol, verdict }).inc();
+            metrics.requests.get_or_create(&RequestLabels { protocol: self.protocol.name(), verdict }).inc();
         }
         self.state.flows.record(flow);
     }

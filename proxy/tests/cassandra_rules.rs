@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use weir::metrics::Metrics;
+use weir::protocol::Protocol;
 use weir::wasm::cassandra::{Request, RequestDecision, Statement};
 use weir::wasm::{
-    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, World, builtin,
+    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
     test_connection,
 };
 
@@ -63,7 +64,7 @@ fn rules(rules: serde_json::Value) -> Arc<ConfiguredFilter> {
 
 #[test]
 fn the_builtin_filter_implements_the_cassandra_world() {
-    assert_eq!(runtime().1.world(), World::CassandraFilter);
+    assert_eq!(runtime().1.world(), Protocol::Cassandra);
 }
 
 #[test]

@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use weir::metrics::Metrics;
+use weir::protocol::Protocol;
 use weir::wasm::dns::{Query, QueryDecision, Question, Transport};
 use weir::wasm::{
-    FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, World, builtin, test_connection,
+    FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection,
 };
 
 fn runtime() -> &'static (Arc<FilterRuntime>, Arc<FilterComponent>) {
@@ -43,9 +44,9 @@ fn ask(filter: &weir::wasm::ConfiguredFilter, names: &[&str]) -> Result<Option<S
 
 #[test]
 fn the_builtin_filter_implements_the_dns_world() {
-    assert_eq!(runtime().1.world(), World::DnsFilter);
+    assert_eq!(runtime().1.world(), Protocol::Dns);
     let http = runtime().0.load("http-policy", builtin::find("http-policy").unwrap()).unwrap();
-    assert_eq!(http.world(), World::HttpFilter);
+    assert_eq!(http.world(), Protocol::Http);
 }
 
 #[test]

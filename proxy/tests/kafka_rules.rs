@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use weir::metrics::Metrics;
+use weir::protocol::Protocol;
 use weir::wasm::kafka::{Request, RequestDecision, Topics};
 use weir::wasm::{
-    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, World, builtin,
+    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
     test_connection,
 };
 
@@ -64,7 +65,7 @@ fn ask(filter: &ConfiguredFilter, request: &Request) -> Result<Option<String>, S
 
 #[test]
 fn the_builtin_filter_implements_the_kafka_world() {
-    assert_eq!(runtime().1.world(), World::KafkaFilter);
+    assert_eq!(runtime().1.world(), Protocol::Kafka);
 }
 
 #[test]

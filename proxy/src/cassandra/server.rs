@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::cql::{self, Statement};
 use super::frame::{self, BatchEntry, Deframer, FrameError, Framer, HEADER, Header, RequestBody, ResponseBody};
-use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
+use crate::protocol::Protocol;
 use crate::relay::{self, Connection, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::cassandra as wit;
@@ -102,7 +102,7 @@ struct Prepares {
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection::new(state, target, peer, ListenerProtocol::Cassandra, "cassandra");
+    let conn = Connection::new(state, target, peer, Protocol::Cassandra);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, server)) = conn.open(&open, &client).await else { return };

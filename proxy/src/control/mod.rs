@@ -88,7 +88,7 @@ impl Controller {
         let resolvers: Vec<_> = model
             .listeners
             .values()
-            .filter(|l| l.config.protocol == crate::config::ListenerProtocol::Dns)
+            .filter(|l| l.config.protocol == crate::protocol::Protocol::Dns)
             .map(|l| l.config.upstream)
             .collect();
         self.state.dns_upstreams.retain(&resolvers);

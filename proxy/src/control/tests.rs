@@ -57,7 +57,7 @@ impl Setup {
 
 fn forwarded(model: &PolicyModel, peer: &str) -> bool {
     let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
-    let resolved = model.resolve(&Target::Listener("web".into()), peer, crate::config::ListenerProtocol::Http).unwrap();
+    let resolved = model.resolve(&Target::Listener("web".into()), peer, crate::protocol::Protocol::Http).unwrap();
     let verdict = model.connection_verdict_from(&resolved.listener, resolved.source, peer, L4Protocol::Tcp);
     matches!(*verdict, ConnectionVerdict::Forward(_))
 }

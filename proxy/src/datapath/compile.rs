@@ -24,7 +24,8 @@ use weir_datapath_common::{
 use crate::context::Direction;
 use crate::identity::{Identity, reserved};
 use crate::model::PolicyModel;
-use crate::policy::{L4Protocol, L7Kind, PeerInfo, SideVerdict};
+use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
+use crate::protocol::{Protocol, RuleSyntax};
 
 /// Where redirected traffic goes, by the kind of its L7 rules.
 #[derive(Clone, Copy, Debug)]
@@ -83,13 +84,18 @@ pub fn compile(
         let sets =
             [&rule.ingress, &rule.egress].into_iter().flatten().flatten().flat_map(|p| p.to_ports.iter().flatten());
         for (set, l7) in sets.filter_map(|s| s.l7.as_ref().map(|l| (s, l))) {
-            let (field, what, listener) = match l7.kind {
-                L7Kind::Http | L7Kind::Dns => continue,
-                L7Kind::Kafka => ("kafka", "Kafka", "kafka"),
-                L7Kind::Memcached => ("l7proto", "memcached", "memcached"),
-                L7Kind::Cassandra => ("l7proto", "Cassandra", "cassandra"),
-                L7Kind::Stream => ("l7proto", "l7proto", "stream"),
+            let what = match l7.kind {
+                Protocol::Http | Protocol::Dns => continue,
+                Protocol::Kafka => "Kafka",
+                Protocol::Memcached => "memcached",
+                Protocol::Cassandra => "Cassandra",
+                Protocol::Stream => "l7proto",
             };
+            let field = match l7.kind.spec().rules {
+                RuleSyntax::Field(field) => field,
+                RuleSyntax::L7proto(_) => "l7proto",
+            };
+            let listener = l7.kind.name();
             errors.push(format!(
                 "policy {} {}.rules.{field}: the eBPF datapath does not redirect {what} ports yet; \
                  these rules are enforced on `protocol: {listener}` listeners (local mode)",
@@ -337,10 +343,10 @@ fn value(
             let l7 = allowances.iter().find(|a| a.l7.is_some());
             let plain = allowances.iter().find(|a| a.l7.is_none());
             let port_of = |a: &crate::policy::Allowance<'_>| match a.l7.map(|l| l.kind) {
-                Some(L7Kind::Dns) => ports.dns,
+                Some(Protocol::Dns) => ports.dns,
                 _ => ports.http,
             };
-            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind == L7Kind::Dns));
+            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind == Protocol::Dns));
             match (protocol, l7, plain) {
                 (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, port_of(a), index_of(a.origin.clone())),
                 (L4Protocol::Udp, Some(a), _) if dns => entry(VERDICT_REDIRECT, ports.dns, index_of(a.origin.clone())),

@@ -10,13 +10,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 use super::message::{self, AnswerRecord};
-use crate::config::{DnsRefusal, ListenerProtocol};
+use crate::config::DnsRefusal;
 use crate::connection::Decision;
 use crate::context::{ConnectionContext, Target, next_connection_id};
 use crate::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
 use crate::metrics::{DnsLabels, RequestLabels};
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
 use crate::policy::L4Protocol;
+use crate::protocol::Protocol;
 use crate::state::ProxyState;
 use crate::wasm::{ConnectionView, FailurePolicy, dns};
 
@@ -106,7 +107,7 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
                 Ok((stream, peer)) => {
                     // counted against the connection limits (limits.rs) while it lives
                     let target = Target::Listener(name.clone());
-                    let Some(admitted) = crate::listeners::admit(&state, &target, ListenerProtocol::Dns, &stream, peer) else { continue };
+                    let Some(admitted) = crate::listeners::admit(&state, &target, Protocol::Dns, &stream, peer) else { continue };
                     let _ = stream.set_nodelay(true);
                     let connection = tcp_connection(state.clone(), Target::Listener(name.clone()), stream, peer);
                     tokio::spawn(async move { let _admitted = admitted; connection.await });
@@ -125,7 +126,7 @@ pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener
     crate::listeners::transparent_accept_loop(listener, stop, |c| {
         let (original_destination, source_identity) = (c.original_destination, c.source_identity);
         let counted = crate::context::Target::Transparent { original_destination, source_identity };
-        let Some(admitted) = crate::listeners::admit(&state, &counted, ListenerProtocol::Dns, &c.stream, c.peer) else {
+        let Some(admitted) = crate::listeners::admit(&state, &counted, Protocol::Dns, &c.stream, c.peer) else {
             return;
         };
         let _ = c.stream.set_nodelay(true);
@@ -444,15 +445,8 @@ async fn exchange(
     let started = Instant::now();
     let transport = upstream.transport();
     // the connection step, for each exchange (the verdict is cached per model)
-    let decision = Decision::make(
-        state,
-        state.model.load_full(),
-        target,
-        peer,
-        connection,
-        ListenerProtocol::Dns,
-        transport.protocol(),
-    )?;
+    let decision =
+        Decision::make(state, state.model.load_full(), target, peer, connection, Protocol::Dns, transport.protocol())?;
     let (model, listener, context) = (&decision.model, &decision.listener, &decision.context);
     let mut flow = DnsFlow { transport: transport.as_str().into(), ..Default::default() };
     let mut filter_time = Duration::ZERO;
@@ -530,7 +524,7 @@ async fn exchange(
         dns: Some(flow),
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
-        ..FlowRecord::of(context, "dns", outcome.verdict)
+        ..FlowRecord::of(context, crate::protocol::Protocol::Dns, outcome.verdict)
     });
     outcome.answer
 }

@@ -59,9 +59,10 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
     // L3/L4 first: in the datapath a denied SYN never reaches the proxy.
     let Some((verdict, context)) = conn.accept_verdict() else { return };
     if let ConnectionVerdict::Drop { reason } = &*verdict {
-        state
-            .flows
-            .record(FlowRecord { reason: Some(reason.clone()), ..FlowRecord::of(&context, "http", Verdict::Dropped) });
+        state.flows.record(FlowRecord {
+            reason: Some(reason.clone()),
+            ..FlowRecord::of(&context, crate::protocol::Protocol::Http, Verdict::Dropped)
+        });
         open.drop_at_accept(&stream);
         return;
     }
@@ -131,7 +132,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
                 version: "HTTP/1.1".into(),
                 status: Some(400),
             }),
-            ..FlowRecord::of(&context, "http", Verdict::Error)
+            ..FlowRecord::of(&context, crate::protocol::Protocol::Http, Verdict::Error)
         });
     }
 }

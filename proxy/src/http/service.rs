@@ -139,7 +139,7 @@ impl HttpConnection {
             &self.target,
             self.peer,
             self.id,
-            crate::config::ListenerProtocol::Http,
+            crate::protocol::Protocol::Http,
             L4Protocol::Tcp,
         )?;
         let config = &decision.listener.config;
@@ -438,7 +438,7 @@ impl HttpConnection {
             http: Some(trace.http),
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
-            ..FlowRecord::of(&snap.context, "http", verdict)
+            ..FlowRecord::of(&snap.context, crate::protocol::Protocol::Http, verdict)
         });
     }
 }

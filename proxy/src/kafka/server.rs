@@ -23,9 +23,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::codec::{self, Request, Topics};
-use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, KafkaFlow, Verdict};
+use crate::protocol::Protocol;
 use crate::relay::{self, Connection, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::kafka as wit;
@@ -49,7 +49,7 @@ enum Pending {
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection::new(state, target, peer, ListenerProtocol::Kafka, "kafka");
+    let conn = Connection::new(state, target, peer, Protocol::Kafka);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, broker)) = conn.open(&open, &client).await else { return };

@@ -21,7 +21,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::codec::{self, Frame, FrameError, Protocol, Refused, Reply, Request};
-use crate::config::ListenerProtocol;
 use crate::context::Target;
 use crate::flow::{FlowRecord, MemcachedFlow, Verdict};
 use crate::relay::{self, Connection, Snapshot};
@@ -45,7 +44,7 @@ enum Pending {
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = Connection::new(state, target, peer, ListenerProtocol::Memcached, "memcached");
+    let conn = Connection::new(state, target, peer, crate::protocol::Protocol::Memcached);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, server)) = conn.open(&open, &client).await else { return };

@@ -24,6 +24,7 @@ use weir_fqdn_match::NameMatcher;
 
 use crate::context::Direction;
 use crate::identity::{FIRST_ENDPOINT_IDENTITY, Identity, reserved};
+use crate::protocol::Protocol;
 use document::{CidrRule, EgressRule, IngressRule, PortRule};
 pub use document::{FqdnSelector, HttpRule, KafkaRule, PolicyError, SourcedDocument};
 use selector::Selector;
@@ -176,41 +177,10 @@ pub struct WasmRef {
     pub path: String,
 }
 
-/// Which protocol a port's L7 rules are written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L7Kind {
-    Http,
-    Dns,
-    Kafka,
-    /// `l7proto: memcache`.
-    Memcached,
-    /// `l7proto: cassandra`.
-    Cassandra,
-    /// `l7proto: <name>`: a stream filter named by `L7Rules::l7proto`.
-    Stream,
-}
-
-impl L7Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            L7Kind::Http => "http",
-            L7Kind::Dns => "dns",
-            L7Kind::Kafka => "kafka",
-            L7Kind::Memcached => "memcache",
-            L7Kind::Cassandra => "cassandra",
-            L7Kind::Stream => "stream",
-        }
-    }
-}
-
-/// `l7proto` names that weir's own engines parse (Cilium's names).
-pub const MEMCACHE_L7PROTO: &[&str] = &["memcache", "memcached"];
-pub const CASSANDRA_L7PROTO: &str = "cassandra";
-
 #[derive(Clone, Debug, Serialize)]
 pub struct L7Rules {
-    pub kind: L7Kind,
+    /// The protocol the rules are written for.
+    pub kind: Protocol,
     /// `None`: no HTTP rules (allow all requests, still seen by the proxy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRule>>,
@@ -816,11 +786,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             if rules.l7.is_some() && rules.l7proto.is_none() {
                 return Err((format!("{rules_at}.l7"), "l7 rules need l7proto (the parser that reads them)".into()));
             }
-            let generic = rules.l7proto.as_deref().map(|name| match name {
-                _ if MEMCACHE_L7PROTO.contains(&name) => L7Kind::Memcached,
-                CASSANDRA_L7PROTO => L7Kind::Cassandra,
-                _ => L7Kind::Stream,
-            });
+            let generic = rules.l7proto.as_deref().map(Protocol::of_l7proto);
             if let Some(name) = rules.l7proto.as_deref()
                 && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
             {
@@ -829,11 +795,11 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             if ports.is_empty() || ports.iter().any(|p| p.start == 0) {
                 return Err((format!("{at}.ports"), "L7 rules need a specific port".into()));
             }
-            let given: Vec<(&str, L7Kind)> = [
-                (rules.http.is_some(), "http", L7Kind::Http),
-                (rules.dns.is_some(), "dns", L7Kind::Dns),
-                (rules.kafka.is_some(), "kafka", L7Kind::Kafka),
-                (generic.is_some(), "l7proto", generic.unwrap_or(L7Kind::Stream)),
+            let given: Vec<(&str, Protocol)> = [
+                (rules.http.is_some(), "http", Protocol::Http),
+                (rules.dns.is_some(), "dns", Protocol::Dns),
+                (rules.kafka.is_some(), "kafka", Protocol::Kafka),
+                (generic.is_some(), "l7proto", generic.unwrap_or(Protocol::Stream)),
             ]
             .into_iter()
             .filter(|(present, _, _)| *present)
@@ -849,19 +815,19 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             }
             // `wasm` alone: an HTTP port, unless a wasm filter says otherwise
             // (checked when the filters configure)
-            let kind = given.first().map_or(L7Kind::Http, |(_, kind)| *kind);
+            let kind = given.first().map_or(Protocol::Http, |(_, kind)| *kind);
             match kind {
-                L7Kind::Http | L7Kind::Kafka | L7Kind::Memcached | L7Kind::Cassandra | L7Kind::Stream => {
+                Protocol::Http | Protocol::Kafka | Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => {
                     if let Some(p) = ports.iter().find(|p| !matches!(p.protocol, L4Protocol::Tcp | L4Protocol::Any)) {
                         let what = match kind {
-                            L7Kind::Http => "HTTP rules".to_string(),
-                            L7Kind::Kafka => "Kafka rules".to_string(),
+                            Protocol::Http => "HTTP rules".to_string(),
+                            Protocol::Kafka => "Kafka rules".to_string(),
                             _ => format!("l7proto {}", rules.l7proto.as_deref().unwrap_or_default()),
                         };
                         return Err((format!("{at}.ports"), format!("{what} need TCP (or ANY), not {:?}", p.protocol)));
                     }
                 }
-                L7Kind::Dns => {
+                Protocol::Dns => {
                     if direction == Direction::Ingress {
                         return Err((
                             format!("{rules_at}.dns"),

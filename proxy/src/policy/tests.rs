@@ -3,6 +3,7 @@ use std::net::IpAddr;
 use super::document::parse_file;
 use super::*;
 use crate::identity::{Label, Labels, NAMESPACE_LABEL};
+use crate::protocol::Protocol;
 
 fn identity(id: u32, namespace: &str, labels: &[(&str, &str)]) -> Identity {
     let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::k8s(k, v)).collect();
@@ -411,7 +412,7 @@ spec:
         let v = set.evaluate(Direction::Egress, &client, PeerInfo::new(&dns, ip("10.0.0.53")), 53, protocol);
         let SideVerdict::Allowed(a) = v else { panic!("{protocol:?} to the resolver is allowed") };
         let l7 = a[0].l7.expect("with DNS rules");
-        assert_eq!(l7.kind, crate::policy::L7Kind::Dns);
+        assert_eq!(l7.kind, crate::protocol::Protocol::Dns);
         assert_eq!(l7.dns.as_ref().unwrap()[0].match_pattern.as_deref(), Some("*.example.com"));
     }
 }
@@ -441,7 +442,7 @@ fn kafka_rules_compile_with_their_kind_and_fields() {
     let v = set.evaluate(Direction::Ingress, &kafka, PeerInfo::new(&hq, ip("10.0.0.7")), 9092, L4Protocol::Tcp);
     let SideVerdict::Allowed(a) = v else { panic!("hq may connect") };
     let l7 = a[0].l7.expect("with Kafka rules");
-    assert_eq!(l7.kind, L7Kind::Kafka);
+    assert_eq!(l7.kind, Protocol::Kafka);
     let rule = &l7.kafka.as_ref().unwrap()[0];
     assert_eq!(
         (rule.role.as_deref(), rule.topic.as_deref(), rule.client_id.as_deref()),
@@ -465,7 +466,9 @@ fn kafka_rules_need_tcp_one_protocol_per_port_and_known_fields() {
 fn l7proto_selects_weirs_engines_or_a_stream_filter_by_name() {
     let kafka = identity(400, "default", &[("app", "kafka")]);
     let hq = identity(401, "default", &[("app", "empire-hq")]);
-    for (proto, kind) in [("memcache", L7Kind::Memcached), ("cassandra", L7Kind::Cassandra), ("r2d2", L7Kind::Stream)] {
+    for (proto, kind) in
+        [("memcache", Protocol::Memcached), ("cassandra", Protocol::Cassandra), ("r2d2", Protocol::Stream)]
+    {
         let yaml = KAFKA_POLICY
             .replace("PROTO", "TCP")
             .replace("RULES", &format!("l7proto: {proto}\n            l7: [{{command: get, keyPrefix: a/}}]"));

@@ -12,10 +12,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::ListenerProtocol;
 use crate::context::{Direction, Target};
 use crate::flow::{FlowRecord, L7Flow, Verdict};
 use crate::model::ConnectionVerdict;
+use crate::protocol::Protocol;
 use crate::relay::{self, Snapshot};
 use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConnectionView, DedicatedInstance, FailurePolicy, stream as wit};
@@ -137,7 +137,7 @@ impl Stage {
 }
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, peer: SocketAddr) {
-    let conn = relay::Connection::new(state, target, peer, ListenerProtocol::Stream, "stream");
+    let conn = relay::Connection::new(state, target, peer, Protocol::Stream);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, mut server)) = conn.open(&open, &client).await else { return };

@@ -12,9 +12,7 @@ use wasmtime::{Store, StoreLimitsBuilder};
 
 use super::bindings::{CpuBudget, HostState};
 use super::slots::{Slot, Use};
-use super::{
-    ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, WorldPre, classify, deadline_ticks,
-};
+use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, classify, deadline_ticks};
 
 /// Longest a `configure` call may run.
 const CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,15 +97,7 @@ pub(super) fn instantiate(
     let configure_budget = filter.limits.timeout.max(CONFIGURE_TIMEOUT);
     store.data_mut().cpu = CpuBudget::start(configure_budget);
     store.set_epoch_deadline(deadline_ticks(configure_budget));
-    let bindings = match &filter.component.pre {
-        WorldPre::Http(pre) => pre.instantiate(&mut store).map(WorldBindings::Http),
-        WorldPre::Dns(pre) => pre.instantiate(&mut store).map(WorldBindings::Dns),
-        WorldPre::Kafka(pre) => pre.instantiate(&mut store).map(WorldBindings::Kafka),
-        WorldPre::Memcached(pre) => pre.instantiate(&mut store).map(WorldBindings::Memcached),
-        WorldPre::Cassandra(pre) => pre.instantiate(&mut store).map(WorldBindings::Cassandra),
-        WorldPre::Stream(pre) => pre.instantiate(&mut store).map(WorldBindings::Stream),
-    }
-    .map_err(|e| {
+    let bindings = filter.component.pre.instantiate(&mut store).map_err(|e| {
         // the allocator's own limits (core instances, memories) are a
         // shortage too, not a fault of the filter
         let message = format!("cannot instantiate: {e:#}");
@@ -123,14 +113,7 @@ pub(super) fn instantiate(
         .filter_instantiations
         .get_or_create(&crate::metrics::FilterLabels { filter: filter.name.to_string() })
         .inc();
-    let configured = match &bindings {
-        WorldBindings::Http(b) => b.call_configure(&mut store, &filter.config),
-        WorldBindings::Dns(b) => b.call_configure(&mut store, &filter.config),
-        WorldBindings::Kafka(b) => b.call_configure(&mut store, &filter.config),
-        WorldBindings::Memcached(b) => b.call_configure(&mut store, &filter.config),
-        WorldBindings::Cassandra(b) => b.call_configure(&mut store, &filter.config),
-        WorldBindings::Stream(b) => b.call_configure(&mut store, &filter.config),
-    };
+    let configured = bindings.configure(&mut store, &filter.config);
     match configured {
         Ok(Ok(())) => {}
         Ok(Err(message)) => return Err(fail(FailureKind::Instantiate, message)),

@@ -29,6 +29,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use bindings::{ConnectionView, cassandra, dns, http, kafka, memcached, stream};
 
 use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
+use crate::protocol::Protocol;
 use bindings::{
     CassandraFilter, CassandraFilterPre, DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter,
     KafkaFilterPre, MemcachedFilter, MemcachedFilterPre, StreamFilter, StreamFilterPre,
@@ -231,30 +232,7 @@ impl FilterRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
-        // try each world in turn; the errors say why none fitted
-        type Attempt = fn(&InstancePre<HostState>) -> wasmtime::Result<WorldPre>;
-        let worlds: [(&str, Attempt); 6] = [
-            ("http", |p| HttpFilterPre::new(p.clone()).map(WorldPre::Http)),
-            ("dns", |p| DnsFilterPre::new(p.clone()).map(WorldPre::Dns)),
-            ("kafka", |p| KafkaFilterPre::new(p.clone()).map(WorldPre::Kafka)),
-            ("memcached", |p| MemcachedFilterPre::new(p.clone()).map(WorldPre::Memcached)),
-            ("cassandra", |p| CassandraFilterPre::new(p.clone()).map(WorldPre::Cassandra)),
-            ("stream", |p| StreamFilterPre::new(p.clone()).map(WorldPre::Stream)),
-        ];
-        let mut why = Vec::new();
-        let mut found = None;
-        for (world, attempt) in worlds {
-            match attempt(&instance_pre) {
-                Ok(pre) => {
-                    found = Some(pre);
-                    break;
-                }
-                Err(e) => why.push(format!("as {world}-filter: {e:#}")),
-            }
-        }
-        let Some(pre) = found else {
-            return Err(LoadError::World { name: name.into(), message: why.join("; ") });
-        };
+        let pre = WorldPre::of(&instance_pre).map_err(|message| LoadError::World { name: name.into(), message })?;
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
         Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))
     }
@@ -312,72 +290,78 @@ impl Drop for FilterRuntime {
     }
 }
 
-/// The `weir:filter` worlds a component can implement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum World {
-    HttpFilter,
-    DnsFilter,
-    KafkaFilter,
-    MemcachedFilter,
-    CassandraFilter,
-    StreamFilter,
-}
-
-impl World {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            World::HttpFilter => "http-filter",
-            World::DnsFilter => "dns-filter",
-            World::KafkaFilter => "kafka-filter",
-            World::MemcachedFilter => "memcached-filter",
-            World::CassandraFilter => "cassandra-filter",
-            World::StreamFilter => "stream-filter",
+/// The `weir:filter` worlds, one line each: the protocol whose world it is,
+/// the accessor engines call (`bindings.kafka()?`), the pre-linked and the
+/// instantiated bindings `bindings.rs` generates. Everything that dispatches
+/// on a component's world is generated from this list.
+macro_rules! worlds {
+    ($($variant:ident: $accessor:ident => $pre:ident, $exports:ident;)*) => {
+        enum WorldPre {
+            $($variant($pre<HostState>),)*
         }
-    }
-}
 
-enum WorldPre {
-    Http(HttpFilterPre<HostState>),
-    Dns(DnsFilterPre<HostState>),
-    Kafka(KafkaFilterPre<HostState>),
-    Memcached(MemcachedFilterPre<HostState>),
-    Cassandra(CassandraFilterPre<HostState>),
-    Stream(StreamFilterPre<HostState>),
-}
+        /// A live instance's exports, by world.
+        pub(crate) enum WorldBindings {
+            $($variant($exports),)*
+        }
 
-/// A live instance's exports, by world.
-pub(crate) enum WorldBindings {
-    Http(HttpFilter),
-    Dns(DnsFilter),
-    Kafka(KafkaFilter),
-    Memcached(MemcachedFilter),
-    Cassandra(CassandraFilter),
-    Stream(StreamFilter),
-}
+        impl WorldPre {
+            /// The component as the first world it implements; the errors
+            /// say why it fits none.
+            fn of(instance_pre: &InstancePre<HostState>) -> Result<WorldPre, String> {
+                let mut why = Vec::new();
+                $(match $pre::new(instance_pre.clone()) {
+                    Ok(pre) => return Ok(WorldPre::$variant(pre)),
+                    Err(e) => why.push(format!("as {}: {e:#}", Protocol::$variant.world())),
+                })*
+                Err(why.join("; "))
+            }
 
-/// `WorldBindings::name()`: the exports of that world, or an error when the
-/// instance implements another (a filter configured for the wrong port kind).
-macro_rules! world_exports {
-    ($($name:ident: $variant:ident => $exports:ty, $world:literal;)*) => {
+            fn protocol(&self) -> Protocol {
+                match self {
+                    $(WorldPre::$variant(_) => Protocol::$variant,)*
+                }
+            }
+
+            fn instantiate(&self, store: &mut wasmtime::Store<HostState>) -> wasmtime::Result<WorldBindings> {
+                match self {
+                    $(WorldPre::$variant(pre) => pre.instantiate(&mut *store).map(WorldBindings::$variant),)*
+                }
+            }
+        }
+
         impl WorldBindings {
-            $(fn $name(&self) -> wasmtime::Result<&$exports> {
+            fn configure(
+                &self,
+                store: &mut wasmtime::Store<HostState>,
+                config: &str,
+            ) -> wasmtime::Result<Result<(), String>> {
+                match self {
+                    $(WorldBindings::$variant(b) => b.call_configure(store, config),)*
+                }
+            }
+
+            // `bindings.kafka()`: the exports of that world, or an error when
+            // the instance implements another (a filter configured for the
+            // wrong port kind)
+            $(fn $accessor(&self) -> wasmtime::Result<&$exports> {
                 match self {
                     WorldBindings::$variant(b) => Ok(b),
-                    _ => Err(wasmtime::Error::msg(concat!("not a ", $world))),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(wasmtime::Error::msg(format!("not a {}", Protocol::$variant.world()))),
                 }
             })*
         }
     };
 }
 
-world_exports! {
-    http: Http => HttpFilter, "http-filter";
-    dns: Dns => DnsFilter, "dns-filter";
-    kafka: Kafka => KafkaFilter, "kafka-filter";
-    memcached: Memcached => MemcachedFilter, "memcached-filter";
-    cassandra: Cassandra => CassandraFilter, "cassandra-filter";
-    stream: Stream => StreamFilter, "stream-filter";
+worlds! {
+    Http: http => HttpFilterPre, HttpFilter;
+    Dns: dns => DnsFilterPre, DnsFilter;
+    Kafka: kafka => KafkaFilterPre, KafkaFilter;
+    Memcached: memcached => MemcachedFilterPre, MemcachedFilter;
+    Cassandra: cassandra => CassandraFilterPre, CassandraFilter;
+    Stream: stream => StreamFilterPre, StreamFilter;
 }
 
 /// A compiled, pre-linked filter component.
@@ -388,15 +372,10 @@ pub struct FilterComponent {
 }
 
 impl FilterComponent {
-    pub fn world(&self) -> World {
-        match self.pre {
-            WorldPre::Http(_) => World::HttpFilter,
-            WorldPre::Dns(_) => World::DnsFilter,
-            WorldPre::Kafka(_) => World::KafkaFilter,
-            WorldPre::Memcached(_) => World::MemcachedFilter,
-            WorldPre::Cassandra(_) => World::CassandraFilter,
-            WorldPre::Stream(_) => World::StreamFilter,
-        }
+    /// The protocol whose `weir:filter` world it implements
+    /// ([`Protocol::world`] names the world).
+    pub fn world(&self) -> Protocol {
+        self.pre.protocol()
     }
 }
 
@@ -490,7 +469,7 @@ impl ConfiguredFilter {
         })
     }
 
-    pub fn world(&self) -> World {
+    pub fn world(&self) -> Protocol {
         self.component.world()
     }
 
