@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use crate::context::{ConnectionContext, Target};
 use crate::dns::cache::FqdnLease;
-use crate::http::upstream::UpstreamBind;
 use crate::identity::reserved;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
+use crate::net::UpstreamBind;
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
 use crate::state::ProxyState;

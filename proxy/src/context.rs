@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::identity::Identity;
 
+/// The listener name of connections the eBPF datapath hands to the proxy.
+pub const TRANSPARENT_LISTENER: &str = "ebpf";
+
 /// Which side's policy a filter enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,7 +52,7 @@ impl Target {
     pub fn name(&self) -> Arc<str> {
         match self {
             Target::Listener(name) => name.clone(),
-            Target::Transparent { .. } => Arc::from(crate::model::TRANSPARENT_LISTENER),
+            Target::Transparent { .. } => Arc::from(TRANSPARENT_LISTENER),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod listeners;
 pub mod memcached;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod observe;
 pub mod policy;
 pub mod protocol;
@@ -28,6 +29,7 @@ pub mod relay;
 pub mod reservations;
 pub mod state;
 pub mod stream;
+pub mod units;
 pub mod wasm;
 
 /// Every binary built on weir (the proxy, its tests, the fuzz targets) gets

@@ -104,7 +104,7 @@ pub struct Metrics {
     pub memcached_requests: Family<MemcachedLabels, Counter>,
     pub cassandra_requests: Family<CassandraLabels, Counter>,
     /// Kernel drop counters and conntrack fill (eBPF datapath).
-    pub datapath: crate::datapath::events::DatapathMetrics,
+    pub datapath: DatapathMetrics,
 }
 
 fn request_histogram() -> Histogram {
@@ -212,5 +212,57 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+// ------------------------------------------------------------- the datapath
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+/// `weir_datapath_*` in /metrics.
+#[derive(Default)]
+pub struct DatapathMetrics {
+    pub drops: Family<DropLabels, Counter>,
+    pub conntrack_entries: Family<EndpointLabels, Gauge>,
+    pub conntrack_refused: Family<EndpointLabels, Counter>,
+    pub conntrack_expired: Counter,
+    pub conntrack_capacity: Gauge,
+}
+
+impl DatapathMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "datapath_drops",
+            "Packets the eBPF programs dropped, by reason (kernel counters, read every second)",
+            self.drops.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_entries",
+            "Conntrack entries held for each endpoint's connections",
+            self.conntrack_entries.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_refused",
+            "New connections dropped for want of a conntrack entry (endpoint limit or full table)",
+            self.conntrack_refused.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_expired",
+            "Expired conntrack entries deleted by weir's collector",
+            self.conntrack_expired.clone(),
+        );
+        registry.register(
+            "datapath_conntrack_capacity",
+            "Size of the conntrack table",
+            self.conntrack_capacity.clone(),
+        );
     }
 }

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::config::{ListenerConfig, WeirConfig};
-use crate::context::{ConnectionContext, Direction, Target};
+use crate::context::{ConnectionContext, Direction, TRANSPARENT_LISTENER, Target};
 use crate::dns::cache::FqdnCache;
-use crate::http::upstream::UpstreamBind;
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
+use crate::net::UpstreamBind;
 use crate::policy::{
     Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict,
     SourcedDocument,
@@ -134,9 +134,6 @@ impl Resolved {
         })
     }
 }
-
-/// The listener name of connections the eBPF datapath hands to the proxy.
-pub const TRANSPARENT_LISTENER: &str = "ebpf";
 
 impl PolicyModel {
     pub fn build(

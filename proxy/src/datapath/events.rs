@@ -9,11 +9,6 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use ipnet::Ipv4Net;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
     CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_ICMP, PROTO_SCTP,
@@ -23,7 +18,7 @@ use weir_datapath_common::{
 
 use crate::flow::{FlowPeer, FlowRecord, Verdict};
 use crate::identity::Identity;
-use crate::metrics::ListenerLabels;
+use crate::metrics::{DatapathMetrics, DropLabels, EndpointLabels, ListenerLabels};
 use crate::model::PolicyModel;
 use crate::state::ProxyState;
 
@@ -46,56 +41,6 @@ pub struct Kernel {
     pub freed: BpfHashMap<MapData, u32, u64>,
     pub drops: PerCpuArray<MapData, u64>,
     pub gc_interval: Duration,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub endpoint: String,
-}
-
-/// `weir_datapath_*` in /metrics.
-#[derive(Default)]
-pub struct DatapathMetrics {
-    pub drops: Family<DropLabels, Counter>,
-    pub conntrack_entries: Family<EndpointLabels, Gauge>,
-    pub conntrack_refused: Family<EndpointLabels, Counter>,
-    pub conntrack_expired: Counter,
-    pub conntrack_capacity: Gauge,
-}
-
-impl DatapathMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "datapath_drops",
-            "Packets the eBPF programs dropped, by reason (kernel counters, read every second)",
-            self.drops.clone(),
-        );
-        registry.register(
-            "datapath_conntrack_entries",
-            "Conntrack entries held for each endpoint's connections",
-            self.conntrack_entries.clone(),
-        );
-        registry.register(
-            "datapath_conntrack_refused",
-            "New connections dropped for want of a conntrack entry (endpoint limit or full table)",
-            self.conntrack_refused.clone(),
-        );
-        registry.register(
-            "datapath_conntrack_expired",
-            "Expired conntrack entries deleted by weir's collector",
-            self.conntrack_expired.clone(),
-        );
-        registry.register(
-            "datapath_conntrack_capacity",
-            "Size of the conntrack table",
-            self.conntrack_capacity.clone(),
-        );
-    }
 }
 
 /// Read events until the ring is closed; meanwhile a thread keeps the
@@ -149,7 +94,7 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
             let model = state.model.load();
             let record = flow_of(&event, &model, &rules.read().unwrap());
             if event.kind == EVENT_DROP {
-                let labels = ListenerLabels { listener: crate::model::TRANSPARENT_LISTENER.into() };
+                let labels = ListenerLabels { listener: crate::context::TRANSPARENT_LISTENER.into() };
                 state.metrics.connections_dropped.get_or_create(&labels).inc();
             }
             state.flows.record(record);

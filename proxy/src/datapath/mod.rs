@@ -28,13 +28,10 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use weir_datapath_common::{
-    EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, Settings, conntrack, maps, programs,
-};
+use weir_datapath_common::{EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, Settings, maps, programs};
 
-use crate::config::DatapathConfig;
+use crate::config::{ConntrackConfig, DatapathConfig};
 use crate::model::PolicyModel;
 use compile::{AttachedEndpoint, Desired};
 use routing::NodeState;
@@ -42,59 +39,9 @@ use routing::NodeState;
 /// The programs, built by build.rs from `datapath-ebpf/programs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEIR_DATAPATH_OBJECT"));
 
-/// `datapath.conntrack` in `weir.yaml`: how long entries live without
-/// traffic, and how many one endpoint may hold (docs/datapath.md).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConntrackConfig {
-    /// A TCP connection whose handshake has not completed.
-    #[serde(with = "crate::config::duration")]
-    pub tcp_syn: Duration,
-    #[serde(with = "crate::config::duration")]
-    pub tcp_established: Duration,
-    /// After an RST, or a FIN from both sides.
-    #[serde(with = "crate::config::duration")]
-    pub tcp_closing: Duration,
-    #[serde(with = "crate::config::duration")]
-    pub udp: Duration,
-    /// An echo request, for its reply.
-    #[serde(with = "crate::config::duration")]
-    pub icmp: Duration,
-    /// SCTP, GRE and other protocols.
-    #[serde(with = "crate::config::duration")]
-    pub other: Duration,
-    /// Most entries one endpoint's connections may hold; new connections
-    /// past it are dropped (`conntrack_endpoint_limit`).
-    pub per_endpoint: u32,
-    /// Size of the table, for all endpoints; when full, new connections are
-    /// dropped (`conntrack_full`), nothing is evicted. Takes effect when the
-    /// map is created: a pinned table keeps its size until `weir datapath
-    /// cleanup`.
-    pub capacity: u32,
-    /// How often weir deletes expired entries.
-    #[serde(with = "crate::config::duration")]
-    pub gc_interval: Duration,
-}
-
-impl Default for ConntrackConfig {
-    fn default() -> Self {
-        let secs = |s: u32| Duration::from_secs(u64::from(s));
-        ConntrackConfig {
-            tcp_syn: secs(conntrack::TCP_SYN_SECS),
-            tcp_established: secs(conntrack::TCP_ESTABLISHED_SECS),
-            tcp_closing: secs(conntrack::TCP_CLOSING_SECS),
-            udp: secs(conntrack::UDP_SECS),
-            icmp: secs(conntrack::ICMP_SECS),
-            other: secs(conntrack::OTHER_SECS),
-            per_endpoint: conntrack::PER_ENDPOINT,
-            capacity: conntrack::CAPACITY,
-            gc_interval: Duration::from_secs(10),
-        }
-    }
-}
-
 impl ConntrackConfig {
     /// What the programs read; lifetimes in whole seconds, at least one.
+    /// (`datapath.conntrack` itself is in `config.rs`.)
     fn settings(&self) -> Settings {
         let secs = |d: Duration| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
         Settings {
@@ -473,7 +420,7 @@ pub fn dns_proxy_bind(config: &DatapathConfig) -> SocketAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::ConntrackConfig;
+    use crate::config::ConntrackConfig;
 
     #[test]
     fn conntrack_settings_parse_and_reach_the_programs_in_whole_seconds() {

@@ -2,6 +2,8 @@
 //! written by weir itself.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -92,5 +94,47 @@ impl Drop for ProxyBody {
         {
             hook(if body.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Abandoned });
         }
+    }
+}
+
+/// The downstream request body, noting whether the client broke it off.
+pub struct TrackedBody {
+    inner: Incoming,
+    aborted: Arc<AtomicBool>,
+}
+
+impl TrackedBody {
+    pub fn new(inner: Incoming, aborted: Arc<AtomicBool>) -> Self {
+        TrackedBody { inner, aborted }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            match &polled {
+                Poll::Ready(Some(Err(_))) => self.aborted.store(true, Ordering::Relaxed),
+                // Request trailers are headers no filter judged: they are
+                // not forwarded (docs/http.md).
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("request trailers dropped");
+                    continue;
+                }
+                _ => {}
+            }
+            return polled;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -4,6 +4,7 @@ mod body;
 pub(crate) mod framing;
 #[cfg(test)]
 mod framing_differential;
+pub(crate) mod heads;
 mod normalize;
 mod reply;
 pub mod server;

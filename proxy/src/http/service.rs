@@ -1,20 +1,18 @@
 //! One request through the proxy: validate, normalize, filter, forward.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{BodyEnd, EndHook, ProxyBody};
+use super::body::{BodyEnd, EndHook, ProxyBody, TrackedBody};
 use super::normalize::normalize_path;
 use super::reply;
 use super::upstream::UpstreamPools;
@@ -318,7 +316,7 @@ impl HttpConnection {
             }
         }
         let aborted = Arc::new(AtomicBool::new(false));
-        let body = TrackedBody { inner: body, aborted: aborted.clone() };
+        let body = TrackedBody::new(body, aborted.clone());
         let client = if upstream_h2 { &snap.pools.http2 } else { &snap.pools.http1 };
         let upstream = client.request(Request::from_parts(parts, body)).await;
         let mut response = match upstream {
@@ -720,42 +718,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-/// The downstream request body, noting whether the client broke it off.
-pub struct TrackedBody {
-    inner: Incoming,
-    aborted: Arc<AtomicBool>,
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            let polled = Pin::new(&mut self.inner).poll_frame(cx);
-            match &polled {
-                Poll::Ready(Some(Err(_))) => self.aborted.store(true, Ordering::Relaxed),
-                // Request trailers are headers no filter judged: they are
-                // not forwarded (docs/http.md).
-                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
-                    tracing::debug!("request trailers dropped");
-                    continue;
-                }
-                _ => {}
-            }
-            return polled;
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

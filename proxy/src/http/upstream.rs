@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,32 +16,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::net::UpstreamBind;
+
 /// Dials one fixed upstream address.
 #[derive(Clone, Debug)]
 pub struct UpstreamConnector {
     address: SocketAddr,
     connect_timeout: Duration,
     bind: Option<UpstreamBind>,
-}
-
-/// For connections the datapath redirected: dial from the client pod's own
-/// address (`IP_TRANSPARENT`), with a mark that tells the datapath the
-/// packets were already enforced (FROM_PROXY + the sender's identity).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamBind {
-    pub source: IpAddr,
-    pub mark: u32,
-}
-
-impl UpstreamBind {
-    pub fn connect(self, address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
-        socket.set_ip_transparent(true)?;
-        socket.set_mark(self.mark)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&SocketAddr::new(self.source, 0).into())?;
-        Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +62,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 }
 
-pub type UpstreamClient = Client<UpstreamConnector, super::service::TrackedBody>;
+pub type UpstreamClient = Client<UpstreamConnector, super::body::TrackedBody>;
 
 /// The HTTP/1.1 and HTTP/2 pools for one upstream.
 pub struct UpstreamPools {

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub const CILIUM_API: &str = "cilium.io/v2";
-pub const WEIR_API: &str = "policy.weir.dev/v1alpha1";
+pub use super::wire::{CILIUM_API, SelectorRequirement, WEIR_API};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum PolicyKind {
@@ -101,15 +100,6 @@ pub struct Selector {
     pub match_labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub match_expressions: Option<Vec<SelectorRequirement>>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectorRequirement {
-    pub key: String,
-    pub operator: String,
-    #[serde(default)]
-    pub values: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

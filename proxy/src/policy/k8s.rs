@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
-use super::document::{CILIUM_API, SelectorRequirement};
+use super::wire::{CILIUM_API, SelectorRequirement};
 
 pub const API: &str = "networking.k8s.io/v1";
 pub const KIND: &str = "NetworkPolicy";

@@ -13,6 +13,7 @@
 pub mod document;
 mod k8s;
 pub mod selector;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -45,7 +45,7 @@ pub const MAX_FILTER_MEMORY: usize = 1 << 30;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FilterLimits {
     /// Longest a single call may run before it is interrupted.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::units::duration")]
     pub timeout: Duration,
     /// Most linear memory an instance may grow to, in bytes.
     pub memory: usize,

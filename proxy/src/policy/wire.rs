@@ -1,0 +1,18 @@
+//! What the policy documents and the NetworkPolicy translation share: the
+//! API groups and the wire form of a selector requirement. A leaf, so the
+//! two need not import each other.
+
+use serde::{Deserialize, Serialize};
+
+pub const CILIUM_API: &str = "cilium.io/v2";
+pub const WEIR_API: &str = "policy.weir.dev/v1alpha1";
+
+/// One `matchExpressions` entry, as written.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+}
