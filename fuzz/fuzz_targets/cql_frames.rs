@@ -17,8 +17,8 @@ use std::future::Future;
 use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
-use weir::cassandra::cql;
-use weir::cassandra::frame::{self, BatchEntry, Deframer, Framer, HEADER, Header, RequestBody};
+use weir::engines::cassandra::cql;
+use weir::engines::cassandra::frame::{self, BatchEntry, Deframer, Framer, HEADER, Header, RequestBody};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, stream)) = data.split_first() else { return };

@@ -9,7 +9,7 @@
 
 use hickory_proto::op::{Message, ResponseCode};
 use libfuzzer_sys::fuzz_target;
-use weir::dns::message;
+use weir::engines::dns::message;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = match Message::from_vec(data) {

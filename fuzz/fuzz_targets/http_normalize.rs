@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use weir::config::{AmbiguousPaths, EscapedSlashes};
-use weir::http::normalize_path;
+use weir::engines::http::normalize_path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(uri) = http::Uri::try_from(data) else { return };

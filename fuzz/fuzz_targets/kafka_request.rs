@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Decodable;
 use libfuzzer_sys::fuzz_target;
-use weir::kafka::codec::{self, Topics};
+use weir::engines::kafka::codec::{self, Topics};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = codec::parse_request(Bytes::copy_from_slice(data)) else { return };

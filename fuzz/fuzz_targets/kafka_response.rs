@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use libfuzzer_sys::fuzz_target;
-use weir::kafka::codec;
+use weir::engines::kafka::codec;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

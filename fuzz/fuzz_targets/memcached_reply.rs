@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir::memcached::codec::{self, Protocol, Reply};
+use weir::engines::memcached::codec::{self, Protocol, Reply};
 
 const REPLIES: [Reply; 6] = [Reply::One, Reply::Values, Reply::Lines, Reply::Flush, Reply::Quiet, Reply::Close];
 

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir::memcached::codec::{self, Frame, Protocol};
+use weir::engines::memcached::codec::{self, Frame, Protocol};
 
 fuzz_target!(|data: &[u8]| {
     let Some(&first) = data.first() else { return };

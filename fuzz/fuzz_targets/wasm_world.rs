@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::wasm::{
     ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, cassandra,
     dns, http, kafka, memcached, test_connection,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use weir::flow::FlowRecord;
+pub use weir::observe::flow::FlowRecord;
 
 pub const FRONTEND: &str = "127.0.0.2";
 pub const CRAWLER: &str = "127.0.0.3";

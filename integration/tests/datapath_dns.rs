@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weir::flow::Verdict;
+use weir::observe::flow::Verdict;
 use weir_integration::node::Node;
 use weir_integration::resolver::{DigAnswer, Unbound};
 use weir_integration::wait_for;

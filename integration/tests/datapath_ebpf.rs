@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use weir::flow::{FlowRecord, Verdict};
+use weir::observe::flow::{FlowRecord, Verdict};
 use weir_integration::node::Node;
 use weir_integration::wait_for;
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use weir::flow::{FlowRecord, Verdict};
+use weir::observe::flow::{FlowRecord, Verdict};
 use weir_integration::node::Node;
 use weir_integration::wait_for;
 

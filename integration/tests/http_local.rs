@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weir::flow::Verdict;
+use weir::observe::flow::Verdict;
 use weir_integration::*;
 
 /// weir.yaml with the frontend (127.0.0.2) and crawler (127.0.0.3) clients

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::wasm::http::Request;
 use weir::wasm::{
     ConnectionView, FailurePolicy, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection, test_request,

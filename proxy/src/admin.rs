@@ -17,8 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::flow::{FlowFilter, FlowRecord, Verdict};
-use crate::state::ProxyState;
+use crate::engines::state::ProxyState;
+use crate::observe::flow::{FlowFilter, FlowRecord, Verdict};
 
 type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -82,7 +82,11 @@ fn route(state: &Arc<ProxyState>, req: Request<Incoming>) -> Response<AdminBody>
 }
 
 /// NDJSON: the kept history (or its last N), then live flows if `follow`.
-fn flows(state: &Arc<ProxyState>, filter: FlowFilter, options: crate::flow::QueryOptions) -> Response<AdminBody> {
+fn flows(
+    state: &Arc<ProxyState>,
+    filter: FlowFilter,
+    options: crate::observe::flow::QueryOptions,
+) -> Response<AdminBody> {
     let (history, mut live) = state.flows.subscribe();
     let mut past: Vec<Arc<FlowRecord>> = history.into_iter().filter(|f| filter.matches(f)).collect();
     if let Some(last) = options.last {

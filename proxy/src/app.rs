@@ -10,12 +10,12 @@ use arc_swap::ArcSwap;
 
 use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
 use crate::control::{Controller, LocalSource, Sources};
-use crate::dns::cache::FqdnCache;
-use crate::flow::FlowLog;
-use crate::metrics::Metrics;
+use crate::engines::state::{ProxyState, ReloadStatus};
+use crate::model::fqdn::FqdnCache;
 use crate::model::{ModelInputs, PolicyModel};
+use crate::observe::flow::FlowLog;
+use crate::observe::metrics::Metrics;
 use crate::policy::{PolicyError, document};
-use crate::state::{ProxyState, ReloadStatus};
 use crate::wasm::{FilterRuntime, RuntimeOptions};
 use weir_datapath_common::{PROTO_TCP, PROTO_UDP};
 
@@ -142,20 +142,24 @@ async fn serve(
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
         let bind = crate::datapath::proxy_bind(&config.datapath);
-        let listener = crate::listeners::bind_transparent(bind)
+        let listener = crate::engines::listeners::bind_transparent(bind)
             .with_context(|| format!("transparent proxy listener on {bind}"))?;
         datapath.register_proxy_socket(config.datapath.proxy_port, PROTO_TCP, &listener)?;
-        tokio::spawn(crate::listeners::serve_transparent_http(state.clone(), listener, transparent_stopped.clone()));
+        tokio::spawn(crate::engines::listeners::serve_transparent_http(
+            state.clone(),
+            listener,
+            transparent_stopped.clone(),
+        ));
         // the DNS proxy's own pair: TCP and UDP on one port
         let dns_bind = crate::datapath::dns_proxy_bind(&config.datapath);
-        let dns_tcp = crate::listeners::bind_transparent(dns_bind)
+        let dns_tcp = crate::engines::listeners::bind_transparent(dns_bind)
             .with_context(|| format!("transparent DNS listener on {dns_bind}"))?;
-        let dns_udp = crate::dns::bind_transparent_udp(dns_bind)
+        let dns_udp = crate::engines::dns::bind_transparent_udp(dns_bind)
             .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_TCP, &dns_tcp)?;
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_UDP, &dns_udp)?;
-        tokio::spawn(crate::dns::serve_transparent_tcp(state.clone(), dns_tcp, transparent_stopped.clone()));
-        tokio::spawn(crate::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped));
+        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, transparent_stopped.clone()));
+        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped));
         tokio::spawn(crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone()));
         controller.datapath = Some(datapath);
         tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");

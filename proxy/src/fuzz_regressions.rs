@@ -15,7 +15,7 @@ fn dns_answer_with_an_opt_record_is_shown_without_panicking() {
     let bytes = b"\x00\x02\x01\x00\x00\x01\x00\x01\x00\x00\x00\x00\x01\x00\x00\x09\
                   \x00\x01\x65\x00\x00\x29\x04\xd0\x00\x02\x04\xd0\x00\x02\x01\x01";
     let answer = hickory_proto::op::Message::from_vec(bytes).expect("hickory parses it");
-    let records = crate::dns::message::answer_records(&answer);
+    let records = crate::engines::dns::message::answer_records(&answer);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].rtype, "OPT");
 }
@@ -35,9 +35,9 @@ impl AsyncRead for Reads {
 /// How many requests the framing guard rejects from a client sending `reads`.
 fn guard_rejections(reads: &[&'static [u8]]) -> usize {
     let mut rejected = 0;
-    let mut guard = crate::http::framing::FramingGuard::new(
+    let mut guard = crate::engines::http::framing::FramingGuard::new(
         Reads(reads.iter().copied().collect()),
-        crate::http::framing::Detect::Auto,
+        crate::engines::http::framing::Detect::Auto,
         |_| rejected += 1,
     );
     let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -87,7 +87,7 @@ fn empty_lines_before_a_request_do_not_switch_the_framing_guard_off() {
 #[test]
 fn a_kafka_request_declaring_a_huge_array_is_a_parse_error() {
     let frame = include_bytes!("../../fuzz/corpus/kafka_request/huge-metadata-array");
-    let error = crate::kafka::codec::parse_request(bytes::Bytes::from_static(frame)).unwrap_err();
+    let error = crate::engines::kafka::codec::parse_request(bytes::Bytes::from_static(frame)).unwrap_err();
     assert!(error.to_string().starts_with("Metadata v1 body:"), "{error}");
 }
 
@@ -99,5 +99,5 @@ fn a_kafka_request_declaring_a_huge_array_is_a_parse_error() {
 fn a_kafka_response_declaring_a_huge_array_is_left_as_it_is() {
     let input = include_bytes!("../../fuzz/corpus/kafka_response/huge-api-versions-array");
     let version = i16::from_be_bytes([input[0], input[1]]) % 8;
-    assert!(crate::kafka::codec::narrow_api_versions(&input[2..], version).is_none());
+    assert!(crate::engines::kafka::codec::narrow_api_versions(&input[2..], version).is_none());
 }

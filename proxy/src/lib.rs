@@ -1,36 +1,34 @@
 //! Weir: a per-node, sidecar-less L7 proxy. See `docs/architecture.md`.
 
+// the binary's commands and the admin API, on top
 pub mod admin;
 pub mod app;
-pub mod cassandra;
-pub mod config;
-pub mod connection;
-pub mod context;
-pub mod control;
-pub mod datapath;
 pub mod demo;
-pub mod dns;
-pub mod flow;
+// configuration sources and the controller that reloads them
+pub mod control;
+// the eBPF datapath: programs, maps and their events
+pub mod datapath;
+// the protocol engines, what they share and the connection step
+pub mod engines;
+// the policy model every engine reads, and the stores it is built from
+pub mod config;
+pub mod model;
+pub mod policy;
+// the WebAssembly filter host
+pub mod wasm;
+// flows, metrics and the `weir observe` client
+pub mod observe;
+// base types every layer uses
+pub mod context;
+pub mod identity;
+pub mod limits;
+pub mod net;
+pub mod protocol;
+pub mod reservations;
+pub mod units;
+
 #[cfg(test)]
 mod fuzz_regressions;
-pub mod http;
-pub mod identity;
-pub mod kafka;
-pub mod limits;
-pub mod listeners;
-pub mod memcached;
-pub mod metrics;
-pub mod model;
-pub mod net;
-pub mod observe;
-pub mod policy;
-pub mod protocol;
-pub mod relay;
-pub mod reservations;
-pub mod state;
-pub mod stream;
-pub mod units;
-pub mod wasm;
 
 /// Every binary built on weir (the proxy, its tests, the fuzz targets) gets
 /// this allocator: a reservation a peer declared cannot abort the process
@@ -42,15 +40,15 @@ static ALLOCATOR: reservations::LargeAsAddressSpace = reservations::LargeAsAddre
 /// otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::http::framing::{Detect, FramingGuard, Rejected};
+    pub use crate::engines::http::framing::{Detect, FramingGuard, Rejected};
 
     /// The HTTP engine's check that header values are text filters can read.
     pub fn check_headers(headers: &http::HeaderMap) -> Result<(), String> {
-        crate::http::service::check_headers(headers)
+        crate::engines::http::service::check_headers(headers)
     }
 
     /// The HTTP engine's encoding of headers into a filter's request head.
     pub fn write_headers(out: &mut Vec<u8>, headers: &http::HeaderMap) {
-        crate::http::service::write_headers(out, headers)
+        crate::engines::http::service::write_headers(out, headers)
     }
 }

@@ -152,9 +152,8 @@ fn main() -> ExitCode {
         Command::Run { config, datapath } => weir::app::run(config, datapath == DatapathMode::Ebpf),
         Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
-        Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => {
-            runtime().and_then(|rt| rt.block_on(weir::observe::fqdn_cache(admin, matches!(output, Output::Json))))
-        }
+        Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => runtime()
+            .and_then(|rt| rt.block_on(weir::observe::client::fqdn_cache(admin, matches!(output, Output::Json)))),
         Command::Observe {
             admin,
             verdict,
@@ -190,9 +189,12 @@ fn main() -> ExitCode {
             if let Some(n) = last {
                 push("last", &n.to_string());
             }
-            let options =
-                weir::observe::ObserveOptions { admin, query: query.join("&"), json: matches!(output, Output::Json) };
-            runtime().and_then(|rt| rt.block_on(weir::observe::run(options)))
+            let options = weir::observe::client::ObserveOptions {
+                admin,
+                query: query.join("&"),
+                json: matches!(output, Output::Json),
+            };
+            runtime().and_then(|rt| rt.block_on(weir::observe::client::run(options)))
         }
         Command::Init { dir } => weir::app::write_quickstart(&dir).map(|()| {
             println!("wrote the quickstart to {}; run it with: weir run --config {}", dir.display(), dir.display());

@@ -4,14 +4,12 @@
 //! protocol out (listener kind, rule kind, filter world, flow label) reads
 //! this table; the engine that serves it is registered in `listeners.rs`.
 //!
-//! A leaf module: of weir's it imports only the built-in filters' names, so
-//! any layer may use it.
+//! A leaf module: it imports nothing of weir's, so any layer may use it
+//! (`wasm::builtin` takes the filters' names from here).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::wasm::builtin;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,7 +65,7 @@ const TABLE: [Spec; 6] = [
         rules_name: "http",
         rules: RuleSyntax::Field("http"),
         world: "http-filter",
-        policy_filter: Some(builtin::HTTP_POLICY),
+        policy_filter: Some("http-policy"),
     },
     Spec {
         protocol: Protocol::Dns,
@@ -75,7 +73,7 @@ const TABLE: [Spec; 6] = [
         rules_name: "dns",
         rules: RuleSyntax::Field("dns"),
         world: "dns-filter",
-        policy_filter: Some(builtin::DNS_POLICY),
+        policy_filter: Some("dns-policy"),
     },
     Spec {
         protocol: Protocol::Kafka,
@@ -83,7 +81,7 @@ const TABLE: [Spec; 6] = [
         rules_name: "kafka",
         rules: RuleSyntax::Field("kafka"),
         world: "kafka-filter",
-        policy_filter: Some(builtin::KAFKA_POLICY),
+        policy_filter: Some("kafka-policy"),
     },
     Spec {
         protocol: Protocol::Memcached,
@@ -92,7 +90,7 @@ const TABLE: [Spec; 6] = [
         rules_name: "memcache",
         rules: RuleSyntax::L7proto(&["memcache", "memcached"]),
         world: "memcached-filter",
-        policy_filter: Some(builtin::MEMCACHED_POLICY),
+        policy_filter: Some("memcached-policy"),
     },
     Spec {
         protocol: Protocol::Cassandra,
@@ -100,7 +98,7 @@ const TABLE: [Spec; 6] = [
         rules_name: "cassandra",
         rules: RuleSyntax::L7proto(&["cassandra"]),
         world: "cassandra-filter",
-        policy_filter: Some(builtin::CASSANDRA_POLICY),
+        policy_filter: Some("cassandra-policy"),
     },
     Spec {
         protocol: Protocol::Stream,
@@ -118,6 +116,14 @@ impl Protocol {
 
     pub const fn spec(self) -> &'static Spec {
         &TABLE[self as usize]
+    }
+
+    /// The name of its built-in policy filter, for constants.
+    pub const fn policy_filter_name(self) -> &'static str {
+        match self.spec().policy_filter {
+            Some(name) => name,
+            None => panic!("this protocol has no built-in policy filter"),
+        }
     }
 
     /// Its name in weir.yaml, flows and metrics.

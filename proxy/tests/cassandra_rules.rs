@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::protocol::Protocol;
 use weir::wasm::cassandra::{Request, RequestDecision, Statement};
 use weir::wasm::{

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::wasm::http::RequestDecision;
 use weir::wasm::{
     ConfiguredFilter, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits, FilterRuntime,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::wasm::http::{HeaderOp, RequestDecision};
 use weir::wasm::{
     FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::wasm::{FailureKind, FailurePolicy, FilterLimits, FilterRuntime, RuntimeOptions, builtin};
 
 fn runtime(pool: u32) -> Arc<FilterRuntime> {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
-use weir::metrics::Metrics;
+use weir::observe::metrics::Metrics;
 use weir::protocol::Protocol;
 use weir::wasm::kafka::{Request, RequestDecision, Topics};
 use weir::wasm::{

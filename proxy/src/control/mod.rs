@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::WeirConfig;
-use crate::flow::rfc3339;
-use crate::listeners::ListenerSet;
-use crate::metrics::ReloadLabels;
+use crate::engines::listeners::ListenerSet;
+use crate::engines::state::ProxyState;
 use crate::model::PolicyModel;
+use crate::observe::flow::rfc3339;
+use crate::observe::metrics::ReloadLabels;
 use crate::policy::PolicyError;
-use crate::state::ProxyState;
 
-pub fn fqdn_limits(config: &WeirConfig) -> crate::dns::cache::FqdnLimits {
-    crate::dns::cache::FqdnLimits { min_ttl: config.dns.min_ttl, max_ips_per_name: config.dns.max_ips_per_name }
+pub fn fqdn_limits(config: &WeirConfig) -> crate::model::fqdn::FqdnLimits {
+    crate::model::fqdn::FqdnLimits { min_ttl: config.dns.min_ttl, max_ips_per_name: config.dns.max_ips_per_name }
 }
 
 /// Keeps the proxy's model in step with its sources.
@@ -45,7 +45,7 @@ impl Controller {
     pub async fn build(
         sources: &Sources,
         runtime: &Arc<crate::wasm::FilterRuntime>,
-        fqdn: &Arc<crate::dns::cache::FqdnCache>,
+        fqdn: &Arc<crate::model::fqdn::FqdnCache>,
         generation: u64,
     ) -> Result<(PolicyModel, u64), Vec<String>> {
         let sources = sources.clone();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::*;
 use crate::config::EndpointConfig;
 use crate::context::Target;
-use crate::metrics::Metrics;
 use crate::model::ConnectionVerdict;
+use crate::observe::metrics::Metrics;
 use crate::policy::L4Protocol;
 use crate::policy::document::parse_file;
 use crate::wasm::{FilterRuntime, RuntimeOptions};
@@ -35,7 +35,7 @@ struct Setup {
     memory: Arc<MemorySource>,
     sources: Sources,
     runtime: Arc<FilterRuntime>,
-    fqdn: Arc<crate::dns::cache::FqdnCache>,
+    fqdn: Arc<crate::model::fqdn::FqdnCache>,
 }
 
 fn setup() -> Setup {
@@ -45,7 +45,7 @@ fn setup() -> Setup {
     let sources = Sources::new(vec![Arc::new(LocalSource::new(dir.path())), memory.clone()]);
     let options = RuntimeOptions { cache_dir: None, max_instances: None };
     let runtime = Arc::new(FilterRuntime::new(Arc::new(Metrics::default()), options).unwrap());
-    let fqdn = Arc::new(crate::dns::cache::FqdnCache::new(Default::default(), None));
+    let fqdn = Arc::new(crate::model::fqdn::FqdnCache::new(Default::default(), None));
     Setup { _dir: dir, memory, sources, runtime, fqdn }
 }
 

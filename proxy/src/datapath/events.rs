@@ -16,11 +16,11 @@ use weir_datapath_common::{
     REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
-use crate::flow::{FlowPeer, FlowRecord, Verdict};
+use crate::engines::state::ProxyState;
 use crate::identity::Identity;
-use crate::metrics::{DatapathMetrics, DropLabels, EndpointLabels, ListenerLabels};
 use crate::model::PolicyModel;
-use crate::state::ProxyState;
+use crate::observe::flow::{FlowPeer, FlowRecord, Verdict};
+use crate::observe::metrics::{DatapathMetrics, DropLabels, EndpointLabels, ListenerLabels};
 
 /// What `PolicyValue::rule` numbers mean, for the model in force.
 #[derive(Debug, Default)]

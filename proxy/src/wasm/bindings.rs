@@ -11,7 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 
 use crate::context::{ConnectionContext, Direction};
 use crate::identity::Identity;
-use crate::metrics::{FilterCounterLabels, Metrics};
+use crate::observe::metrics::{FilterCounterLabels, Metrics};
 
 wasmtime::component::bindgen!({
     world: "http-filter",

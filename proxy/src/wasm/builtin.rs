@@ -1,16 +1,18 @@
 //! Filters compiled into the weir binary, so a node needs no files to enforce
 //! Cilium-style rules.
 
-/// Name of the built-in filter for `rules.http`.
-pub const HTTP_POLICY: &str = "http-policy";
-/// Name of the built-in filter for `rules.dns`.
-pub const DNS_POLICY: &str = "dns-policy";
-/// Name of the built-in filter for `rules.kafka`.
-pub const KAFKA_POLICY: &str = "kafka-policy";
+use crate::protocol::Protocol;
 
+/// Name of the built-in filter for `rules.http` (the protocol table's).
+pub const HTTP_POLICY: &str = Protocol::Http.policy_filter_name();
+/// Name of the built-in filter for `rules.dns`.
+pub const DNS_POLICY: &str = Protocol::Dns.policy_filter_name();
+/// Name of the built-in filter for `rules.kafka`.
+pub const KAFKA_POLICY: &str = Protocol::Kafka.policy_filter_name();
 /// Name of the built-in filter for `l7proto: memcache`.
-pub const MEMCACHED_POLICY: &str = "memcached-policy";
-pub const CASSANDRA_POLICY: &str = "cassandra-policy";
+pub const MEMCACHED_POLICY: &str = Protocol::Memcached.policy_filter_name();
+/// Name of the built-in filter for `l7proto: cassandra`.
+pub const CASSANDRA_POLICY: &str = Protocol::Cassandra.policy_filter_name();
 /// The example stream filter for Cilium's r2d2 test protocol (`l7proto: r2d2`).
 pub const R2D2: &str = "r2d2";
 /// Built-in stream filters: `l7proto` names that need no weir.yaml entry.

@@ -111,7 +111,7 @@ pub(super) fn instantiate(
     runtime
         .metrics
         .filter_instantiations
-        .get_or_create(&crate::metrics::FilterLabels { filter: filter.name.to_string() })
+        .get_or_create(&crate::observe::metrics::FilterLabels { filter: filter.name.to_string() })
         .inc();
     let configured = bindings.configure(&mut store, &filter.config);
     match configured {

@@ -28,7 +28,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use bindings::{ConnectionView, cassandra, dns, http, kafka, memcached, stream};
 
-use crate::metrics::{FilterFailureLabels, FilterLabels, Metrics};
+use crate::observe::metrics::{FilterFailureLabels, FilterLabels, Metrics};
 use crate::protocol::Protocol;
 use bindings::{
     CassandraFilter, CassandraFilterPre, DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter,

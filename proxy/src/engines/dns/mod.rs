@@ -2,9 +2,8 @@
 //! chain of the (endpoint, resolver, port) they belong to; refused ones get
 //! REFUSED (or NXDOMAIN) from the proxy, allowed ones go to the resolver and
 //! its answer comes back unchanged. Addresses in allowed answers are
-//! learned per endpoint for `toFQDNs` (see [`cache`]).
+//! learned per endpoint for `toFQDNs` (see [`crate::model::fqdn`]).
 
-pub mod cache;
 pub mod message;
 mod server;
 pub mod upstream;

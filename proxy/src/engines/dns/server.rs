@@ -11,14 +11,14 @@ use tokio::sync::watch;
 
 use super::message::{self, AnswerRecord};
 use crate::config::DnsRefusal;
-use crate::connection::Decision;
 use crate::context::{ConnectionContext, Target, next_connection_id};
-use crate::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
-use crate::metrics::{DnsLabels, RequestLabels};
+use crate::engines::connection::Decision;
+use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
+use crate::observe::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
+use crate::observe::metrics::{DnsLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
-use crate::state::ProxyState;
 use crate::wasm::{ConnectionView, FailurePolicy, dns};
 
 /// Largest DNS message over UDP (and the TCP length prefix's limit).
@@ -41,7 +41,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<DnsSockets> {
     // bursts of queries must not be dropped by a small default buffer
     let _ = udp.set_recv_buffer_size(4 << 20);
     udp.bind(&addr.into())?;
-    let tcp = crate::listeners::bind_stream(addr)?;
+    let tcp = crate::engines::listeners::bind_stream(addr)?;
     Ok(DnsSockets { udp: UdpSocket::from_std(udp.into())?, tcp })
 }
 
@@ -107,7 +107,7 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
                 Ok((stream, peer)) => {
                     // counted against the connection limits (limits.rs) while it lives
                     let target = Target::Listener(name.clone());
-                    let Some(admitted) = crate::listeners::admit(&state, &target, Protocol::Dns, &stream, peer) else { continue };
+                    let Some(admitted) = crate::engines::listeners::admit(&state, &target, Protocol::Dns, &stream, peer) else { continue };
                     let _ = stream.set_nodelay(true);
                     let connection = tcp_connection(state.clone(), Target::Listener(name.clone()), stream, peer);
                     tokio::spawn(async move { let _admitted = admitted; connection.await });
@@ -123,10 +123,11 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
 
 /// Serve the TCP connections the datapath redirected to the DNS proxy.
 pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    crate::listeners::transparent_accept_loop(listener, stop, |c| {
+    crate::engines::listeners::transparent_accept_loop(listener, stop, |c| {
         let (original_destination, source_identity) = (c.original_destination, c.source_identity);
         let counted = crate::context::Target::Transparent { original_destination, source_identity };
-        let Some(admitted) = crate::listeners::admit(&state, &counted, Protocol::Dns, &c.stream, c.peer) else {
+        let Some(admitted) = crate::engines::listeners::admit(&state, &counted, Protocol::Dns, &c.stream, c.peer)
+        else {
             return;
         };
         let _ = c.stream.set_nodelay(true);
@@ -243,7 +244,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mu
         let Some(original_destination) = datagram.original_destination.filter(|d| Some(*d) != own) else {
             continue; // sent to the proxy's own address: not redirected
         };
-        let source_identity = crate::listeners::sender_identity(datagram.mark);
+        let source_identity = crate::engines::listeners::sender_identity(datagram.mark);
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
         tokio::spawn(async move {

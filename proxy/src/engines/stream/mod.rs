@@ -13,11 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::context::{Direction, Target};
-use crate::flow::{FlowRecord, L7Flow, Verdict};
+use crate::engines::relay::{self, Snapshot};
+use crate::engines::state::{OpenConnection, ProxyState};
 use crate::model::ConnectionVerdict;
+use crate::observe::flow::{FlowRecord, L7Flow, Verdict};
 use crate::protocol::Protocol;
-use crate::relay::{self, Snapshot};
-use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConnectionView, DedicatedInstance, FailurePolicy, stream as wit};
 
 /// Most bytes a filter may leave undecided in one direction.

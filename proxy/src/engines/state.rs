@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::dns::cache::FqdnCache;
-use crate::flow::FlowLog;
-use crate::http::upstream::UpstreamRegistry;
-use crate::metrics::Metrics;
+use crate::engines::http::upstream::UpstreamRegistry;
 use crate::model::PolicyModel;
+use crate::model::fqdn::FqdnCache;
+use crate::observe::flow::FlowLog;
+use crate::observe::metrics::Metrics;
 use crate::wasm::FilterRuntime;
 
 pub struct ProxyState {
@@ -22,7 +22,7 @@ pub struct ProxyState {
     /// What endpoints learned through the DNS proxy (outlives models).
     pub fqdn: Arc<FqdnCache>,
     /// Sockets to DNS resolvers, shared by all queries to each.
-    pub dns_upstreams: crate::dns::upstream::UdpUpstreams,
+    pub dns_upstreams: crate::engines::dns::upstream::UdpUpstreams,
     /// Whether the eBPF datapath enforces L3/L4 (then learned addresses
     /// must reach its maps before a DNS answer is let go).
     pub datapath_active: std::sync::atomic::AtomicBool,
@@ -32,7 +32,7 @@ pub struct ProxyState {
     /// Downstream connections open now (for draining on shutdown).
     pub active_connections: std::sync::atomic::AtomicUsize,
     /// What Cassandra prepared-statement ids run (shared by connections).
-    pub cql_prepared: crate::cassandra::PreparedStatements,
+    pub cql_prepared: crate::engines::cassandra::PreparedStatements,
     /// Connection budgets and buffered bytes (`limits.rs`).
     pub limits: Arc<crate::limits::Limits>,
 }
@@ -52,13 +52,13 @@ pub struct ReloadStatus {
 /// drains. Every protocol engine opens one per accepted connection.
 pub struct OpenConnection {
     gauge: prometheus_client::metrics::gauge::Gauge,
-    labels: crate::metrics::ListenerLabels,
+    labels: crate::observe::metrics::ListenerLabels,
     state: Arc<ProxyState>,
 }
 
 impl OpenConnection {
     pub fn new(state: &Arc<ProxyState>, listener: &str) -> Self {
-        let labels = crate::metrics::ListenerLabels { listener: listener.to_string() };
+        let labels = crate::observe::metrics::ListenerLabels { listener: listener.to_string() };
         state.metrics.connections.get_or_create(&labels).inc();
         let gauge = state.metrics.active_connections.get_or_create(&labels).clone();
         gauge.inc();

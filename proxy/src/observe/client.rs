@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::dns::cache::LearnedAddress;
-use crate::flow::FlowRecord;
+use crate::model::fqdn::LearnedAddress;
+use crate::observe::flow::FlowRecord;
 
 pub struct ObserveOptions {
     pub admin: SocketAddr,

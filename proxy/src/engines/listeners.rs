@@ -11,19 +11,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::context::next_connection_id;
-use crate::flow::{FlowRecord, Verdict};
-use crate::http::Target;
+use crate::engines::http::Target;
+use crate::engines::state::ProxyState;
 use crate::limits::{Admitted, ListenerLimits};
-use crate::metrics::RefusedLabels;
 use crate::model::PolicyModel;
+use crate::observe::flow::{FlowRecord, Verdict};
+use crate::observe::metrics::RefusedLabels;
 use crate::protocol::Protocol;
-use crate::state::ProxyState;
 
 /// A listener's sockets, bound and not yet serving.
 pub enum Bound {
     /// Every TCP protocol: its engine is picked per accepted connection.
     Tcp(TcpListener),
-    Dns(crate::dns::DnsSockets),
+    Dns(crate::engines::dns::DnsSockets),
 }
 
 /// Listeners bound by [`ListenerSet::prepare`], to hand to [`ListenerSet::commit`].
@@ -52,7 +52,7 @@ impl ListenerSet {
                 continue;
             }
             let sockets = match protocol {
-                Protocol::Dns => crate::dns::bind(bind).map(Bound::Dns),
+                Protocol::Dns => crate::engines::dns::bind(bind).map(Bound::Dns),
                 _ => bind_stream(bind).map(Bound::Tcp),
             };
             match sockets {
@@ -79,13 +79,13 @@ impl ListenerSet {
                     }));
                 }
                 Bound::Dns(sockets) => {
-                    tokio::spawn(crate::dns::serve_udp(
+                    tokio::spawn(crate::engines::dns::serve_udp(
                         state.clone(),
                         shared_name.clone(),
                         sockets.udp,
                         stopped.clone(),
                     ));
-                    tokio::spawn(crate::dns::serve_tcp(state.clone(), shared_name, sockets.tcp, stopped));
+                    tokio::spawn(crate::engines::dns::serve_tcp(state.clone(), shared_name, sockets.tcp, stopped));
                 }
             }
             tracing::info!(listener = %name, %bind, ?protocol, "listening");
@@ -240,11 +240,11 @@ fn serve_tcp(
     tokio::spawn(async move {
         let _admitted = admitted;
         match protocol {
-            Protocol::Http => crate::http::server::serve(state, target, stream, peer).await,
-            Protocol::Kafka => crate::kafka::serve(state, target, stream, peer).await,
-            Protocol::Memcached => crate::memcached::serve(state, target, stream, peer).await,
-            Protocol::Cassandra => crate::cassandra::serve(state, target, stream, peer).await,
-            Protocol::Stream => crate::stream::serve(state, target, stream, peer).await,
+            Protocol::Http => crate::engines::http::server::serve(state, target, stream, peer).await,
+            Protocol::Kafka => crate::engines::kafka::serve(state, target, stream, peer).await,
+            Protocol::Memcached => crate::engines::memcached::serve(state, target, stream, peer).await,
+            Protocol::Cassandra => crate::engines::cassandra::serve(state, target, stream, peer).await,
+            Protocol::Stream => crate::engines::stream::serve(state, target, stream, peer).await,
             // bound as Bound::Dns, never here
             Protocol::Dns => unreachable!("DNS listeners serve their own sockets"),
         }

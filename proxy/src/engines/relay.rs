@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::connection::Decision;
 use crate::context::{Target, next_connection_id};
-use crate::flow::{FlowRecord, Verdict};
+use crate::engines::connection::Decision;
+use crate::engines::state::{OpenConnection, ProxyState};
 use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
-use crate::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::model::ConnectionVerdict;
+use crate::observe::flow::{FlowRecord, Verdict};
+use crate::observe::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
-use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::{ConfiguredFilter, ConnectionView, FailurePolicy, FilterFailure};
 
 /// The model-dependent part of a connection (the connection step's

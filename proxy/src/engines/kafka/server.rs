@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Request, Topics};
 use crate::context::Target;
-use crate::flow::{FlowRecord, KafkaFlow, Verdict};
+use crate::engines::relay::{self, Connection, Snapshot};
+use crate::engines::state::{OpenConnection, ProxyState};
+use crate::observe::flow::{FlowRecord, KafkaFlow, Verdict};
 use crate::protocol::Protocol;
-use crate::relay::{self, Connection, Snapshot};
-use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::kafka as wit;
 
 /// Kafka's own default for `socket.request.max.bytes`.

@@ -18,10 +18,10 @@ use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::Target;
 use crate::context::next_connection_id;
-use crate::flow::{FlowRecord, HttpFlow, Verdict};
-use crate::metrics::RequestLabels;
+use crate::engines::state::ProxyState;
 use crate::model::ConnectionVerdict;
-use crate::state::ProxyState;
+use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
+use crate::observe::metrics::RequestLabels;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,7 +41,7 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, peer: SocketAddr) {
     let listener = target.name();
-    let open = crate::state::OpenConnection::new(&state, &listener);
+    let open = crate::engines::state::OpenConnection::new(&state, &listener);
 
     let tls = match &target {
         Target::Listener(name) => {
@@ -51,7 +51,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         }
         Target::Transparent { .. } => None,
     };
-    let limits = crate::http::heads::http_limits(&state, &target);
+    let limits = crate::engines::http::heads::http_limits(&state, &target);
     let (head_timeout, idle_timeout) = (limits.request_head_timeout, limits.idle_timeout);
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(HttpConnection::new(state.clone(), target, peer, next_connection_id(), tls.is_some()));
@@ -70,25 +70,25 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
     let on_reject = framing_rejected(state.clone(), context.clone());
     let on_head_timeout = {
         let (state, context) = (state.clone(), context.clone());
-        move || crate::http::heads::record_head_timeout(&state, &context, head_timeout)
+        move || crate::engines::http::heads::record_head_timeout(&state, &context, head_timeout)
     };
     let http2_idle = {
         let (state, context) = (state.clone(), context.clone());
         Http2Idle {
             timeout: idle_timeout,
-            on_idle: Box::new(move |timeout| crate::http::heads::record_http2_idle(&state, &context, timeout)),
+            on_idle: Box::new(move |timeout| crate::engines::http::heads::record_http2_idle(&state, &context, timeout)),
         }
     };
     match tls {
         // hyper-util's own detection reads through the framing guard (which
         // holds back an incomplete head) with no timer: weir tells the
         // versions apart itself, under the head timeout
-        None => match crate::http::heads::detect_http_version(&stream, head_timeout).await {
+        None => match crate::engines::http::heads::detect_http_version(&stream, head_timeout).await {
             None => on_head_timeout(),
-            Some(crate::http::heads::HttpVersion::Http2) => {
+            Some(crate::engines::http::heads::HttpVersion::Http2) => {
                 serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
             }
-            Some(crate::http::heads::HttpVersion::Http1) => {
+            Some(crate::engines::http::heads::HttpVersion::Http1) => {
                 let io = FramingGuard::new(stream, Detect::Http1, on_reject);
                 serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout, http2_idle).await
             }

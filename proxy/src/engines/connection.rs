@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::context::{ConnectionContext, Target};
-use crate::dns::cache::FqdnLease;
+use crate::engines::state::ProxyState;
 use crate::identity::reserved;
+use crate::model::fqdn::FqdnLease;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel, Resolved};
 use crate::net::UpstreamBind;
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
-use crate::state::ProxyState;
 
 /// A connection's view of one policy model.
 pub struct Decision {

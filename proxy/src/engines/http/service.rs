@@ -17,13 +17,13 @@ use super::normalize::normalize_path;
 use super::reply;
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
-use crate::connection::Decision;
 use crate::context::{ConnectionContext, Target};
-use crate::flow::{FlowRecord, HttpFlow, Verdict};
-use crate::metrics::{ProtocolLabels, RequestLabels};
+use crate::engines::connection::Decision;
+use crate::engines::state::ProxyState;
 use crate::model::ConnectionVerdict;
+use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
+use crate::observe::metrics::{ProtocolLabels, RequestLabels};
 use crate::policy::L4Protocol;
-use crate::state::ProxyState;
 use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, request_head_line};
 
 /// Request bodies up to this size are read to the end when a request is

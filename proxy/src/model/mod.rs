@@ -2,6 +2,8 @@
 //! filters they use. A new model is built and validated whole, then swapped
 //! in atomically; connections look it up per request.
 
+pub mod fqdn;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,8 +13,8 @@ use serde::Serialize;
 
 use crate::config::{ListenerConfig, WeirConfig};
 use crate::context::{ConnectionContext, Direction, TRANSPARENT_LISTENER, Target};
-use crate::dns::cache::FqdnCache;
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
+use crate::model::fqdn::FqdnCache;
 use crate::net::UpstreamBind;
 use crate::policy::{
     Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict,

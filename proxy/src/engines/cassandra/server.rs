@@ -30,10 +30,10 @@ use tokio::sync::{mpsc, watch};
 use super::cql::{self, Statement};
 use super::frame::{self, BatchEntry, Deframer, FrameError, Framer, HEADER, Header, RequestBody, ResponseBody};
 use crate::context::Target;
-use crate::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
+use crate::engines::relay::{self, Connection, Snapshot};
+use crate::engines::state::{OpenConnection, ProxyState};
+use crate::observe::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
 use crate::protocol::Protocol;
-use crate::relay::{self, Connection, Snapshot};
-use crate::state::{OpenConnection, ProxyState};
 use crate::wasm::cassandra as wit;
 
 /// Capacity of the queue between the halves (see the memcached engine: the

@@ -9,7 +9,7 @@ use crate::limits::ListenerLimits;
 /// The limits of the listener an HTTP connection came in on (the request-head
 /// timeout for HTTP/1; the idle timeout for HTTP/2: HTTP/1 keep-alive
 /// connections end at the head timeout).
-pub fn http_limits(state: &crate::state::ProxyState, target: &crate::context::Target) -> ListenerLimits {
+pub fn http_limits(state: &crate::engines::state::ProxyState, target: &crate::context::Target) -> ListenerLimits {
     let model = state.model.load();
     let listener = match target {
         crate::context::Target::Listener(name) => model.listeners.get(&**name).map(|l| l.config.limits.clone()),
@@ -22,18 +22,22 @@ pub fn http_limits(state: &crate::state::ProxyState, target: &crate::context::Ta
 /// `idle_timeout`: it is shut down gracefully (GOAWAY; streams still open
 /// finish first).
 pub fn record_http2_idle(
-    state: &crate::state::ProxyState,
+    state: &crate::engines::state::ProxyState,
     context: &crate::context::ConnectionContext,
     timeout: Duration,
 ) {
-    let labels = crate::metrics::ListenerLabels { listener: context.listener.to_string() };
+    let labels = crate::observe::metrics::ListenerLabels { listener: context.listener.to_string() };
     state.metrics.connections_closed_idle.get_or_create(&labels).inc();
-    state.flows.record(crate::flow::FlowRecord {
+    state.flows.record(crate::observe::flow::FlowRecord {
         reason: Some(format!(
             "no HTTP/2 request for {} (idle_timeout): connection shut down with GOAWAY",
             crate::units::duration::format(timeout)
         )),
-        ..crate::flow::FlowRecord::of(context, crate::protocol::Protocol::Http, crate::flow::Verdict::Error)
+        ..crate::observe::flow::FlowRecord::of(
+            context,
+            crate::protocol::Protocol::Http,
+            crate::observe::flow::Verdict::Error,
+        )
     });
 }
 
@@ -77,15 +81,19 @@ pub async fn detect_http_version(stream: &tokio::net::TcpStream, timeout: Option
 /// The flow of an HTTP connection closed because no whole request head came
 /// within `request_head_timeout` (hyper's timer, or the version wait).
 pub fn record_head_timeout(
-    state: &crate::state::ProxyState,
+    state: &crate::engines::state::ProxyState,
     context: &crate::context::ConnectionContext,
     timeout: Option<Duration>,
 ) {
-    let labels = crate::metrics::ListenerLabels { listener: context.listener.to_string() };
+    let labels = crate::observe::metrics::ListenerLabels { listener: context.listener.to_string() };
     state.metrics.connections_closed_idle.get_or_create(&labels).inc();
     let timeout = timeout.map_or_else(|| "its timeout".into(), crate::units::duration::format);
-    state.flows.record(crate::flow::FlowRecord {
+    state.flows.record(crate::observe::flow::FlowRecord {
         reason: Some(format!("no whole request head within {timeout} (request_head_timeout): connection closed")),
-        ..crate::flow::FlowRecord::of(context, crate::protocol::Protocol::Http, crate::flow::Verdict::Error)
+        ..crate::observe::flow::FlowRecord::of(
+            context,
+            crate::protocol::Protocol::Http,
+            crate::observe::flow::Verdict::Error,
+        )
     });
 }

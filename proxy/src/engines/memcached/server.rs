@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Frame, FrameError, Protocol, Refused, Reply, Request};
 use crate::context::Target;
-use crate::flow::{FlowRecord, MemcachedFlow, Verdict};
-use crate::relay::{self, Connection, Snapshot};
-use crate::state::{OpenConnection, ProxyState};
+use crate::engines::relay::{self, Connection, Snapshot};
+use crate::engines::state::{OpenConnection, ProxyState};
+use crate::observe::flow::{FlowRecord, MemcachedFlow, Verdict};
 use crate::wasm::memcached as wit;
 
 /// Capacity of the queue between the halves. The response half moves

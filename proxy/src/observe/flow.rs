@@ -454,7 +454,7 @@ impl FlowLog {
         flow.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         flow.time = FlowTime(SystemTime::now());
         if self.log.load(Ordering::Relaxed) {
-            tracing::info!(target: "weir::flow", "{}", flow.to_text());
+            tracing::info!(target: "weir::observe::flow", "{}", flow.to_text());
         }
         let flow = Arc::new(flow);
         if self.capacity > 0 {
