@@ -20,7 +20,7 @@ use crate::config::UpstreamProtocol;
 use crate::context::{ConnectionContext, Target};
 use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
-use crate::model::ConnectionVerdict;
+use crate::model::{ConnectionVerdict, FilterChain};
 use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
 use crate::observe::metrics::{ProtocolLabels, RequestLabels};
 use crate::policy::L4Protocol;
@@ -109,6 +109,68 @@ struct RequestTrace {
     latency: Option<Duration>,
 }
 
+/// A request that passed the checks: its parts as they will be forwarded.
+struct Checked {
+    parts: http::request::Parts,
+    body: Incoming,
+    /// Normalized; empty when the request named none.
+    authority: String,
+    path_and_query: String,
+    scheme: &'static str,
+}
+
+impl Checked {
+    /// The request head as filters read it.
+    fn head(&self) -> Vec<u8> {
+        let headers = &self.parts.headers;
+        let (method, path) = (self.parts.method.as_str(), &self.path_and_query);
+        let mut head = request_head_line(method, path, &self.authority, self.scheme, headers.len() * 32);
+        write_headers(&mut head, headers);
+        head
+    }
+
+    /// The request back, for a stop that answers it without forwarding.
+    fn into_request(self) -> Request<Incoming> {
+        Request::from_parts(self.parts, self.body)
+    }
+}
+
+/// How a stage ends a request before its response is handed on (boxed: it
+/// carries the request, and only refusals pay for it).
+#[allow(clippy::large_enum_variant)] // always boxed
+enum Stop {
+    /// Answer without forwarding. An HTTP/1.1 request body is read to the
+    /// end (up to a limit) first, so the client can send its next request.
+    Refuse { request: Request<Incoming>, response: Response<ProxyBody>, verdict: Verdict, reason: String },
+    /// Answer now: the request was forwarded already.
+    Finish { response: Response<ProxyBody>, verdict: Verdict, reason: String },
+}
+
+impl Stop {
+    fn filter_failed(request: Request<Incoming>, failure: FilterFailure) -> Box<Stop> {
+        let (response, reason) = (reply::filter_failed(), failure.to_string());
+        Box::new(Stop::Refuse { request, response, verdict: Verdict::Error, reason })
+    }
+
+    async fn answer(self, flight: InFlight) -> Response<ProxyBody> {
+        match self {
+            Stop::Refuse { request, response, verdict, reason } => {
+                let http1 = request.version() < Version::HTTP_2;
+                let body = request.into_body();
+                let response = if http1 && !body.is_end_stream() && !drain(body).await {
+                    reply::closing(response)
+                } else {
+                    response
+                };
+                HttpConnection::finish(flight, verdict, Some(reason), response)
+            }
+            Stop::Finish { response, verdict, reason } => {
+                HttpConnection::finish(flight, verdict, Some(reason), response)
+            }
+        }
+    }
+}
+
 impl HttpConnection {
     pub fn new(state: Arc<ProxyState>, target: Target, peer: SocketAddr, id: u64, tls: bool) -> Self {
         HttpConnection {
@@ -152,6 +214,9 @@ impl HttpConnection {
         self.snapshot().map(|s| (s.verdict.clone(), s.context.clone()))
     }
 
+    /// One request: check it, let the filters judge it, forward it, let
+    /// the filters see the response. Each stage either hands the request on
+    /// or ends it with a [`Stop`].
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -181,27 +246,52 @@ impl HttpConnection {
             }
             ConnectionVerdict::Forward(chain) => chain,
         };
+        let stages = async {
+            let checked = self.check(&mut flight, request)?;
+            let checked = self.filter_request(&mut flight, chain, checked, request_id)?;
+            let (mut response, aborted) = Self::forward(&snap, checked, version).await?;
+            Self::filter_response(&mut flight, chain, &mut response, request_id)?;
+            Ok::<_, Box<Stop>>((response, aborted))
+        };
+        let (response, aborted) = match stages.await {
+            Ok(forwarded) => forwarded,
+            Err(stop) => return stop.answer(flight).await,
+        };
+        let (mut parts, body) = response.into_parts();
+        parts.version = version;
+        flight.trace().latency = Some(started.elapsed());
+        let on_end = flight.record_at_end(parts.status.as_u16(), aborted);
+        Response::from_parts(parts, ProxyBody::upstream(body, on_end))
+    }
 
-        // Framing and target checks, before anything is interpreted.
+    /// Framing and target checks, before anything is interpreted; the path
+    /// normalized, and the hop-by-hop headers (and those `Connection` names)
+    /// gone, so filters judge the request as it will be forwarded.
+    fn check(&self, flight: &mut InFlight, request: Request<Incoming>) -> Result<Checked, Box<Stop>> {
+        let refuse = |request, why: String| {
+            Box::new(Stop::Refuse { request, response: reply::bad_request(&why), verdict: Verdict::Error, reason: why })
+        };
         let authority = match check_request(&request) {
             Ok(authority) => normalize_authority(&authority, self.scheme),
-            Err(why) => return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await,
+            Err(why) => return Err(refuse(request, why)),
         };
         if request.method() == Method::CONNECT {
             let why = "CONNECT is not supported by an L7 policy listener".to_string();
-            return Self::refuse(flight, request, reply::method_not_allowed(&why), Verdict::Error, why).await;
+            return Err(Box::new(Stop::Refuse {
+                request,
+                response: reply::method_not_allowed(&why),
+                verdict: Verdict::Error,
+                reason: why,
+            }));
         }
-        let listener_config = &snap.listener.config;
+        let listener_config = &flight.snap.listener.config;
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
             listener_config.ambiguous_paths,
         ) {
             Ok(path) => path,
-            Err(e) => {
-                let why = e.to_string();
-                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
-            }
+            Err(e) => return Err(refuse(request, e.to_string())),
         };
         let path_and_query = match request.uri().query() {
             Some(q) => format!("{path}?{q}"),
@@ -209,26 +299,29 @@ impl HttpConnection {
         };
         flight.trace().http.path = path_and_query.clone();
         flight.trace().http.host = authority.clone();
-
-        // Filters judge the request as it will be forwarded: hop-by-hop
-        // headers (and those `Connection` names) go first.
         let (mut parts, body) = request.into_parts();
         if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
-            let request = Request::from_parts(parts, body);
-            return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
+            return Err(refuse(Request::from_parts(parts, body), why));
         }
-        let method = parts.method.clone();
-        let encode = |headers: &HeaderMap| {
-            let (path, scheme) = (&path_and_query, self.scheme);
-            let mut head = request_head_line(method.as_str(), path, &authority, scheme, headers.len() * 32);
-            write_headers(&mut head, headers);
-            head
-        };
+        Ok(Checked { parts, body, authority, path_and_query, scheme: self.scheme })
+    }
+
+    /// The request filters, in chain order: each allows (maybe editing
+    /// headers), denies, or fails (closed or open, as configured).
+    fn filter_request(
+        &self,
+        flight: &mut InFlight,
+        chain: &FilterChain,
+        mut checked: Checked,
+        request_id: u64,
+    ) -> Result<Checked, Box<Stop>> {
         // a listener without filters never reads the head
-        let head = if chain.links.is_empty() { Vec::new() } else { encode(&parts.headers) };
-        let mut head = wit::Request { id: request_id, head };
+        if chain.links.is_empty() {
+            return Ok(checked);
+        }
+        let mut head = wit::Request { id: request_id, head: checked.head() };
         for link in &chain.links {
-            let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
+            let view = ConnectionView { context: flight.snap.context.clone(), direction: link.direction };
             let filter_started = Instant::now();
             let decision = link.filter.on_request(view, &head);
             let elapsed = filter_started.elapsed();
@@ -237,19 +330,18 @@ impl HttpConnection {
             match decision {
                 Ok(wit::RequestDecision::Allow(allow)) => {
                     if !allow.edits.is_empty() {
-                        if let Err(why) = apply_edits(&mut parts.headers, &allow.edits) {
+                        if let Err(why) = apply_edits(&mut checked.parts.headers, &allow.edits) {
                             let failure = FilterFailure {
                                 filter: link.filter.name.clone(),
                                 kind: crate::wasm::FailureKind::Trap,
                                 message: why,
                             };
                             if link.filter.failure == FailurePolicy::Closed {
-                                let request = Request::from_parts(parts, body);
-                                return Self::filter_failed(flight, request, failure).await;
+                                return Err(Stop::filter_failed(checked.into_request(), failure));
                             }
                             continue;
                         }
-                        head.head = encode(&parts.headers);
+                        head.head = checked.head();
                     }
                     if let Some(matched) = allow.matched {
                         let trace = flight.trace();
@@ -270,21 +362,33 @@ impl HttpConnection {
                             }
                         },
                     };
-                    let request = Request::from_parts(parts, body);
-                    let reason = format!("{}: {}", link.filter.name, deny.reason);
-                    return Self::refuse(flight, request, response, Verdict::Denied, reason).await;
+                    return Err(Box::new(Stop::Refuse {
+                        request: checked.into_request(),
+                        response,
+                        verdict: Verdict::Denied,
+                        reason: format!("{}: {}", link.filter.name, deny.reason),
+                    }));
                 }
                 Err(failure) => {
                     if link.filter.failure == FailurePolicy::Closed {
-                        let request = Request::from_parts(parts, body);
-                        return Self::filter_failed(flight, request, failure).await;
+                        return Err(Stop::filter_failed(checked.into_request(), failure));
                     }
                     tracing::debug!("{failure}; failure policy open, continuing");
                 }
             }
         }
+        Ok(checked)
+    }
 
-        // Forward.
+    /// Send the request upstream, in the version the listener asks for, and
+    /// wait for the response head. Also returns whether the client broke off
+    /// the request body.
+    async fn forward(
+        snap: &Snapshot,
+        checked: Checked,
+        version: Version,
+    ) -> Result<(Response<Incoming>, Arc<AtomicBool>), Box<Stop>> {
+        let Checked { mut parts, body, authority, path_and_query, .. } = checked;
         let upstream_h2 = match snap.listener.config.upstream_protocol {
             UpstreamProtocol::Auto => version == Version::HTTP_2,
             UpstreamProtocol::Http1 => false,
@@ -301,8 +405,12 @@ impl HttpConnection {
             Ok(uri) => uri,
             Err(e) => {
                 let why = format!("cannot form the upstream URI: {e}");
-                let request = Request::from_parts(parts, body);
-                return Self::refuse(flight, request, reply::bad_request(&why), Verdict::Error, why).await;
+                return Err(Box::new(Stop::Refuse {
+                    request: Request::from_parts(parts, body),
+                    response: reply::bad_request(&why),
+                    verdict: Verdict::Error,
+                    reason: why,
+                }));
             }
         };
         parts.uri = uri;
@@ -318,86 +426,70 @@ impl HttpConnection {
         let aborted = Arc::new(AtomicBool::new(false));
         let body = TrackedBody::new(body, aborted.clone());
         let client = if upstream_h2 { &snap.pools.http2 } else { &snap.pools.http1 };
-        let upstream = client.request(Request::from_parts(parts, body)).await;
-        let mut response = match upstream {
-            Ok(response) => response,
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => Ok((response, aborted)),
             Err(e) => {
-                let (reply, why) = if aborted.load(Ordering::Relaxed) {
+                let (response, reason) = if aborted.load(Ordering::Relaxed) {
                     (reply::bad_request("request body aborted"), "client aborted the request body".to_string())
                 } else if e.is_connect() {
                     (reply::upstream_unavailable(), format!("upstream connect failed: {}", error_chain(&e)))
                 } else {
                     (reply::upstream_failed(), format!("upstream failed: {}", error_chain(&e)))
                 };
-                return Self::finish(flight, Verdict::Error, Some(why), reply);
-            }
-        };
-
-        // Response hooks, ingress side first (reverse order of the chain).
-        strip_response_hop_by_hop(response.headers_mut());
-        if chain.links.iter().any(|link| link.filter.wants_responses()) {
-            let mut head = wit::Response {
-                request_id,
-                status: response.status().as_u16(),
-                headers: flat_headers(response.headers()).unwrap_or_default(),
-            };
-            for link in chain.links.iter().rev().filter(|link| link.filter.wants_responses()) {
-                let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
-                let filter_started = Instant::now();
-                let decision = link.filter.on_response(view, &head);
-                let elapsed = filter_started.elapsed();
-                link.filter.observe_duration(elapsed);
-                flight.trace().filter_time += elapsed;
-                match decision {
-                    Ok(wit::ResponseDecision::IgnoreResponses) => link.filter.ignore_responses(),
-                    Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
-                    Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
-                        Ok(()) => head.headers = flat_headers(response.headers()).unwrap_or_default(),
-                        Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
-                    },
-                    Ok(wit::ResponseDecision::Replace(custom)) => {
-                        let replaced = custom_reply(custom).unwrap_or_else(|_| reply::filter_failed());
-                        let reason = format!("{}: replaced the upstream response", link.filter.name);
-                        return Self::finish(flight, Verdict::Denied, Some(reason), replaced);
-                    }
-                    Err(failure) if link.filter.failure == FailurePolicy::Closed => {
-                        let reason = failure.to_string();
-                        return Self::finish(flight, Verdict::Error, Some(reason), reply::filter_failed());
-                    }
-                    Err(_) => {}
-                }
+                Err(Box::new(Stop::Finish { response, verdict: Verdict::Error, reason }))
             }
         }
-        let (mut parts, body) = response.into_parts();
-        parts.version = version;
-        flight.trace().latency = Some(started.elapsed());
-        let on_end = flight.record_at_end(parts.status.as_u16(), aborted);
-        Response::from_parts(parts, ProxyBody::upstream(body, on_end))
     }
 
-    async fn filter_failed(
-        flight: InFlight,
-        request: Request<Incoming>,
-        failure: FilterFailure,
-    ) -> Response<ProxyBody> {
-        let reason = failure.to_string();
-        Self::refuse(flight, request, reply::filter_failed(), Verdict::Error, reason).await
-    }
-
-    /// Answer without forwarding. An HTTP/1.1 request body is read to the end
-    /// (up to a limit) first, so the client can send its next request.
-    async fn refuse(
-        flight: InFlight,
-        request: Request<Incoming>,
-        response: Response<ProxyBody>,
-        verdict: Verdict,
-        reason: String,
-    ) -> Response<ProxyBody> {
-        let http1 = request.version() < Version::HTTP_2;
-        let body = request.into_body();
-        let response =
-            if http1 && !body.is_end_stream() && !drain(body).await { reply::closing(response) } else { response };
-        Self::finish(flight, verdict, Some(reason), response)
+    /// The response hooks, ingress side first (the chain in reverse), for
+    /// the filters that still want responses.
+    fn filter_response(
+        flight: &mut InFlight,
+        chain: &FilterChain,
+        response: &mut Response<Incoming>,
+        request_id: u64,
+    ) -> Result<(), Box<Stop>> {
+        strip_response_hop_by_hop(response.headers_mut());
+        if !chain.links.iter().any(|link| link.filter.wants_responses()) {
+            return Ok(());
+        }
+        let mut head = wit::Response {
+            request_id,
+            status: response.status().as_u16(),
+            headers: flat_headers(response.headers()).unwrap_or_default(),
+        };
+        for link in chain.links.iter().rev().filter(|link| link.filter.wants_responses()) {
+            let view = ConnectionView { context: flight.snap.context.clone(), direction: link.direction };
+            let filter_started = Instant::now();
+            let decision = link.filter.on_response(view, &head);
+            let elapsed = filter_started.elapsed();
+            link.filter.observe_duration(elapsed);
+            flight.trace().filter_time += elapsed;
+            match decision {
+                Ok(wit::ResponseDecision::IgnoreResponses) => link.filter.ignore_responses(),
+                Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
+                Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
+                    Ok(()) => head.headers = flat_headers(response.headers()).unwrap_or_default(),
+                    Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
+                },
+                Ok(wit::ResponseDecision::Replace(custom)) => {
+                    return Err(Box::new(Stop::Finish {
+                        response: custom_reply(custom).unwrap_or_else(|_| reply::filter_failed()),
+                        verdict: Verdict::Denied,
+                        reason: format!("{}: replaced the upstream response", link.filter.name),
+                    }));
+                }
+                Err(failure) if link.filter.failure == FailurePolicy::Closed => {
+                    return Err(Box::new(Stop::Finish {
+                        response: reply::filter_failed(),
+                        verdict: Verdict::Error,
+                        reason: failure.to_string(),
+                    }));
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     fn finish(
