@@ -2,7 +2,8 @@ use std::net::IpAddr;
 
 use super::document::parse_file;
 use super::*;
-use crate::identity::{Label, Labels, NAMESPACE_LABEL};
+use crate::context::Direction;
+use crate::identity::{Identity, Label, Labels, NAMESPACE_LABEL, reserved};
 use crate::protocol::Protocol;
 
 fn identity(id: u32, namespace: &str, labels: &[(&str, &str)]) -> Identity {

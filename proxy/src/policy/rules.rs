@@ -1,0 +1,271 @@
+//! The compiled rules: what a policy document becomes, and the verdict types
+//! evaluation returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use weir_fqdn_match::NameMatcher;
+
+use super::document::{FqdnSelector, HttpRule, KafkaRule};
+use super::selector::Selector;
+use crate::context::Direction;
+use crate::identity::{Identity, reserved};
+use crate::protocol::Protocol;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Any,
+    /// A protocol without ports (ICMP, …): only port-less rules cover it.
+    /// Never written in a policy; the datapath asks about it.
+    Other,
+}
+
+impl L4Protocol {
+    pub(super) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "TCP" => Some(L4Protocol::Tcp),
+            "UDP" => Some(L4Protocol::Udp),
+            "SCTP" => Some(L4Protocol::Sctp),
+            "ANY" => Some(L4Protocol::Any),
+            _ => None,
+        }
+    }
+
+    pub(super) fn covers(self, actual: L4Protocol) -> bool {
+        self == L4Protocol::Any || self == actual
+    }
+}
+
+/// Cilium entities: sets of identities with well-known meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    All,
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    KubeApiserver,
+    Health,
+    Init,
+    Unmanaged,
+    Ingress,
+}
+
+impl Entity {
+    pub(super) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "all" => Entity::All,
+            "world" | "world-ipv4" | "world-ipv6" => Entity::World,
+            "cluster" => Entity::Cluster,
+            "host" => Entity::Host,
+            "remote-node" => Entity::RemoteNode,
+            "kube-apiserver" => Entity::KubeApiserver,
+            "health" => Entity::Health,
+            "init" => Entity::Init,
+            "unmanaged" => Entity::Unmanaged,
+            "ingress" => Entity::Ingress,
+            _ => return None,
+        })
+    }
+
+    pub(super) fn selects(self, identity: &Identity) -> bool {
+        match self {
+            Entity::All => true,
+            Entity::World => identity.id == reserved::WORLD,
+            Entity::Cluster => identity.id != reserved::WORLD,
+            Entity::Host => identity.id == reserved::HOST,
+            Entity::RemoteNode => identity.id == reserved::REMOTE_NODE,
+            Entity::KubeApiserver => identity.id == reserved::KUBE_APISERVER,
+            Entity::Health => identity.id == reserved::HEALTH,
+            Entity::Init => identity.id == reserved::INIT,
+            Entity::Unmanaged => identity.id == reserved::UNMANAGED,
+            // Ingress (Cilium's embedded gateway) has no local-mode counterpart.
+            Entity::Ingress => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Peer {
+    Endpoints(Selector),
+    /// Matches only peers outside the cluster (world), as in Cilium: a
+    /// managed endpoint is known by its identity, not by its address.
+    Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    Entity(Entity),
+    /// `toFQDNs`: world addresses the subject learned, through the DNS
+    /// proxy, for a name the selector matches (and only while the answer's
+    /// TTL lasts).
+    Fqdn(FqdnPeer),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FqdnPeer {
+    #[serde(flatten)]
+    pub selector: FqdnSelector,
+    #[serde(skip)]
+    pub matchers: Vec<NameMatcher>,
+}
+
+impl FqdnPeer {
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.matchers.iter().any(|m| m.matches(name))
+    }
+}
+
+impl Peer {
+    pub(super) fn matches(&self, peer: &PeerInfo<'_>) -> bool {
+        match self {
+            Peer::Fqdn(fqdn) => {
+                peer.identity.id == reserved::WORLD && peer.learned_names.iter().any(|n| fqdn.matches_name(n))
+            }
+            Peer::Endpoints(selector) => selector.selects(peer.identity),
+            Peer::Cidr { cidr, except } => {
+                peer.identity.id == reserved::WORLD
+                    && cidr.contains(&peer.address)
+                    && !except.iter().any(|e| e.contains(&peer.address))
+            }
+            Peer::Entity(entity) => entity.selects(peer.identity),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+    pub protocol: L4Protocol,
+}
+
+impl PortRange {
+    pub(super) fn matches(&self, port: u16, protocol: L4Protocol) -> bool {
+        self.protocol.covers(protocol) && (self.start == 0 || (self.start..=self.end).contains(&port))
+    }
+}
+
+/// A custom filter named by a `wasm` rule.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WasmRef {
+    pub name: String,
+    pub config: String,
+    /// Where it was written, for errors found when the filter configures.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct L7Rules {
+    /// The protocol the rules are written for.
+    pub kind: Protocol,
+    /// `None`: no HTTP rules (allow all requests, still seen by the proxy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRule>>,
+    /// `rules.dns`: the names that may be looked up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnSelector>>,
+    /// `rules.kafka`: the requests that may be sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Vec<KafkaRule>>,
+    /// `l7proto`, as written (the stream filter's name for `Stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7proto: Option<String>,
+    /// `l7`: the generic rules, for the parser `l7proto` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<Vec<BTreeMap<String, String>>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wasm: Vec<WasmRef>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRuleSet {
+    pub path: String,
+    /// Empty: every port.
+    pub ports: Vec<PortRange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Rules>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerRule {
+    pub path: String,
+    /// `None`: every peer.
+    pub peers: Option<Vec<Peer>>,
+    /// `None`: every port, no L7 rules.
+    pub to_ports: Option<Vec<PortRuleSet>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRule {
+    pub policy: String,
+    pub file: String,
+    pub path: String,
+    pub subject: Selector,
+    pub ingress: Option<Vec<PeerRule>>,
+    pub ingress_deny: Option<Vec<PeerRule>>,
+    pub egress: Option<Vec<PeerRule>>,
+    pub egress_deny: Option<Vec<PeerRule>>,
+    pub default_deny_ingress: bool,
+    pub default_deny_egress: bool,
+}
+
+impl PolicyRule {
+    pub(super) fn sections(&self, direction: Direction) -> (Option<&Vec<PeerRule>>, Option<&Vec<PeerRule>>, bool) {
+        match direction {
+            Direction::Ingress => (self.ingress.as_ref(), self.ingress_deny.as_ref(), self.default_deny_ingress),
+            Direction::Egress => (self.egress.as_ref(), self.egress_deny.as_ref(), self.default_deny_egress),
+        }
+    }
+}
+
+/// The peer of the side being evaluated: the source for ingress, the
+/// destination for egress.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerInfo<'a> {
+    pub identity: &'a Identity,
+    /// One address (a /32 or /128), or for the datapath a whole prefix of
+    /// world addresses that share a verdict.
+    pub address: IpNet,
+    /// Names (normalized) the subject learned this address for through the
+    /// DNS proxy and whose TTL has not run out; what `toFQDNs` matches.
+    pub learned_names: &'a [Arc<str>],
+}
+
+impl<'a> PeerInfo<'a> {
+    pub fn new(identity: &'a Identity, address: IpNet) -> Self {
+        PeerInfo { identity, address, learned_names: &[] }
+    }
+}
+
+/// One reason a connection is allowed, with the L7 rules that then apply.
+#[derive(Clone, Debug)]
+pub struct Allowance<'a> {
+    /// `default/allow-get spec.ingress[0].toPorts[0]`
+    pub origin: String,
+    pub policy: &'a str,
+    /// `None`: everything at L7.
+    pub l7: Option<&'a L7Rules>,
+}
+
+#[derive(Clone, Debug)]
+pub enum SideVerdict<'a> {
+    /// No rule enforces this direction for the endpoint.
+    Unenforced,
+    Allowed(Vec<Allowance<'a>>),
+    Denied {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub rules: Vec<PolicyRule>,
+}
