@@ -4,6 +4,7 @@
 //! listeners that accept and hand connections to them.
 
 pub mod cassandra;
+pub mod chain;
 pub mod connection;
 pub mod dns;
 pub mod http;

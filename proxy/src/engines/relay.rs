@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use crate::context::{Target, next_connection_id};
+use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
@@ -17,7 +17,7 @@ use crate::observe::flow::{FlowRecord, Verdict};
 use crate::observe::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
-use crate::wasm::{ConfiguredFilter, ConnectionView, FailurePolicy, FilterFailure};
+use crate::wasm::{ConfiguredFilter, ConnectionView, FilterFailure};
 
 /// The model-dependent part of a connection (the connection step's
 /// decision), made again when the model changes.
@@ -196,36 +196,25 @@ pub fn run_chain<W, D>(
         return None;
     }
     let request = request();
-    let mut filter_time = Duration::ZERO;
-    let mut matched = Vec::new();
-    let mut outcome = None;
-    for link in &chain.links {
-        let view = ConnectionView { context: snap.context.clone(), direction: link.direction };
-        let started = Instant::now();
-        let answer = ask(&link.filter, view, &request);
-        let elapsed = started.elapsed();
-        link.filter.observe_duration(elapsed);
-        filter_time += elapsed;
-        match answer {
-            Ok(Answer::Allow(m)) => matched.extend(m),
-            Ok(Answer::Deny(reason, detail)) => {
-                flow.reason = Some(reason);
-                outcome = Some(Refusal { verdict: Verdict::Denied, detail });
-                break;
-            }
-            Err(failure) if link.filter.failure == FailurePolicy::Open => {
-                tracing::debug!("{failure}; failing open");
-            }
-            Err(failure) => {
-                flow.reason = Some(failure.to_string());
-                outcome = Some(Refusal { verdict: Verdict::Error, detail: default_detail() });
-                break;
-            }
+    let mut run = ChainRun::default();
+    let stopped = chain::run(&chain.links, &snap.context, &mut run, |link, view| {
+        ask(&link.filter, view, &request).map(|answer| match answer {
+            Answer::Allow(matched) => chain::Answer::Allow(matched),
+            Answer::Deny(reason, detail) => chain::Answer::Deny((reason, detail)),
+        })
+    });
+    flow.filter_us = run.filter_time.as_micros() as u64;
+    if !run.matched.is_empty() {
+        flow.matched = Some(run.matched.join(", "));
+    }
+    match stopped? {
+        Stopped::Denied((reason, detail)) => {
+            flow.reason = Some(reason);
+            Some(Refusal { verdict: Verdict::Denied, detail })
+        }
+        Stopped::Failed(failure) => {
+            flow.reason = Some(failure.to_string());
+            Some(Refusal { verdict: Verdict::Error, detail: default_detail() })
         }
     }
-    flow.filter_us = filter_time.as_micros() as u64;
-    if !matched.is_empty() {
-        flow.matched = Some(matched.join(", "));
-    }
-    outcome
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::message::{self, AnswerRecord};
 use crate::config::DnsRefusal;
 use crate::context::{ConnectionContext, Target, next_connection_id};
+use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
@@ -19,7 +20,7 @@ use crate::observe::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
 use crate::observe::metrics::{DnsLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
-use crate::wasm::{ConnectionView, FailurePolicy, dns};
+use crate::wasm::dns;
 
 /// Largest DNS message over UDP (and the TCP length prefix's limit).
 const MAX_MESSAGE: usize = 65535;
@@ -566,28 +567,21 @@ fn judge(
             DnsRefusal::Nxdomain => ResponseCode::NXDomain,
         },
     };
-    let mut matched = None;
-    for link in &chain.links {
-        let view = ConnectionView { context: context.clone(), direction: link.direction };
-        let started = Instant::now();
-        let decision = link.filter.on_query(view, &wit_query);
-        let elapsed = started.elapsed();
-        link.filter.observe_duration(elapsed);
-        *filter_time += elapsed;
-        match decision {
-            Ok(dns::QueryDecision::Allow(allow)) => matched = allow.matched.or(matched),
-            Ok(dns::QueryDecision::Deny(deny)) => {
-                return Err(Outcome::own(Verdict::Denied, deny.reason, query, refusal(deny.rcode)));
-            }
-            Err(failure) => match link.filter.failure {
-                FailurePolicy::Open => continue,
-                FailurePolicy::Closed => {
-                    return Err(Outcome::own(Verdict::Error, failure.to_string(), query, ResponseCode::ServFail));
-                }
-            },
+    let mut run = ChainRun { filter_time: *filter_time, matched: Vec::new() };
+    let stopped = chain::run(&chain.links, context, &mut run, |link, view| {
+        Ok(match link.filter.on_query(view, &wit_query)? {
+            dns::QueryDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
+            dns::QueryDecision::Deny(deny) => chain::Answer::Deny(deny),
+        })
+    });
+    *filter_time = run.filter_time;
+    match stopped {
+        None => Ok(run.matched.pop()),
+        Some(Stopped::Denied(deny)) => Err(Outcome::own(Verdict::Denied, deny.reason, query, refusal(deny.rcode))),
+        Some(Stopped::Failed(failure)) => {
+            Err(Outcome::own(Verdict::Error, failure.to_string(), query, ResponseCode::ServFail))
         }
     }
-    Ok(matched)
 }
 
 /// Send an allowed query to the resolver and relay its answer; learn the

@@ -18,13 +18,14 @@ use super::reply;
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
 use crate::context::{ConnectionContext, Target};
+use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, FilterChain};
 use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
 use crate::observe::metrics::{ProtocolLabels, RequestLabels};
 use crate::policy::L4Protocol;
-use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure, http as wit, request_head_line};
+use crate::wasm::{FilterFailure, http as wit, request_head_line};
 
 /// Request bodies up to this size are read to the end when a request is
 /// refused, so an HTTP/1.1 connection stays usable; larger ones close it.
@@ -320,62 +321,45 @@ impl HttpConnection {
             return Ok(checked);
         }
         let mut head = wit::Request { id: request_id, head: checked.head() };
-        for link in &chain.links {
-            let view = ConnectionView { context: flight.snap.context.clone(), direction: link.direction };
-            let filter_started = Instant::now();
-            let decision = link.filter.on_request(view, &head);
-            let elapsed = filter_started.elapsed();
-            link.filter.observe_duration(elapsed);
-            flight.trace().filter_time += elapsed;
-            match decision {
-                Ok(wit::RequestDecision::Allow(allow)) => {
+        let mut run = ChainRun::default();
+        let stopped = chain::run(&chain.links, &flight.snap.context, &mut run, |link, view| {
+            match link.filter.on_request(view, &head)? {
+                wit::RequestDecision::Allow(allow) => {
                     if !allow.edits.is_empty() {
-                        if let Err(why) = apply_edits(&mut checked.parts.headers, &allow.edits) {
-                            let failure = FilterFailure {
-                                filter: link.filter.name.clone(),
-                                kind: crate::wasm::FailureKind::Trap,
-                                message: why,
-                            };
-                            if link.filter.failure == FailurePolicy::Closed {
-                                return Err(Stop::filter_failed(checked.into_request(), failure));
-                            }
-                            continue;
-                        }
+                        // an edit weir cannot apply is the filter's failure
+                        apply_edits(&mut checked.parts.headers, &allow.edits).map_err(|why| FilterFailure {
+                            filter: link.filter.name.clone(),
+                            kind: crate::wasm::FailureKind::Trap,
+                            message: why,
+                        })?;
                         head.head = checked.head();
                     }
-                    if let Some(matched) = allow.matched {
-                        let trace = flight.trace();
-                        trace.matched = Some(match trace.matched.take() {
-                            Some(earlier) => format!("{earlier}; {matched}"),
-                            None => matched,
-                        });
-                    }
+                    Ok(chain::Answer::Allow(allow.matched))
                 }
-                Ok(wit::RequestDecision::Deny(deny)) => {
+                wit::RequestDecision::Deny(deny) => {
                     let response = match deny.reply {
                         None => reply::access_denied(),
-                        Some(custom) => match custom_reply(custom) {
-                            Ok(response) => response,
-                            Err(why) => {
-                                tracing::warn!(filter = &*link.filter.name, "invalid deny reply: {why}");
-                                reply::access_denied()
-                            }
-                        },
+                        Some(custom) => custom_reply(custom).unwrap_or_else(|why| {
+                            tracing::warn!(filter = &*link.filter.name, "invalid deny reply: {why}");
+                            reply::access_denied()
+                        }),
                     };
-                    return Err(Box::new(Stop::Refuse {
-                        request: checked.into_request(),
-                        response,
-                        verdict: Verdict::Denied,
-                        reason: format!("{}: {}", link.filter.name, deny.reason),
-                    }));
-                }
-                Err(failure) => {
-                    if link.filter.failure == FailurePolicy::Closed {
-                        return Err(Stop::filter_failed(checked.into_request(), failure));
-                    }
-                    tracing::debug!("{failure}; failure policy open, continuing");
+                    Ok(chain::Answer::Deny((response, format!("{}: {}", link.filter.name, deny.reason))))
                 }
             }
+        });
+        let trace = flight.trace();
+        trace.filter_time += run.filter_time;
+        if !run.matched.is_empty() {
+            trace.matched = Some(run.matched.join("; "));
+        }
+        match stopped {
+            None => {}
+            Some(Stopped::Denied((response, reason))) => {
+                let request = checked.into_request();
+                return Err(Box::new(Stop::Refuse { request, response, verdict: Verdict::Denied, reason }));
+            }
+            Some(Stopped::Failed(failure)) => return Err(Stop::filter_failed(checked.into_request(), failure)),
         }
         Ok(checked)
     }
@@ -458,35 +442,33 @@ impl HttpConnection {
             status: response.status().as_u16(),
             headers: flat_headers(response.headers()).unwrap_or_default(),
         };
-        for link in chain.links.iter().rev().filter(|link| link.filter.wants_responses()) {
-            let view = ConnectionView { context: flight.snap.context.clone(), direction: link.direction };
-            let filter_started = Instant::now();
-            let decision = link.filter.on_response(view, &head);
-            let elapsed = filter_started.elapsed();
-            link.filter.observe_duration(elapsed);
-            flight.trace().filter_time += elapsed;
-            match decision {
-                Ok(wit::ResponseDecision::IgnoreResponses) => link.filter.ignore_responses(),
-                Ok(wit::ResponseDecision::Pass(edits)) if edits.is_empty() => {}
-                Ok(wit::ResponseDecision::Pass(edits)) => match apply_edits(response.headers_mut(), &edits) {
+        let responders = chain.links.iter().rev().filter(|link| link.filter.wants_responses());
+        let mut run = ChainRun::default();
+        let stopped = chain::run(responders, &flight.snap.context, &mut run, |link, view| {
+            match link.filter.on_response(view, &head)? {
+                wit::ResponseDecision::IgnoreResponses => link.filter.ignore_responses(),
+                wit::ResponseDecision::Pass(edits) if edits.is_empty() => {}
+                wit::ResponseDecision::Pass(edits) => match apply_edits(response.headers_mut(), &edits) {
                     Ok(()) => head.headers = flat_headers(response.headers()).unwrap_or_default(),
                     Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
                 },
-                Ok(wit::ResponseDecision::Replace(custom)) => {
-                    return Err(Box::new(Stop::Finish {
-                        response: custom_reply(custom).unwrap_or_else(|_| reply::filter_failed()),
-                        verdict: Verdict::Denied,
-                        reason: format!("{}: replaced the upstream response", link.filter.name),
-                    }));
+                wit::ResponseDecision::Replace(custom) => {
+                    let replaced = custom_reply(custom).unwrap_or_else(|_| reply::filter_failed());
+                    return Ok(chain::Answer::Deny((replaced, link.filter.name.clone())));
                 }
-                Err(failure) if link.filter.failure == FailurePolicy::Closed => {
-                    return Err(Box::new(Stop::Finish {
-                        response: reply::filter_failed(),
-                        verdict: Verdict::Error,
-                        reason: failure.to_string(),
-                    }));
-                }
-                Err(_) => {}
+            }
+            Ok(chain::Answer::Allow(None))
+        });
+        flight.trace().filter_time += run.filter_time;
+        match stopped {
+            None => {}
+            Some(Stopped::Denied((response, filter))) => {
+                let reason = format!("{filter}: replaced the upstream response");
+                return Err(Box::new(Stop::Finish { response, verdict: Verdict::Denied, reason }));
+            }
+            Some(Stopped::Failed(failure)) => {
+                let (response, reason) = (reply::filter_failed(), failure.to_string());
+                return Err(Box::new(Stop::Finish { response, verdict: Verdict::Error, reason }));
             }
         }
         Ok(())
