@@ -84,18 +84,18 @@ pub fn compile(
         let sets =
             [&rule.ingress, &rule.egress].into_iter().flatten().flatten().flat_map(|p| p.to_ports.iter().flatten());
         for (set, l7) in sets.filter_map(|s| s.l7.as_ref().map(|l| (s, l))) {
-            let what = match l7.kind {
+            let what = match l7.kind() {
                 Protocol::Http | Protocol::Dns => continue,
                 Protocol::Kafka => "Kafka",
                 Protocol::Memcached => "memcached",
                 Protocol::Cassandra => "Cassandra",
                 Protocol::Stream => "l7proto",
             };
-            let field = match l7.kind.spec().rules {
+            let field = match l7.kind().spec().rules {
                 RuleSyntax::Field(field) => field,
                 RuleSyntax::L7proto(_) => "l7proto",
             };
-            let listener = l7.kind.name();
+            let listener = l7.kind().name();
             errors.push(format!(
                 "policy {} {}.rules.{field}: the eBPF datapath does not redirect {what} ports yet; \
                  these rules are enforced on `protocol: {listener}` listeners (local mode)",
@@ -342,11 +342,11 @@ fn value(
         SideVerdict::Allowed(allowances) => {
             let l7 = allowances.iter().find(|a| a.l7.is_some());
             let plain = allowances.iter().find(|a| a.l7.is_none());
-            let port_of = |a: &crate::policy::Allowance<'_>| match a.l7.map(|l| l.kind) {
+            let port_of = |a: &crate::policy::Allowance<'_>| match a.l7.map(|l| l.kind()) {
                 Some(Protocol::Dns) => ports.dns,
                 _ => ports.http,
             };
-            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind == Protocol::Dns));
+            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind() == Protocol::Dns));
             match (protocol, l7, plain) {
                 (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, port_of(a), index_of(a.origin.clone())),
                 (L4Protocol::Udp, Some(a), _) if dns => entry(VERDICT_REDIRECT, ports.dns, index_of(a.origin.clone())),

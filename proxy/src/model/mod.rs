@@ -17,8 +17,8 @@ use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Labe
 use crate::model::fqdn::FqdnCache;
 use crate::net::UpstreamBind;
 use crate::policy::{
-    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict,
-    SourcedDocument,
+    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, ProtocolRules,
+    SideVerdict, SourcedDocument,
 };
 use crate::protocol::Protocol;
 use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
@@ -312,23 +312,21 @@ impl PolicyModel {
                 };
                 // the built-in filters prefix errors "<group>: <field>[i].name: ..."
                 let path = || set.path.clone();
-                let fielded = match l7.kind {
-                    Protocol::Http => l7.http.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    Protocol::Kafka => l7.kafka.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    Protocol::Memcached | Protocol::Cassandra => {
-                        Some(policy_config(&[(path(), l7.l7.as_deref().unwrap_or(&[]))]))
-                    }
-                    Protocol::Dns | Protocol::Stream => None,
+                let fielded = match &l7.rules {
+                    ProtocolRules::Http(rules) => rules.as_deref().map(|r| policy_config(&[(path(), r)])),
+                    ProtocolRules::Kafka(rules) => Some(policy_config(&[(path(), rules.as_slice())])),
+                    ProtocolRules::Generic { protocol: Protocol::Stream, .. } => None,
+                    ProtocolRules::Generic { l7, .. } => Some(policy_config(&[(path(), l7.as_deref().unwrap_or(&[]))])),
+                    ProtocolRules::Dns(_) => None,
                 };
                 if let Some(config) = fielded
-                    && let Err(message) = self.configure_builtin(l7.kind, config)
+                    && let Err(message) = self.configure_builtin(l7.kind(), config)
                 {
                     let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
                     errors.push(error(format!("{}.rules.{}", set.path, detail_field(detail)), detail_message(detail)));
                 }
-                if l7.kind == Protocol::Stream {
-                    let name = l7.l7proto.as_deref().unwrap_or_default();
-                    let config = policy_config(&[(set.path.clone(), l7.l7.as_deref().unwrap_or(&[]))]);
+                if let ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } = &l7.rules {
+                    let config = policy_config(&[(set.path.clone(), rules.as_deref().unwrap_or(&[]))]);
                     if let Err(message) = self.configure_stream(name, config) {
                         errors.push(error(format!("{}.rules.l7proto", set.path), message));
                     }
@@ -339,7 +337,7 @@ impl PolicyModel {
                         ));
                     }
                 }
-                if let Some(dns) = &l7.dns {
+                if let ProtocolRules::Dns(dns) = &l7.rules {
                     // names were checked when the policy compiled; this
                     // checks that the filter takes what the host sends
                     let config = policy_config(&[(set.path.clone(), dns.as_slice())]);
@@ -348,7 +346,7 @@ impl PolicyModel {
                     }
                 }
                 for w in &l7.wasm {
-                    let wanted = l7.kind;
+                    let wanted = l7.kind();
                     match self.custom_filters.get(&w.name) {
                         None => errors.push(error(
                             format!("{}.name", w.path),
@@ -360,7 +358,7 @@ impl PolicyModel {
                                 "filter {:?} implements {}, but this port carries {} rules ({} needed)",
                                 w.name,
                                 custom.component.world().world(),
-                                l7.kind.rules_name(),
+                                l7.kind().rules_name(),
                                 wanted.world()
                             ),
                         )),
@@ -616,17 +614,17 @@ impl PolicyModel {
         // Rules written for another protocol allow nothing here: a port
         // carries one protocol (Cilium refuses two parsers on one port).
         let (allowances, other): (Vec<&Allowance<'a>>, Vec<&Allowance<'a>>) =
-            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind == kind));
+            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind() == kind));
         if allowances.is_empty() {
             let origin = other.first().map_or("", |a| a.origin.as_str());
-            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind.rules_name());
+            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind().rules_name());
             return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.rules_name()));
         }
         let mut links = Vec::new();
         let allows_all = allowances.iter().any(|a| a.l7.is_none());
         let header_actions = allowances
             .iter()
-            .filter_map(|a| a.l7.and_then(|l| l.http.as_deref()))
+            .filter_map(|a| a.l7.and_then(|l| l.http()))
             .flatten()
             .any(|rule| !rule.header_matches.is_empty());
         // A rule without L7 rules allows every request; the filter is only
@@ -636,33 +634,33 @@ impl PolicyModel {
                 Protocol::Http => policy_config::<HttpRule>(
                     &allowances
                         .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.http.as_deref()).unwrap_or(&[])))
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.http()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
                 Protocol::Dns => policy_config::<FqdnSelector>(
                     &allowances
                         .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns.as_deref()).unwrap_or(&[])))
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
                 Protocol::Kafka => policy_config::<KafkaRule>(
                     &allowances
                         .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka.as_deref()).unwrap_or(&[])))
+                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka()).unwrap_or(&[])))
                         .collect::<Vec<_>>(),
                 ),
                 Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => {
                     policy_config::<BTreeMap<String, String>>(
                         &allowances
                             .iter()
-                            .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.l7.as_deref()).unwrap_or(&[])))
+                            .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.generic()).unwrap_or(&[])))
                             .collect::<Vec<_>>(),
                     )
                 }
             };
             let filter = if kind == Protocol::Stream {
                 // one parser per port: every rule here must name the same one
-                let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto.as_deref()));
+                let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto()));
                 let name = names.next().unwrap_or_default();
                 if let Some(other) = names.find(|n| *n != name) {
                     return Err(format!("rules for this port name two parsers, l7proto {name} and {other}"));

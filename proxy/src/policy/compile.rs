@@ -468,15 +468,17 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
                     path: format!("{rules_at}.wasm[{i}]"),
                 })
                 .collect();
-            Some(L7Rules {
-                kind,
-                http: rules.http.clone(),
-                dns: rules.dns.clone(),
-                kafka: rules.kafka.clone(),
-                l7proto: rules.l7proto.clone(),
-                l7: rules.l7.clone(),
-                wasm,
-            })
+            let rules = match kind {
+                Protocol::Http => ProtocolRules::Http(rules.http.clone()),
+                Protocol::Dns => ProtocolRules::Dns(rules.dns.clone().unwrap_or_default()),
+                Protocol::Kafka => ProtocolRules::Kafka(rules.kafka.clone().unwrap_or_default()),
+                Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => ProtocolRules::Generic {
+                    protocol: kind,
+                    l7proto: rules.l7proto.clone().unwrap_or_default(),
+                    l7: rules.l7.clone(),
+                },
+            };
+            Some(L7Rules { rules, wasm })
         }
     };
     Ok(PortRuleSet { path: at.to_string(), ports, l7 })

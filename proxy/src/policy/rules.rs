@@ -162,27 +162,108 @@ pub struct WasmRef {
     pub path: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A port's L7 rules: the rules of exactly one protocol, and the custom
+/// filters that run after them.
+#[derive(Clone, Debug)]
 pub struct L7Rules {
-    /// The protocol the rules are written for.
-    pub kind: Protocol,
-    /// `None`: no HTTP rules (allow all requests, still seen by the proxy).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<Vec<HttpRule>>,
-    /// `rules.dns`: the names that may be looked up.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Vec<FqdnSelector>>,
-    /// `rules.kafka`: the requests that may be sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<Vec<KafkaRule>>,
-    /// `l7proto`, as written (the stream filter's name for `Stream`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l7proto: Option<String>,
-    /// `l7`: the generic rules, for the parser `l7proto` names.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l7: Option<Vec<BTreeMap<String, String>>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: ProtocolRules,
     pub wasm: Vec<WasmRef>,
+}
+
+/// The rules of one protocol, as written.
+#[derive(Clone, Debug)]
+pub enum ProtocolRules {
+    /// `rules.http`; `None` when the port has only `wasm` rules (every
+    /// request allowed, still seen by the proxy).
+    Http(Option<Vec<HttpRule>>),
+    /// `rules.dns`: the names that may be looked up.
+    Dns(Vec<FqdnSelector>),
+    /// `rules.kafka`: the requests that may be sent.
+    Kafka(Vec<KafkaRule>),
+    /// `l7proto` (as written: for `Stream` the stream filter's name) with its
+    /// generic `l7` rules, for memcached, Cassandra or a stream filter.
+    Generic { protocol: Protocol, l7proto: String, l7: Option<Vec<BTreeMap<String, String>>> },
+}
+
+impl L7Rules {
+    /// The protocol the rules are written for.
+    pub fn kind(&self) -> Protocol {
+        match &self.rules {
+            ProtocolRules::Http(_) => Protocol::Http,
+            ProtocolRules::Dns(_) => Protocol::Dns,
+            ProtocolRules::Kafka(_) => Protocol::Kafka,
+            ProtocolRules::Generic { protocol, .. } => *protocol,
+        }
+    }
+
+    pub fn http(&self) -> Option<&[HttpRule]> {
+        match &self.rules {
+            ProtocolRules::Http(rules) => rules.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn dns(&self) -> Option<&[FqdnSelector]> {
+        match &self.rules {
+            ProtocolRules::Dns(rules) => Some(rules),
+            _ => None,
+        }
+    }
+
+    pub fn kafka(&self) -> Option<&[KafkaRule]> {
+        match &self.rules {
+            ProtocolRules::Kafka(rules) => Some(rules),
+            _ => None,
+        }
+    }
+
+    /// `l7proto`, as written.
+    pub fn l7proto(&self) -> Option<&str> {
+        match &self.rules {
+            ProtocolRules::Generic { l7proto, .. } => Some(l7proto),
+            _ => None,
+        }
+    }
+
+    /// The generic `l7` rules.
+    pub fn generic(&self) -> Option<&[BTreeMap<String, String>]> {
+        match &self.rules {
+            ProtocolRules::Generic { l7, .. } => l7.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// `/config` shows L7 rules as the fields they were written in.
+impl Serialize for L7Rules {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            kind: Protocol,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            http: Option<&'a [HttpRule]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dns: Option<&'a [FqdnSelector]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kafka: Option<&'a [KafkaRule]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            l7proto: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            l7: Option<&'a [BTreeMap<String, String>]>,
+            #[serde(skip_serializing_if = "<[WasmRef]>::is_empty")]
+            wasm: &'a [WasmRef],
+        }
+        Written {
+            kind: self.kind(),
+            http: self.http(),
+            dns: self.dns(),
+            kafka: self.kafka(),
+            l7proto: self.l7proto(),
+            l7: self.generic(),
+            wasm: &self.wasm,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

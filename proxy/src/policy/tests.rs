@@ -57,7 +57,7 @@ fn ingress_rule_allows_selected_peer_on_its_port_with_l7_rules() {
         SideVerdict::Allowed(a) => {
             assert_eq!(a.len(), 1);
             assert_eq!(a[0].origin, "shop/web spec.ingress[0].toPorts[0]");
-            assert_eq!(a[0].l7.unwrap().http.as_ref().unwrap()[0].path.as_deref(), Some("/.*"));
+            assert_eq!(a[0].l7.unwrap().http().unwrap()[0].path.as_deref(), Some("/.*"));
         }
         other => panic!("{other:?}"),
     }
@@ -413,8 +413,8 @@ spec:
         let v = set.evaluate(Direction::Egress, &client, PeerInfo::new(&dns, ip("10.0.0.53")), 53, protocol);
         let SideVerdict::Allowed(a) = v else { panic!("{protocol:?} to the resolver is allowed") };
         let l7 = a[0].l7.expect("with DNS rules");
-        assert_eq!(l7.kind, crate::protocol::Protocol::Dns);
-        assert_eq!(l7.dns.as_ref().unwrap()[0].match_pattern.as_deref(), Some("*.example.com"));
+        assert_eq!(l7.kind(), crate::protocol::Protocol::Dns);
+        assert_eq!(l7.dns().unwrap()[0].match_pattern.as_deref(), Some("*.example.com"));
     }
 }
 
@@ -443,8 +443,8 @@ fn kafka_rules_compile_with_their_kind_and_fields() {
     let v = set.evaluate(Direction::Ingress, &kafka, PeerInfo::new(&hq, ip("10.0.0.7")), 9092, L4Protocol::Tcp);
     let SideVerdict::Allowed(a) = v else { panic!("hq may connect") };
     let l7 = a[0].l7.expect("with Kafka rules");
-    assert_eq!(l7.kind, Protocol::Kafka);
-    let rule = &l7.kafka.as_ref().unwrap()[0];
+    assert_eq!(l7.kind(), Protocol::Kafka);
+    let rule = &l7.kafka().unwrap()[0];
     assert_eq!(
         (rule.role.as_deref(), rule.topic.as_deref(), rule.client_id.as_deref()),
         (Some("produce"), Some("empire-announce"), Some("hq"))
@@ -477,8 +477,8 @@ fn l7proto_selects_weirs_engines_or_a_stream_filter_by_name() {
         let v = set.evaluate(Direction::Ingress, &kafka, PeerInfo::new(&hq, ip("10.0.0.7")), 9092, L4Protocol::Tcp);
         let SideVerdict::Allowed(a) = v else { panic!("hq may connect") };
         let l7 = a[0].l7.expect("with l7 rules");
-        assert_eq!((l7.kind, l7.l7proto.as_deref()), (kind, Some(proto)));
-        assert_eq!(l7.l7.as_ref().unwrap()[0]["keyPrefix"], "a/");
+        assert_eq!((l7.kind(), l7.l7proto()), (kind, Some(proto)));
+        assert_eq!(l7.generic().unwrap()[0]["keyPrefix"], "a/");
     }
 }
 
