@@ -101,3 +101,19 @@ fn a_kafka_response_declaring_a_huge_array_is_left_as_it_is() {
     let version = i16::from_be_bytes([input[0], input[1]]) % 8;
     assert!(crate::engines::kafka::codec::narrow_api_versions(&input[2..], version).is_none());
 }
+
+/// An ApiVersions answer with an unknown tagged field numbered past
+/// i32::MAX decodes, but kafka-protocol encodes it without that field, so
+/// the narrowed frame did not decode again (fuzz/corpus/kafka_response/
+/// negative-tagged-field, found by CI's fuzzing). An answer that does not read
+/// back as the one narrowed is passed on as the broker sent it.
+#[test]
+fn a_kafka_response_that_does_not_encode_back_is_left_as_it_is() {
+    let input = include_bytes!("../../fuzz/corpus/kafka_response/negative-tagged-field");
+    let version = i16::from_be_bytes([input[0], input[1]]) % 8;
+    assert!(crate::engines::kafka::codec::narrow_api_versions(&input[2..], version).is_none());
+    // a well-formed answer is still narrowed
+    let seed = include_bytes!("../../fuzz/corpus/kafka_response/seed-apiversions-v3");
+    let version = i16::from_be_bytes([seed[0], seed[1]]) % 8;
+    assert!(crate::engines::kafka::codec::narrow_api_versions(&seed[2..], version).is_some());
+}

@@ -733,7 +733,16 @@ pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMu
     response.encode(&mut out, request_version).ok()?;
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
-    Some(out)
+    // kafka-protocol does not encode every answer it decodes the same way
+    // (tagged fields whose tag is past i32::MAX vanish): an answer that does
+    // not read back as the one narrowed is passed on as the broker sent it,
+    // like any answer weir cannot read. Narrowing only spares clients
+    // versions weir would refuse; it is not what enforces them.
+    let mut again = Bytes::copy_from_slice(&out[4..]);
+    let reads_back = ResponseHeader::decode(&mut again, header_version).is_ok_and(|h| h == header)
+        && ApiVersionsResponse::decode(&mut again, request_version).is_ok_and(|r| r == response)
+        && again.is_empty();
+    reads_back.then_some(out)
 }
 
 mod topics;
