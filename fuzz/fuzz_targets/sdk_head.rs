@@ -50,9 +50,11 @@ type Head = (String, String, String, &'static str, HeaderMap);
 fn host_head(u: &mut Unstructured) -> Result<Option<Head>> {
     let Ok(method) = http::Method::from_bytes(u.arbitrary::<&[u8]>()?) else { return Ok(None) };
     let Ok(target) = http::uri::PathAndQuery::try_from(u.arbitrary::<&[u8]>()?) else { return Ok(None) };
-    let Ok(path) =
-        weir::engines::http::normalize_path(target.path(), EscapedSlashes::Reject, weir::config::AmbiguousPaths::Reject)
-    else {
+    let Ok(path) = weir::engines::http::normalize_path(
+        target.path(),
+        EscapedSlashes::Reject,
+        weir::config::AmbiguousPaths::Reject,
+    ) else {
         return Ok(None);
     };
     let path = match target.query() {
