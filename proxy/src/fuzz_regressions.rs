@@ -1,6 +1,6 @@
 //! Inputs the fuzz targets (`fuzz/`, docs/fuzzing.md) found, each pinned
 //! here with the property it broke. Open findings are not here: they are in
-//! docs/fuzzing.md with their inputs in `fuzz/regressions/`.
+//! docs/fuzzing.md with their inputs in `fuzz/corpus/<target>/`.
 
 use std::io;
 use std::pin::Pin;
