@@ -158,14 +158,6 @@ impl Connection {
     }
 }
 
-/// What one filter said about a request, in the engine's terms.
-pub enum Answer<D> {
-    /// Allowed; what allowed it, for the flow record.
-    Allow(Option<String>),
-    /// Refused, with the reason and the engine's detail (Kafka's error code).
-    Deny(String, D),
-}
-
 /// A request the chain refuses.
 pub struct Refusal<D> {
     /// Denied by policy, or Error when a filter failed closed.
@@ -183,7 +175,8 @@ pub fn run_chain<W, D>(
     flow: &mut FlowRecord,
     request: impl FnOnce() -> W,
     default_detail: impl Fn() -> D,
-    mut ask: impl FnMut(&ConfiguredFilter, ConnectionView, &W) -> Result<Answer<D>, FilterFailure>,
+    // a denial carries its reason and the engine's detail (Kafka's error code)
+    mut ask: impl FnMut(&ConfiguredFilter, ConnectionView, &W) -> Result<chain::Answer<(String, D)>, FilterFailure>,
 ) -> Option<Refusal<D>> {
     let chain = match &*snap.verdict {
         ConnectionVerdict::Drop { reason } => {
@@ -197,12 +190,7 @@ pub fn run_chain<W, D>(
     }
     let request = request();
     let mut run = ChainRun::default();
-    let stopped = chain::run(&chain.links, &snap.context, &mut run, |link, view| {
-        ask(&link.filter, view, &request).map(|answer| match answer {
-            Answer::Allow(matched) => chain::Answer::Allow(matched),
-            Answer::Deny(reason, detail) => chain::Answer::Deny((reason, detail)),
-        })
-    });
+    let stopped = chain::run(&chain.links, &snap.context, &mut run, |link, view| ask(&link.filter, view, &request));
     flow.filter_us = run.filter_time.as_micros() as u64;
     if !run.matched.is_empty() {
         flow.matched = Some(run.matched.join(", "));

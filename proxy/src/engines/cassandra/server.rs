@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use super::cql::{self, Statement};
 use super::frame::{self, BatchEntry, Deframer, FrameError, Framer, HEADER, Header, RequestBody, ResponseBody};
 use crate::context::Target;
+use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::observe::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
@@ -396,8 +397,8 @@ fn judge(
         || (),
         |filter, view, wit_request| {
             Ok(match filter.on_cassandra_request(view, wit_request)? {
-                wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
-                wit::RequestDecision::Deny(deny) => relay::Answer::Deny(deny.reason, ()),
+                wit::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
+                wit::RequestDecision::Deny(deny) => Answer::Deny((deny.reason, ())),
             })
         },
     );

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Request, Topics};
 use crate::context::Target;
+use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::observe::flow::{FlowRecord, KafkaFlow, Verdict};
@@ -182,9 +183,9 @@ fn judge(snap: &Snapshot, request: &Request, flow: &mut FlowRecord) -> Option<re
     let default_code = || request.default_error_code();
     relay::run_chain(snap, flow, wit_request, default_code, |filter, view, wit_request| {
         Ok(match filter.on_kafka_request(view, wit_request)? {
-            wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
+            wit::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
             wit::RequestDecision::Deny(deny) => {
-                relay::Answer::Deny(deny.reason, deny.error_code.unwrap_or_else(default_code))
+                Answer::Deny((deny.reason, deny.error_code.unwrap_or_else(default_code)))
             }
         })
     })

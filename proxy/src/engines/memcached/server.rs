@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Frame, FrameError, Protocol, Refused, Reply, Request};
 use crate::context::Target;
+use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::observe::flow::{FlowRecord, MemcachedFlow, Verdict};
@@ -248,8 +249,8 @@ fn judge(snap: &Snapshot, request: &mut Request, flow: &mut FlowRecord) -> Optio
             || (),
             |filter, view, wit_request| {
                 Ok(match filter.on_memcached_request(view, wit_request)? {
-                    wit::RequestDecision::Allow(allow) => relay::Answer::Allow(allow.matched),
-                    wit::RequestDecision::Deny(deny) => relay::Answer::Deny(deny.reason, ()),
+                    wit::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
+                    wit::RequestDecision::Deny(deny) => Answer::Deny((deny.reason, ())),
                 })
             },
         );
