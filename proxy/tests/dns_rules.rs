@@ -23,7 +23,7 @@ fn runtime() -> &'static (Arc<FilterRuntime>, Arc<FilterComponent>) {
 fn configure(groups: serde_json::Value) -> Result<Arc<weir::wasm::ConfiguredFilter>, String> {
     let (runtime, component) = runtime();
     let config = json!({ "groups": groups }).to_string();
-    runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
+    runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed).map_err(|e| e.to_string())
 }
 
 /// `Ok(matched)` or `Err(reason)`.

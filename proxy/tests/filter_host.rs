@@ -8,8 +8,8 @@ use std::time::Duration;
 use weir::observe::metrics::Metrics;
 use weir::wasm::http::RequestDecision;
 use weir::wasm::{
-    ConfiguredFilter, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits, FilterRuntime,
-    RuntimeOptions, builtin, test_connection,
+    ConfigureError, ConfiguredFilter, FailureKind, FailurePolicy, FilterComponent, FilterFailure, FilterLimits,
+    FilterRuntime, RuntimeOptions, builtin, test_connection,
 };
 
 fn setup() -> (Arc<Metrics>, Arc<FilterRuntime>, Arc<FilterComponent>) {
@@ -82,11 +82,15 @@ fn bad_configurations_are_rejected_before_traffic() {
     let (_, runtime, component) = setup();
     let refused =
         runtime.configure(&component, r#"{"rejectConfig":"no thanks"}"#.into(), limits(), FailurePolicy::Closed);
-    assert_eq!(refused.unwrap_err(), "no thanks");
+    let refused = refused.unwrap_err();
+    assert!(matches!(refused, ConfigureError::Refused(_)), "the filter judged it: {refused:?}");
+    assert_eq!(refused.to_string(), "no thanks");
     let trapped = runtime.configure(&component, r#"{"trapInConfigure":true}"#.into(), limits(), FailurePolicy::Closed);
-    assert!(trapped.unwrap_err().contains("configure failed (trap)"));
+    let trapped = trapped.unwrap_err();
+    assert!(matches!(trapped, ConfigureError::Failed(_)), "a trap is no judgement: {trapped:?}");
+    assert!(trapped.to_string().contains("configure failed (trap)"));
     let malformed = runtime.configure(&component, "{".into(), limits(), FailurePolicy::Closed);
-    assert!(malformed.unwrap_err().contains("misbehave config"));
+    assert!(malformed.unwrap_err().to_string().contains("misbehave config"));
 }
 
 #[test]
@@ -132,5 +136,5 @@ fn the_example_filter_answers_with_its_own_reply() {
         FilterLimits::default(),
         FailurePolicy::Closed,
     );
-    assert!(bad.unwrap_err().contains("`pattern`"));
+    assert!(bad.unwrap_err().to_string().contains("`pattern`"));
 }

@@ -7,7 +7,8 @@ use serde_json::json;
 use weir::observe::metrics::Metrics;
 use weir::wasm::http::{HeaderOp, RequestDecision};
 use weir::wasm::{
-    FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin, test_connection,
+    ConfigureError, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
+    test_connection,
 };
 
 fn runtime() -> &'static (Arc<FilterRuntime>, Arc<FilterComponent>) {
@@ -31,6 +32,10 @@ fn groups(groups: serde_json::Value) -> Policy {
 }
 
 fn try_config(config: serde_json::Value) -> Result<Policy, String> {
+    try_config_typed(config).map_err(|e| e.to_string())
+}
+
+fn try_config_typed(config: serde_json::Value) -> Result<Policy, ConfigureError> {
     let (runtime, component) = runtime();
     runtime.configure(component, config.to_string(), FilterLimits::default(), FailurePolicy::Closed).map(Policy)
 }
@@ -270,4 +275,22 @@ fn invalid_rules_are_rejected_with_the_field() {
     let add_without_value =
         try_config(json!({ "groups": [{ "rules": [{ "headerMatches": [{ "name": "x", "mismatch": "ADD" }] }] }] }));
     assert!(add_without_value.is_err());
+}
+
+/// The error comes back typed: the group, the field inside its rules and the
+/// message, so weir points at the policy field without reading the text.
+#[test]
+fn rule_errors_are_typed() {
+    let rejected = try_config_typed(json!({ "groups": [
+        { "name": "ok", "rules": [{ "path": "/a" }] },
+        { "name": "p spec.ingress[0].toPorts[0]", "rules": [{}, { "headerMatches": [{ "name": ":path" }] }] },
+    ] }));
+    let Err(ConfigureError::Refused(refusal)) = rejected else { panic!("refused by the filter: {:?}", rejected.err()) };
+    assert_eq!(refusal.group.as_deref(), Some("p spec.ingress[0].toPorts[0]"));
+    assert_eq!(refusal.field.as_deref(), Some("http[1].headerMatches[0].name"));
+    assert_eq!(refusal.message, "pseudo-header \":path\" cannot be matched or edited here");
+
+    let Err(ConfigureError::Refused(unparsed)) = try_config_typed(json!({ "groups": 3 })) else { panic!() };
+    assert_eq!((unparsed.group, unparsed.field), (None, None), "the whole configuration is wrong");
+    assert!(unparsed.message.starts_with("http-policy config: invalid type"), "{}", unparsed.message);
 }

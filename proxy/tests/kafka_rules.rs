@@ -8,8 +8,8 @@ use weir::observe::metrics::Metrics;
 use weir::protocol::Protocol;
 use weir::wasm::kafka::{Request, RequestDecision, Topics};
 use weir::wasm::{
-    ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions, builtin,
-    test_connection,
+    ConfigureError, ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, RuntimeOptions,
+    builtin, test_connection,
 };
 
 const PRODUCE: i16 = 0;
@@ -31,7 +31,7 @@ fn runtime() -> &'static (Arc<FilterRuntime>, Arc<FilterComponent>) {
     })
 }
 
-fn configure(groups: serde_json::Value) -> Result<Arc<ConfiguredFilter>, String> {
+fn configure(groups: serde_json::Value) -> Result<Arc<ConfiguredFilter>, ConfigureError> {
     let (runtime, component) = runtime();
     let config = json!({ "groups": groups }).to_string();
     runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
@@ -160,7 +160,7 @@ fn bad_rules_are_refused_with_the_field_named() {
         (json!({ "topics": "t" }), "unknown field `topics`"),
     ];
     for (rule, expected) in cases {
-        let error = configure(json!([{ "name": "g", "rules": [rule] }])).unwrap_err();
+        let error = configure(json!([{ "name": "g", "rules": [rule] }])).unwrap_err().to_string();
         assert!(error.contains(expected), "{error:?} should contain {expected:?}");
     }
 }

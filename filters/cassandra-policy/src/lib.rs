@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::cassandra::*;
 use weir_filter_sdk::l7_rules::{Group, compile_groups};
 
@@ -89,16 +90,19 @@ pub struct CassandraPolicy {
     groups: Vec<Group<Rule>>,
 }
 
-fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> {
+fn compile(fields: &BTreeMap<String, String>) -> Result<Rule, ConfigError> {
     let mut rule = Rule { action: None, table: None };
     for (name, value) in fields {
         match name.as_str() {
             "query_action" => {
                 if !WITH_TABLE.contains(&value.as_str()) && !WITHOUT_TABLE.contains(&value.as_str()) {
-                    return Err(format!(
-                        "{at}.query_action: unknown action {value:?}; use one of {}, {}",
-                        WITH_TABLE.join(", "),
-                        WITHOUT_TABLE.join(", ")
+                    return Err(ConfigError::at(
+                        "query_action",
+                        format!(
+                            "unknown action {value:?}; use one of {}, {}",
+                            WITH_TABLE.join(", "),
+                            WITHOUT_TABLE.join(", ")
+                        ),
                     ));
                 }
                 rule.action = Some(value.clone());
@@ -108,18 +112,21 @@ fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> 
             "query_table" => {
                 rule.table = Some(
                     regex::Regex::new(value)
-                        .map_err(|e| format!("{at}.query_table: invalid regular expression: {e}"))?,
+                        .map_err(|e| ConfigError::at("query_table", format!("invalid regular expression: {e}")))?,
                 );
             }
             other => {
-                return Err(format!("{at}.{other}: unknown field; cassandra rules have query_action and query_table"));
+                return Err(ConfigError::at(other, "unknown field; cassandra rules have query_action and query_table"));
             }
         }
     }
     if let (Some(action), Some(_)) = (&rule.action, &rule.table)
         && WITHOUT_TABLE.contains(&action.as_str())
     {
-        return Err(format!("{at}.query_table: query_action {action} names no table, so it takes no query_table"));
+        return Err(ConfigError::at(
+            "query_table",
+            format!("query_action {action} names no table, so it takes no query_table"),
+        ));
     }
     Ok(rule)
 }

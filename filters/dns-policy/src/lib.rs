@@ -9,6 +9,7 @@
 //! Tested as a component, through the real host: `proxy/tests/dns_rules.rs`.
 
 use serde::Deserialize;
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::dns::*;
 use weir_fqdn_match::{NameMatcher, PreparedName};
 
@@ -53,24 +54,29 @@ pub struct DnsPolicy {
 }
 
 impl DnsPolicy {
-    pub fn compile(config: &str) -> Result<Self, String> {
-        let parsed: PolicyConfig = serde_json::from_str(config).map_err(|e| format!("dns-policy config: {e}"))?;
+    pub fn compile(config: &str) -> Result<Self, ConfigError> {
+        let parsed: PolicyConfig =
+            serde_json::from_str(config).map_err(|e| ConfigError::new(format!("dns-policy config: {e}")))?;
         let mut groups = Vec::with_capacity(parsed.groups.len());
         for group in parsed.groups {
-            let label = group.name.clone().unwrap_or_default();
+            let label = group.name.as_deref();
             let mut matchers = Vec::with_capacity(group.rules.len());
             for (i, rule) in group.rules.iter().enumerate() {
                 // both fields in one entry: either may match, as in Cilium
                 if rule.match_name.is_none() && rule.match_pattern.is_none() {
-                    return Err(format!("{label}: dns[{i}]: give matchName or matchPattern"));
+                    return Err(ConfigError::at(format!("dns[{i}]"), "give matchName or matchPattern").in_group(label));
                 }
                 if let Some(name) = &rule.match_name {
-                    matchers.push(NameMatcher::name(name).map_err(|e| format!("{label}: dns[{i}].matchName: {e}"))?);
+                    matchers.push(
+                        NameMatcher::name(name).map_err(|e| {
+                            ConfigError::at(format!("dns[{i}].matchName"), e.to_string()).in_group(label)
+                        })?,
+                    );
                 }
                 if let Some(pattern) = &rule.match_pattern {
-                    matchers.push(
-                        NameMatcher::pattern(pattern).map_err(|e| format!("{label}: dns[{i}].matchPattern: {e}"))?,
-                    );
+                    matchers.push(NameMatcher::pattern(pattern).map_err(|e| {
+                        ConfigError::at(format!("dns[{i}].matchPattern"), e.to_string()).in_group(label)
+                    })?);
                 }
             }
             groups.push(Group { name: group.name, matchers });
@@ -97,7 +103,7 @@ impl DnsPolicy {
 
 impl DnsFilter for DnsPolicy {
     fn configure(config: &str) -> Result<Self, String> {
-        DnsPolicy::compile(config)
+        Ok(DnsPolicy::compile(config)?)
     }
 
     fn on_query(&self, _conn: &Connection, query: &Query) -> QueryDecision {

@@ -11,14 +11,16 @@ mod rules;
 
 use config::PolicyConfig;
 use rules::{CompiledPolicy, HeaderView};
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::http::*;
 
 pub struct HttpPolicy(CompiledPolicy);
 
 impl HttpFilter for HttpPolicy {
     fn configure(config: &str) -> Result<Self, String> {
-        let parsed: PolicyConfig = serde_json::from_str(config).map_err(|e| format!("http-policy config: {e}"))?;
-        CompiledPolicy::compile(&parsed).map(HttpPolicy)
+        let parsed: PolicyConfig =
+            serde_json::from_str(config).map_err(|e| ConfigError::new(format!("http-policy config: {e}")))?;
+        Ok(HttpPolicy(CompiledPolicy::compile(&parsed)?))
     }
 
     fn on_request(&self, _conn: &Connection, request: &Request) -> RequestDecision {

@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 
 use regex::Regex;
-use weir_filter_sdk::headers;
 use weir_filter_sdk::http::{HeaderOp, Request, RequestParts, append_header, remove_header, set_header};
+use weir_filter_sdk::{ConfigError, headers};
 
 use crate::config::{HttpRule, MismatchAction, PolicyConfig};
 
@@ -52,13 +52,13 @@ struct HeaderAction {
 }
 
 impl CompiledPolicy {
-    pub fn compile(config: &PolicyConfig) -> Result<Self, String> {
+    pub fn compile(config: &PolicyConfig) -> Result<Self, ConfigError> {
         let mut groups = Vec::with_capacity(config.groups.len());
         for (g, group) in config.groups.iter().enumerate() {
             let label = group.name.clone().unwrap_or_else(|| format!("groups[{g}]"));
             let mut rules = Vec::with_capacity(group.rules.len());
             for (r, rule) in group.rules.iter().enumerate() {
-                rules.push(compile_rule(rule).map_err(|e| format!("{label}: http[{r}].{e}"))?);
+                rules.push(compile_rule(rule).map_err(|e| e.under(&format!("http[{r}]")).in_group(Some(&label)))?);
             }
             let have_header_matches = rules.iter().any(|r| !r.actions.is_empty());
             groups.push(CompiledGroup { name: group.name.clone(), rules, have_header_matches });
@@ -147,7 +147,7 @@ impl CompiledRule {
     }
 }
 
-fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
+fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, ConfigError> {
     let mut matchers = Vec::new();
     for (field, pattern, name) in [
         (Field::Method, &rule.method, "method"),
@@ -158,7 +158,7 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
             // host names are case-insensitive; the host hands over the
             // authority normalized (lower case, no trailing dot or default port)
             let case_insensitive = field == Field::Authority;
-            let pattern = Pattern::compile(pattern, case_insensitive).map_err(|e| format!("{name}: {e}"))?;
+            let pattern = Pattern::compile(pattern, case_insensitive).map_err(|e| ConfigError::at(name, e))?;
             matchers.push(Matcher::Pattern(field, pattern));
         }
     }
@@ -167,22 +167,23 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
         // "Name: value" (or "Name value") means that exact value.
         match header.split_once(' ') {
             Some((name, value)) => {
-                let field = header_field(name.trim_end_matches(':')).map_err(|e| format!("headers[{i}]: {e}"))?;
+                let field = header_field(name.trim_end_matches(':'))
+                    .map_err(|e| ConfigError::at(format!("headers[{i}]"), e))?;
                 matchers.push(Matcher::Exact(field, value.to_string()));
             }
             None => {
-                let field = header_field(header).map_err(|e| format!("headers[{i}]: {e}"))?;
+                let field = header_field(header).map_err(|e| ConfigError::at(format!("headers[{i}]"), e))?;
                 matchers.push(Matcher::Present(field));
             }
         }
     }
     let mut actions = Vec::new();
     for (i, hm) in rule.header_matches.iter().enumerate() {
-        let field = header_field(&hm.name).map_err(|e| format!("headerMatches[{i}].name: {e}"))?;
+        let field = header_field(&hm.name).map_err(|e| ConfigError::at(format!("headerMatches[{i}].name"), e))?;
         let Field::Header(name) = field else {
-            return Err(format!(
-                "headerMatches[{i}].name: pseudo-header {:?} cannot be matched or edited here",
-                hm.name
+            return Err(ConfigError::at(
+                format!("headerMatches[{i}].name"),
+                format!("pseudo-header {:?} cannot be matched or edited here", hm.name),
             ));
         };
         match hm.mismatch {
@@ -191,7 +192,10 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, String> {
             None => matchers.push(Matcher::Exact(Field::Header(name), hm.value.clone())),
             Some(action) => {
                 if hm.value.is_empty() && matches!(action, MismatchAction::Add | MismatchAction::Replace) {
-                    return Err(format!("headerMatches[{i}]: mismatch {action:?} needs a value to write"));
+                    return Err(ConfigError::at(
+                        format!("headerMatches[{i}]"),
+                        format!("mismatch {action:?} needs a value to write"),
+                    ));
                 }
                 actions.push(HeaderAction { name, value: hm.value.clone(), mismatch: Some(action) })
             }

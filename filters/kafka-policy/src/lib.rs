@@ -24,6 +24,7 @@
 //! Tested as a component, through the real host: `proxy/tests/kafka_rules.rs`.
 
 use serde::Deserialize;
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::kafka::*;
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,28 +152,31 @@ pub struct KafkaPolicy {
 }
 
 impl KafkaPolicy {
-    pub fn compile(config: &str) -> Result<Self, String> {
-        let parsed: PolicyConfig = serde_json::from_str(config).map_err(|e| format!("kafka-policy config: {e}"))?;
+    pub fn compile(config: &str) -> Result<Self, ConfigError> {
+        let parsed: PolicyConfig =
+            serde_json::from_str(config).map_err(|e| ConfigError::new(format!("kafka-policy config: {e}")))?;
         let mut policy = KafkaPolicy { group_names: Vec::new(), open_group: None, rules: Vec::new() };
         for (g, group) in parsed.groups.into_iter().enumerate() {
-            let label = group.name.clone().unwrap_or_default();
+            let label = group.name.clone();
             if group.rules.is_empty() && policy.open_group.is_none() {
                 policy.open_group = Some(g);
             }
             for (i, rule) in group.rules.into_iter().enumerate() {
-                let at = |field: &str| format!("{label}: kafka[{i}].{field}");
+                let at = |field: &str, message: String| {
+                    ConfigError::at(format!("kafka[{i}].{field}"), message).in_group(label.as_deref())
+                };
                 let api_keys = match (&rule.role, &rule.api_key) {
-                    (Some(_), Some(_)) => return Err(format!("{}: role and apiKey cannot both be set", at("apiKey"))),
+                    (Some(_), Some(_)) => return Err(at("apiKey", "role and apiKey cannot both be set".into())),
                     (Some(role), None) => match role.to_ascii_lowercase().as_str() {
                         "produce" => PRODUCE_ROLE.to_vec(),
                         "consume" => CONSUME_ROLE.to_vec(),
-                        _ => return Err(format!("{}: unknown role {role:?}; use produce or consume", at("role"))),
+                        _ => return Err(at("role", format!("unknown role {role:?}; use produce or consume"))),
                     },
                     (None, Some(key)) => {
                         let lower = key.to_ascii_lowercase();
                         match API_KEYS.iter().find(|(name, _)| *name == lower) {
                             Some((_, k)) => vec![*k],
-                            None => return Err(format!("{}: unknown Kafka API key {key:?}", at("apiKey"))),
+                            None => return Err(at("apiKey", format!("unknown Kafka API key {key:?}"))),
                         }
                     }
                     (None, None) => Vec::new(),
@@ -181,17 +185,17 @@ impl KafkaPolicy {
                     None => None,
                     Some(text) => match text.parse::<i16>() {
                         Ok(v) if v >= 0 => Some(v),
-                        _ => return Err(format!("{}: {text:?} is not a version (0-32767)", at("apiVersion"))),
+                        _ => return Err(at("apiVersion", format!("{text:?} is not a version (0-32767)"))),
                     },
                 };
                 if let Some(topic) = &rule.topic {
                     if topic.len() > MAX_TOPIC_LEN {
-                        return Err(format!("{}: longer than {MAX_TOPIC_LEN} characters", at("topic")));
+                        return Err(at("topic", format!("longer than {MAX_TOPIC_LEN} characters")));
                     }
                     if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-                        return Err(format!(
-                            "{}: {topic:?} is not a topic name (a-z, A-Z, 0-9, '.', '_', '-')",
-                            at("topic")
+                        return Err(at(
+                            "topic",
+                            format!("{topic:?} is not a topic name (a-z, A-Z, 0-9, '.', '_', '-')"),
                         ));
                     }
                 }
@@ -256,7 +260,7 @@ impl KafkaPolicy {
 
 impl KafkaFilter for KafkaPolicy {
     fn configure(config: &str) -> Result<Self, String> {
-        KafkaPolicy::compile(config)
+        Ok(KafkaPolicy::compile(config)?)
     }
 
     fn on_request(&self, _conn: &Connection, request: &Request) -> RequestDecision {

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::l7_rules::{Group, compile_groups};
 use weir_filter_sdk::memcached::*;
 
@@ -114,20 +115,21 @@ pub struct MemcachedPolicy {
     groups: Vec<Group<Rule>>,
 }
 
-fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> {
+fn compile(fields: &BTreeMap<String, String>) -> Result<Rule, ConfigError> {
     let mut group = None;
     for (name, value) in fields {
         match name.as_str() {
             "command" => {
                 group = Some(GROUPS.iter().find(|g| g.name == value).ok_or_else(|| {
                     let names: Vec<_> = GROUPS.iter().map(|g| g.name).collect();
-                    format!("{at}.command: unknown command {value:?}; use one of {}", names.join(", "))
+                    ConfigError::at("command", format!("unknown command {value:?}; use one of {}", names.join(", ")))
                 })?);
             }
             "keyExact" | "keyPrefix" | "keyRegex" => {}
             other => {
-                return Err(format!(
-                    "{at}.{other}: unknown field; memcache rules have command, keyExact, keyPrefix and keyRegex"
+                return Err(ConfigError::at(
+                    other,
+                    "unknown field; memcache rules have command, keyExact, keyPrefix and keyRegex",
                 ));
             }
         }
@@ -141,13 +143,14 @@ fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> 
         // anchored like Cilium's other regexes are not: Go's regexp.Match
         // finds the pattern anywhere in the key, and so does this
         KeyMatch::Regex(
-            regex::bytes::Regex::new(r).map_err(|e| format!("{at}.keyRegex: invalid regular expression: {e}"))?,
+            regex::bytes::Regex::new(r)
+                .map_err(|e| ConfigError::at("keyRegex", format!("invalid regular expression: {e}")))?,
         )
     } else {
         KeyMatch::Any
     };
     if group.is_none() && !matches!(key, KeyMatch::Any) {
-        return Err(format!("{at}: a key is given but no command (Cilium refuses this too)"));
+        return Err(ConfigError::new("a key is given but no command (Cilium refuses this too)"));
     }
     Ok(Rule { group, key })
 }

@@ -24,6 +24,7 @@
 //! the request/response hooks, synchronously, under a CPU and memory budget.
 
 pub mod cassandra;
+mod config_error;
 pub mod dns;
 pub mod headers;
 pub mod host;
@@ -35,6 +36,7 @@ pub mod memcached;
 mod slot;
 pub mod stream;
 
+pub use config_error::ConfigError;
 #[doc(hidden)]
 pub use slot::Slot;
 

@@ -2,7 +2,10 @@
 //! filters they use. A new model is built and validated whole, then swapped
 //! in atomically; connections look it up per request.
 
+mod filters;
 pub mod fqdn;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -16,10 +19,7 @@ use crate::context::{ConnectionContext, Direction, TRANSPARENT_LISTENER, Target}
 use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
 use crate::model::fqdn::FqdnCache;
 use crate::net::UpstreamBind;
-use crate::policy::{
-    Allowance, FqdnSelector, HttpRule, KafkaRule, L4Protocol, PeerInfo, PolicyError, PolicySet, ProtocolRules,
-    SideVerdict, SourcedDocument,
-};
+use crate::policy::{L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict, SourcedDocument};
 use crate::protocol::Protocol;
 use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
 
@@ -110,6 +110,9 @@ pub struct PolicyModel {
     /// Stream filters built into weir, by `l7proto` name.
     builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
+    /// Every filter configuration this model made, by (component, config):
+    /// each is configured once (`filters.rs`).
+    configured: Mutex<HashMap<(usize, String), Arc<ConfiguredFilter>>>,
     /// Destinations of connections the datapath handed over, as listeners.
     transparent: Mutex<HashMap<(SocketAddr, Protocol), Arc<ListenerModel>>>,
 }
@@ -289,138 +292,11 @@ impl PolicyModel {
             custom_filters,
             builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
+            configured: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
         };
         errors.extend(model.validate_l7());
         if errors.is_empty() { Ok(model) } else { Err(errors) }
-    }
-
-    /// Configure every filter a rule names, so bad rules are rejected now and
-    /// not when traffic arrives.
-    fn validate_l7(&self) -> Vec<PolicyError> {
-        let mut errors = Vec::new();
-        for rule in &self.policies.rules {
-            let sections = [&rule.ingress, &rule.egress];
-            let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
-            for set in sets {
-                let Some(l7) = &set.l7 else { continue };
-                let error = |field: String, message: String| PolicyError {
-                    file: rule.file.clone(),
-                    object: Some(format!("policy {}", rule.policy)),
-                    field: Some(field),
-                    message,
-                };
-                // the built-in filters prefix errors "<group>: <field>[i].name: ..."
-                let path = || set.path.clone();
-                let fielded = match &l7.rules {
-                    ProtocolRules::Http(rules) => rules.as_deref().map(|r| policy_config(&[(path(), r)])),
-                    ProtocolRules::Kafka(rules) => Some(policy_config(&[(path(), rules.as_slice())])),
-                    ProtocolRules::Generic { protocol: Protocol::Stream, .. } => None,
-                    ProtocolRules::Generic { l7, .. } => Some(policy_config(&[(path(), l7.as_deref().unwrap_or(&[]))])),
-                    ProtocolRules::Dns(_) => None,
-                };
-                if let Some(config) = fielded
-                    && let Err(message) = self.configure_builtin(l7.kind(), config)
-                {
-                    let detail = message.split_once(": ").map_or(message.as_str(), |(_, rest)| rest);
-                    errors.push(error(format!("{}.rules.{}", set.path, detail_field(detail)), detail_message(detail)));
-                }
-                if let ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } = &l7.rules {
-                    let config = policy_config(&[(set.path.clone(), rules.as_deref().unwrap_or(&[]))]);
-                    if let Err(message) = self.configure_stream(name, config) {
-                        errors.push(error(format!("{}.rules.l7proto", set.path), message));
-                    }
-                    if !l7.wasm.is_empty() {
-                        errors.push(error(
-                            format!("{}.rules.wasm", set.path),
-                            format!("a port parsed by l7proto {name} has no other filters; chain in the parser"),
-                        ));
-                    }
-                }
-                if let ProtocolRules::Dns(dns) = &l7.rules {
-                    // names were checked when the policy compiled; this
-                    // checks that the filter takes what the host sends
-                    let config = policy_config(&[(set.path.clone(), dns.as_slice())]);
-                    if let Err(message) = self.configure_builtin(Protocol::Dns, config) {
-                        errors.push(error(format!("{}.rules.dns", set.path), message));
-                    }
-                }
-                for w in &l7.wasm {
-                    let wanted = l7.kind();
-                    match self.custom_filters.get(&w.name) {
-                        None => errors.push(error(
-                            format!("{}.name", w.path),
-                            format!("no filter named {:?} in weir.yaml `filters`", w.name),
-                        )),
-                        Some(custom) if custom.component.world() != wanted => errors.push(error(
-                            format!("{}.name", w.path),
-                            format!(
-                                "filter {:?} implements {}, but this port carries {} rules ({} needed)",
-                                w.name,
-                                custom.component.world().world(),
-                                l7.kind().rules_name(),
-                                wanted.world()
-                            ),
-                        )),
-                        Some(custom) => {
-                            if let Err(message) = self.runtime.configure(
-                                &custom.component,
-                                w.config.clone(),
-                                custom.limits,
-                                custom.failure,
-                            ) {
-                                errors.push(error(
-                                    format!("{}.config", w.path),
-                                    format!("rejected by the filter: {message}"),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        errors
-    }
-
-    fn configure_builtin(&self, kind: Protocol, config: String) -> Result<Arc<ConfiguredFilter>, String> {
-        let Some(component) = self.policy_filters.get(&kind) else {
-            return Err(format!("{kind} filters are named by l7proto"));
-        };
-        self.runtime.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
-    }
-
-    /// The stream filter `l7proto: name` selects (weir.yaml `filters` first,
-    /// then the built-in ones), configured with the port's `l7` rules.
-    fn configure_stream(&self, name: &str, config: String) -> Result<Arc<ConfiguredFilter>, String> {
-        let (component, limits, failure) = match self.custom_filters.get(name) {
-            Some(custom) => (&custom.component, custom.limits, custom.failure),
-            None => match self.builtin_streams.get(name) {
-                Some(component) => (component, FilterLimits::default(), FailurePolicy::Closed),
-                None => {
-                    let mut known: Vec<&str> = self.builtin_streams.keys().copied().collect();
-                    known.extend(
-                        self.custom_filters
-                            .iter()
-                            .filter(|(_, c)| c.component.world() == Protocol::Stream)
-                            .map(|(n, _)| n.as_str()),
-                    );
-                    known.sort();
-                    return Err(format!(
-                        "no parser {name:?}: weir parses memcache itself; stream filters here: {}",
-                        known.join(", ")
-                    ));
-                }
-            },
-        };
-        if component.world() != Protocol::Stream {
-            return Err(format!(
-                "filter {name:?} implements {}; l7proto needs a stream-filter",
-                component.world().world()
-            ));
-        }
-        self.runtime
-            .configure(component, config, limits, failure)
-            .map_err(|e| format!("rejected by the {name} filter: {e}"))
     }
 
     /// A connection the datapath redirected: its original destination seen
@@ -605,89 +481,6 @@ impl PolicyModel {
         ConnectionVerdict::Forward(chain)
     }
 
-    fn links_for<'a>(
-        &self,
-        direction: Direction,
-        allowances: &[Allowance<'a>],
-        kind: Protocol,
-    ) -> Result<Vec<ChainLink>, String> {
-        // Rules written for another protocol allow nothing here: a port
-        // carries one protocol (Cilium refuses two parsers on one port).
-        let (allowances, other): (Vec<&Allowance<'a>>, Vec<&Allowance<'a>>) =
-            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind() == kind));
-        if allowances.is_empty() {
-            let origin = other.first().map_or("", |a| a.origin.as_str());
-            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind().rules_name());
-            return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.rules_name()));
-        }
-        let mut links = Vec::new();
-        let allows_all = allowances.iter().any(|a| a.l7.is_none());
-        let header_actions = allowances
-            .iter()
-            .filter_map(|a| a.l7.and_then(|l| l.http()))
-            .flatten()
-            .any(|rule| !rule.header_matches.is_empty());
-        // A rule without L7 rules allows every request; the filter is only
-        // needed when no such rule applies, or to run header actions.
-        if !allows_all || header_actions {
-            let config = match kind {
-                Protocol::Http => policy_config::<HttpRule>(
-                    &allowances
-                        .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.http()).unwrap_or(&[])))
-                        .collect::<Vec<_>>(),
-                ),
-                Protocol::Dns => policy_config::<FqdnSelector>(
-                    &allowances
-                        .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.dns()).unwrap_or(&[])))
-                        .collect::<Vec<_>>(),
-                ),
-                Protocol::Kafka => policy_config::<KafkaRule>(
-                    &allowances
-                        .iter()
-                        .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.kafka()).unwrap_or(&[])))
-                        .collect::<Vec<_>>(),
-                ),
-                Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => {
-                    policy_config::<BTreeMap<String, String>>(
-                        &allowances
-                            .iter()
-                            .map(|a| (a.origin.clone(), a.l7.and_then(|l| l.generic()).unwrap_or(&[])))
-                            .collect::<Vec<_>>(),
-                    )
-                }
-            };
-            let filter = if kind == Protocol::Stream {
-                // one parser per port: every rule here must name the same one
-                let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto()));
-                let name = names.next().unwrap_or_default();
-                if let Some(other) = names.find(|n| *n != name) {
-                    return Err(format!("rules for this port name two parsers, l7proto {name} and {other}"));
-                }
-                self.configure_stream(name, config)?
-            } else {
-                self.configure_builtin(kind, config)
-                    .map_err(|e| format!("{}-policy configuration failed: {e}", kind.rules_name()))?
-            };
-            links.push(ChainLink { direction, filter });
-        }
-        let mut seen: Vec<(&str, &str)> = Vec::new();
-        for wasm in allowances.iter().filter_map(|a| a.l7).flat_map(|l| &l.wasm) {
-            if seen.contains(&(wasm.name.as_str(), wasm.config.as_str())) {
-                continue;
-            }
-            seen.push((&wasm.name, &wasm.config));
-            let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| format!("no filter {:?}", wasm.name))?;
-            let filter = self
-                .runtime
-                .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
-                .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;
-            links.push(ChainLink { direction, filter });
-        }
-        Ok(links)
-    }
-
     /// The model as /config shows it.
     pub fn describe(&self) -> serde_json::Value {
         #[derive(Serialize)]
@@ -727,22 +520,6 @@ impl PolicyModel {
             "filters": filters,
         })
     }
-}
-
-/// A built-in filter's configuration: one group per allowing rule.
-fn policy_config<R: Serialize>(groups: &[(String, &[R])]) -> String {
-    let groups: Vec<_> =
-        groups.iter().map(|(name, rules)| serde_json::json!({ "name": name, "rules": rules })).collect();
-    serde_json::json!({ "groups": groups }).to_string()
-}
-
-/// `http[1].path: invalid regular expression …` → `http[1].path`
-fn detail_field(detail: &str) -> &str {
-    detail.split_once(": ").map_or("", |(field, _)| field)
-}
-
-fn detail_message(detail: &str) -> String {
-    detail.split_once(": ").map_or(detail, |(_, m)| m).to_string()
 }
 
 fn resolve(dir: &Path, path: &Path) -> PathBuf {

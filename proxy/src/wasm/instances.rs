@@ -47,7 +47,7 @@ pub(super) fn with_instance<R>(
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if !pool.live.contains_key(&filter.id) {
-            let live = instantiate(runtime, filter, Use::Shared)?;
+            let live = instantiate(runtime, filter, Use::Shared).map_err(|e| e.into_failure(filter))?;
             pool.created_since_sweep += 1;
             if pool.created_since_sweep >= 32 {
                 // forget instances of filters no model uses any more
@@ -71,14 +71,34 @@ pub(super) fn with_instance<R>(
     })
 }
 
+/// Why no instance was made.
+pub(super) enum NotInstantiated {
+    /// `configure` returned this error: the filter judged the configuration.
+    Refused(String),
+    Failed(FilterFailure),
+}
+
+impl NotInstantiated {
+    /// On the traffic path either is a failure to make the instance.
+    pub(super) fn into_failure(self, filter: &ConfiguredFilter) -> FilterFailure {
+        match self {
+            NotInstantiated::Refused(message) => {
+                FilterFailure { filter: filter.name.clone(), kind: FailureKind::Instantiate, message }
+            }
+            NotInstantiated::Failed(failure) => failure,
+        }
+    }
+}
+
 /// A fresh instance with `configure` already called, in a slot `purpose`
 /// may take.
 pub(super) fn instantiate(
     runtime: &FilterRuntime,
     filter: &ConfiguredFilter,
     purpose: Use,
-) -> Result<LiveInstance, FilterFailure> {
-    let fail = |kind, message: String| FilterFailure { filter: filter.name.clone(), kind, message };
+) -> Result<LiveInstance, NotInstantiated> {
+    let fail =
+        |kind, message: String| NotInstantiated::Failed(FilterFailure { filter: filter.name.clone(), kind, message });
     let slot = runtime.slots.take(purpose).map_err(|why| fail(FailureKind::Exhausted, why))?;
     let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
     let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
@@ -116,7 +136,7 @@ pub(super) fn instantiate(
     let configured = bindings.configure(&mut store, &filter.config);
     match configured {
         Ok(Ok(())) => {}
-        Ok(Err(message)) => return Err(fail(FailureKind::Instantiate, message)),
+        Ok(Err(message)) => return Err(NotInstantiated::Refused(message)),
         Err(e) => {
             let kind = classify(&e);
             return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));

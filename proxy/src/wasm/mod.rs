@@ -110,6 +110,65 @@ impl fmt::Display for FilterFailure {
     }
 }
 
+/// Why a configuration was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigureError {
+    /// The filter's `configure` judged it and said no.
+    Refused(Refusal),
+    /// The filter never judged it: it trapped, ran out of time or memory,
+    /// or no instance could be made.
+    Failed(String),
+}
+
+/// A filter's `configure` refusing a configuration: which field, when the
+/// filter says (the SDK's `ConfigError`, sent as
+/// `{"configError": {"group", "field", "message"}}`), or only a message.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// The group (allowing rule) the field is in, as the configuration named it.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The field inside the group's rules, `http[1].path`.
+    #[serde(default)]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Refusal {
+    /// What `configure` returned: the SDK's typed form, or any other text as
+    /// the message.
+    fn from_guest(text: String) -> Refusal {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Wire {
+            config_error: Refusal,
+        }
+        match serde_json::from_str::<Wire>(&text) {
+            Ok(wire) => wire.config_error,
+            Err(_) => Refusal { group: None, field: None, message: text },
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in [&self.group, &self.field].into_iter().flatten() {
+            write!(f, "{part}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigureError::Refused(refusal) => refusal.fmt(f),
+            ConfigureError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("filter {name}: not a valid WebAssembly component: {message}")]
@@ -246,7 +305,7 @@ impl FilterRuntime {
         config: String,
         limits: FilterLimits,
         failure: FailurePolicy,
-    ) -> Result<Arc<ConfiguredFilter>, String> {
+    ) -> Result<Arc<ConfiguredFilter>, ConfigureError> {
         let key = ConfiguredKey { digest: component.digest, name: component.name.clone(), config, limits, failure };
         {
             let configured = self.configured.lock().unwrap();
@@ -274,7 +333,10 @@ impl FilterRuntime {
         // Validate on a throw-away instance so a bad configuration rejects the
         // policy update instead of failing requests later. It may take the
         // slots kept in reserve: floods of connections must not fail reloads.
-        instances::instantiate(self, &filter, slots::Use::Validate).map_err(|f| f.message)?;
+        instances::instantiate(self, &filter, slots::Use::Validate).map_err(|e| match e {
+            instances::NotInstantiated::Refused(text) => ConfigureError::Refused(Refusal::from_guest(text)),
+            instances::NotInstantiated::Failed(failure) => ConfigureError::Failed(failure.message),
+        })?;
         let mut configured = self.configured.lock().unwrap();
         configured.retain(|_, weak| weak.strong_count() > 0);
         configured.insert(key, Arc::downgrade(&filter));
@@ -498,7 +560,9 @@ impl ConfiguredFilter {
             return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
         };
         let purpose = slots::Use::Dedicated { filter: self.name.clone(), client, per_client };
-        let live = instances::instantiate(&runtime, self, purpose).inspect_err(|f| self.count_failure(&runtime, f))?;
+        let live = instances::instantiate(&runtime, self, purpose)
+            .map_err(|e| e.into_failure(self))
+            .inspect_err(|f| self.count_failure(&runtime, f))?;
         Ok(DedicatedInstance { filter: self.clone(), live: Some(live) })
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use weir_filter_sdk::ConfigError;
 use weir_filter_sdk::l7_rules::{Group, compile_groups};
 use weir_filter_sdk::stream::*;
 
@@ -27,17 +28,19 @@ pub struct R2d2 {
     groups: Vec<Group<Rule>>,
 }
 
-fn compile(at: &str, fields: &BTreeMap<String, String>) -> Result<Rule, String> {
+fn compile(fields: &BTreeMap<String, String>) -> Result<Rule, ConfigError> {
     let mut rule = Rule { cmd: None, file: None };
     for (name, value) in fields {
         match name.as_str() {
             "cmd" if COMMANDS.contains(&value.as_str()) => rule.cmd = Some(value.clone()),
-            "cmd" => return Err(format!("{at}.cmd: unknown command {value:?}; use {}", COMMANDS.join(", "))),
+            "cmd" => {
+                return Err(ConfigError::at("cmd", format!("unknown command {value:?}; use {}", COMMANDS.join(", "))));
+            }
             "file" => {
                 let anchored = format!("^(?:{value})$");
-                rule.file = Some(regex::Regex::new(&anchored).map_err(|e| format!("{at}.file: {e}"))?);
+                rule.file = Some(regex::Regex::new(&anchored).map_err(|e| ConfigError::at("file", e.to_string()))?);
             }
-            other => return Err(format!("{at}.{other}: unknown field; r2d2 rules have cmd and file")),
+            other => return Err(ConfigError::at(other, "unknown field; r2d2 rules have cmd and file")),
         }
     }
     Ok(rule)

@@ -1,0 +1,294 @@
+//! The model's filter chains: which filters a connection's requests pass,
+//! each configured once per model.
+//!
+//! Validation configures every rule's filter with the configuration traffic
+//! allowed by that rule alone hands it (one group, named as verdicts name
+//! it), so a bad rule rejects the model and the common case, one allowing
+//! rule, finds its filter configured when the first connection comes. A
+//! connection several rules allow needs their groups in one configuration;
+//! its verdict configures that once and the model keeps it. Errors come back
+//! typed ([`Refusal`]: the field inside the rules, and a message) and are
+//! reported at the field in the policy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{ChainLink, PolicyModel};
+use crate::context::Direction;
+use crate::policy::{Allowance, FqdnSelector, HttpRule, KafkaRule, PolicyError, ProtocolRules};
+use crate::protocol::Protocol;
+use crate::wasm::{ConfigureError, ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, Refusal};
+
+/// Most configurations a model keeps; past it a verdict's combination is
+/// configured again (the runtime shares identical ones while any is alive).
+const MAX_KEPT: usize = 10_000;
+
+/// Why a port's `l7proto` parser could not be set up.
+enum StreamError {
+    /// No such parser, or not a stream filter.
+    Parser(String),
+    Configure(ConfigureError),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Parser(message) => f.write_str(message),
+            StreamError::Configure(e) => e.fmt(f),
+        }
+    }
+}
+
+impl PolicyModel {
+    /// Configure every filter a rule names, so bad rules are rejected now and
+    /// not when traffic arrives.
+    pub(super) fn validate_l7(&self) -> Vec<PolicyError> {
+        let mut errors = Vec::new();
+        for rule in &self.policies.rules {
+            let sections = [&rule.ingress, &rule.egress];
+            let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
+            for set in sets {
+                let Some(l7) = &set.l7 else { continue };
+                let error = |field: String, message: String| PolicyError {
+                    file: rule.file.clone(),
+                    object: Some(format!("policy {}", rule.policy)),
+                    field: Some(field),
+                    message,
+                };
+                // named as the verdicts name this rule's group, so traffic
+                // the rule allows alone uses the filter configured here
+                let origin = format!("{} {}", rule.policy, set.path);
+                let rules_at = |inner: Option<&str>, default: &str| match inner {
+                    Some(field) => format!("{}.rules.{field}", set.path),
+                    None => format!("{}.rules.{default}", set.path),
+                };
+                let builtin = match &l7.rules {
+                    ProtocolRules::Http(rules) => rules.as_deref().map(|r| ("http", policy_config(&[(origin, r)]))),
+                    ProtocolRules::Kafka(rules) => Some(("kafka", policy_config(&[(origin, rules.as_slice())]))),
+                    // names were checked when the policy compiled; this
+                    // checks that the filter takes what the host sends
+                    ProtocolRules::Dns(rules) => Some(("dns", policy_config(&[(origin, rules.as_slice())]))),
+                    ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } => {
+                        let config = policy_config(&[(origin, rules.as_deref().unwrap_or(&[]))]);
+                        match self.configure_stream(name, config) {
+                            Ok(_) => {}
+                            Err(StreamError::Parser(message)) => errors.push(error(rules_at(None, "l7proto"), message)),
+                            Err(StreamError::Configure(e)) => {
+                                let (field, message) = refusal_parts(e);
+                                errors.push(error(
+                                    rules_at(field.as_deref(), "l7"),
+                                    format!("rejected by the {name} filter: {message}"),
+                                ));
+                            }
+                        }
+                        if !l7.wasm.is_empty() {
+                            errors.push(error(
+                                rules_at(Some("wasm"), ""),
+                                format!("a port parsed by l7proto {name} has no other filters; chain in the parser"),
+                            ));
+                        }
+                        None
+                    }
+                    ProtocolRules::Generic { l7: rules, .. } => {
+                        Some(("l7", policy_config(&[(origin, rules.as_deref().unwrap_or(&[]))])))
+                    }
+                };
+                if let Some((rules_field, config)) = builtin
+                    && let Err(e) = self.configure_builtin(l7.kind(), config)
+                {
+                    let (field, message) = refusal_parts(e);
+                    errors.push(error(rules_at(field.as_deref(), rules_field), message));
+                }
+                for w in &l7.wasm {
+                    let wanted = l7.kind();
+                    match self.custom_filters.get(&w.name) {
+                        None => errors.push(error(
+                            format!("{}.name", w.path),
+                            format!("no filter named {:?} in weir.yaml `filters`", w.name),
+                        )),
+                        Some(custom) if custom.component.world() != wanted => errors.push(error(
+                            format!("{}.name", w.path),
+                            format!(
+                                "filter {:?} implements {}, but this port carries {} rules ({} needed)",
+                                w.name,
+                                custom.component.world().world(),
+                                l7.kind().rules_name(),
+                                wanted.world()
+                            ),
+                        )),
+                        Some(custom) => {
+                            if let Err(e) =
+                                self.configure(&custom.component, w.config.clone(), custom.limits, custom.failure)
+                            {
+                                let (field, message) = refusal_parts(e);
+                                let at = match field {
+                                    Some(field) => format!("{}.config.{field}", w.path),
+                                    None => format!("{}.config", w.path),
+                                };
+                                errors.push(error(at, format!("rejected by the filter: {message}")));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// The filters a connection these allowances let in passes, on one side.
+    pub(super) fn links_for(
+        &self,
+        direction: Direction,
+        allowances: &[Allowance<'_>],
+        kind: Protocol,
+    ) -> Result<Vec<ChainLink>, String> {
+        // Rules written for another protocol allow nothing here: a port
+        // carries one protocol (Cilium refuses two parsers on one port).
+        let (allowances, other): (Vec<&Allowance<'_>>, Vec<&Allowance<'_>>) =
+            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind() == kind));
+        if allowances.is_empty() {
+            let origin = other.first().map_or("", |a| a.origin.as_str());
+            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind().rules_name());
+            return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.rules_name()));
+        }
+        let mut links = Vec::new();
+        let allows_all = allowances.iter().any(|a| a.l7.is_none());
+        let header_actions = allowances
+            .iter()
+            .filter_map(|a| a.l7.and_then(|l| l.http()))
+            .flatten()
+            .any(|rule| !rule.header_matches.is_empty());
+        // A rule without L7 rules allows every request; the filter is only
+        // needed when no such rule applies, or to run header actions.
+        if !allows_all || header_actions {
+            let config = match kind {
+                Protocol::Http => policy_config::<HttpRule>(&groups(&allowances, |rules| rules.http())),
+                Protocol::Dns => policy_config::<FqdnSelector>(&groups(&allowances, |rules| rules.dns())),
+                Protocol::Kafka => policy_config::<KafkaRule>(&groups(&allowances, |rules| rules.kafka())),
+                Protocol::Memcached | Protocol::Cassandra | Protocol::Stream => {
+                    policy_config::<BTreeMap<String, String>>(&groups(&allowances, |rules| rules.generic()))
+                }
+            };
+            let filter = if kind == Protocol::Stream {
+                // one parser per port: every rule here must name the same one
+                let mut names = allowances.iter().filter_map(|a| a.l7.and_then(|l| l.l7proto()));
+                let name = names.next().unwrap_or_default();
+                if let Some(other) = names.find(|n| *n != name) {
+                    return Err(format!("rules for this port name two parsers, l7proto {name} and {other}"));
+                }
+                self.configure_stream(name, config).map_err(|e| match e {
+                    StreamError::Parser(message) => message,
+                    StreamError::Configure(e) => format!("rejected by the {name} filter: {e}"),
+                })?
+            } else {
+                self.configure_builtin(kind, config)
+                    .map_err(|e| format!("{}-policy configuration failed: {e}", kind.rules_name()))?
+            };
+            links.push(ChainLink { direction, filter });
+        }
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for wasm in allowances.iter().filter_map(|a| a.l7).flat_map(|l| &l.wasm) {
+            if seen.contains(&(wasm.name.as_str(), wasm.config.as_str())) {
+                continue;
+            }
+            seen.push((&wasm.name, &wasm.config));
+            let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| format!("no filter {:?}", wasm.name))?;
+            let filter = self
+                .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
+                .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;
+            links.push(ChainLink { direction, filter });
+        }
+        Ok(links)
+    }
+
+    fn configure_builtin(&self, kind: Protocol, config: String) -> Result<Arc<ConfiguredFilter>, ConfigureError> {
+        let Some(component) = self.policy_filters.get(&kind) else {
+            return Err(ConfigureError::Failed(format!("{kind} filters are named by l7proto")));
+        };
+        self.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
+    }
+
+    /// The stream filter `l7proto: name` selects (weir.yaml `filters` first,
+    /// then the built-in ones), configured with the port's `l7` rules.
+    fn configure_stream(&self, name: &str, config: String) -> Result<Arc<ConfiguredFilter>, StreamError> {
+        let (component, limits, failure) = match self.custom_filters.get(name) {
+            Some(custom) => (&custom.component, custom.limits, custom.failure),
+            None => match self.builtin_streams.get(name) {
+                Some(component) => (component, FilterLimits::default(), FailurePolicy::Closed),
+                None => {
+                    let mut known: Vec<&str> = self.builtin_streams.keys().copied().collect();
+                    known.extend(
+                        self.custom_filters
+                            .iter()
+                            .filter(|(_, c)| c.component.world() == Protocol::Stream)
+                            .map(|(n, _)| n.as_str()),
+                    );
+                    known.sort();
+                    return Err(StreamError::Parser(format!(
+                        "no parser {name:?}: weir parses memcache itself; stream filters here: {}",
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        if component.world() != Protocol::Stream {
+            return Err(StreamError::Parser(format!(
+                "filter {name:?} implements {}; l7proto needs a stream-filter",
+                component.world().world()
+            )));
+        }
+        self.configure(component, config, limits, failure).map_err(StreamError::Configure)
+    }
+
+    /// `component` with `config`: the one this model configured already, or
+    /// configured now and kept.
+    fn configure(
+        &self,
+        component: &Arc<FilterComponent>,
+        config: String,
+        limits: FilterLimits,
+        failure: FailurePolicy,
+    ) -> Result<Arc<ConfiguredFilter>, ConfigureError> {
+        let key = (Arc::as_ptr(component) as usize, config);
+        if let Some(filter) = self.configured.lock().unwrap().get(&key) {
+            return Ok(filter.clone());
+        }
+        let filter = self.runtime.configure(component, key.1.clone(), limits, failure)?;
+        let mut kept = self.configured.lock().unwrap();
+        if kept.len() < MAX_KEPT {
+            kept.insert(key, filter.clone());
+        }
+        Ok(filter)
+    }
+
+    /// How many filter configurations this model holds.
+    pub fn configured_filters(&self) -> usize {
+        self.configured.lock().unwrap().len()
+    }
+}
+
+/// One group per allowance: its origin and the rules `rules` picks for this
+/// protocol (none: the allowance allows everything).
+fn groups<'a, R>(
+    allowances: &[&Allowance<'a>],
+    rules: impl Fn(&'a crate::policy::L7Rules) -> Option<&'a [R]>,
+) -> Vec<(String, &'a [R])> {
+    allowances.iter().map(|a| (a.origin.clone(), a.l7.and_then(&rules).unwrap_or(&[]))).collect()
+}
+
+/// A built-in filter's configuration: one group per allowing rule.
+fn policy_config<R: Serialize>(groups: &[(String, &[R])]) -> String {
+    let groups: Vec<_> =
+        groups.iter().map(|(name, rules)| serde_json::json!({ "name": name, "rules": rules })).collect();
+    serde_json::json!({ "groups": groups }).to_string()
+}
+
+/// The field inside the rules the filter named, and what it said.
+fn refusal_parts(e: ConfigureError) -> (Option<String>, String) {
+    match e {
+        ConfigureError::Refused(Refusal { field, message, .. }) => (field, message),
+        ConfigureError::Failed(message) => (None, message),
+    }
+}

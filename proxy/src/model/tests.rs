@@ -1,0 +1,128 @@
+//! Filter chains are built once per model, with the rules traffic uses, and
+//! their errors point at the policy field.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::WeirConfig;
+use crate::context::Target;
+use crate::observe::metrics::{FilterLabels, Metrics};
+use crate::policy::document::parse_file;
+use crate::wasm::{RuntimeOptions, builtin};
+
+const NODE: &str = "endpoints:\n  \
+    - {name: frontend, address: 127.0.0.5, labels: {app: frontend, tier: edge}}\n  \
+    - {name: frontend-2, address: 127.0.0.6, labels: {app: frontend}}\n  \
+    - {name: admin, address: 127.0.0.7, labels: {app: admin}}\n\
+    listeners:\n  \
+    - {name: web, bind: '127.0.0.1:1', upstream: '127.0.0.1:2', destination: {labels: {app: web}, port: 80}}\n  \
+    - {name: cache, bind: '127.0.0.1:3', upstream: '127.0.0.1:4', protocol: memcached, \
+       destination: {labels: {app: web}, port: 11211}}\n";
+
+fn policy(ingress: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web, namespace: default}}\nspec:\n  \
+         endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress: {ingress}\n"
+    )
+}
+
+struct Built {
+    metrics: Arc<Metrics>,
+    model: Result<PolicyModel, Vec<PolicyError>>,
+}
+
+fn build(policy: &str) -> Built {
+    let metrics = Arc::new(Metrics::default());
+    let options = RuntimeOptions { cache_dir: None, max_instances: None };
+    let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options).unwrap());
+    let fqdn = Arc::new(FqdnCache::new(Default::default(), None));
+    let (documents, errors) = parse_file("web.yaml", policy);
+    assert!(errors.is_empty(), "{errors:?}");
+    let inputs = ModelInputs {
+        config: WeirConfig::parse(NODE).unwrap(),
+        config_dir: ".".into(),
+        config_file: "weir.yaml".into(),
+        documents,
+    };
+    Built { metrics, model: PolicyModel::build(inputs, &runtime, &fqdn, 1) }
+}
+
+impl Built {
+    fn instantiations(&self, filter: &str) -> u64 {
+        self.metrics.filter_instantiations.get_or_create(&FilterLabels { filter: filter.into() }).get()
+    }
+}
+
+fn chain(model: &PolicyModel, listener: &str, peer: &str) -> Arc<ConnectionVerdict> {
+    let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
+    let resolved = model.resolve(&Target::Listener(listener.into()), peer, Protocol::Http).unwrap();
+    model.connection_verdict_from(&resolved.listener, resolved.source, peer, L4Protocol::Tcp)
+}
+
+fn links(verdict: &ConnectionVerdict) -> &[ChainLink] {
+    match verdict {
+        ConnectionVerdict::Forward(chain) => &chain.links,
+        ConnectionVerdict::Drop { reason } => panic!("dropped: {reason}"),
+    }
+}
+
+#[test]
+fn a_rule_alone_uses_the_filter_validation_configured() {
+    let built = build(&policy(
+        "[{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: '80'}], \
+         rules: {http: [{method: GET}]}}]}]",
+    ));
+    let model = built.model.as_ref().unwrap();
+    // validation made one instance to check the rules, and kept its configuration
+    assert_eq!(built.instantiations(builtin::HTTP_POLICY), 1);
+    assert_eq!(model.configured_filters(), 1);
+
+    let first = chain(model, "web", "127.0.0.5");
+    let second = chain(model, "web", "127.0.0.6");
+    let (a, b) = (links(&first), links(&second));
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert!(Arc::ptr_eq(&a[0].filter, &b[0].filter), "both senders share the one configuration");
+    assert_eq!(model.configured_filters(), 1, "no configuration was made for traffic");
+    assert_eq!(built.instantiations(builtin::HTTP_POLICY), 1, "nor validated again");
+}
+
+#[test]
+fn two_rules_allowing_one_sender_are_configured_together_once() {
+    let built = build(&policy(
+        "[{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: '80'}], \
+         rules: {http: [{method: GET}]}}]}, \
+         {fromEndpoints: [{matchLabels: {tier: edge}}], toPorts: [{ports: [{port: '80'}], \
+         rules: {http: [{method: POST}]}}]}]",
+    ));
+    let model = built.model.as_ref().unwrap();
+    assert_eq!(model.configured_filters(), 2, "each rule's own, from validation");
+    // 127.0.0.5 is chosen by both rules: their groups in one configuration
+    let both = chain(model, "web", "127.0.0.5");
+    assert_eq!(model.configured_filters(), 3);
+    let again = chain(model, "web", "127.0.0.5");
+    assert!(Arc::ptr_eq(&links(&both)[0].filter, &links(&again)[0].filter));
+    // 127.0.0.6 only by the first: validation's configuration, none new
+    let one = chain(model, "web", "127.0.0.6");
+    assert_eq!(model.configured_filters(), 3);
+    assert!(!Arc::ptr_eq(&links(&both)[0].filter, &links(&one)[0].filter));
+    assert_eq!(built.instantiations(builtin::HTTP_POLICY), 3);
+}
+
+#[test]
+fn a_rule_the_filter_refuses_is_reported_at_its_field() {
+    let http = build(&policy(
+        "[{toPorts: [{ports: [{port: '80'}], rules: {http: [{}, {headerMatches: [{name: ':path'}]}]}}]}]",
+    ));
+    let errors = http.model.err().expect("refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field.as_deref(), Some("spec.ingress[0].toPorts[0].rules.http[1].headerMatches[0].name"));
+    assert_eq!(errors[0].message, "pseudo-header \":path\" cannot be matched or edited here");
+
+    let memcached = build(&policy(
+        "[{toPorts: [{ports: [{port: '11211'}], rules: {l7proto: memcache, l7: [{command: get}, {command: launch}]}}]}]",
+    ));
+    let errors = memcached.model.err().expect("refused");
+    assert_eq!(errors[0].field.as_deref(), Some("spec.ingress[0].toPorts[0].rules.l7[1].command"), "{errors:?}");
+    assert!(errors[0].message.starts_with("unknown command \"launch\""), "{errors:?}");
+}
