@@ -255,7 +255,7 @@ impl Weir {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let flows = self.flows("");
-            if let Some(found) = flows.iter().rev().find(|f| f.http.as_ref().is_some_and(|h| h.path == path)) {
+            if let Some(found) = flows.iter().rev().find(|f| f.http().is_some_and(|h| h.path == path)) {
                 return found.clone();
             }
             if Instant::now() > deadline {

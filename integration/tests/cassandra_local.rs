@@ -133,7 +133,7 @@ fn flows_of(weir: &Weir, connection: u64) -> Vec<FlowRecord> {
 }
 
 fn statements(f: &FlowRecord) -> Vec<(String, Option<String>)> {
-    f.cassandra.as_ref().unwrap().statements.iter().map(|s| (s.action.clone(), s.table.clone())).collect()
+    f.cassandra().unwrap().statements.iter().map(|s| (s.action.clone(), s.table.clone())).collect()
 }
 
 /// A legacy (v3/v4) or pre-handshake frame.
@@ -254,27 +254,27 @@ fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays
     // flows: action and keyspace-qualified table, per statement
     let denied = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused select", |f| {
         statements(f) == [("select".to_string(), Some("app.secrets".to_string()))]
-            && f.cassandra.as_ref().unwrap().opcode == "query"
+            && f.cassandra().unwrap().opcode == "query"
     });
-    let c = denied.cassandra.as_ref().unwrap();
+    let c = denied.cassandra().unwrap();
     assert_eq!((c.version, c.response.as_deref()), (4, Some("error 0x2100")));
     assert_eq!(denied.reason.as_deref(), Some("select on app.secrets is not allowed"));
     assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cql-client"));
     let batch = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused batch", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "batch"
+        f.cassandra().unwrap().opcode == "batch"
     });
     assert_eq!(
         statements(&batch),
         [("insert".to_string(), Some("app.orders".to_string())), ("insert".to_string(), Some("app.audit".to_string()))]
     );
     let executed = weir.wait_flow("protocol=cassandra&verdict=forwarded", "the execute", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "execute"
+        f.cassandra().unwrap().opcode == "execute"
     });
     assert_eq!(statements(&executed), [("select".to_string(), Some("app.items".to_string()))]);
-    assert_eq!(executed.cassandra.as_ref().unwrap().response.as_deref(), Some("rows"));
+    assert_eq!(executed.cassandra().unwrap().response.as_deref(), Some("rows"));
     assert!(executed.latency_us.is_some());
     let truncate = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused prepare", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "prepare"
+        f.cassandra().unwrap().opcode == "prepare"
     });
     assert_eq!(statements(&truncate), [("truncate-table".to_string(), Some("app.orders".to_string()))]);
     let metrics = weir.metrics();
@@ -364,11 +364,11 @@ fn the_drivers_session_prepares_again_when_a_restarted_weir_answers_unprepared()
         standin.received().iter().filter(|r| r["op"] == "prepare" && r["query"] == "SELECT * FROM app.orders").count();
     assert_eq!(prepares, 2, "prepared once per weir");
     let unprepared = weir.wait_flow("protocol=cassandra&verdict=error", "the unknown id", |f| {
-        f.cassandra.as_ref().is_some_and(|c| c.opcode == "execute")
+        f.cassandra().is_some_and(|c| c.opcode == "execute")
     });
-    assert_eq!(unprepared.cassandra.as_ref().unwrap().response.as_deref(), Some("error 0x2500"));
+    assert_eq!(unprepared.cassandra().unwrap().response.as_deref(), Some("error 0x2500"));
     weir.wait_flow("protocol=cassandra&verdict=forwarded", "the execute after preparing again", |f| {
-        f.cassandra.as_ref().is_some_and(|c| c.opcode == "execute" && c.response.as_deref() == Some("rows"))
+        f.cassandra().is_some_and(|c| c.opcode == "execute" && c.response.as_deref() == Some("rows"))
     });
 }
 
@@ -396,7 +396,7 @@ fn protocol_v3_v4_and_v5_are_judged_alike() {
         assert_eq!(rows(&r[3]), json!([["SELECT * FROM app.items", null]]), "v{version}");
         assert_eq!(rows(&r[4])[0][0].as_str().unwrap().len(), 200_040, "v{version}");
         weir.wait_flow("protocol=cassandra&verdict=denied", "the refused update", |f| {
-            f.cassandra.as_ref().is_some_and(|c| c.version == version && statements(f)[0].0 == "update")
+            f.cassandra().is_some_and(|c| c.version == version && statements(f)[0].0 == "update")
         });
     }
     assert!(!standin.received_queries().iter().any(|q| q.starts_with("UPDATE")));
@@ -421,7 +421,7 @@ fn prepared_ids_are_followed_across_connections_and_unknown_ones_get_unprepared(
     let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unknown id", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("0badc0de"))
     });
-    assert_eq!(flow.cassandra.as_ref().unwrap().response.as_deref(), Some("error 0x2500"));
+    assert_eq!(flow.cassandra().unwrap().response.as_deref(), Some("error 0x2500"));
 }
 
 #[test]
@@ -434,7 +434,7 @@ fn authentication_passes_and_compression_is_declined() {
     assert_eq!(rows(&c.results[0]), json!([["SELECT * FROM app.orders", null]]));
     assert!(standin.received().iter().any(|r| r["op"] == "auth-response" && r["ok"] == true));
     weir.wait_flow("protocol=cassandra&verdict=forwarded", "the auth response", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "auth-response"
+        f.cassandra().unwrap().opcode == "auth-response"
     });
 
     // SUPPORTED reaches the client with no compression on offer
@@ -522,7 +522,7 @@ fn broken_frames_close_the_connection_with_a_flow_and_weir_keeps_serving() {
     let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the legacy frame after v5 STARTUP", |f| {
         f.id > last && f.reason.as_deref().is_some_and(|r| r.contains("CRC24"))
     });
-    assert!(flows_of(&weir, flow.connection).iter().all(|f| f.cassandra.as_ref().is_none_or(|c| c.opcode != "query")));
+    assert!(flows_of(&weir, flow.connection).iter().all(|f| f.cassandra().is_none_or(|c| c.opcode != "query")));
 
     // nothing broken reached the server, and weir still serves
     assert!(standin.received_queries().is_empty(), "{:?}", standin.received_queries());
@@ -552,7 +552,7 @@ fn a_server_that_hangs_up_mid_response_closes_the_client_with_a_flow() {
     stream.write_all(&query(4, 1, "SELECT * FROM app.orders")).unwrap();
     assert_eq!(read_quiet(&mut stream, Duration::from_secs(2)), b"", "the half response is not relayed");
     let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unanswered query", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "query"
+        f.cassandra().unwrap().opcode == "query"
     });
     assert!(flow.reason.as_deref().unwrap().contains("inside a frame"), "{flow:?}");
 }
@@ -726,7 +726,7 @@ fn the_keyspace_query_option_decides_unqualified_names_in_v3_v4_and_v5() {
         assert_eq!(answers.get(&4), Some(&(0x00, 0x2100)), "a batch into other.orders (v{version}): {answers:?}");
         assert_eq!(answers.get(&5), Some(&(0x08, 1)), "a batch into app.orders (v{version}): {answers:?}");
         weir.wait_flow("protocol=cassandra&verdict=denied", "the select in the keyspace option", |f| {
-            f.cassandra.as_ref().unwrap().version == version
+            f.cassandra().unwrap().version == version
                 && statements(f) == [("select".to_string(), Some("other.orders".to_string()))]
         });
     }
@@ -810,7 +810,7 @@ fn a_prepared_id_is_filed_with_the_statement_its_server_prepared() {
     assert_eq!(read_frames(&mut reader, 1).iter().map(answer).collect::<Vec<_>>(), [(0x00, 0x2100)]);
     assert!(!standin.received().iter().any(|r| r["op"] == "execute"), "the reader's EXECUTE reached the server");
     let denied = weir.wait_flow("protocol=cassandra&verdict=denied", "the reader's execute", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "execute"
+        f.cassandra().unwrap().opcode == "execute"
     });
     assert_eq!(statements(&denied), [("select".to_string(), Some("app.orders".to_string()))]);
     // while the client that may read orders executes it
@@ -860,7 +860,7 @@ fn a_prepared_id_that_is_not_cassandras_digest_of_the_statement_is_not_filed() {
     s.write_all(&execute(4, 2, &[0xde, 0xad, 0xbe, 0xef])).unwrap();
     assert_eq!(read_frames(&mut s, 1).iter().map(answer).collect::<Vec<_>>(), [(0x00, 0x2500)]);
     let flow = weir.wait_flow("protocol=cassandra&verdict=error", "the unfiled prepare", |f| {
-        f.cassandra.as_ref().unwrap().opcode == "prepare"
+        f.cassandra().unwrap().opcode == "prepare"
     });
     assert!(flow.reason.as_deref().unwrap().contains("not the MD5"), "{flow:?}");
     drop(s);

@@ -126,9 +126,7 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     let denied = flows.iter().find(|f| f.verdict == Verdict::Denied).expect("a denied DNS flow");
     assert!(denied.source.labels.iter().any(|l| l == "k8s:app=client"), "identity from the mark: {denied:?}");
     assert_eq!(denied.destination.address.to_string(), format!("{resolver}:53"), "the resolver the pod asked");
-    assert!(
-        flows.iter().any(|f| f.dns.as_ref().is_some_and(|d| d.transport == "tcp") && f.verdict == Verdict::Forwarded)
-    );
+    assert!(flows.iter().any(|f| f.dns().is_some_and(|d| d.transport == "tcp") && f.verdict == Verdict::Forwarded));
     // www.example.com points at the server too, but toFQDNs names only api.example.com
     assert_eq!(node.curl("cli", &api).0, 0, "an address learned for another name stays closed");
 
@@ -145,8 +143,9 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     assert_eq!(status, 403, "{body}");
     let http = node.weir().flows("protocol=http&verdict=denied");
     assert!(
-        http.iter().any(|f| f.source.labels.iter().any(|l| l == "k8s:app=client")
-            && f.http.as_ref().is_some_and(|h| h.path == "/secret")),
+        http.iter()
+            .any(|f| f.source.labels.iter().any(|l| l == "k8s:app=client")
+                && f.http().is_some_and(|h| h.path == "/secret")),
         "{http:?}"
     );
 

@@ -82,15 +82,15 @@ fn l7_rules_are_enforced_transparently_with_the_senders_identity() {
 
     // the proxy saw the sender's identity (from the mark), not an address guess
     let denied = wait_flow(&node, "the L7 denial flow", |f| {
-        f.http.as_ref().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
+        f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
     });
     assert!(has_label(&denied.source.labels, "k8s:app=client"), "{denied:?}");
     assert!(has_label(&denied.destination.labels, "k8s:app=server"), "{denied:?}");
     assert_eq!(denied.source.address.ip(), client);
     assert_eq!(denied.listener, "ebpf");
-    let allowed = wait_flow(&node, "the L7 allow flow", |f| f.http.as_ref().is_some_and(|h| h.path == "/public/a"));
+    let allowed = wait_flow(&node, "the L7 allow flow", |f| f.http().is_some_and(|h| h.path == "/public/a"));
     assert_eq!(allowed.verdict, Verdict::Forwarded);
-    assert_eq!(allowed.http.as_ref().unwrap().status, Some(200));
+    assert_eq!(allowed.http().unwrap().status, Some(200));
 
     // `other` is denied at L3 by an ingressDeny rule: the SYN is dropped in
     // the kernel (no HTTP answer at all) and the drop is a flow
@@ -136,7 +136,7 @@ fn policy_updates_apply_in_place_without_reattaching() {
         f.protocol == "tcp" && f.verdict == Verdict::Forwarded && f.reason.is_none()
     });
     assert_eq!(kernel_allow.port, 80);
-    assert!(!flows(&node).iter().any(|f| f.http.as_ref().is_some_and(|h| h.path == "/not-filtered")));
+    assert!(!flows(&node).iter().any(|f| f.http().is_some_and(|h| h.path == "/not-filtered")));
     assert_eq!(node.datapath_status().lines().filter(|l| l.starts_with("link")).count(), 6);
 }
 

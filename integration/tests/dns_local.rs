@@ -133,13 +133,13 @@ fn queries_are_refused_or_answered_by_cilium_name_patterns() {
     let denied = weir.flows("protocol=dns&verdict=denied&dns_name=%5Ea%5C.b%5C.");
     assert_eq!(denied.len(), 1, "{denied:?}");
     let d = &denied[0];
-    let dns_flow = d.dns.as_ref().unwrap();
+    let dns_flow = d.dns().unwrap();
     assert_eq!((dns_flow.query.as_str(), dns_flow.qtype.as_str()), ("a.b.example.com", "A"));
     assert_eq!(dns_flow.rcode.as_deref(), Some("REFUSED"));
     assert_eq!(d.reason.as_deref(), Some("no DNS rule allows a.b.example.com"));
     assert!(d.source.labels.iter().any(|l| l == "k8s:app=client"), "{d:?}");
     let forwarded = weir.flows("protocol=dns&verdict=forwarded&dns_name=%5Eapi%5C.");
-    let f = forwarded[0].dns.as_ref().unwrap();
+    let f = forwarded[0].dns().unwrap();
     assert_eq!(f.answers[0].data, API_ADDRESS);
     assert_eq!(f.rcode.as_deref(), Some("NOERROR"));
     assert!(forwarded[0].matched.as_deref().unwrap_or("").contains("client-egress"), "{:?}", forwarded[0]);
@@ -160,10 +160,10 @@ fn truncated_udp_answers_send_the_client_to_tcp() {
     assert_eq!(big.answers.len(), 40, "{}", big.output);
     assert!(big.output.contains("Truncated, retrying in TCP mode"), "{}", big.output);
     let flows = weir.flows("protocol=dns&dns_name=%5Ebig");
-    let udp = flows.iter().find(|f| f.dns.as_ref().unwrap().transport == "udp").expect("the UDP try");
-    assert!(udp.dns.as_ref().unwrap().truncated, "{udp:?}");
-    let tcp = flows.iter().find(|f| f.dns.as_ref().unwrap().transport == "tcp").expect("the TCP retry");
-    assert_eq!(tcp.dns.as_ref().unwrap().answers.len(), 40);
+    let udp = flows.iter().find(|f| f.dns().unwrap().transport == "udp").expect("the UDP try");
+    assert!(udp.dns().unwrap().truncated, "{udp:?}");
+    let tcp = flows.iter().find(|f| f.dns().unwrap().transport == "tcp").expect("the TCP retry");
+    assert_eq!(tcp.dns().unwrap().answers.len(), 40);
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn one_tcp_connection_carries_several_queries_in_order() {
     let two = kdig(dns_addr(dns_port), &["-b", CLIENT, "+tcp", "+keepopen", "www.example.com", "api.example.com"]);
     assert_eq!(two.output.matches("status: NOERROR").count(), 2, "{}", two.output);
     let flows = weir.flows("protocol=dns");
-    let tcp: Vec<_> = flows.iter().filter(|f| f.dns.as_ref().unwrap().transport == "tcp").collect();
+    let tcp: Vec<_> = flows.iter().filter(|f| f.dns().unwrap().transport == "tcp").collect();
     assert_eq!(tcp.len(), 5);
     assert!(tcp[..3].iter().all(|f| f.connection == tcp[0].connection), "one connection, one id");
 }
@@ -519,7 +519,7 @@ fn queries_carrying_more_than_their_question_get_formerr_and_reach_no_resolver()
     let formerr: Vec<_> =
         errors.iter().filter(|f| f.reason.as_deref().unwrap_or("").contains("not forwarded")).collect();
     assert_eq!(formerr.len(), 14, "seven cases, UDP and TCP: {errors:#?}");
-    assert!(formerr.iter().all(|f| f.dns.as_ref().unwrap().rcode.as_deref() == Some("FORMERR")));
+    assert!(formerr.iter().all(|f| f.dns().unwrap().rcode.as_deref() == Some("FORMERR")));
     assert!(formerr.iter().any(|f| f.reason.as_deref().unwrap().contains("byte(s) after the end")), "{formerr:#?}");
     assert!(formerr.iter().any(|f| f.reason.as_deref().unwrap().contains("1 answer record")), "{formerr:#?}");
 }

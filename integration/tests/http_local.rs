@@ -77,10 +77,10 @@ fn http1_requests_are_allowed_or_denied_by_source_identity() {
     assert_eq!(flow.verdict, Verdict::Denied);
     assert!(flow.source.labels.contains(&"k8s:app=frontend".to_string()), "{flow:?}");
     assert!(flow.destination.labels.contains(&"k8s:app=web".to_string()));
-    assert_eq!(flow.http.as_ref().unwrap().status, Some(403));
+    assert_eq!(flow.http().unwrap().status, Some(403));
     assert_eq!(flow.reason.as_deref(), Some("http-policy: no HTTP rule matched"));
     let allowed = weir.flows("from_label=app=frontend&verdict=forwarded").pop().expect("the frontend's request");
-    assert_eq!(allowed.http.as_ref().unwrap().path, "/public/hello.txt");
+    assert_eq!(allowed.http().unwrap().path, "/public/hello.txt");
     assert_eq!(allowed.policies, vec!["default/web spec.ingress[0].toPorts[0]".to_string()]);
     let dropped = weir.flows("verdict=dropped");
     assert_eq!(dropped.len(), 1, "{dropped:?}");
@@ -135,7 +135,7 @@ fn http2_prior_knowledge_with_many_streams_on_one_connection() {
     let h2 = curl_from(FRONTEND, &["--http2-prior-knowledge", &url(port, "/private")]);
     assert_eq!((h2.status, h2.version.as_str(), h2.body.as_str()), (403, "2", "Access denied\r\n"));
     let flow = weir.last_flow("/public/b");
-    assert_eq!(flow.http.unwrap().version, "HTTP/2");
+    assert_eq!(flow.http().unwrap().version, "HTTP/2");
 }
 
 #[test]
@@ -209,7 +209,7 @@ spec:
     assert_eq!(secret["code"], "PERMISSION_DENIED", "403 maps to PERMISSION_DENIED: {secret}");
     let flow = weir.last_flow("/weir.test.Echo/Secret");
     assert_eq!(flow.verdict, Verdict::Denied);
-    assert_eq!(flow.http.unwrap().version, "HTTP/2");
+    assert_eq!(flow.http().unwrap().version, "HTTP/2");
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn a_client_hanging_up_mid_body_loses_nothing_else() {
     let flow = {
         let mut found = None;
         wait_for("the aborted request's flow", Duration::from_secs(10), || {
-            found = weir.flows("").into_iter().find(|f| f.http.as_ref().is_some_and(|h| h.path == "/echo-body"));
+            found = weir.flows("").into_iter().find(|f| f.http().is_some_and(|h| h.path == "/echo-body"));
             found.is_some()
         });
         found.unwrap()

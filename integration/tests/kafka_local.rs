@@ -80,7 +80,7 @@ fn kafka_flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {
 }
 
 fn api(flow: &FlowRecord) -> &str {
-    &flow.kafka.as_ref().unwrap().api_key
+    &flow.kafka().unwrap().api_key
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn kcat_produces_and_consumes_where_the_roles_allow() {
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("Topic authorization failed"), "{}", text(&refused.stderr));
     let flow = s.weir.wait_flow("protocol=kafka&verdict=denied", "the produce refusal", |f| api(f) == "Produce");
-    let kafka = flow.kafka.as_ref().unwrap();
+    let kafka = flow.kafka().unwrap();
     assert_eq!(
         (kafka.topics.clone(), kafka.error_code, kafka.client_id.as_str()),
         (vec!["deathstar-plans".into()], Some(29), "rdkafka")
@@ -109,7 +109,7 @@ fn kcat_produces_and_consumes_where_the_roles_allow() {
     // the allowed requests went through and were recorded with latency
     let fetch = s.weir.wait_flow("protocol=kafka&verdict=forwarded", "a forwarded fetch", |f| api(f) == "Fetch");
     assert!(fetch.latency_us.is_some());
-    assert_eq!(fetch.kafka.as_ref().unwrap().topics, vec!["empire-announce".to_string()]);
+    assert_eq!(fetch.kafka().unwrap().topics, vec!["empire-announce".to_string()]);
     let metrics = s.weir.metrics();
     assert!(metrics.contains("weir_kafka_requests_total{api=\"Produce\",verdict=\"denied\"}"), "{metrics}");
 }
@@ -137,7 +137,7 @@ fn kafka_python_clients_by_client_id_and_a_consumer_group() {
     assert_eq!(refused[0]["ok"], false, "{refused:?}");
     let flow =
         s.weir.wait_flow("protocol=kafka&verdict=denied", "the CreateTopics refusal", |f| api(f) == "CreateTopics");
-    assert_eq!(flow.kafka.as_ref().unwrap().error_code, Some(29));
+    assert_eq!(flow.kafka().unwrap().error_code, Some(29));
 }
 
 /// Admin APIs that name topics as resources are judged on those topics: an
@@ -151,14 +151,14 @@ fn kafka_python_admin_apis_are_judged_on_the_topics_they_name() {
     let flow = s
         .weir
         .wait_flow("protocol=kafka&verdict=forwarded", "the allowed DescribeConfigs", |f| api(f) == "DescribeConfigs");
-    assert_eq!(flow.kafka.as_ref().unwrap().topics, vec!["empire-announce".to_string()]);
+    assert_eq!(flow.kafka().unwrap().topics, vec!["empire-announce".to_string()]);
 
     let refused = python_client(s.listener, "admin", &["describe-configs", "deathstar-plans"]);
     assert_eq!(refused[0]["keys"], serde_json::json!([]), "the refusal carries no configs: {refused:?}");
     let flow = s
         .weir
         .wait_flow("protocol=kafka&verdict=denied", "the DescribeConfigs refusal", |f| api(f) == "DescribeConfigs");
-    let kafka = flow.kafka.as_ref().unwrap();
+    let kafka = flow.kafka().unwrap();
     assert_eq!((kafka.topics.clone(), kafka.error_code), (vec!["deathstar-plans".to_string()], Some(29)));
     assert!(flow.reason.as_deref().unwrap().contains("deathstar-plans"), "{flow:?}");
 
@@ -199,7 +199,7 @@ fn kafka_python_admin_apis_are_judged_on_the_topics_they_name() {
     assert_eq!(deleted[0]["results"]["imperial-readers"], "GroupAuthorizationFailedError", "{deleted:?}");
     let flow =
         s.weir.wait_flow("protocol=kafka&verdict=denied", "the DeleteGroups refusal", |f| api(f) == "DeleteGroups");
-    assert_eq!(flow.kafka.as_ref().unwrap().topics, vec!["*".to_string()]);
+    assert_eq!(flow.kafka().unwrap().topics, vec!["*".to_string()]);
 }
 
 fn topic(name: &str) -> TopicName {
@@ -263,7 +263,7 @@ fn broken_frames_close_the_connection_and_are_never_forwarded() {
     let flow = s.weir.wait_flow("protocol=kafka&verdict=error", "the unparsable frame", |f| {
         f.reason.as_deref().is_some_and(|r| r.contains("unparsable"))
     });
-    assert_eq!(flow.kafka.as_ref().unwrap().api_key, "Produce");
+    assert_eq!(flow.kafka().unwrap().api_key, "Produce");
 
     // a negative length is not Kafka framing
     let mut client = RawClient::connect(HQ, s.listener);

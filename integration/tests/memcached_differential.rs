@@ -149,7 +149,7 @@ fn what_memcached_executes_through_weir_is_what_weir_judged() {
     for (i, (what, _)) in shapes.iter().enumerate() {
         assert_eq!(value_of(s.behind.addr, &format!("secret/owned-{i}")), None, "{what}");
         let marker = format!("public/marker-{i}");
-        let judged = forwarded.iter().any(|f| f.memcached.as_ref().is_some_and(|m| m.keys == [marker.clone()]));
+        let judged = forwarded.iter().any(|f| f.memcached().is_some_and(|m| m.keys == [marker.clone()]));
         assert_eq!(value_of(s.behind.addr, &marker).is_some(), judged, "{what}: the marker ran iff weir forwarded it");
         assert_eq!(judged, value_of(s.direct.addr, &marker).is_some(), "{what}: and memcached ran it directly too");
     }
@@ -199,9 +199,9 @@ fn base64_keys_are_judged_as_the_key_memcached_uses() {
     }
     assert_eq!(value_of(s.behind.addr, "secret/canary").as_deref(), Some("intact"));
     let denied = s.weir.wait_flow("protocol=memcached&verdict=denied", "the base64 mg", |f| {
-        f.memcached.as_ref().is_some_and(|m| m.command == "mg")
+        f.memcached().is_some_and(|m| m.command == "mg")
     });
-    assert_eq!(denied.memcached.unwrap().keys, vec!["secret/canary"], "the flow names the decoded key");
+    assert_eq!(denied.memcached().unwrap().keys, vec!["secret/canary"], "the flow names the decoded key");
 
     // "public/A" is valid base64 too: it names a binary key outside public/
     let stored = exchange(s.behind.addr, b"ms public/A 6 b\r\nSECRET\r\n");

@@ -100,18 +100,18 @@ fn pymemcache_is_allowed_and_refused_key_by_key() {
 
     // the refused multi-get names the key that was refused
     let denied = s.weir.wait_flow("protocol=memcached&verdict=denied", "the multi-get refusal", |f| {
-        f.memcached.as_ref().is_some_and(|m| m.keys.len() == 2)
+        f.memcached().is_some_and(|m| m.keys.len() == 2)
     });
-    let m = denied.memcached.as_ref().unwrap();
+    let m = denied.memcached().unwrap();
     assert_eq!((m.protocol.as_str(), m.command.as_str()), ("text", "get"));
     assert_eq!(m.keys, vec!["public/a", "secret"]);
     assert_eq!(m.response.as_deref(), Some("CLIENT_ERROR"));
     assert!(denied.reason.as_deref().unwrap().contains("\"secret\""), "{denied:?}");
     assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cache-client"));
     let stored = s.weir.wait_flow("protocol=memcached&verdict=forwarded", "the forwarded set", |f| {
-        f.memcached.as_ref().is_some_and(|m| m.command == "set")
+        f.memcached().is_some_and(|m| m.command == "set")
     });
-    assert_eq!(stored.memcached.as_ref().unwrap().response.as_deref(), Some("STORED"));
+    assert_eq!(stored.memcached().unwrap().response.as_deref(), Some("STORED"));
     assert!(stored.latency_us.is_some());
     let metrics = s.weir.metrics();
     assert!(metrics.contains(r#"weir_memcached_requests_total{command="get",verdict="denied"} 2"#), "{metrics}");
@@ -143,9 +143,9 @@ fn binary_clients_get_a_binary_refusal() {
         );
     }
     let denied = s.weir.wait_flow("protocol=memcached&verdict=denied", "a binary refusal", |f| {
-        f.memcached.as_ref().is_some_and(|m| m.protocol == "binary")
+        f.memcached().is_some_and(|m| m.protocol == "binary")
     });
-    assert_eq!(denied.memcached.as_ref().unwrap().response.as_deref(), Some("0x0020"));
+    assert_eq!(denied.memcached().unwrap().response.as_deref(), Some("0x0020"));
 }
 
 fn binary(op: u8, key: &[u8], extras: &[u8], value: &[u8], opaque: u32) -> Vec<u8> {
@@ -283,7 +283,7 @@ fn a_server_that_hangs_up_mid_reply_closes_the_client_with_a_flow() {
     let answer = exchange(listener, b"get public/h\r\n");
     assert!(!answer.contains("END"), "{answer:?}");
     let flow = weir.wait_flow("protocol=memcached&verdict=error", "the unanswered get", |f| {
-        f.memcached.as_ref().is_some_and(|m| m.command == "get")
+        f.memcached().is_some_and(|m| m.command == "get")
     });
     assert!(flow.reason.as_deref().unwrap().contains("inside a reply"), "{flow:?}");
 }

@@ -97,13 +97,13 @@ fn the_r2d2_filter_passes_allowed_lines_and_answers_the_others_itself() {
     assert_eq!(*seen.lock().unwrap(), vec!["READ /public/a", "HALT"], "the server never saw a refused line");
 
     let denied = wait_flow(&weir, "protocol=r2d2&verdict=denied", "the passwd refusal", |f| {
-        f.l7.as_ref().is_some_and(|l| l.fields.get("file").map(String::as_str) == Some("/etc/passwd"))
+        f.l7().is_some_and(|l| l.fields.get("file").map(String::as_str) == Some("/etc/passwd"))
     });
-    let l7 = denied.l7.as_ref().unwrap();
+    let l7 = denied.l7().unwrap();
     assert_eq!((l7.l7proto.as_str(), l7.fields["cmd"].as_str()), ("r2d2", "READ"));
     assert!(denied.reason.as_deref().unwrap().contains("not allowed"), "{denied:?}");
     wait_flow(&weir, "protocol=r2d2&verdict=forwarded", "a forwarded HALT", |f| {
-        f.l7.as_ref().is_some_and(|l| l.fields["cmd"] == "HALT")
+        f.l7().is_some_and(|l| l.fields["cmd"] == "HALT")
     });
 }
 

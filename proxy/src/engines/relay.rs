@@ -13,7 +13,7 @@ use crate::engines::connection::Decision;
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
 use crate::model::ConnectionVerdict;
-use crate::observe::flow::{FlowRecord, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, Verdict};
 use crate::observe::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
@@ -99,18 +99,27 @@ impl Connection {
     pub fn record(&self, flow: FlowRecord) {
         let metrics = &self.state.metrics;
         let verdict = flow.verdict.as_str();
-        let request = if let Some(k) = &flow.kafka {
-            metrics.kafka_requests.get_or_create(&KafkaLabels { api: k.api_key.clone(), verdict }).inc();
-            true
-        } else if let Some(m) = &flow.memcached {
-            metrics.memcached_requests.get_or_create(&MemcachedLabels { command: m.command.clone(), verdict }).inc();
-            true
-        } else if let Some(c) = &flow.cassandra {
-            metrics.cassandra_requests.get_or_create(&CassandraLabels { opcode: c.opcode.clone(), verdict }).inc();
-            true
-        } else {
+        let request = match &flow.detail {
+            Some(FlowDetail::Kafka(k)) => {
+                metrics.kafka_requests.get_or_create(&KafkaLabels { api: k.api_key.clone(), verdict }).inc();
+                true
+            }
+            Some(FlowDetail::Memcached(m)) => {
+                metrics
+                    .memcached_requests
+                    .get_or_create(&MemcachedLabels { command: m.command.clone(), verdict })
+                    .inc();
+                true
+            }
+            Some(FlowDetail::Cassandra(c)) => {
+                metrics.cassandra_requests.get_or_create(&CassandraLabels { opcode: c.opcode.clone(), verdict }).inc();
+                true
+            }
             // a stream filter's request flow (it has no counter of its own)
-            flow.l7.is_some()
+            Some(FlowDetail::L7(_)) => true,
+            // HTTP and DNS are not relayed; a flow without a request is a
+            // connection's (refused, a bad frame, the peer gone)
+            Some(FlowDetail::Http(_) | FlowDetail::Dns(_)) | None => false,
         };
         if request {
             metrics.requests.get_or_create(&RequestLabels { protocol: self.protocol.name(), verdict }).inc();

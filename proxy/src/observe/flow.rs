@@ -16,6 +16,8 @@ use crate::context::ConnectionContext;
 use crate::identity::{Identity, Label};
 use crate::protocol::Protocol;
 
+pub use super::detail::*;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -68,114 +70,6 @@ impl FlowPeer {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HttpFlow {
-    pub method: String,
-    pub path: String,
-    pub host: String,
-    pub version: String,
-    /// Status sent downstream; absent when none was (the client left first).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsFlow {
-    /// The first question's name (lower case, no trailing dot).
-    pub query: String,
-    /// Its type: A, AAAA, TXT, ...
-    pub qtype: String,
-    /// Questions beyond the first (rare).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub more_questions: Vec<String>,
-    /// udp or tcp
-    pub transport: String,
-    /// The answer's code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, FORMERR...); absent when none was sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rcode: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub answers: Vec<DnsAnswer>,
-    /// The answer had the TC bit: the client should retry over TCP.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsAnswer {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub rtype: String,
-    pub data: String,
-    pub ttl: u32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KafkaFlow {
-    /// The API's name: Produce, Fetch, Metadata, ...
-    pub api_key: String,
-    pub api_version: i16,
-    pub correlation_id: i32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub client_id: String,
-    /// The topics the request names; `["*"]` for every topic.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub topics: Vec<String>,
-    /// The error code weir answered a refusal with (the broker's answers are
-    /// relayed unread).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<i16>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemcachedFlow {
-    /// `text` (meta commands included) or `binary`.
-    pub protocol: String,
-    /// The command word, or the binary opcode's name.
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
-    /// What the server answered: the first word of a text reply (`STORED`,
-    /// `END`, `HD`, ...) or a binary status (`0x0001`); weir's own refusal
-    /// shows as `CLIENT_ERROR` / `0x0020`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<String>,
-}
-
-/// One statement of a Cassandra request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CqlStatementFlow {
-    /// Cilium's `query_action` (`select`, `insert`, `create-table`, ...).
-    pub action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CassandraFlow {
-    pub version: u8,
-    /// The request's opcode: `query`, `prepare`, `execute`, `batch`, `startup`, ...
-    pub opcode: String,
-    pub stream: i16,
-    /// What the request runs (a batch: every entry).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub statements: Vec<CqlStatementFlow>,
-    /// What the server answered: a RESULT kind (`rows`, `void`,
-    /// `set-keyspace`, `prepared`, `schema-change`), `ready`, `supported`,
-    /// ..., or `error 0x2200`. Weir's own refusal shows as `error 0x2100`
-    /// (Unauthorized), `error 0x2500` (Unprepared), `error 0x000a` (protocol).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<String>,
-}
-
-/// A request of a protocol parsed by a stream filter (`l7proto`): the
-/// fields the filter chose to show.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct L7Flow {
-    pub l7proto: String,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub fields: std::collections::BTreeMap<String, String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub time: FlowTime,
@@ -195,18 +89,9 @@ pub struct FlowRecord {
     pub listener: String,
     pub port: u16,
     pub connection: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpFlow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsFlow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<KafkaFlow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memcached: Option<MemcachedFlow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cassandra: Option<CassandraFlow>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub l7: Option<L7Flow>,
+    /// The protocol's own part, shown under its name (`"http": {...}`).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<FlowDetail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     #[serde(default)]
@@ -215,8 +100,7 @@ pub struct FlowRecord {
 
 impl FlowRecord {
     /// A record of who talked to whom and nothing more: callers name what
-    /// they add (`FlowRecord { reason, http, ..FlowRecord::new(...) }`), so a
-    /// new protocol's field does not touch every place that records.
+    /// they add (`FlowRecord { reason, detail, ..FlowRecord::new(...) }`).
     pub fn new(protocol: &str, verdict: Verdict, source: FlowPeer, destination: FlowPeer) -> FlowRecord {
         FlowRecord {
             time: FlowTime::default(),
@@ -231,12 +115,7 @@ impl FlowRecord {
             listener: String::new(),
             port: 0,
             connection: 0,
-            http: None,
-            dns: None,
-            kafka: None,
-            memcached: None,
-            cassandra: None,
-            l7: None,
+            detail: None,
             latency_us: None,
             filter_us: 0,
         }
@@ -267,62 +146,8 @@ impl FlowRecord {
             self.source.brief(),
             self.destination.brief()
         );
-        if let Some(h) = &self.http {
-            let _ = write!(line, " {} {} {} host={}", h.version, h.method, h.path, h.host);
-            if let Some(status) = h.status {
-                let _ = write!(line, " => {status}");
-            }
-        }
-        if let Some(d) = &self.dns {
-            let _ = write!(line, " {} {} {}", d.transport, d.qtype, d.query);
-            for more in &d.more_questions {
-                let _ = write!(line, " +{more}");
-            }
-            if let Some(rcode) = &d.rcode {
-                let _ = write!(line, " => {rcode}");
-            }
-            if d.truncated {
-                line.push_str(" (truncated)");
-            }
-            for a in &d.answers {
-                let _ = write!(line, " {} {} ttl={}", a.rtype, a.data, a.ttl);
-            }
-        }
-        if let Some(k) = &self.kafka {
-            let _ =
-                write!(line, " {} v{} corr={} client={:?}", k.api_key, k.api_version, k.correlation_id, k.client_id);
-            if !k.topics.is_empty() {
-                let _ = write!(line, " topics={}", k.topics.join(","));
-            }
-            if let Some(code) = k.error_code {
-                let _ = write!(line, " => error {code}");
-            }
-        }
-        if let Some(m) = &self.memcached {
-            let _ = write!(line, " {} {}", m.protocol, m.command);
-            if !m.keys.is_empty() {
-                let _ = write!(line, " keys={}", m.keys.join(","));
-            }
-            if let Some(r) = &m.response {
-                let _ = write!(line, " => {r}");
-            }
-        }
-        if let Some(c) = &self.cassandra {
-            let _ = write!(line, " v{} {} stream={}", c.version, c.opcode, c.stream);
-            for s in &c.statements {
-                let _ = write!(line, " {}", s.action);
-                if let Some(t) = &s.table {
-                    let _ = write!(line, ":{t}");
-                }
-            }
-            if let Some(r) = &c.response {
-                let _ = write!(line, " => {r}");
-            }
-        }
-        if let Some(g) = &self.l7 {
-            for (k, v) in &g.fields {
-                let _ = write!(line, " {k}={v:?}");
-            }
+        if let Some(detail) = &self.detail {
+            detail.write_text(&mut line);
         }
         if let Some(l) = self.latency_us {
             let _ = write!(line, " {:.2}ms", l as f64 / 1000.0);
@@ -365,8 +190,8 @@ impl FlowFilter {
             && self.protocol.as_ref().is_none_or(|p| *p == flow.protocol)
             && has_labels(&flow.source, &self.from_labels)
             && has_labels(&flow.destination, &self.to_labels)
-            && self.http_path.as_ref().is_none_or(|re| flow.http.as_ref().is_some_and(|h| re.is_match(&h.path)))
-            && self.dns_name.as_ref().is_none_or(|re| flow.dns.as_ref().is_some_and(|d| re.is_match(&d.query)))
+            && self.http_path.as_ref().is_none_or(|re| flow.http().is_some_and(|h| re.is_match(&h.path)))
+            && self.dns_name.as_ref().is_none_or(|re| flow.dns().is_some_and(|d| re.is_match(&d.query)))
     }
 
     /// Parse the `/flows` query string; unknown keys are errors.
@@ -596,15 +421,43 @@ mod tests {
             listener: "l".into(),
             port: 80,
             connection: 1,
-            http: Some(HttpFlow {
+            detail: Some(FlowDetail::Http(HttpFlow {
                 method: "GET".into(),
                 path: path.into(),
                 host: "h".into(),
                 version: "HTTP/1.1".into(),
                 status: Some(200),
-            }),
+            })),
             ..FlowRecord::new("http", verdict, source, destination)
         }
+    }
+
+    /// The protocol's part is one enum, but the JSON keeps one key per
+    /// protocol (`"http": {...}`), and reads back the same.
+    #[test]
+    fn the_protocol_detail_is_shown_under_its_name() {
+        let http = flow(Verdict::Forwarded, &[], "/x");
+        let json: serde_json::Value = serde_json::to_value(&http).unwrap();
+        assert_eq!(json["http"]["path"], "/x");
+        assert_eq!(serde_json::from_value::<FlowRecord>(json).unwrap(), http);
+
+        let bare = FlowRecord { detail: None, ..http.clone() };
+        let json = serde_json::to_value(&bare).unwrap();
+        assert!(json.get("http").is_none() && json.get("detail").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<FlowRecord>(json).unwrap(), bare);
+
+        let l7 = FlowRecord {
+            detail: Some(FlowDetail::L7(L7Flow {
+                l7proto: "r2d2".into(),
+                fields: [("cmd".into(), "READ".into())].into(),
+            })),
+            ..http.clone()
+        };
+        let json = serde_json::to_value(&l7).unwrap();
+        assert_eq!(json["l7"]["fields"]["cmd"], "READ");
+        assert_eq!(serde_json::from_value::<FlowRecord>(json).unwrap(), l7);
+        assert!(l7.to_text().contains(r#" cmd="READ""#), "{}", l7.to_text());
+        assert!(http.to_text().contains(" HTTP/1.1 GET /x host=h => 200"), "{}", http.to_text());
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! metrics, and the `weir observe` client that follows them.
 
 pub mod client;
+pub mod detail;
 pub mod flow;
 pub mod metrics;

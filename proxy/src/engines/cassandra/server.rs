@@ -33,7 +33,7 @@ use crate::context::Target;
 use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
-use crate::observe::flow::{CassandraFlow, CqlStatementFlow, FlowRecord, Verdict};
+use crate::observe::flow::{CassandraFlow, CqlStatementFlow, FlowDetail, FlowRecord, Verdict};
 use crate::protocol::Protocol;
 use crate::wasm::cassandra as wit;
 
@@ -246,7 +246,10 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
             if header.version != version { format!(" and this connection speaks v{version}") } else { String::new() }
         );
         cassandra.response = Some(format!("error {:#06x}", frame::ERR_PROTOCOL));
-        let flow = FlowRecord { cassandra: Some(cassandra), ..conn.flow(snap, Verdict::Error, Some(why.clone())) };
+        let flow = FlowRecord {
+            detail: Some(FlowDetail::Cassandra(cassandra)),
+            ..conn.flow(snap, Verdict::Error, Some(why.clone()))
+        };
         conn.record(flow);
         // v1 and v2 frame headers differ: nothing weir could answer in
         if header.version < 3 {
@@ -255,7 +258,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
         return Step::AnswerAndClose(frame::error(header.version, header.stream, frame::ERR_PROTOCOL, &why, &[]));
     }
     let error_flow = |cassandra: CassandraFlow, why: String| FlowRecord {
-        cassandra: Some(cassandra),
+        detail: Some(FlowDetail::Cassandra(cassandra)),
         ..conn.flow(snap, Verdict::Error, Some(why))
     };
     // One request per stream at a time, and none on the server's (negative)
@@ -324,10 +327,11 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
     };
     cassandra.statements =
         statements.iter().map(|s| CqlStatementFlow { action: s.action.clone(), table: s.table.clone() }).collect();
-    let mut flow = FlowRecord { cassandra: Some(cassandra), ..conn.flow(snap, Verdict::Forwarded, None) };
+    let mut flow =
+        FlowRecord { detail: Some(FlowDetail::Cassandra(cassandra)), ..conn.flow(snap, Verdict::Forwarded, None) };
     if let Some(verdict) = judge(snap, &header, &statements, keyspace, &mut flow) {
         flow.verdict = verdict;
-        if let Some(c) = &mut flow.cassandra {
+        if let Some(FlowDetail::Cassandra(c)) = &mut flow.detail {
             c.response = Some(format!("error {:#06x}", frame::ERR_UNAUTHORIZED));
         }
         conn.record(flow);
@@ -354,7 +358,7 @@ fn step(conn: &Connection, shared: &Shared, snap: &Snapshot, request: &[u8]) -> 
 fn unknown_prepared(conn: &Connection, snap: &Snapshot, header: &Header, mut c: CassandraFlow, id: &[u8]) -> Step {
     c.response = Some(format!("error {:#06x}", frame::ERR_UNPREPARED));
     let why = format!("prepared statement {} unknown to weir; answered Unprepared", hex(id));
-    conn.record(FlowRecord { cassandra: Some(c), ..conn.flow(snap, Verdict::Error, Some(why)) });
+    conn.record(FlowRecord { detail: Some(FlowDetail::Cassandra(c)), ..conn.flow(snap, Verdict::Error, Some(why)) });
     Step::Answer(frame::unprepared(header.version, header.stream, id))
 }
 
@@ -538,7 +542,7 @@ fn learn(
         (frame::OP_OPTIONS, frame::OP_SUPPORTED) => frame::supported_without_compression(response).ok().flatten(),
         _ => None,
     };
-    if let Some(c) = &mut a.flow.cassandra {
+    if let Some(FlowDetail::Cassandra(c)) = &mut a.flow.detail {
         c.response = Some(summary);
     }
     a.flow.latency_us = Some(a.started.elapsed().as_micros() as u64);

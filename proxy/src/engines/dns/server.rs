@@ -16,7 +16,7 @@ use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, ListenerModel, PolicyModel};
-use crate::observe::flow::{DnsAnswer, DnsFlow, FlowRecord, Verdict};
+use crate::observe::flow::{DnsAnswer, DnsFlow, FlowDetail, FlowRecord, Verdict};
 use crate::observe::metrics::{DnsLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::protocol::Protocol;
@@ -523,7 +523,7 @@ async fn exchange(
         reason: outcome.reason,
         policies,
         matched: outcome.matched,
-        dns: Some(flow),
+        detail: Some(FlowDetail::Dns(flow)),
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
         ..FlowRecord::of(context, crate::protocol::Protocol::Dns, outcome.verdict)

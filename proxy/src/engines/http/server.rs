@@ -20,7 +20,7 @@ use crate::context::Target;
 use crate::context::next_connection_id;
 use crate::engines::state::ProxyState;
 use crate::model::ConnectionVerdict;
-use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, HttpFlow, Verdict};
 use crate::observe::metrics::RequestLabels;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,13 +125,13 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
         state.metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: "error" }).inc();
         state.flows.record(FlowRecord {
             reason: Some("Content-Length together with Transfer-Encoding: refused (400)".into()),
-            http: Some(HttpFlow {
+            detail: Some(FlowDetail::Http(HttpFlow {
                 method: rejected.method,
                 path: rejected.path,
                 host: String::new(),
                 version: "HTTP/1.1".into(),
                 status: Some(400),
-            }),
+            })),
             ..FlowRecord::of(&context, crate::protocol::Protocol::Http, Verdict::Error)
         });
     }

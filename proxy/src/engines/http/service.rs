@@ -22,7 +22,7 @@ use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, FilterChain};
-use crate::observe::flow::{FlowRecord, HttpFlow, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, HttpFlow, Verdict};
 use crate::observe::metrics::{ProtocolLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::wasm::{FilterFailure, http as wit, request_head_line};
@@ -507,7 +507,7 @@ impl HttpConnection {
             reason,
             policies,
             matched: trace.matched,
-            http: Some(trace.http),
+            detail: Some(FlowDetail::Http(trace.http)),
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,
             ..FlowRecord::of(&snap.context, crate::protocol::Protocol::Http, verdict)

@@ -27,7 +27,7 @@ use crate::context::Target;
 use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
-use crate::observe::flow::{FlowRecord, KafkaFlow, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, KafkaFlow, Verdict};
 use crate::protocol::Protocol;
 use crate::wasm::kafka as wit;
 
@@ -111,13 +111,16 @@ async fn requests(
             Err(e) => {
                 let reason = format!("unparsable Kafka request ({e}); not forwarded, connection closed");
                 conn.record(FlowRecord {
-                    kafka: Some(bad_frame_flow(&frame)),
+                    detail: Some(FlowDetail::Kafka(bad_frame_flow(&frame))),
                     ..conn.flow(s, Verdict::Error, Some(reason))
                 });
                 break;
             }
         };
-        let mut flow = FlowRecord { kafka: Some(kafka_flow(&request)), ..conn.flow(s, Verdict::Forwarded, None) };
+        let mut flow = FlowRecord {
+            detail: Some(FlowDetail::Kafka(kafka_flow(&request))),
+            ..conn.flow(s, Verdict::Forwarded, None)
+        };
         match judge(s, &request, &mut flow) {
             None => {
                 if request.expects_response {
@@ -140,7 +143,7 @@ async fn requests(
             }
             Some(relay::Refusal { verdict, detail: code }) => {
                 flow.verdict = verdict;
-                if let Some(k) = &mut flow.kafka {
+                if let Some(FlowDetail::Kafka(k)) = &mut flow.detail {
                     k.error_code = Some(code);
                 }
                 if !request.expects_response {

@@ -25,7 +25,7 @@ use crate::context::Target;
 use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
-use crate::observe::flow::{FlowRecord, MemcachedFlow, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, MemcachedFlow, Verdict};
 use crate::wasm::memcached as wit;
 
 /// Capacity of the queue between the halves. The response half moves
@@ -160,8 +160,10 @@ async fn requests(
             let Some(current) = conn.snapshot(snap.take()) else { break 'read };
             let s = snap.insert(current);
             let started = Instant::now();
-            let mut flow =
-                FlowRecord { memcached: Some(memcached_flow(&request)), ..conn.flow(s, Verdict::Forwarded, None) };
+            let mut flow = FlowRecord {
+                detail: Some(FlowDetail::Memcached(memcached_flow(&request))),
+                ..conn.flow(s, Verdict::Forwarded, None)
+            };
             match judge(s, &mut request, &mut flow) {
                 None => {
                     out.extend_from_slice(&frame);
@@ -198,7 +200,7 @@ async fn requests(
                         conn.record(flow);
                         continue;
                     };
-                    if let Some(m) = &mut flow.memcached {
+                    if let Some(FlowDetail::Memcached(m)) = &mut flow.detail {
                         m.response = Some(protocol.refusal_summary().into());
                     }
                     conn.record(flow);
@@ -276,12 +278,12 @@ fn refused_flow(conn: &Connection, snap: &Snapshot, refused: &Refused) -> FlowRe
         if refused.close { "; connection closed" } else { "" }
     );
     FlowRecord {
-        memcached: Some(MemcachedFlow {
+        detail: Some(FlowDetail::Memcached(MemcachedFlow {
             protocol: refused.protocol.as_str().into(),
             command: refused.command.clone(),
             keys: Vec::new(),
             response,
-        }),
+        })),
         ..conn.flow(snap, Verdict::Error, Some(reason))
     }
 }
@@ -344,7 +346,7 @@ async fn responses(
                         {
                             out.extend_from_slice(&bytes);
                             if codec::ends_reply(protocol, *reply, &unit) {
-                                if let Some(m) = &mut flow.memcached {
+                                if let Some(FlowDetail::Memcached(m)) = &mut flow.detail {
                                     m.response = Some(unit.summary.clone());
                                 }
                                 flow.latency_us = Some(started.elapsed().as_micros() as u64);

@@ -16,7 +16,7 @@ use crate::context::{Direction, Target};
 use crate::engines::relay::{self, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::model::ConnectionVerdict;
-use crate::observe::flow::{FlowRecord, L7Flow, Verdict};
+use crate::observe::flow::{FlowDetail, FlowRecord, L7Flow, Verdict};
 use crate::protocol::Protocol;
 use crate::wasm::{ConnectionView, DedicatedInstance, FailurePolicy, stream as wit};
 
@@ -276,7 +276,10 @@ fn record_flows(conn: &relay::Connection, snap: &Snapshot, flows: Vec<(Arc<str>,
             wit::FlowVerdict::Error => Verdict::Error,
         };
         let mut record = FlowRecord {
-            l7: Some(L7Flow { l7proto: name.to_string(), fields: flow.fields.into_iter().collect() }),
+            detail: Some(FlowDetail::L7(L7Flow {
+                l7proto: name.to_string(),
+                fields: flow.fields.into_iter().collect(),
+            })),
             ..conn.flow(snap, verdict, None)
         };
         record.protocol = name.to_string();
