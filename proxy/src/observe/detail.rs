@@ -33,34 +33,6 @@ impl FlowDetail {
     }
 }
 
-/// Readers' accessors: `flow.http()` is the HTTP part, if the flow has one.
-macro_rules! accessors {
-    ($($name:ident: $variant:ident => $ty:ty;)*) => {
-        impl super::flow::FlowRecord {
-            $(pub fn $name(&self) -> Option<&$ty> {
-                match &self.detail {
-                    Some(FlowDetail::$variant(d)) => Some(d),
-                    _ => None,
-                }
-            })*
-        }
-        $(impl From<$ty> for FlowDetail {
-            fn from(d: $ty) -> Self {
-                FlowDetail::$variant(d)
-            }
-        })*
-    };
-}
-
-accessors! {
-    http: Http => HttpFlow;
-    dns: Dns => DnsFlow;
-    kafka: Kafka => KafkaFlow;
-    memcached: Memcached => MemcachedFlow;
-    cassandra: Cassandra => CassandraFlow;
-    l7: L7 => L7Flow;
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpFlow {
     pub method: String,

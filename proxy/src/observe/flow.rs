@@ -162,6 +162,29 @@ impl FlowRecord {
     }
 }
 
+/// Readers' accessors: `flow.http()` is the HTTP part, if the flow has one.
+macro_rules! accessors {
+    ($($name:ident: $variant:ident => $ty:ty;)*) => {
+        impl FlowRecord {
+            $(pub fn $name(&self) -> Option<&$ty> {
+                match &self.detail {
+                    Some(FlowDetail::$variant(d)) => Some(d),
+                    _ => None,
+                }
+            })*
+        }
+    };
+}
+
+accessors! {
+    http: Http => HttpFlow;
+    dns: Dns => DnsFlow;
+    kafka: Kafka => KafkaFlow;
+    memcached: Memcached => MemcachedFlow;
+    cassandra: Cassandra => CassandraFlow;
+    l7: L7 => L7Flow;
+}
+
 /// Which flows a reader wants (`weir observe` flags, `/flows` query).
 #[derive(Clone, Debug, Default)]
 pub struct FlowFilter {
