@@ -181,12 +181,18 @@ pub enum LoadError {
 }
 
 /// Compiles components and owns the engine, the linker and the epoch clock.
+/// A component by name and the SHA-256 of its bytes.
+type ComponentKey = (String, [u8; 32]);
+
 pub struct FilterRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     metrics: Arc<Metrics>,
     cache: Option<cache::PrecompileCache>,
     configured: Mutex<HashMap<ConfiguredKey, Weak<ConfiguredFilter>>>,
+    /// Components a model holds, by (name, digest): a reload (a pod that
+    /// came or went) reuses them instead of loading them again.
+    loaded: Mutex<HashMap<ComponentKey, Weak<FilterComponent>>>,
     ticker: Option<EpochTicker>,
     /// Who holds the pool's instance slots (`slots.rs`).
     slots: Arc<slots::Slots>,
@@ -259,7 +265,16 @@ impl FilterRuntime {
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
         let ticker = Some(EpochTicker::start(engine.clone()));
         let slots = Arc::new(slots::Slots::new(max_instances as usize));
-        Ok(FilterRuntime { engine, linker, metrics, cache, configured: Mutex::new(HashMap::new()), ticker, slots })
+        Ok(FilterRuntime {
+            engine,
+            linker,
+            metrics,
+            cache,
+            configured: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            ticker,
+            slots,
+        })
     }
 
     /// How many times an instance could not be made for lack of a slot. A
@@ -282,6 +297,10 @@ impl FilterRuntime {
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
         let started = Instant::now();
         let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let key = (name.to_string(), digest);
+        if let Some(held) = self.loaded.lock().unwrap().get(&key).and_then(Weak::upgrade) {
+            return Ok(held);
+        }
         let component = match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, bytes, &digest),
             None => Component::new(&self.engine, bytes),
@@ -293,7 +312,11 @@ impl FilterRuntime {
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
         let pre = WorldPre::of(&instance_pre).map_err(|message| LoadError::World { name: name.into(), message })?;
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
-        Ok(Arc::new(FilterComponent { name: name.into(), digest, pre }))
+        let component = Arc::new(FilterComponent { name: name.into(), digest, pre });
+        let mut loaded = self.loaded.lock().unwrap();
+        loaded.retain(|_, held| held.strong_count() > 0);
+        loaded.insert(key, Arc::downgrade(&component));
+        Ok(component)
     }
 
     /// A filter instance configuration, validated: `configure` ran once on a
@@ -679,6 +702,8 @@ pub fn test_connection() -> ConnectionView {
         id: 1,
         source: Arc::new(Identity::reserved(reserved::WORLD)),
         destination: Arc::new(Identity::reserved(reserved::WORLD)),
+        source_endpoint: None,
+        destination_endpoint: None,
         source_addr: std::net::SocketAddr::from(([127, 0, 0, 2], 40000)),
         destination_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 80)),
         port: 80,
