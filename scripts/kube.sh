@@ -6,8 +6,13 @@
 #   scripts/kube.sh install        build the binaries once per machine (about
 #                                  16 minutes cold on 2 cores; later: nothing)
 #   scripts/kube.sh start DIR      etcd + kube-apiserver with their state in DIR;
-#                                  prints the API address; DIR/kubeconfig, DIR/token
+#                                  prints the API address; DIR/kubeconfig (trusting
+#                                  the API server's own self-signed CA), DIR/token
 #   scripts/kube.sh stop DIR       stop them and remove DIR
+#   scripts/kube.sh stop-apiserver DIR / start-apiserver DIR
+#                                  the API server alone, down and up again on
+#                                  the same port and store (etcd keeps running)
+#   scripts/kube.sh installed      exit status: are the binaries there
 #
 # k8s.io/kubernetes is served as a module but `go install .../kube-apiserver@v`
 # refuses it: its go.mod replaces the k8s.io/* staging modules with ./staging
@@ -103,24 +108,39 @@ start() {
   token=$(openssl rand -hex 16)
   echo "$token,admin,admin,system:masters" > "$dir/tokens.csv"
   echo "$token" > "$dir/token"
+  echo "$client" > "$dir/etcd.port"
+  echo "$api" > "$dir/apiserver.port"
+  start_apiserver "$dir"
+  cat > "$dir/kubeconfig" <<CONF
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:$api", certificate-authority: "$dir/certs/apiserver.crt"}}]
+users: [{name: admin, user: {token: "$token"}}]
+contexts: [{name: local, context: {cluster: local, user: admin}}]
+current-context: local
+CONF
+  wait_ready "$dir"
+  echo "https://127.0.0.1:$api"
+}
+
+# kube-apiserver alone, on the port and store `start` chose (a restart keeps
+# both, and the serving certificate it wrote the first time)
+start_apiserver() {
+  local dir=$1 client api
+  client=$(cat "$dir/etcd.port") api=$(cat "$dir/apiserver.port")
   "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$client" --cert-dir="$dir/certs" \
     --secure-port="$api" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
     --service-cluster-ip-range=10.96.0.0/16 --authorization-mode=RBAC \
     --service-account-issuer="https://127.0.0.1:$api" --service-account-key-file="$dir/sa.pub" \
     --service-account-signing-key-file="$dir/sa.key" --token-auth-file="$dir/tokens.csv" \
-    --endpoint-reconciler-type=none > "$dir/apiserver.log" 2>&1 &
+    --endpoint-reconciler-type=none >> "$dir/apiserver.log" 2>&1 &
   echo $! > "$dir/apiserver.pid"
-  cat > "$dir/kubeconfig" <<CONF
-apiVersion: v1
-kind: Config
-clusters: [{name: local, cluster: {server: "https://127.0.0.1:$api", insecure-skip-tls-verify: true}}]
-users: [{name: admin, user: {token: "$token"}}]
-contexts: [{name: local, context: {cluster: local, user: admin}}]
-current-context: local
-CONF
+}
+
+wait_ready() {
+  local dir=$1
   for _ in $(seq 1 120); do
-    if "$BIN/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
-      echo "https://127.0.0.1:$api"
+    if [ -f "$dir/kubeconfig" ] && "$BIN/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
       return
     fi
     sleep 0.5
@@ -131,24 +151,30 @@ CONF
   exit 1
 }
 
+stop_process() {
+  local pidfile=$1
+  [ -f "$pidfile" ] || return 0
+  kill "$(cat "$pidfile")" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
 stop() {
   local dir=$1
-  for p in apiserver etcd; do
-    if [ -f "$dir/$p.pid" ]; then kill "$(cat "$dir/$p.pid")" 2>/dev/null || true; fi
-  done
-  for p in apiserver etcd; do
-    if [ -f "$dir/$p.pid" ]; then
-      for _ in $(seq 1 50); do kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$(cat "$dir/$p.pid")" 2>/dev/null || true
-    fi
-  done
+  stop_process "$dir/apiserver.pid"
+  stop_process "$dir/etcd.pid"
   rm -rf "$dir"
 }
 
 case "${1:-}" in
   install) install ;;
+  installed) [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ] ;;
   start) start "${2:?usage: kube.sh start DIR}" ;;
   stop) stop "${2:?usage: kube.sh stop DIR}" ;;
+  # the API server alone, as a crash and a restart (etcd keeps the state)
+  stop-apiserver) stop_process "${2:?usage: kube.sh stop-apiserver DIR}/apiserver.pid" ;;
+  start-apiserver) start_apiserver "${2:?usage: kube.sh start-apiserver DIR}" && wait_ready "$2" ;;
   bin) echo "$BIN" ;;
-  *) echo "usage: scripts/kube.sh install | start DIR | stop DIR | bin" >&2; exit 2 ;;
+  *) echo "usage: scripts/kube.sh install | installed | start DIR | stop DIR | stop-apiserver DIR | start-apiserver DIR | bin" >&2; exit 2 ;;
 esac

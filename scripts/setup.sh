@@ -15,7 +15,9 @@
 #     and kafka-python (clients); for memcached: the memcached server,
 #     pymemcache (text) and python-binary-memcached (binary); for Cassandra: the cassandra-driver
 #     Python package (the client, and the protocol classes of the stand-in
-#     responder: no Cassandra server can run here)
+#     responder: no Cassandra server can run here); for Kubernetes:
+#     kube-apiserver, kubectl and etcd built from Go modules (scripts/kube.sh,
+#     about 15 minutes once per machine)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -118,5 +120,10 @@ CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 1 minute)"
   cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+# a real Kubernetes control plane (kube-apiserver, kubectl, etcd from Go
+# modules) for the Kubernetes source's tests; scripts/kube.sh says how
+if ! bash "$(dirname "$0")/kube.sh" installed; then
+  bash "$(dirname "$0")/kube.sh" install
 fi
 log "ready"

@@ -8,6 +8,7 @@
 //! when a test fails.
 
 pub mod kafka;
+pub mod kube;
 pub mod node;
 pub mod resolver;
 
@@ -267,7 +268,7 @@ impl Weir {
 }
 
 /// Compiled filters shared by all test runs of this build.
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().join("weir-test-cache")
 }

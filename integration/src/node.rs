@@ -126,6 +126,14 @@ impl Node {
         self.weir = Some(Weir::start_with(config, policies, &["--datapath", "ebpf"]));
     }
 
+    /// The same, with more `weir run` arguments (`--kubernetes ...`).
+    pub fn start_weir_with(&mut self, config: &str, args: &[&str]) {
+        assert!(self.original_netns.is_some(), "enter() the node first");
+        let mut all = vec!["--datapath", "ebpf"];
+        all.extend_from_slice(args);
+        self.weir = Some(Weir::start_with(config, &[], &all));
+    }
+
     pub fn weir(&self) -> &Weir {
         self.weir.as_ref().expect("weir started")
     }

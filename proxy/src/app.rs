@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
-use crate::control::{Controller, LocalSource, Sources};
+use crate::control::kubernetes::NodeOptions;
+use crate::control::{Controller, KubernetesSource, LocalSource, Sources};
 use crate::engines::state::{ProxyState, ReloadStatus};
 use crate::model::fqdn::FqdnCache;
 use crate::model::{ModelInputs, PolicyModel};
@@ -62,7 +63,17 @@ pub fn datapath_settings(config_dir: Option<&Path>) -> anyhow::Result<crate::con
     Ok(WeirConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.datapath)
 }
 
-pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
+/// Where the Kubernetes source finds the API server (`weir run --kubernetes`).
+pub struct KubernetesOptions {
+    /// A kubeconfig; `None`: `$KUBECONFIG`, else the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (`--node-name`, `$NODE_NAME`, else the host name).
+    pub node_name: String,
+    /// How long to wait for the first list of every kind.
+    pub sync_timeout: Duration,
+}
+
+pub fn run(config: Option<PathBuf>, ebpf: bool, kubernetes: Option<KubernetesOptions>) -> anyhow::Result<()> {
     let (dir, quickstart) = match config {
         Some(dir) => (dir, false),
         None => (quickstart_dir()?, true),
@@ -70,10 +81,25 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
     // before anything opens descriptors: the budget follows from the limit
     let descriptors = crate::limits::Descriptors::raise();
     crate::reservations::warn_if_strict_overcommit();
-    // the embedded default: the file source alone
-    let sources = Sources::new(vec![Arc::new(LocalSource::new(&dir))]);
-    let (inputs, _) = sources.read().map_err(|errors| invalid(&errors))?;
-    let workers = inputs.config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // the embedded default: the file source alone; with a cluster, its
+    // policies beside the files (the node configuration stays weir.yaml)
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let metrics = Arc::new(Metrics::default());
+    let mut sources: Vec<Arc<dyn crate::control::Source>> = vec![Arc::new(LocalSource::new(&dir))];
+    if let Some(options) = kubernetes {
+        let client = crate::control::kubernetes::ApiClient::configure(options.kubeconfig.as_deref())?
+            .with_agent(&options.node_name)
+            .counted(metrics.kubernetes.requests.clone());
+        tracing::info!(server = %client.server, node = %options.node_name, "following the Kubernetes API server");
+        let node = NodeOptions { node: options.node_name, datapath: ebpf };
+        let source = KubernetesSource::start(client, node, changed.clone(), metrics.kubernetes.clone())?;
+        // never a first model from half the cluster's policies and pods
+        source.wait_synced(options.sync_timeout)?;
+        sources.push(source);
+    }
+    let sources = Sources::new(sources);
+    let config = sources.read().map_err(|errors| invalid(&errors))?.inputs.config;
+    let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // One worker needs no work stealing: a current-thread scheduler spares
     // every wakeup its cross-thread bookkeeping.
     let mut builder = if workers <= 1 {
@@ -84,7 +110,23 @@ pub fn run(config: Option<PathBuf>, ebpf: bool) -> anyhow::Result<()> {
         builder
     };
     let runtime = builder.thread_name("weir-worker").enable_all().build()?;
-    runtime.block_on(serve(sources, &dir, inputs.config, quickstart, ebpf, descriptors))
+    runtime.block_on(serve(sources, changed, metrics, &dir, config, quickstart, ebpf, descriptors))
+}
+
+/// `weir operator`: until the process is stopped.
+pub fn operator(
+    kubeconfig: Option<PathBuf>,
+    options: crate::control::kubernetes::operator::OperatorOptions,
+) -> anyhow::Result<()> {
+    let client = crate::control::kubernetes::ApiClient::configure(kubeconfig.as_deref())?;
+    tracing::info!(server = %client.server, "weir operator: following the Kubernetes API server");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = crate::control::kubernetes::operator::run(client, options) => result,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }
 
 fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
@@ -94,15 +136,17 @@ fn invalid(errors: &[impl std::fmt::Display]) -> anyhow::Error {
     anyhow::anyhow!("the configuration is invalid ({} problem(s)); nothing was started", errors.len())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     sources: Sources,
+    changed: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
     config_dir: &std::path::Path,
     config: WeirConfig,
     quickstart: bool,
     ebpf: bool,
     descriptors: crate::limits::Descriptors,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
     let options =
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
@@ -115,11 +159,11 @@ async fn serve(
         Ok(n) => tracing::info!(addresses = n, file = ?fqdn.file(), "FQDN cache restored"),
         Err(e) => tracing::warn!("FQDN cache not restored (starting empty): {e}"),
     }
-    let (model, fingerprint) =
-        Controller::build(&sources, &runtime, &fqdn, 1).await.map_err(|errors| invalid(&errors))?;
-    let model = Arc::new(model);
+    let (built, fingerprint) = Controller::build(&sources, &runtime, &fqdn, 1, &Default::default())
+        .await
+        .map_err(|errors| invalid(&errors))?;
     let state = Arc::new(ProxyState {
-        model: ArcSwap::new(model.clone()),
+        model: ArcSwap::new(built.model.clone()),
         flows: FlowLog::new(config.flow_history, config.log_flows),
         metrics,
         runtime,
@@ -137,7 +181,7 @@ async fn serve(
         let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;
         tracing::info!(%addr, "demo backend listening");
     }
-    let mut controller = Controller::new(sources, state.clone(), fingerprint);
+    let mut controller = Controller::new(sources, state.clone());
     let (stop_transparent, transparent_stopped) = tokio::sync::watch::channel(false);
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
@@ -164,7 +208,7 @@ async fn serve(
         controller.datapath = Some(datapath);
         tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");
     }
-    if let Err(errors) = controller.install(model, fingerprint) {
+    if let Err(errors) = controller.install(built, fingerprint) {
         if let Some(datapath) = controller.datapath.take() {
             datapath.shutdown();
         }
@@ -188,6 +232,8 @@ async fn serve(
     loop {
         tokio::select! {
             _ = interval.tick() => controller.reload(false).await,
+            // a source that knows when it changed (the API server's watch)
+            _ = changed.notified() => controller.reload(false).await,
             // learned or expired addresses: the kernel's toFQDNs entries follow
             Ok(()) = fqdn_changes.changed(), if controller.datapath.is_some() => {
                 let generation = *fqdn_changes.borrow_and_update();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::identity::Identity;
+use crate::identity::{Endpoint, Identity};
 
 /// The listener name of connections the eBPF datapath hands to the proxy.
 pub const TRANSPARENT_LISTENER: &str = "ebpf";
@@ -23,6 +23,10 @@ pub struct ConnectionContext {
     pub id: u64,
     pub source: Arc<Identity>,
     pub destination: Arc<Identity>,
+    /// The workloads (pods, `weir.yaml` endpoints, a listener's destination)
+    /// behind the two identities, when they are known: flows name them.
+    pub source_endpoint: Option<Arc<Endpoint>>,
+    pub destination_endpoint: Option<Arc<Endpoint>>,
     pub source_addr: SocketAddr,
     pub destination_addr: SocketAddr,
     /// The port policy is written against (the service port).

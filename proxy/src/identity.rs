@@ -120,6 +120,16 @@ impl Labels {
         self.0.iter().find(|l| l.key == key && (any || Some(l.source.as_str()) == source)).map(|l| l.value.as_str())
     }
 
+    /// An endpoint's labels: `labels` as `weir.yaml` writes them (`app: web`
+    /// is `k8s:app=web`, `reserved:host: ""` keeps its source) plus its
+    /// namespace. The model and the Kubernetes source both use this, so an
+    /// identity allocated for a pod names exactly the set the model builds.
+    pub fn of_endpoint(namespace: &str, labels: &BTreeMap<String, String>) -> Self {
+        let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::parse_pair(k, v)).collect();
+        all.push(Label::k8s(NAMESPACE_LABEL, namespace));
+        Labels::new(all)
+    }
+
     pub fn namespace(&self) -> Option<&str> {
         self.get(Some("k8s"), NAMESPACE_LABEL)
     }
@@ -191,8 +201,9 @@ impl Identity {
 /// loopback in local mode, or the service behind a local listener.
 #[derive(Clone, Debug, Serialize)]
 pub struct Endpoint {
-    pub name: String,
-    pub namespace: String,
+    /// Shared with every flow that names it.
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
     pub addresses: Vec<IpAddr>,
     pub identity: Arc<Identity>,
 }

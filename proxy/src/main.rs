@@ -38,6 +38,41 @@ enum Command {
         /// kernel and hand L7 traffic to the proxy transparently.
         #[arg(long, value_enum, default_value_t = DatapathMode::None)]
         datapath: DatapathMode,
+        /// Also follow the policy objects of a Kubernetes API server
+        /// (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+        /// NetworkPolicy, WeirNetworkPolicy, WeirClusterwideNetworkPolicy).
+        #[arg(long)]
+        kubernetes: bool,
+        /// The API server and credentials (default: $KUBECONFIG, else the
+        /// pod's service account).
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name: its pods are the ones weir polices and
+        /// allocates identities for (default: the host name).
+        #[arg(long, env = "NODE_NAME", requires = "kubernetes")]
+        node_name: Option<String>,
+    },
+    /// The cluster's one writer (run one Deployment of it): judges every
+    /// policy object as the nodes do and writes the verdict on it
+    /// (`status.conditions`, Events), and collects identities no pod uses.
+    Operator {
+        /// The API server and credentials (default: $KUBECONFIG, else the
+        /// pod's service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The nodes' configuration directory (weir.yaml), for the custom
+        /// filters `wasm` rules may name; default: built-in filters only.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The namespace of the operator's Lease (leader election).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+        namespace: String,
+        /// This replica's name in the Lease (default: the host name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// How long an identity no pod uses is kept before it is deleted.
+        #[arg(long, value_parser = weir::units::duration::parse, default_value = "5m")]
+        identity_grace: std::time::Duration,
     },
     /// The eBPF datapath on this node.
     Datapath {
@@ -71,6 +106,12 @@ enum Command {
         /// Regex over the DNS query name (`--protocol dns` flows).
         #[arg(long)]
         dns_name: Option<String>,
+        /// Flows from or to a workload in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Flows from or to this pod (`name` or `namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Start with the last N kept flows (default: all kept).
@@ -149,7 +190,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, datapath } => weir::app::run(config, datapath == DatapathMode::Ebpf),
+        Command::Run { config, datapath, kubernetes, kubeconfig, node_name } => {
+            let kubernetes = kubernetes.then(|| weir::app::KubernetesOptions {
+                kubeconfig,
+                node_name: node_name.unwrap_or_else(host_name),
+                sync_timeout: std::time::Duration::from_secs(30),
+            });
+            weir::app::run(config, datapath == DatapathMode::Ebpf, kubernetes)
+        }
+        Command::Operator { kubeconfig, config, namespace, identity, identity_grace } => {
+            let options = weir::control::kubernetes::operator::OperatorOptions {
+                config,
+                namespace,
+                identity: identity.unwrap_or_else(host_name),
+                identity_grace,
+            };
+            weir::app::operator(kubeconfig, options)
+        }
         Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
         Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => runtime()
@@ -162,6 +219,8 @@ fn main() -> ExitCode {
             to_label,
             http_path,
             dns_name,
+            namespace,
+            pod,
             output,
             last,
             no_follow,
@@ -185,6 +244,12 @@ fn main() -> ExitCode {
             }
             if let Some(n) = &dns_name {
                 push("dns_name", n);
+            }
+            if let Some(n) = &namespace {
+                push("namespace", n);
+            }
+            if let Some(p) = &pod {
+                push("pod", p);
             }
             if let Some(n) = last {
                 push("last", &n.to_string());
@@ -279,4 +344,9 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Kubernetes names nodes after their host names unless told otherwise.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }

@@ -38,7 +38,7 @@ impl LocalSource {
         });
         let document::LoadedDocuments { documents, errors } = document::load_files(files);
         let node = NodeConfig { config, dir: self.dir.clone(), file: config_file };
-        Ok(Contribution { node: Some(node), documents, endpoints: Vec::new(), errors })
+        Ok(Contribution { node: Some(node), documents, errors, ..Default::default() })
     }
 
     /// A cheap hash of what `read` would see: the config and policy files,

@@ -4,11 +4,15 @@
 //! they say together, validates it whole and installs it. If anything is
 //! wrong the last good model stays in force.
 
+pub mod build;
 mod file;
+pub mod kubernetes;
 pub mod source;
 
+pub use build::{Built, LastGood, SetAside};
 pub use file::{LocalSource, policy_files};
-pub use source::{Contribution, MemorySource, NodeConfig, Source, Sources};
+pub use kubernetes::KubernetesSource;
+pub use source::{Contribution, MemorySource, NodeConfig, Read, Source, Sources};
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,7 +20,6 @@ use std::time::SystemTime;
 use crate::config::WeirConfig;
 use crate::engines::listeners::ListenerSet;
 use crate::engines::state::ProxyState;
-use crate::model::PolicyModel;
 use crate::observe::flow::rfc3339;
 use crate::observe::metrics::ReloadLabels;
 use crate::policy::PolicyError;
@@ -34,35 +37,41 @@ pub struct Controller {
     /// maps before the proxy uses it.
     pub datapath: Option<crate::datapath::Datapath>,
     fingerprint: u64,
+    /// The API server's objects in the model in force, kept for when a
+    /// newer version of one is bad.
+    last_good: Arc<LastGood>,
 }
 
 impl Controller {
-    pub fn new(sources: Sources, state: Arc<ProxyState>, fingerprint: u64) -> Self {
-        Controller { sources, state, listeners: ListenerSet::default(), datapath: None, fingerprint }
+    pub fn new(sources: Sources, state: Arc<ProxyState>) -> Self {
+        Controller {
+            sources,
+            state,
+            listeners: ListenerSet::default(),
+            datapath: None,
+            fingerprint: 0,
+            last_good: Default::default(),
+        }
     }
 
-    /// Build a model from what the sources say, or every reason it cannot be built.
+    /// Build a model from what the sources say (and its fingerprint), or
+    /// every reason it cannot be built.
     pub async fn build(
         sources: &Sources,
         runtime: &Arc<crate::wasm::FilterRuntime>,
         fqdn: &Arc<crate::model::fqdn::FqdnCache>,
         generation: u64,
-    ) -> Result<(PolicyModel, u64), Vec<String>> {
+        last_good: &Arc<LastGood>,
+    ) -> Result<(Built, u64), Vec<String>> {
         let sources = sources.clone();
-        let (runtime, fqdn) = (runtime.clone(), fqdn.clone());
+        let (runtime, fqdn, last_good) = (runtime.clone(), fqdn.clone(), last_good.clone());
         // compiling filters and regexes is CPU work: keep it off the workers
         tokio::task::spawn_blocking(move || {
             let fingerprint = sources.fingerprint();
             let text = |errors: Vec<PolicyError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>();
-            let (inputs, mut errors) = sources.read().map_err(text)?;
-            match PolicyModel::build(inputs, &runtime, &fqdn, generation) {
-                Ok(model) if errors.is_empty() => Ok((model, fingerprint)),
-                Ok(_) => Err(text(errors)),
-                Err(more) => {
-                    errors.extend(more);
-                    Err(text(errors))
-                }
-            }
+            let read = sources.read().map_err(text)?;
+            let built = build::build(read, &runtime, &fqdn, generation, &last_good).map_err(text)?;
+            Ok((built, fingerprint))
         })
         .await
         .map_err(|e| vec![format!("model build panicked: {e}")])?
@@ -70,8 +79,8 @@ impl Controller {
 
     /// Install a model: bind its new listeners, swap it in, then start and
     /// stop listeners. Fails without changing anything if a bind fails.
-    pub fn install(&mut self, model: impl Into<Arc<PolicyModel>>, fingerprint: u64) -> Result<(), Vec<String>> {
-        let model = model.into();
+    pub fn install(&mut self, built: Built, fingerprint: u64) -> Result<(), Vec<String>> {
+        let Built { model, set_aside, good } = built;
         let bound = self.listeners.prepare(&model)?;
         if let Some(datapath) = &mut self.datapath {
             let fqdn_generation = self.state.fqdn.generation();
@@ -93,11 +102,17 @@ impl Controller {
             .collect();
         self.state.dns_upstreams.retain(&resolvers);
         self.fingerprint = fingerprint;
+        self.last_good = Arc::new(good);
         self.state.metrics.policy_generation.set(generation as i64);
+        self.state.metrics.policy_objects_set_aside.set(set_aside.len() as i64);
+        for object in &set_aside {
+            tracing::warn!("set aside: {object}");
+        }
         let mut status = self.state.reload.lock().unwrap();
         status.generation = generation;
         status.last_applied = Some(rfc3339(SystemTime::now()));
         status.rejected.clear();
+        status.set_aside = set_aside.iter().map(ToString::to_string).collect();
         Ok(())
     }
 
@@ -123,8 +138,10 @@ impl Controller {
         // whatever the outcome, do not retry the same files every tick
         self.fingerprint = fingerprint;
         let generation = self.state.model.load().generation + 1;
-        let result = match Controller::build(&self.sources, &self.state.runtime, &self.state.fqdn, generation).await {
-            Ok((model, fingerprint)) => self.install(model, fingerprint),
+        let built =
+            Controller::build(&self.sources, &self.state.runtime, &self.state.fqdn, generation, &self.last_good).await;
+        let result = match built {
+            Ok((built, fingerprint)) => self.install(built, fingerprint),
             Err(errors) => Err(errors),
         };
         let metrics = &self.state.metrics;

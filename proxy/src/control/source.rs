@@ -37,6 +37,9 @@ pub struct Contribution {
     /// What the source could not read (a file that did not parse): no model
     /// is installed while any source reports one.
     pub errors: Vec<PolicyError>,
+    /// Independent objects the source could not read, by key
+    /// (`document::object_key`): left out alone; the rest goes in.
+    pub set_aside: Vec<(String, PolicyError)>,
 }
 
 /// Something that configures the proxy.
@@ -68,13 +71,14 @@ impl Sources {
         hasher.finish()
     }
 
-    /// What the sources say together, as the model's inputs, with the
-    /// errors of what they could not read. `Err`: no model can be built
+    /// What the sources say together, as the model's inputs, with what
+    /// they could not read. `Err`: no model can be built
     /// (a source failed whole, or not exactly one provides the node
     /// configuration).
-    pub fn read(&self) -> Result<(ModelInputs, Vec<PolicyError>), Vec<PolicyError>> {
+    pub fn read(&self) -> Result<Read, Vec<PolicyError>> {
         let mut node: Option<NodeConfig> = None;
         let (mut documents, mut endpoints, mut errors, mut fatal) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut set_aside = Vec::new();
         for source in self.0.iter() {
             let problem = |message: String| PolicyError { file: source.name(), object: None, field: None, message };
             match source.read() {
@@ -92,6 +96,7 @@ impl Sources {
                     documents.extend(contribution.documents);
                     endpoints.extend(contribution.endpoints);
                     errors.extend(contribution.errors);
+                    set_aside.extend(contribution.set_aside);
                 }
             }
         }
@@ -108,8 +113,17 @@ impl Sources {
             return Err(fatal);
         }
         config.endpoints.extend(endpoints);
-        Ok((ModelInputs { config, config_dir: dir, config_file: file, documents }, errors))
+        Ok(Read { inputs: ModelInputs { config, config_dir: dir, config_file: file, documents }, errors, set_aside })
     }
+}
+
+/// What the sources say together.
+pub struct Read {
+    pub inputs: ModelInputs,
+    /// What they could not read: no model goes in while there is any.
+    pub errors: Vec<PolicyError>,
+    /// Independent objects they could not read, by key: left out alone.
+    pub set_aside: Vec<(String, PolicyError)>,
 }
 
 /// A source whose store is filled by whoever holds it: `set` replaces what

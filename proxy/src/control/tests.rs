@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::*;
 use crate::config::EndpointConfig;
 use crate::context::Target;
-use crate::model::ConnectionVerdict;
+use crate::model::{ConnectionVerdict, PolicyModel};
 use crate::observe::metrics::Metrics;
 use crate::policy::L4Protocol;
 use crate::policy::document::parse_file;
@@ -50,8 +50,12 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    async fn build(&self) -> Result<PolicyModel, Vec<String>> {
-        Controller::build(&self.sources, &self.runtime, &self.fqdn, 1).await.map(|(model, _)| model)
+    async fn build(&self) -> Result<Arc<PolicyModel>, Vec<String>> {
+        self.build_after(&Default::default()).await.map(|built| built.model)
+    }
+
+    async fn build_after(&self, last_good: &Arc<LastGood>) -> Result<Built, Vec<String>> {
+        Controller::build(&self.sources, &self.runtime, &self.fqdn, 1, last_good).await.map(|(built, _)| built)
     }
 }
 
@@ -104,6 +108,69 @@ async fn exactly_one_source_provides_the_node_configuration() {
 
     let alone = Sources::new(vec![s.memory.clone() as Arc<dyn Source>]);
     s.memory.set(Contribution::default());
-    let errors = Controller::build(&alone, &s.runtime, &s.fqdn, 1).await.err().unwrap();
+    let errors = Controller::build(&alone, &s.runtime, &s.fqdn, 1, &Default::default()).await.err().unwrap();
     assert!(errors.iter().any(|e| e.contains("no source provides the node configuration")), "{errors:?}");
+}
+
+/// An object of the API server, as the Kubernetes source reads it.
+fn object(name: &str, from: &str, path: &str) -> crate::policy::document::SourcedDocument {
+    let policy = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+         endpointSelector: {{matchLabels: {{app: web}}}}\n  \
+         ingress: [{{fromEndpoints: [{{matchLabels: {{app: {from}}}}}], \
+         toPorts: [{{ports: [{{port: '80', protocol: TCP}}], rules: {{http: [{{path: '{path}'}}]}}}}]}}]\n"
+    );
+    crate::policy::document::parse_object("kubernetes ciliumnetworkpolicies", serde_yaml::from_str(&policy).unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bad_object_is_set_aside_alone_and_its_last_good_version_stays() {
+    let s = setup();
+    let frontend: EndpointConfig =
+        serde_yaml::from_str("{name: frontend, address: 127.0.0.5, labels: {app: frontend}}").unwrap();
+    let crawler: EndpointConfig =
+        serde_yaml::from_str("{name: crawler, address: 127.0.0.6, labels: {app: crawler}}").unwrap();
+    let endpoints = vec![frontend, crawler];
+    let set = |documents| Contribution { documents, endpoints: endpoints.clone(), ..Default::default() };
+    s.memory.set(set(vec![object("frontend", "frontend", "/.*")]));
+    let first = s.build_after(&Default::default()).await.unwrap();
+    assert!(first.set_aside.is_empty());
+    assert!(forwarded(&first.model, "127.0.0.5"));
+    let last_good = Arc::new(first.good);
+
+    // a new version of `frontend` that does not compile, and a new object
+    // `crawler` that never did: the model still goes in, with the
+    // frontend's last good version and without the crawler's
+    s.memory.set(set(vec![object("frontend", "frontend", "/(unclosed"), object("crawler", "crawler", "/(also")]));
+    let second = s.build_after(&last_good).await.unwrap();
+    assert!(forwarded(&second.model, "127.0.0.5"), "the last good version of frontend is in force");
+    assert!(!forwarded(&second.model, "127.0.0.6"), "the crawler's object never was good: not enforced");
+    let aside: Vec<String> = second.set_aside.iter().map(ToString::to_string).collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    assert!(aside[0].contains("policy default/crawler") && aside[0].ends_with("(not enforced)"), "{aside:?}");
+    assert!(aside[1].contains("spec.ingress[0].toPorts[0].rules.http[0].path"), "{aside:?}");
+    assert!(aside[1].ends_with("(its last good version stays in force)"), "{aside:?}");
+    assert!(second.good.contains_key("kubernetes ciliumnetworkpolicies: policy default/frontend"));
+
+    // without a last good version the bad frontend is left out too: no
+    // policy selects the web listener's workload, so nothing is refused
+    let third = s.build_after(&Default::default()).await.unwrap();
+    assert!(third.set_aside.iter().all(|a| !a.previous_kept), "{:?}", third.set_aside);
+    assert!(forwarded(&third.model, "127.0.0.6"));
+}
+
+#[tokio::test]
+async fn a_bad_policy_file_still_refuses_the_whole_update() {
+    let s = setup();
+    let mut contribution = web_from("frontend");
+    let (documents, _) = parse_file(
+        "memory/broken.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken}\nspec:\n  \
+         endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{path: '(x'}]}}]}]\n",
+    );
+    contribution.documents.extend(documents);
+    s.memory.set(contribution);
+    let errors = s.build().await.err().expect("a file is all or nothing");
+    assert!(errors.iter().any(|e| e.contains("policy default/broken")), "{errors:?}");
 }

@@ -282,8 +282,13 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         _ => (Verdict::Forwarded, Some("redirected to the proxy".to_string()), rule.into_iter().collect()),
     };
     let sport = if port == 0 { 0 } else { event.sport };
-    let source = FlowPeer::new(&identity(event.src_identity), address(event.saddr, sport));
-    let destination = FlowPeer::new(&identity(event.dst_identity), address(event.daddr, port));
+    let peer = |id: u32, addr: SocketAddr| {
+        let identity = identity(id);
+        let endpoint = model.endpoint_of(addr, &identity);
+        FlowPeer::of(&identity, addr, endpoint.as_deref())
+    };
+    let source = peer(event.src_identity, address(event.saddr, sport));
+    let destination = peer(event.dst_identity, address(event.daddr, port));
     FlowRecord {
         reason,
         policies,

@@ -132,6 +132,23 @@ pub fn uninstall(state: &NodeState) -> Vec<String> {
     errors
 }
 
+/// The host-side interface of a pod on this node, found from its address:
+/// the device of the main table's host route to exactly that address, as
+/// point-to-point CNIs (Calico, Cilium's veth mode, the ptp plugin, AWS VPC
+/// CNI) and the node harness of the tests route pods. `None`: no such route
+/// (not yet, or a bridge CNI whose pods share a bridge's subnet route).
+pub fn interface_routing_to(address: std::net::Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let routes = ip(&["-4", "-o", "route", "show", "table", "main", "exact", &format!("{address}/32")])?;
+    Ok(routes.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        // `10.200.0.10 dev veth1 scope link`: a device, not a gateway
+        if line.contains(" via ") {
+            return None;
+        }
+        words.find(|w| *w == "dev").and_then(|_| words.next()).map(str::to_string)
+    }))
+}
+
 /// The rules and routes present now, for `weir datapath status`.
 pub fn describe(config: &DatapathConfig) -> Vec<String> {
     let mut out = Vec::new();

@@ -45,6 +45,9 @@ pub struct ReloadStatus {
     /// Errors of the last rejected update, if it came after the last applied one.
     pub rejected: Vec<String>,
     pub last_rejected: Option<String>,
+    /// Objects of the API server the model in force leaves out, or holds at
+    /// their last good version, and why (`control/build.rs`).
+    pub set_aside: Vec<String>,
 }
 
 /// A downstream connection counted while it lives: the `connections` and

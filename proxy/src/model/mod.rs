@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::{ListenerConfig, WeirConfig};
 use crate::context::{ConnectionContext, Direction, TRANSPARENT_LISTENER, Target};
-use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Label, Labels, NAMESPACE_LABEL, reserved};
+use crate::identity::{Endpoint, Identity, IdentityAllocator, IdentityCache, Labels, reserved};
 use crate::model::fqdn::FqdnCache;
 use crate::net::UpstreamBind;
 use crate::policy::{L4Protocol, PeerInfo, PolicyError, PolicySet, SideVerdict, SourcedDocument};
@@ -24,6 +24,7 @@ use crate::protocol::Protocol;
 use crate::wasm::{ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, FilterRuntime, builtin};
 
 /// Everything a model is built from.
+#[derive(Clone)]
 pub struct ModelInputs {
     pub config: WeirConfig,
     /// Relative filter and certificate paths resolve against it.
@@ -121,6 +122,8 @@ pub struct PolicyModel {
 pub struct Resolved {
     pub listener: Arc<ListenerModel>,
     pub source: Arc<Identity>,
+    /// The workload the sender is, when it is one of the model's endpoints.
+    pub source_endpoint: Option<Arc<Endpoint>>,
     /// `Some`: dial the upstream from the client's address (datapath).
     pub bind: Option<UpstreamBind>,
 }
@@ -132,6 +135,9 @@ impl Resolved {
             id,
             source: self.source.clone(),
             destination: self.listener.destination.identity.clone(),
+            source_endpoint: self.source_endpoint.clone(),
+            destination_endpoint: (self.listener.destination.identity.id != reserved::WORLD)
+                .then(|| self.listener.destination.clone()),
             source_addr: peer,
             destination_addr: self.listener.config.upstream,
             port: self.listener.port,
@@ -157,11 +163,7 @@ impl PolicyModel {
         let mut errors = Vec::new();
 
         // Identities for endpoints and listener destinations.
-        let endpoint_labels = |namespace: &str, labels: &BTreeMap<String, String>| {
-            let mut all: Vec<Label> = labels.iter().map(|(k, v)| Label::parse_pair(k, v)).collect();
-            all.push(Label::k8s(NAMESPACE_LABEL, namespace));
-            Labels::new(all)
-        };
+        let endpoint_labels = Labels::of_endpoint;
         let mut allocator = IdentityAllocator::default();
         for ep in &config.endpoints {
             allocator.request(endpoint_labels(&ep.namespace, &ep.labels), ep.identity);
@@ -181,8 +183,8 @@ impl PolicyModel {
             .iter()
             .map(|ep| {
                 Arc::new(Endpoint {
-                    name: ep.name.clone(),
-                    namespace: ep.namespace.clone(),
+                    name: ep.name.as_str().into(),
+                    namespace: ep.namespace.as_str().into(),
                     addresses: ep.all_addresses(),
                     identity: identities[&endpoint_labels(&ep.namespace, &ep.labels)].clone(),
                 })
@@ -198,8 +200,8 @@ impl PolicyModel {
                 identities[&endpoint_labels(&l.destination.namespace, &l.destination.labels)].clone()
             };
             let destination = Arc::new(Endpoint {
-                name: l.destination.name.clone().unwrap_or_else(|| l.name.clone()),
-                namespace: l.destination.namespace.clone(),
+                name: l.destination.name.as_deref().unwrap_or(&l.name).into(),
+                namespace: l.destination.namespace.as_str().into(),
                 addresses: vec![l.upstream.ip()],
                 identity,
             });
@@ -309,8 +311,8 @@ impl PolicyModel {
         let destination = match self.identities.endpoint(original_destination.ip()) {
             Some(ep) => ep.clone(),
             None => Arc::new(Endpoint {
-                name: original_destination.ip().to_string(),
-                namespace: String::new(),
+                name: original_destination.ip().to_string().into(),
+                namespace: "".into(),
                 addresses: vec![original_destination.ip()],
                 identity: self.identities.world().clone(),
             }),
@@ -325,8 +327,8 @@ impl PolicyModel {
             upstream: original_destination,
             upstream_protocol: Default::default(),
             destination: crate::config::DestinationConfig {
-                name: Some(destination.name.clone()),
-                namespace: destination.namespace.clone(),
+                name: Some(destination.name.to_string()),
+                namespace: destination.namespace.to_string(),
                 labels: Default::default(),
                 identity: Some(destination.identity.id),
                 port: None,
@@ -350,11 +352,11 @@ impl PolicyModel {
     /// sent it. `None`: its listener is gone.
     pub fn resolve(&self, target: &Target, peer: SocketAddr, protocol: Protocol) -> Option<Resolved> {
         match target {
-            Target::Listener(name) => Some(Resolved {
-                listener: self.listeners.get(&**name)?.clone(),
-                source: self.identities.identity_of(peer.ip()),
-                bind: None,
-            }),
+            Target::Listener(name) => {
+                let source = self.identities.identity_of(peer.ip());
+                let source_endpoint = self.endpoint_of(peer, &source);
+                Some(Resolved { listener: self.listeners.get(&**name)?.clone(), source, source_endpoint, bind: None })
+            }
             Target::Transparent { original_destination, source_identity } => {
                 // the mark names the sender; the address is the fallback
                 let source = source_identity
@@ -370,9 +372,15 @@ impl PolicyModel {
                     UpstreamBind { source: peer.ip(), mark: mark::make(mark::MAGIC_FROM_PROXY, source.id) }
                 });
                 let listener = self.transparent_listener(*original_destination, protocol);
-                Some(Resolved { listener, source, bind })
+                let source_endpoint = self.endpoint_of(peer, &source);
+                Some(Resolved { listener, source, source_endpoint, bind })
             }
         }
+    }
+
+    /// The endpoint at `peer`'s address, if it is the one `identity` names.
+    pub fn endpoint_of(&self, peer: SocketAddr, identity: &Identity) -> Option<Arc<Endpoint>> {
+        self.identities.endpoint(peer.ip()).filter(|e| e.identity.id == identity.id).cloned()
     }
 
     /// The verdict for a connection (or a UDP exchange) from `source` to a

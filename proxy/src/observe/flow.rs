@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::context::ConnectionContext;
-use crate::identity::{Identity, Label};
+use crate::identity::{Endpoint, Identity, Label};
 use crate::protocol::Protocol;
 
 pub use super::detail::*;
@@ -52,11 +52,41 @@ pub struct FlowPeer {
     /// Shared with the identity: a flow costs no label copies.
     pub labels: Arc<[String]>,
     pub address: SocketAddr,
+    /// The workload's namespace and name (a pod; in local mode a `weir.yaml`
+    /// endpoint or a listener's destination), when the address is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Arc<str>>,
 }
 
 impl FlowPeer {
     pub fn new(identity: &Identity, address: SocketAddr) -> Self {
-        FlowPeer { identity: identity.id, labels: identity.label_strings().clone(), address }
+        FlowPeer {
+            identity: identity.id,
+            labels: identity.label_strings().clone(),
+            address,
+            namespace: None,
+            pod: None,
+        }
+    }
+
+    /// The same, naming the workload at the address.
+    pub fn of(identity: &Identity, address: SocketAddr, endpoint: Option<&Endpoint>) -> Self {
+        FlowPeer {
+            namespace: endpoint.map(|e| e.namespace.clone()),
+            pod: endpoint.map(|e| e.name.clone()),
+            ..FlowPeer::new(identity, address)
+        }
+    }
+
+    /// `namespace/name` or `name`.
+    fn workload(&self) -> Option<String> {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(pod)) if !ns.is_empty() => Some(format!("{ns}/{pod}")),
+            (_, Some(pod)) => Some(pod.to_string()),
+            _ => None,
+        }
     }
 
     fn brief(&self) -> String {
@@ -66,7 +96,11 @@ impl FlowPeer {
             .filter(|l| !l.starts_with("k8s:io.kubernetes.pod.namespace="))
             .map(|l| l.split_once(':').map_or(l.as_str(), |(_, rest)| rest))
             .collect();
-        format!("{}[{}]", self.address, if labels.is_empty() { self.identity.to_string() } else { labels.join(",") })
+        let labels = if labels.is_empty() { self.identity.to_string() } else { labels.join(",") };
+        match self.workload() {
+            Some(workload) => format!("{} {workload}[{labels}]", self.address),
+            None => format!("{}[{labels}]", self.address),
+        }
     }
 }
 
@@ -130,8 +164,8 @@ impl FlowRecord {
             ..FlowRecord::new(
                 protocol.name(),
                 verdict,
-                FlowPeer::new(&context.source, context.source_addr),
-                FlowPeer::new(&context.destination, context.destination_addr),
+                FlowPeer::of(&context.source, context.source_addr, context.source_endpoint.as_deref()),
+                FlowPeer::of(&context.destination, context.destination_addr, context.destination_endpoint.as_deref()),
             )
         }
     }
@@ -196,6 +230,10 @@ pub struct FlowFilter {
     pub http_path: Option<regex::Regex>,
     /// Matched against the DNS query name.
     pub dns_name: Option<regex::Regex>,
+    /// Either side is in this namespace.
+    pub namespace: Option<String>,
+    /// Either side is this pod (`name`, or `namespace/name`).
+    pub pod: Option<String>,
 }
 
 impl FlowFilter {
@@ -215,6 +253,14 @@ impl FlowFilter {
             && has_labels(&flow.destination, &self.to_labels)
             && self.http_path.as_ref().is_none_or(|re| flow.http().is_some_and(|h| re.is_match(&h.path)))
             && self.dns_name.as_ref().is_none_or(|re| flow.dns().is_some_and(|d| re.is_match(&d.query)))
+            && self.namespace.as_ref().is_none_or(|ns| {
+                [&flow.source, &flow.destination].iter().any(|p| p.namespace.as_deref() == Some(ns.as_str()))
+            })
+            && self.pod.as_ref().is_none_or(|pod| {
+                [&flow.source, &flow.destination]
+                    .iter()
+                    .any(|p| p.pod.as_deref() == Some(pod.as_str()) || p.workload().as_deref() == Some(pod.as_str()))
+            })
     }
 
     /// Parse the `/flows` query string; unknown keys are errors.
@@ -233,6 +279,8 @@ impl FlowFilter {
                     filter.http_path = Some(regex::Regex::new(&value).map_err(|e| format!("http_path: {e}"))?)
                 }
                 "dns_name" => filter.dns_name = Some(regex::Regex::new(&value).map_err(|e| format!("dns_name: {e}"))?),
+                "namespace" => filter.namespace = Some(value),
+                "pod" => filter.pod = Some(value),
                 "follow" => options.follow = value != "false" && value != "0",
                 "last" => options.last = Some(value.parse().map_err(|_| format!("last: {value:?} is not a number"))?),
                 other => return Err(format!("unknown query parameter {other:?}")),
@@ -434,11 +482,15 @@ mod tests {
             identity: 300,
             labels: src.iter().map(|s| s.to_string()).collect(),
             address: "127.0.0.2:1".parse().unwrap(),
+            namespace: Some("shop".into()),
+            pod: Some("client-7f9".into()),
         };
         let destination = FlowPeer {
             identity: 2,
             labels: Arc::new(["reserved:world".to_string()]),
             address: "127.0.0.1:2".parse().unwrap(),
+            namespace: None,
+            pod: None,
         };
         FlowRecord {
             listener: "l".into(),
@@ -495,6 +547,22 @@ mod tests {
         let (filter, _) = FlowFilter::from_query("to_label=reserved:world&protocol=http").unwrap();
         assert!(filter.matches(&f));
         assert!(FlowFilter::from_query("colour=red").is_err());
+    }
+
+    #[test]
+    fn filters_by_namespace_and_pod_and_names_them_in_text() {
+        let f = flow(Verdict::Denied, &["k8s:app=web"], "/admin/x");
+        let matches = |query: &str| FlowFilter::from_query(query).unwrap().0.matches(&f);
+        assert!(matches("namespace=shop"));
+        assert!(!matches("namespace=default"));
+        assert!(matches("pod=client-7f9"));
+        assert!(matches("pod=shop%2Fclient-7f9"));
+        assert!(!matches("pod=other%2Fclient-7f9"));
+        assert!(f.to_text().contains("127.0.0.2:1 shop/client-7f9[app=web]"), "{}", f.to_text());
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["source"]["namespace"], "shop");
+        assert_eq!(json["source"]["pod"], "client-7f9");
+        assert!(json["destination"].get("pod").is_none());
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub cassandra_requests: Family<CassandraLabels, Counter>,
     /// Kernel drop counters and conntrack fill (eBPF datapath).
     pub datapath: DatapathMetrics,
+    pub policy_objects_set_aside: Gauge,
+    /// The API server's watches and the identities this node allocated.
+    pub kubernetes: KubernetesMetrics,
 }
 
 fn request_histogram() -> Histogram {
@@ -141,6 +144,8 @@ impl Default for Metrics {
             memcached_requests: Family::default(),
             cassandra_requests: Family::default(),
             datapath: Default::default(),
+            policy_objects_set_aside: Gauge::default(),
+            kubernetes: Default::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
@@ -202,7 +207,13 @@ impl Default for Metrics {
             "Cassandra requests by opcode and verdict",
             m.cassandra_requests.clone(),
         );
+        registry.register(
+            "policy_objects_set_aside",
+            "Policy objects of the API server left out of the model in force, or held at their last good version",
+            m.policy_objects_set_aside.clone(),
+        );
         m.datapath.register(&mut registry);
+        m.kubernetes.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
@@ -263,6 +274,52 @@ impl DatapathMetrics {
             "datapath_conntrack_capacity",
             "Size of the conntrack table",
             self.conntrack_capacity.clone(),
+        );
+    }
+}
+
+// ------------------------------------------------------- the Kubernetes source
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `pods`, `ciliumnetworkpolicies`, ...
+    pub resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub verb: String,
+    /// The answer's status code, or `error` when none came.
+    pub code: String,
+}
+
+/// `weir_kubernetes_*` in /metrics. Clones share their counters, so the
+/// source can count before the proxy's registry exists.
+#[derive(Clone, Default)]
+pub struct KubernetesMetrics {
+    pub watch_failures: Family<ResourceLabels, Counter>,
+    pub relists: Family<ResourceLabels, Counter>,
+    pub requests: Family<ApiRequestLabels, Counter>,
+    pub identities_allocated: Counter,
+}
+
+impl KubernetesMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kubernetes_watch_failures",
+            "Watches or lists of the API server that failed (the last state stays in force; weir retries)",
+            self.watch_failures.clone(),
+        );
+        registry.register(
+            "kubernetes_relists",
+            "Kinds listed again because a watch could not be resumed",
+            self.relists.clone(),
+        );
+        registry.register("kubernetes_requests", "Requests made to the API server", self.requests.clone());
+        registry.register(
+            "kubernetes_identities_allocated",
+            "Identity objects this node created or found for its pods' label sets",
+            self.identities_allocated.clone(),
         );
     }
 }

@@ -23,7 +23,9 @@ impl PolicySet {
         let mut names = std::collections::HashMap::new();
         for doc in documents {
             let name = doc.name();
-            let kind_name = format!("{:?}/{}", doc.kind, name);
+            // one name per kind, as the API server allows: a CNP, a WNP and a
+            // NetworkPolicy may all be called `web`
+            let kind_name = format!("{}/{}", doc.written_as, name);
             if let Some(first) = names.insert(kind_name, doc.file.clone()) {
                 errors.push(PolicyError {
                     file: doc.file.clone(),

@@ -309,7 +309,14 @@ pub struct SourcedDocument {
     /// Position in a multi-document file (0-based).
     pub index: usize,
     pub kind: PolicyKind,
+    /// `apiVersion/kind` as written: a NetworkPolicy is read as the
+    /// CiliumNetworkPolicy it means, but in Kubernetes it is its own object,
+    /// so a NetworkPolicy and a CNP may share a name.
+    pub written_as: String,
     pub document: PolicyDocument,
+    /// An object of its own (the API server's), not a part of a file: when
+    /// it is bad it is set aside alone, and the rest of the update goes in.
+    pub independent: bool,
 }
 
 /// A problem in a policy or config file, located as precisely as we can.
@@ -388,6 +395,22 @@ pub struct LoadedDocuments {
     pub errors: Vec<PolicyError>,
 }
 
+/// One object that did not come from a file (the Kubernetes source's):
+/// read exactly as a document of a policy file is, and set aside alone when
+/// it is bad.
+pub fn parse_object(origin: &str, value: serde_yaml::Value) -> Result<SourcedDocument, PolicyError> {
+    let mut document = parse_document(origin, 0, value)?;
+    document.independent = true;
+    Ok(document)
+}
+
+/// What names an independent object across updates: its origin and its
+/// qualified name (`kubernetes ciliumnetworkpolicies: policy default/web`),
+/// as its errors name it.
+pub fn object_key(origin: &str, qualified_name: &str) -> String {
+    format!("{origin}: policy {qualified_name}")
+}
+
 fn parse_document(file: &str, index: usize, value: serde_yaml::Value) -> Result<SourcedDocument, PolicyError> {
     let get = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
     let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).map(str::to_string);
@@ -402,7 +425,9 @@ fn parse_document(file: &str, index: usize, value: serde_yaml::Value) -> Result<
     if api_version == super::k8s::API && kind == super::k8s::KIND {
         // read as the CiliumNetworkPolicy it means; errors name the NetworkPolicy's fields
         let value = super::k8s::to_cilium(value).map_err(|(field, message)| err(Some(&field), message))?;
-        return parse_document(file, index, value);
+        let mut document = parse_document(file, index, value)?;
+        document.written_as = format!("{api_version}/{kind}");
+        return Ok(document);
     }
     let Some(policy_kind) = PolicyKind::from_api(&api_version, &kind) else {
         let hint = "expected apiVersion cilium.io/v2 with kind CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, \
@@ -432,7 +457,8 @@ fn parse_document(file: &str, index: usize, value: serde_yaml::Value) -> Result<
     if policy_kind == PolicyKind::Clusterwide && document.metadata.namespace.is_some() {
         return Err(err("metadata.namespace", "a clusterwide policy has no namespace"));
     }
-    Ok(SourcedDocument { file: file.into(), index, kind: policy_kind, document })
+    let written_as = format!("{api_version}/{kind}");
+    Ok(SourcedDocument { file: file.into(), index, kind: policy_kind, written_as, document, independent: false })
 }
 
 /// `namespace/name` for namespaced policies, `name` for clusterwide ones.
@@ -448,6 +474,11 @@ pub fn qualified_name(doc: &PolicyDocument, kind: PolicyKind) -> String {
 impl SourcedDocument {
     pub fn name(&self) -> String {
         qualified_name(&self.document, self.kind)
+    }
+
+    /// See [`object_key`].
+    pub fn key(&self) -> String {
+        object_key(&self.file, &self.name())
     }
 
     pub fn namespace(&self) -> Option<&str> {

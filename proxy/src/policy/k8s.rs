@@ -5,12 +5,12 @@
 //! - `policyTypes` (default: Ingress, plus Egress when `egress` is given):
 //!   a listed type with no rules denies everything in that direction;
 //! - a rule without `from`/`to` matches every peer; without `ports`, every port;
-//! - `podSelector` peers stay in the policy's namespace; `namespaceSelector: {}`
-//!   widens them to every namespace; `ipBlock` → `fromCIDRSet`/`toCIDRSet`;
+//! - `podSelector` peers stay in the policy's namespace; a `namespaceSelector`
+//!   widens them to the namespaces it selects, by the namespace labels every
+//!   pod's identity carries as `io.cilium.k8s.namespace.labels.KEY` (the
+//!   Kubernetes source adds them; `{}` is every namespace);
+//!   `ipBlock` → `fromCIDRSet`/`toCIDRSet`;
 //! - a port's protocol defaults to TCP.
-//!
-//! A `namespaceSelector` with labels needs namespace labels, which only the
-//! Kubernetes control plane knows: refused by name, never ignored.
 
 use std::collections::BTreeMap;
 
@@ -149,18 +149,34 @@ pub fn to_cilium(value: Value) -> Result<Value, (String, String)> {
     Ok(Value::Mapping(doc))
 }
 
-fn selector(s: &LabelSelector, any_namespace: Option<bool>) -> Value {
+/// How a pod's identity carries its namespace's labels (Cilium's name).
+const NAMESPACE_LABELS: &str = "k8s:io.cilium.k8s.namespace.labels.";
+
+/// Pods `s` selects; with `namespaces`, in the namespaces it selects
+/// rather than only the policy's own.
+fn selector(s: &LabelSelector, namespaces: Option<&LabelSelector>) -> Value {
     let mut m = Mapping::new();
-    if let Some(labels) = &s.match_labels {
-        m.insert("matchLabels".into(), serde_yaml::to_value(labels).unwrap());
-    }
+    let mut labels = s.match_labels.clone().unwrap_or_default();
     let mut expressions: Vec<Value> =
         s.match_expressions.iter().flatten().map(|e| serde_yaml::to_value(e).unwrap()).collect();
-    if any_namespace == Some(true) {
+    if let Some(namespaces) = namespaces {
+        for (k, v) in namespaces.match_labels.iter().flatten() {
+            labels.insert(format!("{NAMESPACE_LABELS}{k}"), v.clone());
+        }
+        for e in namespaces.match_expressions.iter().flatten() {
+            let mut e = e.clone();
+            e.key = format!("{NAMESPACE_LABELS}{}", e.key);
+            expressions.push(serde_yaml::to_value(e).unwrap());
+        }
+        // naming the namespace key lifts the confinement to the policy's
+        // own namespace
         let mut e = Mapping::new();
         e.insert("key".into(), "k8s:io.kubernetes.pod.namespace".into());
         e.insert("operator".into(), "Exists".into());
         expressions.push(Value::Mapping(e));
+    }
+    if !labels.is_empty() {
+        m.insert("matchLabels".into(), serde_yaml::to_value(labels).unwrap());
     }
     if !expressions.is_empty() {
         m.insert("matchExpressions".into(), Value::Sequence(expressions));
@@ -185,19 +201,8 @@ fn section(peers: Option<&[Peer]>, ports: Option<&[Port]>, at: &str, side: &str)
                 }
                 cidrs.push(Value::Mapping(c));
             }
-            (_, Some(ns), None)
-                if ns.match_labels.as_ref().is_some_and(|l| !l.is_empty())
-                    || ns.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) =>
-            {
-                return Err((
-                    format!("{here}.namespaceSelector"),
-                    "selecting namespaces by label needs the Kubernetes API; weir supports \
-                     `namespaceSelector: {}` (every namespace) for now"
-                        .into(),
-                ));
-            }
             (pods, ns, None) if pods.is_some() || ns.is_some() => {
-                endpoints.push(selector(&pods.clone().unwrap_or_default(), Some(ns.is_some())));
+                endpoints.push(selector(&pods.clone().unwrap_or_default(), ns.as_ref()));
             }
             _ => return Err((here, "give podSelector and/or namespaceSelector, or ipBlock alone".into())),
         }

@@ -307,6 +307,23 @@ fn duplicate_policy_names_are_rejected() {
     assert!(e[0].message.contains("already defined"));
 }
 
+#[test]
+fn one_name_may_be_used_once_per_kind() {
+    // in Kubernetes these are three objects: weir enforces all three
+    let weir = WEB_FROM_FRONTEND
+        .replace("cilium.io/v2", "policy.weir.dev/v1alpha1")
+        .replace("CiliumNetworkPolicy", "WeirNetworkPolicy");
+    let network_policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\n\
+         spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {app: crawler}}}]}]}\n";
+    let set = set(&format!("{WEB_FROM_FRONTEND}---\n{weir}---\n{network_policy}"));
+    let web = identity(300, "shop", &[("app", "web")]);
+    let crawler = identity(301, "shop", &[("app", "crawler")]);
+    let from = |who: &Identity| {
+        set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip("10.0.0.1")), 80, L4Protocol::Tcp)
+    };
+    assert!(allowed(&from(&crawler)), "the NetworkPolicy's rule is in force");
+}
+
 const K8S_NETWORK_POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -350,11 +367,33 @@ fn kubernetes_network_policy_means_what_cilium_makes_of_it() {
 }
 
 #[test]
-fn kubernetes_network_policy_refuses_what_needs_the_cluster() {
-    let with_namespace_labels =
-        K8S_NETWORK_POLICY.replace("namespaceSelector: {}", "namespaceSelector: {matchLabels: {team: ops}}");
-    let e = errors(&with_namespace_labels);
-    assert_eq!(e[0].field.as_deref(), Some("spec.ingress[0].from[1].namespaceSelector"), "{e:?}");
+fn a_namespace_selector_selects_by_the_labels_of_the_pods_namespace() {
+    let by_team = K8S_NETWORK_POLICY.replace(
+        "namespaceSelector: {}",
+        "namespaceSelector: {matchLabels: {team: ops}, matchExpressions: [{key: env, operator: NotIn, values: [dev]}]}",
+    );
+    let set = set(&by_team);
+    let db = identity(400, "shop", &[("app", "db")]);
+    // as the Kubernetes source labels pods: their namespace's labels
+    fn ns<'a>(team: &'a str, env: &'a str) -> [(&'static str, &'a str); 2] {
+        [("io.cilium.k8s.namespace.labels.team", team), ("io.cilium.k8s.namespace.labels.env", env)]
+    }
+    let [team, env] = ns("ops", "prod");
+    let backup_ops = identity(403, "ops", &[("app", "backup"), team, env]);
+    let [team, env] = ns("ops", "dev");
+    let backup_ops_dev = identity(404, "ops-dev", &[("app", "backup"), team, env]);
+    let [team, env] = ns("lab", "prod");
+    let backup_lab = identity(405, "lab", &[("app", "backup"), team, env]);
+    let from = |who: &Identity| {
+        allowed(&set.evaluate(Direction::Ingress, &db, PeerInfo::new(who, ip("10.0.0.3")), 5432, L4Protocol::Tcp))
+    };
+    assert!(from(&backup_ops), "in a namespace the selector selects, any namespace name");
+    assert!(!from(&backup_ops_dev), "matchExpressions on the namespace's labels count too");
+    assert!(!from(&backup_lab), "a namespace without the label is not selected");
+}
+
+#[test]
+fn kubernetes_network_policy_refuses_what_it_cannot_enforce() {
     let named_port = K8S_NETWORK_POLICY.replace("{port: 5432}", "{port: postgres}");
     let e = errors(&named_port);
     assert!(e[0].message.contains("named ports"), "{e:?}");
