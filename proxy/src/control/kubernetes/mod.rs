@@ -18,7 +18,7 @@ pub mod reflect;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,13 +99,48 @@ pub struct KubernetesSource {
     options: NodeOptions,
     tables: Arc<Tables>,
     changes: Arc<Changes>,
-    /// Local pods' interfaces by (pod uid, address): a route does not move
-    /// while its pod lives.
-    interfaces: Mutex<HashMap<(String, IpAddr), String>>,
-    /// Local pods with an address but no route to it yet: while any is
-    /// waiting, the fingerprint moves every second so the route is looked
-    /// for again.
-    waiting_for_routes: AtomicU64,
+    routes: Arc<Routes>,
+}
+
+/// Local pods' host-side interfaces, found from their addresses.
+#[derive(Default)]
+struct Routes {
+    /// By (pod uid, address): a route does not move while its pod lives.
+    found: Mutex<HashMap<(String, Ipv4Addr), String>>,
+    /// Local pods with an address and no route to it yet: looked for again
+    /// every second, and the model rebuilt only when one appears.
+    missing: Mutex<HashSet<(String, Ipv4Addr)>>,
+}
+
+impl Routes {
+    fn lookup(&self, key: &(String, Ipv4Addr)) -> Option<String> {
+        if let Some(found) = self.found.lock().unwrap().get(key) {
+            return Some(found.clone());
+        }
+        match crate::datapath::routing::interface_routing_to(key.1) {
+            Ok(Some(interface)) => {
+                self.found.lock().unwrap().insert(key.clone(), interface.clone());
+                Some(interface)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(address = %key.1, "looking up the route to a local pod: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Look for the missing routes until the source goes; a change when one appears.
+    async fn watch(routes: Arc<Routes>, changes: Arc<Changes>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let missing: Vec<_> = routes.missing.lock().unwrap().iter().cloned().collect();
+            let found = missing.iter().filter(|key| routes.lookup(key).is_some()).count();
+            if found > 0 {
+                changes.bump();
+            }
+        }
+    }
 }
 
 impl KubernetesSource {
@@ -128,9 +163,9 @@ impl KubernetesSource {
             options: options.clone(),
             tables: tables.clone(),
             changes: changes.clone(),
-            interfaces: Mutex::new(HashMap::new()),
-            waiting_for_routes: AtomicU64::new(0),
+            routes: Arc::new(Routes::default()),
         });
+        let routes = source.routes.clone();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("weir-kubernetes".into()).spawn(move || {
             runtime.block_on(async move {
@@ -161,6 +196,9 @@ impl KubernetesSource {
                     tables.identities.clone(),
                     changes.clone(),
                 )));
+                if options.datapath {
+                    tasks.push(tokio::spawn(Routes::watch(routes, changes.clone())));
+                }
                 tasks.push(tokio::spawn(allocate::run(client, options.node, tables, changes)));
                 for task in tasks {
                     let _ = task.await;
@@ -212,7 +250,8 @@ impl KubernetesSource {
         pods.sort_by(|a, b| b.1.created.cmp(&a.1.created));
         let mut claimed = HashSet::new();
         let mut endpoints = Vec::new();
-        let mut waiting = 0;
+        let mut missing = HashSet::new();
+        let mut routed = HashSet::new();
         for ((namespace, name), pod) in pods {
             if pod.host_network || pod.ips.is_empty() {
                 continue;
@@ -227,12 +266,25 @@ impl KubernetesSource {
                 continue;
             }
             let local = pod.node == self.options.node;
-            let interface = if local && self.options.datapath {
-                let found = self.interface(&pod, &addresses);
-                waiting += u64::from(found.is_none());
-                found
-            } else {
-                None
+            let ipv4 = addresses.iter().find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            });
+            let interface = match ipv4 {
+                Some(ipv4) if local && self.options.datapath => {
+                    let key = (pod.uid.clone(), ipv4);
+                    let found = self.routes.lookup(&key);
+                    routed.insert(key.clone());
+                    if found.is_none() {
+                        if !self.routes.missing.lock().unwrap().contains(&key) {
+                            tracing::warn!(pod = %format!("{namespace}/{name}"), address = %ipv4,
+                                "no host route to a local pod's address yet: not policed until there is one");
+                        }
+                        missing.insert(key);
+                    }
+                    found
+                }
+                _ => None,
             };
             endpoints.push(EndpointConfig {
                 name,
@@ -244,34 +296,10 @@ impl KubernetesSource {
                 interface,
             });
         }
-        self.waiting_for_routes.store(waiting, Ordering::Relaxed);
+        *self.routes.missing.lock().unwrap() = missing;
+        // a pod that went takes its route with it
+        self.routes.found.lock().unwrap().retain(|key, _| routed.contains(key));
         Ok(endpoints)
-    }
-
-    /// The host-side interface a local pod's IPv4 address routes to.
-    fn interface(&self, pod: &Pod, addresses: &[IpAddr]) -> Option<String> {
-        let ipv4 = addresses.iter().find_map(|a| match a {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        })?;
-        let key = (pod.uid.clone(), IpAddr::V4(ipv4));
-        if let Some(found) = self.interfaces.lock().unwrap().get(&key) {
-            return Some(found.clone());
-        }
-        match crate::datapath::routing::interface_routing_to(ipv4) {
-            Ok(Some(interface)) => {
-                self.interfaces.lock().unwrap().insert(key, interface.clone());
-                Some(interface)
-            }
-            Ok(None) => {
-                tracing::warn!(address = %ipv4, "no host route to a local pod's address yet: not policed until there is one");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(address = %ipv4, "looking up the route to a local pod: {e:#}");
-                None
-            }
-        }
     }
 }
 
@@ -325,13 +353,7 @@ impl Source for KubernetesSource {
     }
 
     fn fingerprint(&self) -> u64 {
-        let changes = self.changes.count();
-        if self.waiting_for_routes.load(Ordering::Relaxed) > 0 {
-            // look for the missing routes again on the next tick
-            let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            return changes ^ (second.as_secs() << 32);
-        }
-        changes
+        self.changes.count()
     }
 
     fn read(&self) -> Result<Contribution, Vec<PolicyError>> {
