@@ -9,8 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+use super::metrics::{NamespaceFlowLabels, NamespaceName};
 
 use crate::context::ConnectionContext;
 use crate::identity::{Endpoint, Identity, Label};
@@ -327,6 +331,7 @@ pub struct FlowLog {
     capacity: usize,
     next_id: AtomicU64,
     log: std::sync::atomic::AtomicBool,
+    by_namespace: Option<Family<NamespaceFlowLabels, Counter>>,
 }
 
 impl FlowLog {
@@ -338,6 +343,7 @@ impl FlowLog {
             capacity,
             next_id: AtomicU64::new(1),
             log: std::sync::atomic::AtomicBool::new(log),
+            by_namespace: None,
         }
     }
 
@@ -345,8 +351,22 @@ impl FlowLog {
         self.log.store(log, Ordering::Relaxed);
     }
 
+    /// Count flows by namespace in `family` (`weir_namespace_flows_total`).
+    pub fn counting_namespaces(mut self, family: Family<NamespaceFlowLabels, Counter>) -> Self {
+        self.by_namespace = Some(family);
+        self
+    }
+
     /// Stamp time and id, then publish.
     pub fn record(&self, mut flow: FlowRecord) {
+        if let Some(family) = &self.by_namespace
+            && let Some(namespace) = flow.destination.namespace.as_ref().or(flow.source.namespace.as_ref())
+            && !namespace.is_empty()
+        {
+            let labels =
+                NamespaceFlowLabels { namespace: NamespaceName(namespace.clone()), verdict: flow.verdict.as_str() };
+            family.get_or_create(&labels).inc();
+        }
         flow.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         flow.time = FlowTime(SystemTime::now());
         if self.log.load(Ordering::Relaxed) {
@@ -563,6 +583,21 @@ mod tests {
         assert_eq!(json["source"]["namespace"], "shop");
         assert_eq!(json["source"]["pod"], "client-7f9");
         assert!(json["destination"].get("pod").is_none());
+    }
+
+    #[test]
+    fn flows_are_counted_by_the_namespace_they_concern() {
+        let metrics = crate::observe::metrics::Metrics::default();
+        let log = FlowLog::new(0, false).counting_namespaces(metrics.namespace_flows.clone());
+        // the destination is no workload here: the source's namespace counts
+        log.record(flow(Verdict::Denied, &["k8s:app=web"], "/admin/x"));
+        let mut to_pod = flow(Verdict::Forwarded, &[], "/");
+        to_pod.destination.namespace = Some("db".into());
+        log.record(to_pod);
+        log.record(flow(Verdict::Denied, &[], "/"));
+        let text = metrics.encode();
+        assert!(text.contains("weir_namespace_flows_total{namespace=\"shop\",verdict=\"denied\"} 2"), "{text}");
+        assert!(text.contains("weir_namespace_flows_total{namespace=\"db\",verdict=\"forwarded\"} 1"), "{text}");
     }
 
     #[test]

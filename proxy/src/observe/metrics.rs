@@ -1,6 +1,8 @@
 //! Prometheus metrics, served on the admin port at /metrics.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,6 +12,25 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub protocol: &'static str,
+    pub verdict: &'static str,
+}
+
+/// A workload's namespace as a label value: shared with the flow's peer,
+/// so counting a flow copies no text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct NamespaceName(pub Arc<str>);
+
+impl EncodeLabelValue for NamespaceName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+/// Flows by the namespace of the workload they concern: bounded by the
+/// cluster's namespaces (pods and identities are not: they are in the flows).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceFlowLabels {
+    pub namespace: NamespaceName,
     pub verdict: &'static str,
 }
 
@@ -85,6 +106,7 @@ pub struct CassandraLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub namespace_flows: Family<NamespaceFlowLabels, Counter>,
     pub request_duration: Family<ProtocolLabels, Histogram>,
     pub filter_duration: Family<FilterLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
@@ -125,6 +147,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("weir");
         let m = Metrics {
             requests: Family::default(),
+            namespace_flows: Family::default(),
             request_duration: Family::new_with_constructor(request_histogram),
             filter_duration: Family::new_with_constructor(filter_histogram),
             filter_failures: Family::default(),
@@ -149,6 +172,11 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
+        registry.register(
+            "namespace_flows",
+            "Flows by the namespace of the workload they concern (the destination's, else the source's) and verdict",
+            m.namespace_flows.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request head to response head, including upstream",
