@@ -52,7 +52,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
     panic!("timed out waiting for {what}");
 }
 
-fn wait_port(addr: SocketAddr, what: &str) {
+pub fn wait_port(addr: SocketAddr, what: &str) {
     wait_for(what, Duration::from_secs(30), || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
 }
 

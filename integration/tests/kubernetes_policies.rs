@@ -135,6 +135,17 @@ fn policies_written_with_kubectl_are_enforced_and_judged_on_the_object() {
         valid_condition(&kube, "cnp", "web").is_some_and(|c| c["status"] == "True")
     });
 
+    // the CRDs' schemas are generated from the types weir parses with: a
+    // field weir does not read is refused at apply, before any node sees it
+    let typo = cnp("typo", "frontend", "/x").replace("toPorts", "toPort");
+    let refused = kube.kubectl(&["apply", "-f", "-"], &typo);
+    assert!(!refused.status.success(), "a misspelt field was accepted");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("unknown field") && said.contains("toPort"), "{said}");
+    let wrong_type = cnp("typo", "frontend", "/x").replace("[{method: GET", "{method: GET").replace("\"}]", "\"}");
+    let refused = kube.kubectl(&["apply", "-f", "-"], &wrong_type);
+    assert!(!refused.status.success(), "an object where a list belongs was accepted: {wrong_type}");
+
     // deleting objects: the broken one leaves no trace, the good one lifts
     // its selection
     kube.must(&["delete", "ciliumnetworkpolicy", "broken"], "");

@@ -69,6 +69,9 @@ pub struct KubernetesOptions {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (`--node-name`, `$NODE_NAME`, else the host name).
     pub node_name: String,
+    /// weir's own namespace (`--namespace`, `$POD_NAMESPACE`): where the
+    /// ConfigMaps WasmFilter objects name live.
+    pub namespace: String,
     /// How long to wait for the first list of every kind.
     pub sync_timeout: Duration,
 }
@@ -91,7 +94,7 @@ pub fn run(config: Option<PathBuf>, ebpf: bool, kubernetes: Option<KubernetesOpt
             .with_agent(&options.node_name)
             .counted(metrics.kubernetes.requests.clone());
         tracing::info!(server = %client.server, node = %options.node_name, "following the Kubernetes API server");
-        let node = NodeOptions { node: options.node_name, datapath: ebpf };
+        let node = NodeOptions { node: options.node_name, namespace: options.namespace, datapath: ebpf };
         let source = KubernetesSource::start(client, node, changed.clone(), metrics.kubernetes.clone())?;
         // never a first model from half the cluster's policies and pods
         source.wait_synced(options.sync_timeout)?;
@@ -164,7 +167,7 @@ async fn serve(
         .map_err(|errors| invalid(&errors))?;
     let state = Arc::new(ProxyState {
         model: ArcSwap::new(built.model.clone()),
-        flows: FlowLog::new(config.flow_history, config.log_flows),
+        flows: FlowLog::new(config.flow_history, config.log_flows).counting_namespaces(metrics.namespace_flows.clone()),
         metrics,
         runtime,
         upstreams: Default::default(),

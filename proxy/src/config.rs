@@ -316,6 +316,22 @@ pub struct FilterConfig {
     pub memory: usize,
     #[serde(default)]
     pub failure: FailurePolicy,
+    /// A filter another source supplies (a WasmFilter object of the API
+    /// server) instead of a `path` or `builtin`: never in `weir.yaml`.
+    #[serde(skip)]
+    pub supplied: Option<SuppliedFilter>,
+}
+
+/// A filter's component as a source other than `weir.yaml` hands it over.
+#[derive(Clone, Debug)]
+pub struct SuppliedFilter {
+    /// `kubernetes wasmfilters`: shown in `/config` and logs.
+    pub origin: String,
+    /// The component's bytes, or why there is none it can use yet (not
+    /// fetched, a digest that does not match, a component that does not
+    /// load): rules naming it then refuse their traffic, as a filter whose
+    /// failure policy is closed would.
+    pub component: Result<std::sync::Arc<[u8]>, String>,
 }
 
 fn default_filter_timeout() -> Duration {

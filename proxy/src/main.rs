@@ -51,6 +51,9 @@ enum Command {
         /// allocates identities for (default: the host name).
         #[arg(long, env = "NODE_NAME", requires = "kubernetes")]
         node_name: Option<String>,
+        /// weir's own namespace: WasmFilter objects name ConfigMaps in it.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+        namespace: String,
     },
     /// The cluster's one writer (run one Deployment of it): judges every
     /// policy object as the nodes do and writes the verdict on it
@@ -73,6 +76,13 @@ enum Command {
         /// How long an identity no pod uses is kept before it is deleted.
         #[arg(long, value_parser = weir::units::duration::parse, default_value = "5m")]
         identity_grace: std::time::Duration,
+    },
+    /// The CustomResourceDefinitions weir reads (deploy/crds/), generated
+    /// from the types it parses them with.
+    Crds {
+        /// Write one file per CRD here instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The eBPF datapath on this node.
     Datapath {
@@ -186,14 +196,25 @@ enum Output {
     Json,
 }
 
+fn crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    for (file, text) in weir::control::kubernetes::crds::all() {
+        match out {
+            Some(dir) => std::fs::write(dir.join(&file), text)?,
+            None => print!("---\n{text}"),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, datapath, kubernetes, kubeconfig, node_name } => {
+        Command::Run { config, datapath, kubernetes, kubeconfig, node_name, namespace } => {
             let kubernetes = kubernetes.then(|| weir::app::KubernetesOptions {
                 kubeconfig,
                 node_name: node_name.unwrap_or_else(host_name),
+                namespace,
                 sync_timeout: std::time::Duration::from_secs(30),
             });
             weir::app::run(config, datapath == DatapathMode::Ebpf, kubernetes)
@@ -207,6 +228,7 @@ fn main() -> ExitCode {
             };
             weir::app::operator(kubeconfig, options)
         }
+        Command::Crds { out } => crds(out.as_deref()),
         Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
         Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => runtime()

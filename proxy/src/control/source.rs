@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{EndpointConfig, WeirConfig};
+use crate::config::{EndpointConfig, FilterConfig, WeirConfig};
 use crate::model::ModelInputs;
 use crate::policy::PolicyError;
 use crate::policy::document::SourcedDocument;
@@ -34,6 +34,9 @@ pub struct Contribution {
     pub documents: Vec<SourcedDocument>,
     /// Workloads and their labels, beside the node configuration's own.
     pub endpoints: Vec<EndpointConfig>,
+    /// Filters `wasm` rules may name, beside `weir.yaml`'s (each with its
+    /// component supplied: [`FilterConfig::supplied`]).
+    pub filters: Vec<FilterConfig>,
     /// What the source could not read (a file that did not parse): no model
     /// is installed while any source reports one.
     pub errors: Vec<PolicyError>,
@@ -78,6 +81,7 @@ impl Sources {
     pub fn read(&self) -> Result<Read, Vec<PolicyError>> {
         let mut node: Option<NodeConfig> = None;
         let (mut documents, mut endpoints, mut errors, mut fatal) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut filters = Vec::new();
         let mut set_aside = Vec::new();
         for source in self.0.iter() {
             let problem = |message: String| PolicyError { file: source.name(), object: None, field: None, message };
@@ -95,6 +99,7 @@ impl Sources {
                     }
                     documents.extend(contribution.documents);
                     endpoints.extend(contribution.endpoints);
+                    filters.extend(contribution.filters);
                     errors.extend(contribution.errors);
                     set_aside.extend(contribution.set_aside);
                 }
@@ -113,6 +118,14 @@ impl Sources {
             return Err(fatal);
         }
         config.endpoints.extend(endpoints);
+        for filter in filters {
+            // the node's own weir.yaml names its filters first
+            if config.filters.iter().any(|f| f.name == filter.name) {
+                tracing::warn!(filter = %filter.name, "a filter of this name is in {file} already; that one is used");
+                continue;
+            }
+            config.filters.push(filter);
+        }
         Ok(Read { inputs: ModelInputs { config, config_dir: dir, config_file: file, documents }, errors, set_aside })
     }
 }

@@ -29,13 +29,15 @@ const MAX_KEPT: usize = 10_000;
 enum StreamError {
     /// No such parser, or not a stream filter.
     Parser(String),
+    /// Its source names it but cannot supply it yet: refuse, do not reject.
+    Unavailable(String),
     Configure(ConfigureError),
 }
 
 impl std::fmt::Display for StreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StreamError::Parser(message) => f.write_str(message),
+            StreamError::Parser(message) | StreamError::Unavailable(message) => f.write_str(message),
             StreamError::Configure(e) => e.fmt(f),
         }
     }
@@ -73,7 +75,7 @@ impl PolicyModel {
                     ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } => {
                         let config = policy_config(&[(origin, rules.as_deref().unwrap_or(&[]))]);
                         match self.configure_stream(name, config) {
-                            Ok(_) => {}
+                            Ok(_) | Err(StreamError::Unavailable(_)) => {}
                             Err(StreamError::Parser(message)) => errors.push(error(rules_at(None, "l7proto"), message)),
                             Err(StreamError::Configure(e)) => {
                                 let (field, message) = refusal_parts(e);
@@ -104,6 +106,8 @@ impl PolicyModel {
                 for w in &l7.wasm {
                     let wanted = l7.kind();
                     match self.custom_filters.get(&w.name) {
+                        // checked against its rules once it loads
+                        None if self.unavailable.contains_key(&w.name) => {}
                         None => errors.push(error(
                             format!("{}.name", w.path),
                             format!("no filter named {:?} in weir.yaml `filters`", w.name),
@@ -179,7 +183,7 @@ impl PolicyModel {
                     return Err(format!("rules for this port name two parsers, l7proto {name} and {other}"));
                 }
                 self.configure_stream(name, config).map_err(|e| match e {
-                    StreamError::Parser(message) => message,
+                    StreamError::Parser(message) | StreamError::Unavailable(message) => message,
                     StreamError::Configure(e) => format!("rejected by the {name} filter: {e}"),
                 })?
             } else {
@@ -194,7 +198,7 @@ impl PolicyModel {
                 continue;
             }
             seen.push((&wasm.name, &wasm.config));
-            let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| format!("no filter {:?}", wasm.name))?;
+            let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| self.missing(&wasm.name))?;
             let filter = self
                 .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
                 .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;
@@ -215,6 +219,7 @@ impl PolicyModel {
     fn configure_stream(&self, name: &str, config: String) -> Result<Arc<ConfiguredFilter>, StreamError> {
         let (component, limits, failure) = match self.custom_filters.get(name) {
             Some(custom) => (&custom.component, custom.limits, custom.failure),
+            None if self.unavailable.contains_key(name) => return Err(StreamError::Unavailable(self.missing(name))),
             None => match self.builtin_streams.get(name) {
                 Some(component) => (component, FilterLimits::default(), FailurePolicy::Closed),
                 None => {
@@ -240,6 +245,15 @@ impl PolicyModel {
             )));
         }
         self.configure(component, config, limits, failure).map_err(StreamError::Configure)
+    }
+
+    /// Why a rule's filter is not in the chain: a connection it would have
+    /// judged is refused (fail closed).
+    fn missing(&self, name: &str) -> String {
+        match self.unavailable.get(name) {
+            Some(why) => format!("filter {name:?} is not available ({why}): its rules refuse traffic until it is"),
+            None => format!("no filter {name:?}"),
+        }
     }
 
     /// `component` with `config`: the one this model configured already, or

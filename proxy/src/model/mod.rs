@@ -108,6 +108,9 @@ pub struct PolicyModel {
     /// Each protocol's built-in policy filter (`Spec::policy_filter`).
     policy_filters: HashMap<Protocol, Arc<FilterComponent>>,
     custom_filters: HashMap<String, CustomFilter>,
+    /// Filters another source names but cannot supply yet, with why: a rule
+    /// naming one is accepted and refuses its traffic until it loads.
+    unavailable: HashMap<String, String>,
     /// Stream filters built into weir, by `l7proto` name.
     builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
@@ -236,20 +239,40 @@ impl PolicyModel {
             builtin_streams.insert(*name, load_builtin(name)?);
         }
         let mut custom_filters = HashMap::new();
+        let mut unavailable = HashMap::new();
         for (i, f) in config.filters.iter().enumerate() {
-            let bytes = match (&f.path, &f.builtin) {
-                (Some(path), _) => {
+            let bytes: std::borrow::Cow<[u8]> = match (&f.supplied, &f.path, &f.builtin) {
+                // another source's filter: one that is not usable fails its
+                // rules' traffic closed, and takes no other update with it
+                (Some(supplied), _, _) => match &supplied.component {
+                    Ok(bytes) => match runtime.load(&f.name, bytes) {
+                        Ok(component) => {
+                            let filter = CustomFilter { component, limits: f.limits(), failure: f.failure };
+                            custom_filters.insert(f.name.clone(), filter);
+                            continue;
+                        }
+                        Err(e) => {
+                            unavailable.insert(f.name.clone(), e.to_string());
+                            continue;
+                        }
+                    },
+                    Err(why) => {
+                        unavailable.insert(f.name.clone(), why.clone());
+                        continue;
+                    }
+                },
+                (None, Some(path), _) => {
                     let path = resolve(&config_dir, path);
                     match std::fs::read(&path) {
-                        Ok(bytes) => bytes,
+                        Ok(bytes) => bytes.into(),
                         Err(e) => {
                             errors.push(config_error(format!("filters[{i}].path"), format!("{}: {e}", path.display())));
                             continue;
                         }
                     }
                 }
-                (None, Some(name)) => match builtin::find(name) {
-                    Some(bytes) => bytes.to_vec(),
+                (None, None, Some(name)) => match builtin::find(name) {
+                    Some(bytes) => bytes.into(),
                     None => {
                         let known: Vec<&str> = builtin::BUILTIN_FILTERS.iter().map(|(n, _)| *n).collect();
                         errors.push(config_error(
@@ -259,7 +282,7 @@ impl PolicyModel {
                         continue;
                     }
                 },
-                (None, None) => unreachable!("validated in WeirConfig::parse"),
+                (None, None, None) => unreachable!("validated in WeirConfig::parse"),
             };
             match runtime.load(&f.name, &bytes) {
                 Ok(component) => {
@@ -292,6 +315,7 @@ impl PolicyModel {
             fqdn: fqdn.clone(),
             policy_filters,
             custom_filters,
+            unavailable,
             builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
             configured: Mutex::new(HashMap::new()),
@@ -519,6 +543,22 @@ impl PolicyModel {
             .map(str::to_string)
             .chain(self.custom_filters.keys().cloned())
             .collect();
+        let mut supplied: Vec<_> = self
+            .config
+            .filters
+            .iter()
+            .filter_map(|f| {
+                let supplied = f.supplied.as_ref()?;
+                let digest = self.custom_filters.get(&f.name).map(|c| hex(&c.component.digest));
+                Some(serde_json::json!({
+                    "name": f.name,
+                    "origin": supplied.origin,
+                    "sha256": digest,
+                    "unavailable": self.unavailable.get(&f.name),
+                }))
+            })
+            .collect();
+        supplied.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         serde_json::json!({
             "generation": self.generation,
             "listeners": listeners,
@@ -526,8 +566,13 @@ impl PolicyModel {
             "policies": self.policy_names,
             "rules": self.policies.rules,
             "filters": filters,
+            "supplied_filters": supplied,
         })
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn resolve(dir: &Path, path: &Path) -> PathBuf {

@@ -11,7 +11,10 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::schema::AnyValue;
 
 pub use super::wire::{CILIUM_API, SelectorRequirement, WEIR_API};
 
@@ -59,7 +62,7 @@ pub struct PolicyDocument {
     pub status: Option<serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
     #[serde(default)]
@@ -75,16 +78,18 @@ pub struct Rule {
     #[serde(default)]
     pub egress_deny: Option<Vec<EgressRule>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub labels: Option<serde_yaml::Value>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub enable_default_deny: Option<DefaultDeny>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub log: Option<serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultDeny {
     #[serde(default)]
@@ -93,7 +98,7 @@ pub struct DefaultDeny {
     pub egress: Option<bool>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
     #[serde(default)]
@@ -102,12 +107,13 @@ pub struct Selector {
     pub match_expressions: Option<Vec<SelectorRequirement>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressRule {
     #[serde(default)]
     pub from_endpoints: Option<Vec<Selector>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub from_requires: Option<serde_yaml::Value>,
     #[serde(default, rename = "fromCIDR")]
     pub from_cidr: Option<Vec<String>>,
@@ -116,23 +122,28 @@ pub struct IngressRule {
     #[serde(default)]
     pub from_entities: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub from_groups: Option<serde_yaml::Value>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub from_nodes: Option<serde_yaml::Value>,
     #[serde(default)]
     pub to_ports: Option<Vec<PortRule>>,
     #[serde(default, rename = "icmps")]
+    #[schemars(with = "Option<AnyValue>")]
     pub icmps: Option<serde_yaml::Value>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub authentication: Option<serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressRule {
     #[serde(default)]
     pub to_endpoints: Option<Vec<Selector>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub to_requires: Option<serde_yaml::Value>,
     #[serde(default, rename = "toCIDR")]
     pub to_cidr: Option<Vec<String>>,
@@ -141,22 +152,27 @@ pub struct EgressRule {
     #[serde(default)]
     pub to_entities: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub to_services: Option<serde_yaml::Value>,
     #[serde(default, rename = "toFQDNs")]
     pub to_fqdns: Option<Vec<FqdnSelector>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub to_groups: Option<serde_yaml::Value>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub to_nodes: Option<serde_yaml::Value>,
     #[serde(default)]
     pub to_ports: Option<Vec<PortRule>>,
     #[serde(default, rename = "icmps")]
+    #[schemars(with = "Option<AnyValue>")]
     pub icmps: Option<serde_yaml::Value>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub authentication: Option<serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CidrRule {
     #[serde(default)]
@@ -164,12 +180,13 @@ pub struct CidrRule {
     #[serde(default)]
     pub cidr_group_ref: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub cidr_group_selector: Option<serde_yaml::Value>,
     #[serde(default)]
     pub except: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortRule {
     #[serde(default)]
@@ -177,16 +194,19 @@ pub struct PortRule {
     #[serde(default)]
     pub rules: Option<L7Rules>,
     #[serde(default, rename = "terminatingTLS")]
+    #[schemars(with = "Option<AnyValue>")]
     pub terminating_tls: Option<serde_yaml::Value>,
     #[serde(default, rename = "originatingTLS")]
+    #[schemars(with = "Option<AnyValue>")]
     pub originating_tls: Option<serde_yaml::Value>,
     #[serde(default)]
     pub server_names: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub listener: Option<serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortProtocol {
     #[serde(default)]
@@ -205,7 +225,7 @@ pub enum PortValue {
     Text(String),
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct L7Rules {
     #[serde(default)]
@@ -227,7 +247,7 @@ pub struct L7Rules {
 }
 
 /// Cilium's `PortRuleHTTP`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +262,7 @@ pub struct HttpRule {
     pub header_matches: Vec<HeaderMatch>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -251,11 +271,12 @@ pub struct HeaderMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<String>,
     #[serde(default, skip_serializing)]
+    #[schemars(with = "Option<AnyValue>")]
     pub secret: Option<serde_yaml::Value>,
 }
 
 /// Cilium's `FQDNSelector`: used by `toFQDNs` and by `rules.dns`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FqdnSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,7 +287,7 @@ pub struct FqdnSelector {
 
 /// Cilium's `PortRuleKafka`: every field optional, all given must match.
 /// Checked by the built-in kafka-policy filter when the policy loads.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KafkaRule {
     /// `produce` or `consume`: expands to the API keys the operation needs.
@@ -283,12 +304,13 @@ pub struct KafkaRule {
 }
 
 /// Weir's `wasm` L7 rule.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WasmRule {
     pub name: String,
     /// Handed to the filter's `configure`: a string as it is, anything else as JSON.
     #[serde(default)]
+    #[schemars(with = "Option<AnyValue>")]
     pub config: Option<serde_yaml::Value>,
 }
 

@@ -15,6 +15,7 @@ pub mod document;
 mod evaluate;
 mod k8s;
 mod rules;
+pub mod schema;
 pub mod selector;
 mod wire;
 

@@ -8,7 +8,7 @@ pub const CILIUM_API: &str = "cilium.io/v2";
 pub const WEIR_API: &str = "policy.weir.dev/v1alpha1";
 
 /// One `matchExpressions` entry, as written.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectorRequirement {
     pub key: String,

@@ -58,7 +58,7 @@ impl Default for FilterLimits {
 }
 
 /// What happens to a request when its filter fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
     /// Refuse the request (HTTP 500). The default: a broken filter must not

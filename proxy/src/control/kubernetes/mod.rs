@@ -12,7 +12,9 @@
 
 pub mod allocate;
 pub mod client;
+pub mod crds;
 pub mod endpoints;
+pub mod filters;
 pub mod operator;
 pub mod reflect;
 pub mod resources;
@@ -30,7 +32,7 @@ pub use client::ApiClient;
 pub use resources::Resource;
 
 use super::source::{Contribution, Source};
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, FilterConfig};
 use crate::identity::Labels;
 use crate::observe::metrics::{KubernetesMetrics, ResourceLabels};
 use crate::policy::{PolicyError, document};
@@ -80,6 +82,8 @@ impl Changes {
 pub struct NodeOptions {
     /// This node's name (`spec.nodeName` of the pods it polices).
     pub node: String,
+    /// weir's own namespace: the ConfigMaps WasmFilters name are there.
+    pub namespace: String,
     /// With the eBPF datapath: find each local pod's host-side interface.
     pub datapath: bool,
 }
@@ -91,6 +95,8 @@ struct Tables {
     namespaces: Shared<BTreeMap<String, String>>,
     pods: Shared<Pod>,
     identities: Shared<Labels>,
+    wasm_filters: Shared<filters::WasmFilterObject>,
+    config_maps: Shared<filters::ConfigMapData>,
 }
 
 /// Policies, pods and identities from a Kubernetes API server.
@@ -100,6 +106,9 @@ pub struct KubernetesSource {
     tables: Arc<Tables>,
     changes: Arc<Changes>,
     routes: Arc<Routes>,
+    /// The WasmFilters' components as the resolver last left them; `None`
+    /// until it has seen every filter once.
+    filters: Arc<Mutex<Option<Vec<FilterConfig>>>>,
 }
 
 /// Local pods' host-side interfaces, found from their addresses.
@@ -156,16 +165,22 @@ impl KubernetesSource {
             namespaces: reflect::table(),
             pods: reflect::table(),
             identities: reflect::table(),
+            wasm_filters: reflect::table(),
+            config_maps: reflect::table(),
         });
         let changes = Changes::new(notify, metrics);
+        let resolver = filters::Resolver::new(&options.namespace)?;
         let source = Arc::new(KubernetesSource {
             server: client.server.clone(),
             options: options.clone(),
             tables: tables.clone(),
             changes: changes.clone(),
             routes: Arc::new(Routes::default()),
+            filters: Arc::new(Mutex::new(None)),
         });
         let routes = source.routes.clone();
+        let supplied = source.filters.clone();
+        let config_maps = filters::config_maps(&options.namespace);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("weir-kubernetes".into()).spawn(move || {
             runtime.block_on(async move {
@@ -196,6 +211,21 @@ impl KubernetesSource {
                     tables.identities.clone(),
                     changes.clone(),
                 )));
+                tasks.push(tokio::spawn(reflect::run(
+                    c.clone(),
+                    &filters::WASM_FILTERS,
+                    filters::wasm_filter,
+                    tables.wasm_filters.clone(),
+                    changes.clone(),
+                )));
+                tasks.push(tokio::spawn(reflect::run(
+                    c.clone(),
+                    config_maps,
+                    filters::config_map,
+                    tables.config_maps.clone(),
+                    changes.clone(),
+                )));
+                tasks.push(tokio::spawn(resolve_filters(resolver, tables.clone(), changes.clone(), supplied)));
                 if options.datapath {
                     tasks.push(tokio::spawn(Routes::watch(routes, changes.clone())));
                 }
@@ -216,6 +246,9 @@ impl KubernetesSource {
         let deadline = Instant::now() + timeout;
         loop {
             let mut waiting = self.tables.unsynced();
+            if waiting.is_empty() && self.filters.lock().unwrap().is_none() {
+                waiting.push("wasmfilters (components not loaded yet)".into());
+            }
             if waiting.is_empty() {
                 let unidentified = allocate::wanted(&self.options.node, &self.tables);
                 if unidentified.is_empty() {
@@ -303,6 +336,43 @@ impl KubernetesSource {
     }
 }
 
+/// Keep the supplied filters up to the WasmFilter objects and the
+/// ConfigMaps they name: on every change, and every 10 s while a fetch
+/// keeps failing. A node only logs what fails; the operator writes it on
+/// the object, once for the cluster.
+async fn resolve_filters(
+    mut resolver: filters::Resolver,
+    tables: Arc<Tables>,
+    changes: Arc<Changes>,
+    supplied: Arc<Mutex<Option<Vec<FilterConfig>>>>,
+) {
+    let mut changed = changes.subscribe();
+    loop {
+        let synced = tables.wasm_filters.lock().unwrap().standing.synced()
+            && tables.config_maps.lock().unwrap().standing.synced();
+        if synced {
+            let objects = tables.wasm_filters.lock().unwrap().objects.clone();
+            let maps = tables.config_maps.lock().unwrap().objects.clone();
+            let resolved = resolver.resolve(&objects, &maps).await;
+            for report in &resolved.reports {
+                match &report.problem {
+                    None => tracing::info!(filter = %report.name, "WasmFilter loaded"),
+                    Some(problem) if report.previous_kept => tracing::warn!(filter = %report.name,
+                        "WasmFilter not loaded: {problem}; its last good version stays in force"),
+                    Some(problem) => tracing::warn!(filter = %report.name,
+                        "WasmFilter not loaded: {problem}; rules naming it refuse their traffic"),
+                }
+            }
+            let first = supplied.lock().unwrap().is_none();
+            if resolved.changed || first {
+                *supplied.lock().unwrap() = Some(resolver.supplied());
+                changes.bump();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), changed.changed()).await;
+    }
+}
+
 impl Tables {
     fn unsynced(&self) -> Vec<String> {
         let mut waiting = Vec::new();
@@ -317,6 +387,8 @@ impl Tables {
         check(&self.namespaces.lock().unwrap().standing, resources::NAMESPACES.plural);
         check(&self.pods.lock().unwrap().standing, resources::PODS.plural);
         check(&self.identities.lock().unwrap().standing, resources::IDENTITIES.plural);
+        check(&self.wasm_filters.lock().unwrap().standing, filters::WASM_FILTERS.plural);
+        check(&self.config_maps.lock().unwrap().standing, "configmaps");
         waiting
     }
 
@@ -365,6 +437,7 @@ impl Source for KubernetesSource {
         let mut contribution = Contribution::default();
         self.tables.documents(&mut contribution);
         contribution.endpoints = self.endpoints().map_err(|e| vec![problem(e)])?;
+        contribution.filters = self.filters.lock().unwrap().clone().unwrap_or_default();
         Ok(contribution)
     }
 }

@@ -8,6 +8,9 @@
 //!   (True, or False with the field-level message `weir policy check`
 //!   prints), and a Warning Event when an object becomes invalid.
 //!   NetworkPolicy has no status: it gets the Event only;
+//! - **judges every WasmFilter** as a node loads it (`filters.rs`: the
+//!   ConfigMap or the fetched URL, the digest, the component) and writes
+//!   its verdict the same way; policies naming a filter are judged with it;
 //! - **collects identities** no pod has used for a grace period.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,6 +24,7 @@ use anyhow::{Context, bail};
 use super::Changes;
 use super::client::ApiClient;
 use super::endpoints::{IdentityIndex, Pod, identity_labels};
+use super::filters::{self, WASM_FILTERS, WasmFilterObject};
 use super::reflect::{self, Shared};
 use super::resources::{self, EVENTS, IDENTITIES, LEASES, POLICIES, Resource};
 use crate::config::{CONFIG_FILE, WeirConfig};
@@ -60,11 +64,30 @@ struct PolicyObject {
 }
 
 fn policy_object(resource: &Resource, object: &serde_json::Value) -> Option<PolicyObject> {
+    status_object(object, resources::policy(resource, object)?)
+}
+
+/// A WasmFilter as the operator keeps it: as a node reads it, and its status.
+#[derive(Clone, Debug, PartialEq)]
+struct FilterObject {
+    filter: WasmFilterObject,
+    status: PolicyObject,
+}
+
+fn filter_object(resource: &Resource, object: &serde_json::Value) -> Option<FilterObject> {
+    Some(FilterObject {
+        filter: filters::wasm_filter(resource, object)?,
+        status: status_object(object, object.get("spec").cloned().unwrap_or_default())?,
+    })
+}
+
+/// An object with its `Valid` condition apart from the others.
+fn status_object(object: &serde_json::Value, document: serde_json::Value) -> Option<PolicyObject> {
     let conditions = object.pointer("/status/conditions").and_then(|c| c.as_array()).cloned().unwrap_or_default();
     let (valid, other): (Vec<_>, Vec<_>) =
         conditions.into_iter().partition(|c| c.get("type").and_then(|t| t.as_str()) == Some(VALID));
     Some(PolicyObject {
-        document: resources::policy(resource, object)?,
+        document,
         uid: object.pointer("/metadata/uid")?.as_str()?.to_string(),
         generation: object.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(0),
         valid: valid.into_iter().next(),
@@ -96,6 +119,8 @@ struct Tables {
     namespaces: Shared<BTreeMap<String, String>>,
     pods: Shared<Pod>,
     identities: Shared<IdentityObject>,
+    filters: Shared<FilterObject>,
+    config_maps: Shared<filters::ConfigMapData>,
 }
 
 /// Run the operator until the process ends.
@@ -108,7 +133,19 @@ pub async fn run(client: ApiClient, options: OperatorOptions) -> anyhow::Result<
         namespaces: reflect::table(),
         pods: reflect::table(),
         identities: reflect::table(),
+        filters: reflect::table(),
+        config_maps: reflect::table(),
     });
+    tokio::spawn(reflect::run(client.clone(), &WASM_FILTERS, filter_object, tables.filters.clone(), changes.clone()));
+    tokio::spawn(reflect::run(
+        client.clone(),
+        filters::config_maps(&options.namespace),
+        filters::config_map,
+        tables.config_maps.clone(),
+        changes.clone(),
+    ));
+    let mut resolver = filters::Resolver::new(&options.namespace)?;
+    let mut resolved_at = (u64::MAX, Instant::now());
     for (resource, table) in POLICIES.iter().zip(&tables.policies) {
         tokio::spawn(reflect::run(client.clone(), resource, policy_object, table.clone(), changes.clone()));
     }
@@ -143,9 +180,26 @@ pub async fn run(client: ApiClient, options: OperatorOptions) -> anyhow::Result<
             continue;
         }
         let now = changes.count();
+        // filters first (a fetch that failed is tried again every 10 s):
+        // the policies naming them are judged with them
+        if now != resolved_at.0 || resolved_at.1.elapsed() > Duration::from_secs(10) {
+            resolved_at = (now, Instant::now());
+            let objects: BTreeMap<_, _> = tables
+                .filters
+                .lock()
+                .unwrap()
+                .objects
+                .iter()
+                .map(|(key, object)| (key.clone(), object.filter.clone()))
+                .collect();
+            let maps = tables.config_maps.lock().unwrap().objects.clone();
+            if resolver.resolve(&objects, &maps).await.changed {
+                judged_at = u64::MAX;
+            }
+        }
         if now != judged_at {
             judged_at = now;
-            let verdicts = judge.verdicts(&tables)?;
+            let verdicts = judge.verdicts(&tables, &resolver)?;
             for verdict in verdicts {
                 if let Err(e) = write_verdict(&client, &verdict, &options.identity, &mut written).await {
                     tracing::warn!(object = %verdict.key, "writing the policy's status: {e:#}");
@@ -163,6 +217,8 @@ impl Tables {
             && self.namespaces.lock().unwrap().standing.synced()
             && self.pods.lock().unwrap().standing.synced()
             && self.identities.lock().unwrap().standing.synced()
+            && self.filters.lock().unwrap().standing.synced()
+            && self.config_maps.lock().unwrap().standing.synced()
     }
 }
 
@@ -206,10 +262,16 @@ impl Judge {
         Ok(Judge { config, config_dir, config_file, runtime, fqdn })
     }
 
-    fn verdicts(&self, tables: &Tables) -> anyhow::Result<Vec<Verdict>> {
+    fn verdicts(&self, tables: &Tables, resolver: &filters::Resolver) -> anyhow::Result<Vec<Verdict>> {
+        let mut config = self.config.clone();
+        for filter in resolver.supplied() {
+            if !config.filters.iter().any(|f| f.name == filter.name) {
+                config.filters.push(filter);
+            }
+        }
         let mut read = Read {
             inputs: ModelInputs {
-                config: self.config.clone(),
+                config,
                 config_dir: self.config_dir.clone(),
                 config_file: self.config_file.clone(),
                 documents: Vec::new(),
@@ -248,6 +310,20 @@ impl Judge {
         for verdict in &mut verdicts {
             verdict.problem = problems.get(&verdict.key).cloned();
         }
+        for ((_, name), object) in tables.filters.lock().unwrap().objects.iter() {
+            let problem = match &object.filter.spec {
+                Err(problem) => Some(problem.clone()),
+                Ok(_) => resolver.problem(name),
+            };
+            verdicts.push(Verdict {
+                key: format!("{}: filter {name}", filters::ORIGIN),
+                resource: &WASM_FILTERS,
+                namespace: String::new(),
+                name: name.clone(),
+                object: object.status.clone(),
+                problem,
+            });
+        }
         Ok(verdicts)
     }
 }
@@ -260,8 +336,10 @@ async fn write_verdict(
     me: &str,
     written: &mut HashMap<(String, String, i64), String>,
 ) -> anyhow::Result<()> {
+    let valid =
+        if verdict.resource.kind == WASM_FILTERS.kind { "weir loads this filter" } else { "weir enforces this policy" };
     let (status, reason, message) = match &verdict.problem {
-        None => ("True", "Valid", "weir enforces this policy".to_string()),
+        None => ("True", "Valid", valid.to_string()),
         Some(problem) => ("False", "Invalid", problem.clone()),
     };
     let object = &verdict.object;
@@ -333,7 +411,7 @@ async fn event(client: &ApiClient, verdict: &Verdict, problem: &str, me: &str) -
             "namespace": if verdict.namespace.is_empty() { None } else { Some(&verdict.namespace) },
             "uid": verdict.object.uid,
         },
-        "reason": "InvalidPolicy",
+        "reason": if verdict.resource.kind == WASM_FILTERS.kind { "InvalidFilter" } else { "InvalidPolicy" },
         "message": problem,
         "type": "Warning",
         "source": {"component": "weir-operator"},
