@@ -556,6 +556,32 @@ fn admin_api_serves_metrics_config_and_a_service_map() {
 }
 
 #[test]
+fn the_metrics_listener_serves_metrics_and_health_and_nothing_else() {
+    let backend = DemoBackend::start();
+    let port = free_port();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!("metrics: {metrics_addr}\n");
+    let weir = Weir::start(&config(backend.addr, port, "", &extra), &[("web.yaml", WEB_POLICY)]);
+    curl_from(FRONTEND, &[&url(port, "/public/x")]);
+    let (status, metrics) = http_get(metrics_addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains(r#"weir_requests_total{protocol="http",verdict="forwarded"} 1"#), "{metrics}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(metrics.contains(&format!("weir_build_info{{version=\"{version}\",commit=\"dev\"}} 1")), "{metrics}");
+    let (status, health) = http_get(metrics_addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(health.starts_with(&format!("ok version={version} commit=dev generation=")), "{health}");
+    // what shows policies and traffic stays on the admin API
+    for path in ["/config", "/flows", "/fqdn", "/"] {
+        assert_eq!(http_get(metrics_addr, path).unwrap().0, 404, "{path} on the metrics listener");
+        assert_eq!(http_get(weir.admin, path).unwrap().0, 200, "{path} on the admin API");
+    }
+    assert!(
+        weir.log().contains(&format!("version=\"{version}\"")) || weir.log().contains(&format!("version={version}"))
+    );
+}
+
+#[test]
 fn an_unreachable_upstream_answers_503_with_a_flow() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let port = free_port();

@@ -1,4 +1,8 @@
 //! The admin API: /healthz, /metrics, /config, /flows and a service map at /.
+//! The same server, limited to /metrics and /healthz, is the metrics
+//! listener (`metrics:` in weir.yaml): what Prometheus and the kubelet's
+//! probes reach on a node's address, without the policies and traffic the
+//! full API shows.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,12 +23,25 @@ use tokio::sync::mpsc;
 
 use crate::engines::state::ProxyState;
 use crate::observe::flow::{FlowFilter, FlowRecord, Verdict};
+use crate::observe::metrics::{COMMIT, VERSION};
 
 type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
-pub async fn serve(state: Arc<ProxyState>, addr: SocketAddr) -> std::io::Result<()> {
+/// What a listener of this server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: loopback only, by default.
+    Admin,
+    /// /metrics and /healthz.
+    Metrics,
+}
+
+pub async fn serve(state: Arc<ProxyState>, addr: SocketAddr, scope: Scope) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin API listening");
+    match scope {
+        Scope::Admin => tracing::info!(%addr, "admin API listening"),
+        Scope::Metrics => tracing::info!(%addr, "metrics listening (/metrics, /healthz)"),
+    }
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -32,7 +49,7 @@ pub async fn serve(state: Arc<ProxyState>, addr: SocketAddr) -> std::io::Result<
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, req)) }
+                    async move { Ok::<_, Infallible>(route(&state, req, scope)) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -51,15 +68,23 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .expect("static response parts are valid")
 }
 
-fn route(state: &Arc<ProxyState>, req: Request<Incoming>) -> Response<AdminBody> {
+fn route(state: &Arc<ProxyState>, req: Request<Incoming>, scope: Scope) -> Response<AdminBody> {
     if req.method() != Method::GET {
         return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
     let query = req.uri().query().unwrap_or("");
-    match req.uri().path() {
+    let path = req.uri().path();
+    if scope == Scope::Metrics && !matches!(path, "/healthz" | "/metrics") {
+        return full(StatusCode::NOT_FOUND, "text/plain", "not found; this listener serves /healthz and /metrics\n");
+    }
+    match path {
         "/healthz" => {
             let generation = state.model.load().generation;
-            full(StatusCode::OK, "text/plain", format!("ok generation={generation}\n"))
+            full(
+                StatusCode::OK,
+                "text/plain",
+                format!("ok version={VERSION} commit={COMMIT} generation={generation}\n"),
+            )
         }
         "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
         "/config" => {

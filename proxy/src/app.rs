@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
+use crate::admin::Scope;
 use crate::config::{CONFIG_FILE, POLICY_DIR, WeirConfig};
 use crate::control::kubernetes::NodeOptions;
 use crate::control::{Controller, KubernetesSource, LocalSource, Sources};
@@ -218,9 +219,19 @@ async fn serve(
         return Err(invalid(&errors));
     }
     if let Some(addr) = config.admin {
-        crate::admin::serve(state.clone(), addr).await.with_context(|| format!("admin API on {addr}"))?;
+        crate::admin::serve(state.clone(), addr, Scope::Admin).await.with_context(|| format!("admin API on {addr}"))?;
     }
-    tracing::info!(config = %config_dir.display(), "weir is running; edit the policies there and they reload on save");
+    if let Some(addr) = config.metrics {
+        crate::admin::serve(state.clone(), addr, Scope::Metrics)
+            .await
+            .with_context(|| format!("metrics listener on {addr}"))?;
+    }
+    tracing::info!(
+        config = %config_dir.display(),
+        version = crate::observe::metrics::VERSION,
+        commit = crate::observe::metrics::COMMIT,
+        "weir is running; edit the policies there and they reload on save"
+    );
     if quickstart {
         eprintln!("\n{QUICKSTART_TRY}");
     }

@@ -23,6 +23,11 @@ pub struct WeirConfig {
     /// Admin API: /metrics, /healthz, /config, /flows. `null` turns it off.
     #[serde(default = "default_admin")]
     pub admin: Option<SocketAddr>,
+    /// /metrics and /healthz only, for Prometheus and the kubelet's probes
+    /// on a node's address (the admin API shows policies and traffic: keep
+    /// it on loopback). Default: off.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     /// Start weir's built-in demo backend on this address (read at start only).
     #[serde(default)]
     pub demo_backend: Option<SocketAddr>,

@@ -15,6 +15,14 @@ pub struct RequestLabels {
     pub verdict: &'static str,
 }
 
+/// This build: `weir VERSION (COMMIT)`. The commit is given at build time
+/// (`WEIR_COMMIT`, as scripts/image.sh does), else `dev`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = match option_env!("WEIR_COMMIT") {
+    Some(commit) => commit,
+    None => "dev",
+};
+
 /// A workload's namespace as a label value: shared with the flow's peer,
 /// so counting a flow copies no text.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -171,6 +179,11 @@ impl Default for Metrics {
             kubernetes: Default::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "build",
+            "This weir's version and commit",
+            prometheus_client::metrics::info::Info::new(vec![("version", VERSION), ("commit", COMMIT)]),
+        );
         registry.register("requests", "L7 requests by protocol and verdict", m.requests.clone());
         registry.register(
             "namespace_flows",
