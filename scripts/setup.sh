@@ -126,4 +126,8 @@ fi
 if ! bash "$(dirname "$0")/kube.sh" installed; then
   bash "$(dirname "$0")/kube.sh" install
 fi
+# Helm (from its Go module) for the chart's tests and deploy/manifests/
+if ! bash "$(dirname "$0")/helm.sh" installed; then
+  bash "$(dirname "$0")/helm.sh" install
+fi
 log "ready"

@@ -8,7 +8,8 @@
 //! so they never run; a test gives them the address of a pod of its node
 //! harness through the status subresource, as a kubelet would report it).
 //! weir and the operator authenticate as the service accounts of
-//! `deploy/rbac/weir.yaml`, with exactly its permissions.
+//! `deploy/manifests/weir.yaml` (the Helm chart rendered), with exactly its
+//! permissions.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -120,10 +121,20 @@ impl Kube {
         self.must(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], "");
     }
 
-    /// Every CRD and the RBAC of `deploy/`: what an install puts there.
+    /// `deploy/manifests/weir.yaml` whole: what an install puts there (the
+    /// CRDs, RBAC, the DaemonSet and operator Deployment, which nothing runs
+    /// here: there is no kubelet).
     pub fn install_weir(&self) {
-        self.install_crds("");
-        self.must(&["apply", "-f", deploy("rbac/weir.yaml").to_str().unwrap()], "");
+        self.must(&["apply", "--server-side", "-f", deploy("manifests/weir.yaml").to_str().unwrap()], "");
+        self.must(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], "");
+    }
+
+    /// The same without its CRDs (a test installs them one by one).
+    pub fn install_weir_without_crds(&self) {
+        let manifest = std::fs::read_to_string(deploy("manifests/weir.yaml")).unwrap();
+        let kept: Vec<&str> =
+            manifest.split("\n---\n").filter(|doc| !doc.contains("\nkind: CustomResourceDefinition\n")).collect();
+        self.must(&["apply", "--server-side", "-f", "-"], &kept.join("\n---\n"));
     }
 
     /// A kubeconfig that authenticates as `service_account` of weir-system

@@ -127,16 +127,33 @@ impl Weir {
 
     /// The same, with more arguments for `weir run`.
     pub fn start_with(config: &str, policies: &[(&str, &str)], args: &[&str]) -> Weir {
-        Weir::start_inner(config, policies, args, None)
+        Weir::start_inner(config, policies, args, None, &[]).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// Run under `wrapper` (a command that execs the rest: `setpriv ...
+    /// --`); `Err`: the log of a weir that exited before it was healthy.
+    pub fn try_start_wrapped(
+        config: &str,
+        policies: &[(&str, &str)],
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Result<Weir, String> {
+        Weir::start_inner(config, policies, args, None, wrapper)
     }
 
     /// The same, with `RLIMIT_NOFILE` (soft and hard) set to `nofile` for
     /// weir: descriptor exhaustion is cheap to reach.
     pub fn start_with_nofile(config: &str, policies: &[(&str, &str)], nofile: u64) -> Weir {
-        Weir::start_inner(config, policies, &[], Some(nofile))
+        Weir::start_inner(config, policies, &[], Some(nofile), &[]).unwrap_or_else(|log| panic!("{log}"))
     }
 
-    fn start_inner(config: &str, policies: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Weir {
+    fn start_inner(
+        config: &str,
+        policies: &[(&str, &str)],
+        args: &[&str],
+        nofile: Option<u64>,
+        wrapper: &[&str],
+    ) -> Result<Weir, String> {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = config.replace("ADMIN", &admin.to_string());
@@ -146,7 +163,14 @@ impl Weir {
             std::fs::write(dir.path().join("policies").join(name), text).unwrap();
         }
         let log = dir.path().join("weir.log");
-        let mut command = Command::new(weir_bin());
+        let mut command = match wrapper.split_first() {
+            None => Command::new(weir_bin()),
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(weir_bin());
+                command
+            }
+        };
         command
             .args(["run", "--config"])
             .arg(dir.path())
@@ -179,11 +203,13 @@ impl Weir {
             if let Ok((200, _)) = http_get(admin, "/healthz") {
                 break;
             }
-            assert!(weir.process.is_running(), "weir exited during start:\n{}", weir.log());
+            if !weir.process.is_running() {
+                return Err(format!("weir exited during start:\n{}", weir.log()));
+            }
             assert!(Instant::now() < deadline, "weir did not become healthy:\n{}", weir.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        weir
+        Ok(weir)
     }
 
     pub fn log(&self) -> String {

@@ -126,6 +126,19 @@ impl Node {
         self.weir = Some(Weir::start_with(config, policies, &["--datapath", "ebpf"]));
     }
 
+    /// The same under `wrapper` (`setpriv ... --`); `Err`: the log of a weir
+    /// that exited during its start.
+    pub fn try_start_weir_wrapped(
+        &mut self,
+        config: &str,
+        policies: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Result<(), String> {
+        assert!(self.original_netns.is_some(), "enter() the node first");
+        self.weir = Some(Weir::try_start_wrapped(config, policies, &["--datapath", "ebpf"], wrapper)?);
+        Ok(())
+    }
+
     /// The same, with more `weir run` arguments (`--kubernetes ...`).
     pub fn start_weir_with(&mut self, config: &str, args: &[&str]) {
         assert!(self.original_netns.is_some(), "enter() the node first");

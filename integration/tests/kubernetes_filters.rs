@@ -5,7 +5,7 @@
 //! connection goes on; a version that does not load leaves the last good
 //! one in force; a filter that never loaded (a wrong digest) makes its rules
 //! refuse their traffic; the operator writes each verdict on the WasmFilter.
-//! weir and the operator run with deploy/rbac/weir.yaml's service accounts.
+//! weir and the operator run with deploy/manifests/weir.yaml's service accounts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

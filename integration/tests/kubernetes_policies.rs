@@ -4,7 +4,7 @@
 //! version in force) and the operator writes the verdict on the object
 //! (`status.conditions`) and as an Event; a CRD installed after weir started
 //! is followed without a restart. weir and the operator run with the
-//! service accounts and RBAC of deploy/rbac/weir.yaml.
+//! service accounts and RBAC of deploy/manifests/weir.yaml.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -162,7 +162,7 @@ fn network_policies_and_a_crd_installed_later_are_followed() {
     // the identities' CRD and the RBAC, but no policy CRD: weir starts on
     // what the API server has (NetworkPolicy)
     kube.install_crds("weiridentities");
-    kube.must(&["apply", "-f", &format!("{}/../deploy/rbac/weir.yaml", env!("CARGO_MANIFEST_DIR"))], "");
+    kube.install_weir_without_crds();
     let nginx = Nginx::start();
     let port = free_port();
     let weir = weir_following(&kube, &nginx, port);
