@@ -147,6 +147,11 @@ fn main() {
         remote_times.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // where a change's time goes (weir logs each model build and map write)
+    let log = weir.log();
+    for line in log.lines().filter(|l| l.contains("model built") || l.contains("datapath maps written")).rev().take(6) {
+        eprintln!("{line}");
+    }
     let rss_end = rss_mib(weir.pid());
     let requests_end = requests(&weir.metrics());
 

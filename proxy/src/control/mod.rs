@@ -67,10 +67,13 @@ impl Controller {
         let (runtime, fqdn, last_good) = (runtime.clone(), fqdn.clone(), last_good.clone());
         // compiling filters and regexes is CPU work: keep it off the workers
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let fingerprint = sources.fingerprint();
             let text = |errors: Vec<PolicyError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>();
             let read = sources.read().map_err(text)?;
+            let read_took = started.elapsed();
             let built = build::build(read, &runtime, &fqdn, generation, &last_good).map_err(text)?;
+            tracing::debug!(generation, read = ?read_took, build = ?(started.elapsed() - read_took), "model built");
             Ok((built, fingerprint))
         })
         .await
@@ -83,9 +86,11 @@ impl Controller {
         let Built { model, set_aside, good } = built;
         let bound = self.listeners.prepare(&model)?;
         if let Some(datapath) = &mut self.datapath {
+            let started = std::time::Instant::now();
             let fqdn_generation = self.state.fqdn.generation();
             datapath.apply(&model)?;
             self.state.fqdn_applied.send_replace(fqdn_generation);
+            tracing::debug!(generation = model.generation, took = ?started.elapsed(), "datapath maps written");
         }
         let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
         let generation = model.generation;

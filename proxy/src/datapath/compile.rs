@@ -24,7 +24,7 @@ use weir_datapath_common::{
 use crate::context::Direction;
 use crate::identity::{Identity, reserved};
 use crate::model::PolicyModel;
-use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
+use crate::policy::{L4Protocol, PeerInfo, SideVerdict, SubjectRules};
 use crate::protocol::{Protocol, RuleSyntax};
 
 /// Where redirected traffic goes, by the kind of its L7 rules.
@@ -232,11 +232,14 @@ pub fn compile(
         })
     };
     for (identity, endpoint) in &mut local {
+        // the rules selecting this endpoint, selected once for every
+        // question below (one per peer, port and protocol)
+        let rules = model.policies.for_subject(identity);
         for (direction, dir, flag) in [
             (Direction::Ingress, DIR_INGRESS, ENDPOINT_ENFORCE_INGRESS),
             (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS),
         ] {
-            if !model.policies.concerns(direction, identity) {
+            if !rules.concerns(direction) {
                 continue;
             }
             // Entries are looked up only for enforced directions; an
@@ -244,7 +247,7 @@ pub fn compile(
             // them (for redirects), so it is marked enforced and the
             // compiled "allow" entries keep it open.
             endpoint.info.flags |= flag;
-            let ports = match named_ports(model, direction, identity) {
+            let ports = match named_ports(&rules, direction) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(format!("endpoint {}: {e}", endpoint.name));
@@ -265,7 +268,7 @@ pub fn compile(
                     };
                     let other_port = (1..=u16::MAX).rev().find(|p| !named.contains(p));
                     let wildcard = other_port.map(|port| {
-                        let v = match model.policies.evaluate(direction, identity, info, port, protocol) {
+                        let v = match rules.evaluate(direction, info, port, protocol) {
                             // the entry stands for every other port: the
                             // flow fills in the one the packet had
                             SideVerdict::Denied { reason } => SideVerdict::Denied {
@@ -280,7 +283,7 @@ pub fn compile(
                         desired.policy.insert(key(0), w);
                     }
                     for port in named {
-                        let v = model.policies.evaluate(direction, identity, info, *port, protocol);
+                        let v = rules.evaluate(direction, info, *port, protocol);
                         let v = value(v, protocol, proxy_port, &mut index_of);
                         if Some(v) != wildcard {
                             desired.policy.insert(key(*port), v);
@@ -288,7 +291,7 @@ pub fn compile(
                     }
                 }
                 // protocols without ports (ICMP and the rest)
-                let v = model.policies.evaluate(direction, identity, info, 0, L4Protocol::Other);
+                let v = rules.evaluate(direction, info, 0, L4Protocol::Other);
                 let v = value(v, L4Protocol::Other, proxy_port, &mut index_of);
                 desired.policy.insert(
                     PolicyKey { subject: identity.id, peer: *peer_id, port: 0, protocol: 0, direction: dir },
@@ -302,13 +305,9 @@ pub fn compile(
 }
 
 /// The ports rules name for `subject` in `direction`, per IP protocol number.
-fn named_ports(
-    model: &PolicyModel,
-    direction: Direction,
-    subject: &Identity,
-) -> Result<HashMap<u8, BTreeSet<u16>>, String> {
+fn named_ports(rules: &SubjectRules<'_>, direction: Direction) -> Result<HashMap<u8, BTreeSet<u16>>, String> {
     let mut out: HashMap<u8, BTreeSet<u16>> = PORT_PROTOCOLS.iter().map(|(_, n)| (*n, BTreeSet::new())).collect();
-    for range in model.policies.port_ranges(direction, subject) {
+    for range in rules.port_ranges(direction) {
         let width = u32::from(range.end) - u32::from(range.start) + 1;
         if width > MAX_RANGE_WIDTH {
             return Err(format!(

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::AnyValue;
+use super::wire::AnyValue;
 
 pub use super::wire::{CILIUM_API, SelectorRequirement, WEIR_API};
 
@@ -223,6 +223,19 @@ pub struct PortProtocol {
 pub enum PortValue {
     Number(i64),
     Text(String),
+}
+
+/// In the CRD schema: a number or a string, as Kubernetes writes ports.
+impl JsonSchema for PortValue {
+    fn schema_name() -> String {
+        "PortValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+        let mut schema = schemars::schema::SchemaObject::default();
+        schema.extensions.insert("x-kubernetes-int-or-string".into(), true.into());
+        schema.into()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]

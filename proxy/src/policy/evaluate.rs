@@ -7,7 +7,25 @@ use super::rules::*;
 use crate::context::Direction;
 use crate::identity::{FIRST_ENDPOINT_IDENTITY, Identity};
 
+/// The rules that select one subject. A caller asking many verdicts for one
+/// endpoint (the datapath compiler asks one per peer, port and protocol)
+/// selects the rules once, not once per question: with hundreds of policies
+/// that selection was most of a rebuild.
+pub struct SubjectRules<'a> {
+    rules: Vec<&'a PolicyRule>,
+    /// World and the other reserved identities have no policy of their own.
+    reserved: bool,
+}
+
 impl PolicySet {
+    /// The rules whose subject selector selects `subject`.
+    pub fn for_subject(&self, subject: &Identity) -> SubjectRules<'_> {
+        SubjectRules {
+            rules: self.rules.iter().filter(|r| r.subject.selects(subject)).collect(),
+            reserved: subject.id < FIRST_ENDPOINT_IDENTITY,
+        }
+    }
+
     /// The verdict for one side. `subject` is the endpoint whose policy is
     /// evaluated: the destination for ingress, the source for egress.
     pub fn evaluate<'a>(
@@ -18,13 +36,44 @@ impl PolicySet {
         port: u16,
         protocol: L4Protocol,
     ) -> SideVerdict<'a> {
-        if subject.id < FIRST_ENDPOINT_IDENTITY {
-            // world and other reserved identities have no policy of their own
+        self.for_subject(subject).evaluate(direction, peer, port, protocol)
+    }
+
+    /// Whether any rule selecting `subject` speaks about `direction` (only
+    /// then can a verdict differ from "allow").
+    pub fn concerns(&self, direction: Direction, subject: &Identity) -> bool {
+        self.for_subject(subject).concerns(direction)
+    }
+
+    /// Whether `subject` is default-deny in `direction`.
+    pub fn enforces(&self, direction: Direction, subject: &Identity) -> bool {
+        self.for_subject(subject).rules.iter().any(|r| {
+            let (allow, deny, default_deny) = r.sections(direction);
+            default_deny && (allow.is_some() || deny.is_some())
+        })
+    }
+
+    /// Every port range a rule selecting `subject` names in `direction`.
+    pub fn port_ranges(&self, direction: Direction, subject: &Identity) -> Vec<&PortRange> {
+        self.for_subject(subject).port_ranges(direction)
+    }
+}
+
+impl<'a> SubjectRules<'a> {
+    /// The verdict for this subject's side of a connection with `peer`.
+    pub fn evaluate(
+        &self,
+        direction: Direction,
+        peer: PeerInfo<'_>,
+        port: u16,
+        protocol: L4Protocol,
+    ) -> SideVerdict<'a> {
+        if self.reserved {
             return SideVerdict::Unenforced;
         }
         let mut enforced = false;
         let mut allowances = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.subject.selects(subject)) {
+        for rule in self.rules.iter().copied() {
             let (allow, deny, default_deny) = rule.sections(direction);
             if default_deny && (allow.is_some() || deny.is_some()) {
                 enforced = true;
@@ -65,30 +114,19 @@ impl PolicySet {
             SideVerdict::Unenforced
         }
     }
-}
 
-impl PolicySet {
-    /// Whether any rule selecting `subject` speaks about `direction` (only
-    /// then can a verdict differ from "allow").
-    pub fn concerns(&self, direction: Direction, subject: &Identity) -> bool {
-        self.rules.iter().filter(|r| r.subject.selects(subject)).any(|r| {
+    /// Whether any of the rules speaks about `direction`.
+    pub fn concerns(&self, direction: Direction) -> bool {
+        self.rules.iter().any(|r| {
             let (allow, deny, _) = r.sections(direction);
             allow.is_some() || deny.is_some()
         })
     }
 
-    /// Whether `subject` is default-deny in `direction`.
-    pub fn enforces(&self, direction: Direction, subject: &Identity) -> bool {
-        self.rules.iter().filter(|r| r.subject.selects(subject)).any(|r| {
-            let (allow, deny, default_deny) = r.sections(direction);
-            default_deny && (allow.is_some() || deny.is_some())
-        })
-    }
-
-    /// Every port range a rule selecting `subject` names in `direction`.
-    pub fn port_ranges(&self, direction: Direction, subject: &Identity) -> Vec<&PortRange> {
+    /// Every port range the rules name in `direction`.
+    pub fn port_ranges(&self, direction: Direction) -> Vec<&'a PortRange> {
         let mut out = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.subject.selects(subject)) {
+        for rule in self.rules.iter().copied() {
             let (allow, deny, _) = rule.sections(direction);
             for peer_rule in allow.into_iter().chain(deny).flatten() {
                 for set in peer_rule.to_ports.iter().flatten() {
@@ -98,7 +136,9 @@ impl PolicySet {
         }
         out
     }
+}
 
+impl PolicySet {
     /// Every CIDR (and `except`) the rules name: each becomes a prefix with
     /// its own identity in the datapath's ipcache.
     pub fn cidrs(&self) -> Vec<IpNet> {

@@ -20,6 +20,7 @@ pub mod selector;
 mod wire;
 
 pub use document::{FqdnSelector, HttpRule, KafkaRule, PolicyError, SourcedDocument};
+pub use evaluate::SubjectRules;
 pub use rules::*;
 
 #[cfg(test)]

@@ -9,38 +9,9 @@
 //! makes schemars' output one.
 
 use schemars::JsonSchema;
-use schemars::r#gen::{SchemaGenerator, SchemaSettings};
-use schemars::schema::{Schema, SchemaObject};
+use schemars::r#gen::SchemaSettings;
 
-use super::document::{PortValue, Rule};
-
-/// A field Cilium defines whose value weir takes as it is (and refuses by
-/// name where it does not implement it): any JSON.
-pub struct AnyValue;
-
-impl JsonSchema for AnyValue {
-    fn schema_name() -> String {
-        "AnyValue".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        let mut schema = SchemaObject::default();
-        schema.extensions.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
-        schema.into()
-    }
-}
-
-impl JsonSchema for PortValue {
-    fn schema_name() -> String {
-        "PortValue".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        let mut schema = SchemaObject::default();
-        schema.extensions.insert("x-kubernetes-int-or-string".into(), true.into());
-        schema.into()
-    }
-}
+use super::document::Rule;
 
 /// The schema of `T`, inlined and structural.
 pub fn schema_of<T: JsonSchema>() -> serde_json::Value {

@@ -16,3 +16,19 @@ pub struct SelectorRequirement {
     #[serde(default)]
     pub values: Option<Vec<String>>,
 }
+
+/// A field Cilium defines whose value weir takes as it is (and refuses by
+/// name where it does not implement it): any JSON.
+pub struct AnyValue;
+
+impl schemars::JsonSchema for AnyValue {
+    fn schema_name() -> String {
+        "AnyValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+        let mut schema = schemars::schema::SchemaObject::default();
+        schema.extensions.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
+        schema.into()
+    }
+}
