@@ -126,7 +126,7 @@ impl<'a> SubjectRules<'a> {
     /// Every port range the rules name in `direction`.
     pub fn port_ranges(&self, direction: Direction) -> Vec<&'a PortRange> {
         let mut out = Vec::new();
-        for rule in self.rules.iter().copied() {
+        for rule in &self.rules {
             let (allow, deny, _) = rule.sections(direction);
             for peer_rule in allow.into_iter().chain(deny).flatten() {
                 for set in peer_rule.to_ports.iter().flatten() {
