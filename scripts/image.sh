@@ -7,7 +7,8 @@
 #
 # The root filesystem is the stripped weir binary, `ip` (iproute2: the
 # datapath installs its routing rule and route with it), the shared objects
-# both link against (as ldd lists them), /etc/passwd and /etc/group with root
+# both link against (as ldd lists them), the CA bundle (https WasmFilters),
+# /etc/passwd and /etc/group with root
 # and nonroot (65532), and empty /tmp, /etc/weir, /var/lib/weir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ for bin in "$rootfs/usr/local/bin/weir" "$rootfs/usr/sbin/ip"; do
     cp -L "$lib" "$rootfs$lib"
   done
 done
+# the system's certificate authorities: WasmFilters fetched over https trust them
+mkdir -p "$rootfs/etc/ssl/certs"
+cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$rootfs/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' > "$rootfs/etc/group"
 

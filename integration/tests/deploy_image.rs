@@ -62,7 +62,9 @@ fn the_image_holds_weir_and_what_it_needs_and_nothing_else() {
     run(Command::new("tar").arg("-xzf").arg(blob(&oci, &layers[0]["digest"])).arg("-C").arg(&rootfs));
     let listing = run(Command::new("find").arg(".").arg("-type").arg("f").current_dir(&rootfs));
     let files: Vec<&str> = listing.lines().collect();
-    for wanted in ["./usr/local/bin/weir", "./usr/sbin/ip", "./etc/passwd", "./etc/group"] {
+    for wanted in
+        ["./usr/local/bin/weir", "./usr/sbin/ip", "./etc/passwd", "./etc/group", "./etc/ssl/certs/ca-certificates.crt"]
+    {
         assert!(files.contains(&wanted), "{wanted} missing: {files:?}");
     }
     assert!(files.iter().any(|f| f.ends_with("/ld-linux-x86-64.so.2")), "no dynamic loader: {files:?}");

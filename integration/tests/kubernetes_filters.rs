@@ -249,6 +249,24 @@ fn filters_written_as_objects_are_loaded_replaced_and_judged() {
         valid_condition(&kube, "gate").is_some_and(|c| c["status"] == "True")
     });
 
+    // a new version the policy's rule cannot use (a stream filter where
+    // HTTP rules are): the policy stays in the model and the traffic its
+    // rule judges is refused, never let through unjudged
+    let stream = component("r2d2.wasm", 0);
+    std::fs::write(served.path().join("stream.wasm"), &stream).unwrap();
+    let stream_url = format!("http://127.0.0.1:{http_port}/stream.wasm");
+    kube.apply(&wasm_filter_from_url("gate", &stream_url, &sha256(&stream)));
+    wait_for("the stream filter supplied", Duration::from_secs(30), || {
+        supplied(&weir, "gate")["sha256"] == sha256(&stream)
+    });
+    assert!(weir.config()["reload"]["set_aside"].as_array().is_some_and(Vec::is_empty), "the policy was taken out");
+    assert_ne!(status(port, Some("k-8")), 200, "a rule its filter cannot judge refuses its traffic");
+    let flows = weir.flows("");
+    assert!(
+        flows.iter().any(|f| f.reason.as_deref().is_some_and(|r| r.contains("filter \"gate\" implements"))),
+        "no flow says why: {flows:?}"
+    );
+
     // the API server refuses what the schema says no to
     let refused = kube.kubectl(
         &["apply", "-f", "-"],

@@ -74,8 +74,11 @@ impl PolicyModel {
                     ProtocolRules::Dns(rules) => Some(("dns", policy_config(&[(origin, rules.as_slice())]))),
                     ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } => {
                         let config = policy_config(&[(origin, rules.as_deref().unwrap_or(&[]))]);
+                        let supplied = self.custom_filters.get(name.as_str()).is_some_and(|c| c.supplied);
                         match self.configure_stream(name, config) {
                             Ok(_) | Err(StreamError::Unavailable(_)) => {}
+                            // a WasmFilter: refused when traffic comes
+                            Err(_) if supplied => {}
                             Err(StreamError::Parser(message)) => errors.push(error(rules_at(None, "l7proto"), message)),
                             Err(StreamError::Configure(e)) => {
                                 let (field, message) = refusal_parts(e);
@@ -108,6 +111,9 @@ impl PolicyModel {
                     match self.custom_filters.get(&w.name) {
                         // checked against its rules once it loads
                         None if self.unavailable.contains_key(&w.name) => {}
+                        // judged when traffic comes: what it refuses is
+                        // refused (links_for), never let through
+                        Some(custom) if custom.supplied => {}
                         None => errors.push(error(
                             format!("{}.name", w.path),
                             format!("no filter named {:?} in weir.yaml `filters`", w.name),
@@ -199,6 +205,14 @@ impl PolicyModel {
             }
             seen.push((&wasm.name, &wasm.config));
             let custom = self.custom_filters.get(&wasm.name).ok_or_else(|| self.missing(&wasm.name))?;
+            if custom.component.world() != kind {
+                return Err(format!(
+                    "filter {:?} implements {}, but this port carries {} rules",
+                    wasm.name,
+                    custom.component.world().world(),
+                    kind.rules_name()
+                ));
+            }
             let filter = self
                 .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
                 .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;

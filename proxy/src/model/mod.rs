@@ -47,6 +47,11 @@ struct CustomFilter {
     component: Arc<FilterComponent>,
     limits: FilterLimits,
     failure: FailurePolicy,
+    /// Another source's (a WasmFilter): it changes under the policies that
+    /// name it, so a rule it refuses fails that rule's traffic closed
+    /// instead of taking the policy out of the model (which would let the
+    /// traffic through unjudged).
+    supplied: bool,
 }
 
 /// What happens to a new connection (and to each request on it).
@@ -247,7 +252,8 @@ impl PolicyModel {
                 (Some(supplied), _, _) => match &supplied.component {
                     Ok(bytes) => match runtime.load(&f.name, bytes) {
                         Ok(component) => {
-                            let filter = CustomFilter { component, limits: f.limits(), failure: f.failure };
+                            let filter =
+                                CustomFilter { component, limits: f.limits(), failure: f.failure, supplied: true };
                             custom_filters.insert(f.name.clone(), filter);
                             continue;
                         }
@@ -286,8 +292,10 @@ impl PolicyModel {
             };
             match runtime.load(&f.name, &bytes) {
                 Ok(component) => {
-                    custom_filters
-                        .insert(f.name.clone(), CustomFilter { component, limits: f.limits(), failure: f.failure });
+                    custom_filters.insert(
+                        f.name.clone(),
+                        CustomFilter { component, limits: f.limits(), failure: f.failure, supplied: false },
+                    );
                 }
                 Err(e) => errors.push(config_error(format!("filters[{i}]"), e.to_string())),
             }

@@ -58,8 +58,11 @@ pub fn config_maps(namespace: &str) -> &'static Resource {
 /// Largest component weir takes (as the API server's object size limit is
 /// about 1.5 MiB, a URL is the way to larger ones).
 const MAX_COMPONENT_BYTES: usize = 64 << 20;
-/// A fetch that takes longer has failed (and is tried again).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// A fetch that takes longer has failed (well inside the 30 s a starting
+/// node waits for its first model).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A failed fetch is not tried again sooner (not on every pod event).
+const FETCH_RETRY: Duration = Duration::from_secs(10);
 
 /// A WasmFilter's `spec`.
 #[derive(Clone, Debug, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -170,6 +173,9 @@ pub fn config_map(_: &Resource, object: &serde_json::Value) -> Option<ConfigMapD
 
 /// One filter as the resolver last saw it.
 struct Entry {
+    /// The object's uid: one deleted and made again starts afresh, with no
+    /// last good version of the one before.
+    uid: String,
     /// What was last tried (the spec and the component's digest): the same
     /// again is not loaded again.
     tried: Option<(Spec, [u8; 32])>,
@@ -205,6 +211,8 @@ pub struct Resolver {
     entries: BTreeMap<String, Entry>,
     /// Components fetched by (url, sha256); only the ones still named stay.
     fetched: HashMap<(String, String), Arc<[u8]>>,
+    /// Fetches that failed, by (url, sha256): when, and why.
+    failed: HashMap<(String, String), (std::time::Instant, String)>,
 }
 
 impl Resolver {
@@ -216,6 +224,7 @@ impl Resolver {
             namespace: namespace.to_string(),
             entries: BTreeMap::new(),
             fetched: HashMap::new(),
+            failed: HashMap::new(),
         })
     }
 
@@ -236,14 +245,19 @@ impl Resolver {
             .filter_map(|s| Some((s.url.clone()?, s.sha256.clone()?.to_ascii_lowercase())))
             .collect();
         self.fetched.retain(|key, _| named.contains(key));
+        self.failed.retain(|key, _| named.contains(key));
         for ((_, name), object) in objects {
-            let entry = self.entries.entry(name.clone()).or_insert(Entry { tried: None, good: None, problem: None });
+            let fresh = || Entry { uid: object.uid.clone(), tried: None, good: None, problem: None };
+            let entry = self.entries.entry(name.clone()).or_insert_with(fresh);
+            if entry.uid != object.uid {
+                *entry = fresh();
+            }
             let outcome = match &object.spec {
                 Err(problem) => {
                     entry.tried = None;
                     Err(problem.clone())
                 }
-                Ok(spec) => match component(spec, &self.namespace, maps, &mut self.fetched).await {
+                Ok(spec) => match component(spec, &self.namespace, maps, &mut self.fetched, &mut self.failed).await {
                     Err(problem) => {
                         // what comes back is checked again
                         entry.tried = None;
@@ -332,6 +346,7 @@ async fn component(
     namespace: &str,
     maps: &BTreeMap<Key, ConfigMapData>,
     fetched: &mut HashMap<(String, String), Arc<[u8]>>,
+    failed: &mut HashMap<(String, String), (std::time::Instant, String)>,
 ) -> Result<Arc<[u8]>, String> {
     let bytes = match (&spec.config_map, &spec.url) {
         (Some(ConfigMapKey { name, key }), _) => {
@@ -344,9 +359,16 @@ async fn component(
         }
         (None, Some(url)) => {
             let sha = spec.sha256.clone().unwrap_or_default().to_ascii_lowercase();
-            match fetched.get(&(url.clone(), sha.clone())) {
-                Some(bytes) => bytes.clone(),
-                None => {
+            let key = (url.clone(), sha);
+            if let Some(bytes) = fetched.get(&key) {
+                bytes.clone()
+            } else {
+                if let Some((when, why)) = failed.get(&key)
+                    && when.elapsed() < FETCH_RETRY
+                {
+                    return Err(why.clone());
+                }
+                let attempt = async {
                     let bytes: Arc<[u8]> = tokio::time::timeout(FETCH_TIMEOUT, fetch(url))
                         .await
                         .map_err(|_| format!("spec.url: no answer from {url} in {FETCH_TIMEOUT:?}"))?
@@ -354,8 +376,18 @@ async fn component(
                         .into();
                     // kept only once it is the component named
                     check_digest(spec, &bytes)?;
-                    fetched.insert((url.clone(), sha), bytes.clone());
-                    bytes
+                    Ok::<_, String>(bytes)
+                };
+                match attempt.await {
+                    Ok(bytes) => {
+                        failed.remove(&key);
+                        fetched.insert(key, bytes.clone());
+                        bytes
+                    }
+                    Err(why) => {
+                        failed.insert(key, (std::time::Instant::now(), why.clone()));
+                        return Err(why);
+                    }
                 }
             }
         }
@@ -369,7 +401,10 @@ fn check_digest(spec: &Spec, bytes: &[u8]) -> Result<(), String> {
     let Some(wanted) = &spec.sha256 else { return Ok(()) };
     let actual: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
     if !actual.eq_ignore_ascii_case(wanted) {
-        return Err(format!("spec.sha256: the component's sha256 is {actual}, not {wanted}: not loaded"));
+        // the actual digest only in the log: a file that changes at every
+        // fetch must not make a new problem (and a status write) each time
+        tracing::warn!(%actual, %wanted, "a WasmFilter component's digest does not match");
+        return Err(format!("spec.sha256: the component's sha256 is not {wanted}: not loaded"));
     }
     Ok(())
 }
