@@ -15,6 +15,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -246,3 +247,27 @@ impl Drop for Node {
         let _ = std::fs::remove_dir(&self.bpffs);
     }
 }
+
+/// `integration/python/datapath_peer.py`: the HTTP, TCP and UDP peers the
+/// pods run.
+pub fn peer_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/datapath_peer.py").display().to_string()
+}
+
+/// The node tests' HTTP policy: `app: client` may GET `/public*` on
+/// `app: server`:80; `app: other` is denied outright.
+pub const SERVER_HTTP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-http}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/public.*"}]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: other}}]
+"#;

@@ -9,31 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use weir::observe::flow::{FlowRecord, Verdict};
-use weir_integration::node::Node;
+use weir_integration::node::{Node, SERVER_HTTP_POLICY, peer_script};
 use weir_integration::wait_for;
 
-fn peer_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/datapath_peer.py").display().to_string()
-}
-
 const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
-
-/// client → server:80 allowed for GET /public*; `other` is denied outright.
-const HTTP_POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-http}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules:
-            http: [{method: GET, path: "/public.*"}]
-  ingressDeny:
-    - fromEndpoints: [{matchLabels: {app: other}}]
-"#;
 
 fn flows(node: &Node) -> Vec<FlowRecord> {
     node.weir().flows("")
@@ -58,7 +37,7 @@ fn start_http_node() -> Node {
     let server = node.pod("srv").ip.to_string();
     node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
     let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
-    node.start_weir(&config, &[("server.yaml", HTTP_POLICY)]);
+    node.start_weir(&config, &[("server.yaml", SERVER_HTTP_POLICY)]);
     let url = format!("http://{server}/public/ready");
     wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url).0 == 200);
     node
@@ -120,14 +99,15 @@ fn policy_updates_apply_in_place_without_reattaching() {
     assert!(before.contains("weir_from_pod") && before.contains("rule"), "{before}");
 
     let generation = node.weir().generation();
-    node.weir().write_policy("server.yaml", &HTTP_POLICY.replace("/public.*", "/(public|private).*"));
+    node.weir().write_policy("server.yaml", &SERVER_HTTP_POLICY.replace("/public.*", "/(public|private).*"));
     node.weir().wait_generation_above(generation);
     assert_eq!(node.curl("cli", &format!("http://{server}/private")).0, 200);
 
     // and back to L3/L4 only: no L7 rule left, so no redirect — the flow for
     // the next connection is a kernel allow, not an HTTP record
     let generation = node.weir().generation();
-    let l4_only = HTTP_POLICY.replace("          rules:\n            http: [{method: GET, path: \"/public.*\"}]\n", "");
+    let l4_only =
+        SERVER_HTTP_POLICY.replace("          rules:\n            http: [{method: GET, path: \"/public.*\"}]\n", "");
     node.weir().write_policy("server.yaml", &l4_only);
     node.weir().wait_generation_above(generation);
     let (status, body) = node.curl("cli", &format!("http://{server}/not-filtered"));

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use weir_integration::node::Node;
+use weir_integration::node::{Node, SERVER_HTTP_POLICY, peer_script};
 use weir_integration::wait_for;
 
 /// The capabilities the DaemonSet adds, as `setpriv` names them.
@@ -30,22 +30,6 @@ fn setpriv(capabilities: &[String]) -> Vec<String> {
     ["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--"].map(String::from).to_vec()
 }
 
-const POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-http}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules:
-            http: [{method: GET, path: "/public.*"}]
-  ingressDeny:
-    - fromEndpoints: [{matchLabels: {app: other}}]
-"#;
-
 #[test]
 fn the_datapath_runs_with_the_daemonsets_capabilities_and_needs_each() {
     let capabilities = daemonset_capabilities();
@@ -53,8 +37,7 @@ fn the_datapath_runs_with_the_daemonsets_capabilities_and_needs_each() {
     let mut node = Node::new(&["cli", "srv", "oth"]);
     node.enter();
     let server = node.pod("srv").ip.to_string();
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/datapath_peer.py");
-    node.serve("srv", "http server", "python3", &[peer.to_str().unwrap(), "http", &server, "80"]);
+    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
     let config = format!(
         "admin: ADMIN\nworkers: 1\n{}",
         node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")])
@@ -66,7 +49,7 @@ fn the_datapath_runs_with_the_daemonsets_capabilities_and_needs_each() {
         let wrapper = setpriv(&fewer);
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let log = node
-            .try_start_weir_wrapped(&config, &[("server.yaml", POLICY)], &wrapper)
+            .try_start_weir_wrapped(&config, &[("server.yaml", SERVER_HTTP_POLICY)], &wrapper)
             .err()
             .unwrap_or_else(|| panic!("weir started without {missing}: it is not needed"));
         let said = log.to_ascii_lowercase();
@@ -81,7 +64,8 @@ fn the_datapath_runs_with_the_daemonsets_capabilities_and_needs_each() {
     // the sender's identity, dropped in the kernel
     let wrapper = setpriv(&capabilities);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    node.try_start_weir_wrapped(&config, &[("server.yaml", POLICY)], &wrapper).unwrap_or_else(|log| panic!("{log}"));
+    node.try_start_weir_wrapped(&config, &[("server.yaml", SERVER_HTTP_POLICY)], &wrapper)
+        .unwrap_or_else(|log| panic!("{log}"));
     let url = |path: &str| format!("http://{server}{path}");
     wait_for("the server through weir", Duration::from_secs(10), || node.curl("cli", &url("/public/ready")).0 == 200);
     assert_eq!(node.curl("cli", &url("/private")).0, 403, "judged at L7");

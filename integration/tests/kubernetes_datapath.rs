@@ -7,33 +7,12 @@
 //! API server's. weir reaches the API server from inside the node through a
 //! bridge on the node's loopback.
 
-use std::path::Path;
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
 use weir_integration::kube::Kube;
-use weir_integration::node::Node;
+use weir_integration::node::{Node, SERVER_HTTP_POLICY, peer_script};
 use weir_integration::wait_for;
-
-fn peer_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/datapath_peer.py").display().to_string()
-}
-
-const HTTP_POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-http, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules:
-            http: [{method: GET, path: "/public.*"}]
-  ingressDeny:
-    - fromEndpoints: [{matchLabels: {app: other}}]
-"#;
 
 #[test]
 fn pods_of_the_api_server_are_policed_in_the_kernel() {
@@ -52,7 +31,7 @@ fn pods_of_the_api_server_are_policed_in_the_kernel() {
     kube.pod("shop", "srv", &name, &[("app", "server")]);
     kube.pod_ip("shop", "cli", &client.to_string());
     kube.pod_ip("shop", "srv", &server.to_string());
-    kube.apply(HTTP_POLICY);
+    kube.apply(&SERVER_HTTP_POLICY.replace("name: server-http}", "name: server-http, namespace: shop}"));
     let config = format!("admin: ADMIN\nworkers: 1\nlog_flows: true\ndatapath:\n  bpffs: {}\n", node.bpffs);
     let args = ["--kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", &name];
     node.start_weir_with(&config, &args);

@@ -118,16 +118,25 @@ impl Sources {
             return Err(fatal);
         }
         config.endpoints.extend(endpoints);
-        for filter in filters {
-            // the node's own weir.yaml names its filters first
-            if config.filters.iter().any(|f| f.name == filter.name) {
-                tracing::warn!(filter = %filter.name, "a filter of this name is in {file} already; that one is used");
-                continue;
-            }
-            config.filters.push(filter);
+        for shadowed in add_filters(&mut config, filters) {
+            tracing::warn!(filter = %shadowed, "a filter of this name is in {file} already; that one is used");
         }
         Ok(Read { inputs: ModelInputs { config, config_dir: dir, config_file: file, documents }, errors, set_aside })
     }
+}
+
+/// Add other sources' filters to `config`'s: the node's own `weir.yaml`
+/// names its filters first. The names of those left out.
+pub fn add_filters(config: &mut WeirConfig, filters: Vec<FilterConfig>) -> Vec<String> {
+    let mut shadowed = Vec::new();
+    for filter in filters {
+        if config.filters.iter().any(|f| f.name == filter.name) {
+            shadowed.push(filter.name);
+        } else {
+            config.filters.push(filter);
+        }
+    }
+    shadowed
 }
 
 /// What the sources say together.

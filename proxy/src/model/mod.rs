@@ -250,18 +250,7 @@ impl PolicyModel {
                 // another source's filter: one that is not usable fails its
                 // rules' traffic closed, and takes no other update with it
                 (Some(supplied), _, _) => match &supplied.component {
-                    Ok(bytes) => match runtime.load(&f.name, bytes) {
-                        Ok(component) => {
-                            let filter =
-                                CustomFilter { component, limits: f.limits(), failure: f.failure, supplied: true };
-                            custom_filters.insert(f.name.clone(), filter);
-                            continue;
-                        }
-                        Err(e) => {
-                            unavailable.insert(f.name.clone(), e.to_string());
-                            continue;
-                        }
-                    },
+                    Ok(bytes) => std::borrow::Cow::Borrowed(bytes),
                     Err(why) => {
                         unavailable.insert(f.name.clone(), why.clone());
                         continue;
@@ -290,12 +279,16 @@ impl PolicyModel {
                 },
                 (None, None, None) => unreachable!("validated in WeirConfig::parse"),
             };
+            let supplied = f.supplied.is_some();
             match runtime.load(&f.name, &bytes) {
                 Ok(component) => {
                     custom_filters.insert(
                         f.name.clone(),
-                        CustomFilter { component, limits: f.limits(), failure: f.failure, supplied: false },
+                        CustomFilter { component, limits: f.limits(), failure: f.failure, supplied },
                     );
+                }
+                Err(e) if supplied => {
+                    unavailable.insert(f.name.clone(), e.to_string());
                 }
                 Err(e) => errors.push(config_error(format!("filters[{i}]"), e.to_string())),
             }

@@ -264,11 +264,7 @@ impl Judge {
 
     fn verdicts(&self, tables: &Tables, resolver: &filters::Resolver) -> anyhow::Result<Vec<Verdict>> {
         let mut config = self.config.clone();
-        for filter in resolver.supplied() {
-            if !config.filters.iter().any(|f| f.name == filter.name) {
-                config.filters.push(filter);
-            }
-        }
+        crate::control::source::add_filters(&mut config, resolver.supplied());
         let mut read = Read {
             inputs: ModelInputs {
                 config,
