@@ -89,6 +89,11 @@ impl Process {
     pub fn terminate(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait(patience)
+    }
+
+    /// Wait (at most `patience`) for the process to exit.
+    pub fn wait(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -116,6 +121,26 @@ pub struct Weir {
     pub admin: SocketAddr,
     process: Process,
     log: PathBuf,
+    /// How the process was started, for a successor started the same way.
+    launch: Launch,
+    /// Logs of the processes this one replaced, oldest first.
+    earlier_logs: Vec<PathBuf>,
+}
+
+#[derive(Clone)]
+struct Launch {
+    args: Vec<String>,
+    nofile: Option<u64>,
+    wrapper: Vec<String>,
+}
+
+/// How a weir process left when another took its place.
+#[derive(Debug)]
+pub struct Replaced {
+    /// The old process's exit status (`None`: killed).
+    pub exit: Option<std::process::ExitStatus>,
+    /// From the new process's start until its /healthz named it.
+    pub serving_after: Duration,
 }
 
 impl Weir {
@@ -162,7 +187,75 @@ impl Weir {
         for (name, text) in policies {
             std::fs::write(dir.path().join("policies").join(name), text).unwrap();
         }
+        let launch = Launch {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            nofile,
+            wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
+        };
         let log = dir.path().join("weir.log");
+        let process = spawn_weir(dir.path(), &launch, &log);
+        let mut weir = Weir { dir, admin, process, log, launch, earlier_logs: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(admin, "/healthz") {
+                break;
+            }
+            if !weir.process.is_running() {
+                return Err(format!("weir exited during start:\n{}", weir.log()));
+            }
+            assert!(Instant::now() < deadline, "weir did not become healthy:\n{}", weir.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(weir)
+    }
+
+    /// A rolling replace: start a second weir on the same configuration and
+    /// state while this one runs (it takes the sockets over), wait until the
+    /// new one answers /healthz and the old one has drained and exited.
+    pub fn replace(&mut self) -> Replaced {
+        let old_pid = self.pid();
+        let (new, serving_after) = self.start_successor();
+        let mut old = std::mem::replace(&mut self.process, new);
+        let exit = old.wait(Duration::from_secs(20));
+        assert!(exit.is_some(), "the replaced weir (pid {old_pid}) did not exit:\n{}", self.log());
+        Replaced { exit, serving_after }
+    }
+
+    /// A crash: SIGKILL this weir, then start a new one on the same
+    /// configuration and state.
+    pub fn kill_and_restart(&mut self) -> Replaced {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
+        let exit = self.process.wait(Duration::from_secs(5));
+        let (new, serving_after) = self.start_successor();
+        self.process = new;
+        Replaced { exit, serving_after }
+    }
+
+    fn start_successor(&mut self) -> (Process, Duration) {
+        let log = self.dir.path().join(format!("weir-{}.log", self.earlier_logs.len() + 2));
+        self.earlier_logs.push(std::mem::replace(&mut self.log, log.clone()));
+        let started = Instant::now();
+        let mut process = spawn_weir(self.dir.path(), &self.launch, &log);
+        let pid = process.pid();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Ok((200, body)) = http_get(self.admin, "/healthz")
+                && body.contains(&format!(" pid={pid} "))
+            {
+                return (process, started.elapsed());
+            }
+            assert!(process.is_running(), "the new weir exited during its start:\n{}", self.log());
+            assert!(Instant::now() < deadline, "the new weir did not become healthy:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn spawn_weir(dir: &Path, launch: &Launch, log: &Path) -> Process {
+    let Launch { args, nofile, wrapper } = launch;
+    let nofile = *nofile;
+    {
         let mut command = match wrapper.split_first() {
             None => Command::new(weir_bin()),
             Some((program, rest)) => {
@@ -173,14 +266,14 @@ impl Weir {
         };
         command
             .args(["run", "--config"])
-            .arg(dir.path())
+            .arg(dir)
             .args(args)
             .env("WEIR_CACHE_DIR", cache_dir())
-            .env("WEIR_STATE_DIR", dir.path().join("state"))
+            .env("WEIR_STATE_DIR", dir.join("state"))
             .env("WEIR_LOG", "info,weir=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(std::fs::File::create(log).unwrap());
         if let Some(nofile) = nofile {
             use std::os::unix::process::CommandExt as _;
             let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
@@ -196,24 +289,19 @@ impl Weir {
                 });
             }
         }
-        let process = Process::spawn("weir", &mut command);
-        let mut weir = Weir { dir, admin, process, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = http_get(admin, "/healthz") {
-                break;
-            }
-            if !weir.process.is_running() {
-                return Err(format!("weir exited during start:\n{}", weir.log()));
-            }
-            assert!(Instant::now() < deadline, "weir did not become healthy:\n{}", weir.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(weir)
+        Process::spawn("weir", &mut command)
     }
+}
 
+impl Weir {
+    /// The log of this process, after those of the processes it replaced.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut out = String::new();
+        for earlier in &self.earlier_logs {
+            out.push_str(&format!("--- {}\n", earlier.display()));
+            out.push_str(&std::fs::read_to_string(earlier).unwrap_or_default());
+        }
+        out + &std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -2,6 +2,7 @@
 //! `local-data` on a loopback port, and `dig`/`kdig` as clients.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -149,4 +150,27 @@ fn run_dig(program: &str, server: SocketAddr, args: &[&str]) -> DigAnswer {
         }
     }
     DigAnswer { status, answers, flags, output: text }
+}
+
+/// `/etc/netns/POD/resolv.conf`: `ip netns exec` mounts it over
+/// /etc/resolv.conf, so programs in the pod use their own resolver (glibc)
+/// against the resolver pod. Removed on drop.
+pub struct PodResolvConf(std::path::PathBuf);
+
+impl PodResolvConf {
+    pub fn new(netns: &str, nameserver: &str) -> Self {
+        let dir = Path::new("/etc/netns").join(netns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"))
+            .unwrap();
+        PodResolvConf(dir)
+    }
+}
+
+impl Drop for PodResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // and /etc/netns itself, unless someone else keeps files there
+        let _ = self.0.parent().map(std::fs::remove_dir);
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use weir::observe::flow::Verdict;
 use weir_integration::node::Node;
-use weir_integration::resolver::{DigAnswer, Unbound};
+use weir_integration::resolver::{DigAnswer, PodResolvConf, Unbound};
 use weir_integration::wait_for;
 
 fn peer_script() -> String {
@@ -37,29 +37,6 @@ spec:
             http: [{method: GET, path: "/hello.*"}]
         - ports: [{port: "9000", protocol: TCP}]
 "#;
-
-/// `/etc/netns/POD/resolv.conf`: `ip netns exec` mounts it over
-/// /etc/resolv.conf, so programs in the pod use their own resolver (glibc)
-/// against the resolver pod. Removed on drop.
-struct PodResolvConf(std::path::PathBuf);
-
-impl PodResolvConf {
-    fn new(netns: &str, nameserver: &str) -> Self {
-        let dir = Path::new("/etc/netns").join(netns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"))
-            .unwrap();
-        PodResolvConf(dir)
-    }
-}
-
-impl Drop for PodResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        // and /etc/netns itself, unless someone else keeps files there
-        let _ = self.0.parent().map(std::fs::remove_dir);
-    }
-}
 
 fn dig_in(node: &Node, pod: &str, server: &str, args: &[&str]) -> DigAnswer {
     let output = node

@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engines::state::ProxyState;
@@ -36,15 +35,32 @@ pub enum Scope {
     Metrics,
 }
 
-pub async fn serve(state: Arc<ProxyState>, addr: SocketAddr, scope: Scope) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+/// Serve until `stop` turns true (a hand-over: the new weir serves the same
+/// socket); the listening socket may be one a previous weir handed over.
+pub async fn serve(
+    state: Arc<ProxyState>,
+    addr: SocketAddr,
+    scope: Scope,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = crate::handover::sockets::tcp_listener(addr, false, || {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        Ok(socket.into())
+    })?;
     match scope {
         Scope::Admin => tracing::info!(%addr, "admin API listening"),
         Scope::Metrics => tracing::info!(%addr, "metrics listening (/metrics, /healthz)"),
     }
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let accepted = tokio::select! {
+                () = crate::handover::stopped(&mut stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else { continue };
             let state = state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -80,10 +96,11 @@ fn route(state: &Arc<ProxyState>, req: Request<Incoming>, scope: Scope) -> Respo
     match path {
         "/healthz" => {
             let generation = state.model.load().generation;
+            let (pid, start) = (std::process::id(), state.handover.describe_start());
             full(
                 StatusCode::OK,
                 "text/plain",
-                format!("ok version={VERSION} commit={COMMIT} generation={generation}\n"),
+                format!("ok version={VERSION} commit={COMMIT} pid={pid} {start} generation={generation}\n"),
             )
         }
         "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),

@@ -16,7 +16,7 @@ use crate::engines::state::{ProxyState, ReloadStatus};
 use crate::model::fqdn::FqdnCache;
 use crate::model::{ModelInputs, PolicyModel};
 use crate::observe::flow::FlowLog;
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{HandoverLabels, Metrics};
 use crate::policy::{PolicyError, document};
 use crate::wasm::{FilterRuntime, RuntimeOptions};
 use weir_datapath_common::{PROTO_TCP, PROTO_UDP};
@@ -77,7 +77,25 @@ pub struct KubernetesOptions {
     pub sync_timeout: Duration,
 }
 
-pub fn run(config: Option<PathBuf>, ebpf: bool, kubernetes: Option<KubernetesOptions>) -> anyhow::Result<()> {
+/// How a run begins and ends beside its configuration (`handover`).
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// Where `weir probe` reads this process's state (`serving`, `draining`,
+    /// `handed-over`); none by default.
+    pub status_file: Option<PathBuf>,
+    /// After handing the node to a successor and draining, stay until
+    /// stopped instead of exiting: a DaemonSet's container that exits is
+    /// restarted, and would take the node back.
+    pub linger_after_handover: bool,
+}
+
+pub fn run(
+    config: Option<PathBuf>,
+    ebpf: bool,
+    kubernetes: Option<KubernetesOptions>,
+    lifecycle: Lifecycle,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let (dir, quickstart) = match config {
         Some(dir) => (dir, false),
         None => (quickstart_dir()?, true),
@@ -85,6 +103,12 @@ pub fn run(config: Option<PathBuf>, ebpf: bool, kubernetes: Option<KubernetesOpt
     // before anything opens descriptors: the budget follows from the limit
     let descriptors = crate::limits::Descriptors::raise();
     crate::reservations::warn_if_strict_overcommit();
+    // before anything binds: a running weir hands over the sockets it serves
+    let handover_socket = crate::config::default_state_dir().map(|d| crate::handover::socket_path(&d));
+    let predecessor = match &handover_socket {
+        Some(path) => crate::handover::Predecessor::connect(path, &dir)?,
+        None => None,
+    };
     // the embedded default: the file source alone; with a cluster, its
     // policies beside the files (the node configuration stays weir.yaml)
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -114,7 +138,17 @@ pub fn run(config: Option<PathBuf>, ebpf: bool, kubernetes: Option<KubernetesOpt
         builder
     };
     let runtime = builder.thread_name("weir-worker").enable_all().build()?;
-    runtime.block_on(serve(sources, changed, metrics, &dir, config, quickstart, ebpf, descriptors))
+    let start = Start { started, predecessor, handover_socket, lifecycle, quickstart };
+    runtime.block_on(serve(sources, changed, metrics, &dir, config, ebpf, descriptors, start))
+}
+
+/// What `serve` needs to know about how this process began.
+struct Start {
+    started: std::time::Instant,
+    predecessor: Option<crate::handover::Predecessor>,
+    handover_socket: Option<PathBuf>,
+    lifecycle: Lifecycle,
+    quickstart: bool,
 }
 
 /// `weir operator`: until the process is stopped.
@@ -147,10 +181,13 @@ async fn serve(
     metrics: Arc<Metrics>,
     config_dir: &std::path::Path,
     config: WeirConfig,
-    quickstart: bool,
     ebpf: bool,
     descriptors: crate::limits::Descriptors,
+    start: Start,
 ) -> anyhow::Result<()> {
+    let Start { started, predecessor, handover_socket, lifecycle, quickstart } = start;
+    let status = crate::handover::StatusFile::new(lifecycle.status_file.clone());
+    status.write("starting");
     let options =
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
@@ -163,6 +200,20 @@ async fn serve(
         Ok(n) => tracing::info!(addresses = n, file = ?fqdn.file(), "FQDN cache restored"),
         Err(e) => tracing::warn!("FQDN cache not restored (starting empty): {e}"),
     }
+    // what the running weir's DNS proxy learns while this one starts
+    let handover = Arc::new(crate::handover::Handover::default());
+    let fqdn_applied = tokio::sync::watch::Sender::new(0);
+    let taking = match predecessor {
+        Some(predecessor) => {
+            *handover.start.lock().unwrap() = crate::handover::Start::TookOver {
+                pid: predecessor.pid,
+                version: predecessor.version.clone(),
+                sockets: predecessor.sockets.len(),
+            };
+            Some(predecessor.follow(fqdn.clone(), fqdn_applied.subscribe())?)
+        }
+        None => None,
+    };
     let (built, fingerprint) = Controller::build(&sources, &runtime, &fqdn, 1, &Default::default())
         .await
         .map_err(|errors| invalid(&errors))?;
@@ -175,18 +226,25 @@ async fn serve(
         fqdn: fqdn.clone(),
         dns_upstreams: Default::default(),
         datapath_active: std::sync::atomic::AtomicBool::new(ebpf),
-        fqdn_applied: tokio::sync::watch::Sender::new(0),
+        fqdn_applied,
         reload: std::sync::Mutex::new(ReloadStatus::default()),
         active_connections: Default::default(),
         cql_prepared: Default::default(),
         limits: crate::limits::Limits::new(descriptors),
+        handover: handover.clone(),
     });
+    // the transparent listeners, the admin and metrics listeners and the
+    // demo backend stop accepting together (a stop, or a successor serving
+    // the same sockets)
+    let (stop_accepting, transparent_stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.demo_backend {
-        let addr = crate::demo::serve(addr).await.with_context(|| format!("demo backend on {addr}"))?;
+        let addr = crate::demo::serve(addr, transparent_stopped.clone())
+            .await
+            .with_context(|| format!("demo backend on {addr}"))?;
         tracing::info!(%addr, "demo backend listening");
     }
     let mut controller = Controller::new(sources, state.clone());
-    let (stop_transparent, transparent_stopped) = tokio::sync::watch::channel(false);
+    let mut kernel_events = None;
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
         let bind = crate::datapath::proxy_bind(&config.datapath);
@@ -207,29 +265,59 @@ async fn serve(
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_TCP, &dns_tcp)?;
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_UDP, &dns_udp)?;
         tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, transparent_stopped.clone()));
-        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped));
-        tokio::spawn(crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone()));
+        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped.clone()));
+        let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
+        kernel_events = Some(tokio::spawn(events));
         controller.datapath = Some(datapath);
         tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");
     }
     if let Err(errors) = controller.install(built, fingerprint) {
         if let Some(datapath) = controller.datapath.take() {
-            datapath.shutdown();
+            if taking.is_some() {
+                // the running weir stays in charge of what this one swapped in
+                drop(datapath);
+            } else {
+                datapath.shutdown();
+            }
         }
         return Err(invalid(&errors));
     }
     if let Some(addr) = config.admin {
-        crate::admin::serve(state.clone(), addr, Scope::Admin).await.with_context(|| format!("admin API on {addr}"))?;
+        crate::admin::serve(state.clone(), addr, Scope::Admin, transparent_stopped.clone())
+            .await
+            .with_context(|| format!("admin API on {addr}"))?;
     }
     if let Some(addr) = config.metrics {
-        crate::admin::serve(state.clone(), addr, Scope::Metrics)
+        crate::admin::serve(state.clone(), addr, Scope::Metrics, transparent_stopped.clone())
             .await
             .with_context(|| format!("metrics listener on {addr}"))?;
     }
+    crate::handover::sockets::drop_unclaimed();
+    if let Some(taking) = &taking {
+        taking.ready();
+        state.metrics.handover.handovers.get_or_create(&HandoverLabels { result: "took_over" }).inc();
+        tokio::spawn(follow_predecessor_drain(state.clone(), taking.finished.clone()));
+    }
+    let startup = started.elapsed();
+    state.metrics.handover.start_seconds.set(startup.as_secs_f64());
+    // this process is the one a successor asks from now on
+    let mut successors = handover_socket.as_ref().and_then(|path| {
+        let context = Arc::new(crate::handover::successor::HandoverContext {
+            handover: handover.clone(),
+            fqdn: fqdn.clone(),
+            config: config_dir.to_path_buf(),
+        });
+        crate::handover::successor::listen(path, context)
+            .inspect_err(|e| tracing::warn!(socket = %path.display(), "no hand-over socket (a restart will not be hitless): {e}"))
+            .ok()
+    });
+    status.write("serving");
     tracing::info!(
         config = %config_dir.display(),
         version = crate::observe::metrics::VERSION,
         commit = crate::observe::metrics::COMMIT,
+        how = %handover.describe_start(),
+        took = ?startup,
         "weir is running; edit the policies there and they reload on save"
     );
     if quickstart {
@@ -243,8 +331,25 @@ async fn serve(
     let mut fqdn_changes = state.fqdn.subscribe();
     let mut interval = tokio::time::interval(config.reload_interval.max(Duration::from_millis(100)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut handed_over = false;
     loop {
         tokio::select! {
+            // a new weir serves the node now, or gave up before it did
+            Some(event) = next_handover_event(&mut successors) => match event {
+                crate::handover::successor::Event::HandedOver { .. } => {
+                    handed_over = true;
+                    break;
+                }
+                crate::handover::successor::Event::Aborted { .. } => {
+                    state.metrics.handover.handovers.get_or_create(&HandoverLabels { result: "aborted" }).inc();
+                    if let Some(datapath) = &mut controller.datapath
+                        && let Err(e) = datapath.reclaim()
+                    {
+                        tracing::error!("taking the datapath back: {e:#}");
+                    }
+                    controller.reload(true).await;
+                }
+            },
             _ = interval.tick() => controller.reload(false).await,
             // a source that knows when it changed (the API server's watch)
             _ = changed.notified() => controller.reload(false).await,
@@ -258,23 +363,97 @@ async fn serve(
             _ = terminate.recv() => break,
         }
     }
-    tracing::info!("stopping: no new connections; letting open ones finish");
+    // stop accepting and reading: a successor (if any) serves these sockets now
     controller.listeners.stop_all();
-    let _ = stop_transparent.send(true);
-    if let Some(datapath) = controller.datapath.take() {
-        for e in datapath.shutdown() {
-            tracing::warn!("datapath cleanup: {e}");
+    let _ = stop_accepting.send(true);
+    if let Some(events) = kernel_events {
+        // the kernel's events and conntrack collection are the successor's
+        if handed_over {
+            events.abort();
         }
-        tracing::info!("datapath removed");
     }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while state.active_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if handed_over {
+        status.write("draining");
+        // the maps and programs stay as the successor keeps them
+        drop(controller.datapath.take());
+        tracing::info!("handed over: no new connections here; letting open ones finish");
+    } else {
+        tracing::info!("stopping: no new connections; letting open ones finish");
+        if let Some(datapath) = controller.datapath.take() {
+            for e in datapath.shutdown() {
+                tracing::warn!("datapath cleanup: {e}");
+            }
+            tracing::info!("datapath removed");
+        }
+    }
+    let _ = state.handover.draining.send(true);
+    let (finished, cut) = drain(&state).await;
+    if handed_over {
+        if let Some(successors) = &successors {
+            successors.finish(finished, cut).await;
+        }
+        if lifecycle.linger_after_handover {
+            status.write("handed-over");
+            tracing::info!("drained; staying until stopped (--linger-after-handover)");
+            let _ = terminate.recv().await;
+        }
+        // the cache file is the successor's now
+        return Ok(());
+    }
+    if let Some(successors) = &successors {
+        successors.remove();
     }
     if let Err(e) = state.fqdn.save() {
         tracing::warn!(file = ?state.fqdn.file(), "FQDN cache not saved: {e}");
     }
     Ok(())
+}
+
+/// Wait for open connections and UDP queries to finish, up to the
+/// deadline. Returns whether all did, and how many connections are cut.
+async fn drain(state: &ProxyState) -> (bool, usize) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + DRAIN_TIMEOUT;
+    let open = || state.active_connections.load(Ordering::Relaxed) + state.handover.queries();
+    while open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = state.active_connections.load(Ordering::Relaxed);
+    if open() == 0 {
+        tracing::info!(took = ?started.elapsed(), "drained");
+        (true, 0)
+    } else {
+        // their peers see the connection close (a reset where data was unread)
+        tracing::warn!(
+            connections = cut,
+            queries = state.handover.queries(),
+            "drain deadline ({DRAIN_TIMEOUT:?}) passed; closing what is still open"
+        );
+        (false, cut)
+    }
+}
+
+async fn next_handover_event(
+    successors: &mut Option<crate::handover::successor::Successors>,
+) -> Option<crate::handover::successor::Event> {
+    match successors {
+        Some(successors) => successors.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Report the replaced weir's drain (the metric and the log).
+async fn follow_predecessor_drain(
+    state: Arc<ProxyState>,
+    mut finished: tokio::sync::watch::Receiver<Option<(bool, usize)>>,
+) {
+    state.metrics.handover.predecessor_draining.set(1);
+    if let Ok(done) = finished.wait_for(|f| f.is_some()).await
+        && let Some((_, cut)) = *done
+    {
+        state.metrics.handover.predecessor_cut_connections.inc_by(cut as u64);
+    }
+    state.metrics.handover.predecessor_draining.set(0);
 }
 
 /// Forget expired addresses (often, so a TTL is kept to within a tick) and
@@ -286,6 +465,9 @@ async fn keep_fqdn_cache(state: Arc<ProxyState>) {
     let mut ticks = 0u32;
     loop {
         interval.tick().await;
+        if state.handover.handed_over() {
+            return; // the cache file is the successor's
+        }
         state.fqdn.expire();
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(SAVE_EVERY) {

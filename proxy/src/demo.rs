@@ -12,16 +12,27 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 type DemoBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+/// Serve until `stop` says true; the socket may be one a previous weir
+/// handed over (`handover`).
+pub async fn serve(addr: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<SocketAddr> {
+    let listener = crate::handover::sockets::tcp_listener(addr, false, || {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let accepted = tokio::select! {
+                () = crate::handover::stopped(&mut stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, peer)) = accepted else { continue };
             tokio::spawn(async move {
                 let service = service_fn(move |req| answer(req, peer));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -10,6 +10,8 @@ pub mod control;
 pub mod datapath;
 // the protocol engines, what they share and the connection step
 pub mod engines;
+// hitless restarts: a new weir takes the node over from the running one
+pub mod handover;
 // the policy model every engine reads, and the stores it is built from
 pub mod config;
 pub mod model;

@@ -54,6 +54,24 @@ enum Command {
         /// weir's own namespace: WasmFilter objects name ConfigMaps in it.
         #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
         namespace: String,
+        /// Write this process's state here (`starting`, `serving`,
+        /// `draining`, `handed-over`) for `weir probe`.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
+        /// After handing the node to a new weir and draining, stay until
+        /// stopped instead of exiting (a DaemonSet's container that exits is
+        /// restarted, and would take the node back).
+        #[arg(long)]
+        linger_after_handover: bool,
+    },
+    /// A pod probe: exit 0 when the `weir run --status-file` of this
+    /// container says it serves the node (with --live: or drains).
+    Probe {
+        #[arg(long)]
+        status_file: PathBuf,
+        /// Liveness: a weir draining after a hand-over is alive.
+        #[arg(long)]
+        live: bool,
     },
     /// The cluster's one writer (run one Deployment of it): judges every
     /// policy object as the nodes do and writes the verdict on it
@@ -206,19 +224,43 @@ fn crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state `weir run --status-file` wrote; an error names what was found.
+fn probe(status_file: &std::path::Path, live: bool) -> anyhow::Result<()> {
+    let status = std::fs::read_to_string(status_file)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (weir has not started)", status_file.display()))?;
+    let status = status.trim();
+    let ok = status == "serving" || (live && matches!(status, "starting" | "draining" | "handed-over"));
+    if !ok {
+        anyhow::bail!("weir is {status}");
+    }
+    println!("{status}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, datapath, kubernetes, kubeconfig, node_name, namespace } => {
+        Command::Run {
+            config,
+            datapath,
+            kubernetes,
+            kubeconfig,
+            node_name,
+            namespace,
+            status_file,
+            linger_after_handover,
+        } => {
             let kubernetes = kubernetes.then(|| weir::app::KubernetesOptions {
                 kubeconfig,
                 node_name: node_name.unwrap_or_else(host_name),
                 namespace,
                 sync_timeout: std::time::Duration::from_secs(30),
             });
-            weir::app::run(config, datapath == DatapathMode::Ebpf, kubernetes)
+            let lifecycle = weir::app::Lifecycle { status_file, linger_after_handover };
+            weir::app::run(config, datapath == DatapathMode::Ebpf, kubernetes, lifecycle)
         }
+        Command::Probe { status_file, live } => probe(&status_file, live),
         Command::Operator { kubeconfig, config, namespace, identity, identity_grace } => {
             let options = weir::control::kubernetes::operator::OperatorOptions {
                 config,
@@ -288,7 +330,8 @@ fn main() -> ExitCode {
         }),
         Command::DemoBackend { listen } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let addr = weir::demo::serve(listen).await?;
+                let (_running, never) = tokio::sync::watch::channel(false);
+                let addr = weir::demo::serve(listen, never).await?;
                 println!("demo backend on http://{addr}");
                 tokio::signal::ctrl_c().await?;
                 Ok(())

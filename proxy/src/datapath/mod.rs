@@ -97,7 +97,7 @@ impl Datapath {
             .with_context(|| format!("creating {}", config.bpffs.display()))?;
         std::fs::create_dir_all(links_dir(&config.bpffs))?;
         let mut state = routing::read_state(&config.bpffs).unwrap_or_default();
-        state.owner = std::process::id();
+        state.take_ownership();
         routing::install(config, &mut state).context("installing the redirect rules and route")?;
 
         let mut ebpf = EbpfLoader::new()
@@ -262,12 +262,21 @@ impl Datapath {
         Ok(Attachment { ifindex, pin, _link: pinned.into() })
     }
 
+    /// A new weir that was taking the node over went away before it was
+    /// ready: this process owns the datapath again. (What it may have
+    /// swapped into the pinned links is the same program on the same maps;
+    /// the next apply writes every map from this process's model.)
+    pub fn reclaim(&mut self) -> anyhow::Result<()> {
+        self.state.take_ownership();
+        routing::write_state(&self.config.bpffs, &self.state)
+    }
+
     /// A clean stop: detach, unpin, remove rules and routes — unless another
     /// weir took the datapath over in the meantime.
     pub fn shutdown(mut self) -> Vec<String> {
-        let owner = routing::read_state(&self.config.bpffs).map(|s| s.owner);
-        if owner.is_some_and(|o| o != std::process::id()) {
-            tracing::info!(owner = ?owner, "another weir owns the datapath now; leaving it attached");
+        let state = routing::read_state(&self.config.bpffs);
+        if let Some(state) = state.filter(|s| !s.owned_here()) {
+            tracing::info!(owner = state.owner, "another weir owns the datapath now; leaving it attached");
             return Vec::new();
         }
         use weir_datapath_common::{PROTO_TCP, PROTO_UDP, proxy_socket_key};

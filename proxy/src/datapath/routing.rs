@@ -29,6 +29,10 @@ const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 pub struct NodeState {
     /// The weir process that owns the datapath (a newer one takes over).
     pub owner: u32,
+    /// That process's [`instance`]: pids repeat across the pods of a
+    /// DaemonSet (each weir is pid 1 of its own PID namespace).
+    #[serde(default)]
+    pub owner_instance: u64,
     pub rule_priority: u32,
     pub route_table: u32,
     /// `tcp_fwmark_accept` before weir set it.
@@ -44,7 +48,27 @@ pub fn state_file(bpffs: &Path) -> PathBuf {
     PathBuf::from("/run/weir").join(format!("{name}.json"))
 }
 
+/// This process, told apart from every other weir on the node.
+pub fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    })
+}
+
 impl NodeState {
+    /// Whether this process owns the datapath.
+    pub fn owned_here(&self) -> bool {
+        self.owner == std::process::id() && (self.owner_instance == 0 || self.owner_instance == instance())
+    }
+
+    /// Make this process the owner.
+    pub fn take_ownership(&mut self) {
+        self.owner = std::process::id();
+        self.owner_instance = instance();
+    }
+
     /// Whether the owning weir still runs.
     pub fn owner_alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.owner)).exists()

@@ -22,7 +22,7 @@ use crate::protocol::Protocol;
 /// A listener's sockets, bound and not yet serving.
 pub enum Bound {
     /// Every TCP protocol: its engine is picked per accepted connection.
-    Tcp(TcpListener),
+    Tcp(Arc<TcpListener>),
     Dns(crate::engines::dns::DnsSockets),
 }
 
@@ -110,19 +110,20 @@ impl ListenerSet {
     }
 }
 
-/// A TCP listener with `SO_REUSEPORT` (see the module comment).
-pub fn bind_stream(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_socket(addr, false)
+/// A TCP listener with `SO_REUSEPORT` (see the module comment), or the one
+/// a previous weir handed over for this address (`handover`).
+pub fn bind_stream(addr: SocketAddr) -> std::io::Result<Arc<TcpListener>> {
+    crate::handover::sockets::tcp_listener(addr, false, || bind_socket(addr, false))
 }
 
 /// The listener the eBPF datapath assigns redirected connections to.
 /// `IP_TRANSPARENT`: it accepts connections addressed to other hosts, and the
 /// accepted socket's local address is where the client was going.
-pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_socket(addr, true)
+pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<Arc<TcpListener>> {
+    crate::handover::sockets::tcp_listener(addr, true, || bind_socket(addr, true))
 }
 
-fn bind_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
+fn bind_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     if transparent {
         socket.set_ip_transparent(true)?;
@@ -132,7 +133,7 @@ fn bind_socket(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListen
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// A connection the datapath redirected to a transparent listener.
@@ -156,7 +157,7 @@ pub fn sender_identity(socket_mark: u32) -> Option<u32> {
 /// each to `handle`. Connections dialled to the listener's own address were
 /// not redirected (there is nowhere to forward them) and are closed.
 pub async fn transparent_accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
     mut handle: impl FnMut(Redirected),
 ) {
@@ -184,7 +185,7 @@ pub async fn transparent_accept_loop(
 }
 
 /// The HTTP side of the datapath: redirected connections to the HTTP engine.
-pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
+pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
     transparent_accept_loop(listener, stop, |c| {
         let target =
             Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
@@ -254,7 +255,7 @@ fn serve_tcp(
 /// Accept until told to stop; connections already accepted run to completion.
 async fn accept_loop(
     name: Arc<str>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
     mut handle: impl FnMut(tokio::net::TcpStream, SocketAddr),
 ) {

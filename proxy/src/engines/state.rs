@@ -35,6 +35,8 @@ pub struct ProxyState {
     pub cql_prepared: crate::engines::cassandra::PreparedStatements,
     /// Connection budgets and buffered bytes (`limits.rs`).
     pub limits: Arc<crate::limits::Limits>,
+    /// Draining, and what a successor must learn (`handover`).
+    pub handover: Arc<crate::handover::Handover>,
 }
 
 /// The outcome of the last reload, for /config and /healthz.

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub policy_objects_set_aside: Gauge,
     /// The API server's watches and the identities this node allocated.
     pub kubernetes: KubernetesMetrics,
+    /// Starts and hand-overs (`handover`).
+    pub handover: HandoverMetrics,
 }
 
 fn request_histogram() -> Histogram {
@@ -177,6 +179,7 @@ impl Default for Metrics {
             datapath: Default::default(),
             policy_objects_set_aside: Gauge::default(),
             kubernetes: Default::default(),
+            handover: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -255,6 +258,7 @@ impl Default for Metrics {
         );
         m.datapath.register(&mut registry);
         m.kubernetes.register(&mut registry);
+        m.handover.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
@@ -277,6 +281,52 @@ pub struct DropLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: String,
+}
+
+// ------------------------------------------------------------- hand-overs
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoverLabels {
+    /// `took_over` (this process took the node from a running weir),
+    /// `aborted` (a new weir went away before it was ready).
+    pub result: &'static str,
+}
+
+/// How this process came to serve, and the weir it replaced.
+#[derive(Default)]
+pub struct HandoverMetrics {
+    pub handovers: Family<HandoverLabels, Counter>,
+    /// From the process's start to serving (the model in force, every socket served).
+    pub start_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the weir this one replaced still drains its connections.
+    pub predecessor_draining: Gauge,
+    /// Connections the replaced weir still had open at its drain deadline.
+    pub predecessor_cut_connections: Counter,
+}
+
+impl HandoverMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "handovers",
+            "Hand-overs between weir processes on this node, by result",
+            self.handovers.clone(),
+        );
+        registry.register(
+            "start_seconds",
+            "Seconds from this process's start until it served (model in force, sockets served)",
+            self.start_seconds.clone(),
+        );
+        registry.register(
+            "handover_predecessor_draining",
+            "1 while the weir this one took over from drains its connections",
+            self.predecessor_draining.clone(),
+        );
+        registry.register(
+            "handover_predecessor_cut_connections",
+            "Connections the replaced weir closed at its drain deadline",
+            self.predecessor_cut_connections.clone(),
+        );
+    }
 }
 
 /// `weir_datapath_*` in /metrics.

@@ -28,22 +28,26 @@ const MAX_MESSAGE: usize = 65535;
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct DnsSockets {
-    pub udp: UdpSocket,
-    pub tcp: TcpListener,
+    pub udp: Arc<UdpSocket>,
+    pub tcp: Arc<TcpListener>,
 }
 
 /// Bind UDP and TCP on the same address. `SO_REUSEPORT` lets a changed
 /// listener bind before the old one stops, as for HTTP.
+/// Either may be one a previous weir handed over (`handover`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<DnsSockets> {
-    let udp = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
-    udp.set_reuse_address(true)?;
-    udp.set_reuse_port(true)?;
-    udp.set_nonblocking(true)?;
-    // bursts of queries must not be dropped by a small default buffer
-    let _ = udp.set_recv_buffer_size(4 << 20);
-    udp.bind(&addr.into())?;
+    let udp = crate::handover::sockets::udp_socket(addr, false, || {
+        let udp = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+        udp.set_reuse_address(true)?;
+        udp.set_reuse_port(true)?;
+        udp.set_nonblocking(true)?;
+        // bursts of queries must not be dropped by a small default buffer
+        let _ = udp.set_recv_buffer_size(4 << 20);
+        udp.bind(&addr.into())?;
+        Ok(udp.into())
+    })?;
     let tcp = crate::engines::listeners::bind_stream(addr)?;
-    Ok(DnsSockets { udp: UdpSocket::from_std(udp.into())?, tcp })
+    Ok(DnsSockets { udp, tcp })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,8 +73,12 @@ impl Transport {
 }
 
 /// Receive queries until told to stop; each is answered on its own task.
-pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket, mut stop: watch::Receiver<bool>) {
-    let socket = Arc::new(socket);
+pub async fn serve_udp(
+    state: Arc<ProxyState>,
+    name: Arc<str>,
+    socket: Arc<UdpSocket>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         tokio::select! {
@@ -80,6 +88,7 @@ pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket
                     let query = buf[..len].to_vec();
                     let (state, name, socket) = (state.clone(), name.clone(), socket.clone());
                     tokio::spawn(async move {
+                        let _in_flight = state.handover.query();
                         let mut upstream = Upstream::Udp;
                         let id = next_connection_id();
                         let target = Target::Listener(name.clone());
@@ -100,7 +109,12 @@ pub async fn serve_udp(state: Arc<ProxyState>, name: Arc<str>, socket: UdpSocket
 }
 
 /// Accept TCP clients until told to stop.
-pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve_tcp(
+    state: Arc<ProxyState>,
+    name: Arc<str>,
+    listener: Arc<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -123,7 +137,7 @@ pub async fn serve_tcp(state: Arc<ProxyState>, name: Arc<str>, listener: TcpList
 }
 
 /// Serve the TCP connections the datapath redirected to the DNS proxy.
-pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: TcpListener, stop: watch::Receiver<bool>) {
+pub async fn serve_transparent_tcp(state: Arc<ProxyState>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
     crate::engines::listeners::transparent_accept_loop(listener, stop, |c| {
         let (original_destination, source_identity) = (c.original_destination, c.source_identity);
         let counted = crate::context::Target::Transparent { original_destination, source_identity };
@@ -148,7 +162,11 @@ const SO_RCVMARK: libc::c_int = 75;
 /// The UDP socket the datapath assigns DNS datagrams to: `IP_TRANSPARENT`
 /// so it takes datagrams addressed to any resolver, and each datagram comes
 /// with its original destination and its mark.
-pub fn bind_transparent_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+pub fn bind_transparent_udp(addr: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+    crate::handover::sockets::udp_socket(addr, true, || bind_transparent_udp_socket(addr))
+}
+
+fn bind_transparent_udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
     socket.set_ip_transparent(true)?;
     socket.set_reuse_address(true)?;
@@ -171,7 +189,7 @@ pub fn bind_transparent_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         }
     }
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// One datagram with where it was going and its mark.
@@ -226,7 +244,7 @@ fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<D
 
 /// Serve the datagrams the datapath assigned to the DNS proxy; answers leave
 /// from the resolver's address, as if the resolver had sent them.
-pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mut stop: watch::Receiver<bool>) {
+pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     let own = socket.local_addr().ok();
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -249,6 +267,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: UdpSocket, mu
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
         tokio::spawn(async move {
+            let _in_flight = state.handover.query();
             let target = Target::Transparent { original_destination, source_identity };
             let mut upstream = Upstream::Udp;
             let id = next_connection_id();
@@ -622,11 +641,20 @@ async fn forward(
     {
         let endpoint = endpoint.qualified_name();
         let mut learned_new = false;
+        let mut successor_applied = Vec::new();
         for (name, addresses) in message::learned_addresses(&answer) {
             learned_new |= state.fqdn.learn(&endpoint, &name, &addresses);
+            // during a hand-over the new weir learns it too
+            successor_applied.extend(state.handover.forward_learned(&endpoint, &name, &addresses));
         }
         if learned_new {
             datapath_caught_up(state).await;
+        }
+        for applied in successor_applied {
+            // after it: only the new weir's maps can let the client connect
+            if tokio::time::timeout(Duration::from_millis(500), applied).await.is_err() {
+                tracing::warn!("the new weir did not take a learned address within 500ms; answering anyway");
+            }
         }
     }
     Outcome {
@@ -645,7 +673,8 @@ async fn forward(
 /// and a SYN dropped for a map not yet written costs it a second.
 async fn datapath_caught_up(state: &ProxyState) {
     const MOST: Duration = Duration::from_millis(500);
-    if !state.datapath_active.load(std::sync::atomic::Ordering::Relaxed) {
+    // handed over: the maps are the new weir's (see the forwarding above)
+    if !state.datapath_active.load(std::sync::atomic::Ordering::Relaxed) || state.handover.handed_over() {
         return;
     }
     let wanted = state.fqdn.generation();

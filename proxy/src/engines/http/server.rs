@@ -241,13 +241,26 @@ async fn serve_http<IO>(
     let activity = Arc::new(StreamActivity::default());
     let idle_timeout = if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None };
     activity.idle.set_timeout(idle_timeout);
+    let mut draining = conn.draining();
+    let http1 = matches!(mode, Mode::Http1);
+    let http2 = !http1;
     let service = {
         let activity = activity.clone();
+        let draining = draining.clone();
         service_fn(move |request| {
             // counted only where an idle timeout reads the count
             let open = idle_timeout.map(|_| OpenStream::new(&activity));
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(conn.handle(request).await.map(|body| CountedBody { body, _open: open })) }
+            let draining = draining.clone();
+            async move {
+                let mut response = conn.handle(request).await.map(|body| CountedBody { body, _open: open });
+                // a weir handing over: the client's next request opens a new
+                // connection (to the new weir) instead of racing a close
+                if http1 && *draining.borrow() {
+                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let builder = hyper_builder(mode, head_timeout);
@@ -255,6 +268,11 @@ async fn serve_http<IO>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        // HTTP/2 says GOAWAY: streams in flight finish, new ones go elsewhere
+        () = crate::handover::stopped(&mut draining), if http2 => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
         timeout = activity.idle_for() => {
             (http2_idle.on_idle)(timeout);
             connection.as_mut().graceful_shutdown();

@@ -218,6 +218,11 @@ impl HttpConnection {
     /// One request: check it, let the filters judge it, forward it, let
     /// the filters see the response. Each stage either hands the request on
     /// or ends it with a [`Stop`].
+    /// Whether this weir is draining (`handover`).
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.state.handover.draining.subscribe()
+    }
+
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,170 @@
+//! The new weir's side: take the running weir's sockets before binding
+//! anything, learn what its DNS proxy still learns, and tell it when to stop.
+
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use super::sockets::{self, SocketKey};
+use super::wire::{self, Message};
+use crate::model::fqdn::FqdnCache;
+
+/// How long the running weir may take to send its sockets.
+const SOCKETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded answer waits for this process's maps (as the DNS
+/// proxy's own answers do).
+const APPLY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A running weir that handed its sockets over and waits for [`Taking::ready`].
+pub struct Predecessor {
+    stream: std::os::unix::net::UnixStream,
+    /// Bytes read past the sockets message (forwarded addresses).
+    leftover: Vec<u8>,
+    pub pid: u32,
+    pub version: String,
+    pub sockets: Vec<SocketKey>,
+}
+
+impl Predecessor {
+    /// Ask the weir listening at `path` for the node. `Ok(None)`: none is
+    /// running (a first start, or the last one crashed): start cold.
+    pub fn connect(path: &Path, config: &Path) -> anyhow::Result<Option<Predecessor>> {
+        let stream = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), "no hand-over ({e}); starting cold");
+                return Ok(None);
+            }
+        };
+        let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+        let hello =
+            Message::Hello { pid: std::process::id(), version: crate::observe::metrics::VERSION.into(), config };
+        (&stream).write_all(&hello.line())?;
+        stream.set_read_timeout(Some(SOCKETS_TIMEOUT))?;
+        let mut received = Vec::new();
+        let mut fds = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let end = loop {
+            if let Some(end) = received.iter().position(|b| *b == b'\n') {
+                break end;
+            }
+            let n = sockets::recv_with_fds(stream.as_raw_fd(), &mut buf, &mut fds)
+                .map_err(|e| anyhow::anyhow!("the running weir did not send its sockets: {e}"))?;
+            if n == 0 {
+                anyhow::bail!("the running weir hung up during the hand-over");
+            }
+            received.extend_from_slice(&buf[..n]);
+        };
+        let leftover = received.split_off(end + 1);
+        match Message::parse(&received).map_err(|e| anyhow::anyhow!(e))? {
+            Message::Sockets { pid, version, sockets: keys } => {
+                if keys.len() != fds.len() {
+                    anyhow::bail!("the running weir named {} sockets and sent {}", keys.len(), fds.len());
+                }
+                sockets::inherit(keys.iter().copied().zip(fds).collect());
+                stream.set_read_timeout(None)?;
+                tracing::info!(pid, %version, sockets = keys.len(), "taking the node over from the running weir");
+                Ok(Some(Predecessor { stream, leftover, pid, version, sockets: keys }))
+            }
+            Message::Refused { reason } => {
+                anyhow::bail!("the running weir (socket {}) refused: {reason}", path.display())
+            }
+            other => anyhow::bail!("the running weir answered {other:?}"),
+        }
+    }
+
+    /// From here on, learn what the running weir's DNS proxy learns.
+    /// `applied`: the FQDN generation this process's maps hold.
+    pub fn follow(self, fqdn: Arc<FqdnCache>, applied: watch::Receiver<u64>) -> std::io::Result<Taking> {
+        self.stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(self.stream)?;
+        let (reader, mut writer) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(message) = out_rx.recv().await {
+                if wire::write(&mut writer, &message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let (finished_tx, finished) = watch::channel(None);
+        let reader = BufReader::new(std::io::Cursor::new(self.leftover).chain(reader));
+        tokio::spawn(follow(reader, fqdn, applied, ready.clone(), out_tx.clone(), self.pid, finished_tx));
+        Ok(Taking { out: out_tx, ready, finished, pid: self.pid })
+    }
+}
+
+/// A hand-over under way, seen from the new weir.
+pub struct Taking {
+    out: mpsc::UnboundedSender<Message>,
+    ready: Arc<AtomicBool>,
+    /// `Some((finished, cut))` once the old weir reported its drain.
+    pub finished: watch::Receiver<Option<(bool, usize)>>,
+    pub pid: u32,
+}
+
+impl Taking {
+    /// This process serves the node now: the running weir stops.
+    pub fn ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        let _ = self.out.send(Message::Ready);
+    }
+}
+
+async fn follow<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: BufReader<R>,
+    fqdn: Arc<FqdnCache>,
+    mut applied: watch::Receiver<u64>,
+    ready: Arc<AtomicBool>,
+    out: mpsc::UnboundedSender<Message>,
+    pid: u32,
+    finished: watch::Sender<Option<(bool, usize)>>,
+) {
+    loop {
+        match wire::read(&mut reader).await {
+            Ok(Some(Message::Learned { seq, endpoint, name, addresses })) => {
+                fqdn.learn(&endpoint, &name, &addresses);
+                // before Ready the old weir writes the maps itself
+                if ready.load(Ordering::Acquire) {
+                    let wanted = fqdn.generation();
+                    if tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|g| *g >= wanted)).await.is_err() {
+                        tracing::warn!(%name, "a forwarded address was not in the maps within {APPLY_TIMEOUT:?}");
+                    }
+                }
+                let _ = out.send(Message::Applied { seq });
+            }
+            Ok(Some(Message::Done { finished: drained, cut })) => {
+                if drained {
+                    tracing::info!(pid, "the previous weir drained and stopped");
+                } else {
+                    tracing::warn!(
+                        pid,
+                        cut,
+                        "the previous weir's drain deadline passed; it closed the connections still open"
+                    );
+                }
+                let _ = finished.send(Some((drained, cut)));
+                return;
+            }
+            Ok(Some(other)) => tracing::warn!(pid, "hand-over: unexpected message {other:?}"),
+            Ok(None) => {
+                tracing::info!(pid, "the previous weir closed the hand-over connection");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(pid, "hand-over connection: {e}");
+                return;
+            }
+        }
+    }
+}
