@@ -90,11 +90,19 @@ fn the_chart_renders_what_the_api_server_accepts_and_weir_reads() {
         "deploy/manifests/weir.yaml is not the chart rendered now: run scripts/helm.sh render"
     );
     let daemonset = documents(&default, "DaemonSet")[0];
-    for wanted in
-        ["hostNetwork: true", "--datapath=ebpf", "add: [NET_ADMIN, BPF, PERFMON]", "drop: [ALL]", "path: /healthz"]
-    {
+    for wanted in [
+        "hostNetwork: true",
+        "--datapath=ebpf",
+        "add: [NET_ADMIN, BPF, PERFMON]",
+        "drop: [ALL]",
+        "--linger-after-handover",
+        "command: [/usr/local/bin/weir, probe, --status-file=/tmp/weir-status]",
+        "maxSurge: 1",
+    ] {
         assert!(daemonset.contains(wanted), "{wanted} missing from the DaemonSet:\n{daemonset}");
     }
+    // a hostNetwork container's port is a host port: the surge pod could not be scheduled
+    assert!(!daemonset.contains("containerPort"), "no host ports on the node agent:\n{daemonset}");
     assert_eq!(documents(&default, "CustomResourceDefinition").len(), 6);
     let config = check_weir_yaml(&default);
     assert!(config.contains("metrics: 0.0.0.0:9902") && config.contains("admin: 127.0.0.1:9901"), "{config}");
@@ -128,6 +136,8 @@ fn the_chart_renders_what_the_api_server_accepts_and_weir_reads() {
     let daemonset = kube.get_json(&["daemonset", "weir-node", "-n", "weir-system"]);
     let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["securityContext"]["capabilities"]["add"], serde_json::json!(["NET_ADMIN", "BPF", "PERFMON"]));
+    let strategy = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((strategy["maxSurge"].as_i64(), strategy["maxUnavailable"].as_i64()), (Some(1), Some(0)), "{strategy}");
     let operator = kube.get_json(&["deployment", "weir-operator", "-n", "weir-system"]);
     assert_eq!(operator["spec"]["replicas"], 2);
 }
