@@ -1,6 +1,7 @@
 //! The hand-over's failure cases, in local mode (`proxy/src/handover/`): a
 //! new weir that dies before it is ready leaves the running one in charge;
-//! a weir of another configuration is refused; a weir that lingers after
+//! a weir of another configuration on the same state directory runs beside
+//! it, untouched; a weir that lingers after
 //! handing over (as the DaemonSet runs it) waits for its stop, and `weir
 //! probe` tells the two apart. (The hitless replace itself, under load and
 //! with the eBPF datapath: datapath_handover.rs.)
@@ -53,7 +54,7 @@ fn run_beside(weir: &Weir, config_dir: &std::path::Path, args: &[&str]) -> std::
 }
 
 #[test]
-fn a_new_weir_that_fails_or_runs_another_configuration_leaves_the_running_one_in_charge() {
+fn a_new_weir_that_fails_leaves_the_running_one_in_charge_and_another_configuration_never_meets_it() {
     let (listen, backend) = (addr(), addr());
     let mut weir = Weir::start(&config(listen, backend), &[("world.yaml", WORLD_MAY_GET)]);
     assert_eq!(http_get(listen, "/before").unwrap().0, 200);
@@ -69,14 +70,27 @@ fn a_new_weir_that_fails_or_runs_another_configuration_leaves_the_running_one_in
     assert!(weir.log().contains("hand-over aborted"), "{}", weir.log());
     assert_eq!(http_get(listen, "/after-abort").unwrap().0, 200, "the old weir still serves its sockets");
 
-    // a weir of another configuration sharing the state directory: refused
+    // a weir of another configuration sharing the state directory: the two
+    // never meet (the hand-over socket is named after the configuration)
     let other = tempfile::tempdir().unwrap();
-    std::fs::write(other.path().join("weir.yaml"), "log_flows: false\n").unwrap();
-    let refused = run_beside(&weir, other.path(), &[]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(stderr.contains("a hand-over is between two runs of one configuration"), "{stderr}");
-    assert_eq!(http_get(listen, "/after-refusal").unwrap().0, 200);
+    let other_admin = addr();
+    let other_config = config(addr(), addr()).replace("ADMIN", &other_admin.to_string());
+    std::fs::write(other.path().join("weir.yaml"), other_config).unwrap();
+    let mut beside = Process::spawn(
+        "weir of another configuration",
+        Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(other.path())
+            .env("WEIR_STATE_DIR", weir.config_dir().join("state"))
+            .env("WEIR_CACHE_DIR", cache_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("the other weir to serve", Duration::from_secs(30), || {
+        http_get(other_admin, "/healthz").is_ok_and(|(status, body)| status == 200 && body.contains("start=cold"))
+    });
+    assert!(beside.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert_eq!(http_get(listen, "/after-another-configuration").unwrap().0, 200);
 
     // and a good successor still takes over afterwards
     let old = weir.pid();

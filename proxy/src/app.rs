@@ -104,7 +104,7 @@ pub fn run(
     let descriptors = crate::limits::Descriptors::raise();
     crate::reservations::warn_if_strict_overcommit();
     // before anything binds: a running weir hands over the sockets it serves
-    let handover_socket = crate::config::default_state_dir().map(|d| crate::handover::socket_path(&d));
+    let handover_socket = crate::config::default_state_dir().map(|d| crate::handover::socket_path(&d, &dir));
     let predecessor = match &handover_socket {
         Some(path) => crate::handover::Predecessor::connect(path, &dir)?,
         None => None,

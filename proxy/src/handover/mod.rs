@@ -1,7 +1,7 @@
 //! Hitless restarts: a new weir takes the node over from the running one.
 //!
 //! ```text
-//!   new weir                                  running weir (listens on <state dir>/handover.sock)
+//!   new weir                                  running weir (listens on <state dir>/handover-*.sock)
 //!   connect, Hello{pid, version, config} ──▶  saves the FQDN cache; from now on forwards
 //!                                             every address its DNS proxy learns
 //!            ◀── Sockets{keys} + SCM_RIGHTS   (dups of every socket it serves)
@@ -39,9 +39,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use predecessor::Predecessor;
 
-/// Where a running weir waits for its successor.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("handover.sock")
+/// Where a running weir of the configuration in `config_dir` waits for its
+/// successor. Named after the configuration (FNV-1a of its canonical path,
+/// stable across versions), so two weirs of different configurations that
+/// share a state directory never meet.
+pub fn socket_path(state_dir: &Path, config_dir: &Path) -> PathBuf {
+    let config = std::fs::canonicalize(config_dir).unwrap_or_else(|_| config_dir.to_path_buf());
+    let hash = config
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    state_dir.join(format!("handover-{hash:016x}.sock"))
 }
 
 /// Resolves once `stop` says true (never, if its sender is gone first).
