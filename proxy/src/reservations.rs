@@ -161,3 +161,12 @@ mod tests {
         assert!(zeroed.iter().all(|&b| b == 0));
     }
 }
+
+/// Give what this thread's mimalloc heap holds free back to the system.
+/// mimalloc keeps freed pages for reuse by the heap that owns them; a model
+/// rebuild frees the previous model (tens of MiB at cluster scale) at once,
+/// and without this the process keeps every model's high-water mark.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}

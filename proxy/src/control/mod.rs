@@ -66,7 +66,7 @@ impl Controller {
         let sources = sources.clone();
         let (runtime, fqdn, last_good) = (runtime.clone(), fqdn.clone(), last_good.clone());
         // compiling filters and regexes is CPU work: keep it off the workers
-        tokio::task::spawn_blocking(move || {
+        on_builder_thread(move || {
             let started = std::time::Instant::now();
             let fingerprint = sources.fingerprint();
             let text = |errors: Vec<PolicyError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -77,7 +77,7 @@ impl Controller {
             Ok((built, fingerprint))
         })
         .await
-        .map_err(|e| vec![format!("model build panicked: {e}")])?
+        .ok_or_else(|| vec!["model build panicked".to_string()])?
     }
 
     /// Install a model: bind its new listeners, swap it in, then start and
@@ -167,6 +167,47 @@ impl Controller {
             }
         }
     }
+}
+
+/// Run `job` on the one thread that builds models. One long-lived thread,
+/// not the blocking pool's: every model is allocated by one mimalloc heap,
+/// so the memory of the models it replaced can be given back
+/// ([`crate::reservations::release_free_memory`]) instead of staying
+/// spread over the free lists of threads that come and go. `None`: the job
+/// panicked.
+async fn on_builder_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static BUILDER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let builder = BUILDER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("weir-builder".into())
+            .spawn(move || {
+                for job in rx {
+                    // the models this thread allocated and others have let go
+                    // of since: freed into this heap, given back here
+                    crate::reservations::release_free_memory();
+                    job();
+                }
+            })
+            .expect("starting the model builder thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        if let Err(panic) = &outcome {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("model build panicked: {message}");
+        }
+        let _ = done.send(outcome.ok());
+    });
+    builder.lock().unwrap().send(job).ok()?;
+    result.await.ok().flatten()
 }
 
 #[cfg(test)]
