@@ -55,6 +55,7 @@ pub async fn serve(
         Scope::Metrics => tracing::info!(%addr, "metrics listening (/metrics, /healthz)"),
     }
     tokio::spawn(async move {
+        crate::handover::sockets::until_serving().await;
         loop {
             let accepted = tokio::select! {
                 () = crate::handover::stopped(&mut stop) => break,

@@ -109,6 +109,9 @@ pub fn run(
         Some(path) => crate::handover::Predecessor::connect(path, &dir)?,
         None => None,
     };
+    if predecessor.is_some() {
+        crate::handover::sockets::hold_until_ready();
+    }
     // the embedded default: the file source alone; with a cluster, its
     // policies beside the files (the node configuration stays weir.yaml)
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -214,6 +217,9 @@ async fn serve(
         }
         None => None,
     };
+    // subscribed before the first build: what is learned while it runs is
+    // applied after it
+    let mut fqdn_changes = fqdn.subscribe();
     let (built, fingerprint) = Controller::build(&sources, &runtime, &fqdn, 1, &Default::default())
         .await
         .map_err(|errors| invalid(&errors))?;
@@ -293,8 +299,11 @@ async fn serve(
             .with_context(|| format!("metrics listener on {addr}"))?;
     }
     crate::handover::sockets::drop_unclaimed();
+    crate::handover::sockets::serve();
+    let mut predecessor_released = None;
     if let Some(taking) = &taking {
         taking.ready();
+        predecessor_released = Some(taking.released.clone());
         state.metrics.handover.handovers.get_or_create(&HandoverLabels { result: "took_over" }).inc();
         tokio::spawn(follow_predecessor_drain(state.clone(), taking.finished.clone()));
     }
@@ -328,7 +337,6 @@ async fn serve(
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(keep_fqdn_cache(state.clone()));
-    let mut fqdn_changes = state.fqdn.subscribe();
     let mut interval = tokio::time::interval(config.reload_interval.max(Duration::from_millis(100)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handed_over = false;
@@ -358,6 +366,11 @@ async fn serve(
                 let generation = *fqdn_changes.borrow_and_update();
                 controller.apply_fqdn(generation);
             }
+            // the weir this one replaced writes no map any more: whatever it
+            // wrote last is rewritten from this process's model
+            Some(()) = released(&mut predecessor_released) => {
+                controller.apply_fqdn(state.fqdn.generation());
+            }
             _ = hangup.recv() => controller.reload(true).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -376,6 +389,9 @@ async fn serve(
         status.write("draining");
         // the maps and programs stay as the successor keeps them
         drop(controller.datapath.take());
+        if let Some(successors) = &successors {
+            successors.released();
+        }
         tracing::info!("handed over: no new connections here; letting open ones finish");
     } else {
         tracing::info!("stopping: no new connections; letting open ones finish");
@@ -431,6 +447,14 @@ async fn drain(state: &ProxyState) -> (bool, usize) {
         );
         (false, cut)
     }
+}
+
+/// Resolves once when the replaced weir released the maps.
+async fn released(receiver: &mut Option<tokio::sync::watch::Receiver<bool>>) -> Option<()> {
+    let Some(rx) = receiver else { return std::future::pending().await };
+    let result = rx.wait_for(|r| *r).await.is_ok();
+    *receiver = None;
+    result.then_some(())
 }
 
 async fn next_handover_event(

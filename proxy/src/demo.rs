@@ -27,6 +27,7 @@ pub async fn serve(addr: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool
     })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
+        crate::handover::sockets::until_serving().await;
         loop {
             let accepted = tokio::select! {
                 () = crate::handover::stopped(&mut stop) => break,

@@ -130,6 +130,15 @@ pub fn warn_if_strict_overcommit() {
     }
 }
 
+/// Give what this thread's mimalloc heap holds free back to the system.
+/// mimalloc keeps freed pages for reuse by the heap that owns them; a model
+/// rebuild frees the previous model (tens of MiB at cluster scale) at once,
+/// and without this the process keeps every model's high-water mark.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::LARGE;
@@ -160,13 +169,4 @@ mod tests {
         let zeroed = vec![0u8; LARGE + 1];
         assert!(zeroed.iter().all(|&b| b == 0));
     }
-}
-
-/// Give what this thread's mimalloc heap holds free back to the system.
-/// mimalloc keeps freed pages for reuse by the heap that owns them; a model
-/// rebuild frees the previous model (tens of MiB at cluster scale) at once,
-/// and without this the process keeps every model's high-water mark.
-pub fn release_free_memory() {
-    // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
-    unsafe { libmimalloc_sys::mi_collect(true) }
 }

@@ -85,7 +85,8 @@ impl Controller {
     pub fn install(&mut self, built: Built, fingerprint: u64) -> Result<(), Vec<String>> {
         let Built { model, set_aside, good } = built;
         let bound = self.listeners.prepare(&model)?;
-        if let Some(datapath) = &mut self.datapath {
+        // handed over: the maps are the successor's (`handover`)
+        if let Some(datapath) = self.datapath.as_mut().filter(|_| !self.state.handover.handed_over()) {
             let started = std::time::Instant::now();
             let fqdn_generation = self.state.fqdn.generation();
             datapath.apply(&model)?;
@@ -125,6 +126,9 @@ impl Controller {
     /// toFQDNs entries in step, then let held DNS answers go.
     pub fn apply_fqdn(&mut self, generation: u64) {
         let Some(datapath) = &mut self.datapath else { return };
+        if self.state.handover.handed_over() {
+            return; // the successor's maps now
+        }
         let model = self.state.model.load_full();
         if let Err(errors) = datapath.apply(&model) {
             for e in errors {

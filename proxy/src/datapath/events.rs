@@ -45,15 +45,22 @@ pub struct Kernel {
 
 /// Read events until the ring is closed; meanwhile a thread keeps the
 /// kernel counters in the metrics and collects expired conntrack entries.
+///
+/// A weir taking over starts collecting once it serves; one that handed
+/// over stops (`handover`): the conntrack table is the successor's.
 pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleTexts>>) {
     let Kernel { ring, conntrack, capacity, usage, freed, drops, gc_interval } = kernel;
     state.metrics.datapath.conntrack_capacity.set(i64::from(capacity));
+    crate::handover::sockets::until_serving().await;
     let mut collector = Collector::new(conntrack, usage, freed, drops);
     let (counter_state, counter_rules) = (state.clone(), rules.clone());
     let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
         let mut last_sweep = Instant::now();
         loop {
             std::thread::sleep(Duration::from_secs(1));
+            if counter_state.handover.handed_over() {
+                return;
+            }
             if last_sweep.elapsed() >= gc_interval {
                 last_sweep = Instant::now();
                 // a copy: a sweep of a full table must not hold up a reload
@@ -151,6 +158,7 @@ impl Collector {
         let expired: Vec<(CtKey, CtValue)> =
             self.conntrack.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
         let mut deleted = 0;
+        let mut freed_now: HashMap<u32, u64> = HashMap::new();
         for (key, value) in expired {
             // the programs may have restarted the entry since (a new
             // connection on the same tuple): leave that one alone
@@ -158,14 +166,18 @@ impl Collector {
                 continue;
             }
             if self.conntrack.remove(&key).is_ok() {
-                *self.freed.entry(value.owner).or_default() += 1;
+                *freed_now.entry(value.owner).or_default() += 1;
                 deleted += 1;
             }
         }
-        for (owner, total) in &self.freed {
+        // added to what the map holds, not written from this process's own
+        // total: during a hand-over two weirs have collected into it
+        for (owner, count) in freed_now {
+            let total = self.freed_map.get(&owner, 0).unwrap_or(0) + count;
             if let Err(e) = self.freed_map.insert(owner, total, 0) {
                 tracing::warn!(owner, "conntrack usage not updated: {e}");
             }
+            self.freed.insert(owner, total);
         }
         if !endpoints.is_empty() {
             let gone: Vec<u32> = self
@@ -187,7 +199,7 @@ impl Collector {
 
     /// Entries `owner` holds (as the programs count them).
     fn in_use(&self, owner: u32, usage: &CtUsage) -> u64 {
-        let gone = usage.reclaimed + self.freed.get(&owner).copied().unwrap_or(0);
+        let gone = usage.reclaimed + self.freed_map.get(&owner, 0).unwrap_or(0);
         usage.created.saturating_sub(gone)
     }
 

@@ -263,12 +263,21 @@ impl Datapath {
     }
 
     /// A new weir that was taking the node over went away before it was
-    /// ready: this process owns the datapath again. (What it may have
-    /// swapped into the pinned links is the same program on the same maps;
-    /// the next apply writes every map from this process's model.)
+    /// ready: this process owns the datapath again; the next apply writes
+    /// every map from this process's model.
     pub fn reclaim(&mut self) -> anyhow::Result<()> {
         self.state.take_ownership();
-        routing::write_state(&self.config.bpffs, &self.state)
+        routing::write_state(&self.config.bpffs, &self.state)?;
+        // the new weir may have swapped its programs (perhaps another
+        // version's) into the pinned links: this process's go back in
+        let interfaces: Vec<(String, u32)> =
+            self.attached.iter().map(|(name, a)| (name.clone(), a[0].ifindex)).collect();
+        for (interface, ifindex) in interfaces {
+            let from = self.attach(&interface, ifindex, programs::FROM_POD, TcAttachType::Ingress)?;
+            let to = self.attach(&interface, ifindex, programs::TO_POD, TcAttachType::Egress)?;
+            self.attached.insert(interface, [from, to]);
+        }
+        Ok(())
     }
 
     /// A clean stop: detach, unpin, remove rules and routes — unless another

@@ -162,6 +162,7 @@ pub async fn transparent_accept_loop(
     mut handle: impl FnMut(Redirected),
 ) {
     let own = listener.local_addr().ok();
+    crate::handover::sockets::until_serving().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -259,6 +260,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     mut handle: impl FnMut(tokio::net::TcpStream, SocketAddr),
 ) {
+    crate::handover::sockets::until_serving().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,

@@ -104,19 +104,20 @@ impl Default for Handover {
     }
 }
 
-/// Held while a UDP query is answered.
-pub struct QueryInFlight<'a>(&'a Handover);
+/// Held while a UDP query is answered: taken when the datagram is read
+/// (before its task is spawned), so a drain never counts zero too early.
+pub struct QueryInFlight(Arc<Handover>);
 
-impl Drop for QueryInFlight<'_> {
+impl Drop for QueryInFlight {
     fn drop(&mut self) {
         self.0.queries.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Handover {
-    pub fn query(&self) -> QueryInFlight<'_> {
+    pub fn query(self: &Arc<Self>) -> QueryInFlight {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        QueryInFlight(self)
+        QueryInFlight(self.clone())
     }
 
     pub fn queries(&self) -> usize {

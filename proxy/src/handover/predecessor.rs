@@ -45,6 +45,15 @@ impl Predecessor {
                 return Ok(None);
             }
         };
+        // whatever answers here hands this process its sockets: root's or ours only
+        let owner = peer_uid(&stream)?;
+        // SAFETY: getuid has no preconditions.
+        if owner != 0 && owner != unsafe { libc::getuid() } {
+            anyhow::bail!(
+                "{} is served by uid {owner}, not by weir's user; not taking sockets from it",
+                path.display()
+            );
+        }
         let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
         let hello =
             Message::Hello { pid: std::process::id(), version: crate::observe::metrics::VERSION.into(), config };
@@ -98,10 +107,38 @@ impl Predecessor {
         });
         let ready = Arc::new(AtomicBool::new(false));
         let (finished_tx, finished) = watch::channel(None);
+        let (released_tx, released) = watch::channel(false);
         let reader = BufReader::new(std::io::Cursor::new(self.leftover).chain(reader));
-        tokio::spawn(follow(reader, fqdn, applied, ready.clone(), out_tx.clone(), self.pid, finished_tx));
-        Ok(Taking { out: out_tx, ready, finished, pid: self.pid })
+        let peer = Peer {
+            ready: ready.clone(),
+            out: out_tx.clone(),
+            pid: self.pid,
+            finished: finished_tx,
+            released: released_tx,
+        };
+        tokio::spawn(follow(reader, fqdn, applied, peer));
+        Ok(Taking { out: out_tx, ready, finished, released, pid: self.pid })
     }
+}
+
+/// The uid of the process at the other end of a unix socket (`SO_PEERCRED`).
+fn peer_uid(stream: &std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-parameter of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 /// A hand-over under way, seen from the new weir.
@@ -110,6 +147,8 @@ pub struct Taking {
     ready: Arc<AtomicBool>,
     /// `Some((finished, cut))` once the old weir reported its drain.
     pub finished: watch::Receiver<Option<(bool, usize)>>,
+    /// True once the old weir writes no map any more.
+    pub released: watch::Receiver<bool>,
     pub pid: u32,
 }
 
@@ -121,15 +160,22 @@ impl Taking {
     }
 }
 
-async fn follow<R: tokio::io::AsyncRead + Unpin>(
-    mut reader: BufReader<R>,
-    fqdn: Arc<FqdnCache>,
-    mut applied: watch::Receiver<u64>,
+/// What `follow` answers and reports to.
+struct Peer {
     ready: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<Message>,
     pid: u32,
     finished: watch::Sender<Option<(bool, usize)>>,
+    released: watch::Sender<bool>,
+}
+
+async fn follow<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: BufReader<R>,
+    fqdn: Arc<FqdnCache>,
+    mut applied: watch::Receiver<u64>,
+    peer: Peer,
 ) {
+    let Peer { ready, out, pid, finished, released } = peer;
     loop {
         match wire::read(&mut reader).await {
             Ok(Some(Message::Learned { seq, endpoint, name, addresses })) => {
@@ -143,6 +189,10 @@ async fn follow<R: tokio::io::AsyncRead + Unpin>(
                 }
                 let _ = out.send(Message::Applied { seq });
             }
+            Ok(Some(Message::Released)) => {
+                tracing::debug!(pid, "the previous weir writes no map any more");
+                released.send_replace(true);
+            }
             Ok(Some(Message::Done { finished: drained, cut })) => {
                 if drained {
                     tracing::info!(pid, "the previous weir drained and stopped");
@@ -154,15 +204,18 @@ async fn follow<R: tokio::io::AsyncRead + Unpin>(
                     );
                 }
                 let _ = finished.send(Some((drained, cut)));
+                released.send_replace(true);
                 return;
             }
             Ok(Some(other)) => tracing::warn!(pid, "hand-over: unexpected message {other:?}"),
             Ok(None) => {
                 tracing::info!(pid, "the previous weir closed the hand-over connection");
+                released.send_replace(true);
                 return;
             }
             Err(e) => {
                 tracing::warn!(pid, "hand-over connection: {e}");
+                released.send_replace(true);
                 return;
             }
         }

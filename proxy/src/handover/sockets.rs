@@ -104,6 +104,28 @@ pub fn drop_unclaimed() {
     }
 }
 
+fn serving() -> &'static tokio::sync::watch::Sender<bool> {
+    static SERVING: OnceLock<tokio::sync::watch::Sender<bool>> = OnceLock::new();
+    SERVING.get_or_init(|| tokio::sync::watch::Sender::new(true))
+}
+
+/// A new weir taking over reads nothing from its sockets until it is ready:
+/// the running weir serves them meanwhile, and if this one fails first,
+/// nothing it accepted is lost with it.
+pub fn hold_until_ready() {
+    serving().send_replace(false);
+}
+
+/// Ready: every accept and receive loop starts.
+pub fn serve() {
+    serving().send_replace(true);
+}
+
+/// Wait until this process may read its sockets (at once, unless taking over).
+pub async fn until_serving() {
+    let _ = serving().subscribe().wait_for(|s| *s).await;
+}
+
 /// A TCP listener: the inherited one for `addr`, else `bind()`; registered either way.
 pub fn tcp_listener(
     addr: SocketAddr,
@@ -148,7 +170,8 @@ pub fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Res
     let fd_bytes = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space.max(1)];
+    // u64s: a cmsghdr must be aligned (a byte buffer only happens to be)
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
     let mut sent = 0;
     while sent < bytes.len() {
         let rest = &bytes[sent..];
@@ -188,7 +211,7 @@ pub fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Res
 pub fn recv_with_fds(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
     // SAFETY: a pure size computation.
     let space = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: as in send_with_fds; received descriptors are read with the
     // CMSG macros within msg_controllen and each is owned exactly once.

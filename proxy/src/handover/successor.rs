@@ -20,6 +20,10 @@ use crate::model::fqdn::FqdnCache;
 /// How long a successor may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the running weir says to its successor after the hand-over
+/// (`Released`, `Done`), once there is one.
+type Control = Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>>;
+
 pub enum Event {
     /// The new weir serves the node now: stop and drain.
     HandedOver { pid: u32, version: String },
@@ -30,7 +34,7 @@ pub enum Event {
 /// What the running weir keeps of its listening hand-over socket.
 pub struct Successors {
     pub events: mpsc::Receiver<Event>,
-    done: Arc<Mutex<Option<oneshot::Sender<Message>>>>,
+    control: Control,
     path: PathBuf,
     /// The socket file's inode: after a hand-over the path is the successor's.
     inode: u64,
@@ -45,10 +49,18 @@ impl Successors {
         }
     }
 
+    /// Tell the successor this process writes no map any more: it rewrites
+    /// them all from its own model.
+    pub fn released(&self) {
+        if let Some(control) = &*self.control.lock().unwrap() {
+            let _ = control.send(Message::Released);
+        }
+    }
+
     /// Tell the successor the drain is over (`cut`: connections closed at the deadline).
     pub async fn finish(&self, finished: bool, cut: usize) {
-        let Some(done) = self.done.lock().unwrap().take() else { return };
-        let _ = done.send(Message::Done { finished, cut });
+        let Some(control) = self.control.lock().unwrap().take() else { return };
+        let _ = control.send(Message::Done { finished, cut });
         // let the writer put it on the wire before the process goes
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -73,9 +85,9 @@ pub fn listen(path: &Path, handover: Arc<HandoverContext>) -> std::io::Result<Su
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     let (events_tx, events) = mpsc::channel(4);
-    let done = Arc::new(Mutex::new(None));
-    tokio::spawn(accept_loop(listener, handover, events_tx, done.clone()));
-    Ok(Successors { events, done, path: path.to_path_buf(), inode })
+    let control = Control::default();
+    tokio::spawn(accept_loop(listener, handover, events_tx, control.clone()));
+    Ok(Successors { events, control, path: path.to_path_buf(), inode })
 }
 
 /// What a hand-over needs of the running process.
@@ -91,11 +103,20 @@ async fn accept_loop(
     listener: UnixListener,
     context: Arc<HandoverContext>,
     events: mpsc::Sender<Event>,
-    done: Arc<Mutex<Option<oneshot::Sender<Message>>>>,
+    control: Control,
 ) {
     let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        if context.handover.handed_over() {
+            // the node is the successor's: a newcomer that still finds this
+            // socket (the successor died before it listened) starts cold
+            return;
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -107,9 +128,9 @@ async fn accept_loop(
             refuse(stream, "another weir is taking over or has taken over").await;
             continue;
         }
-        let (context, events, done, busy) = (context.clone(), events.clone(), done.clone(), busy.clone());
+        let (context, events, control, busy) = (context.clone(), events.clone(), control.clone(), busy.clone());
         tokio::spawn(async move {
-            if !serve_successor(stream, &context, &events, &done).await {
+            if !serve_successor(stream, &context, &events, &control).await {
                 busy.store(false, std::sync::atomic::Ordering::Release);
             }
         });
@@ -131,7 +152,7 @@ async fn serve_successor(
     stream: UnixStream,
     context: &HandoverContext,
     events: &mpsc::Sender<Event>,
-    done: &Mutex<Option<oneshot::Sender<Message>>>,
+    control: &Control,
 ) -> bool {
     let config = context.config.clone();
     let fqdn = context.fqdn.clone();
@@ -143,41 +164,41 @@ async fn serve_successor(
             return false;
         }
     };
-    let greeted = tokio::task::spawn_blocking(move || send_sockets(std_stream, &config, &fqdn)).await;
-    let (std_stream, pid, version) = match greeted {
-        Ok(Ok(greeted)) => greeted,
-        Ok(Err(e)) => {
-            tracing::warn!("hand-over not started: {e}");
-            return false;
-        }
+    let greeted = tokio::task::spawn_blocking(move || read_hello(std_stream, &config)).await;
+    let (std_stream, pid, version) = match greeted.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(greeted) => greeted,
         Err(e) => {
             tracing::warn!("hand-over not started: {e}");
             return false;
         }
     };
-    let stream = match std_stream.set_nonblocking(true).and_then(|()| UnixStream::from_std(std_stream)) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("hand-over: {e}");
-            return false;
-        }
-    };
+    // forwarding starts before the cache is saved: every address is in the
+    // file, in the stream, or in both (learning one twice is harmless)
     let (forward_tx, forward_rx) = mpsc::unbounded_channel();
     context.handover.set_successor(Some(forward_tx));
+    let sent = tokio::task::spawn_blocking(move || send_sockets(std_stream, &fqdn)).await;
+    let stream = match sent.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("hand-over not started: {e}");
+            context.handover.set_successor(None);
+            return false;
+        }
+    };
     let (reader, writer) = stream.into_split();
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Default::default();
-    let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(write_forwards(writer, forward_rx, done_rx, pending.clone()));
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_forwards(writer, forward_rx, control_rx, pending.clone()));
 
     let mut reader = BufReader::new(reader);
     let mut handed_over = false;
-    let mut done_tx = Some(done_tx);
+    let mut control_tx = Some(control_tx);
     loop {
         match wire::read(&mut reader).await {
             Ok(Some(Message::Ready)) if !handed_over => {
                 handed_over = true;
                 context.handover.set_handed_over();
-                *done.lock().unwrap() = done_tx.take();
+                *control.lock().unwrap() = control_tx.take();
                 tracing::info!(pid, %version, "the new weir serves the node now; this one stops accepting and drains");
                 let _ = events.send(Event::HandedOver { pid, version: version.clone() }).await;
             }
@@ -203,12 +224,10 @@ async fn serve_successor(
     false
 }
 
-/// Read the hello, save the FQDN cache for the successor to restore, and
-/// send it every socket this process serves.
-fn send_sockets(
+/// Read the hello: who asks, and for which configuration.
+fn read_hello(
     mut stream: std::os::unix::net::UnixStream,
     config: &Path,
-    fqdn: &FqdnCache,
 ) -> Result<(std::os::unix::net::UnixStream, u32, String), String> {
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(|e| e.to_string())?;
@@ -239,11 +258,19 @@ fn send_sockets(
         return Err(reason);
     }
     tracing::info!(pid, %version, "a new weir asks for the node; handing over the sockets");
+    Ok((stream, pid, version))
+}
+
+/// Save the FQDN cache for the successor to restore, and send it every
+/// socket this process serves.
+fn send_sockets(stream: std::os::unix::net::UnixStream, fqdn: &FqdnCache) -> Result<UnixStream, String> {
     if let Err(e) = fqdn.save() {
         tracing::warn!(file = ?fqdn.file(), "FQDN cache not saved for the new weir: {e}");
     }
-    let mut live = sockets::live();
-    live.truncate(MAX_FDS);
+    let live = sockets::live();
+    if live.len() > MAX_FDS {
+        return Err(format!("{} sockets are more than one message carries ({MAX_FDS})", live.len()));
+    }
     let message = Message::Sockets {
         pid: std::process::id(),
         version: crate::observe::metrics::VERSION.into(),
@@ -252,15 +279,17 @@ fn send_sockets(
     sockets::send_with_fds(stream.as_raw_fd(), &message.line(), &sockets::raw(&live))
         .map_err(|e| format!("sending the sockets: {e}"))?;
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-    Ok((stream, pid, version))
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    UnixStream::from_std(stream).map_err(|e| e.to_string())
 }
 
 /// Forward learned addresses (numbered; the answer waits for its number to
-/// come back applied) and, at the end, the drain's outcome.
+/// come back applied), that this process writes no map any more, and at
+/// the end the drain's outcome.
 async fn write_forwards(
     mut writer: tokio::net::unix::OwnedWriteHalf,
     mut forwards: mpsc::UnboundedReceiver<Forward>,
-    mut done: oneshot::Receiver<Message>,
+    mut control: mpsc::UnboundedReceiver<Message>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
 ) {
     let mut seq = 0u64;
@@ -282,11 +311,12 @@ async fn write_forwards(
                     break;
                 }
             }
-            message = &mut done => {
-                if let Ok(message) = message {
-                    let _ = wire::write(&mut writer, &message).await;
+            message = control.recv() => {
+                let Some(message) = message else { break };
+                let last = matches!(message, Message::Done { .. });
+                if wire::write(&mut writer, &message).await.is_err() || last {
+                    break;
                 }
-                break;
             }
         }
     }

@@ -27,6 +27,8 @@ pub enum Message {
     Learned { seq: u64, endpoint: String, name: String, addresses: Vec<(IpAddr, u32)> },
     /// new → running: `seq` is in the new weir's maps.
     Applied { seq: u64 },
+    /// running → new: it writes no map any more (rewrite them all).
+    Released,
     /// running → new: drained (`cut`: connections still open at the deadline).
     Done { finished: bool, cut: usize },
 }

@@ -67,6 +67,10 @@ pub struct FqdnCache {
     generation: AtomicU64,
     dirty: AtomicBool,
     file: Option<PathBuf>,
+    /// One save at a time: a save that finds nothing changed must not return
+    /// while another is still writing what changed (the hand-over reads the
+    /// file right after its save), and both would write one temporary file.
+    saving: Mutex<()>,
     notify: tokio::sync::watch::Sender<u64>,
 }
 
@@ -101,6 +105,7 @@ impl FqdnCache {
             limits: Mutex::new(limits),
             generation: AtomicU64::new(1),
             dirty: AtomicBool::new(false),
+            saving: Mutex::new(()),
             file,
             notify: tokio::sync::watch::Sender::new(1),
         }
@@ -267,6 +272,7 @@ impl FqdnCache {
     /// to a temporary file and renamed, so a crash never leaves half a file.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(file) = &self.file else { return Ok(()) };
+        let _one_at_a_time = self.saving.lock().unwrap();
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

@@ -80,6 +80,7 @@ pub async fn serve_udp(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    crate::handover::sockets::until_serving().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -87,8 +88,9 @@ pub async fn serve_udp(
                 Ok((len, peer)) => {
                     let query = buf[..len].to_vec();
                     let (state, name, socket) = (state.clone(), name.clone(), socket.clone());
+                    let in_flight = state.handover.query();
                     tokio::spawn(async move {
-                        let _in_flight = state.handover.query();
+                        let _in_flight = in_flight;
                         let mut upstream = Upstream::Udp;
                         let id = next_connection_id();
                         let target = Target::Listener(name.clone());
@@ -115,6 +117,7 @@ pub async fn serve_tcp(
     listener: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
+    crate::handover::sockets::until_serving().await;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -248,6 +251,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: Arc<UdpSocket
     let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     let own = socket.local_addr().ok();
     let mut buf = vec![0u8; MAX_MESSAGE];
+    crate::handover::sockets::until_serving().await;
     loop {
         let received = tokio::select! {
             _ = stop.changed() => break,
@@ -266,8 +270,9 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: Arc<UdpSocket
         let source_identity = crate::engines::listeners::sender_identity(datagram.mark);
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
+        let in_flight = state.handover.query();
         tokio::spawn(async move {
-            let _in_flight = state.handover.query();
+            let _in_flight = in_flight;
             let target = Target::Transparent { original_destination, source_identity };
             let mut upstream = Upstream::Udp;
             let id = next_connection_id();
@@ -298,7 +303,22 @@ fn reply_from(from: SocketAddr, peer: SocketAddr, identity: Option<u32>, answer:
 async fn tcp_connection(state: Arc<ProxyState>, target: Target, mut stream: TcpStream, peer: SocketAddr) {
     let mut upstream = Upstream::Tcp(None);
     let id = next_connection_id();
+    let mut draining = state.handover.draining.subscribe();
     loop {
+        // a draining weir answers what it was asked and closes the connection
+        // when it is idle (RFC 7766 6.2.3: clients open a new one)
+        let asked = tokio::time::timeout(TCP_IDLE_TIMEOUT, async {
+            if *draining.borrow() {
+                return false;
+            }
+            tokio::select! {
+                readable = stream.readable() => readable.is_ok(),
+                () = crate::handover::stopped(&mut draining) => false,
+            }
+        });
+        if !matches!(asked.await, Ok(true)) {
+            return;
+        }
         let query = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_framed(&mut stream)).await {
             Ok(Ok(Some(query))) => query,
             Ok(Ok(None)) | Err(_) => return, // closed, or idle too long

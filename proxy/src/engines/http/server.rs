@@ -243,7 +243,6 @@ async fn serve_http<IO>(
     activity.idle.set_timeout(idle_timeout);
     let mut draining = conn.draining();
     let http1 = matches!(mode, Mode::Http1);
-    let http2 = !http1;
     let service = {
         let activity = activity.clone();
         let draining = draining.clone();
@@ -268,8 +267,10 @@ async fn serve_http<IO>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        // HTTP/2 says GOAWAY: streams in flight finish, new ones go elsewhere
-        () = crate::handover::stopped(&mut draining), if http2 => {
+        // draining (`handover`): HTTP/2 says GOAWAY at once (streams in
+        // flight finish, new ones go elsewhere); HTTP/1 first answers with
+        // `Connection: close` (above), and after a grace closes what is idle
+        () = drain_started(&mut draining, http1) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -286,6 +287,17 @@ async fn serve_http<IO>(
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
         }
+    }
+}
+
+/// How long a draining weir lets an HTTP/1 client's next request arrive on
+/// a connection (and learn `Connection: close`) before closing it idle.
+const HTTP1_DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+async fn drain_started(draining: &mut tokio::sync::watch::Receiver<bool>, http1: bool) {
+    crate::handover::stopped(draining).await;
+    if http1 {
+        tokio::time::sleep(HTTP1_DRAIN_GRACE).await;
     }
 }
 
