@@ -123,6 +123,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    let rss_policies = rss_mib(weir.pid());
     // a local pod relabelled to a new label set: weir allocates, then enforces
     let mut local_times = Vec::new();
     for i in 0..samples {
@@ -135,6 +136,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    let rss_local = rss_mib(weir.pid());
     // a remote pod relabelled between existing label sets
     let mut remote_times = Vec::new();
     for i in 0..samples {
@@ -153,6 +155,22 @@ fn main() {
         eprintln!("{line}");
     }
     let rss_end = rss_mib(weir.pid());
+    if std::env::var_os("SMAPS").is_some() {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", weir.pid())).unwrap_or_default();
+        let (mut header, mut regions) = (String::new(), Vec::new());
+        for line in smaps.lines() {
+            if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+                header = line.to_string();
+            } else if let Some(kb) = line.strip_prefix("Rss:") {
+                regions.push((kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0), header.clone()));
+            }
+        }
+        regions.sort();
+        eprintln!("{} mappings; the largest by RSS:", regions.len());
+        for (kb, header) in regions.iter().rev().take(12) {
+            eprintln!("{kb:>8} kB  {header}");
+        }
+    }
     let requests_end = requests(&weir.metrics());
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -174,7 +192,9 @@ fn main() {
     );
     println!("| endpoints in the model / local pods attached | {endpoints} / {attached} | |");
     println!("| RSS after the first model | {rss_synced:.0} MiB | < 150 MiB |");
-    println!("| RSS after {} changes | {rss_end:.0} MiB | < 150 MiB |", 3 * samples);
+    println!(
+        "| RSS after {samples} policy edits / {samples} local relabels / {samples} remote relabels | {rss_policies:.0} / {rss_local:.0} / {rss_end:.0} MiB | < 150 MiB |"
+    );
     println!("| API requests to the first model | {requests_synced} | |");
     println!("| API requests after {} changes | {requests_end} | |", 3 * samples);
     for (what, times) in [

@@ -140,7 +140,11 @@ pub fn run(
         builder.worker_threads(workers);
         builder
     };
-    let runtime = builder.thread_name("weir-worker").enable_all().build()?;
+    let runtime = builder
+        .thread_name("weir-worker")
+        .on_thread_park(crate::reservations::collect_when_idle)
+        .enable_all()
+        .build()?;
     let start = Start { started, predecessor, handover_socket, lifecycle, quickstart };
     runtime.block_on(serve(sources, changed, metrics, &dir, config, ebpf, descriptors, start))
 }

@@ -238,6 +238,7 @@ fn probe(status_file: &std::path::Path, live: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    weir::reservations::configure_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

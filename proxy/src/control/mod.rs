@@ -90,6 +90,9 @@ impl Controller {
             let started = std::time::Instant::now();
             let fqdn_generation = self.state.fqdn.generation();
             datapath.apply(&model)?;
+            // the compiled maps (tens of MiB at cluster scale) were freed on
+            // this worker: give them back instead of keeping the high-water mark
+            crate::reservations::release_free_memory();
             self.state.fqdn_applied.send_replace(fqdn_generation);
             tracing::debug!(generation = model.generation, took = ?started.elapsed(), "datapath maps written");
         }
@@ -192,6 +195,8 @@ async fn on_builder_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + '
                     // of since: freed into this heap, given back here
                     crate::reservations::release_free_memory();
                     job();
+                    // and what the build itself used and dropped
+                    crate::reservations::release_free_memory();
                 }
             })
             .expect("starting the model builder thread");
