@@ -570,7 +570,10 @@ fn the_metrics_listener_serves_metrics_and_health_and_nothing_else() {
     assert!(metrics.contains(&format!("weir_build_info{{version=\"{version}\",commit=\"dev\"}} 1")), "{metrics}");
     let (status, health) = http_get(metrics_addr, "/healthz").unwrap();
     assert_eq!(status, 200);
-    assert!(health.starts_with(&format!("ok version={version} commit=dev generation=")), "{health}");
+    assert!(
+        health.starts_with(&format!("ok version={version} commit=dev pid={} start=cold generation=", weir.pid())),
+        "{health}"
+    );
     // what shows policies and traffic stays on the admin API
     for path in ["/config", "/flows", "/fqdn", "/"] {
         assert_eq!(http_get(metrics_addr, path).unwrap().0, 404, "{path} on the metrics listener");

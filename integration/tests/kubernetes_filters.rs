@@ -163,6 +163,18 @@ fn filters_written_as_objects_are_loaded_replaced_and_judged() {
     let args = ["--kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
     let weir = Weir::start_with(&config(nginx.addr, port), &[], &args);
 
+    // a new policy naming a filter no WasmFilter supplies (not created yet):
+    // in force, and the traffic its rule judges is refused — set aside, it
+    // would have left the pod it alone selects unpoliced
+    wait_for("weir serving the pod unpoliced", Duration::from_secs(30), || status(port, None) == 200);
+    kube.apply(&cnp("chaos", "\"\""));
+    wait_for("the policy naming a missing filter in force", Duration::from_secs(30), || status(port, None) != 200);
+    assert!(weir.config()["reload"]["set_aside"].as_array().is_some_and(Vec::is_empty), "{}", weir.config());
+    let flows = weir.flows("");
+    let refused =
+        flows.iter().rev().find(|f| f.reason.as_deref().is_some_and(|r| r.contains("no WasmFilter of that name")));
+    assert!(refused.is_some(), "a flow says why: {flows:#?}");
+
     // a filter from a ConfigMap, named by a policy's wasm rule: misbehave
     // traps on /trap (its failure policy is closed: 500) and allows the rest
     let chaos = |variant| component("misbehave.wasm", variant);

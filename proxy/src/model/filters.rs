@@ -45,8 +45,12 @@ impl std::fmt::Display for StreamError {
 
 impl PolicyModel {
     /// Configure every filter a rule names, so bad rules are rejected now and
-    /// not when traffic arrives.
-    pub(super) fn validate_l7(&self) -> Vec<PolicyError> {
+    /// not when traffic arrives. A rule of the API server's objects
+    /// (`api_objects`, by file) that names a filter nobody supplies is no
+    /// error: the WasmFilter may come later, and until then the traffic the
+    /// rule judges is refused (`links_for`). Setting the policy aside instead
+    /// would leave the endpoints it alone selects unpoliced.
+    pub(super) fn validate_l7(&self, api_objects: &std::collections::HashSet<String>) -> Vec<PolicyError> {
         let mut errors = Vec::new();
         for rule in &self.policies.rules {
             let sections = [&rule.ingress, &rule.egress];
@@ -74,7 +78,8 @@ impl PolicyModel {
                     ProtocolRules::Dns(rules) => Some(("dns", policy_config(&[(origin, rules.as_slice())]))),
                     ProtocolRules::Generic { protocol: Protocol::Stream, l7proto: name, l7: rules } => {
                         let config = policy_config(&[(origin, rules.as_deref().unwrap_or(&[]))]);
-                        let supplied = self.custom_filters.get(name.as_str()).is_some_and(|c| c.supplied);
+                        let supplied = self.custom_filters.get(name.as_str()).is_some_and(|c| c.supplied)
+                            || (api_objects.contains(&rule.file) && !self.knows_stream_filter(name));
                         match self.configure_stream(name, config) {
                             Ok(_) | Err(StreamError::Unavailable(_)) => {}
                             // a WasmFilter: refused when traffic comes
@@ -114,6 +119,8 @@ impl PolicyModel {
                         // judged when traffic comes: what it refuses is
                         // refused (links_for), never let through
                         Some(custom) if custom.supplied => {}
+                        // no WasmFilter of that name yet: refused when traffic comes
+                        None if api_objects.contains(&rule.file) => {}
                         None => errors.push(error(
                             format!("{}.name", w.path),
                             format!("no filter named {:?} in weir.yaml `filters`", w.name),
@@ -266,8 +273,15 @@ impl PolicyModel {
     fn missing(&self, name: &str) -> String {
         match self.unavailable.get(name) {
             Some(why) => format!("filter {name:?} is not available ({why}): its rules refuse traffic until it is"),
-            None => format!("no filter {name:?}"),
+            None => format!(
+                "no filter {name:?} (no WasmFilter of that name, nothing in weir.yaml): its rules refuse traffic until there is one"
+            ),
         }
+    }
+
+    /// A stream filter (`l7proto`) weir.yaml or a WasmFilter supplies, or a built-in one.
+    fn knows_stream_filter(&self, name: &str) -> bool {
+        self.custom_filters.contains_key(name) || self.builtin_streams.contains_key(name)
     }
 
     /// `component` with `config`: the one this model configured already, or

@@ -294,6 +294,10 @@ impl PolicyModel {
             }
         }
 
+        // the API server's objects, whose rules may name a WasmFilter not
+        // created yet (validate_l7)
+        let api_objects: std::collections::HashSet<String> =
+            documents.iter().filter(|d| d.independent).map(|d| d.file.clone()).collect();
         let policy_names = documents.iter().map(SourcedDocument::name).collect();
         let policies = match PolicySet::compile(&documents) {
             Ok(p) => p,
@@ -322,7 +326,7 @@ impl PolicyModel {
             configured: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
         };
-        errors.extend(model.validate_l7());
+        errors.extend(model.validate_l7(&api_objects));
         if errors.is_empty() { Ok(model) } else { Err(errors) }
     }
 
