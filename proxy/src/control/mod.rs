@@ -195,8 +195,10 @@ async fn on_builder_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + '
                     // of since: freed into this heap, given back here
                     crate::reservations::release_free_memory();
                     job();
-                    // and what the build itself used and dropped
+                    // and what the build itself used and dropped, here and
+                    // where filters were compiled
                     crate::reservations::release_free_memory();
+                    crate::reservations::release_free_memory_of_compiler_threads();
                 }
             })
             .expect("starting the model builder thread");

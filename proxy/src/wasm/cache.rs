@@ -50,7 +50,15 @@ impl PrecompileCache {
         }
         let compiled = engine.precompile_component(bytes)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+        if std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)).is_ok() {
+            // served from the file, as a warm start is: its code is mapped
+            // (pages the kernel can drop and read again), not copied into
+            // this process's memory
+            // SAFETY: written just now from this engine's output, as above.
+            if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
+                return Ok(component);
+            }
+        } else {
             let _ = std::fs::remove_file(&tmp);
         }
         // SAFETY: produced just now by this engine.
