@@ -106,6 +106,7 @@ fn the_chart_renders_what_the_api_server_accepts_and_weir_reads() {
     assert_eq!(documents(&default, "CustomResourceDefinition").len(), 6);
     let config = check_weir_yaml(&default);
     assert!(config.contains("metrics: 0.0.0.0:9902") && config.contains("admin: 127.0.0.1:9901"), "{config}");
+    assert!(config.contains("drain_timeout: 10s"), "{config}");
 
     // other values: no datapath (no capabilities, no bpffs), a ServiceMonitor,
     // extra weir.yaml merged in

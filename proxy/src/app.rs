@@ -29,9 +29,6 @@ const QUICKSTART: &[(&str, &str)] = &[
 ];
 const QUICKSTART_TRY: &str = include_str!("../../examples/quickstart/TRY.txt");
 
-/// How long a stopping weir lets open connections finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub fn write_quickstart(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join(POLICY_DIR)).with_context(|| format!("creating {}", dir.display()))?;
     for (name, text) in QUICKSTART {
@@ -433,7 +430,8 @@ async fn serve(
 /// deadline. Returns whether all did, and how many connections are cut.
 async fn drain(state: &ProxyState) -> (bool, usize) {
     let started = tokio::time::Instant::now();
-    let deadline = started + DRAIN_TIMEOUT;
+    let timeout = state.model.load().config.drain_timeout;
+    let deadline = started + timeout;
     let open = || state.active_connections.load(Ordering::Relaxed) + state.handover.queries();
     while open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -447,7 +445,7 @@ async fn drain(state: &ProxyState) -> (bool, usize) {
         tracing::warn!(
             connections = cut,
             queries = state.handover.queries(),
-            "drain deadline ({DRAIN_TIMEOUT:?}) passed; closing what is still open"
+            "drain deadline ({timeout:?}) passed; closing what is still open"
         );
         (false, cut)
     }

@@ -37,6 +37,10 @@ pub struct WeirConfig {
     /// How often the config directory is checked for changes (SIGHUP forces one).
     #[serde(default = "default_reload_interval", with = "duration")]
     pub reload_interval: Duration,
+    /// How long a stopping weir, or one that handed the node to a new one,
+    /// lets open connections finish before closing them (docs/deploy.md).
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
     /// Where compiled filters are cached between runs. Default:
     /// `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `""` turns the cache off.
     #[serde(default)]
@@ -166,6 +170,10 @@ impl Default for DatapathConfig {
 fn default_admin() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
 }
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_reload_interval() -> Duration {
     Duration::from_secs(1)
 }
