@@ -141,3 +141,16 @@ fn the_example_filter_answers_with_its_own_reply() {
     );
     assert!(bad.unwrap_err().to_string().contains("`pattern`"));
 }
+
+#[test]
+fn a_core_module_or_other_bytes_are_refused_with_what_to_do() {
+    let (_, runtime, _) = setup();
+    // the smallest core module: magic and version 1 (layer 0)
+    let Err(core) = runtime.load("core", b"\0asm\x01\0\0\0") else { panic!("a core module is no filter") };
+    let core = core.to_string();
+    assert!(core.contains("a core WebAssembly module, not a component"), "{core}");
+    assert!(core.contains("wasm-tools component new"), "{core}");
+    let Err(text) = runtime.load("text", b"(module)") else { panic!("text is no filter") };
+    let text = text.to_string();
+    assert!(text.contains("not a WebAssembly file"), "{text}");
+}

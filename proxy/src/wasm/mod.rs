@@ -296,6 +296,9 @@ impl FilterRuntime {
     /// Compile a component and find which world it implements.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
         let started = Instant::now();
+        if let Some(message) = not_a_component(bytes) {
+            return Err(LoadError::Compile { name: name.into(), message });
+        }
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let key = (name.to_string(), digest);
         if let Some(held) = self.loaded.lock().unwrap().get(&key).and_then(Weak::upgrade) {
@@ -774,4 +777,21 @@ impl EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// What to do with bytes that are no WebAssembly component: a core module
+/// (what `wasm32-unknown-unknown` and `wasm32-wasip1` builds produce) would
+/// otherwise fail with the component parser's own words.
+fn not_a_component(bytes: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if !bytes.starts_with(MAGIC) {
+        return Some("not a WebAssembly file (no \\0asm header)".into());
+    }
+    // version 1, layer 0: a core module; a component is layer 1
+    (bytes.get(4..8) == Some(&[1, 0, 0, 0])).then(|| {
+        "a core WebAssembly module, not a component: put the crate under filters/ (weir's build \
+         turns each into a component, target/wasm-guests/components/), or wrap the module with \
+         `wasm-tools component new` (docs/filters.md, Build it)"
+            .into()
+    })
 }
