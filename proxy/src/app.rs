@@ -205,17 +205,14 @@ async fn serve(
         Err(e) => tracing::warn!("FQDN cache not restored (starting empty): {e}"),
     }
     // what the running weir's DNS proxy learns while this one starts
-    let handover = Arc::new(crate::handover::Handover::default());
+    let how = match &predecessor {
+        Some(p) => crate::handover::Start::TookOver { pid: p.pid, version: p.version.clone() },
+        None => crate::handover::Start::Cold,
+    };
+    let handover = Arc::new(crate::handover::Handover::new(how));
     let fqdn_applied = tokio::sync::watch::Sender::new(0);
     let taking = match predecessor {
-        Some(predecessor) => {
-            *handover.start.lock().unwrap() = crate::handover::Start::TookOver {
-                pid: predecessor.pid,
-                version: predecessor.version.clone(),
-                sockets: predecessor.sockets.len(),
-            };
-            Some(predecessor.follow(fqdn.clone(), fqdn_applied.subscribe())?)
-        }
+        Some(predecessor) => Some(predecessor.follow(fqdn.clone(), fqdn_applied.subscribe())?),
         None => None,
     };
     // subscribed before the first build: what is learned while it runs is
@@ -243,9 +240,9 @@ async fn serve(
     // the transparent listeners, the admin and metrics listeners and the
     // demo backend stop accepting together (a stop, or a successor serving
     // the same sockets)
-    let (stop_accepting, transparent_stopped) = tokio::sync::watch::channel(false);
+    let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.demo_backend {
-        let addr = crate::demo::serve(addr, transparent_stopped.clone())
+        let addr = crate::demo::serve(addr, accepting_stopped.clone())
             .await
             .with_context(|| format!("demo backend on {addr}"))?;
         tracing::info!(%addr, "demo backend listening");
@@ -261,7 +258,7 @@ async fn serve(
         tokio::spawn(crate::engines::listeners::serve_transparent_http(
             state.clone(),
             listener,
-            transparent_stopped.clone(),
+            accepting_stopped.clone(),
         ));
         // the DNS proxy's own pair: TCP and UDP on one port
         let dns_bind = crate::datapath::dns_proxy_bind(&config.datapath);
@@ -271,8 +268,8 @@ async fn serve(
             .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_TCP, &dns_tcp)?;
         datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_UDP, &dns_udp)?;
-        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, transparent_stopped.clone()));
-        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, transparent_stopped.clone()));
+        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, accepting_stopped.clone()));
+        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, accepting_stopped.clone()));
         let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
         kernel_events = Some(tokio::spawn(events));
         controller.datapath = Some(datapath);
@@ -290,12 +287,12 @@ async fn serve(
         return Err(invalid(&errors));
     }
     if let Some(addr) = config.admin {
-        crate::admin::serve(state.clone(), addr, Scope::Admin, transparent_stopped.clone())
+        crate::admin::serve(state.clone(), addr, Scope::Admin, accepting_stopped.clone())
             .await
             .with_context(|| format!("admin API on {addr}"))?;
     }
     if let Some(addr) = config.metrics {
-        crate::admin::serve(state.clone(), addr, Scope::Metrics, transparent_stopped.clone())
+        crate::admin::serve(state.clone(), addr, Scope::Metrics, accepting_stopped.clone())
             .await
             .with_context(|| format!("metrics listener on {addr}"))?;
     }
@@ -380,14 +377,12 @@ async fn serve(
     // stop accepting and reading: a successor (if any) serves these sockets now
     controller.listeners.stop_all();
     let _ = stop_accepting.send(true);
-    if let Some(events) = kernel_events {
-        // the kernel's events and conntrack collection are the successor's
-        if handed_over {
-            events.abort();
-        }
-    }
     if handed_over {
         status.write("draining");
+        // the kernel's events and conntrack collection are the successor's
+        if let Some(events) = kernel_events {
+            events.abort();
+        }
         // the maps and programs stay as the successor keeps them
         drop(controller.datapath.take());
         if let Some(successors) = &successors {

@@ -67,7 +67,7 @@ pub enum Start {
     #[default]
     Cold,
     /// Took the node over from a running weir.
-    TookOver { pid: u32, version: String, sockets: usize },
+    TookOver { pid: u32, version: String },
 }
 
 /// One address a successor must learn, and who waits for it to be applied.
@@ -79,6 +79,7 @@ pub(crate) struct Forward {
 }
 
 /// What the engines see of a hand-over (in [`crate::engines::state::ProxyState`]).
+#[derive(Default)]
 pub struct Handover {
     /// Set when this process stops taking new work: HTTP/1 connections say
     /// `Connection: close` on their next response, HTTP/2 ones get GOAWAY.
@@ -89,19 +90,7 @@ pub struct Handover {
     successor: Mutex<Option<mpsc::UnboundedSender<Forward>>>,
     /// The successor owns the datapath now.
     handed_over: AtomicBool,
-    pub start: Mutex<Start>,
-}
-
-impl Default for Handover {
-    fn default() -> Self {
-        Handover {
-            draining: watch::Sender::new(false),
-            queries: AtomicUsize::new(0),
-            successor: Mutex::new(None),
-            handed_over: AtomicBool::new(false),
-            start: Mutex::new(Start::Cold),
-        }
-    }
+    start: Start,
 }
 
 /// Held while a UDP query is answered: taken when the datagram is read
@@ -115,6 +104,10 @@ impl Drop for QueryInFlight {
 }
 
 impl Handover {
+    pub fn new(start: Start) -> Self {
+        Handover { start, ..Default::default() }
+    }
+
     pub fn query(self: &Arc<Self>) -> QueryInFlight {
         self.queries.fetch_add(1, Ordering::Relaxed);
         QueryInFlight(self.clone())
@@ -124,13 +117,13 @@ impl Handover {
         self.queries.load(Ordering::Relaxed)
     }
 
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     /// The datapath's maps belong to a successor: this process writes none.
     pub fn handed_over(&self) -> bool {
         self.handed_over.load(Ordering::Acquire)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
     }
 
     /// Tell the successor (if there is one) what the DNS proxy learned.
@@ -165,9 +158,9 @@ impl Handover {
 
     /// What `/healthz` says about how this process started.
     pub fn describe_start(&self) -> String {
-        match &*self.start.lock().unwrap() {
+        match &self.start {
             Start::Cold => "start=cold".into(),
-            Start::TookOver { pid, version, .. } => format!("start=handover from_pid={pid} from_version={version}"),
+            Start::TookOver { pid, version } => format!("start=handover from_pid={pid} from_version={version}"),
         }
     }
 }

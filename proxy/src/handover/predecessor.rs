@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::sockets::{self, SocketKey};
+use super::sockets;
 use super::wire::{self, Message};
 use crate::model::fqdn::FqdnCache;
 
@@ -28,7 +28,6 @@ pub struct Predecessor {
     leftover: Vec<u8>,
     pub pid: u32,
     pub version: String,
-    pub sockets: Vec<SocketKey>,
 }
 
 impl Predecessor {
@@ -82,7 +81,7 @@ impl Predecessor {
                 sockets::inherit(keys.iter().copied().zip(fds).collect());
                 stream.set_read_timeout(None)?;
                 tracing::info!(pid, %version, sockets = keys.len(), "taking the node over from the running weir");
-                Ok(Some(Predecessor { stream, leftover, pid, version, sockets: keys }))
+                Ok(Some(Predecessor { stream, leftover, pid, version }))
             }
             Message::Refused { reason } => {
                 anyhow::bail!("the running weir (socket {}) refused: {reason}", path.display())
@@ -117,7 +116,7 @@ impl Predecessor {
             released: released_tx,
         };
         tokio::spawn(follow(reader, fqdn, applied, peer));
-        Ok(Taking { out: out_tx, ready, finished, released, pid: self.pid })
+        Ok(Taking { out: out_tx, ready, finished, released })
     }
 }
 
@@ -149,7 +148,6 @@ pub struct Taking {
     pub finished: watch::Receiver<Option<(bool, usize)>>,
     /// True once the old weir writes no map any more.
     pub released: watch::Receiver<bool>,
-    pub pid: u32,
 }
 
 impl Taking {

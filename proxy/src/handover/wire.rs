@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt};
 
 use super::sockets::SocketKey;
 
@@ -61,5 +61,3 @@ pub async fn read<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Result<
 pub async fn write<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, message: &Message) -> std::io::Result<()> {
     writer.write_all(&message.line()).await
 }
-
-use tokio::io::AsyncReadExt as _;

@@ -245,17 +245,15 @@ async fn serve_http<IO>(
     let http1 = matches!(mode, Mode::Http1);
     let service = {
         let activity = activity.clone();
-        let draining = draining.clone();
         service_fn(move |request| {
             // counted only where an idle timeout reads the count
             let open = idle_timeout.map(|_| OpenStream::new(&activity));
             let conn = conn.clone();
-            let draining = draining.clone();
             async move {
-                let mut response = conn.handle(request).await.map(|body| CountedBody { body, _open: open });
+                let mut response = conn.clone().handle(request).await.map(|body| CountedBody { body, _open: open });
                 // a weir handing over: the client's next request opens a new
                 // connection (to the new weir) instead of racing a close
-                if http1 && *draining.borrow() {
+                if http1 && conn.is_draining() {
                     response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response)

@@ -218,9 +218,13 @@ impl HttpConnection {
     /// One request: check it, let the filters judge it, forward it, let
     /// the filters see the response. Each stage either hands the request on
     /// or ends it with a [`Stop`].
-    /// Whether this weir is draining (`handover`).
+    /// Told when this weir starts draining (`handover`).
     pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
         self.state.handover.draining.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.state.handover.is_draining()
     }
 
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
