@@ -17,6 +17,7 @@
 #   DURATION=20 CONNS=100 bench/datapath.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
@@ -47,24 +48,7 @@ trap cleanup EXIT
 for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
 
 # --- the node ---------------------------------------------------------------
-ip netns add $P-node
-ip -n $P-node link set lo up
-ip netns exec $P-node sysctl -qw net.ipv4.ip_forward=1
-i=10
-for pod in cli srv; do
-  ip netns add $P-$pod
-  ip -n $P-node link add $P$pod type veth peer name eth0 netns $P-$pod
-  ip netns exec $P-$pod sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-  ip -n $P-node link set $P$pod up
-  ip -n $P-node addr add 169.254.1.1/32 dev $P$pod
-  ip -n $P-$pod link set lo up
-  ip -n $P-$pod link set eth0 up
-  ip -n $P-$pod addr add 10.200.0.$i/32 dev eth0
-  ip -n $P-$pod route add 169.254.1.1 dev eth0 scope link
-  ip -n $P-$pod route add default via 169.254.1.1 dev eth0
-  ip -n $P-node route add 10.200.0.$i/32 dev $P$pod
-  i=$((i + 1))
-done
+bench_node $P cli srv
 
 # --- the server pod: nginx (one worker) and iperf3 ---------------------------
 mkdir -p "$work/nginx"

@@ -5,6 +5,7 @@
 #   source bench/lib.sh; bench_start LOAD_BIN...
 #   WEIR, work (with policies/), pids+=($!), port, wait_ready ADMIN PORT
 #   WEIR_BIN=PATH: run that weir binary instead of the one built here
+#   bench_node P POD...: a node of network namespaces with pods (datapath benches)
 
 bench_start() {
   scripts/setup.sh
@@ -37,4 +38,30 @@ wait_ready() {
   done
   echo "weir (admin $1) or port $2 never became ready" >&2
   exit 1
+}
+
+# A node of network namespaces, laid out as integration/src/node.rs lays it
+# out: namespace $1-node (IP forwarding on) and one pod namespace $1-POD per
+# further argument, addressed 10.200.0.10 upward, joined to the node by a
+# veth named $1POD with routes both ways.
+bench_node() {
+  local p=$1 i=10 pod
+  shift
+  ip netns add "$p-node"
+  ip -n "$p-node" link set lo up
+  ip netns exec "$p-node" sysctl -qw net.ipv4.ip_forward=1
+  for pod in "$@"; do
+    ip netns add "$p-$pod"
+    ip -n "$p-node" link add "$p$pod" type veth peer name eth0 netns "$p-$pod"
+    ip netns exec "$p-$pod" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip -n "$p-node" link set "$p$pod" up
+    ip -n "$p-node" addr add 169.254.1.1/32 dev "$p$pod"
+    ip -n "$p-$pod" link set lo up
+    ip -n "$p-$pod" link set eth0 up
+    ip -n "$p-$pod" addr add "10.200.0.$i/32" dev eth0
+    ip -n "$p-$pod" route add 169.254.1.1 dev eth0 scope link
+    ip -n "$p-$pod" route add default via 169.254.1.1 dev eth0
+    ip -n "$p-node" route add "10.200.0.$i/32" dev "$p$pod"
+    i=$((i + 1))
+  done
 }

@@ -166,6 +166,20 @@ impl Node {
         self.servers.push(Process::spawn(name, &mut cmd));
     }
 
+    /// unbound serving `records` (zone-file lines) for `zones` on port 53 of
+    /// `pod`'s address; stopped when dropped.
+    pub fn unbound(&self, pod: &str, zones: &[&str], records: &[String]) -> crate::resolver::Unbound {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.pod(pod).netns, "unbound"]);
+        let addr = std::net::SocketAddr::from((self.pod(pod).ip, 53));
+        crate::resolver::Unbound::start_at(
+            addr,
+            command,
+            zones,
+            &records.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
     /// curl from a pod: (HTTP status, body); status 0 when no response came.
     pub fn curl(&self, pod: &str, url: &str) -> (u16, String) {
         let out = self

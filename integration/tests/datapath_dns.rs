@@ -6,12 +6,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
 use weir_integration::node::Node;
-use weir_integration::resolver::{DigAnswer, PodResolvConf, Unbound};
+use weir_integration::resolver::{DigAnswer, PodResolvConf};
 use weir_integration::wait_for;
 
 fn peer_script() -> String {
@@ -70,15 +70,8 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     let script = peer_script();
     node.serve("ext", "http server", "python3", &[&script, "http", &external, "8080"]);
     node.serve("ext", "tcp echo", "python3", &[&script, "tcp-echo", &external, "9000"]);
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", &node.pod("dns").netns, "unbound"]);
     let records = [format!("api.example.com. 2 IN A {external}"), format!("www.example.com. 300 IN A {external}")];
-    let _unbound = Unbound::start_at(
-        format!("{resolver}:53").parse().unwrap(),
-        command,
-        &["example.com."],
-        &records.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let _unbound = node.unbound("dns", &["example.com."], &records);
     // the external server is no endpoint: its address is the world's
     let config = format!(
         "admin: ADMIN\nworkers: 1\ndatapath:\n  bpffs: {}\nendpoints:\n  \

@@ -6,11 +6,10 @@
 //! is replaced by a new process, twice, and then killed and restarted.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use weir_integration::node::{Node, SERVER_HTTP_POLICY, peer_script};
-use weir_integration::resolver::{PodResolvConf, Unbound};
+use weir_integration::resolver::PodResolvConf;
 
 const CLIENT_EGRESS: &str = r#"
 apiVersion: cilium.io/v2
@@ -81,16 +80,9 @@ fn a_replaced_weir_loses_nothing_and_a_killed_one_only_its_open_connections() {
     let script = peer_script();
     node.serve("srv", "http server", "python3", &[&script, "http", &server, "80"]);
     node.serve("ext", "http server", "python3", &[&script, "http", &external, "8080"]);
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", &node.pod("dns").netns, "unbound"]);
     // a short TTL: the name is learned again and again, across the hand-overs
     let records = [format!("api.example.com. 3 IN A {external}"), format!("www.example.com. 300 IN A {external}")];
-    let _unbound = Unbound::start_at(
-        format!("{resolver}:53").parse().unwrap(),
-        command,
-        &["example.com."],
-        &records.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let _unbound = node.unbound("dns", &["example.com."], &records);
     let _resolv = PodResolvConf::new(&node.pod("cli").netns, &resolver);
     let labels = [("cli", "client"), ("srv", "server"), ("dns", "kube-dns")];
     let config = format!("admin: ADMIN\nlog_flows: false\n{}", node.endpoints_yaml(&labels));
