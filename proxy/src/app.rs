@@ -18,6 +18,7 @@ use crate::model::{ModelInputs, PolicyModel};
 use crate::observe::flow::FlowLog;
 use crate::observe::metrics::{HandoverLabels, Metrics};
 use crate::policy::{PolicyError, document};
+use crate::protocol::Protocol;
 use crate::wasm::{FilterRuntime, RuntimeOptions};
 use weir_datapath_common::{PROTO_TCP, PROTO_UDP};
 
@@ -251,29 +252,30 @@ async fn serve(
     let mut kernel_events = None;
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
-        let bind = crate::datapath::proxy_bind(&config.datapath);
-        let listener = crate::engines::listeners::bind_transparent(bind)
-            .with_context(|| format!("transparent proxy listener on {bind}"))?;
-        datapath.register_proxy_socket(config.datapath.proxy_port, PROTO_TCP, &listener)?;
-        tokio::spawn(crate::engines::listeners::serve_transparent_http(
-            state.clone(),
-            listener,
-            accepting_stopped.clone(),
-        ));
+        // one transparent listener per TCP engine: the programs pick the
+        // engine by the port a policy entry redirects to
+        for protocol in Protocol::ALL.into_iter().filter(|p| *p != Protocol::Dns) {
+            let bind = crate::datapath::proxy_bind(&config.datapath, protocol);
+            let listener = crate::engines::listeners::bind_transparent(bind)
+                .with_context(|| format!("transparent {} listener on {bind}", protocol.name()))?;
+            datapath.register_proxy_socket(bind.port(), PROTO_TCP, &listener)?;
+            let stopped = accepting_stopped.clone();
+            tokio::spawn(crate::engines::listeners::serve_transparent(state.clone(), protocol, listener, stopped));
+        }
         // the DNS proxy's own pair: TCP and UDP on one port
-        let dns_bind = crate::datapath::dns_proxy_bind(&config.datapath);
+        let dns_bind = crate::datapath::proxy_bind(&config.datapath, Protocol::Dns);
         let dns_tcp = crate::engines::listeners::bind_transparent(dns_bind)
             .with_context(|| format!("transparent DNS listener on {dns_bind}"))?;
         let dns_udp = crate::engines::dns::bind_transparent_udp(dns_bind)
             .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
-        datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_TCP, &dns_tcp)?;
-        datapath.register_proxy_socket(config.datapath.dns_proxy_port, PROTO_UDP, &dns_udp)?;
+        datapath.register_proxy_socket(dns_bind.port(), PROTO_TCP, &dns_tcp)?;
+        datapath.register_proxy_socket(dns_bind.port(), PROTO_UDP, &dns_udp)?;
         tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, accepting_stopped.clone()));
         tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, accepting_stopped.clone()));
         let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
         kernel_events = Some(tokio::spawn(events));
         controller.datapath = Some(datapath);
-        tracing::info!(%bind, "eBPF datapath loaded; redirected connections arrive at the transparent listener");
+        tracing::info!(ports = ?config.datapath.proxy_ports().collect::<Vec<_>>(), "eBPF datapath loaded; redirected connections arrive at the transparent listeners");
     }
     if let Err(errors) = controller.install(built, fingerprint) {
         if let Some(datapath) = controller.datapath.take() {

@@ -138,12 +138,21 @@ pub fn default_state_dir() -> Option<PathBuf> {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatapathConfig {
-    /// The transparent listener the programs hand L7 traffic to. It is bound
-    /// on loopback; packets reach it by `bpf_sk_assign`, not by address.
+    /// The transparent listener the programs hand HTTP traffic to (ports
+    /// whose rules are `http` rules). It is bound on loopback; packets reach
+    /// it by `bpf_sk_assign`, not by address.
     pub proxy_port: u16,
     /// The DNS proxy's transparent TCP listener and UDP socket (for ports
     /// whose rules are `dns` rules), bound on loopback like `proxy_port`.
     pub dns_proxy_port: u16,
+    /// The transparent listeners of the other L7 engines, one per protocol,
+    /// for ports whose rules are `kafka`, `memcached`, `cassandra` or
+    /// `l7proto` rules: the programs pick the engine by the port they assign
+    /// a connection to, so no engine has to guess the protocol from bytes.
+    pub kafka_proxy_port: u16,
+    pub memcached_proxy_port: u16,
+    pub cassandra_proxy_port: u16,
+    pub stream_proxy_port: u16,
     /// Where maps and program links are pinned (bpffs).
     pub bpffs: PathBuf,
     /// Routing table with `local 0.0.0.0/0 dev lo` for TO_PROXY packets.
@@ -159,11 +168,34 @@ impl Default for DatapathConfig {
         DatapathConfig {
             proxy_port: 15001,
             dns_proxy_port: 15053,
+            kafka_proxy_port: 15002,
+            memcached_proxy_port: 15003,
+            cassandra_proxy_port: 15004,
+            stream_proxy_port: 15005,
             bpffs: PathBuf::from("/sys/fs/bpf/weir"),
             route_table: 2004,
             rule_priority: 9000,
             conntrack: Default::default(),
         }
+    }
+}
+
+impl DatapathConfig {
+    /// The loopback port of the transparent socket(s) for `protocol`'s engine.
+    pub fn proxy_port_of(&self, protocol: Protocol) -> u16 {
+        match protocol {
+            Protocol::Http => self.proxy_port,
+            Protocol::Dns => self.dns_proxy_port,
+            Protocol::Kafka => self.kafka_proxy_port,
+            Protocol::Memcached => self.memcached_proxy_port,
+            Protocol::Cassandra => self.cassandra_proxy_port,
+            Protocol::Stream => self.stream_proxy_port,
+        }
+    }
+
+    /// Each protocol's port, in `Protocol::ALL` order.
+    pub fn proxy_ports(&self) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+        Protocol::ALL.into_iter().map(|p| (p, self.proxy_port_of(p)))
     }
 }
 
@@ -399,6 +431,16 @@ impl WeirConfig {
                 return Err(format!("endpoints[{i}].interface: {name} is claimed by {other:?} and {:?}", ep.name));
             }
         }
+        let mut proxy_ports = std::collections::HashMap::new();
+        for (protocol, port) in self.datapath.proxy_ports() {
+            if let Some(other) = proxy_ports.insert(port, protocol) {
+                return Err(format!(
+                    "datapath: port {port} is the proxy port of both {} and {}; give each its own",
+                    other.name(),
+                    protocol.name()
+                ));
+            }
+        }
         let mut filter_names = std::collections::HashSet::new();
         for (i, f) in self.filters.iter().enumerate() {
             if !filter_names.insert(&f.name) {
@@ -504,5 +546,23 @@ impl Default for ConntrackConfig {
             capacity: conntrack::CAPACITY,
             gc_interval: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_engine_has_its_own_transparent_port() {
+        let defaults = WeirConfig::parse("{}").unwrap().datapath;
+        let mut ports: Vec<u16> = defaults.proxy_ports().map(|(_, port)| port).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), Protocol::ALL.len());
+        assert_eq!(defaults.proxy_port_of(Protocol::Kafka), 15002);
+
+        let shared = WeirConfig::parse("datapath: {kafka_proxy_port: 15001}").unwrap_err();
+        assert!(shared.contains("port 15001 is the proxy port of both http and kafka"), "{shared}");
     }
 }

@@ -21,18 +21,12 @@ use weir_datapath_common::{
     VERDICT_REDIRECT,
 };
 
+use crate::config::DatapathConfig;
 use crate::context::Direction;
 use crate::identity::{Identity, reserved};
 use crate::model::PolicyModel;
 use crate::policy::{L4Protocol, PeerInfo, SideVerdict, SubjectRules};
-use crate::protocol::{Protocol, RuleSyntax};
-
-/// Where redirected traffic goes, by the kind of its L7 rules.
-#[derive(Clone, Copy, Debug)]
-pub struct ProxyPorts {
-    pub http: u16,
-    pub dns: u16,
-}
+use crate::protocol::Protocol;
 
 /// First identity of the prefixes CIDR rules name (Cilium's local range).
 pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
@@ -73,36 +67,11 @@ pub struct Desired {
 /// become `reserved:host` in the ipcache.
 pub fn compile(
     model: &PolicyModel,
-    proxy_port: ProxyPorts,
+    proxy_ports: &DatapathConfig,
     node_addresses: &[Ipv4Addr],
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
-    // Kafka, memcached, Cassandra and stream ports would be redirected to the HTTP
-    // proxy port, which cannot speak them: refuse instead of breaking traffic.
-    for rule in &model.policies.rules {
-        let sets =
-            [&rule.ingress, &rule.egress].into_iter().flatten().flatten().flat_map(|p| p.to_ports.iter().flatten());
-        for (set, l7) in sets.filter_map(|s| s.l7.as_ref().map(|l| (s, l))) {
-            let what = match l7.kind() {
-                Protocol::Http | Protocol::Dns => continue,
-                Protocol::Kafka => "Kafka",
-                Protocol::Memcached => "memcached",
-                Protocol::Cassandra => "Cassandra",
-                Protocol::Stream => "l7proto",
-            };
-            let field = match l7.kind().spec().rules {
-                RuleSyntax::Field(field) => field,
-                RuleSyntax::L7proto(_) => "l7proto",
-            };
-            let listener = l7.kind().name();
-            errors.push(format!(
-                "policy {} {}.rules.{field}: the eBPF datapath does not redirect {what} ports yet; \
-                 these rules are enforced on `protocol: {listener}` listeners (local mode)",
-                rule.policy, set.path
-            ));
-        }
-    }
     let mut desired = Desired { rules: vec![String::new()], ..Default::default() };
     let mut rule_index: HashMap<String, u32> = HashMap::new();
 
@@ -277,14 +246,14 @@ pub fn compile(
                             },
                             v => v,
                         };
-                        value(v, protocol, proxy_port, &mut index_of)
+                        value(v, protocol, proxy_ports, &mut index_of)
                     });
                     if let Some(w) = wildcard {
                         desired.policy.insert(key(0), w);
                     }
                     for port in named {
                         let v = rules.evaluate(direction, info, *port, protocol);
-                        let v = value(v, protocol, proxy_port, &mut index_of);
+                        let v = value(v, protocol, proxy_ports, &mut index_of);
                         if Some(v) != wildcard {
                             desired.policy.insert(key(*port), v);
                         }
@@ -292,7 +261,7 @@ pub fn compile(
                 }
                 // protocols without ports (ICMP and the rest)
                 let v = rules.evaluate(direction, info, 0, L4Protocol::Other);
-                let v = value(v, L4Protocol::Other, proxy_port, &mut index_of);
+                let v = value(v, L4Protocol::Other, proxy_ports, &mut index_of);
                 desired.policy.insert(
                     PolicyKey { subject: identity.id, peer: *peer_id, port: 0, protocol: 0, direction: dir },
                     v,
@@ -331,7 +300,7 @@ fn named_ports(rules: &SubjectRules<'_>, direction: Direction) -> Result<HashMap
 fn value(
     verdict: SideVerdict<'_>,
     protocol: L4Protocol,
-    ports: ProxyPorts,
+    ports: &DatapathConfig,
     index_of: &mut impl FnMut(String) -> u32,
 ) -> PolicyValue {
     let entry = |verdict, proxy_port, rule| PolicyValue { verdict, _pad: 0, proxy_port, rule };
@@ -341,14 +310,17 @@ fn value(
         SideVerdict::Allowed(allowances) => {
             let l7 = allowances.iter().find(|a| a.l7.is_some());
             let plain = allowances.iter().find(|a| a.l7.is_none());
-            let port_of = |a: &crate::policy::Allowance<'_>| match a.l7.map(|l| l.kind()) {
-                Some(Protocol::Dns) => ports.dns,
-                _ => ports.http,
-            };
+            // the kernel picks the engine: each L7 protocol has its own
+            // transparent socket (the proxy refuses a connection whose rules
+            // are of another protocol than its engine's, as in local mode)
+            let port_of =
+                |a: &crate::policy::Allowance<'_>| ports.proxy_port_of(a.l7.map_or(Protocol::Http, |l| l.kind()));
             let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind() == Protocol::Dns));
             match (protocol, l7, plain) {
                 (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, port_of(a), index_of(a.origin.clone())),
-                (L4Protocol::Udp, Some(a), _) if dns => entry(VERDICT_REDIRECT, ports.dns, index_of(a.origin.clone())),
+                (L4Protocol::Udp, Some(a), _) if dns => {
+                    entry(VERDICT_REDIRECT, ports.dns_proxy_port, index_of(a.origin.clone()))
+                }
                 (_, _, Some(a)) => entry(VERDICT_ALLOW, 0, index_of(a.origin.clone())),
                 (_, Some(a), None) => {
                     entry(VERDICT_DENY, 0, index_of(format!("{} has L7 rules, which cover TCP only", a.origin)))

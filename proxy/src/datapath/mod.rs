@@ -33,6 +33,7 @@ use weir_datapath_common::{EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, Po
 
 use crate::config::{ConntrackConfig, DatapathConfig};
 use crate::model::PolicyModel;
+use crate::protocol::Protocol;
 use compile::{AttachedEndpoint, Desired};
 use routing::NodeState;
 
@@ -161,8 +162,7 @@ impl Datapath {
     /// ones that went away), so no packet sees an empty policy.
     pub fn apply(&mut self, model: &PolicyModel) -> Result<(), Vec<String>> {
         let node = node_addresses();
-        let ports = compile::ProxyPorts { http: self.config.proxy_port, dns: self.config.dns_proxy_port };
-        let desired = compile::compile(model, ports, &node, ifindex_of)?;
+        let desired = compile::compile(model, &self.config, &node, ifindex_of)?;
         self.sync_maps(&desired).map_err(|e| vec![format!("updating the datapath maps: {e:#}")])?;
         self.sync_attachments(&desired.endpoints).map_err(|e| vec![format!("attaching the datapath: {e:#}")])?;
         let mut rules = self.rules.write().unwrap();
@@ -289,11 +289,8 @@ impl Datapath {
             return Vec::new();
         }
         use weir_datapath_common::{PROTO_TCP, PROTO_UDP, proxy_socket_key};
-        for key in [
-            proxy_socket_key(self.config.proxy_port, PROTO_TCP),
-            proxy_socket_key(self.config.dns_proxy_port, PROTO_TCP),
-            proxy_socket_key(self.config.dns_proxy_port, PROTO_UDP),
-        ] {
+        let tcp = self.config.proxy_ports().map(|(_, port)| proxy_socket_key(port, PROTO_TCP));
+        for key in tcp.chain([proxy_socket_key(self.config.dns_proxy_port, PROTO_UDP)]).collect::<Vec<_>>() {
             let _ = self.proxy_sockets.remove(&key);
         }
         for (_, pair) in std::mem::take(&mut self.attached) {
@@ -425,15 +422,11 @@ fn node_addresses() -> Vec<Ipv4Addr> {
     out
 }
 
-/// Where the transparent listener binds: loopback, so nothing reaches it by
-/// address from outside the node; the programs assign packets to it.
-pub fn proxy_bind(config: &DatapathConfig) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], config.proxy_port))
-}
-
-/// Where the DNS proxy's transparent sockets bind (TCP and UDP).
-pub fn dns_proxy_bind(config: &DatapathConfig) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], config.dns_proxy_port))
+/// Where `protocol`'s transparent socket(s) bind: loopback, so nothing
+/// reaches them by address from outside the node; the programs assign
+/// packets to them.
+pub fn proxy_bind(config: &DatapathConfig, protocol: Protocol) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], config.proxy_port_of(protocol)))
 }
 
 #[cfg(test)]

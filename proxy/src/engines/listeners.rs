@@ -185,13 +185,19 @@ pub async fn transparent_accept_loop(
     }
 }
 
-/// The HTTP side of the datapath: redirected connections to the HTTP engine.
-pub async fn serve_transparent_http(state: Arc<ProxyState>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
+/// One engine's side of the datapath: the connections the programs assigned
+/// to `protocol`'s transparent listener, to that engine.
+pub async fn serve_transparent(
+    state: Arc<ProxyState>,
+    protocol: Protocol,
+    listener: Arc<TcpListener>,
+    stop: watch::Receiver<bool>,
+) {
     transparent_accept_loop(listener, stop, |c| {
         let target =
             Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
-        if let Some(admitted) = admit(&state, &target, Protocol::Http, &c.stream, c.peer) {
-            serve_tcp(Protocol::Http, state.clone(), target, c.stream, c.peer, admitted);
+        if let Some(admitted) = admit(&state, &target, protocol, &c.stream, c.peer) {
+            serve_tcp(protocol, state.clone(), target, c.stream, c.peer, admitted);
         }
     })
     .await
