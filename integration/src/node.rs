@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!   <p>-node (the node: weir runs here)          <p>-<pod> (one per pod)
-//!     <p><pod>  169.254.1.1/32  ── veth ──  eth0  10.200.0.N/32
-//!     route 10.200.0.N/32 dev <p><pod>           default via 169.254.1.1
+//!     <p><pod>  169.254.1.1/32  ── veth ──  eth0  10.200.S.N/32
+//!     route 10.200.S.N/32 dev <p><pod>           default via 169.254.1.1
 //! ```
+//!
+//! S is the node's pod subnet (0 unless [`Node::in_subnet`]). Two nodes can be
+//! joined by a veth "wire" ([`Node::wire`]), each routing the other's pod
+//! subnet over it: a two-node cluster with no other network.
 //!
 //! Addresses exist only inside these namespaces. The test thread itself
 //! enters the node namespace ([`Node::enter`]), so weir — spawned from it —
@@ -39,6 +43,11 @@ pub struct Node {
     /// Stopped before the namespaces go.
     pub weir: Option<Weir>,
     pub servers: Vec<Process>,
+    /// This node's end of a wire to another node ([`Node::wire`]).
+    pub wire: Option<String>,
+    /// Pods of other nodes, as this node's `weir.yaml` names them
+    /// (endpoints without an interface): (name, address, app label).
+    pub remote_pods: Vec<(String, Ipv4Addr, String)>,
     original_netns: Option<std::fs::File>,
 }
 
@@ -53,6 +62,11 @@ fn run(args: &[&str]) -> Output {
 impl Node {
     /// A node with these pods (names of at most 4 characters).
     pub fn new(pods: &[&str]) -> Node {
+        Node::in_subnet(pods, 0)
+    }
+
+    /// A node whose pods are `10.200.<subnet>.N`.
+    pub fn in_subnet(pods: &[&str], subnet: u8) -> Node {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("w{}{n}", std::process::id() % 10000);
         let netns = format!("{prefix}-node");
@@ -63,6 +77,8 @@ impl Node {
             pods: Vec::new(),
             weir: None,
             servers: Vec::new(),
+            wire: None,
+            remote_pods: Vec::new(),
             original_netns: None,
         };
         // from here on, Drop cleans up whatever was made
@@ -73,7 +89,7 @@ impl Node {
             let pod_ns = format!("{prefix}-{name}");
             let interface = format!("{prefix}{name}");
             assert!(interface.len() <= 15, "interface name {interface} too long");
-            let ip = Ipv4Addr::new(10, 200, 0, 10 + i as u8);
+            let ip = Ipv4Addr::new(10, 200, subnet, 10 + i as u8);
             run(&["ip", "netns", "add", &pod_ns]);
             node.pods.push(Pod { name: name.to_string(), netns: pod_ns.clone(), ip, interface: interface.clone() });
             run(&[
@@ -92,6 +108,32 @@ impl Node {
         node
     }
 
+    /// Join two nodes of different subnets with a veth pair, `10.201.0.1/30`
+    /// on `a`'s side and `.2` on `b`'s, each routing the other's pod subnet
+    /// over it; each node's `weir.yaml` then names the other's pods
+    /// (without interfaces, with their `app` labels from `labels`).
+    pub fn wire(a: &mut Node, b: &mut Node, labels: &[(&str, &str)]) {
+        let (wire_a, wire_b) = (format!("{}wire", a.prefix), format!("{}wire", b.prefix));
+        run(&[
+            "ip", "-n", &a.netns, "link", "add", &wire_a, "type", "veth", "peer", "name", &wire_b, "netns", &b.netns,
+        ]);
+        for (node, wire, address, peer) in
+            [(&*a, &wire_a, "10.201.0.1/30", "10.201.0.2"), (&*b, &wire_b, "10.201.0.2/30", "10.201.0.1")]
+        {
+            run(&["ip", "-n", &node.netns, "addr", "add", address, "dev", wire]);
+            run(&["ip", "-n", &node.netns, "link", "set", wire, "up"]);
+            let other = if std::ptr::eq(node, &*a) { &*b } else { &*a };
+            let subnet = other.pods[0].ip.octets()[2];
+            run(&["ip", "-n", &node.netns, "route", "add", &format!("10.200.{subnet}.0/24"), "via", peer, "dev", wire]);
+        }
+        let app =
+            |pod: &Pod| labels.iter().find(|(p, _)| *p == pod.name).map_or(pod.name.clone(), |(_, l)| l.to_string());
+        a.remote_pods = b.pods.iter().map(|p| (p.name.clone(), p.ip, app(p))).collect();
+        b.remote_pods = a.pods.iter().map(|p| (p.name.clone(), p.ip, app(p))).collect();
+        a.wire = Some(wire_a);
+        b.wire = Some(wire_b);
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
     }
@@ -107,16 +149,28 @@ impl Node {
         self.original_netns = Some(here);
     }
 
+    /// Back to the namespace [`Node::enter`] left (to enter another node).
+    pub fn leave(&mut self) {
+        if let Some(original) = self.original_netns.take() {
+            // SAFETY: back to the namespace this thread started in.
+            unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) };
+        }
+    }
+
     /// `weir.yaml` lines for the pods: endpoints with interfaces and labels,
     /// and the datapath settings of this node.
     pub fn endpoints_yaml(&self, labels: &[(&str, &str)]) -> String {
-        let mut out = format!("datapath:\n  bpffs: {}\nendpoints:\n", self.bpffs);
+        let devices = self.wire.as_deref().map(|w| format!("  devices: [{w}]\n")).unwrap_or_default();
+        let mut out = format!("datapath:\n  bpffs: {}\n{devices}endpoints:\n", self.bpffs);
         for pod in &self.pods {
             let app = labels.iter().find(|(p, _)| *p == pod.name).map_or(pod.name.as_str(), |(_, l)| l);
             out.push_str(&format!(
                 "  - {{name: {}, address: {}, interface: {}, labels: {{app: {app}}}}}\n",
                 pod.name, pod.ip, pod.interface
             ));
+        }
+        for (name, ip, app) in &self.remote_pods {
+            out.push_str(&format!("  - {{name: {name}-remote, address: {ip}, labels: {{app: {app}}}}}\n"));
         }
         out
     }
@@ -247,13 +301,16 @@ impl Drop for Node {
             if weir.terminate().is_none() {
                 eprintln!("weir did not stop in time:\n{}", weir.log());
             }
-            let _ = Command::new(weir_bin()).args(["datapath", "cleanup", "--config"]).arg(&dir).output();
+            // in the node's namespace: the rules and routes it removes are there
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &self.netns])
+                .arg(weir_bin())
+                .args(["datapath", "cleanup", "--config"])
+                .arg(&dir)
+                .output();
             drop(weir);
         }
-        if let Some(original) = self.original_netns.take() {
-            // SAFETY: back to the namespace this thread started in.
-            unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) };
-        }
+        self.leave();
         for pod in &self.pods {
             let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
         }

@@ -153,6 +153,12 @@ pub struct DatapathConfig {
     pub memcached_proxy_port: u16,
     pub cassandra_proxy_port: u16,
     pub stream_proxy_port: u16,
+    /// The node's own network devices (its uplinks to other nodes): weir
+    /// attaches a TC ingress program to each so that connections from other
+    /// nodes to a local pod's L7 ports reach the proxy. Without them, an L7
+    /// ingress rule fails closed for off-node senders. A device that does not
+    /// exist (yet) is attached when a later policy update finds it.
+    pub devices: Vec<String>,
     /// Where maps and program links are pinned (bpffs).
     pub bpffs: PathBuf,
     /// Routing table with `local 0.0.0.0/0 dev lo` for TO_PROXY packets.
@@ -172,6 +178,7 @@ impl Default for DatapathConfig {
             memcached_proxy_port: 15003,
             cassandra_proxy_port: 15004,
             stream_proxy_port: 15005,
+            devices: Vec::new(),
             bpffs: PathBuf::from("/sys/fs/bpf/weir"),
             route_table: 2004,
             rule_priority: 9000,

@@ -77,6 +77,10 @@ pub mod programs {
     pub const FROM_POD: &str = "weir_from_pod";
     /// TC egress on the host-side veth: packets entering the pod.
     pub const TO_POD: &str = "weir_to_pod";
+    /// TC ingress on the node's own devices (`datapath.devices`): packets
+    /// from other nodes, redirected to the proxy where a local pod's L7
+    /// ingress rules cover them.
+    pub const FROM_NETDEV: &str = "weir_from_netdev";
 }
 
 /// ENDPOINTS: host-side veth ifindex → the pod behind it.

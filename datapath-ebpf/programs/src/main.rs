@@ -781,9 +781,11 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
             TC_ACT_OK as i32
         }
         VERDICT_REDIRECT => {
-            // only a pod's own veth can hand packets to the proxy (sk_assign
-            // works on ingress); off-node traffic to an L7 port, and a
-            // service DNAT to one, fail closed
+            // only an ingress hook can hand packets to the proxy (sk_assign):
+            // the sender's veth, or the node's device (weir_from_netdev) for
+            // off-node traffic. What reaches here did not pass either — a
+            // device weir is not attached to, a service DNAT on the way — and
+            // fails closed
             emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
             shot(REASON_NO_PROXY)
         }
@@ -792,6 +794,57 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
             shot(REASON_POLICY)
         }
     }
+}
+
+#[classifier]
+pub fn weir_from_netdev(ctx: TcContext) -> i32 {
+    // a frame this program cannot read is not one it redirects: the pod's
+    // own program (weir_to_pod) judges whatever is forwarded to a pod
+    from_netdev(&ctx).unwrap_or(TC_ACT_OK as i32)
+}
+
+/// Off-node traffic arriving at the node. Only what only this hook can do is
+/// done here: a TCP connection to a local pod whose ingress rules for the
+/// sender redirect it (L7) is handed to the proxy, with the sender's identity
+/// from the ipcache in the mark — `bpf_sk_assign` works on TC ingress, and the
+/// pod's veth sees the packet on egress, too late. Everything else passes on
+/// to routing and to `weir_to_pod`, which judges it as before (allows, drops
+/// and their flows included).
+#[inline(always)]
+fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
+    let Parsed::Ipv4(packet) = parse(ctx)? else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let t = &packet.tuple;
+    if t.protocol != PROTO_TCP {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let destination = ipcache(t.daddr);
+    if destination.local_ifindex == 0 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&destination.local_ifindex) }).copied() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // replies to the pod's own connections
+    if packet.reply_candidate && ct_live(&t.reversed()).is_some() {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let peer = ipcache(t.saddr);
+    let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
+    if verdict.verdict != VERDICT_REDIRECT {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let ifindex = destination.local_ifindex;
+    if !assign_to_proxy(ctx, t, verdict.proxy_port) {
+        emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+        return Ok(shot(REASON_NO_PROXY));
+    }
+    ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, peer.identity));
+    if packet.syn {
+        emit(EVENT_REDIRECT, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+    }
+    Ok(TC_ACT_OK as i32)
 }
 
 #[cfg(not(test))]

@@ -283,8 +283,9 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         (EVENT_DROP, REASON_NO_PROXY) => (
             Verdict::Dropped,
             Some(format!(
-                "{side} L7 rule {} needs the proxy, which cannot take this packet (not TCP from a pod on this node, \
-                 or no proxy listening)",
+                "{side} L7 rule {} needs the proxy, which cannot take this packet (not TCP; or it came in where \
+                 weir is not attached: neither a local pod's veth nor a `datapath.devices` device; or no proxy \
+                 listening)",
                 rule.unwrap_or_default()
             )),
             Vec::new(),

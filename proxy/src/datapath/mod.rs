@@ -71,6 +71,8 @@ pub struct Datapath {
     state: NodeState,
     /// interface name → [from-pod, to-pod]
     attached: BTreeMap<String, [Attachment; 2]>,
+    /// node device name → from-netdev
+    devices: BTreeMap<String, Attachment>,
     proxy_sockets: SockHash<MapData, u32>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
@@ -106,7 +108,7 @@ impl Datapath {
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .load(OBJECT)
             .context("loading the eBPF programs")?;
-        for name in [programs::FROM_POD, programs::TO_POD] {
+        for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
             program.load().with_context(|| format!("verifying {name}"))?;
@@ -122,6 +124,7 @@ impl Datapath {
             ebpf,
             state,
             attached: BTreeMap::new(),
+            devices: BTreeMap::new(),
             proxy_sockets,
             rules: Default::default(),
         })
@@ -165,6 +168,7 @@ impl Datapath {
         let desired = compile::compile(model, &self.config, &node, ifindex_of)?;
         self.sync_maps(&desired).map_err(|e| vec![format!("updating the datapath maps: {e:#}")])?;
         self.sync_attachments(&desired.endpoints).map_err(|e| vec![format!("attaching the datapath: {e:#}")])?;
+        self.sync_devices();
         let mut rules = self.rules.write().unwrap();
         rules.texts = desired.rules;
         rules.cidrs = desired.cidr_identities;
@@ -229,6 +233,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attach the off-node program to each configured device that exists
+    /// and is not attached yet (or was re-created). A missing device is not
+    /// an error of the policy: it is logged, and the next apply tries again.
+    fn sync_devices(&mut self) {
+        for device in self.config.devices.clone() {
+            let Some(ifindex) = ifindex_of(&device) else {
+                if self.devices.remove(&device).is_some() {
+                    tracing::warn!(%device, "device gone; off-node L7 ingress through it fails closed");
+                } else {
+                    tracing::warn!(%device, "datapath.devices names a device this node does not have (yet)");
+                }
+                continue;
+            };
+            if self.devices.get(&device).is_some_and(|a| a.ifindex == ifindex) {
+                continue;
+            }
+            match self.attach(&device, ifindex, programs::FROM_NETDEV, TcAttachType::Ingress) {
+                Ok(attachment) => {
+                    tracing::info!(%device, "datapath attached to the node device");
+                    self.devices.insert(device, attachment);
+                }
+                Err(e) => tracing::warn!(%device, "attaching to the node device failed: {e:#}"),
+            }
+        }
+    }
+
     /// Attach through the pinned link if one exists (an atomic program swap
     /// in the running link), else create and pin a new link.
     fn attach(
@@ -277,6 +307,11 @@ impl Datapath {
             let to = self.attach(&interface, ifindex, programs::TO_POD, TcAttachType::Egress)?;
             self.attached.insert(interface, [from, to]);
         }
+        let devices: Vec<(String, u32)> = self.devices.iter().map(|(name, a)| (name.clone(), a.ifindex)).collect();
+        for (device, ifindex) in devices {
+            let from = self.attach(&device, ifindex, programs::FROM_NETDEV, TcAttachType::Ingress)?;
+            self.devices.insert(device, from);
+        }
         Ok(())
     }
 
@@ -296,14 +331,17 @@ impl Datapath {
         for (_, pair) in std::mem::take(&mut self.attached) {
             detach(pair);
         }
+        for (_, device) in std::mem::take(&mut self.devices) {
+            detach([device]);
+        }
         let (config, state) = (self.config.clone(), self.state.clone());
         drop(self);
         cleanup_pins_and_node(&config, Some(state))
     }
 }
 
-fn detach(pair: [Attachment; 2]) {
-    for a in pair {
+fn detach<const N: usize>(links: [Attachment; N]) {
+    for a in links {
         let _ = std::fs::remove_file(&a.pin);
         // dropping the last reference (fd, no pin) detaches the program
     }

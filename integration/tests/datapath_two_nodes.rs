@@ -1,0 +1,129 @@
+//! Two nodes joined by a wire, each with its own pods and its own weir
+//! (`--datapath ebpf`): a pod on node A talks to a policed pod on node B.
+//! Node B's weir judges the L7 rules for A's pod, with A's pod's identity
+//! taken from B's ipcache (no mark crosses the wire), after its
+//! `weir_from_netdev` program handed the connection to B's proxy. L3/L4
+//! allows and drops stay in B's `weir_to_pod`; replies to B's own
+//! connections pass.
+
+use std::time::Duration;
+
+use weir::observe::flow::{FlowRecord, Verdict};
+use weir_integration::node::{Node, peer_script};
+use weir_integration::wait_for;
+
+const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
+
+/// `app: client` may GET `/public*` on `app: server`:80 and reach :4000
+/// without L7 rules; `app: other` is denied outright.
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/public.*"}]
+        - ports: [{port: "4000", protocol: TCP}]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: other}}]
+"#;
+
+const LABELS: [(&str, &str); 3] = [("cli", "client"), ("oth", "other"), ("srv", "server")];
+
+fn wait_flow(node: &Node, what: &str, pick: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(10), || {
+        found = node.weir().flows("").into_iter().find(|f| pick(f));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn has_label(flow: &FlowRecord, label: &str) -> bool {
+    flow.source.labels.iter().any(|l| l == label)
+}
+
+#[test]
+fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
+    let mut a = Node::in_subnet(&["cli", "oth"], 1);
+    let mut b = Node::in_subnet(&["srv"], 2);
+    Node::wire(&mut a, &mut b, &LABELS);
+    let server = b.pod("srv").ip;
+    let client = a.pod("cli").ip;
+    b.serve("srv", "http server", "python3", &[&peer_script(), "http", &server.to_string(), "80"]);
+    b.serve("srv", "line echo", "python3", &[&peer_script(), "tcp-echo", &server.to_string(), "4000"]);
+    a.serve("cli", "client's own server", "python3", &[&peer_script(), "http", &client.to_string(), "8080"]);
+
+    // each node's weir, started from inside its node
+    a.enter();
+    a.start_weir(&format!("{BASE}{}", a.endpoints_yaml(&LABELS)), &[("server.yaml", POLICY)]);
+    a.leave();
+    b.enter();
+    b.start_weir(&format!("{BASE}{}", b.endpoints_yaml(&LABELS)), &[("server.yaml", POLICY)]);
+    let wire = b.wire.clone().unwrap();
+    assert!(b.datapath_status().contains(&format!("{wire}-weir_from_netdev")), "{}", b.datapath_status());
+
+    // allowed at L7 by B's proxy: the server sees the client's own address,
+    // and exactly one request per GET (the proxy's leg is not redirected again)
+    let url = format!("http://{server}/public/ready");
+    wait_for("the server across the wire", Duration::from_secs(10), || a.curl("cli", &url).0 == 200);
+    for i in 0..3 {
+        let (status, body) = a.curl("cli", &format!("http://{server}/public/{i}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with(&format!("client={client}:")), "source address not kept: {body}");
+        assert_eq!(body.matches("path=").count(), 1, "{body}");
+    }
+
+    // refused at L7 by B's proxy, with A's pod's identity from B's ipcache
+    let (status, body) = a.curl("cli", &format!("http://{server}/private"));
+    assert_eq!((status, body.as_str()), (403, "Access denied\r\n"));
+    let denied = wait_flow(&b, "the L7 denial", |f| {
+        f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
+    });
+    assert!(has_label(&denied, "k8s:app=client"), "{denied:?}");
+    assert_eq!((denied.source.address.ip(), denied.listener.as_str()), (client.into(), "ebpf"));
+    let redirect = wait_flow(&b, "the kernel's redirect of the off-node SYN", |f| {
+        f.listener == "datapath" && f.port == 80 && f.reason.as_deref() == Some("redirected to the proxy")
+    });
+    assert!(has_label(&redirect, "k8s:app=client"), "{redirect:?}");
+    assert!(redirect.policies.iter().any(|p| p.contains("server-ingress")), "{redirect:?}");
+
+    // L3/L4 without L7 rules: allowed in B's weir_to_pod, not proxied
+    let echo = {
+        let mut child = a
+            .in_pod("cli", "python3")
+            .args([&peer_script(), "lines", &server.to_string(), "4000"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello over the wire\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&echo.stdout), "hello over the wire\n");
+    let allowed = wait_flow(&b, "the L4 allow", |f| {
+        f.port == 4000 && f.verdict == Verdict::Forwarded && f.listener == "datapath"
+    });
+    assert!(has_label(&allowed, "k8s:app=client"), "{allowed:?}");
+    assert!(!b.weir().flows("").iter().any(|f| f.port == 4000 && f.listener == "ebpf"), "port 4000 was not proxied");
+
+    // `other` on A is denied at L3 by B: its SYN never gets an answer, and
+    // the drop is B's flow, naming the policy
+    let other = a.pod("oth").ip;
+    assert_eq!(a.curl("oth", &format!("http://{server}/public/a")).0, 0);
+    let dropped =
+        wait_flow(&b, "the drop", |f| f.verdict == Verdict::Dropped && f.source.address.ip() == other && f.port == 80);
+    assert!(has_label(&dropped, "k8s:app=other"), "{dropped:?}");
+
+    // B's pod opens a connection to A's pod: the replies come back over the
+    // wire through weir_from_netdev, which leaves them to weir_to_pod
+    let (status, body) = b.curl("srv", &format!("http://{client}:8080/from-b"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("client={server}:")), "{body}");
+}
