@@ -3,10 +3,16 @@
 # made of network namespaces (client pod, server pod, veth pairs):
 #
 #   none        no weir, no programs
+#   none+rules  no programs, only the two ip rules and the route weir installs
+#               for proxied packets: what policy routing costs every packet
+#               of the node once any rule exists (Cilium installs the same)
 #   l3l4        weir's programs enforce an L3/L4 policy in the kernel
 #   l7-ebpf     an L7 rule: the programs hand connections to weir (sk_assign)
 #   l7-tproxy   the same L7 rule, with the redirect done by iptables TPROXY
 #               instead (the client's veth has no program; the server's has)
+#   x-none      from a pod on a second node (joined by a veth wire), no weir
+#   x-l7        the same with the L7 rule, which the server node's weir
+#               enforces after weir_from_netdev hands it the connection
 #
 # HTTP: wrk in the client pod against nginx in the server pod (rps, p50, p99).
 # TCP stream: iperf3 for none and l3l4. Prints ratios to `none`, and for the
@@ -15,6 +21,8 @@
 #
 #   bench/datapath.sh
 #   DURATION=20 CONNS=100 bench/datapath.sh
+#   PERF=1 bench/datapath.sh    also samples both CPUs (perf, cpu-clock) during
+#                               each HTTP run: bench/results/perf-<run>.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -22,7 +30,7 @@ source bench/lib.sh
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 P=wbench
-CLIENT=10.200.0.10 SERVER=10.200.0.11
+CLIENT=10.200.0.10 SERVER=10.200.0.11 REMOTE=10.200.1.10
 
 scripts/setup.sh
 # WEIR_BIN=PATH measures another build (e.g. the previous commit's) instead
@@ -42,13 +50,23 @@ cleanup() {
   ip netns exec $P-node iptables -t mangle -F 2>/dev/null || true
   "$WEIR" datapath cleanup --config "$work" >/dev/null 2>&1 || true
   for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
+  for n in node cl2; do ip netns del ${P}2-$n 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
+for n in node cl2; do ip netns del ${P}2-$n 2>/dev/null || true; done
 
-# --- the node ---------------------------------------------------------------
+# --- the node, and a second node with one client pod, joined by a wire -------
 bench_node $P cli srv
+SUBNET=1 bench_node ${P}2 cl2
+ip -n $P-node link add ${P}wire type veth peer name ${P}2wire netns ${P}2-node
+ip -n $P-node addr add 10.201.0.1/30 dev ${P}wire
+ip -n ${P}2-node addr add 10.201.0.2/30 dev ${P}2wire
+ip -n $P-node link set ${P}wire up
+ip -n ${P}2-node link set ${P}2wire up
+ip -n $P-node route add 10.200.1.0/24 via 10.201.0.2 dev ${P}wire
+ip -n ${P}2-node route add 10.200.0.0/24 via 10.201.0.1 dev ${P}2wire
 
 # --- the server pod: nginx (one worker) and iperf3 ---------------------------
 mkdir -p "$work/nginx"
@@ -76,9 +94,10 @@ endpoints() { # $1: "with" or "without" the client's interface
 admin: 127.0.0.1:19901
 workers: 1
 log_flows: false
-datapath: {bpffs: /sys/fs/bpf/weir-bench}
+datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire]}
 endpoints:
   - {name: client, address: $CLIENT, labels: {app: client}$iface}
+  - {name: remote-client, address: $REMOTE, labels: {app: client}}
   - {name: server, address: $SERVER, labels: {app: server}, interface: ${P}srv}
 YAML
 }
@@ -117,10 +136,34 @@ start_weir() { # $1: with|without client interface, $2: l4|l7
 # --- measurements ------------------------------------------------------------
 declare -A RPS P50 P99 GBPS
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v } else { sub(/s$/, "", v); print v * 1000 } }'; }
-http_run() { # $1: name
-  check=$(ip netns exec $P-cli curl -s -m 3 http://$SERVER/)
+http_run() { # $1: name, $2: the client's namespace (default: the client pod)
+  local from=${2:-$P-cli}
+  check=$(ip netns exec "$from" curl -s -m 3 http://$SERVER/)
   [ "$check" = "hello from the server pod" ] || { echo "$1: the server is not reachable ($check)" >&2; exit 1; }
-  out=$(ip netns exec $P-cli taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://$SERVER/)
+  local perf_pid=""
+  if [ -n "${PERF:-}" ]; then
+    perf record -a -g -F 499 -o "$work/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://$SERVER/)
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    # flat profile by symbol, kernel and user alike (eBPF programs show as
+    # bpf_prog_*), then every symbol of the datapath's own cost: the
+    # programs, their map lookups and the helpers they call
+    {
+      echo "== top symbols, both CPUs (pv_native_safe_halt: idle)"
+      perf report -i "$work/perf-$1.data" --no-children -g none --sort dso,sym --stdio 2>/dev/null \
+        | grep '%' | grep -v '^#' | head -30 || true
+      echo "== the datapath's own symbols"
+      perf report -i "$work/perf-$1.data" --no-children -g none --sort sym --stdio 2>/dev/null \
+        | grep -E 'bpf_prog_|htab_|trie_|lpm|bpf_sk|skc_lookup|sk_assign|ktime_get_ns|bpf_map|percpu' || true
+    } >"bench/results/perf-$1.txt"
+    # every symbol, to compare runs (e.g. none against l3l4)
+    perf report -i "$work/perf-$1.data" --no-children -g none --sort sym --stdio 2>/dev/null \
+      | grep '%' | grep -v '^#' >"bench/results/perf-$1.all.txt" || true
+    rm -f "$work/perf-$1.data"
+  fi
   RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
@@ -134,6 +177,14 @@ iperf_run() { # $1: name
 
 http_run none
 iperf_run none
+ip -n $P-node rule add pref 9000 fwmark 0x200/0xf00 iif lo lookup main
+ip -n $P-node rule add pref 9001 fwmark 0x200/0xf00 lookup 2004
+ip -n $P-node route add local 0.0.0.0/0 dev lo table 2004
+http_run none+rules
+ip -n $P-node rule del pref 9000
+ip -n $P-node rule del pref 9001
+ip -n $P-node route del local 0.0.0.0/0 dev lo table 2004
+http_run x-none ${P}2-cl2
 
 start_weir with l4
 http_run l3l4
@@ -155,16 +206,26 @@ grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19
 ip netns exec $P-node iptables -t mangle -F
 stop_weir
 
+start_weir with l7
+http_run x-l7 ${P}2-cl2
+grep -q "\"address\":\"$REMOTE:" <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows?protocol=http") \
+  || { echo "x-l7: requests from the other node did not go through the proxy" >&2; exit 1; }
+stop_weir
+
 # --- table -------------------------------------------------------------------
 result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
 {
   echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
   printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
-  for t in none l3l4 l7-ebpf l7-tproxy; do
-    ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[none]}" 'BEGIN { printf "%.3f", a / b }')
+  for t in none none+rules l3l4 l7-ebpf l7-tproxy x-none x-l7; do
+    base=none; [[ $t == x-* ]] && base=x-none
+    ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
     printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
   done
   awk -v a="${GBPS[l3l4]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4 stream throughput vs none: %.3f (target >= 0.95)\n", a / b }'
   awk -v a="${RPS[l3l4]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4 HTTP rps vs none: %.3f (target >= 0.95)\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
+  awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[none]}" 'BEGIN { printf "L7 via weir vs no policy: %.3f (target >= 0.45; Cilium publishes 0.14)\n", a / b }'
+  awk -v a="${RPS[x-l7]}" -v b="${RPS[x-none]}" 'BEGIN { printf "cross-node L7 via weir vs cross-node no policy: %.3f\n", a / b }'
+  echo "(vs_none of the x- rows is against x-none)"
 } | tee "$result"

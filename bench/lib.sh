@@ -42,10 +42,10 @@ wait_ready() {
 
 # A node of network namespaces, laid out as integration/src/node.rs lays it
 # out: namespace $1-node (IP forwarding on) and one pod namespace $1-POD per
-# further argument, addressed 10.200.0.10 upward, joined to the node by a
-# veth named $1POD with routes both ways.
+# further argument, addressed 10.200.$SUBNET.10 upward (SUBNET: 0 unless
+# set), joined to the node by a veth named $1POD with routes both ways.
 bench_node() {
-  local p=$1 i=10 pod
+  local p=$1 i=10 pod subnet=${SUBNET:-0}
   shift
   ip netns add "$p-node"
   ip -n "$p-node" link set lo up
@@ -58,10 +58,10 @@ bench_node() {
     ip -n "$p-node" addr add 169.254.1.1/32 dev "$p$pod"
     ip -n "$p-$pod" link set lo up
     ip -n "$p-$pod" link set eth0 up
-    ip -n "$p-$pod" addr add "10.200.0.$i/32" dev eth0
+    ip -n "$p-$pod" addr add "10.200.$subnet.$i/32" dev eth0
     ip -n "$p-$pod" route add 169.254.1.1 dev eth0 scope link
     ip -n "$p-$pod" route add default via 169.254.1.1 dev eth0
-    ip -n "$p-node" route add "10.200.0.$i/32" dev "$p$pod"
+    ip -n "$p-node" route add "10.200.$subnet.$i/32" dev "$p$pod"
     i=$((i + 1))
   done
 }

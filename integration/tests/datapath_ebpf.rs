@@ -88,6 +88,26 @@ fn l7_rules_are_enforced_transparently_with_the_senders_identity() {
     }
     let metrics = node.weir().metrics();
     assert!(metrics.contains("listener=\"ebpf\""), "{metrics}");
+
+    // `weir datapath status` reads the kernel's side of all this from the pins
+    let status = node.datapath_status();
+    let line = |prefix: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{status}"))
+            .to_string()
+    };
+    let cli = line(&format!("endpoint {} {client} identity ", node.pod("cli").interface));
+    assert!(cli.contains("programs weir_from_pod,weir_to_pod"), "{cli}");
+    let held: u64 = cli.split("conntrack ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!(held >= 1, "the client's connections hold entries: {cli}");
+    let drops = line("drops ");
+    let policy_drops: u64 = drops.split("policy=").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!(policy_drops >= 1, "{drops}");
+    let conntrack = line(&format!("map {}/maps/WEIR_CONNTRACK ", node.bpffs));
+    assert!(conntrack.contains("/262144 entries (") && conntrack.contains(" live)"), "{conntrack}");
+    assert!(line("policy revision ").len() > "policy revision ".len());
 }
 
 #[test]
@@ -266,6 +286,71 @@ spec:
     assert!(weir.terminate().is_some_and(|s| s.success()), "{}", weir.log());
     let leftovers = node.leftovers();
     assert!(leftovers.is_empty(), "left behind:\n{leftovers}\nweir log:\n{}", weir.log());
+    drop(input);
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn a_policy_change_reaches_established_connections_at_once() {
+    let mut node = Node::new(&["cli", "srv"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    let script = peer_script();
+    node.serve("srv", "tcp echo", "python3", &[&script, "tcp-echo", &server, "9000"]);
+    let policy = |ports: &[&str]| {
+        let ports: Vec<String> = ports.iter().map(|p| format!("{{port: \"{p}\", protocol: TCP}}")).collect();
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: server-l4}}\nspec:\n  \
+             endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n    \
+             - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n      toPorts: [{{ports: [{}]}}]\n",
+            ports.join(", ")
+        )
+    };
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", &policy(&["9000"]))]);
+    wait_for("the echo server", Duration::from_secs(10), || {
+        node.in_pod("cli", "ncat").args(["-z", "-w", "1", &server, "9000"]).status().is_ok_and(|s| s.success())
+    });
+    let mut client = node
+        .in_pod("cli", "python3")
+        .args([&script, "lines", &server, "9000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut exchange = |text: &str| -> String {
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    // established: later packets pass on the conntrack entry alone
+    for i in 0..20 {
+        assert_eq!(exchange(&format!("line {i}")), format!("line {i}"));
+    }
+
+    // a change that does not concern this connection (a new port) revises
+    // the policy: the connection is judged again, and still allowed
+    let generation = node.weir().generation();
+    node.weir().write_policy("server.yaml", &policy(&["9000", "9001"]));
+    node.weir().wait_generation_above(generation);
+    assert_eq!(exchange("after an unrelated change"), "after an unrelated change");
+
+    // the port is no longer allowed: the very next packet of the open
+    // connection is dropped, not only new connections
+    let generation = node.weir().generation();
+    node.weir().write_policy("server.yaml", &policy(&["9001"]));
+    node.weir().wait_generation_above(generation);
+    let refused = exchange("after the port was taken away");
+    assert!(refused.starts_with("error"), "the established connection still passes: {refused}");
+    let dropped = wait_flow(&node, "the drop of an established connection's packet", |f| {
+        f.verdict == Verdict::Dropped && f.port == 9000
+    });
+    assert!(dropped.reason.as_deref().is_some_and(|r| r.contains("no ingress rule")), "{dropped:?}");
     drop(input);
     let _ = client.kill();
     let _ = client.wait();

@@ -199,7 +199,11 @@ pub struct CtValue {
     pub expires: u64,
     /// TCP: `TCP_*` bits below.
     pub tcp: u32,
-    pub _pad: u32,
+    /// The policy revision (`Settings::revision`) this connection was last
+    /// judged under. While it is the current one, a packet of the
+    /// connection passes on this entry alone; a policy change makes every
+    /// connection's next packet be judged again.
+    pub revision: u32,
 }
 
 /// The side that answered has sent a packet.
@@ -280,7 +284,9 @@ pub struct Settings {
     pub udp_secs: u32,
     pub icmp_secs: u32,
     pub other_secs: u32,
-    pub _pad: u32,
+    /// Bumped by weir each time it changes the endpoint, ipcache or policy
+    /// maps (never reset: it lives as long as the pinned map).
+    pub revision: u32,
 }
 
 pub const EVENT_DROP: u8 = 1;

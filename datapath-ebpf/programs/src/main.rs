@@ -36,7 +36,7 @@ use aya_ebpf::bindings::{
     BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock, bpf_sock_tuple,
 };
 use aya_ebpf::helpers::generated::{
-    bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
+    bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
 };
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -141,7 +141,10 @@ fn has_ports(protocol: u8) -> bool {
 
 #[inline(always)]
 fn now() -> u64 {
-    unsafe { bpf_ktime_get_ns() }
+    // CLOCK_MONOTONIC_COARSE: the tick's time, no clock-source read (the
+    // precise clock's read_tsc was 1.4% of the busy CPU under load in
+    // bench/datapath.sh's profile); deadlines are seconds, a tick is 1-4 ms
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -360,6 +363,21 @@ fn ct_touch(entry: *mut CtValue, packet: &Packet, reply: bool) {
     }
 }
 
+/// Whether the entry's connection was judged under the policy in force.
+#[inline(always)]
+fn ct_current(entry: *mut CtValue, revision: u32) -> bool {
+    unsafe { (*entry).revision == revision }
+}
+
+/// A packet of a tracked connection was judged again and passed: later ones
+/// may pass on the entry alone until the policy changes.
+#[inline(always)]
+fn ct_judged(entry: *mut CtValue, revision: u32) {
+    if unsafe { (*entry).revision } != revision {
+        unsafe { (*entry).revision = revision };
+    }
+}
+
 #[inline(always)]
 fn add(counter: &mut u64, n: u64) {
     // programs on other CPUs update the same endpoint's usage
@@ -408,7 +426,8 @@ fn release(owner: u32) {
 /// room; the caller drops the packet, since its replies could not pass.
 #[inline(always)]
 fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32) -> Result<(), u8> {
-    let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, _pad: 0 };
+    let revision = settings().revision;
+    let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, revision };
     value.expires = now() + lifetime(t.protocol, 0);
     if let Some(entry) = CT.get_ptr_mut(t) {
         // the tuple's old entry (expired, closing, or a restarted handshake)
@@ -613,6 +632,27 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
     let existing = ct_live(t);
     // a SYN starts over, even on a tuple with an entry
     let opening = packet.syn || existing.is_none();
+    let revision = settings().revision;
+    // the fast path: a connection judged under the policy in force passes on
+    // its entry (the ipcache and policy lookups are what it saves)
+    if let Some(ct) = existing
+        && !opening
+        && ct_current(ct, revision)
+    {
+        let proxied = unsafe { (*ct).flags } & CT_PROXIED != 0;
+        if !proxied {
+            ct_touch(ct, packet, false);
+            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            return TC_ACT_OK as i32;
+        }
+        // the proxy's accepted socket for this tuple; none (the proxy went
+        // away): judged below like any packet
+        if t.protocol == PROTO_TCP && assign_to_proxy(ctx, t, 0) {
+            ct_touch(ct, packet, false);
+            ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
+            return TC_ACT_OK as i32;
+        }
+    }
     let peer = ipcache(t.daddr);
     let mut verdict = policy(me, endpoint.flags, peer.identity, t, DIR_EGRESS);
     let mut direction = DIR_EGRESS;
@@ -648,7 +688,15 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
             }
             ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
             match existing {
-                Some(ct) if !opening => ct_touch(ct, packet, false),
+                Some(ct) if !opening => {
+                    ct_touch(ct, packet, false);
+                    // a connection that was not proxied until now is not
+                    // stamped: its packets keep being judged (and go to
+                    // the proxy, which has no socket for them)
+                    if unsafe { (*ct).flags } & CT_PROXIED != 0 {
+                        ct_judged(ct, revision);
+                    }
+                }
                 _ if packet.opens => {
                     if let Err(reason) = ct_open(t, CT_PROXIED, me, peer.identity, ifindex) {
                         emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
@@ -664,7 +712,13 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
         }
         VERDICT_ALLOW => {
             match existing {
-                Some(ct) if !opening => ct_touch(ct, packet, false),
+                Some(ct) if !opening => {
+                    ct_touch(ct, packet, false);
+                    // likewise a proxied one whose L7 rules went away
+                    if unsafe { (*ct).flags } & CT_PROXIED == 0 {
+                        ct_judged(ct, revision);
+                    }
+                }
                 _ if packet.opens => {
                     if peer.identity >= FIRST_FQDN_IDENTITY {
                         ct_flags |= CT_FQDN;
@@ -686,6 +740,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
         _ if !opening && existing.is_some_and(|ct| unsafe { (*ct).flags } & CT_FQDN != 0) => {
             if let Some(ct) = existing {
                 ct_touch(ct, packet, false);
+                ct_judged(ct, revision);
             }
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
             TC_ACT_OK as i32
@@ -763,12 +818,29 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
     if related_error(packet) {
         return TC_ACT_OK as i32;
     }
+    let revision = settings().revision;
+    let existing = ct_live(t);
+    // the fast path, as in weir_from_pod: a connection this pod's ingress
+    // policy let in under the policy in force
+    if let Some(ct) = existing
+        && !packet.syn
+        && ct_current(ct, revision)
+        && unsafe { (*ct).dst_identity == endpoint.identity && (*ct).flags & CT_PROXIED == 0 }
+    {
+        ct_touch(ct, packet, false);
+        return TC_ACT_OK as i32;
+    }
     let peer = ipcache(t.saddr);
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     match verdict.verdict {
         VERDICT_ALLOW => {
-            match ct_live(t) {
-                Some(ct) if !packet.syn => ct_touch(ct, packet, false),
+            match existing {
+                Some(ct) if !packet.syn => {
+                    ct_touch(ct, packet, false);
+                    if unsafe { (*ct).flags } & CT_PROXIED == 0 {
+                        ct_judged(ct, revision);
+                    }
+                }
                 _ if packet.opens => {
                     if let Err(reason) = ct_open(t, 0, peer.identity, endpoint.identity, ifindex) {
                         emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);

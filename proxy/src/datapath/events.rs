@@ -111,7 +111,7 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
 }
 
 /// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

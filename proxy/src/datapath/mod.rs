@@ -14,6 +14,7 @@
 pub mod compile;
 pub mod events;
 pub mod routing;
+mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,7 +54,7 @@ impl ConntrackConfig {
             udp_secs: secs(self.udp),
             icmp_secs: secs(self.icmp),
             other_secs: secs(self.other),
-            _pad: 0,
+            revision: 0,
         }
     }
 }
@@ -73,6 +74,8 @@ pub struct Datapath {
     attached: BTreeMap<String, [Attachment; 2]>,
     /// node device name → from-netdev
     devices: BTreeMap<String, Attachment>,
+    /// Whether this process has bumped the policy revision yet.
+    revised_once: bool,
     proxy_sockets: SockHash<MapData, u32>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
@@ -88,7 +91,11 @@ fn links_dir(bpffs: &Path) -> PathBuf {
 
 /// bpffs refuses names with dots (they are kept for its own `.debug` files).
 fn link_pin(bpffs: &Path, interface: &str, program: &str) -> PathBuf {
-    links_dir(bpffs).join(format!("{}-{program}", interface.replace('.', "_")))
+    links_dir(bpffs).join(link_name(interface, program))
+}
+
+fn link_name(interface: &str, program: &str) -> String {
+    format!("{}-{program}", interface.replace('.', "_"))
 }
 
 impl Datapath {
@@ -116,7 +123,11 @@ impl Datapath {
         {
             let mut settings: Array<_, Settings> =
                 Array::try_from(ebpf.map_mut(maps::SETTINGS).expect("in the object"))?;
-            settings.set(0, config.conntrack.settings(), 0).context("writing the datapath settings")?;
+            // a reused map keeps its revision: entries judged under it by the
+            // previous weir's programs stay current until this one applies
+            let revision = settings.get(&0, 0).map_or(0, |s| s.revision);
+            let wanted = Settings { revision, ..config.conntrack.settings() };
+            settings.set(0, wanted, 0).context("writing the datapath settings")?;
         }
         let proxy_sockets = SockHash::try_from(ebpf.take_map(maps::PROXY_SOCKETS).expect("in the object"))?;
         Ok(Datapath {
@@ -125,6 +136,7 @@ impl Datapath {
             state,
             attached: BTreeMap::new(),
             devices: BTreeMap::new(),
+            revised_once: false,
             proxy_sockets,
             rules: Default::default(),
         })
@@ -177,11 +189,14 @@ impl Datapath {
     }
 
     fn sync_maps(&mut self, desired: &Desired) -> anyhow::Result<()> {
+        // the first apply of a process always revises: its programs may judge
+        // differently from the ones that stamped the entries (an upgrade)
+        let mut changed = !self.revised_once;
         {
             let mut map: BpfHashMap<_, u32, EndpointInfo> =
                 BpfHashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("in the object"))?;
             let wanted: HashMap<u32, EndpointInfo> = desired.endpoints.iter().map(|e| (e.ifindex, e.info)).collect();
-            sync_hash(&mut map, &wanted)?;
+            changed |= sync_hash(&mut map, &wanted)?;
         }
         {
             let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> =
@@ -190,6 +205,7 @@ impl Datapath {
                 let key = LpmKey::new(u32::from(net.prefix_len()), net.network().octets());
                 if map.get(&key, 0).ok() != Some(*value) {
                     map.insert(&key, value, 0)?;
+                    changed = true;
                 }
             }
             let stale: Vec<LpmKey<IpcacheKey>> = map
@@ -200,13 +216,34 @@ impl Datapath {
                     !net.is_some_and(|n| desired.ipcache.contains_key(&n))
                 })
                 .collect();
+            changed |= !stale.is_empty();
             for key in stale {
                 map.remove(&key)?;
             }
         }
-        let mut map: BpfHashMap<_, PolicyKey, PolicyValue> =
-            BpfHashMap::try_from(self.ebpf.map_mut(maps::POLICY).expect("in the object"))?;
-        sync_hash(&mut map, &desired.policy)
+        {
+            let mut map: BpfHashMap<_, PolicyKey, PolicyValue> =
+                BpfHashMap::try_from(self.ebpf.map_mut(maps::POLICY).expect("in the object"))?;
+            changed |= sync_hash(&mut map, &desired.policy)?;
+        }
+        // after the maps: a connection judged again from here on is judged
+        // under the new entries (one judged between the writes and this
+        // bump is judged once more, which costs nothing but a lookup)
+        if changed {
+            self.bump_revision()?;
+            self.revised_once = true;
+        }
+        Ok(())
+    }
+
+    /// Make every tracked connection's next packet be judged again.
+    fn bump_revision(&mut self) -> anyhow::Result<()> {
+        let mut settings: Array<_, Settings> =
+            Array::try_from(self.ebpf.map_mut(maps::SETTINGS).expect("in the object"))?;
+        let mut current = settings.get(&0, 0)?;
+        current.revision = current.revision.wrapping_add(1);
+        settings.set(0, current, 0)?;
+        Ok(())
     }
 
     fn sync_attachments(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
@@ -370,45 +407,31 @@ pub fn cleanup_pins_and_node(config: &DatapathConfig, state: Option<NodeState>) 
     errors
 }
 
-/// What is attached and installed now, for `weir datapath status`.
+/// What is attached and installed now, and what the maps hold, for
+/// `weir datapath status`.
 pub fn status(config: &DatapathConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    match routing::read_state(&config.bpffs) {
-        Some(state) => {
-            let alive = if state.owner_alive() { "running" } else { "not running" };
-            out.push(format!("owner pid {} ({alive})", state.owner));
-        }
-        None => out.push(format!("no state file ({})", routing::state_file(&config.bpffs).display())),
-    }
-    for (kind, dir) in [("link", links_dir(&config.bpffs)), ("map", maps_dir(&config.bpffs))] {
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        out.extend(names.into_iter().map(|n| format!("{kind} {}", dir.join(n).display())));
-    }
-    out.extend(routing::describe(config));
-    out
+    status::report(config)
 }
 
-fn sync_hash<K, V>(map: &mut BpfHashMap<&mut MapData, K, V>, wanted: &HashMap<K, V>) -> anyhow::Result<()>
+/// Bring `map` to `wanted`; whether anything changed.
+fn sync_hash<K, V>(map: &mut BpfHashMap<&mut MapData, K, V>, wanted: &HashMap<K, V>) -> anyhow::Result<bool>
 where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod + PartialEq,
 {
+    let mut changed = false;
     for (key, value) in wanted {
         if map.get(key, 0).ok().as_ref() != Some(value) {
             map.insert(key, value, 0)?;
+            changed = true;
         }
     }
     let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(k)).collect();
+    changed |= !stale.is_empty();
     for key in stale {
         map.remove(&key)?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
