@@ -11,7 +11,9 @@
 #     h2load), wrk, iperf3, ncat (TCP/UDP/SCTP), iptables (the TPROXY comparison),
 #     bpftool, and Python's grpcio for gRPC; for DNS: unbound (the test
 #     resolver), dig and kdig (clients), dnsperf and dnsmasq (benchmark); for
-#     Kafka: the tansu broker (crates.io, about 11 minutes to build once), kcat
+#     Kafka: the real Apache Kafka broker (jars from Maven Central with the
+#     machine's Maven and Java 17: scripts/kafka.sh, seconds once per machine)
+#     and the tansu broker (crates.io, about 11 minutes to build once), kcat
 #     and kafka-python (clients); for memcached: the memcached server,
 #     pymemcache (text) and python-binary-memcached (binary); for Cassandra: the cassandra-driver
 #     Python package (the client, and the protocol classes of the stand-in
@@ -130,5 +132,9 @@ fi
 # Helm (from its Go module) for the chart's tests and deploy/manifests/
 if ! bash "$(dirname "$0")/helm.sh" installed; then
   bash "$(dirname "$0")/helm.sh" install
+fi
+# Apache Kafka (its jars, from Maven Central) for the Kafka tests
+if ! bash "$(dirname "$0")/kafka.sh" installed; then
+  bash "$(dirname "$0")/kafka.sh" install
 fi
 log "ready"

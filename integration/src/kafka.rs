@@ -1,7 +1,9 @@
-//! Kafka peers for tests: the tansu broker (a Kafka-compatible broker from
-//! crates.io, installed by `scripts/setup.sh`), kcat and kafka-python as
-//! clients, and a raw client built on the `kafka-protocol` crate for what
-//! real clients never do on purpose (pipelined mixes, broken frames).
+//! Kafka peers for tests: the real Apache Kafka broker (KRaft, one node, from
+//! Maven Central jars: `scripts/kafka.sh`) and the tansu broker (a
+//! Kafka-compatible broker from crates.io), both installed by
+//! `scripts/setup.sh`; kcat and kafka-python as clients; and a raw client
+//! built on the `kafka-protocol` crate for what real clients never do on
+//! purpose (pipelined mixes, broken frames).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -43,6 +45,97 @@ impl Tansu {
             .output()
             .expect("tansu topic create");
         assert!(out.status.success(), "creating {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The real Apache Kafka broker (`scripts/kafka.sh start`), in a temporary
+/// directory. Its client listener (`addr`) advertises `advertised` (weir's
+/// listener), so clients come back through weir after their first
+/// Metadata; a second listener (`setup`) advertises itself, for creating
+/// topics without weir, and carries the broker's traffic to itself.
+pub struct ApacheKafka {
+    pub addr: SocketAddr,
+    pub setup: SocketAddr,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl ApacheKafka {
+    pub fn start(advertised: SocketAddr) -> ApacheKafka {
+        let dir = tempfile::tempdir().unwrap();
+        let [port, setup, controller] = [free_port(), free_port(), free_port()];
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+        let listeners = format!(
+            "listeners=PLAINTEXT://127.0.0.1:{port},SETUP://127.0.0.1:{setup},CONTROLLER://127.0.0.1:{controller}\n\
+             advertised.listeners=PLAINTEXT://{advertised},SETUP://127.0.0.1:{setup}\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SETUP:PLAINTEXT\n\
+             inter.broker.listener.name=SETUP\n\
+             auto.create.topics.enable=false\n"
+        );
+        let process = Process::spawn(
+            "apache kafka",
+            Command::new("bash")
+                .arg(script)
+                .args(["start", &dir.path().display().to_string(), &port.to_string()])
+                .env("WEIR_KAFKA_CONTROLLER_PORT", controller.to_string())
+                .env("WEIR_KAFKA_PROPERTIES", listeners)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let setup: SocketAddr = format!("127.0.0.1:{setup}").parse().unwrap();
+        wait_for("Apache Kafka to answer metadata", Duration::from_secs(60), || {
+            Command::new("kcat")
+                .args(["-b", &setup.to_string(), "-L", "-m", "2"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        ApacheKafka { addr, setup, _process: process, _dir: dir }
+    }
+
+    pub fn create_topic(&self, name: &str) {
+        let out = crate::python("kafka_client.py", &[&self.setup.to_string(), "setup", "create-topic", name]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("\"ok\": true"), "creating {name}: {text}");
+    }
+}
+
+/// Which broker a test runs against: every Kafka test runs against both.
+#[derive(Clone, Copy, Debug)]
+pub enum BrokerKind {
+    Tansu,
+    Apache,
+}
+
+pub enum Broker {
+    Tansu(Tansu),
+    Apache(ApacheKafka),
+}
+
+impl Broker {
+    /// A broker whose clients are sent back to `advertised` (weir).
+    pub fn start(kind: BrokerKind, advertised: SocketAddr) -> Broker {
+        match kind {
+            BrokerKind::Tansu => Broker::Tansu(Tansu::start(advertised)),
+            BrokerKind::Apache => Broker::Apache(ApacheKafka::start(advertised)),
+        }
+    }
+
+    /// Where weir forwards to.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Broker::Tansu(b) => b.addr,
+            Broker::Apache(b) => b.addr,
+        }
+    }
+
+    pub fn create_topic(&self, name: &str) {
+        match self {
+            Broker::Tansu(b) => b.create_topic(name),
+            Broker::Apache(b) => b.create_topic(name),
+        }
     }
 }
 

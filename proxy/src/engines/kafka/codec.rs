@@ -712,6 +712,64 @@ impl Request {
 /// Narrow an ApiVersions response (a whole frame, length prefix included)
 /// to the versions weir can judge. `None`: leave it as it is (not decodable,
 /// or an error answer).
+/// A refused Metadata request (v1 and later) is answered through the broker:
+/// clients drop a Metadata answer that names no brokers (kafka-python logs
+/// "No broker metadata found" and asks again until it times out), and only
+/// the broker knows its brokers, cluster id and controller. So the broker is
+/// asked the same request for no topics (and to create none); its answer
+/// goes back with the refused topics in place of none
+/// ([`metadata_answer_refusing`]). `frame` is the request without its
+/// length prefix; the result has one. `None`: not such a request.
+pub fn brokers_only_metadata(frame: &[u8], version: i16) -> Option<BytesMut> {
+    if version < 1 {
+        // in v0 an empty list asks for every topic
+        return None;
+    }
+    let mut buf = Bytes::copy_from_slice(frame);
+    let header_version = ApiKey::Metadata.request_header_version(version);
+    let header = RequestHeader::decode(&mut buf, header_version).ok()?;
+    let request = MetadataRequest::decode(&mut buf, version).ok()?;
+    // (a field a version lacks must keep its default, or it does not encode)
+    let request = request
+        .with_topics(Some(Vec::new()))
+        .with_allow_auto_topic_creation(version < 4)
+        .with_include_topic_authorized_operations(false);
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.put_i32(0);
+    header.encode(&mut out, header_version).ok()?;
+    request.encode(&mut out, version).ok()?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+impl Request {
+    /// The topics of a refused Metadata request as its answer lists them:
+    /// each with `code`.
+    pub fn refused_metadata_topics(&self, code: i16) -> Option<Vec<MetadataResponseTopic>> {
+        let Some(RequestKind::Metadata(r)) = &self.body else { return None };
+        let topics = r.topics.iter().flatten();
+        Some(topics.map(|t| MetadataResponseTopic::default().with_name(t.name.clone()).with_error_code(code)).collect())
+    }
+}
+
+/// The broker's answer to [`brokers_only_metadata`] (with its length
+/// prefix), carrying `topics` instead of none. `None`: not an answer weir can
+/// read and write back the same way.
+pub fn metadata_answer_refusing(frame: &[u8], version: i16, topics: Vec<MetadataResponseTopic>) -> Option<BytesMut> {
+    let mut buf = Bytes::copy_from_slice(frame.get(4..)?);
+    let header_version = ApiKey::Metadata.response_header_version(version);
+    let header = ResponseHeader::decode(&mut buf, header_version).ok()?;
+    let response = MetadataResponse::decode(&mut buf, version).ok()?.with_topics(topics);
+    let mut out = BytesMut::with_capacity(frame.len() + 64);
+    out.put_i32(0);
+    header.encode(&mut out, header_version).ok()?;
+    response.encode(&mut out, version).ok()?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMut> {
     let mut buf = Bytes::copy_from_slice(frame.get(4..)?);
     let header_version = ApiVersionsResponse::header_version(request_version);

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -44,7 +46,17 @@ const READ_CHUNK: usize = 64 << 10;
 /// What the response half must send next, in request order.
 enum Pending {
     /// The broker answers: its next response must carry this correlation id.
-    Broker { correlation_id: i32, api_key: i16, api_version: i16, flow: Box<FlowRecord>, started: Instant },
+    Broker {
+        correlation_id: i32,
+        api_key: i16,
+        api_version: i16,
+        flow: Box<FlowRecord>,
+        started: Instant,
+        /// A refused Metadata request sent as a brokers-only one: its answer
+        /// goes out naming these topics, refused; if the answer cannot be
+        /// rewritten, weir's own refusal goes out instead.
+        refused_metadata: Option<Box<(Vec<MetadataResponseTopic>, BytesMut)>>,
+    },
     /// Weir answered (a refusal): these bytes.
     Local { response: BytesMut },
 }
@@ -130,6 +142,7 @@ async fn requests(
                         api_version: request.api_version,
                         flow: Box::new(flow),
                         started,
+                        refused_metadata: None,
                     };
                     if queue.send(pending).await.is_err() {
                         break;
@@ -157,6 +170,26 @@ async fn requests(
                     conn.record(flow);
                     break;
                 };
+                // Metadata: the broker is asked for its brokers only, and its
+                // answer carries the refusal (codec::brokers_only_metadata)
+                let brokers_only = (request.api_key == ApiKey::Metadata as i16)
+                    .then(|| codec::brokers_only_metadata(&frame[4..], request.api_version))
+                    .flatten()
+                    .zip(request.refused_metadata_topics(code));
+                if let Some((brokers_only, topics)) = brokers_only {
+                    let pending = Pending::Broker {
+                        correlation_id: request.correlation_id,
+                        api_key: request.api_key,
+                        api_version: request.api_version,
+                        flow: Box::new(flow),
+                        started,
+                        refused_metadata: Some(Box::new((topics, response))),
+                    };
+                    if queue.send(pending).await.is_err() || broker.write_all(&brokers_only).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 conn.record(flow);
                 if queue.send(Pending::Local { response }).await.is_err() {
                     break;
@@ -226,7 +259,7 @@ async fn responses(
             frame = read_frame(&mut broker, &mut buf, MAX_RESPONSE, None) => match frame {
                 Ok(Some(mut frame)) => {
                     conn.idle.touch();
-                    let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started }) = pending.pop_front() else {
+                    let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started, refused_metadata }) = pending.pop_front() else {
                         break Some(Closing("the broker sent a response nobody asked for".into()));
                     };
                     let got = i32::from_be_bytes(frame[4..8].try_into().unwrap());
@@ -238,6 +271,10 @@ async fn responses(
                     }
                     if api_key == 18 && let Some(narrowed) = codec::narrow_api_versions(&frame, api_version) {
                         frame = narrowed;
+                    }
+                    if let Some(refusal) = refused_metadata {
+                        let (topics, own) = *refusal;
+                        frame = codec::metadata_answer_refusing(&frame, api_version, topics).unwrap_or(own);
                     }
                     flow.latency_us = Some(started.elapsed().as_micros() as u64);
                     let written = client.write_all(&frame).await;

@@ -105,6 +105,56 @@ fn metadata_topics_all_none_and_named() {
     }
 }
 
+/// A refused Metadata request goes to the broker as a brokers-only one, and
+/// the broker's answer comes back with the refused topics: the brokers,
+/// cluster id and controller are the broker's own (clients drop a Metadata
+/// answer without brokers, found against Apache Kafka with kafka-python).
+#[test]
+fn a_refused_metadata_request_is_answered_with_the_brokers_brokers() {
+    let named = RequestKind::Metadata(
+        MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("deathstar-plans")))]))
+            .with_allow_auto_topic_creation(true),
+    );
+    for version in 1..=13 {
+        let request = parse_request(frame(ApiKey::Metadata, version, 9, &named)).unwrap();
+        let asked = brokers_only_metadata(&frame(ApiKey::Metadata, version, 9, &named), version).unwrap();
+        let mut buf = Bytes::copy_from_slice(&asked[4..]);
+        let header = RequestHeader::decode(&mut buf, ApiKey::Metadata.request_header_version(version)).unwrap();
+        let sent = MetadataRequest::decode(&mut buf, version).unwrap();
+        assert_eq!((header.correlation_id, sent.topics, buf.len()), (9, Some(vec![]), 0), "v{version}");
+        if version >= 4 {
+            assert!(!sent.allow_auto_topic_creation, "v{version}: a refused name must not create its topic");
+        }
+
+        let broker = metadata_response::MetadataResponseBroker::default()
+            .with_node_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("10.0.0.1"))
+            .with_port(9092);
+        let answer = MetadataResponse::default().with_brokers(vec![broker]).with_controller_id(BrokerId(1));
+        let mut wire = BytesMut::new();
+        wire.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(9)
+            .encode(&mut wire, ApiKey::Metadata.response_header_version(version))
+            .unwrap();
+        answer.encode(&mut wire, version).unwrap();
+        let len = (wire.len() - 4) as i32;
+        wire[..4].copy_from_slice(&len.to_be_bytes());
+
+        let topics = request.refused_metadata_topics(29).unwrap();
+        let rewritten = metadata_answer_refusing(&wire, version, topics).unwrap();
+        let (id, body) = read_response(ApiKey::Metadata, version, &rewritten);
+        let ResponseKind::Metadata(response) = body else { panic!() };
+        assert_eq!(id, 9);
+        assert_eq!(response.brokers.len(), 1, "v{version}: the broker's brokers are kept");
+        let topics: Vec<(String, i16)> =
+            response.topics.iter().map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code)).collect();
+        assert_eq!(topics, vec![("deathstar-plans".into(), 29)], "v{version}");
+    }
+    assert!(brokers_only_metadata(&frame(ApiKey::Metadata, 0, 9, &named), 0).is_none(), "v0: empty means all");
+}
+
 #[test]
 fn topics_named_only_by_id_are_unknown() {
     let by_id = RequestKind::Fetch(
