@@ -34,6 +34,7 @@ fn main() {
     let (key, version, body, records_per_request) = match mode.as_str() {
         "produce" => {
             let value = Bytes::from(vec![b'x'; record_bytes]);
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
             let records: Vec<Record> = (0..batch)
                 .map(|i| Record {
                     transactional: false,
@@ -44,8 +45,14 @@ fn main() {
                     producer_epoch: -1,
                     timestamp_type: TimestampType::Creation,
                     offset: i as i64,
-                    sequence: -1,
-                    timestamp: 0,
+                    // kafka-protocol starts a new batch wherever offset minus
+                    // sequence changes: this keeps the request one batch (base
+                    // sequence -1, no producer id), which Apache Kafka requires
+                    // of Produce v3+; several batches (sequence -1 on every
+                    // record) are refused with INVALID_RECORD, and tansu took them
+                    sequence: i as i32 - 1,
+                    // now: Apache Kafka 4 refuses a batch stamped at the epoch
+                    timestamp: now_ms,
                     key: None,
                     value: Some(value.clone()),
                     headers: Default::default(),
@@ -118,8 +125,13 @@ fn main() {
         assert_eq!(header.correlation_id, id, "responses in order");
         match ResponseKind::decode(key, &mut buf, version).unwrap() {
             ResponseKind::Produce(r) => {
-                let code = r.responses[0].partition_responses[0].error_code;
-                assert_eq!(code, 0, "produce failed with error {code}");
+                let partition = &r.responses[0].partition_responses[0];
+                let code = partition.error_code;
+                assert_eq!(
+                    code, 0,
+                    "produce failed with error {code}: {:?} {:?}",
+                    partition.error_message, partition.record_errors
+                );
                 records += records_per_request as u64;
                 bytes += (records_per_request * record_bytes) as u64;
             }
