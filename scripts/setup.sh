@@ -15,9 +15,10 @@
 #     machine's Maven and Java 17: scripts/kafka.sh, seconds once per machine)
 #     and the tansu broker (crates.io, about 11 minutes to build once), kcat
 #     and kafka-python (clients); for memcached: the memcached server,
-#     pymemcache (text) and python-binary-memcached (binary); for Cassandra: the cassandra-driver
-#     Python package (the client, and the protocol classes of the stand-in
-#     responder: no Cassandra server can run here); for Kubernetes:
+#     pymemcache (text) and python-binary-memcached (binary); for Cassandra: a
+#     real Apache Cassandra 5.0 node (jars from Maven Central:
+#     scripts/cassandra.sh) and the cassandra-driver Python package (the
+#     client, and the protocol classes of the stand-in for broken input); for Kubernetes:
 #     kube-apiserver, kubectl and etcd built from Go modules (scripts/kube.sh,
 #     about 15 minutes once per machine)
 set -euo pipefail
@@ -133,8 +134,12 @@ fi
 if ! bash "$(dirname "$0")/helm.sh" installed; then
   bash "$(dirname "$0")/helm.sh" install
 fi
-# Apache Kafka (its jars, from Maven Central) for the Kafka tests
+# Apache Kafka and Apache Cassandra (their jars, from Maven Central) for the
+# Kafka and Cassandra tests: seconds each, once per machine
 if ! bash "$(dirname "$0")/kafka.sh" installed; then
   bash "$(dirname "$0")/kafka.sh" install
+fi
+if ! bash "$(dirname "$0")/cassandra.sh" installed; then
+  bash "$(dirname "$0")/cassandra.sh" install
 fi
 log "ready"

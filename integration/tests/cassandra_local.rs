@@ -1,5 +1,6 @@
-//! The Cassandra engine in local mode, end to end. No Cassandra server can
-//! run here, so the server is a STAND-IN (`integration/python/cql_standin.py`,
+//! The Cassandra engine in local mode, end to end, against a STAND-IN server
+//! (`cassandra_real.rs` runs the real Cassandra 5 node; the stand-in stays for
+//! broken input and for its log of what reached it: `integration/python/cql_standin.py`,
 //! built on the cassandra-driver's own protocol code; it logs every request
 //! it receives) and the client is the real cassandra-driver's connection
 //! layer (`cassandra_client.py`), on protocol v3, v4 and v5. Raw sockets
