@@ -2,6 +2,11 @@
 
 usage: kafka_client.py BOOTSTRAP CLIENT_ID COMMAND ARGS...
   produce TOPIC VALUE...       send the values, print one JSON line per value
+  produce-idempotent TOPIC VALUE...
+                               the same with enable_idempotence (InitProducerId
+                               without a transactional id, sequence numbers)
+  produce-transactional TOPIC TXID VALUE...
+                               one transaction: init, begin, send, commit; one line
   consume TOPIC GROUP COUNT    read COUNT records as member of GROUP, commit
   create-topic TOPIC           CreateTopics through the admin API
   describe-configs TOPIC       DescribeConfigs of one topic (all keys)
@@ -35,6 +40,33 @@ def main():
             except KafkaError as e:
                 out(ok=False, error=type(e).__name__, message=str(e))
         producer.close(timeout=5)
+    elif command == "produce-idempotent":
+        topic, *values = args
+        producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, enable_idempotence=True,
+                                 acks="all", max_block_ms=10000)
+        for value in values:
+            try:
+                meta = producer.send(topic, value.encode()).get(timeout=15)
+                out(ok=True, offset=meta.offset)
+            except KafkaError as e:
+                out(ok=False, error=type(e).__name__, message=str(e))
+        producer.close(timeout=5)
+    elif command == "produce-transactional":
+        topic, txid, *values = args
+        producer = None
+        try:
+            producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, transactional_id=txid,
+                                     max_block_ms=10000)
+            producer.init_transactions()
+            producer.begin_transaction()
+            for value in values:
+                producer.send(topic, value.encode())
+            producer.commit_transaction()
+            out(ok=True)
+        except Exception as e:
+            out(ok=False, error=type(e).__name__, message=str(e))
+        if producer is not None:
+            producer.close(timeout=5)
     elif command == "consume":
         topic, group, count = args
         consumer = KafkaConsumer(

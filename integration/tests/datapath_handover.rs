@@ -144,7 +144,11 @@ fn a_replaced_weir_loses_nothing_and_a_killed_one_only_its_open_connections() {
     assert_eq!(run.count("keepalive", "non_2xx"), 0, "{}", run.0);
     assert_eq!(run.count("keepalive", "connect_errors"), 0, "nothing refused: {}", run.0);
     assert!(run.keepalive_errors() <= 16, "at most two errors per connection: {}", run.0);
-    for part in ["new_connections", "dns_udp", "dns_tcp"] {
+    for part in ["dns_udp", "dns_tcp"] {
         assert!(run.count(part, "failed") <= 1, "{part}: at most the one in flight: {}", run.0);
     }
+    // a curl is a name lookup and then a request: the request in flight when
+    // weir died, and the lookup of the next curl in the gap, can both fail
+    // (seen once under a loaded machine: rc 52, then rc 6 13 ms later)
+    assert!(run.count("new_connections", "failed") <= 2, "new_connections: {}", run.0);
 }

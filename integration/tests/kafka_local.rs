@@ -84,7 +84,29 @@ against_both_brokers!(
     pipelined_requests_are_answered_in_order_refusals_included,
     broken_frames_close_the_connection_and_are_never_forwarded,
     a_peer_no_rule_allows_is_dropped_at_connect,
+    idempotent_producers_pass_under_the_produce_role_and_transactions_do_not,
 );
+
+/// `role: produce` covers an idempotent producer (InitProducerId without a
+/// transactional id, then sequenced Produce requests); a transactional one
+/// needs its own rules, so its first transactional request is refused with
+/// 53 and kafka-python reports the transactional id as not authorized.
+fn idempotent_producers_pass_under_the_produce_role_and_transactions_do_not(broker: BrokerKind) {
+    let s = setup(broker);
+    let idempotent = python_client(s.listener, "hq", &["produce-idempotent", "empire-announce", "one", "two"]);
+    assert!(idempotent.iter().all(|r| r["ok"] == true), "{idempotent:?}");
+    s.weir.wait_flow("protocol=kafka&verdict=forwarded", "InitProducerId", |f| api(f) == "InitProducerId");
+
+    let transactional =
+        python_client(s.listener, "hq", &["produce-transactional", "empire-announce", "tx-1", "three"]);
+    assert_eq!(transactional[0]["ok"], false, "{transactional:?}");
+    assert!(
+        transactional[0]["error"].as_str().unwrap_or_default().contains("TransactionalIdAuthorization"),
+        "{transactional:?}"
+    );
+    let refused = s.weir.wait_flow("protocol=kafka&verdict=denied", "the transactional refusal", |_| true);
+    assert_eq!(refused.kafka().unwrap().error_code, Some(53), "{refused:?}");
+}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
