@@ -128,3 +128,48 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with(&format!("client={server}:")), "{body}");
 }
+
+/// A sender B's weir knows only by a `fromCIDR` prefix has a CIDR identity
+/// (2^24 + n), which does not fit the mark's 24 bits: the mark must carry no
+/// identity then, or the proxy would read the truncated number as another
+/// identity — here the second prefix would read as `reserved:host`, which
+/// this policy lets in without L7 rules.
+#[test]
+fn an_off_node_sender_known_by_cidr_keeps_its_l7_rules() {
+    const CIDR_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-cidr}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromCIDR: [10.1.0.0/16]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    - fromCIDR: [10.200.1.0/24]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/public.*"}]
+    - fromCIDR: [10.250.0.0/16]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    - fromEntities: [host]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+    let mut a = Node::in_subnet(&["cli"], 1);
+    let mut b = Node::in_subnet(&["srv"], 2);
+    Node::wire(&mut a, &mut b, &LABELS);
+    b.remote_pods.clear(); // B knows A's pod by its address only
+    let server = b.pod("srv").ip;
+    b.serve("srv", "http server", "python3", &[&peer_script(), "http", &server.to_string(), "80"]);
+    b.enter();
+    b.start_weir(&format!("{BASE}{}", b.endpoints_yaml(&LABELS)), &[("server.yaml", CIDR_POLICY)]);
+    let url = format!("http://{server}/public/ready");
+    wait_for("the server across the wire", Duration::from_secs(10), || a.curl("cli", &url).0 == 200);
+    let (status, body) = a.curl("cli", &format!("http://{server}/private"));
+    assert_eq!((status, body.as_str()), (403, "Access denied\r\n"), "the CIDR sender's L7 rules were skipped");
+    let denied = wait_flow(&b, "the L7 denial", |f| f.http().is_some_and(|h| h.path == "/private"));
+    // judged as the address it is (a world address the CIDR rule names), not
+    // as the host
+    assert!(denied.policies.iter().any(|p| p.ends_with("spec.ingress[1].toPorts[0]")), "{denied:?}");
+    assert_eq!(denied.source.address.ip(), a.pod("cli").ip);
+}

@@ -97,8 +97,7 @@ fn idempotent_producers_pass_under_the_produce_role_and_transactions_do_not(brok
     assert!(idempotent.iter().all(|r| r["ok"] == true), "{idempotent:?}");
     s.weir.wait_flow("protocol=kafka&verdict=forwarded", "InitProducerId", |f| api(f) == "InitProducerId");
 
-    let transactional =
-        python_client(s.listener, "hq", &["produce-transactional", "empire-announce", "tx-1", "three"]);
+    let transactional = python_client(s.listener, "hq", &["produce-transactional", "empire-announce", "tx-1", "three"]);
     assert_eq!(transactional[0]["ok"], false, "{transactional:?}");
     assert!(
         transactional[0]["error"].as_str().unwrap_or_default().contains("TransactionalIdAuthorization"),
@@ -296,6 +295,8 @@ fn pipelined_requests_are_answered_in_order_refusals_included(broker: BrokerKind
     let codes: Vec<(String, i16)> =
         fourth.topics.iter().map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code)).collect();
     assert_eq!(codes, vec![("empire-announce".into(), 29), ("deathstar-plans".into(), 29)]);
+    // the refusal came through the broker: its brokers are in it
+    assert!(!fourth.brokers.is_empty(), "a Metadata refusal without brokers: {fourth:?}");
     let denied = kafka_flows(&s.weir, "verdict=denied");
     assert_eq!(denied.iter().filter(|f| api(f) == "Produce").count(), 2, "both refusals recorded: {denied:#?}");
 }

@@ -22,6 +22,9 @@ pub mod mark {
         ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF)
     }
 
+    /// Identities from here on (CIDR and DNS-learned ones) do not fit.
+    pub const MAX_IDENTITY: u32 = 1 << 24;
+
     #[inline(always)]
     pub const fn identity_of(mark: u32) -> u32 {
         ((mark >> 16) & 0xFFFF) | ((mark & 0xFF) << 16)
@@ -67,8 +70,22 @@ pub mod maps {
     pub const PROXY_SOCKETS: &str = "WEIR_PROXY_SOCKS";
     pub const EVENTS: &str = "WEIR_EVENTS";
     pub const SETTINGS: &str = "WEIR_SETTINGS";
-    pub const ALL: &[&str] =
-        &[ENDPOINTS, IPCACHE, POLICY, CONNTRACK, CT_USAGE, CT_FREED, FRAGMENTS, DROPS, PROXY_SOCKETS, EVENTS, SETTINGS];
+    /// The policy revision (one u32): see [`super::CtValue::revision`].
+    pub const REVISION: &str = "WEIR_REVISION";
+    pub const ALL: &[&str] = &[
+        ENDPOINTS,
+        IPCACHE,
+        POLICY,
+        CONNTRACK,
+        CT_USAGE,
+        CT_FREED,
+        FRAGMENTS,
+        DROPS,
+        PROXY_SOCKETS,
+        EVENTS,
+        SETTINGS,
+        REVISION,
+    ];
 }
 
 /// Program names (the functions in the object).
@@ -199,7 +216,7 @@ pub struct CtValue {
     pub expires: u64,
     /// TCP: `TCP_*` bits below.
     pub tcp: u32,
-    /// The policy revision (`Settings::revision`) this connection was last
+    /// The policy revision (`WEIR_REVISION`) this connection was last
     /// judged under. While it is the current one, a packet of the
     /// connection passes on this entry alone; a policy change makes every
     /// connection's next packet be judged again.
@@ -284,9 +301,7 @@ pub struct Settings {
     pub udp_secs: u32,
     pub icmp_secs: u32,
     pub other_secs: u32,
-    /// Bumped by weir each time it changes the endpoint, ipcache or policy
-    /// maps (never reset: it lives as long as the pinned map).
-    pub revision: u32,
+    pub _pad: u32,
 }
 
 pub const EVENT_DROP: u8 = 1;

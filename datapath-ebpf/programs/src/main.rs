@@ -74,6 +74,10 @@ static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(conntrack:
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
 #[map(name = "WEIR_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+/// The policy revision, written by weir after every change of the endpoint,
+/// ipcache or policy maps (a map of its own: nothing else writes it).
+#[map(name = "WEIR_REVISION")]
+static REVISION: Array<u32> = Array::pinned(1, 0);
 #[map(name = "WEIR_PROXY_SOCKS")]
 static PROXY_SOCKS: SockHash<u32> = SockHash::pinned(64, 0);
 #[map(name = "WEIR_EVENTS")]
@@ -293,6 +297,13 @@ fn record_fragment(packet: &Packet) {
     let _ = FRAGMENTS.insert(&key, &value, 0);
 }
 
+/// Read once per packet, before its policy lookups: an entry opened or
+/// re-judged is stamped with the revision its lookups belonged to.
+#[inline(always)]
+fn revision() -> u32 {
+    REVISION.get(0).copied().unwrap_or(0)
+}
+
 #[inline(always)]
 fn settings() -> Settings {
     SETTINGS.get(0).copied().unwrap_or_default()
@@ -425,8 +436,7 @@ fn release(owner: u32) {
 /// judged it), or restart the entry of a reused tuple. `Err(reason)`: no
 /// room; the caller drops the packet, since its replies could not pass.
 #[inline(always)]
-fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32) -> Result<(), u8> {
-    let revision = settings().revision;
+fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32, revision: u32) -> Result<(), u8> {
     let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, revision };
     value.expires = now() + lifetime(t.protocol, 0);
     if let Some(entry) = CT.get_ptr_mut(t) {
@@ -632,7 +642,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
     let existing = ct_live(t);
     // a SYN starts over, even on a tuple with an entry
     let opening = packet.syn || existing.is_none();
-    let revision = settings().revision;
+    let revision = revision();
     // the fast path: a connection judged under the policy in force passes on
     // its entry (the ipcache and policy lookups are what it saves)
     if let Some(ct) = existing
@@ -698,7 +708,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
                     }
                 }
                 _ if packet.opens => {
-                    if let Err(reason) = ct_open(t, CT_PROXIED, me, peer.identity, ifindex) {
+                    if let Err(reason) = ct_open(t, CT_PROXIED, me, peer.identity, ifindex, revision) {
                         emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
                         return shot(reason);
                     }
@@ -723,7 +733,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
                     if peer.identity >= FIRST_FQDN_IDENTITY {
                         ct_flags |= CT_FQDN;
                     }
-                    if let Err(reason) = ct_open(t, ct_flags, me, peer.identity, ifindex) {
+                    if let Err(reason) = ct_open(t, ct_flags, me, peer.identity, ifindex, revision) {
                         emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
                         return shot(reason);
                     }
@@ -785,7 +795,7 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
                     Some(ct) if !packet.syn => ct_touch(ct, packet, false),
                     _ => {
                         let src = mark::identity_of(skb_mark);
-                        if let Err(reason) = ct_open(t, CT_PROXIED, src, endpoint.identity, ifindex) {
+                        if let Err(reason) = ct_open(t, CT_PROXIED, src, endpoint.identity, ifindex, revision()) {
                             emit(EVENT_DROP, reason, DIR_INGRESS, t, src, endpoint.identity, ifindex, 0);
                             return shot(reason);
                         }
@@ -818,7 +828,7 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
     if related_error(packet) {
         return TC_ACT_OK as i32;
     }
-    let revision = settings().revision;
+    let revision = revision();
     let existing = ct_live(t);
     // the fast path, as in weir_from_pod: a connection this pod's ingress
     // policy let in under the policy in force
@@ -842,7 +852,7 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
                     }
                 }
                 _ if packet.opens => {
-                    if let Err(reason) = ct_open(t, 0, peer.identity, endpoint.identity, ifindex) {
+                    if let Err(reason) = ct_open(t, 0, peer.identity, endpoint.identity, ifindex, revision) {
                         emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
                         return shot(reason);
                     }
@@ -872,47 +882,59 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
 pub fn weir_from_netdev(ctx: TcContext) -> i32 {
     // a frame this program cannot read is not one it redirects: the pod's
     // own program (weir_to_pod) judges whatever is forwarded to a pod
-    from_netdev(&ctx).unwrap_or(TC_ACT_OK as i32)
+    from_netdev(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// Off-node traffic arriving at the node. Only what only this hook can do is
 /// done here: a TCP connection to a local pod whose ingress rules for the
 /// sender redirect it (L7) is handed to the proxy, with the sender's identity
 /// from the ipcache in the mark — `bpf_sk_assign` works on TC ingress, and the
-/// pod's veth sees the packet on egress, too late. Everything else passes on
-/// to routing and to `weir_to_pod`, which judges it as before (allows, drops
-/// and their flows included).
+/// pod's veth sees the packet on egress, too late. Everything else goes on
+/// untouched (`TC_ACT_UNSPEC`: the device's other TCX programs and tc filters
+/// still run — this is the node's uplink, not weir's own interface) to
+/// routing and to `weir_to_pod`, which judges it as before (allows, drops and
+/// their flows included).
 #[inline(always)]
 fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
     let Parsed::Ipv4(packet) = parse(ctx)? else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     };
     let t = &packet.tuple;
     if t.protocol != PROTO_TCP {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     }
     let destination = ipcache(t.daddr);
     if destination.local_ifindex == 0 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     }
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&destination.local_ifindex) }).copied() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     };
     // replies to the pod's own connections
     if packet.reply_candidate && ct_live(&t.reversed()).is_some() {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     }
     let peer = ipcache(t.saddr);
+    // a local pod's or the node's own address cannot arrive from another
+    // node: such a packet is spoofed, and is not given that identity here
+    // (weir_to_pod fails an L7 port closed for it)
+    if peer.local_ifindex != 0 || peer.identity == identity::HOST {
+        return Ok(TC_ACT_UNSPEC);
+    }
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     if verdict.verdict != VERDICT_REDIRECT {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_UNSPEC);
     }
     let ifindex = destination.local_ifindex;
     if !assign_to_proxy(ctx, t, verdict.proxy_port) {
         emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
         return Ok(shot(REASON_NO_PROXY));
     }
-    ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, peer.identity));
+    // the mark carries 24 bits of identity: CIDR and DNS-learned identities
+    // (2^24 and up) do not fit and would read as another one. The proxy then
+    // takes the sender's identity from its address, as it does without a mark.
+    let marked = if peer.identity < mark::MAX_IDENTITY { peer.identity } else { 0 };
+    ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, marked));
     if packet.syn {
         emit(EVENT_REDIRECT, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
     }

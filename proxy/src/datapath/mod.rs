@@ -54,7 +54,7 @@ impl ConntrackConfig {
             udp_secs: secs(self.udp),
             icmp_secs: secs(self.icmp),
             other_secs: secs(self.other),
-            revision: 0,
+            _pad: 0,
         }
     }
 }
@@ -76,6 +76,9 @@ pub struct Datapath {
     devices: BTreeMap<String, Attachment>,
     /// Whether this process has bumped the policy revision yet.
     revised_once: bool,
+    /// This process's half of every revision it writes, and its count.
+    revision_epoch: u32,
+    revisions: u32,
     proxy_sockets: SockHash<MapData, u32>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
@@ -123,11 +126,7 @@ impl Datapath {
         {
             let mut settings: Array<_, Settings> =
                 Array::try_from(ebpf.map_mut(maps::SETTINGS).expect("in the object"))?;
-            // a reused map keeps its revision: entries judged under it by the
-            // previous weir's programs stay current until this one applies
-            let revision = settings.get(&0, 0).map_or(0, |s| s.revision);
-            let wanted = Settings { revision, ..config.conntrack.settings() };
-            settings.set(0, wanted, 0).context("writing the datapath settings")?;
+            settings.set(0, config.conntrack.settings(), 0).context("writing the datapath settings")?;
         }
         let proxy_sockets = SockHash::try_from(ebpf.take_map(maps::PROXY_SOCKETS).expect("in the object"))?;
         Ok(Datapath {
@@ -137,6 +136,8 @@ impl Datapath {
             attached: BTreeMap::new(),
             devices: BTreeMap::new(),
             revised_once: false,
+            revision_epoch: revision_epoch(),
+            revisions: 0,
             proxy_sockets,
             rules: Default::default(),
         })
@@ -236,14 +237,22 @@ impl Datapath {
         Ok(())
     }
 
-    /// Make every tracked connection's next packet be judged again.
+    /// Make every tracked connection's next packet be judged again: a
+    /// revision no entry carries. Two weirs write it during a hand-over, so a
+    /// revision is this process's own (its high half, drawn at start) and
+    /// its count of changes (the low half): one process's revision never
+    /// equals the other's, whatever order their writes land in.
     fn bump_revision(&mut self) -> anyhow::Result<()> {
-        let mut settings: Array<_, Settings> =
-            Array::try_from(self.ebpf.map_mut(maps::SETTINGS).expect("in the object"))?;
-        let mut current = settings.get(&0, 0)?;
-        current.revision = current.revision.wrapping_add(1);
-        settings.set(0, current, 0)?;
-        Ok(())
+        let mut map: Array<_, u32> = Array::try_from(self.ebpf.map_mut(maps::REVISION).expect("in the object"))?;
+        let current = map.get(&0, 0)?;
+        loop {
+            self.revisions = self.revisions.wrapping_add(1);
+            let next = self.revision_epoch << 16 | (self.revisions & 0xFFFF);
+            if next != current {
+                map.set(0, next, 0)?;
+                return Ok(());
+            }
+        }
     }
 
     fn sync_attachments(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
@@ -411,6 +420,13 @@ pub fn cleanup_pins_and_node(config: &DatapathConfig, state: Option<NodeState>) 
 /// `weir datapath status`.
 pub fn status(config: &DatapathConfig) -> Vec<String> {
     status::report(config)
+}
+
+/// 16 bits that differ between two weirs on one node: from the clock and
+/// the pid (both run at once only during a hand-over, a new pid).
+fn revision_epoch() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (std::process::id() ^ nanos ^ (nanos >> 16)) & 0xFFFF
 }
 
 /// Bring `map` to `wanted`; whether anything changed.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use weir_datapath_common::{CtKey, CtUsage, CtValue, DROP_REASONS, EndpointInfo, Settings, maps, reason_name};
+use weir_datapath_common::{CtKey, CtUsage, CtValue, DROP_REASONS, EndpointInfo, maps, reason_name};
 
 use super::{links_dir, maps_dir, routing};
 use crate::config::DatapathConfig;
@@ -32,11 +32,11 @@ pub fn report(config: &DatapathConfig) -> Vec<String> {
             None => out.push(format!("map {}", path.display())),
         }
     }
-    if let Some(settings) = pinned(&maps_dir, maps::SETTINGS)
-        .and_then(|m| Array::<_, Settings>::try_from(m).ok())
+    if let Some(revision) = pinned(&maps_dir, maps::REVISION)
+        .and_then(|m| Array::<_, u32>::try_from(m).ok())
         .and_then(|a| a.get(&0, 0).ok())
     {
-        out.push(format!("policy revision {}", settings.revision));
+        out.push(format!("policy revision {revision:#x}"));
     }
     out.extend(endpoint_lines(&maps_dir, &links));
     out.extend(device_lines(&links, &config.devices));

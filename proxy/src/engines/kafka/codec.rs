@@ -709,9 +709,6 @@ impl Request {
     }
 }
 
-/// Narrow an ApiVersions response (a whole frame, length prefix included)
-/// to the versions weir can judge. `None`: leave it as it is (not decodable,
-/// or an error answer).
 /// A refused Metadata request (v1 and later) is answered through the broker:
 /// clients drop a Metadata answer that names no brokers (kafka-python logs
 /// "No broker metadata found" and asks again until it times out), and only
@@ -727,10 +724,13 @@ pub fn brokers_only_metadata(frame: &[u8], version: i16) -> Option<BytesMut> {
     }
     let mut buf = Bytes::copy_from_slice(frame);
     let header_version = ApiKey::Metadata.request_header_version(version);
-    let header = RequestHeader::decode(&mut buf, header_version).ok()?;
+    // nothing of the refused request but its header's identity goes on: not
+    // its topics, nor tagged fields weir does not know
+    let header = RequestHeader::decode(&mut buf, header_version).ok()?.with_unknown_tagged_fields(Default::default());
     let request = MetadataRequest::decode(&mut buf, version).ok()?;
     // (a field a version lacks must keep its default, or it does not encode)
     let request = request
+        .with_unknown_tagged_fields(Default::default())
         .with_topics(Some(Vec::new()))
         .with_allow_auto_topic_creation(version < 4)
         .with_include_topic_authorized_operations(false);
@@ -770,6 +770,9 @@ pub fn metadata_answer_refusing(frame: &[u8], version: i16, topics: Vec<Metadata
     Some(out)
 }
 
+/// Narrow an ApiVersions response (a whole frame, length prefix included)
+/// to the versions weir can judge. `None`: leave it as it is (not decodable,
+/// or an error answer).
 pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMut> {
     let mut buf = Bytes::copy_from_slice(frame.get(4..)?);
     let header_version = ApiVersionsResponse::header_version(request_version);

@@ -339,10 +339,6 @@ enum FrameError {
     Bad(String),
 }
 
-/// Read one length-prefixed frame (prefix included). `Ok(None)`: a clean EOF
-/// between frames. Cancel-safe: a partly read frame stays in `buf`. With
-/// `held`, the declared frame is reserved from the buffer budget before
-/// its body is read.
 /// Why relaying an answer stopped.
 enum Relay {
     ClientGone,
@@ -408,6 +404,10 @@ async fn relay_body(
     }
 }
 
+/// Read one length-prefixed frame (prefix included). `Ok(None)`: a clean EOF
+/// between frames. Cancel-safe: a partly read frame stays in `buf`. With
+/// `held`, the declared frame is reserved from the buffer budget before
+/// its body is read.
 async fn read_frame(
     reader: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
