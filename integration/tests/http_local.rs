@@ -309,6 +309,15 @@ fn policy_changes_hot_reload_and_invalid_ones_are_kept_out() {
     weir.wait_generation_above(generation);
     assert_eq!(curl_from(FRONTEND, &[&url(port, "/index.html")]).status, 403);
     assert!(weir.config()["reload"]["rejected"].as_array().unwrap().is_empty());
+    assert_eq!(weir.config()["reload"]["needs_restart"], serde_json::json!([]));
+
+    // a setting read at start only: the reload applies the rest and names it
+    let generation = weir.generation();
+    let yaml = weir.config_dir().join("weir.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("workers: 3\n{text}")).unwrap();
+    weir.wait_generation_above(generation);
+    assert_eq!(weir.config()["reload"]["needs_restart"], serde_json::json!(["workers"]));
 }
 
 #[test]

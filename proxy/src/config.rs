@@ -400,6 +400,27 @@ impl FilterConfig {
 }
 
 impl WeirConfig {
+    /// The settings read once, when weir starts, that differ from `started`:
+    /// a reload applies everything else and reports these (`/config`'s
+    /// `reload.needs_restart`, and a warning) instead of ignoring them.
+    pub fn start_only_changes(&self, started: &WeirConfig) -> Vec<&'static str> {
+        let json = |c: &WeirConfig| serde_json::to_value(&c.datapath).ok();
+        [
+            ("admin", self.admin != started.admin),
+            ("metrics", self.metrics != started.metrics),
+            ("demo_backend", self.demo_backend != started.demo_backend),
+            ("workers", self.workers != started.workers),
+            ("reload_interval", self.reload_interval != started.reload_interval),
+            ("filter_cache", self.filter_cache != started.filter_cache),
+            ("flow_history", self.flow_history != started.flow_history),
+            ("limits.filter_instances", self.limits.filter_instances != started.limits.filter_instances),
+            ("datapath", json(self) != json(started)),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: WeirConfig = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         config.validate()?;
@@ -559,6 +580,15 @@ impl Default for ConntrackConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_read_at_start_are_named_when_a_reload_changes_them() {
+        let started = WeirConfig::parse("workers: 2\nlog_flows: true\n").unwrap();
+        let same = WeirConfig::parse("workers: 2\nlog_flows: false\n").unwrap();
+        assert!(same.start_only_changes(&started).is_empty(), "log_flows applies on reload");
+        let changed = WeirConfig::parse("workers: 4\ndatapath: {devices: [eth0]}\n").unwrap();
+        assert_eq!(changed.start_only_changes(&started), vec!["workers", "datapath"]);
+    }
 
     #[test]
     fn each_engine_has_its_own_transparent_port() {

@@ -40,6 +40,9 @@ pub struct Controller {
     /// The API server's objects in the model in force, kept for when a
     /// newer version of one is bad.
     last_good: Arc<LastGood>,
+    /// The node configuration this process started with: what of it only a
+    /// restart applies is compared with every later one.
+    started_with: Option<crate::config::WeirConfig>,
 }
 
 impl Controller {
@@ -51,6 +54,7 @@ impl Controller {
             datapath: None,
             fingerprint: 0,
             last_good: Default::default(),
+            started_with: None,
         }
     }
 
@@ -117,11 +121,19 @@ impl Controller {
         for object in &set_aside {
             tracing::warn!("set aside: {object}");
         }
+        // settings weir reads once, at start: a change is applied by a
+        // restart (or a hand-over), never silently dropped
+        let started_with = self.started_with.get_or_insert_with(|| model.config.clone());
+        let needs_restart = model.config.start_only_changes(started_with);
+        if !needs_restart.is_empty() {
+            tracing::warn!(settings = ?needs_restart, "weir.yaml changed settings read at start only; they apply at the next restart");
+        }
         let mut status = self.state.reload.lock().unwrap();
         status.generation = generation;
         status.last_applied = Some(rfc3339(SystemTime::now()));
         status.rejected.clear();
         status.set_aside = set_aside.iter().map(ToString::to_string).collect();
+        status.needs_restart = needs_restart.into_iter().map(str::to_string).collect();
         Ok(())
     }
 

@@ -50,6 +50,9 @@ pub struct ReloadStatus {
     /// Objects of the API server the model in force leaves out, or holds at
     /// their last good version, and why (`control/build.rs`).
     pub set_aside: Vec<String>,
+    /// Settings of weir.yaml changed since start that only a restart applies
+    /// (`WeirConfig::start_only_changes`).
+    pub needs_restart: Vec<String>,
 }
 
 /// A downstream connection counted while it lives: the `connections` and
