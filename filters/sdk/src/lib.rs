@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Build it for `wasm32-unknown-unknown` and wrap it as a component (see
-//! `filters/README.md`); the host calls `configure` once per instance and then
+//! `docs/filters.md`); the host calls `configure` once per instance and then
 //! the request/response hooks, synchronously, under a CPU and memory budget.
 
 pub mod cassandra;
@@ -37,6 +37,8 @@ mod slot;
 pub mod stream;
 
 pub use config_error::ConfigError;
+/// Where the export macros keep the configured filter; not for filters' own
+/// state (keep that in the filter struct).
 #[doc(hidden)]
 pub use slot::Slot;
 
