@@ -9,6 +9,7 @@ usage: kafka_client.py BOOTSTRAP CLIENT_ID COMMAND ARGS...
                                one transaction: init, begin, send, commit; one line
   consume TOPIC GROUP COUNT    read COUNT records as member of GROUP, commit
   create-topic TOPIC           CreateTopics through the admin API
+  delete-topic TOPIC           DeleteTopics through the admin API
   describe-configs TOPIC       DescribeConfigs of one topic (all keys)
   delete-groups GROUP...       DeleteGroups; the outcome per group
 
@@ -95,6 +96,16 @@ def main():
         try:
             result = admin.create_topics([NewTopic(topic, 1, 1)])
             errors = [e[1] for e in getattr(result, "topic_errors", [])]
+            out(ok=all(code == 0 for code in errors), codes=errors)
+        except KafkaError as e:
+            out(ok=False, error=type(e).__name__, message=str(e))
+        admin.close()
+    elif command == "delete-topic":
+        (topic,) = args
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10000)
+        try:
+            result = admin.delete_topics([topic])
+            errors = [e[1] for e in getattr(result, "topic_error_codes", [])]
             out(ok=all(code == 0 for code in errors), codes=errors)
         except KafkaError as e:
             out(ok=False, error=type(e).__name__, message=str(e))

@@ -37,6 +37,7 @@ spec:
               - {role: consume, topic: deathstar-plans, clientID: rdkafka}
               - {role: produce, topic: deathstar-plans, clientID: vader}
               - {apiKey: createtopics, topic: allowed-new}
+              - {apiKey: deletetopics, topic: allowed-new}
               - {apiKey: describeconfigs, topic: empire-announce}
               - {apiKey: deletegroups, topic: empire-announce}
 "#;
@@ -85,7 +86,50 @@ against_both_brokers!(
     broken_frames_close_the_connection_and_are_never_forwarded,
     a_peer_no_rule_allows_is_dropped_at_connect,
     idempotent_producers_pass_under_the_produce_role_and_transactions_do_not,
+    delete_topics_by_api_key_and_the_java_console_producer,
 );
+
+/// DeleteTopics is judged on the topics it names (an `apiKey` rule with a
+/// topic), and the Java clients shipped in Kafka's own jars (the console
+/// producer, on the newest versions weir's narrowing leaves it, idempotent
+/// by default) produce through weir like librdkafka and kafka-python.
+fn delete_topics_by_api_key_and_the_java_console_producer(broker: BrokerKind) {
+    let s = setup(broker);
+    let created = python_client(s.listener, "admin", &["create-topic", "allowed-new"]);
+    assert_eq!(created[0]["ok"], true, "{created:?}");
+    let deleted = python_client(s.listener, "admin", &["delete-topic", "allowed-new"]);
+    assert_eq!(deleted[0]["ok"], true, "{deleted:?}");
+    let refused = python_client(s.listener, "admin", &["delete-topic", "empire-announce"]);
+    assert_eq!(refused[0]["ok"], false, "{refused:?}");
+    let flow =
+        s.weir.wait_flow("protocol=kafka&verdict=denied", "the DeleteTopics refusal", |f| api(f) == "DeleteTopics");
+    assert_eq!(flow.kafka().unwrap().topics, vec!["empire-announce".to_string()]);
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+    let mut producer = std::process::Command::new("bash")
+        .arg(script)
+        .args(["run", "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", &s.listener.to_string()])
+        .args(["--topic", "empire-announce"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("scripts/kafka.sh run");
+    producer.stdin.take().unwrap().write_all(b"from java\n").unwrap();
+    let out = producer.wait_with_output().unwrap();
+    assert!(out.status.success(), "ConsoleProducer: {}", text(&out.stderr));
+    let consumed = kcat(s.listener, &["-C", "-t", "empire-announce", "-o", "beginning", "-e"], "");
+    assert_eq!(text(&consumed.stdout), "from java\n", "kcat -C: {}", text(&consumed.stderr));
+    // Kafka 4.4's Java client asks ApiVersions v5, newer than weir reads:
+    // weir answers UNSUPPORTED_VERSION and the client asks again in v4
+    s.weir.wait_flow("protocol=kafka", "the too-new ApiVersions", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("newer than weir reads"))
+    });
+    let produce = s.weir.wait_flow("protocol=kafka&verdict=forwarded", "the Java client's Produce", |f| {
+        api(f) == "Produce" && f.kafka().unwrap().client_id.starts_with("console-producer")
+    });
+    assert!(produce.kafka().unwrap().api_version <= 12, "weir narrows Produce to versions that name topics");
+}
 
 /// `role: produce` covers an idempotent producer (InitProducerId without a
 /// transactional id, then sequenced Produce requests); a transactional one

@@ -709,6 +709,35 @@ impl Request {
     }
 }
 
+/// An ApiVersions request newer than weir reads is answered by weir, the way
+/// a broker answers one newer than it speaks: UNSUPPORTED_VERSION (35) in a
+/// v0 answer naming the ApiVersions versions weir reads, so the client asks
+/// again in one of them — and gets the narrowed answer. Forwarded as it was,
+/// the broker's answer would reach the client unnarrowed (weir cannot decode
+/// it to narrow it), and the client would send versions weir cannot judge
+/// (found with Kafka 4.4's Java client, which asks in v5 and then sent
+/// Produce v13, topics by id only). `None`: weir reads this version.
+pub fn api_versions_too_new(request: &Request) -> Option<BytesMut> {
+    let range = ApiKey::ApiVersions.valid_versions();
+    if request.api_key != ApiKey::ApiVersions as i16 || request.api_version <= range.max {
+        return None;
+    }
+    let response = ApiVersionsResponse::default().with_error_code(35).with_api_keys(vec![
+        api_versions_response::ApiVersion::default()
+            .with_api_key(ApiKey::ApiVersions as i16)
+            .with_min_version(range.min)
+            .with_max_version(range.max),
+    ]);
+    let mut out = BytesMut::with_capacity(32);
+    out.put_i32(0);
+    // as Kafka does: the v0 header and body, whatever version was asked
+    ResponseHeader::default().with_correlation_id(request.correlation_id).encode(&mut out, 0).ok()?;
+    response.encode(&mut out, 0).ok()?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 /// A refused Metadata request (v1 and later) is answered through the broker:
 /// clients drop a Metadata answer that names no brokers (kafka-python logs
 /// "No broker metadata found" and asks again until it times out), and only

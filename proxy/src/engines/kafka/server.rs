@@ -136,6 +136,17 @@ async fn requests(
             detail: Some(FlowDetail::Kafka(kafka_flow(&request))),
             ..conn.flow(s, Verdict::Forwarded, None)
         };
+        if let Some(answer) = codec::api_versions_too_new(&request) {
+            flow.reason = Some(format!(
+                "ApiVersions v{} is newer than weir reads: answered UNSUPPORTED_VERSION, the client asks again",
+                request.api_version
+            ));
+            conn.record(flow);
+            if queue.send(Pending::Local { response: answer }).await.is_err() {
+                break;
+            }
+            continue;
+        }
         match judge(s, &request, &mut flow) {
             None => {
                 if request.expects_response {

@@ -155,6 +155,36 @@ fn a_refused_metadata_request_is_answered_with_the_brokers_brokers() {
     assert!(brokers_only_metadata(&frame(ApiKey::Metadata, 0, 9, &named), 0).is_none(), "v0: empty means all");
 }
 
+/// An ApiVersions request newer than the crate reads gets Kafka's own answer
+/// to a version it does not speak: v0, UNSUPPORTED_VERSION, and the range to
+/// ask in.
+#[test]
+fn a_too_new_api_versions_request_is_told_which_versions_to_use() {
+    let max = ApiKey::ApiVersions.valid_versions().max;
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(max + 1)
+        .with_correlation_id(3)
+        .with_client_id(Some(StrBytes::from_static_str("java")))
+        .encode(&mut frame, 2)
+        .unwrap();
+    let request = parse_request(frame.freeze()).unwrap();
+    let answer = api_versions_too_new(&request).unwrap();
+    let (id, body) = read_response(ApiKey::ApiVersions, 0, &answer);
+    let ResponseKind::ApiVersions(response) = body else { panic!() };
+    assert_eq!((id, response.error_code), (3, 35));
+    assert_eq!(response.api_keys.len(), 1);
+    assert_eq!((response.api_keys[0].min_version, response.api_keys[0].max_version), (0, max));
+
+    let known = RequestKind::ApiVersions(ApiVersionsRequest::default());
+    assert!(api_versions_too_new(&parse_request(frame_of(ApiKey::ApiVersions, max, &known)).unwrap()).is_none());
+}
+
+fn frame_of(key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
+    frame(key, version, 1, body)
+}
+
 #[test]
 fn topics_named_only_by_id_are_unknown() {
     let by_id = RequestKind::Fetch(
