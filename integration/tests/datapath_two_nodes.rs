@@ -122,8 +122,9 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
         wait_flow(&b, "the drop", |f| f.verdict == Verdict::Dropped && f.source.address.ip() == other && f.port == 80);
     assert!(has_label(&dropped, "k8s:app=other"), "{dropped:?}");
 
-    // B's pod opens a connection to A's pod: the replies come back over the
-    // wire through weir_from_netdev, which leaves them to weir_to_pod
+    // B's pod opens a connection to A's pod: its replies come back over the
+    // wire, pass weir_from_netdev (nothing there redirects them) and are let
+    // in by weir_to_pod as replies (B's ingress policy alone would drop them)
     let (status, body) = b.curl("srv", &format!("http://{client}:8080/from-b"));
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with(&format!("client={server}:")), "{body}");

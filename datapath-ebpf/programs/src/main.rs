@@ -147,7 +147,7 @@ fn has_ports(protocol: u8) -> bool {
 fn now() -> u64 {
     // CLOCK_MONOTONIC_COARSE: the tick's time, no clock-source read (the
     // precise clock's read_tsc was 1.4% of the busy CPU under load in
-    // bench/datapath.sh's profile); deadlines are seconds, a tick is 1-4 ms
+    // bench/datapath.sh's profile); deadlines are seconds, a tick 1-10 ms (HZ)
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
