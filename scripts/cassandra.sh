@@ -40,13 +40,14 @@
 set -euo pipefail
 
 CASSANDRA_VERSION=${CASSANDRA_VERSION:-5.0.9}
-DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 PREFIX=${WEIR_CASSANDRA_PREFIX:-/usr/local/lib/weir-cassandra}
 DIR=$PREFIX/$CASSANDRA_VERSION
 LIBS=$DIR/libs
 CDS=$DIR/classes.jsa
 JAVA_OPTS=${WEIR_CASSANDRA_JAVA_OPTS:--Xms64m -Xmx1g -Xss256k -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 log() { echo "cassandra: $*" >&2; }
+# shellcheck source=lib/maven.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/maven.sh"
 
 installed() { [ -f "$LIBS/cassandra-all-$CASSANDRA_VERSION.jar" ]; }
 
@@ -62,42 +63,18 @@ install() {
     fi
     return
   fi
-  command -v mvn >/dev/null || { log "mvn is not installed"; exit 1; }
-  command -v java >/dev/null || { log "java (17) is not installed"; exit 1; }
   log "fetching Cassandra $CASSANDRA_VERSION jars from Maven Central into $LIBS (once per machine)"
   local tmp
   tmp=$(mktemp -d)
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
-  cat > "$tmp/pom.xml" <<EOF
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>weir</groupId>
-  <artifactId>weir-cassandra-node</artifactId>
-  <version>0</version>
-  <packaging>pom</packaging>
-  <dependencies>
+  maven_fetch "$DIR" weir-cassandra-node "$tmp" "
     <dependency>
       <groupId>org.apache.cassandra</groupId>
       <artifactId>cassandra-all</artifactId>
       <version>$CASSANDRA_VERSION</version>
-    </dependency>
-  </dependencies>
-</project>
-EOF
-  rm -rf "$DIR.partial"
-  mkdir -p "$DIR.partial"
-  # Debian's mvn 3.8 prints colour resets even with -q -B: keep its output
-  # and show it (plain) only when it fails.
-  if ! mvn -q -B -f "$tmp/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
-      -DincludeScope=runtime -DoutputDirectory="$DIR.partial/libs" > "$tmp/mvn.log" 2>&1; then
-    sed 's/\x1b\[[0-9;]*m//g' "$tmp/mvn.log" >&2
-    log "mvn failed"; exit 1
-  fi
-  [ -f "$DIR.partial/libs/cassandra-all-$CASSANDRA_VERSION.jar" ] || { log "cassandra-all-$CASSANDRA_VERSION.jar was not fetched"; exit 1; }
-  rm -rf "$DIR"
-  mv "$DIR.partial" "$DIR"
-  log "installed $(ls "$LIBS" | wc -l) jars ($(du -sh "$LIBS" | cut -f1)) in $LIBS"
+    </dependency>"
+  maven_commit "$DIR" "cassandra-all-$CASSANDRA_VERSION.jar"
   class_archive "$tmp"
 }
 
@@ -145,9 +122,7 @@ class_archive() {
 
 classpath() {
   installed || { log "not installed: run $0 install"; exit 1; }
-  local jars=("$LIBS"/*.jar)
-  local IFS=:
-  echo "${jars[*]}"
+  jars_classpath "$LIBS"
 }
 
 start() {

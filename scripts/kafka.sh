@@ -32,32 +32,24 @@ set -euo pipefail
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
 LOG4J_VERSION=2.25.3
-DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 PREFIX=${WEIR_KAFKA_PREFIX:-/usr/local/lib/weir-kafka}
 DIR=$PREFIX/$KAFKA_VERSION
 LIBS=$DIR/libs
 JAVA_OPTS=${WEIR_KAFKA_JAVA_OPTS:--Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 log() { echo "kafka: $*" >&2; }
+# shellcheck source=lib/maven.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/maven.sh"
 
 installed() { [ -f "$LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; }
 
 install() {
   if installed; then return; fi
-  command -v mvn >/dev/null || { log "mvn is not installed"; exit 1; }
-  command -v java >/dev/null || { log "java (17 or newer) is not installed"; exit 1; }
   log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS (once per machine)"
   local tmp
   tmp=$(mktemp -d)
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
-  cat > "$tmp/pom.xml" <<EOF
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>weir</groupId>
-  <artifactId>weir-kafka-broker</artifactId>
-  <version>0</version>
-  <packaging>pom</packaging>
-  <dependencies>
+  maven_fetch "$DIR" weir-kafka-broker "$tmp" "
     <dependency>
       <groupId>org.apache.kafka</groupId>
       <artifactId>kafka_2.13</artifactId>
@@ -80,30 +72,13 @@ install() {
       <groupId>org.apache.logging.log4j</groupId>
       <artifactId>log4j-slf4j-impl</artifactId>
       <version>$LOG4J_VERSION</version>
-    </dependency>
-  </dependencies>
-</project>
-EOF
-  rm -rf "$DIR.partial"
-  mkdir -p "$DIR.partial"
-  # Debian's mvn 3.8 prints colour resets even with -q -B: keep its output
-  # and show it (plain) only when it fails.
-  if ! mvn -q -B -f "$tmp/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
-      -DincludeScope=runtime -DoutputDirectory="$DIR.partial/libs" > "$tmp/mvn.log" 2>&1; then
-    sed 's/\x1b\[[0-9;]*m//g' "$tmp/mvn.log" >&2
-    log "mvn failed"; exit 1
-  fi
-  [ -f "$DIR.partial/libs/kafka_2.13-$KAFKA_VERSION.jar" ] || { log "kafka_2.13-$KAFKA_VERSION.jar was not fetched"; exit 1; }
-  rm -rf "$DIR"
-  mv "$DIR.partial" "$DIR"
-  log "installed $(ls "$LIBS" | wc -l) jars ($(du -sh "$LIBS" | cut -f1)) in $LIBS"
+    </dependency>"
+  maven_commit "$DIR" "kafka_2.13-$KAFKA_VERSION.jar"
 }
 
 classpath() {
   installed || { log "not installed: run $0 install"; exit 1; }
-  local jars=("$LIBS"/*.jar)
-  local IFS=:
-  echo "${jars[*]}"
+  jars_classpath "$LIBS"
 }
 
 start() {
