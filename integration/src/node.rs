@@ -17,6 +17,7 @@
 //! `weir datapath cleanup` as a safety net, and deletes every namespace,
 //! also when the test failed.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -213,6 +214,40 @@ impl Node {
         cmd
     }
 
+    /// Run `program` in `pod` with `input` on its stdin, for at most 60 s.
+    pub fn run_in(&self, pod: &str, program: &str, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .in_pod(pod, program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    }
+
+    /// One long-lived connection from `pod` to `host:port`
+    /// (`datapath_peer.py lines`), a line at a time.
+    pub fn line_client(&self, pod: &str, host: &str, port: u16) -> LineClient {
+        let mut child = self
+            .in_pod(pod, "python3")
+            .args([&peer_script(), "lines", host, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        LineClient { child, input: Some(input), output }
+    }
+
     /// Start a long-running server inside a pod; stopped with the node.
     pub fn serve(&mut self, pod: &str, name: &str, program: &str, args: &[&str]) {
         let mut cmd = self.in_pod(pod, program);
@@ -316,6 +351,35 @@ impl Drop for Node {
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
         let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}
+
+/// A connection kept open by `datapath_peer.py lines` in a pod; killed when
+/// dropped.
+pub struct LineClient {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl LineClient {
+    /// Send a line; the reply line, or `error ...` when the connection failed
+    /// or the reply did not come within the client's 5 s.
+    pub fn exchange(&mut self, text: &str) -> String {
+        let input = self.input.as_mut().expect("open");
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        drop(self.input.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

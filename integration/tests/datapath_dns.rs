@@ -4,9 +4,7 @@
 //! The programs hand the pod's DNS traffic (UDP and TCP) to weir's DNS proxy;
 //! the addresses it learns become kernel policy for that pod, for their TTL.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
@@ -120,29 +118,13 @@ fn pods_get_refused_names_and_learned_addresses_open_for_their_ttl() {
     );
 
     // a connection opened while the answer held is not cut when it expires
-    let mut lines = node
-        .in_pod("cli", "python3")
-        .args([&script, "lines", &external, "9000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = lines.stdin.take().unwrap();
-    let mut output = BufReader::new(lines.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        input.flush().unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(exchange("one"), "one");
+    let mut lines = node.line_client("cli", &external, 9000);
+    assert_eq!(lines.exchange("one"), "one");
     // TTL 2s: the kernel forgets the address, new connections are dropped
     // (until then this path is refused at L7 with 403; after, at L3/L4)
     wait_for("the learned address to expire", Duration::from_secs(10), || node.curl("cli", &api).0 == 0);
-    assert_eq!(exchange("two"), "two", "the established connection survived the expiry");
-    let _ = lines.kill();
-    let _ = lines.wait();
+    assert_eq!(lines.exchange("two"), "two", "the established connection survived the expiry");
+    drop(lines);
     let drop = node.weir().flows("verdict=dropped");
     assert!(drop.iter().any(|f| f.destination.address.ip().to_string() == external), "{drop:?}");
 }

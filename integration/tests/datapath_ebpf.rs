@@ -3,9 +3,7 @@
 //! (curl, Python HTTP/TCP/UDP servers, raw SCTP packets). No pod is told
 //! about the proxy: the programs on the veths redirect and enforce.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::observe::flow::{FlowRecord, Verdict};
@@ -237,23 +235,8 @@ spec:
         node.in_pod("cli", "ncat").args(["-z", "-w", "1", &server, "9000"]).status().is_ok_and(|s| s.success())
     });
 
-    let mut client = node
-        .in_pod("cli", "python3")
-        .args([&script, "lines", &server, "9000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = client.stdin.take().unwrap();
-    let mut output = BufReader::new(client.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        input.flush().unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(exchange("one"), "one");
+    let mut client = node.line_client("cli", &server, 9000);
+    assert_eq!(client.exchange("one"), "one");
 
     // weir crashes: the pinned links keep enforcing, conntrack is pinned
     let config_dir = node.weir().config_dir().to_path_buf();
@@ -264,7 +247,7 @@ spec:
         !Path::new(&format!("/proc/{old_pid}/cmdline")).exists()
             || std::fs::read_to_string(format!("/proc/{old_pid}/stat")).is_ok_and(|s| s.contains(") Z"))
     });
-    assert_eq!(exchange("two"), "two", "the connection died with weir");
+    assert_eq!(client.exchange("two"), "two", "the connection died with weir");
     assert!(
         !node
             .in_pod("srv", "ncat")
@@ -279,16 +262,13 @@ spec:
     let policies = std::fs::read_to_string(config_dir.join("policies/server.yaml")).unwrap();
     node.weir = None; // the dead one: nothing to clean, its successor owns the pins
     node.start_weir(&config, &[("server.yaml", &policies)]);
-    assert_eq!(exchange("three"), "three", "the connection died when weir came back");
+    assert_eq!(client.exchange("three"), "three", "the connection died when weir came back");
 
     // a clean stop removes everything
     let mut weir = node.weir.take().unwrap();
     assert!(weir.terminate().is_some_and(|s| s.success()), "{}", weir.log());
     let leftovers = node.leftovers();
     assert!(leftovers.is_empty(), "left behind:\n{leftovers}\nweir log:\n{}", weir.log());
-    drop(input);
-    let _ = client.kill();
-    let _ = client.wait();
 }
 
 #[test]
@@ -312,25 +292,10 @@ fn a_policy_change_reaches_established_connections_at_once() {
     wait_for("the echo server", Duration::from_secs(10), || {
         node.in_pod("cli", "ncat").args(["-z", "-w", "1", &server, "9000"]).status().is_ok_and(|s| s.success())
     });
-    let mut client = node
-        .in_pod("cli", "python3")
-        .args([&script, "lines", &server, "9000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = client.stdin.take().unwrap();
-    let mut output = BufReader::new(client.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        input.flush().unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut client = node.line_client("cli", &server, 9000);
     // established: later packets pass on the conntrack entry alone
     for i in 0..20 {
-        assert_eq!(exchange(&format!("line {i}")), format!("line {i}"));
+        assert_eq!(client.exchange(&format!("line {i}")), format!("line {i}"));
     }
 
     // a change that does not concern this connection (a new port) revises
@@ -338,20 +303,17 @@ fn a_policy_change_reaches_established_connections_at_once() {
     let generation = node.weir().generation();
     node.weir().write_policy("server.yaml", &policy(&["9000", "9001"]));
     node.weir().wait_generation_above(generation);
-    assert_eq!(exchange("after an unrelated change"), "after an unrelated change");
+    assert_eq!(client.exchange("after an unrelated change"), "after an unrelated change");
 
     // the port is no longer allowed: the very next packet of the open
     // connection is dropped, not only new connections
     let generation = node.weir().generation();
     node.weir().write_policy("server.yaml", &policy(&["9001"]));
     node.weir().wait_generation_above(generation);
-    let refused = exchange("after the port was taken away");
+    let refused = client.exchange("after the port was taken away");
     assert!(refused.starts_with("error"), "the established connection still passes: {refused}");
     let dropped = wait_flow(&node, "the drop of an established connection's packet", |f| {
         f.verdict == Verdict::Dropped && f.port == 9000
     });
     assert!(dropped.reason.as_deref().is_some_and(|r| r.contains("no ingress rule")), "{dropped:?}");
-    drop(input);
-    let _ = client.kill();
-    let _ = client.wait();
 }

@@ -4,9 +4,7 @@
 //! rule. One test per bypass class of issue 23; each asserts on what the
 //! receiving pod got and on the drop flows and counters weir reports.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::observe::flow::{FlowRecord, Verdict};
@@ -431,26 +429,11 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
     node.start_weir(&config(&node, &labels, "{per_endpoint: 64, capacity: 110}"), &[("server.yaml", SINK_AND_SERVER)]);
     assert_eq!(metric(&node, "weir_datapath_conntrack_capacity"), 110);
 
-    let mut client = node
-        .in_pod("cli", "python3")
-        .args([&script("datapath_peer.py"), "lines", &server, "9000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = client.stdin.take().unwrap();
-    let mut output = BufReader::new(client.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        input.flush().unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
+    let mut client = node.line_client("cli", &server, 9000);
     // srv's replies pass by conntrack alone (its egress allows DNS only)
     let mut first = String::new();
     wait_for("the client's connection", Duration::from_secs(10), || {
-        first = exchange("one");
+        first = client.exchange("one");
         first == "one"
     });
 
@@ -459,7 +442,7 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
     send(&node, "oth", &["udp-flood", &sink, "9999", "20000", "100", "2"]);
     send(&node, "oth2", &["udp-flood", &sink, "9999", "30000", "100", "2"]);
     settle();
-    assert_eq!(exchange("two"), "two", "the established connection was evicted");
+    assert_eq!(client.exchange("two"), "two", "the established connection was evicted");
     let delivered = seen(&log, "flood-0-").len();
     assert!((100..=115).contains(&delivered), "{delivered} flows fit a table of 110");
     wait_drops(&node, "conntrack_full", 0);
@@ -468,8 +451,6 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
         .map(|p| metric(&node, &format!("weir_datapath_conntrack_refused_total{{endpoint=\"{p}\"}}")))
         .sum();
     assert!(refused >= 80, "{refused} refusals");
-    let _ = client.kill();
-    let _ = client.wait();
 }
 
 /// Class 5: fragmented datagrams to an allowed port arrive whole; to a

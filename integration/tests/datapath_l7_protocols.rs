@@ -8,9 +8,8 @@
 //! and a line echo server for the r2d2 stream filter — none of them told
 //! about the proxy.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -61,25 +60,6 @@ fn python_script(name: &str) -> String {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Run `program` in `pod` with `input` on its stdin, for at most 60 s.
-fn run_in(node: &Node, pod: &str, program: &str, args: &[&str], input: &str) -> Output {
-    let mut child = node
-        .in_pod(pod, program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    child.wait_with_output().unwrap()
 }
 
 /// Whether something in `pod` listens on TCP `port` (asked inside the pod:
@@ -150,7 +130,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
         wait_for(&format!("a server on port {port}"), Duration::from_secs(30), || listening(&node, "srv", port));
     }
     let topic =
-        run_in(&node, "srv", "tansu", &["topic", "create", "--broker", &kafka, "--partitions", "1", "announce"], "");
+        node.run_in("srv", "tansu", &["topic", "create", "--broker", &kafka, "--partitions", "1", "announce"], "");
     assert!(topic.status.success(), "tansu topic create: {}", text(&topic.stderr));
 
     let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
@@ -163,7 +143,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
     let kcat = |args: &[&str], input: &str| {
         let mut all = vec!["-b", broker.as_str(), "-m", "10"];
         all.extend_from_slice(args);
-        run_in(&node, "cli", "kcat", &all, input)
+        node.run_in("cli", "kcat", &all, input)
     };
     let produced = kcat(&["-P", "-t", "announce"], "one\ntwo\n");
     assert!(produced.status.success(), "kcat -P: {}", text(&produced.stderr));
@@ -184,8 +164,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
 
     // memcached: pymemcache, key by key
     let ops = json!([["set", "public/a", "hello"], ["get", "public/a"], ["set", "secret", "x"], ["get", "secret"]]);
-    let memcached = run_in(
-        &node,
+    let memcached = node.run_in(
         "cli",
         "python3",
         &[&python_script("memcached_client.py"), &format!("{server}:11211"), "text", &ops.to_string()],
@@ -204,8 +183,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
 
     // Cassandra: the driver's connection layer, protocol v4
     let ops = json!([["query", "SELECT * FROM app.items"], ["query", "SELECT * FROM app.secrets"]]);
-    let cql = run_in(
-        &node,
+    let cql = node.run_in(
         "cli",
         "python3",
         &[&python_script("cassandra_client.py"), &format!("{server}:9042"), "4", &ops.to_string()],
@@ -221,8 +199,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
     from_client(&denied, &node);
 
     // l7proto r2d2: the stream engine runs the r2d2 filter on the lines
-    let lines = run_in(
-        &node,
+    let lines = node.run_in(
         "cli",
         "python3",
         &[&peer_script(), "lines", &server, "4000"],
@@ -244,7 +221,7 @@ fn kafka_memcached_cassandra_and_stream_ports_reach_their_engines_in_the_kernel_
 
     // `other` is not named by the policy: its SYN is dropped in the kernel,
     // before any engine
-    let out = run_in(&node, "oth", "python3", &[&peer_script(), "lines", &server, "9042"], "READ /public/a\r\n");
+    let out = node.run_in("oth", "python3", &[&peer_script(), "lines", &server, "9042"], "READ /public/a\r\n");
     assert!(text(&out.stderr).contains("timed out"), "{}{}", text(&out.stdout), text(&out.stderr));
     let drop = wait_flow(&node, "verdict=dropped", "a kernel drop for other", |f| f.source.address.ip() == other);
     assert_eq!(drop.protocol, "tcp", "{drop:?}");

@@ -95,18 +95,8 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     assert!(redirect.policies.iter().any(|p| p.contains("server-ingress")), "{redirect:?}");
 
     // L3/L4 without L7 rules: allowed in B's weir_to_pod, not proxied
-    let echo = {
-        let mut child = a
-            .in_pod("cli", "python3")
-            .args([&peer_script(), "lines", &server.to_string(), "4000"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"hello over the wire\n").unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let echo =
+        a.run_in("cli", "python3", &[&peer_script(), "lines", &server.to_string(), "4000"], "hello over the wire\n");
     assert_eq!(String::from_utf8_lossy(&echo.stdout), "hello over the wire\n");
     let allowed = wait_flow(&b, "the L4 allow", |f| {
         f.port == 4000 && f.verdict == Verdict::Forwarded && f.listener == "datapath"
