@@ -317,3 +317,48 @@ fn a_policy_change_reaches_established_connections_at_once() {
     });
     assert!(dropped.reason.as_deref().is_some_and(|r| r.contains("no ingress rule")), "{dropped:?}");
 }
+
+/// The server's rules, audited: the kernel lets `other` in and says it
+/// would have dropped it; the proxy lets the client's /private through and
+/// says it would have denied it. Then enforced: both are refused.
+#[test]
+fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
+    let audited = SERVER_HTTP_POLICY
+        .replace("cilium.io/v2\nkind: CiliumNetworkPolicy", "policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy")
+        .replace("  ingressDeny:\n    - fromEndpoints: [{matchLabels: {app: other}}]\n", "")
+        .replace("  ingress:\n", "  enforcementMode: audit\n  ingress:\n");
+    let mut node = Node::new(&["cli", "srv", "oth"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
+    node.start_weir(&config, &[("server.yaml", &audited)]);
+    let url = |path: &str| format!("http://{server}{path}");
+    wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url("/public/ready")).0 == 200);
+
+    assert_eq!(node.curl("cli", &url("/private")).0, 200, "audited: the proxy lets it through");
+    assert_eq!(node.curl("oth", &url("/public/a")).0, 200, "audited: the kernel lets it through");
+    let l7 = wait_flow(&node, "the proxy's audit", |f| {
+        f.verdict == Verdict::Audited && f.http().is_some_and(|h| h.path == "/private")
+    });
+    assert_eq!(l7.listener, "ebpf", "the kernel sent it to the proxy for the audited L7 rules: {l7:?}");
+    assert!(l7.reason.as_deref().unwrap().starts_with("would be denied: http-policy"), "{l7:?}");
+    assert_eq!(l7.audited_by, ["default/server-http"]);
+    let l4 = wait_flow(&node, "the kernel's audit", |f| f.verdict == Verdict::Audited && f.protocol == "tcp");
+    assert!(has_label(&l4.source.labels, "k8s:app=other"), "{l4:?}");
+    assert_eq!(l4.port, 80);
+    let why = l4.reason.as_deref().unwrap();
+    assert!(
+        why.starts_with("would be dropped: no ingress rule allows") && why.contains("default/server-http"),
+        "{why}"
+    );
+    assert_eq!(l4.audited_by, ["default/server-http"]);
+
+    // enforced: the same requests are refused where the audit said
+    let generation = node.weir().generation();
+    node.weir().write_policy("server.yaml", &audited.replace("  enforcementMode: audit\n", ""));
+    node.weir().wait_generation_above(generation);
+    assert_eq!(node.curl("cli", &url("/private")).0, 403);
+    assert_eq!(node.curl("oth", &url("/public/a")).0, 0, "dropped in the kernel");
+    assert_eq!(node.curl("cli", &url("/public/a")).0, 200);
+}

@@ -136,7 +136,12 @@ fn queries_are_refused_or_answered_by_cilium_name_patterns() {
     let dns_flow = d.dns().unwrap();
     assert_eq!((dns_flow.query.as_str(), dns_flow.qtype.as_str()), ("a.b.example.com", "A"));
     assert_eq!(dns_flow.rcode.as_deref(), Some("REFUSED"));
-    assert_eq!(d.reason.as_deref(), Some("no DNS rule allows a.b.example.com"));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some(
+            "dns-policy: no DNS rule allows a.b.example.com (rules of default/client-egress spec.egress[0].toPorts[0])"
+        )
+    );
     assert!(d.source.labels.iter().any(|l| l == "k8s:app=client"), "{d:?}");
     let forwarded = weir.flows("protocol=dns&verdict=forwarded&dns_name=%5Eapi%5C.");
     let f = forwarded[0].dns().unwrap();

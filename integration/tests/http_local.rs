@@ -78,7 +78,10 @@ fn http1_requests_are_allowed_or_denied_by_source_identity() {
     assert!(flow.source.labels.contains(&"k8s:app=frontend".to_string()), "{flow:?}");
     assert!(flow.destination.labels.contains(&"k8s:app=web".to_string()));
     assert_eq!(flow.http().unwrap().status, Some(403));
-    assert_eq!(flow.reason.as_deref(), Some("http-policy: no HTTP rule matched"));
+    assert_eq!(
+        flow.reason.as_deref(),
+        Some("http-policy: no HTTP rule matched (rules of default/web spec.ingress[0].toPorts[0])")
+    );
     let allowed = weir.flows("from_label=app=frontend&verdict=forwarded").pop().expect("the frontend's request");
     assert_eq!(allowed.http().unwrap().path, "/public/hello.txt");
     assert_eq!(allowed.policies, vec!["default/web spec.ingress[0].toPorts[0]".to_string()]);

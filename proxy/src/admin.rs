@@ -189,7 +189,7 @@ impl http_body::Body for ChannelBody {
 /// Who talked to whom in the kept flow history, and how it went.
 fn service_map(state: &Arc<ProxyState>) -> String {
     let (history, _) = state.flows.subscribe();
-    let mut edges: BTreeMap<(String, String), [u64; 4]> = BTreeMap::new();
+    let mut edges: BTreeMap<(String, String), [u64; 5]> = BTreeMap::new();
     let name = |labels: &[String], id: u32| {
         let app: Vec<&str> = labels
             .iter()
@@ -205,6 +205,7 @@ fn service_map(state: &Arc<ProxyState>) -> String {
             Verdict::Denied => 1,
             Verdict::Dropped => 2,
             Verdict::Error => 3,
+            Verdict::Audited => 4,
         };
         edges.entry(key).or_default()[slot] += 1;
     }
@@ -212,24 +213,25 @@ fn service_map(state: &Arc<ProxyState>) -> String {
     let mut rows = String::new();
     for ((src, dst), counts) in &edges {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>&rarr;</td><td>{}</td><td class=ok>{}</td><td class=deny>{}</td><td class=deny>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>&rarr;</td><td>{}</td><td class=ok>{}</td><td class=deny>{}</td><td class=deny>{}</td><td>{}</td><td class=audit>{}</td></tr>\n",
             escape(src),
             escape(dst),
             counts[0],
             counts[1],
             counts[2],
-            counts[3]
+            counts[3],
+            counts[4]
         ));
     }
     let generation = state.model.load().generation;
     format!(
         "<!doctype html><html><head><meta charset=utf-8><title>weir service map</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}\
-         .ok{{color:#070}}.deny{{color:#a00}}</style></head><body>\
+         .ok{{color:#070}}.deny{{color:#a00}}.audit{{color:#a60}}</style></head><body>\
          <h1>weir service map</h1><p>policy generation {generation}; last {} flows. \
          <a href=/flows>flows</a> · <a href=/config>config</a> · <a href=/metrics>metrics</a></p>\
          <table><tr><th>source</th><th></th><th>destination</th><th>forwarded</th><th>denied</th>\
-         <th>dropped</th><th>error</th></tr>\n{rows}</table></body></html>\n",
+         <th>dropped</th><th>error</th><th>audited</th></tr>\n{rows}</table></body></html>\n",
         history.len()
     )
 }

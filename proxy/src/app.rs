@@ -224,7 +224,9 @@ async fn serve(
         .map_err(|errors| invalid(&errors))?;
     let state = Arc::new(ProxyState {
         model: ArcSwap::new(built.model.clone()),
-        flows: FlowLog::new(config.flow_history, config.log_flows).counting_namespaces(metrics.namespace_flows.clone()),
+        flows: FlowLog::new(config.flow_history, config.log_flows)
+            .counting_namespaces(metrics.namespace_flows.clone())
+            .counting_audits(metrics.policy_audited.clone()),
         metrics,
         runtime,
         upstreams: Default::default(),
@@ -506,6 +508,32 @@ async fn keep_fqdn_cache(state: Arc<ProxyState>) {
 
 /// `weir policy check`: the same parsing and validation a reload applies.
 pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<Vec<PolicyError>> {
+    Ok(offline_model(config_dir, files)?.err().unwrap_or_default())
+}
+
+/// Judge the flows of `flows` (NDJSON, as `/flows` and `weir observe -o
+/// json` write them) again under the policies of `files`.
+pub fn replay_flows(
+    config_dir: Option<&Path>,
+    files: &[PathBuf],
+    flows: &Path,
+) -> anyhow::Result<Result<crate::replay::Report, Vec<PolicyError>>> {
+    let text = std::fs::read_to_string(flows).with_context(|| format!("reading {}", flows.display()))?;
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: crate::observe::flow::FlowRecord = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a flow record", flows.display(), n + 1))?;
+        records.push(record);
+    }
+    Ok(offline_model(config_dir, files)?.map(|model| crate::replay::replay(&model, records)))
+}
+
+/// The model `files` make with `config_dir`'s weir.yaml (its filters), and
+/// no listeners: nothing is bound.
+fn offline_model(
+    config_dir: Option<&Path>,
+    files: &[PathBuf],
+) -> anyhow::Result<Result<PolicyModel, Vec<PolicyError>>> {
     let (config, config_dir, config_file) = match config_dir {
         Some(dir) => {
             let path = dir.join(CONFIG_FILE);
@@ -518,17 +546,24 @@ pub fn check_policies(config_dir: Option<&Path>, files: &[PathBuf]) -> anyhow::R
     let loaded = document::load_files(
         files.iter().map(|file| (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| e.to_string()))),
     );
-    let (documents, mut errors) = (loaded.documents, loaded.errors);
+    let (documents, errors) = (loaded.documents, loaded.errors);
     let metrics = Arc::new(Metrics::default());
     let runtime = Arc::new(FilterRuntime::new(
         metrics,
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: None },
     )?);
-    // only policies are checked: listeners are not bound, so drop them
+    // only policies are judged: listeners are not bound, so drop them
     let mut config = config;
     config.listeners.clear();
     let inputs = ModelInputs { config, config_dir, config_file, documents };
     let fqdn = Arc::new(FqdnCache::new(Default::default(), None));
-    errors.extend(PolicyModel::build(inputs, &runtime, &fqdn, 0).err().unwrap_or_default());
-    Ok(errors)
+    Ok(match PolicyModel::build(inputs, &runtime, &fqdn, 0) {
+        Ok(model) if errors.is_empty() => Ok(model),
+        Ok(_) => Err(errors),
+        Err(mut more) => {
+            let mut all = errors;
+            all.append(&mut more);
+            Err(all)
+        }
+    })
 }

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod limits;
 pub mod net;
 pub mod protocol;
+pub mod replay;
 pub mod reservations;
 pub mod units;
 

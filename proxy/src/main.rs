@@ -206,6 +206,23 @@ enum PolicyCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Judge recorded flows (NDJSON from /flows or `weir observe -o json`)
+    /// under proposed policy files and print what would change: flows newly
+    /// refused and newly allowed, grouped by the rule that makes the
+    /// difference. Exit 0: nothing changes; 1: something does; 2: an error.
+    /// Every rule is judged as enforced (audited ones too).
+    Replay {
+        /// The recorded flows.
+        #[arg(long)]
+        flows: PathBuf,
+        /// A config directory whose weir.yaml names the custom filters `wasm` rules use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,6 +291,9 @@ fn main() -> ExitCode {
         Command::Crds { out } => crds(out.as_deref()),
         Command::Datapath { command } => datapath_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
+        Command::Policy { command: PolicyCommand::Replay { flows, config, output, files } } => {
+            policy_replay(config.as_deref(), &files, &flows, output)
+        }
         Command::Fqdn { command: FqdnCommand::Cache { admin, output } } => runtime()
             .and_then(|rt| rt.block_on(weir::observe::client::fqdn_cache(admin, matches!(output, Output::Json)))),
         Command::Observe {
@@ -400,6 +420,28 @@ fn policy_check(config: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<()> 
         eprintln!("{e}");
     }
     anyhow::bail!("{} problem(s) found", errors.len())
+}
+
+fn policy_replay(config: Option<&Path>, files: &[PathBuf], flows: &Path, output: Output) -> anyhow::Result<()> {
+    let report = match weir::app::replay_flows(config, files, flows) {
+        Ok(Ok(report)) => report,
+        Ok(Err(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s) in the proposed policies; nothing replayed", errors.len());
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    match output {
+        Output::Text => print!("{}", report.to_text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    std::process::exit(if report.changes() { 1 } else { 0 })
 }
 
 fn init_logging(format: LogFormat) {

@@ -114,6 +114,10 @@ pub struct EndpointInfo {
 
 pub const ENDPOINT_ENFORCE_INGRESS: u32 = 1;
 pub const ENDPOINT_ENFORCE_EGRESS: u32 = 2;
+/// With the direction's ENFORCE flag: only audited rules select the endpoint
+/// in that direction, so a missing entry is an audit, not a drop.
+pub const ENDPOINT_AUDIT_INGRESS: u32 = 4;
+pub const ENDPOINT_AUDIT_EGRESS: u32 = 8;
 
 /// IPCACHE key (LPM trie data part): IPv4 in network byte order.
 pub type IpcacheKey = [u8; 4];
@@ -142,6 +146,9 @@ pub struct PolicyKey {
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
 pub const VERDICT_REDIRECT: u8 = 3;
+/// Allowed, but audited rules would drop it: the opening packet is an
+/// [`EVENT_AUDIT`] and the connection passes.
+pub const VERDICT_AUDIT: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,6 +314,8 @@ pub struct Settings {
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_ALLOW: u8 = 2;
 pub const EVENT_REDIRECT: u8 = 3;
+/// A connection audited rules would have dropped, let through.
+pub const EVENT_AUDIT: u8 = 4;
 
 /// Drop reasons: in events, and the index of DROPS (a per-CPU array of
 /// packet counts) — every drop is counted there, evented or not.

@@ -44,12 +44,13 @@ use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, 
 use aya_ebpf::programs::TcContext;
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
-    ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EVENT_ALLOW, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event,
-    FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey, IpcacheValue, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6,
-    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
-    conntrack, identity, mark, proxy_socket_key,
+    ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EVENT_ALLOW,
+    EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event, FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey,
+    IpcacheValue, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL,
+    REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY,
+    REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY,
+    TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT, conntrack, identity, mark,
+    proxy_socket_key,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -474,6 +475,12 @@ fn ipcache(addr: u32) -> IpcacheValue {
     }
 }
 
+/// The event of a connection a verdict lets through.
+#[inline(always)]
+fn allow_event(verdict: u8) -> u8 {
+    if verdict == VERDICT_AUDIT { EVENT_AUDIT } else { EVENT_ALLOW }
+}
+
 /// The policy verdict for `subject` (an endpoint with `flags`) and `peer`.
 #[inline(always)]
 fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> PolicyValue {
@@ -496,7 +503,10 @@ fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> Poli
     if let Some(v) = unsafe { POLICY.get(&key) } {
         return *v;
     }
-    PolicyValue { verdict: VERDICT_DENY, _pad: 0, proxy_port: 0, rule: 0 }
+    // default deny; an audit where only audited rules make it
+    let audit_only = if direction == DIR_INGRESS { ENDPOINT_AUDIT_INGRESS } else { ENDPOINT_AUDIT_EGRESS };
+    let verdict = if flags & audit_only != 0 { VERDICT_AUDIT } else { VERDICT_DENY };
+    PolicyValue { verdict, _pad: 0, proxy_port: 0, rule: 0 }
 }
 
 #[inline(always)]
@@ -673,7 +683,11 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
         // only: rewritten on the way (DNAT), it is judged again there.
         let flags = unsafe { ENDPOINTS.get(&peer.local_ifindex) }.map_or(0, |e| e.flags);
         let ingress = policy(peer.identity, flags, me, t, DIR_INGRESS);
-        if ingress.verdict == VERDICT_DENY || (ingress.verdict == VERDICT_REDIRECT && verdict.verdict == VERDICT_ALLOW)
+        // the stricter side decides: a drop, then the proxy, then an audit
+        let allowing = verdict.verdict == VERDICT_ALLOW || verdict.verdict == VERDICT_AUDIT;
+        if ingress.verdict == VERDICT_DENY
+            || (ingress.verdict == VERDICT_REDIRECT && allowing)
+            || (ingress.verdict == VERDICT_AUDIT && verdict.verdict == VERDICT_ALLOW)
         {
             verdict = ingress;
             direction = DIR_INGRESS;
@@ -720,7 +734,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
             }
             TC_ACT_OK as i32
         }
-        VERDICT_ALLOW => {
+        VERDICT_ALLOW | VERDICT_AUDIT => {
             match existing {
                 Some(ct) if !opening => {
                     ct_touch(ct, packet, false);
@@ -737,7 +751,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
                         emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
                         return shot(reason);
                     }
-                    emit(EVENT_ALLOW, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+                    emit(allow_event(verdict.verdict), 0, direction, t, me, peer.identity, ifindex, verdict.rule);
                 }
                 _ => {}
             }
@@ -843,7 +857,7 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
     let peer = ipcache(t.saddr);
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     match verdict.verdict {
-        VERDICT_ALLOW => {
+        VERDICT_ALLOW | VERDICT_AUDIT => {
             match existing {
                 Some(ct) if !packet.syn => {
                     ct_touch(ct, packet, false);
@@ -856,7 +870,8 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
                         emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
                         return shot(reason);
                     }
-                    emit(EVENT_ALLOW, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+                    let event = allow_event(verdict.verdict);
+                    emit(event, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
                 }
                 _ => {}
             }

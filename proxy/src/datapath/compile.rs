@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use weir_datapath_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
-    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_DENY,
-    VERDICT_REDIRECT,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
+    ENDPOINT_ENFORCE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY, IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
 };
 
 use crate::config::DatapathConfig;
@@ -202,21 +202,30 @@ pub fn compile(
     };
     for (identity, endpoint) in &mut local {
         // the rules selecting this endpoint, selected once for every
-        // question below (one per peer, port and protocol)
-        let rules = model.policies.for_subject(identity);
-        for (direction, dir, flag) in [
-            (Direction::Ingress, DIR_INGRESS, ENDPOINT_ENFORCE_INGRESS),
-            (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS),
+        // question below (one per peer, port and protocol); with audited
+        // rules, those too: where they would drop what the enforced ones
+        // allow, the entry audits (the packet passes, an event says so)
+        let rules = model.enforced.for_subject(identity);
+        let all = model.policies.audits().then(|| model.policies.for_subject(identity));
+        for (direction, dir, flag, audit_only) in [
+            (Direction::Ingress, DIR_INGRESS, ENDPOINT_ENFORCE_INGRESS, ENDPOINT_AUDIT_INGRESS),
+            (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_AUDIT_EGRESS),
         ] {
-            if !rules.concerns(direction) {
+            let enforced = rules.concerns(direction);
+            let audited = all.as_ref().is_some_and(|all| all.concerns(direction));
+            if !enforced && !audited {
                 continue;
             }
             // Entries are looked up only for enforced directions; an
             // endpoint that is selected but not default-deny still needs
             // them (for redirects), so it is marked enforced and the
-            // compiled "allow" entries keep it open.
+            // compiled "allow" entries keep it open. Selected by audited
+            // rules alone, a missing entry audits instead of dropping.
             endpoint.info.flags |= flag;
-            let ports = match named_ports(&rules, direction) {
+            if !enforced {
+                endpoint.info.flags |= audit_only;
+            }
+            let ports = match named_ports(all.as_ref().unwrap_or(&rules), direction) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(format!("endpoint {}: {e}", endpoint.name));
@@ -226,6 +235,25 @@ pub fn compile(
             for (peer, peer_id, address) in &peers {
                 let names = names_of(*peer_id, address, identity.id);
                 let info = PeerInfo { identity: peer, address: *address, learned_names: &names };
+                // the entry for `port`; a wildcard entry stands for every
+                // other port: the flow fills in the one the packet had
+                let mut entry = |port: u16, protocol: L4Protocol, wildcard: bool| {
+                    let mut value_of = |rules: &SubjectRules<'_>| {
+                        let v = match rules.evaluate(direction, info, port, protocol) {
+                            SideVerdict::Denied { reason } if wildcard => SideVerdict::Denied {
+                                reason: reason
+                                    .replace(&format!("on port {port}"), &format!("on port {PORT_PLACEHOLDER}")),
+                            },
+                            v => v,
+                        };
+                        value(v, protocol, proxy_ports, &mut index_of)
+                    };
+                    let enforced = value_of(&rules);
+                    match &all {
+                        Some(all) => audit(enforced, value_of(all)),
+                        None => enforced,
+                    }
+                };
                 for (protocol, number) in PORT_PROTOCOLS {
                     let named = &ports[&number];
                     let key = |port| PolicyKey {
@@ -236,32 +264,19 @@ pub fn compile(
                         direction: dir,
                     };
                     let other_port = (1..=u16::MAX).rev().find(|p| !named.contains(p));
-                    let wildcard = other_port.map(|port| {
-                        let v = match rules.evaluate(direction, info, port, protocol) {
-                            // the entry stands for every other port: the
-                            // flow fills in the one the packet had
-                            SideVerdict::Denied { reason } => SideVerdict::Denied {
-                                reason: reason
-                                    .replace(&format!("on port {port}"), &format!("on port {PORT_PLACEHOLDER}")),
-                            },
-                            v => v,
-                        };
-                        value(v, protocol, proxy_ports, &mut index_of)
-                    });
+                    let wildcard = other_port.map(|port| entry(port, protocol, true));
                     if let Some(w) = wildcard {
                         desired.policy.insert(key(0), w);
                     }
                     for port in named {
-                        let v = rules.evaluate(direction, info, *port, protocol);
-                        let v = value(v, protocol, proxy_ports, &mut index_of);
+                        let v = entry(*port, protocol, false);
                         if Some(v) != wildcard {
                             desired.policy.insert(key(*port), v);
                         }
                     }
                 }
                 // protocols without ports (ICMP and the rest)
-                let v = rules.evaluate(direction, info, 0, L4Protocol::Other);
-                let v = value(v, L4Protocol::Other, proxy_ports, &mut index_of);
+                let v = entry(0, L4Protocol::Other, false);
                 desired.policy.insert(
                     PolicyKey { subject: identity.id, peer: *peer_id, port: 0, protocol: 0, direction: dir },
                     v,
@@ -291,6 +306,18 @@ fn named_ports(rules: &SubjectRules<'_>, direction: Direction) -> Result<HashMap
         }
     }
     Ok(out)
+}
+
+/// The entry when audited rules are in force: the enforced verdict, unless
+/// it allows what the audited rules would drop (then the packet passes and
+/// an audit event names their reason) or would hand to the proxy (which
+/// then audits the requests).
+fn audit(enforced: PolicyValue, all: PolicyValue) -> PolicyValue {
+    match (enforced.verdict, all.verdict) {
+        (VERDICT_ALLOW, VERDICT_DENY) => PolicyValue { verdict: VERDICT_AUDIT, ..all },
+        (VERDICT_ALLOW, VERDICT_REDIRECT) => all,
+        _ => enforced,
+    }
 }
 
 /// One side's verdict as a map value. L7 rules are enforced by the proxy,

@@ -11,9 +11,9 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use ipnet::Ipv4Net;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
-    CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_DROP, Event, PROTO_ICMP, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_MALFORMED,
-    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
+    CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, Event, PROTO_ICMP,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT,
+    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
 use crate::engines::state::ProxyState;
@@ -292,6 +292,11 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         ),
         (EVENT_DROP, _) => (Verdict::Dropped, Some(drop_reason(event)), Vec::new()),
         (EVENT_ALLOW, _) => (Verdict::Forwarded, None, rule.into_iter().collect()),
+        (EVENT_AUDIT, _) => (
+            Verdict::Audited,
+            Some(format!("would be dropped: {}", rule.unwrap_or_else(|| format!("no {side} rule allows it")))),
+            Vec::new(),
+        ),
         _ => (Verdict::Forwarded, Some("redirected to the proxy".to_string()), rule.into_iter().collect()),
     };
     let sport = if port == 0 { 0 } else { event.sport };
@@ -302,9 +307,30 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
     };
     let source = peer(event.src_identity, address(event.saddr, sport));
     let destination = peer(event.dst_identity, address(event.daddr, port));
+    // the audited policies selecting the side that would have dropped it
+    let audited_by = if verdict == Verdict::Audited {
+        let (subject, direction) = match event.direction {
+            DIR_INGRESS => (&destination, crate::context::Direction::Ingress),
+            _ => (&source, crate::context::Direction::Egress),
+        };
+        let subject = identity(subject.identity);
+        let mut names: Vec<String> = model
+            .policies
+            .rules
+            .iter()
+            .filter(|r| r.audit && r.subject.selects(&subject) && r.concerns(direction))
+            .map(|r| r.policy.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    } else {
+        Vec::new()
+    };
     FlowRecord {
         reason,
         policies,
+        audited_by,
         listener: "datapath".into(),
         port,
         ..FlowRecord::new(protocol, verdict, source, destination)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::context::ConnectionContext;
-use crate::model::ChainLink;
+use crate::model::{Audit, ChainLink, WouldBe};
 use crate::wasm::{ConnectionView, FailurePolicy, FilterFailure};
 
 /// What one filter said, in the engine's terms.
@@ -58,4 +58,27 @@ pub fn run<'a, D>(
         }
     }
     None
+}
+
+/// What the audited rules would have said of a request the enforced chain
+/// allowed: `Some(reason)` when they would have refused it. Nothing they say
+/// is applied (a filter's edits are the caller's to drop: `ask` only
+/// answers). The time spent counts in `run`.
+pub fn audit(
+    audit: &Audit,
+    context: &Arc<ConnectionContext>,
+    run: &mut ChainRun,
+    ask: impl FnMut(&ChainLink, ConnectionView) -> Result<Answer<String>, FilterFailure>,
+) -> Option<String> {
+    let links = match &audit.would {
+        WouldBe::Drop(reason) => return Some(format!("would be dropped: {reason}")),
+        WouldBe::Judge(links) => links,
+    };
+    let mut audited = ChainRun::default();
+    let stopped = self::run(links, context, &mut audited, ask);
+    run.filter_time += audited.filter_time;
+    match stopped? {
+        Stopped::Denied(reason) => Some(format!("would be denied: {reason}")),
+        Stopped::Failed(failure) => Some(format!("would fail closed: {failure}")),
+    }
 }

@@ -12,7 +12,7 @@ use crate::engines::chain::{self, ChainRun, Stopped};
 use crate::engines::connection::Decision;
 use crate::engines::state::{OpenConnection, ProxyState};
 use crate::limits::{Held, Idle, IdleTimeout, ListenerLimits};
-use crate::model::ConnectionVerdict;
+use crate::model::{ChainLink, ConnectionVerdict};
 use crate::observe::flow::{FlowDetail, FlowRecord, Verdict};
 use crate::observe::metrics::{CassandraLabels, KafkaLabels, ListenerLabels, MemcachedLabels, RequestLabels};
 use crate::policy::L4Protocol;
@@ -194,12 +194,31 @@ pub fn run_chain<W, D>(
         }
         ConnectionVerdict::Forward(chain) => chain,
     };
-    if chain.links.is_empty() {
+    if chain.links.is_empty() && chain.audit.is_none() {
         return None;
     }
     let request = request();
     let mut run = ChainRun::default();
-    let stopped = chain::run(&chain.links, &snap.context, &mut run, |link, view| ask(&link.filter, view, &request));
+    let mut ask = |link: &ChainLink, view| {
+        Ok(match ask(&link.filter, view, &request)? {
+            chain::Answer::Deny((reason, detail)) => chain::Answer::Deny((link.denial(&reason), detail)),
+            allow => allow,
+        })
+    };
+    let stopped = chain::run(&chain.links, &snap.context, &mut run, &mut ask);
+    if stopped.is_none()
+        && let Some(audit) = &chain.audit
+        && let Some(reason) = chain::audit(audit, &snap.context, &mut run, |link, view| {
+            Ok(match ask(link, view)? {
+                chain::Answer::Allow(matched) => chain::Answer::Allow(matched),
+                chain::Answer::Deny((reason, _)) => chain::Answer::Deny(reason),
+            })
+        })
+    {
+        flow.verdict = Verdict::Audited;
+        flow.reason = Some(reason);
+        flow.audited_by = audit.policies.clone();
+    }
     flow.filter_us = run.filter_time.as_micros() as u64;
     if !run.matched.is_empty() {
         flow.matched = Some(run.matched.join(", "));

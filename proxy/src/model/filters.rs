@@ -203,7 +203,8 @@ impl PolicyModel {
                 self.configure_builtin(kind, config)
                     .map_err(|e| format!("{}-policy configuration failed: {e}", kind.rules_name()))?
             };
-            links.push(ChainLink { direction, filter });
+            let judges = allowances.iter().filter(|a| a.l7.is_some()).map(|a| a.origin.clone()).collect();
+            links.push(ChainLink { direction, filter, judges });
         }
         let mut seen: Vec<(&str, &str)> = Vec::new();
         for wasm in allowances.iter().filter_map(|a| a.l7).flat_map(|l| &l.wasm) {
@@ -223,7 +224,12 @@ impl PolicyModel {
             let filter = self
                 .configure(&custom.component, wasm.config.clone(), custom.limits, custom.failure)
                 .map_err(|e| format!("filter {} configuration failed: {e}", wasm.name))?;
-            links.push(ChainLink { direction, filter });
+            let judges = allowances
+                .iter()
+                .filter(|a| a.l7.is_some_and(|l| l.wasm.iter().any(|w| w.name == wasm.name && w.config == wasm.config)))
+                .map(|a| a.origin.clone())
+                .collect();
+            links.push(ChainLink { direction, filter, judges });
         }
         Ok(links)
     }

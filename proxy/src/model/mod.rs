@@ -54,6 +54,20 @@ struct CustomFilter {
     supplied: bool,
 }
 
+/// A connection as policy sees it.
+#[derive(Clone, Copy)]
+pub struct Connection<'a> {
+    /// Its address and, for a world destination, the names the source
+    /// learned it for (toFQDNs).
+    pub source: PeerInfo<'a>,
+    pub destination: PeerInfo<'a>,
+    /// The port policies are written against.
+    pub port: u16,
+    pub protocol: L4Protocol,
+    /// The protocol its requests speak: whose L7 rules apply.
+    pub kind: Protocol,
+}
+
 /// What happens to a new connection (and to each request on it).
 #[derive(Debug)]
 pub enum ConnectionVerdict {
@@ -70,12 +84,45 @@ pub struct FilterChain {
     pub links: Vec<ChainLink>,
     /// Rules that allowed the connection at L3/L4.
     pub allowed_by: Vec<String>,
+    /// What the audited rules would change, when they would: asked after
+    /// `links` allowed a request, never applied.
+    pub audit: Option<Audit>,
+}
+
+/// The verdict the audited rules would give, beside the enforced one.
+#[derive(Debug)]
+pub struct Audit {
+    /// The audited policies that select either side (`weir_policy_audited_total`).
+    pub policies: Vec<String>,
+    pub would: WouldBe,
+}
+
+#[derive(Debug)]
+pub enum WouldBe {
+    /// Refused at L3/L4, for this reason.
+    Drop(String),
+    /// Judged also by these filters: the chain the audited rules and the
+    /// enforced ones make together, less the enforced chain's own links.
+    Judge(Vec<ChainLink>),
 }
 
 #[derive(Debug, Clone)]
 pub struct ChainLink {
     pub direction: Direction,
     pub filter: Arc<ConfiguredFilter>,
+    /// The rules it judges for (`default/api spec.ingress[0].toPorts[0]`):
+    /// a refusal names them.
+    pub judges: Arc<[String]>,
+}
+
+impl ChainLink {
+    /// A refusal's reason, naming the filter and the rules it judged for.
+    pub fn denial(&self, reason: &str) -> String {
+        match self.judges.len() {
+            0 => format!("{}: {reason}", self.filter.name),
+            _ => format!("{}: {reason} (rules of {})", self.filter.name, self.judges.join(", ")),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -101,7 +148,12 @@ pub struct PolicyModel {
     pub generation: u64,
     pub config: WeirConfig,
     pub config_dir: PathBuf,
+    /// Every rule, audited ones too (what `/config` shows and what filters
+    /// are configured for).
     pub policies: PolicySet,
+    /// The rules that are applied: the kernel's maps and the proxy's
+    /// verdicts come from these.
+    pub enforced: PolicySet,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub identities: IdentityCache,
     pub listeners: BTreeMap<String, Arc<ListenerModel>>,
@@ -311,6 +363,7 @@ impl PolicyModel {
             generation,
             config,
             config_dir,
+            enforced: policies.enforced(),
             policies,
             endpoints,
             identities: identity_cache,
@@ -474,8 +527,59 @@ impl PolicyModel {
         }
     }
 
+    /// The enforced verdict, and beside it what the audited rules would do
+    /// where that differs.
     fn compute_verdict(
         &self,
+        listener: &ListenerModel,
+        source: &Identity,
+        source_ip: IpAddr,
+        protocol: L4Protocol,
+    ) -> ConnectionVerdict {
+        let enforced = self.verdict_under(&self.enforced, listener, source, source_ip, protocol);
+        let ConnectionVerdict::Forward(mut chain) = enforced else { return enforced };
+        let destination = &listener.destination.identity;
+        let policies: Vec<String> = self
+            .policies
+            .rules
+            .iter()
+            .filter(|r| r.audit)
+            .filter(|r| {
+                (r.subject.selects(source) && r.concerns(Direction::Egress))
+                    || (r.subject.selects(destination) && r.concerns(Direction::Ingress))
+            })
+            .map(|r| r.policy.clone())
+            .fold(Vec::new(), |mut names, name| {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                names
+            });
+        if policies.is_empty() {
+            return ConnectionVerdict::Forward(chain);
+        }
+        let would = match self.verdict_under(&self.policies, listener, source, source_ip, protocol) {
+            ConnectionVerdict::Drop { reason } => Some(WouldBe::Drop(reason)),
+            // Every link must allow, and the enforced ones did: only the
+            // others are asked. A filter is never asked twice for one
+            // request (a rate limiter would count it twice).
+            ConnectionVerdict::Forward(all) => {
+                let more: Vec<ChainLink> = all
+                    .links
+                    .into_iter()
+                    .filter(|a| !chain.links.iter().any(|b| a.direction == b.direction && a.filter.same_as(&b.filter)))
+                    .collect();
+                (!more.is_empty()).then_some(WouldBe::Judge(more))
+            }
+        };
+        chain.audit = would.map(|would| Audit { policies, would });
+        ConnectionVerdict::Forward(chain)
+    }
+
+    /// The verdict `policies` give.
+    fn verdict_under(
+        &self,
+        policies: &PolicySet,
         listener: &ListenerModel,
         source: &Identity,
         source_ip: IpAddr,
@@ -485,21 +589,22 @@ impl PolicyModel {
         let upstream = listener.config.upstream.ip();
         let learned =
             if destination.id == reserved::WORLD { self.learned_names(source_ip, upstream) } else { Vec::new() };
-        let egress = self.policies.evaluate(
-            Direction::Egress,
-            source,
-            PeerInfo { identity: destination, address: upstream.into(), learned_names: &learned },
-            listener.port,
+        let connection = Connection {
+            source: PeerInfo::new(source, source_ip.into()),
+            destination: PeerInfo { identity: destination, address: upstream.into(), learned_names: &learned },
+            port: listener.port,
             protocol,
-        );
-        let ingress = self.policies.evaluate(
-            Direction::Ingress,
-            destination,
-            PeerInfo::new(source, source_ip.into()),
-            listener.port,
-            protocol,
-        );
-        let kind = listener.config.protocol;
+            kind: listener.config.protocol,
+        };
+        self.judge(policies, &connection)
+    }
+
+    /// The verdict `policies` give `connection`: both sides' L3/L4 rules,
+    /// then the filters of the L7 rules that allowed it.
+    pub fn judge(&self, policies: &PolicySet, connection: &Connection<'_>) -> ConnectionVerdict {
+        let Connection { source, destination, port, protocol, kind } = *connection;
+        let egress = policies.evaluate(Direction::Egress, source.identity, destination, port, protocol);
+        let ingress = policies.evaluate(Direction::Ingress, destination.identity, source, port, protocol);
         let mut chain = FilterChain::default();
         for (direction, verdict) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
             match verdict {

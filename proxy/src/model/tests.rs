@@ -126,3 +126,67 @@ fn a_rule_the_filter_refuses_is_reported_at_its_field() {
     assert_eq!(errors[0].field.as_deref(), Some("spec.ingress[0].toPorts[0].rules.l7[1].command"), "{errors:?}");
     assert!(errors[0].message.starts_with("unknown command \"launch\""), "{errors:?}");
 }
+
+const AUDITED_WEB: &str = "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\n\
+    metadata: {name: web-audit, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  \
+    enforcementMode: audit\n  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}], \
+    toPorts: [{ports: [{port: '80'}], rules: {http: [{method: GET, path: '/public/.*'}]}}]}]\n";
+
+fn audit(verdict: &ConnectionVerdict) -> Option<&Audit> {
+    match verdict {
+        ConnectionVerdict::Forward(chain) => chain.audit.as_ref(),
+        ConnectionVerdict::Drop { reason } => panic!("dropped: {reason}"),
+    }
+}
+
+#[test]
+fn an_audited_policy_changes_no_verdict_and_says_what_it_would_do() {
+    let built = build(AUDITED_WEB);
+    let model = built.model.as_ref().unwrap();
+    assert!(model.enforced.rules.is_empty() && model.policies.rules.len() == 1);
+
+    // the frontend: let through unjudged, and the audited rules' filter beside
+    let frontend = chain(model, "web", "127.0.0.5");
+    assert!(links(&frontend).is_empty(), "nothing is enforced");
+    let would = audit(&frontend).expect("the audited rules judge the frontend's requests");
+    assert_eq!(would.policies, ["default/web-audit"]);
+    match &would.would {
+        WouldBe::Judge(links) => {
+            assert_eq!(links.len(), 1);
+            assert_eq!(&*links[0].judges, ["default/web-audit spec.ingress[0].toPorts[0]".to_string()]);
+        }
+        WouldBe::Drop(reason) => panic!("{reason}"),
+    }
+
+    // the admin: no audited rule allows it, so its default deny would drop it
+    let admin = chain(model, "web", "127.0.0.7");
+    assert!(links(&admin).is_empty());
+    match &audit(&admin).expect("audited").would {
+        WouldBe::Drop(reason) => {
+            assert!(
+                reason.contains("no ingress rule allows") && reason.contains("default deny of default/web-audit"),
+                "{reason}"
+            )
+        }
+        WouldBe::Judge(_) => panic!("the admin's connection would be dropped"),
+    }
+}
+
+#[test]
+fn an_enforced_filter_is_not_asked_again_for_the_audit() {
+    // enforced: the web's ingress HTTP rules; audited: the frontend's egress
+    // to the web, which adds no filter. The combined chain is the enforced
+    // one: nothing more to ask (a rate limiter asked twice counts twice)
+    let enforced = AUDITED_WEB
+        .replace("name: web-audit", "name: web")
+        .replace("  enforcementMode: audit\n", "")
+        .replace("policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy", "cilium.io/v2\nkind: CiliumNetworkPolicy");
+    let egress = "apiVersion: policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy\n\
+        metadata: {name: frontend-audit, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  \
+        enforcementMode: audit\n  egress: [{toEndpoints: [{matchLabels: {app: web}}]}]\n";
+    let built = build(&format!("{enforced}---\n{egress}"));
+    let model = built.model.as_ref().unwrap();
+    let frontend = chain(model, "web", "127.0.0.5");
+    assert_eq!(links(&frontend).len(), 1);
+    assert!(audit(&frontend).is_none(), "{:?}", audit(&frontend));
+}

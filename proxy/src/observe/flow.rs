@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::metrics::{NamespaceFlowLabels, NamespaceName};
+use super::metrics::{NamespaceFlowLabels, NamespaceName, PolicyLabels};
 
 use crate::context::ConnectionContext;
 use crate::identity::{Endpoint, Identity, Label};
@@ -33,6 +33,9 @@ pub enum Verdict {
     Dropped,
     /// Not served for another reason: bad request, filter failure, upstream down.
     Error,
+    /// Forwarded, though an audited rule would have refused it (the reason
+    /// says how and why).
+    Audited,
 }
 
 impl Verdict {
@@ -42,11 +45,14 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Dropped => "dropped",
             Verdict::Error => "error",
+            Verdict::Audited => "audited",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Verdict::Forwarded, Verdict::Denied, Verdict::Dropped, Verdict::Error].into_iter().find(|v| v.as_str() == text)
+        [Verdict::Forwarded, Verdict::Denied, Verdict::Dropped, Verdict::Error, Verdict::Audited]
+            .into_iter()
+            .find(|v| v.as_str() == text)
     }
 }
 
@@ -122,6 +128,9 @@ pub struct FlowRecord {
     /// What an L7 filter said allowed the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<String>,
+    /// An audited flow's audited policies (those selecting either side).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audited_by: Vec<String>,
     pub source: FlowPeer,
     pub destination: FlowPeer,
     pub listener: String,
@@ -148,6 +157,7 @@ impl FlowRecord {
             reason: None,
             policies: Vec::new(),
             matched: None,
+            audited_by: Vec::new(),
             source,
             destination,
             listener: String::new(),
@@ -332,6 +342,7 @@ pub struct FlowLog {
     next_id: AtomicU64,
     log: std::sync::atomic::AtomicBool,
     by_namespace: Option<Family<NamespaceFlowLabels, Counter>>,
+    by_audit: Option<Family<PolicyLabels, Counter>>,
 }
 
 impl FlowLog {
@@ -344,6 +355,7 @@ impl FlowLog {
             next_id: AtomicU64::new(1),
             log: std::sync::atomic::AtomicBool::new(log),
             by_namespace: None,
+            by_audit: None,
         }
     }
 
@@ -357,8 +369,21 @@ impl FlowLog {
         self
     }
 
+    /// Count audited flows by audited policy in `family` (`weir_policy_audited_total`).
+    pub fn counting_audits(mut self, family: Family<PolicyLabels, Counter>) -> Self {
+        self.by_audit = Some(family);
+        self
+    }
+
     /// Stamp time and id, then publish.
     pub fn record(&self, mut flow: FlowRecord) {
+        if let Some(family) = &self.by_audit
+            && flow.verdict == Verdict::Audited
+        {
+            for policy in &flow.audited_by {
+                family.get_or_create(&PolicyLabels { policy: policy.clone() }).inc();
+            }
+        }
         if let Some(family) = &self.by_namespace
             && let Some(namespace) = flow.destination.namespace.as_ref().or(flow.source.namespace.as_ref())
             && !namespace.is_empty()

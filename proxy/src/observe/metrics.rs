@@ -42,6 +42,12 @@ pub struct NamespaceFlowLabels {
     pub verdict: &'static str,
 }
 
+/// Audited flows by audited policy: bounded by the policies written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub protocol: &'static str,
@@ -115,6 +121,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub namespace_flows: Family<NamespaceFlowLabels, Counter>,
+    pub policy_audited: Family<PolicyLabels, Counter>,
     pub request_duration: Family<ProtocolLabels, Histogram>,
     pub filter_duration: Family<FilterLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
@@ -158,6 +165,7 @@ impl Default for Metrics {
         let m = Metrics {
             requests: Family::default(),
             namespace_flows: Family::default(),
+            policy_audited: Family::default(),
             request_duration: Family::new_with_constructor(request_histogram),
             filter_duration: Family::new_with_constructor(filter_histogram),
             filter_failures: Family::default(),
@@ -192,6 +200,11 @@ impl Default for Metrics {
             "namespace_flows",
             "Flows by the namespace of the workload they concern (the destination's, else the source's) and verdict",
             m.namespace_flows.clone(),
+        );
+        registry.register(
+            "policy_audited",
+            "Flows an audited policy would have refused (enforcementMode: audit), by policy; each audited flow counts once for every audited policy selecting either side",
+            m.policy_audited.clone(),
         );
         registry.register(
             "request_duration_seconds",

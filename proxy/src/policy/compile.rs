@@ -67,6 +67,7 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
     if let Some(ns) = namespace {
         subject = subject.in_namespace(ns);
     }
+    let audit = audited(doc, rule, path)?;
     let defaults = rule.enable_default_deny.clone().unwrap_or_default();
     let section = |name: &str| Section { path: format!("{path}.{name}"), namespace, deny: name.ends_with("Deny") };
     let ingress = compile_section(rule.ingress.as_deref(), section("ingress"), Direction::Ingress, ingress_rule)?;
@@ -75,6 +76,22 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
     let egress = compile_section(rule.egress.as_deref(), section("egress"), Direction::Egress, egress_rule)?;
     let egress_deny =
         compile_section(rule.egress_deny.as_deref(), section("egressDeny"), Direction::Egress, egress_rule)?;
+    if audit {
+        // a stream parser decides bytes, not requests: there is no request
+        // to let through while reporting what it would have refused
+        let sections = [&ingress, &egress];
+        let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
+        for set in sets {
+            if let Some(l7) = &set.l7
+                && l7.kind() == Protocol::Stream
+            {
+                return Err((
+                    format!("{}.l7proto", set.path),
+                    "audit mode does not cover l7proto stream parsers yet (they decide bytes, not requests): enforce this rule or leave it out".into(),
+                ));
+            }
+        }
+    }
     Ok(PolicyRule {
         policy: doc.name(),
         file: doc.file.clone(),
@@ -86,7 +103,42 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
         egress_deny,
         default_deny_ingress: defaults.ingress.unwrap_or(true),
         default_deny_egress: defaults.egress.unwrap_or(true),
+        audit,
     })
+}
+
+/// Whether the rule is audited: `enforcementMode: audit` on a Weir kind, or
+/// the object's `policy.weir.dev/audit: "true"` on any kind.
+fn audited(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Result<bool, FieldError> {
+    let annotation = match doc.document.metadata.annotations.get(document::AUDIT_ANNOTATION).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err((
+                format!("metadata.annotations[{}]", document::AUDIT_ANNOTATION),
+                format!("{other:?}: give \"true\" (audit every rule of this object) or \"false\""),
+            ));
+        }
+    };
+    let Some(mode) = rule.enforcement_mode else { return Ok(annotation) };
+    if !doc.written_as.starts_with(document::WEIR_API) {
+        return Err((
+            format!("{path}.enforcementMode"),
+            format!(
+                "a Weir field: Cilium's CRD would prune it and the rule enforce; on {} use the annotation {}: \"true\"",
+                doc.written_as,
+                document::AUDIT_ANNOTATION
+            ),
+        ));
+    }
+    match mode {
+        document::EnforcementMode::Audit => Ok(true),
+        document::EnforcementMode::Enforce if annotation => Err((
+            format!("{path}.enforcementMode"),
+            format!("enforce contradicts the object's annotation {}: \"true\"", document::AUDIT_ANNOTATION),
+        )),
+        document::EnforcementMode::Enforce => Ok(false),
+    }
 }
 
 type PeerCompiler<R> = fn(&R, &str, Option<&str>) -> Result<Option<Vec<Peer>>, FieldError>;

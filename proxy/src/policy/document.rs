@@ -46,6 +46,28 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Read for [`AUDIT_ANNOTATION`]; the rest are the user's.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// On any policy kind, `"true"` audits every rule of the object: Cilium's own
+/// CRD prunes fields it does not know, so on a CiliumNetworkPolicy
+/// `enforcementMode` would vanish at `kubectl apply` and the policy enforce.
+pub const AUDIT_ANNOTATION: &str = "policy.weir.dev/audit";
+
+/// `spec.enforcementMode` (Weir kinds): whether a rule's verdicts are applied
+/// or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EnforcementMode {
+    /// Traffic the rule refuses is refused (the default).
+    #[default]
+    Enforce,
+    /// The rule is evaluated on every connection and request as if enforced,
+    /// the traffic passes, and what it would have refused is a flow with
+    /// verdict `audited`.
+    Audit,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -87,6 +109,10 @@ pub struct Rule {
     #[serde(default)]
     #[schemars(with = "Option<AnyValue>")]
     pub log: Option<serde_yaml::Value>,
+    /// Weir's field (Weir kinds only; on Cilium kinds the annotation
+    /// `policy.weir.dev/audit`).
+    #[serde(default)]
+    pub enforcement_mode: Option<EnforcementMode>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]

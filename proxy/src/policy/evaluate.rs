@@ -71,12 +71,13 @@ impl<'a> SubjectRules<'a> {
         if self.reserved {
             return SideVerdict::Unenforced;
         }
-        let mut enforced = false;
+        // the policies that make this side default-deny, for the reason
+        let mut enforcing: Vec<&str> = Vec::new();
         let mut allowances = Vec::new();
         for rule in self.rules.iter().copied() {
             let (allow, deny, default_deny) = rule.sections(direction);
-            if default_deny && (allow.is_some() || deny.is_some()) {
-                enforced = true;
+            if default_deny && (allow.is_some() || deny.is_some()) && !enforcing.contains(&rule.policy.as_str()) {
+                enforcing.push(&rule.policy);
             }
             for peer_rule in deny.into_iter().flatten() {
                 if let Some(ports) = peer_rule.matching_ports(peer, port, protocol) {
@@ -104,12 +105,18 @@ impl<'a> SubjectRules<'a> {
         }
         if !allowances.is_empty() {
             SideVerdict::Allowed(allowances)
-        } else if enforced {
+        } else if !enforcing.is_empty() {
             let side = match direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
             };
-            SideVerdict::Denied { reason: format!("no {side} rule allows {} on port {port}", peer.identity.brief()) }
+            SideVerdict::Denied {
+                reason: format!(
+                    "no {side} rule allows {} on port {port} (default deny of {})",
+                    peer.identity.brief(),
+                    enforcing.join(", ")
+                ),
+            }
         } else {
             SideVerdict::Unenforced
         }

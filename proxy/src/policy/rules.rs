@@ -296,9 +296,17 @@ pub struct PolicyRule {
     pub egress_deny: Option<Vec<PeerRule>>,
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
+    /// Evaluated and reported, never applied (`enforcementMode: audit`).
+    pub audit: bool,
 }
 
 impl PolicyRule {
+    /// Whether the rule speaks about `direction` (has a section for it).
+    pub fn concerns(&self, direction: Direction) -> bool {
+        let (allow, deny, _) = self.sections(direction);
+        allow.is_some() || deny.is_some()
+    }
+
     pub(super) fn sections(&self, direction: Direction) -> (Option<&Vec<PeerRule>>, Option<&Vec<PeerRule>>, bool) {
         match direction {
             Direction::Ingress => (self.ingress.as_ref(), self.ingress_deny.as_ref(), self.default_deny_ingress),
@@ -349,4 +357,16 @@ pub enum SideVerdict<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     pub rules: Vec<PolicyRule>,
+}
+
+impl PolicySet {
+    /// The rules that are applied: all but the audited ones.
+    pub fn enforced(&self) -> PolicySet {
+        PolicySet { rules: self.rules.iter().filter(|r| !r.audit).cloned().collect() }
+    }
+
+    /// Whether some rule is audited.
+    pub fn audits(&self) -> bool {
+        self.rules.iter().any(|r| r.audit)
+    }
 }

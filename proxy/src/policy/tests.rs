@@ -532,3 +532,74 @@ fn l7_rules_need_a_parser_tcp_and_a_port_of_their_own() {
     let bad_name = KAFKA_POLICY.replace("PROTO", "TCP").replace("RULES", "l7proto: \"a b\"");
     assert!(errors(&bad_name)[0].message.contains("not a parser name"), "{:?}", errors(&bad_name));
 }
+
+#[test]
+fn audit_mode_is_read_per_rule_and_per_object_and_refused_where_it_would_vanish() {
+    let weir = r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {name: web, namespace: shop}
+specs:
+  - endpointSelector: {matchLabels: {app: web}}
+    enforcementMode: audit
+    ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
+  - endpointSelector: {matchLabels: {app: db}}
+    enforcementMode: enforce
+    ingress: [{fromEndpoints: [{matchLabels: {app: web}}]}]
+"#;
+    let compiled = set(weir);
+    assert_eq!(compiled.rules.iter().map(|r| r.audit).collect::<Vec<_>>(), [true, false]);
+    assert!(compiled.audits());
+    assert_eq!(compiled.enforced().rules.len(), 1, "the enforced set leaves the audited rule out");
+    assert_eq!(compiled.enforced().rules[0].path, "specs[1]");
+
+    // on Cilium's kinds, the annotation (Cilium's CRD would prune the field)
+    let annotated = WEB_FROM_FRONTEND.replace(
+        "metadata: {name: web, namespace: shop}",
+        "metadata: {name: web, namespace: shop, annotations: {policy.weir.dev/audit: \"true\"}}",
+    );
+    assert!(set(&annotated).rules.iter().all(|r| r.audit));
+    assert!(!set(WEB_FROM_FRONTEND).audits());
+
+    let field_on_cilium = WEB_FROM_FRONTEND.replace("  ingress:\n", "  enforcementMode: audit\n  ingress:\n");
+    let e = errors(&field_on_cilium);
+    assert_eq!(e[0].field.as_deref(), Some("spec.enforcementMode"), "{e:?}");
+    assert!(e[0].message.contains("policy.weir.dev/audit"), "{e:?}");
+
+    let bad_value = annotated.replace("\"true\"", "\"yes\"");
+    let e = errors(&bad_value);
+    assert_eq!(e[0].field.as_deref(), Some("metadata.annotations[policy.weir.dev/audit]"), "{e:?}");
+
+    let contradiction = weir.replace(
+        "metadata: {name: web, namespace: shop}",
+        "metadata: {name: web, namespace: shop, annotations: {policy.weir.dev/audit: \"true\"}}",
+    );
+    let e = errors(&contradiction);
+    assert_eq!(e[0].field.as_deref(), Some("specs[1].enforcementMode"), "{e:?}");
+
+    let stream = r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {name: r2d2}
+spec:
+  endpointSelector: {}
+  enforcementMode: audit
+  ingress: [{toPorts: [{ports: [{port: "4000"}], rules: {l7proto: r2d2, l7: [{cmd: READ}]}}]}]
+"#;
+    let e = errors(stream);
+    assert_eq!(e[0].field.as_deref(), Some("spec.ingress[0].toPorts[0].l7proto"), "{e:?}");
+}
+
+#[test]
+fn a_default_deny_names_the_policies_that_make_it() {
+    let set = set(WEB_FROM_FRONTEND);
+    let web = identity(300, "shop", &[("app", "web")]);
+    let other = identity(302, "shop", &[("app", "other")]);
+    match set.evaluate(Direction::Ingress, &web, PeerInfo::new(&other, ip("10.0.0.2")), 80, L4Protocol::Tcp) {
+        SideVerdict::Denied { reason } => {
+            assert!(reason.starts_with("no ingress rule allows"), "{reason}");
+            assert!(reason.ends_with("on port 80 (default deny of shop/web)"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

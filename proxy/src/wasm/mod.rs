@@ -497,6 +497,12 @@ impl fmt::Debug for ConfiguredFilter {
 }
 
 impl ConfiguredFilter {
+    /// The same component with the same configuration: it shares instances
+    /// (and so a filter's own state) with `other`.
+    pub fn same_as(&self, other: &ConfiguredFilter) -> bool {
+        Arc::ptr_eq(&self.component, &other.component) && self.config == other.config
+    }
+
     pub fn on_request(
         &self,
         connection: ConnectionView,

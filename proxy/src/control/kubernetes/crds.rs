@@ -29,7 +29,14 @@ pub fn all() -> Vec<(String, String)> {
              means beyond its shape (a regex, a selector weir cannot enforce exactly) is\n\
              judged by weir and written on the object by `weir operator`."
         );
-        let rule = schema::rule();
+        let mut rule = schema::rule();
+        if cilium {
+            // Weir's field: on Cilium's kinds audit is an annotation (Cilium's
+            // own CRD would prune the field), and weir refuses the field there
+            if let Some(properties) = rule.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                properties.remove("enforcementMode");
+            }
+        }
         let body = json!({
             "type": "object",
             "properties": {

@@ -492,6 +492,7 @@ async fn exchange(
     let mut flow = DnsFlow { transport: transport.as_str().into(), ..Default::default() };
     let mut filter_time = Duration::ZERO;
     let mut policies = Vec::new();
+    let mut audited_by = Vec::new();
 
     let outcome = match message::read_query(bytes) {
         Err(e) => match message::header_of(bytes) {
@@ -530,9 +531,17 @@ async fn exchange(
                         let judged = judge(model, context, chain, &query, transport, &mut filter_time);
                         match judged {
                             Err(outcome) => outcome,
-                            Ok(matched) => {
+                            Ok(Judged { matched, audit }) => {
                                 let mut outcome = forward(state, model, listener, upstream, peer, bytes, &query).await;
                                 outcome.matched = matched;
+                                // answered, though an audited rule would have refused it
+                                if let Some((why, policies)) = audit
+                                    && outcome.verdict == Verdict::Forwarded
+                                {
+                                    outcome.verdict = Verdict::Audited;
+                                    outcome.reason = Some(why);
+                                    audited_by = policies;
+                                }
                                 outcome
                             }
                         }
@@ -562,6 +571,7 @@ async fn exchange(
         reason: outcome.reason,
         policies,
         matched: outcome.matched,
+        audited_by,
         detail: Some(FlowDetail::Dns(flow)),
         latency_us: Some(started.elapsed().as_micros() as u64),
         filter_us: filter_time.as_micros() as u64,
@@ -570,7 +580,16 @@ async fn exchange(
     outcome.answer
 }
 
-/// Run the filter chain. `Ok(what allowed it)`, or the outcome of a refusal.
+/// A query the chain allowed.
+struct Judged {
+    /// What allowed it.
+    matched: Option<String>,
+    /// Why the audited rules would have refused it, and which.
+    audit: Option<(String, Vec<String>)>,
+}
+
+/// Run the filter chain (and the audited rules'). `Ok` when it allows the
+/// query, or the outcome of a refusal.
 fn judge(
     model: &PolicyModel,
     context: &Arc<ConnectionContext>,
@@ -578,9 +597,9 @@ fn judge(
     query: &Message,
     transport: Transport,
     filter_time: &mut Duration,
-) -> Result<Option<String>, Outcome> {
-    if chain.links.is_empty() {
-        return Ok(chain.allowed_by.first().cloned());
+) -> Result<Judged, Outcome> {
+    if chain.links.is_empty() && chain.audit.is_none() {
+        return Ok(Judged { matched: chain.allowed_by.first().cloned(), audit: None });
     }
     let wit_query = dns::Query {
         id: query.id(),
@@ -610,12 +629,25 @@ fn judge(
     let stopped = chain::run(&chain.links, context, &mut run, |link, view| {
         Ok(match link.filter.on_query(view, &wit_query)? {
             dns::QueryDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
-            dns::QueryDecision::Deny(deny) => chain::Answer::Deny(deny),
+            dns::QueryDecision::Deny(deny) => {
+                chain::Answer::Deny(dns::Deny { reason: link.denial(&deny.reason), ..deny })
+            }
         })
     });
+    let audit = match (&stopped, &chain.audit) {
+        (None, Some(audit)) => chain::audit(audit, context, &mut run, |link, view| {
+            Ok(match link.filter.on_query(view, &wit_query)? {
+                dns::QueryDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
+                dns::QueryDecision::Deny(deny) => chain::Answer::Deny(link.denial(&deny.reason)),
+            })
+        })
+        .map(|why| (why, audit.policies.clone())),
+        _ => None,
+    };
     *filter_time = run.filter_time;
     match stopped {
-        None => Ok(run.matched.pop()),
+        None if chain.links.is_empty() => Ok(Judged { matched: chain.allowed_by.first().cloned(), audit }),
+        None => Ok(Judged { matched: run.matched.pop(), audit }),
         Some(Stopped::Denied(deny)) => Err(Outcome::own(Verdict::Denied, deny.reason, query, refusal(deny.rcode))),
         Some(Stopped::Failed(failure)) => {
             Err(Outcome::own(Verdict::Error, failure.to_string(), query, ResponseCode::ServFail))

@@ -108,6 +108,8 @@ struct RequestTrace {
     matched: Option<String>,
     /// Time to the response head, when the upstream answered.
     latency: Option<Duration>,
+    /// Why the audited rules would have refused the request, and which.
+    audit: Option<(String, Vec<String>)>,
 }
 
 /// A request that passed the checks: its parts as they will be forwarded.
@@ -243,6 +245,7 @@ impl HttpConnection {
             filter_time: Duration::ZERO,
             matched: None,
             latency: None,
+            audit: None,
         };
         let Some(snap) = self.snapshot() else {
             return reply::closing(reply::upstream_unavailable());
@@ -326,10 +329,12 @@ impl HttpConnection {
         request_id: u64,
     ) -> Result<Checked, Box<Stop>> {
         // a listener without filters never reads the head
-        if chain.links.is_empty() {
+        if chain.links.is_empty() && chain.audit.is_none() {
             return Ok(checked);
         }
         let mut head = wit::Request { id: request_id, head: checked.head() };
+        // audited rules judge the request as it came, not as filters edited it
+        let as_sent = chain.audit.is_some().then(|| head.clone());
         let mut run = ChainRun::default();
         let stopped = chain::run(&chain.links, &flight.snap.context, &mut run, |link, view| {
             match link.filter.on_request(view, &head)? {
@@ -353,10 +358,21 @@ impl HttpConnection {
                             reply::access_denied()
                         }),
                     };
-                    Ok(chain::Answer::Deny((response, format!("{}: {}", link.filter.name, deny.reason))))
+                    Ok(chain::Answer::Deny((response, link.denial(&deny.reason))))
                 }
             }
         });
+        if stopped.is_none()
+            && let (Some(audit), Some(as_sent)) = (&chain.audit, &as_sent)
+            && let Some(reason) = chain::audit(audit, &flight.snap.context, &mut run, |link, view| {
+                Ok(match link.filter.on_request(view, as_sent)? {
+                    wit::RequestDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
+                    wit::RequestDecision::Deny(deny) => chain::Answer::Deny(link.denial(&deny.reason)),
+                })
+            })
+        {
+            flight.trace().audit = Some((reason, audit.policies.clone()));
+        }
         let trace = flight.trace();
         trace.filter_time += run.filter_time;
         if !run.matched.is_empty() {
@@ -505,6 +521,11 @@ impl HttpConnection {
     ) {
         let elapsed = trace.latency.unwrap_or_else(|| trace.started.elapsed());
         trace.http.status = status;
+        // forwarded, though an audited rule would have refused it
+        let (verdict, reason, audited_by) = match trace.audit.take() {
+            Some((why, policies)) if verdict == Verdict::Forwarded => (Verdict::Audited, Some(why), policies),
+            _ => (verdict, reason, Vec::new()),
+        };
         let metrics = &self.state.metrics;
         metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
         metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" }).observe(elapsed.as_secs_f64());
@@ -516,6 +537,7 @@ impl HttpConnection {
             reason,
             policies,
             matched: trace.matched,
+            audited_by,
             detail: Some(FlowDetail::Http(trace.http)),
             latency_us: Some(elapsed.as_micros() as u64),
             filter_us: trace.filter_time.as_micros() as u64,

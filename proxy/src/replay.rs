@@ -1,0 +1,405 @@
+//! `weir policy replay`: recorded flows judged again under a proposed policy
+//! set, offline, with the same code and filters that judge live traffic.
+//!
+//! A flow record is not the traffic: what it does not carry cannot be judged
+//! again, and the report says so per flow instead of guessing.
+//! - HTTP records keep method, path and host, not headers: the request is
+//!   judged as if it had none, and a rule that reads headers makes the
+//!   answer approximate.
+//! - Kafka records keep API, version, client id and topics, not the
+//!   transactional id; memcached records keep command and keys.
+//! - Cassandra and `l7proto` stream records are judged at L3/L4 only: their
+//!   requests are not in the record in a form a filter reads.
+//! - A connection refused at L3/L4 when recorded has no requests: where the
+//!   proposed set lets it in and judges its requests, the answer is unknown.
+//! - toFQDNs: the addresses the file's DNS answers taught are taken as known
+//!   from the answer on, for the rest of the file (TTLs are not replayed).
+//!
+//! Every rule is judged as enforced, audited ones too: replay is the preview.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::context::ConnectionContext;
+use crate::engines::chain::{self, Answer, ChainRun, Stopped};
+use crate::engines::kafka::codec::api_name;
+use crate::identity::{Identity, Label, Labels};
+use crate::model::{ChainLink, Connection, ConnectionVerdict, PolicyModel};
+use crate::observe::flow::{FlowDetail, FlowPeer, FlowRecord, Verdict};
+use crate::policy::{L4Protocol, PeerInfo};
+use crate::protocol::Protocol;
+use crate::wasm::{FilterFailure, dns, http, kafka, memcached};
+
+/// What a flow would get under the proposed policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Let through; by what.
+    Allowed { by: String },
+    /// Refused; why, naming the policy and rule (or the default deny and
+    /// the policies that make it).
+    Refused { because: String },
+    /// The record does not carry what the answer depends on.
+    Unknown { why: String },
+}
+
+/// One flow judged again.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replayed {
+    pub id: u64,
+    pub recorded: Verdict,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The answer rests on something the record lacks (headers, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approximate: Option<String>,
+    /// `GET /admin from app=web to app=api`
+    pub summary: String,
+}
+
+impl Replayed {
+    /// `Some(true)`: newly refused; `Some(false)`: newly allowed; `None`: no change or unknown.
+    pub fn change(&self) -> Option<bool> {
+        let was_allowed = matches!(self.recorded, Verdict::Forwarded | Verdict::Audited);
+        match &self.outcome {
+            Outcome::Allowed { .. } if !was_allowed => Some(false),
+            Outcome::Refused { .. } if was_allowed => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// The whole replay.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub read: usize,
+    /// Flows not judged when recorded (errors: a bad request, an upstream down).
+    pub skipped: usize,
+    pub unchanged: usize,
+    pub unknown: Vec<Replayed>,
+    pub newly_refused: Vec<Replayed>,
+    pub newly_allowed: Vec<Replayed>,
+}
+
+impl Report {
+    pub fn changes(&self) -> bool {
+        !self.newly_refused.is_empty() || !self.newly_allowed.is_empty()
+    }
+
+    /// The report for people: changes grouped by the rule that makes them.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} flows read: {} unchanged, {} newly refused, {} newly allowed, {} unknown, {} not judged when recorded (errors)\n",
+            self.read,
+            self.unchanged,
+            self.newly_refused.len(),
+            self.newly_allowed.len(),
+            self.unknown.len(),
+            self.skipped
+        );
+        let sections: [(&str, &[Replayed]); 3] = [
+            ("newly refused", &self.newly_refused),
+            ("newly allowed", &self.newly_allowed),
+            ("unknown", &self.unknown),
+        ];
+        for (title, flows) in sections {
+            if flows.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("\n{title}:\n"));
+            let mut groups: BTreeMap<&str, Vec<&Replayed>> = BTreeMap::new();
+            for flow in flows {
+                let key = match &flow.outcome {
+                    Outcome::Allowed { by } => by.as_str(),
+                    Outcome::Refused { because } => because.as_str(),
+                    Outcome::Unknown { why } => why.as_str(),
+                };
+                groups.entry(key).or_default().push(flow);
+            }
+            for (cause, flows) in groups {
+                out.push_str(&format!("  {} flow(s): {cause}\n", flows.len()));
+                for flow in flows.iter().take(3) {
+                    out.push_str(&format!("    e.g. flow {}: {}", flow.id, flow.summary));
+                    if let Some(why) = &flow.approximate {
+                        out.push_str(&format!(" (approximate: {why})"));
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Judge `flows` (in recorded order) under `model`'s policies.
+pub fn replay(model: &PolicyModel, flows: impl IntoIterator<Item = FlowRecord>) -> Report {
+    let mut report = Report::default();
+    let mut learned = Learned::default();
+    for flow in flows {
+        report.read += 1;
+        if flow.verdict == Verdict::Error {
+            report.skipped += 1;
+            continue;
+        }
+        let replayed = judge_flow(model, &flow, &learned);
+        learned.learn(&flow);
+        match (&replayed.outcome, replayed.change()) {
+            (Outcome::Unknown { .. }, _) => report.unknown.push(replayed),
+            (_, Some(true)) => report.newly_refused.push(replayed),
+            (_, Some(false)) => report.newly_allowed.push(replayed),
+            (_, None) => report.unchanged += 1,
+        }
+    }
+    report
+}
+
+/// Addresses DNS answers in the file taught, per client address.
+#[derive(Default)]
+struct Learned(HashMap<(IpAddr, IpAddr), Vec<Arc<str>>>);
+
+impl Learned {
+    fn learn(&mut self, flow: &FlowRecord) {
+        let Some(answer) = flow.dns() else { return };
+        if !matches!(flow.verdict, Verdict::Forwarded | Verdict::Audited) || answer.rcode.as_deref() != Some("NOERROR")
+        {
+            return;
+        }
+        let name: Arc<str> = Arc::from(answer.query.as_str());
+        for record in answer.answers.iter().filter(|a| a.rtype == "A" || a.rtype == "AAAA") {
+            if let Ok(address) = record.data.parse::<IpAddr>() {
+                let names = self.0.entry((flow.source.address.ip(), address)).or_default();
+                if !names.contains(&name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+
+    fn names(&self, source: IpAddr, destination: IpAddr) -> &[Arc<str>] {
+        self.0.get(&(source, destination)).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn identity_of(peer: &FlowPeer) -> Identity {
+    Identity::new(peer.identity, Labels::new(peer.labels.iter().map(|l| Label::parse(l)).collect()))
+}
+
+fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Replayed {
+    let (source, destination) = (identity_of(&flow.source), identity_of(&flow.destination));
+    let kind = kind_of(flow);
+    let protocol = match (&flow.detail, flow.protocol.as_str()) {
+        (Some(FlowDetail::Dns(d)), _) if d.transport == "udp" => L4Protocol::Udp,
+        (None, "udp") => L4Protocol::Udp,
+        _ => L4Protocol::Tcp,
+    };
+    let names = learned.names(flow.source.address.ip(), flow.destination.address.ip());
+    let connection = Connection {
+        source: PeerInfo::new(&source, flow.source.address.ip().into()),
+        destination: PeerInfo {
+            identity: &destination,
+            address: flow.destination.address.ip().into(),
+            learned_names: names,
+        },
+        port: flow.port,
+        protocol,
+        // a flow of the kernel's (tcp, udp) has no requests: its L3/L4
+        // verdict is all there is, and any kind will do
+        kind: kind.unwrap_or(Protocol::Stream),
+    };
+    let mut approximate = None;
+    let outcome = match model.judge(&model.policies, &connection) {
+        ConnectionVerdict::Drop { reason } => Outcome::Refused { because: reason },
+        ConnectionVerdict::Forward(chain) if chain.links.is_empty() => {
+            Outcome::Allowed { by: chain.allowed_by.join(", ").if_empty("no policy selects either side") }
+        }
+        ConnectionVerdict::Forward(chain) => {
+            let context = Arc::new(ConnectionContext {
+                id: flow.connection,
+                source: Arc::new(source.clone()),
+                destination: Arc::new(destination.clone()),
+                source_endpoint: None,
+                destination_endpoint: None,
+                source_addr: flow.source.address,
+                destination_addr: flow.destination.address,
+                port: flow.port,
+                listener: Arc::from(flow.listener.as_str()),
+            });
+            match judge_request(flow, &chain.links, &context) {
+                Ok((Some(because), note)) => {
+                    approximate = note;
+                    Outcome::Refused { because }
+                }
+                Ok((None, note)) => {
+                    approximate = note;
+                    Outcome::Allowed { by: chain.allowed_by.join(", ") }
+                }
+                Err(why) => Outcome::Unknown { why },
+            }
+        }
+    };
+    Replayed { id: flow.id, recorded: flow.verdict, outcome, approximate, summary: summary(flow) }
+}
+
+/// The protocol whose rules apply to the flow's requests; `None` for the
+/// kernel's L3/L4 flows.
+fn kind_of(flow: &FlowRecord) -> Option<Protocol> {
+    Protocol::ALL.into_iter().find(|p| p.name() == flow.protocol).or(match &flow.detail {
+        Some(FlowDetail::L7(_)) => Some(Protocol::Stream),
+        _ => None,
+    })
+}
+
+type Judgement = (Option<String>, Option<String>);
+
+/// Run the links on the request the record describes: `(refusal, note)`,
+/// or why it cannot be judged.
+fn judge_request(
+    flow: &FlowRecord,
+    links: &[ChainLink],
+    context: &Arc<ConnectionContext>,
+) -> Result<Judgement, String> {
+    let mut run = ChainRun::default();
+    let stopped = match &flow.detail {
+        None => {
+            return Err(format!(
+                "allowed at L3/L4 now; its {} requests, judged by {}, were never seen (refused at L3/L4 when recorded)",
+                flow.protocol,
+                names(links)
+            ));
+        }
+        Some(FlowDetail::Http(h)) => {
+            let head = crate::wasm::request_head_line(&h.method, &h.path, &h.host, "http", 0);
+            let request = http::Request { id: 0, head };
+            let note = links
+                .iter()
+                .any(|l| l.filter.config.contains("\"headers\"") || l.filter.config.contains("\"headerMatches\""))
+                .then(|| "headers are not in flow records: judged as if the request had none".to_string());
+            let stopped = chain::run(links, context, &mut run, |link, view| {
+                Ok(match link.filter.on_request(view, &request)? {
+                    http::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
+                    http::RequestDecision::Deny(deny) => Answer::Deny(link.denial(&deny.reason)),
+                })
+            });
+            return Ok((refusal(stopped), note.or_else(|| custom(links))));
+        }
+        Some(FlowDetail::Dns(d)) => {
+            let questions = std::iter::once(&d.query)
+                .chain(&d.more_questions)
+                .map(|name| dns::Question {
+                    name: name.clone(),
+                    qtype: hickory_proto::rr::RecordType::from_str(&d.qtype).map_or(0, u16::from),
+                    qclass: 1,
+                })
+                .collect();
+            let transport = if d.transport == "tcp" { dns::Transport::Tcp } else { dns::Transport::Udp };
+            let query = dns::Query { id: 0, questions, transport };
+            chain::run(links, context, &mut run, |link, view| {
+                Ok(match link.filter.on_query(view, &query)? {
+                    dns::QueryDecision::Allow(allow) => Answer::Allow(allow.matched),
+                    dns::QueryDecision::Deny(deny) => Answer::Deny(link.denial(&deny.reason)),
+                })
+            })
+        }
+        Some(FlowDetail::Kafka(k)) => {
+            let Some(api_key) = (0..=i16::MAX).find(|key| api_name(*key) == k.api_key) else {
+                return Err(format!("unknown Kafka API {:?}", k.api_key));
+            };
+            let topics = match k.topics.as_slice() {
+                [] => kafka::Topics::None,
+                [all] if all == "*" => kafka::Topics::All,
+                named => kafka::Topics::Named(named.to_vec()),
+            };
+            let request = kafka::Request {
+                api_key,
+                api_version: k.api_version,
+                correlation_id: k.correlation_id,
+                client_id: (!k.client_id.is_empty()).then(|| k.client_id.clone()),
+                topics,
+                transactional_id: None,
+            };
+            chain::run(links, context, &mut run, |link, view| {
+                Ok(match link.filter.on_kafka_request(view, &request)? {
+                    kafka::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
+                    kafka::RequestDecision::Deny(deny) => Answer::Deny(link.denial(&deny.reason)),
+                })
+            })
+        }
+        Some(FlowDetail::Memcached(m)) => {
+            let request = memcached::Request {
+                protocol: if m.protocol == "binary" { memcached::Protocol::Binary } else { memcached::Protocol::Text },
+                command: m.command.clone(),
+                opcode: None,
+                keys: m.keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            };
+            chain::run(links, context, &mut run, |link, view| {
+                Ok(match link.filter.on_memcached_request(view, &request)? {
+                    memcached::RequestDecision::Allow(allow) => Answer::Allow(allow.matched),
+                    memcached::RequestDecision::Deny(deny) => Answer::Deny(link.denial(&deny.reason)),
+                })
+            })
+        }
+        Some(FlowDetail::Cassandra(_) | FlowDetail::L7(_)) => {
+            return Err(format!(
+                "allowed at L3/L4; {} requests are not replayed at L7 (the record does not carry what {} reads)",
+                flow.protocol,
+                names(links)
+            ));
+        }
+    };
+    Ok((refusal(stopped), custom(links)))
+}
+
+fn refusal(stopped: Option<Stopped<String>>) -> Option<String> {
+    match stopped? {
+        Stopped::Denied(reason) => Some(reason),
+        Stopped::Failed(FilterFailure { filter, message, .. }) => Some(format!("{filter} failed (closed): {message}")),
+    }
+}
+
+fn names(links: &[ChainLink]) -> String {
+    links.iter().map(|l| l.filter.name.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A custom filter reads more of the request than a record keeps.
+fn custom(links: &[ChainLink]) -> Option<String> {
+    let custom: Vec<&str> = links
+        .iter()
+        .map(|l| &*l.filter.name)
+        .filter(|name| !Protocol::ALL.iter().any(|p| p.spec().policy_filter == Some(*name)))
+        .collect();
+    (!custom.is_empty()).then(|| format!("custom filter {} judged the recorded fields only", custom.join(", ")))
+}
+
+fn summary(flow: &FlowRecord) -> String {
+    let who = |peer: &FlowPeer| {
+        let labels: Vec<&str> = peer
+            .labels
+            .iter()
+            .filter(|l| !l.starts_with("k8s:io.kubernetes.pod.namespace="))
+            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, rest)| rest))
+            .collect();
+        if labels.is_empty() { peer.address.to_string() } else { labels.join(",") }
+    };
+    let what = match &flow.detail {
+        Some(FlowDetail::Http(h)) => format!("{} {}", h.method, h.path),
+        Some(FlowDetail::Dns(d)) => format!("{} {}", d.qtype, d.query),
+        Some(FlowDetail::Kafka(k)) => format!("{} {}", k.api_key, k.topics.join(",")),
+        Some(FlowDetail::Memcached(m)) => format!("{} {}", m.command, m.keys.join(" ")),
+        _ => format!("{} port {}", flow.protocol, flow.port),
+    };
+    format!("{what} from {} to {}", who(&flow.source), who(&flow.destination))
+}
+
+trait IfEmpty {
+    fn if_empty(self, default: &str) -> String;
+}
+
+impl IfEmpty for String {
+    fn if_empty(self, default: &str) -> String {
+        if self.is_empty() { default.to_string() } else { self }
+    }
+}
