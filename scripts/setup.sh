@@ -20,7 +20,8 @@
 #     scripts/cassandra.sh) and the cassandra-driver Python package (the
 #     client, and the protocol classes of the stand-in for broken input); for Kubernetes:
 #     kube-apiserver, kubectl and etcd built from Go modules (scripts/kube.sh,
-#     about 15 minutes once per machine)
+#     about 15 minutes once per machine); for the flow page: Debian's Chromium
+#     and playwright-core from npm (integration/browser, locked)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -34,7 +35,7 @@ fi
 
 packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
   unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat memcached
-  buildah)
+  buildah chromium fonts-dejavu-core)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
@@ -136,6 +137,12 @@ if ! bash "$(dirname "$0")/helm.sh" installed; then
 fi
 # Apache Kafka and Apache Cassandra (their jars, from Maven Central) for the
 # Kafka and Cassandra tests: seconds each, once per machine
+# the flow page's browser test drives Chromium with playwright-core
+browser_dir="$(dirname "$0")/../integration/browser"
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  log "installing playwright-core (npm, locked) for the flow page test"
+  npm ci --prefix "$browser_dir" --no-audit --no-fund --silent
+fi
 if ! bash "$(dirname "$0")/kafka.sh" installed; then
   bash "$(dirname "$0")/kafka.sh" install
 fi

@@ -1,4 +1,5 @@
-//! The admin API: /healthz, /metrics, /config, /flows and a service map at /.
+//! The admin API: /healthz, /metrics, /config, /flows, a service map at /
+//! and the live flow page at /ui.
 //! The same server, limited to /metrics and /healthz, is the metrics
 //! listener (`metrics:` in weir.yaml): what Prometheus and the kubelet's
 //! probes reach on a node's address, without the policies and traffic the
@@ -25,6 +26,8 @@ use crate::observe::flow::{FlowFilter, FlowRecord, Verdict};
 use crate::observe::metrics::{COMMIT, VERSION};
 
 type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+const FLOW_PAGE: &str = include_str!("../assets/flow-page.html");
 
 /// What a listener of this server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +123,10 @@ fn route(state: &Arc<ProxyState>, req: Request<Incoming>, scope: Scope) -> Respo
             full(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&entries).unwrap_or_default())
         }
         "/" => full(StatusCode::OK, "text/html; charset=utf-8", service_map(state)),
-        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz /metrics /config /flows /fqdn\n"),
+        // the live flow page: one file, built into the binary (nothing to
+        // install or build); it reads /flows and /config like any client
+        "/ui" => full(StatusCode::OK, "text/html; charset=utf-8", FLOW_PAGE),
+        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found; try /ui /healthz /metrics /config /flows /fqdn\n"),
     }
 }
 
@@ -229,7 +235,7 @@ fn service_map(state: &Arc<ProxyState>) -> String {
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}\
          .ok{{color:#070}}.deny{{color:#a00}}.audit{{color:#a60}}</style></head><body>\
          <h1>weir service map</h1><p>policy generation {generation}; last {} flows. \
-         <a href=/flows>flows</a> · <a href=/config>config</a> · <a href=/metrics>metrics</a></p>\
+         <a href=/ui>live flows</a> · <a href=/flows>flows</a> · <a href=/config>config</a> · <a href=/metrics>metrics</a></p>\
          <table><tr><th>source</th><th></th><th>destination</th><th>forwarded</th><th>denied</th>\
          <th>dropped</th><th>error</th><th>audited</th></tr>\n{rows}</table></body></html>\n",
         history.len()
