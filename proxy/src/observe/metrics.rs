@@ -427,3 +427,37 @@ impl KubernetesMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// deploy/grafana's dashboard queries only metrics weir exports: a
+    /// renamed metric fails here, not silently on someone's screen.
+    #[test]
+    fn the_grafana_dashboard_queries_metrics_weir_exports() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/weir-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let exported = super::Metrics::default().encode();
+        let names = regex::Regex::new(r"weir_[a-z_]+").unwrap();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in names.find_iter(expr).map(|m| m.as_str()) {
+                    // counters and histograms are queried by their samples' names
+                    let family = ["_total", "_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(name);
+                    let declared = format!("# TYPE {family} ");
+                    assert!(
+                        exported.contains(&declared),
+                        "{:?} queries {name}, which weir does not export",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 10, "{queried}");
+    }
+}
