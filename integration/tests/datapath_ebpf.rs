@@ -362,3 +362,37 @@ fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
     assert_eq!(node.curl("oth", &url("/public/a")).0, 0, "dropped in the kernel");
     assert_eq!(node.curl("cli", &url("/public/a")).0, 200);
 }
+
+/// Visibility without enforcement: the server's port 80 is parsed into HTTP
+/// flows (the pod's `policy.cilium.io/proxy-visibility`, here in weir.yaml),
+/// with no policy selecting anyone: nothing is refused, other ports are not
+/// touched.
+#[test]
+fn visibility_parses_a_port_into_flows_and_refuses_nothing() {
+    let mut node = Node::new(&["cli", "srv", "oth"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
+    node.serve("srv", "tcp echo", "python3", &[&peer_script(), "tcp-echo", &server, "9000"]);
+    let endpoints = node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]);
+    let observed =
+        endpoints.replace("labels: {app: server}}", "labels: {app: server}, visibility: '<Ingress/80/TCP/HTTP>'}");
+    assert_ne!(observed, endpoints);
+    node.start_weir(&format!("{BASE}{observed}"), &[]);
+    let url = |path: &str| format!("http://{server}{path}");
+    wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url("/ready")).0 == 200);
+
+    assert_eq!(node.curl("cli", &url("/seen/by/weir")).0, 200);
+    assert_eq!(node.curl("oth", &url("/also/seen")).0, 200, "no default deny: nothing selects the server");
+    for (from, path) in [("client", "/seen/by/weir"), ("other", "/also/seen")] {
+        let flow = wait_flow(&node, "an HTTP flow of the observed port", |f| f.http().is_some_and(|h| h.path == path));
+        assert_eq!(flow.verdict, Verdict::Forwarded);
+        assert_eq!(flow.listener, "ebpf", "the kernel handed it to the proxy: {flow:?}");
+        assert!(has_label(&flow.source.labels, &format!("k8s:app={from}")), "the sender's identity: {flow:?}");
+        assert_eq!(flow.http().unwrap().status, Some(200));
+    }
+    // another port of the same pod: not redirected, not refused
+    let echo = node.in_pod("cli", "ncat").args(["-z", "-w", "2", &server, "9000"]).status().unwrap();
+    assert!(echo.success());
+    assert!(!flows(&node).iter().any(|f| f.port == 9000 && f.verdict != Verdict::Forwarded), "{:?}", flows(&node));
+}

@@ -244,11 +244,77 @@ pub struct EndpointConfig {
     /// programs there and polices the pod's traffic.
     #[serde(default)]
     pub interface: Option<String>,
+    /// Ports whose traffic the eBPF datapath hands to the proxy to be parsed
+    /// into L7 flows without a policy: `<Ingress/80/TCP/HTTP>,<Egress/53/UDP/DNS>`,
+    /// Cilium's `policy.cilium.io/proxy-visibility` annotation (which a pod
+    /// carries in Kubernetes). It selects the pod for nothing: no default deny.
+    #[serde(default)]
+    pub visibility: Option<String>,
 }
 
 impl EndpointConfig {
     pub fn all_addresses(&self) -> Vec<IpAddr> {
         self.address.iter().chain(self.addresses.iter()).copied().collect()
+    }
+}
+
+/// The pod annotation that asks for visibility (Cilium's name).
+pub const VISIBILITY_ANNOTATION: &str = "policy.cilium.io/proxy-visibility";
+
+/// One `<Direction/port/transport/protocol>` of a visibility annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visibility {
+    pub ingress: bool,
+    pub port: u16,
+    /// `TCP`, `UDP` or `ANY`
+    pub transport: &'static str,
+    /// The engine that parses it.
+    pub protocol: Protocol,
+}
+
+impl Visibility {
+    /// Parse a whole annotation; every entry must be good.
+    pub fn parse_all(text: &str) -> Result<Vec<Visibility>, String> {
+        let mut out = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let inner = entry
+                .strip_prefix('<')
+                .and_then(|e| e.strip_suffix('>'))
+                .ok_or_else(|| format!("{entry:?}: expected <Direction/port/transport/protocol>"))?;
+            let parts: Vec<&str> = inner.split('/').collect();
+            let [direction, port, transport, protocol] = parts[..] else {
+                return Err(format!("{entry:?}: expected four parts, <Ingress/80/TCP/HTTP>"));
+            };
+            let ingress = match direction.to_ascii_lowercase().as_str() {
+                "ingress" => true,
+                "egress" => false,
+                _ => return Err(format!("{entry:?}: direction {direction:?} is neither Ingress nor Egress")),
+            };
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{entry:?}: port {port:?} is not a port number"))?;
+            let transport = match transport.to_ascii_uppercase().as_str() {
+                "TCP" => "TCP",
+                "UDP" => "UDP",
+                "ANY" => "ANY",
+                _ => return Err(format!("{entry:?}: transport {transport:?} is not TCP, UDP or ANY")),
+            };
+            let protocol = Protocol::ALL
+                .into_iter()
+                .filter(|p| *p != Protocol::Stream)
+                .find(|p| p.name().eq_ignore_ascii_case(protocol))
+                .ok_or_else(|| {
+                    format!("{entry:?}: protocol {protocol:?} is not one weir parses (HTTP, DNS, Kafka, memcached, Cassandra)")
+                })?;
+            // only DNS is read from UDP (the DNS proxy's transparent socket)
+            if transport != "TCP" && protocol != Protocol::Dns {
+                return Err(format!("{entry:?}: {} is parsed on TCP only", protocol.name()));
+            }
+            out.push(Visibility { ingress, port, transport, protocol });
+        }
+        Ok(out)
     }
 }
 
@@ -451,6 +517,11 @@ impl WeirConfig {
                 }
             }
         }
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if let Some(text) = &ep.visibility {
+                Visibility::parse_all(text).map_err(|e| format!("endpoints[{i}].visibility ({}): {e}", ep.name))?;
+            }
+        }
         let mut interfaces = std::collections::HashMap::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             if let Some(name) = &ep.interface
@@ -580,6 +651,35 @@ impl Default for ConntrackConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visibility_reads_ciliums_annotation_and_names_what_is_wrong() {
+        let parsed =
+            Visibility::parse_all("<Ingress/80/TCP/HTTP>, <egress/53/any/dns>,<Ingress/9092/TCP/Kafka>").unwrap();
+        assert_eq!(
+            parsed,
+            [
+                Visibility { ingress: true, port: 80, transport: "TCP", protocol: Protocol::Http },
+                Visibility { ingress: false, port: 53, transport: "ANY", protocol: Protocol::Dns },
+                Visibility { ingress: true, port: 9092, transport: "TCP", protocol: Protocol::Kafka },
+            ]
+        );
+        for (bad, says) in [
+            ("Ingress/80/TCP/HTTP", "expected <Direction/port/transport/protocol>"),
+            ("<Ingress/80/HTTP>", "four parts"),
+            ("<Sideways/80/TCP/HTTP>", "neither Ingress nor Egress"),
+            ("<Ingress/0/TCP/HTTP>", "not a port number"),
+            ("<Ingress/80/SCTP/HTTP>", "not TCP, UDP or ANY"),
+            ("<Ingress/80/TCP/r2d2>", "not one weir parses"),
+            ("<Ingress/80/UDP/HTTP>", "parsed on TCP only"),
+        ] {
+            let e = Visibility::parse_all(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = WeirConfig::parse("endpoints: [{name: web, address: 10.0.0.1, visibility: '<Ingress/x/TCP/HTTP>'}]")
+            .unwrap_err();
+        assert!(e.starts_with("endpoints[0].visibility (web): "), "{e}");
+    }
 
     #[test]
     fn settings_read_at_start_are_named_when_a_reload_changes_them() {

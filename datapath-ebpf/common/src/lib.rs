@@ -118,6 +118,11 @@ pub const ENDPOINT_ENFORCE_EGRESS: u32 = 2;
 /// in that direction, so a missing entry is an audit, not a drop.
 pub const ENDPOINT_AUDIT_INGRESS: u32 = 4;
 pub const ENDPOINT_AUDIT_EGRESS: u32 = 8;
+/// With the direction's ENFORCE flag: the endpoint is looked up only for
+/// visibility (ports handed to the proxy to be parsed), so a missing entry
+/// allows.
+pub const ENDPOINT_OBSERVE_INGRESS: u32 = 16;
+pub const ENDPOINT_OBSERVE_EGRESS: u32 = 32;
 
 /// IPCACHE key (LPM trie data part): IPv4 in network byte order.
 pub type IpcacheKey = [u8; 4];

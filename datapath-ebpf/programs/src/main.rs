@@ -44,13 +44,13 @@ use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, 
 use aya_ebpf::programs::TcContext;
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
-    ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, EVENT_ALLOW,
-    EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, Event, FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey,
-    IpcacheValue, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL,
-    REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY,
-    REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY,
-    TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT, conntrack, identity, mark,
-    proxy_socket_key,
+    ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
+    ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT,
+    EndpointInfo, Event, FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey, IpcacheValue, PROTO_ICMP, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT,
+    REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    VERDICT_REDIRECT, conntrack, identity, mark, proxy_socket_key,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -503,9 +503,20 @@ fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> Poli
     if let Some(v) = unsafe { POLICY.get(&key) } {
         return *v;
     }
-    // default deny; an audit where only audited rules make it
-    let audit_only = if direction == DIR_INGRESS { ENDPOINT_AUDIT_INGRESS } else { ENDPOINT_AUDIT_EGRESS };
-    let verdict = if flags & audit_only != 0 { VERDICT_AUDIT } else { VERDICT_DENY };
+    // default deny; an audit where only audited rules make it; nothing
+    // where only visibility looks
+    let (audit_only, observe_only) = if direction == DIR_INGRESS {
+        (ENDPOINT_AUDIT_INGRESS, ENDPOINT_OBSERVE_INGRESS)
+    } else {
+        (ENDPOINT_AUDIT_EGRESS, ENDPOINT_OBSERVE_EGRESS)
+    };
+    let verdict = if flags & audit_only != 0 {
+        VERDICT_AUDIT
+    } else if flags & observe_only != 0 {
+        VERDICT_ALLOW
+    } else {
+        VERDICT_DENY
+    };
     PolicyValue { verdict, _pad: 0, proxy_port: 0, rule: 0 }
 }
 

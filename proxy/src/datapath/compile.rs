@@ -17,11 +17,12 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net};
 use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
-    ENDPOINT_ENFORCE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY, IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
+    ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
+    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    VERDICT_REDIRECT,
 };
 
-use crate::config::DatapathConfig;
+use crate::config::{DatapathConfig, Visibility};
 use crate::context::Direction;
 use crate::identity::{Identity, reserved};
 use crate::model::PolicyModel;
@@ -200,6 +201,18 @@ pub fn compile(
             next
         })
     };
+    // Visibility (`<Ingress/80/TCP/HTTP>`): ports handed to the proxy to be
+    // parsed into flows, policy or not. Policy entries are per identity, so
+    // a pod's visibility is its identity's on this node (the union of its
+    // pods' annotations).
+    let mut visibility: HashMap<u32, Vec<Visibility>> = HashMap::new();
+    for (config, endpoint) in model.config.endpoints.iter().zip(&model.endpoints) {
+        if let (Some(_), Some(text)) = (&config.interface, &config.visibility) {
+            // checked when weir.yaml was read, or when the pod was
+            let parsed = Visibility::parse_all(text).unwrap_or_default();
+            visibility.entry(endpoint.identity.id).or_default().extend(parsed);
+        }
+    }
     for (identity, endpoint) in &mut local {
         // the rules selecting this endpoint, selected once for every
         // question below (one per peer, port and protocol); with audited
@@ -207,31 +220,52 @@ pub fn compile(
         // allow, the entry audits (the packet passes, an event says so)
         let rules = model.enforced.for_subject(identity);
         let all = model.policies.audits().then(|| model.policies.for_subject(identity));
-        for (direction, dir, flag, audit_only) in [
-            (Direction::Ingress, DIR_INGRESS, ENDPOINT_ENFORCE_INGRESS, ENDPOINT_AUDIT_INGRESS),
-            (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_AUDIT_EGRESS),
+        for (direction, dir, flag, audit_only, observe_only) in [
+            (
+                Direction::Ingress,
+                DIR_INGRESS,
+                ENDPOINT_ENFORCE_INGRESS,
+                ENDPOINT_AUDIT_INGRESS,
+                ENDPOINT_OBSERVE_INGRESS,
+            ),
+            (Direction::Egress, DIR_EGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_OBSERVE_EGRESS),
         ] {
             let enforced = rules.concerns(direction);
             let audited = all.as_ref().is_some_and(|all| all.concerns(direction));
-            if !enforced && !audited {
+            let observed: Vec<Visibility> = visibility
+                .get(&identity.id)
+                .into_iter()
+                .flatten()
+                .filter(|v| v.ingress == (direction == Direction::Ingress))
+                .copied()
+                .collect();
+            if !enforced && !audited && observed.is_empty() {
                 continue;
             }
             // Entries are looked up only for enforced directions; an
             // endpoint that is selected but not default-deny still needs
             // them (for redirects), so it is marked enforced and the
             // compiled "allow" entries keep it open. Selected by audited
-            // rules alone, a missing entry audits instead of dropping.
+            // rules alone, a missing entry audits instead of dropping;
+            // observed alone, it allows.
             endpoint.info.flags |= flag;
             if !enforced {
-                endpoint.info.flags |= audit_only;
+                endpoint.info.flags |= if audited { audit_only } else { observe_only };
             }
-            let ports = match named_ports(all.as_ref().unwrap_or(&rules), direction) {
+            let mut ports = match named_ports(all.as_ref().unwrap_or(&rules), direction) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(format!("endpoint {}: {e}", endpoint.name));
                     continue;
                 }
             };
+            for v in &observed {
+                for (protocol, number) in PORT_PROTOCOLS {
+                    if visible(v, protocol) {
+                        ports.get_mut(&number).unwrap().insert(v.port);
+                    }
+                }
+            }
             for (peer, peer_id, address) in &peers {
                 let names = names_of(*peer_id, address, identity.id);
                 let info = PeerInfo { identity: peer, address: *address, learned_names: &names };
@@ -249,9 +283,22 @@ pub fn compile(
                         value(v, protocol, proxy_ports, &mut index_of)
                     };
                     let enforced = value_of(&rules);
-                    match &all {
+                    let entry = match &all {
                         Some(all) => audit(enforced, value_of(all)),
                         None => enforced,
+                    };
+                    // what policy lets through plainly on an observed port
+                    // goes through the proxy, which parses it into flows
+                    match observed.iter().find(|v| !wildcard && v.port == port && visible(v, protocol)) {
+                        Some(v) if matches!(entry.verdict, VERDICT_ALLOW | VERDICT_AUDIT) => {
+                            let proxy_port = if protocol == L4Protocol::Udp {
+                                proxy_ports.dns_proxy_port
+                            } else {
+                                proxy_ports.proxy_port_of(v.protocol)
+                            };
+                            PolicyValue { verdict: VERDICT_REDIRECT, _pad: 0, proxy_port, rule: entry.rule }
+                        }
+                        _ => entry,
                     }
                 };
                 for (protocol, number) in PORT_PROTOCOLS {
@@ -306,6 +353,15 @@ fn named_ports(rules: &SubjectRules<'_>, direction: Direction) -> Result<HashMap
         }
     }
     Ok(out)
+}
+
+/// Whether visibility `v` covers `protocol` (DNS on UDP too; the rest TCP).
+fn visible(v: &Visibility, protocol: L4Protocol) -> bool {
+    match protocol {
+        L4Protocol::Tcp => v.transport != "UDP",
+        L4Protocol::Udp => v.transport != "TCP" && v.protocol == Protocol::Dns,
+        _ => false,
+    }
 }
 
 /// The entry when audited rules are in force: the enforced verdict, unless

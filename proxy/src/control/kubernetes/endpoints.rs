@@ -32,6 +32,8 @@ pub struct Pod {
     /// `metadata.creationTimestamp`: of two pods claiming one address, the
     /// newer holds it.
     pub created: String,
+    /// Its `policy.cilium.io/proxy-visibility` annotation, if any.
+    pub visibility: Option<String>,
 }
 
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
@@ -128,6 +130,7 @@ mod tests {
 
     fn pod(labels: &[(&str, &str)]) -> Pod {
         Pod {
+            visibility: None,
             uid: "u".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node: "n".into(),

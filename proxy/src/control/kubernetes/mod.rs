@@ -32,7 +32,7 @@ pub use client::ApiClient;
 pub use resources::Resource;
 
 use super::source::{Contribution, Source};
-use crate::config::{EndpointConfig, FilterConfig};
+use crate::config::{EndpointConfig, FilterConfig, VISIBILITY_ANNOTATION, Visibility};
 use crate::identity::Labels;
 use crate::observe::metrics::{KubernetesMetrics, ResourceLabels};
 use crate::policy::{PolicyError, document};
@@ -319,6 +319,15 @@ impl KubernetesSource {
                 }
                 _ => None,
             };
+            // a bad annotation asks for nothing (as in Cilium): the pod is
+            // policed as it would be without it
+            let visibility = pod.visibility.clone().filter(|text| match Visibility::parse_all(text) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), "{VISIBILITY_ANNOTATION} ignored: {e}");
+                    false
+                }
+            });
             endpoints.push(EndpointConfig {
                 name,
                 namespace,
@@ -327,6 +336,7 @@ impl KubernetesSource {
                 labels,
                 identity: Some(identity),
                 interface,
+                visibility,
             });
         }
         *self.routes.missing.lock().unwrap() = missing;

@@ -1,6 +1,6 @@
 //! The kinds weir reads from the API server, and what it keeps of each
 //! object (its projection): only what policy and identity read, so a change
-//! to anything else (status, annotations, `managedFields`) changes nothing.
+//! to anything else (status, other annotations, `managedFields`) changes nothing.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -165,6 +165,11 @@ pub fn pod(_: &Resource, object: &serde_json::Value) -> Option<Pod> {
         host_network: object.pointer("/spec/hostNetwork").and_then(|v| v.as_bool()).unwrap_or(false),
         ips,
         created: text("/metadata/creationTimestamp"),
+        visibility: object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(crate::config::VISIBILITY_ANNOTATION))
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
     })
 }
 
