@@ -255,6 +255,7 @@ async fn populate(admin: &ApiClient, cluster: &Cluster) {
             host_network: false,
             ips: vec![],
             created: String::new(),
+            visibility: None,
         };
         let labels =
             Labels::of_endpoint(&cluster.namespace(ns), &identity_labels(&pod, Some(&cluster.namespace_labels(ns))));

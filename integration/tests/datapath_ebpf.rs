@@ -323,9 +323,13 @@ fn a_policy_change_reaches_established_connections_at_once() {
 /// says it would have denied it. Then enforced: both are refused.
 #[test]
 fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
+    // and the node itself (a probe), whose packets reach the pod without
+    // passing an ingress hook that could hand them to the proxy
+    let from_host = "    - fromEntities: [host]\n      toPorts:\n        - ports: [{port: \"80\", protocol: TCP}]\n          \
+                     rules:\n            http: [{method: GET, path: \"/public.*\"}]\n";
     let audited = SERVER_HTTP_POLICY
         .replace("cilium.io/v2\nkind: CiliumNetworkPolicy", "policy.weir.dev/v1alpha1\nkind: WeirNetworkPolicy")
-        .replace("  ingressDeny:\n    - fromEndpoints: [{matchLabels: {app: other}}]\n", "")
+        .replace("  ingressDeny:\n    - fromEndpoints: [{matchLabels: {app: other}}]\n", from_host)
         .replace("  ingress:\n", "  enforcementMode: audit\n  ingress:\n");
     let mut node = Node::new(&["cli", "srv", "oth"]);
     node.enter();
@@ -353,6 +357,17 @@ fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
         "{why}"
     );
     assert_eq!(l4.audited_by, ["default/server-http"]);
+    // the node's own request: an audit never costs the traffic, so where
+    // the proxy cannot look it passes unjudged, and says so
+    let probe = std::process::Command::new("curl")
+        .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", &url("/private-from-the-node")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout), "200", "{probe:?}");
+    let unjudged = wait_flow(&node, "the node's unjudged request", |f| {
+        f.protocol == "tcp" && f.reason.as_deref().is_some_and(|r| r.starts_with("passed unjudged"))
+    });
+    assert!(has_label(&unjudged.source.labels, "reserved:host"), "{unjudged:?}");
 
     // enforced: the same requests are refused where the audit said
     let generation = node.weir().generation();

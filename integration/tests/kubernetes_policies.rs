@@ -152,6 +152,28 @@ fn policies_written_with_kubectl_are_enforced_and_judged_on_the_object() {
     wait_for("nothing set aside", Duration::from_secs(30), || set_aside(&weir) == "[]");
     kube.must(&["delete", "cnp", "web"], "");
     wait_for("the CNP lifted", Duration::from_secs(30), || status(FRONTEND, port, "/public/hello.txt") == 200);
+
+    // audited through the annotation (Cilium's kind has no field for it):
+    // evaluated and reported, not enforced
+    let audited = cnp("watch", "frontend", "/public/.*").replace(
+        "metadata: {name: watch, namespace: default}",
+        "metadata: {name: watch, namespace: default, annotations: {policy.weir.dev/audit: \"true\"}}",
+    );
+    kube.apply(&audited);
+    wait_for("the audited CNP in the model", Duration::from_secs(30), || {
+        let config = weir.config();
+        config["model"]["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(|r| r["policy"] == "default/watch" && r["audit"] == true))
+    });
+    assert_eq!(status(FRONTEND, port, "/admin/secret.txt"), 200, "audited, not enforced");
+    let flow = weir.wait_flow("verdict=audited", "the audited request", |f| {
+        f.http().is_some_and(|h| h.path == "/admin/secret.txt")
+    });
+    assert_eq!(flow.audited_by, ["default/watch"]);
+    let field = cnp("watch-2", "frontend", "/x").replace("  ingress:", "  enforcementMode: audit\n  ingress:");
+    let refused = kube.kubectl(&["apply", "-f", "-"], &field);
+    assert!(!refused.status.success(), "enforcementMode on a CiliumNetworkPolicy was accepted");
     let log = weir.log();
     assert!(log.contains("following the Kubernetes API server"), "{log}");
 }

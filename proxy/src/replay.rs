@@ -12,6 +12,10 @@
 //!   requests are not in the record in a form a filter reads.
 //! - A connection refused at L3/L4 when recorded has no requests: where the
 //!   proposed set lets it in and judges its requests, the answer is unknown.
+//! - The kernel's flows (`tcp`, `udp`, ... from the eBPF datapath) are
+//!   judged at L3/L4: where L7 rules apply, the proxy's own flows carry the
+//!   requests. Its drops that were not policy's (a spoofed source, a full
+//!   conntrack table) are counted with errors, not judged.
 //! - toFQDNs: the addresses the file's DNS answers taught are taken as known
 //!   from the answer on, for the rest of the file (TTLs are not replayed).
 //!
@@ -25,12 +29,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::context::ConnectionContext;
+use crate::context::Direction;
 use crate::engines::chain::{self, Answer, ChainRun, Stopped};
 use crate::engines::kafka::codec::api_name;
 use crate::identity::{Identity, Label, Labels};
 use crate::model::{ChainLink, Connection, ConnectionVerdict, PolicyModel};
 use crate::observe::flow::{FlowDetail, FlowPeer, FlowRecord, Verdict};
-use crate::policy::{L4Protocol, PeerInfo};
+use crate::policy::{L4Protocol, PeerInfo, SideVerdict};
 use crate::protocol::Protocol;
 use crate::wasm::{FilterFailure, dns, http, kafka, memcached};
 
@@ -141,12 +146,18 @@ pub fn replay(model: &PolicyModel, flows: impl IntoIterator<Item = FlowRecord>) 
     let mut learned = Learned::default();
     for flow in flows {
         report.read += 1;
-        if flow.verdict == Verdict::Error {
+        // errors, and the kernel's drops that were not policy's (a spoofed
+        // source, a full conntrack table), were not judged when recorded
+        let policy_drop = flow.drop_reason.as_deref().is_none_or(|r| r == "policy" || r == "no_proxy");
+        if flow.verdict == Verdict::Error || !policy_drop {
             report.skipped += 1;
             continue;
         }
         let replayed = judge_flow(model, &flow, &learned);
-        learned.learn(&flow);
+        // an answer the proposed rules refuse teaches nothing
+        if matches!(replayed.outcome, Outcome::Allowed { .. }) {
+            learned.learn(&flow);
+        }
         match (&replayed.outcome, replayed.change()) {
             (Outcome::Unknown { .. }, _) => report.unknown.push(replayed),
             (_, Some(true)) => report.newly_refused.push(replayed),
@@ -190,26 +201,24 @@ fn identity_of(peer: &FlowPeer) -> Identity {
 
 fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Replayed {
     let (source, destination) = (identity_of(&flow.source), identity_of(&flow.destination));
-    let kind = kind_of(flow);
     let protocol = match (&flow.detail, flow.protocol.as_str()) {
         (Some(FlowDetail::Dns(d)), _) if d.transport == "udp" => L4Protocol::Udp,
-        (None, "udp") => L4Protocol::Udp,
+        (_, "udp") => L4Protocol::Udp,
+        (_, "sctp") => L4Protocol::Sctp,
+        (_, "icmp" | "ip") => L4Protocol::Other,
         _ => L4Protocol::Tcp,
     };
     let names = learned.names(flow.source.address.ip(), flow.destination.address.ip());
-    let connection = Connection {
-        source: PeerInfo::new(&source, flow.source.address.ip().into()),
-        destination: PeerInfo {
-            identity: &destination,
-            address: flow.destination.address.ip().into(),
-            learned_names: names,
-        },
-        port: flow.port,
-        protocol,
-        // a flow of the kernel's (tcp, udp) has no requests: its L3/L4
-        // verdict is all there is, and any kind will do
-        kind: kind.unwrap_or(Protocol::Stream),
+    let source_peer = PeerInfo::new(&source, flow.source.address.ip().into());
+    let destination_peer =
+        PeerInfo { identity: &destination, address: flow.destination.address.ip().into(), learned_names: names };
+    let summary = summary(flow);
+    let Some(kind) = kind_of(flow) else {
+        // the kernel's flow of a connection: its L3/L4 verdict is all there is
+        let outcome = l3l4(model, source_peer, destination_peer, flow.port, protocol);
+        return Replayed { id: flow.id, recorded: flow.verdict, outcome, approximate: None, summary };
     };
+    let connection = Connection { source: source_peer, destination: destination_peer, port: flow.port, protocol, kind };
     let mut approximate = None;
     let outcome = match model.judge(&model.policies, &connection) {
         ConnectionVerdict::Drop { reason } => Outcome::Refused { because: reason },
@@ -241,12 +250,48 @@ fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Repl
             }
         }
     };
-    Replayed { id: flow.id, recorded: flow.verdict, outcome, approximate, summary: summary(flow) }
+    Replayed { id: flow.id, recorded: flow.verdict, outcome, approximate, summary }
+}
+
+/// Both sides' L3/L4 verdicts, for a flow of the kernel's: where L7 rules
+/// apply, the proxy judges the requests (and they are flows of their own).
+fn l3l4(
+    model: &PolicyModel,
+    source: PeerInfo<'_>,
+    destination: PeerInfo<'_>,
+    port: u16,
+    protocol: L4Protocol,
+) -> Outcome {
+    let policies = &model.policies;
+    let sides = [
+        policies.evaluate(Direction::Egress, source.identity, destination, port, protocol),
+        policies.evaluate(Direction::Ingress, destination.identity, source, port, protocol),
+    ];
+    let mut by = Vec::new();
+    let mut l7 = false;
+    for side in sides {
+        match side {
+            SideVerdict::Denied { reason } => return Outcome::Refused { because: reason },
+            SideVerdict::Unenforced => {}
+            SideVerdict::Allowed(allowances) => {
+                l7 |= allowances.iter().any(|a| a.l7.is_some());
+                by.extend(allowances.into_iter().map(|a| a.origin));
+            }
+        }
+    }
+    let mut by = by.join(", ").if_empty("no policy selects either side");
+    if l7 {
+        by.push_str("; its requests are judged at L7 by the proxy");
+    }
+    Outcome::Allowed { by }
 }
 
 /// The protocol whose rules apply to the flow's requests; `None` for the
-/// kernel's L3/L4 flows.
+/// kernel's L3/L4 flows (`tcp`, `udp`, ...: listener `datapath`).
 fn kind_of(flow: &FlowRecord) -> Option<Protocol> {
+    if flow.listener == "datapath" {
+        return None;
+    }
     Protocol::ALL.into_iter().find(|p| p.name() == flow.protocol).or(match &flow.detail {
         Some(FlowDetail::L7(_)) => Some(Protocol::Stream),
         _ => None,
@@ -401,5 +446,144 @@ trait IfEmpty {
 impl IfEmpty for String {
     fn if_empty(self, default: &str) -> String {
         if self.is_empty() { default.to_string() } else { self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::config::WeirConfig;
+    use crate::model::ModelInputs;
+    use crate::model::fqdn::FqdnCache;
+    use crate::observe::flow::{DnsAnswer, DnsFlow, HttpFlow};
+    use crate::observe::metrics::Metrics;
+    use crate::policy::document::parse_file;
+    use crate::wasm::{FilterRuntime, RuntimeOptions};
+
+    const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}]}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: web}}]
+    - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+      toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*.example.com"}]}}]
+    - toFQDNs: [{matchName: api.example.com}, {matchName: api.example.org}]
+"#;
+
+    fn model() -> PolicyModel {
+        let runtime = Arc::new(
+            FilterRuntime::new(Arc::new(Metrics::default()), RuntimeOptions { cache_dir: None, max_instances: None })
+                .unwrap(),
+        );
+        let (documents, errors) = parse_file("p.yaml", POLICY);
+        assert!(errors.is_empty(), "{errors:?}");
+        let inputs = ModelInputs {
+            config: WeirConfig::parse("{}").unwrap(),
+            config_dir: ".".into(),
+            config_file: "weir.yaml".into(),
+            documents,
+        };
+        PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn peer(app: &str, address: &str) -> FlowPeer {
+        labelled(&format!("k8s:app={app}"), address)
+    }
+
+    fn labelled(label: &str, address: &str) -> FlowPeer {
+        let labels = vec![label.to_string(), "k8s:io.kubernetes.pod.namespace=default".into()];
+        let identity = Identity::new(300, Labels::new(labels.iter().map(|l| Label::parse(l)).collect()));
+        FlowPeer::new(&identity, address.parse::<SocketAddr>().unwrap())
+    }
+
+    fn world(address: &str) -> FlowPeer {
+        FlowPeer::new(&Identity::reserved(crate::identity::reserved::WORLD), address.parse().unwrap())
+    }
+
+    fn flow(id: u64, protocol: &str, verdict: Verdict, source: FlowPeer, destination: FlowPeer) -> FlowRecord {
+        let port = destination.address.port();
+        FlowRecord { id, port, listener: "web".into(), ..FlowRecord::new(protocol, verdict, source, destination) }
+    }
+
+    #[test]
+    fn kernel_flows_are_judged_at_l3l4_and_its_other_drops_are_not_judged() {
+        let (client, web) = (peer("client", "10.0.0.1:40000"), peer("web", "10.0.0.2:80"));
+        // the kernel's "redirected to the proxy": L7 rules apply, requests are the proxy's flows
+        let redirected = FlowRecord {
+            listener: "datapath".into(),
+            ..flow(1, "tcp", Verdict::Forwarded, client.clone(), web.clone())
+        };
+        // SCTP to the web: no rule allows it (the HTTP rules name TCP 80)
+        let sctp = FlowRecord {
+            listener: "datapath".into(),
+            ..flow(2, "sctp", Verdict::Dropped, client.clone(), web.clone())
+        };
+        // a spoofed packet's drop is not policy's
+        let spoofed = FlowRecord {
+            listener: "datapath".into(),
+            drop_reason: Some("spoofed_source".into()),
+            ..flow(3, "tcp", Verdict::Dropped, client.clone(), web.clone())
+        };
+        let report = replay(&model(), [redirected, sctp, spoofed]);
+        assert_eq!((report.read, report.unchanged, report.skipped), (3, 2, 1), "{report:#?}");
+        assert!(!report.changes(), "{report:#?}");
+    }
+
+    #[test]
+    fn requests_are_judged_by_the_filters_and_dns_answers_teach_only_when_allowed() {
+        let (client, web) = (peer("client", "10.0.0.1:40000"), peer("web", "10.0.0.2:80"));
+        let get = |id, path: &str, verdict| FlowRecord {
+            detail: Some(FlowDetail::Http(HttpFlow { method: "GET".into(), path: path.into(), ..Default::default() })),
+            ..flow(id, "http", verdict, client.clone(), web.clone())
+        };
+        let dns = |id, name: &str, address: &str| FlowRecord {
+            detail: Some(FlowDetail::Dns(DnsFlow {
+                query: name.into(),
+                qtype: "A".into(),
+                transport: "udp".into(),
+                rcode: Some("NOERROR".into()),
+                answers: vec![DnsAnswer { name: name.into(), rtype: "A".into(), data: address.into(), ttl: 30 }],
+                ..Default::default()
+            })),
+            ..flow(id, "dns", Verdict::Forwarded, client.clone(), labelled("k8s:k8s-app=kube-dns", "10.0.0.53:53"))
+        };
+        let to_api = |id, address: &str| flow(id, "http", Verdict::Forwarded, client.clone(), world(address));
+        let flows = [
+            get(1, "/public/a", Verdict::Forwarded),
+            get(2, "/admin", Verdict::Forwarded),
+            get(3, "/public/b", Verdict::Denied),
+            dns(4, "api.example.com", "192.0.2.10"),
+            to_api(5, "192.0.2.10:443"),
+            // refused by the DNS rules now: its answer teaches nothing
+            dns(6, "api.example.org", "192.0.2.20"),
+            to_api(7, "192.0.2.20:443"),
+        ];
+        let report = replay(&model(), flows);
+        let ids = |flows: &[Replayed]| flows.iter().map(|f| f.id).collect::<Vec<_>>();
+        assert_eq!(ids(&report.newly_refused), [2, 6, 7], "{report:#?}");
+        assert_eq!(ids(&report.newly_allowed), [3], "{report:#?}");
+        assert_eq!(report.unchanged, 3, "{report:#?}");
+        let because = |id| match &report.newly_refused.iter().find(|f| f.id == id).unwrap().outcome {
+            Outcome::Refused { because } => because.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(because(2), "http-policy: no HTTP rule matched (rules of default/web spec.ingress[0].toPorts[0])");
+        assert!(because(6).starts_with("dns-policy: no DNS rule allows api.example.org"), "{}", because(6));
+        assert!(because(7).starts_with("no egress rule allows"), "{}", because(7));
     }
 }

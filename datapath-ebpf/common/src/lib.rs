@@ -154,6 +154,11 @@ pub const VERDICT_REDIRECT: u8 = 3;
 /// Allowed, but audited rules would drop it: the opening packet is an
 /// [`EVENT_AUDIT`] and the connection passes.
 pub const VERDICT_AUDIT: u8 = 4;
+/// To the proxy if it can take the packet, else allowed: for rules that only
+/// look (audited L7 rules, visibility), which must never cost the traffic.
+/// The proxy takes it where its upstream leg changes nothing the peer
+/// judges: a pod on this node, or the world.
+pub const VERDICT_REDIRECT_OR_ALLOW: u8 = 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -50,7 +50,7 @@ use weir_datapath_common::{
     PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT,
     REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING,
     TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT, conntrack, identity, mark, proxy_socket_key,
+    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -475,6 +475,19 @@ fn ipcache(addr: u32) -> IpcacheValue {
     }
 }
 
+/// How strict a verdict is: of a connection's two sides, the stricter
+/// decides (a drop, then the proxy, then the proxy if it can, then an audit).
+#[inline(always)]
+fn strictness(verdict: u8) -> u8 {
+    match verdict {
+        VERDICT_DENY => 5,
+        VERDICT_REDIRECT => 4,
+        VERDICT_REDIRECT_OR_ALLOW => 3,
+        VERDICT_AUDIT => 2,
+        _ => 1,
+    }
+}
+
 /// The event of a connection a verdict lets through.
 #[inline(always)]
 fn allow_event(verdict: u8) -> u8 {
@@ -694,29 +707,50 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
         // only: rewritten on the way (DNAT), it is judged again there.
         let flags = unsafe { ENDPOINTS.get(&peer.local_ifindex) }.map_or(0, |e| e.flags);
         let ingress = policy(peer.identity, flags, me, t, DIR_INGRESS);
-        // the stricter side decides: a drop, then the proxy, then an audit
-        let allowing = verdict.verdict == VERDICT_ALLOW || verdict.verdict == VERDICT_AUDIT;
-        if ingress.verdict == VERDICT_DENY
-            || (ingress.verdict == VERDICT_REDIRECT && allowing)
-            || (ingress.verdict == VERDICT_AUDIT && verdict.verdict == VERDICT_ALLOW)
-        {
+        // the stricter side decides
+        if strictness(ingress.verdict) > strictness(verdict.verdict) {
             verdict = ingress;
             direction = DIR_INGRESS;
         }
         ct_flags = CT_DEST_JUDGED;
     }
-
-    match verdict.verdict {
-        VERDICT_REDIRECT => {
-            let assigned = match t.protocol {
+    // rules that only look at L7 go to the proxy when it can take the
+    // packet, and otherwise let it pass (an allow event with REASON_NO_PROXY
+    // says it went unjudged)
+    let mut assigned = false;
+    let mut unjudged = false;
+    if verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
+        let reachable =
+            peer.local_ifindex != 0 || peer.identity == identity::WORLD || peer.identity >= mark::MAX_IDENTITY;
+        assigned = reachable
+            && match t.protocol {
                 PROTO_TCP => assign_to_proxy(ctx, t, verdict.proxy_port),
-                // DNS: every datagram goes to the proxy's transparent socket
                 PROTO_UDP => {
                     verdict.proxy_port != 0
                         && assign_to_proxy_socket(ctx, proxy_socket_key(verdict.proxy_port, PROTO_UDP))
                 }
                 _ => false,
             };
+        if assigned {
+            verdict.verdict = VERDICT_REDIRECT;
+        } else {
+            verdict.verdict = VERDICT_ALLOW;
+            unjudged = true;
+        }
+    }
+
+    match verdict.verdict {
+        VERDICT_REDIRECT => {
+            let assigned = assigned
+                || match t.protocol {
+                    PROTO_TCP => assign_to_proxy(ctx, t, verdict.proxy_port),
+                    // DNS: every datagram goes to the proxy's transparent socket
+                    PROTO_UDP => {
+                        verdict.proxy_port != 0
+                            && assign_to_proxy_socket(ctx, proxy_socket_key(verdict.proxy_port, PROTO_UDP))
+                    }
+                    _ => false,
+                };
             if !assigned {
                 emit(EVENT_DROP, REASON_NO_PROXY, direction, t, me, peer.identity, ifindex, verdict.rule);
                 return shot(REASON_NO_PROXY);
@@ -762,7 +796,8 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
                         emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
                         return shot(reason);
                     }
-                    emit(allow_event(verdict.verdict), 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+                    let why = if unjudged { REASON_NO_PROXY } else { 0 };
+                    emit(allow_event(verdict.verdict), why, direction, t, me, peer.identity, ifindex, verdict.rule);
                 }
                 _ => {}
             }
@@ -868,7 +903,9 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
     let peer = ipcache(t.saddr);
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     match verdict.verdict {
-        VERDICT_ALLOW | VERDICT_AUDIT => {
+        // only an ingress hook can hand packets to the proxy: rules that only
+        // look at L7 let what reaches here pass, unjudged
+        VERDICT_ALLOW | VERDICT_AUDIT | VERDICT_REDIRECT_OR_ALLOW => {
             match existing {
                 Some(ct) if !packet.syn => {
                     ct_touch(ct, packet, false);
@@ -881,8 +918,11 @@ fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: 
                         emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
                         return shot(reason);
                     }
-                    let event = allow_event(verdict.verdict);
-                    emit(event, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+                    let (event, why) = match verdict.verdict {
+                        VERDICT_REDIRECT_OR_ALLOW => (EVENT_ALLOW, REASON_NO_PROXY),
+                        v => (allow_event(v), 0),
+                    };
+                    emit(event, why, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
                 }
                 _ => {}
             }
@@ -948,11 +988,16 @@ fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
         return Ok(TC_ACT_UNSPEC);
     }
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
-    if verdict.verdict != VERDICT_REDIRECT {
+    if verdict.verdict != VERDICT_REDIRECT && verdict.verdict != VERDICT_REDIRECT_OR_ALLOW {
         return Ok(TC_ACT_UNSPEC);
     }
     let ifindex = destination.local_ifindex;
-    if !assign_to_proxy(ctx, t, verdict.proxy_port) {
+    let assigned = assign_to_proxy(ctx, t, verdict.proxy_port);
+    // rules that only look: weir_to_pod lets it pass, and says so
+    if !assigned && verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    if !assigned {
         emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
         return Ok(shot(REASON_NO_PROXY));
     }

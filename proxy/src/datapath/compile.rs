@@ -19,7 +19,7 @@ use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
     ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
     IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT,
+    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW,
 };
 
 use crate::config::{DatapathConfig, Visibility};
@@ -284,19 +284,21 @@ pub fn compile(
                     };
                     let enforced = value_of(&rules);
                     let entry = match &all {
-                        Some(all) => audit(enforced, value_of(all)),
+                        Some(all) => with_audit(enforced, value_of(all)),
                         None => enforced,
                     };
                     // what policy lets through plainly on an observed port
                     // goes through the proxy, which parses it into flows
                     match observed.iter().find(|v| !wildcard && v.port == port && visible(v, protocol)) {
-                        Some(v) if matches!(entry.verdict, VERDICT_ALLOW | VERDICT_AUDIT) => {
+                        Some(v) if entry.verdict == VERDICT_ALLOW => {
                             let proxy_port = if protocol == L4Protocol::Udp {
                                 proxy_ports.dns_proxy_port
                             } else {
                                 proxy_ports.proxy_port_of(v.protocol)
                             };
-                            PolicyValue { verdict: VERDICT_REDIRECT, _pad: 0, proxy_port, rule: entry.rule }
+                            // looking never costs the traffic: where the
+                            // proxy cannot take it, it passes
+                            PolicyValue { verdict: VERDICT_REDIRECT_OR_ALLOW, _pad: 0, proxy_port, rule: entry.rule }
                         }
                         _ => entry,
                     }
@@ -367,11 +369,12 @@ fn visible(v: &Visibility, protocol: L4Protocol) -> bool {
 /// The entry when audited rules are in force: the enforced verdict, unless
 /// it allows what the audited rules would drop (then the packet passes and
 /// an audit event names their reason) or would hand to the proxy (which
-/// then audits the requests).
-fn audit(enforced: PolicyValue, all: PolicyValue) -> PolicyValue {
+/// then audits the requests, where it can take them).
+fn with_audit(enforced: PolicyValue, all: PolicyValue) -> PolicyValue {
     match (enforced.verdict, all.verdict) {
         (VERDICT_ALLOW, VERDICT_DENY) => PolicyValue { verdict: VERDICT_AUDIT, ..all },
-        (VERDICT_ALLOW, VERDICT_REDIRECT) => all,
+        // only if the proxy can take it: an audit never costs the traffic
+        (VERDICT_ALLOW, VERDICT_REDIRECT) => PolicyValue { verdict: VERDICT_REDIRECT_OR_ALLOW, ..all },
         _ => enforced,
     }
 }

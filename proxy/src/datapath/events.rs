@@ -291,6 +291,15 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
             Vec::new(),
         ),
         (EVENT_DROP, _) => (Verdict::Dropped, Some(drop_reason(event)), Vec::new()),
+        (EVENT_ALLOW, REASON_NO_PROXY) => (
+            Verdict::Forwarded,
+            Some(format!(
+                "passed unjudged: audited L7 rules or visibility ({}) wanted the proxy to look, and it cannot take this \
+                 packet (a pod on another node, not TCP or DNS, no proxy listening, or it came in where weir is not attached)",
+                rule.as_deref().unwrap_or("no rule")
+            )),
+            Vec::new(),
+        ),
         (EVENT_ALLOW, _) => (Verdict::Forwarded, None, rule.into_iter().collect()),
         (EVENT_AUDIT, _) => (
             Verdict::Audited,
@@ -307,18 +316,18 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
     };
     let source = peer(event.src_identity, address(event.saddr, sport));
     let destination = peer(event.dst_identity, address(event.daddr, port));
-    // the audited policies selecting the side that would have dropped it
+    // the audited policies selecting either side, as the proxy names them
     let audited_by = if verdict == Verdict::Audited {
-        let (subject, direction) = match event.direction {
-            DIR_INGRESS => (&destination, crate::context::Direction::Ingress),
-            _ => (&source, crate::context::Direction::Egress),
-        };
-        let subject = identity(subject.identity);
+        let (from, to) = (identity(source.identity), identity(destination.identity));
         let mut names: Vec<String> = model
             .policies
             .rules
             .iter()
-            .filter(|r| r.audit && r.subject.selects(&subject) && r.concerns(direction))
+            .filter(|r| r.audit)
+            .filter(|r| {
+                (r.subject.selects(&from) && r.concerns(crate::context::Direction::Egress))
+                    || (r.subject.selects(&to) && r.concerns(crate::context::Direction::Ingress))
+            })
             .map(|r| r.policy.clone())
             .collect();
         names.sort();
@@ -331,6 +340,7 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         reason,
         policies,
         audited_by,
+        drop_reason: (event.kind == EVENT_DROP).then(|| reason_name(event.reason).to_string()),
         listener: "datapath".into(),
         port,
         ..FlowRecord::new(protocol, verdict, source, destination)

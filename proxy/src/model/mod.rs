@@ -539,22 +539,15 @@ impl PolicyModel {
         let enforced = self.verdict_under(&self.enforced, listener, source, source_ip, protocol);
         let ConnectionVerdict::Forward(mut chain) = enforced else { return enforced };
         let destination = &listener.destination.identity;
-        let policies: Vec<String> = self
-            .policies
-            .rules
-            .iter()
-            .filter(|r| r.audit)
-            .filter(|r| {
-                (r.subject.selects(source) && r.concerns(Direction::Egress))
-                    || (r.subject.selects(destination) && r.concerns(Direction::Ingress))
-            })
-            .map(|r| r.policy.clone())
-            .fold(Vec::new(), |mut names, name| {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-                names
-            });
+        // the audited policies selecting either side
+        let mut policies: Vec<String> = Vec::new();
+        for rule in self.policies.rules.iter().filter(|r| r.audit) {
+            let selects = (rule.subject.selects(source) && rule.concerns(Direction::Egress))
+                || (rule.subject.selects(destination) && rule.concerns(Direction::Ingress));
+            if selects && !policies.contains(&rule.policy) {
+                policies.push(rule.policy.clone());
+            }
+        }
         if policies.is_empty() {
             return ConnectionVerdict::Forward(chain);
         }

@@ -131,6 +131,10 @@ pub struct FlowRecord {
     /// An audited flow's audited policies (those selecting either side).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audited_by: Vec<String>,
+    /// A kernel drop's kind (`policy`, `no_proxy`, `spoofed_source`,
+    /// `conntrack_full`, ...): only the first two are policy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
     pub source: FlowPeer,
     pub destination: FlowPeer,
     pub listener: String,
@@ -158,6 +162,7 @@ impl FlowRecord {
             policies: Vec::new(),
             matched: None,
             audited_by: Vec::new(),
+            drop_reason: None,
             source,
             destination,
             listener: String::new(),
@@ -460,7 +465,15 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
     let mut clock = clock.splitn(3, ':').map(|p| p.parse::<u64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // RFC 3339 years have four digits: nothing below overflows (a flow
+    // file is input, and `weir policy replay` reads any)
+    if !(0..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
@@ -473,7 +486,7 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
     let secs = days * 86400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
 }
 
 pub fn rfc3339(time: SystemTime) -> String {
@@ -513,6 +526,10 @@ mod tests {
         }
         assert!(serde_json::from_str::<FlowTime>("\"2026-13-01T00:00:00Z\"").is_err());
         assert!(serde_json::from_str::<FlowTime>("\"yesterday\"").is_err());
+        // input from a file: huge years are refused, not overflowed
+        for text in ["500000000000-01-01T00:00:00Z", "9999999999999999999-01-01T00:00:00Z", "10000-01-01T00:00:00Z"] {
+            assert!(serde_json::from_str::<FlowTime>(&format!("\"{text}\"")).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub const LEASES: Resource = Resource {
 };
 
 /// A policy object as a policy file would hold it: apiVersion, kind, name,
-/// namespace, labels, `spec` and `specs`. List items of built-in kinds
+/// namespace, labels, the audit annotation, `spec` and `specs`. List items of built-in kinds
 /// carry no apiVersion and kind: they are the resource's.
 pub fn policy(resource: &Resource, object: &serde_json::Value) -> Option<serde_json::Value> {
     let metadata = object.get("metadata")?;
@@ -120,6 +120,11 @@ pub fn policy(resource: &Resource, object: &serde_json::Value) -> Option<serde_j
     }
     if let Some(labels) = metadata.get("labels") {
         meta.insert("labels".into(), labels.clone());
+    }
+    // of the annotations, only the one that changes what a policy does
+    let audit = crate::policy::document::AUDIT_ANNOTATION;
+    if let Some(value) = metadata.get("annotations").and_then(|a| a.get(audit)) {
+        meta.insert("annotations".into(), serde_json::json!({ audit: value }));
     }
     kept.insert("metadata".into(), meta.into());
     for field in ["spec", "specs"] {

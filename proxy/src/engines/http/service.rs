@@ -125,7 +125,11 @@ struct Checked {
 impl Checked {
     /// The request head as filters read it.
     fn head(&self) -> Vec<u8> {
-        let headers = &self.parts.headers;
+        self.head_with(&self.parts.headers)
+    }
+
+    /// The same head with other headers (an audit's edits, never forwarded).
+    fn head_with(&self, headers: &HeaderMap) -> Vec<u8> {
         let (method, path) = (self.parts.method.as_str(), &self.path_and_query);
         let mut head = request_head_line(method, path, &self.authority, self.scheme, headers.len() * 32);
         write_headers(&mut head, headers);
@@ -333,8 +337,6 @@ impl HttpConnection {
             return Ok(checked);
         }
         let mut head = wit::Request { id: request_id, head: checked.head() };
-        // audited rules judge the request as it came, not as filters edited it
-        let as_sent = chain.audit.is_some().then(|| head.clone());
         let mut run = ChainRun::default();
         let stopped = chain::run(&chain.links, &flight.snap.context, &mut run, |link, view| {
             match link.filter.on_request(view, &head)? {
@@ -362,16 +364,27 @@ impl HttpConnection {
                 }
             }
         });
+        // the audited rules see the request as the enforced filters left
+        // it, with their own edits on a copy that is never forwarded
         if stopped.is_none()
-            && let (Some(audit), Some(as_sent)) = (&chain.audit, &as_sent)
-            && let Some(reason) = chain::audit(audit, &flight.snap.context, &mut run, |link, view| {
-                Ok(match link.filter.on_request(view, as_sent)? {
-                    wit::RequestDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
+            && let Some(audit) = &chain.audit
+        {
+            let mut headers = checked.parts.headers.clone();
+            let mut audited = head.clone();
+            let would = chain::audit(audit, &flight.snap.context, &mut run, |link, view| {
+                Ok(match link.filter.on_request(view, &audited)? {
+                    wit::RequestDecision::Allow(allow) => {
+                        if !allow.edits.is_empty() && apply_edits(&mut headers, &allow.edits).is_ok() {
+                            audited.head = checked.head_with(&headers);
+                        }
+                        chain::Answer::Allow(allow.matched)
+                    }
                     wit::RequestDecision::Deny(deny) => chain::Answer::Deny(link.denial(&deny.reason)),
                 })
-            })
-        {
-            flight.trace().audit = Some((reason, audit.policies.clone()));
+            });
+            if let Some(reason) = would {
+                flight.trace().audit = Some((reason, audit.policies.clone()));
+            }
         }
         let trace = flight.trace();
         trace.filter_time += run.filter_time;

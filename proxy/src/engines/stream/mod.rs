@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::context::{Direction, Target};
 use crate::engines::relay::{self, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
-use crate::model::ConnectionVerdict;
+use crate::model::{Audit, ConnectionVerdict, WouldBe};
 use crate::observe::flow::{FlowDetail, FlowRecord, L7Flow, Verdict};
 use crate::protocol::Protocol;
 use crate::wasm::{ConnectionView, DedicatedInstance, FailurePolicy, stream as wit};
@@ -143,7 +143,12 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let Some((snap, mut server)) = conn.open(&open, &client).await else { return };
     let mut client = client;
     let links = match &*snap.verdict {
-        ConnectionVerdict::Forward(chain) => chain.links.clone(),
+        ConnectionVerdict::Forward(chain) => {
+            if let Some(audit) = &chain.audit {
+                record_audit(&conn, &snap, audit);
+            }
+            chain.links.clone()
+        }
         ConnectionVerdict::Drop { .. } => Vec::new(),
     };
     if links.is_empty() {
@@ -266,6 +271,25 @@ async fn relay_through(
         }
     }
     closing
+}
+
+/// What audited rules would do to this connection, once, when it opens: a
+/// stream has no requests of weir's own to audit one by one.
+fn record_audit(conn: &relay::Connection, snap: &Snapshot, audit: &Audit) {
+    let flow = match &audit.would {
+        WouldBe::Drop(reason) => FlowRecord {
+            audited_by: audit.policies.clone(),
+            ..conn.flow(snap, Verdict::Audited, Some(format!("would be dropped: {reason}")))
+        },
+        // audited l7proto rules are refused at load; other parsers'
+        // configurations come only from odd mixes of rules
+        WouldBe::Judge(_) => conn.flow(
+            snap,
+            Verdict::Forwarded,
+            Some("not audited: the audited rules would judge this stream with other parser rules".into()),
+        ),
+    };
+    conn.record(flow);
 }
 
 fn record_flows(conn: &relay::Connection, snap: &Snapshot, flows: Vec<(Arc<str>, wit::Flow)>) {
