@@ -506,7 +506,7 @@ spec:
     }
 
     fn labelled(label: &str, address: &str) -> FlowPeer {
-        let labels = vec![label.to_string(), "k8s:io.kubernetes.pod.namespace=default".into()];
+        let labels = [label.to_string(), "k8s:io.kubernetes.pod.namespace=default".into()];
         let identity = Identity::new(300, Labels::new(labels.iter().map(|l| Label::parse(l)).collect()));
         FlowPeer::new(&identity, address.parse::<SocketAddr>().unwrap())
     }
