@@ -1,12 +1,9 @@
 //! Builds the filters in `../filters` to WebAssembly components so the proxy
 //! can embed the built-in ones and tests can load the others by path.
 //!
-//! Toolchain choice, in order:
-//! 1. `WEIR_PREBUILT_FILTERS=DIR`: components already built (packagers, containers).
-//! 2. The host toolchain, when its sysroot has the `wasm32-unknown-unknown`
-//!    standard library (`rustup target add wasm32-unknown-unknown`).
-//! 3. Debian's `rustc-web`/`cargo-web`/`rust-web-src` (in /usr/bin), which
-//!    build std from source with `-Z build-std` and link with `wasm-ld`.
+//! Toolchain choice: `WEIR_PREBUILT_FILTERS=DIR` (components already built,
+//! for packagers and containers), else the guest toolchain of
+//! `src/wasm/toolchain.rs` (the one `weir filter build` uses too).
 //!
 //! The core modules are wrapped as components here with `wit-component`, so no
 //! `wasm-tools` binary is needed.
@@ -21,6 +18,13 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// shared with `weir filter build` (which uses all of it)
+#[path = "src/wasm/toolchain.rs"]
+#[allow(dead_code)]
+mod toolchain;
+
+use toolchain::{GuestToolchain, WASM_TARGET};
+
 /// Output file stems of the filter crates weir embeds or its tests load.
 const FILTERS: &[&str] = &[
     "http_policy",
@@ -32,8 +36,6 @@ const FILTERS: &[&str] = &[
     "require_header",
     "misbehave",
 ];
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
-
 fn main() {
     build_datapath();
     build_filters();
@@ -138,7 +140,7 @@ fn build_filters() {
             println!("cargo:rerun-if-changed={}", src.display());
             let bytes = std::fs::read(&src)
                 .unwrap_or_else(|e| panic!("WEIR_PREBUILT_FILTERS: cannot read {}: {e}", src.display()));
-            let component = if wasmparser_is_component(&bytes) { bytes } else { componentize(&bytes, name) };
+            let component = if toolchain::is_component(&bytes) { bytes } else { componentize(&bytes, name) };
             std::fs::write(out_dir.join(format!("{name}.wasm")), component).unwrap();
         }
         return;
@@ -149,8 +151,7 @@ fn build_filters() {
 
     let target_dir =
         env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("wasm-guests");
-    let toolchain = GuestToolchain::detect();
-    toolchain.build(&filters_dir, &target_dir);
+    build_guests(&filters_dir, &target_dir);
 
     let release = target_dir.join(WASM_TARGET).join("release");
     for name in FILTERS {
@@ -179,15 +180,7 @@ fn build_filters() {
 }
 
 fn componentize(core: &[u8], name: &str) -> Vec<u8> {
-    wit_component::ComponentEncoder::default()
-        .module(core)
-        .and_then(|e| e.validate(true).encode())
-        .unwrap_or_else(|e| panic!("filter {name}: cannot make a component: {e:#}"))
-}
-
-/// A component's header has layer 1 (bytes 6..8 of the preamble).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+    toolchain::componentize(core).unwrap_or_else(|e| panic!("filter {name}: cannot make a component: {e}"))
 }
 
 fn watch_tree(dir: &Path) {
@@ -206,98 +199,34 @@ fn watch_tree(dir: &Path) {
     }
 }
 
-enum GuestToolchain {
-    /// The host toolchain already has the wasm32 standard library.
-    Installed { cargo: PathBuf, rustc: PathBuf },
-    /// Debian's rustc-web: std built from source, linked by an LLVM wasm-ld.
-    BuildStd { cargo: PathBuf, rustc: PathBuf, linker: PathBuf },
-}
-
-impl GuestToolchain {
-    fn detect() -> Self {
-        let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        let rustc = PathBuf::from(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
-        if has_wasm_std(&rustc) {
-            return GuestToolchain::Installed { cargo, rustc };
-        }
-        let (debian_cargo, debian_rustc) = (PathBuf::from("/usr/bin/cargo"), PathBuf::from("/usr/bin/rustc"));
-        let rust_src = Path::new("/usr/lib/rustlib/src/rust/library");
-        if debian_cargo.exists()
-            && debian_rustc.exists()
-            && rust_src.exists()
-            && let Some(linker) = find_wasm_ld()
-        {
-            return GuestToolchain::BuildStd { cargo: debian_cargo, rustc: debian_rustc, linker };
-        }
-        panic!(
-            "\n\nNo toolchain can build the Wasm filters.\n\
-             Either `rustup target add {WASM_TARGET}`, or install Debian's rustc-web, cargo-web, \
-             rust-web-src and lld-19 (scripts/setup.sh does this), or point WEIR_PREBUILT_FILTERS \
-             at a directory of built filter components.\n\n"
-        );
+/// Build weir's filter workspace with the guest toolchain.
+fn build_guests(filters_dir: &Path, target_dir: &Path) {
+    let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let rustc = PathBuf::from(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+    let toolchain = GuestToolchain::detect(cargo, rustc).unwrap_or_else(|e| {
+        panic!("\n\n{e}; or point WEIR_PREBUILT_FILTERS at a directory of built filter components.\n\n")
+    });
+    let mut cmd = toolchain.build_command();
+    scrub_cargo_env(&mut cmd);
+    cmd.arg("--locked").arg("--manifest-path").arg(filters_dir.join("Cargo.toml")).arg("--target-dir").arg(target_dir);
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !output.status.success() {
+        panic!("building the Wasm filters failed ({:?}):\n{}", cmd, String::from_utf8_lossy(&output.stderr));
     }
-
-    fn build(&self, filters_dir: &Path, target_dir: &Path) {
-        let (cargo, rustc) = match self {
-            GuestToolchain::Installed { cargo, rustc } | GuestToolchain::BuildStd { cargo, rustc, .. } => {
-                (cargo, rustc)
-            }
-        };
-        let mut cmd = Command::new(cargo);
-        scrub_cargo_env(&mut cmd);
-        cmd.env("RUSTC", rustc)
-            .arg("build")
-            .arg("--release")
-            .arg("--locked")
-            .args(["--target", WASM_TARGET])
-            .arg("--manifest-path")
-            .arg(filters_dir.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if let GuestToolchain::BuildStd { linker, .. } = self {
-            cmd.env("RUSTC_BOOTSTRAP", "1")
-                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker)
-                .args(["-Z", "build-std=std,panic_abort"]);
-        }
-        let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.display()));
-        if !output.status.success() {
-            panic!("building the Wasm filters failed ({:?}):\n{}", cmd, String::from_utf8_lossy(&output.stderr));
-        }
-    }
-}
-
-fn has_wasm_std(rustc: &Path) -> bool {
-    let Ok(out) = Command::new(rustc).args(["--print", "target-libdir", "--target", WASM_TARGET]).output() else {
-        return false;
-    };
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    out.status.success()
-        && std::fs::read_dir(&dir)
-            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
-            .unwrap_or(false)
-}
-
-fn find_wasm_ld() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
-        .map(|e| e.path().join("bin/wasm-ld"))
-        .filter(|p| p.exists())
-        .collect();
-    candidates.sort();
-    candidates.pop().or_else(|| {
-        env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|p| p.join("wasm-ld")).find(|p| p.exists()))
-    })
 }
 
 /// The outer cargo's settings (target dir, flags, profile, features) are for
-/// the host build; the guest build must not see them.
+/// the host build; the guest build must not see them. What `cmd` sets itself
+/// (the guest toolchain's RUSTC, RUSTC_BOOTSTRAP, linker) stays.
 fn scrub_cargo_env(cmd: &mut Command) {
     const KEEP: &[&str] = &["CARGO_HOME", "CARGO_MAKEFLAGS", "CARGO_NET_OFFLINE", "CARGO_HTTP_PROXY"];
+    let own: Vec<String> =
+        cmd.get_envs().filter(|(_, v)| v.is_some()).map(|(k, _)| k.to_string_lossy().into_owned()).collect();
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
+        if own.contains(&key) {
+            continue;
+        }
         let drop = (key.starts_with("CARGO_") && !KEEP.contains(&key.as_str()))
             || key.starts_with("RUSTC")
             || key.starts_with("RUSTDOC")

@@ -259,7 +259,12 @@ fn driver_requests_are_allowed_or_refused_per_statement_and_the_connection_stays
     });
     let c = denied.cassandra().unwrap();
     assert_eq!((c.version, c.response.as_deref()), (4, Some("error 0x2100")));
-    assert_eq!(denied.reason.as_deref(), Some("select on app.secrets is not allowed"));
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some(
+            "cassandra-policy: select on app.secrets is not allowed (rules of default/cql-access spec.ingress[0].toPorts[0])"
+        )
+    );
     assert_eq!(denied.source.labels.first().map(String::as_str), Some("k8s:app=cql-client"));
     let batch = weir.wait_flow("protocol=cassandra&verdict=denied", "the refused batch", |f| {
         f.cassandra().unwrap().opcode == "batch"

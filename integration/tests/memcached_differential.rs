@@ -154,7 +154,8 @@ fn what_memcached_executes_through_weir_is_what_weir_judged() {
         assert_eq!(judged, value_of(s.direct.addr, &marker).is_some(), "{what}: and memcached ran it directly too");
     }
     // weir keeps serving
-    assert_eq!(exchange(s.listener, b"get public/marker-0\r\n"), "VALUE public/marker-0 0 1\r\nX\r\nEND\r\n");
+    let served = exchange(s.listener, b"get public/marker-0\r\n");
+    assert_eq!(served, "VALUE public/marker-0 0 1\r\nX\r\nEND\r\n", "{:#?}", s.weir.flows("protocol=memcached").last());
 }
 
 #[test]

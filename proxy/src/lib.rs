@@ -3,6 +3,7 @@
 // the binary's commands and the admin API, on top
 pub mod admin;
 pub mod app;
+pub mod authoring;
 pub mod demo;
 // configuration sources and the controller that reloads them
 pub mod control;

@@ -112,6 +112,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Write, build and test your own filters (docs/filters.md).
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
     /// Follow flow records from a running weir.
     Observe {
         /// Admin API of the weir to watch.
@@ -193,6 +198,52 @@ enum FqdnCommand {
         admin: SocketAddr,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Write a filter crate, ready to build and test: DIR/NAME with
+    /// src/lib.rs, cases.yaml and a native unit test.
+    New {
+        name: String,
+        /// http, dns, kafka or memcached.
+        #[arg(long, default_value = "http")]
+        world: String,
+        /// Where to put it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The weir-filter-sdk to depend on: a path (default: this weir's
+        /// checkout) or a git URL.
+        #[arg(long)]
+        sdk: Option<String>,
+    },
+    /// Build a filter crate into a component (DIR/target/weir/NAME.wasm)
+    /// with this machine's Wasm toolchain; prints its world and size.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a filter in weir's host against the cases of a file, then fuzz
+    /// it; exit 1 if a case fails or the filter traps, loops or runs out of
+    /// memory.
+    Test {
+        /// A built filter crate (after `weir filter build`) or a .wasm file.
+        #[arg(default_value = ".")]
+        filter: PathBuf,
+        /// Cases: requests, who sends them, what they must get (default:
+        /// the crate's cases.yaml, if any).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// Fuzz this many seconds after the cases (0: no fuzzing).
+        #[arg(long, default_value_t = 2.0)]
+        fuzz: f64,
+        /// A call's time budget, as a policy's filter gets by default.
+        #[arg(long, default_value_t = 10)]
+        timeout_ms: u64,
+        /// An instance's memory budget, MiB.
+        #[arg(long, default_value_t = 32)]
+        memory_mib: usize,
     },
 }
 
@@ -290,6 +341,7 @@ fn main() -> ExitCode {
         }
         Command::Crds { out } => crds(out.as_deref()),
         Command::Datapath { command } => datapath_command(command),
+        Command::Filter { command } => filter_command(command),
         Command::Policy { command: PolicyCommand::Check { config, files } } => policy_check(config.as_deref(), &files),
         Command::Policy { command: PolicyCommand::Replay { flows, config, output, files } } => {
             policy_replay(config.as_deref(), &files, &flows, output)
@@ -420,6 +472,50 @@ fn policy_check(config: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<()> 
         eprintln!("{e}");
     }
     anyhow::bail!("{} problem(s) found", errors.len())
+}
+
+fn filter_command(command: FilterCommand) -> anyhow::Result<()> {
+    use weir::authoring;
+    match command {
+        FilterCommand::New { name, world, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(|| authoring::default_sdk().display().to_string());
+            let root = authoring::new(&name, &world, &dir, &sdk)?;
+            println!("wrote {} ({world} world)", root.display());
+            println!("next: cd {} && cargo test && weir filter build && weir filter test", root.display());
+            Ok(())
+        }
+        FilterCommand::Build { dir } => {
+            let built = authoring::build(&dir)?;
+            println!(
+                "built {}: {} world, {} KiB, in {:.1} s ({})",
+                built.component.display(),
+                built.world.world(),
+                built.bytes.div_ceil(1024),
+                built.seconds,
+                built.toolchain
+            );
+            Ok(())
+        }
+        FilterCommand::Test { filter, cases, fuzz, timeout_ms, memory_mib } => {
+            let (name, bytes) = authoring::component_at(&filter)?;
+            let cases = cases.or_else(|| {
+                let default = filter.join("cases.yaml");
+                (filter.is_dir() && default.exists()).then_some(default)
+            });
+            let options = authoring::TestOptions {
+                cases,
+                fuzz: std::time::Duration::from_secs_f64(fuzz.max(0.0)),
+                limits: weir::wasm::FilterLimits {
+                    timeout: std::time::Duration::from_millis(timeout_ms),
+                    memory: memory_mib << 20,
+                },
+            };
+            if !authoring::run_tests(&name, &bytes, &options)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
 }
 
 fn policy_replay(config: Option<&Path>, files: &[PathBuf], flows: &Path, output: Output) -> anyhow::Result<()> {

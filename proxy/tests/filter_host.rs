@@ -107,6 +107,19 @@ fn identical_configurations_share_one_filter() {
 }
 
 #[test]
+fn a_core_module_built_with_the_sdk_is_wrapped_at_load() {
+    let (_, runtime, _) = setup();
+    // what `cargo build --target wasm32-unknown-unknown` leaves, before
+    // weir's build wraps it: it carries its world, so it loads as it is
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm-guests/wasm32-unknown-unknown/release/require_header.wasm");
+    let bytes = std::fs::read(&built).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+    assert!(!weir::wasm::toolchain::is_component(&bytes), "a core module");
+    let component = runtime.load("require-header", &bytes).expect("wrapped and loaded");
+    assert_eq!(component.world(), weir::protocol::Protocol::Http);
+}
+
+#[test]
 fn components_that_are_not_filters_are_refused() {
     let (_, runtime, _) = setup();
     let not_wasm = runtime.load("junk", b"definitely not wasm");
@@ -145,11 +158,11 @@ fn the_example_filter_answers_with_its_own_reply() {
 #[test]
 fn a_core_module_or_other_bytes_are_refused_with_what_to_do() {
     let (_, runtime, _) = setup();
-    // the smallest core module: magic and version 1 (layer 0)
+    // the smallest core module: magic and version 1 (layer 0), no world in it
     let Err(core) = runtime.load("core", b"\0asm\x01\0\0\0") else { panic!("a core module is no filter") };
     let core = core.to_string();
-    assert!(core.contains("a core WebAssembly module, not a component"), "{core}");
-    assert!(core.contains("wasm-tools component new"), "{core}");
+    assert!(core.contains("implements no world"), "{core}");
+    assert!(core.contains("a core module") && core.contains("weir filter new"), "{core}");
     let Err(text) = runtime.load("text", b"(module)") else { panic!("text is no filter") };
     let text = text.to_string();
     assert!(text.contains("not a WebAssembly file"), "{text}");

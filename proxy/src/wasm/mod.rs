@@ -11,6 +11,7 @@ pub mod builtin;
 mod cache;
 mod instances;
 mod slots;
+pub mod toolchain;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -296,9 +297,27 @@ impl FilterRuntime {
     /// Compile a component and find which world it implements.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
         let started = Instant::now();
-        if let Some(message) = not_a_component(bytes) {
-            return Err(LoadError::Compile { name: name.into(), message });
-        }
+        // a core module as wit-bindgen leaves it (`cargo build --target
+        // wasm32-unknown-unknown`) carries its world: wrapped here
+        let wrapped;
+        let was_core = not_a_component(bytes).is_some() && bytes.get(4..8) == Some(&[1, 0, 0, 0]);
+        let bytes = match not_a_component(bytes) {
+            None => bytes,
+            Some(_) if bytes.get(4..8) == Some(&[1, 0, 0, 0]) => match toolchain::componentize(bytes) {
+                Ok(component) => {
+                    wrapped = component;
+                    &wrapped[..]
+                }
+                Err(e) => {
+                    let message = format!(
+                        "a core WebAssembly module that cannot be made a component ({e}): build it with the \
+                         weir-filter-sdk (`weir filter new`, `weir filter build`; docs/filters.md)"
+                    );
+                    return Err(LoadError::Compile { name: name.into(), message });
+                }
+            },
+            Some(message) => return Err(LoadError::Compile { name: name.into(), message }),
+        };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let key = (name.to_string(), digest);
         if let Some(held) = self.loaded.lock().unwrap().get(&key).and_then(Weak::upgrade) {
@@ -313,7 +332,16 @@ impl FilterRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World { name: name.into(), message: format!("{e:#}") })?;
-        let pre = WorldPre::of(&instance_pre).map_err(|message| LoadError::World { name: name.into(), message })?;
+        let pre = WorldPre::of(&instance_pre).map_err(|message| {
+            let message = match was_core {
+                true => format!(
+                    "{message} (a core module, wrapped as a component: does it call one of the \
+                     weir-filter-sdk's export macros? `weir filter new` writes one that does)"
+                ),
+                false => message,
+            };
+            LoadError::World { name: name.into(), message }
+        })?;
         tracing::debug!(filter = name, elapsed = ?started.elapsed(), "filter compiled");
         let component = Arc::new(FilterComponent { name: name.into(), digest, pre });
         let mut loaded = self.loaded.lock().unwrap();

@@ -1,0 +1,150 @@
+//! Writing a filter as a user would, outside this repository: `weir filter
+//! new` writes the crate, its own `cargo test` runs natively, `weir filter
+//! build` makes the component with the machine's toolchain, `weir filter
+//! test` runs its cases in weir's host (a wrong expectation fails with the
+//! request, the expected and the actual answer) and fuzzes it, and weir
+//! serves with it in front of nginx, judged by curl. A broken filter (trap,
+//! endless loop, memory hog) is caught by `weir filter test`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use weir_integration::*;
+
+fn weir_filter(args: &[&str]) -> Output {
+    let mut cmd = Command::new(weir_bin());
+    cmd.arg("filter").args(args);
+    // the filter crates' builds share one target directory across runs (the
+    // first builds the SDK and, with Debian's toolchain, std itself)
+    cmd.env("CARGO_TARGET_DIR", shared_target());
+    cmd.output().expect("weir filter")
+}
+
+fn shared_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/filter-authoring")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_new_filter_is_built_tested_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir_filter(&["new", "gatekeeper", "--world", "http", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let crate_dir = dir.path().join("gatekeeper");
+    for file in ["Cargo.toml", "src/lib.rs", "cases.yaml"] {
+        assert!(crate_dir.join(file).exists(), "{file} written");
+    }
+    let again = weir_filter(&["new", "gatekeeper", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!again.status.success() && text(&again).contains("exists already"), "{}", text(&again));
+    let unknown = weir_filter(&["new", "x", "--world", "smtp", "--dir", dir.path().to_str().unwrap()]);
+    assert!(text(&unknown).contains("no template for world \"smtp\""), "{}", text(&unknown));
+
+    // the crate's own tests run natively: the export macro is for wasm32 only
+    let native = Command::new("cargo")
+        .args(["test", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", shared_target().join("native"))
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "cargo test on the new crate: {}", text(&native));
+
+    let built = weir_filter(&["build", crate_dir.to_str().unwrap()]);
+    let said = text(&built);
+    assert!(built.status.success(), "{said}");
+    assert!(said.contains("http-filter world"), "{said}");
+    let component = crate_dir.join("target/weir/gatekeeper.wasm");
+    assert!(component.exists(), "{said}");
+
+    // its cases pass in the host, and fuzzing finds nothing
+    let tested = weir_filter(&["test", crate_dir.to_str().unwrap(), "--fuzz", "1"]);
+    let said = text(&tested);
+    assert!(tested.status.success(), "{said}");
+    assert!(said.contains("ok    admin is off limits") && said.contains("3 passed, 0 failed"), "{said}");
+    assert!(said.contains("generated requests") && said.contains("no failure"), "{said}");
+
+    // a wrong expectation fails, saying what was asked, expected and got
+    let cases = std::fs::read_to_string(crate_dir.join("cases.yaml")).unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(&wrong, cases.replace("expect: {deny: \"off limits\"}", "expect: allow")).unwrap();
+    let failed = weir_filter(&["test", crate_dir.to_str().unwrap(), "--cases", wrong.to_str().unwrap(), "--fuzz", "0"]);
+    let said = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL  admin is off limits"), "{said}");
+    assert!(said.contains("request:  GET /admin/users from [k8s:app=web]"), "{said}");
+    assert!(said.contains("expected: allow") && said.contains("got:      deny (\"/admin is off limits\""), "{said}");
+
+    // and weir serves with it, as a policy's `wasm` rule
+    let nginx = Nginx::start();
+    let port = free_port();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: frontend, address: {FRONTEND}, labels: {{app: frontend}}}}\n  \
+         - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
+         listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
+         destination: {{labels: {{app: web}}, port: 80}}}}\n\
+         filters:\n  - {{name: gatekeeper, path: {}}}\n",
+        nginx.addr,
+        component.display()
+    );
+    let policy = r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}, {matchLabels: {app: admin}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            wasm: [{name: gatekeeper, config: {denyPrefixes: [/admin], unlessLabel: "app=admin"}}]
+"#;
+    let weir = Weir::start(&config, &[("web.yaml", policy)]);
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert_eq!(curl_from(FRONTEND, &[&url("/public/hello.txt")]).status, 200);
+    assert_eq!(curl_from(FRONTEND, &[&url("/admin/secret.txt")]).status, 403);
+    assert_eq!(curl_from(CRAWLER, &[&url("/admin/secret.txt")]).status, 200, "the admin app may");
+    let flow = weir.wait_flow("verdict=denied", "the frontend's refusal", |f| {
+        f.http().is_some_and(|h| h.path == "/admin/secret.txt")
+    });
+    let reason = flow.reason.unwrap_or_default();
+    assert!(reason.starts_with("gatekeeper: /admin is off limits"), "{reason}");
+}
+
+#[test]
+fn a_broken_filter_is_caught_with_a_clear_message() {
+    let misbehave = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-guests/components/misbehave.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  \
+         - {name: it traps, http: {path: /trap}, expect: allow}\n  \
+         - {name: it loops, http: {path: /loop}, expect: allow}\n  \
+         - {name: it hogs memory, http: {path: /oom}, expect: allow}\n  \
+         - {name: it answers, http: {path: /fine}, expect: allow}\n",
+    )
+    .unwrap();
+    let out = weir_filter(&[
+        "test",
+        misbehave.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+        "--fuzz",
+        "0",
+        "--timeout-ms",
+        "50",
+        "--memory-mib",
+        "16",
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL  it traps") && said.contains("got:      the filter failed"), "{said}");
+    assert!(said.contains("FAIL  it loops"), "{said}");
+    assert!(said.contains("FAIL  it hogs memory"), "{said}");
+    assert!(said.contains("ok    it answers"), "{said}");
+    assert!(said.contains("1 passed, 3 failed"), "{said}");
+}

@@ -1,0 +1,157 @@
+//! `weir filter new | build | test`: from nothing to a tested filter, with
+//! the same host that runs filters in the proxy.
+
+mod cases;
+mod templates;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use crate::observe::metrics::Metrics;
+use crate::protocol::Protocol;
+use crate::wasm::toolchain::{self, GuestToolchain, WASM_TARGET};
+use crate::wasm::{FilterComponent, FilterRuntime, RuntimeOptions};
+
+pub use cases::{TestOptions, run_tests};
+
+/// Where the SDK is, for the crates `new` writes: this checkout's, unless
+/// told otherwise (a path, or a git URL).
+pub fn default_sdk() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../filters/sdk")
+}
+
+/// `weir filter new NAME --world WORLD`: a crate in `dir/NAME`.
+pub fn new(name: &str, world: &str, dir: &Path, sdk: &str) -> anyhow::Result<PathBuf> {
+    let valid = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !valid {
+        bail!("{name:?}: a filter's name is lower-case letters, digits, - and _, starting with a letter");
+    }
+    let worlds: Vec<&str> = templates::WORLDS.iter().map(|w| w.name()).collect();
+    let Some(world) = templates::WORLDS.into_iter().find(|w| w.name() == world) else {
+        bail!(
+            "no template for world {world:?}: weir writes {} (for cassandra and stream filters, start from \
+             filters/examples/r2d2 and docs/filters.md)",
+            worlds.join(", ")
+        );
+    };
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} exists already: choose another name or directory", root.display());
+    }
+    let sdk_dependency = if sdk.starts_with("https://") || sdk.starts_with("git@") || sdk.starts_with("ssh://") {
+        format!("{{ git = {sdk:?} }}")
+    } else {
+        let path = std::fs::canonicalize(sdk).with_context(|| format!("the SDK at {sdk}"))?;
+        if !path.join("Cargo.toml").exists() || !path.join("wit").exists() {
+            bail!("{}: not the weir-filter-sdk crate (no Cargo.toml and wit/ there)", path.display());
+        }
+        format!("{{ path = {:?} }}", path.display().to_string())
+    };
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::write(root.join("Cargo.toml"), templates::cargo_toml(name, &sdk_dependency))?;
+    std::fs::write(root.join("src/lib.rs"), templates::lib_rs(name, world).expect("a template per listed world"))?;
+    std::fs::write(root.join("cases.yaml"), templates::cases_yaml(world))?;
+    std::fs::write(root.join(".gitignore"), "/target\n")?;
+    Ok(root)
+}
+
+/// What `build` made.
+pub struct Built {
+    pub component: PathBuf,
+    pub world: Protocol,
+    pub bytes: usize,
+    pub seconds: f64,
+    pub toolchain: String,
+}
+
+/// `weir filter build [DIR]`: the crate built for wasm32 with the machine's
+/// toolchain, wrapped as a component at `DIR/target/weir/NAME.wasm`, and
+/// checked to implement a world weir knows.
+pub fn build(dir: &Path) -> anyhow::Result<Built> {
+    let started = Instant::now();
+    let manifest = dir.join("Cargo.toml");
+    let text =
+        std::fs::read_to_string(&manifest).with_context(|| format!("{}: no filter crate here", dir.display()))?;
+    let name = package_name(&text).with_context(|| format!("{}: no [package] name", manifest.display()))?;
+    let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
+    let rustc = std::env::var_os("RUSTC").map(PathBuf::from).unwrap_or_else(|| "rustc".into());
+    let toolchain = GuestToolchain::detect(cargo, rustc).map_err(anyhow::Error::msg)?;
+    // the crate's own target directory, unless the environment names one
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| dir.join("target"));
+    let mut cmd = toolchain.build_command();
+    cmd.arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(&target_dir);
+    // the crate's own build output (warnings included) is the author's to see
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("cargo failed building {name} for {WASM_TARGET} ({})", toolchain.describe());
+    }
+    let module = target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
+    let core = std::fs::read(&module)
+        .with_context(|| format!("{}: not built (is the crate's [lib] crate-type \"cdylib\"?)", module.display()))?;
+    let component = toolchain::componentize(&core).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a filter: {e} (does it call one of weir_filter_sdk's export macros?)",
+            module.display()
+        )
+    })?;
+    let loaded = load(&name, &component)?;
+    let out = dir.join("target/weir").join(format!("{name}.wasm"));
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, &component)?;
+    Ok(Built {
+        component: out,
+        world: loaded.world(),
+        bytes: component.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        toolchain: toolchain.describe(),
+    })
+}
+
+/// The component a filter path names: a built crate's (`DIR` after
+/// `weir filter build`), or a `.wasm` file (a component, or a core module
+/// with its world).
+pub fn component_at(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    if path.is_dir() {
+        let text = std::fs::read_to_string(path.join("Cargo.toml"))
+            .with_context(|| format!("{}: neither a .wasm file nor a filter crate", path.display()))?;
+        let name = package_name(&text).context("no [package] name")?;
+        let built = path.join("target/weir").join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&built).with_context(|| {
+            format!("{}: not built yet (run `weir filter build {}`)", built.display(), path.display())
+        })?;
+        return Ok((name, bytes));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_else(|| "filter".into());
+    Ok((name, bytes))
+}
+
+/// A runtime of its own and the component loaded in it.
+pub fn load(name: &str, bytes: &[u8]) -> anyhow::Result<Arc<FilterComponent>> {
+    let runtime = runtime()?;
+    Ok(runtime.load(name, bytes)?)
+}
+
+fn runtime() -> anyhow::Result<Arc<FilterRuntime>> {
+    let options = RuntimeOptions { cache_dir: None, max_instances: None };
+    Ok(Arc::new(FilterRuntime::new(Arc::new(Metrics::default()), options)?))
+}
+
+/// `name = "..."` of the `[package]` table.
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package && let Some(value) = line.strip_prefix("name") {
+            let value = value.trim_start().strip_prefix('=')?.trim();
+            return Some(value.trim_matches('"').to_string());
+        }
+    }
+    None
+}
