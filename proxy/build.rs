@@ -34,6 +34,7 @@ const FILTERS: &[&str] = &[
     "cassandra_policy",
     "r2d2",
     "require_header",
+    "rate_limit",
     "misbehave",
 ];
 fn main() {

@@ -3,8 +3,10 @@
 //! build` makes the component with the machine's toolchain, `weir filter
 //! test` runs its cases in weir's host (a wrong expectation fails with the
 //! request, the expected and the actual answer) and fuzzes it, and weir
-//! serves with it in front of nginx, judged by curl. A broken filter (trap,
-//! endless loop, memory hog) is caught by `weir filter test`.
+//! serves with it in front of nginx, judged by curl, and takes a rebuilt one
+//! without dropping a connection (a broken file is refused, the old filter
+//! stays). A broken filter (trap, endless loop, memory hog) is caught by
+//! `weir filter test`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -112,6 +114,39 @@ spec:
     });
     let reason = flow.reason.unwrap_or_default();
     assert!(reason.starts_with("gatekeeper: /admin is off limits"), "{reason}");
+
+    // hot load: the component file changes under a running weir. A broken
+    // one is refused and the old filter keeps judging; a rebuilt one takes
+    // over for the next request, on a connection that stays open
+    let listener: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut open = connect_from(FRONTEND, listener);
+    let ask = |stream: &mut std::net::TcpStream| {
+        use std::io::Write;
+        stream.write_all(b"GET /admin/x HTTP/1.1\r\nHost: web\r\n\r\n").unwrap();
+        read_until_quiet(stream, std::time::Duration::from_millis(300))
+    };
+    assert!(ask(&mut open).starts_with("HTTP/1.1 403"));
+    let first = weir.wait_flow("verdict=denied", "the open connection's refusal", |f| {
+        f.http().is_some_and(|h| h.path == "/admin/x")
+    });
+    std::fs::write(&component, b"not a component").unwrap();
+    wait_for("the broken file refused", std::time::Duration::from_secs(30), || {
+        weir.config()["reload"]["rejected"].to_string().contains("gatekeeper")
+    });
+    assert!(ask(&mut open).starts_with("HTTP/1.1 403"), "the old filter still judges");
+    // the rebuild writes the component over the broken file
+    let source = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    std::fs::write(crate_dir.join("src/lib.rs"), source.replace("is off limits", "is closed today")).unwrap();
+    let generation = weir.generation();
+    let rebuilt = weir_filter(&["build", crate_dir.to_str().unwrap()]);
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt));
+    weir.wait_generation_above(generation);
+    let answer = ask(&mut open);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let flow = weir.wait_flow("verdict=denied", "the new filter's refusal", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("is closed today"))
+    });
+    assert_eq!(flow.connection, first.connection, "on the connection that stayed open");
 }
 
 #[test]

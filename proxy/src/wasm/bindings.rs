@@ -125,6 +125,8 @@ pub struct HostState {
     pub filter_name: Arc<str>,
     pub metrics: Arc<Metrics>,
     counter_names: HashSet<String>,
+    /// The configured filter's shared state (`state-*`, `take-tokens`).
+    pub state: Arc<super::state::Partition>,
     /// The running call's CPU budget and the thread's CPU clock when it began.
     pub cpu: CpuBudget,
 }
@@ -182,13 +184,19 @@ fn thread_cpu_time() -> Duration {
 }
 
 impl HostState {
-    pub fn new(filter_name: Arc<str>, limits: StoreLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        filter_name: Arc<str>,
+        limits: StoreLimits,
+        metrics: Arc<Metrics>,
+        state: Arc<super::state::Partition>,
+    ) -> Self {
         HostState {
             table: ResourceTable::new(),
             limits,
             filter_name,
             metrics,
             counter_names: HashSet::new(),
+            state,
             cpu: CpuBudget::default(),
         }
     }
@@ -309,5 +317,27 @@ impl host::Host for HostState {
     fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
         static START: OnceLock<Instant> = OnceLock::new();
         Ok(START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.state.get(&key))
+    }
+
+    fn state_set(&mut self, key: String, value: Option<Vec<u8>>, ttl_ms: u64) -> wasmtime::Result<bool> {
+        Ok(self.state.set(&key, value, Duration::from_millis(ttl_ms)))
+    }
+
+    fn state_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.state.compare_and_swap(&key, expected.as_deref(), new, Duration::from_millis(ttl_ms)))
+    }
+
+    fn take_tokens(&mut self, key: String, rate: u32, burst: u32, cost: u32) -> wasmtime::Result<bool> {
+        Ok(self.state.take_tokens(&key, rate, burst, cost))
     }
 }

@@ -101,7 +101,10 @@ pub(super) fn instantiate(
         |kind, message: String| NotInstantiated::Failed(FilterFailure { filter: filter.name.clone(), kind, message });
     let slot = runtime.slots.take(purpose).map_err(|why| fail(FailureKind::Exhausted, why))?;
     let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
-    let mut store = Store::new(&runtime.engine, HostState::new(filter.name.clone(), limits, runtime.metrics.clone()));
+    let mut store = Store::new(
+        &runtime.engine,
+        HostState::new(filter.name.clone(), limits, runtime.metrics.clone(), filter.state.clone()),
+    );
     store.limiter(|state| state.limiter());
     // each tick past the deadline asks whether the call spent its CPU budget:
     // only then does it trap; otherwise it looks again a tick later

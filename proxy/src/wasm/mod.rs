@@ -11,6 +11,7 @@ pub mod builtin;
 mod cache;
 mod instances;
 mod slots;
+pub mod state;
 pub mod toolchain;
 
 use std::collections::HashMap;
@@ -378,6 +379,7 @@ impl FilterRuntime {
             runtime: Arc::downgrade(self),
             alive: Arc::new(()),
             wants_responses: std::sync::atomic::AtomicBool::new(true),
+            state: Arc::default(),
             duration: self
                 .metrics
                 .filter_duration
@@ -516,6 +518,9 @@ pub struct ConfiguredFilter {
     duration: prometheus_client::metrics::histogram::Histogram,
     /// Cleared when the filter answers `ignore-responses`.
     wants_responses: std::sync::atomic::AtomicBool,
+    /// What its instances share (`state-*`, `take-tokens`): kept while this
+    /// configuration is, so an instance replaced after a trap keeps it.
+    state: Arc<state::Partition>,
 }
 
 impl fmt::Debug for ConfiguredFilter {

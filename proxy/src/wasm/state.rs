@@ -1,0 +1,197 @@
+//! State a filter shares across its instances (every worker's, and the one
+//! that replaces an instance after a trap): a small key-value store with
+//! compare-and-swap and expiry, and token buckets. One partition per
+//! configured filter — component and configuration — so two rules with
+//! different configurations never share state, and a configuration change
+//! starts empty. Bounded: a partition holds at most [`MAX_ENTRIES`] keys and
+//! [`MAX_BYTES`] of keys and values; a write past that is refused (the
+//! filter sees `false`), never an eviction of live data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const MAX_ENTRIES: usize = 10_000;
+pub const MAX_BYTES: usize = 1 << 20;
+/// Keys longer than this are refused.
+pub const MAX_KEY: usize = 256;
+
+/// One configured filter's state.
+#[derive(Default)]
+pub struct Partition {
+    inner: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    values: HashMap<String, Entry>,
+    buckets: HashMap<String, Bucket>,
+    bytes: usize,
+}
+
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// What a bucket costs against the bounds: its key and two numbers.
+const BUCKET_BYTES: usize = 32;
+
+impl Entries {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&Entry> {
+        if self.values.get(key).is_some_and(|e| e.expires.is_some_and(|t| t <= now)) {
+            self.remove(key);
+        }
+        self.values.get(key)
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.values.remove(key) {
+            self.bytes -= key.len() + old.value.len();
+        }
+    }
+
+    /// Drop what expired, when space runs out.
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<String> =
+            self.values.iter().filter(|(_, e)| e.expires.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        for key in expired {
+            self.remove(&key);
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.values.len() + self.buckets.len()
+    }
+
+    /// Room for `more` bytes and, if `new_key`, one more key.
+    fn room(&mut self, more: usize, new_key: bool, now: Instant) -> bool {
+        let fits = |e: &Entries| e.bytes + more <= MAX_BYTES && (!new_key || e.count() < MAX_ENTRIES);
+        if fits(self) {
+            return true;
+        }
+        self.sweep(now);
+        fits(self)
+    }
+
+    fn put(&mut self, key: &str, value: Option<Vec<u8>>, ttl: Duration, now: Instant) -> bool {
+        let Some(value) = value else {
+            self.remove(key);
+            return true;
+        };
+        let old = self.live(key, now).map_or(0, |e| key.len() + e.value.len());
+        let new_key = old == 0 && !self.values.contains_key(key);
+        if !self.room((key.len() + value.len()).saturating_sub(old), new_key, now) {
+            return false;
+        }
+        self.remove(key);
+        self.bytes += key.len() + value.len();
+        let expires = (!ttl.is_zero()).then(|| now + ttl);
+        self.values.insert(key.to_string(), Entry { value, expires });
+        true
+    }
+}
+
+impl Partition {
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.lock().unwrap().live(key, Instant::now()).map(|e| e.value.clone())
+    }
+
+    /// Set `key` (or delete it, with `None`); a zero `ttl` keeps it until
+    /// deleted. `false`: over the bounds, nothing changed.
+    pub fn set(&self, key: &str, value: Option<Vec<u8>>, ttl: Duration) -> bool {
+        key.len() <= MAX_KEY && self.inner.lock().unwrap().put(key, value, ttl, Instant::now())
+    }
+
+    /// Set `key` to `new` only if it holds `expected` now (`None`: absent).
+    pub fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>, ttl: Duration) -> bool {
+        if key.len() > MAX_KEY {
+            return false;
+        }
+        let now = Instant::now();
+        let mut entries = self.inner.lock().unwrap();
+        let current = entries.live(key, now).map(|e| e.value.as_slice());
+        if current != expected {
+            return false;
+        }
+        entries.put(key, new, ttl, now)
+    }
+
+    /// Take `cost` tokens from bucket `key`, which refills `rate` per second
+    /// up to `burst` and starts full. `false`: not enough (nothing taken), or
+    /// no room for a new bucket.
+    pub fn take_tokens(&self, key: &str, rate: u32, burst: u32, cost: u32) -> bool {
+        if key.len() > MAX_KEY {
+            return false;
+        }
+        let now = Instant::now();
+        let mut entries = self.inner.lock().unwrap();
+        if !entries.buckets.contains_key(key) {
+            if !entries.room(key.len() + BUCKET_BYTES, true, now) {
+                return false;
+            }
+            entries.bytes += key.len() + BUCKET_BYTES;
+            entries.buckets.insert(key.to_string(), Bucket { tokens: f64::from(burst), refilled: now });
+        }
+        let bucket = entries.buckets.get_mut(key).expect("inserted above");
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
+        bucket.refilled = now;
+        if bucket.tokens >= f64::from(cost) {
+            bucket.tokens -= f64::from(cost);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_expire_swap_and_stay_bounded() {
+        let state = Partition::default();
+        assert!(state.set("a", Some(b"1".to_vec()), Duration::ZERO));
+        assert_eq!(state.get("a").as_deref(), Some(&b"1"[..]));
+        assert!(!state.compare_and_swap("a", Some(b"2"), Some(b"3".to_vec()), Duration::ZERO), "not what it holds");
+        assert!(state.compare_and_swap("a", Some(b"1"), Some(b"2".to_vec()), Duration::ZERO));
+        assert!(state.compare_and_swap("b", None, Some(b"x".to_vec()), Duration::from_millis(20)), "absent");
+        assert!(!state.compare_and_swap("b", None, Some(b"y".to_vec()), Duration::ZERO), "present now");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(state.get("b"), None, "expired");
+        assert!(state.set("a", None, Duration::ZERO));
+        assert_eq!(state.get("a"), None, "deleted");
+        // bounded: a value past the bytes is refused, live data stays
+        assert!(state.set("keep", Some(vec![1; 1000]), Duration::ZERO));
+        assert!(!state.set("huge", Some(vec![0; MAX_BYTES]), Duration::ZERO));
+        assert_eq!(state.get("keep").map(|v| v.len()), Some(1000));
+        assert!(!state.set(&"k".repeat(MAX_KEY + 1), Some(vec![]), Duration::ZERO));
+        for i in 0..MAX_ENTRIES {
+            if !state.set(&format!("n{i}"), Some(vec![]), Duration::ZERO) {
+                assert_eq!(i, MAX_ENTRIES - 1, "the keep key counts too");
+                break;
+            }
+        }
+        assert!(!state.set("one-more", Some(vec![]), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let state = Partition::default();
+        let taken = (0..10).filter(|_| state.take_tokens("caller", 0, 5, 1)).count();
+        assert_eq!(taken, 5, "no refill: exactly the burst");
+        assert!(state.take_tokens("other", 0, 1, 1), "another key has its own bucket");
+        let fast = Partition::default();
+        assert!(fast.take_tokens("k", 1000, 1, 1));
+        assert!(!fast.take_tokens("k", 1000, 1, 1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(fast.take_tokens("k", 1000, 1, 1), "refilled at 1000/s");
+    }
+}
