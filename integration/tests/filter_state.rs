@@ -88,5 +88,9 @@ fn a_rate_limit_holds_across_workers() {
     let again = burst_of(FRONTEND, port, 6);
     assert_eq!(count(&again, 200), 3, "{again:?}");
     let denied = weir.wait_flow("verdict=denied", "a limited request", |_| true);
-    assert!(denied.reason.unwrap_or_default().contains("app=frontend: over 0 requests per second (burst 3)"));
+    let reason = denied.reason.unwrap_or_default();
+    assert!(
+        reason.contains("default/app=frontend to ") && reason.contains(": over 0 requests per second (burst 3)"),
+        "{reason}"
+    );
 }

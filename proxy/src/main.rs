@@ -502,9 +502,14 @@ fn filter_command(command: FilterCommand) -> anyhow::Result<()> {
                 let default = filter.join("cases.yaml");
                 (filter.is_dir() && default.exists()).then_some(default)
             });
+            let fuzz = std::time::Duration::try_from_secs_f64(fuzz)
+                .map_err(|_| anyhow::anyhow!("--fuzz {fuzz}: give seconds, 0 or more"))?;
+            if timeout_ms == 0 || memory_mib == 0 {
+                anyhow::bail!("--timeout-ms and --memory-mib must be at least 1");
+            }
             let options = authoring::TestOptions {
                 cases,
-                fuzz: std::time::Duration::from_secs_f64(fuzz.max(0.0)),
+                fuzz,
                 limits: weir::wasm::FilterLimits {
                     timeout: std::time::Duration::from_millis(timeout_ms),
                     memory: memory_mib << 20,

@@ -127,24 +127,46 @@ struct MemcachedCase {
     binary: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// `allow`, `deny`, or `{deny: part of the reason, status: 401}`.
 enum Expect {
     Allow,
     Deny,
-    #[serde(untagged)]
     Detailed(Detailed),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Detailed {
     /// Refused, with a reason containing this.
-    #[serde(default)]
     deny: Option<String>,
     /// An HTTP refusal's own reply status.
-    #[serde(default)]
     status: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for Expect {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        let wrong = || D::Error::custom("expect: give allow, deny, or {deny: part of the reason, status: 403}");
+        if let Some(word) = value.as_str() {
+            return match word.to_ascii_lowercase().as_str() {
+                "allow" => Ok(Expect::Allow),
+                "deny" => Ok(Expect::Deny),
+                _ => Err(wrong()),
+            };
+        }
+        let map = value.as_mapping().ok_or_else(wrong)?;
+        let (mut deny, mut status) = (None, None);
+        for (key, v) in map {
+            match key.as_str() {
+                Some("deny") => deny = Some(v.as_str().ok_or_else(wrong)?.to_string()),
+                Some("status") => status = Some(v.as_u64().and_then(|s| u16::try_from(s).ok()).ok_or_else(wrong)?),
+                _ => return Err(wrong()),
+            }
+        }
+        if deny.is_none() && status.is_none() {
+            return Err(wrong());
+        }
+        Ok(Expect::Detailed(Detailed { deny, status }))
+    }
 }
 
 /// What the filter answered, in one form for every world.
@@ -191,7 +213,11 @@ pub fn run_tests(name: &str, bytes: &[u8], options: &TestOptions) -> anyhow::Res
             Ok(()) => println!("ok    {label}"),
             Err(expected) => {
                 failed += 1;
-                let who = case.source.as_ref().map_or("reserved:world".to_string(), |p| p.labels.join(","));
+                let who = match &case.source {
+                    Some(p) if !p.labels.is_empty() => p.labels.join(","),
+                    Some(Peer { identity: Some(id), .. }) => format!("identity {id}"),
+                    _ => "reserved:world".to_string(),
+                };
                 println!(
                     "FAIL  {label}\n        request:  {what} from [{who}]\n        expected: {expected}\n        got:      {}",
                     describe(&outcome)

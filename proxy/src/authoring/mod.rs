@@ -31,6 +31,10 @@ pub fn new(name: &str, world: &str, dir: &Path, sdk: &str) -> anyhow::Result<Pat
     if !valid {
         bail!("{name:?}: a filter's name is lower-case letters, digits, - and _, starting with a letter");
     }
+    // names cargo keeps for itself
+    if ["test", "core", "std", "alloc", "proc-macro", "proc_macro", "build"].contains(&name) {
+        bail!("{name:?} is a name cargo refuses for a crate: choose another");
+    }
     let worlds: Vec<&str> = templates::WORLDS.iter().map(|w| w.name()).collect();
     let Some(world) = templates::WORLDS.into_iter().find(|w| w.name() == world) else {
         bail!(
@@ -75,24 +79,30 @@ pub struct Built {
 pub fn build(dir: &Path) -> anyhow::Result<Built> {
     let started = Instant::now();
     let manifest = dir.join("Cargo.toml");
-    let text =
-        std::fs::read_to_string(&manifest).with_context(|| format!("{}: no filter crate here", dir.display()))?;
-    let name = package_name(&text).with_context(|| format!("{}: no [package] name", manifest.display()))?;
+    if !manifest.exists() {
+        bail!("{}: no filter crate here (no Cargo.toml)", dir.display());
+    }
     let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
+    let (name, lib) = crate_names(&cargo, &manifest)?;
     let rustc = std::env::var_os("RUSTC").map(PathBuf::from).unwrap_or_else(|| "rustc".into());
-    let toolchain = GuestToolchain::detect(cargo, rustc).map_err(anyhow::Error::msg)?;
+    let toolchain = GuestToolchain::detect(cargo.clone(), rustc).map_err(anyhow::Error::msg)?;
     // the crate's own target directory, unless the environment names one
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| dir.join("target"));
     let mut cmd = toolchain.build_command();
+    // in the crate's directory (its rust-toolchain.toml, .cargo/config), and
+    // without the host's flags
+    cmd.current_dir(dir).env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
     cmd.arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(&target_dir);
     // the crate's own build output (warnings included) is the author's to see
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("cargo failed building {name} for {WASM_TARGET} ({})", toolchain.describe());
     }
-    let module = target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
-    let core = std::fs::read(&module)
-        .with_context(|| format!("{}: not built (is the crate's [lib] crate-type \"cdylib\"?)", module.display()))?;
+    let Some(lib) = lib else {
+        bail!("{name}: no cdylib library target: add `[lib] crate-type = [\"cdylib\", \"rlib\"]` to its Cargo.toml");
+    };
+    let module = target_dir.join(WASM_TARGET).join("release").join(format!("{lib}.wasm"));
+    let core = std::fs::read(&module).with_context(|| format!("{}: not built", module.display()))?;
     let component = toolchain::componentize(&core).map_err(|e| {
         anyhow::anyhow!(
             "{}: not a filter: {e} (does it call one of weir_filter_sdk's export macros?)",
@@ -117,9 +127,12 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
 /// with its world).
 pub fn component_at(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     if path.is_dir() {
-        let text = std::fs::read_to_string(path.join("Cargo.toml"))
-            .with_context(|| format!("{}: neither a .wasm file nor a filter crate", path.display()))?;
-        let name = package_name(&text).context("no [package] name")?;
+        let manifest = path.join("Cargo.toml");
+        if !manifest.exists() {
+            bail!("{}: neither a .wasm file nor a filter crate", path.display());
+        }
+        let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
+        let (name, _) = crate_names(&cargo, &manifest)?;
         let built = path.join("target/weir").join(format!("{name}.wasm"));
         let bytes = std::fs::read(&built).with_context(|| {
             format!("{}: not built yet (run `weir filter build {}`)", built.display(), path.display())
@@ -142,16 +155,26 @@ fn runtime() -> anyhow::Result<Arc<FilterRuntime>> {
     Ok(Arc::new(FilterRuntime::new(Arc::new(Metrics::default()), options)?))
 }
 
-/// `name = "..."` of the `[package]` table.
-fn package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package && let Some(value) = line.strip_prefix("name") {
-            let value = value.trim_start().strip_prefix('=')?.trim();
-            return Some(value.trim_matches('"').to_string());
-        }
+/// The package's name and its cdylib target's (what the `.wasm` is
+/// called), as cargo reads the manifest.
+fn crate_names(cargo: &Path, manifest: &Path) -> anyhow::Result<(String, Option<String>)> {
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .with_context(|| format!("running {} metadata", cargo.display()))?;
+    if !out.status.success() {
+        bail!("{}: {}", manifest.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    None
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata's answer")?;
+    let package = metadata["packages"]
+        .as_array()
+        .and_then(|p| p.first())
+        .with_context(|| format!("{}: no package", manifest.display()))?;
+    let name = package["name"].as_str().unwrap_or_default().to_string();
+    let lib = package["targets"].as_array().into_iter().flatten().find_map(|t| {
+        let cdylib = t["crate_types"].as_array()?.iter().any(|c| c == "cdylib");
+        cdylib.then(|| t["name"].as_str().map(|n| n.replace('-', "_"))).flatten()
+    });
+    Ok((name, lib))
 }

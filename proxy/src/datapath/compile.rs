@@ -280,7 +280,7 @@ pub fn compile(
                             },
                             v => v,
                         };
-                        value(v, protocol, proxy_ports, &mut index_of)
+                        value(v, protocol, proxy_ports, model, &mut index_of)
                     };
                     let enforced = value_of(&rules);
                     let entry = match &all {
@@ -387,6 +387,7 @@ fn value(
     verdict: SideVerdict<'_>,
     protocol: L4Protocol,
     ports: &DatapathConfig,
+    model: &PolicyModel,
     index_of: &mut impl FnMut(String) -> u32,
 ) -> PolicyValue {
     let entry = |verdict, proxy_port, rule| PolicyValue { verdict, _pad: 0, proxy_port, rule };
@@ -399,9 +400,10 @@ fn value(
             // the kernel picks the engine: each L7 protocol has its own
             // transparent socket (the proxy refuses a connection whose rules
             // are of another protocol than its engine's, as in local mode)
-            let port_of =
-                |a: &crate::policy::Allowance<'_>| ports.proxy_port_of(a.l7.map_or(Protocol::Http, |l| l.kind()));
-            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| l.kind() == Protocol::Dns));
+            let port_of = |a: &crate::policy::Allowance<'_>| {
+                ports.proxy_port_of(a.l7.map_or(Protocol::Http, |l| model.kind_of(l)))
+            };
+            let dns = l7.is_some_and(|a| a.l7.is_some_and(|l| model.kind_of(l) == Protocol::Dns));
             match (protocol, l7, plain) {
                 (L4Protocol::Tcp, Some(a), _) => entry(VERDICT_REDIRECT, port_of(a), index_of(a.origin.clone())),
                 (L4Protocol::Udp, Some(a), _) if dns => {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{ChainLink, PolicyModel};
 use crate::context::Direction;
-use crate::policy::{Allowance, FqdnSelector, HttpRule, KafkaRule, PolicyError, ProtocolRules};
+use crate::policy::{Allowance, FqdnSelector, HttpRule, KafkaRule, L7Rules, PolicyError, ProtocolRules};
 use crate::protocol::Protocol;
 use crate::wasm::{ConfigureError, ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, Refusal};
 
@@ -44,6 +44,19 @@ impl std::fmt::Display for StreamError {
 }
 
 impl PolicyModel {
+    /// The protocol a port's L7 rules are for: their own, or, for `wasm`
+    /// rules alone, the world of the filters they name (a DNS filter on port
+    /// 53 makes it a DNS port, as `dns: []` would).
+    pub fn kind_of(&self, l7: &L7Rules) -> Protocol {
+        if let ProtocolRules::Http(None) = &l7.rules
+            && let Some(world) =
+                l7.wasm.iter().find_map(|w| self.custom_filters.get(&w.name).map(|c| c.component.world()))
+        {
+            return world;
+        }
+        l7.kind()
+    }
+
     /// Configure every filter a rule names, so bad rules are rejected now and
     /// not when traffic arrives. A rule of the API server's objects
     /// (`api_objects`, by file) that names a filter nobody supplies is no
@@ -112,7 +125,7 @@ impl PolicyModel {
                     errors.push(error(rules_at(field.as_deref(), rules_field), message));
                 }
                 for w in &l7.wasm {
-                    let wanted = l7.kind();
+                    let wanted = self.kind_of(l7);
                     match self.custom_filters.get(&w.name) {
                         // checked against its rules once it loads
                         None if self.unavailable.contains_key(&w.name) => {}
@@ -131,7 +144,7 @@ impl PolicyModel {
                                 "filter {:?} implements {}, but this port carries {} rules ({} needed)",
                                 w.name,
                                 custom.component.world().world(),
-                                l7.kind().rules_name(),
+                                wanted.rules_name(),
                                 wanted.world()
                             ),
                         )),
@@ -164,10 +177,10 @@ impl PolicyModel {
         // Rules written for another protocol allow nothing here: a port
         // carries one protocol (Cilium refuses two parsers on one port).
         let (allowances, other): (Vec<&Allowance<'_>>, Vec<&Allowance<'_>>) =
-            allowances.iter().partition(|a| a.l7.is_none_or(|l| l.kind() == kind));
+            allowances.iter().partition(|a| a.l7.is_none_or(|l| self.kind_of(l) == kind));
         if allowances.is_empty() {
             let origin = other.first().map_or("", |a| a.origin.as_str());
-            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| l.kind().rules_name());
+            let theirs = other.first().and_then(|a| a.l7).map_or("other", |l| self.kind_of(l).rules_name());
             return Err(format!("{origin} has {theirs} rules; this listener speaks {}", kind.rules_name()));
         }
         let mut links = Vec::new();

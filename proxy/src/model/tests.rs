@@ -190,3 +190,35 @@ fn an_enforced_filter_is_not_asked_again_for_the_audit() {
     assert_eq!(links(&frontend).len(), 1);
     assert!(audit(&frontend).is_none(), "{:?}", audit(&frontend));
 }
+
+#[test]
+fn wasm_rules_alone_speak_their_filters_protocol() {
+    // a DNS filter in `wasm` rules alone, on a DNS listener: a DNS port (it
+    // used to be taken for HTTP and refused)
+    let node = "endpoints:\n  - {name: frontend, address: 127.0.0.5, labels: {app: frontend}}\n\
+        listeners:\n  - {name: dns, protocol: dns, bind: '127.0.0.1:5', upstream: '127.0.0.1:6', \
+        destination: {labels: {k8s-app: kube-dns}, port: 53}}\n\
+        filters:\n  - {name: blocklist, builtin: dns-policy}\n";
+    let policy = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: dns}\nspec:\n  \
+        endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n    - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]\n      \
+        toPorts: [{ports: [{port: '53', protocol: ANY}], rules: {wasm: [{name: blocklist, \
+        config: {groups: [{name: only, rules: [{matchName: allowed.example}]}]}}]}}]\n";
+    let metrics = Arc::new(Metrics::default());
+    let runtime =
+        Arc::new(FilterRuntime::new(metrics, RuntimeOptions { cache_dir: None, max_instances: None }).unwrap());
+    let (documents, errors) = parse_file("dns.yaml", policy);
+    assert!(errors.is_empty(), "{errors:?}");
+    let inputs = ModelInputs {
+        config: WeirConfig::parse(node).unwrap(),
+        config_dir: ".".into(),
+        config_file: "weir.yaml".into(),
+        documents,
+    };
+    let model = PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
+        .unwrap_or_else(|e| panic!("refused: {e:?}"));
+    let peer: SocketAddr = "127.0.0.5:40000".parse().unwrap();
+    let resolved = model.resolve(&Target::Listener("dns".into()), peer, Protocol::Dns).unwrap();
+    let verdict = model.connection_verdict_from(&resolved.listener, resolved.source, peer, L4Protocol::Udp);
+    let names: Vec<&str> = links(&verdict).iter().map(|l| &*l.filter.name).collect();
+    assert!(names.contains(&"blocklist"), "{names:?}");
+}

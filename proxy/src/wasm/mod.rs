@@ -298,32 +298,31 @@ impl FilterRuntime {
     /// Compile a component and find which world it implements.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<FilterComponent>, LoadError> {
         let started = Instant::now();
-        // a core module as wit-bindgen leaves it (`cargo build --target
-        // wasm32-unknown-unknown`) carries its world: wrapped here
-        let wrapped;
-        let was_core = not_a_component(bytes).is_some() && bytes.get(4..8) == Some(&[1, 0, 0, 0]);
-        let bytes = match not_a_component(bytes) {
-            None => bytes,
-            Some(_) if bytes.get(4..8) == Some(&[1, 0, 0, 0]) => match toolchain::componentize(bytes) {
-                Ok(component) => {
-                    wrapped = component;
-                    &wrapped[..]
-                }
-                Err(e) => {
-                    let message = format!(
-                        "a core WebAssembly module that cannot be made a component ({e}): build it with the \
-                         weir-filter-sdk (`weir filter new`, `weir filter build`; docs/filters.md)"
-                    );
-                    return Err(LoadError::Compile { name: name.into(), message });
-                }
-            },
-            Some(message) => return Err(LoadError::Compile { name: name.into(), message }),
-        };
+        if let Some(message) = not_webassembly(bytes) {
+            return Err(LoadError::Compile { name: name.into(), message });
+        }
+        // known by the bytes given (a WasmFilter's sha256 is of those)
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let key = (name.to_string(), digest);
         if let Some(held) = self.loaded.lock().unwrap().get(&key).and_then(Weak::upgrade) {
             return Ok(held);
         }
+        // a core module as wit-bindgen leaves it (`cargo build --target
+        // wasm32-unknown-unknown`) carries its world: wrapped here
+        let was_core = is_core_module(bytes);
+        let wrapped;
+        let bytes = if was_core {
+            wrapped = toolchain::componentize(bytes).map_err(|e| LoadError::Compile {
+                name: name.into(),
+                message: format!(
+                    "a core WebAssembly module that cannot be made a component ({e}): build it with the \
+                     weir-filter-sdk (`weir filter new`, `weir filter build`; docs/filters.md)"
+                ),
+            })?;
+            &wrapped[..]
+        } else {
+            bytes
+        };
         let component = match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, bytes, &digest),
             None => Component::new(&self.engine, bytes),
@@ -818,19 +817,13 @@ impl EpochTicker {
     }
 }
 
-/// What to do with bytes that are no WebAssembly component: a core module
-/// (what `wasm32-unknown-unknown` and `wasm32-wasip1` builds produce) would
-/// otherwise fail with the component parser's own words.
-fn not_a_component(bytes: &[u8]) -> Option<String> {
-    const MAGIC: &[u8] = b"\0asm";
-    if !bytes.starts_with(MAGIC) {
-        return Some("not a WebAssembly file (no \\0asm header)".into());
-    }
-    // version 1, layer 0: a core module; a component is layer 1
-    (bytes.get(4..8) == Some(&[1, 0, 0, 0])).then(|| {
-        "a core WebAssembly module, not a component: put the crate under filters/ (weir's build \
-         turns each into a component, target/wasm-guests/components/), or wrap the module with \
-         `wasm-tools component new` (docs/filters.md, Build it)"
-            .into()
-    })
+/// Bytes that are no WebAssembly at all, said plainly (the component
+/// parser's own words would not say it).
+fn not_webassembly(bytes: &[u8]) -> Option<String> {
+    (!bytes.starts_with(b"\0asm")).then(|| "not a WebAssembly file (no \\0asm header)".into())
+}
+
+/// Version 1, layer 0: a core module (a component is layer 1).
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(&[1, 0, 0, 0])
 }

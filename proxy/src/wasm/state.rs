@@ -27,7 +27,12 @@ struct Entries {
     values: HashMap<String, Entry>,
     buckets: HashMap<String, Bucket>,
     bytes: usize,
+    /// Sweeps run at most every [`SWEEP_EVERY`]: a full store does not
+    /// scan itself on every write.
+    swept: Option<Instant>,
 }
+
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
 struct Entry {
     value: Vec<u8>,
@@ -37,6 +42,16 @@ struct Entry {
 struct Bucket {
     tokens: f64,
     refilled: Instant,
+    rate: u32,
+    burst: u32,
+}
+
+impl Bucket {
+    /// Full again: it answers as a missing bucket would, so it can go.
+    fn full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens + elapsed * f64::from(self.rate) >= f64::from(self.burst)
+    }
 }
 
 /// What a bucket costs against the bounds: its key and two numbers.
@@ -56,12 +71,22 @@ impl Entries {
         }
     }
 
-    /// Drop what expired, when space runs out.
+    /// Drop what expired and the buckets that are full again, when space
+    /// runs out (at most every [`SWEEP_EVERY`]).
     fn sweep(&mut self, now: Instant) {
+        if self.swept.is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(now);
         let expired: Vec<String> =
             self.values.iter().filter(|(_, e)| e.expires.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
         for key in expired {
             self.remove(&key);
+        }
+        let full: Vec<String> = self.buckets.iter().filter(|(_, b)| b.full(now)).map(|(k, _)| k.clone()).collect();
+        for key in full {
+            self.buckets.remove(&key);
+            self.bytes -= key.len() + BUCKET_BYTES;
         }
     }
 
@@ -126,22 +151,26 @@ impl Partition {
     /// up to `burst` and starts full. `false`: not enough (nothing taken), or
     /// no room for a new bucket.
     pub fn take_tokens(&self, key: &str, rate: u32, burst: u32, cost: u32) -> bool {
-        if key.len() > MAX_KEY {
+        // more than a full bucket holds is never there: no bucket needed
+        if key.len() > MAX_KEY || cost > burst {
             return false;
         }
-        let now = Instant::now();
         let mut entries = self.inner.lock().unwrap();
+        // read under the lock: a refill is never counted twice
+        let now = Instant::now();
         if !entries.buckets.contains_key(key) {
             if !entries.room(key.len() + BUCKET_BYTES, true, now) {
+                tracing::debug!(key, "a new token bucket refused: the filter's state is full");
                 return false;
             }
             entries.bytes += key.len() + BUCKET_BYTES;
-            entries.buckets.insert(key.to_string(), Bucket { tokens: f64::from(burst), refilled: now });
+            entries.buckets.insert(key.to_string(), Bucket { tokens: f64::from(burst), refilled: now, rate, burst });
         }
         let bucket = entries.buckets.get_mut(key).expect("inserted above");
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
         bucket.refilled = now;
+        (bucket.rate, bucket.burst) = (rate, burst);
         if bucket.tokens >= f64::from(cost) {
             bucket.tokens -= f64::from(cost);
             true
@@ -180,6 +209,18 @@ mod tests {
             }
         }
         assert!(!state.set("one-more", Some(vec![]), Duration::ZERO));
+    }
+
+    #[test]
+    fn full_buckets_make_room_for_new_callers() {
+        let state = Partition::default();
+        // a full store of buckets that refill at once
+        for i in 0..MAX_ENTRIES {
+            assert!(state.take_tokens(&format!("caller-{i}"), 1_000_000, 1, 1), "{i}");
+        }
+        std::thread::sleep(SWEEP_EVERY * 2);
+        assert!(state.take_tokens("one-more", 1_000_000, 1, 1), "refilled buckets are swept for it");
+        assert!(!state.take_tokens("k", 1, 2, 3), "more than a burst holds");
     }
 
     #[test]

@@ -30,12 +30,18 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The bucket a caller draws from.
-    pub fn bucket(&self, identity: &Identity) -> String {
-        match &self.config.by {
-            Some(key) => format!("{key}={}", identity.label(key).unwrap_or("")),
-            None => format!("identity={}", identity.id),
-        }
+    /// The bucket a caller draws from: the caller's, toward this
+    /// destination (the filter's state is shared by every rule that names it
+    /// with this same config, whatever service they guard).
+    pub fn bucket(&self, caller: &Identity, destination: &Identity) -> String {
+        let who = match &self.config.by {
+            Some(key) => {
+                let namespace = caller.label("io.kubernetes.pod.namespace").unwrap_or("");
+                format!("{namespace}/{key}={}", caller.label(key).unwrap_or(""))
+            }
+            None => format!("identity={}", caller.id),
+        };
+        format!("{who} to {}", destination.id)
     }
 }
 
@@ -49,7 +55,7 @@ impl HttpFilter for RateLimit {
     }
 
     fn on_request(&self, conn: &Connection, _request: &Request) -> RequestDecision {
-        let bucket = self.bucket(&conn.source());
+        let bucket = self.bucket(&conn.source(), &conn.destination());
         if host::take_tokens(&bucket, self.config.per_second, self.config.burst, 1) {
             allow()
         } else {
