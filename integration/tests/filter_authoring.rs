@@ -183,3 +183,34 @@ fn a_broken_filter_is_caught_with_a_clear_message() {
     assert!(said.contains("ok    it answers"), "{said}");
     assert!(said.contains("1 passed, 3 failed"), "{said}");
 }
+
+/// The cassandra world too: cases of CQL statements against the built-in
+/// cassandra-policy component, and fuzzing it finds nothing.
+#[test]
+fn cassandra_filters_are_tested_and_fuzzed() {
+    let component =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-guests/components/cassandra_policy.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"config: {groups: [{name: app, rules: [{query_action: select, query_table: "app\\..*"}]}]}
+cases:
+  - name: reading the app's tables
+    cassandra: {statements: [{action: select, table: app.users, query: "SELECT * FROM app.users"}]}
+    expect: allow
+  - name: reading another keyspace
+    cassandra: {statements: [{action: select, table: billing.invoices}]}
+    expect: {deny: "billing.invoices"}
+  - name: a batch with one write
+    cassandra: {opcode: batch, statements: [{action: select, table: app.a}, {action: insert, table: app.a}]}
+    expect: deny
+"#,
+    )
+    .unwrap();
+    let out = weir_filter(&["test", component.to_str().unwrap(), "--cases", cases.to_str().unwrap(), "--fuzz", "1"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("cassandra-filter world") && said.contains("3 passed, 0 failed"), "{said}");
+    assert!(said.contains("generated requests") && said.contains("no failure"), "{said}");
+}

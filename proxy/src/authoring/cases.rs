@@ -11,8 +11,10 @@
 //!     expect: {deny: "off limits"}     # or `allow`, `deny`, {deny: ..., status: 401}
 //! ```
 //! A case names one of `http`, `dns` (`name`, `type`), `kafka` (`api_key`,
-//! `api_version`, `client_id`, `topics`, `transactional_id`) or `memcached`
-//! (`command`, `keys`, `binary`), matching the filter's world.
+//! `api_version`, `client_id`, `topics`, `transactional_id`), `memcached`
+//! (`command`, `keys`, `binary`) or `cassandra` (`opcode`, `version`,
+//! `keyspace`, `statements: [{action, table, query}]`), matching the
+//! filter's world.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,8 +29,8 @@ use crate::context::{ConnectionContext, Direction};
 use crate::identity::{Identity, Label, Labels, reserved};
 use crate::protocol::Protocol;
 use crate::wasm::{
-    ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterFailure, FilterLimits, dns, http, kafka,
-    memcached,
+    ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterFailure, FilterLimits, cassandra, dns, http,
+    kafka, memcached,
 };
 
 #[derive(Deserialize)]
@@ -59,6 +61,8 @@ struct Case {
     kafka: Option<KafkaCase>,
     #[serde(default)]
     memcached: Option<MemcachedCase>,
+    #[serde(default)]
+    cassandra: Option<CassandraCase>,
     expect: Expect,
 }
 
@@ -115,6 +119,36 @@ struct KafkaCase {
     topics: Option<Vec<String>>,
     #[serde(default)]
     transactional_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CassandraCase {
+    #[serde(default = "query")]
+    opcode: String,
+    #[serde(default = "v4")]
+    version: u8,
+    #[serde(default)]
+    keyspace: Option<String>,
+    statements: Vec<StatementCase>,
+}
+
+fn query() -> String {
+    "query".into()
+}
+
+fn v4() -> u8 {
+    4
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementCase {
+    action: String,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    query: String,
 }
 
 #[derive(Deserialize)]
@@ -292,9 +326,15 @@ fn view(case: &Case) -> ConnectionView {
 
 /// The request a case describes, asked; and the request in words.
 fn run_case(filter: &ConfiguredFilter, world: Protocol, case: &Case) -> anyhow::Result<(String, Outcome)> {
-    let given = [case.http.is_some(), case.dns.is_some(), case.kafka.is_some(), case.memcached.is_some()];
+    let given = [
+        case.http.is_some(),
+        case.dns.is_some(),
+        case.kafka.is_some(),
+        case.memcached.is_some(),
+        case.cassandra.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        bail!("give exactly one of http, dns, kafka, memcached");
+        bail!("give exactly one of http, dns, kafka, memcached, cassandra");
     }
     let view = view(case);
     if let Some(h) = &case.http {
@@ -330,6 +370,30 @@ fn run_case(filter: &ConfiguredFilter, world: Protocol, case: &Case) -> anyhow::
         };
         let what = format!("api key {} topics {:?} client {:?}", k.api_key, k.topics, k.client_id);
         return Ok((what, ask_kafka(filter, view, &request)));
+    }
+    if let Some(c) = &case.cassandra {
+        ensure_world(world, Protocol::Cassandra)?;
+        let request = cassandra::Request {
+            version: c.version,
+            opcode: c.opcode.clone(),
+            stream_id: 1,
+            statements: c
+                .statements
+                .iter()
+                .map(|s| cassandra::Statement {
+                    action: s.action.clone(),
+                    table: s.table.clone(),
+                    query: s.query.clone(),
+                })
+                .collect(),
+            keyspace: c.keyspace.clone(),
+        };
+        let what = c
+            .statements
+            .iter()
+            .map(|s| format!("{} {}", s.action, s.table.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>();
+        return Ok((format!("{} {}", c.opcode, what.join("; ")), ask_cassandra(filter, view, &request)));
     }
     let m = case.memcached.as_ref().expect("one is given");
     ensure_world(world, Protocol::Memcached)?;
@@ -371,6 +435,14 @@ fn ask_kafka(filter: &ConfiguredFilter, view: ConnectionView, request: &kafka::R
     match filter.on_kafka_request(view, request) {
         Ok(kafka::RequestDecision::Allow(_)) => Outcome::Allow,
         Ok(kafka::RequestDecision::Deny(d)) => Outcome::Deny { reason: d.reason, status: None },
+        Err(failure) => Outcome::Failed(failure),
+    }
+}
+
+fn ask_cassandra(filter: &ConfiguredFilter, view: ConnectionView, request: &cassandra::Request) -> Outcome {
+    match filter.on_cassandra_request(view, request) {
+        Ok(cassandra::RequestDecision::Allow(_)) => Outcome::Allow,
+        Ok(cassandra::RequestDecision::Deny(d)) => Outcome::Deny { reason: d.reason, status: None },
         Err(failure) => Outcome::Failed(failure),
     }
 }
@@ -433,6 +505,32 @@ fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> bool {
                     keys: keys.clone(),
                 };
                 (format!("{command} {keys:?}"), ask_memcached(filter, view(), &request))
+            }
+            Protocol::Cassandra => {
+                let actions = ["select", "insert", "update", "delete", "use", "create-table", "drop-table", "batch"];
+                let statements: Vec<cassandra::Statement> = (0..1 + random.below(3))
+                    .map(|_| {
+                        let table = format!("{}.{}", random.token(10), random.token(10));
+                        cassandra::Statement {
+                            action: random.pick(&actions).into(),
+                            query: format!("SELECT * FROM {table} WHERE k = '{}'", random.text(30)),
+                            table: (random.below(4) > 0).then_some(table),
+                        }
+                    })
+                    .collect();
+                let request = cassandra::Request {
+                    version: 4,
+                    opcode: random.pick(&["query", "prepare", "execute", "batch"]).into(),
+                    stream_id: random.next() as i16,
+                    statements,
+                    keyspace: (random.below(2) == 0).then(|| random.token(10)),
+                };
+                let what = format!(
+                    "{} {:?}",
+                    request.opcode,
+                    request.statements.iter().map(|s| &s.action).collect::<Vec<_>>()
+                );
+                (what, ask_cassandra(filter, view(), &request))
             }
             other => {
                 println!("fuzz: {} filters are not fuzzed yet", other.world());
