@@ -223,7 +223,7 @@ fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Repl
     let outcome = match model.judge(&model.policies, &connection) {
         ConnectionVerdict::Drop { reason } => Outcome::Refused { because: reason },
         ConnectionVerdict::Forward(chain) if chain.links.is_empty() => {
-            Outcome::Allowed { by: chain.allowed_by.join(", ").if_empty("no policy selects either side") }
+            Outcome::Allowed { by: allowed_by(&chain.allowed_by) }
         }
         ConnectionVerdict::Forward(chain) => {
             let context = Arc::new(ConnectionContext {
@@ -279,7 +279,7 @@ fn l3l4(
             }
         }
     }
-    let mut by = by.join(", ").if_empty("no policy selects either side");
+    let mut by = allowed_by(&by);
     if l7 {
         by.push_str("; its requests are judged at L7 by the proxy");
     }
@@ -421,12 +421,7 @@ fn custom(links: &[ChainLink]) -> Option<String> {
 
 fn summary(flow: &FlowRecord) -> String {
     let who = |peer: &FlowPeer| {
-        let labels: Vec<&str> = peer
-            .labels
-            .iter()
-            .filter(|l| !l.starts_with("k8s:io.kubernetes.pod.namespace="))
-            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, rest)| rest))
-            .collect();
+        let labels = peer.short_labels();
         if labels.is_empty() { peer.address.to_string() } else { labels.join(",") }
     };
     let what = match &flow.detail {
@@ -439,14 +434,9 @@ fn summary(flow: &FlowRecord) -> String {
     format!("{what} from {} to {}", who(&flow.source), who(&flow.destination))
 }
 
-trait IfEmpty {
-    fn if_empty(self, default: &str) -> String;
-}
-
-impl IfEmpty for String {
-    fn if_empty(self, default: &str) -> String {
-        if self.is_empty() { default.to_string() } else { self }
-    }
+/// What allowed a flow: the rules, joined, or that none applied.
+fn allowed_by(rules: &[String]) -> String {
+    if rules.is_empty() { "no policy selects either side".to_string() } else { rules.join(", ") }
 }
 
 #[cfg(test)]

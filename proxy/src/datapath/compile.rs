@@ -218,8 +218,8 @@ pub fn compile(
         // question below (one per peer, port and protocol); with audited
         // rules, those too: where they would drop what the enforced ones
         // allow, the entry audits (the packet passes, an event says so)
-        let rules = model.enforced.for_subject(identity);
-        let all = model.policies.audits().then(|| model.policies.for_subject(identity));
+        let rules = model.enforced().for_subject(identity);
+        let all = model.audits().then(|| model.policies.for_subject(identity));
         for (direction, dir, flag, audit_only, observe_only) in [
             (
                 Direction::Ingress,

@@ -318,21 +318,7 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
     let destination = peer(event.dst_identity, address(event.daddr, port));
     // the audited policies selecting either side, as the proxy names them
     let audited_by = if verdict == Verdict::Audited {
-        let (from, to) = (identity(source.identity), identity(destination.identity));
-        let mut names: Vec<String> = model
-            .policies
-            .rules
-            .iter()
-            .filter(|r| r.audit)
-            .filter(|r| {
-                (r.subject.selects(&from) && r.concerns(crate::context::Direction::Egress))
-                    || (r.subject.selects(&to) && r.concerns(crate::context::Direction::Ingress))
-            })
-            .map(|r| r.policy.clone())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        model.policies.audited_selecting(&identity(source.identity), &identity(destination.identity))
     } else {
         Vec::new()
     };

@@ -151,9 +151,9 @@ pub struct PolicyModel {
     /// Every rule, audited ones too (what `/config` shows and what filters
     /// are configured for).
     pub policies: PolicySet,
-    /// The rules that are applied: the kernel's maps and the proxy's
-    /// verdicts come from these.
-    pub enforced: PolicySet,
+    /// The rules that are applied, when some are audited (otherwise all of
+    /// `policies` are, and no copy is kept): see [`PolicyModel::enforced`].
+    enforced_only: Option<PolicySet>,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub identities: IdentityCache,
     pub listeners: BTreeMap<String, Arc<ListenerModel>>,
@@ -363,7 +363,7 @@ impl PolicyModel {
             generation,
             config,
             config_dir,
-            enforced: policies.enforced(),
+            enforced_only: policies.audits().then(|| policies.enforced()),
             policies,
             endpoints,
             identities: identity_cache,
@@ -527,6 +527,17 @@ impl PolicyModel {
         }
     }
 
+    /// The rules that are applied: the kernel's maps and the proxy's
+    /// verdicts come from these (all of them unless some are audited).
+    pub fn enforced(&self) -> &PolicySet {
+        self.enforced_only.as_ref().unwrap_or(&self.policies)
+    }
+
+    /// Whether some rule is audited.
+    pub fn audits(&self) -> bool {
+        self.enforced_only.is_some()
+    }
+
     /// The enforced verdict, and beside it what the audited rules would do
     /// where that differs.
     fn compute_verdict(
@@ -536,18 +547,13 @@ impl PolicyModel {
         source_ip: IpAddr,
         protocol: L4Protocol,
     ) -> ConnectionVerdict {
-        let enforced = self.verdict_under(&self.enforced, listener, source, source_ip, protocol);
-        let ConnectionVerdict::Forward(mut chain) = enforced else { return enforced };
-        let destination = &listener.destination.identity;
-        // the audited policies selecting either side
-        let mut policies: Vec<String> = Vec::new();
-        for rule in self.policies.rules.iter().filter(|r| r.audit) {
-            let selects = (rule.subject.selects(source) && rule.concerns(Direction::Egress))
-                || (rule.subject.selects(destination) && rule.concerns(Direction::Ingress));
-            if selects && !policies.contains(&rule.policy) {
-                policies.push(rule.policy.clone());
-            }
+        let enforced = self.verdict_under(self.enforced(), listener, source, source_ip, protocol);
+        // nothing audited anywhere: the common case costs one check
+        if self.enforced_only.is_none() {
+            return enforced;
         }
+        let ConnectionVerdict::Forward(mut chain) = enforced else { return enforced };
+        let policies = self.policies.audited_selecting(source, &listener.destination.identity);
         if policies.is_empty() {
             return ConnectionVerdict::Forward(chain);
         }

@@ -143,7 +143,7 @@ fn audit(verdict: &ConnectionVerdict) -> Option<&Audit> {
 fn an_audited_policy_changes_no_verdict_and_says_what_it_would_do() {
     let built = build(AUDITED_WEB);
     let model = built.model.as_ref().unwrap();
-    assert!(model.enforced.rules.is_empty() && model.policies.rules.len() == 1);
+    assert!(model.enforced().rules.is_empty() && model.policies.rules.len() == 1);
 
     // the frontend: let through unjudged, and the audited rules' filter beside
     let frontend = chain(model, "web", "127.0.0.5");

@@ -99,13 +99,18 @@ impl FlowPeer {
         }
     }
 
-    fn brief(&self) -> String {
-        let labels: Vec<&str> = self
-            .labels
+    /// The labels that tell workloads apart, without their source
+    /// (`app=web`): the namespace label goes, it is shown on its own.
+    pub fn short_labels(&self) -> Vec<&str> {
+        self.labels
             .iter()
             .filter(|l| !l.starts_with("k8s:io.kubernetes.pod.namespace="))
             .map(|l| l.split_once(':').map_or(l.as_str(), |(_, rest)| rest))
-            .collect();
+            .collect()
+    }
+
+    fn brief(&self) -> String {
+        let labels = self.short_labels();
         let labels = if labels.is_empty() { self.identity.to_string() } else { labels.join(",") };
         match self.workload() {
             Some(workload) => format!("{} {workload}[{labels}]", self.address),

@@ -369,4 +369,18 @@ impl PolicySet {
     pub fn audits(&self) -> bool {
         self.rules.iter().any(|r| r.audit)
     }
+
+    /// The audited policies selecting `source` (for egress) or
+    /// `destination` (for ingress), each once, in the order loaded.
+    pub fn audited_selecting(&self, source: &Identity, destination: &Identity) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.audit) {
+            let selects = (rule.subject.selects(source) && rule.concerns(Direction::Egress))
+                || (rule.subject.selects(destination) && rule.concerns(Direction::Ingress));
+            if selects && !names.contains(&rule.policy) {
+                names.push(rule.policy.clone());
+            }
+        }
+        names
+    }
 }

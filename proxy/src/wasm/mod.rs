@@ -309,7 +309,7 @@ impl FilterRuntime {
         }
         // a core module as wit-bindgen leaves it (`cargo build --target
         // wasm32-unknown-unknown`) carries its world: wrapped here
-        let was_core = is_core_module(bytes);
+        let was_core = toolchain::is_core_module(bytes);
         let wrapped;
         let bytes = if was_core {
             wrapped = toolchain::componentize(bytes).map_err(|e| LoadError::Compile {
@@ -821,9 +821,4 @@ impl EpochTicker {
 /// parser's own words would not say it).
 fn not_webassembly(bytes: &[u8]) -> Option<String> {
     (!bytes.starts_with(b"\0asm")).then(|| "not a WebAssembly file (no \\0asm header)".into())
-}
-
-/// Version 1, layer 0: a core module (a component is layer 1).
-fn is_core_module(bytes: &[u8]) -> bool {
-    bytes.get(4..8) == Some(&[1, 0, 0, 0])
 }

@@ -111,3 +111,8 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>, String> {
 pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
+
+/// Version 1, layer 0: a core module.
+pub fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
