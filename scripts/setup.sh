@@ -21,7 +21,9 @@
 #     client, and the protocol classes of the stand-in for broken input); for Kubernetes:
 #     kube-apiserver, kubectl and etcd built from Go modules (scripts/kube.sh,
 #     about 15 minutes once per machine); for the flow page: Debian's Chromium
-#     and playwright-core from npm (integration/browser, locked)
+#     and playwright-core from npm (integration/browser, locked); for
+#     JavaScript filters: the weir-filter JS SDK's packages (ComponentizeJS
+#     and rolldown, npm, locked in filters/js-sdk)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -142,6 +144,12 @@ browser_dir="$(dirname "$0")/../integration/browser"
 if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
   log "installing playwright-core (npm, locked) for the flow page test"
   npm ci --prefix "$browser_dir" --no-audit --no-fund --silent
+fi
+# JavaScript filters build with ComponentizeJS through the JS SDK
+js_sdk="$(dirname "$0")/../filters/js-sdk"
+if [ ! -d "$js_sdk/node_modules/@bytecodealliance/componentize-js" ]; then
+  log "installing the JS filter SDK's packages (npm, locked)"
+  npm ci --prefix "$js_sdk" --no-audit --no-fund --silent
 fi
 if ! bash "$(dirname "$0")/kafka.sh" installed; then
   bash "$(dirname "$0")/kafka.sh" install

@@ -214,3 +214,118 @@ cases:
     assert!(said.contains("cassandra-filter world") && said.contains("3 passed, 0 failed"), "{said}");
     assert!(said.contains("generated requests") && said.contains("no failure"), "{said}");
 }
+
+/// A filter in JavaScript, as a user would write one: `weir filter new
+/// --lang js` writes an npm project on the weir-filter SDK, `weir filter
+/// build` makes a component of it (ComponentizeJS, no WASI), `weir filter
+/// test` runs its cases (a thrown exception fails its case with the
+/// filter's own message and stack), and weir serves with it.
+#[test]
+fn a_javascript_filter_is_built_tested_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir_filter(&["new", "js-gate", "--lang", "js", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = dir.path().join("js-gate");
+    for file in ["package.json", "filter.js", "cases.yaml"] {
+        assert!(project.join(file).exists(), "{file} written");
+    }
+    let unknown = weir_filter(&["new", "x", "--lang", "js", "--world", "kafka", "--dir", dir.path().to_str().unwrap()]);
+    assert!(text(&unknown).contains("no JavaScript template for world \"kafka\""), "{}", text(&unknown));
+
+    let built = weir_filter(&["build", project.to_str().unwrap()]);
+    let said = text(&built);
+    assert!(built.status.success(), "{said}");
+    assert!(said.contains("http-filter world") && said.contains("ComponentizeJS"), "{said}");
+    let component = project.join("target/weir/js-gate.wasm");
+
+    let tested = weir_filter(&["test", project.to_str().unwrap(), "--fuzz", "1"]);
+    let said = text(&tested);
+    assert!(tested.status.success(), "{said}");
+    assert!(said.contains("ok    admin is off limits") && said.contains("3 passed, 0 failed"), "{said}");
+    assert!(said.contains("an instance holds") && said.contains("no failure"), "{said}");
+
+    // an exception fails its case with the filter's message; the other
+    // cases still run. A configuration the filter refuses is said so
+    let source = std::fs::read_to_string(project.join("filter.js")).unwrap();
+    let throwing = source.replace(
+        "  onRequest(request, conn) {\n",
+        "  onRequest(request, conn) {\n    if (request.path === '/boom') throw new Error(`nothing lives at ${request.path}`);\n",
+    );
+    assert_ne!(throwing, source, "the template's onRequest is where the test expects it");
+    std::fs::write(project.join("filter.js"), throwing).unwrap();
+    assert!(weir_filter(&["build", project.to_str().unwrap()]).status.success());
+    let cases = dir.path().join("boom.yaml");
+    std::fs::write(
+        &cases,
+        "config: {denyPrefixes: [/admin]}\ncases:\n  - {name: boom, http: {path: /boom}, expect: allow}\n  \
+         - {name: fine, http: {path: /fine}, expect: allow}\n",
+    )
+    .unwrap();
+    let failed = weir_filter(&["test", project.to_str().unwrap(), "--cases", cases.to_str().unwrap(), "--fuzz", "0"]);
+    let said = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL  boom") && said.contains("got:      the filter failed (trap)"), "{said}");
+    assert!(said.contains("log:      error: js-gate: nothing lives at /boom"), "{said}");
+    assert!(said.contains("ok    fine") && said.contains("1 passed, 1 failed"), "{said}");
+    std::fs::write(&cases, "config: {denyPrefixes: /admin}\n").unwrap();
+    let refused = weir_filter(&["test", project.to_str().unwrap(), "--cases", cases.to_str().unwrap(), "--fuzz", "0"]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("js-gate config: denyPrefixes: a list of path prefixes"), "{said}");
+
+    // weir serves with it
+    let nginx = Nginx::start();
+    let port = free_port();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: frontend, address: {FRONTEND}, labels: {{app: frontend}}}}\n  \
+         - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
+         listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
+         destination: {{labels: {{app: web}}, port: 80}}}}\n\
+         filters:\n  - {{name: js-gate, path: {}}}\n",
+        nginx.addr,
+        component.display()
+    );
+    let policy = r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}, {matchLabels: {app: admin}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            wasm: [{name: js-gate, config: {denyPrefixes: [/admin], unlessLabel: "app=admin"}}]
+"#;
+    let weir = Weir::start(&config, &[("web.yaml", policy)]);
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert_eq!(curl_from(FRONTEND, &[&url("/public/hello.txt")]).status, 200);
+    assert_eq!(curl_from(FRONTEND, &[&url("/admin/secret.txt")]).status, 403);
+    assert_eq!(curl_from(CRAWLER, &[&url("/admin/secret.txt")]).status, 200, "the admin app may");
+    let boom = curl_from(FRONTEND, &[&url("/boom")]);
+    assert_eq!((boom.status, boom.body.as_str()), (500, "Policy filter failed\r\n"), "a throwing filter fails closed");
+    let flow = weir.wait_flow("verdict=denied", "the frontend's refusal", |f| {
+        f.http().is_some_and(|h| h.path == "/admin/secret.txt")
+    });
+    let reason = flow.reason.unwrap_or_default();
+    assert!(reason.starts_with("js-gate: /admin is off limits"), "{reason}");
+    assert_eq!(curl_from(FRONTEND, &[&url("/public/hello.txt")]).status, 200, "and serves on after it");
+}
+
+/// The DNS template in JavaScript builds and passes its cases.
+#[test]
+fn a_javascript_dns_filter_passes_its_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        weir_filter(&["new", "js-block", "--lang", "js", "--world", "dns", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = dir.path().join("js-block");
+    let built = weir_filter(&["build", project.to_str().unwrap()]);
+    assert!(built.status.success() && text(&built).contains("dns-filter world"), "{}", text(&built));
+    let tested = weir_filter(&["test", project.to_str().unwrap(), "--fuzz", "1"]);
+    let said = text(&tested);
+    assert!(tested.status.success(), "{said}");
+    assert!(said.contains("ok    an ad server is blocked") && said.contains("2 passed, 0 failed"), "{said}");
+}

@@ -203,23 +203,29 @@ enum FqdnCommand {
 
 #[derive(Subcommand)]
 enum FilterCommand {
-    /// Write a filter crate, ready to build and test: DIR/NAME with
-    /// src/lib.rs, cases.yaml and a native unit test.
+    /// Write a filter, ready to build and test: DIR/NAME with src/lib.rs,
+    /// cases.yaml and a native unit test (Rust), or package.json, filter.js
+    /// and cases.yaml (JavaScript).
     New {
         name: String,
-        /// http, dns, kafka or memcached.
+        /// http, dns, kafka, memcached, cassandra or stream (JavaScript:
+        /// http or dns).
         #[arg(long, default_value = "http")]
         world: String,
+        /// rust or js.
+        #[arg(long, default_value = "rust")]
+        lang: weir::authoring::Lang,
         /// Where to put it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The weir-filter-sdk to depend on: a path (default: this weir's
-        /// checkout) or a git URL.
+        /// The SDK to depend on: a path (default: this weir's checkout's
+        /// filters/sdk or filters/js-sdk) or a git URL.
         #[arg(long)]
         sdk: Option<String>,
     },
-    /// Build a filter crate into a component (DIR/target/weir/NAME.wasm)
-    /// with this machine's Wasm toolchain; prints its world and size.
+    /// Build a filter crate or JavaScript project into a component
+    /// (DIR/target/weir/NAME.wasm) with this machine's toolchain; prints
+    /// its world and size.
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -477,11 +483,18 @@ fn policy_check(config: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<()> 
 fn filter_command(command: FilterCommand) -> anyhow::Result<()> {
     use weir::authoring;
     match command {
-        FilterCommand::New { name, world, dir, sdk } => {
-            let sdk = sdk.unwrap_or_else(|| authoring::default_sdk().display().to_string());
-            let root = authoring::new(&name, &world, &dir, &sdk)?;
+        FilterCommand::New { name, world, lang, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(|| authoring::default_sdk(lang).display().to_string());
+            let root = authoring::new(&name, &world, &dir, &sdk, lang)?;
             println!("wrote {} ({world} world)", root.display());
-            println!("next: cd {} && cargo test && weir filter build && weir filter test", root.display());
+            match lang {
+                authoring::Lang::Rust => {
+                    println!("next: cd {} && cargo test && weir filter build && weir filter test", root.display())
+                }
+                authoring::Lang::JavaScript => {
+                    println!("next: cd {} && weir filter build && weir filter test", root.display())
+                }
+            }
             Ok(())
         }
         FilterCommand::Build { dir } => {

@@ -80,6 +80,21 @@ fn a_memory_hog_hits_the_memory_limit() {
     assert_eq!(seen(call(&filter, "/ok").unwrap()), "1");
 }
 
+/// An instance whose memory only grows (a leak, or a JavaScript engine that
+/// never collects between calls) is retired after the call that takes it
+/// past 3/4 of its budget: every call is answered, none fails.
+#[test]
+fn an_instance_that_only_grows_is_retired_before_it_fails() {
+    let (metrics, runtime, component) = setup();
+    let filter = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    let seen_by_each: Vec<String> = (0..20).map(|_| seen(call(&filter, "/leak").unwrap())).collect();
+    // 8 MiB, 1 MiB more per call: a fresh instance every few calls
+    assert!(seen_by_each.iter().filter(|s| *s == "1").count() >= 3, "{seen_by_each:?}");
+    let text = metrics.encode();
+    assert!(!text.contains("weir_filter_failures_total{"), "{text}");
+    assert!(text.contains(r#"weir_filter_recycled_total{filter="misbehave"}"#), "{text}");
+}
+
 #[test]
 fn bad_configurations_are_rejected_before_traffic() {
     let (_, runtime, component) = setup();

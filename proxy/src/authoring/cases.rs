@@ -238,10 +238,17 @@ pub fn run_tests(name: &str, bytes: &[u8], options: &TestOptions) -> anyhow::Res
         .configure(&component, config.clone(), options.limits, FailurePolicy::Closed)
         .map_err(|e| anyhow::anyhow!("{name} refused its configuration {config}: {e}"))?;
     println!("{name}: {} world, configured with {config}", world.world());
+    let memory = filter.instance_memory().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    println!(
+        "an instance holds {:.1} MiB of its {} MiB memory budget after configure",
+        memory as f64 / f64::from(1 << 20),
+        options.limits.memory >> 20
+    );
     let mut failed = 0;
     for (i, case) in file.cases.iter().enumerate() {
         let label = case.name.clone().unwrap_or_else(|| format!("case {}", i + 1));
-        let (what, outcome) = run_case(&filter, world, case).with_context(|| label.clone())?;
+        let (result, logs) = crate::wasm::capture_logs(|| run_case(&filter, world, case));
+        let (what, outcome) = result.with_context(|| label.clone())?;
         let verdict = judge(&case.expect, &outcome);
         match verdict {
             Ok(()) => println!("ok    {label}"),
@@ -256,13 +263,34 @@ pub fn run_tests(name: &str, bytes: &[u8], options: &TestOptions) -> anyhow::Res
                     "FAIL  {label}\n        request:  {what} from [{who}]\n        expected: {expected}\n        got:      {}",
                     describe(&outcome)
                 );
+                for line in &logs {
+                    println!("        log:      {}", line.replace('\n', "\n                  "));
+                }
             }
         }
     }
     if !file.cases.is_empty() {
         println!("{} passed, {failed} failed", file.cases.len() - failed);
     }
-    let fuzzed = if options.fuzz.is_zero() { true } else { fuzz(&filter, world, options.fuzz) };
+    let fuzzed = if options.fuzz.is_zero() {
+        true
+    } else {
+        let recycled = || {
+            let labels = crate::observe::metrics::FilterLabels { filter: name.to_string() };
+            runtime.metrics().filter_recycled.get_or_create(&labels).get()
+        };
+        let before = recycled();
+        let (passed, asked) = fuzz(&filter, world, options.fuzz);
+        let retired = recycled() - before;
+        // not a failure: the host replaces such an instance between calls
+        if let Some(every) = asked.checked_div(retired) {
+            println!(
+                "note  memory grows from call to call: an instance was retired at 3/4 of its budget {retired} \
+                 times (once every {every} requests) and replaced by a fresh one"
+            );
+        }
+        passed
+    };
     Ok(failed == 0 && fuzzed)
 }
 
@@ -296,7 +324,9 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Allow => "allow".into(),
         Outcome::Deny { reason, status: Some(s) } => format!("deny ({reason:?}, status {s})"),
         Outcome::Deny { reason, status: None } => format!("deny ({reason:?})"),
-        Outcome::Failed(failure) => format!("the filter failed: {failure}"),
+        Outcome::Failed(failure) => {
+            format!("the filter failed ({}): {}", failure.kind.as_str(), without_backtrace(&failure.message))
+        }
     }
 }
 
@@ -457,7 +487,8 @@ fn ask_memcached(filter: &ConfiguredFilter, view: ConnectionView, request: &memc
 
 /// Generated requests for `time`: every trap, timeout and memory failure is
 /// counted and the first of each kind shown. `true` when there was none.
-fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> bool {
+/// Whether no call failed, and how many calls were made.
+fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> (bool, u64) {
     let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ time.as_nanos() as u64);
     let started = Instant::now();
     let (mut asked, mut allowed) = (0u64, 0u64);
@@ -534,7 +565,7 @@ fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> bool {
             }
             other => {
                 println!("fuzz: {} filters are not fuzzed yet", other.world());
-                return true;
+                return (true, 0);
             }
         };
         asked += 1;
@@ -548,7 +579,8 @@ fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> bool {
                     FailureKind::Memory => "out of memory",
                     _ => "other failures",
                 };
-                let entry = failures.entry(kind).or_insert_with(|| (0, what, failure.message.clone()));
+                let entry =
+                    failures.entry(kind).or_insert_with(|| (0, what, without_backtrace(&failure.message).to_string()));
                 entry.0 += 1;
             }
         }
@@ -562,7 +594,18 @@ fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> bool {
     for (kind, (count, first, message)) in &failures {
         println!("FAIL  fuzz: {count} {kind}; the first on {first}: {message}");
     }
-    failures.is_empty()
+    (failures.is_empty(), asked)
+}
+
+/// A guest failure's message without wasmtime's frame list (weir's log on
+/// stderr has it): its last line carries what happened.
+fn without_backtrace(message: &str) -> &str {
+    if !message.starts_with("error while executing at wasm backtrace") {
+        return message;
+    }
+    let last = message.lines().last().unwrap_or(message);
+    // "   11: 0x8d444c - <unknown>!weir:...#on-request: wasm trap: ..."
+    last.find(": wasm trap: ").map(|at| &last[at + 2..]).unwrap_or(last.trim())
 }
 
 /// xorshift64*: requests differ run to run only by the seed.

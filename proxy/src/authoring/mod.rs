@@ -2,6 +2,7 @@
 //! the same host that runs filters in the proxy.
 
 mod cases;
+mod javascript;
 mod templates;
 
 use std::path::{Path, PathBuf};
@@ -17,14 +18,37 @@ use crate::wasm::{FilterComponent, FilterRuntime, RuntimeOptions};
 
 pub use cases::{TestOptions, run_tests};
 
-/// Where the SDK is, for the crates `new` writes: this checkout's, unless
-/// told otherwise (a path, or a git URL).
-pub fn default_sdk() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../filters/sdk")
+/// The language a filter is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    JavaScript,
 }
 
-/// `weir filter new NAME --world WORLD`: a crate in `dir/NAME`.
-pub fn new(name: &str, world: &str, dir: &Path, sdk: &str) -> anyhow::Result<PathBuf> {
+impl std::str::FromStr for Lang {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" => Ok(Lang::Rust),
+            "js" | "javascript" => Ok(Lang::JavaScript),
+            other => Err(format!("{other:?}: filters are written in rust or js")),
+        }
+    }
+}
+
+/// Where the SDK is, for the projects `new` writes: this checkout's, unless
+/// told otherwise (a path, or a git URL).
+pub fn default_sdk(lang: Lang) -> PathBuf {
+    match lang {
+        Lang::Rust => Path::new(env!("CARGO_MANIFEST_DIR")).join("../filters/sdk"),
+        Lang::JavaScript => javascript::default_sdk(),
+    }
+}
+
+/// `weir filter new NAME --world WORLD [--lang js]`: a crate (or an npm
+/// project) in `dir/NAME`.
+pub fn new(name: &str, world: &str, dir: &Path, sdk: &str, lang: Lang) -> anyhow::Result<PathBuf> {
     let valid = !name.is_empty()
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_lowercase());
@@ -35,17 +59,21 @@ pub fn new(name: &str, world: &str, dir: &Path, sdk: &str) -> anyhow::Result<Pat
     if ["test", "core", "std", "alloc", "proc-macro", "proc_macro", "build"].contains(&name) {
         bail!("{name:?} is a name cargo refuses for a crate: choose another");
     }
-    let worlds: Vec<&str> = templates::WORLDS.iter().map(|w| w.name()).collect();
-    let Some(world) = templates::WORLDS.into_iter().find(|w| w.name() == world) else {
-        bail!(
-            "no template for world {world:?}: weir writes {} (for cassandra and stream filters, start from \
-             filters/examples/r2d2 and docs/filters.md)",
-            worlds.join(", ")
-        );
-    };
     let root = dir.join(name);
     if root.exists() {
         bail!("{} exists already: choose another name or directory", root.display());
+    }
+    let templates: &[Protocol] = match lang {
+        Lang::Rust => &templates::WORLDS,
+        Lang::JavaScript => &javascript::WORLDS,
+    };
+    let Some(world) = templates.iter().copied().find(|w| w.name() == world) else {
+        let worlds: Vec<&str> = templates.iter().map(|w| w.name()).collect();
+        bail!("no {lang:?} template for world {world:?}: weir writes {}", worlds.join(", "));
+    };
+    if lang == Lang::JavaScript {
+        javascript::write_project(&root, name, world, sdk)?;
+        return Ok(root);
     }
     let sdk_dependency = if sdk.starts_with("https://") || sdk.starts_with("git@") || sdk.starts_with("ssh://") {
         format!("{{ git = {sdk:?} }}")
@@ -80,7 +108,10 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
     let started = Instant::now();
     let manifest = dir.join("Cargo.toml");
     if !manifest.exists() {
-        bail!("{}: no filter crate here (no Cargo.toml)", dir.display());
+        if dir.join("package.json").exists() {
+            return build_javascript(dir, started);
+        }
+        bail!("{}: no filter here (no Cargo.toml, no package.json)", dir.display());
     }
     let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
     let (name, lib) = crate_names(&cargo, &manifest)?;
@@ -122,14 +153,39 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
     })
 }
 
+/// A JavaScript project's build, checked as a Rust one's is.
+fn build_javascript(dir: &Path, started: Instant) -> anyhow::Result<Built> {
+    let (name, world, out) = javascript::build(dir)?;
+    let component = std::fs::read(&out).with_context(|| format!("{}: not built", out.display()))?;
+    let loaded = load(&name, &component)?;
+    if loaded.world().name() != world {
+        bail!("{}: package.json says the {world} world, the component is {}", dir.display(), loaded.world().world());
+    }
+    Ok(Built {
+        component: out,
+        world: loaded.world(),
+        bytes: component.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        toolchain: "ComponentizeJS".into(),
+    })
+}
+
 /// The component a filter path names: a built crate's (`DIR` after
 /// `weir filter build`), or a `.wasm` file (a component, or a core module
 /// with its world).
 pub fn component_at(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     if path.is_dir() {
         let manifest = path.join("Cargo.toml");
+        if !manifest.exists() && path.join("package.json").exists() {
+            let (name, _) = javascript::project(path)?;
+            let built = path.join("target/weir").join(format!("{name}.wasm"));
+            let bytes = std::fs::read(&built).with_context(|| {
+                format!("{}: not built yet (run `weir filter build {}`)", built.display(), path.display())
+            })?;
+            return Ok((name, bytes));
+        }
         if !manifest.exists() {
-            bail!("{}: neither a .wasm file nor a filter crate", path.display());
+            bail!("{}: neither a .wasm file nor a filter crate or JavaScript project", path.display());
         }
         let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
         let (name, _) = crate_names(&cargo, &manifest)?;
@@ -151,7 +207,13 @@ pub fn load(name: &str, bytes: &[u8]) -> anyhow::Result<Arc<FilterComponent>> {
 }
 
 fn runtime() -> anyhow::Result<Arc<FilterRuntime>> {
-    let options = RuntimeOptions { cache_dir: None, max_instances: None };
+    // compiled filters kept between `build` and `test` (keyed by the
+    // component's digest and the engine, as the proxy's own cache)
+    let cache_dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|cache| cache.join("weir/filter-authoring"));
+    let options = RuntimeOptions { cache_dir, max_instances: None };
     Ok(Arc::new(FilterRuntime::new(Arc::new(Metrics::default()), options)?))
 }
 

@@ -126,6 +126,7 @@ pub struct Metrics {
     pub filter_duration: Family<FilterLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_instantiations: Family<FilterLabels, Counter>,
+    pub filter_recycled: Family<FilterLabels, Counter>,
     pub filter_counters: Family<FilterCounterLabels, Counter>,
     pub connections: Family<ListenerLabels, Counter>,
     pub active_connections: Family<ListenerLabels, Gauge>,
@@ -170,6 +171,7 @@ impl Default for Metrics {
             filter_duration: Family::new_with_constructor(filter_histogram),
             filter_failures: Family::default(),
             filter_instantiations: Family::default(),
+            filter_recycled: Family::default(),
             filter_counters: Family::default(),
             connections: Family::default(),
             active_connections: Family::default(),
@@ -221,6 +223,11 @@ impl Default for Metrics {
             "filter_instantiations",
             "Filter instances created (first use on a worker, or replacing a failed one)",
             m.filter_instantiations.clone(),
+        );
+        registry.register(
+            "filter_recycled",
+            "Filter instances retired after a call because they used most of their memory budget",
+            m.filter_recycled.clone(),
         );
         registry.register("filter_counter", "Counters kept by filters through the host API", m.filter_counters.clone());
         registry.register("connections", "Downstream connections accepted", m.connections.clone());

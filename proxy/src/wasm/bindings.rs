@@ -1,13 +1,13 @@
 //! Host side of the `weir:filter` WIT: generated bindings and the imports
 //! every filter may call.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{ResourceLimiter, StoreLimits};
 
 use crate::context::{ConnectionContext, Direction};
 use crate::identity::Identity;
@@ -121,7 +121,7 @@ const MAX_LOG_MESSAGE: usize = 4096;
 /// Per-store state: one per filter instance.
 pub struct HostState {
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryLimit,
     pub filter_name: Arc<str>,
     pub metrics: Arc<Metrics>,
     counter_names: HashSet<String>,
@@ -129,6 +129,70 @@ pub struct HostState {
     pub state: Arc<super::state::Partition>,
     /// The running call's CPU budget and the thread's CPU clock when it began.
     pub cpu: CpuBudget,
+}
+
+thread_local! {
+    /// Filter logs of the calls on this thread while [`capture_logs`] runs.
+    static CAPTURED_LOGS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Run `f`, returning beside its result the log lines filters wrote during
+/// it on this thread (they go to weir's log as always): `weir filter test`
+/// shows them under the case that failed.
+pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    let outer = CAPTURED_LOGS.replace(Some(Vec::new()));
+    let result = f();
+    let logs = CAPTURED_LOGS.replace(outer).unwrap_or_default();
+    (result, logs)
+}
+
+/// A filter's memory budget. Growth past it fails (`memory.grow` returns
+/// -1) rather than trapping at once: a garbage-collected guest (a
+/// JavaScript filter's engine) collects and carries on, as it would on any
+/// machine short of memory. A guest that gives up traps, and that trap is
+/// an out-of-memory failure because growth was refused during the call.
+pub struct MemoryLimit {
+    max: usize,
+    /// The linear memory's size now.
+    size: usize,
+    /// Growth was refused since the running call began.
+    pub refused: bool,
+}
+
+impl MemoryLimit {
+    pub fn new(max: usize) -> Self {
+        MemoryLimit { max, size: 0, refused: false }
+    }
+
+    /// The linear memory's size now, in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the instance has used most of its budget. Such an instance
+    /// is retired after its call and the next call gets a fresh one: a
+    /// guest whose memory only grows (a JavaScript engine whose collector
+    /// never runs between calls, a leak in a Rust filter) keeps serving
+    /// instead of failing a request when it reaches the limit.
+    pub fn nearly_full(&self) -> bool {
+        self.size > self.max / 4 * 3
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let fits = desired <= self.max;
+        self.refused |= !fits;
+        if fits {
+            self.size = desired;
+        }
+        Ok(fits)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // tables are bounded by the pooling allocator's slots
+        Ok(true)
+    }
 }
 
 /// A call's deadline counts the CPU time of the thread running it, not wall
@@ -186,7 +250,7 @@ fn thread_cpu_time() -> Duration {
 impl HostState {
     pub fn new(
         filter_name: Arc<str>,
-        limits: StoreLimits,
+        limits: MemoryLimit,
         metrics: Arc<Metrics>,
         state: Arc<super::state::Partition>,
     ) -> Self {
@@ -289,6 +353,18 @@ impl host::Host for HostState {
             message.push('…');
         }
         let filter = &*self.filter_name;
+        CAPTURED_LOGS.with_borrow_mut(|captured| {
+            if let Some(lines) = captured {
+                let name = match level {
+                    host::LogLevel::Trace => "trace",
+                    host::LogLevel::Debug => "debug",
+                    host::LogLevel::Info => "info",
+                    host::LogLevel::Warn => "warn",
+                    host::LogLevel::Error => "error",
+                };
+                lines.push(format!("{name}: {message}"));
+            }
+        });
         match level {
             host::LogLevel::Trace => tracing::trace!(filter, "{message}"),
             host::LogLevel::Debug => tracing::debug!(filter, "{message}"),

@@ -8,9 +8,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::Store;
 
-use super::bindings::{CpuBudget, HostState};
+use super::bindings::{CpuBudget, HostState, MemoryLimit};
 use super::slots::{Slot, Use};
 use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, classify, deadline_ticks};
 
@@ -58,12 +58,22 @@ pub(super) fn with_instance<R>(
         }
         let live = pool.live.get_mut(&filter.id).expect("inserted above");
         match f(live) {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                if live.store.data().limits.nearly_full() {
+                    pool.live.remove(&filter.id);
+                    runtime
+                        .metrics
+                        .filter_recycled
+                        .get_or_create(&crate::observe::metrics::FilterLabels { filter: filter.name.to_string() })
+                        .inc();
+                }
+                Ok(value)
+            }
             Err(error) => {
-                pool.live.remove(&filter.id);
+                let live = pool.live.remove(&filter.id).expect("present above");
                 Err(FilterFailure {
                     filter: filter.name.clone(),
-                    kind: classify(&error),
+                    kind: classify(&error, live.store.data()),
                     message: format!("{error:#}"),
                 })
             }
@@ -100,7 +110,7 @@ pub(super) fn instantiate(
     let fail =
         |kind, message: String| NotInstantiated::Failed(FilterFailure { filter: filter.name.clone(), kind, message });
     let slot = runtime.slots.take(purpose).map_err(|why| fail(FailureKind::Exhausted, why))?;
-    let limits = StoreLimitsBuilder::new().memory_size(filter.limits.memory).trap_on_grow_failure(true).build();
+    let limits = MemoryLimit::new(filter.limits.memory);
     let mut store = Store::new(
         &runtime.engine,
         HostState::new(filter.name.clone(), limits, runtime.metrics.clone(), filter.state.clone()),
@@ -141,7 +151,7 @@ pub(super) fn instantiate(
         Ok(Ok(())) => {}
         Ok(Err(message)) => return Err(NotInstantiated::Refused(message)),
         Err(e) => {
-            let kind = classify(&e);
+            let kind = classify(&e, store.data());
             return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));
         }
     }

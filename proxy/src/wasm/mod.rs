@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ConnectionView, cassandra, dns, http, kafka, memcached, stream};
+pub use bindings::{ConnectionView, capture_logs, cassandra, dns, http, kafka, memcached, stream};
 
 use crate::observe::metrics::{FilterFailureLabels, FilterLabels, Metrics};
 use crate::protocol::Protocol;
@@ -630,6 +630,16 @@ impl ConfiguredFilter {
         Ok(DedicatedInstance { filter: self.clone(), live: Some(live) })
     }
 
+    /// The linear memory of a fresh instance after `configure`: what an
+    /// instance costs each worker before its first request.
+    pub fn instance_memory(&self) -> Result<usize, FilterFailure> {
+        let Some(runtime) = self.runtime.upgrade() else {
+            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
+        };
+        let live = instances::instantiate(&runtime, self, slots::Use::Shared).map_err(|e| e.into_failure(self))?;
+        Ok(live.store.data().limits.size())
+    }
+
     fn count_failure(&self, runtime: &FilterRuntime, failure: &FilterFailure) {
         runtime
             .metrics
@@ -673,6 +683,7 @@ fn run<R>(
     ) -> wasmtime::Result<R>,
 ) -> wasmtime::Result<R> {
     live.store.data_mut().cpu = bindings::CpuBudget::start(limits.timeout);
+    live.store.data_mut().limits.refused = false;
     live.store.set_epoch_deadline(deadline_ticks(limits.timeout));
     let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
     // Lend the guest a transient borrow: an owned handle passed as a
@@ -710,9 +721,11 @@ impl DedicatedInstance {
         let result = run(live, filter.limits, connection, |bindings, store, conn| {
             bindings.stream()?.weir_filter_stream_handler().call_on_data(store, conn, side, end_stream, data)
         });
+        let kind = result.as_ref().err().map(|error| classify(error, live.store.data()));
         result.map_err(|error| {
+            let kind = kind.expect("an error was classified");
             self.live = None;
-            let failure = filter.failure(classify(&error), format!("{error:#}"));
+            let failure = filter.failure(kind, format!("{error:#}"));
             if let Some(runtime) = filter.runtime.upgrade() {
                 filter.count_failure(&runtime, &failure);
             }
@@ -776,14 +789,15 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 }
 
 /// Sort a wasmtime error from a guest call into what the operator must know.
-fn classify(error: &wasmtime::Error) -> FailureKind {
+fn classify(error: &wasmtime::Error, state: &HostState) -> FailureKind {
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
         && *trap == wasmtime::Trap::Interrupt
     {
         return FailureKind::Timeout;
     }
-    let text = format!("{error:#}");
-    if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
+    // a guest that stops after its memory could not grow (Rust's allocator
+    // aborts with `unreachable`) ran out of memory, whatever its last words
+    if state.limits.refused {
         return FailureKind::Memory;
     }
     FailureKind::Trap

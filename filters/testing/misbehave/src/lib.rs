@@ -3,7 +3,8 @@
 //!
 //! The request path picks the failure: `/trap` panics (a Wasm trap), `/loop`
 //! spins forever (hits the CPU deadline), `/oom` allocates until the memory
-//! limit stops it, `/slow-ok` burns some CPU and then allows. Any other path is
+//! limit stops it, `/leak` leaks 1 MiB and allows (memory that only grows
+//! from call to call), `/slow-ok` burns some CPU and then allows. Any other path is
 //! allowed and counted. Every response gets `x-misbehave-responses: N`, the
 //! responses this instance has seen. `{"rejectConfig": "why"}` makes
 //! `configure` fail, and `{"trapInConfigure": true}` makes it trap.
@@ -57,6 +58,13 @@ impl HttpFilter for Misbehave {
                     hoard.push(vec![1u8; 1 << 20]);
                     core::hint::black_box(&hoard);
                 }
+            }
+            "/leak" => {
+                core::mem::forget(core::hint::black_box(vec![1u8; 1 << 20]));
+                RequestDecision::Allow(Allow {
+                    edits: vec![set_header("x-misbehave-seen", &self.seen.get().to_string())],
+                    matched: None,
+                })
             }
             "/slow-ok" => {
                 let start = host::monotonic_now();
