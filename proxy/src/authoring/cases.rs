@@ -12,9 +12,10 @@
 //! ```
 //! A case names one of `http`, `dns` (`name`, `type`), `kafka` (`api_key`,
 //! `api_version`, `client_id`, `topics`, `transactional_id`), `memcached`
-//! (`command`, `keys`, `binary`) or `cassandra` (`opcode`, `version`,
-//! `keyspace`, `statements: [{action, table, query}]`), matching the
-//! filter's world.
+//! (`command`, `keys`, `binary`), `cassandra` (`opcode`, `version`,
+//! `keyspace`, `statements: [{action, table, query}]`) or `stream` (`data`,
+//! `side`, `end`: bytes a fresh connection sends), matching the filter's
+//! world.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use crate::identity::{Identity, Label, Labels, reserved};
 use crate::protocol::Protocol;
 use crate::wasm::{
     ConfiguredFilter, ConnectionView, FailureKind, FailurePolicy, FilterFailure, FilterLimits, cassandra, dns, http,
-    kafka, memcached,
+    kafka, memcached, stream,
 };
 
 #[derive(Deserialize)]
@@ -63,6 +64,8 @@ struct Case {
     memcached: Option<MemcachedCase>,
     #[serde(default)]
     cassandra: Option<CassandraCase>,
+    #[serde(default)]
+    stream: Option<StreamCase>,
     expect: Expect,
 }
 
@@ -151,6 +154,29 @@ struct StatementCase {
     query: String,
 }
 
+/// Bytes one side of a new connection sends a stream filter (a parser of
+/// the `l7proto` it is named for); the case is allowed when every byte is
+/// passed, denied when any is dropped or the filter breaks the connection.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamCase {
+    /// As YAML text: `"READ /etc/motd\r\n"`.
+    data: String,
+    #[serde(default)]
+    side: StreamSide,
+    /// The sender closes after this data.
+    #[serde(default)]
+    end: bool,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum StreamSide {
+    #[default]
+    Request,
+    Reply,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MemcachedCase {
@@ -161,10 +187,12 @@ struct MemcachedCase {
     binary: bool,
 }
 
-/// `allow`, `deny`, or `{deny: part of the reason, status: 401}`.
+/// `allow`, `deny`, `more` (a stream filter waits for more bytes), or
+/// `{deny: part of the reason, status: 401}`.
 enum Expect {
     Allow,
     Deny,
+    More,
     Detailed(Detailed),
 }
 
@@ -179,11 +207,12 @@ impl<'de> Deserialize<'de> for Expect {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let value = serde_yaml::Value::deserialize(deserializer)?;
-        let wrong = || D::Error::custom("expect: give allow, deny, or {deny: part of the reason, status: 403}");
+        let wrong = || D::Error::custom("expect: give allow, deny, more, or {deny: part of the reason, status: 403}");
         if let Some(word) = value.as_str() {
             return match word.to_ascii_lowercase().as_str() {
                 "allow" => Ok(Expect::Allow),
                 "deny" => Ok(Expect::Deny),
+                "more" => Ok(Expect::More),
                 _ => Err(wrong()),
             };
         }
@@ -207,7 +236,12 @@ impl<'de> Deserialize<'de> for Expect {
 #[derive(Debug)]
 enum Outcome {
     Allow,
-    Deny { reason: String, status: Option<u16> },
+    Deny {
+        reason: String,
+        status: Option<u16>,
+    },
+    /// A stream filter that decided nothing yet: it wants more bytes.
+    Undecided(u32),
     Failed(FilterFailure),
 }
 
@@ -297,6 +331,8 @@ pub fn run_tests(name: &str, bytes: &[u8], options: &TestOptions) -> anyhow::Res
 fn judge(expect: &Expect, outcome: &Outcome) -> Result<(), String> {
     match (expect, outcome) {
         (Expect::Allow, Outcome::Allow) | (Expect::Deny, Outcome::Deny { .. }) => Ok(()),
+        (Expect::More, Outcome::Undecided(_)) => Ok(()),
+        (Expect::More, _) => Err("more (undecided: the filter waits for more bytes)".into()),
         (Expect::Allow, _) => Err("allow".into()),
         (Expect::Deny, _) => Err("deny".into()),
         (Expect::Detailed(d), Outcome::Deny { reason, status }) => {
@@ -324,6 +360,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Allow => "allow".into(),
         Outcome::Deny { reason, status: Some(s) } => format!("deny ({reason:?}, status {s})"),
         Outcome::Deny { reason, status: None } => format!("deny ({reason:?})"),
+        Outcome::Undecided(more) => format!("undecided (the filter wants {more} more bytes)"),
         Outcome::Failed(failure) => {
             format!("the filter failed ({}): {}", failure.kind.as_str(), without_backtrace(&failure.message))
         }
@@ -355,18 +392,28 @@ fn view(case: &Case) -> ConnectionView {
 }
 
 /// The request a case describes, asked; and the request in words.
-fn run_case(filter: &ConfiguredFilter, world: Protocol, case: &Case) -> anyhow::Result<(String, Outcome)> {
+fn run_case(filter: &Arc<ConfiguredFilter>, world: Protocol, case: &Case) -> anyhow::Result<(String, Outcome)> {
     let given = [
         case.http.is_some(),
         case.dns.is_some(),
         case.kafka.is_some(),
         case.memcached.is_some(),
         case.cassandra.is_some(),
+        case.stream.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        bail!("give exactly one of http, dns, kafka, memcached, cassandra");
+        bail!("give exactly one of http, dns, kafka, memcached, cassandra, stream");
     }
     let view = view(case);
+    if let Some(st) = &case.stream {
+        ensure_world(world, Protocol::Stream)?;
+        let side = match st.side {
+            StreamSide::Request => stream::Side::Request,
+            StreamSide::Reply => stream::Side::Reply,
+        };
+        let what = format!("{} {:?}", if matches!(st.side, StreamSide::Reply) { "reply" } else { "request" }, st.data);
+        return Ok((what, ask_stream(filter, view, side, st.end, st.data.as_bytes())));
+    }
     if let Some(h) = &case.http {
         ensure_world(world, Protocol::Http)?;
         let headers: Vec<(&str, &str)> = h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -453,6 +500,55 @@ fn ask_http(filter: &ConfiguredFilter, view: ConnectionView, request: &http::Req
     }
 }
 
+/// One connection's first bytes, through an instance of its own (as the
+/// proxy gives every stream connection).
+fn ask_stream(
+    filter: &Arc<ConfiguredFilter>,
+    view: ConnectionView,
+    side: stream::Side,
+    end: bool,
+    data: &[u8],
+) -> Outcome {
+    let mut instance = match filter.dedicated(view.context.source_addr.ip(), usize::MAX) {
+        Ok(instance) => instance,
+        Err(failure) => return Outcome::Failed(failure),
+    };
+    match instance.on_stream_data(view, side, end, data) {
+        Ok(ops) => stream_outcome(&ops),
+        Err(failure) => Outcome::Failed(failure),
+    }
+}
+
+/// Allowed when bytes were passed and none dropped; denied (with a denied
+/// flow's reason, when the filter wrote one) when any were dropped or the
+/// connection broken; undecided when it only asked for more.
+fn stream_outcome(ops: &[stream::Op]) -> Outcome {
+    let (mut passed, mut dropped, mut more) = (0u64, 0u64, None);
+    let mut reason = None;
+    for op in ops {
+        match op {
+            stream::Op::Pass(n) => passed += u64::from(*n),
+            stream::Op::Drop(n) => dropped += u64::from(*n),
+            stream::Op::More(n) => more = Some(*n),
+            stream::Op::Error(why) => {
+                return Outcome::Deny { reason: format!("connection broken: {why}"), status: None };
+            }
+            stream::Op::Flow(flow) if flow.verdict == stream::FlowVerdict::Denied && reason.is_none() => {
+                let fields: Vec<String> = flow.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                reason = Some(flow.reason.clone().unwrap_or_else(|| fields.join(" ")));
+            }
+            _ => {}
+        }
+    }
+    if dropped > 0 {
+        return Outcome::Deny { reason: reason.unwrap_or_else(|| format!("{dropped} bytes dropped")), status: None };
+    }
+    match (passed, more) {
+        (0, Some(more)) => Outcome::Undecided(more.max(1)),
+        _ => Outcome::Allow,
+    }
+}
+
 fn ask_dns(filter: &ConfiguredFilter, view: ConnectionView, query: &dns::Query) -> Outcome {
     match filter.on_query(view, query) {
         Ok(dns::QueryDecision::Allow(_)) => Outcome::Allow,
@@ -488,7 +584,7 @@ fn ask_memcached(filter: &ConfiguredFilter, view: ConnectionView, request: &memc
 /// Generated requests for `time`: every trap, timeout and memory failure is
 /// counted and the first of each kind shown. `true` when there was none.
 /// Whether no call failed, and how many calls were made.
-fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> (bool, u64) {
+fn fuzz(filter: &Arc<ConfiguredFilter>, world: Protocol, time: Duration) -> (bool, u64) {
     let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ time.as_nanos() as u64);
     let started = Instant::now();
     let (mut asked, mut allowed) = (0u64, 0u64);
@@ -563,15 +659,40 @@ fn fuzz(filter: &ConfiguredFilter, world: Protocol, time: Duration) -> (bool, u6
                 );
                 (what, ask_cassandra(filter, view(), &request))
             }
-            other => {
-                println!("fuzz: {} filters are not fuzzed yet", other.world());
-                return (true, 0);
+            Protocol::Stream => {
+                // a connection of a few chunks, text lines and raw bytes, on
+                // an instance of its own
+                let mut outcome = Outcome::Allow;
+                let mut what = String::new();
+                match filter.dedicated(view().context.source_addr.ip(), usize::MAX) {
+                    Err(failure) => outcome = Outcome::Failed(failure),
+                    Ok(mut instance) => {
+                        for _ in 0..1 + random.below(4) {
+                            let data: Vec<u8> = if random.below(2) == 0 {
+                                let word = random.pick(&["READ", "WRITE", "HALT", "RESET", "GET", "SET", "QUIT"]);
+                                format!("{word} {}\r\n", random.token(30)).into_bytes()
+                            } else {
+                                (0..random.below(300)).map(|_| random.next() as u8).collect()
+                            };
+                            let side = if random.below(4) == 0 { stream::Side::Reply } else { stream::Side::Request };
+                            what = format!("{side:?} {:?}", String::from_utf8_lossy(&data));
+                            match instance.on_stream_data(view(), side, false, &data) {
+                                Ok(ops) => outcome = stream_outcome(&ops),
+                                Err(failure) => {
+                                    outcome = Outcome::Failed(failure);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                (what, outcome)
             }
         };
         asked += 1;
         match outcome {
             Outcome::Allow => allowed += 1,
-            Outcome::Deny { .. } => {}
+            Outcome::Deny { .. } | Outcome::Undecided(_) => {}
             Outcome::Failed(failure) => {
                 let kind = match failure.kind {
                     FailureKind::Trap => "traps",

@@ -85,8 +85,14 @@ pub fn new(name: &str, world: &str, dir: &Path, sdk: &str, lang: Lang) -> anyhow
         format!("{{ path = {:?} }}", path.display().to_string())
     };
     std::fs::create_dir_all(root.join("src"))?;
+    // a stream filter compiles the policy's `l7` entries with the SDK's helper
+    let sdk_dependency = if world == Protocol::Stream {
+        sdk_dependency.replacen(" }", ", features = [\"l7-rules\"] }", 1)
+    } else {
+        sdk_dependency
+    };
     std::fs::write(root.join("Cargo.toml"), templates::cargo_toml(name, &sdk_dependency))?;
-    std::fs::write(root.join("src/lib.rs"), templates::lib_rs(name, world).expect("a template per listed world"))?;
+    std::fs::write(root.join("src/lib.rs"), templates::lib_rs(name, world))?;
     std::fs::write(root.join("cases.yaml"), templates::cases_yaml(world))?;
     std::fs::write(root.join(".gitignore"), "/target\n")?;
     Ok(root)

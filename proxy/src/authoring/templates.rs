@@ -37,15 +37,16 @@ strip = "debuginfo"
 }
 
 /// `src/lib.rs` for `world`.
-pub fn lib_rs(name: &str, world: Protocol) -> Option<String> {
+pub fn lib_rs(name: &str, world: Protocol) -> String {
     let text = match world {
         Protocol::Http => HTTP,
         Protocol::Dns => DNS,
         Protocol::Kafka => KAFKA,
         Protocol::Memcached => MEMCACHED,
-        _ => return None,
+        Protocol::Cassandra => CASSANDRA,
+        Protocol::Stream => STREAM,
     };
-    Some(text.replace("{{name}}", name))
+    text.replace("{{name}}", name)
 }
 
 /// `cases.yaml` for `world`.
@@ -54,12 +55,15 @@ pub fn cases_yaml(world: Protocol) -> &'static str {
         Protocol::Http => HTTP_CASES,
         Protocol::Dns => DNS_CASES,
         Protocol::Kafka => KAFKA_CASES,
-        _ => MEMCACHED_CASES,
+        Protocol::Cassandra => CASSANDRA_CASES,
+        Protocol::Stream => STREAM_CASES,
+        Protocol::Memcached => MEMCACHED_CASES,
     }
 }
 
 /// The worlds `weir filter new` writes a crate for.
-pub const WORLDS: [Protocol; 4] = [Protocol::Http, Protocol::Dns, Protocol::Kafka, Protocol::Memcached];
+pub const WORLDS: [Protocol; 6] =
+    [Protocol::Http, Protocol::Dns, Protocol::Kafka, Protocol::Memcached, Protocol::Cassandra, Protocol::Stream];
 
 const HTTP: &str = r##"//! {{name}}: a Weir HTTP filter (the `http-filter` world of weir:filter).
 //!
@@ -352,4 +356,204 @@ cases:
   - name: someone else's
     memcached: {command: get, keys: ["app:a", "billing:b"]}
     expect: {deny: "outside the prefix"}
+"#;
+
+const CASSANDRA: &str = r##"//! {{name}}: a Weir Cassandra filter (the `cassandra-filter` world of weir:filter).
+//!
+//! Read-only access to the configured keyspaces: `select` on their tables
+//! passes, any other statement on them is refused, and statements on other
+//! keyspaces are refused. Use it in a policy's `wasm` rules on port 9042.
+
+use serde::Deserialize;
+use weir_filter_sdk::cassandra::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    read_only_keyspaces: Vec<String>,
+}
+
+pub struct Filter {
+    keyspaces: Vec<String>,
+}
+
+impl Filter {
+    /// Why a statement of `action` on `table` (`keyspace.table`) is refused,
+    /// if it is. Statements without a table (roles, functions) are refused.
+    pub fn refuses(&self, action: &str, table: Option<&str>) -> Option<String> {
+        let Some(table) = table else {
+            return Some(format!("{action} names no table"));
+        };
+        let keyspace = table.split('.').next().unwrap_or_default();
+        if !self.keyspaces.iter().any(|k| k == keyspace) {
+            return Some(format!("{table} is outside the allowed keyspaces"));
+        }
+        (action != "select").then(|| format!("{action} on {table}: read only"))
+    }
+}
+
+impl CassandraFilter for Filter {
+    fn configure(config: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(config).map_err(|e| format!("{{name}} config: {e}"))?;
+        Ok(Filter { keyspaces: config.read_only_keyspaces })
+    }
+
+    fn on_request(&self, _conn: &Connection, request: &Request) -> RequestDecision {
+        // a batch is refused when any of its statements is
+        for statement in &request.statements {
+            if let Some(why) = self.refuses(&statement.action, statement.table.as_deref()) {
+                return deny(why);
+            }
+        }
+        allow(None)
+    }
+}
+
+weir_filter_sdk::cassandra_filter!(Filter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_of_the_keyspaces_pass_and_nothing_else() {
+        let filter = Filter::configure(r#"{"readOnlyKeyspaces": ["app"]}"#).unwrap();
+        assert_eq!(filter.refuses("select", Some("app.users")), None);
+        assert!(filter.refuses("insert", Some("app.users")).unwrap().contains("read only"));
+        assert!(filter.refuses("select", Some("billing.invoices")).unwrap().contains("outside"));
+        assert!(filter.refuses("create-role", None).is_some());
+    }
+}
+"##;
+
+const CASSANDRA_CASES: &str = r#"config: {readOnlyKeyspaces: [app]}
+cases:
+  - name: reading the app's tables
+    cassandra: {statements: [{action: select, table: app.users, query: "SELECT * FROM app.users"}]}
+    expect: allow
+  - name: writing them is refused
+    cassandra: {statements: [{action: insert, table: app.users}]}
+    expect: {deny: "read only"}
+  - name: a batch with one write in it
+    cassandra: {opcode: batch, statements: [{action: select, table: app.a}, {action: update, table: app.a}]}
+    expect: deny
+  - name: other keyspaces are off limits
+    cassandra: {statements: [{action: select, table: billing.invoices}]}
+    expect: {deny: "outside"}
+"#;
+
+const STREAM: &str = r##"//! {{name}}: a Weir stream filter (the `stream-filter` world of weir:filter):
+//! a parser for a protocol weir does not know, named by `l7proto: {{name}}`
+//! in a policy.
+//!
+//! The protocol here: requests are lines `COMMAND argument\r\n`; replies
+//! pass untouched. The policy's `l7` entries allow commands (`cmd`); a
+//! refused request is dropped and answered `ERROR\r\n`, and a line longer
+//! than 1 KiB breaks the connection.
+//!
+//! ```yaml
+//! toPorts:
+//!   - ports: [{port: "4000", protocol: TCP}]
+//!     rules:
+//!       l7proto: {{name}}
+//!       l7: [{cmd: GET}, {cmd: LIST}]
+//! ```
+
+use std::collections::BTreeMap;
+
+use weir_filter_sdk::ConfigError;
+use weir_filter_sdk::l7_rules::{Group, compile_groups};
+use weir_filter_sdk::stream::*;
+
+const MAX_LINE: usize = 1024;
+
+pub struct Filter {
+    groups: Vec<Group<String>>,
+}
+
+/// One `l7` entry: `{cmd: NAME}`.
+fn compile(fields: &BTreeMap<String, String>) -> Result<String, ConfigError> {
+    let mut cmd = None;
+    for (name, value) in fields {
+        match name.as_str() {
+            "cmd" => cmd = Some(value.clone()),
+            other => return Err(ConfigError::at(other, "unknown field; {{name}} rules have cmd")),
+        }
+    }
+    cmd.ok_or_else(|| ConfigError::at("cmd", "missing"))
+}
+
+impl Filter {
+    /// Whether a rule allows `cmd`: a group with no rules allows all.
+    pub fn allows(&self, cmd: &str) -> bool {
+        self.groups.iter().any(|g| g.rules.is_empty() || g.rules.iter().any(|r| r == cmd))
+    }
+}
+
+impl StreamFilter for Filter {
+    fn configure(config: &str) -> Result<Self, String> {
+        Ok(Filter { groups: compile_groups(config, "{{name}}", compile)? })
+    }
+
+    fn on_data(&self, _conn: &Connection, side: Side, _end_stream: bool, data: &[u8]) -> Vec<Op> {
+        if side == Side::Reply {
+            return vec![Op::Pass(data.len() as u32)];
+        }
+        let mut ops = Vec::new();
+        let mut rest = data;
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let len = end + 2;
+            let line = String::from_utf8_lossy(&rest[..end]);
+            let cmd = line.split(' ').next().unwrap_or_default();
+            if self.allows(cmd) {
+                ops.push(flow(FlowVerdict::Forwarded, &[("cmd", cmd)], None));
+                ops.push(Op::Pass(len as u32));
+            } else {
+                ops.push(flow(FlowVerdict::Denied, &[("cmd", cmd)], Some(format!("{cmd} is not allowed"))));
+                ops.push(Op::Drop(len as u32));
+                ops.push(Op::Reply(b"ERROR\r\n".to_vec()));
+            }
+            rest = &rest[len..];
+        }
+        if rest.len() > MAX_LINE {
+            ops.push(Op::Error(format!("a line longer than {MAX_LINE} bytes")));
+        } else if !rest.is_empty() {
+            // the rest of the line is still on its way
+            ops.push(Op::More(1));
+        }
+        ops
+    }
+}
+
+weir_filter_sdk::stream_filter!(Filter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_rules_commands_pass() {
+        let filter = Filter::configure(r#"{"groups": [{"rules": [{"cmd": "GET"}]}]}"#).unwrap();
+        assert!(filter.allows("GET"));
+        assert!(!filter.allows("DELETE"));
+        assert!(Filter::configure(r#"{"groups": [{"rules": [{"verb": "GET"}]}]}"#).is_err(), "a misspelt field");
+    }
+}
+"##;
+
+const STREAM_CASES: &str = r#"# config: the policy's l7 entries, as weir hands them to the parser
+config: {groups: [{rules: [{cmd: GET}, {cmd: LIST}]}]}
+cases:
+  - name: an allowed command passes
+    stream: {data: "GET motd\r\n"}
+    expect: allow
+  - name: another is dropped and answered ERROR
+    stream: {data: "DELETE motd\r\n"}
+    expect: {deny: "DELETE is not allowed"}
+  - name: half a line waits for the rest
+    stream: {data: "GET mo"}
+    expect: more
+  - name: replies pass untouched
+    stream: {data: "hello\r\n", side: reply}
+    expect: allow
 "#;

@@ -198,6 +198,8 @@ pub struct FilterRuntime {
     ticker: Option<EpochTicker>,
     /// Who holds the pool's instance slots (`slots.rs`).
     slots: Arc<slots::Slots>,
+    /// What the shared state of every configured filter holds together.
+    state_budget: Arc<state::Budget>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -276,6 +278,7 @@ impl FilterRuntime {
             loaded: Mutex::new(HashMap::new()),
             ticker,
             slots,
+            state_budget: state::Budget::new(state::MAX_TOTAL_BYTES),
         })
     }
 
@@ -378,7 +381,7 @@ impl FilterRuntime {
             runtime: Arc::downgrade(self),
             alive: Arc::new(()),
             wants_responses: std::sync::atomic::AtomicBool::new(true),
-            state: Arc::default(),
+            state: Arc::new(state::Partition::new(self.state_budget.clone())),
             duration: self
                 .metrics
                 .filter_duration

@@ -4,29 +4,83 @@
 //! configured filter — component and configuration — so two rules with
 //! different configurations never share state, and a configuration change
 //! starts empty. Bounded: a partition holds at most [`MAX_ENTRIES`] keys and
-//! [`MAX_BYTES`] of keys and values; a write past that is refused (the
-//! filter sees `false`), never an eviction of live data.
+//! [`MAX_BYTES`] of keys and values, and all partitions of a runtime
+//! together [`MAX_TOTAL_BYTES`] (policies may configure many filters); a
+//! write past that is refused (the filter sees `false`), never an eviction
+//! of live data.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_BYTES: usize = 1 << 20;
+/// Every partition of a runtime together.
+pub const MAX_TOTAL_BYTES: usize = 64 << 20;
 /// Keys longer than this are refused.
 pub const MAX_KEY: usize = 256;
 
+/// The bytes every partition of a runtime holds together.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Budget { used: AtomicUsize::new(0), max })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Take `n` bytes if they fit.
+    fn reserve(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| (used + n <= self.max).then_some(used + n))
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// One configured filter's state.
-#[derive(Default)]
 pub struct Partition {
     inner: Mutex<Entries>,
 }
 
-#[derive(Default)]
+impl Partition {
+    pub fn new(budget: Arc<Budget>) -> Self {
+        Partition {
+            inner: Mutex::new(Entries {
+                values: HashMap::new(),
+                buckets: HashMap::new(),
+                bytes: 0,
+                budget,
+                swept: None,
+            }),
+        }
+    }
+}
+
+impl Default for Partition {
+    /// A partition with a budget of its own.
+    fn default() -> Self {
+        Partition::new(Budget::new(MAX_TOTAL_BYTES))
+    }
+}
+
 struct Entries {
     values: HashMap<String, Entry>,
     buckets: HashMap<String, Bucket>,
+    /// This partition's bytes; also counted in `budget`.
     bytes: usize,
+    budget: Arc<Budget>,
     /// Sweeps run at most every [`SWEEP_EVERY`]: a full store does not
     /// scan itself on every write.
     swept: Option<Instant>,
@@ -57,7 +111,22 @@ impl Bucket {
 /// What a bucket costs against the bounds: its key and two numbers.
 const BUCKET_BYTES: usize = 32;
 
+impl Drop for Entries {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
 impl Entries {
+    fn grow(&mut self, n: usize) {
+        self.bytes += n;
+    }
+
+    fn shrink(&mut self, n: usize) {
+        self.bytes -= n;
+        self.budget.release(n);
+    }
+
     fn live(&mut self, key: &str, now: Instant) -> Option<&Entry> {
         if self.values.get(key).is_some_and(|e| e.expires.is_some_and(|t| t <= now)) {
             self.remove(key);
@@ -67,7 +136,7 @@ impl Entries {
 
     fn remove(&mut self, key: &str) {
         if let Some(old) = self.values.remove(key) {
-            self.bytes -= key.len() + old.value.len();
+            self.shrink(key.len() + old.value.len());
         }
     }
 
@@ -86,7 +155,7 @@ impl Entries {
         let full: Vec<String> = self.buckets.iter().filter(|(_, b)| b.full(now)).map(|(k, _)| k.clone()).collect();
         for key in full {
             self.buckets.remove(&key);
-            self.bytes -= key.len() + BUCKET_BYTES;
+            self.shrink(key.len() + BUCKET_BYTES);
         }
     }
 
@@ -94,14 +163,23 @@ impl Entries {
         self.values.len() + self.buckets.len()
     }
 
-    /// Room for `more` bytes and, if `new_key`, one more key.
+    /// Room for `more` bytes and, if `new_key`, one more key: when there
+    /// is, the bytes are taken from the runtime's budget (the caller then
+    /// adds them with [`Entries::grow`]).
     fn room(&mut self, more: usize, new_key: bool, now: Instant) -> bool {
         let fits = |e: &Entries| e.bytes + more <= MAX_BYTES && (!new_key || e.count() < MAX_ENTRIES);
-        if fits(self) {
+        if !fits(self) {
+            self.sweep(now);
+            if !fits(self) {
+                return false;
+            }
+        }
+        if self.budget.reserve(more) {
             return true;
         }
+        // what this partition can free makes room in the budget too
         self.sweep(now);
-        fits(self)
+        self.budget.reserve(more)
     }
 
     fn put(&mut self, key: &str, value: Option<Vec<u8>>, ttl: Duration, now: Instant) -> bool {
@@ -111,11 +189,16 @@ impl Entries {
         };
         let old = self.live(key, now).map_or(0, |e| key.len() + e.value.len());
         let new_key = old == 0 && !self.values.contains_key(key);
-        if !self.room((key.len() + value.len()).saturating_sub(old), new_key, now) {
+        let new_total = key.len() + value.len();
+        let more = new_total.saturating_sub(old);
+        if !self.room(more, new_key, now) {
             return false;
         }
-        self.remove(key);
-        self.bytes += key.len() + value.len();
+        // `room` took the growth from the budget; a smaller value gives the
+        // difference back
+        self.values.remove(key);
+        self.bytes = self.bytes - old + new_total;
+        self.budget.release(old.saturating_sub(new_total));
         let expires = (!ttl.is_zero()).then(|| now + ttl);
         self.values.insert(key.to_string(), Entry { value, expires });
         true
@@ -163,7 +246,7 @@ impl Partition {
                 tracing::debug!(key, "a new token bucket refused: the filter's state is full");
                 return false;
             }
-            entries.bytes += key.len() + BUCKET_BYTES;
+            entries.grow(key.len() + BUCKET_BYTES);
             entries.buckets.insert(key.to_string(), Bucket { tokens: f64::from(burst), refilled: now, rate, burst });
         }
         let bucket = entries.buckets.get_mut(key).expect("inserted above");
@@ -209,6 +292,26 @@ mod tests {
             }
         }
         assert!(!state.set("one-more", Some(vec![]), Duration::ZERO));
+    }
+
+    #[test]
+    fn partitions_share_the_runtimes_budget() {
+        let budget = Budget::new(1000);
+        let first = Partition::new(budget.clone());
+        let second = Partition::new(budget.clone());
+        assert!(first.set("a", Some(vec![0; 600]), Duration::ZERO));
+        assert!(!second.set("b", Some(vec![0; 600]), Duration::ZERO), "the runtime's budget is spent");
+        assert!(second.set("b", Some(vec![0; 300]), Duration::ZERO), "what is left of it is not");
+        assert_eq!(budget.used(), 601 + 301);
+        assert!(first.set("a", Some(vec![0; 10]), Duration::ZERO), "a smaller value gives bytes back");
+        assert_eq!(budget.used(), 312);
+        assert!(first.set("a", None, Duration::ZERO));
+        assert!(first.take_tokens("bucket", 1, 1, 1));
+        assert_eq!(budget.used(), 301 + "bucket".len() + BUCKET_BYTES);
+        drop(first);
+        assert_eq!(budget.used(), 301, "a dropped partition gives its bytes back");
+        drop(second);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]
