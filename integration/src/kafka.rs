@@ -1,6 +1,6 @@
-//! Kafka peers for tests: the real Apache Kafka broker (KRaft, one node, from
-//! Maven Central jars: `scripts/kafka.sh`) and the tansu broker (a
-//! Kafka-compatible broker from crates.io), both installed by
+//! Kafka peers for tests: the real Apache Kafka broker (KRaft, one node or a
+//! small cluster, from Maven Central jars: `scripts/kafka.sh`) and the tansu
+//! broker (a Kafka-compatible broker from crates.io), both installed by
 //! `scripts/setup.sh`; kcat and kafka-python as clients; and a raw client
 //! built on the `kafka-protocol` crate for what real clients never do on
 //! purpose (pipelined mixes, broken frames).
@@ -11,7 +11,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, MetadataRequest, MetadataResponse, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::{Process, free_port, wait_for};
@@ -99,6 +103,110 @@ impl ApacheKafka {
         let out = crate::python("kafka_client.py", &[&self.setup.to_string(), "setup", "create-topic", name]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.contains("\"ok\": true"), "creating {name}: {text}");
+    }
+}
+
+/// A real Apache Kafka cluster (`scripts/kafka.sh start` once per node), in
+/// one temporary directory: node 1 is broker and controller, nodes 2.. are
+/// brokers only, each advertising its own address, so clients talk to the
+/// leader of each partition directly.
+pub struct ApacheKafkaCluster {
+    nodes: Vec<(i32, SocketAddr)>,
+    // declared before the directory: the JVMs write into it until killed
+    _processes: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl ApacheKafkaCluster {
+    pub fn start(brokers: usize) -> ApacheKafkaCluster {
+        assert!(brokers >= 1, "a cluster needs a broker");
+        let dir = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+        let controller = free_port();
+        let quorum = format!("1@127.0.0.1:{controller}");
+        // every node formatted with the same id, or they refuse each other
+        let out = Command::new("bash").arg(&script).arg("cluster-id").output().expect("scripts/kafka.sh cluster-id");
+        assert!(out.status.success(), "scripts/kafka.sh cluster-id: {}", String::from_utf8_lossy(&out.stderr));
+        let cluster_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let nodes: Vec<(i32, SocketAddr)> =
+            (1..=brokers as i32).map(|id| (id, format!("127.0.0.1:{}", free_port()).parse().unwrap())).collect();
+        let mut processes = Vec::new();
+        for &(id, addr) in &nodes {
+            let node_dir = dir.path().join(format!("node-{id}"));
+            let mut command = Command::new("bash");
+            command
+                .arg(&script)
+                .args(["start", &node_dir.display().to_string(), &addr.port().to_string()])
+                .env("WEIR_KAFKA_NODE_ID", id.to_string())
+                .env("WEIR_KAFKA_ROLES", if id == 1 { "broker,controller" } else { "broker" })
+                .env("WEIR_KAFKA_CONTROLLER_PORT", controller.to_string())
+                .env("WEIR_KAFKA_QUORUM", &quorum)
+                .env("WEIR_KAFKA_CLUSTER_ID", &cluster_id)
+                // a misspelt topic fails instead of appearing with one partition
+                .env("WEIR_KAFKA_PROPERTIES", "auto.create.topics.enable=false\n")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            processes.push(Process::spawn(&format!("apache kafka node {id}"), &mut command));
+        }
+        // fenced (not yet registered) brokers are left out of Metadata: ready
+        // when every broker lists them all
+        wait_for("the Apache Kafka cluster to list its brokers", Duration::from_secs(90), || {
+            nodes.iter().all(|&(_, addr)| metadata(addr).is_some_and(|m| m.brokers.len() == brokers))
+        });
+        ApacheKafkaCluster { nodes, _processes: processes, _dir: dir }
+    }
+
+    /// Every broker's node id and address (advertised as it is), node 1 first.
+    pub fn addrs(&self) -> Vec<(i32, SocketAddr)> {
+        self.nodes.clone()
+    }
+
+    /// A topic of `partitions` partitions, replication factor 1: the
+    /// controller spreads their leaders over the brokers. Returns once every
+    /// broker knows a leader for each.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let topic = TopicName(StrBytes::from_string(name.into()));
+        let request =
+            RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(topic.clone())
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(1),
+            ]));
+        // any broker forwards it to the controller
+        let mut client = RawClient::connect("127.0.0.1", self.nodes[0].1);
+        client.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        client.send(ApiKey::CreateTopics, 5, &request);
+        let Some((_, ResponseKind::CreateTopics(answer))) = client.receive(ApiKey::CreateTopics, 5) else {
+            panic!("no CreateTopics answer for {name}");
+        };
+        let result = &answer.topics[0];
+        assert_eq!(result.error_code, 0, "creating {name}: {:?}", result.error_message);
+        wait_for(&format!("every broker to know the leaders of {name}"), Duration::from_secs(30), || {
+            self.nodes.iter().all(|&(_, addr)| {
+                metadata(addr).is_some_and(|m| {
+                    m.topics.iter().any(|t| {
+                        t.name.as_ref() == Some(&topic)
+                            && t.error_code == 0
+                            && t.partitions.len() == partitions as usize
+                            && t.partitions.iter().all(|p| p.error_code == 0 && p.leader_id.0 >= 0)
+                    })
+                })
+            })
+        });
+    }
+}
+
+/// `addr`'s answer to a Metadata request (v9) for all topics; `None` if it
+/// does not answer (not up yet, or gone).
+pub fn metadata(addr: SocketAddr) -> Option<MetadataResponse> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut client = RawClient { stream, next_correlation_id: 1 };
+    client.send(ApiKey::Metadata, 9, &RequestKind::Metadata(MetadataRequest::default().with_topics(None)));
+    match client.receive(ApiKey::Metadata, 9)? {
+        (_, ResponseKind::Metadata(answer)) => Some(answer),
+        (_, other) => panic!("Metadata answered with {other:?}"),
     }
 }
 

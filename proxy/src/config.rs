@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -387,6 +388,36 @@ pub struct ListenerConfig {
     /// This listener's limits, over the `limits:` defaults (docs/limits.md).
     #[serde(default)]
     pub limits: crate::limits::ListenerLimitsConfig,
+    /// A Kafka listener's brokers: weir listens for each on an address of
+    /// its own (a listener like this one, named `NAME-broker-ID`), and the
+    /// answers that name brokers (Metadata, FindCoordinator,
+    /// DescribeCluster) name weir's addresses instead, so clients given
+    /// only weir's address stay on weir (docs/kafka.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<BrokerConfig>,
+    /// Where answers send clients for each broker: the `brokers` of this
+    /// listener, or of the listener this one was made for.
+    #[serde(skip)]
+    pub broker_addresses: Option<Arc<Vec<BrokerConfig>>>,
+}
+
+/// One broker behind a Kafka listener.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// The broker's node id, as answers name it.
+    pub id: i32,
+    /// Where weir listens for it.
+    pub bind: SocketAddr,
+    /// The broker.
+    pub upstream: SocketAddr,
+}
+
+impl ListenerConfig {
+    /// Weir's address for broker `id`, when this listener rewrites answers.
+    pub fn broker_address(&self, id: i32) -> Option<SocketAddr> {
+        self.broker_addresses.as_ref()?.iter().find(|b| b.id == id).map(|b| b.bind)
+    }
 }
 
 pub fn default_connect_timeout() -> Duration {
@@ -488,9 +519,43 @@ impl WeirConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: WeirConfig = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: WeirConfig = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        config.expand_brokers()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// A listener for each broker of a Kafka listener's `brokers`, like the
+    /// listener itself but for that broker; all of them rewrite answers to
+    /// weir's addresses.
+    fn expand_brokers(&mut self) -> Result<(), String> {
+        let mut made = Vec::new();
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if l.brokers.is_empty() {
+                continue;
+            }
+            if l.protocol != Protocol::Kafka {
+                return Err(format!("listeners[{i}].brokers: only Kafka listeners have brokers"));
+            }
+            let mut ids = std::collections::HashSet::new();
+            for (j, b) in l.brokers.iter().enumerate() {
+                if !ids.insert(b.id) || b.id < 0 {
+                    return Err(format!("listeners[{i}].brokers[{j}].id: {} is negative or used twice", b.id));
+                }
+            }
+            let brokers = Arc::new(l.brokers.clone());
+            l.broker_addresses = Some(brokers.clone());
+            for b in brokers.iter() {
+                let mut broker = l.clone();
+                broker.name = format!("{}-broker-{}", l.name, b.id);
+                broker.bind = b.bind;
+                broker.upstream = b.upstream;
+                broker.brokers = Vec::new();
+                made.push(broker);
+            }
+        }
+        self.listeners.extend(made);
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -651,6 +716,48 @@ impl Default for ConntrackConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kafka_listeners_brokers_become_listeners_that_rewrite() {
+        let config = WeirConfig::parse(
+            "listeners:\n  - name: kafka\n    protocol: kafka\n    bind: 127.0.0.1:19092\n    upstream: 127.0.0.1:9092\n    \
+             destination: {labels: {app: kafka}}\n    brokers:\n      \
+             - {id: 1, bind: 127.0.0.1:19101, upstream: 127.0.0.1:9092}\n      \
+             - {id: 2, bind: 127.0.0.1:19102, upstream: 127.0.0.1:9094}\n",
+        )
+        .unwrap();
+        let names: Vec<(&str, String, String)> =
+            config.listeners.iter().map(|l| (l.name.as_str(), l.bind.to_string(), l.upstream.to_string())).collect();
+        assert_eq!(
+            names,
+            [
+                ("kafka", "127.0.0.1:19092".into(), "127.0.0.1:9092".into()),
+                ("kafka-broker-1", "127.0.0.1:19101".into(), "127.0.0.1:9092".into()),
+                ("kafka-broker-2", "127.0.0.1:19102".into(), "127.0.0.1:9094".into()),
+            ]
+        );
+        for l in &config.listeners {
+            assert_eq!(l.broker_address(2), Some("127.0.0.1:19102".parse().unwrap()), "{}", l.name);
+            assert_eq!(l.broker_address(3), None);
+            assert_eq!(l.destination.labels.get("app").map(String::as_str), Some("kafka"), "the same workload");
+        }
+        let http = WeirConfig::parse(
+            "listeners:\n  - {name: web, bind: 127.0.0.1:8080, upstream: 127.0.0.1:80, destination: {}, \
+             brokers: [{id: 1, bind: 127.0.0.1:19101, upstream: 127.0.0.1:9092}]}\n",
+        );
+        assert!(http.unwrap_err().contains("only Kafka listeners have brokers"));
+        let twice = WeirConfig::parse(
+            "listeners:\n  - {name: k, protocol: kafka, bind: 127.0.0.1:19092, upstream: 127.0.0.1:9092, \
+             destination: {}, brokers: [{id: 1, bind: 127.0.0.1:19101, upstream: 127.0.0.1:9092}, \
+             {id: 1, bind: 127.0.0.1:19102, upstream: 127.0.0.1:9094}]}\n",
+        );
+        assert!(twice.unwrap_err().contains("used twice"));
+        let clash = WeirConfig::parse(
+            "listeners:\n  - {name: k, protocol: kafka, bind: 127.0.0.1:19092, upstream: 127.0.0.1:9092, \
+             destination: {}, brokers: [{id: 1, bind: 127.0.0.1:19092, upstream: 127.0.0.1:9092}]}\n",
+        );
+        assert!(clash.unwrap_err().contains("used by two listeners"), "a broker's bind is checked like any");
+    }
 
     #[test]
     fn visibility_reads_ciliums_annotation_and_names_what_is_wrong() {

@@ -420,6 +420,9 @@ impl PolicyModel {
             escaped_slashes: Default::default(),
             ambiguous_paths: Default::default(),
             connect_timeout: crate::config::default_connect_timeout(),
+            // pods reach every broker through the datapath: nothing to rewrite
+            brokers: Vec::new(),
+            broker_addresses: None,
         };
         let listener = Arc::new(ListenerModel { config, destination, port: original_destination.port(), tls: None });
         let mut cache = self.transparent.lock().unwrap();

@@ -835,6 +835,81 @@ pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMu
     reads_back.then_some(out)
 }
 
+/// The answers that name brokers to connect to: Metadata, FindCoordinator
+/// and DescribeCluster.
+pub fn names_brokers(api_key: i16) -> bool {
+    [ApiKey::Metadata, ApiKey::FindCoordinator, ApiKey::DescribeCluster].iter().any(|k| *k as i16 == api_key)
+}
+
+/// An answer naming brokers (see [`names_brokers`]; a whole frame, length
+/// prefix included) with every broker `address_of` knows replaced by weir's
+/// listener for it, and the ids of brokers it does not know. `Err`: an
+/// answer weir cannot read, which must not reach the client (it would name
+/// brokers the client then reaches around weir).
+pub fn rewrite_brokers(
+    frame: &[u8],
+    api_key: i16,
+    version: i16,
+    address_of: &dyn Fn(i32) -> Option<std::net::SocketAddr>,
+) -> Result<(BytesMut, Vec<i32>), String> {
+    let key = ApiKey::try_from(api_key).map_err(|_| format!("api key {api_key}"))?;
+    let body = frame.get(4..).ok_or("a frame without its length")?;
+    let mut buf = Bytes::copy_from_slice(body);
+    let header_version = key.response_header_version(version);
+    let header =
+        ResponseHeader::decode(&mut buf, header_version).map_err(|e| format!("{key:?} v{version} answer: {e}"))?;
+    let mut unknown = Vec::new();
+    let mut rewrite = |id: i32, host: &mut kafka_protocol::protocol::StrBytes, port: &mut i32| {
+        if id < 0 {
+            return; // no broker (an error answer)
+        }
+        match address_of(id) {
+            Some(addr) => {
+                *host = kafka_protocol::protocol::StrBytes::from_string(addr.ip().to_string());
+                *port = i32::from(addr.port());
+            }
+            None => unknown.push(id),
+        }
+    };
+    let bad = |e: anyhow::Error| format!("{key:?} v{version} answer: {e}");
+    let mut out = BytesMut::with_capacity(frame.len() + 64);
+    out.put_i32(0);
+    header.encode(&mut out, header_version).map_err(bad)?;
+    match key {
+        ApiKey::Metadata => {
+            let mut response = MetadataResponse::decode(&mut buf, version).map_err(bad)?;
+            for b in &mut response.brokers {
+                rewrite(b.node_id.0, &mut b.host, &mut b.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::FindCoordinator => {
+            let mut response = FindCoordinatorResponse::decode(&mut buf, version).map_err(bad)?;
+            if version < 4 {
+                rewrite(response.node_id.0, &mut response.host, &mut response.port);
+            }
+            for c in &mut response.coordinators {
+                rewrite(c.node_id.0, &mut c.host, &mut c.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::DescribeCluster => {
+            let mut response = DescribeClusterResponse::decode(&mut buf, version).map_err(bad)?;
+            for b in &mut response.brokers {
+                rewrite(b.broker_id.0, &mut b.host, &mut b.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        other => return Err(format!("{other:?} answers name no brokers")),
+    }
+    if !buf.is_empty() {
+        return Err(format!("{key:?} v{version} answer: {} bytes past its end", buf.len()));
+    }
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok((out, unknown))
+}
+
 mod topics;
 use topics::{carries_topics, topics_of};
 

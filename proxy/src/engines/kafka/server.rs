@@ -29,6 +29,7 @@ use crate::context::Target;
 use crate::engines::chain::Answer;
 use crate::engines::relay::{self, Connection, Snapshot};
 use crate::engines::state::{OpenConnection, ProxyState};
+use crate::model::ListenerModel;
 use crate::observe::flow::{FlowDetail, FlowRecord, KafkaFlow, Verdict};
 use crate::protocol::Protocol;
 use crate::wasm::kafka as wit;
@@ -69,11 +70,14 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
     let Some((snap, broker)) = conn.open(&open, &client).await else { return };
+    // a listener with `brokers` sends clients to weir's address for each
+    // broker; the listener is the one this connection was accepted on
+    let rewrite = snap.listener.config.broker_addresses.is_some().then(|| snap.listener.clone());
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
     let (queue, queued) = mpsc::channel(QUEUE);
     let requests = requests(&conn, snap, client_read, broker_write, queue);
-    let responses = responses(&conn, broker_read, client_write, queued);
+    let responses = responses(&conn, broker_read, client_write, queued, rewrite);
     // the response half ends the connection when the broker or the client
     // goes; the request half ends it on a bad frame or the client's EOF
     tokio::join!(requests, responses);
@@ -246,6 +250,7 @@ async fn responses(
     mut broker: OwnedReadHalf,
     mut client: OwnedWriteHalf,
     mut queued: mpsc::Receiver<Pending>,
+    rewrite: Option<Arc<ListenerModel>>,
 ) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -286,7 +291,8 @@ async fn responses(
                     // answers weir rewrites are read whole; every other one
                     // goes through as it arrives (a 1 MiB Fetch answer is not
                     // held back until its last byte is in)
-                    let relayed = if api_key == 18 || refused_metadata.is_some() {
+                    let rewrites = rewrite.as_ref().filter(|_| codec::names_brokers(api_key));
+                    let relayed = if api_key == 18 || refused_metadata.is_some() || rewrites.is_some() {
                         match read_frame(&mut broker, &mut buf, MAX_RESPONSE, None).await {
                             Ok(Some(mut frame)) => {
                                 if api_key == 18 && let Some(narrowed) = codec::narrow_api_versions(&frame, api_version) {
@@ -296,7 +302,13 @@ async fn responses(
                                     let (topics, own) = *refusal;
                                     frame = codec::metadata_answer_refusing(&frame, api_version, topics).unwrap_or(own);
                                 }
-                                client.write_all(&frame).await.map_err(|_| Relay::ClientGone)
+                                match rewrites.map(|listener| rewrite_brokers(listener, &frame, api_key, api_version)) {
+                                    None => client.write_all(&frame).await.map_err(|_| Relay::ClientGone),
+                                    Some(Ok(rewritten)) => client.write_all(&rewritten).await.map_err(|_| Relay::ClientGone),
+                                    // an answer naming brokers weir cannot
+                                    // rewrite would send the client around it
+                                    Some(Err(why)) => Err(Relay::Broker(why)),
+                                }
                             }
                             Ok(None) => Err(Relay::Broker("the broker closed the connection".into())),
                             Err(FrameError::Io(e)) => Err(Relay::Broker(format!("the broker connection failed ({e})"))),
@@ -342,6 +354,21 @@ async fn responses(
         }
     }
     let _ = client.shutdown().await;
+}
+
+/// An answer naming brokers, naming weir's listeners for them instead (a
+/// broker without one is named as it is, and said so in the log).
+fn rewrite_brokers(listener: &ListenerModel, frame: &[u8], api_key: i16, version: i16) -> Result<BytesMut, String> {
+    let (rewritten, unknown) =
+        codec::rewrite_brokers(frame, api_key, version, &|id| listener.config.broker_address(id))?;
+    if !unknown.is_empty() {
+        tracing::warn!(
+            listener = listener.config.name,
+            "brokers {unknown:?} have no weir listener (`brokers:` in weir.yaml): clients told of them connect to \
+             them directly"
+        );
+    }
+    Ok(rewritten)
 }
 
 enum FrameError {

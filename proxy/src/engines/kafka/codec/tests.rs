@@ -862,3 +862,97 @@ fn refusals_of_the_resource_apis_carry_the_code_per_resource() {
     };
     assert_eq!((response.results[0].group_id.0.as_str(), response.results[0].error_code), ("g", 30));
 }
+
+/// A broker's answer (a whole frame, length prefix included) as it comes.
+fn answer(key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> BytesMut {
+    let mut wire = BytesMut::new();
+    wire.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut wire, key.response_header_version(version))
+        .unwrap();
+    body.encode(&mut wire, version).unwrap();
+    let len = (wire.len() - 4) as i32;
+    wire[..4].copy_from_slice(&len.to_be_bytes());
+    wire
+}
+
+/// Every answer that names brokers names weir's listener for each broker
+/// it has one for, in every version; brokers without one are kept and
+/// reported; an answer that does not read is an error, never passed on.
+#[test]
+fn answers_naming_brokers_name_weirs_listeners() {
+    let weir = |id: i32| -> Option<std::net::SocketAddr> {
+        (1..=2).contains(&id).then(|| format!("127.0.0.9:{}", 19100 + id).parse().unwrap())
+    };
+    let broker = |id: i32| {
+        metadata_response::MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(StrBytes::from_string(format!("broker-{id}.kafka")))
+            .with_port(9092)
+    };
+    for version in ApiKey::Metadata.valid_versions().min..=ApiKey::Metadata.valid_versions().max {
+        let body =
+            ResponseKind::Metadata(MetadataResponse::default().with_brokers(vec![broker(1), broker(2), broker(3)]));
+        let wire = answer(ApiKey::Metadata, version, 5, &body);
+        let (rewritten, unknown) = rewrite_brokers(&wire, ApiKey::Metadata as i16, version, &weir).unwrap();
+        assert_eq!(unknown, vec![3], "v{version}");
+        let (id, ResponseKind::Metadata(response)) = read_response(ApiKey::Metadata, version, &rewritten) else {
+            panic!()
+        };
+        assert_eq!(id, 5);
+        let named: Vec<(i32, String, i32)> =
+            response.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+        assert_eq!(
+            named,
+            vec![(1, "127.0.0.9".into(), 19101), (2, "127.0.0.9".into(), 19102), (3, "broker-3.kafka".into(), 9092)],
+            "v{version}"
+        );
+    }
+    for version in ApiKey::FindCoordinator.valid_versions().min..=ApiKey::FindCoordinator.valid_versions().max {
+        let mut response = FindCoordinatorResponse::default();
+        if version < 4 {
+            response = response.with_node_id(BrokerId(2)).with_host(StrBytes::from_static_str("b2")).with_port(9092);
+        } else {
+            response = response.with_coordinators(vec![
+                find_coordinator_response::Coordinator::default()
+                    .with_key(StrBytes::from_static_str("group"))
+                    .with_node_id(BrokerId(2))
+                    .with_host(StrBytes::from_static_str("b2"))
+                    .with_port(9092),
+            ]);
+        }
+        let wire = answer(ApiKey::FindCoordinator, version, 6, &ResponseKind::FindCoordinator(response));
+        let (rewritten, unknown) = rewrite_brokers(&wire, ApiKey::FindCoordinator as i16, version, &weir).unwrap();
+        assert!(unknown.is_empty());
+        let (_, ResponseKind::FindCoordinator(response)) = read_response(ApiKey::FindCoordinator, version, &rewritten)
+        else {
+            panic!()
+        };
+        let (host, port) = match response.coordinators.first() {
+            Some(c) => (c.host.to_string(), c.port),
+            None => (response.host.to_string(), response.port),
+        };
+        assert_eq!((host.as_str(), port), ("127.0.0.9", 19102), "v{version}");
+    }
+    let described = DescribeClusterResponse::default().with_brokers(vec![
+        describe_cluster_response::DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("b1"))
+            .with_port(9092),
+    ]);
+    let version = ApiKey::DescribeCluster.valid_versions().max;
+    let wire = answer(ApiKey::DescribeCluster, version, 7, &ResponseKind::DescribeCluster(described));
+    let (rewritten, _) = rewrite_brokers(&wire, ApiKey::DescribeCluster as i16, version, &weir).unwrap();
+    let (_, ResponseKind::DescribeCluster(response)) = read_response(ApiKey::DescribeCluster, version, &rewritten)
+    else {
+        panic!()
+    };
+    assert_eq!((response.brokers[0].host.to_string(), response.brokers[0].port), ("127.0.0.9".into(), 19101));
+
+    // cut short: an error, not the broker's addresses
+    let body = ResponseKind::Metadata(MetadataResponse::default().with_brokers(vec![broker(1)]));
+    let mut wire = answer(ApiKey::Metadata, 12, 5, &body);
+    wire.truncate(wire.len() - 3);
+    assert!(rewrite_brokers(&wire, ApiKey::Metadata as i16, 12, &weir).is_err());
+}

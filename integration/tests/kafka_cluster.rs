@@ -1,0 +1,131 @@
+//! Weir in front of a real three-broker Apache Kafka cluster (KRaft, one JVM
+//! per broker), each broker advertising its own address. Clients are given
+//! only weir's bootstrap address; the listener's `brokers` make every answer
+//! that names brokers name weir's listener for each, so kafka-python's
+//! producer and consumer group reach the leaders of all six partitions —
+//! led by three different brokers — through weir, judged there.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use weir_integration::kafka::{ApacheKafkaCluster, RawClient, metadata};
+use weir_integration::*;
+
+const HQ: &str = "127.0.0.1";
+
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: empire-kafka}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: empire-hq}}]
+      toPorts:
+        - ports: [{port: "9092", protocol: TCP}]
+          rules:
+            kafka:
+              - {role: produce, topic: empire-announce}
+              - {role: consume, topic: empire-announce}
+              - {role: consume, topic: deathstar-plans}
+"#;
+
+fn python_client(listener: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let bootstrap = listener.to_string();
+    let mut all = vec![bootstrap.as_str(), client_id];
+    all.extend_from_slice(args);
+    let out = python("kafka_client.py", &all);
+    assert!(out.status.success(), "kafka_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn clients_given_weirs_address_reach_every_broker_through_weir() {
+    let cluster = ApacheKafkaCluster::start(3);
+    cluster.create_topic("empire-announce", 6);
+    cluster.create_topic("deathstar-plans", 3);
+    let brokers = cluster.addrs();
+    // the cluster as clients would see it without weir: three leaders, each
+    // broker at its own address
+    let direct = metadata(brokers[0].1).expect("the cluster answers Metadata");
+    let topic = direct.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "empire-announce"));
+    let leaders: BTreeSet<i32> = topic.unwrap().partitions.iter().map(|p| p.leader_id.0).collect();
+    assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "partitions led by every broker");
+
+    let bootstrap: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let weir_ports: Vec<(i32, u16)> = brokers.iter().map(|&(id, _)| (id, free_port())).collect();
+    let entries: Vec<String> = brokers
+        .iter()
+        .zip(&weir_ports)
+        .map(|(&(id, addr), &(_, port))| format!("{{id: {id}, bind: 127.0.0.1:{port}, upstream: {addr}}}"))
+        .collect();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+         listeners:\n  \
+         - {{name: kafka, protocol: kafka, bind: {bootstrap}, upstream: {}, \
+              destination: {{labels: {{app: kafka}}, port: 9092}}, brokers: [{}]}}\n",
+        brokers[0].1,
+        entries.join(", ")
+    );
+    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+
+    // through weir, Metadata names weir's listeners only
+    let mut client = RawClient::connect(HQ, bootstrap);
+    let ask = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str("empire-announce")))),
+    ]));
+    client.send(ApiKey::Metadata, 12, &RequestKind::Metadata(ask));
+    let Some((_, ResponseKind::Metadata(answer))) = client.receive(ApiKey::Metadata, 12) else {
+        panic!("no Metadata answer through weir")
+    };
+    let mut named: Vec<(i32, String, i32)> =
+        answer.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+    named.sort();
+    let expected: Vec<(i32, String, i32)> =
+        weir_ports.iter().map(|&(id, port)| (id, "127.0.0.1".to_string(), i32::from(port))).collect();
+    assert_eq!(named, expected, "every broker at weir's address for it");
+
+    // kafka-python, given weir's bootstrap address alone, produces to all six
+    // partitions and reads them back as a consumer group
+    let values: Vec<String> = (0..40).map(|i| format!("order-{i}")).collect();
+    let mut args = vec!["produce", "empire-announce"];
+    args.extend(values.iter().map(String::as_str));
+    let produced = python_client(bootstrap, "hq", &args);
+    assert!(produced.iter().all(|r| r["ok"] == true), "{produced:?}");
+    let consumed = python_client(bootstrap, "hq", &["consume", "empire-announce", "readers", "40"]);
+    assert_eq!(consumed[0]["ok"], true, "{consumed:?}");
+    let mut got: Vec<String> =
+        consumed[0]["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    got.sort();
+    let mut want = values.clone();
+    want.sort();
+    assert_eq!(got, want, "every message back, from every partition");
+
+    // and weir judged them on each broker's listener
+    for &(id, _) in &weir_ports {
+        let listener = format!("kafka-broker-{id}");
+        weir.wait_flow("protocol=kafka&verdict=forwarded", &format!("a Produce through {listener}"), |f| {
+            f.listener == listener && f.kafka().is_some_and(|k| k.api_key == "Produce")
+        });
+        weir.wait_flow("protocol=kafka&verdict=forwarded", &format!("a Fetch through {listener}"), |f| {
+            f.listener == listener && f.kafka().is_some_and(|k| k.api_key == "Fetch")
+        });
+    }
+    // the group's coordinator too was reached through weir
+    weir.wait_flow("protocol=kafka&verdict=forwarded", "a JoinGroup on a broker's listener", |f| {
+        f.listener.starts_with("kafka-broker-") && f.kafka().is_some_and(|k| k.api_key == "JoinGroup")
+    });
+
+    // a refused Produce is refused whichever broker leads the partition
+    let refused = python_client(bootstrap, "hq", &["produce", "deathstar-plans", "the plans"]);
+    assert_eq!(refused[0]["ok"], false, "{refused:?}");
+    assert_eq!(refused[0]["error"], "TopicAuthorizationFailedError", "{refused:?}");
+    let flow = weir.wait_flow("protocol=kafka&verdict=denied", "the Produce refusal", |f| {
+        f.kafka().is_some_and(|k| k.api_key == "Produce" && k.topics == ["deathstar-plans"])
+    });
+    assert!(flow.listener.starts_with("kafka-broker-"), "judged on the leader's listener: {flow:?}");
+}
