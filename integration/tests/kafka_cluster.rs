@@ -31,7 +31,30 @@ spec:
               - {role: produce, topic: empire-announce}
               - {role: consume, topic: empire-announce}
               - {role: consume, topic: deathstar-plans}
+              - {apiKey: describegroups}
+              - {apiKey: consumergroupdescribe}
+              # the group tool reads every committed offset of the group
+              # (OffsetFetch for all topics): a rule without a topic
+              - {apiKey: offsetfetch}
+              - {apiKey: listgroups}
+              - {apiKey: describecluster}
 "#;
+
+/// A Kafka tool (a main class of the jars scripts/kafka.sh installed),
+/// run to its end: its stdout, or a panic with its stderr.
+fn java_tool(main: &str, args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("run")
+        .arg(main)
+        .args(args)
+        .output()
+        .expect("scripts/kafka.sh run");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{main} {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
 
 fn python_client(listener: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
     let bootstrap = listener.to_string();
@@ -119,6 +142,45 @@ fn clients_given_weirs_address_reach_every_broker_through_weir() {
     weir.wait_flow("protocol=kafka&verdict=forwarded", "a JoinGroup on a broker's listener", |f| {
         f.listener.starts_with("kafka-broker-") && f.kafka().is_some_and(|k| k.api_key == "JoinGroup")
     });
+
+    // Kafka's own Java tools, given weir's address alone: the console
+    // consumer reads every partition in a group of its own (the Java client
+    // on the newest versions weir reads), the group tool finds the group's
+    // coordinator and offsets, the cluster tool lists the brokers — all
+    // through weir's listeners
+    let bootstrap_arg = bootstrap.to_string();
+    let read = java_tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &[
+            "--bootstrap-server",
+            &bootstrap_arg,
+            "--topic",
+            "empire-announce",
+            "--group",
+            "java-readers",
+            "--from-beginning",
+            "--max-messages",
+            "40",
+            "--timeout-ms",
+            "30000",
+        ],
+    );
+    let mut got: Vec<&str> = read.lines().collect();
+    got.sort();
+    assert_eq!(got, want, "the Java consumer reads every partition through weir");
+    let groups = java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &["--bootstrap-server", &bootstrap_arg, "--describe", "--group", "java-readers"],
+    );
+    let partitions = groups.lines().filter(|l| l.contains("empire-announce")).count();
+    assert_eq!(partitions, 6, "the group's six partitions, with their offsets:\n{groups}");
+    let cluster_said =
+        java_tool("org.apache.kafka.tools.ClusterTool", &["list-endpoints", "--bootstrap-server", &bootstrap_arg]);
+    // (DescribeCluster: each broker's id, host and port on a line)
+    for &(id, port) in &weir_ports {
+        let line = cluster_said.lines().find(|l| l.split_whitespace().next() == Some(&id.to_string()));
+        assert!(line.is_some_and(|l| l.contains(&port.to_string())), "broker {id} at weir's {port}:\n{cluster_said}");
+    }
 
     // a refused Produce is refused whichever broker leads the partition
     let refused = python_client(bootstrap, "hq", &["produce", "deathstar-plans", "the plans"]);

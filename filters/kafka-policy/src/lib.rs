@@ -102,10 +102,37 @@ const API_KEYS: &[(&str, i16)] = &[
     ("incrementalalterconfigs", 44),
     ("offsetdelete", 47),
     ("describeclientquotas", 48),
+    ("createdelegationtoken", 38),
+    ("renewdelegationtoken", 39),
+    ("expiredelegationtoken", 40),
+    ("describedelegationtoken", 41),
+    ("alterpartitionreassignments", 45),
+    ("listpartitionreassignments", 46),
+    ("alterclientquotas", 49),
+    ("describeuserscramcredentials", 50),
+    ("alteruserscramcredentials", 51),
+    ("describequorum", 55),
+    ("updatefeatures", 57),
     ("describecluster", 60),
     ("describeproducers", 61),
+    ("describetransactions", 65),
+    ("listtransactions", 66),
     ("consumergroupheartbeat", 68),
+    // Kafka 4's admin client asks this first when describing a group (and
+    // takes a refusal as the answer: it falls back to DescribeGroups only on
+    // UNSUPPORTED_VERSION)
+    ("consumergroupdescribe", 69),
+    ("gettelemetrysubscriptions", 71),
+    ("pushtelemetry", 72),
+    ("listconfigresources", 74),
     ("describetopicpartitions", 75),
+    ("sharegroupheartbeat", 76),
+    ("sharegroupdescribe", 77),
+    ("sharefetch", 78),
+    ("shareacknowledge", 79),
+    ("describesharegroupoffsets", 90),
+    ("altersharegroupoffsets", 91),
+    ("deletesharegroupoffsets", 92),
 ];
 
 /// Cilium's role expansion, plus InitProducerId for `produce` when it asks
@@ -113,9 +140,14 @@ const API_KEYS: &[(&str, i16)] = &[
 /// client (Java 3.0+, librdkafka with enable.idempotence, kafka-python 3)
 /// sends it before its first Produce, and Kafka's own ACLs let a principal
 /// that may write a topic do it (KIP-679).
-const PRODUCE_ROLE: &[i16] = &[0, 3, 18, INIT_PRODUCER_ID];
+///
+/// Both roles also cover DescribeTopicPartitions (75), which tells of the
+/// named topics what Metadata does (KIP-966; Kafka 4's admin client
+/// describes topics with it) and which Kafka's ACLs allow alike.
+const PRODUCE_ROLE: &[i16] = &[0, 3, 18, INIT_PRODUCER_ID, DESCRIBE_TOPIC_PARTITIONS];
 const INIT_PRODUCER_ID: i16 = 22;
-const CONSUME_ROLE: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18];
+const DESCRIBE_TOPIC_PARTITIONS: i16 = 75;
+const CONSUME_ROLE: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18, DESCRIBE_TOPIC_PARTITIONS];
 
 const MAX_TOPIC_LEN: usize = 255;
 
