@@ -79,7 +79,7 @@ endpoints:
   - {name: load, address: 127.0.0.1, labels: {app: frontend}}
 filters:
   - {name: gate, path: $work/gate/target/weir/gate.wasm}
-  - {name: js-gate, path: $work/js-gate/target/weir/js-gate.wasm}
+  - {name: js-gate, path: $work/js-gate/target/weir/js-gate.wasm, timeout: 50ms}
 listeners:
 CONF
   listener open $OPEN unpoliced

@@ -258,18 +258,30 @@ pub fn kcat(broker: SocketAddr, args: &[&str], input: &str) -> Output {
         .spawn()
         .expect("kcat (scripts/setup.sh installs it)");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // read its output while it runs: a pipe holds 64 KiB, and kcat blocks
+    // writing more
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     // kcat retries a refused request until its timeouts: bound it
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            return child.wait_with_output().unwrap();
+            break child.wait().unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// A Kafka client speaking raw frames, from a chosen source address.

@@ -282,7 +282,7 @@ fn a_javascript_filter_is_built_tested_and_served() {
          - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
          listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
          destination: {{labels: {{app: web}}, port: 80}}}}\n\
-         filters:\n  - {{name: js-gate, path: {}}}\n",
+         filters:\n  - {{name: js-gate, path: {}, timeout: 50ms}}\n",
         nginx.addr,
         component.display()
     );

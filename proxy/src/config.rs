@@ -542,6 +542,14 @@ impl WeirConfig {
                 if !ids.insert(b.id) || b.id < 0 {
                     return Err(format!("listeners[{i}].brokers[{j}].id: {} is negative or used twice", b.id));
                 }
+                // clients are sent to this address: it must be one they can reach
+                if b.bind.ip().is_unspecified() {
+                    return Err(format!(
+                        "listeners[{i}].brokers[{j}].bind: {} is no address a client can be sent to; give the \
+                         node's address",
+                        b.bind
+                    ));
+                }
             }
             let brokers = Arc::new(l.brokers.clone());
             l.broker_addresses = Some(brokers.clone());
@@ -757,6 +765,11 @@ mod tests {
              destination: {}, brokers: [{id: 1, bind: 127.0.0.1:19092, upstream: 127.0.0.1:9092}]}\n",
         );
         assert!(clash.unwrap_err().contains("used by two listeners"), "a broker's bind is checked like any");
+        let anywhere = WeirConfig::parse(
+            "listeners:\n  - {name: k, protocol: kafka, bind: 127.0.0.1:19092, upstream: 127.0.0.1:9092, \
+             destination: {}, brokers: [{id: 1, bind: 0.0.0.0:19101, upstream: 127.0.0.1:9092}]}\n",
+        );
+        assert!(anywhere.unwrap_err().contains("no address a client can be sent to"));
     }
 
     #[test]

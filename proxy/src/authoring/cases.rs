@@ -514,15 +514,16 @@ fn ask_stream(
         Err(failure) => return Outcome::Failed(failure),
     };
     match instance.on_stream_data(view, side, end, data) {
-        Ok(ops) => stream_outcome(&ops),
+        Ok(ops) => stream_outcome(&ops, data.len()),
         Err(failure) => Outcome::Failed(failure),
     }
 }
 
-/// Allowed when bytes were passed and none dropped; denied (with a denied
-/// flow's reason, when the filter wrote one) when any were dropped or the
-/// connection broken; undecided when it only asked for more.
-fn stream_outcome(ops: &[stream::Op]) -> Outcome {
+/// Allowed when every one of the `len` bytes was passed; denied (with a
+/// denied flow's reason, when the filter wrote one) when any were dropped or
+/// the connection broken; undecided when bytes are left and it asked for
+/// more (or said nothing of them).
+fn stream_outcome(ops: &[stream::Op], len: usize) -> Outcome {
     let (mut passed, mut dropped, mut more) = (0u64, 0u64, None);
     let mut reason = None;
     for op in ops {
@@ -543,10 +544,7 @@ fn stream_outcome(ops: &[stream::Op]) -> Outcome {
     if dropped > 0 {
         return Outcome::Deny { reason: reason.unwrap_or_else(|| format!("{dropped} bytes dropped")), status: None };
     }
-    match (passed, more) {
-        (0, Some(more)) => Outcome::Undecided(more.max(1)),
-        _ => Outcome::Allow,
-    }
+    if passed >= len as u64 { Outcome::Allow } else { Outcome::Undecided(more.unwrap_or(0).max(1)) }
 }
 
 fn ask_dns(filter: &ConfiguredFilter, view: ConnectionView, query: &dns::Query) -> Outcome {
@@ -677,7 +675,7 @@ fn fuzz(filter: &Arc<ConfiguredFilter>, world: Protocol, time: Duration) -> (boo
                             let side = if random.below(4) == 0 { stream::Side::Reply } else { stream::Side::Request };
                             what = format!("{side:?} {:?}", String::from_utf8_lossy(&data));
                             match instance.on_stream_data(view(), side, false, &data) {
-                                Ok(ops) => outcome = stream_outcome(&ops),
+                                Ok(ops) => outcome = stream_outcome(&ops, data.len()),
                                 Err(failure) => {
                                     outcome = Outcome::Failed(failure);
                                     break;

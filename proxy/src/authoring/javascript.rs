@@ -81,7 +81,8 @@ pub fn project(dir: &Path) -> anyhow::Result<(String, String)> {
 pub fn build(dir: &Path) -> anyhow::Result<(String, String, PathBuf)> {
     let (name, world) = project(dir)?;
     let npm = std::env::var_os("NPM").map(PathBuf::from).unwrap_or_else(|| "npm".into());
-    if !dir.join("node_modules").exists() {
+    // (the SDK's own link, not the folder: an install cut short leaves the folder)
+    if !dir.join("node_modules/weir-filter/package.json").exists() {
         run(Command::new(&npm).args(["install", "--no-audit", "--no-fund", "--prefer-offline"]).current_dir(dir))
             .context("installing the project's packages (npm install)")?;
     }

@@ -153,15 +153,24 @@ pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
 /// an out-of-memory failure because growth was refused during the call.
 pub struct MemoryLimit {
     max: usize,
-    /// The linear memory's size now.
+    /// The linear memory's size now, and before the growth in progress.
     size: usize,
-    /// Growth was refused since the running call began.
+    before: usize,
+    /// Its size once `configure` returned: what the instance needs.
+    baseline: usize,
+    /// Growth was refused (or failed) since the running call began.
     pub refused: bool,
 }
 
 impl MemoryLimit {
     pub fn new(max: usize) -> Self {
-        MemoryLimit { max, size: 0, refused: false }
+        MemoryLimit { max, size: 0, before: 0, baseline: 0, refused: false }
+    }
+
+    /// `configure` returned: what the instance holds now is its own, not
+    /// growth from calls.
+    pub fn configured(&mut self) {
+        self.baseline = self.size;
     }
 
     /// The linear memory's size now, in bytes.
@@ -174,19 +183,32 @@ impl MemoryLimit {
     /// guest whose memory only grows (a JavaScript engine whose collector
     /// never runs between calls, a leak in a Rust filter) keeps serving
     /// instead of failing a request when it reaches the limit.
+    ///
+    /// "Most" is 3/4 of what the budget leaves above the instance's size
+    /// after `configure`, so an instance that starts big (a JavaScript
+    /// engine holds 9 MiB) is not retired after every call.
     pub fn nearly_full(&self) -> bool {
-        self.size > self.max / 4 * 3
+        let headroom = self.max.saturating_sub(self.baseline);
+        self.size > self.baseline + headroom / 4 * 3
     }
 }
 
 impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let fits = desired <= self.max;
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // past the budget, or past the module's own maximum
+        let fits = desired <= self.max && maximum.is_none_or(|m| desired <= m);
         self.refused |= !fits;
         if fits {
-            self.size = desired;
+            (self.before, self.size) = (self.size, desired);
         }
         Ok(fits)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // allowed here, but the host could not map it: the guest sees -1
+        tracing::debug!("a filter's memory could not grow: {error:#}");
+        (self.size, self.refused) = (self.before, true);
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {

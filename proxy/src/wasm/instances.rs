@@ -155,6 +155,7 @@ pub(super) fn instantiate(
             return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));
         }
     }
+    store.data_mut().limits.configured();
     store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
     Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive), _slot: slot })
 }

@@ -673,6 +673,15 @@ impl ConfiguredFilter {
     }
 }
 
+impl Drop for ConfiguredFilter {
+    /// No model uses this filter any more: its shared state goes, and its
+    /// bytes go back to the runtime's budget at once (idle instances of it
+    /// in the workers' pools hold the partition until they are swept).
+    fn drop(&mut self) {
+        self.state.clear();
+    }
+}
+
 /// One guest call on a live instance, under the filter's CPU budget, with
 /// `connection` lent for the call.
 fn run<R>(

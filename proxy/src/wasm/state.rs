@@ -206,6 +206,16 @@ impl Entries {
 }
 
 impl Partition {
+    /// Empty it, giving its bytes back to the runtime's budget: its filter
+    /// is gone (idle instances of it may hold the partition a while yet).
+    pub fn clear(&self) {
+        let mut entries = self.inner.lock().unwrap();
+        entries.values.clear();
+        entries.buckets.clear();
+        let bytes = std::mem::take(&mut entries.bytes);
+        entries.budget.release(bytes);
+    }
+
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.inner.lock().unwrap().live(key, Instant::now()).map(|e| e.value.clone())
     }
@@ -310,8 +320,11 @@ mod tests {
         assert_eq!(budget.used(), 301 + "bucket".len() + BUCKET_BYTES);
         drop(first);
         assert_eq!(budget.used(), 301, "a dropped partition gives its bytes back");
+        second.clear();
+        assert_eq!(budget.used(), 0, "a cleared partition gives its bytes back");
+        assert_eq!(second.get("b"), None);
         drop(second);
-        assert_eq!(budget.used(), 0);
+        assert_eq!(budget.used(), 0, "and not twice");
     }
 
     #[test]

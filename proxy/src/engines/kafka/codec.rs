@@ -835,10 +835,20 @@ pub fn narrow_api_versions(frame: &[u8], request_version: i16) -> Option<BytesMu
     reads_back.then_some(out)
 }
 
-/// The answers that name brokers to connect to: Metadata, FindCoordinator
-/// and DescribeCluster.
-pub fn names_brokers(api_key: i16) -> bool {
-    [ApiKey::Metadata, ApiKey::FindCoordinator, ApiKey::DescribeCluster].iter().any(|k| *k as i16 == api_key)
+/// The answers that may name brokers to connect to: Metadata,
+/// FindCoordinator, DescribeCluster, and the `node_endpoints` of Produce
+/// (v10 and later: the new leader after NOT_LEADER_OR_FOLLOWER), ShareFetch
+/// and ShareAcknowledge. (Fetch has them from v16, which weir does not let
+/// clients use: `highest_judged_version`.)
+pub fn names_brokers(api_key: i16, version: i16) -> bool {
+    let Ok(key) = ApiKey::try_from(api_key) else { return false };
+    match key {
+        ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster => true,
+        ApiKey::ShareFetch | ApiKey::ShareAcknowledge => true,
+        ApiKey::Produce => version >= 10,
+        ApiKey::Fetch => version >= 16,
+        _ => false,
+    }
 }
 
 /// An answer naming brokers (see [`names_brokers`]; a whole frame, length
@@ -897,6 +907,34 @@ pub fn rewrite_brokers(
             let mut response = DescribeClusterResponse::decode(&mut buf, version).map_err(bad)?;
             for b in &mut response.brokers {
                 rewrite(b.broker_id.0, &mut b.host, &mut b.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::Produce => {
+            let mut response = ProduceResponse::decode(&mut buf, version).map_err(bad)?;
+            for n in &mut response.node_endpoints {
+                rewrite(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::ShareFetch => {
+            let mut response = ShareFetchResponse::decode(&mut buf, version).map_err(bad)?;
+            for n in &mut response.node_endpoints {
+                rewrite(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::ShareAcknowledge => {
+            let mut response = ShareAcknowledgeResponse::decode(&mut buf, version).map_err(bad)?;
+            for n in &mut response.node_endpoints {
+                rewrite(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }
+        ApiKey::Fetch => {
+            let mut response = FetchResponse::decode(&mut buf, version).map_err(bad)?;
+            for n in &mut response.node_endpoints {
+                rewrite(n.node_id.0, &mut n.host, &mut n.port);
             }
             response.encode(&mut out, version).map_err(bad)?;
         }

@@ -291,7 +291,7 @@ async fn responses(
                     // answers weir rewrites are read whole; every other one
                     // goes through as it arrives (a 1 MiB Fetch answer is not
                     // held back until its last byte is in)
-                    let rewrites = rewrite.as_ref().filter(|_| codec::names_brokers(api_key));
+                    let rewrites = rewrite.as_ref().filter(|_| codec::names_brokers(api_key, api_version));
                     let relayed = if api_key == 18 || refused_metadata.is_some() || rewrites.is_some() {
                         match read_frame(&mut broker, &mut buf, MAX_RESPONSE, None).await {
                             Ok(Some(mut frame)) => {
@@ -361,7 +361,17 @@ async fn responses(
 fn rewrite_brokers(listener: &ListenerModel, frame: &[u8], api_key: i16, version: i16) -> Result<BytesMut, String> {
     let (rewritten, unknown) =
         codec::rewrite_brokers(frame, api_key, version, &|id| listener.config.broker_address(id))?;
-    if !unknown.is_empty() {
+    // once a minute at most: every client's Metadata names the same brokers
+    static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let due = || {
+        let mut last = WARNED.lock().unwrap();
+        let due = last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if !unknown.is_empty() && due() {
         tracing::warn!(
             listener = listener.config.name,
             "brokers {unknown:?} have no weir listener (`brokers:` in weir.yaml): clients told of them connect to \
@@ -414,7 +424,9 @@ async fn read_head(
 
 /// Send the client the `total` bytes of one answer whose head is in `buf`:
 /// what is buffered, then the rest as it arrives, one read-sized chunk at a
-/// time (weir holds at most a chunk of an answer, whatever its size).
+/// time (weir holds at most a chunk of an answer, whatever its size). The
+/// rest of a large answer goes through a pipe with `splice(2)` instead: the
+/// bytes never enter weir (a 1 MiB Fetch answer was two copies of it).
 async fn relay_body(
     broker: &mut OwnedReadHalf,
     buf: &mut BytesMut,
@@ -432,6 +444,11 @@ async fn relay_body(
         if left == 0 {
             return Ok(());
         }
+        if left >= SPLICE_AT
+            && let Some(pipe) = Splicer::new()
+        {
+            return pipe.relay(broker, client, left).await;
+        }
         // empty here: reserving reuses the allocation it owns
         buf.reserve(RELAY_CHUNK.min(left));
         match broker.read_buf(buf).await {
@@ -440,6 +457,90 @@ async fn relay_body(
             Err(e) => return Err(Relay::Broker(format!("the broker connection failed ({e})"))),
         }
     }
+}
+
+/// Answers with at least this much left unread go through [`Splicer`].
+const SPLICE_AT: usize = 64 << 10;
+
+/// A pipe between the broker's socket and the client's, for `splice(2)`,
+/// made for one large answer and closed after it: a connection holds no
+/// descriptors for it between answers, and few pipes exist at once (the
+/// kernel's per-user pipe pages stay for the ones that do).
+struct Splicer {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Splicer {
+    /// `None` when the pipe cannot be made (out of descriptors): the answer
+    /// then goes through weir's buffer.
+    fn new() -> Option<Splicer> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on success
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        // SAFETY: both descriptors are new and owned here alone
+        let (read, write) =
+            unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+        // a larger pipe moves an answer in fewer calls (the default is 64 KiB;
+        // refused above /proc/sys/fs/pipe-max-size, which is fine)
+        // SAFETY: fcntl on a descriptor this function owns
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
+        Some(Splicer { read, write })
+    }
+
+    /// Move `left` bytes from `broker` to `client`. The pipe is empty
+    /// before and after (every byte spliced in is spliced out before the
+    /// next read), so an error leaves nothing behind for the next answer —
+    /// the connection closes on one anyway.
+    async fn relay(&self, broker: &OwnedReadHalf, client: &OwnedWriteHalf, mut left: usize) -> Result<(), Relay> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+        let (from, to): (&TcpStream, &TcpStream) = (broker.as_ref(), client.as_ref());
+        while left > 0 {
+            let moved = loop {
+                from.readable().await.map_err(|e| Relay::Broker(format!("the broker connection failed ({e})")))?;
+                let spliced = from
+                    .try_io(Interest::READABLE, || splice(from.as_raw_fd(), self.write.as_raw_fd(), left.min(1 << 20)));
+                match spliced {
+                    Ok(0) => return Err(Relay::Broker("the broker closed the connection".into())),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(Relay::Broker(format!("the broker connection failed ({e})"))),
+                }
+            };
+            let mut in_pipe = moved;
+            while in_pipe > 0 {
+                to.writable().await.map_err(|_| Relay::ClientGone)?;
+                match to.try_io(Interest::WRITABLE, || splice(self.read.as_raw_fd(), to.as_raw_fd(), in_pipe)) {
+                    Ok(n) => in_pipe -= n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Relay::ClientGone),
+                }
+            }
+            left -= moved;
+        }
+        Ok(())
+    }
+}
+
+/// One non-blocking `splice(2)` of up to `len` bytes.
+fn splice(from: std::os::fd::RawFd, to: std::os::fd::RawFd, len: usize) -> std::io::Result<usize> {
+    // SAFETY: splice between two descriptors the caller holds open, with no
+    // offsets (sockets and pipes have none)
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 /// Read one length-prefixed frame (prefix included). `Ok(None)`: a clean EOF

@@ -950,6 +950,24 @@ fn answers_naming_brokers_name_weirs_listeners() {
     };
     assert_eq!((response.brokers[0].host.to_string(), response.brokers[0].port), ("127.0.0.9".into(), 19101));
 
+    // a Produce answer names the new leader after NOT_LEADER_OR_FOLLOWER
+    assert!(!names_brokers(ApiKey::Produce as i16, 9) && names_brokers(ApiKey::Produce as i16, 10));
+    for version in 10..=12 {
+        let produced = ProduceResponse::default().with_node_endpoints(vec![
+            produce_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("b2"))
+                .with_port(9092),
+        ]);
+        let wire = answer(ApiKey::Produce, version, 8, &ResponseKind::Produce(produced));
+        let (rewritten, _) = rewrite_brokers(&wire, ApiKey::Produce as i16, version, &weir).unwrap();
+        let (_, ResponseKind::Produce(response)) = read_response(ApiKey::Produce, version, &rewritten) else {
+            panic!()
+        };
+        let n = &response.node_endpoints[0];
+        assert_eq!((n.host.to_string(), n.port), ("127.0.0.9".into(), 19102), "v{version}");
+    }
+
     // cut short: an error, not the broker's addresses
     let body = ResponseKind::Metadata(MetadataResponse::default().with_brokers(vec![broker(1)]));
     let mut wire = answer(ApiKey::Metadata, 12, 5, &body);
