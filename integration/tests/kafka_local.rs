@@ -202,6 +202,13 @@ fn kcat_produces_and_consumes_where_the_roles_allow(broker: BrokerKind) {
     let consumed = kcat(s.listener, &["-C", "-t", "empire-announce", "-o", "3", "-e"], "");
     assert!(consumed.status.success(), "kcat -C: {}", text(&consumed.stderr));
     assert!(text(&consumed.stdout) == big, "the large answer arrived whole and in order");
+    let spliced: u64 = s
+        .weir
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_kafka_spliced_bytes_total ")?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(spliced >= 64 << 10, "the large answer went through splice: {spliced} bytes");
 
     // the allowed requests went through and were recorded with latency
     let fetch = s.weir.wait_flow("protocol=kafka&verdict=forwarded", "a forwarded fetch", |f| api(f) == "Fetch");

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub dns_upstream_duration: Histogram,
     pub fqdn_addresses: Gauge,
     pub kafka_requests: Family<KafkaLabels, Counter>,
+    /// Bytes of Kafka answers moved socket to socket with `splice(2)`.
+    pub kafka_spliced_bytes: Counter,
     pub memcached_requests: Family<MemcachedLabels, Counter>,
     pub cassandra_requests: Family<CassandraLabels, Counter>,
     /// Kernel drop counters and conntrack fill (eBPF datapath).
@@ -184,6 +186,7 @@ impl Default for Metrics {
             dns_upstream_duration: request_histogram(),
             fqdn_addresses: Gauge::default(),
             kafka_requests: Family::default(),
+            kafka_spliced_bytes: Counter::default(),
             memcached_requests: Family::default(),
             cassandra_requests: Family::default(),
             datapath: Default::default(),
@@ -261,6 +264,11 @@ impl Default for Metrics {
             m.fqdn_addresses.clone(),
         );
         registry.register("kafka_requests", "Kafka requests by API and verdict", m.kafka_requests.clone());
+        registry.register(
+            "kafka_spliced_bytes",
+            "Bytes of large Kafka answers moved from the broker's socket to the client's in the kernel (splice)",
+            m.kafka_spliced_bytes.clone(),
+        );
         registry.register(
             "memcached_requests",
             "memcached requests by command and verdict",

@@ -315,7 +315,7 @@ async fn responses(
                             Err(FrameError::Bad(why)) => Err(Relay::Broker(format!("broker response: {why}"))),
                         }
                     } else {
-                        relay_body(&mut broker, &mut buf, &mut client, 4 + len).await
+                        relay_body(&mut broker, &mut buf, &mut client, 4 + len, &conn.state.metrics.kafka_spliced_bytes).await
                     };
                     flow.latency_us = Some(started.elapsed().as_micros() as u64);
                     match relayed {
@@ -432,6 +432,7 @@ async fn relay_body(
     buf: &mut BytesMut,
     client: &mut OwnedWriteHalf,
     total: usize,
+    spliced: &prometheus_client::metrics::counter::Counter,
 ) -> Result<(), Relay> {
     let mut left = total;
     loop {
@@ -447,7 +448,11 @@ async fn relay_body(
         if left >= SPLICE_AT
             && let Some(pipe) = Splicer::new()
         {
-            return pipe.relay(broker, client, left).await;
+            let relayed = pipe.relay(broker, client, left).await;
+            if relayed.is_ok() {
+                spliced.inc_by(left as u64);
+            }
+            return relayed;
         }
         // empty here: reserving reuses the allocation it owns
         buf.reserve(RELAY_CHUNK.min(left));
