@@ -248,6 +248,26 @@ impl Broker {
 }
 
 /// Run kcat with `args` against `broker`, feeding it `input`.
+/// kafka-python (integration/python/kafka_client.py) with `bootstrap` as
+/// its only broker address: one JSON object per line it printed.
+pub fn python_client(bootstrap: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let bootstrap = bootstrap.to_string();
+    let mut all = vec![bootstrap.as_str(), client_id];
+    all.extend_from_slice(args);
+    let out = crate::python("kafka_client.py", &all);
+    assert!(out.status.success(), "kafka_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// One of Kafka's own tools (a main class of the jars scripts/kafka.sh
+/// installed), ready to run: `scripts/kafka.sh run MAIN ARGS`.
+pub fn java_tool(main: &str, args: &[&str]) -> Command {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).arg("run").arg(main).args(args);
+    cmd
+}
+
 pub fn kcat(broker: SocketAddr, args: &[&str], input: &str) -> Output {
     let mut child = Command::new("kcat")
         .args(["-b", &broker.to_string(), "-m", "10"])

@@ -30,6 +30,41 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// Weir in front of nginx with `filter` (the component at `component`,
+/// `limits` added to its `filters:` entry) in a policy's `wasm` rule for the
+/// web app: the frontend is refused /admin unless it is the admin app.
+fn serve(filter: &str, component: &Path, limits: &str) -> (Nginx, u16, Weir) {
+    let nginx = Nginx::start();
+    let port = free_port();
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: frontend, address: {FRONTEND}, labels: {{app: frontend}}}}\n  \
+         - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
+         listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
+         destination: {{labels: {{app: web}}, port: 80}}}}\n\
+         filters:\n  - {{name: {filter}, path: {}{limits}}}\n",
+        nginx.addr,
+        component.display()
+    );
+    let policy = format!(
+        r#"
+apiVersion: policy.weir.dev/v1alpha1
+kind: WeirNetworkPolicy
+metadata: {{name: web}}
+spec:
+  endpointSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+    - fromEndpoints: [{{matchLabels: {{app: frontend}}}}, {{matchLabels: {{app: admin}}}}]
+      toPorts:
+        - ports: [{{port: "80", protocol: TCP}}]
+          rules:
+            wasm: [{{name: {filter}, config: {{denyPrefixes: [/admin], unlessLabel: "app=admin"}}}}]
+"#
+    );
+    let weir = Weir::start(&config, &[("web.yaml", &policy)]);
+    (nginx, port, weir)
+}
+
 #[test]
 fn a_new_filter_is_built_tested_and_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,32 +114,7 @@ fn a_new_filter_is_built_tested_and_served() {
     assert!(said.contains("expected: allow") && said.contains("got:      deny (\"/admin is off limits\""), "{said}");
 
     // and weir serves with it, as a policy's `wasm` rule
-    let nginx = Nginx::start();
-    let port = free_port();
-    let config = format!(
-        "admin: ADMIN\n\
-         endpoints:\n  - {{name: frontend, address: {FRONTEND}, labels: {{app: frontend}}}}\n  \
-         - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
-         listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
-         destination: {{labels: {{app: web}}, port: 80}}}}\n\
-         filters:\n  - {{name: gatekeeper, path: {}}}\n",
-        nginx.addr,
-        component.display()
-    );
-    let policy = r#"
-apiVersion: policy.weir.dev/v1alpha1
-kind: WeirNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: frontend}}, {matchLabels: {app: admin}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules:
-            wasm: [{name: gatekeeper, config: {denyPrefixes: [/admin], unlessLabel: "app=admin"}}]
-"#;
-    let weir = Weir::start(&config, &[("web.yaml", policy)]);
+    let (_nginx, port, weir) = serve("gatekeeper", &component, "");
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     assert_eq!(curl_from(FRONTEND, &[&url("/public/hello.txt")]).status, 200);
     assert_eq!(curl_from(FRONTEND, &[&url("/admin/secret.txt")]).status, 403);
@@ -274,32 +284,7 @@ fn a_javascript_filter_is_built_tested_and_served() {
     assert!(said.contains("js-gate config: denyPrefixes: a list of path prefixes"), "{said}");
 
     // weir serves with it
-    let nginx = Nginx::start();
-    let port = free_port();
-    let config = format!(
-        "admin: ADMIN\n\
-         endpoints:\n  - {{name: frontend, address: {FRONTEND}, labels: {{app: frontend}}}}\n  \
-         - {{name: admin, address: {CRAWLER}, labels: {{app: admin}}}}\n\
-         listeners:\n  - {{name: web, bind: 127.0.0.1:{port}, upstream: {}, \
-         destination: {{labels: {{app: web}}, port: 80}}}}\n\
-         filters:\n  - {{name: js-gate, path: {}, timeout: 50ms}}\n",
-        nginx.addr,
-        component.display()
-    );
-    let policy = r#"
-apiVersion: policy.weir.dev/v1alpha1
-kind: WeirNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: frontend}}, {matchLabels: {app: admin}}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules:
-            wasm: [{name: js-gate, config: {denyPrefixes: [/admin], unlessLabel: "app=admin"}}]
-"#;
-    let weir = Weir::start(&config, &[("web.yaml", policy)]);
+    let (_nginx, port, weir) = serve("js-gate", &component, ", timeout: 50ms");
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     assert_eq!(curl_from(FRONTEND, &[&url("/public/hello.txt")]).status, 200);
     assert_eq!(curl_from(FRONTEND, &[&url("/admin/secret.txt")]).status, 403);

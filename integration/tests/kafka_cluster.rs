@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use weir_integration::kafka::{ApacheKafkaCluster, RawClient, metadata};
+use weir_integration::kafka::{ApacheKafkaCluster, RawClient, java_tool, metadata, python_client};
 use weir_integration::*;
 
 const HQ: &str = "127.0.0.1";
@@ -40,29 +40,12 @@ spec:
               - {apiKey: describecluster}
 "#;
 
-/// A Kafka tool (a main class of the jars scripts/kafka.sh installed),
-/// run to its end: its stdout, or a panic with its stderr.
-fn java_tool(main: &str, args: &[&str]) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg("run")
-        .arg(main)
-        .args(args)
-        .output()
-        .expect("scripts/kafka.sh run");
+/// A Kafka tool run to its end: its stdout, or a panic with its stderr.
+fn run_tool(main: &str, args: &[&str]) -> String {
+    let out = java_tool(main, args).output().expect("scripts/kafka.sh run");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{main} {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
-}
-
-fn python_client(listener: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let bootstrap = listener.to_string();
-    let mut all = vec![bootstrap.as_str(), client_id];
-    all.extend_from_slice(args);
-    let out = python("kafka_client.py", &all);
-    assert!(out.status.success(), "kafka_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -149,7 +132,7 @@ fn clients_given_weirs_address_reach_every_broker_through_weir() {
     // coordinator and offsets, the cluster tool lists the brokers — all
     // through weir's listeners
     let bootstrap_arg = bootstrap.to_string();
-    let read = java_tool(
+    let read = run_tool(
         "org.apache.kafka.tools.consumer.ConsoleConsumer",
         &[
             "--bootstrap-server",
@@ -168,14 +151,14 @@ fn clients_given_weirs_address_reach_every_broker_through_weir() {
     let mut got: Vec<&str> = read.lines().collect();
     got.sort();
     assert_eq!(got, want, "the Java consumer reads every partition through weir");
-    let groups = java_tool(
+    let groups = run_tool(
         "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
         &["--bootstrap-server", &bootstrap_arg, "--describe", "--group", "java-readers"],
     );
     let partitions = groups.lines().filter(|l| l.contains("empire-announce")).count();
     assert_eq!(partitions, 6, "the group's six partitions, with their offsets:\n{groups}");
     let cluster_said =
-        java_tool("org.apache.kafka.tools.ClusterTool", &["list-endpoints", "--bootstrap-server", &bootstrap_arg]);
+        run_tool("org.apache.kafka.tools.ClusterTool", &["list-endpoints", "--bootstrap-server", &bootstrap_arg]);
     // (DescribeCluster: each broker's id, host and port on a line)
     for &(id, port) in &weir_ports {
         let line = cluster_said.lines().find(|l| l.split_whitespace().next() == Some(&id.to_string()));

@@ -13,7 +13,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use weir_integration::kafka::{Broker, BrokerKind, RawClient, kcat};
+use weir_integration::kafka::{Broker, BrokerKind, RawClient, java_tool, kcat, python_client};
 use weir_integration::*;
 
 const HQ: &str = "127.0.0.1";
@@ -105,16 +105,16 @@ fn delete_topics_by_api_key_and_the_java_console_producer(broker: BrokerKind) {
         s.weir.wait_flow("protocol=kafka&verdict=denied", "the DeleteTopics refusal", |f| api(f) == "DeleteTopics");
     assert_eq!(flow.kafka().unwrap().topics, vec!["empire-announce".to_string()]);
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-    let mut producer = std::process::Command::new("bash")
-        .arg(script)
-        .args(["run", "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", &s.listener.to_string()])
-        .args(["--topic", "empire-announce"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("scripts/kafka.sh run");
+    let listener = s.listener.to_string();
+    let mut producer = java_tool(
+        "org.apache.kafka.tools.ConsoleProducer",
+        &["--bootstrap-server", &listener, "--topic", "empire-announce"],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("scripts/kafka.sh run");
     producer.stdin.take().unwrap().write_all(b"from java\n").unwrap();
     let out = producer.wait_with_output().unwrap();
     assert!(out.status.success(), "ConsoleProducer: {}", text(&out.stderr));
@@ -153,15 +153,6 @@ fn idempotent_producers_pass_under_the_produce_role_and_transactions_do_not(brok
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn python_client(listener: SocketAddr, client_id: &str, args: &[&str]) -> Vec<serde_json::Value> {
-    let bootstrap = listener.to_string();
-    let mut all = vec![bootstrap.as_str(), client_id];
-    all.extend_from_slice(args);
-    let out = python("kafka_client.py", &all);
-    assert!(out.status.success(), "kafka_client.py {args:?}: {}", text(&out.stderr));
-    text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn kafka_flows(weir: &Weir, query: &str) -> Vec<FlowRecord> {

@@ -182,19 +182,15 @@ fn build_javascript(dir: &Path, started: Instant) -> anyhow::Result<Built> {
 pub fn component_at(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     if path.is_dir() {
         let manifest = path.join("Cargo.toml");
-        if !manifest.exists() && path.join("package.json").exists() {
-            let (name, _) = javascript::project(path)?;
-            let built = path.join("target/weir").join(format!("{name}.wasm"));
-            let bytes = std::fs::read(&built).with_context(|| {
-                format!("{}: not built yet (run `weir filter build {}`)", built.display(), path.display())
-            })?;
-            return Ok((name, bytes));
-        }
-        if !manifest.exists() {
+        let name = if manifest.exists() {
+            let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
+            crate_names(&cargo, &manifest)?.0
+        } else if path.join("package.json").exists() {
+            javascript::project(path)?.0
+        } else {
             bail!("{}: neither a .wasm file nor a filter crate or JavaScript project", path.display());
-        }
-        let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
-        let (name, _) = crate_names(&cargo, &manifest)?;
+        };
+        // where `build` puts it, for either language
         let built = path.join("target/weir").join(format!("{name}.wasm"));
         let bytes = std::fs::read(&built).with_context(|| {
             format!("{}: not built yet (run `weir filter build {}`)", built.display(), path.display())

@@ -883,6 +883,15 @@ pub fn rewrite_brokers(
     };
     let bad = |e: anyhow::Error| format!("{key:?} v{version} answer: {e}");
     let mut out = BytesMut::with_capacity(frame.len() + 64);
+    macro_rules! rewrite_node_endpoints {
+        ($response:ty) => {{
+            let mut response = <$response>::decode(&mut buf, version).map_err(bad)?;
+            for n in &mut response.node_endpoints {
+                rewrite(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            response.encode(&mut out, version).map_err(bad)?;
+        }};
+    }
     out.put_i32(0);
     header.encode(&mut out, header_version).map_err(bad)?;
     match key {
@@ -910,34 +919,11 @@ pub fn rewrite_brokers(
             }
             response.encode(&mut out, version).map_err(bad)?;
         }
-        ApiKey::Produce => {
-            let mut response = ProduceResponse::decode(&mut buf, version).map_err(bad)?;
-            for n in &mut response.node_endpoints {
-                rewrite(n.node_id.0, &mut n.host, &mut n.port);
-            }
-            response.encode(&mut out, version).map_err(bad)?;
-        }
-        ApiKey::ShareFetch => {
-            let mut response = ShareFetchResponse::decode(&mut buf, version).map_err(bad)?;
-            for n in &mut response.node_endpoints {
-                rewrite(n.node_id.0, &mut n.host, &mut n.port);
-            }
-            response.encode(&mut out, version).map_err(bad)?;
-        }
-        ApiKey::ShareAcknowledge => {
-            let mut response = ShareAcknowledgeResponse::decode(&mut buf, version).map_err(bad)?;
-            for n in &mut response.node_endpoints {
-                rewrite(n.node_id.0, &mut n.host, &mut n.port);
-            }
-            response.encode(&mut out, version).map_err(bad)?;
-        }
-        ApiKey::Fetch => {
-            let mut response = FetchResponse::decode(&mut buf, version).map_err(bad)?;
-            for n in &mut response.node_endpoints {
-                rewrite(n.node_id.0, &mut n.host, &mut n.port);
-            }
-            response.encode(&mut out, version).map_err(bad)?;
-        }
+        // answers whose `node_endpoints` name a partition's new leader
+        ApiKey::Produce => rewrite_node_endpoints!(ProduceResponse),
+        ApiKey::ShareFetch => rewrite_node_endpoints!(ShareFetchResponse),
+        ApiKey::ShareAcknowledge => rewrite_node_endpoints!(ShareAcknowledgeResponse),
+        ApiKey::Fetch => rewrite_node_endpoints!(FetchResponse),
         other => return Err(format!("{other:?} answers name no brokers")),
     }
     if !buf.is_empty() {
