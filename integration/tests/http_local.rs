@@ -370,6 +370,12 @@ specs:
         let flow = weir.last_flow(path);
         assert_eq!(flow.verdict, Verdict::Error);
         assert!(flow.reason.as_deref().unwrap().contains(&format!("({kind})")), "{path}: {flow:?}");
+        if kind == "timeout" {
+            // the loop was charged its whole CPU budget, and the reason says so
+            let reason = flow.reason.as_deref().unwrap();
+            let used: f64 = reason.split("used ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+            assert!(used >= 50.0 && reason.contains("of CPU, budget 50 ms"), "{reason}");
+        }
         // the failed instance was replaced: this worker's next instance starts counting at 1
         let after = curl_from(FRONTEND, &[&url(port, "/ok")]);
         assert_eq!(after.status, 200, "weir keeps serving after {path}");

@@ -244,9 +244,7 @@ enum FilterCommand {
         /// Fuzz this many seconds after the cases (0: no fuzzing).
         #[arg(long, default_value_t = 2.0)]
         fuzz: f64,
-        /// A call's time budget: by default what a policy's filter gets
-        /// (10 ms), or 50 ms for a JavaScript project (its engine's garbage
-        /// collector pauses for more than 10 ms now and then).
+        /// A call's CPU budget, ms: by default what a policy's filter gets.
         #[arg(long)]
         timeout_ms: Option<u64>,
         /// An instance's memory budget, MiB.
@@ -517,9 +515,7 @@ fn filter_command(command: FilterCommand) -> anyhow::Result<()> {
                 let default = filter.join("cases.yaml");
                 (filter.is_dir() && default.exists()).then_some(default)
             });
-            let javascript =
-                filter.is_dir() && filter.join("package.json").exists() && !filter.join("Cargo.toml").exists();
-            let timeout_ms = timeout_ms.unwrap_or(if javascript { 50 } else { 10 });
+            let timeout_ms = timeout_ms.unwrap_or(weir::wasm::FilterLimits::default().timeout.as_millis() as u64);
             let fuzz = std::time::Duration::try_from_secs_f64(fuzz)
                 .map_err(|_| anyhow::anyhow!("--fuzz {fuzz}: give seconds, 0 or more"))?;
             if timeout_ms == 0 || memory_mib == 0 {

@@ -257,7 +257,12 @@ impl CpuBudget {
 
     /// Whether the call has used up its budget.
     pub fn spent(&self) -> bool {
-        thread_cpu_time().saturating_sub(self.started) >= self.budget
+        self.used() >= self.budget
+    }
+
+    /// CPU time the call has used so far (at most: see `started`).
+    pub fn used(&self) -> Duration {
+        thread_cpu_time().saturating_sub(self.started)
     }
 }
 

@@ -12,7 +12,7 @@ use wasmtime::Store;
 
 use super::bindings::{CpuBudget, HostState, MemoryLimit};
 use super::slots::{Slot, Use};
-use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, classify, deadline_ticks};
+use super::{ConfiguredFilter, FailureKind, FilterFailure, FilterRuntime, WorldBindings, deadline_ticks, describe};
 
 /// Longest a `configure` call may run.
 const CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -71,11 +71,8 @@ pub(super) fn with_instance<R>(
             }
             Err(error) => {
                 let live = pool.live.remove(&filter.id).expect("present above");
-                Err(FilterFailure {
-                    filter: filter.name.clone(),
-                    kind: classify(&error, live.store.data()),
-                    message: format!("{error:#}"),
-                })
+                let (kind, message) = describe(&error, live.store.data());
+                Err(FilterFailure { filter: filter.name.clone(), kind, message })
             }
         }
     })
@@ -151,8 +148,8 @@ pub(super) fn instantiate(
         Ok(Ok(())) => {}
         Ok(Err(message)) => return Err(NotInstantiated::Refused(message)),
         Err(e) => {
-            let kind = classify(&e, store.data());
-            return Err(fail(kind, format!("configure failed ({}): {e:#}", kind.as_str())));
+            let (kind, message) = describe(&e, store.data());
+            return Err(fail(kind, format!("configure failed ({}): {message}", kind.as_str())));
         }
     }
     store.data_mut().limits.configured();
