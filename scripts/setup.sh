@@ -105,6 +105,10 @@ if ! python3 -c 'import bmemcached' >/dev/null 2>&1; then
   log "installing python-binary-memcached (binary-protocol memcached client for tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'python-binary-memcached>=0.31,<1'
 fi
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  log "installing websockets (WebSocket client and server for tests)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13,<16'
+fi
 if ! python3 -c 'import scapy' >/dev/null 2>&1; then
   log "installing scapy (raw frames from test pods, datapath tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'scapy>=2.5,<3'

@@ -383,6 +383,11 @@ pub struct ListenerConfig {
     /// Path forms common upstreams read differently (docs/http.md).
     #[serde(default)]
     pub ambiguous_paths: AmbiguousPaths,
+    /// Protocols an HTTP/1.1 request may switch its connection to, once
+    /// weir judged the request (the bytes after the 101 are relayed
+    /// unjudged); `[]` turns upgrades off. Default `[websocket]`.
+    #[serde(default = "default_upgrades", skip_serializing_if = "is_default_upgrades")]
+    pub upgrades: Vec<String>,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// This listener's limits, over the `limits:` defaults (docs/limits.md).
@@ -399,6 +404,27 @@ pub struct ListenerConfig {
     /// listener, or of the listener this one was made for.
     #[serde(skip)]
     pub broker_addresses: Option<Arc<Vec<BrokerConfig>>>,
+}
+
+pub fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_string()]
+}
+
+fn is_default_upgrades(upgrades: &Vec<String>) -> bool {
+    *upgrades == default_upgrades()
+}
+
+/// A listener's `upgrades` entry: a protocol name as `Upgrade` carries it.
+fn check_upgrade(name: &str) -> Result<(), String> {
+    if name.eq_ignore_ascii_case("h2c") {
+        // HTTP/2 after the switch would be requests no rule judged
+        return Err("h2c cannot be allowed: the requests after the switch would pass unjudged".into());
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("{name:?} is not a protocol name (an HTTP token, without a /version)"));
+    }
+    Ok(())
 }
 
 /// One broker behind a Kafka listener.
@@ -635,6 +661,9 @@ impl WeirConfig {
             if l.protocol != Protocol::Http && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: only HTTP listeners terminate TLS"));
             }
+            for name in &l.upgrades {
+                check_upgrade(name).map_err(|e| format!("listeners[{i}].upgrades: {e}"))?;
+            }
         }
         self.limits.validate()?;
         for (i, l) in self.listeners.iter().enumerate() {
@@ -770,6 +799,22 @@ mod tests {
              destination: {}, brokers: [{id: 1, bind: 0.0.0.0:19101, upstream: 127.0.0.1:9092}]}\n",
         );
         assert!(anywhere.unwrap_err().contains("no address a client can be sent to"));
+    }
+
+    #[test]
+    fn upgrades_default_to_websocket_and_h2c_is_refused() {
+        let listener = |extra: &str| {
+            format!(
+                "listeners:\n  - name: web\n    bind: 127.0.0.1:18080\n    upstream: 127.0.0.1:8080\n    \
+                 destination: {{labels: {{app: web}}}}\n{extra}"
+            )
+        };
+        assert_eq!(WeirConfig::parse(&listener("")).unwrap().listeners[0].upgrades, ["websocket"]);
+        assert!(WeirConfig::parse(&listener("    upgrades: []\n")).unwrap().listeners[0].upgrades.is_empty());
+        let h2c = WeirConfig::parse(&listener("    upgrades: [websocket, H2C]\n")).unwrap_err();
+        assert!(h2c.contains("listeners[0].upgrades: h2c cannot be allowed"), "{h2c}");
+        let versioned = WeirConfig::parse(&listener("    upgrades: [websocket/13]\n")).unwrap_err();
+        assert!(versioned.contains("not a protocol name"), "{versioned}");
     }
 
     #[test]

@@ -419,6 +419,7 @@ impl PolicyModel {
             limits: Default::default(),
             escaped_slashes: Default::default(),
             ambiguous_paths: Default::default(),
+            upgrades: crate::config::default_upgrades(),
             connect_timeout: crate::config::default_connect_timeout(),
             // pods reach every broker through the datapath: nothing to rewrite
             brokers: Vec::new(),

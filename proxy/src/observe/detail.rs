@@ -42,6 +42,20 @@ pub struct HttpFlow {
     /// Status sent downstream; absent when none was (the client left first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// An upgraded connection (WebSocket) that ended: what it relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelFlow>,
+}
+
+/// The bytes relayed after a 101, unjudged: the upgrade request was.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelFlow {
+    /// The protocol switched to (`websocket`).
+    pub protocol: String,
+    pub from_client: u64,
+    pub from_upstream: u64,
+    /// How long it was open, ms.
+    pub duration_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +160,13 @@ impl HttpFlow {
         let _ = write!(line, " {} {} {} host={}", self.version, self.method, self.path, self.host);
         if let Some(status) = self.status {
             let _ = write!(line, " => {status}");
+        }
+        if let Some(t) = &self.tunnel {
+            let _ = write!(
+                line,
+                " {} closed after {} ms: {} bytes from the client, {} from the upstream",
+                t.protocol, t.duration_ms, t.from_client, t.from_upstream
+            );
         }
     }
 }

@@ -569,6 +569,7 @@ mod tests {
                 host: "h".into(),
                 version: "HTTP/1.1".into(),
                 status: Some(200),
+                ..Default::default()
             })),
             ..FlowRecord::new("http", verdict, source, destination)
         }

@@ -25,10 +25,21 @@
 //! of the last complete message part is passed on (a poisoned head is edited
 //! where it lies); only an incomplete head (or an undecided preface) is held
 //! back until the rest of it arrives. HTTP/2 connections pass untouched.
+//!
+//! A request hyper may upgrade (an `Upgrade` header on HTTP/1.1, or
+//! CONNECT: hyper's `wants_upgrade`) is the last message the guard passes
+//! until the service answers it ([`UpgradeGate`]): after a 101 the bytes
+//! are the upgraded protocol's and pass untouched; after any other answer
+//! they are HTTP again and framed as before. Until then the guard reads
+//! nothing more from the client.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
+
+use futures_util::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -68,8 +79,11 @@ enum Phase {
     Body(u64),
     /// Inside a chunked body.
     Chunked(Chunked),
-    /// HTTP/2: nothing to guard.
+    /// HTTP/2, or a connection upgraded after a 101: nothing to guard.
     PassThrough,
+    /// After a request hyper may upgrade: nothing passes until the service
+    /// has answered it (see [`UpgradeGate`]).
+    AwaitUpgrade,
     /// hyper stops reading at what was passed on (it answers an error and
     /// closes): later bytes are discarded.
     Closed,
@@ -233,8 +247,9 @@ pub enum SeenBody {
 enum Head {
     /// Not complete yet: hold it.
     Incomplete,
-    /// A request hyper accepts: `len` head bytes, then its body.
-    Framed { len: usize, body: Phase },
+    /// A request hyper accepts: `len` head bytes, then its body; whether
+    /// hyper may upgrade the connection after it.
+    Framed { len: usize, body: Phase, upgrade: bool },
     /// Content-Length with Transfer-Encoding: the head (`len` bytes) was poisoned.
     Poisoned { len: usize },
     /// hyper refuses the head (400, …): give it these bytes (the whole head
@@ -256,6 +271,11 @@ pub struct Framer {
     /// Length at the last full parse, to re-parse at least at each doubling
     /// (so a head hyper refuses early is answered early, at linear cost).
     parsed_at: usize,
+    /// Wait for the service's answer after a request hyper may upgrade
+    /// (off when hyper serves without upgrades: it never upgrades).
+    upgrades: bool,
+    /// The message being passed is one hyper may upgrade after.
+    upgrade_pending: bool,
     #[cfg(test)]
     pub seen: Vec<Seen>,
 }
@@ -267,6 +287,8 @@ impl Framer {
             held: Vec::new(),
             partial_len: None,
             parsed_at: 0,
+            upgrades: false,
+            upgrade_pending: false,
             #[cfg(test)]
             seen: Vec::new(),
         }
@@ -274,6 +296,20 @@ impl Framer {
 
     fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Where a request that ended goes next: the next head, or a wait for
+    /// the answer if hyper may upgrade after it.
+    fn message_ended(&mut self) -> Phase {
+        if std::mem::take(&mut self.upgrade_pending) { Phase::AwaitUpgrade } else { Phase::Head }
+    }
+
+    /// The service answered the request hyper may upgrade after: with 101
+    /// (`switched`) the rest is the new protocol's, else HTTP again.
+    fn upgrade_decided(&mut self, switched: bool) {
+        if self.phase == Phase::AwaitUpgrade {
+            self.phase = if switched { Phase::PassThrough } else { Phase::Head };
+        }
     }
 
     /// Check `input`, which continues the stream after what was passed on
@@ -285,7 +321,7 @@ impl Framer {
         loop {
             let rest = &mut input[at..];
             match self.phase {
-                Phase::Closed => return at,
+                Phase::Closed | Phase::AwaitUpgrade => return at,
                 Phase::PassThrough => return input.len(),
                 Phase::Preface => {
                     let n = rest.len().min(H2_PREFACE.len());
@@ -305,9 +341,10 @@ impl Framer {
                     let partial_len = if at == 0 { self.partial_len } else { None };
                     match self.read_head(rest, partial_len, rejected) {
                         Head::Incomplete => return at,
-                        Head::Framed { len, body } => {
+                        Head::Framed { len, body, upgrade } => {
                             at += len;
-                            self.phase = body;
+                            self.upgrade_pending = upgrade && self.upgrades;
+                            self.phase = if body == Phase::Head { self.message_ended() } else { body };
                         }
                         Head::Poisoned { len } => {
                             self.phase = Phase::Closed;
@@ -330,7 +367,7 @@ impl Framer {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
                     at += n;
                     let left = left - n as u64;
-                    self.phase = if left == 0 { Phase::Head } else { Phase::Body(left) };
+                    self.phase = if left == 0 { self.message_ended() } else { Phase::Body(left) };
                 }
                 Phase::Chunked(mut chunked) => {
                     if rest.is_empty() {
@@ -343,7 +380,7 @@ impl Framer {
                         }
                         ChunkStep::End(n) => {
                             at += n;
-                            self.phase = Phase::Head;
+                            self.phase = self.message_ended();
                         }
                         ChunkStep::Invalid(i) => {
                             // hyper fails the body at this byte and reads no further
@@ -393,10 +430,16 @@ impl Framer {
         // role.rs, header by header: a Transfer-Encoding drops any Content-Length,
         // a Content-Length after a Transfer-Encoding is not even parsed.
         let (mut has_length, mut has_te, mut chunked, mut length) = (false, false, false, None::<u64>);
+        // hyper's `wants_upgrade`: CONNECT, then each Upgrade header sets it
+        // to whether the request is HTTP/1.1
+        let mut upgrade = method == "CONNECT";
         let mut length_name_end = None;
         for h in request.headers.iter() {
             if h.name.len() >= 1 << 16 || http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
                 return self.refused(Some(len));
+            }
+            if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = http11;
             }
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 if !http11 {
@@ -443,7 +486,7 @@ impl Framer {
             target: target.to_string(),
             body: if chunked { SeenBody::Chunked } else { SeenBody::Length(length.unwrap_or(0)) },
         });
-        Head::Framed { len, body }
+        Head::Framed { len, body, upgrade }
     }
 
     fn refused(&mut self, len: Option<usize>) -> Head {
@@ -504,6 +547,33 @@ fn from_digits(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// How the service tells the guard its answer to a request hyper may
+/// upgrade after. Answers come in request order, and the guard passes no
+/// later request before it took the answer, so one slot is enough.
+#[derive(Default)]
+pub struct UpgradeGate {
+    /// 0: not answered yet; 1: switched protocols (101); 2: anything else.
+    answer: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl UpgradeGate {
+    /// The service answered such a request; `switched`: with 101.
+    pub fn answered(&self, switched: bool) {
+        self.answer.store(if switched { 1 } else { 2 }, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The answer, if there is one (else `cx` is woken when it comes).
+    fn take(&self, cx: &Context<'_>) -> Option<bool> {
+        self.waker.register(cx.waker());
+        match self.answer.swap(0, Ordering::AcqRel) {
+            0 => None,
+            answer => Some(answer == 1),
+        }
+    }
+}
+
 /// The guard around a client connection's I/O.
 pub struct FramingGuard<IO, F> {
     io: IO,
@@ -512,11 +582,23 @@ pub struct FramingGuard<IO, F> {
     /// Checked bytes not yet handed to hyper (slow path only).
     ready: Vec<u8>,
     eof: bool,
+    /// Where the service's answers to upgradable requests arrive, when
+    /// hyper serves with upgrades.
+    gate: Option<Arc<UpgradeGate>>,
 }
 
 impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
     pub fn new(io: IO, detect: Detect, on_reject: F) -> Self {
-        FramingGuard { io, framer: Framer::new(detect), on_reject, ready: Vec::new(), eof: false }
+        FramingGuard { io, framer: Framer::new(detect), on_reject, ready: Vec::new(), eof: false, gate: None }
+    }
+
+    /// A guard for a hyper that serves upgrades: after each request it may
+    /// upgrade, the guard waits for the service's answer through `gate`.
+    pub fn with_upgrades(io: IO, detect: Detect, on_reject: F, gate: Arc<UpgradeGate>) -> Self {
+        let mut guard = Self::new(io, detect, on_reject);
+        guard.framer.upgrades = true;
+        guard.gate = Some(gate);
+        guard
     }
 }
 
@@ -533,6 +615,18 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
             }
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
+            }
+            if this.framer.phase == Phase::AwaitUpgrade {
+                let Some(switched) = this.gate.as_ref().and_then(|gate| gate.take(cx)) else {
+                    return Poll::Pending;
+                };
+                this.framer.upgrade_decided(switched);
+                if !this.framer.held.is_empty() {
+                    // what came after the request: the new protocol's, or HTTP
+                    this.ready = this.framer.feed_held(&[], &mut rejected);
+                    rejected.drain(..).for_each(&mut this.on_reject);
+                }
+                continue;
             }
             if this.framer.held.is_empty() && !this.framer.is_closed() {
                 // Fast path: read straight into hyper's buffer and check in place.
@@ -744,6 +838,70 @@ pub(crate) mod tests {
         let (out, _, seen) = run_pieces(&pieces, Detect::Http1);
         assert_eq!(out, pieces[0], "hyper answers it (400)");
         assert_eq!(seen, vec![Seen::Refused]);
+    }
+
+    /// Read through a guard that serves upgrades until it returns Pending
+    /// (waiting for an answer) or the end.
+    fn read_until_pending<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin>(
+        guard: &mut FramingGuard<IO, F>,
+    ) -> (Vec<u8>, bool) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            let mut space = vec![0u8; 64];
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *guard).poll_read(&mut cx, &mut buf) {
+                Poll::Pending => return (out, true),
+                Poll::Ready(result) => result.unwrap(),
+            }
+            if buf.filled().is_empty() {
+                return (out, false);
+            }
+            out.extend_from_slice(buf.filled());
+        }
+    }
+
+    #[test]
+    fn nothing_passes_after_an_upgradable_request_until_it_is_answered() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let after: &[u8] = b"GET /next HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for switched in [true, false] {
+            for step in [1, 7, 4096] {
+                let input = [&upgrade[..], after].concat();
+                let pieces = Pieces(input.chunks(step).map(<[u8]>::to_vec).collect());
+                let gate = Arc::new(UpgradeGate::default());
+                let mut rejected = Vec::new();
+                let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |r| rejected.push(r), gate.clone());
+                let (passed, pending) = read_until_pending(&mut guard);
+                assert!(pending, "the guard waits for the answer");
+                assert_eq!(passed, upgrade, "only the upgradable request passed");
+                gate.answered(switched);
+                let (rest, pending) = read_until_pending(&mut guard);
+                assert!(!pending);
+                drop(guard);
+                if switched {
+                    // the new protocol's bytes, untouched, even if they look like HTTP
+                    assert_eq!(rest, after);
+                    assert!(rejected.is_empty());
+                } else {
+                    // HTTP again: the next head is framed (and poisoned)
+                    assert_ne!(rest, after);
+                    assert_eq!(rejected.len(), 1, "step {step}");
+                }
+            }
+        }
+        // CONNECT and HTTP/1.1 Upgrade wait; HTTP/1.0 Upgrade does not (hyper's rule)
+        for (request, waits) in [
+            (&b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false),
+        ] {
+            let pieces = Pieces([request.to_vec(), after.to_vec()].into());
+            let gate = Arc::new(UpgradeGate::default());
+            let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |_| {}, gate);
+            assert_eq!(read_until_pending(&mut guard).1, waits, "{}", String::from_utf8_lossy(request));
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod normalize;
 mod reply;
 pub mod server;
 pub(crate) mod service;
+mod tunnel;
 pub mod upstream;
 
 pub use crate::context::Target;

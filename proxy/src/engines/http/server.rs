@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
-use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected};
+use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected, UpgradeGate};
 use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::Target;
@@ -89,8 +89,9 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                 serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
             }
             Some(crate::engines::http::heads::HttpVersion::Http1) => {
-                let io = FramingGuard::new(stream, Detect::Http1, on_reject);
-                serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout, http2_idle).await
+                let gate = Arc::new(UpgradeGate::default());
+                let io = FramingGuard::with_upgrades(stream, Detect::Http1, on_reject, gate.clone());
+                serve_http(conn, io, Mode::Http1(gate), head_timeout, on_head_timeout, http2_idle).await
             }
         },
         Some(config) => {
@@ -111,8 +112,9 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                     serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
                 }
                 _ => {
-                    let io = FramingGuard::new(tls_stream, Detect::Http1, on_reject);
-                    serve_http(conn, io, Mode::Http1, head_timeout, on_head_timeout, http2_idle).await
+                    let gate = Arc::new(UpgradeGate::default());
+                    let io = FramingGuard::with_upgrades(tls_stream, Detect::Http1, on_reject, gate.clone());
+                    serve_http(conn, io, Mode::Http1(gate), head_timeout, on_head_timeout, http2_idle).await
                 }
             }
         }
@@ -131,6 +133,7 @@ fn framing_rejected(state: Arc<ProxyState>, context: Arc<ConnectionContext>) -> 
                 host: String::new(),
                 version: "HTTP/1.1".into(),
                 status: Some(400),
+                ..Default::default()
             })),
             ..FlowRecord::of(&context, crate::protocol::Protocol::Http, Verdict::Error)
         });
@@ -142,7 +145,9 @@ pub(super) enum Mode {
     /// serves this way (weir detects the version itself, under the head timeout)
     #[cfg(test)]
     Auto,
-    Http1,
+    /// HTTP/1.1, telling the framing guard how each request hyper may
+    /// upgrade after was answered.
+    Http1(Arc<UpgradeGate>),
     Http2,
 }
 
@@ -242,18 +247,29 @@ async fn serve_http<IO>(
     let idle_timeout = if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None };
     activity.idle.set_timeout(idle_timeout);
     let mut draining = conn.draining();
-    let http1 = matches!(mode, Mode::Http1);
+    let tunnels = conn.clone();
+    let gate = match &mode {
+        Mode::Http1(gate) => Some(gate.clone()),
+        _ => None,
+    };
+    let http1 = gate.is_some();
     let service = {
         let activity = activity.clone();
-        service_fn(move |request| {
+        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             // counted only where an idle timeout reads the count
             let open = idle_timeout.map(|_| OpenStream::new(&activity));
             let conn = conn.clone();
+            // hyper may switch protocols after this request: the framing
+            // guard waits for the answer before reading on
+            let gate = gate.clone().filter(|_| request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
             async move {
                 let mut response = conn.clone().handle(request).await.map(|body| CountedBody { body, _open: open });
+                if let Some(gate) = gate {
+                    gate.answered(response.status() == http::StatusCode::SWITCHING_PROTOCOLS);
+                }
                 // a weir handing over: the client's next request opens a new
                 // connection (to the new weir) instead of racing a close
-                if http1 && conn.is_draining() {
+                if http1 && conn.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response)
@@ -261,7 +277,7 @@ async fn serve_http<IO>(
         })
     };
     let builder = hyper_builder(mode, head_timeout);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -285,6 +301,10 @@ async fn serve_http<IO>(
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
         }
+    }
+    // a switched connection is served (and counted open) until its relay ends
+    if let Some(relay) = tunnels.take_tunnel() {
+        let _ = relay.await;
     }
 }
 
@@ -328,7 +348,7 @@ pub(super) fn hyper_builder(mode: Mode, head_timeout: Option<Duration>) -> auto:
     match mode {
         #[cfg(test)]
         Mode::Auto => builder,
-        Mode::Http1 => builder.http1_only(),
+        Mode::Http1(_) => builder.http1_only(),
         Mode::Http2 => builder.http2_only(),
     }
 }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use super::body::{BodyEnd, EndHook, ProxyBody, TrackedBody};
 use super::normalize::normalize_path;
 use super::reply;
+use super::tunnel::{self, Switched, UpgradeRequest};
 use super::upstream::UpstreamPools;
 use crate::config::UpstreamProtocol;
 use crate::context::{ConnectionContext, Target};
@@ -55,6 +56,9 @@ pub struct HttpConnection {
     scheme: &'static str,
     next_request: AtomicU64,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// The relay of a connection switched to another protocol (WebSocket):
+    /// the connection is served until it ends.
+    tunnel: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A request in flight. If the client goes away, hyper drops the handler
@@ -120,6 +124,9 @@ struct Checked {
     authority: String,
     path_and_query: String,
     scheme: &'static str,
+    /// Forwarded as an upgrade (WebSocket): the protocol and the client's
+    /// side of the connection.
+    upgrade: Option<UpgradeRequest>,
 }
 
 impl Checked {
@@ -188,6 +195,7 @@ impl HttpConnection {
             scheme: if tls { "https" } else { "http" },
             next_request: AtomicU64::new(1),
             snapshot: Mutex::new(None),
+            tunnel: Mutex::new(None),
         }
     }
 
@@ -245,6 +253,7 @@ impl HttpConnection {
                 host: authority_of(&request).unwrap_or_default(),
                 version: version_text(version).into(),
                 status: None,
+                tunnel: None,
             },
             filter_time: Duration::ZERO,
             matched: None,
@@ -265,15 +274,20 @@ impl HttpConnection {
         };
         let stages = async {
             let checked = self.check(&mut flight, request)?;
-            let checked = self.filter_request(&mut flight, chain, checked, request_id)?;
+            let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
+            let upgrade = checked.upgrade.take();
             let (mut response, aborted) = Self::forward(&snap, checked, version).await?;
+            let switched = Self::switched(upgrade, &mut response)?;
             Self::filter_response(&mut flight, chain, &mut response, request_id)?;
-            Ok::<_, Box<Stop>>((response, aborted))
+            Ok::<_, Box<Stop>>((response, aborted, switched))
         };
-        let (response, aborted) = match stages.await {
+        let (response, aborted, switched) = match stages.await {
             Ok(forwarded) => forwarded,
             Err(stop) => return stop.answer(flight).await,
         };
+        if let Some(switched) = switched {
+            return self.open_tunnel(flight, response, switched);
+        }
         let (mut parts, body) = response.into_parts();
         parts.version = version;
         flight.trace().latency = Some(started.elapsed());
@@ -301,7 +315,8 @@ impl HttpConnection {
                 reason: why,
             }));
         }
-        let listener_config = &flight.snap.listener.config;
+        let snap = flight.snap.clone();
+        let listener_config = &snap.listener.config;
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
@@ -317,10 +332,96 @@ impl HttpConnection {
         flight.trace().http.path = path_and_query.clone();
         flight.trace().http.host = authority.clone();
         let (mut parts, body) = request.into_parts();
+        let upgrade = upgrade_asked(&parts, &body, listener_config);
         if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
-        Ok(Checked { parts, body, authority, path_and_query, scheme: self.scheme })
+        // an upgrade weir forwards: filters judge it with the headers that
+        // ask for it, as the upstream receives them
+        let upgrade = upgrade.and_then(|protocol| {
+            let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+            Some(UpgradeRequest { protocol, client })
+        });
+        Ok(Checked { parts, body, authority, path_and_query, scheme: self.scheme, upgrade })
+    }
+
+    /// A 101 from the upstream: the connection switches if weir asked for
+    /// that protocol; a 101 it did not ask for is the upstream's fault.
+    fn switched(
+        upgrade: Option<UpgradeRequest>,
+        response: &mut Response<Incoming>,
+    ) -> Result<Option<Switched>, Box<Stop>> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(None);
+        }
+        let unasked = |why: String| {
+            Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why })
+        };
+        let Some(UpgradeRequest { protocol, client }) = upgrade else {
+            return Err(unasked("the upstream switched protocols unasked (101)".into()));
+        };
+        let answered = response.headers().get(header::UPGRADE);
+        if answered.is_none_or(|a| !same_protocol(a, &protocol)) {
+            return Err(unasked(format!("the upstream switched to {answered:?}, not the {protocol:?} asked for")));
+        }
+        let upstream = hyper::upgrade::on(&mut *response);
+        Ok(Some(Switched { protocol, client, upstream }))
+    }
+
+    /// Answer 101 and relay the switched connection; its flow is recorded
+    /// now (the upgrade request) and again when the relay ends.
+    fn open_tunnel(
+        self: &Arc<Self>,
+        mut flight: InFlight,
+        response: Response<Incoming>,
+        switched: Switched,
+    ) -> Response<ProxyBody> {
+        let (mut parts, _) = response.into_parts();
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, switched.protocol.clone());
+        let trace = flight.trace();
+        trace.latency = Some(trace.started.elapsed());
+        let (http, matched) = (trace.http.clone(), trace.matched.clone());
+        let (conn, snap) = (self.clone(), flight.snap.clone());
+        let idle_timeout = crate::engines::http::heads::http_limits(&self.state, &self.target).idle_timeout;
+        let relay = tokio::spawn(async move {
+            let opened = Instant::now();
+            let protocol = String::from_utf8_lossy(switched.protocol.as_bytes()).into_owned();
+            let relayed = tunnel::relay(switched, idle_timeout).await;
+            let duration = opened.elapsed();
+            let mut http = http;
+            http.tunnel = Some(crate::observe::flow::TunnelFlow {
+                protocol,
+                from_client: relayed.from_client,
+                from_upstream: relayed.from_upstream,
+                duration_ms: duration.as_millis() as u64,
+            });
+            let trace = RequestTrace {
+                started: opened,
+                http,
+                filter_time: Duration::ZERO,
+                matched,
+                latency: Some(duration),
+                audit: None,
+            };
+            let verdict = if relayed.ended_by.is_some() { Verdict::Error } else { Verdict::Forwarded };
+            conn.record(&snap, trace, verdict, relayed.ended_by, Some(101));
+        });
+        *self.tunnel.lock().unwrap() = Some(relay);
+        Self::finish(
+            flight,
+            Verdict::Forwarded,
+            None,
+            Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new())),
+        )
+    }
+
+    /// The relay of the connection's switched protocol, if it switched.
+    pub fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.tunnel.lock().unwrap().take()
     }
 
     /// The request filters, in chain order: each allows (maybe editing
@@ -745,6 +846,38 @@ fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
         headers.push((name, value));
     }
     Ok(reply::custom(status, headers, custom.body))
+}
+
+/// The protocol a request asks to switch to, when weir forwards the switch:
+/// HTTP/1.1 `GET` without a body, `Connection: upgrade`, one protocol in
+/// `Upgrade` that the listener allows, and an HTTP/1.1 upstream. Any other
+/// `Upgrade` is dropped with the hop-by-hop headers (the upstream sees a
+/// plain request): an `h2c` switch would carry requests no rule judged.
+fn upgrade_asked(
+    parts: &http::request::Parts,
+    body: &Incoming,
+    listener: &crate::config::ListenerConfig,
+) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11
+        || parts.method != Method::GET
+        || !body.is_end_stream()
+        || listener.upstream_protocol == UpstreamProtocol::Http2
+    {
+        return None;
+    }
+    let asks = connection_options(&parts.headers).ok()?.contains(&header::UPGRADE);
+    let mut values = parts.headers.get_all(header::UPGRADE).iter();
+    let (value, None) = (values.next()?, values.next()) else { return None };
+    let name = value.to_str().ok()?.split('/').next()?;
+    let allowed = listener.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name.trim()));
+    (asks && allowed && !value.as_bytes().contains(&b',')).then(|| value.clone())
+}
+
+/// Whether an answer's `Upgrade` names the protocol asked for (case aside).
+fn same_protocol(answered: &HeaderValue, asked: &HeaderValue) -> bool {
+    let name =
+        |v: &HeaderValue| v.to_str().ok().and_then(|s| s.split('/').next()).map(|s| s.trim().to_ascii_lowercase());
+    name(answered).is_some() && name(answered) == name(asked)
 }
 
 /// Headers a `Connection` header may not name: they say where the request
