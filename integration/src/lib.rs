@@ -535,6 +535,28 @@ impl Nginx {
     /// nginx on a free port. `/`: a static tree with `/public/hello.txt` and
     /// `/admin/secret.txt`; `/slow`: answers after a pause (proxy timeout tests).
     pub fn start() -> Self {
+        Nginx::start_with("", "")
+    }
+
+    /// The same, serving TLS (and h2 by ALPN) with `pki`'s server
+    /// certificate; with `verify_client`, only to clients with a
+    /// certificate `pki`'s CA signed. `/whoami` names the SNI and the client
+    /// certificate's subject.
+    pub fn start_tls(pki: &TestPki, verify_client: bool) -> Self {
+        let mut tls = format!(
+            "    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             location /whoami {{ return 200 \"sni=$ssl_server_name client=$ssl_client_s_dn\\n\"; }}\n",
+            pki.server_cert.display(),
+            pki.server_key.display()
+        );
+        if verify_client {
+            tls += &format!("    ssl_client_certificate {};\n    ssl_verify_client on;\n", pki.ca.display());
+        }
+        Nginx::start_with(" ssl http2", &tls)
+    }
+
+    /// `listen_options` after the address; `directives` in the server block.
+    fn start_with(listen_options: &str, directives: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("www");
         for (file, text) in [
@@ -553,7 +575,7 @@ impl Nginx {
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location /echo {{ return 200 \"$request_method $request_uri\\n\"; }}\n  }}\n}}\n",
+             server {{\n    listen 127.0.0.1:{port}{listen_options};\n{directives}    root {root};\n    location /echo {{ return 200 \"$request_method $request_uri\\n\"; }}\n  }}\n}}\n",
             d = dir.path().display(),
             root = root.display(),
         );
@@ -577,6 +599,51 @@ impl Nginx {
     /// Request lines nginx logged, e.g. `"GET /public/hello.txt HTTP/1.1" 200`.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+/// A test CA with a server certificate and a client certificate it signed,
+/// as PEM files.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// A CA; a server certificate for `server_names`; a client certificate
+    /// for `CN=weir`.
+    pub fn new(server_names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "weir test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let issue = |names: Vec<String>, cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            (params.signed_by(&key, &ca, &ca_key).unwrap().pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue(server_names.iter().map(|n| n.to_string()).collect(), server_names[0]);
+        let (client_cert, client_key) = issue(Vec::new(), "weir");
+        TestPki {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+            dir,
+        }
     }
 }
 

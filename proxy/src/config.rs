@@ -378,6 +378,10 @@ pub struct ListenerConfig {
     /// Serve TLS (ALPN h2 and http/1.1) with this certificate.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Speak TLS to the upstream (HTTP listeners): its certificate is
+    /// checked against `ca` and `server_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     #[serde(default)]
     pub escaped_slashes: EscapedSlashes,
     /// Path forms common upstreams read differently (docs/http.md).
@@ -472,6 +476,26 @@ pub struct DestinationConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// TLS towards a listener's upstream (docs/http.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name the upstream's certificate must carry, sent as SNI (a DNS
+    /// name or an IP address; default: the upstream's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM roots to check the upstream's certificate against (relative to
+    /// the config directory; default: the system's bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Weir's certificate and key, for an upstream that asks for one
+    /// (mutual TLS); both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// A custom filter that `wasm` policy rules can name.
@@ -660,6 +684,14 @@ impl WeirConfig {
             }
             if l.protocol != Protocol::Http && l.tls.is_some() {
                 return Err(format!("listeners[{i}].tls: only HTTP listeners terminate TLS"));
+            }
+            if let Some(upstream_tls) = &l.upstream_tls {
+                if l.protocol != Protocol::Http {
+                    return Err(format!("listeners[{i}].upstream_tls: only HTTP listeners speak TLS to the upstream"));
+                }
+                if upstream_tls.cert.is_some() != upstream_tls.key.is_some() {
+                    return Err(format!("listeners[{i}].upstream_tls: give both `cert` and `key`, or neither"));
+                }
             }
             for name in &l.upgrades {
                 check_upgrade(name).map_err(|e| format!("listeners[{i}].upgrades: {e}"))?;

@@ -1,6 +1,12 @@
-//! Sockets below every engine: how a proxy leg to the upstream is bound.
+//! Sockets below every engine: how a proxy leg to the upstream is bound,
+//! and the TLS it may speak to the upstream.
 
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
 
 /// For connections the datapath redirected: dial from the client pod's own
 /// address (`IP_TRANSPARENT`), with a mark that tells the datapath the
@@ -19,5 +25,101 @@ impl UpstreamBind {
         socket.set_nonblocking(true)?;
         socket.bind(&SocketAddr::new(self.source, 0).into())?;
         Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+    }
+}
+
+/// Where the system's CA bundle is on Debian and its kin: the roots an
+/// upstream's certificate is checked against when a listener names none.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS towards a listener's upstream: the name its certificate must carry
+/// (also sent as SNI), and client settings offering HTTP/1.1 or h2 (ALPN),
+/// with the roots to check it against and, for mutual TLS, weir's own
+/// certificate. Equal when made from the same names and file contents, so
+/// a reload that changes nothing keeps the warm connections.
+pub struct UpstreamTls {
+    pub server_name: ServerName<'static>,
+    pub http1: Arc<rustls::ClientConfig>,
+    pub http2: Arc<rustls::ClientConfig>,
+    fingerprint: u64,
+}
+
+impl UpstreamTls {
+    /// `ca`: PEM roots (else [`SYSTEM_CA_BUNDLE`]); `identity`: a PEM
+    /// certificate chain and key for mutual TLS.
+    pub fn load(server_name: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<Self, String> {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| format!("server_name {server_name:?} is neither a DNS name nor an IP address"))?;
+        let ca = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+        let read = |what: &str, path: &Path| std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()));
+        let ca_pem = read("ca", ca)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("ca {}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| format!("ca {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("ca {}: no PEM certificate found", ca.display()));
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        (server_name, &ca_pem).hash(&mut hasher);
+        let identity = match identity {
+            None => None,
+            Some((cert_path, key_path)) => {
+                let (cert_pem, key_pem) = (read("cert", cert_path)?, read("key", key_path)?);
+                (&cert_pem, &key_pem).hash(&mut hasher);
+                let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("cert {}: {e}", cert_path.display()))?;
+                if chain.is_empty() {
+                    return Err(format!("cert {}: no PEM certificate found", cert_path.display()));
+                }
+                let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                    .map_err(|e| format!("key {}: {e}", key_path.display()))?
+                    .ok_or_else(|| format!("key {}: no PEM private key found", key_path.display()))?;
+                Some((chain, key))
+            }
+        };
+        let client = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, String> {
+            let builder =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(roots.clone());
+            let mut config = match &identity {
+                None => builder.with_no_client_auth(),
+                Some((chain, key)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| format!("certificate and key do not fit together: {e}"))?,
+            };
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(config))
+        };
+        Ok(UpstreamTls {
+            server_name: name,
+            http1: client(b"http/1.1")?,
+            http2: client(b"h2")?,
+            fingerprint: hasher.finish(),
+        })
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl Hash for UpstreamTls {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("server_name", &self.server_name).finish_non_exhaustive()
     }
 }

@@ -100,7 +100,16 @@ impl Controller {
             self.state.fqdn_applied.send_replace(fqdn_generation);
             tracing::debug!(generation = model.generation, took = ?started.elapsed(), "datapath maps written");
         }
-        let in_use: Vec<_> = model.listeners.values().map(|l| (l.config.upstream, l.config.connect_timeout)).collect();
+        let in_use: Vec<_> = model
+            .listeners
+            .values()
+            .map(|l| crate::engines::http::upstream::UpstreamKey {
+                address: l.config.upstream,
+                connect_timeout: l.config.connect_timeout,
+                bind: None,
+                tls: l.upstream_tls.clone(),
+            })
+            .collect();
         let generation = model.generation;
         self.state.flows.set_logging(model.config.log_flows);
         self.state.fqdn.set_limits(fqdn_limits(&model.config));

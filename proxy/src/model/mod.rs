@@ -40,6 +40,8 @@ pub struct ListenerModel {
     /// The port policies are written against.
     pub port: u16,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS towards the upstream.
+    pub upstream_tls: Option<Arc<crate::net::UpstreamTls>>,
 }
 
 /// A custom filter from `weir.yaml`, compiled.
@@ -275,8 +277,26 @@ impl PolicyModel {
                     }
                 },
             };
+            let upstream_tls = l.upstream_tls.as_ref().and_then(|t| {
+                let server_name = t.server_name.clone().unwrap_or_else(|| l.upstream.ip().to_string());
+                let ca = t.ca.as_deref().map(|ca| resolve(&config_dir, ca));
+                let identity = t
+                    .cert
+                    .as_deref()
+                    .zip(t.key.as_deref())
+                    .map(|(c, k)| (resolve(&config_dir, c), resolve(&config_dir, k)));
+                let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                match crate::net::UpstreamTls::load(&server_name, ca.as_deref(), identity) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        errors.push(config_error(format!("listeners[{i}].upstream_tls"), e));
+                        None
+                    }
+                }
+            });
             let port = l.destination.port.unwrap_or(l.upstream.port());
-            listeners.insert(l.name.clone(), Arc::new(ListenerModel { config: l.clone(), destination, port, tls }));
+            let model = ListenerModel { config: l.clone(), destination, port, tls, upstream_tls };
+            listeners.insert(l.name.clone(), Arc::new(model));
         }
 
         // Filters: the built-in policy filters and the custom ones.
@@ -420,12 +440,19 @@ impl PolicyModel {
             escaped_slashes: Default::default(),
             ambiguous_paths: Default::default(),
             upgrades: crate::config::default_upgrades(),
+            upstream_tls: None,
             connect_timeout: crate::config::default_connect_timeout(),
             // pods reach every broker through the datapath: nothing to rewrite
             brokers: Vec::new(),
             broker_addresses: None,
         };
-        let listener = Arc::new(ListenerModel { config, destination, port: original_destination.port(), tls: None });
+        let listener = Arc::new(ListenerModel {
+            config,
+            destination,
+            port: original_destination.port(),
+            tls: None,
+            upstream_tls: None,
+        });
         let mut cache = self.transparent.lock().unwrap();
         if cache.len() > 100_000 {
             cache.clear();

@@ -218,7 +218,12 @@ impl HttpConnection {
             L4Protocol::Tcp,
         )?;
         let config = &decision.listener.config;
-        let pools = self.state.upstreams.get(config.upstream, config.connect_timeout, decision.bind);
+        let pools = self.state.upstreams.get(super::upstream::UpstreamKey {
+            address: config.upstream,
+            connect_timeout: config.connect_timeout,
+            bind: decision.bind,
+            tls: decision.listener.upstream_tls.clone(),
+        });
         let snapshot = Arc::new(Snapshot { decision, pools });
         *current = Some(snapshot.clone());
         Some(snapshot)
