@@ -166,6 +166,36 @@ fn tls_listener_negotiates_h2_and_http1_with_alpn() {
         let denied = curl_from(FRONTEND, &["-k", flag, "--resolve", &resolve, &https("/private")]);
         assert_eq!((denied.status, denied.body.as_str()), (403, "Access denied\r\n"));
     }
+    // the protocol ALPN agreed is the only one served: HTTP/1.1 bytes on an
+    // h2 connection would skip the framing guard (a smuggled CL+TE request
+    // must never be served), and the HTTP/2 preface on an HTTP/1.1
+    // connection is refused, not served
+    let smuggle = "POST /public/x HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let addr = format!("127.0.0.1:{port}");
+    for (alpn, bytes, answer) in [("h2", smuggle, "h2 only"), ("http/1.1", smuggle, "HTTP/1.1 400"), ("-", preface, "")]
+    {
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/tls_raw.py"))
+            .args([addr.as_str(), FRONTEND, alpn])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let received = got["received"].as_str().unwrap();
+        assert_eq!(got["closed"], true, "{alpn}: {got}");
+        match answer {
+            // the server's SETTINGS, then the connection ends: no HTTP/1 answer
+            "h2 only" => assert!(!received.contains("HTTP/1.1"), "{alpn}: {got}"),
+            // no HTTP/2 SETTINGS frame (type 4) on an HTTP/1.1 connection
+            "" => assert!(received.as_bytes().get(3) != Some(&4), "{alpn}: {got}"),
+            status => assert!(received.starts_with(status), "{alpn}: {got}"),
+        }
+    }
 }
 
 #[test]

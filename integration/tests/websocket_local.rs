@@ -95,6 +95,10 @@ fn a_websocket_is_judged_at_its_upgrade_and_then_relayed_both_ways() {
     assert!(headers.contains(&("connection".into(), "upgrade".into())), "{headers:?}");
     assert!(headers.iter().any(|(n, _)| n == "sec-websocket-key"), "{headers:?}");
 
+    // one request counted: the relay's end is a flow, not a request
+    let metrics = weir.metrics();
+    assert!(metrics.contains(r#"weir_requests_total{protocol="http",verdict="forwarded"} 1"#), "{metrics}");
+
     // two flows: the upgrade request (101), and the tunnel when it closed
     let opened = weir.wait_flow("protocol=http", "the upgrade's flow", |f| {
         f.http().is_some_and(|h| h.path == "/ws/room-1" && h.tunnel.is_none())
@@ -202,4 +206,36 @@ fn after_a_declined_upgrade_the_connection_is_http_again_and_judged() {
     }
     assert!(!nginx.access_log().contains("/admin/secret.txt"), "{}", nginx.access_log());
     assert_eq!(weir.last_flow("/admin/secret.txt").verdict, Verdict::Denied);
+}
+
+#[test]
+fn a_client_that_hangs_up_while_its_upgrade_waits_ends_the_request() {
+    // an upstream that accepts and never answers
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let weir = Weir::start(&config(upstream.local_addr().unwrap(), port, ""), &[("chat.yaml", CHAT_POLICY)]);
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = connect_from(FRONTEND, to);
+    client
+        .write_all(
+            b"GET /ws/hang HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .unwrap();
+    let (mut forwarded, _) = upstream.accept().unwrap();
+    forwarded.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 4096];
+    let n = forwarded.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("upgrade: websocket"), "the upgrade was forwarded");
+    // the client gives up: weir ends the request and its upstream leg
+    drop(client);
+    let mut rest = [0u8; 64];
+    assert_eq!(forwarded.read(&mut rest).unwrap(), 0, "the upstream leg was closed");
+    let flow = weir.wait_flow("protocol=http&verdict=error", "the abandoned upgrade", |f| {
+        f.http().is_some_and(|h| h.path == "/ws/hang")
+    });
+    assert!(flow.reason.unwrap().contains("client closed the connection"));
+    wait_for("the connection to close", Duration::from_secs(5), || {
+        weir.metrics().contains(r#"weir_active_connections{listener="chat"} 0"#)
+    });
 }

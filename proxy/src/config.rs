@@ -420,9 +420,9 @@ fn is_default_upgrades(upgrades: &Vec<String>) -> bool {
 
 /// A listener's `upgrades` entry: a protocol name as `Upgrade` carries it.
 fn check_upgrade(name: &str) -> Result<(), String> {
-    if name.eq_ignore_ascii_case("h2c") {
-        // HTTP/2 after the switch would be requests no rule judged
-        return Err("h2c cannot be allowed: the requests after the switch would pass unjudged".into());
+    if ["h2c", "h2", "http"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        // HTTP after the switch would be requests no rule judged
+        return Err(format!("{name} cannot be allowed: the requests after the switch would pass unjudged"));
     }
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
@@ -844,7 +844,7 @@ mod tests {
         assert_eq!(WeirConfig::parse(&listener("")).unwrap().listeners[0].upgrades, ["websocket"]);
         assert!(WeirConfig::parse(&listener("    upgrades: []\n")).unwrap().listeners[0].upgrades.is_empty());
         let h2c = WeirConfig::parse(&listener("    upgrades: [websocket, H2C]\n")).unwrap_err();
-        assert!(h2c.contains("listeners[0].upgrades: h2c cannot be allowed"), "{h2c}");
+        assert!(h2c.contains("listeners[0].upgrades: H2C cannot be allowed"), "{h2c}");
         let versioned = WeirConfig::parse(&listener("    upgrades: [websocket/13]\n")).unwrap_err();
         assert!(versioned.contains("not a protocol name"), "{versioned}");
     }

@@ -618,7 +618,22 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
             }
             if this.framer.phase == Phase::AwaitUpgrade {
                 let Some(switched) = this.gate.as_ref().and_then(|gate| gate.take(cx)) else {
-                    return Poll::Pending;
+                    // keep watching the client while the answer is awaited:
+                    // its hang-up must reach hyper, which then abandons the
+                    // request as it would any other. What it sends is held
+                    // (up to a head's worth; then it waits, unread).
+                    if this.framer.held.len() >= MAX_HEAD_BYTES {
+                        return Poll::Pending;
+                    }
+                    let mut scratch = [0u8; 4096];
+                    let mut read = ReadBuf::new(&mut scratch);
+                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+                    if read.filled().is_empty() {
+                        this.eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.framer.held.extend_from_slice(read.filled());
+                    continue;
                 };
                 this.framer.upgrade_decided(switched);
                 if !this.framer.held.is_empty() {
@@ -861,6 +876,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// A client that sends its pieces and then waits (never hangs up).
+    struct ThenWaits(Pieces);
+
+    impl AsyncRead for ThenWaits {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if self.0.0.is_empty() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
     #[test]
     fn nothing_passes_after_an_upgradable_request_until_it_is_answered() {
         let upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
@@ -868,7 +895,7 @@ pub(crate) mod tests {
         for switched in [true, false] {
             for step in [1, 7, 4096] {
                 let input = [&upgrade[..], after].concat();
-                let pieces = Pieces(input.chunks(step).map(<[u8]>::to_vec).collect());
+                let pieces = ThenWaits(Pieces(input.chunks(step).map(<[u8]>::to_vec).collect()));
                 let gate = Arc::new(UpgradeGate::default());
                 let mut rejected = Vec::new();
                 let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |r| rejected.push(r), gate.clone());
@@ -877,7 +904,7 @@ pub(crate) mod tests {
                 assert_eq!(passed, upgrade, "only the upgradable request passed");
                 gate.answered(switched);
                 let (rest, pending) = read_until_pending(&mut guard);
-                assert!(!pending);
+                assert!(pending, "the client is still there");
                 drop(guard);
                 if switched {
                     // the new protocol's bytes, untouched, even if they look like HTTP
@@ -897,11 +924,17 @@ pub(crate) mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n", true),
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false),
         ] {
-            let pieces = Pieces([request.to_vec(), after.to_vec()].into());
+            let pieces = ThenWaits(Pieces([request.to_vec(), after.to_vec()].into()));
             let gate = Arc::new(UpgradeGate::default());
             let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |_| {}, gate);
-            assert_eq!(read_until_pending(&mut guard).1, waits, "{}", String::from_utf8_lossy(request));
+            let (passed, _) = read_until_pending(&mut guard);
+            assert_eq!(passed == request, waits, "{}", String::from_utf8_lossy(request));
         }
+        // a client that hangs up while the answer is awaited: hyper reads
+        // the end (and abandons the request), nothing after the request passes
+        let pieces = Pieces([upgrade.to_vec(), after.to_vec()].into());
+        let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |_| {}, Arc::new(UpgradeGate::default()));
+        assert_eq!(read_until_pending(&mut guard), (upgrade.to_vec(), false));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! (HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the preface).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
@@ -276,25 +278,22 @@ async fn serve_http<IO>(
             }
         })
     };
-    let builder = hyper_builder(mode, head_timeout);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        // draining (`handover`): HTTP/2 says GOAWAY at once (streams in
-        // flight finish, new ones go elsewhere); HTTP/1 first answers with
-        // `Connection: close` (above), and after a grace closes what is idle
-        () = drain_started(&mut draining, http1) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let io = TokioIo::new(io);
+    // each mode on its own hyper connection: the auto builder's
+    // `serve_connection_with_upgrades` would sniff the bytes and serve
+    // HTTP/1 on an `h2` connection, past the framing guard
+    let result = match mode {
+        Mode::Http1(_) => {
+            let connection = http1_builder(head_timeout).serve_connection(io, service).with_upgrades();
+            drive(connection, &mut draining, http1, &activity, http2_idle).await
         }
-        timeout = activity.idle_for() => {
-            (http2_idle.on_idle)(timeout);
-            connection.as_mut().graceful_shutdown();
-            // nothing is in flight: a peer that does not finish the shutdown
-            // (answer its PING) within the grace is closed
-            tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, connection).await.unwrap_or(Ok(()))
+        Mode::Http2 => {
+            let builder = hyper_builder(Mode::Http2, head_timeout);
+            let connection = builder.serve_connection(io, service);
+            drive(connection, &mut draining, http1, &activity, http2_idle).await
         }
+        #[cfg(test)]
+        Mode::Auto => unreachable!("weir tells the versions apart itself"),
     };
     if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
@@ -306,6 +305,83 @@ async fn serve_http<IO>(
     if let Some(relay) = tunnels.take_tunnel() {
         let _ = relay.await;
     }
+    // hyper hands a connection that ended after a declined upgrade (or a
+    // CONNECT) to that upgrade instead of shutting it down: close it
+    // properly (a TLS client expects its close_notify)
+    if let Some(declined) = tunnels.take_declined_upgrade()
+        && let Ok(Ok(upgraded)) = tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, declined).await
+    {
+        let _ = tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, TokioIo::new(upgraded).shutdown()).await;
+    }
+}
+
+/// A hyper connection serve_http drives: one that can shut down gracefully.
+trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error: Into<Box<dyn std::error::Error + Send + Sync>>;
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Self: Future<Output = hyper::Result<()>>,
+{
+    type Error = hyper::Error;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, E, B> Graceful for auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Serve the connection until it ends, drains or idles.
+async fn drive<C: Graceful>(
+    connection: C,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    http1: bool,
+    activity: &StreamActivity,
+    http2_idle: Http2Idle,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // draining (`handover`): HTTP/2 says GOAWAY at once (streams in
+        // flight finish, new ones go elsewhere); HTTP/1 first answers with
+        // `Connection: close` (above), and after a grace closes what is idle
+        () = drain_started(draining, http1) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        timeout = activity.idle_for() => {
+            (http2_idle.on_idle)(timeout);
+            connection.as_mut().graceful_shutdown();
+            // nothing is in flight: a peer that does not finish the shutdown
+            // (answer its PING) within the grace is closed
+            match tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, connection).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    result.map_err(Into::into)
 }
 
 /// How long a draining weir lets an HTTP/1 client's next request arrive on
@@ -319,8 +395,23 @@ async fn drain_started(draining: &mut tokio::sync::watch::Receiver<bool>, http1:
     }
 }
 
-/// hyper's settings for client connections. The HTTP/1 parser limits are
-/// set from the framing guard's constants: the guard reads heads as hyper does.
+/// hyper's HTTP/1 server for client connections. The parser limits are set
+/// from the framing guard's constants: the guard reads heads as hyper does
+/// (`hyper_builder` sets the same on the auto builder).
+fn http1_builder(head_timeout: Option<Duration>) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .keep_alive(true)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+}
+
+/// hyper's settings for client connections: HTTP/2 (and, in tests, both
+/// versions as hyper-util tells them apart). The HTTP/1 parser limits are
+/// set from the framing guard's constants, as in `http1_builder`.
 /// `head_timeout`: see `serve_http`.
 pub(super) fn hyper_builder(mode: Mode, head_timeout: Option<Duration>) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -59,6 +59,10 @@ pub struct HttpConnection {
     /// The relay of a connection switched to another protocol (WebSocket):
     /// the connection is served until it ends.
     tunnel: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The latest request hyper could have switched after (an `Upgrade`
+    /// header, CONNECT): its side of the connection, kept until weir
+    /// switches it or the connection ends (then it is shut down).
+    pending_upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 /// A request in flight. If the client goes away, hyper drops the handler
@@ -196,6 +200,7 @@ impl HttpConnection {
             next_request: AtomicU64::new(1),
             snapshot: Mutex::new(None),
             tunnel: Mutex::new(None),
+            pending_upgrade: Mutex::new(None),
         }
     }
 
@@ -246,8 +251,12 @@ impl HttpConnection {
         self.state.handover.is_draining()
     }
 
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        // never forwarded with the request; kept until the answer is known
+        if let Some(upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+            *self.pending_upgrade.lock().unwrap() = Some(upgrade);
+        }
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let version = request.version();
         let trace = RequestTrace {
@@ -282,7 +291,7 @@ impl HttpConnection {
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
             let upgrade = checked.upgrade.take();
             let (mut response, aborted) = Self::forward(&snap, checked, version).await?;
-            let switched = Self::switched(upgrade, &mut response)?;
+            let switched = self.switched(upgrade, &mut response)?;
             Self::filter_response(&mut flight, chain, &mut response, request_id)?;
             Ok::<_, Box<Stop>>((response, aborted, switched))
         };
@@ -337,14 +346,16 @@ impl HttpConnection {
         flight.trace().http.path = path_and_query.clone();
         flight.trace().http.host = authority.clone();
         let (mut parts, body) = request.into_parts();
-        let upgrade = upgrade_asked(&parts, &body, listener_config);
+        // a draining weir switches nothing: a WebSocket would pin it until
+        // the drain ends; refused the switch, the client comes back to the new one
+        let upgrade = upgrade_asked(&parts, &body, listener_config).filter(|_| !self.is_draining());
         if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
         // an upgrade weir forwards: filters judge it with the headers that
         // ask for it, as the upstream receives them
         let upgrade = upgrade.and_then(|protocol| {
-            let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+            let client = self.pending_upgrade.lock().unwrap().take()?;
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
             Some(UpgradeRequest { protocol, client })
@@ -355,10 +366,14 @@ impl HttpConnection {
     /// A 101 from the upstream: the connection switches if weir asked for
     /// that protocol; a 101 it did not ask for is the upstream's fault.
     fn switched(
+        &self,
         upgrade: Option<UpgradeRequest>,
         response: &mut Response<Incoming>,
     ) -> Result<Option<Switched>, Box<Stop>> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(declined) = upgrade {
+                *self.pending_upgrade.lock().unwrap() = Some(declined.client);
+            }
             return Ok(None);
         }
         let unasked = |why: String| {
@@ -427,6 +442,12 @@ impl HttpConnection {
     /// The relay of the connection's switched protocol, if it switched.
     pub fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.tunnel.lock().unwrap().take()
+    }
+
+    /// The connection's side of the last upgrade hyper could have made and
+    /// weir did not (see `pending_upgrade`).
+    pub fn take_declined_upgrade(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.pending_upgrade.lock().unwrap().take()
     }
 
     /// The request filters, in chain order: each allows (maybe editing
@@ -645,9 +666,13 @@ impl HttpConnection {
             Some((why, policies)) if verdict == Verdict::Forwarded => (Verdict::Audited, Some(why), policies),
             _ => (verdict, reason, Vec::new()),
         };
-        let metrics = &self.state.metrics;
-        metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
-        metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" }).observe(elapsed.as_secs_f64());
+        // a relay's end is no request (its upgrade request was counted)
+        if trace.http.tunnel.is_none() {
+            let metrics = &self.state.metrics;
+            metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
+            let duration = metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" });
+            duration.observe(elapsed.as_secs_f64());
+        }
         let policies = match &*snap.verdict {
             ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
             ConnectionVerdict::Drop { .. } => Vec::new(),
@@ -840,6 +865,10 @@ fn apply_edits(headers: &mut HeaderMap, edits: &[wit::HeaderOp]) -> Result<(), S
 
 fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
     let status = StatusCode::from_u16(custom.status).map_err(|_| format!("invalid status {}", custom.status))?;
+    if status.is_informational() {
+        // a 101 would tell the client a switch happened that did not
+        return Err(format!("a reply may not be informational ({status})"));
+    }
     let mut headers = Vec::with_capacity(custom.headers.len());
     for h in custom.headers {
         let name =
@@ -979,6 +1008,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filters_reply_may_not_be_informational() {
+        let reply = |status| wit::Reply { status, headers: Vec::new(), body: Vec::new() };
+        for status in [100, 101, 103] {
+            let refused = custom_reply(reply(status)).err().unwrap_or_default();
+            assert!(refused.contains("informational"), "{status}");
+        }
+        assert_eq!(custom_reply(reply(418)).unwrap().status(), 418);
+    }
 
     #[test]
     fn hop_by_hop_headers_are_stripped() {
