@@ -13,12 +13,15 @@
 #   DURATION=30 CONNS=100 bench/http.sh
 #
 # Prints rps, p50 and p99 per target and the ratios to nginx and to direct,
-# and keeps the table in bench/results/.
+# and keeps the table in bench/results/. Before the load, each freshly
+# started proxy is given IDLE (default 4000) keep-alive connections that
+# made one request each and then idle: the resident memory each costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
+IDLE=${IDLE:-4000}
 H2_CONNS=${H2_CONNS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
 PATH_OK=/public/index.html
@@ -27,6 +30,8 @@ LOAD_CPU=0
 PROXY_CPU=1
 
 scripts/setup.sh
+# the idle connections, and the descriptors every proxy needs for them
+ulimit -n "$(ulimit -Hn)"
 # WEIR_BIN=PATH measures another build (e.g. the previous commit's) instead
 if [ -z "${WEIR_BIN:-}" ]; then cargo build --locked --release --bin weir 2>&1 | tail -1; fi
 WEIR=${WEIR_BIN:-$PWD/target/release/weir}
@@ -61,7 +66,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 nginx_preamble() {
   cat <<CONF
 daemon off; worker_processes 1; user root; error_log $1/error.log; pid $1/nginx.pid;
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 http {
   access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
   fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;
@@ -85,6 +90,7 @@ admin: 127.0.0.1:$WEIR_ADMIN
 workers: 1
 log_flows: false
 filter_cache: $work/weir-cache
+limits: {max_connections_per_identity: 20000}
 endpoints:
   - {name: load, address: 127.0.0.1, labels: {app: frontend}}
 listeners:
@@ -126,7 +132,7 @@ taskset -c $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+
 cat > "$work/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 4000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s
@@ -279,6 +285,16 @@ rss_kib() { # pid: resident KiB of it and its children
 results="$work/results.tsv"
 : > "$results"
 
+# --- idle keep-alive connections, on the freshly started proxies --------------
+idle="$work/idle.tsv"
+: > "$idle"
+echo "idle: $IDLE keep-alive connections per proxy, one request each, then quiet"
+for target in "weir (policy):$WEIR_POLICY:weir" "nginx:$NGINX_H1:nginx" "haproxy:$HAPROXY_H1:haproxy" \
+  "envoy:$ENVOY_H1:envoy" "envoy (proxy-wasm):$ENVOY_WASM_H1:envoy-wasm"; do
+  IFS=: read -r name port key <<< "$target"
+  echo "$name	$(python3 bench/idle_connections.py "${PID_OF[$key]}" "$port" "$IDLE" "$PATH_OK")" >> "$idle"
+done
+
 # Run a load generator and note the proxy's CPU ticks (user, system) over
 # the run and its RSS after it in $work/usage ("- - -" without a proxy).
 measure() { # pid command...
@@ -390,5 +406,12 @@ h1 = {r[1]: float(r[2]) for r in rows if r[0] == "http1"}
 print(f"rules in Wasm (HTTP/1.1): weir with its component {h1['weir (policy)'] / h1['weir (no policy)']:.2f}x of weir "
       f"without policy; Envoy with proxy-wasm {h1['envoy (proxy-wasm)'] / h1['envoy']:.2f}x of Envoy with routes; "
       f"weir with its component {h1['weir (policy)'] / h1['envoy (proxy-wasm)']:.2f}x Envoy with proxy-wasm")
+PY
+python3 - "$idle" <<'PY' | tee -a "$table"
+import json, sys
+print(f"\n{'idle connections':19} {'RSS before MiB':>14} {'RSS after MiB':>13} {'bytes each':>10}")
+for name, row in (l.rstrip("\n").split("\t", 1) for l in open(sys.argv[1]) if l.strip()):
+    r = json.loads(row)
+    print(f"{name:19} {r['rss_before_kib'] / 1024:14.1f} {r['rss_after_kib'] / 1024:13.1f} {r['bytes_per_connection']:10d}")
 PY
 echo "kept in $table"

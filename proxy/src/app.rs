@@ -195,6 +195,9 @@ async fn serve(
     status.write("starting");
     let options =
         RuntimeOptions { cache_dir: config.filter_cache_dir(), max_instances: config.limits.filter_instances };
+    // filters missing from the cache are compiled by a child `weir`: the
+    // compiler's memory (some 80 MiB that the allocator would keep) is not ours
+    crate::wasm::compile_in_child_processes(config.limits.filter_instances);
     let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options)?);
 
     // Learned addresses come back before anything serves: a restarted weir

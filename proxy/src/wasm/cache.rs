@@ -5,8 +5,11 @@
 //! write to it.
 
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -48,6 +51,22 @@ impl PrecompileCache {
                 Err(e) => tracing::debug!(path = %path.display(), "stale filter cache entry: {e:#}"),
             }
         }
+        if let Some(exe) = CHILD_COMPILER.get() {
+            let started = std::time::Instant::now();
+            match compile_in_child(exe, &self.dir, bytes) {
+                // SAFETY: written by a `weir compile-filter` of this binary,
+                // whose engine has the same compatibility hash (the file name
+                // says so), into a directory only this user can write.
+                Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(component) => {
+                        tracing::debug!(file = %path.display(), took = ?started.elapsed(), "compiled in a child process");
+                        return Ok(component);
+                    }
+                    Err(e) => tracing::warn!(path = %path.display(), "compiled by a child, unreadable: {e:#}"),
+                },
+                Err(e) => tracing::warn!("compiling a filter in a child process failed, compiling here: {e}"),
+            }
+        }
         let compiled = engine.precompile_component(bytes)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)).is_ok() {
@@ -64,4 +83,55 @@ impl PrecompileCache {
         // SAFETY: produced just now by this engine.
         unsafe { Component::deserialize(engine, &compiled) }
     }
+}
+
+/// The executable `load_or_compile` runs as `EXE compile-filter --cache DIR`
+/// for a filter the cache lacks; unset (tests, tools): compiled in-process.
+static CHILD_COMPILER: OnceLock<(PathBuf, Option<u32>)> = OnceLock::new();
+
+/// Compile what the cache lacks in child processes of this executable from
+/// now on (`weir run`). Cranelift's allocations during a compile are tens of
+/// MiB that the allocator keeps after they are freed; in a child they end
+/// with it, and the component is mapped from the cache file either way.
+/// `max_instances`: the runtime's, so the child's engine is made alike.
+pub fn compile_in_child_processes(max_instances: Option<u32>) {
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = CHILD_COMPILER.set((exe, max_instances));
+    }
+}
+
+fn compile_in_child((exe, max_instances): &(PathBuf, Option<u32>), cache: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut command = Command::new(exe);
+    command.args(["compile-filter", "--cache"]).arg(cache);
+    if let Some(n) = max_instances {
+        command.arg("--max-instances").arg(n.to_string());
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    let written = child.stdin.take().expect("piped").write_all(bytes);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    written.map_err(|e| format!("writing the component to it: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// `weir compile-filter`: the component on stdin, compiled into `cache` by
+/// a runtime made as `weir run` makes its own (so the engines agree).
+pub fn compile_into_cache(cache: PathBuf, max_instances: Option<u32>) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+    let metrics = std::sync::Arc::new(crate::observe::metrics::Metrics::default());
+    let options = super::RuntimeOptions { cache_dir: Some(cache.clone()), max_instances };
+    let runtime = super::FilterRuntime::new(metrics, options)?;
+    if runtime.cache.is_none() {
+        anyhow::bail!("the filter cache {} is not usable", cache.display());
+    }
+    runtime.load("compile-filter", &bytes)?;
+    Ok(())
 }

@@ -9,6 +9,7 @@
 mod bindings;
 pub mod builtin;
 mod cache;
+pub use cache::{compile_in_child_processes, compile_into_cache};
 mod instances;
 mod slots;
 pub mod state;
