@@ -173,4 +173,37 @@ fn clients_given_weirs_address_reach_every_broker_through_weir() {
         f.kafka().is_some_and(|k| k.api_key == "Produce" && k.topics == ["deathstar-plans"])
     });
     assert!(flow.listener.starts_with("kafka-broker-"), "judged on the leader's listener: {flow:?}");
+
+    // a broker missing from `brokers`: by default its address reaches the
+    // client (and weir warns); with `unlisted_brokers: refuse` an answer
+    // naming it is refused and the connection closes
+    for (setting, refused) in [("", false), (", unlisted_brokers: refuse", true)] {
+        let bootstrap: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "admin: ADMIN\n\
+             endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+             listeners:\n  \
+             - {{name: kafka, protocol: kafka, bind: {bootstrap}, upstream: {}, \
+                  destination: {{labels: {{app: kafka}}, port: 9092}}, brokers: [{}, {}]{setting}}}\n",
+            brokers[0].1, entries[0], entries[1]
+        );
+        let partial = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+        let mut client = RawClient::connect(HQ, bootstrap);
+        client.send(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()));
+        match client.receive(ApiKey::Metadata, 12) {
+            Some((_, ResponseKind::Metadata(answer))) => {
+                assert!(!refused, "answered: {answer:?}");
+                let third = answer.brokers.iter().find(|b| b.node_id.0 == 3).expect("broker 3 named");
+                assert_eq!(i32::from(brokers[2].1.port()), third.port, "broker 3 at its own address");
+                assert!(partial.log().contains("have no weir listener"), "{}", partial.log());
+            }
+            other => {
+                assert!(refused, "{other:?}");
+                let flow = partial.wait_flow("protocol=kafka&verdict=error", "the refused Metadata", |f| {
+                    f.kafka().is_some_and(|k| k.api_key == "Metadata")
+                });
+                assert!(flow.reason.unwrap().contains("brokers [3], which have no weir listener"));
+            }
+        }
+    }
 }

@@ -404,6 +404,12 @@ pub struct ListenerConfig {
     /// only weir's address stay on weir (docs/kafka.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub brokers: Vec<BrokerConfig>,
+    /// What an answer naming a broker missing from `brokers` does: `warn`
+    /// (it reaches the client, which may connect to that broker around
+    /// weir; logged) or `refuse` (the connection closes, as for an answer
+    /// weir cannot read).
+    #[serde(default, skip_serializing_if = "UnlistedBrokers::is_warn")]
+    pub unlisted_brokers: UnlistedBrokers,
     /// Where answers send clients for each broker: the `brokers` of this
     /// listener, or of the listener this one was made for.
     #[serde(skip)]
@@ -429,6 +435,21 @@ fn check_upgrade(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not a protocol name (an HTTP token, without a /version)"));
     }
     Ok(())
+}
+
+/// See [`ListenerConfig::unlisted_brokers`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnlistedBrokers {
+    #[default]
+    Warn,
+    Refuse,
+}
+
+impl UnlistedBrokers {
+    fn is_warn(&self) -> bool {
+        *self == UnlistedBrokers::Warn
+    }
 }
 
 /// One broker behind a Kafka listener.
@@ -582,6 +603,9 @@ impl WeirConfig {
         let mut made = Vec::new();
         for (i, l) in self.listeners.iter_mut().enumerate() {
             if l.brokers.is_empty() {
+                if l.unlisted_brokers != UnlistedBrokers::Warn {
+                    return Err(format!("listeners[{i}].unlisted_brokers: only a listener with `brokers` has any"));
+                }
                 continue;
             }
             if l.protocol != Protocol::Kafka {
@@ -831,6 +855,17 @@ mod tests {
              destination: {}, brokers: [{id: 1, bind: 0.0.0.0:19101, upstream: 127.0.0.1:9092}]}\n",
         );
         assert!(anywhere.unwrap_err().contains("no address a client can be sent to"));
+    }
+
+    #[test]
+    fn unlisted_brokers_needs_brokers() {
+        let listener = "listeners:\n  - name: kafka\n    protocol: kafka\n    bind: 127.0.0.1:19092\n    \
+                        upstream: 127.0.0.1:9092\n    destination: {labels: {app: kafka}}\n    unlisted_brokers: refuse\n";
+        let refused = WeirConfig::parse(listener).unwrap_err();
+        assert!(refused.contains("listeners[0].unlisted_brokers: only a listener with `brokers`"), "{refused}");
+        let with = format!("{listener}    brokers: [{{id: 1, bind: 127.0.0.1:19101, upstream: 127.0.0.1:9092}}]\n");
+        let config = WeirConfig::parse(&with).unwrap();
+        assert!(config.listeners.iter().all(|l| l.unlisted_brokers == UnlistedBrokers::Refuse));
     }
 
     #[test]

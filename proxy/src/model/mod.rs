@@ -444,6 +444,7 @@ impl PolicyModel {
             connect_timeout: crate::config::default_connect_timeout(),
             // pods reach every broker through the datapath: nothing to rewrite
             brokers: Vec::new(),
+            unlisted_brokers: Default::default(),
             broker_addresses: None,
         };
         let listener = Arc::new(ListenerModel {

@@ -356,11 +356,17 @@ async fn responses(
     let _ = client.shutdown().await;
 }
 
-/// An answer naming brokers, naming weir's listeners for them instead (a
-/// broker without one is named as it is, and said so in the log).
+/// An answer naming brokers, naming weir's listeners for them instead. A
+/// broker without one is named as it is and said so in the log, or, with
+/// `unlisted_brokers: refuse`, the answer is refused.
 fn rewrite_brokers(listener: &ListenerModel, frame: &[u8], api_key: i16, version: i16) -> Result<BytesMut, String> {
     let (rewritten, unknown) =
         codec::rewrite_brokers(frame, api_key, version, &|id| listener.config.broker_address(id))?;
+    if !unknown.is_empty() && listener.config.unlisted_brokers == crate::config::UnlistedBrokers::Refuse {
+        return Err(format!(
+            "an answer naming brokers {unknown:?}, which have no weir listener (`brokers:`; unlisted_brokers: refuse)"
+        ));
+    }
     // once a minute at most: every client's Metadata names the same brokers
     static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     let due = || {
