@@ -11,6 +11,7 @@
 #
 #   bench/http.sh                 # 10 s per run
 #   DURATION=30 CONNS=100 bench/http.sh
+#   WORKERS=2 bench/http.sh       # two workers per proxy (see below)
 #
 # Prints rps, p50 and p99 per target and the ratios to nginx and to direct,
 # and keeps the table in bench/results/. Before the load, each freshly
@@ -28,6 +29,16 @@ PATH_OK=/public/index.html
 # the load generator and the upstream share CPU 0; the proxy under test has CPU 1
 LOAD_CPU=0
 PROXY_CPU=1
+# With WORKERS=N (> 1) every proxy gets N workers (weir's workers, nginx's
+# worker processes, HAProxy's threads, Envoy's concurrency) and the load
+# generator N threads; on a machine with no CPU to spare for them, all share
+# every CPU (the load generator's cost then lands on the proxies' CPUs too,
+# equally for each).
+WORKERS=${WORKERS:-1}
+if [ "$WORKERS" -gt 1 ]; then
+  LOAD_CPU=0-$(($(nproc) - 1))
+  PROXY_CPU=$LOAD_CPU
+fi
 
 scripts/setup.sh
 # the idle connections, and the descriptors every proxy needs for them
@@ -65,7 +76,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 # in its own directory, no logs, unlimited keep-alive. $1: the directory.
 nginx_preamble() {
   cat <<CONF
-daemon off; worker_processes 1; user root; error_log $1/error.log; pid $1/nginx.pid;
+daemon off; worker_processes ${2:-1}; user root; error_log $1/error.log; pid $1/nginx.pid;
 events { worker_connections 16384; }
 http {
   access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
@@ -87,7 +98,7 @@ taskset -c $LOAD_CPU nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 mkdir -p "$work/weir/policies"
 cat > "$work/weir/weir.yaml" <<CONF
 admin: 127.0.0.1:$WEIR_ADMIN
-workers: 1
+workers: $WORKERS
 log_flows: false
 filter_cache: $work/weir-cache
 limits: {max_connections_per_identity: 20000}
@@ -110,7 +121,7 @@ WEIR_LOG=warn taskset -c $PROXY_CPU "$WEIR" run --config "$work/weir" & pids+=($
 
 # --- nginx as a proxy with the same rules --------------------------------------
 mkdir -p "$work/nginx"
-{ nginx_preamble "$work/nginx"; cat <<CONF
+{ nginx_preamble "$work/nginx" "$WORKERS"; cat <<CONF
   upstream up { server 127.0.0.1:$UP_H1; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_H1; listen 127.0.0.1:$NGINX_H2 http2;
@@ -131,7 +142,7 @@ taskset -c $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+
 # --- HAProxy with the same rules -------------------------------------------------
 cat > "$work/haproxy.cfg" <<CONF
 global
-  nbthread 1
+  nbthread $WORKERS
   maxconn 9000
 defaults
   mode http
@@ -228,7 +239,7 @@ envoy_config envoy-wasm $ENVOY_WASM_H1 $ENVOY_WASM_H2 $ENVOY_WASM_ADMIN "$(cat <
 FILTER
 )" "              - {match: {prefix: /}, route: {cluster: up}}" > "$work/envoy-wasm/envoy.yaml"
 for e in envoy envoy-wasm; do
-  taskset -c $PROXY_CPU "$ENVOY" --concurrency 1 -l error --base-id $((RANDOM % 1000 + 1)) \
+  taskset -c $PROXY_CPU "$ENVOY" --concurrency "$WORKERS" -l error --base-id $((RANDOM % 1000 + 1)) \
     -c "$work/$e/envoy.yaml" >"$work/$e/log" 2>&1 & pids+=($!)
 done
 
@@ -288,9 +299,10 @@ results="$work/results.tsv"
 # --- idle keep-alive connections, on the freshly started proxies --------------
 idle="$work/idle.tsv"
 : > "$idle"
-echo "idle: $IDLE keep-alive connections per proxy, one request each, then quiet"
+[ "$IDLE" -eq 0 ] || echo "idle: $IDLE keep-alive connections per proxy, one request each, then quiet"
 for target in "weir (policy):$WEIR_POLICY:weir" "nginx:$NGINX_H1:nginx" "haproxy:$HAPROXY_H1:haproxy" \
   "envoy:$ENVOY_H1:envoy" "envoy (proxy-wasm):$ENVOY_WASM_H1:envoy-wasm"; do
+  [ "$IDLE" -gt 0 ] || break
   IFS=: read -r name port key <<< "$target"
   echo "$name	$(python3 bench/idle_connections.py "${PID_OF[$key]}" "$port" "$IDLE" "$PATH_OK")" >> "$idle"
 done
@@ -323,7 +335,7 @@ PY
 }
 
 run_wrk() { # name port [proxy pid]
-  measure "${3:-}" taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+  measure "${3:-}" taskset -c $LOAD_CPU wrk -t"$WORKERS" -c"$CONNS" -d"${DURATION}s" --latency \
     "http://127.0.0.1:$2$PATH_OK" > "$work/out"
   local row
   row=$(python3 - "$1" "$work/out" <<'PY'
@@ -346,7 +358,7 @@ PY
 run_h2load() { # name port [proxy pid]
   local log="$work/h2load-$2.log" row
   rm -f "$log"
-  measure "${3:-}" taskset -c $LOAD_CPU h2load -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" --warm-up-time=1 \
+  measure "${3:-}" taskset -c $LOAD_CPU h2load -t"$WORKERS" -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" --warm-up-time=1 \
     --log-file="$log" "http://127.0.0.1:$2$PATH_OK" > "$work/out"
   row=$(python3 - "$1" "$work/out" "$log" <<'PY'
 import re, sys
@@ -365,7 +377,8 @@ PY
   echo -e "${row%$'\t'*}\t$(usage_columns "${row##*$'\t'}")" >> "$results"
 }
 
-echo "HTTP/1.1: wrk -t1 -c$CONNS -d${DURATION}s; HTTP/2: h2load -c$H2_CONNS -m$H2_STREAMS -D$DURATION"
+echo "workers per proxy: $WORKERS (proxies on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
+echo "HTTP/1.1: wrk -t$WORKERS -c$CONNS -d${DURATION}s; HTTP/2: h2load -c$H2_CONNS -m$H2_STREAMS -D$DURATION"
 run_wrk direct $UP_H1
 run_wrk "weir (policy)" $WEIR_POLICY "${PID_OF[weir]}"
 run_wrk "weir (no policy)" $WEIR_OPEN "${PID_OF[weir]}"
@@ -407,7 +420,7 @@ print(f"rules in Wasm (HTTP/1.1): weir with its component {h1['weir (policy)'] /
       f"without policy; Envoy with proxy-wasm {h1['envoy (proxy-wasm)'] / h1['envoy']:.2f}x of Envoy with routes; "
       f"weir with its component {h1['weir (policy)'] / h1['envoy (proxy-wasm)']:.2f}x Envoy with proxy-wasm")
 PY
-python3 - "$idle" <<'PY' | tee -a "$table"
+[ "$IDLE" -eq 0 ] || python3 - "$idle" <<'PY' | tee -a "$table"
 import json, sys
 print(f"\n{'idle connections':19} {'RSS before MiB':>14} {'RSS after MiB':>13} {'bytes each':>10}")
 for name, row in (l.rstrip("\n").split("\t", 1) for l in open(sys.argv[1]) if l.strip()):
