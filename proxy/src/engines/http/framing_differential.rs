@@ -13,6 +13,11 @@
 //!   Transfer-Encoding;
 //! - no request that was sent with both ever reaches the service.
 //!
+//! And served as weir serves HTTP/1.1 — hyper's HTTP/1 server with upgrades,
+//! the guard waiting for each answer to a request hyper may switch after
+//! (some requests carry `Upgrade`), every upgrade declined — hyper reads the
+//! same requests as behind the guard without upgrades.
+//!
 //! `WEIR_FRAMING_CASES=100000 cargo test -p weir --lib framing_differential`
 //! runs more cases (default 600); `WEIR_FRAMING_SEED` picks the first seed.
 
@@ -27,8 +32,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::framing::tests::run_pieces;
-use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Seen, SeenBody};
-use super::server::{Mode, hyper_builder};
+use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Seen, SeenBody, UpgradeGate};
+use super::server::{Mode, http1_builder, hyper_builder};
 
 /// splitmix64: small, seedable, good enough to explore.
 struct Rng(u64);
@@ -135,6 +140,10 @@ fn generate(rng: &mut Rng) -> Case {
         }
         if rng.percent(10) {
             lines.push(if rng.percent(50) { cl(rng) } else { te(rng) });
+        }
+        // a request hyper may switch protocols after
+        if rng.percent(15) {
+            lines.push(rng.pick(&["Upgrade: websocket", "upgrade: h2c", "Upgrade:", "UPGRADE: x, y"]).to_string());
         }
         // header counts around hyper's table size
         let fillers = match rng.below(10) {
@@ -285,6 +294,74 @@ async fn serve(case: &Case, guarded: bool) -> Vec<Served> {
     served.lock().unwrap().clone()
 }
 
+/// Serve `case` as weir serves HTTP/1.1: hyper's HTTP/1 server with
+/// upgrades, behind the guard and its upgrade gate, every upgrade declined
+/// (the service answers 200). The client stays until hyper has served what
+/// it will, then hangs up: weir's hyper takes a half-close as the end.
+async fn serve_with_upgrades(case: &Case) -> Vec<Served> {
+    let (client, server) = tokio::io::duplex(4 << 20);
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let record = served.clone();
+    let gate = Arc::new(UpgradeGate::default());
+    let answers = gate.clone();
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let (record, answers) = (record.clone(), answers.clone());
+        let upgradable = request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+        async move {
+            let method = request.method().to_string();
+            let target = request.uri().to_string();
+            let length = hyper::body::Body::size_hint(request.body()).exact();
+            let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
+            let body = match request.into_body().collect().await {
+                Ok(collected) => Ok(collected.to_bytes().to_vec()),
+                Err(e) => Err(e.to_string()),
+            };
+            let length = if chunked { None } else { Some(length.unwrap_or(0)) };
+            record.lock().unwrap().push(Served { method, target, length, body });
+            if upgradable {
+                answers.answered(false);
+            }
+            Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+        }
+    });
+    let io = FramingGuard::with_upgrades(server, Detect::Http1, |_| {}, gate);
+    let connection = async {
+        let _ = http1_builder(None).serve_connection(TokioIo::new(io), service).with_upgrades().await;
+    };
+    let (mut read_half, mut write_half) = tokio::io::split(client);
+    let send = async {
+        let mut at = 0;
+        for n in &case.pieces {
+            if write_half.write_all(&case.stream[at..at + n]).await.is_err() {
+                break;
+            }
+            at += n;
+            tokio::task::yield_now().await;
+        }
+        // hang up once hyper serves nothing more: everything here is in
+        // memory on one thread, so rounds of yielding with no new request
+        // served mean there is none to come (no clock: a busy machine
+        // cannot make this early)
+        let (mut last, mut quiet) = (usize::MAX, 0);
+        while quiet < 3 {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            let now = served.lock().unwrap().len();
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+        }
+        let _ = write_half.shutdown().await;
+    };
+    let drain = async {
+        let mut sink = Vec::new();
+        let _ = read_half.read_to_end(&mut sink).await;
+    };
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(connection, send, drain) }).await;
+    served.lock().unwrap().clone()
+}
+
 fn check(case: &Case, bare: &[Served], guarded: &[Served], seen: &[Seen]) -> Result<(), String> {
     // where the guard stops: a poisoned head, one hyper refuses, one too large
     let stop = seen.iter().position(|s| !matches!(s, Seen::Request { .. })).unwrap_or(seen.len());
@@ -350,10 +427,13 @@ fn the_guard_sees_every_head_hyper_reads_with_the_same_framing() {
             })
             .collect();
         let (_, _, seen) = run_pieces(&pieces, Detect::Auto);
+        let shown = || String::from_utf8_lossy(&case.stream[..case.stream.len().min(2000)]).into_owned();
         if let Err(why) = check(&case, &bare, &guarded, &seen) {
-            let shown = String::from_utf8_lossy(&case.stream[..case.stream.len().min(2000)]).into_owned();
-            panic!("seed {seed} (pieces {:?}): {why}\nstream: {shown:?}", &case.pieces[..case.pieces.len().min(8)]);
+            panic!("seed {seed} (pieces {:?}): {why}\nstream: {:?}", &case.pieces[..case.pieces.len().min(8)], shown());
         }
+        // as weir serves HTTP/1.1, with upgrades (declined): the same requests
+        let with_upgrades = runtime.block_on(serve_with_upgrades(&case));
+        assert_eq!(with_upgrades, guarded, "seed {seed}: with upgrades\nstream: {:?}", shown());
     }
     assert!(smuggles > cases as usize / 10, "the generator must try smuggling often ({smuggles})");
 }

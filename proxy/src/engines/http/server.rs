@@ -398,7 +398,7 @@ async fn drain_started(draining: &mut tokio::sync::watch::Receiver<bool>, http1:
 /// hyper's HTTP/1 server for client connections. The parser limits are set
 /// from the framing guard's constants: the guard reads heads as hyper does
 /// (`hyper_builder` sets the same on the auto builder).
-fn http1_builder(head_timeout: Option<Duration>) -> hyper::server::conn::http1::Builder {
+pub(super) fn http1_builder(head_timeout: Option<Duration>) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
