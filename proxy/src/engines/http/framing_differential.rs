@@ -241,6 +241,35 @@ struct Served {
     body: Result<Vec<u8>, String>,
 }
 
+/// Send `case`'s stream in its pieces, yielding between them (until the
+/// server stops reading).
+async fn write_pieces<W: tokio::io::AsyncWrite + Unpin>(out: &mut W, case: &Case) {
+    let mut at = 0;
+    for n in &case.pieces {
+        if out.write_all(&case.stream[at..at + n]).await.is_err() {
+            return;
+        }
+        at += n;
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Served {
+    /// What the service saw of `request`, its body read to the end.
+    async fn of(request: hyper::Request<Incoming>) -> Served {
+        let method = request.method().to_string();
+        let target = request.uri().to_string();
+        let length = hyper::body::Body::size_hint(request.body()).exact();
+        let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
+        let body = match request.into_body().collect().await {
+            Ok(collected) => Ok(collected.to_bytes().to_vec()),
+            Err(e) => Err(e.to_string()),
+        };
+        let length = if chunked { None } else { Some(length.unwrap_or(0)) };
+        Served { method, target, length, body }
+    }
+}
+
 /// Serve `case` with hyper as weir configures it, bare or behind the guard.
 async fn serve(case: &Case, guarded: bool) -> Vec<Served> {
     let (client, server) = tokio::io::duplex(4 << 20);
@@ -249,16 +278,8 @@ async fn serve(case: &Case, guarded: bool) -> Vec<Served> {
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let record = record.clone();
         async move {
-            let method = request.method().to_string();
-            let target = request.uri().to_string();
-            let length = hyper::body::Body::size_hint(request.body()).exact();
-            let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
-            let body = match request.into_body().collect().await {
-                Ok(collected) => Ok(collected.to_bytes().to_vec()),
-                Err(e) => Err(e.to_string()),
-            };
-            let length = if chunked { None } else { Some(length.unwrap_or(0)) };
-            record.lock().unwrap().push(Served { method, target, length, body });
+            let served = Served::of(request).await;
+            record.lock().unwrap().push(served);
             Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
         }
     });
@@ -275,14 +296,7 @@ async fn serve(case: &Case, guarded: bool) -> Vec<Served> {
     };
     let (mut read_half, mut write_half) = tokio::io::split(client);
     let send = async {
-        let mut at = 0;
-        for n in &case.pieces {
-            if write_half.write_all(&case.stream[at..at + n]).await.is_err() {
-                break;
-            }
-            at += n;
-            tokio::task::yield_now().await;
-        }
+        write_pieces(&mut write_half, case).await;
         let _ = write_half.shutdown().await;
     };
     let drain = async {
@@ -308,16 +322,8 @@ async fn serve_with_upgrades(case: &Case) -> Vec<Served> {
         let (record, answers) = (record.clone(), answers.clone());
         let upgradable = request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
         async move {
-            let method = request.method().to_string();
-            let target = request.uri().to_string();
-            let length = hyper::body::Body::size_hint(request.body()).exact();
-            let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
-            let body = match request.into_body().collect().await {
-                Ok(collected) => Ok(collected.to_bytes().to_vec()),
-                Err(e) => Err(e.to_string()),
-            };
-            let length = if chunked { None } else { Some(length.unwrap_or(0)) };
-            record.lock().unwrap().push(Served { method, target, length, body });
+            let served = Served::of(request).await;
+            record.lock().unwrap().push(served);
             if upgradable {
                 answers.answered(false);
             }
@@ -330,14 +336,7 @@ async fn serve_with_upgrades(case: &Case) -> Vec<Served> {
     };
     let (mut read_half, mut write_half) = tokio::io::split(client);
     let send = async {
-        let mut at = 0;
-        for n in &case.pieces {
-            if write_half.write_all(&case.stream[at..at + n]).await.is_err() {
-                break;
-            }
-            at += n;
-            tokio::task::yield_now().await;
-        }
+        write_pieces(&mut write_half, case).await;
         // hang up once hyper serves nothing more: everything here is in
         // memory on one thread, so rounds of yielding with no new request
         // served mean there is none to come (no clock: a busy machine

@@ -329,8 +329,7 @@ impl HttpConnection {
                 reason: why,
             }));
         }
-        let snap = flight.snap.clone();
-        let listener_config = &snap.listener.config;
+        let listener_config = &flight.snap.listener.config;
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
@@ -348,7 +347,7 @@ impl HttpConnection {
         let (mut parts, body) = request.into_parts();
         // a draining weir switches nothing: a WebSocket would pin it until
         // the drain ends; refused the switch, the client comes back to the new one
-        let upgrade = upgrade_asked(&parts, &body, listener_config).filter(|_| !self.is_draining());
+        let upgrade = upgrade_asked(&parts, &body, &flight.snap.listener.config).filter(|_| !self.is_draining());
         if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
