@@ -68,6 +68,24 @@ fn an_endless_loop_hits_the_cpu_deadline() {
     assert_eq!(seen(call(&filter, "/ok").unwrap()), "1");
 }
 
+/// The epoch ticker sleeps on an idle node (wasm/epoch.rs); the first call
+/// after a quiet spell wakes it, and a loop in that call is still stopped.
+#[test]
+fn an_endless_loop_after_an_idle_spell_hits_the_cpu_deadline() {
+    let (_, runtime, component) = setup();
+    let filter = runtime.configure(&component, String::new(), limits(), FailurePolicy::Closed).unwrap();
+    // longer than the ticker's quiet spell (200 ticks of 1 ms)
+    std::thread::sleep(Duration::from_millis(500));
+    // on a thread: a ticker that stayed asleep would never stop the loop
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(call(&filter, "/loop").map(|_| ())));
+    let failure = result
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the loop ran on: the first call after an idle spell did not wake the epoch ticker")
+        .unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Timeout, "{}", failure.message);
+}
+
 #[test]
 fn a_memory_hog_hits_the_memory_limit() {
     let (_, runtime, component) = setup();

@@ -129,6 +129,8 @@ pub struct HostState {
     pub state: Arc<super::state::Partition>,
     /// The running call's CPU budget and the thread's CPU clock when it began.
     pub cpu: CpuBudget,
+    /// Told of every call, so the epoch ticks while one runs.
+    pub clock: Arc<super::epoch::EpochClock>,
 }
 
 thread_local! {
@@ -280,6 +282,7 @@ impl HostState {
         limits: MemoryLimit,
         metrics: Arc<Metrics>,
         state: Arc<super::state::Partition>,
+        clock: Arc<super::epoch::EpochClock>,
     ) -> Self {
         HostState {
             table: ResourceTable::new(),
@@ -289,6 +292,7 @@ impl HostState {
             counter_names: HashSet::new(),
             state,
             cpu: CpuBudget::default(),
+            clock,
         }
     }
 

@@ -110,7 +110,13 @@ pub(super) fn instantiate(
     let limits = MemoryLimit::new(filter.limits.memory);
     let mut store = Store::new(
         &runtime.engine,
-        HostState::new(filter.name.clone(), limits, runtime.metrics.clone(), filter.state.clone()),
+        HostState::new(
+            filter.name.clone(),
+            limits,
+            runtime.metrics.clone(),
+            filter.state.clone(),
+            runtime.clock.clone(),
+        ),
     );
     store.limiter(|state| state.limiter());
     // each tick past the deadline asks whether the call spent its CPU budget:
@@ -127,6 +133,7 @@ pub(super) fn instantiate(
     let configure_budget = filter.limits.timeout.max(CONFIGURE_TIMEOUT);
     store.data_mut().cpu = CpuBudget::start(configure_budget);
     store.set_epoch_deadline(deadline_ticks(configure_budget));
+    let _running = runtime.clock.running();
     let bindings = filter.component.pre.instantiate(&mut store).map_err(|e| {
         // the allocator's own limits (core instances, memories) are a
         // shortage too, not a fault of the filter

@@ -9,6 +9,7 @@
 mod bindings;
 pub mod builtin;
 mod cache;
+mod epoch;
 pub use cache::{compile_in_child_processes, compile_into_cache};
 mod instances;
 mod slots;
@@ -19,9 +20,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -37,9 +37,7 @@ use bindings::{
     CassandraFilter, CassandraFilterPre, DnsFilter, DnsFilterPre, HostState, HttpFilter, HttpFilterPre, KafkaFilter,
     KafkaFilterPre, MemcachedFilter, MemcachedFilterPre, StreamFilter, StreamFilterPre,
 };
-
-/// How often the epoch advances; CPU deadlines are whole ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+use epoch::{EPOCH_TICK, EpochClock, EpochTicker};
 
 /// The largest memory any filter may be given; per-filter limits are below it.
 pub const MAX_FILTER_MEMORY: usize = 1 << 30;
@@ -204,6 +202,8 @@ pub struct FilterRuntime {
     /// came or went) reuses them instead of loading them again.
     loaded: Mutex<HashMap<ComponentKey, Weak<FilterComponent>>>,
     ticker: Option<EpochTicker>,
+    /// What guest calls tell the ticker (it sleeps while none runs).
+    clock: Arc<EpochClock>,
     /// Who holds the pool's instance slots (`slots.rs`).
     slots: Arc<slots::Slots>,
     /// What the shared state of every configured filter holds together.
@@ -275,7 +275,9 @@ impl FilterRuntime {
             .map_err(anyhow_error)?;
 
         let cache = options.cache_dir.and_then(|dir| cache::PrecompileCache::open(dir, &engine));
-        let ticker = Some(EpochTicker::start(engine.clone()));
+        let ticker = EpochTicker::start(engine.clone());
+        let clock = ticker.clock().clone();
+        let ticker = Some(ticker);
         let slots = Arc::new(slots::Slots::new(max_instances as usize));
         Ok(FilterRuntime {
             engine,
@@ -285,6 +287,7 @@ impl FilterRuntime {
             configured: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             ticker,
+            clock,
             slots,
             state_budget: state::Budget::new(state::MAX_TOTAL_BYTES),
         })
@@ -705,6 +708,7 @@ fn run<R>(
     live.store.data_mut().cpu = bindings::CpuBudget::start(limits.timeout);
     live.store.data_mut().limits.refused = false;
     live.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    let _running = live.store.data().clock.running();
     let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
     // Lend the guest a transient borrow: an owned handle passed as a
     // borrow would be tracked in the store forever.
@@ -836,34 +840,6 @@ fn classify(error: &wasmtime::Error, state: &HostState) -> FailureKind {
         return FailureKind::Memory;
     }
     FailureKind::Trap
-}
-
-/// Advances the engine epoch every tick, on its own thread.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("weir-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawning the epoch thread");
-        EpochTicker { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
 }
 
 /// Bytes that are no WebAssembly at all, said plainly (the component
