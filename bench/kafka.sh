@@ -4,6 +4,8 @@
 #   direct   kafka_load -> the broker
 #   weir     kafka_load -> weir's Kafka listener -> the broker, with a produce
 #            and a consume rule (every request judged by the kafka-policy filter)
+#   haproxy  kafka_load -> HAProxy in TCP mode (splice-auto) -> the broker: a
+#            relay that reads no Kafka at all, the floor for any proxy here
 #
 # The broker is the real Apache Kafka (KRaft, one node, scripts/kafka.sh), or
 # tansu (in memory) with BROKER_KIND=tansu.
@@ -12,7 +14,8 @@
 # keeps WINDOW requests in flight on one connection and times each:
 #   produce  BATCH records of RECORD bytes per Produce (acks=1)
 #   fetch    1 MiB Fetches re-reading a partition that holds 1000 records
-# The broker runs on CPU 0, weir (one worker) on CPU 1, the load on CPU 0.
+# The broker runs on CPU 0, weir (one worker) and HAProxy (one thread) on CPU 1,
+# the load on CPU 0.
 #
 #   bench/kafka.sh
 #   DURATION=20 BATCH=500 bench/kafka.sh
@@ -71,6 +74,24 @@ spec:
               - {role: produce, topic: bench-weir}
               - {role: consume, topic: bench-fetch}
 POLICY
+HAPROXY=$(port)
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend kafka
+  bind 127.0.0.1:$HAPROXY
+  option splice-auto
+  default_backend broker
+backend broker
+  server broker 127.0.0.1:$BROKER
+CONF
+taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+pids+=($!)
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
 wait_ready "$ADMIN" "$BROKER"
@@ -93,8 +114,10 @@ run() { # name target topic mode
 results=(
   "$(run produce-direct "$BROKER" bench-direct produce)"
   "$(run produce-weir "$LISTENER" bench-weir produce)"
+  "$(run produce-haproxy "$HAPROXY" bench-weir produce)"
   "$(run fetch-direct "$BROKER" bench-fetch fetch)"
   "$(run fetch-weir "$LISTENER" bench-fetch fetch)"
+  "$(run fetch-haproxy "$HAPROXY" bench-fetch fetch)"
 )
 denied=$(curl -s "127.0.0.1:$ADMIN/metrics" | grep -c 'weir_kafka_requests_total{.*verdict="denied"' || true)
 
@@ -107,16 +130,18 @@ for line in lines:
     rows[name] = json.loads(data)
 print(f"Kafka through weir vs direct to the broker ({kind_name}): {duration}s per run, window {window}, "
       f"produce batches of {batch} x {record} B")
-print(f"{'target':<16}{'req/s':>9}{'msg/s':>10}{'MB/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}")
+print(f"{'target':<16}{'req/s':>9}{'msg/s':>10}{'MB/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}"
+      f"{'vs haproxy':>12}")
+rate = lambda r: r["bytes"] / r["seconds"] / 1e6
 for kind in ("produce", "fetch"):
-    base = rows[f"{kind}-direct"]
-    for who in ("direct", "weir"):
+    base, relay = rows[f"{kind}-direct"], rows[f"{kind}-haproxy"]
+    for who in ("direct", "weir", "haproxy"):
         r = rows[f"{kind}-{who}"]
         secs = r["seconds"]
-        mbps = r["bytes"] / secs / 1e6
-        ratio = mbps / (base["bytes"] / base["seconds"] / 1e6)
+        mbps = rate(r)
         print(f"{kind + ' ' + who:<16}{r['requests'] / secs:>9.0f}{r['records'] / secs:>10.0f}{mbps:>9.1f}"
-              f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{ratio:>10.3f}x")
+              f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{mbps / rate(base):>10.3f}x"
+              f"{mbps / rate(relay):>11.3f}x")
 if denied != "0":
     print(f"warning: {denied} denied request series: the policy refused load traffic")
 PY

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -275,7 +275,7 @@ async fn responses(
                 Some(p) => pending.push_back(p),
                 None => requests_done = true,
             },
-            head = read_head(&mut broker, &mut buf, MAX_RESPONSE) => match head {
+            head = read_head(&mut broker, &mut buf, MAX_RESPONSE, head_only(&pending)) => match head {
                 Ok(Some(len)) => {
                     conn.idle.touch();
                     let Some(Pending::Broker { correlation_id, api_key, api_version, mut flow, started, refused_metadata }) = pending.pop_front() else {
@@ -406,12 +406,20 @@ async fn read_head(
     reader: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     max: usize,
+    head_only: bool,
 ) -> Result<Option<usize>, FrameError> {
     while buf.len() < 8 {
         if buf.capacity() - buf.len() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
-        match reader.read_buf(buf).await {
+        let read = if head_only {
+            let want = 8 - buf.len();
+            let mut head = (&mut *buf).limit(want);
+            reader.read_buf(&mut head).await
+        } else {
+            reader.read_buf(buf).await
+        };
+        match read {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => {
                 let why = format!("the peer closed the connection inside a frame ({} bytes read)", buf.len());
@@ -470,6 +478,14 @@ async fn relay_body(
     }
 }
 
+/// Whether the next answer is read up to its head alone: a Fetch answer is
+/// usually large, and what a read takes past the head is copied into weir
+/// and out again instead of spliced. Other answers are small, and one read
+/// takes several of them.
+fn head_only(pending: &VecDeque<Pending>) -> bool {
+    matches!(pending.front(), Some(Pending::Broker { api_key, .. }) if *api_key == ApiKey::Fetch as i16)
+}
+
 /// Answers with at least this much left unread go through [`Splicer`].
 const SPLICE_AT: usize = 64 << 10;
 
@@ -510,7 +526,14 @@ impl Splicer {
         use std::os::fd::AsRawFd;
         use tokio::io::Interest;
         let (from, to): (&TcpStream, &TcpStream) = (broker.as_ref(), client.as_ref());
+        let mut low_water = 1;
         while left > 0 {
+            // wake for a large piece of the answer, not for every segment
+            let want = left.min(WAKE_AT);
+            if want != low_water {
+                set_rcvlowat(from.as_raw_fd(), want);
+                low_water = want;
+            }
             let moved = loop {
                 from.readable().await.map_err(|e| Relay::Broker(format!("the broker connection failed ({e})")))?;
                 let spliced = from
@@ -533,8 +556,30 @@ impl Splicer {
             }
             left -= moved;
         }
+        set_rcvlowat(from.as_raw_fd(), 1);
         Ok(())
     }
+}
+
+/// How much of an answer being spliced the broker's socket gathers before it
+/// wakes weir: each wakeup of a task on another core is an interrupt to it.
+const WAKE_AT: usize = 256 << 10;
+
+/// `SO_RCVLOWAT`: the socket is readable only with `bytes` queued (or at
+/// its end). Linux grows the receive buffer to fit, so the sender is never
+/// held below the mark.
+fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: usize) {
+    let bytes = bytes as libc::c_int;
+    // SAFETY: setsockopt with an int option on a descriptor the caller holds open
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// One non-blocking `splice(2)` of up to `len` bytes.
