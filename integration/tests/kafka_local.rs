@@ -433,3 +433,45 @@ fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
     let flow = weir.wait_flow("protocol=kafka&verdict=error", "the broken response", |f| api(f) == "Metadata");
     assert!(flow.reason.as_deref().unwrap().contains("broker"), "{flow:?}");
 }
+
+/// An answer weir must read whole (ApiVersions, which it narrows) is
+/// reserved from the process-wide buffer budget before its body is read:
+/// a broker declaring more than the budget closes the connection with an
+/// error flow, and weir never allocates what it declared.
+#[test]
+fn an_answer_read_whole_past_the_buffer_budget_closes_the_connection() {
+    let broker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_addr = broker.local_addr().unwrap();
+    let stand_in = std::thread::spawn(move || {
+        let (mut conn, _) = broker.accept().unwrap();
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).unwrap();
+        let mut request = vec![0u8; i32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut request).unwrap();
+        // declare a 64 MiB ApiVersions answer; send its head and a little
+        let mut head = (64i32 << 20).to_be_bytes().to_vec();
+        head.extend_from_slice(&request[4..8]);
+        head.extend_from_slice(&[0; 1024]);
+        let _ = conn.write_all(&head);
+        // hold the connection until weir closes it (or gives up waiting)
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = conn.read(&mut [0u8; 1]);
+    });
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "admin: ADMIN\n\
+         limits: {{max_buffered: 4MiB}}\n\
+         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+         listeners:\n  \
+         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {broker_addr}, \
+              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n"
+    );
+    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+    let mut client = RawClient::connect(HQ, listener);
+    client.send(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
+    assert!(client.receive(ApiKey::ApiVersions, 3).is_none(), "the client sees the connection close");
+    stand_in.join().unwrap();
+    let flow = weir.wait_flow("protocol=kafka&verdict=error", "the refused answer", |f| api(f) == "ApiVersions");
+    let reason = flow.reason.as_deref().unwrap();
+    assert!(reason.contains("weir's buffers are full") && reason.contains("limits.max_buffered"), "{flow:?}");
+}

@@ -497,11 +497,9 @@ impl std::fmt::Display for OverBudget {
             OverBudget::Connection { max } => {
                 write!(f, "a request over {} (limits.max_request)", size(*max))
             }
-            OverBudget::Process { max } => write!(
-                f,
-                "weir's request buffers are full ({} held by all connections, limits.max_buffered)",
-                size(*max)
-            ),
+            OverBudget::Process { max } => {
+                write!(f, "weir's buffers are full ({} held by all connections, limits.max_buffered)", size(*max))
+            }
         }
     }
 }

@@ -254,6 +254,9 @@ async fn responses(
 ) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // answers weir reads whole (to rewrite them) are reserved from the same
+    // process-wide budget as requests: a cluster's Metadata can be megabytes
+    let mut held = crate::limits::Held::new(&conn.state.limits, MAX_RESPONSE);
     let mut requests_done = false;
     let closing = loop {
         // refusals whose turn has come go out now
@@ -293,7 +296,8 @@ async fn responses(
                     // held back until its last byte is in)
                     let rewrites = rewrite.as_ref().filter(|_| codec::names_brokers(api_key, api_version));
                     let relayed = if api_key == 18 || refused_metadata.is_some() || rewrites.is_some() {
-                        match read_frame(&mut broker, &mut buf, MAX_RESPONSE, None).await {
+                        let whole = read_frame(&mut broker, &mut buf, MAX_RESPONSE, Some(&mut held)).await;
+                        let relayed = match whole {
                             Ok(Some(mut frame)) => {
                                 if api_key == 18 && let Some(narrowed) = codec::narrow_api_versions(&frame, api_version) {
                                     frame = narrowed;
@@ -313,7 +317,10 @@ async fn responses(
                             Ok(None) => Err(Relay::Broker("the broker closed the connection".into())),
                             Err(FrameError::Io(e)) => Err(Relay::Broker(format!("the broker connection failed ({e})"))),
                             Err(FrameError::Bad(why)) => Err(Relay::Broker(format!("broker response: {why}"))),
-                        }
+                        };
+                        // the answer is gone: hold only what was read past it
+                        let _ = held.cover(buf.len());
+                        relayed
                     } else {
                         relay_body(&mut broker, &mut buf, &mut client, 4 + len, &conn.state.metrics.kafka_spliced_bytes).await
                     };
