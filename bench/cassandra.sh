@@ -11,6 +11,11 @@
 # and SELECTs by key (protocol v5) with 4 and with 50 requests in flight. The
 # node and the load run on CPU 0, weir (one worker) on CPU 1.
 #
+# The Python driver tops out near 3,500 operations a second on its core, so
+# the same mix also runs from integration/src/bin/cassandra_load.rs (protocol
+# v4, one connection, 4, 50 and 200 requests in flight on their own streams),
+# a generator fast enough to load the node and weir.
+#
 # Also direct with lz4 compression (weir declines compression: what would
 # supporting it buy?), with the driver's `lz4` module, installed here if
 # missing (a bench-only need).
@@ -24,7 +29,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 
 source bench/lib.sh
-bench_start
+bench_start cassandra_load
 NODE=$(port) STORAGE=$(port) LISTENER=$(port) ADMIN=$(port)
 
 WEIR_CASSANDRA_STORAGE_PORT=$STORAGE taskset -c 0 scripts/cassandra.sh start "$work/cassandra" "$NODE" >"$work/cassandra.log" 2>&1 &
@@ -70,7 +75,16 @@ python3 -c 'import lz4' 2>/dev/null ||
 run() { # name port concurrency [lz4]
   echo "$1 $(taskset -c 0 python3 integration/python/cassandra_load.py run "127.0.0.1:$2" "$DURATION" "$3" ${4:-})"
 }
+run_rust() { # name port in-flight
+  echo "$1 $(taskset -c 0 target/release/cassandra_load "127.0.0.1:$2" "$DURATION" "$3" "${VALUE_BYTES:-100}")"
+}
 results=(
+  "$(run_rust rust-direct-4 "$NODE" 4)"
+  "$(run_rust rust-weir-4 "$LISTENER" 4)"
+  "$(run_rust rust-direct-50 "$NODE" 50)"
+  "$(run_rust rust-weir-50 "$LISTENER" 50)"
+  "$(run_rust rust-direct-200 "$NODE" 200)"
+  "$(run_rust rust-weir-200 "$LISTENER" 200)"
   "$(run direct-4 "$NODE" 4)"
   "$(run weir-4 "$LISTENER" 4)"
   "$(run direct+lz4-4 "$NODE" 4 lz4)"
@@ -95,6 +109,16 @@ for n in ("4", "50"):
     base = rows[f"direct-{n}"]
     for who in ("direct", "weir", "direct+lz4"):
         r = rows[f"{who}-{n}"]
+        ops = r["ops"] / r["seconds"]
+        ratio = ops / (base["ops"] / base["seconds"])
+        print(f"{who:<12}{n:>10}{ops:>9.0f}{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{ratio:>10.3f}x")
+print()
+print("The same mix from cassandra_load (Rust, protocol v4, one connection):")
+print(f"{'target':<12}{'in flight':>10}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs direct':>11}")
+for n in ("4", "50", "200"):
+    base = rows[f"rust-direct-{n}"]
+    for who in ("direct", "weir"):
+        r = rows[f"rust-{who}-{n}"]
         ops = r["ops"] / r["seconds"]
         ratio = ops / (base["ops"] / base["seconds"])
         print(f"{who:<12}{n:>10}{ops:>9.0f}{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{ratio:>10.3f}x")
