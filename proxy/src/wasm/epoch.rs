@@ -29,9 +29,10 @@ pub struct EpochClock {
 }
 
 impl EpochClock {
-    /// Mark a guest call running until the guard drops; wakes the ticker if
-    /// it sleeps.
-    pub fn running(self: &Arc<Self>) -> Running {
+    /// A guest call begins; wakes the ticker if it sleeps. Every `begin`
+    /// must be followed by an [`end`](Self::end): a call that never ends
+    /// (a panic in between) only keeps the ticker awake.
+    pub fn begin(&self) {
         self.started.fetch_add(1, Ordering::SeqCst);
         // SeqCst on both sides: either the ticker sees this start before it
         // sleeps, or this sees it asleep and wakes it
@@ -39,7 +40,16 @@ impl EpochClock {
             let _held = self.lock.lock().unwrap();
             self.wake.notify_one();
         }
-        Running(self.clone())
+    }
+
+    pub fn end(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// [`begin`](Self::begin) now, [`end`](Self::end) when the guard drops.
+    pub fn running(&self) -> Running<'_> {
+        self.begin();
+        Running(self)
     }
 
     /// Whether no call is running and none began since `seen` was read.
@@ -56,11 +66,11 @@ impl EpochClock {
 }
 
 /// A guest call in progress (see [`EpochClock::running`]).
-pub struct Running(Arc<EpochClock>);
+pub struct Running<'a>(&'a EpochClock);
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::SeqCst);
+        self.0.end();
     }
 }
 

@@ -708,12 +708,14 @@ fn run<R>(
     live.store.data_mut().cpu = bindings::CpuBudget::start(limits.timeout);
     live.store.data_mut().limits.refused = false;
     live.store.set_epoch_deadline(deadline_ticks(limits.timeout));
-    let _running = live.store.data().clock.running();
     let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
     // Lend the guest a transient borrow: an owned handle passed as a
     // borrow would be tracked in the store forever.
     let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(owned.rep());
+    // the epoch ticks while the guest runs (a guard would hold the store)
+    live.store.data().clock.begin();
     let result = f(&live.bindings, &mut live.store, lent);
+    live.store.data().clock.end();
     live.store.data_mut().table.delete(owned)?;
     result
 }
