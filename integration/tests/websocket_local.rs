@@ -239,3 +239,50 @@ fn a_client_that_hangs_up_while_its_upgrade_waits_ends_the_request() {
         weir.metrics().contains(r#"weir_active_connections{listener="chat"} 0"#)
     });
 }
+
+/// An open WebSocket was judged at its upgrade request; a policy change
+/// judges that request again. A policy that still allows it leaves the
+/// tunnel alone; one that no longer does closes both sides, with a denied
+/// flow that says why.
+#[test]
+fn a_policy_change_closes_the_tunnels_it_no_longer_allows() {
+    let server = EchoServer::start();
+    let port = free_port();
+    let weir = Weir::start(&config(server.addr, port, ""), &[("chat.yaml", CHAT_POLICY)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let client = {
+        let (first, second) = (first.display().to_string(), second.display().to_string());
+        std::thread::spawn(move || {
+            let wait = |f: &str| format!("@wait:{f}");
+            ws_client(port, "/ws/room-9", FRONTEND, &["one", &wait(&first), "two", &wait(&second), "three"])
+        })
+    };
+    let opened =
+        |f: &std::path::Path| wait_for("the client", Duration::from_secs(20), || f.with_extension("open").exists());
+
+    // a change that still allows /ws/.*: the tunnel stays
+    opened(&first);
+    let generation = weir.generation();
+    weir.write_policy("chat.yaml", &CHAT_POLICY.replace("path: \"/public/.*\"", "path: \"/docs/.*\""));
+    weir.wait_generation_above(generation);
+    std::fs::write(&first, "").unwrap();
+
+    // a change that no longer allows it: weir closes the tunnel
+    opened(&second);
+    let generation = weir.generation();
+    weir.write_policy("chat.yaml", &CHAT_POLICY.replace("/ws/.*", "/chat/.*"));
+    weir.wait_generation_above(generation);
+    let closed = weir.wait_flow("protocol=http", "the tunnel's flow", |f| {
+        f.http().is_some_and(|h| h.path == "/ws/room-9" && h.tunnel.is_some())
+    });
+    std::fs::write(&second, "").unwrap();
+    let answer = client.join().unwrap();
+    assert_eq!(answer["answers"], serde_json::json!(["echo: one", "echo: two"]), "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("ConnectionClosed")), "{answer}");
+    assert_eq!(closed.verdict, Verdict::Denied, "{closed:?}");
+    let reason = closed.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("policy changed; connection closed"), "{closed:?}");
+    // the new policy judges new upgrades too
+    assert_eq!(ws_client(port, "/ws/room-9", FRONTEND, &["x"])["status"], 403);
+}

@@ -226,6 +226,7 @@ async fn serve(
         .await
         .map_err(|errors| invalid(&errors))?;
     let state = Arc::new(ProxyState {
+        model_changed: tokio::sync::watch::Sender::new(0),
         model: ArcSwap::new(built.model.clone()),
         flows: FlowLog::new(config.flow_history, config.log_flows)
             .counting_namespaces(metrics.namespace_flows.clone())

@@ -114,6 +114,7 @@ impl Controller {
         self.state.flows.set_logging(model.config.log_flows);
         self.state.fqdn.set_limits(fqdn_limits(&model.config));
         self.state.model.store(model.clone());
+        self.state.model_changed.send_replace(generation);
         self.listeners.commit(&self.state, &model, bound);
         self.state.upstreams.retain(&in_use);
         let resolvers: Vec<_> = model

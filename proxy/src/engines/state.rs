@@ -15,6 +15,9 @@ use crate::wasm::FilterRuntime;
 pub struct ProxyState {
     /// The model in force; swapped whole on reload.
     pub model: ArcSwap<PolicyModel>,
+    /// The generation of the model in force, sent after each swap: what was
+    /// judged once and stays open (an upgraded connection) is judged again.
+    pub model_changed: tokio::sync::watch::Sender<u64>,
     pub flows: FlowLog,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<FilterRuntime>,

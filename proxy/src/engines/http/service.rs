@@ -287,7 +287,12 @@ impl HttpConnection {
             ConnectionVerdict::Forward(chain) => chain,
         };
         let stages = async {
-            let checked = self.check(&mut flight, request)?;
+            let mut checked = self.check(&mut flight, request)?;
+            // an upgrade keeps its head as judged: a policy change judges it again
+            let head = checked.upgrade.is_some().then(|| checked.head());
+            if let (Some(upgrade), Some(head)) = (&mut checked.upgrade, head) {
+                upgrade.head = head;
+            }
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
             let upgrade = checked.upgrade.take();
             let (mut response, aborted) = Self::forward(&snap, checked, version).await?;
@@ -357,7 +362,7 @@ impl HttpConnection {
             let client = self.pending_upgrade.lock().unwrap().take()?;
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
-            Some(UpgradeRequest { protocol, client })
+            Some(UpgradeRequest { protocol, client, head: Vec::new() })
         });
         Ok(Checked { parts, body, authority, path_and_query, scheme: self.scheme, upgrade })
     }
@@ -378,7 +383,7 @@ impl HttpConnection {
         let unasked = |why: String| {
             Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why })
         };
-        let Some(UpgradeRequest { protocol, client }) = upgrade else {
+        let Some(UpgradeRequest { protocol, client, head }) = upgrade else {
             return Err(unasked("the upstream switched protocols unasked (101)".into()));
         };
         let answered = response.headers().get(header::UPGRADE);
@@ -386,7 +391,7 @@ impl HttpConnection {
             return Err(unasked(format!("the upstream switched to {answered:?}, not the {protocol:?} asked for")));
         }
         let upstream = hyper::upgrade::on(&mut *response);
-        Ok(Some(Switched { protocol, client, upstream }))
+        Ok(Some(Switched { protocol, client, upstream, head }))
     }
 
     /// Answer 101 and relay the switched connection; its flow is recorded
@@ -406,10 +411,22 @@ impl HttpConnection {
         let (http, matched) = (trace.http.clone(), trace.matched.clone());
         let (conn, snap) = (self.clone(), flight.snap.clone());
         let idle_timeout = crate::engines::http::heads::http_limits(&self.state, &self.target).idle_timeout;
+        let mut changed = self.state.model_changed.subscribe();
+        let judge = self.clone();
+        let head = switched.head.clone();
+        let refused = async move {
+            while changed.changed().await.is_ok() {
+                if let Some(why) = judge.upgrade_refused(&head) {
+                    return why;
+                }
+            }
+            // weir is stopping: the relay ends with its connections
+            std::future::pending().await
+        };
         let relay = tokio::spawn(async move {
             let opened = Instant::now();
             let protocol = String::from_utf8_lossy(switched.protocol.as_bytes()).into_owned();
-            let relayed = tunnel::relay(switched, idle_timeout).await;
+            let relayed = tunnel::relay(switched, idle_timeout, refused).await;
             let duration = opened.elapsed();
             let mut http = http;
             http.tunnel = Some(crate::observe::flow::TunnelFlow {
@@ -426,7 +443,11 @@ impl HttpConnection {
                 latency: Some(duration),
                 audit: None,
             };
-            let verdict = if relayed.ended_by.is_some() { Verdict::Error } else { Verdict::Forwarded };
+            let verdict = match (relayed.refused, &relayed.ended_by) {
+                (true, _) => Verdict::Denied,
+                (false, Some(_)) => Verdict::Error,
+                (false, None) => Verdict::Forwarded,
+            };
             conn.record(&snap, trace, verdict, relayed.ended_by, Some(101));
         });
         *self.tunnel.lock().unwrap() = Some(relay);
@@ -436,6 +457,31 @@ impl HttpConnection {
             None,
             Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new())),
         )
+    }
+
+    /// Why the policy in force no longer allows an upgrade request the
+    /// relay of which is open (`head` as the filters first judged it);
+    /// `None` while it still does. The enforced chain only: an audit never
+    /// closes anything.
+    fn upgrade_refused(&self, head: &[u8]) -> Option<String> {
+        let Some(snap) = self.snapshot() else {
+            return Some("the listener was removed; connection closed".into());
+        };
+        let chain = match &*snap.verdict {
+            ConnectionVerdict::Drop { reason } => return Some(format!("{reason} (policy changed; connection closed)")),
+            ConnectionVerdict::Forward(chain) => chain,
+        };
+        let request = wit::Request { id: 0, head: head.to_vec() };
+        let stopped = chain::run(&chain.links, &snap.context, &mut ChainRun::default(), |link, view| {
+            Ok(match link.filter.on_request(view, &request)? {
+                wit::RequestDecision::Allow(allow) => chain::Answer::Allow(allow.matched),
+                wit::RequestDecision::Deny(deny) => chain::Answer::Deny(link.denial(&deny.reason)),
+            })
+        });
+        match stopped? {
+            Stopped::Denied(reason) => Some(format!("{reason} (policy changed; connection closed)")),
+            Stopped::Failed(failure) => Some(format!("{failure} (policy changed; connection closed)")),
+        }
     }
 
     /// The relay of the connection's switched protocol, if it switched.

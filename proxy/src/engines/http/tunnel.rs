@@ -2,8 +2,9 @@
 //! upgrade request like any other; once the upstream answered 101, the
 //! client's and the upstream's connections are joined and bytes relayed both
 //! ways, unjudged, until either side closes (the other is shut down for
-//! writing, so a half-close passes) or both sides stay quiet for the
-//! listener's `idle_timeout`.
+//! writing, so a half-close passes), both sides stay quiet for the
+//! listener's `idle_timeout`, or a new policy no longer allows the upgrade
+//! request (judged again at every policy change; then both sides are closed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +24,9 @@ const TUNNEL_BUFFER: usize = 16 << 10;
 pub struct UpgradeRequest {
     pub protocol: HeaderValue,
     pub client: OnUpgrade,
+    /// The request head as the filters first judged it, to judge it again
+    /// when the policy changes.
+    pub head: Vec<u8>,
 }
 
 /// Both ends of a switched connection, waiting to be joined.
@@ -30,6 +34,7 @@ pub struct Switched {
     pub protocol: HeaderValue,
     pub client: OnUpgrade,
     pub upstream: OnUpgrade,
+    pub head: Vec<u8>,
 }
 
 /// What a tunnel relayed, and why it ended.
@@ -38,10 +43,17 @@ pub struct Relayed {
     pub from_upstream: u64,
     /// `None`: closed by a side; else why weir ended it.
     pub ended_by: Option<String>,
+    /// Ended because the policy no longer allows it.
+    pub refused: bool,
 }
 
-/// Join the two connections and relay until they are done.
-pub async fn relay(switched: Switched, idle_timeout: Option<Duration>) -> Relayed {
+/// Join the two connections and relay until they are done, or until
+/// `refused` says why the policy no longer allows them.
+pub async fn relay(
+    switched: Switched,
+    idle_timeout: Option<Duration>,
+    refused: impl std::future::Future<Output = String>,
+) -> Relayed {
     let (from_client, from_upstream) = (AtomicU64::new(0), AtomicU64::new(0));
     let (client, upstream) = tokio::join!(switched.client, switched.upstream);
     let (client, upstream) = match (client, upstream) {
@@ -53,19 +65,27 @@ pub async fn relay(switched: Switched, idle_timeout: Option<Duration>) -> Relaye
     idle.set_timeout(idle_timeout);
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-    let ended = tokio::try_join!(
-        pump(client_read, upstream_write, &idle, &from_client),
-        pump(upstream_read, client_write, &idle, &from_upstream),
-    );
+    let pumps = async {
+        tokio::try_join!(
+            pump(client_read, upstream_write, &idle, &from_client),
+            pump(upstream_read, client_write, &idle, &from_upstream),
+        )
+    };
+    // refused: the pumps, and with them both connections, are dropped
+    let (ended_by, refused) = tokio::select! {
+        ended = pumps => (ended.err(), false),
+        why = refused => (Some(why), true),
+    };
     Relayed {
         from_client: from_client.load(Ordering::Relaxed),
         from_upstream: from_upstream.load(Ordering::Relaxed),
-        ended_by: ended.err(),
+        ended_by,
+        refused,
     }
 }
 
 fn failed(why: String) -> Relayed {
-    Relayed { from_client: 0, from_upstream: 0, ended_by: Some(why) }
+    Relayed { from_client: 0, from_upstream: 0, ended_by: Some(why), refused: false }
 }
 
 /// One direction: read, write on, until the reader's end (then shut the
