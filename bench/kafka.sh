@@ -75,23 +75,7 @@ spec:
               - {role: consume, topic: bench-fetch}
 POLICY
 HAPROXY=$(port)
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend kafka
-  bind 127.0.0.1:$HAPROXY
-  option splice-auto
-  default_backend broker
-backend broker
-  server broker 127.0.0.1:$BROKER
-CONF
-taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+haproxy_tcp 1 "$HAPROXY" "127.0.0.1:$BROKER"
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
 wait_ready "$ADMIN" "$BROKER"

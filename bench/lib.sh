@@ -65,3 +65,25 @@ bench_node() {
     i=$((i + 1))
   done
 }
+
+# HAProxy in TCP mode, one thread on CPU, from 127.0.0.1:PORT to UPSTREAM:
+# a relay that reads nothing of the protocol (splicing where HAProxy judges
+# it pays), the floor for any userspace proxy on this machine.
+#   haproxy_tcp CPU PORT UPSTREAM
+haproxy_tcp() {
+  cat > "$work/haproxy-$2.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen relay
+  bind 127.0.0.1:$2
+  option splice-auto
+  server upstream $3
+CONF
+  taskset -c "$1" haproxy -f "$work/haproxy-$2.cfg" -db >"$work/haproxy-$2.log" 2>&1 &
+  pids+=($!)
+}

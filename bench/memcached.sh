@@ -62,20 +62,7 @@ spec:
 POLICY
 WEIR_LOG=warn taskset -c 1 "$WEIR" run --config "$work" >"$work/weir.log" 2>&1 &
 pids+=($!)
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen memcached
-  bind 127.0.0.1:$HAPROXY
-  server memcached 127.0.0.1:$SERVER
-CONF
-taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+haproxy_tcp 1 "$HAPROXY" "127.0.0.1:$SERVER"
 wait_ready "$ADMIN" "$SERVER"
 wait_ready "$ADMIN" "$HAPROXY"
 

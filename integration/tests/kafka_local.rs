@@ -398,22 +398,33 @@ fn a_peer_no_rule_allows_is_dropped_at_connect(broker: BrokerKind) {
     assert!(flow.source.labels.iter().any(|l| l == "reserved:world"), "{flow:?}");
 }
 
-/// A stand-in broker (not Kafka: tansu cannot be told to fail mid-answer)
-/// that reads one request and sends half a response, then hangs up.
-#[test]
-fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
+/// A stand-in broker on a port of its own: it accepts one connection, reads
+/// one request and lets `answer` misbehave with the connection and the
+/// request's correlation id.
+fn stand_in_broker(
+    answer: impl FnOnce(std::net::TcpStream, [u8; 4]) + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let broker = TcpListener::bind("127.0.0.1:0").unwrap();
-    let broker_addr = broker.local_addr().unwrap();
-    let stand_in = std::thread::spawn(move || {
+    let addr = broker.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
         let (mut conn, _) = broker.accept().unwrap();
         let mut len = [0u8; 4];
         conn.read_exact(&mut len).unwrap();
         let mut request = vec![0u8; i32::from_be_bytes(len) as usize];
         conn.read_exact(&mut request).unwrap();
-        let correlation_id = &request[4..8];
+        answer(conn, request[4..8].try_into().unwrap());
+    });
+    (addr, thread)
+}
+
+/// A stand-in broker (not Kafka: tansu cannot be told to fail mid-answer)
+/// that reads one request and sends half a response, then hangs up.
+#[test]
+fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
+    let (broker_addr, stand_in) = stand_in_broker(|mut conn, correlation_id| {
         // promise 100 bytes, send 10
         let mut half = 100i32.to_be_bytes().to_vec();
-        half.extend_from_slice(correlation_id);
+        half.extend_from_slice(&correlation_id);
         half.extend_from_slice(&[0; 6]);
         conn.write_all(&half).unwrap();
     });
@@ -440,17 +451,10 @@ fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
 /// error flow, and weir never allocates what it declared.
 #[test]
 fn an_answer_read_whole_past_the_buffer_budget_closes_the_connection() {
-    let broker = TcpListener::bind("127.0.0.1:0").unwrap();
-    let broker_addr = broker.local_addr().unwrap();
-    let stand_in = std::thread::spawn(move || {
-        let (mut conn, _) = broker.accept().unwrap();
-        let mut len = [0u8; 4];
-        conn.read_exact(&mut len).unwrap();
-        let mut request = vec![0u8; i32::from_be_bytes(len) as usize];
-        conn.read_exact(&mut request).unwrap();
+    let (broker_addr, stand_in) = stand_in_broker(|mut conn, correlation_id| {
         // declare a 64 MiB ApiVersions answer; send its head and a little
         let mut head = (64i32 << 20).to_be_bytes().to_vec();
-        head.extend_from_slice(&request[4..8]);
+        head.extend_from_slice(&correlation_id);
         head.extend_from_slice(&[0; 1024]);
         let _ = conn.write_all(&head);
         // hold the connection until weir closes it (or gives up waiting)
