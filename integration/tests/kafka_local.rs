@@ -417,6 +417,20 @@ fn stand_in_broker(
     (addr, thread)
 }
 
+/// Weir with a Kafka listener before `broker` (HQ may produce and consume),
+/// and `extra` lines of weir.yaml; its listener's address.
+fn weir_before(broker: SocketAddr, extra: &str) -> (Weir, SocketAddr) {
+    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "admin: ADMIN\n{extra}\
+         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
+         listeners:\n  \
+         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {broker}, \
+              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n"
+    );
+    (Weir::start(&config, &[("kafka.yaml", POLICY)]), listener)
+}
+
 /// A stand-in broker (not Kafka: tansu cannot be told to fail mid-answer)
 /// that reads one request and sends half a response, then hangs up.
 #[test]
@@ -428,15 +442,7 @@ fn a_broker_that_hangs_up_mid_response_is_an_error_flow_and_a_closed_client() {
         half.extend_from_slice(&[0; 6]);
         conn.write_all(&half).unwrap();
     });
-    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "admin: ADMIN\n\
-         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
-         listeners:\n  \
-         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {broker_addr}, \
-              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n"
-    );
-    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+    let (weir, listener) = weir_before(broker_addr, "");
     let mut client = RawClient::connect(HQ, listener);
     client.send(ApiKey::Metadata, 9, &metadata(&["empire-announce"]));
     assert!(client.receive(ApiKey::Metadata, 9).is_none(), "the client sees the connection close");
@@ -461,16 +467,7 @@ fn an_answer_read_whole_past_the_buffer_budget_closes_the_connection() {
         conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let _ = conn.read(&mut [0u8; 1]);
     });
-    let listener: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "admin: ADMIN\n\
-         limits: {{max_buffered: 4MiB}}\n\
-         endpoints:\n  - {{name: hq, address: {HQ}, labels: {{app: empire-hq}}}}\n\
-         listeners:\n  \
-         - {{name: kafka, protocol: kafka, bind: {listener}, upstream: {broker_addr}, \
-              destination: {{labels: {{app: kafka}}, port: 9092}}}}\n"
-    );
-    let weir = Weir::start(&config, &[("kafka.yaml", POLICY)]);
+    let (weir, listener) = weir_before(broker_addr, "limits: {max_buffered: 4MiB}\n");
     let mut client = RawClient::connect(HQ, listener);
     client.send(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
     assert!(client.receive(ApiKey::ApiVersions, 3).is_none(), "the client sees the connection close");
