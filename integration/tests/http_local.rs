@@ -678,3 +678,61 @@ fn policy_check_validates_files_offline() {
     assert_eq!(with_config.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&with_config.stderr).contains("rules.wasm[0].config: rejected by the filter"));
 }
+
+/// What weir's metrics say for one series (0 when it is not there).
+fn metric_value(weir: &Weir, series: &str) -> f64 {
+    weir.metrics()
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn keep_alive_connections_rest_between_requests_and_are_served_when_they_speak_again() {
+    let nginx = Nginx::start();
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(dir.path());
+    let tls_listener = format!(
+        "  - name: web-tls\n    bind: 127.0.0.1:{tls_port}\n    upstream: {}\n    \
+         destination: {{labels: {{app: web}}, port: 80}}\n    tls: {{cert: {}, key: {}}}\n",
+        nginx.addr,
+        cert.display(),
+        key.display()
+    );
+    let weir = Weir::start(&config(nginx.addr, plain_port, &tls_listener, ""), &[("web.yaml", WEB_POLICY)]);
+    for (listener, port, mode) in [("web", plain_port, "plain"), ("web-tls", tls_port, "tls")] {
+        let resting = format!("weir_resting_connections{{listener=\"{listener}\"}}");
+        let go = dir.path().join(format!("go-{listener}"));
+        let mut client = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/keepalive_client.py"))
+            .args([&format!("127.0.0.1:{port}"), FRONTEND, "20", mode, "/public/hello.txt"])
+            .arg(&go)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "quiet", "{mode}");
+        // answered and quiet: every connection rests as its socket alone
+        wait_for("20 resting connections", Duration::from_secs(10), || metric_value(&weir, &resting) == 20.0);
+        std::fs::write(&go, "").unwrap();
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(client.wait().unwrap().success());
+        let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(got["first"], serde_json::json!(vec![200; 20]), "{mode}: {got}");
+        // woken by their next requests (two pipelined each), on the same connections
+        assert_eq!(got["second"], serde_json::json!(vec![[200, 200]; 20]), "{mode}: {got}");
+        wait_for("the closed connections to leave the count", Duration::from_secs(10), || {
+            metric_value(&weir, &resting) == 0.0
+        });
+        assert_eq!(
+            metric_value(&weir, &format!("weir_connections_total{{listener=\"{listener}\"}}")),
+            20.0,
+            "{mode}: one connection per client"
+        );
+    }
+}

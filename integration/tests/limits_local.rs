@@ -205,6 +205,22 @@ fn slow_and_silent_http_clients_are_closed_by_the_head_timeout() {
     one_byte.write_all(b"P").unwrap();
     assert!(closed_within(&one_byte, Duration::from_secs(20)), "a client stuck in the preface is kept");
 
+    // a keep-alive client quiet after its answer rests as its socket alone;
+    // the head timeout still ends it, with its flow counted
+    let closed_idle = || metric(&weir, "weir_connections_closed_idle_total{listener=\"api\"}");
+    let before = closed_idle();
+    let mut quiet = connect_from(ALICE, listener);
+    quiet.write_all(b"GET /hello HTTP/1.1\r\nHost: api\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    quiet.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    wait_for("the quiet client to rest", Duration::from_secs(10), || {
+        metric(&weir, "weir_resting_connections{listener=\"api\"}") == 1.0
+    });
+    assert!(closed_within(&quiet, Duration::from_secs(20)), "a quiet keep-alive client is kept");
+    assert_eq!(closed_idle(), before + 1.0);
+    assert_eq!(metric(&weir, "weir_resting_connections{listener=\"api\"}"), 0.0);
+
     // a whole request is served as before
     assert_eq!(curl_from(ALICE, &[&format!("http://{listener}/hello")]).status, 200);
 }

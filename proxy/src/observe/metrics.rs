@@ -130,6 +130,8 @@ pub struct Metrics {
     pub filter_counters: Family<FilterCounterLabels, Counter>,
     pub connections: Family<ListenerLabels, Counter>,
     pub active_connections: Family<ListenerLabels, Gauge>,
+    /// HTTP/1.1 keep-alive connections at rest between requests.
+    pub resting_connections: Family<ListenerLabels, Gauge>,
     pub connections_dropped: Family<ListenerLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
     pub connections_closed_idle: Family<ListenerLabels, Counter>,
@@ -177,6 +179,7 @@ impl Default for Metrics {
             filter_counters: Family::default(),
             connections: Family::default(),
             active_connections: Family::default(),
+            resting_connections: Family::default(),
             connections_dropped: Family::default(),
             connections_refused: Family::default(),
             connections_closed_idle: Family::default(),
@@ -235,6 +238,11 @@ impl Default for Metrics {
         registry.register("filter_counter", "Counters kept by filters through the host API", m.filter_counters.clone());
         registry.register("connections", "Downstream connections accepted", m.connections.clone());
         registry.register("active_connections", "Downstream connections open now", m.active_connections.clone());
+        registry.register(
+            "resting_connections",
+            "HTTP/1.1 keep-alive connections open now between requests, held as their socket alone",
+            m.resting_connections.clone(),
+        );
         registry.register(
             "connections_dropped",
             "Connections closed at accept because L3/L4 policy denies them",

@@ -32,11 +32,17 @@
 //! are the upgraded protocol's and pass untouched; after any other answer
 //! they are HTTP again and framed as before. Until then the guard reads
 //! nothing more from the client.
+//!
+//! The guard also knows when a keep-alive connection is at rest: every
+//! request it passed was answered and flushed, no byte of a next one has
+//! come, and hyper asks for more. It can then end hyper's connection there
+//! (an end of input where hyper closes gracefully, and no shutdown), so the
+//! connection rests as its socket alone ([`Rest`], `rest.rs`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures_util::task::AtomicWaker;
@@ -276,6 +282,11 @@ pub struct Framer {
     upgrades: bool,
     /// The message being passed is one hyper may upgrade after.
     upgrade_pending: bool,
+    /// Request heads passed on, all told.
+    requests: u64,
+    /// A head hyper may upgrade after was passed (whatever the answer:
+    /// hyper keeps that upgrade pending until its connection ends).
+    upgrade_asked: bool,
     #[cfg(test)]
     pub seen: Vec<Seen>,
 }
@@ -289,6 +300,8 @@ impl Framer {
             parsed_at: 0,
             upgrades: false,
             upgrade_pending: false,
+            requests: 0,
+            upgrade_asked: false,
             #[cfg(test)]
             seen: Vec::new(),
         }
@@ -343,6 +356,8 @@ impl Framer {
                         Head::Incomplete => return at,
                         Head::Framed { len, body, upgrade } => {
                             at += len;
+                            self.requests += 1;
+                            self.upgrade_asked |= upgrade;
                             self.upgrade_pending = upgrade && self.upgrades;
                             self.phase = if body == Phase::Head { self.message_ended() } else { body };
                         }
@@ -574,6 +589,41 @@ impl UpgradeGate {
     }
 }
 
+/// Whether hyper's connection may end because the client is quiet between
+/// requests (see the module's last paragraph).
+pub struct Rest {
+    /// Responses the service finished (hyper dropped their bodies: their
+    /// last bytes are in hyper's buffer), counted by the service.
+    answered: Arc<AtomicU64>,
+    /// hyper wrote since it last flushed.
+    unflushed: bool,
+    /// `answered` when hyper last flushed.
+    answered_at_flush: u64,
+    /// The guard ended hyper's connection to rest.
+    resting: bool,
+}
+
+/// The service's count of finished responses, for the guard's [`Rest`].
+#[derive(Clone)]
+pub struct Answers(Arc<AtomicU64>);
+
+impl Answers {
+    /// A response's mark: it counts as finished when dropped (the service
+    /// keeps it in the response's body, which hyper drops once the body's
+    /// last bytes are in its buffer).
+    pub fn mark(&self) -> Answered {
+        Answered(self.0.clone())
+    }
+}
+
+pub struct Answered(Arc<AtomicU64>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// The guard around a client connection's I/O.
 pub struct FramingGuard<IO, F> {
     io: IO,
@@ -585,11 +635,21 @@ pub struct FramingGuard<IO, F> {
     /// Where the service's answers to upgradable requests arrive, when
     /// hyper serves with upgrades.
     gate: Option<Arc<UpgradeGate>>,
+    /// When the connection may rest between requests (if it may).
+    rest: Option<Rest>,
 }
 
 impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
     pub fn new(io: IO, detect: Detect, on_reject: F) -> Self {
-        FramingGuard { io, framer: Framer::new(detect), on_reject, ready: Vec::new(), eof: false, gate: None }
+        FramingGuard {
+            io,
+            framer: Framer::new(detect),
+            on_reject,
+            ready: Vec::new(),
+            eof: false,
+            gate: None,
+            rest: None,
+        }
     }
 
     /// A guard for a hyper that serves upgrades: after each request it may
@@ -599,6 +659,58 @@ impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
         guard.framer.upgrades = true;
         guard.gate = Some(gate);
         guard
+    }
+}
+
+impl<IO, F> FramingGuard<IO, F> {
+    /// Let hyper's connection end when the client is quiet between requests;
+    /// returns the count of finished responses the service keeps.
+    pub fn rest_between_requests(&mut self) -> Answers {
+        let answered = Arc::new(AtomicU64::new(0));
+        self.rest = Some(Rest { answered: answered.clone(), unflushed: false, answered_at_flush: 0, resting: false });
+        Answers(answered)
+    }
+
+    /// The guard ended hyper's connection to rest.
+    pub fn resting(&self) -> bool {
+        self.rest.as_ref().is_some_and(|rest| rest.resting)
+    }
+
+    /// Lend the guard to a new hyper connection (after a rest, or at first).
+    pub fn wake(&mut self) {
+        if let Some(rest) = &mut self.rest {
+            rest.resting = false;
+        }
+        // a new hyper connection has no pending upgrade
+        self.framer.upgrade_asked = false;
+        // held bytes from an earlier slow path need not keep their capacity
+        if self.framer.held.is_empty() {
+            self.framer.held = Vec::new();
+        }
+        if self.ready.is_empty() {
+            self.ready = Vec::new();
+        }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// hyper asks for more and nothing came: may its connection end here?
+    /// Only at a message boundary with nothing held, every request passed
+    /// answered and all of hyper's writes flushed after the last answer, and
+    /// no upgrade pending in hyper.
+    fn may_rest(&self) -> bool {
+        let framer = &self.framer;
+        self.rest.as_ref().is_some_and(|rest| {
+            !rest.unflushed
+                && rest.answered_at_flush == framer.requests
+                && rest.answered.load(Ordering::Acquire) == framer.requests
+        }) && framer.phase == Phase::Head
+            && framer.held.is_empty()
+            && !framer.upgrade_asked
+            && self.ready.is_empty()
+            && !self.eof
     }
 }
 
@@ -646,7 +758,18 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
             if this.framer.held.is_empty() && !this.framer.is_closed() {
                 // Fast path: read straight into hyper's buffer and check in place.
                 let start = buf.filled().len();
-                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                match Pin::new(&mut this.io).poll_read(cx, buf) {
+                    Poll::Pending if this.may_rest() => {
+                        // an end of input at rest: hyper closes gracefully
+                        // (and `poll_shutdown` leaves the socket open)
+                        if let Some(rest) = &mut this.rest {
+                            rest.resting = true;
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result?,
+                }
                 let end = buf.filled().len();
                 if end == start {
                     return Poll::Ready(Ok(())); // EOF
@@ -683,16 +806,35 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
     }
 }
 
+impl<IO, F> FramingGuard<IO, F> {
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if let (Some(rest), Poll::Ready(Ok(1..))) = (&mut self.rest, written) {
+            rest.unflushed = true;
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin, F: Unpin> AsyncWrite for FramingGuard<IO, F> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let written = Pin::new(&mut self.io).poll_write(cx, data);
+        self.wrote(&written);
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        // hyper flushes its socket only once its own buffer is empty
+        if let (Some(rest), Poll::Ready(Ok(()))) = (&mut self.rest, &flushed) {
+            rest.unflushed = false;
+            rest.answered_at_flush = rest.answered.load(Ordering::Acquire);
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.resting() {
+            return Poll::Ready(Ok(())); // hyper's connection ended, not the client's
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
@@ -701,7 +843,9 @@ impl<IO: AsyncWrite + Unpin, F: Unpin> AsyncWrite for FramingGuard<IO, F> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -935,6 +1079,109 @@ pub(crate) mod tests {
         let pieces = Pieces([upgrade.to_vec(), after.to_vec()].into());
         let mut guard = FramingGuard::with_upgrades(pieces, Detect::Http1, |_| {}, Arc::new(UpgradeGate::default()));
         assert_eq!(read_until_pending(&mut guard), (upgrade.to_vec(), false));
+    }
+
+    /// A client that sends its pieces, then waits; what it is sent is
+    /// counted, and whether it was shut down.
+    struct Quiet {
+        pieces: Pieces,
+        shut_down: bool,
+    }
+
+    impl AsyncRead for Quiet {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if self.pieces.0.is_empty() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.pieces).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Quiet {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut_down = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write_as_hyper<IO: AsyncWrite + Unpin, F: Unpin>(guard: &mut FramingGuard<IO, F>, data: &[u8]) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(Pin::new(&mut *guard).poll_write(&mut cx, data), Poll::Ready(Ok(_))));
+    }
+
+    fn flush_as_hyper<IO: AsyncWrite + Unpin, F: Unpin>(guard: &mut FramingGuard<IO, F>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(Pin::new(&mut *guard).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn a_connection_rests_only_when_every_request_was_answered_and_flushed() {
+        let two: &[u8] =
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let client = Quiet { pieces: Pieces([two.to_vec()].into()), shut_down: false };
+        let gate = Arc::new(UpgradeGate::default());
+        let mut guard = FramingGuard::with_upgrades(client, Detect::Http1, |_| {}, gate);
+        let answers = guard.rest_between_requests();
+        let (passed, waits) = read_until_pending(&mut guard);
+        assert_eq!((&passed[..], waits), (two, true), "both requests passed, nothing answered: hyper waits");
+
+        // the first answer, written and flushed: one request is still open
+        let first = answers.mark();
+        write_as_hyper(&mut guard, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        drop(first);
+        flush_as_hyper(&mut guard);
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        assert!(!guard.resting());
+
+        // the second answer's bytes written, then flushed before its body
+        // was dropped (its end may still come): not yet
+        let second = answers.mark();
+        write_as_hyper(&mut guard, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(read_until_pending(&mut guard), (vec![], true), "not flushed");
+        flush_as_hyper(&mut guard);
+        drop(second);
+        assert_eq!(read_until_pending(&mut guard), (vec![], true), "flushed before the answer ended");
+        assert!(!guard.resting());
+        flush_as_hyper(&mut guard);
+
+        // at rest: hyper reads an end, and its shutdown leaves the client alone
+        assert_eq!(read_until_pending(&mut guard), (vec![], false));
+        assert!(guard.resting());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut guard).poll_shutdown(&mut cx).is_ready());
+        assert!(!guard.io.shut_down, "a resting client was shut down");
+
+        // woken for a new hyper connection: an incomplete head is held, never a rest
+        guard.wake();
+        assert!(!guard.resting());
+        guard.io.pieces.0.push_back(b"GET /c HTTP/1.1\r\nHo".to_vec());
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        guard.io.pieces.0.push_back(b"st: a\r\n\r\n".to_vec());
+        assert_eq!(read_until_pending(&mut guard), (b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), true));
+        drop(answers.mark());
+        flush_as_hyper(&mut guard);
+        assert_eq!(read_until_pending(&mut guard), (vec![], false), "answered and flushed: at rest again");
+
+        // a request hyper may upgrade keeps hyper's connection to its end, answered or not
+        guard.wake();
+        let gate = guard.gate.clone().unwrap();
+        guard
+            .io
+            .pieces
+            .0
+            .push_back(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec());
+        assert!(read_until_pending(&mut guard).1);
+        gate.answered(false);
+        drop(answers.mark());
+        flush_as_hyper(&mut guard);
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        assert!(!guard.resting());
     }
 
     #[test]

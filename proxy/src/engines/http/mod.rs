@@ -7,6 +7,7 @@ mod framing_differential;
 pub(crate) mod heads;
 mod normalize;
 mod reply;
+mod rest;
 pub mod server;
 pub(crate) mod service;
 mod tunnel;

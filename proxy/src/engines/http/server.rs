@@ -11,11 +11,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
-use super::framing::{Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected, UpgradeGate};
+use super::framing::{Answered, Answers, Detect, FramingGuard, MAX_HEAD_BYTES, MAX_HEADERS, Rejected, UpgradeGate};
+use super::rest::{Lent, Readiness, Returned};
 use super::service::HttpConnection;
 use crate::context::ConnectionContext;
 use crate::context::Target;
@@ -88,12 +90,11 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         None => match crate::engines::http::heads::detect_http_version(&stream, head_timeout).await {
             None => on_head_timeout(),
             Some(crate::engines::http::heads::HttpVersion::Http2) => {
-                serve_http(conn, stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
+                serve_http2(conn, stream, head_timeout, on_head_timeout, http2_idle).await
             }
             Some(crate::engines::http::heads::HttpVersion::Http1) => {
-                let gate = Arc::new(UpgradeGate::default());
-                let io = FramingGuard::with_upgrades(stream, Detect::Http1, on_reject, gate.clone());
-                serve_http(conn, io, Mode::Http1(gate), head_timeout, on_head_timeout, http2_idle).await
+                serve_http1(conn, stream, on_reject, head_timeout, on_head_timeout, resting_gauge(&state, &listener))
+                    .await
             }
         },
         Some(config) => {
@@ -110,13 +111,10 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
                 }
             };
             match tls_stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => {
-                    serve_http(conn, tls_stream, Mode::Http2, head_timeout, on_head_timeout, http2_idle).await
-                }
+                Some(b"h2") => serve_http2(conn, tls_stream, head_timeout, on_head_timeout, http2_idle).await,
                 _ => {
-                    let gate = Arc::new(UpgradeGate::default());
-                    let io = FramingGuard::with_upgrades(tls_stream, Detect::Http1, on_reject, gate.clone());
-                    serve_http(conn, io, Mode::Http1(gate), head_timeout, on_head_timeout, http2_idle).await
+                    let resting = resting_gauge(&state, &listener);
+                    serve_http1(conn, tls_stream, on_reject, head_timeout, on_head_timeout, resting).await
                 }
             }
         }
@@ -147,9 +145,6 @@ pub(super) enum Mode {
     /// serves this way (weir detects the version itself, under the head timeout)
     #[cfg(test)]
     Auto,
-    /// HTTP/1.1, telling the framing guard how each request hyper may
-    /// upgrade after was answered.
-    Http1(Arc<UpgradeGate>),
     Http2,
 }
 
@@ -197,10 +192,12 @@ impl Drop for OpenStream {
     }
 }
 
-/// A response body that keeps its stream counted as open until hyper drops it.
+/// A response body that keeps its stream counted as open (HTTP/2), and
+/// counts its response as finished (HTTP/1), until hyper drops it.
 struct CountedBody {
     body: ProxyBody,
     _open: Option<OpenStream>,
+    _answered: Option<Answered>,
 }
 
 impl http_body::Body for CountedBody {
@@ -231,14 +228,146 @@ struct Http2Idle {
     on_idle: Box<dyn FnOnce(Duration) + Send>,
 }
 
-/// `head_timeout`: how long a request head may take, from when hyper starts
-/// waiting for it (so it also ends idle keep-alive connections); `None`: no limit.
-async fn serve_http<IO>(
+/// The service hyper calls for each request of one client connection.
+/// `activity`: streams counted for HTTP/2's idle timeout; `gate`: where
+/// HTTP/1 tells the framing guard how a request hyper may upgrade after was
+/// answered; `answers`: responses counted as finished for the guard's rest.
+fn exchange_service(
+    conn: Arc<HttpConnection>,
+    activity: Option<Arc<StreamActivity>>,
+    gate: Option<Arc<UpgradeGate>>,
+    answers: Option<Answers>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<CountedBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let http1 = gate.is_some();
+    service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let open = activity.as_ref().map(OpenStream::new);
+        let answered = answers.as_ref().map(Answers::mark);
+        let conn = conn.clone();
+        // hyper may switch protocols after this request: the framing
+        // guard waits for the answer before reading on
+        let gate = gate.clone().filter(|_| request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
+        async move {
+            let mut response =
+                conn.clone().handle(request).await.map(|body| CountedBody { body, _open: open, _answered: answered });
+            if let Some(gate) = gate {
+                gate.answered(response.status() == http::StatusCode::SWITCHING_PROTOCOLS);
+            }
+            // a weir handing over: the client's next request opens a new
+            // connection (to the new weir) instead of racing a close
+            if http1 && conn.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// HTTP/1.1, through the framing guard. hyper serves while the client sends
+/// requests; when the client is quiet between them, the guard ends hyper's
+/// connection and the connection rests as its socket alone (`rest.rs`)
+/// until the client speaks again (a new hyper connection reads on), the
+/// head timeout passes (hyper's would have, too: it counts from the end of
+/// the last response), or weir drains.
+async fn serve_http1<IO, F>(
     conn: Arc<HttpConnection>,
     io: IO,
-    mode: Mode,
+    on_reject: F,
     head_timeout: Option<Duration>,
-    on_head_timeout: impl FnOnce(),
+    on_head_timeout: impl Fn(),
+    resting: Gauge,
+) where
+    IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
+    F: FnMut(Rejected) + Unpin + Send + 'static,
+{
+    let gate = Arc::new(UpgradeGate::default());
+    let mut guard = FramingGuard::with_upgrades(io, Detect::Http1, on_reject, gate.clone());
+    let answers = guard.rest_between_requests();
+    let service = exchange_service(conn.clone(), None, Some(gate), Some(answers));
+    let mut draining = conn.draining();
+    let returned: Returned<IO, F> = Arc::default();
+    // what is left of the head timeout when a rest ends
+    let mut head_budget = head_timeout;
+    loop {
+        guard.wake();
+        let lent = Lent::new(guard, returned.clone());
+        let connection = http1_builder(head_budget).serve_connection(TokioIo::new(lent), service.clone());
+        // boxed: a resting connection keeps none of hyper's state
+        let result = drive(Box::pin(connection.with_upgrades()), &mut draining, true, None).await;
+        let Some(rested) = returned.lock().unwrap().take() else {
+            if let Err(e) = result {
+                tracing::debug!("connection ended with an error: {e}");
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                    on_head_timeout();
+                }
+            }
+            break;
+        };
+        guard = rested;
+        let _counted = Counted::new(&resting);
+        let rest_started = tokio::time::Instant::now();
+        let head_deadline = async {
+            match head_timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = guard.get_ref().readable() => {
+                head_budget = head_timeout.map(|timeout| timeout.saturating_sub(rest_started.elapsed()).max(MIN_HEAD_BUDGET));
+            }
+            () = head_deadline => {
+                on_head_timeout();
+                return;
+            }
+            () = drain_started(&mut draining, true) => {
+                guard.wake();
+                let _ = tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, guard.shutdown()).await;
+                return;
+            }
+        }
+    }
+    finish_switched(&conn).await;
+}
+
+/// The listener's count of resting connections.
+fn resting_gauge(state: &ProxyState, listener: &str) -> Gauge {
+    let labels = crate::observe::metrics::ListenerLabels { listener: listener.to_string() };
+    state.metrics.resting_connections.get_or_create(&labels).clone()
+}
+
+/// Counted in a gauge while it lives.
+struct Counted<'a>(&'a Gauge);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The least of the head timeout a client that spoke at the end of a rest
+/// gets for the rest of its head.
+const MIN_HEAD_BUDGET: Duration = Duration::from_millis(1);
+
+/// HTTP/2 (TLS with ALPN h2, or prior knowledge).
+async fn serve_http2<IO>(
+    conn: Arc<HttpConnection>,
+    io: IO,
+    head_timeout: Option<Duration>,
+    on_head_timeout: impl Fn(),
     http2_idle: Http2Idle,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -246,79 +375,49 @@ async fn serve_http<IO>(
     // a stream open or started is activity; bytes alone are not (weir's own
     // keep-alive PINGs are answered by idle peers too)
     let activity = Arc::new(StreamActivity::default());
-    let idle_timeout = if matches!(mode, Mode::Http2) { http2_idle.timeout } else { None };
-    activity.idle.set_timeout(idle_timeout);
+    activity.idle.set_timeout(http2_idle.timeout);
+    let counted = http2_idle.timeout.map(|_| activity.clone());
+    let service = exchange_service(conn.clone(), counted, None, None);
     let mut draining = conn.draining();
-    let tunnels = conn.clone();
-    let gate = match &mode {
-        Mode::Http1(gate) => Some(gate.clone()),
-        _ => None,
-    };
-    let http1 = gate.is_some();
-    let service = {
-        let activity = activity.clone();
-        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            // counted only where an idle timeout reads the count
-            let open = idle_timeout.map(|_| OpenStream::new(&activity));
-            let conn = conn.clone();
-            // hyper may switch protocols after this request: the framing
-            // guard waits for the answer before reading on
-            let gate = gate.clone().filter(|_| request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
-            async move {
-                let mut response = conn.clone().handle(request).await.map(|body| CountedBody { body, _open: open });
-                if let Some(gate) = gate {
-                    gate.answered(response.status() == http::StatusCode::SWITCHING_PROTOCOLS);
-                }
-                // a weir handing over: the client's next request opens a new
-                // connection (to the new weir) instead of racing a close
-                if http1 && conn.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
-        })
-    };
-    let io = TokioIo::new(io);
-    // each mode on its own hyper connection: the auto builder's
-    // `serve_connection_with_upgrades` would sniff the bytes and serve
-    // HTTP/1 on an `h2` connection, past the framing guard
-    let result = match mode {
-        Mode::Http1(_) => {
-            let connection = http1_builder(head_timeout).serve_connection(io, service).with_upgrades();
-            drive(connection, &mut draining, http1, &activity, http2_idle).await
-        }
-        Mode::Http2 => {
-            let builder = hyper_builder(Mode::Http2, head_timeout);
-            let connection = builder.serve_connection(io, service);
-            drive(connection, &mut draining, http1, &activity, http2_idle).await
-        }
-        #[cfg(test)]
-        Mode::Auto => unreachable!("weir tells the versions apart itself"),
-    };
-    if let Err(e) = result {
+    let builder = hyper_builder(Mode::Http2, head_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = drive(connection, &mut draining, false, Some((&activity, http2_idle))).await {
         tracing::debug!("connection ended with an error: {e}");
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
         }
     }
-    // a switched connection is served (and counted open) until its relay ends
-    if let Some(relay) = tunnels.take_tunnel() {
+    finish_switched(&conn).await;
+}
+
+/// After hyper's connection ended: a switched connection is served (and
+/// counted open) until its relay ends; a connection that ended after an
+/// upgrade weir declined is closed properly.
+async fn finish_switched(conn: &HttpConnection) {
+    if let Some(relay) = conn.take_tunnel() {
         let _ = relay.await;
     }
     // hyper hands a connection that ended after a declined upgrade (or a
     // CONNECT) to that upgrade instead of shutting it down: close it
     // properly (a TLS client expects its close_notify)
-    if let Some(declined) = tunnels.take_declined_upgrade()
+    if let Some(declined) = conn.take_declined_upgrade()
         && let Ok(Ok(upgraded)) = tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, declined).await
     {
         let _ = tokio::time::timeout(HTTP2_SHUTDOWN_GRACE, TokioIo::new(upgraded).shutdown()).await;
     }
 }
 
-/// A hyper connection serve_http drives: one that can shut down gracefully.
+/// A hyper connection `drive` serves: one that can shut down gracefully.
 trait Graceful: Future<Output = Result<(), Self::Error>> {
     type Error: Into<Box<dyn std::error::Error + Send + Sync>>;
     fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<C: Graceful + ?Sized> Graceful for Pin<Box<C>> {
+    type Error = C::Error;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().graceful_shutdown()
+    }
 }
 
 impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
@@ -352,15 +451,21 @@ where
     }
 }
 
-/// Serve the connection until it ends, drains or idles.
+/// Serve the connection until it ends, drains or (HTTP/2, `idle`) idles.
 async fn drive<C: Graceful>(
     connection: C,
     draining: &mut tokio::sync::watch::Receiver<bool>,
     http1: bool,
-    activity: &StreamActivity,
-    http2_idle: Http2Idle,
+    idle: Option<(&StreamActivity, Http2Idle)>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tokio::pin!(connection);
+    let (activity, http2_idle) = idle.unzip();
+    let idle_for = async {
+        match activity {
+            Some(activity) => activity.idle_for().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         // draining (`handover`): HTTP/2 says GOAWAY at once (streams in
@@ -370,8 +475,10 @@ async fn drive<C: Graceful>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-        timeout = activity.idle_for() => {
-            (http2_idle.on_idle)(timeout);
+        timeout = idle_for => {
+            if let Some(http2_idle) = http2_idle {
+                (http2_idle.on_idle)(timeout);
+            }
             connection.as_mut().graceful_shutdown();
             // nothing is in flight: a peer that does not finish the shutdown
             // (answer its PING) within the grace is closed
@@ -439,7 +546,6 @@ pub(super) fn hyper_builder(mode: Mode, head_timeout: Option<Duration>) -> auto:
     match mode {
         #[cfg(test)]
         Mode::Auto => builder,
-        Mode::Http1(_) => builder.http1_only(),
         Mode::Http2 => builder.http2_only(),
     }
 }
