@@ -245,18 +245,24 @@ fn serve_tcp(
     peer: SocketAddr,
     admitted: Admitted,
 ) {
-    tokio::spawn(async move {
-        let _admitted = admitted;
-        match protocol {
-            Protocol::Http => crate::engines::http::server::serve(state, target, stream, peer).await,
-            Protocol::Kafka => crate::engines::kafka::serve(state, target, stream, peer).await,
-            Protocol::Memcached => crate::engines::memcached::serve(state, target, stream, peer).await,
-            Protocol::Cassandra => crate::engines::cassandra::serve(state, target, stream, peer).await,
-            Protocol::Stream => crate::engines::stream::serve(state, target, stream, peer).await,
-            // bound as Bound::Dns, never here
-            Protocol::Dns => unreachable!("DNS listeners serve their own sockets"),
-        }
-    });
+    // one task per engine's own future: a task is as large as its future's
+    // largest state, and one future matching over every engine would give
+    // each connection the largest engine's size
+    fn spawn(admitted: Admitted, engine: impl Future<Output = ()> + Send + 'static) {
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            engine.await
+        });
+    }
+    match protocol {
+        Protocol::Http => spawn(admitted, crate::engines::http::server::serve(state, target, stream, peer)),
+        Protocol::Kafka => spawn(admitted, crate::engines::kafka::serve(state, target, stream, peer)),
+        Protocol::Memcached => spawn(admitted, crate::engines::memcached::serve(state, target, stream, peer)),
+        Protocol::Cassandra => spawn(admitted, crate::engines::cassandra::serve(state, target, stream, peer)),
+        Protocol::Stream => spawn(admitted, crate::engines::stream::serve(state, target, stream, peer)),
+        // bound as Bound::Dns, never here
+        Protocol::Dns => unreachable!("DNS listeners serve their own sockets"),
+    }
 }
 
 /// Accept until told to stop; connections already accepted run to completion.

@@ -35,15 +35,19 @@
 //!
 //! The guard also knows when a keep-alive connection is at rest: every
 //! request it passed was answered and flushed, no byte of a next one has
-//! come, and hyper asks for more. It can then end hyper's connection there
-//! (an end of input where hyper closes gracefully, and no shutdown), so the
-//! connection rests as its socket alone ([`Rest`], `rest.rs`).
+//! come, and hyper asks for more. Once that has lasted a while, it can end
+//! hyper's connection there (an end of input where hyper closes gracefully,
+//! and no shutdown), so the connection rests as its socket alone ([`Rest`],
+//! `rest.rs`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use futures_util::task::AtomicWaker;
 
@@ -601,6 +605,16 @@ pub struct Rest {
     answered_at_flush: u64,
     /// The guard ended hyper's connection to rest.
     resting: bool,
+    /// How long the connection must have been at rest before hyper's
+    /// connection ends (a busy client's next request is usually on its way:
+    /// a new hyper connection per request would cost more than it saves).
+    after: Duration,
+    /// When hyper last found the connection at rest with nothing to read,
+    /// unless something moved since.
+    quiet_since: Option<Instant>,
+    /// Fires `after` past `quiet_since` (kept between quiet spells: moving
+    /// a pending timer later is cheap).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// The service's count of finished responses, for the guard's [`Rest`].
@@ -663,12 +677,27 @@ impl<IO, F: FnMut(Rejected)> FramingGuard<IO, F> {
 }
 
 impl<IO, F> FramingGuard<IO, F> {
-    /// Let hyper's connection end when the client is quiet between requests;
-    /// returns the count of finished responses the service keeps.
-    pub fn rest_between_requests(&mut self) -> Answers {
+    /// Let hyper's connection end when the client has been quiet between
+    /// requests for `after`; returns the count of finished responses the
+    /// service keeps.
+    pub fn rest_between_requests(&mut self, after: Duration) -> Answers {
         let answered = Arc::new(AtomicU64::new(0));
-        self.rest = Some(Rest { answered: answered.clone(), unflushed: false, answered_at_flush: 0, resting: false });
+        self.rest = Some(Rest {
+            answered: answered.clone(),
+            unflushed: false,
+            answered_at_flush: 0,
+            resting: false,
+            after,
+            quiet_since: None,
+            timer: None,
+        });
         Answers(answered)
+    }
+
+    /// Since when the connection has been at rest (hyper's wait for a head
+    /// began about then).
+    pub fn quiet_since(&self) -> Option<Instant> {
+        self.rest.as_ref().and_then(|rest| rest.quiet_since)
     }
 
     /// The guard ended hyper's connection to rest.
@@ -680,6 +709,7 @@ impl<IO, F> FramingGuard<IO, F> {
     pub fn wake(&mut self) {
         if let Some(rest) = &mut self.rest {
             rest.resting = false;
+            rest.quiet_since = None;
         }
         // a new hyper connection has no pending upgrade
         self.framer.upgrade_asked = false;
@@ -711,6 +741,42 @@ impl<IO, F> FramingGuard<IO, F> {
             && !framer.upgrade_asked
             && self.ready.is_empty()
             && !self.eof
+    }
+
+    /// hyper found nothing to read: end its connection now? Yes once the
+    /// connection has been at rest for `Rest::after` (else `cx` is woken
+    /// when it will have been).
+    fn rest_now(&mut self, cx: &mut Context<'_>) -> bool {
+        let at_rest = self.may_rest();
+        let Some(rest) = &mut self.rest else { return false };
+        if !at_rest {
+            rest.quiet_since = None;
+            return false;
+        }
+        if !rest.after.is_zero() {
+            if rest.quiet_since.is_none() {
+                let deadline = *rest.quiet_since.insert(Instant::now()) + rest.after;
+                match &mut rest.timer {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => rest.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            if rest.timer.as_mut().is_none_or(|timer| timer.as_mut().poll(cx).is_pending()) {
+                return false;
+            }
+        } else {
+            rest.quiet_since.get_or_insert_with(Instant::now);
+        }
+        rest.resting = true;
+        rest.timer = None; // a resting connection holds no timer
+        true
+    }
+
+    /// Bytes moved: the connection is not quiet.
+    fn stirred(&mut self) {
+        if let Some(rest) = &mut self.rest {
+            rest.quiet_since = None;
+        }
     }
 }
 
@@ -759,14 +825,9 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
                 // Fast path: read straight into hyper's buffer and check in place.
                 let start = buf.filled().len();
                 match Pin::new(&mut this.io).poll_read(cx, buf) {
-                    Poll::Pending if this.may_rest() => {
-                        // an end of input at rest: hyper closes gracefully
-                        // (and `poll_shutdown` leaves the socket open)
-                        if let Some(rest) = &mut this.rest {
-                            rest.resting = true;
-                        }
-                        return Poll::Ready(Ok(()));
-                    }
+                    // an end of input at rest: hyper closes gracefully (and
+                    // `poll_shutdown` leaves the socket open)
+                    Poll::Pending if this.rest_now(cx) => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(result) => result?,
                 }
@@ -774,6 +835,7 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
                 if end == start {
                     return Poll::Ready(Ok(())); // EOF
                 }
+                this.stirred();
                 let passed = start + this.framer.scan(&mut buf.filled_mut()[start..], &mut rejected);
                 rejected.drain(..).for_each(&mut this.on_reject);
                 if passed < end {
@@ -799,6 +861,7 @@ impl<IO: AsyncRead + Unpin, F: FnMut(Rejected) + Unpin> AsyncRead for FramingGua
                 if this.framer.is_closed() {
                     continue; // hyper reads nothing more: discard
                 }
+                this.stirred();
                 this.ready = this.framer.feed_held(read.filled(), &mut rejected);
                 rejected.drain(..).for_each(&mut this.on_reject);
             }
@@ -810,6 +873,7 @@ impl<IO, F> FramingGuard<IO, F> {
     fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
         if let (Some(rest), Poll::Ready(Ok(1..))) = (&mut self.rest, written) {
             rest.unflushed = true;
+            rest.quiet_since = None;
         }
     }
 }
@@ -1127,7 +1191,7 @@ pub(crate) mod tests {
         let client = Quiet { pieces: Pieces([two.to_vec()].into()), shut_down: false };
         let gate = Arc::new(UpgradeGate::default());
         let mut guard = FramingGuard::with_upgrades(client, Detect::Http1, |_| {}, gate);
-        let answers = guard.rest_between_requests();
+        let answers = guard.rest_between_requests(Duration::ZERO);
         let (passed, waits) = read_until_pending(&mut guard);
         assert_eq!((&passed[..], waits), (two, true), "both requests passed, nothing answered: hyper waits");
 
@@ -1182,6 +1246,33 @@ pub(crate) mod tests {
         flush_as_hyper(&mut guard);
         assert_eq!(read_until_pending(&mut guard), (vec![], true));
         assert!(!guard.resting());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_rests_once_it_has_been_at_rest_for_the_delay() {
+        let request: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let client = Quiet { pieces: Pieces([request.to_vec()].into()), shut_down: false };
+        let mut guard = FramingGuard::with_upgrades(client, Detect::Http1, |_| {}, Arc::new(UpgradeGate::default()));
+        let answers = guard.rest_between_requests(Duration::from_secs(1));
+        assert_eq!(read_until_pending(&mut guard), (request.to_vec(), true));
+        drop(answers.mark());
+        flush_as_hyper(&mut guard);
+        // at rest from now: not yet long enough
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        // bytes moved (hyper wrote): the quiet starts again
+        write_as_hyper(&mut guard, b"x");
+        flush_as_hyper(&mut guard);
+        assert_eq!(read_until_pending(&mut guard), (vec![], true));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(read_until_pending(&mut guard), (vec![], true), "600 ms since the write");
+        assert!(!guard.resting());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(read_until_pending(&mut guard), (vec![], false), "1.1 s at rest");
+        assert!(guard.resting());
+        let quiet = guard.quiet_since().expect("the quiet's start");
+        assert_eq!(quiet.elapsed(), Duration::from_millis(1100));
     }
 
     #[test]

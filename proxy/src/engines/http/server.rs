@@ -89,8 +89,10 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
         // versions apart itself, under the head timeout
         None => match crate::engines::http::heads::detect_http_version(&stream, head_timeout).await {
             None => on_head_timeout(),
+            // boxed (as TLS below): a task's size is that of its largest
+            // state, and plaintext HTTP/1 connections are the many
             Some(crate::engines::http::heads::HttpVersion::Http2) => {
-                serve_http2(conn, stream, head_timeout, on_head_timeout, http2_idle).await
+                Box::pin(serve_http2(conn, stream, head_timeout, on_head_timeout, http2_idle)).await
             }
             Some(crate::engines::http::heads::HttpVersion::Http1) => {
                 serve_http1(conn, stream, on_reject, head_timeout, on_head_timeout, resting_gauge(&state, &listener))
@@ -98,26 +100,42 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, stream: TcpStream, pe
             }
         },
         Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, listener = &*listener, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, listener = &*listener, "TLS handshake timed out");
-                    return;
-                }
-            };
-            match tls_stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => serve_http2(conn, tls_stream, head_timeout, on_head_timeout, http2_idle).await,
-                _ => {
-                    let resting = resting_gauge(&state, &listener);
-                    serve_http1(conn, tls_stream, on_reject, head_timeout, on_head_timeout, resting).await
-                }
-            }
+            let resting = resting_gauge(&state, &listener);
+            let http1 = (on_reject, resting);
+            Box::pin(serve_tls(conn, stream, config, http1, head_timeout, on_head_timeout, http2_idle)).await
         }
+    }
+}
+
+/// A TLS listener's connection: the handshake, then the protocol ALPN agreed.
+async fn serve_tls<F>(
+    conn: Arc<HttpConnection>,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    (on_reject, resting): (F, Gauge),
+    head_timeout: Option<Duration>,
+    on_head_timeout: impl Fn(),
+    http2_idle: Http2Idle,
+) where
+    F: FnMut(Rejected) + Unpin + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let (peer, listener) = conn.peer();
+            tracing::debug!(%peer, listener = &*listener, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            let (peer, listener) = conn.peer();
+            tracing::debug!(%peer, listener = &*listener, "TLS handshake timed out");
+            return;
+        }
+    };
+    match tls_stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => serve_http2(conn, tls_stream, head_timeout, on_head_timeout, http2_idle).await,
+        _ => serve_http1(conn, tls_stream, on_reject, head_timeout, on_head_timeout, resting).await,
     }
 }
 
@@ -288,7 +306,8 @@ async fn serve_http1<IO, F>(
 {
     let gate = Arc::new(UpgradeGate::default());
     let mut guard = FramingGuard::with_upgrades(io, Detect::Http1, on_reject, gate.clone());
-    let answers = guard.rest_between_requests();
+    let rest_after = head_timeout.map_or(REST_AFTER, |timeout| REST_AFTER.min(timeout / 2));
+    let answers = guard.rest_between_requests(rest_after);
     let service = exchange_service(conn.clone(), None, Some(gate), Some(answers));
     let mut draining = conn.draining();
     let returned: Returned<IO, F> = Arc::default();
@@ -311,18 +330,21 @@ async fn serve_http1<IO, F>(
         };
         guard = rested;
         let _counted = Counted::new(&resting);
-        let rest_started = tokio::time::Instant::now();
-        let head_deadline = async {
-            match head_timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
+        // hyper's timer would have run from when its wait for a head began
+        let waiting_since = guard.quiet_since().unwrap_or_else(tokio::time::Instant::now);
+        let head_deadline = head_timeout.map(|timeout| waiting_since + timeout);
+        let head_timed_out = async {
+            match head_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = guard.get_ref().readable() => {
-                head_budget = head_timeout.map(|timeout| timeout.saturating_sub(rest_started.elapsed()).max(MIN_HEAD_BUDGET));
+                let now = tokio::time::Instant::now();
+                head_budget = head_deadline.map(|deadline| deadline.saturating_duration_since(now).max(MIN_HEAD_BUDGET));
             }
-            () = head_deadline => {
+            () = head_timed_out => {
                 on_head_timeout();
                 return;
             }
@@ -357,6 +379,10 @@ impl Drop for Counted<'_> {
         self.0.dec();
     }
 }
+
+/// How long an HTTP/1 connection is quiet between requests before it rests
+/// (at most half the head timeout).
+const REST_AFTER: Duration = Duration::from_secs(1);
 
 /// The least of the head timeout a client that spoke at the end of a rest
 /// gets for the rest of its head.

@@ -204,6 +204,11 @@ impl HttpConnection {
         }
     }
 
+    /// Who connected, and to which listener (for logs).
+    pub fn peer(&self) -> (SocketAddr, Arc<str>) {
+        (self.peer, self.target.name())
+    }
+
     /// The model for this request; `None` if the listener is gone.
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         let model = self.state.model.load();
