@@ -225,6 +225,47 @@ fn slow_and_silent_http_clients_are_closed_by_the_head_timeout() {
     assert_eq!(curl_from(ALICE, &[&format!("http://{listener}/hello")]).status, 200);
 }
 
+/// One GET on a kept-alive connection: the answer's status, `None` if weir
+/// closed the connection instead.
+fn keep_alive_get(stream: &mut TcpStream) -> Option<u16> {
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: api\r\n\r\n").ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head.split("content-length:").nth(1)?.split("\r\n").next()?.trim().parse().ok()?;
+            if answer.len() >= end + 4 + length {
+                return head.get(9..12)?.parse().ok();
+            }
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_client_that_speaks_late_in_its_rest_keeps_the_whole_head_timeout_for_its_later_requests() {
+    let backend = DemoBackend::start();
+    let listener = listen_addr();
+    let config = http_config(backend.addr, listener, "limits: {request_head_timeout: 4s}\n");
+    let weir = Weir::start(&config, &[("api.yaml", HTTP_POLICY)]);
+    let mut client = connect_from(ALICE, listener);
+    assert_eq!(keep_alive_get(&mut client), Some(200));
+    // quiet for 3.6 of the 4 s: the connection rests (after 1 s), then speaks
+    std::thread::sleep(Duration::from_millis(3600));
+    assert_eq!(metric(&weir, "weir_resting_connections{listener=\"api\"}"), 1.0);
+    assert_eq!(keep_alive_get(&mut client), Some(200));
+    // 0.7 s later (more than the 0.4 s the rest had left, less than the 1 s
+    // before the next rest): still served
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(keep_alive_get(&mut client), Some(200), "closed by what the rest had left of the head timeout");
+}
+
 /// The frame types weir sends on an HTTP/2 connection until it closes it
 /// (`None` if it is still open after `within`).
 fn http2_frames_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {

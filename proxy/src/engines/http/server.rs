@@ -311,12 +311,12 @@ async fn serve_http1<IO, F>(
     let service = exchange_service(conn.clone(), None, Some(gate), Some(answers));
     let mut draining = conn.draining();
     let returned: Returned<IO, F> = Arc::default();
-    // what is left of the head timeout when a rest ends
-    let mut head_budget = head_timeout;
     loop {
         guard.wake();
         let lent = Lent::new(guard, returned.clone());
-        let connection = http1_builder(head_budget).serve_connection(TokioIo::new(lent), service.clone());
+        // a new hyper connection's head timeout is whole again: its timer
+        // covers every later head on it too, which a rest's leftover would cut
+        let connection = http1_builder(head_timeout).serve_connection(TokioIo::new(lent), service.clone());
         // boxed: a resting connection keeps none of hyper's state
         let result = drive(Box::pin(connection.with_upgrades()), &mut draining, true, None).await;
         let Some(rested) = returned.lock().unwrap().take() else {
@@ -340,10 +340,7 @@ async fn serve_http1<IO, F>(
             }
         };
         tokio::select! {
-            () = guard.get_ref().readable() => {
-                let now = tokio::time::Instant::now();
-                head_budget = head_deadline.map(|deadline| deadline.saturating_duration_since(now).max(MIN_HEAD_BUDGET));
-            }
+            () = guard.get_ref().readable() => {}
             () = head_timed_out => {
                 on_head_timeout();
                 return;
@@ -383,10 +380,6 @@ impl Drop for Counted<'_> {
 /// How long an HTTP/1 connection is quiet between requests before it rests
 /// (at most half the head timeout).
 const REST_AFTER: Duration = Duration::from_secs(1);
-
-/// The least of the head timeout a client that spoke at the end of a rest
-/// gets for the rest of its head.
-const MIN_HEAD_BUDGET: Duration = Duration::from_millis(1);
 
 /// HTTP/2 (TLS with ALPN h2, or prior knowledge).
 async fn serve_http2<IO>(
