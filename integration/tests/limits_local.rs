@@ -89,6 +89,14 @@ spec:
       toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 "#;
 
+/// weir with `limits` in front of the demo backend, and the listener's address.
+fn http_weir(limits: &str) -> (DemoBackend, SocketAddr, Weir) {
+    let backend = DemoBackend::start();
+    let listener = listen_addr();
+    let weir = Weir::start(&http_config(backend.addr, listener, limits), &[("api.yaml", HTTP_POLICY)]);
+    (backend, listener, weir)
+}
+
 fn http_config(backend: SocketAddr, listener: SocketAddr, limits: &str) -> String {
     format!(
         "admin: ADMIN\n{limits}\
@@ -145,10 +153,7 @@ fn a_descriptor_flood_is_shed_and_the_admin_api_keeps_answering() {
 
 #[test]
 fn the_admin_api_answers_with_1100_idle_connections_open() {
-    let backend = DemoBackend::start();
-    let listener = listen_addr();
-    let config = http_config(backend.addr, listener, "limits: {request_head_timeout: 0}\n");
-    let weir = Weir::start(&config, &[("api.yaml", HTTP_POLICY)]);
+    let (_backend, listener, weir) = http_weir("limits: {request_head_timeout: 0}\n");
     // weir raises its soft limit to this hard limit (which it shares): it
     // holds 1100 connections unless the hard limit leaves no room for them
     let hard = raise_own_nofile();
@@ -171,10 +176,7 @@ fn the_admin_api_answers_with_1100_idle_connections_open() {
 
 #[test]
 fn slow_and_silent_http_clients_are_closed_by_the_head_timeout() {
-    let backend = DemoBackend::start();
-    let listener = listen_addr();
-    let config = http_config(backend.addr, listener, "limits: {request_head_timeout: 1s}\n");
-    let weir = Weir::start(&config, &[("api.yaml", HTTP_POLICY)]);
+    let (_backend, listener, weir) = http_weir("limits: {request_head_timeout: 1s}\n");
 
     // slowloris: a request line, then one header line every 300 ms
     let mut slow = connect_from(ALICE, listener);
@@ -210,10 +212,7 @@ fn slow_and_silent_http_clients_are_closed_by_the_head_timeout() {
     let closed_idle = || metric(&weir, "weir_connections_closed_idle_total{listener=\"api\"}");
     let before = closed_idle();
     let mut quiet = connect_from(ALICE, listener);
-    quiet.write_all(b"GET /hello HTTP/1.1\r\nHost: api\r\n\r\n").unwrap();
-    let mut answer = [0u8; 12];
-    quiet.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert_eq!(keep_alive_get(&mut quiet), Some(200));
     wait_for("the quiet client to rest", Duration::from_secs(10), || {
         metric(&weir, "weir_resting_connections{listener=\"api\"}") == 1.0
     });
@@ -250,10 +249,7 @@ fn keep_alive_get(stream: &mut TcpStream) -> Option<u16> {
 
 #[test]
 fn a_client_that_speaks_late_in_its_rest_keeps_the_whole_head_timeout_for_its_later_requests() {
-    let backend = DemoBackend::start();
-    let listener = listen_addr();
-    let config = http_config(backend.addr, listener, "limits: {request_head_timeout: 4s}\n");
-    let weir = Weir::start(&config, &[("api.yaml", HTTP_POLICY)]);
+    let (_backend, listener, weir) = http_weir("limits: {request_head_timeout: 4s}\n");
     let mut client = connect_from(ALICE, listener);
     assert_eq!(keep_alive_get(&mut client), Some(200));
     // quiet for 3.6 of the 4 s: the connection rests (after 1 s), then speaks

@@ -123,12 +123,12 @@ async fn serve_tls<F>(
     let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let (peer, listener) = conn.peer();
+            let (peer, listener) = conn.peer_and_listener();
             tracing::debug!(%peer, listener = &*listener, "TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
-            let (peer, listener) = conn.peer();
+            let (peer, listener) = conn.peer_and_listener();
             tracing::debug!(%peer, listener = &*listener, "TLS handshake timed out");
             return;
         }
@@ -320,12 +320,7 @@ async fn serve_http1<IO, F>(
         // boxed: a resting connection keeps none of hyper's state
         let result = drive(Box::pin(connection.with_upgrades()), &mut draining, true, None).await;
         let Some(rested) = returned.lock().unwrap().take() else {
-            if let Err(e) = result {
-                tracing::debug!("connection ended with an error: {e}");
-                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
-                    on_head_timeout();
-                }
-            }
+            ended(result, &on_head_timeout);
             break;
         };
         guard = rested;
@@ -400,13 +395,18 @@ async fn serve_http2<IO>(
     let mut draining = conn.draining();
     let builder = hyper_builder(Mode::Http2, head_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(e) = drive(connection, &mut draining, false, Some((&activity, http2_idle))).await {
+    ended(drive(connection, &mut draining, false, Some((&activity, http2_idle))).await, &on_head_timeout);
+    finish_switched(&conn).await;
+}
+
+/// hyper's connection ended: a head that did not come in time has its flow.
+fn ended(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, on_head_timeout: &impl Fn()) {
+    if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
             on_head_timeout();
         }
     }
-    finish_switched(&conn).await;
 }
 
 /// After hyper's connection ended: a switched connection is served (and

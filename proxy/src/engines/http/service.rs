@@ -205,7 +205,7 @@ impl HttpConnection {
     }
 
     /// Who connected, and to which listener (for logs).
-    pub fn peer(&self) -> (SocketAddr, Arc<str>) {
+    pub fn peer_and_listener(&self) -> (SocketAddr, Arc<str>) {
         (self.peer, self.target.name())
     }
 
