@@ -2,6 +2,7 @@
 
   http ADDR PORT          HTTP/1.1 server answering "client=IP:PORT path=PATH"
   tcp-echo ADDR PORT      echoes every line back
+                          (both servers take an IPv6 ADDR too)
   udp-sink PORT FILE      appends "IP payload" of every datagram to FILE
   sctp-sink PORT FILE     raw IP protocol 132 socket: appends "IP dport" of every
                           SCTP packet to FILE (this kernel has no SCTP stack, so
@@ -18,6 +19,10 @@ import struct
 import sys
 
 
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def http_server(addr, port):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -32,7 +37,10 @@ def http_server(addr, port):
         def log_message(self, *args):
             pass
 
-    http.server.ThreadingHTTPServer((addr, int(port)), Handler).serve_forever()
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = family(addr)
+
+    Server((addr, int(port)), Handler).serve_forever()
 
 
 def tcp_echo(addr, port):
@@ -42,8 +50,11 @@ def tcp_echo(addr, port):
                 self.wfile.write(line)
                 self.wfile.flush()
 
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    socketserver.ThreadingTCPServer((addr, int(port)), Echo).serve_forever()
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        address_family = family(addr)
+
+    Server((addr, int(port)), Echo).serve_forever()
 
 
 def udp_sink(port, path):

@@ -6,7 +6,10 @@
 //!     route 10.200.S.N/32 dev <p><pod>           default via 169.254.1.1
 //! ```
 //!
-//! S is the node's pod subnet (0 unless [`Node::in_subnet`]). Two nodes can be
+//! S is the node's pod subnet (0 unless [`Node::in_subnet`]). A dual-stack
+//! node ([`Node::dual_stack`]) also gives each pod `fd00:200:S::N/128`, routed
+//! the same way through the host side's `fe80::1`, and the node
+//! `fd00:200:S::1` on its loopback. Two nodes can be
 //! joined by a veth "wire" ([`Node::wire`]), each routing the other's pod
 //! subnet over it: a two-node cluster with no other network.
 //!
@@ -18,7 +21,7 @@
 //! also when the test failed.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -31,6 +34,8 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// On a dual-stack node ([`Node::dual_stack`]).
+    pub ip6: Option<Ipv6Addr>,
     /// Host-side veth, in the node namespace.
     pub interface: String,
 }
@@ -47,8 +52,8 @@ pub struct Node {
     /// This node's end of a wire to another node ([`Node::wire`]).
     pub wire: Option<String>,
     /// Pods of other nodes, as this node's `weir.yaml` names them
-    /// (endpoints without an interface): (name, address, app label).
-    pub remote_pods: Vec<(String, Ipv4Addr, String)>,
+    /// (endpoints without an interface): (name, address, IPv6 address, app label).
+    pub remote_pods: Vec<(String, Ipv4Addr, Option<Ipv6Addr>, String)>,
     original_netns: Option<std::fs::File>,
 }
 
@@ -68,6 +73,22 @@ impl Node {
 
     /// A node whose pods are `10.200.<subnet>.N`.
     pub fn in_subnet(pods: &[&str], subnet: u8) -> Node {
+        Node::build(pods, subnet, false)
+    }
+
+    /// A node whose pods have IPv6 addresses too: `fd00:200:0::N` beside
+    /// `10.200.0.N`.
+    pub fn dual_stack(pods: &[&str]) -> Node {
+        Node::build(pods, 0, true)
+    }
+
+    /// A dual-stack node whose pods are `10.200.<subnet>.N` and
+    /// `fd00:200:<subnet>::N`.
+    pub fn dual_stack_in_subnet(pods: &[&str], subnet: u8) -> Node {
+        Node::build(pods, subnet, true)
+    }
+
+    fn build(pods: &[&str], subnet: u8, dual_stack: bool) -> Node {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("w{}{n}", std::process::id() % 10000);
         let netns = format!("{prefix}-node");
@@ -86,17 +107,39 @@ impl Node {
         run(&["ip", "netns", "add", &netns]);
         run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         run(&["ip", "netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        if dual_stack {
+            // no duplicate address detection: addresses are usable at once
+            for setting in ["net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.accept_dad=0"] {
+                run(&["ip", "netns", "exec", &netns, "sysctl", "-qw", setting]);
+            }
+            // the node's own global address (the source of what it sends to
+            // pods itself, such as the DNS proxy's queries): veths have only
+            // their link-local fe80::1
+            run(&["ip", "-n", &netns, "addr", "add", &format!("fd00:200:{subnet:x}::1/128"), "dev", "lo"]);
+        }
         for (i, name) in pods.iter().enumerate() {
             let pod_ns = format!("{prefix}-{name}");
             let interface = format!("{prefix}{name}");
             assert!(interface.len() <= 15, "interface name {interface} too long");
             let ip = Ipv4Addr::new(10, 200, subnet, 10 + i as u8);
+            let ip6 = dual_stack.then(|| Ipv6Addr::new(0xfd00, 0x200, u16::from(subnet), 0, 0, 0, 0, 10 + i as u16));
             run(&["ip", "netns", "add", &pod_ns]);
-            node.pods.push(Pod { name: name.to_string(), netns: pod_ns.clone(), ip, interface: interface.clone() });
+            node.pods.push(Pod {
+                name: name.to_string(),
+                netns: pod_ns.clone(),
+                ip,
+                ip6,
+                interface: interface.clone(),
+            });
+            if dual_stack {
+                run(&["ip", "netns", "exec", &pod_ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+            }
             run(&[
                 "ip", "-n", &netns, "link", "add", &interface, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
             ]);
-            run(&["ip", "netns", "exec", &pod_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            if !dual_stack {
+                run(&["ip", "netns", "exec", &pod_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            }
             run(&["ip", "-n", &netns, "link", "set", &interface, "up"]);
             run(&["ip", "-n", &netns, "addr", "add", "169.254.1.1/32", "dev", &interface]);
             run(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
@@ -105,6 +148,12 @@ impl Node {
             run(&["ip", "-n", &pod_ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
             run(&["ip", "-n", &pod_ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
             run(&["ip", "-n", &netns, "route", "add", &format!("{ip}/32"), "dev", &interface]);
+            if let Some(ip6) = ip6 {
+                run(&["ip", "-n", &netns, "addr", "add", "fe80::1/64", "dev", &interface, "nodad"]);
+                run(&["ip", "-n", &pod_ns, "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"]);
+                run(&["ip", "-n", &pod_ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+                run(&["ip", "-n", &netns, "-6", "route", "add", &format!("{ip6}/128"), "dev", &interface]);
+            }
         }
         node
     }
@@ -112,7 +161,8 @@ impl Node {
     /// Join two nodes of different subnets with a veth pair, `10.201.0.1/30`
     /// on `a`'s side and `.2` on `b`'s, each routing the other's pod subnet
     /// over it; each node's `weir.yaml` then names the other's pods
-    /// (without interfaces, with their `app` labels from `labels`).
+    /// (without interfaces, with their `app` labels from `labels`). Dual-stack
+    /// nodes are wired over IPv6 too (`fd00:201::1/126` and `::2`).
     pub fn wire(a: &mut Node, b: &mut Node, labels: &[(&str, &str)]) {
         let (wire_a, wire_b) = (format!("{}wire", a.prefix), format!("{}wire", b.prefix));
         run(&[
@@ -126,11 +176,21 @@ impl Node {
             let other = if std::ptr::eq(node, &*a) { &*b } else { &*a };
             let subnet = other.pods[0].ip.octets()[2];
             run(&["ip", "-n", &node.netns, "route", "add", &format!("10.200.{subnet}.0/24"), "via", peer, "dev", wire]);
+            if other.pods[0].ip6.is_some() {
+                let (address, peer) = if std::ptr::eq(node, &*a) {
+                    ("fd00:201::1/126", "fd00:201::2")
+                } else {
+                    ("fd00:201::2/126", "fd00:201::1")
+                };
+                run(&["ip", "-n", &node.netns, "addr", "add", address, "dev", wire, "nodad"]);
+                let pods = format!("fd00:200:{subnet:x}::/64");
+                run(&["ip", "-n", &node.netns, "-6", "route", "add", &pods, "via", peer, "dev", wire]);
+            }
         }
         let app =
             |pod: &Pod| labels.iter().find(|(p, _)| *p == pod.name).map_or(pod.name.clone(), |(_, l)| l.to_string());
-        a.remote_pods = b.pods.iter().map(|p| (p.name.clone(), p.ip, app(p))).collect();
-        b.remote_pods = a.pods.iter().map(|p| (p.name.clone(), p.ip, app(p))).collect();
+        a.remote_pods = b.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6, app(p))).collect();
+        b.remote_pods = a.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6, app(p))).collect();
         a.wire = Some(wire_a);
         b.wire = Some(wire_b);
     }
@@ -165,13 +225,21 @@ impl Node {
         let mut out = format!("datapath:\n  bpffs: {}\n{devices}endpoints:\n", self.bpffs);
         for pod in &self.pods {
             let app = labels.iter().find(|(p, _)| *p == pod.name).map_or(pod.name.as_str(), |(_, l)| l);
+            let addresses = match pod.ip6 {
+                Some(ip6) => format!("addresses: [{}, \"{ip6}\"]", pod.ip),
+                None => format!("address: {}", pod.ip),
+            };
             out.push_str(&format!(
-                "  - {{name: {}, address: {}, interface: {}, labels: {{app: {app}}}}}\n",
-                pod.name, pod.ip, pod.interface
+                "  - {{name: {}, {addresses}, interface: {}, labels: {{app: {app}}}}}\n",
+                pod.name, pod.interface
             ));
         }
-        for (name, ip, app) in &self.remote_pods {
-            out.push_str(&format!("  - {{name: {name}-remote, address: {ip}, labels: {{app: {app}}}}}\n"));
+        for (name, ip, ip6, app) in &self.remote_pods {
+            let addresses = match ip6 {
+                Some(ip6) => format!("addresses: [{ip}, \"{ip6}\"]"),
+                None => format!("address: {ip}"),
+            };
+            out.push_str(&format!("  - {{name: {name}-remote, {addresses}, labels: {{app: {app}}}}}\n"));
         }
         out
     }
@@ -258,9 +326,20 @@ impl Node {
     /// unbound serving `records` (zone-file lines) for `zones` on port 53 of
     /// `pod`'s address; stopped when dropped.
     pub fn unbound(&self, pod: &str, zones: &[&str], records: &[String]) -> crate::resolver::Unbound {
+        self.unbound_at(pod, std::net::IpAddr::V4(self.pod(pod).ip), zones, records)
+    }
+
+    /// The same on one of the pod's addresses (its IPv6 one, say).
+    pub fn unbound_at(
+        &self,
+        pod: &str,
+        address: std::net::IpAddr,
+        zones: &[&str],
+        records: &[String],
+    ) -> crate::resolver::Unbound {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.pod(pod).netns, "unbound"]);
-        let addr = std::net::SocketAddr::from((self.pod(pod).ip, 53));
+        let addr = std::net::SocketAddr::new(address, 53);
         crate::resolver::Unbound::start_at(
             addr,
             command,
@@ -312,14 +391,19 @@ impl Node {
         for line in net.lines().filter(|l| l.contains(&self.prefix)) {
             out.push_str(&format!("program {line}\n"));
         }
-        let rules = String::from_utf8_lossy(&run(&["ip", "-n", &self.netns, "rule", "show"]).stdout).into_owned();
-        for line in rules.lines().filter(|l| l.contains("fwmark")) {
-            out.push_str(&format!("rule {line}\n"));
-        }
-        let table = String::from_utf8_lossy(&run(&["ip", "-n", &self.netns, "route", "show", "table", "all"]).stdout)
+        for family in ["-4", "-6"] {
+            let rules =
+                String::from_utf8_lossy(&run(&["ip", family, "-n", &self.netns, "rule", "show"]).stdout).into_owned();
+            for line in rules.lines().filter(|l| l.contains("fwmark")) {
+                out.push_str(&format!("rule {line}\n"));
+            }
+            let table = String::from_utf8_lossy(
+                &run(&["ip", family, "-n", &self.netns, "route", "show", "table", "all"]).stdout,
+            )
             .into_owned();
-        for line in table.lines().filter(|l| l.contains("table 2004")) {
-            out.push_str(&format!("route {line}\n"));
+            for line in table.lines().filter(|l| l.contains("table 2004")) {
+                out.push_str(&format!("route {line}\n"));
+            }
         }
         out
     }

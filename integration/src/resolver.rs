@@ -32,10 +32,12 @@ impl Unbound {
             "server:\n  interface: {ip}@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
              chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  \
              logfile: \"{dir}/unbound.log\"\n  log-queries: yes\n  \
-             do-ip6: no\n  num-threads: 1\n  so-reuseport: no\n  access-control: 0.0.0.0/0 allow\n  \
+             do-ip6: {ip6}\n  num-threads: 1\n  so-reuseport: no\n  access-control: 0.0.0.0/0 allow\n  \
+             access-control: ::/0 allow\n  \
              module-config: \"iterator\"\n  msg-cache-size: 4m\n  rrset-cache-size: 4m\n  \
              minimal-responses: yes\n",
-            dir = dir.path().display()
+            dir = dir.path().display(),
+            ip6 = if ip.is_ipv6() { "yes" } else { "no" },
         );
         for zone in zones {
             conf.push_str(&format!("  local-zone: \"{zone}\" static\n"));

@@ -264,9 +264,24 @@ async fn serve(
             let bind = crate::datapath::proxy_bind(&config.datapath, protocol);
             let listener = crate::engines::listeners::bind_transparent(bind)
                 .with_context(|| format!("transparent {} listener on {bind}", protocol.name()))?;
-            datapath.register_proxy_socket(bind.port(), PROTO_TCP, &listener)?;
+            datapath.register_proxy_socket(bind, PROTO_TCP, &listener)?;
             let stopped = accepting_stopped.clone();
             tokio::spawn(crate::engines::listeners::serve_transparent(state.clone(), protocol, listener, stopped));
+            // and IPv6's, where the node has it (without, IPv6 L7 fails closed)
+            let bind6 = crate::datapath::proxy_bind6(&config.datapath, protocol);
+            match crate::engines::listeners::bind_transparent(bind6) {
+                Ok(listener) => {
+                    datapath.register_proxy_socket(bind6, PROTO_TCP, &listener)?;
+                    let stopped = accepting_stopped.clone();
+                    tokio::spawn(crate::engines::listeners::serve_transparent(
+                        state.clone(),
+                        protocol,
+                        listener,
+                        stopped,
+                    ));
+                }
+                Err(e) => tracing::warn!(%bind6, "no IPv6 transparent {} listener: {e}", protocol.name()),
+            }
         }
         // the DNS proxy's own pair: TCP and UDP on one port
         let dns_bind = crate::datapath::proxy_bind(&config.datapath, Protocol::Dns);
@@ -274,10 +289,24 @@ async fn serve(
             .with_context(|| format!("transparent DNS listener on {dns_bind}"))?;
         let dns_udp = crate::engines::dns::bind_transparent_udp(dns_bind)
             .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
-        datapath.register_proxy_socket(dns_bind.port(), PROTO_TCP, &dns_tcp)?;
-        datapath.register_proxy_socket(dns_bind.port(), PROTO_UDP, &dns_udp)?;
+        datapath.register_proxy_socket(dns_bind, PROTO_TCP, &dns_tcp)?;
+        datapath.register_proxy_socket(dns_bind, PROTO_UDP, &dns_udp)?;
         tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, accepting_stopped.clone()));
         tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, accepting_stopped.clone()));
+        // and IPv6's pair, where the node has it
+        let dns_bind6 = crate::datapath::proxy_bind6(&config.datapath, Protocol::Dns);
+        match crate::engines::listeners::bind_transparent(dns_bind6)
+            .and_then(|tcp| Ok((tcp, crate::engines::dns::bind_transparent_udp(dns_bind6)?)))
+        {
+            Ok((dns_tcp6, dns_udp6)) => {
+                datapath.register_proxy_socket(dns_bind6, PROTO_TCP, &dns_tcp6)?;
+                datapath.register_proxy_socket(dns_bind6, PROTO_UDP, &dns_udp6)?;
+                let stopped = accepting_stopped.clone();
+                tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp6, stopped.clone()));
+                tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp6, stopped));
+            }
+            Err(e) => tracing::warn!(%dns_bind6, "no IPv6 transparent DNS sockets: {e}"),
+        }
         let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
         kernel_events = Some(tokio::spawn(events));
         controller.datapath = Some(datapath);

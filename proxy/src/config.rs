@@ -783,6 +783,8 @@ pub struct ConntrackConfig {
     /// map is created: a pinned table keeps its size until `weir datapath
     /// cleanup`.
     pub capacity: u32,
+    /// The same for IPv6 connections, which have a table of their own.
+    pub capacity_ipv6: u32,
     /// How often weir deletes expired entries.
     #[serde(with = "duration")]
     pub gc_interval: Duration,
@@ -801,6 +803,7 @@ impl Default for ConntrackConfig {
             other: secs(conntrack::OTHER_SECS),
             per_endpoint: conntrack::PER_ENDPOINT,
             capacity: conntrack::CAPACITY,
+            capacity_ipv6: conntrack::CAPACITY6,
             gc_interval: Duration::from_secs(10),
         }
     }

@@ -48,6 +48,7 @@ pub mod identity {
 }
 
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
@@ -72,14 +73,24 @@ pub mod maps {
     pub const SETTINGS: &str = "WEIR_SETTINGS";
     /// The policy revision (one u32): see [`super::CtValue::revision`].
     pub const REVISION: &str = "WEIR_REVISION";
+    /// IPv6 beside IPv4: maps of their own, so the IPv4 keys (and pins made
+    /// before IPv6 was enforced) stay as they were.
+    pub const ENDPOINTS6: &str = "WEIR_ENDPOINTS6";
+    pub const IPCACHE6: &str = "WEIR_IPCACHE6";
+    pub const CONNTRACK6: &str = "WEIR_CONNTRACK6";
+    pub const FRAGMENTS6: &str = "WEIR_FRAGMENTS6";
     pub const ALL: &[&str] = &[
         ENDPOINTS,
+        ENDPOINTS6,
         IPCACHE,
+        IPCACHE6,
         POLICY,
         CONNTRACK,
+        CONNTRACK6,
         CT_USAGE,
         CT_FREED,
         FRAGMENTS,
+        FRAGMENTS6,
         DROPS,
         PROXY_SOCKETS,
         EVENTS,
@@ -124,8 +135,14 @@ pub const ENDPOINT_AUDIT_EGRESS: u32 = 8;
 pub const ENDPOINT_OBSERVE_INGRESS: u32 = 16;
 pub const ENDPOINT_OBSERVE_EGRESS: u32 = 32;
 
+/// ENDPOINTS6: host-side veth ifindex → the pod's IPv6 address (network
+/// byte order). A pod without one sends no IPv6 but neighbour discovery.
+pub type EndpointIpv6 = [u32; 4];
+
 /// IPCACHE key (LPM trie data part): IPv4 in network byte order.
 pub type IpcacheKey = [u8; 4];
+/// IPCACHE6 key: IPv6 in network byte order.
+pub type IpcacheKey6 = [u8; 16];
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,22 +188,28 @@ pub struct PolicyValue {
     pub rule: u32,
 }
 
-/// CONNTRACK key: the tuple of the packet that opened the connection.
+/// A conntrack key over an address type: the tuple of the packet that
+/// opened the connection. `u32` for IPv4 ([`CtKey`], WEIR_CONNTRACK),
+/// `[u32; 4]` for IPv6 ([`CtKey6`], WEIR_CONNTRACK6); addresses and ports as
+/// on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Tuple<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
 
-impl CtKey {
+pub type CtKey = Tuple<u32>;
+pub type CtKey6 = Tuple<[u32; 4]>;
+
+impl<A: Copy> Tuple<A> {
     #[inline(always)]
-    pub const fn reversed(&self) -> CtKey {
-        CtKey {
+    pub const fn reversed(&self) -> Tuple<A> {
+        Tuple {
             saddr: self.daddr,
             daddr: self.saddr,
             sport: self.dport,
@@ -218,6 +241,14 @@ pub const FIRST_FQDN_IDENTITY: u32 = (1 << 24) + (1 << 20);
 pub const fn proxy_socket_key(port: u16, protocol: u8) -> u32 {
     if protocol == PROTO_TCP { port as u32 } else { port as u32 | (protocol as u32) << 16 }
 }
+
+/// The same for the proxy's IPv6 socket: an IPv6 packet is assigned to an
+/// IPv6 socket only.
+pub const fn proxy_socket_key6(port: u16, protocol: u8) -> u32 {
+    proxy_socket_key(port, protocol) | PROXY_SOCKET_IPV6
+}
+
+pub const PROXY_SOCKET_IPV6: u32 = 1 << 30;
 
 /// CONNTRACK value. An entry whose `expires` (`bpf_ktime_get_ns`, i.e.
 /// CLOCK_MONOTONIC) has passed is treated as absent; weir's collector
@@ -275,6 +306,18 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
+/// FRAGMENTS6 key: one IPv6 datagram being fragmented (its Fragment header's
+/// identification is 32 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
 /// FRAGMENTS value: what the first fragment carried, for the later ones.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -303,6 +346,8 @@ pub mod conntrack {
     /// (Linux gives up reassembly after 30 s: ipfrag_time).
     pub const FRAGMENT_SECS: u32 = 30;
     pub const FRAGMENT_CAPACITY: u32 = 16384;
+    /// IPv6 has a table of its own (see [`super::maps::CONNTRACK6`]).
+    pub const CAPACITY6: u32 = 131072;
 }
 
 /// SETTINGS index 0: values user space tunes without reloading programs.
@@ -335,11 +380,13 @@ pub const REASON_NO_PROXY: u8 = 2;
 pub const REASON_SPOOFED: u8 = 3;
 /// A VLAN-tagged frame (802.1Q or 802.1ad, in the data or in the skb).
 pub const REASON_VLAN: u8 = 4;
-/// An ethertype a pod may not send (only IPv4 and ARP pass).
+/// An ethertype a pod may not send (only IPv4, IPv6 and ARP pass).
 pub const REASON_ETHERTYPE: u8 = 5;
-/// IPv6: not enforced yet, so dropped (no event: pods send it unasked).
+/// IPv6 from or to a pod weir knows no IPv6 address of (no event: pods
+/// send it unasked). Neighbour discovery passes all the same.
 pub const REASON_IPV6: u8 = 6;
-/// An IPv4 header the programs refuse (version, header length, truncated).
+/// An IP header the programs refuse (version, header length, truncated; an
+/// IPv6 routing header with segments left, or too many extension headers).
 pub const REASON_MALFORMED: u8 = 7;
 /// A new connection past the endpoint's conntrack limit.
 pub const REASON_CT_LIMIT: u8 = 8;
@@ -367,10 +414,35 @@ pub const fn reason_name(reason: u8) -> &'static str {
     }
 }
 
-/// One record in the EVENTS ring buffer.
+/// One record in the EVENTS ring buffer. Addresses are IPv6-sized; an IPv4
+/// one is in `saddr[0]` / `daddr[0]` with `family` [`FAMILY_IPV4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
+    pub kind: u8,
+    pub reason: u8,
+    pub direction: u8,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub ifindex: u32,
+    pub rule: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// The record programs before IPv6 wrote (IPv4 only): a weir taking over
+/// from one reads both while the old programs are still attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventV4 {
     pub kind: u8,
     pub reason: u8,
     pub direction: u8,
@@ -393,12 +465,15 @@ mod user {
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::FragKey6 {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::CtUsage {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::EventV4 {}
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! weir's per-pod datapath: two TC programs on each pod's host-side veth.
 //!
 //! `weir_from_pod` (TC ingress of the host veth: packets the pod sends)
-//!   - only IPv4 and ARP frames pass; tagged frames, IPv6 and every other
+//!   - only IPv4, IPv6 and ARP frames pass; tagged frames and every other
 //!     ethertype are dropped and counted (a frame is judged or dropped);
 //!   - replies to connections opened toward the pod pass (conntrack; a SYN
 //!     is never a reply);
@@ -21,7 +21,8 @@
 //! the lifetimes); expired entries count as absent. Each endpoint may hold a
 //! bounded number of entries, so one pod cannot crowd the others out.
 //!
-//! IPv4 only: IPv6 from an enforced pod is dropped (see docs/datapath.md).
+//! IPv4 and IPv6 are judged alike, each with maps keyed by its own addresses
+//! (the [`Addr`] trait); neighbour discovery and MLD pass as ARP does.
 #![no_std]
 #![no_main]
 // atomic adds on map values: `AtomicU64::fetch_add` is not offered for
@@ -43,14 +44,15 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash};
 use aya_ebpf::programs::TcContext;
 use weir_datapath_common::{
-    CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
+    CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
     ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
     ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT,
-    EndpointInfo, Event, FIRST_FQDN_IDENTITY, FragKey, FragValue, IpcacheKey, IpcacheValue, PROTO_ICMP, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT,
-    REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key,
+    EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue,
+    IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
+    PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED,
+    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING, TCP_ESTABLISHED,
+    TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -81,6 +83,14 @@ static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 static REVISION: Array<u32> = Array::pinned(1, 0);
 #[map(name = "WEIR_PROXY_SOCKS")]
 static PROXY_SOCKS: SockHash<u32> = SockHash::pinned(64, 0);
+#[map(name = "WEIR_ENDPOINTS6")]
+static ENDPOINTS6: HashMap<u32, EndpointIpv6> = HashMap::pinned(4096, 0);
+#[map(name = "WEIR_IPCACHE6")]
+static IPCACHE6: LpmTrie<IpcacheKey6, IpcacheValue> = LpmTrie::pinned(65536, 0);
+#[map(name = "WEIR_CONNTRACK6")]
+static CT6: HashMap<CtKey6, CtValue> = HashMap::pinned(conntrack::CAPACITY6, 0);
+#[map(name = "WEIR_FRAGMENTS6")]
+static FRAGMENTS6: LruHashMap<FragKey6, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
 #[map(name = "WEIR_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
@@ -103,6 +113,25 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_UNREACHABLE: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// MLD query, report, done (130-132); router and neighbour solicitation and
+/// advertisement (133-136); MLDv2 report (143).
+const ICMPV6_MLD_FIRST: u8 = 130;
+const ICMPV6_ND_LAST: u8 = 136;
+const ICMPV6_MLD2_REPORT: u8 = 143;
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before the upper-layer header; more is refused.
+const MAX_EXTENSION_HEADERS: usize = 4;
 const EEXIST: i32 = 17;
 const NANOS: u64 = 1_000_000_000;
 
@@ -112,8 +141,8 @@ const NANOS: u64 = 1_000_000_000;
 /// an echo reply `sport = 0, dport = id`, so the reply's reversed tuple is
 /// the request's. Other ICMP types have both zero and never open or match
 /// an entry.
-struct Packet {
-    tuple: CtKey,
+struct Packet<A> {
+    tuple: Tuple<A>,
     /// TCP flags; 0 for other protocols and for non-first fragments.
     tcp_flags: u8,
     /// A TCP SYN without ACK: the first packet of a connection, always
@@ -126,17 +155,132 @@ struct Packet {
     /// The first fragment of a fragmented datagram: the later fragments
     /// are judged with its ports.
     first_fragment: bool,
-    ip_id: u16,
-    /// An ICMP error (unreachable, time exceeded, parameter problem): the
-    /// tuple of the packet it quotes, which its destination sent. It passes
-    /// when that tuple belongs to a live connection (in either direction).
-    quoted: Option<CtKey>,
+    /// IP identification (IPv4's 16 bits, or the IPv6 Fragment header's 32).
+    ip_id: u32,
+    /// An ICMP error (unreachable, time exceeded, parameter problem, and
+    /// IPv6's packet too big): the tuple of the packet it quotes, which its
+    /// destination sent. It passes when that tuple belongs to a live
+    /// connection (in either direction).
+    quoted: Option<Tuple<A>>,
 }
 
 enum Parsed {
-    Ipv4(Packet),
-    Arp,
+    Ipv4(Packet<u32>),
+    Ipv6(Packet<[u32; 4]>),
+    /// ARP, IPv6 neighbour discovery and MLD: the link's housekeeping, which
+    /// passes.
+    Neighbor,
     Drop(u8),
+}
+
+/// What differs between IPv4 and IPv6 once a packet is parsed: the maps
+/// keyed by address, and how an address is spelled to the kernel's helpers
+/// and in events. Implemented for `u32` (IPv4) and `[u32; 4]` (IPv6), as on
+/// the wire.
+trait Addr: Copy + PartialEq + Default + 'static {
+    type Fragment: 'static;
+    const FAMILY: u8;
+    fn conntrack() -> &'static HashMap<Tuple<Self>, CtValue>;
+    fn fragments() -> &'static LruHashMap<Self::Fragment, FragValue>;
+    fn fragment_key(t: &Tuple<Self>, id: u32) -> Self::Fragment;
+    /// The identity and local interface the ipcache holds for the address.
+    fn ipcache(self) -> IpcacheValue;
+    /// The tuple `bpf_skc_lookup_tcp` reads, and its size.
+    fn sock_tuple(t: &Tuple<Self>) -> (bpf_sock_tuple, u32);
+    /// The PROXY_SOCKS key of the proxy's socket of this family.
+    fn proxy_key(port: u16, protocol: u8) -> u32;
+    fn event_address(self) -> [u32; 4];
+}
+
+impl Addr for u32 {
+    type Fragment = FragKey;
+    const FAMILY: u8 = FAMILY_IPV4;
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<CtKey, CtValue> {
+        &CT
+    }
+    #[inline(always)]
+    fn fragments() -> &'static LruHashMap<FragKey, FragValue> {
+        &FRAGMENTS
+    }
+    #[inline(always)]
+    fn fragment_key(t: &CtKey, id: u32) -> FragKey {
+        FragKey { saddr: t.saddr, daddr: t.daddr, id: id as u16, protocol: t.protocol, _pad: 0 }
+    }
+    #[inline(always)]
+    fn ipcache(self) -> IpcacheValue {
+        let key = Key::new(32, self.to_ne_bytes());
+        match IPCACHE.get(&key) {
+            Some(v) => *v,
+            None => IpcacheValue { identity: identity::WORLD, local_ifindex: 0 },
+        }
+    }
+    #[inline(always)]
+    fn sock_tuple(t: &CtKey) -> (bpf_sock_tuple, u32) {
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        unsafe {
+            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+            v4.saddr = t.saddr;
+            v4.daddr = t.daddr;
+            v4.sport = t.sport;
+            v4.dport = t.dport;
+        }
+        (tuple, size_of::<u32>() as u32 * 3)
+    }
+    #[inline(always)]
+    fn proxy_key(port: u16, protocol: u8) -> u32 {
+        proxy_socket_key(port, protocol)
+    }
+    #[inline(always)]
+    fn event_address(self) -> [u32; 4] {
+        [self, 0, 0, 0]
+    }
+}
+
+impl Addr for [u32; 4] {
+    type Fragment = FragKey6;
+    const FAMILY: u8 = FAMILY_IPV6;
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<CtKey6, CtValue> {
+        &CT6
+    }
+    #[inline(always)]
+    fn fragments() -> &'static LruHashMap<FragKey6, FragValue> {
+        &FRAGMENTS6
+    }
+    #[inline(always)]
+    fn fragment_key(t: &CtKey6, id: u32) -> FragKey6 {
+        FragKey6 { saddr: t.saddr, daddr: t.daddr, id, protocol: t.protocol, _pad: [0; 3] }
+    }
+    #[inline(always)]
+    fn ipcache(self) -> IpcacheValue {
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(self) };
+        let key = Key::new(128, bytes);
+        match IPCACHE6.get(&key) {
+            Some(v) => *v,
+            None => IpcacheValue { identity: identity::WORLD, local_ifindex: 0 },
+        }
+    }
+    #[inline(always)]
+    fn sock_tuple(t: &CtKey6) -> (bpf_sock_tuple, u32) {
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        unsafe {
+            let v6 = &mut tuple.__bindgen_anon_1.ipv6;
+            v6.saddr = t.saddr;
+            v6.daddr = t.daddr;
+            v6.sport = t.sport;
+            v6.dport = t.dport;
+        }
+        (tuple, size_of::<u32>() as u32 * 9)
+    }
+    #[inline(always)]
+    fn proxy_key(port: u16, protocol: u8) -> u32 {
+        proxy_socket_key6(port, protocol)
+    }
+    #[inline(always)]
+    fn event_address(self) -> [u32; 4] {
+        self
+    }
 }
 
 #[inline(always)]
@@ -176,12 +320,80 @@ fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     }
     let ethertype = u16::from_be(ctx.load::<u16>(12)?);
     match ethertype {
-        ETH_P_IP => {}
-        ETH_P_ARP => return Ok(Parsed::Arp),
-        ETH_P_IPV6 => return Ok(Parsed::Drop(REASON_IPV6)),
-        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => return Ok(Parsed::Drop(REASON_VLAN)),
-        _ => return Ok(Parsed::Drop(REASON_ETHERTYPE)),
+        ETH_P_IP => parse_ipv4(ctx),
+        ETH_P_IPV6 => parse_ipv6(ctx),
+        ETH_P_ARP => Ok(Parsed::Neighbor),
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => Ok(Parsed::Drop(REASON_VLAN)),
+        _ => Ok(Parsed::Drop(REASON_ETHERTYPE)),
     }
+}
+
+/// A packet with these addresses and this upper-layer protocol, before its
+/// ports are read.
+#[inline(always)]
+fn new_packet<A: Addr>(saddr: A, daddr: A, protocol: u8, ip_id: u32) -> Packet<A> {
+    Packet {
+        tuple: Tuple { saddr, daddr, sport: 0, dport: 0, protocol, _pad: [0; 3] },
+        tcp_flags: 0,
+        syn: false,
+        reply_candidate: true,
+        opens: true,
+        first_fragment: false,
+        ip_id,
+        quoted: None,
+    }
+}
+
+/// A later fragment: no L4 header; it is what its first fragment was.
+#[inline(always)]
+fn later_fragment<A: Addr>(mut packet: Packet<A>) -> Parsed
+where
+    Parsed: From<Packet<A>>,
+{
+    let key = A::fragment_key(&packet.tuple, packet.ip_id);
+    let Some(first) = (unsafe { A::fragments().get(&key) }).copied() else {
+        return Parsed::Drop(REASON_FRAGMENT);
+    };
+    if first.expires <= now() {
+        return Parsed::Drop(REASON_FRAGMENT);
+    }
+    packet.tuple.sport = first.sport;
+    packet.tuple.dport = first.dport;
+    packet.reply_candidate = first.reply_candidate != 0;
+    packet.opens = false;
+    Parsed::from(packet)
+}
+
+impl From<Packet<u32>> for Parsed {
+    #[inline(always)]
+    fn from(p: Packet<u32>) -> Parsed {
+        Parsed::Ipv4(p)
+    }
+}
+
+impl From<Packet<[u32; 4]>> for Parsed {
+    #[inline(always)]
+    fn from(p: Packet<[u32; 4]>) -> Parsed {
+        Parsed::Ipv6(p)
+    }
+}
+
+/// TCP, UDP and SCTP ports (and TCP flags) at `l4`.
+#[inline(always)]
+fn read_ports<A: Addr>(ctx: &TcContext, packet: &mut Packet<A>, l4: usize) -> Result<(), i64> {
+    packet.tuple.sport = ctx.load::<u16>(l4)?;
+    packet.tuple.dport = ctx.load::<u16>(l4 + 2)?;
+    if packet.tuple.protocol == PROTO_TCP {
+        let flags: u8 = ctx.load(l4 + 13)?;
+        packet.tcp_flags = flags;
+        packet.syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        packet.reply_candidate = !packet.syn;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
     let version_ihl: u8 = ctx.load(ETH_HLEN)?;
     if version_ihl >> 4 != 4 || version_ihl & 0x0F < 5 {
         return Ok(Parsed::Drop(REASON_MALFORMED));
@@ -193,41 +405,13 @@ fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     let saddr: u32 = ctx.load(ETH_HLEN + 12)?;
     let daddr: u32 = ctx.load(ETH_HLEN + 16)?;
     let l4 = ETH_HLEN + ihl;
-    let mut packet = Packet {
-        tuple: CtKey { saddr, daddr, sport: 0, dport: 0, protocol, _pad: [0; 3] },
-        tcp_flags: 0,
-        syn: false,
-        reply_candidate: true,
-        opens: true,
-        first_fragment: false,
-        ip_id,
-        quoted: None,
-    };
+    let mut packet = new_packet(saddr, daddr, protocol, ip_id as u32);
     if frag & IP_OFFSET != 0 {
-        // a later fragment: no L4 header; it is what its first fragment was
-        let key = FragKey { saddr, daddr, id: ip_id, protocol, _pad: 0 };
-        let Some(first) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
-            return Ok(Parsed::Drop(REASON_FRAGMENT));
-        };
-        if first.expires <= now() {
-            return Ok(Parsed::Drop(REASON_FRAGMENT));
-        }
-        packet.tuple.sport = first.sport;
-        packet.tuple.dport = first.dport;
-        packet.reply_candidate = first.reply_candidate != 0;
-        packet.opens = false;
-        return Ok(Parsed::Ipv4(packet));
+        return Ok(later_fragment(packet));
     }
     packet.first_fragment = frag & IP_MF != 0;
     if has_ports(protocol) {
-        packet.tuple.sport = ctx.load::<u16>(l4)?;
-        packet.tuple.dport = ctx.load::<u16>(l4 + 2)?;
-        if protocol == PROTO_TCP {
-            let flags: u8 = ctx.load(l4 + 13)?;
-            packet.tcp_flags = flags;
-            packet.syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            packet.reply_candidate = !packet.syn;
-        }
+        read_ports(ctx, &mut packet, l4)?;
     } else if protocol == PROTO_ICMP {
         let icmp_type: u8 = ctx.load(l4)?;
         let id: u16 = ctx.load(l4 + 4)?;
@@ -254,6 +438,98 @@ fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     Ok(Parsed::Ipv4(packet))
 }
 
+/// An IPv6 packet: the fixed header, then up to [`MAX_EXTENSION_HEADERS`]
+/// extension headers (hop-by-hop, destination options, routing without
+/// segments left, fragment, AH) before the upper-layer header. A routing
+/// header with segments left would send the packet on to an address the
+/// policy never saw: refused, as are longer chains.
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
+    let version: u8 = ctx.load(ETH_HLEN)?;
+    if version >> 4 != 6 {
+        return Ok(Parsed::Drop(REASON_MALFORMED));
+    }
+    let mut next: u8 = ctx.load(ETH_HLEN + 6)?;
+    let saddr: [u32; 4] = ctx.load(ETH_HLEN + 8)?;
+    let daddr: [u32; 4] = ctx.load(ETH_HLEN + 24)?;
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    let mut fragment: Option<(u16, u32)> = None;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let length = match next {
+            NEXTHDR_HOP | NEXTHDR_DEST => (ctx.load::<u8>(offset + 1)? as usize + 1) * 8,
+            NEXTHDR_ROUTING => {
+                if ctx.load::<u8>(offset + 3)? != 0 {
+                    return Ok(Parsed::Drop(REASON_MALFORMED));
+                }
+                (ctx.load::<u8>(offset + 1)? as usize + 1) * 8
+            }
+            NEXTHDR_FRAGMENT => {
+                let offset_flags = u16::from_be(ctx.load::<u16>(offset + 2)?);
+                fragment = Some((offset_flags, ctx.load::<u32>(offset + 4)?));
+                8
+            }
+            NEXTHDR_AUTH => (ctx.load::<u8>(offset + 1)? as usize + 2) * 4,
+            _ => break,
+        };
+        next = ctx.load(offset)?;
+        offset += length;
+    }
+    if matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH) {
+        return Ok(Parsed::Drop(REASON_MALFORMED));
+    }
+    let (offset_flags, ip_id) = fragment.unwrap_or((0, 0));
+    let mut packet = new_packet(saddr, daddr, next, ip_id);
+    // the fragment offset is in the upper 13 bits; M is bit 0
+    if offset_flags & 0xFFF8 != 0 {
+        return Ok(later_fragment(packet));
+    }
+    packet.first_fragment = offset_flags & 1 != 0;
+    let l4 = offset;
+    if has_ports(next) {
+        read_ports(ctx, &mut packet, l4)?;
+    } else if next == PROTO_ICMPV6 {
+        let icmp_type: u8 = ctx.load(l4)?;
+        match icmp_type {
+            ICMPV6_MLD_FIRST..=ICMPV6_ND_LAST | ICMPV6_MLD2_REPORT => return Ok(Parsed::Neighbor),
+            ICMPV6_ECHO_REQUEST => {
+                packet.tuple.sport = ctx.load(l4 + 4)?;
+                packet.reply_candidate = false;
+            }
+            ICMPV6_ECHO_REPLY => {
+                packet.tuple.dport = ctx.load(l4 + 4)?;
+                packet.opens = false;
+            }
+            _ => {
+                packet.reply_candidate = false;
+                packet.opens = false;
+                if matches!(
+                    icmp_type,
+                    ICMPV6_UNREACHABLE | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED | ICMPV6_PARAMETER_PROBLEM
+                ) {
+                    packet.quoted = quoted_tuple6(ctx, l4 + 8, daddr);
+                }
+            }
+        }
+    }
+    Ok(Parsed::Ipv6(packet))
+}
+
+/// The tuple of the IPv6 packet an ICMPv6 error quotes at `offset`, when its
+/// upper-layer header follows the fixed header directly and was sent by `to`.
+#[inline(always)]
+fn quoted_tuple6(ctx: &TcContext, offset: usize, to: [u32; 4]) -> Option<CtKey6> {
+    let version: u8 = ctx.load(offset).ok()?;
+    let protocol: u8 = ctx.load(offset + 6).ok()?;
+    let saddr: [u32; 4] = ctx.load(offset + 8).ok()?;
+    let daddr: [u32; 4] = ctx.load(offset + 24).ok()?;
+    if version >> 4 != 6 || !has_ports(protocol) || saddr != to {
+        return None;
+    }
+    let sport: u16 = ctx.load(offset + IPV6_HLEN).ok()?;
+    let dport: u16 = ctx.load(offset + IPV6_HLEN + 2).ok()?;
+    Some(Tuple { saddr, daddr, sport, dport, protocol, _pad: [0; 3] })
+}
+
 /// The tuple of the IPv4 packet an ICMP error quotes at `offset`, if it is
 /// whole enough to say (header and ports of TCP, UDP, SCTP) and was sent by
 /// the error's destination `to`.
@@ -277,7 +553,7 @@ fn quoted_tuple(ctx: &TcContext, offset: usize, to: u32) -> Option<CtKey> {
 
 /// An ICMP error about a live connection's packet.
 #[inline(always)]
-fn related_error(packet: &Packet) -> bool {
+fn related_error<A: Addr>(packet: &Packet<A>) -> bool {
     match &packet.quoted {
         Some(quoted) => ct_live(quoted).is_some() || ct_live(&quoted.reversed()).is_some(),
         None => false,
@@ -286,16 +562,16 @@ fn related_error(packet: &Packet) -> bool {
 
 /// Remember a passed first fragment's ports for the rest of its datagram.
 #[inline(always)]
-fn record_fragment(packet: &Packet) {
+fn record_fragment<A: Addr>(packet: &Packet<A>) {
     let t = &packet.tuple;
-    let key = FragKey { saddr: t.saddr, daddr: t.daddr, id: packet.ip_id, protocol: t.protocol, _pad: 0 };
+    let key = A::fragment_key(t, packet.ip_id);
     let value = FragValue {
         sport: t.sport,
         dport: t.dport,
         reply_candidate: packet.reply_candidate as u32,
         expires: now() + conntrack::FRAGMENT_SECS as u64 * NANOS,
     };
-    let _ = FRAGMENTS.insert(&key, &value, 0);
+    let _ = A::fragments().insert(&key, &value, 0);
 }
 
 /// Read once per packet, before its policy lookups: an entry opened or
@@ -324,22 +600,22 @@ fn lifetime(protocol: u8, tcp: u32) -> u64 {
         PROTO_TCP if tcp & TCP_ESTABLISHED != 0 => or_default(s.tcp_established_secs, conntrack::TCP_ESTABLISHED_SECS),
         PROTO_TCP => or_default(s.tcp_syn_secs, conntrack::TCP_SYN_SECS),
         PROTO_UDP => or_default(s.udp_secs, conntrack::UDP_SECS),
-        PROTO_ICMP => or_default(s.icmp_secs, conntrack::ICMP_SECS),
+        PROTO_ICMP | PROTO_ICMPV6 => or_default(s.icmp_secs, conntrack::ICMP_SECS),
         _ => or_default(s.other_secs, conntrack::OTHER_SECS),
     }
 }
 
 /// The live entry for `key`; an expired one is absent.
 #[inline(always)]
-fn ct_live(key: &CtKey) -> Option<*mut CtValue> {
-    let entry = CT.get_ptr_mut(key)?;
+fn ct_live<A: Addr>(key: &Tuple<A>) -> Option<*mut CtValue> {
+    let entry = A::conntrack().get_ptr_mut(key)?;
     if unsafe { (*entry).expires } <= now() { None } else { Some(entry) }
 }
 
 /// A packet of a tracked connection passed: advance its TCP state and its
 /// deadline. `reply`: the packet goes the way the connection's replies go.
 #[inline(always)]
-fn ct_touch(entry: *mut CtValue, packet: &Packet, reply: bool) {
+fn ct_touch<A: Addr>(entry: *mut CtValue, packet: &Packet<A>, reply: bool) {
     let protocol = packet.tuple.protocol;
     let mut tcp = unsafe { (*entry).tcp };
     if protocol == PROTO_TCP {
@@ -437,10 +713,10 @@ fn release(owner: u32) {
 /// judged it), or restart the entry of a reused tuple. `Err(reason)`: no
 /// room; the caller drops the packet, since its replies could not pass.
 #[inline(always)]
-fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32, revision: u32) -> Result<(), u8> {
+fn ct_open<A: Addr>(t: &Tuple<A>, flags: u32, src: u32, dst: u32, owner: u32, revision: u32) -> Result<(), u8> {
     let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, revision };
     value.expires = now() + lifetime(t.protocol, 0);
-    if let Some(entry) = CT.get_ptr_mut(t) {
+    if let Some(entry) = A::conntrack().get_ptr_mut(t) {
         // the tuple's old entry (expired, closing, or a restarted handshake)
         let previous = unsafe { (*entry).owner };
         if previous != owner {
@@ -451,7 +727,7 @@ fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32, revision: u32)
         return Ok(());
     }
     let usage = charge(owner)?;
-    match CT.insert(t, &value, BPF_NOEXIST as u64) {
+    match A::conntrack().insert(t, &value, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) => {
             // not ours after all: another CPU inserted it, or no room
@@ -467,12 +743,8 @@ fn ct_open(t: &CtKey, flags: u32, src: u32, dst: u32, owner: u32, revision: u32)
 }
 
 #[inline(always)]
-fn ipcache(addr: u32) -> IpcacheValue {
-    let key = Key::new(32, addr.to_ne_bytes());
-    match IPCACHE.get(&key) {
-        Some(v) => *v,
-        None => IpcacheValue { identity: identity::WORLD, local_ifindex: 0 },
-    }
+fn ipcache<A: Addr>(addr: A) -> IpcacheValue {
+    addr.ipcache()
 }
 
 /// How strict a verdict is: of a connection's two sides, the stricter
@@ -496,7 +768,7 @@ fn allow_event(verdict: u8) -> u8 {
 
 /// The policy verdict for `subject` (an endpoint with `flags`) and `peer`.
 #[inline(always)]
-fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> PolicyValue {
+fn policy<A: Addr>(subject: u32, flags: u32, peer: u32, t: &Tuple<A>, direction: u8) -> PolicyValue {
     let enforced = if direction == DIR_INGRESS { ENDPOINT_ENFORCE_INGRESS } else { ENDPOINT_ENFORCE_EGRESS };
     if flags & enforced == 0 {
         return PolicyValue { verdict: VERDICT_ALLOW, _pad: 0, proxy_port: 0, rule: 0 };
@@ -534,20 +806,22 @@ fn policy(subject: u32, flags: u32, peer: u32, t: &CtKey, direction: u8) -> Poli
 }
 
 #[inline(always)]
-fn emit(kind: u8, reason: u8, direction: u8, t: &CtKey, src: u32, dst: u32, ifindex: u32, rule: u32) {
+fn emit<A: Addr>(kind: u8, reason: u8, direction: u8, t: &Tuple<A>, src: u32, dst: u32, ifindex: u32, rule: u32) {
     let event = Event {
         kind,
         reason,
         direction,
         protocol: t.protocol,
-        saddr: t.saddr,
-        daddr: t.daddr,
         sport: u16::from_be(t.sport),
         dport: u16::from_be(t.dport),
         src_identity: src,
         dst_identity: dst,
         ifindex,
         rule,
+        family: A::FAMILY,
+        _pad: [0; 3],
+        saddr: t.saddr.event_address(),
+        daddr: t.daddr.event_address(),
     };
     // a full ring loses the event, never the decision
     let _ = EVENTS.output::<Event>(&event, 0);
@@ -557,17 +831,9 @@ fn emit(kind: u8, reason: u8, direction: u8, t: &CtKey, src: u32, dst: u32, ifin
 /// (an accepted connection, or the proxy's own upstream connection for
 /// replies), or for a new connection the proxy's listener.
 #[inline(always)]
-fn assign_to_proxy(ctx: &TcContext, t: &CtKey, proxy_port: u16) -> bool {
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    unsafe {
-        let v4 = &mut tuple.__bindgen_anon_1.ipv4;
-        v4.saddr = t.saddr;
-        v4.daddr = t.daddr;
-        v4.sport = t.sport;
-        v4.dport = t.dport;
-    }
+fn assign_to_proxy<A: Addr>(ctx: &TcContext, t: &Tuple<A>, proxy_port: u16) -> bool {
+    let (mut tuple, size) = A::sock_tuple(t);
     let skb = ctx.skb.skb as *mut _;
-    let size = size_of::<u32>() as u32 * 3;
     let sk = unsafe { bpf_skc_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if !sk.is_null() {
         let state = unsafe { (*sk).state };
@@ -581,7 +847,7 @@ fn assign_to_proxy(ctx: &TcContext, t: &CtKey, proxy_port: u16) -> bool {
     if proxy_port == 0 {
         return false;
     }
-    assign_to_proxy_socket(ctx, proxy_socket_key(proxy_port, PROTO_TCP))
+    assign_to_proxy_socket(ctx, A::proxy_key(proxy_port, PROTO_TCP))
 }
 
 /// Hand a packet to the proxy socket registered under `key` (a TCP listener,
@@ -599,18 +865,22 @@ fn assign_to_proxy_socket(ctx: &TcContext, key: u32) -> bool {
     assigned
 }
 
-/// The pod behind this veth and its IPv4 packet, or what to do with a frame
-/// that is not ours to judge: another program's interface (UNSPEC: let the
-/// next program decide), ARP (pass), anything else (drop, counted).
+/// The pod behind this veth, or `Err`: not ours to judge (another
+/// program's interface: UNSPEC lets the next program decide).
 #[inline(always)]
-fn pod_packet(ctx: &TcContext, direction: u8) -> Result<Result<(u32, EndpointInfo, Packet), i32>, i64> {
+fn pod_endpoint(ctx: &TcContext) -> Result<(u32, EndpointInfo), i32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        return Ok(Err(TC_ACT_UNSPEC));
-    };
-    Ok(match parse(ctx)? {
-        Parsed::Ipv4(p) => Ok((ifindex, endpoint, p)),
-        Parsed::Arp => Err(TC_ACT_OK as i32),
+    match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(endpoint) => Ok((ifindex, *endpoint)),
+        None => Err(TC_ACT_UNSPEC),
+    }
+}
+
+/// A frame that is not an IP packet to judge: ARP and neighbour discovery
+/// pass, anything else is dropped and counted.
+#[inline(always)]
+fn not_judged(ctx: &TcContext, parsed: Parsed, direction: u8, ifindex: u32, endpoint: &EndpointInfo) -> i32 {
+    match parsed {
         Parsed::Drop(reason) => {
             if reason != REASON_IPV6 {
                 // the ethertype rides in the port field, for the flow record
@@ -619,9 +889,17 @@ fn pod_packet(ctx: &TcContext, direction: u8) -> Result<Result<(u32, EndpointInf
                 let (src, dst) = if direction == DIR_EGRESS { (endpoint.identity, 0) } else { (0, endpoint.identity) };
                 emit(EVENT_DROP, reason, direction, &t, src, dst, ifindex, 0);
             }
-            Err(shot(reason))
+            shot(reason)
         }
-    })
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// The pod's IPv6 address; none: the pod has no IPv6 to send or receive
+/// but neighbour discovery (which passed before this).
+#[inline(always)]
+fn pod_ipv6(ifindex: u32) -> Option<[u32; 4]> {
+    unsafe { ENDPOINTS6.get(&ifindex) }.copied()
 }
 
 #[classifier]
@@ -631,22 +909,48 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let (ifindex, endpoint, packet) = match pod_packet(ctx, DIR_EGRESS)? {
+    let (ifindex, endpoint) = match pod_endpoint(ctx) {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
-    let action = judge_from_pod(ctx, ifindex, &endpoint, &packet);
-    if action == TC_ACT_OK as i32 && packet.first_fragment {
-        record_fragment(&packet);
-    }
-    Ok(action)
+    Ok(match parse(ctx)? {
+        // a pod without an IPv4 address sends none
+        Parsed::Ipv4(_) if endpoint.ipv4 == 0 => shot(REASON_SPOOFED),
+        Parsed::Ipv4(packet) => from_pod_packet(ctx, ifindex, &endpoint, endpoint.ipv4, &packet),
+        Parsed::Ipv6(packet) => match pod_ipv6(ifindex) {
+            Some(address) => from_pod_packet(ctx, ifindex, &endpoint, address, &packet),
+            None => shot(REASON_IPV6),
+        },
+        other => not_judged(ctx, other, DIR_EGRESS, ifindex, &endpoint),
+    })
 }
 
 #[inline(always)]
-fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet) -> i32 {
+fn from_pod_packet<A: Addr>(
+    ctx: &TcContext,
+    ifindex: u32,
+    endpoint: &EndpointInfo,
+    address: A,
+    packet: &Packet<A>,
+) -> i32 {
+    let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
+    if action == TC_ACT_OK as i32 && packet.first_fragment {
+        record_fragment(packet);
+    }
+    action
+}
+
+#[inline(always)]
+fn judge_from_pod<A: Addr>(
+    ctx: &TcContext,
+    ifindex: u32,
+    endpoint: &EndpointInfo,
+    address: A,
+    packet: &Packet<A>,
+) -> i32 {
     let t = &packet.tuple;
     let me = endpoint.identity;
-    if t.saddr != endpoint.ipv4 {
+    if t.saddr != address {
         // a pod may only send from its own address
         emit(EVENT_DROP, REASON_SPOOFED, DIR_EGRESS, t, me, 0, ifindex, 0);
         return shot(REASON_SPOOFED);
@@ -726,8 +1030,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
             && match t.protocol {
                 PROTO_TCP => assign_to_proxy(ctx, t, verdict.proxy_port),
                 PROTO_UDP => {
-                    verdict.proxy_port != 0
-                        && assign_to_proxy_socket(ctx, proxy_socket_key(verdict.proxy_port, PROTO_UDP))
+                    verdict.proxy_port != 0 && assign_to_proxy_socket(ctx, A::proxy_key(verdict.proxy_port, PROTO_UDP))
                 }
                 _ => false,
             };
@@ -747,7 +1050,7 @@ fn judge_from_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet
                     // DNS: every datagram goes to the proxy's transparent socket
                     PROTO_UDP => {
                         verdict.proxy_port != 0
-                            && assign_to_proxy_socket(ctx, proxy_socket_key(verdict.proxy_port, PROTO_UDP))
+                            && assign_to_proxy_socket(ctx, A::proxy_key(verdict.proxy_port, PROTO_UDP))
                     }
                     _ => false,
                 };
@@ -829,19 +1132,31 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let (ifindex, endpoint, packet) = match pod_packet(ctx, DIR_INGRESS)? {
+    let (ifindex, endpoint) = match pod_endpoint(ctx) {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
-    let action = judge_to_pod(ctx, ifindex, &endpoint, &packet);
-    if action == TC_ACT_OK as i32 && packet.first_fragment {
-        record_fragment(&packet);
-    }
-    Ok(action)
+    Ok(match parse(ctx)? {
+        Parsed::Ipv4(packet) => to_pod_packet(ctx, ifindex, &endpoint, &packet),
+        Parsed::Ipv6(packet) => match pod_ipv6(ifindex) {
+            Some(_) => to_pod_packet(ctx, ifindex, &endpoint, &packet),
+            None => shot(REASON_IPV6),
+        },
+        other => not_judged(ctx, other, DIR_INGRESS, ifindex, &endpoint),
+    })
 }
 
 #[inline(always)]
-fn judge_to_pod(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet) -> i32 {
+fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet<A>) -> i32 {
+    let action = judge_to_pod(ctx, ifindex, endpoint, packet);
+    if action == TC_ACT_OK as i32 && packet.first_fragment {
+        record_fragment(packet);
+    }
+    action
+}
+
+#[inline(always)]
+fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet<A>) -> i32 {
     let t = &packet.tuple;
     let skb_mark = unsafe { (*ctx.skb.skb).mark };
     match mark::magic(skb_mark) {
@@ -962,44 +1277,50 @@ pub fn weir_from_netdev(ctx: TcContext) -> i32 {
 /// their flows included).
 #[inline(always)]
 fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
-    let Parsed::Ipv4(packet) = parse(ctx)? else {
-        return Ok(TC_ACT_UNSPEC);
-    };
+    Ok(match parse(ctx)? {
+        Parsed::Ipv4(packet) => from_netdev_packet(ctx, &packet),
+        Parsed::Ipv6(packet) => from_netdev_packet(ctx, &packet),
+        _ => TC_ACT_UNSPEC,
+    })
+}
+
+#[inline(always)]
+fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
     let t = &packet.tuple;
     if t.protocol != PROTO_TCP {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     let destination = ipcache(t.daddr);
     if destination.local_ifindex == 0 {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&destination.local_ifindex) }).copied() else {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     };
     // replies to the pod's own connections
     if packet.reply_candidate && ct_live(&t.reversed()).is_some() {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     let peer = ipcache(t.saddr);
     // a local pod's or the node's own address cannot arrive from another
     // node: such a packet is spoofed, and is not given that identity here
     // (weir_to_pod fails an L7 port closed for it)
     if peer.local_ifindex != 0 || peer.identity == identity::HOST {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     if verdict.verdict != VERDICT_REDIRECT && verdict.verdict != VERDICT_REDIRECT_OR_ALLOW {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     let ifindex = destination.local_ifindex;
     let assigned = assign_to_proxy(ctx, t, verdict.proxy_port);
     // rules that only look: weir_to_pod lets it pass, and says so
     if !assigned && verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
-        return Ok(TC_ACT_UNSPEC);
+        return TC_ACT_UNSPEC;
     }
     if !assigned {
         emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
-        return Ok(shot(REASON_NO_PROXY));
+        return shot(REASON_NO_PROXY);
     }
     // the mark carries 24 bits of identity: CIDR and DNS-learned identities
     // (2^24 and up) do not fit and would read as another one. The proxy then
@@ -1009,7 +1330,7 @@ fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
     if packet.syn {
         emit(EVENT_REDIRECT, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
     }
-    Ok(TC_ACT_OK as i32)
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -11,10 +11,10 @@
 //! identity and the LPM ipcache picks the most specific prefix.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
     ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
@@ -47,29 +47,58 @@ pub struct AttachedEndpoint {
     pub interface: String,
     pub ifindex: u32,
     pub info: EndpointInfo,
+    /// The pod's IPv6 address (WEIR_ENDPOINTS6), if it has one.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Everything the maps should hold for one model.
 #[derive(Debug, Default)]
 pub struct Desired {
     pub endpoints: Vec<AttachedEndpoint>,
-    /// (prefix, value); IPv4 only.
+    /// (prefix, value), one map per family as in the kernel.
     pub ipcache: BTreeMap<Ipv4Net, IpcacheValue>,
+    pub ipcache6: BTreeMap<Ipv6Net, IpcacheValue>,
     pub policy: HashMap<PolicyKey, PolicyValue>,
     /// Texts that `PolicyValue::rule` indexes (0 is empty): why a packet was
     /// dropped or allowed, for flow records.
     pub rules: Vec<String>,
     /// Identities the datapath made up (CIDR prefixes, DNS-learned
     /// addresses), for flows.
-    pub cidr_identities: BTreeMap<u32, Ipv4Net>,
+    pub cidr_identities: BTreeMap<u32, IpNet>,
 }
+
+impl Desired {
+    /// Add `value` for `net` to its family's ipcache; without `replace`, an
+    /// entry already there stays.
+    fn ipcache_insert(&mut self, net: IpNet, value: IpcacheValue, replace: bool) {
+        match net {
+            IpNet::V4(v4) if replace => drop(self.ipcache.insert(v4, value)),
+            IpNet::V4(v4) => drop(self.ipcache.entry(v4).or_insert(value)),
+            IpNet::V6(v6) if replace => drop(self.ipcache6.insert(v6, value)),
+            IpNet::V6(v6) => drop(self.ipcache6.entry(v6).or_insert(value)),
+        }
+    }
+
+    fn ipcache_get(&self, address: IpAddr) -> Option<&IpcacheValue> {
+        match address {
+            IpAddr::V4(v4) => self.ipcache.get(&Ipv4Net::from(v4)),
+            IpAddr::V6(v6) => self.ipcache6.get(&Ipv6Net::from(v6)),
+        }
+    }
+}
+
+/// The world's IPv6 half has an identity number of its own in the maps (the
+/// identity itself is `reserved:world`), so the entries the compiler writes
+/// for it are evaluated with an IPv6 address: an IPv4 CIDR rule never
+/// decides for IPv6, nor the reverse. The ipcache maps `::/0` to it.
+pub const WORLD_IPV6_PREFIX: &str = "::/0";
 
 /// Compile `model`. `ifindex` resolves interface names; `node_addresses`
 /// become `reserved:host` in the ipcache.
 pub fn compile(
     model: &PolicyModel,
     proxy_ports: &DatapathConfig,
-    node_addresses: &[Ipv4Addr],
+    node_addresses: &[IpAddr],
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
@@ -80,21 +109,26 @@ pub fn compile(
     let mut local: Vec<(Arc<Identity>, AttachedEndpoint)> = Vec::new();
     for (i, (config, endpoint)) in model.config.endpoints.iter().zip(&model.endpoints).enumerate() {
         let Some(interface) = &config.interface else { continue };
-        let Some(ipv4) = endpoint.addresses.iter().find_map(|a| match a {
+        // one address of each family is enforced; a pod with none of a
+        // family sends none of it (the programs drop it)
+        let ipv4 = endpoint.addresses.iter().find_map(|a| match a {
             IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
-        }) else {
-            errors.push(format!("endpoints[{i}] ({}): the eBPF datapath needs an IPv4 address", config.name));
-            continue;
-        };
+        });
+        let ipv6 = endpoint.addresses.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
         let Some(index) = ifindex(interface) else {
             errors.push(format!("endpoints[{i}].interface: no interface {interface:?} on this node"));
             continue;
         };
-        let info = EndpointInfo { identity: endpoint.identity.id, ipv4: u32::from_ne_bytes(ipv4.octets()), flags: 0 };
+        // 0.0.0.0: no IPv4 (the programs refuse IPv4 from and to the pod)
+        let ipv4 = ipv4.map_or(0, |v4| u32::from_ne_bytes(v4.octets()));
+        let info = EndpointInfo { identity: endpoint.identity.id, ipv4, flags: 0 };
         local.push((
             endpoint.identity.clone(),
-            AttachedEndpoint { name: config.name.clone(), interface: interface.clone(), ifindex: index, info },
+            AttachedEndpoint { name: config.name.clone(), interface: interface.clone(), ifindex: index, info, ipv6 },
         ));
     }
 
@@ -104,7 +138,7 @@ pub fn compile(
     let mut peers: Vec<(Arc<Identity>, u32, IpNet)> = Vec::new();
     // addresses local endpoints learned from DNS, each with an identity of
     // its own, and per subject identity the names it learned each one for
-    let mut learned: BTreeMap<Ipv4Addr, BTreeMap<u32, Vec<Arc<str>>>> = BTreeMap::new();
+    let mut learned: BTreeMap<IpAddr, BTreeMap<u32, Vec<Arc<str>>>> = BTreeMap::new();
     let attached: HashMap<String, u32> = model
         .config
         .endpoints
@@ -114,10 +148,10 @@ pub fn compile(
         .map(|(_, endpoint)| (endpoint.qualified_name(), endpoint.identity.id))
         .collect();
     for entry in model.fqdn.entries() {
-        let (Some(&subject), IpAddr::V4(v4)) = (attached.get(&entry.endpoint), entry.address) else { continue };
+        let Some(&subject) = attached.get(&entry.endpoint) else { continue };
         // names still held (TTL left, or a proxied connection keeps them)
         for name in model.fqdn.names_for(&entry.endpoint, entry.address) {
-            let names = learned.entry(v4).or_default().entry(subject).or_default();
+            let names = learned.entry(entry.address).or_default().entry(subject).or_default();
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -126,18 +160,20 @@ pub fn compile(
     let mut seen = BTreeSet::new();
     for endpoint in &model.endpoints {
         for address in &endpoint.addresses {
-            if let IpAddr::V4(v4) = address {
-                // non-zero: a pod on this node, whose ingress policy the
-                // sender's veth enforces
-                let ifindex = local
-                    .iter()
-                    .find(|(_, e)| e.info.ipv4 == u32::from_ne_bytes(v4.octets()))
-                    .map_or(0, |(_, e)| e.ifindex);
-                desired.ipcache.insert(
-                    Ipv4Net::from(*v4),
-                    IpcacheValue { identity: endpoint.identity.id, local_ifindex: ifindex },
-                );
-            }
+            // non-zero: a pod on this node, whose ingress policy the
+            // sender's veth enforces
+            let ifindex = local
+                .iter()
+                .find(|(_, e)| match address {
+                    IpAddr::V4(v4) => e.info.ipv4 == u32::from_ne_bytes(v4.octets()),
+                    IpAddr::V6(v6) => e.ipv6 == Some(*v6),
+                })
+                .map_or(0, |(_, e)| e.ifindex);
+            desired.ipcache_insert(
+                IpNet::from(*address),
+                IpcacheValue { identity: endpoint.identity.id, local_ifindex: ifindex },
+                true,
+            );
         }
         if seen.insert(endpoint.identity.id) {
             let address = endpoint.addresses.first().map_or(IpNet::default(), |a| IpNet::from(*a));
@@ -145,51 +181,45 @@ pub fn compile(
         }
     }
     for address in node_addresses {
-        desired
-            .ipcache
-            .entry(Ipv4Net::from(*address))
-            .or_insert(IpcacheValue { identity: reserved::HOST, local_ifindex: 0 });
+        desired.ipcache_insert(
+            IpNet::from(*address),
+            IpcacheValue { identity: reserved::HOST, local_ifindex: 0 },
+            false,
+        );
     }
-    peers.push((
-        host,
-        reserved::HOST,
-        node_addresses.first().map_or(IpNet::default(), |a| IpNet::from(IpAddr::V4(*a))),
-    ));
+    peers.push((host, reserved::HOST, node_addresses.first().map_or(IpNet::default(), |a| IpNet::from(*a))));
     peers.push((world.clone(), reserved::WORLD, IpNet::V4(Ipv4Net::default())));
-    for (n, cidr) in model
-        .policies
-        .cidrs()
-        .into_iter()
-        .filter_map(|c| match c {
-            IpNet::V4(v4) => Some(v4),
-            IpNet::V6(_) => None,
-        })
-        .enumerate()
-    {
+    // the rules' prefixes, then the IPv6 world (see WORLD_IPV6_PREFIX) unless
+    // a rule named it already
+    let mut cidrs = model.policies.cidrs();
+    let world6: IpNet = WORLD_IPV6_PREFIX.parse().expect("a prefix");
+    if !cidrs.contains(&world6) {
+        cidrs.push(world6);
+    }
+    for (n, cidr) in cidrs.into_iter().enumerate() {
         let id = FIRST_CIDR_IDENTITY + n as u32;
         desired.cidr_identities.insert(id, cidr);
-        desired.ipcache.entry(cidr).or_insert(IpcacheValue { identity: id, local_ifindex: 0 });
-        peers.push((world.clone(), id, IpNet::V4(cidr)));
+        desired.ipcache_insert(cidr, IpcacheValue { identity: id, local_ifindex: 0 }, false);
+        peers.push((world.clone(), id, cidr));
     }
 
     let no_names = BTreeMap::new();
     let mut fqdn_peers = Vec::new();
     for (n, (address, _)) in learned.iter().enumerate() {
         // a managed endpoint is known by its identity, never by a learned name
-        if desired.ipcache.get(&Ipv4Net::from(*address)).is_some_and(|v| v.identity != reserved::HOST) {
+        if desired.ipcache_get(*address).is_some_and(|v| v.identity != reserved::HOST) {
             continue;
         }
         let id = FIRST_FQDN_IDENTITY + n as u32;
-        desired.cidr_identities.insert(id, Ipv4Net::from(*address));
-        desired.ipcache.insert(Ipv4Net::from(*address), IpcacheValue { identity: id, local_ifindex: 0 });
-        fqdn_peers.push((world.clone(), id, IpNet::V4(Ipv4Net::from(*address))));
+        desired.cidr_identities.insert(id, IpNet::from(*address));
+        desired.ipcache_insert(IpNet::from(*address), IpcacheValue { identity: id, local_ifindex: 0 }, true);
+        fqdn_peers.push((world.clone(), id, IpNet::from(*address)));
     }
     let names_of = |peer_id: u32, address: &IpNet, subject: u32| -> Vec<Arc<str>> {
-        let IpNet::V4(v4) = address else { return Vec::new() };
         if peer_id < FIRST_FQDN_IDENTITY {
             return Vec::new();
         }
-        learned.get(&v4.addr()).unwrap_or(&no_names).get(&subject).cloned().unwrap_or_default()
+        learned.get(&address.addr()).unwrap_or(&no_names).get(&subject).cloned().unwrap_or_default()
     };
     peers.extend(fqdn_peers);
 

@@ -3,17 +3,18 @@
 //! the conntrack collector, which deletes expired entries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
-    CtKey, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, Event, PROTO_ICMP,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT,
-    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
+    CtKey, CtKey6, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, Event, EventV4,
+    FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_CT_FULL,
+    REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY,
+    REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
 use crate::engines::state::ProxyState;
@@ -26,7 +27,7 @@ use crate::observe::metrics::{DatapathMetrics, DropLabels, EndpointLabels, Liste
 #[derive(Debug, Default)]
 pub struct RuleTexts {
     pub texts: Vec<String>,
-    pub cidrs: BTreeMap<u32, Ipv4Net>,
+    pub cidrs: BTreeMap<u32, IpNet>,
     /// Endpoint names by host veth ifindex (conntrack metrics).
     pub endpoints: BTreeMap<u32, String>,
 }
@@ -35,7 +36,8 @@ pub struct RuleTexts {
 pub struct Kernel {
     pub ring: RingBuf<MapData>,
     pub conntrack: BpfHashMap<MapData, CtKey, CtValue>,
-    /// Size of the conntrack table.
+    pub conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
+    /// Size of the (IPv4) conntrack table.
     pub capacity: u32,
     pub usage: BpfHashMap<MapData, u32, CtUsage>,
     pub freed: BpfHashMap<MapData, u32, u64>,
@@ -49,10 +51,10 @@ pub struct Kernel {
 /// A weir taking over starts collecting once it serves; one that handed
 /// over stops (`handover`): the conntrack table is the successor's.
 pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleTexts>>) {
-    let Kernel { ring, conntrack, capacity, usage, freed, drops, gc_interval } = kernel;
+    let Kernel { ring, conntrack, conntrack6, capacity, usage, freed, drops, gc_interval } = kernel;
     state.metrics.datapath.conntrack_capacity.set(i64::from(capacity));
     crate::handover::sockets::until_serving().await;
-    let mut collector = Collector::new(conntrack, usage, freed, drops);
+    let mut collector = Collector::new(conntrack, conntrack6, usage, freed, drops);
     let (counter_state, counter_rules) = (state.clone(), rules.clone());
     let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
         let mut last_sweep = Instant::now();
@@ -93,11 +95,7 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
             }
         };
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() < size_of::<Event>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote an `Event` (repr(C), plain data); read unaligned.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let Some(event) = decode(&item) else { continue };
             let model = state.model.load();
             let record = flow_of(&event, &model, &rules.read().unwrap());
             if event.kind == EVENT_DROP {
@@ -108,6 +106,36 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
         }
         guard.clear_ready();
     }
+}
+
+/// A ring record: an [`Event`], or the [`EventV4`] the programs before IPv6
+/// wrote (still attached for a moment when this weir takes over from one).
+fn decode(item: &[u8]) -> Option<Event> {
+    if item.len() >= size_of::<Event>() {
+        // SAFETY: the kernel wrote an `Event` (repr(C), plain data); read unaligned.
+        return Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    if item.len() == size_of::<EventV4>() {
+        // SAFETY: as above, the older record.
+        let old: EventV4 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        return Some(Event {
+            kind: old.kind,
+            reason: old.reason,
+            direction: old.direction,
+            protocol: old.protocol,
+            sport: old.sport,
+            dport: old.dport,
+            src_identity: old.src_identity,
+            dst_identity: old.dst_identity,
+            ifindex: old.ifindex,
+            rule: old.rule,
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            saddr: [old.saddr, 0, 0, 0],
+            daddr: [old.daddr, 0, 0, 0],
+        });
+    }
+    None
 }
 
 /// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_ns`.
@@ -121,6 +149,7 @@ pub(super) fn monotonic_ns() -> u64 {
 /// Deletes expired conntrack entries and reads the kernel's counters.
 struct Collector {
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
     usage: BpfHashMap<MapData, u32, CtUsage>,
     freed_map: BpfHashMap<MapData, u32, u64>,
     drops: PerCpuArray<MapData, u64>,
@@ -133,6 +162,7 @@ struct Collector {
 impl Collector {
     fn new(
         conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+        conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
         usage: BpfHashMap<MapData, u32, CtUsage>,
         freed_map: BpfHashMap<MapData, u32, u64>,
         drops: PerCpuArray<MapData, u64>,
@@ -141,6 +171,7 @@ impl Collector {
         let freed = freed_map.iter().filter_map(Result::ok).collect();
         Collector {
             conntrack,
+            conntrack6,
             usage,
             freed_map,
             drops,
@@ -155,21 +186,9 @@ impl Collector {
     /// hold no entry (veths come and go, each with a new ifindex).
     fn sweep(&mut self, endpoints: &BTreeMap<u32, String>) -> u64 {
         let now = monotonic_ns();
-        let expired: Vec<(CtKey, CtValue)> =
-            self.conntrack.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
-        let mut deleted = 0;
         let mut freed_now: HashMap<u32, u64> = HashMap::new();
-        for (key, value) in expired {
-            // the programs may have restarted the entry since (a new
-            // connection on the same tuple): leave that one alone
-            if self.conntrack.get(&key, 0).ok() != Some(value) {
-                continue;
-            }
-            if self.conntrack.remove(&key).is_ok() {
-                *freed_now.entry(value.owner).or_default() += 1;
-                deleted += 1;
-            }
-        }
+        let deleted = sweep_table(&mut self.conntrack, now, &mut freed_now)
+            + sweep_table(&mut self.conntrack6, now, &mut freed_now);
         // added to what the map holds, not written from this process's own
         // total: during a hand-over two weirs have collected into it
         for (owner, count) in freed_now {
@@ -228,15 +247,43 @@ impl Collector {
     }
 }
 
+/// Delete `table`'s entries whose deadline has passed, counting them per
+/// owner into `freed`; returns how many.
+fn sweep_table<K: aya::Pod>(
+    table: &mut BpfHashMap<MapData, K, CtValue>,
+    now: u64,
+    freed: &mut HashMap<u32, u64>,
+) -> u64 {
+    let expired: Vec<(K, CtValue)> = table.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
+    let mut deleted = 0;
+    for (key, value) in expired {
+        // the programs may have restarted the entry since (a new
+        // connection on the same tuple): leave that one alone
+        if table.get(&key, 0).ok() != Some(value) {
+            continue;
+        }
+        if table.remove(&key).is_ok() {
+            *freed.entry(value.owner).or_default() += 1;
+            deleted += 1;
+        }
+    }
+    deleted
+}
+
 /// Why a packet was dropped, for reasons that are not a rule's.
 fn drop_reason(event: &Event) -> String {
     match event.reason {
         REASON_SPOOFED => "spoofed source address".into(),
         REASON_VLAN => {
-            format!("VLAN-tagged frame (ethertype {:#06x}): a pod may send untagged IPv4 and ARP only", event.dport)
+            format!(
+                "VLAN-tagged frame (ethertype {:#06x}): a pod may send untagged IPv4, IPv6 and ARP only",
+                event.dport
+            )
         }
-        REASON_ETHERTYPE => format!("ethertype {:#06x}: a pod may send IPv4 and ARP only", event.dport),
-        REASON_MALFORMED => "an IPv4 header the datapath refuses (version, length)".into(),
+        REASON_ETHERTYPE => format!("ethertype {:#06x}: a pod may send IPv4, IPv6 and ARP only", event.dport),
+        REASON_MALFORMED => "an IP header the datapath refuses (version, length; an IPv6 routing header with \
+                             segments left, or more than 4 extension headers)"
+            .into(),
         REASON_FRAGMENT => "an IP fragment whose first fragment did not pass".into(),
         REASON_CT_LIMIT => "new connection refused: the endpoint holds its limit of conntrack entries".into(),
         REASON_CT_FULL => "new connection refused: the conntrack table is full".into(),
@@ -260,12 +307,20 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
             None => model.identities.world().clone(),
         }
     };
-    let address = |raw: u32, port: u16| SocketAddr::from((Ipv4Addr::from(raw.to_ne_bytes()), port));
+    let address = |raw: [u32; 4], port: u16| {
+        let ip = if event.family == FAMILY_IPV6 {
+            IpAddr::V6(super::ipv6_of(raw))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(raw[0].to_ne_bytes()))
+        };
+        SocketAddr::new(ip, port)
+    };
     let protocol = match event.protocol {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         PROTO_SCTP => "sctp",
         PROTO_ICMP => "icmp",
+        PROTO_ICMPV6 => "icmpv6",
         _ => "ip",
     };
     // ICMP's id and frame drops' ethertype (protocol 0) ride in the port field

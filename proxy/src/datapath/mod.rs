@@ -17,7 +17,7 @@ pub mod routing;
 mod status;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -28,9 +28,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use ipnet::Ipv4Net;
 use std::time::Duration;
-use weir_datapath_common::{EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, Settings, maps, programs};
+use weir_datapath_common::{
+    EndpointInfo, EndpointIpv6, IpcacheKey, IpcacheKey6, IpcacheValue, PolicyKey, PolicyValue, Settings, maps, programs,
+};
 
 use crate::config::{ConntrackConfig, DatapathConfig};
 use crate::model::PolicyModel;
@@ -116,6 +117,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(maps_dir(&config.bpffs))
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
+            .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
@@ -148,6 +150,7 @@ impl Datapath {
     pub fn take_events(&mut self) -> anyhow::Result<events::Kernel> {
         let mut take = |name: &str| self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} already taken"));
         let conntrack = take(maps::CONNTRACK)?;
+        let conntrack6 = take(maps::CONNTRACK6)?;
         // a reused pin has the size it was created with
         let capacity = match &conntrack {
             aya::maps::Map::HashMap(data) => data.info().map(|i| i.max_entries()).ok(),
@@ -156,6 +159,7 @@ impl Datapath {
         Ok(events::Kernel {
             ring: RingBuf::try_from(take(maps::EVENTS)?)?,
             conntrack: BpfHashMap::try_from(conntrack)?,
+            conntrack6: BpfHashMap::try_from(conntrack6)?,
             capacity: capacity.unwrap_or(self.config.conntrack.capacity),
             usage: BpfHashMap::try_from(take(maps::CT_USAGE)?)?,
             freed: BpfHashMap::try_from(take(maps::CT_FREED)?)?,
@@ -164,11 +168,20 @@ impl Datapath {
         })
     }
 
-    /// Hand new connections on `port` to this listening socket.
     /// Register a proxy socket the programs assign packets to: a TCP listener
-    /// or a UDP socket (`protocol`: IP number) on `port`.
-    pub fn register_proxy_socket(&mut self, port: u16, protocol: u8, socket: &impl AsRawFd) -> anyhow::Result<()> {
-        let key = weir_datapath_common::proxy_socket_key(port, protocol);
+    /// or a UDP socket (`protocol`: IP number) bound to `bind` (its port, and
+    /// its family: IPv6 packets go to IPv6 sockets).
+    pub fn register_proxy_socket(
+        &mut self,
+        bind: SocketAddr,
+        protocol: u8,
+        socket: &impl AsRawFd,
+    ) -> anyhow::Result<()> {
+        let key = if bind.is_ipv6() {
+            weir_datapath_common::proxy_socket_key6(bind.port(), protocol)
+        } else {
+            weir_datapath_common::proxy_socket_key(bind.port(), protocol)
+        };
         self.proxy_sockets.insert(key, socket.as_raw_fd(), 0).context("adding the proxy socket")?;
         Ok(())
     }
@@ -200,27 +213,31 @@ impl Datapath {
             changed |= sync_hash(&mut map, &wanted)?;
         }
         {
+            let mut map: BpfHashMap<_, u32, EndpointIpv6> =
+                BpfHashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS6).expect("in the object"))?;
+            let wanted: HashMap<u32, EndpointIpv6> =
+                desired.endpoints.iter().filter_map(|e| Some((e.ifindex, ipv6_raw(e.ipv6?)))).collect();
+            changed |= sync_hash(&mut map, &wanted)?;
+        }
+        {
+            let mut map: LpmTrie<_, IpcacheKey6, IpcacheValue> =
+                LpmTrie::try_from(self.ebpf.map_mut(maps::IPCACHE6).expect("in the object"))?;
+            let wanted: HashMap<(u32, IpcacheKey6), IpcacheValue> = desired
+                .ipcache6
+                .iter()
+                .map(|(net, value)| ((u32::from(net.prefix_len()), net.network().octets()), *value))
+                .collect();
+            changed |= sync_lpm(&mut map, &wanted)?;
+        }
+        {
             let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(maps::IPCACHE).expect("in the object"))?;
-            for (net, value) in &desired.ipcache {
-                let key = LpmKey::new(u32::from(net.prefix_len()), net.network().octets());
-                if map.get(&key, 0).ok() != Some(*value) {
-                    map.insert(&key, value, 0)?;
-                    changed = true;
-                }
-            }
-            let stale: Vec<LpmKey<IpcacheKey>> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| {
-                    let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok();
-                    !net.is_some_and(|n| desired.ipcache.contains_key(&n))
-                })
+            let wanted: HashMap<(u32, IpcacheKey), IpcacheValue> = desired
+                .ipcache
+                .iter()
+                .map(|(net, value)| ((u32::from(net.prefix_len()), net.network().octets()), *value))
                 .collect();
-            changed |= !stale.is_empty();
-            for key in stale {
-                map.remove(&key)?;
-            }
+            changed |= sync_lpm(&mut map, &wanted)?;
         }
         {
             let mut map: BpfHashMap<_, PolicyKey, PolicyValue> =
@@ -371,7 +388,9 @@ impl Datapath {
         }
         use weir_datapath_common::{PROTO_TCP, PROTO_UDP, proxy_socket_key};
         let tcp = self.config.proxy_ports().map(|(_, port)| proxy_socket_key(port, PROTO_TCP));
-        for key in tcp.chain([proxy_socket_key(self.config.dns_proxy_port, PROTO_UDP)]).collect::<Vec<_>>() {
+        let keys: Vec<u32> = tcp.chain([proxy_socket_key(self.config.dns_proxy_port, PROTO_UDP)]).collect();
+        let keys6 = keys.iter().map(|key| key | weir_datapath_common::PROXY_SOCKET_IPV6);
+        for key in keys.iter().copied().chain(keys6).collect::<Vec<_>>() {
             let _ = self.proxy_sockets.remove(&key);
         }
         for (_, pair) in std::mem::take(&mut self.attached) {
@@ -429,6 +448,45 @@ fn revision_epoch() -> u32 {
     (std::process::id() ^ nanos ^ (nanos >> 16)) & 0xFFFF
 }
 
+/// Bring an LPM trie to `wanted` ((prefix length, address) → value);
+/// whether anything changed.
+fn sync_lpm<K, V>(map: &mut LpmTrie<&mut MapData, K, V>, wanted: &HashMap<(u32, K), V>) -> anyhow::Result<bool>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let mut changed = false;
+    for ((prefix, data), value) in wanted {
+        let key = LpmKey::new(*prefix, *data);
+        if map.get(&key, 0).ok().as_ref() != Some(value) {
+            map.insert(&key, value, 0)?;
+            changed = true;
+        }
+    }
+    let stale: Vec<LpmKey<K>> =
+        map.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(&(k.prefix_len(), k.data()))).collect();
+    changed |= !stale.is_empty();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(changed)
+}
+
+/// An IPv6 address as the programs read it off the wire.
+fn ipv6_raw(address: Ipv6Addr) -> EndpointIpv6 {
+    let o = address.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+/// The reverse of [`ipv6_raw`].
+pub(crate) fn ipv6_of(raw: EndpointIpv6) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (i, word) in raw.iter().enumerate() {
+        octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
+}
+
 /// Bring `map` to `wanted`; whether anything changed.
 fn sync_hash<K, V>(map: &mut BpfHashMap<&mut MapData, K, V>, wanted: &HashMap<K, V>) -> anyhow::Result<bool>
 where
@@ -474,8 +532,8 @@ fn ifindex_of(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// The node's own IPv4 addresses (`reserved:host` in the ipcache).
-fn node_addresses() -> Vec<Ipv4Addr> {
+/// The node's own addresses (`reserved:host` in the ipcache).
+fn node_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we walk read-only and free once.
@@ -488,7 +546,10 @@ fn node_addresses() -> Vec<Ipv4Addr> {
             let addr = (*cursor).ifa_addr;
             if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
                 let sin = &*(addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET6 {
+                let sin6 = &*(addr as *const libc::sockaddr_in6);
+                out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
             }
             cursor = (*cursor).ifa_next;
         }
@@ -504,6 +565,11 @@ fn node_addresses() -> Vec<Ipv4Addr> {
 /// packets to them.
 pub fn proxy_bind(config: &DatapathConfig, protocol: Protocol) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], config.proxy_port_of(protocol)))
+}
+
+/// The same for IPv6 (`::1`): IPv6 packets are assigned to IPv6 sockets.
+pub fn proxy_bind6(config: &DatapathConfig, protocol: Protocol) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, config.proxy_port_of(protocol)))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! - `ip rule pref P+1 fwmark TO_PROXY/MASK lookup T` and
 //!   `ip route add local 0.0.0.0/0 dev lo table T`: packets the programs
 //!   marked are delivered locally, to the socket they were assigned to.
+//! - the same two rules and `local ::/0` for IPv6, where the node has IPv6
+//!   (without, it is logged and IPv6 L7 traffic fails closed).
 //! - `net.ipv4.tcp_fwmark_accept=1`: an accepted socket takes the SYN's mark,
 //!   so the proxy reads the sender's identity with `SO_MARK`.
 //!
@@ -39,6 +41,9 @@ pub struct NodeState {
     pub fwmark_accept_before: Option<String>,
     pub rules_installed: bool,
 }
+
+/// `ip`'s family flag and the whole address space of each family.
+const FAMILIES: [(&str, &str); 2] = [("-4", "0.0.0.0/0"), ("-6", "::/0")];
 
 /// Where the state file for a bpffs directory lives (bpffs holds only BPF
 /// objects): `/run/weir/` plus the directory path made a file name.
@@ -114,36 +119,51 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
     state.rules_installed = true;
     write_state(&config.bpffs, state)?;
 
+    // one sysctl for both families: TCP over IPv6 reads it too
     std::fs::write(FWMARK_ACCEPT, "1").context("setting net.ipv4.tcp_fwmark_accept=1")?;
+    for (family, everything) in FAMILIES {
+        match install_family(config, family, everything) {
+            Ok(()) => {}
+            // a node without IPv6 still redirects IPv4
+            Err(e) if family == "-6" => {
+                tracing::warn!("IPv6 redirect rules not installed (IPv6 L7 fails closed): {e:#}")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn install_family(config: &DatapathConfig, family: &str, everything: &str) -> anyhow::Result<()> {
     let (first, second) = (config.rule_priority.to_string(), (config.rule_priority + 1).to_string());
     let table = config.route_table.to_string();
-    let rules = ip(&["-4", "rule", "show"])?;
+    let rules = ip(&[family, "rule", "show"])?;
     if !rules.lines().any(|l| l.starts_with(&format!("{first}:"))) {
-        ip(&["-4", "rule", "add", "pref", &first, "fwmark", &fwmark(), "iif", "lo", "lookup", "main"])?;
+        ip(&[family, "rule", "add", "pref", &first, "fwmark", &fwmark(), "iif", "lo", "lookup", "main"])?;
     }
     if !rules.lines().any(|l| l.starts_with(&format!("{second}:"))) {
-        ip(&["-4", "rule", "add", "pref", &second, "fwmark", &fwmark(), "lookup", &table])?;
+        ip(&[family, "rule", "add", "pref", &second, "fwmark", &fwmark(), "lookup", &table])?;
     }
-    ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
+    ip(&[family, "route", "replace", "local", everything, "dev", "lo", "table", &table])?;
     Ok(())
 }
 
 /// Undo what `install` did; every step is tried, errors are collected.
 pub fn uninstall(state: &NodeState) -> Vec<String> {
     let mut errors = Vec::new();
-    if state.rules_installed {
+    for (family, _) in FAMILIES.iter().filter(|_| state.rules_installed) {
         for pref in [state.rule_priority, state.rule_priority + 1] {
             let pref = pref.to_string();
-            if let Ok(rules) = ip(&["-4", "rule", "show"])
+            if let Ok(rules) = ip(&[family, "rule", "show"])
                 && rules.lines().any(|l| l.starts_with(&format!("{pref}:")))
-                && let Err(e) = ip(&["-4", "rule", "del", "pref", &pref])
+                && let Err(e) = ip(&[family, "rule", "del", "pref", &pref])
             {
                 errors.push(e.to_string());
             }
         }
         let table = state.route_table.to_string();
-        if ip(&["-4", "route", "show", "table", &table]).is_ok_and(|r| !r.trim().is_empty())
-            && let Err(e) = ip(&["-4", "route", "flush", "table", &table])
+        if ip(&[family, "route", "show", "table", &table]).is_ok_and(|r| !r.trim().is_empty())
+            && let Err(e) = ip(&[family, "route", "flush", "table", &table])
         {
             errors.push(e.to_string());
         }
@@ -161,8 +181,9 @@ pub fn uninstall(state: &NodeState) -> Vec<String> {
 /// point-to-point CNIs (Calico, Cilium's veth mode, the ptp plugin, AWS VPC
 /// CNI) and the node harness of the tests route pods. `None`: no such route
 /// (not yet, or a bridge CNI whose pods share a bridge's subnet route).
-pub fn interface_routing_to(address: std::net::Ipv4Addr) -> anyhow::Result<Option<String>> {
-    let routes = ip(&["-4", "-o", "route", "show", "table", "main", "exact", &format!("{address}/32")])?;
+pub fn interface_routing_to(address: std::net::IpAddr) -> anyhow::Result<Option<String>> {
+    let (family, host) = if address.is_ipv4() { ("-4", 32) } else { ("-6", 128) };
+    let routes = ip(&[family, "-o", "route", "show", "table", "main", "exact", &format!("{address}/{host}")])?;
     Ok(routes.lines().find_map(|line| {
         let mut words = line.split_whitespace();
         // `10.200.0.10 dev veth1 scope link`: a device, not a gateway
@@ -177,16 +198,25 @@ pub fn interface_routing_to(address: std::net::Ipv4Addr) -> anyhow::Result<Optio
 pub fn describe(config: &DatapathConfig) -> Vec<String> {
     let mut out = Vec::new();
     let prefs = [config.rule_priority.to_string(), (config.rule_priority + 1).to_string()];
-    if let Ok(rules) = ip(&["-4", "rule", "show"]) {
-        out.extend(
-            rules
-                .lines()
-                .filter(|l| prefs.iter().any(|p| l.starts_with(&format!("{p}:"))))
-                .map(|l| format!("rule {l}")),
-        );
-    }
-    if let Ok(routes) = ip(&["-4", "route", "show", "table", &config.route_table.to_string()]) {
-        out.extend(routes.lines().filter(|l| !l.is_empty()).map(|l| format!("route table {} {l}", config.route_table)));
+    for (family, _) in FAMILIES {
+        // IPv6's lines say so; IPv4's read as they always did
+        let which = if family == "-6" { "ipv6 " } else { "" };
+        if let Ok(rules) = ip(&[family, "rule", "show"]) {
+            out.extend(
+                rules
+                    .lines()
+                    .filter(|l| prefs.iter().any(|p| l.starts_with(&format!("{p}:"))))
+                    .map(|l| format!("{which}rule {l}")),
+            );
+        }
+        if let Ok(routes) = ip(&[family, "route", "show", "table", &config.route_table.to_string()]) {
+            out.extend(
+                routes
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("{which}route table {} {l}", config.route_table)),
+            );
+        }
     }
     if let Ok(v) = std::fs::read_to_string(FWMARK_ACCEPT) {
         out.push(format!("sysctl net.ipv4.tcp_fwmark_accept={}", v.trim()));

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use weir_datapath_common::{CtKey, CtUsage, CtValue, DROP_REASONS, EndpointInfo, maps, reason_name};
+use weir_datapath_common::{
+    CtKey, CtKey6, CtUsage, CtValue, DROP_REASONS, EndpointInfo, EndpointIpv6, maps, reason_name,
+};
 
 use super::{links_dir, maps_dir, routing};
 use crate::config::DatapathConfig;
@@ -88,15 +90,22 @@ fn map_of(data: MapData) -> Option<Map> {
 fn fill_level(name: &str, data: MapData) -> Option<String> {
     let max = data.info().ok()?.max_entries();
     let map = map_of(data)?;
-    if name == maps::CONNTRACK {
-        let table = BpfHashMap::<_, CtKey, CtValue>::try_from(map).ok()?;
-        let now = super::events::monotonic_ns();
+    let now = super::events::monotonic_ns();
+    let live = |values: &mut dyn Iterator<Item = CtValue>| {
         let (mut all, mut live) = (0u64, 0u64);
-        for (_, value) in table.iter().filter_map(Result::ok) {
+        for value in values {
             all += 1;
             live += u64::from(value.expires > now);
         }
-        return Some(format!("{all}/{max} entries ({live} live)"));
+        format!("{all}/{max} entries ({live} live)")
+    };
+    if name == maps::CONNTRACK {
+        let table = BpfHashMap::<_, CtKey, CtValue>::try_from(map).ok()?;
+        return Some(live(&mut table.iter().filter_map(Result::ok).map(|(_, v)| v)));
+    }
+    if name == maps::CONNTRACK6 {
+        let table = BpfHashMap::<_, CtKey6, CtValue>::try_from(map).ok()?;
+        return Some(live(&mut table.iter().filter_map(Result::ok).map(|(_, v)| v)));
     }
     let count = match map {
         Map::HashMap(data) | Map::LruHashMap(data) | Map::LpmTrie(data) => count_keys(&data),
@@ -159,6 +168,10 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
         .and_then(|m| BpfHashMap::<_, u32, CtUsage>::try_from(m).ok())
         .map(|m| m.iter().filter_map(Result::ok).collect())
         .unwrap_or_default();
+    let ipv6: BTreeMap<u32, EndpointIpv6> = pinned(maps_dir, maps::ENDPOINTS6)
+        .and_then(|m| BpfHashMap::<_, u32, EndpointIpv6>::try_from(m).ok())
+        .map(|m| m.iter().filter_map(Result::ok).collect())
+        .unwrap_or_default();
     let freed: BTreeMap<u32, u64> = pinned(maps_dir, maps::CT_FREED)
         .and_then(|m| BpfHashMap::<_, u32, u64>::try_from(m).ok())
         .map(|m| m.iter().filter_map(Result::ok).collect())
@@ -175,7 +188,10 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
             let gone = u.reclaimed + freed.get(&ifindex).copied().unwrap_or(0);
             (u.created.saturating_sub(gone), u.refused)
         });
-        let address = std::net::Ipv4Addr::from(info.ipv4.to_ne_bytes());
+        let mut address = std::net::Ipv4Addr::from(info.ipv4.to_ne_bytes()).to_string();
+        if let Some(v6) = ipv6.get(&ifindex) {
+            address = format!("{address},{}", super::ipv6_of(*v6));
+        }
         out.push(format!(
             "endpoint {interface} {address} identity {}: programs {programs}; conntrack {held} held, {refused} refused",
             info.identity

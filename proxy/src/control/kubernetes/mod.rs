@@ -20,7 +20,7 @@ pub mod reflect;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,14 +115,14 @@ pub struct KubernetesSource {
 #[derive(Default)]
 struct Routes {
     /// By (pod uid, address): a route does not move while its pod lives.
-    found: Mutex<HashMap<(String, Ipv4Addr), String>>,
+    found: Mutex<HashMap<(String, IpAddr), String>>,
     /// Local pods with an address and no route to it yet: looked for again
     /// every second, and the model rebuilt only when one appears.
-    missing: Mutex<HashSet<(String, Ipv4Addr)>>,
+    missing: Mutex<HashSet<(String, IpAddr)>>,
 }
 
 impl Routes {
-    fn lookup(&self, key: &(String, Ipv4Addr)) -> Option<String> {
+    fn lookup(&self, key: &(String, IpAddr)) -> Option<String> {
         if let Some(found) = self.found.lock().unwrap().get(key) {
             return Some(found.clone());
         }
@@ -299,18 +299,17 @@ impl KubernetesSource {
                 continue;
             }
             let local = pod.node == self.options.node;
-            let ipv4 = addresses.iter().find_map(|a| match a {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            });
-            let interface = match ipv4 {
-                Some(ipv4) if local && self.options.datapath => {
-                    let key = (pod.uid.clone(), ipv4);
+            // the interface is found by the pod's IPv4 address, or its IPv6
+            // one when it has only that
+            let routed_by = addresses.iter().find(|a| a.is_ipv4()).or(addresses.first()).copied();
+            let interface = match routed_by {
+                Some(address) if local && self.options.datapath => {
+                    let key = (pod.uid.clone(), address);
                     let found = self.routes.lookup(&key);
                     routed.insert(key.clone());
                     if found.is_none() {
                         if !self.routes.missing.lock().unwrap().contains(&key) {
-                            tracing::warn!(pod = %format!("{namespace}/{name}"), address = %ipv4,
+                            tracing::warn!(pod = %format!("{namespace}/{name}"), %address,
                                 "no host route to a local pod's address yet: not policed until there is one");
                         }
                         missing.insert(key);

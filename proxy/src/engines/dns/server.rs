@@ -176,7 +176,12 @@ fn bind_transparent_udp_socket(addr: SocketAddr) -> std::io::Result<std::net::Ud
     socket.set_nonblocking(true)?;
     let _ = socket.set_recv_buffer_size(4 << 20);
     let on: libc::c_int = 1;
-    for (level, option) in [(libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR), (libc::SOL_SOCKET, SO_RCVMARK)] {
+    let original_destination = if addr.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR)
+    };
+    for (level, option) in [original_destination, (libc::SOL_SOCKET, SO_RCVMARK)] {
         // SAFETY: a valid fd and a c_int option value of the right size.
         let rc = unsafe {
             libc::setsockopt(
@@ -208,12 +213,12 @@ fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<D
     // the call, with their true lengths; control messages are read with the
     // CMSG macros within msg_controllen.
     unsafe {
-        let mut peer: libc::sockaddr_in = std::mem::zeroed();
+        let mut peer: libc::sockaddr_storage = std::mem::zeroed();
         let mut control = [0u8; 128];
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_name = &mut peer as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
@@ -225,7 +230,13 @@ fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<D
         let v4 = |sa: &libc::sockaddr_in| {
             SocketAddr::from((u32::from_be(sa.sin_addr.s_addr).to_be_bytes(), u16::from_be(sa.sin_port)))
         };
-        let mut datagram = Datagram { len: n as usize, peer: v4(&peer), original_destination: None, mark: 0 };
+        let v6 = |sa: &libc::sockaddr_in6| SocketAddr::from((sa.sin6_addr.s6_addr, u16::from_be(sa.sin6_port)));
+        let peer = if i32::from(peer.ss_family) == libc::AF_INET6 {
+            v6(&*(&peer as *const libc::sockaddr_storage as *const libc::sockaddr_in6))
+        } else {
+            v4(&*(&peer as *const libc::sockaddr_storage as *const libc::sockaddr_in))
+        };
+        let mut datagram = Datagram { len: n as usize, peer, original_destination: None, mark: 0 };
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let data = libc::CMSG_DATA(cmsg);
@@ -233,6 +244,10 @@ fn recv_with_origin(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<D
                 (libc::IPPROTO_IP, libc::IP_ORIGDSTADDR) => {
                     let sa = std::ptr::read_unaligned(data as *const libc::sockaddr_in);
                     datagram.original_destination = Some(v4(&sa));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_ORIGDSTADDR) => {
+                    let sa = std::ptr::read_unaligned(data as *const libc::sockaddr_in6);
+                    datagram.original_destination = Some(v6(&sa));
                 }
                 (libc::SOL_SOCKET, libc::SO_MARK) => {
                     datagram.mark = std::ptr::read_unaligned(data as *const u32);

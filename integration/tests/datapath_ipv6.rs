@@ -1,0 +1,328 @@
+//! The eBPF datapath on a dual-stack node: pods with IPv4 and IPv6
+//! addresses, real clients and servers in them (curl, Python TCP and HTTP
+//! servers bound to IPv6), weir with `--datapath ebpf`. IPv6 is judged as
+//! IPv4 is: the same policies, conntrack of its own, the L7 redirect to the
+//! proxy's IPv6 listener, anti-spoofing, neighbour discovery passing.
+
+use std::time::Duration;
+
+use weir::observe::flow::{FlowRecord, Verdict};
+use weir_integration::node::{Node, peer_script};
+use weir_integration::wait_for;
+
+const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
+
+/// srv takes TCP 7000 from the client (L3/L4), and HTTP GET /public* on 80
+/// (L7); `other` is denied outright. srv's egress is not enforced.
+const SERVER_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-dual}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "7000", protocol: TCP}]
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/public.*"}]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: other}}]
+"#;
+
+const LABELS: &[(&str, &str)] = &[("cli", "client"), ("srv", "server"), ("oth", "other")];
+
+fn flows(node: &Node) -> Vec<FlowRecord> {
+    node.weir().flows("")
+}
+
+fn wait_flow(node: &Node, what: &str, mut pick: impl FnMut(&FlowRecord) -> bool) -> FlowRecord {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(10), || {
+        found = flows(node).into_iter().find(|f| pick(f));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn metric(node: &Node, series: &str) -> u64 {
+    let text = node.weir().metrics();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn drops(node: &Node, reason: &str) -> u64 {
+    metric(node, &format!("weir_datapath_drops_total{{reason=\"{reason}\"}}"))
+}
+
+fn ip6(node: &Node, pod: &str) -> String {
+    node.pod(pod).ip6.expect("a dual-stack pod").to_string()
+}
+
+/// One line through a fresh TCP connection from `pod` to `[host]:port`: the
+/// echo, or what went wrong (`error ...`, `closed`).
+fn echo_once(node: &Node, pod: &str, host: &str, port: u16, line: &str) -> String {
+    let out = node.run_in(pod, "python3", &[&peer_script(), "lines", host, &port.to_string()], &format!("{line}\n"));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if text.is_empty() { format!("error {}", String::from_utf8_lossy(&out.stderr).trim()) } else { text }
+}
+
+/// Python, run in `pod`: one ICMPv6 echo request to `to`; "reply" or "none".
+fn ping6(node: &Node, pod: &str, to: &str) -> String {
+    let program = format!(
+        "import socket,struct\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n\
+         s.settimeout(2)\n\
+         s.sendto(struct.pack('!BBHHH',128,0,0,0x4242,1)+b'weir',('{to}',0))\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       data,_=s.recvfrom(1500)\n\
+         \x20       if data[0]==129 and data[4:6]==b'\\x42\\x42':\n\
+         \x20           print('reply'); break\n\
+         except socket.timeout:\n\
+         \x20   print('none')\n"
+    );
+    let out = node.in_pod(pod, "python3").args(["-c", &program]).output().expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn start(node: &mut Node) {
+    node.enter();
+    let (server, server6) = (node.pod("srv").ip.to_string(), ip6(node, "srv"));
+    for (name, host) in [("echo v4", server.clone()), ("echo v6", server6.clone())] {
+        node.serve("srv", name, "python3", &[&peer_script(), "tcp-echo", &host, "7000"]);
+    }
+    node.serve("srv", "http v6", "python3", &[&peer_script(), "http", &server6, "80"]);
+    node.serve("oth", "echo", "python3", &[&peer_script(), "tcp-echo", "::", "7100"]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(LABELS));
+    node.start_weir(&config, &[("server.yaml", SERVER_POLICY)]);
+    wait_for("the IPv6 echo server through the datapath", Duration::from_secs(10), || {
+        echo_once(node, "cli", &server6, 7000, "ready") == "ready"
+    });
+}
+
+#[test]
+fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
+    let mut node = Node::dual_stack(&["cli", "srv", "oth"]);
+    start(&mut node);
+    let (server, server6, client6) = (node.pod("srv").ip.to_string(), ip6(&node, "srv"), ip6(&node, "cli"));
+
+    // the same rule lets the client in over both families
+    assert_eq!(echo_once(&node, "cli", &server, 7000, "over-v4"), "over-v4");
+    assert_eq!(echo_once(&node, "cli", &server6, 7000, "over-v6"), "over-v6");
+
+    // `other` is denied over IPv6 as over IPv4: its SYN is dropped in the
+    // kernel, and the drop is a flow with IPv6 addresses and the rule's name
+    assert!(echo_once(&node, "oth", &server6, 7000, "hostile").starts_with("error"), "other got through");
+    let drop = wait_flow(&node, "the IPv6 drop flow", |f| {
+        f.verdict == Verdict::Dropped && f.source.address.ip().is_ipv6() && f.port == 7000
+    });
+    assert_eq!(drop.source.address.ip().to_string(), ip6(&node, "oth"));
+    assert_eq!(drop.destination.address.ip().to_string(), server6);
+    assert!(drop.source.labels.iter().any(|l| l == "k8s:app=other"), "{drop:?}");
+    assert!(drop.reason.as_deref().unwrap_or_default().contains("server-dual"), "{drop:?}");
+
+    // a port no rule names is closed to the client too (default deny)
+    assert!(echo_once(&node, "cli", &server6, 7001, "closed-port").starts_with("error"));
+    wait_flow(&node, "the default-deny flow", |f| {
+        f.verdict == Verdict::Dropped && f.port == 7001 && f.source.address.ip().to_string() == client6
+    });
+
+    // srv takes nothing from `other`, yet its own connection out to `other`
+    // gets its replies: conntrack of IPv6 connections, as of IPv4 ones
+    assert_eq!(echo_once(&node, "srv", &ip6(&node, "oth"), 7100, "out-and-back"), "out-and-back");
+
+    // ICMPv6: echo to an unenforced pod and back; to srv, whose ingress
+    // allows no ICMP from anyone, nothing comes back
+    assert_eq!(ping6(&node, "cli", &ip6(&node, "oth")), "reply");
+    assert_eq!(ping6(&node, "cli", &server6), "none");
+
+    // a pod may send only from its own IPv6 address: the client borrowing
+    // the other pod's address is dropped and counted
+    let spoofed_before = drops(&node, "spoofed_source");
+    let forge = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6,75,1)\n\
+         s.bind(('{}',0))\n\
+         s.sendto(b'forged',('{server6}',7000))\n",
+        ip6(&node, "oth")
+    );
+    let out = node.in_pod("cli", "python3").args(["-c", &forge]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the spoofed IPv6 datagram counted", Duration::from_secs(10), || {
+        drops(&node, "spoofed_source") > spoofed_before
+    });
+
+    // `weir datapath status` names both addresses and the IPv6 table's entries
+    let status = node.datapath_status();
+    let endpoint = format!("endpoint {} {},{client6} identity ", node.pod("cli").interface, node.pod("cli").ip);
+    assert!(status.lines().any(|l| l.starts_with(&endpoint)), "no {endpoint:?} in:\n{status}");
+    let conntrack6 = status
+        .lines()
+        .find(|l| l.starts_with(&format!("map {}/maps/WEIR_CONNTRACK6 ", node.bpffs)))
+        .unwrap_or_else(|| panic!("no IPv6 conntrack map in:\n{status}"));
+    let live: u64 = conntrack6.split('(').nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!(live >= 1, "{conntrack6}");
+    assert!(status.lines().any(|l| l.starts_with("ipv6 route table 2004 local default dev lo")), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("ipv6 rule 9001:") && l.contains("lookup 2004")), "{status}");
+}
+
+#[test]
+fn ipv6_l7_rules_go_through_the_proxy_with_the_senders_identity() {
+    let mut node = Node::dual_stack(&["cli", "srv", "oth"]);
+    start(&mut node);
+    let (server6, client6) = (ip6(&node, "srv"), ip6(&node, "cli"));
+    let url = |path: &str| format!("http://[{server6}]{path}");
+
+    // allowed: reaches the server once, from the client's own IPv6 address
+    let (status, body) = node.curl("cli", &url("/public/a"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("client={client6}:")), "source address not kept: {body}");
+    assert_eq!(body.matches("path=").count(), 1, "{body}");
+
+    // refused at L7 by the proxy
+    let (status, body) = node.curl("cli", &url("/private"));
+    assert_eq!((status, body.as_str()), (403, "Access denied\r\n"));
+    let denied = wait_flow(&node, "the IPv6 L7 denial", |f| {
+        f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
+    });
+    assert_eq!(denied.source.address.ip().to_string(), client6);
+    assert!(denied.source.labels.iter().any(|l| l == "k8s:app=client"), "{denied:?}");
+    assert!(denied.destination.labels.iter().any(|l| l == "k8s:app=server"), "{denied:?}");
+    assert_eq!(denied.listener, "ebpf");
+
+    // `other` never reaches the proxy: dropped in the kernel
+    assert_eq!(node.curl("oth", &url("/public/a")).0, 0);
+}
+
+/// The client may ask `kube-dns` about `*.example.com` (over UDP and TCP) and
+/// reach `api.example.com` on TCP 9000, wherever DNS says it is.
+const CLIENT_FQDN_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: kube-dns}}]
+      toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules:
+            dns: [{matchPattern: "*.example.com"}]
+    - toFQDNs: [{matchName: api.example.com}]
+      toPorts:
+        - ports: [{port: "9000", protocol: TCP}]
+"#;
+
+fn dig6(node: &Node, resolver: &str, args: &[&str]) -> (Option<String>, String) {
+    let out = node
+        .in_pod("cli", "dig")
+        .arg(format!("@{resolver}"))
+        .args(["+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|rest| rest.split([',', ';']).next().unwrap_or("").trim().to_string());
+    (status, text)
+}
+
+#[test]
+fn dns_over_ipv6_is_judged_and_aaaa_answers_open_to_fqdns_in_the_kernel() {
+    let mut node = Node::dual_stack(&["cli", "dns", "ext"]);
+    node.enter();
+    let (resolver6, external6) = (ip6(&node, "dns"), ip6(&node, "ext"));
+    node.serve("ext", "echo", "python3", &[&peer_script(), "tcp-echo", &external6, "9000"]);
+    let records =
+        [format!("api.example.com. 2 IN AAAA {external6}"), format!("www.example.com. 300 IN AAAA {external6}")];
+    let resolver_address = node.pod("dns").ip6.unwrap().into();
+    let _unbound = node.unbound_at("dns", resolver_address, &["example.com."], &records);
+    // ext is no endpoint: its address is the world's
+    let config = format!(
+        "{BASE}datapath:\n  bpffs: {}\nendpoints:\n  \
+         - {{name: cli, addresses: [{}, \"{}\"], interface: {}, labels: {{app: client}}}}\n  \
+         - {{name: dns, addresses: [{}, \"{resolver6}\"], interface: {}, labels: {{app: kube-dns}}}}\n",
+        node.bpffs,
+        node.pod("cli").ip,
+        ip6(&node, "cli"),
+        node.pod("cli").interface,
+        node.pod("dns").ip,
+        node.pod("dns").interface
+    );
+    node.start_weir(&config, &[("client.yaml", CLIENT_FQDN_POLICY)]);
+
+    // nothing learned yet: the world server is closed to the client
+    assert!(echo_once(&node, "cli", &external6, 9000, "early").starts_with("error"));
+
+    // DNS over IPv6, UDP and TCP, to the resolver the pod addressed: weir's
+    // IPv6 DNS sockets answer refusals and pass the rest on
+    let (status, text) = dig6(&node, &resolver6, &["evil.example.org", "AAAA"]);
+    assert_eq!(status.as_deref(), Some("REFUSED"), "{text}");
+    let (status, text) = dig6(&node, &resolver6, &["+tcp", "www.example.com", "AAAA"]);
+    assert_eq!(status.as_deref(), Some("NOERROR"), "DNS over TCP: {text}");
+    let flows = node.weir().flows("protocol=dns");
+    let denied = flows.iter().find(|f| f.verdict == Verdict::Denied).expect("a denied DNS flow");
+    assert!(denied.source.labels.iter().any(|l| l == "k8s:app=client"), "identity from the mark: {denied:?}");
+    assert_eq!(denied.destination.address.to_string(), format!("[{resolver6}]:53"), "the resolver the pod asked");
+    // www.example.com has the same address, but toFQDNs names api.example.com
+    assert!(echo_once(&node, "cli", &external6, 9000, "other-name").starts_with("error"));
+
+    // the AAAA answer for the allowed name opens its address for the TTL
+    let (status, text) = dig6(&node, &resolver6, &["api.example.com", "AAAA"]);
+    assert_eq!(status.as_deref(), Some("NOERROR"), "{text}");
+    assert!(text.contains(&external6), "{text}");
+    assert_eq!(echo_once(&node, "cli", &external6, 9000, "learned"), "learned");
+    // TTL 2 s: the kernel forgets the address, new connections are dropped
+    wait_for("the learned address to expire", Duration::from_secs(10), || {
+        echo_once(&node, "cli", &external6, 9000, "late").starts_with("error")
+    });
+}
+
+#[test]
+fn ipv6_l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
+    let labels = [("cli", "client"), ("oth", "other"), ("srv", "server")];
+    let mut a = Node::dual_stack_in_subnet(&["cli", "oth"], 1);
+    let mut b = Node::dual_stack_in_subnet(&["srv"], 2);
+    Node::wire(&mut a, &mut b, &labels);
+    let (server6, client6) = (ip6(&b, "srv"), ip6(&a, "cli"));
+    b.serve("srv", "http v6", "python3", &[&peer_script(), "http", &server6, "80"]);
+    b.serve("srv", "echo v6", "python3", &[&peer_script(), "tcp-echo", &server6, "7000"]);
+    a.enter();
+    a.start_weir(&format!("{BASE}{}", a.endpoints_yaml(&labels)), &[("server.yaml", SERVER_POLICY)]);
+    a.leave();
+    b.enter();
+    b.start_weir(&format!("{BASE}{}", b.endpoints_yaml(&labels)), &[("server.yaml", SERVER_POLICY)]);
+
+    // over the wire in IPv6: B's weir_from_netdev hands the connection to
+    // B's proxy, which judges it with A's pod's identity from B's ipcache
+    let url = |path: &str| format!("http://[{server6}]{path}");
+    wait_for("the server across the wire", Duration::from_secs(10), || a.curl("cli", &url("/public/ready")).0 == 200);
+    let (status, body) = a.curl("cli", &url("/public/a"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("client={client6}:")), "source address not kept: {body}");
+    assert_eq!(body.matches("path=").count(), 1, "{body}");
+    assert_eq!(a.curl("cli", &url("/private")).0, 403);
+    let denied = wait_flow(&b, "the L7 denial on B", |f| {
+        f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
+    });
+    assert!(denied.source.labels.iter().any(|l| l == "k8s:app=client"), "{denied:?}");
+    assert_eq!(denied.source.address.ip().to_string(), client6);
+
+    // L3/L4 across the wire: allowed for the client, dropped for `other`
+    assert_eq!(echo_once(&a, "cli", &server6, 7000, "across"), "across");
+    assert!(echo_once(&a, "oth", &server6, 7000, "hostile").starts_with("error"));
+    assert_eq!(a.curl("oth", &url("/public/a")).0, 0);
+    wait_flow(&b, "B's drop of the other pod", |f| {
+        f.verdict == Verdict::Dropped && f.source.address.ip().to_string() == ip6(&a, "oth")
+    });
+}
