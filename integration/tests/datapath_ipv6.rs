@@ -138,6 +138,21 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
     // gets its replies: conntrack of IPv6 connections, as of IPv4 ones
     assert_eq!(echo_once(&node, "srv", &ip6(&node, "oth"), 7100, "out-and-back"), "out-and-back");
 
+    // neighbour discovery passes only on the link: a neighbour solicitation
+    // sent to srv's routed address (hop limit 255, as ND's) is ICMPv6 that
+    // srv's ingress allows from no one, and is dropped like any other
+    let smuggle = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n\
+         s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_UNICAST_HOPS,255)\n\
+         s.sendto(bytes([135,0,0,0,0,0,0,0])+socket.inet_pton(socket.AF_INET6,'{server6}')+b'smuggled',('{server6}',0))\n"
+    );
+    let out = node.in_pod("cli", "python3").args(["-c", &smuggle]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_flow(&node, "the routed neighbour solicitation dropped", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == server6
+    });
+
     // ICMPv6: echo to an unenforced pod and back; to srv, whose ingress
     // allows no ICMP from anyone, nothing comes back
     assert_eq!(ping6(&node, "cli", &ip6(&node, "oth")), "reply");

@@ -119,11 +119,13 @@ const ICMPV6_TIME_EXCEEDED: u8 = 3;
 const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
-/// MLD query, report, done (130-132); router and neighbour solicitation and
-/// advertisement (133-136); MLDv2 report (143).
-const ICMPV6_MLD_FIRST: u8 = 130;
-const ICMPV6_ND_LAST: u8 = 136;
+/// MLD query, report and done (130-132, from the query on) and MLDv2 report
+/// (143); router and
+/// neighbour solicitation and advertisement (133-136).
+const ICMPV6_MLD_QUERY: u8 = 130;
 const ICMPV6_MLD2_REPORT: u8 = 143;
+const ICMPV6_ROUTER_SOLICITATION: u8 = 133;
+const ICMPV6_NEIGHBOR_ADVERTISEMENT: u8 = 136;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
@@ -450,6 +452,7 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
         return Ok(Parsed::Drop(REASON_MALFORMED));
     }
     let mut next: u8 = ctx.load(ETH_HLEN + 6)?;
+    let hop_limit: u8 = ctx.load(ETH_HLEN + 7)?;
     let saddr: [u32; 4] = ctx.load(ETH_HLEN + 8)?;
     let daddr: [u32; 4] = ctx.load(ETH_HLEN + 24)?;
     let mut offset = ETH_HLEN + IPV6_HLEN;
@@ -490,7 +493,11 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     } else if next == PROTO_ICMPV6 {
         let icmp_type: u8 = ctx.load(l4)?;
         match icmp_type {
-            ICMPV6_MLD_FIRST..=ICMPV6_ND_LAST | ICMPV6_MLD2_REPORT => return Ok(Parsed::Neighbor),
+            ICMPV6_MLD_QUERY..=ICMPV6_NEIGHBOR_ADVERTISEMENT | ICMPV6_MLD2_REPORT
+                if on_link(icmp_type, hop_limit, &saddr, &daddr) =>
+            {
+                return Ok(Parsed::Neighbor);
+            }
             ICMPV6_ECHO_REQUEST => {
                 packet.tuple.sport = ctx.load(l4 + 4)?;
                 packet.reply_candidate = false;
@@ -512,6 +519,23 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
         }
     }
     Ok(Parsed::Ipv6(packet))
+}
+
+/// Whether an ICMPv6 neighbour discovery or MLD message stays on the link,
+/// as the link's housekeeping does: ND with hop limit 255 and MLD with 1
+/// (RFC 4861, 2710: receivers drop others), from or to a link-local
+/// address, or to a multicast group. Unlike ARP these messages can be
+/// routed: one to another pod's or the world's address is judged by policy
+/// like any ICMPv6 (forwarded, its hop limit is below 255 at the receiving
+/// veth; a link-local source is never forwarded).
+#[inline(always)]
+fn on_link(icmp_type: u8, hop_limit: u8, saddr: &[u32; 4], daddr: &[u32; 4]) -> bool {
+    let neighbour_discovery = (ICMPV6_ROUTER_SOLICITATION..=ICMPV6_NEIGHBOR_ADVERTISEMENT).contains(&icmp_type);
+    let wanted = if neighbour_discovery { 255 } else { 1 };
+    let first = |a: &[u32; 4]| a[0].to_ne_bytes();
+    let link_local = |a: &[u32; 4]| first(a)[0] == 0xfe && first(a)[1] & 0xc0 == 0x80;
+    let multicast = first(daddr)[0] == 0xff;
+    hop_limit == wanted && (link_local(saddr) || link_local(daddr) || multicast)
 }
 
 /// The tuple of the IPv6 packet an ICMPv6 error quotes at `offset`, when its
