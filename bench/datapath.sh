@@ -13,6 +13,8 @@
 #   x-none      from a pod on a second node (joined by a veth wire), no weir
 #   x-l7        the same with the L7 rule, which the server node's weir
 #               enforces after weir_from_netdev hands it the connection
+#   none6, l3l4-6, l7-ebpf6
+#               none, l3l4 and l7-ebpf between the same pods over IPv6
 #
 # HTTP: wrk in the client pod against nginx in the server pod (rps, p50, p99).
 # TCP stream: iperf3 for none and l3l4. Prints ratios to `none`, and for the
@@ -31,6 +33,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 P=wbench
 CLIENT=10.200.0.10 SERVER=10.200.0.11 REMOTE=10.200.1.10
+CLIENT6=fd00:200::a SERVER6=fd00:200::b
 
 scripts/setup.sh
 # WEIR_BIN=PATH measures another build (e.g. the previous commit's) instead
@@ -58,7 +61,7 @@ for n in node cli srv; do ip netns del $P-$n 2>/dev/null || true; done
 for n in node cl2; do ip netns del ${P}2-$n 2>/dev/null || true; done
 
 # --- the node, and a second node with one client pod, joined by a wire -------
-bench_node $P cli srv
+DUAL_STACK=1 bench_node $P cli srv
 SUBNET=1 bench_node ${P}2 cl2
 ip -n $P-node link add ${P}wire type veth peer name ${P}2wire netns ${P}2-node
 ip -n $P-node addr add 10.201.0.1/30 dev ${P}wire
@@ -77,7 +80,7 @@ http {
   access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/nginx/b; proxy_temp_path $work/nginx/p;
   fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
-  server { listen $SERVER:80; location / { return 200 "hello from the server pod\n"; } }
+  server { listen $SERVER:80; listen [$SERVER6]:80; location / { return 200 "hello from the server pod\n"; } }
 }
 CONF
 ip netns exec $P-srv taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
@@ -96,9 +99,9 @@ workers: 1
 log_flows: false
 datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire]}
 endpoints:
-  - {name: client, address: $CLIENT, labels: {app: client}$iface}
+  - {name: client, addresses: [$CLIENT, "$CLIENT6"], labels: {app: client}$iface}
   - {name: remote-client, address: $REMOTE, labels: {app: client}}
-  - {name: server, address: $SERVER, labels: {app: server}, interface: ${P}srv}
+  - {name: server, addresses: [$SERVER, "$SERVER6"], labels: {app: server}, interface: ${P}srv}
 YAML
 }
 policy() { # $1: l4 or l7
@@ -136,16 +139,16 @@ start_weir() { # $1: with|without client interface, $2: l4|l7
 # --- measurements ------------------------------------------------------------
 declare -A RPS P50 P99 GBPS
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v } else { sub(/s$/, "", v); print v * 1000 } }'; }
-http_run() { # $1: name, $2: the client's namespace (default: the client pod)
-  local from=${2:-$P-cli}
-  check=$(ip netns exec "$from" curl -s -m 3 http://$SERVER/)
+http_run() { # $1: name, $2: the client's namespace (default: the client pod), $3: the server's address in a URL
+  local from=${2:-$P-cli} server=${3:-$SERVER}
+  check=$(ip netns exec "$from" curl -s -m 3 "http://$server/")
   [ "$check" = "hello from the server pod" ] || { echo "$1: the server is not reachable ($check)" >&2; exit 1; }
   local perf_pid=""
   if [ -n "${PERF:-}" ]; then
     perf record -a -g -F 499 -o "$work/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://$SERVER/)
+  out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$server/")
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     # flat profile by symbol, kernel and user alike (eBPF programs show as
@@ -176,6 +179,7 @@ iperf_run() { # $1: name
 }
 
 http_run none
+http_run none6 $P-cli "[$SERVER6]"
 iperf_run none
 ip -n $P-node rule add pref 9000 fwmark 0x200/0xf00 iif lo lookup main
 ip -n $P-node rule add pref 9001 fwmark 0x200/0xf00 lookup 2004
@@ -188,10 +192,14 @@ http_run x-none ${P}2-cl2
 
 start_weir with l4
 http_run l3l4
+http_run l3l4-6 $P-cli "[$SERVER6]"
 iperf_run l3l4
 stop_weir
 
 start_weir with l7
+http_run l7-ebpf6 $P-cli "[$SERVER6]"
+grep -q "\"address\":\"\[$CLIENT6\]:" <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows?protocol=http") \
+  || { echo "l7-ebpf6: IPv6 requests did not go through the proxy" >&2; exit 1; }
 http_run l7-ebpf
 grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows") \
   || { echo "l7-ebpf: requests did not go through the proxy" >&2; exit 1; }
@@ -217,8 +225,8 @@ result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
 {
   echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
   printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
-  for t in none none+rules l3l4 l7-ebpf l7-tproxy x-none x-l7; do
-    base=none; [[ $t == x-* ]] && base=x-none
+  for t in none none+rules l3l4 l7-ebpf l7-tproxy x-none x-l7 none6 l3l4-6 l7-ebpf6; do
+    base=none; [[ $t == x-* ]] && base=x-none; [[ $t == *6 ]] && base=none6
     ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
     printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
   done
@@ -227,5 +235,7 @@ result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[none]}" 'BEGIN { printf "L7 via weir vs no policy: %.3f (target >= 0.45; Cilium publishes 0.14)\n", a / b }'
   awk -v a="${RPS[x-l7]}" -v b="${RPS[x-none]}" 'BEGIN { printf "cross-node L7 via weir vs cross-node no policy: %.3f\n", a / b }'
-  echo "(vs_none of the x- rows is against x-none)"
+  awk -v a="${RPS[l3l4-6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L3/L4 HTTP rps vs IPv6 none: %.3f\n", a / b }'
+  awk -v a="${RPS[l7-ebpf6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L7 via weir vs IPv6 none: %.3f\n", a / b }'
+  echo "(vs_none of the x- rows is against x-none, of the -6 rows against none6)"
 } | tee "$result"

@@ -44,16 +44,23 @@ wait_ready() {
 # out: namespace $1-node (IP forwarding on) and one pod namespace $1-POD per
 # further argument, addressed 10.200.$SUBNET.10 upward (SUBNET: 0 unless
 # set), joined to the node by a veth named $1POD with routes both ways.
+# DUAL_STACK=1: pods also get fd00:200:$SUBNET::N/128, routed through the
+# host side's fe80::1, as node.rs's dual-stack node does.
 bench_node() {
   local p=$1 i=10 pod subnet=${SUBNET:-0}
   shift
   ip netns add "$p-node"
   ip -n "$p-node" link set lo up
   ip netns exec "$p-node" sysctl -qw net.ipv4.ip_forward=1
+  if [ -n "${DUAL_STACK:-}" ]; then
+    ip netns exec "$p-node" sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0
+    ip -n "$p-node" addr add "fd00:200:$subnet::1/128" dev lo
+  fi
   for pod in "$@"; do
     ip netns add "$p-$pod"
+    [ -n "${DUAL_STACK:-}" ] && ip netns exec "$p-$pod" sysctl -qw net.ipv6.conf.default.accept_dad=0
     ip -n "$p-node" link add "$p$pod" type veth peer name eth0 netns "$p-$pod"
-    ip netns exec "$p-$pod" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    [ -z "${DUAL_STACK:-}" ] && ip netns exec "$p-$pod" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
     ip -n "$p-node" link set "$p$pod" up
     ip -n "$p-node" addr add 169.254.1.1/32 dev "$p$pod"
     ip -n "$p-$pod" link set lo up
@@ -62,6 +69,12 @@ bench_node() {
     ip -n "$p-$pod" route add 169.254.1.1 dev eth0 scope link
     ip -n "$p-$pod" route add default via 169.254.1.1 dev eth0
     ip -n "$p-node" route add "10.200.$subnet.$i/32" dev "$p$pod"
+    if [ -n "${DUAL_STACK:-}" ]; then
+      ip -n "$p-node" addr add fe80::1/64 dev "$p$pod" nodad
+      ip -n "$p-$pod" addr add "fd00:200:$subnet::$(printf %x $i)/128" dev eth0 nodad
+      ip -n "$p-$pod" -6 route add default via fe80::1 dev eth0
+      ip -n "$p-node" -6 route add "fd00:200:$subnet::$(printf %x $i)/128" dev "$p$pod"
+    fi
     i=$((i + 1))
   done
 }
