@@ -13,6 +13,8 @@
 #   x-none      from a pod on a second node (joined by a veth wire), no weir
 #   x-l7        the same with the L7 rule, which the server node's weir
 #               enforces after weir_from_netdev hands it the connection
+#   l7-splice   l7-ebpf with `datapath.splice: true`: the proxy's writes to
+#               the client pod spliced into its socket (sockmap)
 #   none6, l3l4-6, l7-ebpf6
 #               none, l3l4 and l7-ebpf between the same pods over IPv6
 #
@@ -97,7 +99,7 @@ endpoints() { # $1: "with" or "without" the client's interface
 admin: 127.0.0.1:19901
 workers: 1
 log_flows: false
-datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire]}
+datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire], splice: ${SPLICE:-false}}
 endpoints:
   - {name: client, addresses: [$CLIENT, "$CLIENT6"], labels: {app: client}$iface}
   - {name: remote-client, address: $REMOTE, labels: {app: client}}
@@ -205,6 +207,10 @@ grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19
   || { echo "l7-ebpf: requests did not go through the proxy" >&2; exit 1; }
 stop_weir
 
+SPLICE=true start_weir with l7
+http_run l7-splice
+stop_weir
+
 start_weir without l7
 ip netns exec $P-node iptables -t mangle -A PREROUTING -i ${P}cli -p tcp --dport 80 \
   -j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x200/0xf00
@@ -225,7 +231,7 @@ result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
 {
   echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
   printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
-  for t in none none+rules l3l4 l7-ebpf l7-tproxy x-none x-l7 none6 l3l4-6 l7-ebpf6; do
+  for t in none none+rules l3l4 l7-ebpf l7-splice l7-tproxy x-none x-l7 none6 l3l4-6 l7-ebpf6; do
     base=none; [[ $t == x-* ]] && base=x-none; [[ $t == *6 ]] && base=none6
     ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
     printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
@@ -235,6 +241,7 @@ result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[none]}" 'BEGIN { printf "L7 via weir vs no policy: %.3f (target >= 0.45; Cilium publishes 0.14)\n", a / b }'
   awk -v a="${RPS[x-l7]}" -v b="${RPS[x-none]}" 'BEGIN { printf "cross-node L7 via weir vs cross-node no policy: %.3f\n", a / b }'
+  awk -v a="${RPS[l7-splice]}" -v b="${RPS[l7-ebpf]}" 'BEGIN { printf "L7 with the proxy writes spliced (sockmap) vs without: %.3f\n", a / b }'
   awk -v a="${RPS[l3l4-6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L3/L4 HTTP rps vs IPv6 none: %.3f\n", a / b }'
   awk -v a="${RPS[l7-ebpf6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L7 via weir vs IPv6 none: %.3f\n", a / b }'
   echo "(vs_none of the x- rows is against x-none, of the -6 rows against none6)"

@@ -266,7 +266,16 @@ async fn serve(
                 .with_context(|| format!("transparent {} listener on {bind}", protocol.name()))?;
             datapath.register_proxy_socket(bind, PROTO_TCP, &listener)?;
             let stopped = accepting_stopped.clone();
-            tokio::spawn(crate::engines::listeners::serve_transparent(state.clone(), protocol, listener, stopped));
+            // HTTP's writes to local pods are spliced (the other engines
+            // splice(2) or watch their sockets' fill levels themselves)
+            let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
+            tokio::spawn(crate::engines::listeners::serve_transparent(
+                state.clone(),
+                protocol,
+                listener,
+                splice,
+                stopped,
+            ));
             // and IPv6's, where the node has it (without, IPv6 L7 fails closed)
             let bind6 = crate::datapath::proxy_bind6(&config.datapath, protocol);
             match crate::engines::listeners::bind_transparent(bind6) {
@@ -277,6 +286,7 @@ async fn serve(
                         state.clone(),
                         protocol,
                         listener,
+                        None,
                         stopped,
                     ));
                 }

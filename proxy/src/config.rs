@@ -168,6 +168,15 @@ pub struct DatapathConfig {
     pub rule_priority: u32,
     /// Conntrack lifetimes and the per-endpoint entry limit.
     pub conntrack: ConntrackConfig,
+    /// Splice what the HTTP proxy writes to a local pod straight into the
+    /// pod's socket (sockmap; docs/datapath.md). Off by default: this
+    /// kernel's sockmap has no back-pressure on that path, so a pod that
+    /// does not read makes the node hold whatever the proxy writes to it.
+    pub splice: bool,
+    /// The cgroup (v2) whose sockets `weir_sockops` watches for splicing:
+    /// the node's root, so every pod is in it (default: where cgroup2 is
+    /// mounted).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for DatapathConfig {
@@ -184,6 +193,8 @@ impl Default for DatapathConfig {
             route_table: 2004,
             rule_priority: 9000,
             conntrack: Default::default(),
+            splice: false,
+            cgroup: None,
         }
     }
 }

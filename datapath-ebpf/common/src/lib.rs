@@ -79,6 +79,12 @@ pub mod maps {
     pub const IPCACHE6: &str = "WEIR_IPCACHE6";
     pub const CONNTRACK6: &str = "WEIR_CONNTRACK6";
     pub const FRAGMENTS6: &str = "WEIR_FRAGMENTS6";
+    /// Sockets of pods on this node whose connection goes through the proxy
+    /// (added by `weir_sockops`): where the proxy's writes may be spliced to.
+    pub const SPLICE_PODS: &str = "WEIR_SPLICE_PODS";
+    /// The proxy's sockets that splice their writes (added by weir; the
+    /// `weir_splice` sk_msg program is attached to this map).
+    pub const SPLICE_PROXY: &str = "WEIR_SPLICE_PROXY";
     pub const ALL: &[&str] = &[
         ENDPOINTS,
         ENDPOINTS6,
@@ -91,6 +97,8 @@ pub mod maps {
         CT_FREED,
         FRAGMENTS,
         FRAGMENTS6,
+        SPLICE_PODS,
+        SPLICE_PROXY,
         DROPS,
         PROXY_SOCKETS,
         EVENTS,
@@ -109,6 +117,36 @@ pub mod programs {
     /// from other nodes, redirected to the proxy where a local pod's L7
     /// ingress rules cover them.
     pub const FROM_NETDEV: &str = "weir_from_netdev";
+    /// sock_ops on the node's cgroup: adds pods' sockets of proxied
+    /// connections to SPLICE_PODS when they are established.
+    pub const SOCKOPS: &str = "weir_sockops";
+    /// sk_msg on SPLICE_PROXY: what the proxy writes goes straight into the
+    /// receive queue of the pod's socket it is connected to.
+    pub const SPLICE: &str = "weir_splice";
+}
+
+/// SPLICE_PODS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses
+/// and ports as on the wire. The proxy's socket splices to the pod socket
+/// keyed by its reversed tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpliceKey {
+    pub local_ip: u32,
+    pub remote_ip: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl SpliceKey {
+    #[inline(always)]
+    pub const fn reversed(&self) -> SpliceKey {
+        SpliceKey {
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
 }
 
 /// ENDPOINTS: host-side veth ifindex → the pod behind it.
@@ -466,6 +504,7 @@ mod user {
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::SpliceKey {}
     unsafe impl aya::Pod for super::FragKey6 {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Settings {}

@@ -34,15 +34,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{
-    BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock, bpf_sock_tuple,
+    BPF_ANY, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock,
+    bpf_sock_tuple, sk_action::SK_PASS,
 };
 use aya_ebpf::helpers::generated::{
     bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
 };
-use aya_ebpf::macros::{classifier, map};
+use aya_ebpf::macros::{classifier, map, sk_msg, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash};
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{SkMsgContext, SockOpsContext, TcContext};
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
     ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
@@ -50,7 +52,7 @@ use weir_datapath_common::{
     EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue,
     IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
     PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED,
-    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, TCP_CLOSING, TCP_ESTABLISHED,
+    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED,
     TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
     VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
 };
@@ -91,6 +93,10 @@ static IPCACHE6: LpmTrie<IpcacheKey6, IpcacheValue> = LpmTrie::pinned(65536, 0);
 static CT6: HashMap<CtKey6, CtValue> = HashMap::pinned(conntrack::CAPACITY6, 0);
 #[map(name = "WEIR_FRAGMENTS6")]
 static FRAGMENTS6: LruHashMap<FragKey6, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+#[map(name = "WEIR_SPLICE_PODS")]
+static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
+#[map(name = "WEIR_SPLICE_PROXY")]
+static SPLICE_PROXY: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
@@ -1355,6 +1361,72 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
         emit(EVENT_REDIRECT, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
     }
     TC_ACT_OK as i32
+}
+
+const AF_INET: u32 = 2;
+
+/// A pod's TCP socket became established: if its connection goes through
+/// the proxy (a `CT_PROXIED` entry, either way round), it joins SPLICE_PODS,
+/// where the proxy's writes to it can be spliced. The proxy's own sockets
+/// (marked TO_PROXY or FROM_PROXY) are weir's to add or not.
+#[sock_ops]
+pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+        || ctx.family() != AF_INET
+    {
+        return 1;
+    }
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if !sk.is_null() {
+        let magic = mark::magic(unsafe { (*sk).mark });
+        if magic == mark::MAGIC_TO_PROXY || magic == mark::MAGIC_FROM_PROXY {
+            return 1;
+        }
+    }
+    let mut key = SpliceKey {
+        local_ip: ctx.local_ip4(),
+        remote_ip: ctx.remote_ip4(),
+        // local_port in host order; remote_port in network order, above
+        local_port: (ctx.local_port() as u16).to_be(),
+        remote_port: (ctx.remote_port() >> 16) as u16,
+    };
+    let out = CtKey {
+        saddr: key.local_ip,
+        daddr: key.remote_ip,
+        sport: key.local_port,
+        dport: key.remote_port,
+        protocol: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let proxied = |t: &CtKey| ct_live(t).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0);
+    if proxied(&out) || proxied(&out.reversed()) {
+        let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+    }
+    1
+}
+
+/// The proxy writes on one of its SPLICE_PROXY sockets: the bytes go
+/// straight into the receive queue of the pod socket at the other end (the
+/// one keyed by the reversed tuple), past both TCP/IP stacks, the veth and
+/// the TC programs. Not found (not a local pod's socket): the normal path.
+#[sk_msg]
+pub fn weir_splice(ctx: SkMsgContext) -> u32 {
+    let md = ctx.msg;
+    if unsafe { (*md).family } != AF_INET {
+        return SK_PASS;
+    }
+    let mut peer = unsafe {
+        SpliceKey {
+            local_ip: (*md).remote_ip4,
+            remote_ip: (*md).local_ip4,
+            local_port: ((*md).remote_port >> 16) as u16,
+            remote_port: ((*md).local_port as u16).to_be(),
+        }
+    };
+    // a redirect is set only when the peer is found; SK_PASS then carries it out
+    let _ = SPLICE_PODS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
+    SK_PASS
 }
 
 #[cfg(not(test))]

@@ -14,6 +14,7 @@
 pub mod compile;
 pub mod events;
 pub mod routing;
+pub mod splice;
 mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,7 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{CgroupAttachMode, LinkOrder, SchedClassifier, SkMsg, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use std::time::Duration;
 use weir_datapath_common::{
@@ -81,6 +82,8 @@ pub struct Datapath {
     revision_epoch: u32,
     revisions: u32,
     proxy_sockets: SockHash<MapData, u32>,
+    /// Where the proxy adds its sockets to splice (`datapath.splice`).
+    splicer: Option<std::sync::Arc<splice::Splicer>>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
 }
@@ -131,6 +134,18 @@ impl Datapath {
             settings.set(0, config.conntrack.settings(), 0).context("writing the datapath settings")?;
         }
         let proxy_sockets = SockHash::try_from(ebpf.take_map(maps::PROXY_SOCKETS).expect("in the object"))?;
+        let splicer = if config.splice {
+            match start_splicing(&mut ebpf, config) {
+                Ok(splicer) => Some(std::sync::Arc::new(splicer)),
+                // the proxy works without it, a little slower
+                Err(e) => {
+                    tracing::warn!("splicing the proxy's writes to local pods is off: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Datapath {
             config: config.clone(),
             ebpf,
@@ -141,8 +156,14 @@ impl Datapath {
             revision_epoch: revision_epoch(),
             revisions: 0,
             proxy_sockets,
+            splicer,
             rules: Default::default(),
         })
+    }
+
+    /// Where the HTTP proxy adds the sockets it splices (`None`: off).
+    pub fn splicer(&self) -> Option<std::sync::Arc<splice::Splicer>> {
+        self.splicer.clone()
     }
 
     /// The kernel's event ring and counters, for [`events::run`] (which
@@ -403,6 +424,31 @@ impl Datapath {
         drop(self);
         cleanup_pins_and_node(&config, Some(state))
     }
+}
+
+/// Load the splice programs: `weir_splice` on WEIR_SPLICE_PROXY, and
+/// `weir_sockops` on the node's cgroup (its link lives as long as this
+/// process: a successor attaches its own beside it).
+fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<splice::Splicer> {
+    let cgroup_path = config.cgroup.clone().or_else(splice::cgroup_root).ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+    let proxy_map = ebpf.take_map(maps::SPLICE_PROXY).ok_or_else(|| anyhow!("{} missing", maps::SPLICE_PROXY))?;
+    let proxy_map: SockHash<MapData, weir_datapath_common::SpliceKey> = SockHash::try_from(proxy_map)?;
+    let map_fd = proxy_map.fd().try_clone()?;
+    let program: &mut SkMsg =
+        ebpf.program_mut(programs::SPLICE).ok_or_else(|| anyhow!("no splice program"))?.try_into()?;
+    program.load().context("verifying weir_splice")?;
+    program.attach(&map_fd).context("attaching weir_splice")?;
+    let program: &mut SockOps =
+        ebpf.program_mut(programs::SOCKOPS).ok_or_else(|| anyhow!("no sock_ops program"))?.try_into()?;
+    program.load().context("verifying weir_sockops")?;
+    let cgroup =
+        std::fs::File::open(&cgroup_path).with_context(|| format!("opening the cgroup {}", cgroup_path.display()))?;
+    program.attach(cgroup, CgroupAttachMode::Single).context("attaching weir_sockops")?;
+    tracing::info!(cgroup = %cgroup_path.display(), "splicing the proxy's writes to local pods");
+    let fd: std::os::fd::OwnedFd = std::os::fd::AsFd::as_fd(&map_fd).try_clone_to_owned()?;
+    // the map stays open through the attached program and the pin
+    drop(proxy_map);
+    Ok(splice::Splicer::new(fd))
 }
 
 fn detach<const N: usize>(links: [Attachment; N]) {

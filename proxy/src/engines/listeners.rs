@@ -191,12 +191,17 @@ pub async fn serve_transparent(
     state: Arc<ProxyState>,
     protocol: Protocol,
     listener: Arc<TcpListener>,
+    splice: Option<Arc<crate::datapath::splice::Splicer>>,
     stop: watch::Receiver<bool>,
 ) {
     transparent_accept_loop(listener, stop, |c| {
         let target =
             Target::Transparent { original_destination: c.original_destination, source_identity: c.source_identity };
         if let Some(admitted) = admit(&state, &target, protocol, &c.stream, c.peer) {
+            // before the proxy's first write on it (docs/datapath.md, splicing)
+            if let Some(splice) = &splice {
+                splice.add(&c.stream, c.original_destination, c.peer);
+            }
             serve_tcp(protocol, state.clone(), target, c.stream, c.peer, admitted);
         }
     })
