@@ -33,6 +33,19 @@ spec:
     - fromEndpoints: [{matchLabels: {app: other}}]
 "#;
 
+/// `other` may send only to the server's TCP 7000 (which the server refuses).
+const OTHER_EGRESS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other-egress}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: server}}]
+      toPorts:
+        - ports: [{port: "7000", protocol: TCP}]
+"#;
+
 const LABELS: &[(&str, &str)] = &[("cli", "client"), ("srv", "server"), ("oth", "other")];
 
 fn flows(node: &Node) -> Vec<FlowRecord> {
@@ -101,7 +114,7 @@ fn start(node: &mut Node) {
     node.serve("srv", "http v6", "python3", &[&peer_script(), "http", &server6, "80"]);
     node.serve("oth", "echo", "python3", &[&peer_script(), "tcp-echo", "::", "7100"]);
     let config = format!("{BASE}{}", node.endpoints_yaml(LABELS));
-    node.start_weir(&config, &[("server.yaml", SERVER_POLICY)]);
+    node.start_weir(&config, &[("server.yaml", SERVER_POLICY), ("other.yaml", OTHER_EGRESS)]);
     wait_for("the IPv6 echo server through the datapath", Duration::from_secs(10), || {
         echo_once(node, "cli", &server6, 7000, "ready") == "ready"
     });
@@ -151,6 +164,30 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_flow(&node, "the routed neighbour solicitation dropped", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == server6
+    });
+
+    // a router advertisement is not a pod's to send: `other`'s, to all
+    // nodes, is judged by its egress policy (which allows it nothing there)
+    let advertise = "from scapy.all import *\n\
+         sendp(Ether(dst='33:33:00:00:00:01')/IPv6(dst='ff02::1',hlim=255)/ICMPv6ND_RA(routerlifetime=1800)\
+         /ICMPv6NDOptPrefixInfo(prefix='fd00:bad::',prefixlen=64),iface='eth0',verbose=False)\n";
+    let out = node.in_pod("oth", "python3").args(["-c", advertise]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_flow(&node, "the pod's router advertisement dropped", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == "ff02::1"
+    });
+
+    // a packet with a local pod's address that did not leave through that
+    // pod's veth (here: sent from the node itself) does not get its identity:
+    // the client may reach srv:7000, this SYN may not
+    let spoofed_before = drops(&node, "spoofed_source");
+    let forged_syn = format!(
+        "from scapy.all import *\nsend(IPv6(src='{client6}',dst='{server6}')/TCP(sport=41000,dport=7000,flags='S'),verbose=False)\n"
+    );
+    let out = std::process::Command::new("python3").args(["-c", &forged_syn]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the off-veth packet with the client's address counted as spoofed", Duration::from_secs(10), || {
+        drops(&node, "spoofed_source") > spoofed_before
     });
 
     // ICMPv6: echo to an unenforced pod and back; to srv, whose ingress

@@ -125,13 +125,18 @@ const ICMPV6_TIME_EXCEEDED: u8 = 3;
 const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
-/// MLD query, report and done (130-132, from the query on) and MLDv2 report
-/// (143); router and
-/// neighbour solicitation and advertisement (133-136).
+/// MLD: query (130; routers send it), report and done (131, 132), MLDv2
+/// report (143). Neighbour discovery: router solicitation (133), router
+/// advertisement (134; routers send it), neighbour solicitation and
+/// advertisement (135, 136), redirect (137; routers send it).
 const ICMPV6_MLD_QUERY: u8 = 130;
+const ICMPV6_MLD_REPORT: u8 = 131;
+const ICMPV6_MLD_DONE: u8 = 132;
 const ICMPV6_MLD2_REPORT: u8 = 143;
 const ICMPV6_ROUTER_SOLICITATION: u8 = 133;
+const ICMPV6_NEIGHBOR_SOLICITATION: u8 = 135;
 const ICMPV6_NEIGHBOR_ADVERTISEMENT: u8 = 136;
+const ICMPV6_REDIRECT: u8 = 137;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
@@ -170,13 +175,18 @@ struct Packet<A> {
     /// destination sent. It passes when that tuple belongs to a live
     /// connection (in either direction).
     quoted: Option<Tuple<A>>,
+    /// ICMPv6 neighbour discovery or MLD: its type and the packet's hop
+    /// limit. Such a message passes as the link's housekeeping where
+    /// [`neighbor_from_pod`] / [`neighbor_to_pod`] say it stays on the link;
+    /// otherwise it is judged as any ICMPv6.
+    neighbor: Option<(u8, u8)>,
 }
 
 enum Parsed {
     Ipv4(Packet<u32>),
     Ipv6(Packet<[u32; 4]>),
-    /// ARP, IPv6 neighbour discovery and MLD: the link's housekeeping, which
-    /// passes.
+    /// ARP: the link's housekeeping, which passes (IPv6's neighbour
+    /// discovery is an `Ipv6` packet with `neighbor` set).
     Neighbor,
     Drop(u8),
 }
@@ -349,6 +359,7 @@ fn new_packet<A: Addr>(saddr: A, daddr: A, protocol: u8, ip_id: u32) -> Packet<A
         first_fragment: false,
         ip_id,
         quoted: None,
+        neighbor: None,
     }
 }
 
@@ -448,9 +459,11 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
 
 /// An IPv6 packet: the fixed header, then up to [`MAX_EXTENSION_HEADERS`]
 /// extension headers (hop-by-hop, destination options, routing without
-/// segments left, fragment, AH) before the upper-layer header. A routing
-/// header with segments left would send the packet on to an address the
-/// policy never saw: refused, as are longer chains.
+/// segments left, AH, and last a fragment header) before the upper-layer
+/// header. A routing header with segments left would send the packet on to
+/// an address the policy never saw: refused, as are longer chains. The walk
+/// ends at a fragment header: what follows it in a later fragment is
+/// payload, not headers, so an extension header after it is refused too.
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     let version: u8 = ctx.load(ETH_HLEN)?;
@@ -464,24 +477,27 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     let mut offset = ETH_HLEN + IPV6_HLEN;
     let mut fragment: Option<(u16, u32)> = None;
     for _ in 0..MAX_EXTENSION_HEADERS {
-        let length = match next {
-            NEXTHDR_HOP | NEXTHDR_DEST => (ctx.load::<u8>(offset + 1)? as usize + 1) * 8,
+        let (length, last) = match next {
+            NEXTHDR_HOP | NEXTHDR_DEST => ((ctx.load::<u8>(offset + 1)? as usize + 1) * 8, false),
             NEXTHDR_ROUTING => {
                 if ctx.load::<u8>(offset + 3)? != 0 {
                     return Ok(Parsed::Drop(REASON_MALFORMED));
                 }
-                (ctx.load::<u8>(offset + 1)? as usize + 1) * 8
+                ((ctx.load::<u8>(offset + 1)? as usize + 1) * 8, false)
             }
             NEXTHDR_FRAGMENT => {
                 let offset_flags = u16::from_be(ctx.load::<u16>(offset + 2)?);
                 fragment = Some((offset_flags, ctx.load::<u32>(offset + 4)?));
-                8
+                (8, true)
             }
-            NEXTHDR_AUTH => (ctx.load::<u8>(offset + 1)? as usize + 2) * 4,
+            NEXTHDR_AUTH => ((ctx.load::<u8>(offset + 1)? as usize + 2) * 4, false),
             _ => break,
         };
         next = ctx.load(offset)?;
         offset += length;
+        if last {
+            break;
+        }
     }
     if matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH) {
         return Ok(Parsed::Drop(REASON_MALFORMED));
@@ -499,10 +515,10 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     } else if next == PROTO_ICMPV6 {
         let icmp_type: u8 = ctx.load(l4)?;
         match icmp_type {
-            ICMPV6_MLD_QUERY..=ICMPV6_NEIGHBOR_ADVERTISEMENT | ICMPV6_MLD2_REPORT
-                if on_link(icmp_type, hop_limit, &saddr, &daddr) =>
-            {
-                return Ok(Parsed::Neighbor);
+            ICMPV6_MLD_QUERY..=ICMPV6_REDIRECT | ICMPV6_MLD2_REPORT => {
+                packet.reply_candidate = false;
+                packet.opens = false;
+                packet.neighbor = Some((icmp_type, hop_limit));
             }
             ICMPV6_ECHO_REQUEST => {
                 packet.tuple.sport = ctx.load(l4 + 4)?;
@@ -527,21 +543,52 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     Ok(Parsed::Ipv6(packet))
 }
 
-/// Whether an ICMPv6 neighbour discovery or MLD message stays on the link,
-/// as the link's housekeeping does: ND with hop limit 255 and MLD with 1
-/// (RFC 4861, 2710: receivers drop others), from or to a link-local
-/// address, or to a multicast group. Unlike ARP these messages can be
-/// routed: one to another pod's or the world's address is judged by policy
-/// like any ICMPv6 (forwarded, its hop limit is below 255 at the receiving
-/// veth; a link-local source is never forwarded).
 #[inline(always)]
-fn on_link(icmp_type: u8, hop_limit: u8, saddr: &[u32; 4], daddr: &[u32; 4]) -> bool {
-    let neighbour_discovery = (ICMPV6_ROUTER_SOLICITATION..=ICMPV6_NEIGHBOR_ADVERTISEMENT).contains(&icmp_type);
-    let wanted = if neighbour_discovery { 255 } else { 1 };
-    let first = |a: &[u32; 4]| a[0].to_ne_bytes();
-    let link_local = |a: &[u32; 4]| first(a)[0] == 0xfe && first(a)[1] & 0xc0 == 0x80;
-    let multicast = first(daddr)[0] == 0xff;
-    hop_limit == wanted && (link_local(saddr) || link_local(daddr) || multicast)
+fn is_link_local(a: &[u32; 4]) -> bool {
+    let bytes = a[0].to_ne_bytes();
+    bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80
+}
+
+/// A multicast group of link-local scope (or narrower): never routed.
+#[inline(always)]
+fn is_link_multicast(a: &[u32; 4]) -> bool {
+    let bytes = a[0].to_ne_bytes();
+    bytes[0] == 0xff && bytes[1] & 0x0f <= 2
+}
+
+/// Whether a pod's neighbour discovery or MLD message (`neighbor`: type and
+/// hop limit) stays on the link and passes as ARP does: a solicitation or
+/// advertisement with hop limit 255, or an MLD report with 1 (what receivers
+/// accept, RFC 4861, 2710), from the pod's own address, its link-local one or
+/// `::`, to a link-local address, a link-scope group or the node (a gateway
+/// with a global address). Router advertisements, redirects and MLD queries
+/// are not a pod's to send; they, and anything that could be routed on, are
+/// judged as any ICMPv6.
+#[inline(always)]
+fn neighbor_from_pod<A: Addr>(neighbor: (u8, u8), t: &Tuple<A>, own: A) -> bool {
+    let (icmp_type, hop_limit) = neighbor;
+    let wanted = match icmp_type {
+        ICMPV6_ROUTER_SOLICITATION | ICMPV6_NEIGHBOR_SOLICITATION | ICMPV6_NEIGHBOR_ADVERTISEMENT => 255,
+        ICMPV6_MLD_REPORT | ICMPV6_MLD_DONE | ICMPV6_MLD2_REPORT => 1,
+        _ => return false,
+    };
+    let (src, dst) = (t.saddr.event_address(), t.daddr.event_address());
+    let source_ok = t.saddr == own || is_link_local(&src) || src == [0; 4];
+    let destination_ok = is_link_local(&dst)
+        || is_link_multicast(&dst)
+        || (wanted == 255 && t.daddr.ipcache().identity == identity::HOST);
+    hop_limit == wanted && source_ok && destination_ok
+}
+
+/// The same for what a pod receives: neighbour discovery with hop limit 255
+/// (forwarded, it would have less), MLD with 1 to a link-scope group.
+#[inline(always)]
+fn neighbor_to_pod<A: Addr>(neighbor: (u8, u8), t: &Tuple<A>) -> bool {
+    match neighbor {
+        (ICMPV6_ROUTER_SOLICITATION..=ICMPV6_REDIRECT, 255) => true,
+        (ICMPV6_MLD_QUERY..=ICMPV6_MLD_DONE | ICMPV6_MLD2_REPORT, 1) => is_link_multicast(&t.daddr.event_address()),
+        _ => false,
+    }
 }
 
 /// The tuple of the IPv6 packet an ICMPv6 error quotes at `offset`, when its
@@ -963,6 +1010,9 @@ fn from_pod_packet<A: Addr>(
     address: A,
     packet: &Packet<A>,
 ) -> i32 {
+    if packet.neighbor.is_some_and(|n| neighbor_from_pod(n, &packet.tuple, address)) {
+        return TC_ACT_OK as i32;
+    }
     let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
     if action == TC_ACT_OK as i32 && packet.first_fragment {
         record_fragment(packet);
@@ -1002,7 +1052,9 @@ fn judge_from_pod<A: Addr>(
         }
         return TC_ACT_OK as i32;
     }
-    if related_error(packet) {
+    // a pod reports errors only about packets sent to it (it routes none):
+    // an error quoting someone else's packet is judged by policy
+    if packet.quoted.is_some_and(|q| q.daddr == t.saddr) && related_error(packet) {
         ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
         return TC_ACT_OK as i32;
     }
@@ -1178,6 +1230,9 @@ fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
 
 #[inline(always)]
 fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet<A>) -> i32 {
+    if packet.neighbor.is_some_and(|n| neighbor_to_pod(n, &packet.tuple)) {
+        return TC_ACT_OK as i32;
+    }
     let action = judge_to_pod(ctx, ifindex, endpoint, packet);
     if action == TC_ACT_OK as i32 && packet.first_fragment {
         record_fragment(packet);
@@ -1246,6 +1301,16 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
         return TC_ACT_OK as i32;
     }
     let peer = ipcache(t.saddr);
+    // a local pod's packets leave through its own veth, where weir_from_pod
+    // marks them with its identity: one with a local pod's address and
+    // without that mark came from elsewhere (another node, the uplink) and
+    // is not given the pod's identity
+    if peer.local_ifindex != 0
+        && (mark::magic(skb_mark) != mark::MAGIC_IDENTITY || mark::identity_of(skb_mark) != peer.identity)
+    {
+        emit(EVENT_DROP, REASON_SPOOFED, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
+        return shot(REASON_SPOOFED);
+    }
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
     match verdict.verdict {
         // only an ingress hook can hand packets to the proxy: rules that only

@@ -206,8 +206,10 @@ pub fn compile(
     let no_names = BTreeMap::new();
     let mut fqdn_peers = Vec::new();
     for (n, (address, _)) in learned.iter().enumerate() {
-        // a managed endpoint is known by its identity, never by a learned name
-        if desired.ipcache_get(*address).is_some_and(|v| v.identity != reserved::HOST) {
+        // a managed endpoint, and the node, are known by their identities,
+        // never by a learned name (toFQDNs selects the world only): an
+        // answer naming the node's address must not relabel it for everyone
+        if desired.ipcache_get(*address).is_some() {
             continue;
         }
         let id = FIRST_FQDN_IDENTITY + n as u32;
