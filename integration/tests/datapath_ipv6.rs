@@ -378,3 +378,72 @@ fn ipv6_l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
         f.verdict == Verdict::Dropped && f.source.address.ip().to_string() == ip6(&a, "oth")
     });
 }
+
+/// srv takes UDP 9001 from the client, nothing else.
+const SERVER_UDP: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-udp}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
+"#;
+
+/// IPv6 fragments (a Fragment extension header; the sender's kernel splits a
+/// 4000-byte datagram over the 1500-byte MTU) are judged by their first
+/// fragment's ports: whole to the allowed port, nothing to another, and a
+/// later fragment whose first was never seen is dropped.
+#[test]
+fn ipv6_fragments_follow_their_first_fragments_verdict() {
+    let mut node = Node::dual_stack(&["cli", "srv"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("udp");
+    let (server6, client6) = (ip6(&node, "srv"), ip6(&node, "cli"));
+    let sink = format!(
+        "import socket,select\n\
+         socks=[]\n\
+         for port in (9001,9101):\n\
+         \x20   s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); s.bind(('{server6}',port)); socks.append(s)\n\
+         while True:\n\
+         \x20   for s in select.select(socks,[],[])[0]:\n\
+         \x20       data=s.recv(65535)\n\
+         \x20       open('{}','a').write(str(s.getsockname()[1])+' '+data.decode()+'\\n')\n",
+        log.display()
+    );
+    node.serve("srv", "udp sink", "python3", &["-c", &sink]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", SERVER_UDP)]);
+    let send = |port: u16, tag: &str| {
+        let program = format!(
+            "import socket\nsocket.socket(socket.AF_INET6,socket.SOCK_DGRAM).sendto(b'{tag}-'+b'x'*4000,('{server6}',{port}))\n"
+        );
+        assert!(node.in_pod("cli", "python3").args(["-c", &program]).status().unwrap().success());
+    };
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("a fragmented datagram to the allowed port", Duration::from_secs(10), || {
+        send(9001, "allowed");
+        read().contains("9001 allowed-")
+    });
+    let line = read().lines().find(|l| l.contains("allowed-")).unwrap().to_string();
+    assert_eq!(line.matches('x').count(), 4000, "not reassembled whole");
+
+    send(9101, "denied");
+    // the later fragments of a datagram whose first fragment never came
+    let before = drops(&node, "fragment_without_first");
+    let tail = format!(
+        "from scapy.all import *\n\
+         frags=fragment6(IPv6(src='{client6}',dst='{server6}')/IPv6ExtHdrFragment(id=0x5eed)/UDP(sport=40000,dport=9001)/Raw(b'tail-'+b'y'*3000),1280)\n\
+         [send(f,verbose=False) for f in frags[1:]]\n"
+    );
+    let out = node.in_pod("cli", "python3").args(["-c", &tail]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the headless fragments dropped", Duration::from_secs(10), || {
+        drops(&node, "fragment_without_first") > before
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!read().contains("denied-"), "{}", read());
+    assert!(!read().contains("tail-"), "{}", read());
+}
