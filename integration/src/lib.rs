@@ -347,6 +347,22 @@ impl Weir {
         http_get(self.admin, "/metrics").expect("metrics").1
     }
 
+    /// One sample of /metrics: the line whose series is exactly `series`
+    /// (name and labels); 0 when there is none yet.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics();
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Packets the eBPF datapath dropped for `reason` (`weir_datapath_drops_total`).
+    pub fn datapath_drops(&self, reason: &str) -> u64 {
+        self.metric(&format!("weir_datapath_drops_total{{reason=\"{reason}\"}}"))
+    }
+
     /// Kept flows matching a `/flows` query (without follow).
     pub fn flows(&self, query: &str) -> Vec<FlowRecord> {
         let (status, body) = http_get(self.admin, &format!("/flows?{query}")).expect("flows");

@@ -6,24 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use weir::observe::flow::{FlowRecord, Verdict};
+use weir::observe::flow::Verdict;
 use weir_integration::node::{Node, SERVER_HTTP_POLICY, peer_script};
 use weir_integration::wait_for;
 
 const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
-
-fn flows(node: &Node) -> Vec<FlowRecord> {
-    node.weir().flows("")
-}
-
-fn wait_flow(node: &Node, what: &str, mut pick: impl FnMut(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = flows(node).into_iter().find(|f| pick(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
 
 fn has_label(labels: &[String], label: &str) -> bool {
     labels.iter().any(|l| l == label)
@@ -58,14 +45,14 @@ fn l7_rules_are_enforced_transparently_with_the_senders_identity() {
     assert_eq!(body, "Access denied\r\n");
 
     // the proxy saw the sender's identity (from the mark), not an address guess
-    let denied = wait_flow(&node, "the L7 denial flow", |f| {
+    let denied = node.weir().wait_flow("", "the L7 denial flow", |f| {
         f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
     });
     assert!(has_label(&denied.source.labels, "k8s:app=client"), "{denied:?}");
     assert!(has_label(&denied.destination.labels, "k8s:app=server"), "{denied:?}");
     assert_eq!(denied.source.address.ip(), client);
     assert_eq!(denied.listener, "ebpf");
-    let allowed = wait_flow(&node, "the L7 allow flow", |f| f.http().is_some_and(|h| h.path == "/public/a"));
+    let allowed = node.weir().wait_flow("", "the L7 allow flow", |f| f.http().is_some_and(|h| h.path == "/public/a"));
     assert_eq!(allowed.verdict, Verdict::Forwarded);
     assert_eq!(allowed.http().unwrap().status, Some(200));
 
@@ -73,7 +60,7 @@ fn l7_rules_are_enforced_transparently_with_the_senders_identity() {
     // the kernel (no HTTP answer at all) and the drop is a flow
     let (status, _) = node.curl("oth", &format!("http://{server}/public/a"));
     assert_eq!(status, 0, "a dropped SYN gets no response");
-    let drop = wait_flow(&node, "the drop flow", |f| f.verdict == Verdict::Dropped && f.protocol == "tcp");
+    let drop = node.weir().wait_flow("", "the drop flow", |f| f.verdict == Verdict::Dropped && f.protocol == "tcp");
     assert!(has_label(&drop.source.labels, "k8s:app=other"), "{drop:?}");
     assert_eq!(drop.port, 80);
     assert!(drop.reason.as_deref().unwrap_or_default().contains("server-http"), "{drop:?}");
@@ -130,11 +117,11 @@ fn policy_updates_apply_in_place_without_reattaching() {
     node.weir().wait_generation_above(generation);
     let (status, body) = node.curl("cli", &format!("http://{server}/not-filtered"));
     assert_eq!(status, 200, "{body}");
-    let kernel_allow = wait_flow(&node, "an L4 allow flow", |f| {
+    let kernel_allow = node.weir().wait_flow("", "an L4 allow flow", |f| {
         f.protocol == "tcp" && f.verdict == Verdict::Forwarded && f.reason.is_none()
     });
     assert_eq!(kernel_allow.port, 80);
-    assert!(!flows(&node).iter().any(|f| f.http().is_some_and(|h| h.path == "/not-filtered")));
+    assert!(!node.weir().flows("").iter().any(|f| f.http().is_some_and(|h| h.path == "/not-filtered")));
     assert_eq!(node.datapath_status().lines().filter(|l| l.starts_with("link")).count(), 6);
 }
 
@@ -197,7 +184,9 @@ spec:
     assert!(!read(&udp_log).contains("to-9101"), "UDP 9101 must be dropped: {}", read(&udp_log));
     assert!(!read(&sctp_log).contains(" 9102"), "SCTP 9102 must be dropped: {}", read(&sctp_log));
 
-    let dropped: Vec<(String, u16)> = flows(&node)
+    let dropped: Vec<(String, u16)> = node
+        .weir()
+        .flows("")
         .into_iter()
         .filter(|f| f.verdict == Verdict::Dropped)
         .map(|f| (f.protocol.clone(), f.port))
@@ -312,7 +301,7 @@ fn a_policy_change_reaches_established_connections_at_once() {
     node.weir().wait_generation_above(generation);
     let refused = client.exchange("after the port was taken away");
     assert!(refused.starts_with("error"), "the established connection still passes: {refused}");
-    let dropped = wait_flow(&node, "the drop of an established connection's packet", |f| {
+    let dropped = node.weir().wait_flow("", "the drop of an established connection's packet", |f| {
         f.verdict == Verdict::Dropped && f.port == 9000
     });
     assert!(dropped.reason.as_deref().is_some_and(|r| r.contains("no ingress rule")), "{dropped:?}");
@@ -342,13 +331,13 @@ fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
 
     assert_eq!(node.curl("cli", &url("/private")).0, 200, "audited: the proxy lets it through");
     assert_eq!(node.curl("oth", &url("/public/a")).0, 200, "audited: the kernel lets it through");
-    let l7 = wait_flow(&node, "the proxy's audit", |f| {
+    let l7 = node.weir().wait_flow("", "the proxy's audit", |f| {
         f.verdict == Verdict::Audited && f.http().is_some_and(|h| h.path == "/private")
     });
     assert_eq!(l7.listener, "ebpf", "the kernel sent it to the proxy for the audited L7 rules: {l7:?}");
     assert!(l7.reason.as_deref().unwrap().starts_with("would be denied: http-policy"), "{l7:?}");
     assert_eq!(l7.audited_by, ["default/server-http"]);
-    let l4 = wait_flow(&node, "the kernel's audit", |f| f.verdict == Verdict::Audited && f.protocol == "tcp");
+    let l4 = node.weir().wait_flow("", "the kernel's audit", |f| f.verdict == Verdict::Audited && f.protocol == "tcp");
     assert!(has_label(&l4.source.labels, "k8s:app=other"), "{l4:?}");
     assert_eq!(l4.port, 80);
     let why = l4.reason.as_deref().unwrap();
@@ -364,7 +353,7 @@ fn an_audited_policy_passes_traffic_and_names_what_it_would_refuse() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout), "200", "{probe:?}");
-    let unjudged = wait_flow(&node, "the node's unjudged request", |f| {
+    let unjudged = node.weir().wait_flow("", "the node's unjudged request", |f| {
         f.protocol == "tcp" && f.reason.as_deref().is_some_and(|r| r.starts_with("passed unjudged"))
     });
     assert!(has_label(&unjudged.source.labels, "reserved:host"), "{unjudged:?}");
@@ -400,7 +389,9 @@ fn visibility_parses_a_port_into_flows_and_refuses_nothing() {
     assert_eq!(node.curl("cli", &url("/seen/by/weir")).0, 200);
     assert_eq!(node.curl("oth", &url("/also/seen")).0, 200, "no default deny: nothing selects the server");
     for (from, path) in [("client", "/seen/by/weir"), ("other", "/also/seen")] {
-        let flow = wait_flow(&node, "an HTTP flow of the observed port", |f| f.http().is_some_and(|h| h.path == path));
+        let flow = node
+            .weir()
+            .wait_flow("", "an HTTP flow of the observed port", |f| f.http().is_some_and(|h| h.path == path));
         assert_eq!(flow.verdict, Verdict::Forwarded);
         assert_eq!(flow.listener, "ebpf", "the kernel handed it to the proxy: {flow:?}");
         assert!(has_label(&flow.source.labels, &format!("k8s:app={from}")), "the sender's identity: {flow:?}");
@@ -409,5 +400,9 @@ fn visibility_parses_a_port_into_flows_and_refuses_nothing() {
     // another port of the same pod: not redirected, not refused
     let echo = node.in_pod("cli", "ncat").args(["-z", "-w", "2", &server, "9000"]).status().unwrap();
     assert!(echo.success());
-    assert!(!flows(&node).iter().any(|f| f.port == 9000 && f.verdict != Verdict::Forwarded), "{:?}", flows(&node));
+    assert!(
+        !node.weir().flows("").iter().any(|f| f.port == 9000 && f.verdict != Verdict::Forwarded),
+        "{:?}",
+        node.weir().flows("")
+    );
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use weir::observe::flow::{FlowRecord, Verdict};
+use weir::observe::flow::Verdict;
 use weir_integration::node::Node;
 use weir_integration::wait_for;
 
@@ -58,40 +58,13 @@ fn seen(log: &Path, what: &str) -> Vec<String> {
     read(log).lines().filter(|l| l.contains(what)).map(str::to_string).collect()
 }
 
-/// A value from weir's /metrics: the sample whose line starts with `series`.
-fn metric(node: &Node, series: &str) -> u64 {
-    let text = node.weir().metrics();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-fn drops(node: &Node, reason: &str) -> u64 {
-    metric(node, &format!("weir_datapath_drops_total{{reason=\"{reason}\"}}"))
-}
-
 fn wait_drops(node: &Node, reason: &str, above: u64) -> u64 {
     let mut now = 0;
     wait_for(&format!("drops of reason {reason} above {above}"), Duration::from_secs(10), || {
-        now = drops(node, reason);
+        now = node.weir().datapath_drops(reason);
         now > above
     });
     now
-}
-
-fn flows(node: &Node) -> Vec<FlowRecord> {
-    node.weir().flows("")
-}
-
-fn wait_flow(node: &Node, what: &str, mut pick: impl FnMut(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = flows(node).into_iter().find(|f| pick(f));
-        found.is_some()
-    });
-    found.unwrap()
 }
 
 /// Give frames that should *not* arrive a moment to do so anyway.
@@ -147,16 +120,16 @@ fn tagged_and_unknown_frames_are_dropped_and_counted() {
     wait_drops(&node, "ethertype", 0);
     send(&node, "oth", &["ipv6", "fd00::11"]);
     wait_drops(&node, "ipv6", 0);
-    wait_flow(&node, "the hostile pod's VLAN drop flow", |f| {
+    node.weir().wait_flow("", "the hostile pod's VLAN drop flow", |f| {
         f.verdict == Verdict::Dropped
             && f.reason.as_deref().is_some_and(|r| r.contains("VLAN-tagged"))
             && f.source.labels.iter().any(|l| l == "k8s:app=other")
     });
-    assert!(flows(&node).iter().any(|f| f.reason.as_deref().is_some_and(|r| r.contains("ethertype 0x88b5"))));
+    assert!(node.weir().flows("").iter().any(|f| f.reason.as_deref().is_some_and(|r| r.contains("ethertype 0x88b5"))));
 
     // what held stays held: spoofing without tags, the hostile pod's own flow
     send(&node, "oth", &["udp", "40000", &server, "9001", "hostile-own"]);
-    let spoofed = drops(&node, "spoofed_source");
+    let spoofed = node.weir().datapath_drops("spoofed_source");
     let out = node
         .in_pod("oth", "python3")
         .args(["-c", &format!(
@@ -225,7 +198,7 @@ fn reversed_tuples_open_nothing_and_entries_expire() {
 
     // cli opens a new connection on the reversed tuple: a SYN, judged as new
     send(&node, "cli", &["syn", "7000", &server, "40123"]);
-    let drop = wait_flow(&node, "the reversed SYN's drop", |f| {
+    let drop = node.weir().wait_flow("", "the reversed SYN's drop", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "tcp" && f.port == 40123
     });
     assert!(drop.reason.as_deref().unwrap_or_default().contains("server-out-only"), "{drop:?}");
@@ -279,7 +252,7 @@ fn reversed_tuples_open_nothing_and_entries_expire() {
     settle();
     assert!(seen(&log, "udp-late").is_empty(), "an expired UDP entry still passed:\n{}", read(&log));
     assert!(seen(&log, "icmp-late").is_empty(), "an expired ICMP entry still passed:\n{}", read(&log));
-    assert_eq!(metric(&node, "weir_datapath_conntrack_expired_total"), 0, "no collector ran");
+    assert_eq!(node.weir().metric("weir_datapath_conntrack_expired_total"), 0, "no collector ran");
 }
 
 /// srv takes TCP 8080 from `friend` only; port 8081 only through an L7 rule.
@@ -341,7 +314,7 @@ fn service_dnat_to_a_local_pod_meets_its_ingress_policy() {
     assert_eq!(node.curl("cli", &format!("http://{server}:8080/direct")).0, 0);
     let (status, body) = node.curl("cli", "http://10.96.0.10/through-service");
     assert_eq!(status, 0, "the client got through the service DNAT: {body}");
-    let denied = wait_flow(&node, "the DNATed drop at srv", |f| {
+    let denied = node.weir().wait_flow("", "the DNATed drop at srv", |f| {
         f.verdict == Verdict::Dropped && f.port == 8080 && f.source.labels.iter().any(|l| l == "k8s:app=client")
     });
     assert!(denied.destination.labels.iter().any(|l| l == "k8s:app=server"), "{denied:?}");
@@ -349,7 +322,7 @@ fn service_dnat_to_a_local_pod_meets_its_ingress_policy() {
     // an L7 port behind a service cannot be proxied there: fails closed
     let (status, _) = node.curl("frnd", "http://10.96.0.10:81/l7");
     assert_eq!(status, 0);
-    let l7 = wait_flow(&node, "the L7-behind-DNAT drop", |f| f.verdict == Verdict::Dropped && f.port == 8081);
+    let l7 = node.weir().wait_flow("", "the L7-behind-DNAT drop", |f| f.verdict == Verdict::Dropped && f.port == 8081);
     assert!(l7.reason.as_deref().unwrap_or_default().contains("needs the proxy"), "{l7:?}");
     drop(rules);
 }
@@ -391,13 +364,13 @@ fn one_pods_conntrack_churn_is_bounded_per_endpoint() {
     let delivered = seen(&log, "flood-").len();
     assert!((48..=80).contains(&delivered), "{delivered} of 300 flows got through a limit of 64");
     wait_for("the flood's refusals counted", Duration::from_secs(10), || {
-        metric(&node, "weir_datapath_conntrack_refused_total{endpoint=\"oth\"}") >= 200
+        node.weir().metric("weir_datapath_conntrack_refused_total{endpoint=\"oth\"}") >= 200
     });
-    assert!(drops(&node, "conntrack_endpoint_limit") >= 200);
-    let held = metric(&node, "weir_datapath_conntrack_entries{endpoint=\"oth\"}");
+    assert!(node.weir().datapath_drops("conntrack_endpoint_limit") >= 200);
+    let held = node.weir().metric("weir_datapath_conntrack_entries{endpoint=\"oth\"}");
     assert!((48..=80).contains(&held), "oth holds {held} entries");
-    assert!(metric(&node, "weir_datapath_conntrack_capacity") > 0);
-    let refusal = wait_flow(&node, "a refusal flow", |f| {
+    assert!(node.weir().metric("weir_datapath_conntrack_capacity") > 0);
+    let refusal = node.weir().wait_flow("", "a refusal flow", |f| {
         f.verdict == Verdict::Dropped && f.reason.as_deref().is_some_and(|r| r.contains("limit of conntrack"))
     });
     assert!(refusal.source.labels.iter().any(|l| l == "k8s:app=other"), "{refusal:?}");
@@ -427,7 +400,7 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
     let log = sniff(&mut node, "snk", dir.path());
     let labels = [("cli", "client"), ("srv", "server"), ("oth", "other"), ("oth2", "other"), ("snk", "sink")];
     node.start_weir(&config(&node, &labels, "{per_endpoint: 64, capacity: 110}"), &[("server.yaml", SINK_AND_SERVER)]);
-    assert_eq!(metric(&node, "weir_datapath_conntrack_capacity"), 110);
+    assert_eq!(node.weir().metric("weir_datapath_conntrack_capacity"), 110);
 
     let mut client = node.line_client("cli", &server, 9000);
     // srv's replies pass by conntrack alone (its egress allows DNS only)
@@ -448,7 +421,7 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
     wait_drops(&node, "conntrack_full", 0);
     let refused: u64 = ["oth", "oth2"]
         .iter()
-        .map(|p| metric(&node, &format!("weir_datapath_conntrack_refused_total{{endpoint=\"{p}\"}}")))
+        .map(|p| node.weir().metric(&format!("weir_datapath_conntrack_refused_total{{endpoint=\"{p}\"}}")))
         .sum();
     assert!(refused >= 80, "{refused} refusals");
 }
@@ -494,7 +467,7 @@ fn fragments_follow_their_first_fragments_verdict() {
 
     udp_send("9101", &big("denied"));
     // fragments whose first was never seen
-    let before = drops(&node, "fragment_without_first");
+    let before = node.weir().datapath_drops("fragment_without_first");
     send(&node, "cli", &["frag-tail", &server, "9001", "777"]);
     wait_drops(&node, "fragment_without_first", before);
     settle();
@@ -503,9 +476,9 @@ fn fragments_follow_their_first_fragments_verdict() {
 
     // weir's collector deletes the UDP entries once they expire (10 s)
     wait_for("expired entries collected", Duration::from_secs(30), || {
-        metric(&node, "weir_datapath_conntrack_expired_total") > 0
+        node.weir().metric("weir_datapath_conntrack_expired_total") > 0
     });
-    let entries = metric(&node, "weir_datapath_conntrack_entries{endpoint=\"cli\"}");
+    let entries = node.weir().metric("weir_datapath_conntrack_entries{endpoint=\"cli\"}");
     assert_eq!(entries, 0, "cli's entries are all expired and collected");
 }
 
@@ -546,5 +519,5 @@ fn icmp_errors_pass_only_for_tracked_connections() {
     send(&node, "srv", &["icmp-error", &client, &client, &server, "41001", "9001", "unrelated"]);
     settle();
     assert!(seen(&log, "unrelated").is_empty(), "an unrelated ICMP error passed:\n{}", read(&log));
-    wait_flow(&node, "the unrelated error's drop", |f| f.verdict == Verdict::Dropped && f.protocol == "icmp");
+    node.weir().wait_flow("", "the unrelated error's drop", |f| f.verdict == Verdict::Dropped && f.protocol == "icmp");
 }

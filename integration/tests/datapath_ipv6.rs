@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use weir::observe::flow::{FlowRecord, Verdict};
+use weir::observe::flow::Verdict;
 use weir_integration::node::{Node, peer_script};
 use weir_integration::wait_for;
 
@@ -47,32 +47,6 @@ spec:
 "#;
 
 const LABELS: &[(&str, &str)] = &[("cli", "client"), ("srv", "server"), ("oth", "other")];
-
-fn flows(node: &Node) -> Vec<FlowRecord> {
-    node.weir().flows("")
-}
-
-fn wait_flow(node: &Node, what: &str, mut pick: impl FnMut(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = flows(node).into_iter().find(|f| pick(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
-fn metric(node: &Node, series: &str) -> u64 {
-    let text = node.weir().metrics();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-fn drops(node: &Node, reason: &str) -> u64 {
-    metric(node, &format!("weir_datapath_drops_total{{reason=\"{reason}\"}}"))
-}
 
 fn ip6(node: &Node, pod: &str) -> String {
     node.pod(pod).ip6.expect("a dual-stack pod").to_string()
@@ -133,7 +107,7 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
     // `other` is denied over IPv6 as over IPv4: its SYN is dropped in the
     // kernel, and the drop is a flow with IPv6 addresses and the rule's name
     assert!(echo_once(&node, "oth", &server6, 7000, "hostile").starts_with("error"), "other got through");
-    let drop = wait_flow(&node, "the IPv6 drop flow", |f| {
+    let drop = node.weir().wait_flow("", "the IPv6 drop flow", |f| {
         f.verdict == Verdict::Dropped && f.source.address.ip().is_ipv6() && f.port == 7000
     });
     assert_eq!(drop.source.address.ip().to_string(), ip6(&node, "oth"));
@@ -143,7 +117,7 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
 
     // a port no rule names is closed to the client too (default deny)
     assert!(echo_once(&node, "cli", &server6, 7001, "closed-port").starts_with("error"));
-    wait_flow(&node, "the default-deny flow", |f| {
+    node.weir().wait_flow("", "the default-deny flow", |f| {
         f.verdict == Verdict::Dropped && f.port == 7001 && f.source.address.ip().to_string() == client6
     });
 
@@ -162,7 +136,7 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
     );
     let out = node.in_pod("cli", "python3").args(["-c", &smuggle]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_flow(&node, "the routed neighbour solicitation dropped", |f| {
+    node.weir().wait_flow("", "the routed neighbour solicitation dropped", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == server6
     });
 
@@ -173,21 +147,21 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
          /ICMPv6NDOptPrefixInfo(prefix='fd00:bad::',prefixlen=64),iface='eth0',verbose=False)\n";
     let out = node.in_pod("oth", "python3").args(["-c", advertise]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_flow(&node, "the pod's router advertisement dropped", |f| {
+    node.weir().wait_flow("", "the pod's router advertisement dropped", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == "ff02::1"
     });
 
     // a packet with a local pod's address that did not leave through that
     // pod's veth (here: sent from the node itself) does not get its identity:
     // the client may reach srv:7000, this SYN may not
-    let spoofed_before = drops(&node, "spoofed_source");
+    let spoofed_before = node.weir().datapath_drops("spoofed_source");
     let forged_syn = format!(
         "from scapy.all import *\nsend(IPv6(src='{client6}',dst='{server6}')/TCP(sport=41000,dport=7000,flags='S'),verbose=False)\n"
     );
     let out = std::process::Command::new("python3").args(["-c", &forged_syn]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the off-veth packet with the client's address counted as spoofed", Duration::from_secs(10), || {
-        drops(&node, "spoofed_source") > spoofed_before
+        node.weir().datapath_drops("spoofed_source") > spoofed_before
     });
 
     // ICMPv6: echo to an unenforced pod and back; to srv, whose ingress
@@ -197,7 +171,7 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
 
     // a pod may send only from its own IPv6 address: the client borrowing
     // the other pod's address is dropped and counted
-    let spoofed_before = drops(&node, "spoofed_source");
+    let spoofed_before = node.weir().datapath_drops("spoofed_source");
     let forge = format!(
         "import socket\n\
          s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
@@ -209,7 +183,7 @@ fn ipv6_is_judged_by_the_same_policy_as_ipv4() {
     let out = node.in_pod("cli", "python3").args(["-c", &forge]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the spoofed IPv6 datagram counted", Duration::from_secs(10), || {
-        drops(&node, "spoofed_source") > spoofed_before
+        node.weir().datapath_drops("spoofed_source") > spoofed_before
     });
 
     // `weir datapath status` names both addresses and the IPv6 table's entries
@@ -242,7 +216,7 @@ fn ipv6_l7_rules_go_through_the_proxy_with_the_senders_identity() {
     // refused at L7 by the proxy
     let (status, body) = node.curl("cli", &url("/private"));
     assert_eq!((status, body.as_str()), (403, "Access denied\r\n"));
-    let denied = wait_flow(&node, "the IPv6 L7 denial", |f| {
+    let denied = node.weir().wait_flow("", "the IPv6 L7 denial", |f| {
         f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
     });
     assert_eq!(denied.source.address.ip().to_string(), client6);
@@ -364,7 +338,7 @@ fn ipv6_l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     assert!(body.starts_with(&format!("client={client6}:")), "source address not kept: {body}");
     assert_eq!(body.matches("path=").count(), 1, "{body}");
     assert_eq!(a.curl("cli", &url("/private")).0, 403);
-    let denied = wait_flow(&b, "the L7 denial on B", |f| {
+    let denied = b.weir().wait_flow("", "the L7 denial on B", |f| {
         f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
     });
     assert!(denied.source.labels.iter().any(|l| l == "k8s:app=client"), "{denied:?}");
@@ -374,7 +348,7 @@ fn ipv6_l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     assert_eq!(echo_once(&a, "cli", &server6, 7000, "across"), "across");
     assert!(echo_once(&a, "oth", &server6, 7000, "hostile").starts_with("error"));
     assert_eq!(a.curl("oth", &url("/public/a")).0, 0);
-    wait_flow(&b, "B's drop of the other pod", |f| {
+    b.weir().wait_flow("", "B's drop of the other pod", |f| {
         f.verdict == Verdict::Dropped && f.source.address.ip().to_string() == ip6(&a, "oth")
     });
 }
@@ -432,7 +406,7 @@ fn ipv6_fragments_follow_their_first_fragments_verdict() {
 
     send(9101, "denied");
     // the later fragments of a datagram whose first fragment never came
-    let before = drops(&node, "fragment_without_first");
+    let before = node.weir().datapath_drops("fragment_without_first");
     let tail = format!(
         "from scapy.all import *\n\
          frags=fragment6(IPv6(src='{client6}',dst='{server6}')/IPv6ExtHdrFragment(id=0x5eed)/UDP(sport=40000,dport=9001)/Raw(b'tail-'+b'y'*3000),1280)\n\
@@ -441,7 +415,7 @@ fn ipv6_fragments_follow_their_first_fragments_verdict() {
     let out = node.in_pod("cli", "python3").args(["-c", &tail]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the headless fragments dropped", Duration::from_secs(10), || {
-        drops(&node, "fragment_without_first") > before
+        node.weir().datapath_drops("fragment_without_first") > before
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(!read().contains("denied-"), "{}", read());

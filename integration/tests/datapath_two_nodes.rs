@@ -35,15 +35,6 @@ spec:
 
 const LABELS: [(&str, &str); 3] = [("cli", "client"), ("oth", "other"), ("srv", "server")];
 
-fn wait_flow(node: &Node, what: &str, pick: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
-    let mut found = None;
-    wait_for(what, Duration::from_secs(10), || {
-        found = node.weir().flows("").into_iter().find(|f| pick(f));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 fn has_label(flow: &FlowRecord, label: &str) -> bool {
     flow.source.labels.iter().any(|l| l == label)
 }
@@ -83,12 +74,12 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     // refused at L7 by B's proxy, with A's pod's identity from B's ipcache
     let (status, body) = a.curl("cli", &format!("http://{server}/private"));
     assert_eq!((status, body.as_str()), (403, "Access denied\r\n"));
-    let denied = wait_flow(&b, "the L7 denial", |f| {
+    let denied = b.weir().wait_flow("", "the L7 denial", |f| {
         f.http().is_some_and(|h| h.path == "/private") && f.verdict == Verdict::Denied
     });
     assert!(has_label(&denied, "k8s:app=client"), "{denied:?}");
     assert_eq!((denied.source.address.ip(), denied.listener.as_str()), (client.into(), "ebpf"));
-    let redirect = wait_flow(&b, "the kernel's redirect of the off-node SYN", |f| {
+    let redirect = b.weir().wait_flow("", "the kernel's redirect of the off-node SYN", |f| {
         f.listener == "datapath" && f.port == 80 && f.reason.as_deref() == Some("redirected to the proxy")
     });
     assert!(has_label(&redirect, "k8s:app=client"), "{redirect:?}");
@@ -98,7 +89,7 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     let echo =
         a.run_in("cli", "python3", &[&peer_script(), "lines", &server.to_string(), "4000"], "hello over the wire\n");
     assert_eq!(String::from_utf8_lossy(&echo.stdout), "hello over the wire\n");
-    let allowed = wait_flow(&b, "the L4 allow", |f| {
+    let allowed = b.weir().wait_flow("", "the L4 allow", |f| {
         f.port == 4000 && f.verdict == Verdict::Forwarded && f.listener == "datapath"
     });
     assert!(has_label(&allowed, "k8s:app=client"), "{allowed:?}");
@@ -108,8 +99,9 @@ fn l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     // the drop is B's flow, naming the policy
     let other = a.pod("oth").ip;
     assert_eq!(a.curl("oth", &format!("http://{server}/public/a")).0, 0);
-    let dropped =
-        wait_flow(&b, "the drop", |f| f.verdict == Verdict::Dropped && f.source.address.ip() == other && f.port == 80);
+    let dropped = b
+        .weir()
+        .wait_flow("", "the drop", |f| f.verdict == Verdict::Dropped && f.source.address.ip() == other && f.port == 80);
     assert!(has_label(&dropped, "k8s:app=other"), "{dropped:?}");
 
     // B's pod opens a connection to A's pod: its replies come back over the
@@ -158,7 +150,7 @@ spec:
     wait_for("the server across the wire", Duration::from_secs(10), || a.curl("cli", &url).0 == 200);
     let (status, body) = a.curl("cli", &format!("http://{server}/private"));
     assert_eq!((status, body.as_str()), (403, "Access denied\r\n"), "the CIDR sender's L7 rules were skipped");
-    let denied = wait_flow(&b, "the L7 denial", |f| f.http().is_some_and(|h| h.path == "/private"));
+    let denied = b.weir().wait_flow("", "the L7 denial", |f| f.http().is_some_and(|h| h.path == "/private"));
     // judged as the address it is (a world address the CIDR rule names), not
     // as the host
     assert!(denied.policies.iter().any(|p| p.ends_with("spec.ingress[1].toPorts[0]")), "{denied:?}");
