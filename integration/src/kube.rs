@@ -180,7 +180,14 @@ impl Kube {
 
     /// Report a pod running with `ip`, as its kubelet would.
     pub fn pod_ip(&self, namespace: &str, name: &str, ip: &str) {
-        let patch = format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+        self.pod_ips(namespace, name, &[ip]);
+    }
+
+    /// The same with several addresses (dual-stack: IPv4 first, as kubelets
+    /// report them); `podIP` is the first.
+    pub fn pod_ips(&self, namespace: &str, name: &str, ips: &[&str]) {
+        let list: Vec<String> = ips.iter().map(|ip| format!(r#"{{"ip":"{ip}"}}"#)).collect();
+        let patch = format!(r#"{{"status":{{"phase":"Running","podIP":"{}","podIPs":[{}]}}}}"#, ips[0], list.join(","));
         self.must(&["patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", &patch], "");
     }
 

@@ -81,3 +81,50 @@ fn pods_of_the_api_server_are_policed_in_the_kernel() {
     wait_for("oth's programs taken off", Duration::from_secs(20), || !node.datapath_status().contains(&interface));
     assert_eq!(node.curl("cli", &url("/public/a")).0, 200);
 }
+
+/// Dual-stack pods of the API server (two addresses in `podIPs`) are policed
+/// over IPv6 as over IPv4, with their Kubernetes identities; a pod with an
+/// IPv6 address only is found by its IPv6 host route, and may send no IPv4.
+#[test]
+fn dual_stack_and_ipv6_only_pods_are_policed_in_the_kernel() {
+    let mut kube = Kube::start();
+    kube.install_weir();
+    kube.namespace("shop", &[]);
+    let mut node = Node::dual_stack(&["cli", "srv", "six"]);
+    let port = kube.bridge_into(&node.netns);
+    let kubeconfig = kube.kubeconfig_as("weir-node", Some(port));
+    node.enter();
+    let ip6 = |node: &Node, pod: &str| node.pod(pod).ip6.unwrap().to_string();
+    let (server, server6) = (node.pod("srv").ip.to_string(), ip6(&node, "srv"));
+    node.serve("srv", "http v4", "python3", &[&peer_script(), "http", &server, "80"]);
+    node.serve("srv", "http v6", "python3", &[&peer_script(), "http", &server6, "80"]);
+
+    let name = node.netns.clone();
+    kube.pod("shop", "cli", &name, &[("app", "client")]);
+    kube.pod("shop", "srv", &name, &[("app", "server")]);
+    kube.pod("shop", "six", &name, &[("app", "client")]);
+    kube.pod_ips("shop", "cli", &[&node.pod("cli").ip.to_string(), &ip6(&node, "cli")]);
+    kube.pod_ips("shop", "srv", &[&server, &server6]);
+    kube.pod_ips("shop", "six", &[&ip6(&node, "six")]);
+    kube.apply(&SERVER_HTTP_POLICY.replace("name: server-http}", "name: server-http, namespace: shop}"));
+    let config = format!("admin: ADMIN\nworkers: 1\nlog_flows: true\ndatapath:\n  bpffs: {}\n", node.bpffs);
+    let args = ["--kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", &name];
+    node.start_weir_with(&config, &args);
+
+    let url6 = |path: &str| format!("http://[{server6}]{path}");
+    wait_for("the server over IPv6", Duration::from_secs(20), || node.curl("cli", &url6("/public/ready")).0 == 200);
+    let (status, body) = node.curl("cli", &url6("/private"));
+    assert_eq!((status, body.as_str()), (403, "Access denied\r\n"), "{}", node.weir().log());
+    let denied = node.weir().wait_flow("", "the IPv6 denial", |f| f.verdict == Verdict::Denied);
+    assert_eq!((denied.source.namespace.as_deref(), denied.source.pod.as_deref()), (Some("shop"), Some("cli")));
+    assert_eq!(denied.source.address.ip().to_string(), ip6(&node, "cli"));
+    assert_eq!(node.curl("cli", &format!("http://{server}/public/a")).0, 200, "IPv4 still");
+
+    // the IPv6-only pod: attached by its IPv6 route, a client over IPv6,
+    // and its IPv4 (it has no IPv4 address in Kubernetes) is refused
+    let status = node.datapath_status();
+    let six = format!("endpoint {} 0.0.0.0,{} ", node.pod("six").interface, ip6(&node, "six"));
+    assert!(status.lines().any(|l| l.starts_with(&six)), "no {six:?} in:\n{status}");
+    assert_eq!(node.curl("six", &url6("/public/a")).0, 200);
+    assert_eq!(node.curl("six", &format!("http://{server}/public/a")).0, 0, "IPv4 from an IPv6-only pod");
+}
