@@ -406,3 +406,34 @@ fn visibility_parses_a_port_into_flows_and_refuses_nothing() {
         node.weir().flows("")
     );
 }
+
+/// A node with IPv6 turned off (as many are): weir says it cannot redirect
+/// IPv6 and serves IPv4 as before; stopping leaves nothing behind.
+#[test]
+fn a_node_without_ipv6_runs_the_ipv4_datapath() {
+    let mut node = Node::new(&["cli", "srv", "oth"]);
+    let disabled = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        .status()
+        .unwrap();
+    assert!(disabled.success());
+    let lo_disabled = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"])
+        .status()
+        .unwrap();
+    assert!(lo_disabled.success());
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
+    node.start_weir(&config, &[("server.yaml", SERVER_HTTP_POLICY)]);
+    let url = format!("http://{server}/public/ready");
+    wait_for("the server through the proxy", Duration::from_secs(10), || node.curl("cli", &url).0 == 200);
+    assert_eq!(node.curl("cli", &format!("http://{server}/private")).0, 403);
+    let log = node.weir().log();
+    assert!(log.contains("IPv6 redirect rules not installed"), "{log}");
+    let mut weir = node.weir.take().unwrap();
+    assert!(weir.terminate().is_some_and(|s| s.success()), "{}", weir.log());
+    let leftovers = node.leftovers();
+    assert!(leftovers.is_empty(), "a stop without IPv6 left behind:\n{leftovers}\nweir log:\n{}", weir.log());
+}
