@@ -40,6 +40,13 @@ def http_server(addr, port):
     class Server(http.server.ThreadingHTTPServer):
         address_family = family(addr)
 
+        def server_bind(self):
+            # HTTPServer looks its own address up (getfqdn) between bind and
+            # listen: in a pod without DNS that left it refusing connections
+            # for seconds
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+
     Server((addr, int(port)), Handler).serve_forever()
 
 

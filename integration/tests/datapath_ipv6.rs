@@ -92,6 +92,8 @@ fn start(node: &mut Node) {
     wait_for("the IPv6 echo server through the datapath", Duration::from_secs(10), || {
         echo_once(node, "cli", &server6, 7000, "ready") == "ready"
     });
+    let ready = format!("http://[{server6}]/public/ready");
+    wait_for("the IPv6 HTTP server through the proxy", Duration::from_secs(10), || node.curl("cli", &ready).0 == 200);
 }
 
 #[test]

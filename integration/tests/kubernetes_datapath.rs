@@ -113,12 +113,15 @@ fn dual_stack_and_ipv6_only_pods_are_policed_in_the_kernel() {
 
     let url6 = |path: &str| format!("http://[{server6}]{path}");
     wait_for("the server over IPv6", Duration::from_secs(20), || node.curl("cli", &url6("/public/ready")).0 == 200);
+    let url4 = format!("http://{server}/public/ready");
+    wait_for("the server over IPv4", Duration::from_secs(20), || node.curl("cli", &url4).0 == 200);
     let (status, body) = node.curl("cli", &url6("/private"));
     assert_eq!((status, body.as_str()), (403, "Access denied\r\n"), "{}", node.weir().log());
     let denied = node.weir().wait_flow("", "the IPv6 denial", |f| f.verdict == Verdict::Denied);
     assert_eq!((denied.source.namespace.as_deref(), denied.source.pod.as_deref()), (Some("shop"), Some("cli")));
     assert_eq!(denied.source.address.ip().to_string(), ip6(&node, "cli"));
-    assert_eq!(node.curl("cli", &format!("http://{server}/public/a")).0, 200, "IPv4 still");
+    let (status, body) = node.curl("cli", &format!("http://{server}/public/a"));
+    assert_eq!(status, 200, "IPv4 still: {body}\n{:#?}", node.weir().flows("").last());
 
     // the IPv6-only pod: attached by its IPv6 route, a client over IPv6,
     // and its IPv4 (it has no IPv4 address in Kubernetes) is refused

@@ -1,10 +1,13 @@
 //! Sockets below every engine: how a proxy leg to the upstream is bound,
-//! and the TLS it may speak to the upstream.
+//! the TLS it may speak to the upstream, and the splicing of its writes.
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
+
+use weir_datapath_common::SpliceKey;
 
 use rustls::pki_types::ServerName;
 
@@ -122,4 +125,61 @@ impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamTls").field("server_name", &self.server_name).finish_non_exhaustive()
     }
+}
+
+/// Adds the proxy's sockets to the datapath's `WEIR_SPLICE_PROXY` map, whose
+/// program splices their writes into local pods' sockets
+/// (`datapath/splice.rs`).
+pub struct Splicer {
+    map: OwnedFd,
+}
+
+impl Splicer {
+    pub fn new(map: OwnedFd) -> Splicer {
+        Splicer { map }
+    }
+
+    /// Splice what the proxy writes on `socket` (local address `local`,
+    /// connected to `peer`) into the pod socket at the other end, if that one
+    /// is a local pod's known to `weir_sockops`. IPv4 only; a failure leaves
+    /// the socket on the normal path.
+    pub fn add(&self, socket: &impl AsRawFd, local: SocketAddr, peer: SocketAddr) {
+        let (SocketAddr::V4(local), SocketAddr::V4(peer)) = (local, peer) else { return };
+        let key = SpliceKey {
+            local_ip: u32::from_ne_bytes(local.ip().octets()),
+            remote_ip: u32::from_ne_bytes(peer.ip().octets()),
+            local_port: local.port().to_be(),
+            remote_port: peer.port().to_be(),
+        };
+        if let Err(e) = update(self.map.as_raw_fd(), &key, socket.as_raw_fd()) {
+            tracing::debug!(%local, %peer, "not spliced: {e}");
+        }
+    }
+}
+
+/// BPF_MAP_UPDATE_ELEM through the raw syscall: aya's map wants `&mut`, and
+/// every connection of every worker adds its socket.
+fn update(map: RawFd, key: &SpliceKey, socket: RawFd) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let value = socket as u32;
+    let attr = Attr {
+        map_fd: map as u32,
+        _pad: 0,
+        key: key as *const SpliceKey as u64,
+        value: &value as *const u32 as u64,
+        flags: 0, // BPF_ANY
+    };
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // SAFETY: the attribute points at a key and a value that outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr as *const Attr, size_of::<Attr>() as libc::c_uint)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

@@ -83,7 +83,7 @@ pub struct Datapath {
     revisions: u32,
     proxy_sockets: SockHash<MapData, u32>,
     /// Where the proxy adds its sockets to splice (`datapath.splice`).
-    splicer: Option<std::sync::Arc<splice::Splicer>>,
+    splicer: Option<std::sync::Arc<crate::net::Splicer>>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
 }
@@ -162,7 +162,7 @@ impl Datapath {
     }
 
     /// Where the HTTP proxy adds the sockets it splices (`None`: off).
-    pub fn splicer(&self) -> Option<std::sync::Arc<splice::Splicer>> {
+    pub fn splicer(&self) -> Option<std::sync::Arc<crate::net::Splicer>> {
         self.splicer.clone()
     }
 
@@ -429,7 +429,7 @@ impl Datapath {
 /// Load the splice programs: `weir_splice` on WEIR_SPLICE_PROXY, and
 /// `weir_sockops` on the node's cgroup (its link lives as long as this
 /// process: a successor attaches its own beside it).
-fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<splice::Splicer> {
+fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<crate::net::Splicer> {
     let cgroup_path = config.cgroup.clone().or_else(splice::cgroup_root).ok_or_else(|| anyhow!("no cgroup2 mount"))?;
     let proxy_map = ebpf.take_map(maps::SPLICE_PROXY).ok_or_else(|| anyhow!("{} missing", maps::SPLICE_PROXY))?;
     let proxy_map: SockHash<MapData, weir_datapath_common::SpliceKey> = SockHash::try_from(proxy_map)?;
@@ -448,7 +448,7 @@ fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<sp
     let fd: std::os::fd::OwnedFd = std::os::fd::AsFd::as_fd(&map_fd).try_clone_to_owned()?;
     // the map stays open through the attached program and the pin
     drop(proxy_map);
-    Ok(splice::Splicer::new(fd))
+    Ok(crate::net::Splicer::new(fd))
 }
 
 fn detach<const N: usize>(links: [Attachment; N]) {

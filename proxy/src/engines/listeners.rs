@@ -191,7 +191,7 @@ pub async fn serve_transparent(
     state: Arc<ProxyState>,
     protocol: Protocol,
     listener: Arc<TcpListener>,
-    splice: Option<Arc<crate::datapath::splice::Splicer>>,
+    splice: Option<Arc<crate::net::Splicer>>,
     stop: watch::Receiver<bool>,
 ) {
     transparent_accept_loop(listener, stop, |c| {
