@@ -499,10 +499,11 @@ spec:
 /// ICMP errors about a tracked connection's packet pass (here srv's kernel
 /// answering "port unreachable" to the client's allowed datagram, which
 /// srv's egress policy alone would drop); an error quoting a tuple that no
-/// connection has is judged by policy like any ICMP, and dropped.
+/// connection has is judged by policy like any ICMP, and dropped; so is one
+/// quoting a live connection that is not the sender's to report on.
 #[test]
 fn icmp_errors_pass_only_for_tracked_connections() {
-    let mut node = Node::new(&["cli", "srv"]);
+    let mut node = Node::new(&["cli", "srv", "oth"]);
     node.enter();
     let dir = tempfile::tempdir().unwrap();
     let (client, server) = (node.pod("cli").ip.to_string(), node.pod("srv").ip.to_string());
@@ -520,4 +521,12 @@ fn icmp_errors_pass_only_for_tracked_connections() {
     settle();
     assert!(seen(&log, "unrelated").is_empty(), "an unrelated ICMP error passed:\n{}", read(&log));
     node.weir().wait_flow("", "the unrelated error's drop", |f| f.verdict == Verdict::Dropped && f.protocol == "icmp");
+
+    // the client's live connection to `oth`: srv may not report on it (a pod
+    // answers only about packets sent to it), whatever its egress allows
+    let other = node.pod("oth").ip.to_string();
+    send(&node, "cli", &["udp", "41002", &other, "9001", "to-other"]);
+    send(&node, "srv", &["icmp-error", &client, &client, &other, "41002", "9001", "forged-on-live"]);
+    settle();
+    assert!(seen(&log, "forged-on-live").is_empty(), "an error about another's connection passed:\n{}", read(&log));
 }
