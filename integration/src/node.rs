@@ -490,3 +490,15 @@ spec:
   ingressDeny:
     - fromEndpoints: [{matchLabels: {app: other}}]
 "#;
+
+/// `app: server` takes UDP 9001 from `app: client`, nothing else.
+pub const SERVER_UDP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-udp}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
+"#;

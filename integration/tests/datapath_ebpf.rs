@@ -17,7 +17,11 @@ fn has_label(labels: &[String], label: &str) -> bool {
 }
 
 fn start_http_node() -> Node {
-    let mut node = Node::new(&["cli", "srv", "oth"]);
+    start_http(Node::new(&["cli", "srv", "oth"]))
+}
+
+/// weir in front of `srv`'s HTTP server on this node, ready.
+fn start_http(mut node: Node) -> Node {
     node.enter();
     let server = node.pod("srv").ip.to_string();
     node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
@@ -411,24 +415,14 @@ fn visibility_parses_a_port_into_flows_and_refuses_nothing() {
 /// IPv6 and serves IPv4 as before; stopping leaves nothing behind.
 #[test]
 fn a_node_without_ipv6_runs_the_ipv4_datapath() {
-    let mut node = Node::new(&["cli", "srv", "oth"]);
-    let disabled = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
-        .status()
-        .unwrap();
-    assert!(disabled.success());
-    let lo_disabled = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"])
-        .status()
-        .unwrap();
-    assert!(lo_disabled.success());
-    node.enter();
-    let server = node.pod("srv").ip.to_string();
-    node.serve("srv", "http server", "python3", &[&peer_script(), "http", &server, "80"]);
-    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server"), ("oth", "other")]));
-    node.start_weir(&config, &[("server.yaml", SERVER_HTTP_POLICY)]);
-    let url = format!("http://{server}/public/ready");
-    wait_for("the server through the proxy", Duration::from_secs(10), || node.curl("cli", &url).0 == 200);
+    let node = Node::new(&["cli", "srv", "oth"]);
+    for setting in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"] {
+        let disabled =
+            std::process::Command::new("ip").args(["netns", "exec", &node.netns, "sysctl", "-qw", setting]).status();
+        assert!(disabled.unwrap().success(), "{setting}");
+    }
+    let mut node = start_http(node);
+    let server = node.pod("srv").ip;
     assert_eq!(node.curl("cli", &format!("http://{server}/private")).0, 403);
     let log = node.weir().log();
     assert!(log.contains("IPv6 redirect rules not installed"), "{log}");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
-use weir_integration::node::Node;
+use weir_integration::node::{Node, SERVER_UDP_POLICY};
 use weir_integration::wait_for;
 
 fn script(name: &str) -> String {
@@ -72,18 +72,6 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-/// srv takes UDP 9001 from the client only; `oth` is hostile.
-const SERVER_UDP: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-udp}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
-"#;
-
 /// Class 1: every frame a pod sends is judged or dropped. Two VLAN tags
 /// with ID 0 around an IPv4 packet with the client's address used to skip
 /// the program entirely (anti-spoofing, egress, the server's ingress).
@@ -95,7 +83,7 @@ fn tagged_and_unknown_frames_are_dropped_and_counted() {
     let (client, server) = (node.pod("cli").ip.to_string(), node.pod("srv").ip.to_string());
     let log = sniff(&mut node, "srv", dir.path());
     let config = config(&node, &[("cli", "client"), ("srv", "server"), ("oth", "other")], SHORT_LIVED);
-    node.start_weir(&config, &[("server.yaml", SERVER_UDP)]);
+    node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
 
     // the allowed flow works, plain and untagged
     wait_for("client UDP delivered", Duration::from_secs(10), || {
@@ -445,7 +433,7 @@ fn fragments_follow_their_first_fragments_verdict() {
     }
     let log = sniff(&mut node, "srv", dir.path());
     let config = config(&node, &[("cli", "client"), ("srv", "server")], SHORT_LIVED);
-    node.start_weir(&config, &[("server.yaml", SERVER_UDP)]);
+    node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
 
     // 4000 bytes over a 1500-byte MTU: three fragments, sent by cli's kernel
     let big = |tag: &str| format!("{tag}-{}", "x".repeat(4000));

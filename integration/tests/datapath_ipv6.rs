@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
-use weir_integration::node::{Node, peer_script};
+use weir_integration::node::{Node, SERVER_UDP_POLICY, peer_script};
 use weir_integration::wait_for;
 
 const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
@@ -355,18 +355,6 @@ fn ipv6_l7_ingress_from_another_node_is_judged_by_the_receiving_nodes_proxy() {
     });
 }
 
-/// srv takes UDP 9001 from the client, nothing else.
-const SERVER_UDP: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-udp}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
-"#;
-
 /// IPv6 fragments (a Fragment extension header; the sender's kernel splits a
 /// 4000-byte datagram over the 1500-byte MTU) are judged by their first
 /// fragment's ports: whole to the allowed port, nothing to another, and a
@@ -391,7 +379,7 @@ fn ipv6_fragments_follow_their_first_fragments_verdict() {
     );
     node.serve("srv", "udp sink", "python3", &["-c", &sink]);
     let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
-    node.start_weir(&config, &[("server.yaml", SERVER_UDP)]);
+    node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
     let send = |port: u16, tag: &str| {
         let program = format!(
             "import socket\nsocket.socket(socket.AF_INET6,socket.SOCK_DGRAM).sendto(b'{tag}-'+b'x'*4000,('{server6}',{port}))\n"

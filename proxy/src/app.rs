@@ -258,64 +258,53 @@ async fn serve(
     let mut kernel_events = None;
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
-        // one transparent listener per TCP engine: the programs pick the
-        // engine by the port a policy entry redirects to
-        for protocol in Protocol::ALL.into_iter().filter(|p| *p != Protocol::Dns) {
-            let bind = crate::datapath::proxy_bind(&config.datapath, protocol);
-            let listener = crate::engines::listeners::bind_transparent(bind)
-                .with_context(|| format!("transparent {} listener on {bind}", protocol.name()))?;
-            datapath.register_proxy_socket(bind, PROTO_TCP, &listener)?;
-            let stopped = accepting_stopped.clone();
-            // HTTP's writes to local pods are spliced (the other engines
-            // splice(2) or watch their sockets' fill levels themselves)
-            let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
-            tokio::spawn(crate::engines::listeners::serve_transparent(
-                state.clone(),
-                protocol,
-                listener,
-                splice,
-                stopped,
-            ));
-            // and IPv6's, where the node has it (without, IPv6 L7 fails closed)
-            let bind6 = crate::datapath::proxy_bind6(&config.datapath, protocol);
-            match crate::engines::listeners::bind_transparent(bind6) {
-                Ok(listener) => {
-                    datapath.register_proxy_socket(bind6, PROTO_TCP, &listener)?;
-                    let stopped = accepting_stopped.clone();
-                    tokio::spawn(crate::engines::listeners::serve_transparent(
-                        state.clone(),
-                        protocol,
-                        listener,
-                        None,
-                        stopped,
-                    ));
-                }
-                Err(e) => tracing::warn!(%bind6, "no IPv6 transparent {} listener: {e}", protocol.name()),
-            }
-        }
-        // the DNS proxy's own pair: TCP and UDP on one port
-        let dns_bind = crate::datapath::proxy_bind(&config.datapath, Protocol::Dns);
-        let dns_tcp = crate::engines::listeners::bind_transparent(dns_bind)
-            .with_context(|| format!("transparent DNS listener on {dns_bind}"))?;
-        let dns_udp = crate::engines::dns::bind_transparent_udp(dns_bind)
-            .with_context(|| format!("transparent DNS socket on {dns_bind}"))?;
-        datapath.register_proxy_socket(dns_bind, PROTO_TCP, &dns_tcp)?;
-        datapath.register_proxy_socket(dns_bind, PROTO_UDP, &dns_udp)?;
-        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp, accepting_stopped.clone()));
-        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp, accepting_stopped.clone()));
-        // and IPv6's pair, where the node has it
-        let dns_bind6 = crate::datapath::proxy_bind6(&config.datapath, Protocol::Dns);
-        match crate::engines::listeners::bind_transparent(dns_bind6)
-            .and_then(|tcp| Ok((tcp, crate::engines::dns::bind_transparent_udp(dns_bind6)?)))
-        {
-            Ok((dns_tcp6, dns_udp6)) => {
-                datapath.register_proxy_socket(dns_bind6, PROTO_TCP, &dns_tcp6)?;
-                datapath.register_proxy_socket(dns_bind6, PROTO_UDP, &dns_udp6)?;
+        // one transparent listener per TCP engine (the programs pick the
+        // engine by the port a policy entry redirects to) and the DNS proxy's
+        // own pair, TCP and UDP on one port; for IPv4, and for IPv6 where the
+        // node has it (without, IPv6 L7 fails closed)
+        for ipv6 in [false, true] {
+            for protocol in Protocol::ALL {
+                let bind = match ipv6 {
+                    false => crate::datapath::proxy_bind(&config.datapath, protocol),
+                    true => crate::datapath::proxy_bind6(&config.datapath, protocol),
+                };
+                let sockets = crate::engines::listeners::bind_transparent(bind).and_then(|tcp| {
+                    let udp = match protocol {
+                        Protocol::Dns => Some(crate::engines::dns::bind_transparent_udp(bind)?),
+                        _ => None,
+                    };
+                    Ok((tcp, udp))
+                });
+                let (tcp, udp) = match sockets {
+                    Ok(sockets) => sockets,
+                    Err(e) if ipv6 => {
+                        tracing::warn!(%bind, "no IPv6 transparent {} sockets: {e}", protocol.name());
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("transparent {} sockets on {bind}", protocol.name())));
+                    }
+                };
+                datapath.register_proxy_socket(bind, PROTO_TCP, &tcp)?;
                 let stopped = accepting_stopped.clone();
-                tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), dns_tcp6, stopped.clone()));
-                tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), dns_udp6, stopped));
+                if let Some(udp) = udp {
+                    datapath.register_proxy_socket(bind, PROTO_UDP, &udp)?;
+                    tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), tcp, stopped.clone()));
+                    tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), udp, stopped));
+                    continue;
+                }
+                // HTTP's writes to local pods may be spliced (the other
+                // engines splice(2) or watch their sockets' fill levels)
+                let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
+                tokio::spawn(crate::engines::listeners::serve_transparent(
+                    state.clone(),
+                    protocol,
+                    tcp,
+                    splice,
+                    stopped,
+                ));
             }
-            Err(e) => tracing::warn!(%dns_bind6, "no IPv6 transparent DNS sockets: {e}"),
         }
         let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
         kernel_events = Some(tokio::spawn(events));

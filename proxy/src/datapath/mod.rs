@@ -433,11 +433,10 @@ fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<cr
     let cgroup_path = config.cgroup.clone().or_else(splice::cgroup_root).ok_or_else(|| anyhow!("no cgroup2 mount"))?;
     let proxy_map = ebpf.take_map(maps::SPLICE_PROXY).ok_or_else(|| anyhow!("{} missing", maps::SPLICE_PROXY))?;
     let proxy_map: SockHash<MapData, weir_datapath_common::SpliceKey> = SockHash::try_from(proxy_map)?;
-    let map_fd = proxy_map.fd().try_clone()?;
     let program: &mut SkMsg =
         ebpf.program_mut(programs::SPLICE).ok_or_else(|| anyhow!("no splice program"))?.try_into()?;
     program.load().context("verifying weir_splice")?;
-    program.attach(&map_fd).context("attaching weir_splice")?;
+    program.attach(proxy_map.fd()).context("attaching weir_splice")?;
     let program: &mut SockOps =
         ebpf.program_mut(programs::SOCKOPS).ok_or_else(|| anyhow!("no sock_ops program"))?.try_into()?;
     program.load().context("verifying weir_sockops")?;
@@ -445,9 +444,8 @@ fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<cr
         std::fs::File::open(&cgroup_path).with_context(|| format!("opening the cgroup {}", cgroup_path.display()))?;
     program.attach(cgroup, CgroupAttachMode::Single).context("attaching weir_sockops")?;
     tracing::info!(cgroup = %cgroup_path.display(), "splicing the proxy's writes to local pods");
-    let fd: std::os::fd::OwnedFd = std::os::fd::AsFd::as_fd(&map_fd).try_clone_to_owned()?;
-    // the map stays open through the attached program and the pin
-    drop(proxy_map);
+    // the weir's own descriptor of the map, for the proxy to add its sockets
+    let fd = std::os::fd::AsFd::as_fd(proxy_map.fd()).try_clone_to_owned()?;
     Ok(crate::net::Splicer::new(fd))
 }
 
