@@ -36,9 +36,22 @@ pub fn weir_bin() -> PathBuf {
     bin
 }
 
-/// A port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1, and never handed out before in this
+/// test process. The second half matters: weir binds its listeners with
+/// `SO_REUSEPORT`, so two weirs of parallel tests given the same port would
+/// both bind it and share its connections (one test's request judged by the
+/// other's policy), and the kernel does hand a port released by one
+/// `bind(0)` to a later one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
