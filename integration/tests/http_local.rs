@@ -644,6 +644,81 @@ fn an_unreachable_upstream_answers_503_with_a_flow() {
     assert!(flow.reason.unwrap().contains("upstream connect failed"));
 }
 
+/// An HTTP/1.1 upstream on a thread per connection that answers every
+/// request `ok` and counts the connections it accepted; with
+/// `close_after_answer` it closes each connection after its first answer
+/// without saying so (as an upstream whose keep-alive timeout passed does).
+struct CountingUpstream {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    fn start(close_after_answer: bool) -> CountingUpstream {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        // requests without bodies: each ends at its blank line
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").is_err()
+                                || close_after_answer
+                            {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        CountingUpstream { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn upstream_connections_are_reused_and_those_the_upstream_closed_are_not() {
+    // weir keeps its HTTP/1.1 connections to the upstream open between
+    // requests, also requests of different client connections
+    let keeping = CountingUpstream::start(false);
+    let port = free_port();
+    let _weir = Weir::start(&config(keeping.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
+    for i in 0..10 {
+        let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
+    }
+    assert_eq!(keeping.accepted(), 1, "ten requests one after another take one upstream connection");
+
+    // a pooled connection the upstream closed is never used for a request
+    // (which would fail it): each request finds the last one closed
+    let closing = CountingUpstream::start(true);
+    let port = free_port();
+    let _weir = Weir::start(&config(closing.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
+    for i in 0..10 {
+        let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
+    }
+    assert_eq!(closing.accepted(), 10);
+}
+
 #[test]
 fn policy_check_validates_files_offline() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use super::body::{BodyEnd, EndHook, ProxyBody, TrackedBody};
 use super::normalize::normalize_path;
 use super::reply;
 use super::tunnel::{self, Switched, UpgradeRequest};
-use super::upstream::UpstreamPools;
+use super::upstream::{Checkin, UpstreamError, UpstreamPools};
 use crate::config::UpstreamProtocol;
 use crate::context::{ConnectionContext, Target};
 use crate::engines::chain::{self, ChainRun, Stopped};
@@ -80,9 +80,14 @@ impl InFlight {
 
     /// Hand the flow over to the response body: it is recorded when the
     /// body ends, so a stream cut short shows as such.
-    fn record_at_end(mut self, status: u16, request_aborted: Arc<AtomicBool>) -> EndHook {
+    /// The upstream connection (HTTP/1.1) goes back to its pool when the
+    /// body has ended whole; otherwise it is closed.
+    fn record_at_end(mut self, status: u16, request_aborted: Arc<AtomicBool>, checkin: Option<Checkin>) -> EndHook {
         let (conn, snap, mut trace) = (self.conn.clone(), self.snap.clone(), self.trace.take());
         Box::new(move |end: BodyEnd| {
+            if let (BodyEnd::Complete, Some(checkin)) = (&end, checkin) {
+                checkin.give_back();
+            }
             let Some(trace) = trace.take() else { return };
             let (verdict, reason) = match end {
                 BodyEnd::Complete => (Verdict::Forwarded, None),
@@ -300,12 +305,13 @@ impl HttpConnection {
             }
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
             let upgrade = checked.upgrade.take();
-            let (mut response, aborted) = Self::forward(&snap, checked, version).await?;
+            let (mut response, aborted, checkin) = Self::forward(&snap, checked, version).await?;
+            // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
             Self::filter_response(&mut flight, chain, &mut response, request_id)?;
-            Ok::<_, Box<Stop>>((response, aborted, switched))
+            Ok::<_, Box<Stop>>((response, aborted, switched, checkin))
         };
-        let (response, aborted, switched) = match stages.await {
+        let (response, aborted, switched, checkin) = match stages.await {
             Ok(forwarded) => forwarded,
             Err(stop) => return stop.answer(flight).await,
         };
@@ -315,7 +321,7 @@ impl HttpConnection {
         let (mut parts, body) = response.into_parts();
         parts.version = version;
         flight.trace().latency = Some(started.elapsed());
-        let on_end = flight.record_at_end(parts.status.as_u16(), aborted);
+        let on_end = flight.record_at_end(parts.status.as_u16(), aborted, checkin);
         Response::from_parts(parts, ProxyBody::upstream(body, on_end))
     }
 
@@ -581,12 +587,12 @@ impl HttpConnection {
 
     /// Send the request upstream, in the version the listener asks for, and
     /// wait for the response head. Also returns whether the client broke off
-    /// the request body.
+    /// the request body, and (HTTP/1.1) the upstream connection to give back.
     async fn forward(
         snap: &Snapshot,
         checked: Checked,
         version: Version,
-    ) -> Result<(Response<Incoming>, Arc<AtomicBool>), Box<Stop>> {
+    ) -> Result<(Response<Incoming>, Arc<AtomicBool>, Option<Checkin>), Box<Stop>> {
         let Checked { mut parts, body, authority, path_and_query, .. } = checked;
         let upstream_h2 = match snap.listener.config.upstream_protocol {
             UpstreamProtocol::Auto => version == Version::HTTP_2,
@@ -612,21 +618,27 @@ impl HttpConnection {
                 }));
             }
         };
-        parts.uri = uri;
         if upstream_h2 {
+            parts.uri = uri;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         } else {
+            // origin-form: the authority goes in Host
+            parts.uri = uri.path_and_query().cloned().map_or(uri, Uri::from);
             parts.version = Version::HTTP_11;
             if let Ok(host) = HeaderValue::from_str(&authority_for_uri) {
                 parts.headers.insert(header::HOST, host);
             }
         }
         let aborted = Arc::new(AtomicBool::new(false));
-        let body = TrackedBody::new(body, aborted.clone());
-        let client = if upstream_h2 { &snap.pools.http2 } else { &snap.pools.http1 };
-        match client.request(Request::from_parts(parts, body)).await {
-            Ok(response) => Ok((response, aborted)),
+        let request = Request::from_parts(parts, TrackedBody::new(body, aborted.clone()));
+        let sent = if upstream_h2 {
+            snap.pools.http2.request(request).await.map(|response| (response, None)).map_err(UpstreamError::Pooled)
+        } else {
+            snap.pools.http1.request(request).await.map(|(response, checkin)| (response, Some(checkin)))
+        };
+        match sent {
+            Ok((response, checkin)) => Ok((response, aborted, checkin)),
             Err(e) => {
                 let (response, reason) = if aborted.load(Ordering::Relaxed) {
                     (reply::bad_request("request body aborted"), "client aborted the request body".to_string())

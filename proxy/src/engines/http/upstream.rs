@@ -4,15 +4,17 @@
 //! authority, so requests keep the authority the client sent (Host /
 //! `:authority`) while going where the listener says.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hyper::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +22,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::body::TrackedBody;
 use crate::net::{UpstreamBind, UpstreamTls};
 
 /// Dials one fixed upstream address, with TLS if the listener says so.
@@ -119,39 +122,46 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let (address, timeout, bind, tls) = (self.address, self.connect_timeout, self.bind, self.tls.clone());
-        Box::pin(async move {
-            let connect = async move {
-                match bind {
-                    None => TcpStream::connect(address).await,
-                    Some(bind) => bind.connect(address)?.connect(address).await,
-                }
-            };
-            let stream = tokio::time::timeout(timeout, connect)
-                .await
-                .map_err(|_| ConnectError::Timeout(address))?
-                .map_err(|e| ConnectError::Io(address, e))?;
-            let _ = stream.set_nodelay(true);
-            let Some((connector, name)) = tls else {
-                return Ok(TokioIo::new(UpstreamStream::Plain(stream)));
-            };
-            // the handshake shares the connect timeout: a peer that accepts
-            // and says nothing is as unreachable as one that never answers
-            let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
-                .await
-                .map_err(|_| ConnectError::Timeout(address))?
-                .map_err(|e| ConnectError::Tls(address, e))?;
-            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
-        })
+        Box::pin(self.clone().dial())
     }
 }
 
-pub type UpstreamClient = Client<UpstreamConnector, super::body::TrackedBody>;
+impl UpstreamConnector {
+    /// Connect (and shake hands, for TLS) within the connect timeout.
+    async fn dial(self) -> Result<TokioIo<UpstreamStream>, ConnectError> {
+        let UpstreamConnector { address, connect_timeout: timeout, bind, tls } = self;
+        let connect = async move {
+            match bind {
+                None => TcpStream::connect(address).await,
+                Some(bind) => bind.connect(address)?.connect(address).await,
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout(address))?
+            .map_err(|e| ConnectError::Io(address, e))?;
+        let _ = stream.set_nodelay(true);
+        let Some((connector, name)) = tls else {
+            return Ok(TokioIo::new(UpstreamStream::Plain(stream)));
+        };
+        // the handshake shares the connect timeout: a peer that accepts
+        // and says nothing is as unreachable as one that never answers
+        let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| ConnectError::Timeout(address))?
+            .map_err(|e| ConnectError::Tls(address, e))?;
+        Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
+    }
+}
+
+/// HTTP/2 connections to one upstream (hyper-util's pool: one connection
+/// carries every stream, so its per-request costs are not HTTP/1's).
+pub type Http2Client = Client<UpstreamConnector, TrackedBody>;
 
 /// The HTTP/1.1 and HTTP/2 pools for one upstream.
 pub struct UpstreamPools {
-    pub http1: UpstreamClient,
-    pub http2: UpstreamClient,
+    pub http1: Arc<Http1Pool>,
+    pub http2: Http2Client,
 }
 
 impl UpstreamPools {
@@ -164,19 +174,160 @@ impl UpstreamPools {
                 .zip(key.tls.as_ref())
                 .map(|(config, tls)| (tokio_rustls::TlsConnector::from(config.clone()), tls.server_name.clone())),
         };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector(key.tls.as_ref().map(|t| &t.http1)));
+        let http1 = Arc::new(Http1Pool::new(connector(key.tls.as_ref().map(|t| &t.http1))));
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_while_idle(false)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector(key.tls.as_ref().map(|t| &t.http2)));
         UpstreamPools { http1, http2 }
+    }
+}
+
+/// HTTP/1.1 connections to one upstream, kept open between requests.
+///
+/// weir's own rather than hyper-util's legacy client: that client spawns a
+/// task per request to wait until the connection can take the next one,
+/// keys its pool by the request's scheme and authority (cloned and hashed
+/// per request) and rewrites every URI. Here a connection goes back to the
+/// pool when its response body has ended (`Checkin`), which for HTTP/1.1 is
+/// when hyper's connection can take the next request; the rare connection
+/// that is not ready by then is waited for by a task of its own.
+pub struct Http1Pool {
+    connector: UpstreamConnector,
+    /// Ready connections, the most recently used last (taken first: warm
+    /// connections stay warm, the oldest expire).
+    idle: Mutex<VecDeque<IdleSender>>,
+}
+
+struct IdleSender {
+    sender: http1::SendRequest<TrackedBody>,
+    since: Instant,
+}
+
+/// Idle upstream connections older than this are closed (hyper-util's
+/// legacy pool used the same; nginx's keep-alive timeout is 75 s and
+/// closes its side first, which the pool notices at the next checkout).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream at most; the oldest beyond go.
+const POOL_MAX_IDLE: usize = 1024;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Http(hyper::Error),
+    /// From the HTTP/2 pool.
+    #[error(transparent)]
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// The upstream could not be reached at all (weir answers 503).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Http(_) => false,
+            UpstreamError::Pooled(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A pooled connection lent to one request: given back when the response
+/// body has ended (`give_back`), closed when dropped instead.
+pub struct Checkin {
+    pool: Weak<Http1Pool>,
+    sender: http1::SendRequest<TrackedBody>,
+}
+
+impl Checkin {
+    /// The response ended cleanly: the connection can take another request.
+    pub fn give_back(mut self) {
+        let Some(pool) = self.pool.upgrade() else { return };
+        if self.sender.is_ready() {
+            pool.put(self.sender);
+            return;
+        }
+        if self.sender.is_closed() {
+            return;
+        }
+        // the request body may still be on its way (the upstream answered
+        // early): wait for it off the request's path
+        tokio::spawn(async move {
+            if self.sender.ready().await.is_ok() {
+                pool.put(self.sender);
+            }
+        });
+    }
+}
+
+impl Http1Pool {
+    fn new(connector: UpstreamConnector) -> Self {
+        Http1Pool { connector, idle: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Send `request` (origin-form URI, Host set) on a pooled connection or
+    /// a new one. A pooled connection the upstream closed meanwhile hands
+    /// the request back unsent; it is then sent on a new connection.
+    pub async fn request(
+        self: &Arc<Self>,
+        request: Request<TrackedBody>,
+    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+        let mut request = request;
+        if let Some(mut sender) = self.take() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Http(failed.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
+            Err(e) => Err(UpstreamError::Http(e)),
+        }
+    }
+
+    /// The most recently used connection still open, if any.
+    fn take(&self) -> Option<http1::SendRequest<TrackedBody>> {
+        let mut idle = self.idle.lock().unwrap();
+        while let Some(IdleSender { sender, since }) = idle.pop_back() {
+            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<TrackedBody>) {
+        let mut idle = self.idle.lock().unwrap();
+        idle.push_back(IdleSender { sender, since: Instant::now() });
+        // the oldest first: expired, or past the bound (dropped: closed)
+        while idle.front().is_some_and(|oldest| oldest.since.elapsed() >= POOL_IDLE_TIMEOUT)
+            || idle.len() > POOL_MAX_IDLE
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// A new connection; hyper's side of it runs in a task of its own
+    /// (with upgrades: a WebSocket takes the connection over after a 101).
+    async fn connect(&self) -> Result<http1::SendRequest<TrackedBody>, UpstreamError> {
+        let io = self.connector.clone().dial().await?;
+        let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
     }
 }
 
