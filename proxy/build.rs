@@ -144,6 +144,7 @@ fn build_filters() {
             let component = if toolchain::is_component(&bytes) { bytes } else { componentize(&bytes, name) };
             std::fs::write(out_dir.join(format!("{name}.wasm")), component).unwrap();
         }
+        write_digests(&out_dir);
         return;
     }
 
@@ -177,6 +178,19 @@ fn build_filters() {
         if FILTERS.contains(&name) {
             std::fs::write(out_dir.join(format!("{name}.wasm")), component).unwrap();
         }
+    }
+    write_digests(&out_dir);
+}
+
+/// The sha256 of every embedded filter, beside it (`{name}.sha256`): weir
+/// knows a built-in filter by its digest without reading its bytes, so the
+/// megabytes embedded in the binary stay on disk when the compiled filter
+/// comes from the cache.
+fn write_digests(out_dir: &Path) {
+    use sha2::Digest;
+    for name in FILTERS {
+        let bytes = std::fs::read(out_dir.join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(out_dir.join(format!("{name}.sha256")), sha2::Sha256::digest(&bytes)).unwrap();
     }
 }
 

@@ -33,6 +33,27 @@ pub fn find(name: &str) -> Option<&'static [u8]> {
     BUILTIN_FILTERS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
 
+/// The sha256 of each built-in filter, computed when weir was built, in
+/// the order of [`BUILTIN_FILTERS`].
+const BUILTIN_DIGESTS: &[[u8; 32]] = &[
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/memcached_policy.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/cassandra_policy.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/r2d2.sha256")),
+    *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/require_header.sha256")),
+];
+
+/// The digest of `bytes` when they are a built-in filter's own (the very
+/// slice embedded in the binary), without reading them: hashing would make
+/// every embedded filter resident in memory at each start (6 MiB), though a
+/// warm start then maps the compiled filter from the cache and never reads
+/// them again.
+pub fn embedded_digest(bytes: &[u8]) -> Option<[u8; 32]> {
+    BUILTIN_FILTERS.iter().position(|(_, embedded)| std::ptr::eq(*embedded, bytes)).map(|index| BUILTIN_DIGESTS[index])
+}
+
 /// Where this build put every filter component, the test-only ones too
 /// (`misbehave.wasm`); tests load them from here.
 pub const BUILT_FILTERS_DIR: &str = env!("WEIR_BUILT_FILTERS_DIR");
