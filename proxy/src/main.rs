@@ -166,15 +166,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
     },
-    /// Compile the component on stdin into the filter cache `--cache`, as
-    /// `weir run` does, and exit: `weir run` runs it for a filter its cache
-    /// lacks, so the compiler's memory goes with this process.
+    /// Compile the component on stdin (or the built-in filter `--builtin`)
+    /// into the filter cache `--cache`, as `weir run` does, and exit: `weir
+    /// run` runs it for a filter its cache lacks, so the compiler's memory
+    /// goes with this process.
     #[command(hide = true)]
     CompileFilter {
         #[arg(long)]
         cache: PathBuf,
         #[arg(long)]
         max_instances: Option<u32>,
+        #[arg(long)]
+        builtin: Option<String>,
     },
 }
 
@@ -417,7 +420,9 @@ fn main() -> ExitCode {
         Command::Init { dir } => weir::app::write_quickstart(&dir).map(|()| {
             println!("wrote the quickstart to {}; run it with: weir run --config {}", dir.display(), dir.display());
         }),
-        Command::CompileFilter { cache, max_instances } => weir::wasm::compile_into_cache(cache, max_instances),
+        Command::CompileFilter { cache, max_instances, builtin } => {
+            weir::wasm::compile_into_cache(cache, max_instances, builtin.as_deref())
+        }
         Command::DemoBackend { listen } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let (_running, never) = tokio::sync::watch::channel(false);

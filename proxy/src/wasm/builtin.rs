@@ -18,8 +18,10 @@ pub const R2D2: &str = "r2d2";
 /// Built-in stream filters: `l7proto` names that need no weir.yaml entry.
 pub const STREAM_FILTERS: &[&str] = &[R2D2];
 
-/// `(name, component bytes)`
-pub const BUILTIN_FILTERS: &[(&str, &[u8])] = &[
+/// `(name, component bytes)`. A static, not a const: each filter's bytes
+/// have one address, by which `embedded_digest` knows them (a const's data
+/// may be copied where it is used).
+pub static BUILTIN_FILTERS: &[(&str, &[u8])] = &[
     (HTTP_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.wasm"))),
     (DNS_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.wasm"))),
     (KAFKA_POLICY, include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.wasm"))),
@@ -35,7 +37,7 @@ pub fn find(name: &str) -> Option<&'static [u8]> {
 
 /// The sha256 of each built-in filter, computed when weir was built, in
 /// the order of [`BUILTIN_FILTERS`].
-const BUILTIN_DIGESTS: &[[u8; 32]] = &[
+static BUILTIN_DIGESTS: &[[u8; 32]] = &[
     *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/http_policy.sha256")),
     *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/dns_policy.sha256")),
     *include_bytes!(concat!(env!("WEIR_BUILT_FILTERS_DIR"), "/kafka_policy.sha256")),
@@ -51,9 +53,38 @@ const BUILTIN_DIGESTS: &[[u8; 32]] = &[
 /// warm start then maps the compiled filter from the cache and never reads
 /// them again.
 pub fn embedded_digest(bytes: &[u8]) -> Option<[u8; 32]> {
-    BUILTIN_FILTERS.iter().position(|(_, embedded)| std::ptr::eq(*embedded, bytes)).map(|index| BUILTIN_DIGESTS[index])
+    embedded_index(bytes).map(|index| BUILTIN_DIGESTS[index])
+}
+
+/// The built-in filter's name when `bytes` are its embedded slice itself.
+pub fn embedded_name(bytes: &[u8]) -> Option<&'static str> {
+    embedded_index(bytes).map(|index| BUILTIN_FILTERS[index].0)
+}
+
+fn embedded_index(bytes: &[u8]) -> Option<usize> {
+    BUILTIN_FILTERS.iter().position(|(_, embedded)| std::ptr::eq(*embedded, bytes))
 }
 
 /// Where this build put every filter component, the test-only ones too
 /// (`misbehave.wasm`); tests load them from here.
 pub const BUILT_FILTERS_DIR: &str = env!("WEIR_BUILT_FILTERS_DIR");
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    #[test]
+    fn each_embedded_filter_is_known_by_its_own_digest() {
+        assert_eq!(BUILTIN_FILTERS.len(), BUILTIN_DIGESTS.len());
+        for (name, bytes) in BUILTIN_FILTERS {
+            let hashed: [u8; 32] = Sha256::digest(bytes).into();
+            assert_eq!(embedded_digest(bytes), Some(hashed), "{name}");
+        }
+        // a copy is not the embedded slice: it is hashed as any filter is
+        assert_eq!(embedded_digest(&BUILTIN_FILTERS[0].1.to_vec()), None);
+        assert_eq!(embedded_name(BUILTIN_FILTERS[2].1), Some(BUILTIN_FILTERS[2].0));
+        assert_eq!(embedded_name(&BUILTIN_FILTERS[2].1.to_vec()), None);
+    }
+}

@@ -106,13 +106,22 @@ fn compile_in_child((exe, max_instances): &(PathBuf, Option<u32>), cache: &Path,
     if let Some(n) = max_instances {
         command.arg("--max-instances").arg(n.to_string());
     }
+    // a built-in filter is named, not written: the child reads its own
+    // embedded copy, and this process's copy stays on disk
+    let builtin = super::builtin::embedded_name(bytes);
+    if let Some(name) = builtin {
+        command.args(["--builtin", name]);
+    }
     let mut child = command
-        .stdin(Stdio::piped())
+        .stdin(if builtin.is_some() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", exe.display()))?;
-    let written = child.stdin.take().expect("piped").write_all(bytes);
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(bytes),
+        None => Ok(()),
+    };
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     written.map_err(|e| format!("writing the component to it: {e}"))?;
     if !out.status.success() {
@@ -121,11 +130,21 @@ fn compile_in_child((exe, max_instances): &(PathBuf, Option<u32>), cache: &Path,
     Ok(())
 }
 
-/// `weir compile-filter`: the component on stdin, compiled into `cache` by
-/// a runtime made as `weir run` makes its own (so the engines agree).
-pub fn compile_into_cache(cache: PathBuf, max_instances: Option<u32>) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+/// `weir compile-filter`: the component on stdin (or the built-in filter
+/// `builtin`), compiled into `cache` by a runtime made as `weir run` makes
+/// its own (so the engines agree).
+pub fn compile_into_cache(cache: PathBuf, max_instances: Option<u32>, builtin: Option<&str>) -> anyhow::Result<()> {
+    let bytes = match builtin {
+        Some(name) => match super::builtin::find(name) {
+            Some(embedded) => embedded.to_vec(),
+            None => anyhow::bail!("no built-in filter {name:?}"),
+        },
+        None => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+            bytes
+        }
+    };
     let metrics = std::sync::Arc::new(crate::observe::metrics::Metrics::default());
     let options = super::RuntimeOptions { cache_dir: Some(cache.clone()), max_instances };
     let runtime = super::FilterRuntime::new(metrics, options)?;
