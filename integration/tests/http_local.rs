@@ -644,8 +644,8 @@ fn an_unreachable_upstream_answers_503_with_a_flow() {
     assert!(flow.reason.unwrap().contains("upstream connect failed"));
 }
 
-/// An HTTP/1.1 upstream on a thread per connection that answers every
-/// request `ok` and counts the connections it accepted; with
+/// An upstream on a thread per connection that answers every request with
+/// `answer` and counts the connections it accepted; with
 /// `close_after_answer` it closes each connection after its first answer
 /// without saying so (as an upstream whose keep-alive timeout passed does).
 struct CountingUpstream {
@@ -654,7 +654,7 @@ struct CountingUpstream {
 }
 
 impl CountingUpstream {
-    fn start(close_after_answer: bool) -> CountingUpstream {
+    fn start(answer: &'static [u8], close_after_answer: bool) -> CountingUpstream {
         use std::io::Read;
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -672,9 +672,7 @@ impl CountingUpstream {
                         // requests without bodies: each ends at its blank line
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                             pending.drain(..end + 4);
-                            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").is_err()
-                                || close_after_answer
-                            {
+                            if stream.write_all(answer).is_err() || close_after_answer {
                                 return;
                             }
                         }
@@ -695,10 +693,10 @@ impl CountingUpstream {
 }
 
 #[test]
-fn upstream_connections_are_reused_and_those_the_upstream_closed_are_not() {
+fn upstream_connections_are_reused_only_when_they_can_be() {
     // weir keeps its HTTP/1.1 connections to the upstream open between
     // requests, also requests of different client connections
-    let keeping = CountingUpstream::start(false);
+    let keeping = CountingUpstream::start(HTTP11_OK, false);
     let port = free_port();
     let _weir = Weir::start(&config(keeping.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
     for i in 0..10 {
@@ -709,7 +707,7 @@ fn upstream_connections_are_reused_and_those_the_upstream_closed_are_not() {
 
     // a pooled connection the upstream closed is never used for a request
     // (which would fail it): each request finds the last one closed
-    let closing = CountingUpstream::start(true);
+    let closing = CountingUpstream::start(HTTP11_OK, true);
     let port = free_port();
     let _weir = Weir::start(&config(closing.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
     for i in 0..10 {
@@ -717,7 +715,21 @@ fn upstream_connections_are_reused_and_those_the_upstream_closed_are_not() {
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
     }
     assert_eq!(closing.accepted(), 10);
+
+    // an HTTP/1.0 upstream is not asked again on a connection, though it
+    // says keep-alive: hyper would send it later requests as HTTP/1.0
+    let old =
+        CountingUpstream::start(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nok\n", false);
+    let port = free_port();
+    let _weir = Weir::start(&config(old.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
+    for i in 0..3 {
+        let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
+    }
+    assert_eq!(old.accepted(), 3);
 }
+
+const HTTP11_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 
 #[test]
 fn policy_check_validates_files_offline() {

@@ -638,7 +638,13 @@ impl HttpConnection {
             snap.pools.http1.request(request).await.map(|(response, checkin)| (response, Some(checkin)))
         };
         match sent {
-            Ok((response, checkin)) => Ok((response, aborted, checkin)),
+            // an HTTP/1.0 upstream is not asked again on the connection:
+            // hyper would send it the next requests as HTTP/1.0, and a
+            // body of unknown length (chunked) as none
+            Ok((response, checkin)) => {
+                let checkin = checkin.filter(|_| response.version() == Version::HTTP_11);
+                Ok((response, aborted, checkin))
+            }
             Err(e) => {
                 let (response, reason) = if aborted.load(Ordering::Relaxed) {
                     (reply::bad_request("request body aborted"), "client aborted the request body".to_string())

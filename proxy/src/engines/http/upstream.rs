@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::body::TrackedBody;
 use crate::net::{UpstreamBind, UpstreamTls};
@@ -195,12 +196,20 @@ impl UpstreamPools {
 /// per request) and rewrites every URI. Here a connection goes back to the
 /// pool when its response body has ended (`Checkin`), which for HTTP/1.1 is
 /// when hyper's connection can take the next request; the rare connection
-/// that is not ready by then is waited for by a task of its own.
+/// that is not ready by then is waited for by a task of its own. A pool with
+/// idle connections has a sweeper that closes the expired ones.
 pub struct Http1Pool {
     connector: UpstreamConnector,
+    idle: Mutex<Idle>,
+}
+
+/// A pool's idle connections, and whether a sweeper watches them.
+#[derive(Default)]
+struct Idle {
     /// Ready connections, the most recently used last (taken first: warm
     /// connections stay warm, the oldest expire).
-    idle: Mutex<VecDeque<IdleSender>>,
+    senders: VecDeque<IdleSender>,
+    swept: bool,
 }
 
 struct IdleSender {
@@ -210,10 +219,15 @@ struct IdleSender {
 
 /// Idle upstream connections older than this are closed (hyper-util's
 /// legacy pool used the same; nginx's keep-alive timeout is 75 s and
-/// closes its side first, which the pool notices at the next checkout).
+/// closes its side first, which the pool notices at once).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream at most; the oldest beyond go.
 const POOL_MAX_IDLE: usize = 1024;
+/// How often a pool with idle connections closes the expired ones.
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long a connection whose response ended before its request body did
+/// may wait for the rest of the body before it is closed instead of pooled.
+const POOL_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -246,20 +260,26 @@ pub struct Checkin {
 }
 
 impl Checkin {
-    /// The response ended cleanly: the connection can take another request.
+    /// The response ended cleanly: the connection can take another request
+    /// once hyper says so (never after `Connection: close`, a 101, or a
+    /// response that ended with the connection).
     pub fn give_back(mut self) {
-        let Some(pool) = self.pool.upgrade() else { return };
         if self.sender.is_ready() {
-            pool.put(self.sender);
+            if let Some(pool) = self.pool.upgrade() {
+                pool.put(self.sender);
+            }
             return;
         }
         if self.sender.is_closed() {
             return;
         }
         // the request body may still be on its way (the upstream answered
-        // early): wait for it off the request's path
-        tokio::spawn(async move {
-            if self.sender.ready().await.is_ok() {
+        // early): wait for it off the request's path, for a while
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, self.sender.ready()).await
+                && let Some(pool) = self.pool.upgrade()
+            {
                 pool.put(self.sender);
             }
         });
@@ -268,12 +288,13 @@ impl Checkin {
 
 impl Http1Pool {
     fn new(connector: UpstreamConnector) -> Self {
-        Http1Pool { connector, idle: Mutex::new(VecDeque::new()) }
+        Http1Pool { connector, idle: Mutex::default() }
     }
 
     /// Send `request` (origin-form URI, Host set) on a pooled connection or
     /// a new one. A pooled connection the upstream closed meanwhile hands
-    /// the request back unsent; it is then sent on a new connection.
+    /// the request back unsent; it is then sent on a new connection. A
+    /// request hyper has begun to write is never sent again.
     pub async fn request(
         self: &Arc<Self>,
         request: Request<TrackedBody>,
@@ -298,7 +319,7 @@ impl Http1Pool {
     /// The most recently used connection still open, if any.
     fn take(&self) -> Option<http1::SendRequest<TrackedBody>> {
         let mut idle = self.idle.lock().unwrap();
-        while let Some(IdleSender { sender, since }) = idle.pop_back() {
+        while let Some(IdleSender { sender, since }) = idle.senders.pop_back() {
             if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(sender);
             }
@@ -306,14 +327,37 @@ impl Http1Pool {
         None
     }
 
-    fn put(&self, sender: http1::SendRequest<TrackedBody>) {
+    fn put(self: &Arc<Self>, sender: http1::SendRequest<TrackedBody>) {
         let mut idle = self.idle.lock().unwrap();
-        idle.push_back(IdleSender { sender, since: Instant::now() });
+        idle.senders.push_back(IdleSender { sender, since: Instant::now() });
         // the oldest first: expired, or past the bound (dropped: closed)
-        while idle.front().is_some_and(|oldest| oldest.since.elapsed() >= POOL_IDLE_TIMEOUT)
-            || idle.len() > POOL_MAX_IDLE
+        while idle.senders.front().is_some_and(|oldest| oldest.since.elapsed() >= POOL_IDLE_TIMEOUT)
+            || idle.senders.len() > POOL_MAX_IDLE
         {
-            idle.pop_front();
+            idle.senders.pop_front();
+        }
+        // a pool that goes quiet must still close what expires in it
+        if !idle.swept
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            idle.swept = true;
+            runtime.spawn(Self::sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Close expired and closed idle connections every `POOL_SWEEP_EVERY`
+    /// until the pool has none (the next `put` starts a sweeper again) or
+    /// is dropped.
+    async fn sweep(pool: Weak<Self>) {
+        loop {
+            tokio::time::sleep(POOL_SWEEP_EVERY).await;
+            let Some(pool) = pool.upgrade() else { return };
+            let mut idle = pool.idle.lock().unwrap();
+            idle.senders.retain(|s| !s.sender.is_closed() && s.since.elapsed() < POOL_IDLE_TIMEOUT);
+            if idle.senders.is_empty() {
+                idle.swept = false;
+                return;
+            }
         }
     }
 
@@ -328,6 +372,12 @@ impl Http1Pool {
             }
         });
         Ok(sender)
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().senders.len()
     }
 }
 
@@ -372,5 +422,61 @@ impl UpstreamRegistry {
             Some(_) => transparent <= MAX_TRANSPARENT_POOLS,
             None => in_use.contains(key),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection as hyper's client sees it, to an in-memory peer that
+    /// never speaks: ready for a request until its peer goes.
+    async fn idle_connection() -> (http1::SendRequest<TrackedBody>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut sender, connection) = http1::handshake(TokioIo::new(ours)).await.unwrap();
+        tokio::spawn(connection);
+        sender.ready().await.unwrap();
+        (sender, theirs)
+    }
+
+    fn pool() -> Arc<Http1Pool> {
+        let connector = UpstreamConnector {
+            address: "127.0.0.1:9".parse().unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            bind: None,
+            tls: None,
+        };
+        Arc::new(Http1Pool::new(connector))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_close_when_they_expire_though_no_request_comes() {
+        let pool = pool();
+        let (first, _peer1) = idle_connection().await;
+        let (second, _peer2) = idle_connection().await;
+        pool.put(first);
+        pool.put(second);
+        assert_eq!(pool.idle_count(), 2);
+        tokio::time::sleep(POOL_IDLE_TIMEOUT - POOL_SWEEP_EVERY).await;
+        assert_eq!(pool.idle_count(), 2, "not expired yet");
+        tokio::time::sleep(POOL_SWEEP_EVERY * 2).await;
+        assert_eq!(pool.idle_count(), 0, "expired with no request to notice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_its_peer_closed_is_not_taken() {
+        let pool = pool();
+        let (gone, peer) = idle_connection().await;
+        let (open, _peer) = idle_connection().await;
+        pool.put(open);
+        pool.put(gone);
+        drop(peer);
+        // hyper's connection task reads the end of the stream
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let taken = pool.take().expect("the open connection");
+        assert!(!taken.is_closed());
+        assert!(pool.take().is_none(), "the closed one was dropped, not lent");
     }
 }
