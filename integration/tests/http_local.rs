@@ -699,10 +699,7 @@ fn upstream_connections_are_reused_only_when_they_can_be() {
     let keeping = CountingUpstream::start(HTTP11_OK, false);
     let port = free_port();
     let _weir = Weir::start(&config(keeping.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
-    for i in 0..10 {
-        let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
-        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
-    }
+    requests_answered_ok(port, 10);
     assert_eq!(keeping.accepted(), 1, "ten requests one after another take one upstream connection");
 
     // a pooled connection the upstream closed is never used for a request
@@ -710,10 +707,7 @@ fn upstream_connections_are_reused_only_when_they_can_be() {
     let closing = CountingUpstream::start(HTTP11_OK, true);
     let port = free_port();
     let _weir = Weir::start(&config(closing.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
-    for i in 0..10 {
-        let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
-        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
-    }
+    requests_answered_ok(port, 10);
     assert_eq!(closing.accepted(), 10);
 
     // an HTTP/1.0 upstream is not asked again on a connection, though it
@@ -722,11 +716,17 @@ fn upstream_connections_are_reused_only_when_they_can_be() {
         CountingUpstream::start(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nok\n", false);
     let port = free_port();
     let _weir = Weir::start(&config(old.addr, port, "", ""), &[("web.yaml", WEB_POLICY)]);
-    for i in 0..3 {
+    requests_answered_ok(port, 3);
+    assert_eq!(old.accepted(), 3);
+}
+
+/// `count` requests one after another, each on a new client connection,
+/// each answered `ok` by the upstream.
+fn requests_answered_ok(port: u16, count: usize) {
+    for i in 0..count {
         let r = curl_from(FRONTEND, &[&url(port, &format!("/public/{i}"))]);
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}: {r:?}");
     }
-    assert_eq!(old.accepted(), 3);
 }
 
 const HTTP11_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";

@@ -341,7 +341,7 @@ impl PolicyModel {
                 (None, None, Some(name)) => match builtin::find(name) {
                     Some(bytes) => bytes.into(),
                     None => {
-                        let known: Vec<&str> = builtin::BUILTIN_FILTERS.iter().map(|(n, _)| *n).collect();
+                        let known: Vec<&str> = builtin::BUILTIN_FILTERS.iter().map(|(n, ..)| *n).collect();
                         errors.push(config_error(
                             format!("filters[{i}].builtin"),
                             format!("no built-in filter {name:?}; built in: {}", known.join(", ")),

@@ -108,8 +108,8 @@ fn compile_in_child((exe, max_instances): &(PathBuf, Option<u32>), cache: &Path,
     }
     // a built-in filter is named, not written: the child reads its own
     // embedded copy, and this process's copy stays on disk
-    let builtin = super::builtin::embedded_name(bytes);
-    if let Some(name) = builtin {
+    let builtin = super::builtin::embedded(bytes);
+    if let Some((name, _)) = builtin {
         command.args(["--builtin", name]);
     }
     let mut child = command
@@ -134,15 +134,12 @@ fn compile_in_child((exe, max_instances): &(PathBuf, Option<u32>), cache: &Path,
 /// `builtin`), compiled into `cache` by a runtime made as `weir run` makes
 /// its own (so the engines agree).
 pub fn compile_into_cache(cache: PathBuf, max_instances: Option<u32>, builtin: Option<&str>) -> anyhow::Result<()> {
+    let mut read = Vec::new();
     let bytes = match builtin {
-        Some(name) => match super::builtin::find(name) {
-            Some(embedded) => embedded.to_vec(),
-            None => anyhow::bail!("no built-in filter {name:?}"),
-        },
+        Some(name) => super::builtin::find(name).ok_or_else(|| anyhow::anyhow!("no built-in filter {name:?}"))?,
         None => {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
-            bytes
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut read)?;
+            &read[..]
         }
     };
     let metrics = std::sync::Arc::new(crate::observe::metrics::Metrics::default());
@@ -151,6 +148,6 @@ pub fn compile_into_cache(cache: PathBuf, max_instances: Option<u32>, builtin: O
     if runtime.cache.is_none() {
         anyhow::bail!("the filter cache {} is not usable", cache.display());
     }
-    runtime.load("compile-filter", &bytes)?;
+    runtime.load("compile-filter", bytes)?;
     Ok(())
 }

@@ -316,7 +316,8 @@ impl FilterRuntime {
             return Err(LoadError::Compile { name: name.into(), message });
         }
         // known by the bytes given (a WasmFilter's sha256 is of those)
-        let digest: [u8; 32] = builtin::embedded_digest(bytes).unwrap_or_else(|| Sha256::digest(bytes).into());
+        let digest: [u8; 32] =
+            builtin::embedded(bytes).map_or_else(|| Sha256::digest(bytes).into(), |(_, digest)| digest);
         let key = (name.to_string(), digest);
         if let Some(held) = self.loaded.lock().unwrap().get(&key).and_then(Weak::upgrade) {
             return Ok(held);

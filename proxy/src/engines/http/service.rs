@@ -79,11 +79,12 @@ impl InFlight {
     }
 
     /// Hand the flow over to the response body: it is recorded when the
-    /// body ends, so a stream cut short shows as such.
-    /// The upstream connection (HTTP/1.1) goes back to its pool when the
-    /// body has ended whole; otherwise it is closed.
-    fn record_at_end(mut self, status: u16, request_aborted: Arc<AtomicBool>, checkin: Option<Checkin>) -> EndHook {
+    /// body ends, so a stream cut short shows as such. The upstream
+    /// connection (HTTP/1.1) goes back to its pool when the body has ended
+    /// whole; otherwise it is closed.
+    fn record_at_end(mut self, status: u16, leg: UpstreamLeg) -> EndHook {
         let (conn, snap, mut trace) = (self.conn.clone(), self.snap.clone(), self.trace.take());
+        let UpstreamLeg { request_aborted, checkin } = leg;
         Box::new(move |end: BodyEnd| {
             if let (BodyEnd::Complete, Some(checkin)) = (&end, checkin) {
                 checkin.give_back();
@@ -111,6 +112,13 @@ impl Drop for InFlight {
             self.conn.record(&self.snap, trace, Verdict::Error, Some(reason), None);
         }
     }
+}
+
+/// What the end of a forwarded response settles: whether the client broke
+/// off its request body, and (HTTP/1.1) the upstream connection to give back.
+struct UpstreamLeg {
+    request_aborted: Arc<AtomicBool>,
+    checkin: Option<Checkin>,
 }
 
 /// What a request's flow record needs, gathered along the way.
@@ -305,13 +313,13 @@ impl HttpConnection {
             }
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
             let upgrade = checked.upgrade.take();
-            let (mut response, aborted, checkin) = Self::forward(&snap, checked, version).await?;
+            let (mut response, leg) = Self::forward(&snap, checked, version).await?;
             // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
             Self::filter_response(&mut flight, chain, &mut response, request_id)?;
-            Ok::<_, Box<Stop>>((response, aborted, switched, checkin))
+            Ok::<_, Box<Stop>>((response, leg, switched))
         };
-        let (response, aborted, switched, checkin) = match stages.await {
+        let (response, leg, switched) = match stages.await {
             Ok(forwarded) => forwarded,
             Err(stop) => return stop.answer(flight).await,
         };
@@ -321,7 +329,7 @@ impl HttpConnection {
         let (mut parts, body) = response.into_parts();
         parts.version = version;
         flight.trace().latency = Some(started.elapsed());
-        let on_end = flight.record_at_end(parts.status.as_u16(), aborted, checkin);
+        let on_end = flight.record_at_end(parts.status.as_u16(), leg);
         Response::from_parts(parts, ProxyBody::upstream(body, on_end))
     }
 
@@ -586,13 +594,12 @@ impl HttpConnection {
     }
 
     /// Send the request upstream, in the version the listener asks for, and
-    /// wait for the response head. Also returns whether the client broke off
-    /// the request body, and (HTTP/1.1) the upstream connection to give back.
+    /// wait for the response head.
     async fn forward(
         snap: &Snapshot,
         checked: Checked,
         version: Version,
-    ) -> Result<(Response<Incoming>, Arc<AtomicBool>, Option<Checkin>), Box<Stop>> {
+    ) -> Result<(Response<Incoming>, UpstreamLeg), Box<Stop>> {
         let Checked { mut parts, body, authority, path_and_query, .. } = checked;
         let upstream_h2 = match snap.listener.config.upstream_protocol {
             UpstreamProtocol::Auto => version == Version::HTTP_2,
@@ -633,7 +640,7 @@ impl HttpConnection {
         let aborted = Arc::new(AtomicBool::new(false));
         let request = Request::from_parts(parts, TrackedBody::new(body, aborted.clone()));
         let sent = if upstream_h2 {
-            snap.pools.http2.request(request).await.map(|response| (response, None)).map_err(UpstreamError::Pooled)
+            snap.pools.http2.request(request).await.map(|response| (response, None)).map_err(UpstreamError::Http2Pool)
         } else {
             snap.pools.http1.request(request).await.map(|(response, checkin)| (response, Some(checkin)))
         };
@@ -643,7 +650,7 @@ impl HttpConnection {
             // body of unknown length (chunked) as none
             Ok((response, checkin)) => {
                 let checkin = checkin.filter(|_| response.version() == Version::HTTP_11);
-                Ok((response, aborted, checkin))
+                Ok((response, UpstreamLeg { request_aborted: aborted, checkin }))
             }
             Err(e) => {
                 let (response, reason) = if aborted.load(Ordering::Relaxed) {

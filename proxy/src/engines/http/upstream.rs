@@ -236,9 +236,8 @@ pub enum UpstreamError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Http(hyper::Error),
-    /// From the HTTP/2 pool.
     #[error(transparent)]
-    Pooled(hyper_util::client::legacy::Error),
+    Http2Pool(hyper_util::client::legacy::Error),
 }
 
 impl UpstreamError {
@@ -247,7 +246,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => true,
             UpstreamError::Http(_) => false,
-            UpstreamError::Pooled(e) => e.is_connect(),
+            UpstreamError::Http2Pool(e) => e.is_connect(),
         }
     }
 }
@@ -330,10 +329,9 @@ impl Http1Pool {
     fn put(self: &Arc<Self>, sender: http1::SendRequest<TrackedBody>) {
         let mut idle = self.idle.lock().unwrap();
         idle.senders.push_back(IdleSender { sender, since: Instant::now() });
-        // the oldest first: expired, or past the bound (dropped: closed)
-        while idle.senders.front().is_some_and(|oldest| oldest.since.elapsed() >= POOL_IDLE_TIMEOUT)
-            || idle.senders.len() > POOL_MAX_IDLE
-        {
+        // past the bound, the oldest goes (dropped: closed); the expired
+        // ones are the sweeper's
+        if idle.senders.len() > POOL_MAX_IDLE {
             idle.senders.pop_front();
         }
         // a pool that goes quiet must still close what expires in it
