@@ -6,7 +6,10 @@
 #   none+rules  no programs, only the two ip rules and the route weir installs
 #               for proxied packets: what policy routing costs every packet
 #               of the node once any rule exists (Cilium installs the same)
-#   l3l4        weir's programs enforce an L3/L4 policy in the kernel
+#   l3l4        weir's programs enforce an L3/L4 policy in the kernel; allowed
+#               packets go from the client's veth straight into the server
+#               pod (`datapath.host_routing: bpf`, the default)
+#   l3l4-kr     the same with `host_routing: kernel`: the node routes them
 #   l7-ebpf     an L7 rule: the programs hand connections to weir (sk_assign)
 #   l7-tproxy   the same L7 rule, with the redirect done by iptables TPROXY
 #               instead (the client's veth has no program; the server's has)
@@ -17,9 +20,10 @@
 #               the client pod spliced into its socket (sockmap)
 #   none6, l3l4-6, l7-ebpf6
 #               none, l3l4 and l7-ebpf between the same pods over IPv6
+#   l3l4-kr6    l3l4-kr over IPv6
 #
 # HTTP: wrk in the client pod against nginx in the server pod (rps, p50, p99).
-# TCP stream: iperf3 for none and l3l4. Prints ratios to `none`, and for the
+# TCP stream: iperf3 for none, l3l4 and l3l4-kr. Prints ratios to `none`, and for the
 # L7 redirect eBPF : TPROXY. The proxy runs one worker on CPU 1; load and
 # server share CPU 0.
 #
@@ -99,7 +103,7 @@ endpoints() { # $1: "with" or "without" the client's interface
 admin: 127.0.0.1:19901
 workers: 1
 log_flows: false
-datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire], splice: ${SPLICE:-false}}
+datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire], splice: ${SPLICE:-false}, host_routing: ${HOST_ROUTING:-bpf}}
 endpoints:
   - {name: client, addresses: [$CLIENT, "$CLIENT6"], labels: {app: client}$iface}
   - {name: remote-client, address: $REMOTE, labels: {app: client}}
@@ -198,6 +202,12 @@ http_run l3l4-6 $P-cli "[$SERVER6]"
 iperf_run l3l4
 stop_weir
 
+HOST_ROUTING=kernel start_weir with l4
+http_run l3l4-kr
+http_run l3l4-kr6 $P-cli "[$SERVER6]"
+iperf_run l3l4-kr
+stop_weir
+
 start_weir with l7
 http_run l7-ebpf6 $P-cli "[$SERVER6]"
 grep -q "\"address\":\"\[$CLIENT6\]:" <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows?protocol=http") \
@@ -231,18 +241,21 @@ result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
 {
   echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
   printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
-  for t in none none+rules l3l4 l7-ebpf l7-splice l7-tproxy x-none x-l7 none6 l3l4-6 l7-ebpf6; do
+  for t in none none+rules l3l4 l3l4-kr l7-ebpf l7-splice l7-tproxy x-none x-l7 none6 l3l4-6 l3l4-kr6 l7-ebpf6; do
     base=none; [[ $t == x-* ]] && base=x-none; [[ $t == *6 ]] && base=none6
     ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
     printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
   done
   awk -v a="${GBPS[l3l4]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4 stream throughput vs none: %.3f (target >= 0.95)\n", a / b }'
   awk -v a="${RPS[l3l4]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4 HTTP rps vs none: %.3f (target >= 0.95)\n", a / b }'
+  awk -v a="${GBPS[l3l4-kr]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4, host_routing: kernel, stream vs none: %.3f\n", a / b }'
+  awk -v a="${RPS[l3l4-kr]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4, host_routing: kernel, HTTP rps vs none: %.3f\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[none]}" 'BEGIN { printf "L7 via weir vs no policy: %.3f (target >= 0.45; Cilium publishes 0.14)\n", a / b }'
   awk -v a="${RPS[x-l7]}" -v b="${RPS[x-none]}" 'BEGIN { printf "cross-node L7 via weir vs cross-node no policy: %.3f\n", a / b }'
   awk -v a="${RPS[l7-splice]}" -v b="${RPS[l7-ebpf]}" 'BEGIN { printf "L7 with the proxy writes spliced (sockmap) vs without: %.3f\n", a / b }'
   awk -v a="${RPS[l3l4-6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L3/L4 HTTP rps vs IPv6 none: %.3f\n", a / b }'
+  awk -v a="${RPS[l3l4-kr6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L3/L4, host_routing: kernel, vs IPv6 none: %.3f\n", a / b }'
   awk -v a="${RPS[l7-ebpf6]}" -v b="${RPS[none6]}" 'BEGIN { printf "IPv6 L7 via weir vs IPv6 none: %.3f\n", a / b }'
   echo "(vs_none of the x- rows is against x-none, of the -6 rows against none6)"
 } | tee "$result"

@@ -177,6 +177,21 @@ pub struct DatapathConfig {
     /// the node's root, so every pod is in it (default: where cgroup2 is
     /// mounted).
     pub cgroup: Option<PathBuf>,
+    /// How allowed packets between two pods of this node travel: `bpf`
+    /// hands them from the sender's veth straight into the receiver
+    /// (`bpf_redirect_peer`), past the node's routing and netfilter; `kernel`
+    /// leaves them to the node's routing, so the node's own firewall rules
+    /// (iptables `FORWARD`) see them. Either way weir's policy is the same.
+    pub host_routing: HostRouting,
+}
+
+/// `datapath.host_routing` (docs/datapath.md, "Local delivery").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRouting {
+    #[default]
+    Bpf,
+    Kernel,
 }
 
 impl Default for DatapathConfig {
@@ -195,6 +210,7 @@ impl Default for DatapathConfig {
             conntrack: Default::default(),
             splice: false,
             cgroup: None,
+            host_routing: HostRouting::Bpf,
         }
     }
 }

@@ -85,6 +85,11 @@ pub mod maps {
     /// The proxy's sockets that splice their writes (added by weir; the
     /// `weir_splice` sk_msg program is attached to this map).
     pub const SPLICE_PROXY: &str = "WEIR_SPLICE_PROXY";
+    /// Local delivery past the node's stack (`datapath.host_routing: bpf`):
+    /// a pod's address → its veth and the link addresses to write, learned
+    /// by the programs from neighbour messages between the pod and the node.
+    pub const DELIVERY: &str = "WEIR_DELIVERY";
+    pub const DELIVERY6: &str = "WEIR_DELIVERY6";
     pub const ALL: &[&str] = &[
         ENDPOINTS,
         ENDPOINTS6,
@@ -99,6 +104,8 @@ pub mod maps {
         FRAGMENTS6,
         SPLICE_PODS,
         SPLICE_PROXY,
+        DELIVERY,
+        DELIVERY6,
         DROPS,
         PROXY_SOCKETS,
         EVENTS,
@@ -123,6 +130,9 @@ pub mod programs {
     /// sk_msg on SPLICE_PROXY: what the proxy writes goes straight into the
     /// receive queue of the pod's socket it is connected to.
     pub const SPLICE: &str = "weir_splice";
+    /// Not a program: the object's global that `datapath.host_routing`
+    /// sets at load (1: deliver to local pods past the node's stack).
+    pub const HOST_ROUTING: &str = "HOST_ROUTING";
 }
 
 /// SPLICE_PODS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses
@@ -149,6 +159,22 @@ impl SpliceKey {
     }
 }
 
+/// DELIVERY / DELIVERY6 value: how to hand a packet straight to a pod on
+/// this node (`bpf_redirect_peer`). Written by the programs on the pod's own
+/// veth, keyed by the pod's configured address (never one read from the
+/// packet), from a unicast neighbour message between the pod and the node,
+/// which names both MACs. weir deletes entries whose address no endpoint
+/// has (behind that veth) any more.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The pod's host-side veth.
+    pub ifindex: u32,
+    /// Ethernet destination then source of what the pod receives: the
+    /// pod's MAC, then the node's MAC on that veth.
+    pub macs: [u8; 12],
+}
+
 /// ENDPOINTS: host-side veth ifindex → the pod behind it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,6 +198,10 @@ pub const ENDPOINT_AUDIT_EGRESS: u32 = 8;
 /// allows.
 pub const ENDPOINT_OBSERVE_INGRESS: u32 = 16;
 pub const ENDPOINT_OBSERVE_EGRESS: u32 = 32;
+/// Local delivery may hand packets straight to this pod: host routing is
+/// `bpf` and its interface is a veth (or netkit) device, whose peer
+/// `bpf_redirect_peer` reaches. Set by weir.
+pub const ENDPOINT_PEER_DELIVERY: u32 = 64;
 
 /// ENDPOINTS6: host-side veth ifindex → the pod's IPv6 address (network
 /// byte order). A pod without one sends no IPv6 but neighbour discovery.
@@ -499,6 +529,7 @@ pub struct EventV4 {
 mod user {
     // SAFETY (all): plain repr(C) data with explicit padding and no pointers.
     unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::Delivery {}
     unsafe impl aya::Pod for super::IpcacheValue {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}

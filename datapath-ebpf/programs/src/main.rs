@@ -17,6 +17,11 @@
 //!   - the rest (from the host, off the node, or rewritten on the way as by
 //!     a service DNAT) is judged by the pod's ingress policy.
 //!
+//! Allowed packets to a pod on this node go straight into its veth's peer
+//! (`bpf_redirect_peer`, `datapath.host_routing: bpf`), past the node's
+//! routing and the receiving veth's program; both programs learn where
+//! each pod is from the neighbour messages between it and the node.
+//!
 //! Conntrack entries carry TCP state and a deadline (docs/datapath.md lists
 //! the lifetimes); expired entries count as absent. Each endpoint may hold a
 //! bounded number of entries, so one pod cannot crowd the others out.
@@ -39,7 +44,7 @@ use aya_ebpf::bindings::{
     bpf_sock_tuple, sk_action::SK_PASS,
 };
 use aya_ebpf::helpers::generated::{
-    bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
+    bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_redirect_peer, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
 };
 use aya_ebpf::macros::{classifier, map, sk_msg, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -47,13 +52,13 @@ use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, 
 use aya_ebpf::programs::{SkMsgContext, SockOpsContext, TcContext};
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
-    ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
-    ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT,
-    EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue,
-    IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
-    PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED,
-    REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED,
-    TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    Delivery, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
+    ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, ENDPOINT_PEER_DELIVERY, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP,
+    EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_FQDN_IDENTITY, FragKey,
+    FragKey6, FragValue, IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6,
+    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
     VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
 };
 
@@ -97,10 +102,28 @@ static FRAGMENTS6: LruHashMap<FragKey6, FragValue> = LruHashMap::pinned(conntrac
 static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
 static SPLICE_PROXY: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
+#[map(name = "WEIR_DELIVERY")]
+static DELIVERY: HashMap<u32, Delivery> = HashMap::pinned(4096, 0);
+#[map(name = "WEIR_DELIVERY6")]
+static DELIVERY6: HashMap<[u32; 4], Delivery> = HashMap::pinned(4096, 0);
+/// The IPv6 packet being judged by `weir_from_pod`: in a per-CPU map, not
+/// on the stack, which the judging needs (BPF allows 512 bytes per chain
+/// of calls). Not pinned: nothing outlives the packet.
+#[map]
+static PACKET6: PerCpuArray<Packet<[u32; 4]>> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "WEIR_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
+/// `datapath.host_routing`: 1 (`bpf`) delivers allowed packets to local pods
+/// past the node's stack, 0 (`kernel`) leaves them to its routing. Set by
+/// weir when it loads the object; read-only data, so the verifier prunes
+/// the branch the setting turns off.
+#[unsafe(no_mangle)]
+static HOST_ROUTING: u8 = 0;
+
 const BPF_F_NO_PREALLOC: u32 = 1;
+const TC_ACT_REDIRECT: i32 = 7;
+const PACKET_HOST: u32 = 0;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
@@ -208,6 +231,13 @@ trait Addr: Copy + PartialEq + Default + 'static {
     /// The PROXY_SOCKS key of the proxy's socket of this family.
     fn proxy_key(port: u16, protocol: u8) -> u32;
     fn event_address(self) -> [u32; 4];
+    /// Where a pod on this node with this address is delivered past the
+    /// node's stack (DELIVERY / DELIVERY6).
+    fn deliveries() -> &'static HashMap<Self, Delivery>;
+    /// The address of this family configured for the pod behind `ifindex`.
+    fn configured(ifindex: u32, endpoint: &EndpointInfo) -> Option<Self>;
+    /// The offset of the TTL (hop limit) in the frame.
+    const HOP_LIMIT: usize;
 }
 
 impl Addr for u32 {
@@ -253,6 +283,15 @@ impl Addr for u32 {
     fn event_address(self) -> [u32; 4] {
         [self, 0, 0, 0]
     }
+    #[inline(always)]
+    fn deliveries() -> &'static HashMap<u32, Delivery> {
+        &DELIVERY
+    }
+    #[inline(always)]
+    fn configured(_ifindex: u32, endpoint: &EndpointInfo) -> Option<u32> {
+        (endpoint.ipv4 != 0).then_some(endpoint.ipv4)
+    }
+    const HOP_LIMIT: usize = ETH_HLEN + 8;
 }
 
 impl Addr for [u32; 4] {
@@ -299,6 +338,15 @@ impl Addr for [u32; 4] {
     fn event_address(self) -> [u32; 4] {
         self
     }
+    #[inline(always)]
+    fn deliveries() -> &'static HashMap<[u32; 4], Delivery> {
+        &DELIVERY6
+    }
+    #[inline(always)]
+    fn configured(ifindex: u32, _endpoint: &EndpointInfo) -> Option<[u32; 4]> {
+        pod_ipv6(ifindex)
+    }
+    const HOP_LIMIT: usize = ETH_HLEN + 7;
 }
 
 #[inline(always)]
@@ -331,19 +379,36 @@ fn shot(reason: u8) -> i32 {
 
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
+    match frame(ctx)? {
+        Frame::Ipv4 => parse_ipv4(ctx),
+        Frame::Ipv6 => parse_ipv6(ctx),
+        Frame::Other(parsed) => Ok(parsed),
+    }
+}
+
+/// A frame's kind, before its IP header is read.
+enum Frame {
+    Ipv4,
+    Ipv6,
+    /// ARP, or a frame to drop.
+    Other(Parsed),
+}
+
+#[inline(always)]
+fn frame(ctx: &TcContext) -> Result<Frame, i64> {
     // a tag the kernel already moved into the skb (skb_vlan_untag) is as
     // tagged as one still in the data
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
-        return Ok(Parsed::Drop(REASON_VLAN));
+        return Ok(Frame::Other(Parsed::Drop(REASON_VLAN)));
     }
     let ethertype = u16::from_be(ctx.load::<u16>(12)?);
-    match ethertype {
-        ETH_P_IP => parse_ipv4(ctx),
-        ETH_P_IPV6 => parse_ipv6(ctx),
-        ETH_P_ARP => Ok(Parsed::Neighbor),
-        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => Ok(Parsed::Drop(REASON_VLAN)),
-        _ => Ok(Parsed::Drop(REASON_ETHERTYPE)),
-    }
+    Ok(match ethertype {
+        ETH_P_IP => Frame::Ipv4,
+        ETH_P_IPV6 => Frame::Ipv6,
+        ETH_P_ARP => Frame::Other(Parsed::Neighbor),
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => Frame::Other(Parsed::Drop(REASON_VLAN)),
+        _ => Frame::Other(Parsed::Drop(REASON_ETHERTYPE)),
+    })
 }
 
 /// A packet with these addresses and this upper-layer protocol, before its
@@ -942,6 +1007,105 @@ fn assign_to_proxy_socket(ctx: &TcContext, key: u32) -> bool {
     assigned
 }
 
+#[inline(always)]
+fn host_routing() -> bool {
+    unsafe { core::ptr::read_volatile(&HOST_ROUTING) != 0 }
+}
+
+/// A unicast neighbour message (ARP, IPv6 neighbour discovery) between the
+/// pod and the node on this veth — the pod's answer to the node's lookup,
+/// or the node's answer to the pod's — names both MACs: learn where to
+/// deliver to the pod's configured `address`. `to_pod`: the node sent it.
+/// A pod that lies here misdirects only what is sent to itself.
+#[inline(always)]
+fn learn_delivery<A: Addr>(ctx: &TcContext, ifindex: u32, address: &A, to_pod: bool) {
+    if !host_routing() {
+        return;
+    }
+    let Ok(eth) = ctx.load::<[u8; 12]>(0) else { return };
+    // a broadcast or multicast destination names no one's MAC
+    if eth[0] & 1 != 0 {
+        return;
+    }
+    // what the pod receives goes to its MAC, from the node's
+    let (pod, node) = if to_pod { (&eth[..6], &eth[6..]) } else { (&eth[6..], &eth[..6]) };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(pod);
+    macs[6..].copy_from_slice(node);
+    let learned = Delivery { ifindex, macs };
+    if unsafe { A::deliveries().get(address) } != Some(&learned) {
+        let _ = A::deliveries().insert(address, &learned, 0);
+    }
+}
+
+/// Pass an allowed packet addressed to a pod on this node. With host
+/// routing on, hand it straight into the pod (`bpf_redirect_peer` into its
+/// veth's peer): past the node's routing, netfilter and the pod's
+/// `weir_to_pod`, whose judgement this veth already made (CT_DEST_JUDGED).
+/// As a router would: link addresses rewritten, TTL (hop limit) one less.
+/// Only when both ends are learned (so both directions of a connection
+/// switch at once: the node's conntrack never sees half of one), the
+/// receiver is the pod configured with that address (on the veth the
+/// policy named, `expected`, and with the `identity` it judged, where
+/// given), and the frame was addressed to the node. Otherwise — or for a
+/// TTL about to run out, whose ICMP error is the node's to send — the node
+/// routes it as before.
+#[inline(always)]
+fn to_local_pod<A: Addr>(ctx: &TcContext, ifindex: u32, t: &Tuple<A>, expected: u32, identity: u32) -> i32 {
+    if !host_routing() {
+        return TC_ACT_OK as i32;
+    }
+    // a frame not addressed to the node's MAC: its routing drops it
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
+        return TC_ACT_OK as i32;
+    }
+    let Some(to) = (unsafe { A::deliveries().get(&t.daddr) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if expected != 0 && to.ifindex != expected {
+        return TC_ACT_OK as i32;
+    }
+    if unsafe { A::deliveries().get(&t.saddr) }.is_none_or(|from| from.ifindex != ifindex) {
+        return TC_ACT_OK as i32;
+    }
+    let Some(receiver) = (unsafe { ENDPOINTS.get(&to.ifindex) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if receiver.flags & ENDPOINT_PEER_DELIVERY == 0
+        || (identity != 0 && receiver.identity != identity)
+        || A::configured(to.ifindex, &receiver) != Some(t.daddr)
+    {
+        return TC_ACT_OK as i32;
+    }
+    let Ok(hops) = ctx.load::<u8>(A::HOP_LIMIT) else { return TC_ACT_OK as i32 };
+    if hops <= 1 {
+        return TC_ACT_OK as i32;
+    }
+    if A::FAMILY == FAMILY_IPV4 {
+        // TTL and protocol are one 16-bit word of the header checksum (both
+        // as on the wire: the TTL is the word's first byte)
+        let Ok(word) = ctx.load::<[u8; 2]>(A::HOP_LIMIT) else { return TC_ACT_OK as i32 };
+        let old = u16::from_ne_bytes(word) as u64;
+        let new = u16::from_ne_bytes([hops - 1, word[1]]) as u64;
+        if ctx.l3_csum_replace(ETH_HLEN + 10, old, new, 2).is_err() {
+            return TC_ACT_OK as i32;
+        }
+    }
+    if ctx.store(A::HOP_LIMIT, &(hops - 1), 0).is_err() || ctx.store(0, &to.macs, 0).is_err() {
+        // the checksum may be rewritten already: not a packet to route on
+        return shot(REASON_MALFORMED);
+    }
+    // what the node's path clears when a packet crosses into the pod's
+    // namespace, and the peer redirect does not: the mark (it means nothing
+    // past the node), the sender's timestamp and priority
+    ctx.set_mark(0);
+    unsafe {
+        (*ctx.skb.skb).tstamp = 0;
+        (*ctx.skb.skb).priority = 0;
+    }
+    unsafe { bpf_redirect_peer(to.ifindex, 0) as i32 }
+}
+
 /// The pod behind this veth, or `Err`: not ours to judge (another
 /// program's interface: UNSPEC lets the next program decide).
 #[inline(always)]
@@ -990,16 +1154,60 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
-    Ok(match parse(ctx)? {
-        // a pod without an IPv4 address sends none
-        Parsed::Ipv4(_) if endpoint.ipv4 == 0 => shot(REASON_SPOOFED),
-        Parsed::Ipv4(packet) => from_pod_packet(ctx, ifindex, &endpoint, endpoint.ipv4, &packet),
-        Parsed::Ipv6(packet) => match pod_ipv6(ifindex) {
-            Some(address) => from_pod_packet(ctx, ifindex, &endpoint, address, &packet),
-            None => shot(REASON_IPV6),
-        },
-        other => not_judged(ctx, other, DIR_EGRESS, ifindex, &endpoint),
+    Ok(match frame(ctx)? {
+        Frame::Ipv4 => from_pod_ipv4(ctx, ifindex, &endpoint),
+        Frame::Ipv6 => from_pod_ipv6(ctx, ifindex, &endpoint),
+        Frame::Other(other) => from_pod_not_ip(ctx, ifindex, &endpoint, other),
     })
+}
+
+/// ARP passes (and tells where the pod is), the rest is dropped.
+#[inline(always)]
+fn from_pod_not_ip(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, frame: Parsed) -> i32 {
+    match frame {
+        Parsed::Neighbor => {
+            if endpoint.ipv4 != 0 {
+                learn_delivery(ctx, ifindex, &endpoint.ipv4, false);
+            }
+            TC_ACT_OK as i32
+        }
+        other => not_judged(ctx, other, DIR_EGRESS, ifindex, endpoint),
+    }
+}
+
+/// Everything is inlined into one frame: BPF-to-BPF calls here made LLVM
+/// read argument registers after a `memset` call had clobbered them (the
+/// verifier refused it: "R3 !read_ok"). The IPv6 packet lives in a per-CPU
+/// map ([`PACKET6`]) to keep the frame under BPF's 512 bytes.
+#[inline(always)]
+fn from_pod_ipv4(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo) -> i32 {
+    match parse_ipv4(ctx) {
+        Err(_) => shot(REASON_MALFORMED),
+        // a pod without an IPv4 address sends none
+        Ok(Parsed::Ipv4(_)) if endpoint.ipv4 == 0 => shot(REASON_SPOOFED),
+        Ok(Parsed::Ipv4(packet)) => from_pod_packet(ctx, ifindex, endpoint, &endpoint.ipv4, &packet),
+        Ok(other) => not_judged(ctx, other, DIR_EGRESS, ifindex, endpoint),
+    }
+}
+
+#[inline(always)]
+fn from_pod_ipv6(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo) -> i32 {
+    match parse_ipv6(ctx) {
+        Err(_) => shot(REASON_MALFORMED),
+        Ok(Parsed::Ipv6(parsed)) => {
+            let Some(packet) = PACKET6.get_ptr_mut(0) else { return shot(REASON_MALFORMED) };
+            // SAFETY: this CPU's slot, used by this program only, one packet at a time
+            let packet = unsafe {
+                *packet = parsed;
+                &*packet
+            };
+            match pod_ipv6(ifindex) {
+                Some(address) => from_pod_packet(ctx, ifindex, endpoint, &address, packet),
+                None => shot(REASON_IPV6),
+            }
+        }
+        Ok(other) => not_judged(ctx, other, DIR_EGRESS, ifindex, endpoint),
+    }
 }
 
 #[inline(always)]
@@ -1007,14 +1215,16 @@ fn from_pod_packet<A: Addr>(
     ctx: &TcContext,
     ifindex: u32,
     endpoint: &EndpointInfo,
-    address: A,
+    address: &A,
     packet: &Packet<A>,
 ) -> i32 {
+    let address = *address;
     if packet.neighbor.is_some_and(|n| neighbor_from_pod(n, &packet.tuple, address)) {
+        learn_delivery(ctx, ifindex, &address, false);
         return TC_ACT_OK as i32;
     }
     let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
-    if action == TC_ACT_OK as i32 && packet.first_fragment {
+    if (action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT) && packet.first_fragment {
         record_fragment(packet);
     }
     action
@@ -1047,8 +1257,14 @@ fn judge_from_pod<A: Addr>(
             if t.protocol == PROTO_TCP {
                 assign_to_proxy(ctx, t, 0);
             }
-        } else {
-            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            return TC_ACT_OK as i32;
+        }
+        ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+        // opened by another pod's veth (by this one's weir_to_pod, the
+        // owner is this pod): that pod is on this node
+        let opener = unsafe { (*ct).owner };
+        if opener != ifindex {
+            return to_local_pod(ctx, ifindex, t, opener, unsafe { (*ct).src_identity });
         }
         return TC_ACT_OK as i32;
     }
@@ -1056,7 +1272,8 @@ fn judge_from_pod<A: Addr>(
     // an error quoting someone else's packet is judged by policy
     if packet.quoted.is_some_and(|q| q.daddr == t.saddr) && related_error(packet) {
         ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
-        return TC_ACT_OK as i32;
+        // the way its connection's packets go, when that is past the node
+        return to_local_pod(ctx, ifindex, t, 0, 0);
     }
 
     let existing = ct_live(t);
@@ -1073,6 +1290,9 @@ fn judge_from_pod<A: Addr>(
         if !proxied {
             ct_touch(ct, packet, false);
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            if unsafe { (*ct).flags } & CT_DEST_JUDGED != 0 {
+                return to_local_pod(ctx, ifindex, t, 0, unsafe { (*ct).dst_identity });
+            }
             return TC_ACT_OK as i32;
         }
         // the proxy's accepted socket for this tuple; none (the proxy went
@@ -1187,6 +1407,9 @@ fn judge_from_pod<A: Addr>(
                 _ => {}
             }
             ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            if peer.local_ifindex != 0 {
+                return to_local_pod(ctx, ifindex, t, peer.local_ifindex, peer.identity);
+            }
             TC_ACT_OK as i32
         }
         // a connection opened to a DNS-learned address while it was valid
@@ -1221,9 +1444,20 @@ fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
     Ok(match parse(ctx)? {
         Parsed::Ipv4(packet) => to_pod_packet(ctx, ifindex, &endpoint, &packet),
         Parsed::Ipv6(packet) => match pod_ipv6(ifindex) {
-            Some(_) => to_pod_packet(ctx, ifindex, &endpoint, &packet),
+            Some(address) => {
+                if packet.neighbor.is_some() {
+                    learn_delivery(ctx, ifindex, &address, true);
+                }
+                to_pod_packet(ctx, ifindex, &endpoint, &packet)
+            }
             None => shot(REASON_IPV6),
         },
+        Parsed::Neighbor => {
+            if endpoint.ipv4 != 0 {
+                learn_delivery(ctx, ifindex, &endpoint.ipv4, true);
+            }
+            TC_ACT_OK as i32
+        }
         other => not_judged(ctx, other, DIR_INGRESS, ifindex, &endpoint),
     })
 }

@@ -31,10 +31,11 @@ use aya::programs::{CgroupAttachMode, LinkOrder, SchedClassifier, SkMsg, SockOps
 use aya::{Ebpf, EbpfLoader};
 use std::time::Duration;
 use weir_datapath_common::{
-    EndpointInfo, EndpointIpv6, IpcacheKey, IpcacheKey6, IpcacheValue, PolicyKey, PolicyValue, Settings, maps, programs,
+    Delivery, ENDPOINT_PEER_DELIVERY, EndpointInfo, EndpointIpv6, IpcacheKey, IpcacheKey6, IpcacheValue, PolicyKey,
+    PolicyValue, Settings, maps, programs,
 };
 
-use crate::config::{ConntrackConfig, DatapathConfig};
+use crate::config::{ConntrackConfig, DatapathConfig, HostRouting};
 use crate::model::PolicyModel;
 use crate::protocol::Protocol;
 use compile::{AttachedEndpoint, Desired};
@@ -84,6 +85,9 @@ pub struct Datapath {
     proxy_sockets: SockHash<MapData, u32>,
     /// Where the proxy adds its sockets to splice (`datapath.splice`).
     splicer: Option<std::sync::Arc<crate::net::Splicer>>,
+    /// Whether each endpoint's interface has a peer local delivery can
+    /// reach (by ifindex; asked once per interface).
+    peer_devices: HashMap<u32, bool>,
     /// Why entries decided what they did, by `PolicyValue::rule`.
     pub rules: std::sync::Arc<std::sync::RwLock<events::RuleTexts>>,
 }
@@ -121,6 +125,7 @@ impl Datapath {
             .default_map_pin_directory(maps_dir(&config.bpffs))
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
+            .override_global(programs::HOST_ROUTING, &u8::from(config.host_routing == HostRouting::Bpf), true)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
@@ -157,6 +162,7 @@ impl Datapath {
             revisions: 0,
             proxy_sockets,
             splicer,
+            peer_devices: HashMap::new(),
             rules: Default::default(),
         })
     }
@@ -230,7 +236,21 @@ impl Datapath {
         {
             let mut map: BpfHashMap<_, u32, EndpointInfo> =
                 BpfHashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("in the object"))?;
-            let wanted: HashMap<u32, EndpointInfo> = desired.endpoints.iter().map(|e| (e.ifindex, e.info)).collect();
+            let host_routing = self.config.host_routing == HostRouting::Bpf;
+            let peers = &mut self.peer_devices;
+            let wanted: HashMap<u32, EndpointInfo> = desired
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut info = e.info;
+                    let peer = *peers.entry(e.ifindex).or_insert_with(|| has_peer(&e.interface));
+                    if host_routing && peer {
+                        info.flags |= ENDPOINT_PEER_DELIVERY;
+                    }
+                    (e.ifindex, info)
+                })
+                .collect();
+            peers.retain(|ifindex, _| wanted.contains_key(ifindex));
             changed |= sync_hash(&mut map, &wanted)?;
         }
         {
@@ -265,12 +285,81 @@ impl Datapath {
                 BpfHashMap::try_from(self.ebpf.map_mut(maps::POLICY).expect("in the object"))?;
             changed |= sync_hash(&mut map, &desired.policy)?;
         }
+        // learned by the programs (no revision: where a pod is, not policy);
+        // with the node's routing, nothing stays
+        let delivering: &[AttachedEndpoint] =
+            if self.config.host_routing == HostRouting::Bpf { &desired.endpoints } else { &[] };
+        {
+            let wanted: HashMap<u32, u32> =
+                delivering.iter().filter(|e| e.info.ipv4 != 0).map(|e| (e.info.ipv4, e.ifindex)).collect();
+            let mut map = BpfHashMap::try_from(self.ebpf.map_mut(maps::DELIVERY).expect("in the object"))?;
+            forget_deliveries(&mut map, &wanted)?;
+        }
+        {
+            let wanted: HashMap<EndpointIpv6, u32> =
+                delivering.iter().filter_map(|e| Some((ipv6_raw(e.ipv6?), e.ifindex))).collect();
+            let mut map = BpfHashMap::try_from(self.ebpf.map_mut(maps::DELIVERY6).expect("in the object"))?;
+            forget_deliveries(&mut map, &wanted)?;
+        }
+        if let Err(e) = self.seed_deliveries(delivering) {
+            // the programs learn them anyway, from the next neighbour message
+            tracing::warn!("reading the node's neighbour table: {e:#}");
+        }
         // after the maps: a connection judged again from here on is judged
         // under the new entries (one judged between the writes and this
         // bump is judged once more, which costs nothing but a lookup)
         if changed {
             self.bump_revision()?;
             self.revised_once = true;
+        }
+        Ok(())
+    }
+
+    /// Pods the programs have not learned yet, from the node's neighbour
+    /// table: a pod that was talking before weir started sends no neighbour
+    /// message until an entry needs confirming (tens of seconds, or never
+    /// while traffic confirms it), but the node's table already knows it.
+    fn seed_deliveries(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
+        let peers: Vec<&AttachedEndpoint> =
+            endpoints.iter().filter(|e| self.peer_devices.get(&e.ifindex) == Some(&true)).collect();
+        let missing4: Vec<&AttachedEndpoint> = {
+            let map: BpfHashMap<_, u32, Delivery> =
+                BpfHashMap::try_from(self.ebpf.map(maps::DELIVERY).expect("in the object"))?;
+            peers.iter().copied().filter(|e| e.info.ipv4 != 0 && map.get(&e.info.ipv4, 0).is_err()).collect()
+        };
+        let missing6: Vec<&AttachedEndpoint> = {
+            let map: BpfHashMap<_, EndpointIpv6, Delivery> =
+                BpfHashMap::try_from(self.ebpf.map(maps::DELIVERY6).expect("in the object"))?;
+            peers.iter().copied().filter(|e| e.ipv6.is_some_and(|a| map.get(&ipv6_raw(a), 0).is_err())).collect()
+        };
+        if missing4.is_empty() && missing6.is_empty() {
+            return Ok(());
+        }
+        let table = routing::neighbours()?;
+        let learned = |e: &AttachedEndpoint, address: IpAddr| {
+            let pod = table.entries.get(&(address, e.interface.clone()))?;
+            let node = table.links.get(&e.interface)?;
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(pod);
+            macs[6..].copy_from_slice(node);
+            Some(Delivery { ifindex: e.ifindex, macs })
+        };
+        let mut v4: BpfHashMap<_, u32, Delivery> =
+            BpfHashMap::try_from(self.ebpf.map_mut(maps::DELIVERY).expect("in the object"))?;
+        for e in missing4 {
+            let address = IpAddr::V4(Ipv4Addr::from(e.info.ipv4.to_ne_bytes()));
+            if let Some(delivery) = learned(e, address) {
+                // what the programs learned in the meantime stays
+                let _ = v4.insert(e.info.ipv4, delivery, BPF_NOEXIST);
+            }
+        }
+        let mut v6: BpfHashMap<_, EndpointIpv6, Delivery> =
+            BpfHashMap::try_from(self.ebpf.map_mut(maps::DELIVERY6).expect("in the object"))?;
+        for e in missing6 {
+            let address = e.ipv6.expect("filtered");
+            if let Some(delivery) = learned(e, IpAddr::V6(address)) {
+                let _ = v6.insert(ipv6_raw(address), delivery, BPF_NOEXIST);
+            }
         }
         Ok(())
     }
@@ -492,6 +581,26 @@ fn revision_epoch() -> u32 {
     (std::process::id() ^ nanos ^ (nanos >> 16)) & 0xFFFF
 }
 
+/// Delete what the programs learned about pods that are no longer this
+/// node's endpoints, or not behind the veth they were learned on (a pod
+/// re-created with the address of one that went): its packets go by the
+/// node's routing until the new pod answers the node's neighbour lookup.
+fn forget_deliveries<K>(map: &mut BpfHashMap<&mut MapData, K, Delivery>, wanted: &HashMap<K, u32>) -> anyhow::Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(address, learned)| wanted.get(address) != Some(&learned.ifindex))
+        .map(|(address, _)| address)
+        .collect();
+    for address in stale {
+        map.remove(&address)?;
+    }
+    Ok(())
+}
+
 /// Bring an LPM trie to `wanted` ((prefix length, address) → value);
 /// whether anything changed.
 fn sync_lpm<K, V>(map: &mut LpmTrie<&mut MapData, K, V>, wanted: &HashMap<(u32, K), V>) -> anyhow::Result<bool>
@@ -574,6 +683,63 @@ fn ifindex_of(name: &str) -> Option<u32> {
     // SAFETY: a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// `bpf_map_update_elem`'s flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Whether `interface` is a veth or netkit device: the kinds whose peer, in
+/// the pod, `bpf_redirect_peer` hands packets to (for any other kind the
+/// kernel would drop them). Asked through ethtool's driver information.
+fn has_peer(interface: &str) -> bool {
+    let driver = driver_of(interface);
+    let peer = matches!(driver.as_deref(), Some("veth" | "netkit"));
+    if !peer {
+        tracing::info!(%interface, ?driver, "not a veth: packets to this endpoint take the node's routing");
+    }
+    peer
+}
+
+fn driver_of(interface: &str) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DriverInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 4 * 5],
+    }
+    /// `struct ifreq` with its data pointer.
+    #[repr(C)]
+    struct Request {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DriverInfo,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let bytes = interface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DriverInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 32 * 4 + 12 + 4 * 5] };
+    let mut request = Request { name: [0; libc::IFNAMSIZ], data: &mut info, _pad: [0; 16] };
+    request.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the request names a NUL-terminated interface and points at a
+    // drvinfo buffer of the kernel's size; both outlive the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut request as *mut Request) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The node's own addresses (`reserved:host` in the ipcache).

@@ -109,6 +109,50 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The node's neighbour table and its links' MACs, from iproute2.
+#[derive(Default)]
+pub struct Neighbours {
+    /// (address, device) → MAC, for neighbours in a usable state.
+    pub entries: std::collections::HashMap<(std::net::IpAddr, String), [u8; 6]>,
+    /// device → its own MAC.
+    pub links: std::collections::HashMap<String, [u8; 6]>,
+}
+
+pub fn neighbours() -> anyhow::Result<Neighbours> {
+    let mut found = Neighbours::default();
+    for family in ["-4", "-6"] {
+        let list: Vec<serde_json::Value> = serde_json::from_str(&ip(&[family, "-j", "neigh", "show"])?)?;
+        for entry in list {
+            let usable = entry["state"].as_array().is_some_and(|states| {
+                states
+                    .iter()
+                    .any(|s| matches!(s.as_str(), Some("REACHABLE" | "STALE" | "DELAY" | "PROBE" | "PERMANENT")))
+            });
+            let address = entry["dst"].as_str().and_then(|a| a.parse().ok());
+            let mac = entry["lladdr"].as_str().and_then(parse_mac);
+            if let (true, Some(address), Some(device), Some(mac)) = (usable, address, entry["dev"].as_str(), mac) {
+                found.entries.insert((address, device.to_string()), mac);
+            }
+        }
+    }
+    let links: Vec<serde_json::Value> = serde_json::from_str(&ip(&["-j", "link", "show"])?)?;
+    for link in links {
+        if let (Some(name), Some(mac)) = (link["ifname"].as_str(), link["address"].as_str().and_then(parse_mac)) {
+            found.links.insert(name.to_string(), mac);
+        }
+    }
+    Ok(found)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Install rules, route and sysctl; idempotent (a restart finds them there).
 pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result<()> {
     if state.fwmark_accept_before.is_none() {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use weir_datapath_common::{
-    CtKey, CtKey6, CtUsage, CtValue, DROP_REASONS, EndpointInfo, EndpointIpv6, maps, reason_name,
+    CtKey, CtKey6, CtUsage, CtValue, DROP_REASONS, Delivery, EndpointInfo, EndpointIpv6, maps, reason_name,
 };
 
 use super::{links_dir, maps_dir, routing};
@@ -64,6 +64,14 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Every entry of a pinned hash map (none if it is missing or unreadable).
+fn entries<K: aya::Pod + Ord, V: aya::Pod>(maps_dir: &Path, name: &str) -> BTreeMap<K, V> {
+    pinned(maps_dir, name)
+        .and_then(|m| BpfHashMap::<_, K, V>::try_from(m).ok())
+        .map(|m| m.iter().filter_map(Result::ok).collect())
+        .unwrap_or_default()
 }
 
 fn pinned(maps_dir: &Path, name: &str) -> Option<Map> {
@@ -160,22 +168,12 @@ fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]
 /// files or Kubernetes): its interface, address and identity, whether its
 /// programs are linked, and the conntrack entries it holds and was refused.
 fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
-    let known: BTreeMap<u32, EndpointInfo> = pinned(maps_dir, maps::ENDPOINTS)
-        .and_then(|m| BpfHashMap::<_, u32, EndpointInfo>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let usage: BTreeMap<u32, CtUsage> = pinned(maps_dir, maps::CT_USAGE)
-        .and_then(|m| BpfHashMap::<_, u32, CtUsage>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let ipv6: BTreeMap<u32, EndpointIpv6> = pinned(maps_dir, maps::ENDPOINTS6)
-        .and_then(|m| BpfHashMap::<_, u32, EndpointIpv6>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let freed: BTreeMap<u32, u64> = pinned(maps_dir, maps::CT_FREED)
-        .and_then(|m| BpfHashMap::<_, u32, u64>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default();
+    let known: BTreeMap<u32, EndpointInfo> = entries(maps_dir, maps::ENDPOINTS);
+    let usage: BTreeMap<u32, CtUsage> = entries(maps_dir, maps::CT_USAGE);
+    let ipv6: BTreeMap<u32, EndpointIpv6> = entries(maps_dir, maps::ENDPOINTS6);
+    let freed: BTreeMap<u32, u64> = entries(maps_dir, maps::CT_FREED);
+    let delivery: BTreeMap<u32, Delivery> = entries(maps_dir, maps::DELIVERY);
+    let delivery6: BTreeMap<EndpointIpv6, Delivery> = entries(maps_dir, maps::DELIVERY6);
     let mut out = Vec::new();
     for (ifindex, info) in known {
         let interface = interface_name(ifindex).unwrap_or_else(|| format!("ifindex-{ifindex} (gone)"));
@@ -192,8 +190,14 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
         if let Some(v6) = ipv6.get(&ifindex) {
             address = format!("{address},{}", super::ipv6_of(*v6));
         }
+        // either family's entry: each is learned from its own neighbour messages
+        let learned = |entry: Option<&Delivery>| entry.is_some_and(|d| d.ifindex == ifindex);
+        let past = info.flags & weir_datapath_common::ENDPOINT_PEER_DELIVERY != 0
+            && (learned(delivery.get(&info.ipv4)) || learned(ipv6.get(&ifindex).and_then(|a| delivery6.get(a))));
+        let delivered = if past { "past the node's stack" } else { "by the node's routing" };
         out.push(format!(
-            "endpoint {interface} {address} identity {}: programs {programs}; conntrack {held} held, {refused} refused",
+            "endpoint {interface} {address} identity {}: programs {programs}; conntrack {held} held, {refused} refused; \
+             delivered {delivered}",
             info.identity
         ));
     }
