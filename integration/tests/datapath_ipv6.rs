@@ -411,3 +411,64 @@ fn ipv6_fragments_follow_their_first_fragments_verdict() {
     assert!(!read().contains("denied-"), "{}", read());
     assert!(!read().contains("tail-"), "{}", read());
 }
+
+/// `cli` may reach 10.0.0.0/8 on port 9000, except 10.99.0.0/16 (IPv4
+/// rules only).
+const CLIENT_IPV4_CIDR_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-ipv4}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.99.0.0/16]}]
+      toPorts:
+        - ports: [{port: "9000", protocol: TCP}]
+"#;
+
+/// A pod behind NAT64 (RFC 6052's `64:ff9b::/96`) reaches IPv4 through a
+/// gateway: an address there is judged as the IPv4 address it embeds, so
+/// IPv4 rules allow it and IPv4 excepts deny it (before, it was the IPv6
+/// world, and an IPv6 allow let it past every IPv4 deny). `ext` stands in
+/// for the gateway's far side: it holds the two translated addresses.
+#[test]
+fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
+    let mut node = Node::dual_stack(&["cli", "ext"]);
+    let (ext_netns, ext_interface) = (node.pod("ext").netns.clone(), node.pod("ext").interface.clone());
+    // 10.98.0.1 and 10.99.0.1, as NAT64 spells them
+    let (allowed, excepted) = ("64:ff9b::a62:1", "64:ff9b::a63:1");
+    for address in [allowed, excepted] {
+        let added = std::process::Command::new("ip")
+            .args(["-n", &ext_netns, "addr", "add", &format!("{address}/128"), "dev", "eth0", "nodad"])
+            .status()
+            .unwrap();
+        assert!(added.success());
+    }
+    let routed = std::process::Command::new("ip")
+        .args(["-n", &node.netns, "-6", "route", "add", "64:ff9b::/96", "dev", &ext_interface])
+        .status()
+        .unwrap();
+    assert!(routed.success());
+    node.enter();
+    node.serve("ext", "echo", "python3", &[&peer_script(), "tcp-echo", "::", "9000"]);
+    let config = format!(
+        "{BASE}datapath:\n  bpffs: {}\nendpoints:\n  \
+         - {{name: cli, addresses: [{}, \"{}\"], interface: {}, labels: {{app: client}}}}\n",
+        node.bpffs,
+        node.pod("cli").ip,
+        ip6(&node, "cli"),
+        node.pod("cli").interface,
+    );
+    node.start_weir(&config, &[("client.yaml", CLIENT_IPV4_CIDR_POLICY)]);
+    wait_for("10.98.0.1 through NAT64", Duration::from_secs(10), || {
+        echo_once(&node, "cli", allowed, 9000, "allowed") == "allowed"
+    });
+    // the except of the IPv4 rule holds for its NAT64 spelling
+    assert!(echo_once(&node, "cli", excepted, 9000, "excepted").starts_with("error"));
+    // and a plain IPv6 address of the same server is no IPv4 rule's
+    assert!(echo_once(&node, "cli", &ip6(&node, "ext"), 9000, "plain").starts_with("error"));
+    let drop = node.weir().wait_flow("", "the drop of the excepted address", |f| {
+        f.verdict == Verdict::Dropped && f.destination.address.ip().to_string() == excepted
+    });
+    assert_eq!(drop.port, 9000);
+}

@@ -338,6 +338,21 @@ impl IdentityCache {
     }
 }
 
+/// The IPv4 addresses a network inside the NAT64 prefix (`64:ff9b::/96`)
+/// embeds: where a NAT64 gateway takes connections to it (an address is a
+/// /128, and embeds a /32).
+pub fn nat64_embedded(net: ipnet::IpNet) -> Option<ipnet::IpNet> {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => {
+            let s = v6.network().segments();
+            let v4 = std::net::Ipv4Addr::from(v6.network().to_bits() as u32);
+            let embedded = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?;
+            (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then_some(ipnet::IpNet::V4(embedded))
+        }
+        _ => None,
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
 pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
@@ -352,6 +367,18 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         Labels::new(pairs.iter().map(|(k, v)| Label::k8s(k, v)).collect())
+    }
+
+    #[test]
+    fn nat64_networks_embed_the_ipv4_networks_they_reach() {
+        let embedded = |net: &str| nat64_embedded(net.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(embedded("64:ff9b::a63:1/128").as_deref(), Some("10.99.0.1/32"));
+        assert_eq!(embedded("64:ff9b::a63:0/112").as_deref(), Some("10.99.0.0/16"));
+        assert_eq!(embedded("64:ff9b::/96").as_deref(), Some("0.0.0.0/0"));
+        // broader than the prefix, or outside it: no IPv4 address
+        assert_eq!(embedded("64:ff9b::/64"), None);
+        assert_eq!(embedded("2001:db8::a63:1/128"), None);
+        assert_eq!(embedded("10.99.0.1/32"), None);
     }
 
     #[test]

@@ -45,7 +45,15 @@ pub mod mark {
 pub mod identity {
     pub const HOST: u32 = 1;
     pub const WORLD: u32 = 2;
+    /// Not an identity: the ipcache's value for the NAT64 prefix
+    /// ([`super::NAT64_PREFIX`]). An address there is judged as the IPv4
+    /// address it embeds, which is where the NAT64 gateway takes it.
+    pub const NAT64: u32 = 0xFFFF_FF64;
 }
+
+/// RFC 6052's well-known NAT64 prefix, `64:ff9b::/96`: its last 32 bits are
+/// an IPv4 address.
+pub const NAT64_PREFIX: &str = "64:ff9b::/96";
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;

@@ -314,6 +314,12 @@ impl Addr for [u32; 4] {
         let bytes: [u8; 16] = unsafe { core::mem::transmute(self) };
         let key = Key::new(128, bytes);
         match IPCACHE6.get(&key) {
+            // NAT64: judged as the IPv4 address it embeds (never a pod of
+            // this node: the gateway, not this packet, reaches it). A more
+            // specific entry (a learned name, a rule's own prefix) wins.
+            Some(v) if v.identity == identity::NAT64 => {
+                IpcacheValue { identity: self[3].ipcache().identity, local_ifindex: 0 }
+            }
             Some(v) => *v,
             None => IpcacheValue { identity: identity::WORLD, local_ifindex: 0 },
         }

@@ -18,8 +18,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
     ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
-    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW,
+    IpcacheValue, NAT64_PREFIX, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT,
+    VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, identity,
 };
 
 use crate::config::{DatapathConfig, Visibility};
@@ -202,6 +202,10 @@ pub fn compile(
         desired.ipcache_insert(cidr, IpcacheValue { identity: id, local_ifindex: 0 }, false);
         peers.push((world.clone(), id, cidr));
     }
+    // NAT64: the programs judge an address in the prefix as the IPv4 address
+    // it embeds (a rule naming the prefix itself keeps it)
+    let nat64: IpNet = NAT64_PREFIX.parse().expect("a prefix");
+    desired.ipcache_insert(nat64, IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, false);
 
     let no_names = BTreeMap::new();
     let mut fqdn_peers = Vec::new();
