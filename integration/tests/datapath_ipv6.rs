@@ -412,25 +412,29 @@ fn ipv6_fragments_follow_their_first_fragments_verdict() {
     assert!(!read().contains("tail-"), "{}", read());
 }
 
-/// `cli` may reach 10.0.0.0/8 on port 9000, except 10.99.0.0/16 (IPv4
-/// rules only).
-const CLIENT_IPV4_CIDR_POLICY: &str = r#"
+/// `cli` may reach, on port 9000, 10.0.0.0/8 except 10.99.0.0/16, and
+/// every IPv6 address — the IPv6 world and, by name, the NAT64 prefix.
+const CLIENT_NAT64_POLICY: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: client-ipv4}
+metadata: {name: client-nat64}
 spec:
   endpointSelector: {matchLabels: {app: client}}
   egress:
     - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.99.0.0/16]}]
       toPorts:
         - ports: [{port: "9000", protocol: TCP}]
+    - toCIDR: ["::/0", "64:ff9b::/96"]
+      toPorts:
+        - ports: [{port: "9000", protocol: TCP}]
 "#;
 
 /// A pod behind NAT64 (RFC 6052's `64:ff9b::/96`) reaches IPv4 through a
 /// gateway: an address there is judged as the IPv4 address it embeds, so
-/// IPv4 rules allow it and IPv4 excepts deny it (before, it was the IPv6
-/// world, and an IPv6 allow let it past every IPv4 deny). `ext` stands in
-/// for the gateway's far side: it holds the two translated addresses.
+/// IPv4 rules allow it and IPv4 excepts deny it, whatever IPv6 rules say
+/// (before, it was the IPv6 world, and an IPv6 allow let the pod past every
+/// IPv4 deny; a rule naming the prefix did the same). `ext` stands in for
+/// the gateway's far side: it holds the two translated addresses.
 #[test]
 fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
     let mut node = Node::dual_stack(&["cli", "ext"]);
@@ -459,14 +463,15 @@ fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
         ip6(&node, "cli"),
         node.pod("cli").interface,
     );
-    node.start_weir(&config, &[("client.yaml", CLIENT_IPV4_CIDR_POLICY)]);
+    node.start_weir(&config, &[("client.yaml", CLIENT_NAT64_POLICY)]);
     wait_for("10.98.0.1 through NAT64", Duration::from_secs(10), || {
         echo_once(&node, "cli", allowed, 9000, "allowed") == "allowed"
     });
-    // the except of the IPv4 rule holds for its NAT64 spelling
+    // the except of the IPv4 rule holds for its NAT64 spelling, though IPv6
+    // rules allow all of IPv6 and name the prefix
     assert!(echo_once(&node, "cli", excepted, 9000, "excepted").starts_with("error"));
-    // and a plain IPv6 address of the same server is no IPv4 rule's
-    assert!(echo_once(&node, "cli", &ip6(&node, "ext"), 9000, "plain").starts_with("error"));
+    // those IPv6 rules still hold for IPv6 outside the prefix
+    assert_eq!(echo_once(&node, "cli", &ip6(&node, "ext"), 9000, "plain"), "plain");
     let drop = node.weir().wait_flow("", "the drop of the excepted address", |f| {
         f.verdict == Verdict::Dropped && f.destination.address.ip().to_string() == excepted
     });

@@ -47,7 +47,10 @@ pub mod identity {
     pub const WORLD: u32 = 2;
     /// Not an identity: the ipcache's value for the NAT64 prefix
     /// ([`super::NAT64_PREFIX`]). An address there is judged as the IPv4
-    /// address it embeds, which is where the NAT64 gateway takes it.
+    /// address it embeds (which is where the NAT64 gateway takes it), by
+    /// that address's CIDR identity or the world's: never a pod's or the
+    /// node's (no packet with such an address is theirs, and a sender must
+    /// not claim their identity by writing one).
     pub const NAT64: u32 = 0xFFFF_FF64;
 }
 
@@ -311,6 +314,10 @@ pub const CT_DEST_JUDGED: u32 = 4;
 /// First identity of addresses learned from DNS answers (one per address;
 /// above the CIDR identities at 2^24).
 pub const FIRST_FQDN_IDENTITY: u32 = (1 << 24) + (1 << 20);
+/// First identity of the prefixes CIDR rules name (Cilium's local range);
+/// below it, and not `identity::WORLD`, an identity is one of the cluster's
+/// (pods, the node).
+pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
 
 /// PROXY_SOCKETS key of the proxy's socket for `port` and IP `protocol`:
 /// TCP listeners by port alone, UDP sockets with the protocol above it.

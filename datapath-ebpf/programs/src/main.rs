@@ -54,12 +54,13 @@ use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
     Delivery, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
     ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, ENDPOINT_PEER_DELIVERY, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP,
-    EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_FQDN_IDENTITY, FragKey,
-    FragKey6, FragValue, IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_IPV6,
-    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
+    EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_CIDR_IDENTITY,
+    FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue, IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE,
+    REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN,
+    Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple,
+    VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark,
+    proxy_socket_key, proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -314,11 +315,15 @@ impl Addr for [u32; 4] {
         let bytes: [u8; 16] = unsafe { core::mem::transmute(self) };
         let key = Key::new(128, bytes);
         match IPCACHE6.get(&key) {
-            // NAT64: judged as the IPv4 address it embeds (never a pod of
-            // this node: the gateway, not this packet, reaches it). A more
-            // specific entry (a learned name, a rule's own prefix) wins.
+            // NAT64: judged as the IPv4 address it embeds, by its CIDR
+            // identity or the world's, never a pod's or the node's (see
+            // identity::NAT64), and never as a pod of this node (the gateway,
+            // not this packet, reaches it). Only a learned name is more
+            // specific (toFQDNs through DNS64).
             Some(v) if v.identity == identity::NAT64 => {
-                IpcacheValue { identity: self[3].ipcache().identity, local_ifindex: 0 }
+                let embedded = self[3].ipcache().identity;
+                let cluster = embedded < FIRST_CIDR_IDENTITY && embedded != identity::WORLD;
+                IpcacheValue { identity: if cluster { identity::WORLD } else { embedded }, local_ifindex: 0 }
             }
             Some(v) => *v,
             None => IpcacheValue { identity: identity::WORLD, local_ifindex: 0 },

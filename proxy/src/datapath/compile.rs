@@ -29,8 +29,7 @@ use crate::model::PolicyModel;
 use crate::policy::{L4Protocol, PeerInfo, SideVerdict, SubjectRules};
 use crate::protocol::Protocol;
 
-/// First identity of the prefixes CIDR rules name (Cilium's local range).
-pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+pub use weir_datapath_common::FIRST_CIDR_IDENTITY;
 /// The protocols with ports, as policies name them and as IP numbers.
 const PORT_PROTOCOLS: [(L4Protocol, u8); 3] =
     [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)];
@@ -199,13 +198,18 @@ pub fn compile(
     for (n, cidr) in cidrs.into_iter().enumerate() {
         let id = FIRST_CIDR_IDENTITY + n as u32;
         desired.cidr_identities.insert(id, cidr);
-        desired.ipcache_insert(cidr, IpcacheValue { identity: id, local_ifindex: 0 }, false);
+        // an IPv6 prefix inside the NAT64 prefix decides nothing there: its
+        // addresses are judged as the IPv4 ones they embed (below)
+        if crate::identity::nat64_embedded(cidr).is_none() {
+            desired.ipcache_insert(cidr, IpcacheValue { identity: id, local_ifindex: 0 }, false);
+        }
         peers.push((world.clone(), id, cidr));
     }
     // NAT64: the programs judge an address in the prefix as the IPv4 address
-    // it embeds (a rule naming the prefix itself keeps it)
+    // it embeds, whatever IPv6 rules name (only a learned name is more
+    // specific: toFQDNs through DNS64)
     let nat64: IpNet = NAT64_PREFIX.parse().expect("a prefix");
-    desired.ipcache_insert(nat64, IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, false);
+    desired.ipcache_insert(nat64, IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
 
     let no_names = BTreeMap::new();
     let mut fqdn_peers = Vec::new();
@@ -214,6 +218,11 @@ pub fn compile(
         // never by a learned name (toFQDNs selects the world only): an
         // answer naming the node's address must not relabel it for everyone
         if desired.ipcache_get(*address).is_some() {
+            continue;
+        }
+        // nor by the NAT64 spelling of its IPv4 address
+        let embedded = crate::identity::nat64_embedded(IpNet::from(*address));
+        if embedded.is_some_and(|v4| desired.ipcache_get(v4.addr()).is_some()) {
             continue;
         }
         let id = FIRST_FQDN_IDENTITY + n as u32;

@@ -132,14 +132,11 @@ impl Peer {
             Peer::Endpoints(selector) => selector.selects(peer.identity),
             Peer::Cidr { cidr, except } => {
                 // as the datapath's ipcache decides: a NAT64 address is the
-                // IPv4 address it embeds, unless a prefix of /96 or longer
-                // names it (the most specific entry wins there)
-                let embedded = crate::identity::nat64_embedded(peer.address);
-                let covers = |net: &IpNet| {
-                    net.contains(&peer.address) && (embedded.is_none() || net.prefix_len() >= 96)
-                        || embedded.is_some_and(|v4| net.contains(&v4))
-                };
-                peer.identity.id == reserved::WORLD && covers(cidr) && !except.iter().any(covers)
+                // IPv4 address it embeds, whatever IPv6 prefixes name
+                let address = crate::identity::nat64_embedded(peer.address).unwrap_or(peer.address);
+                peer.identity.id == reserved::WORLD
+                    && cidr.contains(&address)
+                    && !except.iter().any(|e| e.contains(&address))
             }
             Peer::Entity(entity) => entity.selects(peer.identity),
         }
