@@ -431,3 +431,31 @@ fn a_node_without_ipv6_runs_the_ipv4_datapath() {
     let leftovers = node.leftovers();
     assert!(leftovers.is_empty(), "a stop without IPv6 left behind:\n{leftovers}\nweir log:\n{}", weir.log());
 }
+
+/// A start that fails once the datapath is installed — here another program
+/// holds the HTTP proxy's port, so weir cannot bind its transparent
+/// listener — says why and takes down the pins, rules and route it made.
+#[test]
+fn a_start_that_fails_after_the_datapath_is_installed_leaves_nothing_behind() {
+    let mut node = Node::new(&["cli", "srv"]);
+    let holder = "import socket,time\n\
+                  s=socket.socket(); s.bind(('127.0.0.1',15001)); s.listen()\n\
+                  print('ready',flush=True); time.sleep(60)\n";
+    let mut squatter = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns, "python3", "-c", holder])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(squatter.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    node.enter();
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    let started = node.try_start_weir_wrapped(&config, &[("server.yaml", SERVER_HTTP_POLICY)], &[]);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let log = started.expect_err("weir cannot start without its transparent listener");
+    assert!(log.contains("transparent http sockets on 127.0.0.1:15001"), "{log}");
+    let leftovers = node.leftovers();
+    assert!(leftovers.is_empty(), "a failed start left behind:\n{leftovers}\nweir log:\n{log}");
+}

@@ -258,55 +258,70 @@ async fn serve(
     let mut kernel_events = None;
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
-        // one transparent listener per TCP engine (the programs pick the
-        // engine by the port a policy entry redirects to) and the DNS proxy's
-        // own pair, TCP and UDP on one port; for IPv4, and for IPv6 where the
-        // node has it (without, IPv6 L7 fails closed)
-        for ipv6 in [false, true] {
-            for protocol in Protocol::ALL {
-                let bind = match ipv6 {
-                    false => crate::datapath::proxy_bind(&config.datapath, protocol),
-                    true => crate::datapath::proxy_bind6(&config.datapath, protocol),
-                };
-                let sockets = crate::engines::listeners::bind_transparent(bind).and_then(|tcp| {
-                    let udp = match protocol {
-                        Protocol::Dns => Some(crate::engines::dns::bind_transparent_udp(bind)?),
-                        _ => None,
+        // a start that fails from here on takes down what it installed
+        // (unless a running weir is being taken over: it stays in charge)
+        let plumbed = (|| -> anyhow::Result<()> {
+            // one transparent listener per TCP engine (the programs pick the
+            // engine by the port a policy entry redirects to) and the DNS proxy's
+            // own pair, TCP and UDP on one port; for IPv4, and for IPv6 where the
+            // node has it (without, IPv6 L7 fails closed)
+            for ipv6 in [false, true] {
+                for protocol in Protocol::ALL {
+                    let bind = match ipv6 {
+                        false => crate::datapath::proxy_bind(&config.datapath, protocol),
+                        true => crate::datapath::proxy_bind6(&config.datapath, protocol),
                     };
-                    Ok((tcp, udp))
-                });
-                let (tcp, udp) = match sockets {
-                    Ok(sockets) => sockets,
-                    Err(e) if ipv6 => {
-                        tracing::warn!(%bind, "no IPv6 transparent {} sockets: {e}", protocol.name());
+                    let sockets = crate::engines::listeners::bind_transparent(bind).and_then(|tcp| {
+                        let udp = match protocol {
+                            Protocol::Dns => Some(crate::engines::dns::bind_transparent_udp(bind)?),
+                            _ => None,
+                        };
+                        Ok((tcp, udp))
+                    });
+                    let (tcp, udp) = match sockets {
+                        Ok(sockets) => sockets,
+                        Err(e) if ipv6 => {
+                            tracing::warn!(%bind, "no IPv6 transparent {} sockets: {e}", protocol.name());
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(anyhow::Error::from(e)
+                                .context(format!("transparent {} sockets on {bind}", protocol.name())));
+                        }
+                    };
+                    datapath.register_proxy_socket(bind, PROTO_TCP, &tcp)?;
+                    let stopped = accepting_stopped.clone();
+                    if let Some(udp) = udp {
+                        datapath.register_proxy_socket(bind, PROTO_UDP, &udp)?;
+                        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), tcp, stopped.clone()));
+                        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), udp, stopped));
                         continue;
                     }
-                    Err(e) => {
-                        return Err(anyhow::Error::from(e)
-                            .context(format!("transparent {} sockets on {bind}", protocol.name())));
-                    }
-                };
-                datapath.register_proxy_socket(bind, PROTO_TCP, &tcp)?;
-                let stopped = accepting_stopped.clone();
-                if let Some(udp) = udp {
-                    datapath.register_proxy_socket(bind, PROTO_UDP, &udp)?;
-                    tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), tcp, stopped.clone()));
-                    tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), udp, stopped));
-                    continue;
+                    // HTTP's writes to local pods may be spliced (the other
+                    // engines splice(2) or watch their sockets' fill levels)
+                    let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
+                    tokio::spawn(crate::engines::listeners::serve_transparent(
+                        state.clone(),
+                        protocol,
+                        tcp,
+                        splice,
+                        stopped,
+                    ));
                 }
-                // HTTP's writes to local pods may be spliced (the other
-                // engines splice(2) or watch their sockets' fill levels)
-                let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
-                tokio::spawn(crate::engines::listeners::serve_transparent(
-                    state.clone(),
-                    protocol,
-                    tcp,
-                    splice,
-                    stopped,
-                ));
             }
-        }
-        let events = crate::datapath::events::run(state.clone(), datapath.take_events()?, datapath.rules.clone());
+            Ok(())
+        })();
+        let kernel = plumbed.and_then(|()| datapath.take_events());
+        let kernel = match kernel {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                if taking.is_none() {
+                    datapath.shutdown();
+                }
+                return Err(e);
+            }
+        };
+        let events = crate::datapath::events::run(state.clone(), kernel, datapath.rules.clone());
         kernel_events = Some(tokio::spawn(events));
         controller.datapath = Some(datapath);
         tracing::info!(ports = ?config.datapath.proxy_ports().collect::<Vec<_>>(), "eBPF datapath loaded; redirected connections arrive at the transparent listeners");
@@ -322,15 +337,18 @@ async fn serve(
         }
         return Err(invalid(&errors));
     }
-    if let Some(addr) = config.admin {
-        crate::admin::serve(state.clone(), addr, Scope::Admin, accepting_stopped.clone())
-            .await
-            .with_context(|| format!("admin API on {addr}"))?;
-    }
-    if let Some(addr) = config.metrics {
-        crate::admin::serve(state.clone(), addr, Scope::Metrics, accepting_stopped.clone())
-            .await
-            .with_context(|| format!("metrics listener on {addr}"))?;
+    let listeners = [(config.admin, Scope::Admin, "admin API"), (config.metrics, Scope::Metrics, "metrics listener")];
+    for (addr, scope, what) in listeners {
+        let Some(addr) = addr else { continue };
+        let served = crate::admin::serve(state.clone(), addr, scope, accepting_stopped.clone()).await;
+        if let Err(e) = served {
+            if let Some(datapath) = controller.datapath.take()
+                && taking.is_none()
+            {
+                datapath.shutdown();
+            }
+            return Err(anyhow::Error::from(e).context(format!("{what} on {addr}")));
+        }
     }
     crate::handover::sockets::drop_unclaimed();
     crate::handover::sockets::serve();

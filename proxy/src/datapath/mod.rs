@@ -117,10 +117,28 @@ impl Datapath {
         std::fs::create_dir_all(maps_dir(&config.bpffs))
             .with_context(|| format!("creating {}", config.bpffs.display()))?;
         std::fs::create_dir_all(links_dir(&config.bpffs))?;
-        let mut state = routing::read_state(&config.bpffs).unwrap_or_default();
+        let previous = routing::read_state(&config.bpffs);
+        // a running weir being taken over keeps what is installed, whatever
+        // becomes of this start
+        let handing_over = previous.as_ref().is_some_and(|s| s.owner != std::process::id() && s.owner_alive());
+        let mut state = previous.unwrap_or_default();
         state.take_ownership();
         routing::install(config, &mut state).context("installing the redirect rules and route")?;
+        match Self::load(config, state.clone()) {
+            Ok(datapath) => Ok(datapath),
+            Err(e) => {
+                if !handing_over {
+                    for error in cleanup_pins_and_node(config, Some(state)) {
+                        tracing::warn!("after a failed start: {error}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
 
+    /// The programs and maps, once the node's plumbing is installed.
+    fn load(config: &DatapathConfig, state: NodeState) -> anyhow::Result<Datapath> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(maps_dir(&config.bpffs))
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
