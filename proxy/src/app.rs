@@ -259,65 +259,11 @@ async fn serve(
     if ebpf {
         let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
         // a start that fails from here on takes down what it installed
-        // (unless a running weir is being taken over: it stays in charge)
-        let plumbed = (|| -> anyhow::Result<()> {
-            // one transparent listener per TCP engine (the programs pick the
-            // engine by the port a policy entry redirects to) and the DNS proxy's
-            // own pair, TCP and UDP on one port; for IPv4, and for IPv6 where the
-            // node has it (without, IPv6 L7 fails closed)
-            for ipv6 in [false, true] {
-                for protocol in Protocol::ALL {
-                    let bind = match ipv6 {
-                        false => crate::datapath::proxy_bind(&config.datapath, protocol),
-                        true => crate::datapath::proxy_bind6(&config.datapath, protocol),
-                    };
-                    let sockets = crate::engines::listeners::bind_transparent(bind).and_then(|tcp| {
-                        let udp = match protocol {
-                            Protocol::Dns => Some(crate::engines::dns::bind_transparent_udp(bind)?),
-                            _ => None,
-                        };
-                        Ok((tcp, udp))
-                    });
-                    let (tcp, udp) = match sockets {
-                        Ok(sockets) => sockets,
-                        Err(e) if ipv6 => {
-                            tracing::warn!(%bind, "no IPv6 transparent {} sockets: {e}", protocol.name());
-                            continue;
-                        }
-                        Err(e) => {
-                            return Err(anyhow::Error::from(e)
-                                .context(format!("transparent {} sockets on {bind}", protocol.name())));
-                        }
-                    };
-                    datapath.register_proxy_socket(bind, PROTO_TCP, &tcp)?;
-                    let stopped = accepting_stopped.clone();
-                    if let Some(udp) = udp {
-                        datapath.register_proxy_socket(bind, PROTO_UDP, &udp)?;
-                        tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), tcp, stopped.clone()));
-                        tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), udp, stopped));
-                        continue;
-                    }
-                    // HTTP's writes to local pods may be spliced (the other
-                    // engines splice(2) or watch their sockets' fill levels)
-                    let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
-                    tokio::spawn(crate::engines::listeners::serve_transparent(
-                        state.clone(),
-                        protocol,
-                        tcp,
-                        splice,
-                        stopped,
-                    ));
-                }
-            }
-            Ok(())
-        })();
-        let kernel = plumbed.and_then(|()| datapath.take_events());
-        let kernel = match kernel {
+        let plumbed = start_transparent_listeners(&mut datapath, &config.datapath, &state, &accepting_stopped);
+        let kernel = match plumbed.and_then(|()| datapath.take_events()) {
             Ok(kernel) => kernel,
             Err(e) => {
-                if taking.is_none() {
-                    datapath.shutdown();
-                }
+                abandon_datapath(Some(datapath), taking.is_some());
                 return Err(e);
             }
         };
@@ -327,14 +273,7 @@ async fn serve(
         tracing::info!(ports = ?config.datapath.proxy_ports().collect::<Vec<_>>(), "eBPF datapath loaded; redirected connections arrive at the transparent listeners");
     }
     if let Err(errors) = controller.install(built, fingerprint) {
-        if let Some(datapath) = controller.datapath.take() {
-            if taking.is_some() {
-                // the running weir stays in charge of what this one swapped in
-                drop(datapath);
-            } else {
-                datapath.shutdown();
-            }
-        }
+        abandon_datapath(controller.datapath.take(), taking.is_some());
         return Err(invalid(&errors));
     }
     let listeners = [(config.admin, Scope::Admin, "admin API"), (config.metrics, Scope::Metrics, "metrics listener")];
@@ -342,11 +281,7 @@ async fn serve(
         let Some(addr) = addr else { continue };
         let served = crate::admin::serve(state.clone(), addr, scope, accepting_stopped.clone()).await;
         if let Err(e) = served {
-            if let Some(datapath) = controller.datapath.take()
-                && taking.is_none()
-            {
-                datapath.shutdown();
-            }
+            abandon_datapath(controller.datapath.take(), taking.is_some());
             return Err(anyhow::Error::from(e).context(format!("{what} on {addr}")));
         }
     }
@@ -477,6 +412,72 @@ async fn serve(
 
 /// Wait for open connections and UDP queries to finish, up to the
 /// deadline. Returns whether all did, and how many connections are cut.
+/// One transparent listener per TCP engine (the programs pick the engine by
+/// the port a policy entry redirects to) and the DNS proxy's own pair, TCP
+/// and UDP on one port; for IPv4, and for IPv6 where the node has it
+/// (without, IPv6 L7 fails closed). Each registered with the datapath and
+/// served until `stopped`.
+fn start_transparent_listeners(
+    datapath: &mut crate::datapath::Datapath,
+    config: &crate::config::DatapathConfig,
+    state: &Arc<ProxyState>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    for ipv6 in [false, true] {
+        for protocol in Protocol::ALL {
+            let bind = match ipv6 {
+                false => crate::datapath::proxy_bind(config, protocol),
+                true => crate::datapath::proxy_bind6(config, protocol),
+            };
+            let sockets = crate::engines::listeners::bind_transparent(bind).and_then(|tcp| {
+                let udp = match protocol {
+                    Protocol::Dns => Some(crate::engines::dns::bind_transparent_udp(bind)?),
+                    _ => None,
+                };
+                Ok((tcp, udp))
+            });
+            let (tcp, udp) = match sockets {
+                Ok(sockets) => sockets,
+                Err(e) if ipv6 => {
+                    tracing::warn!(%bind, "no IPv6 transparent {} sockets: {e}", protocol.name());
+                    continue;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::from(e).context(format!("transparent {} sockets on {bind}", protocol.name()))
+                    );
+                }
+            };
+            datapath.register_proxy_socket(bind, PROTO_TCP, &tcp)?;
+            let stopped = stopped.clone();
+            if let Some(udp) = udp {
+                datapath.register_proxy_socket(bind, PROTO_UDP, &udp)?;
+                tokio::spawn(crate::engines::dns::serve_transparent_tcp(state.clone(), tcp, stopped.clone()));
+                tokio::spawn(crate::engines::dns::serve_transparent_udp(state.clone(), udp, stopped));
+                continue;
+            }
+            // HTTP's writes to local pods may be spliced (the other
+            // engines splice(2) or watch their sockets' fill levels)
+            let splice = datapath.splicer().filter(|_| protocol == Protocol::Http);
+            tokio::spawn(crate::engines::listeners::serve_transparent(state.clone(), protocol, tcp, splice, stopped));
+        }
+    }
+    Ok(())
+}
+
+/// A start that fails once the datapath is installed takes it down again,
+/// unless this weir was taking over from a running one: that one stays in
+/// charge of what this one swapped in.
+fn abandon_datapath(datapath: Option<crate::datapath::Datapath>, taking_over: bool) {
+    if let Some(datapath) = datapath
+        && !taking_over
+    {
+        for e in datapath.shutdown() {
+            tracing::warn!("datapath cleanup after a failed start: {e}");
+        }
+    }
+}
+
 async fn drain(state: &ProxyState) -> (bool, usize) {
     let started = tokio::time::Instant::now();
     let timeout = state.model.load().config.drain_timeout;

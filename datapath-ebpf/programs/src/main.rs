@@ -1168,22 +1168,15 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
     Ok(match frame(ctx)? {
         Frame::Ipv4 => from_pod_ipv4(ctx, ifindex, &endpoint),
         Frame::Ipv6 => from_pod_ipv6(ctx, ifindex, &endpoint),
-        Frame::Other(other) => from_pod_not_ip(ctx, ifindex, &endpoint, other),
-    })
-}
-
-/// ARP passes (and tells where the pod is), the rest is dropped.
-#[inline(always)]
-fn from_pod_not_ip(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, frame: Parsed) -> i32 {
-    match frame {
-        Parsed::Neighbor => {
+        // ARP passes (and tells where the pod is), the rest is dropped
+        Frame::Other(Parsed::Neighbor) => {
             if endpoint.ipv4 != 0 {
                 learn_delivery(ctx, ifindex, &endpoint.ipv4, false);
             }
             TC_ACT_OK as i32
         }
-        other => not_judged(ctx, other, DIR_EGRESS, ifindex, endpoint),
-    }
+        Frame::Other(other) => not_judged(ctx, other, DIR_EGRESS, ifindex, &endpoint),
+    })
 }
 
 /// Everything is inlined into one frame: BPF-to-BPF calls here made LLVM

@@ -251,6 +251,9 @@ impl Datapath {
         // the first apply of a process always revises: its programs may judge
         // differently from the ones that stamped the entries (an upgrade)
         let mut changed = !self.revised_once;
+        // endpoints this process has not seen before (their device asked
+        // about once, their delivery seeded once)
+        let mut new_endpoints = std::collections::HashSet::new();
         {
             let mut map: BpfHashMap<_, u32, EndpointInfo> =
                 BpfHashMap::try_from(self.ebpf.map_mut(maps::ENDPOINTS).expect("in the object"))?;
@@ -261,7 +264,10 @@ impl Datapath {
                 .iter()
                 .map(|e| {
                     let mut info = e.info;
-                    let peer = *peers.entry(e.ifindex).or_insert_with(|| has_peer(&e.interface));
+                    let peer = *peers.entry(e.ifindex).or_insert_with(|| {
+                        new_endpoints.insert(e.ifindex);
+                        has_peer(&e.interface)
+                    });
                     if host_routing && peer {
                         info.flags |= ENDPOINT_PEER_DELIVERY;
                     }
@@ -319,7 +325,11 @@ impl Datapath {
             let mut map = BpfHashMap::try_from(self.ebpf.map_mut(maps::DELIVERY6).expect("in the object"))?;
             forget_deliveries(&mut map, &wanted)?;
         }
-        if let Err(e) = self.seed_deliveries(delivering) {
+        // once per endpoint: an address the table lacks now is learned by the
+        // programs when the node next routes to that pod
+        let new: Vec<AttachedEndpoint> =
+            delivering.iter().filter(|e| new_endpoints.contains(&e.ifindex)).cloned().collect();
+        if let Err(e) = self.seed_deliveries(&new) {
             // the programs learn them anyway, from the next neighbour message
             tracing::warn!("reading the node's neighbour table: {e:#}");
         }
@@ -333,8 +343,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Pods the programs have not learned yet, from the node's neighbour
-    /// table: a pod that was talking before weir started sends no neighbour
+    /// Endpoints new to this process that the programs have not learned
+    /// yet, from the node's neighbour table: a pod that was talking before weir started sends no neighbour
     /// message until an entry needs confirming (tens of seconds, or never
     /// while traffic confirms it), but the node's table already knows it.
     fn seed_deliveries(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
