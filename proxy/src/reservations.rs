@@ -141,10 +141,30 @@ pub fn warn_if_strict_overcommit() {
 /// refaulted every rebuild's memory and made some rebuilds seconds slower),
 /// and idle worker threads collect ([`collect_when_idle`]). `MIMALLOC_*`
 /// variables in the environment still win.
+///
+/// Transparent huge pages are off for weir's heap: mimalloc 3 advises the
+/// kernel to back its arenas with 2 MiB pages (`MADV_HUGEPAGE`), so the first
+/// small allocations of each thread made a 2 MiB page resident. The quickstart
+/// held 13 MiB of anonymous memory after start and 21 MiB after its first
+/// requests, 14 MiB of it in huge pages; without them 3 and 6 MiB
+/// (docs/benchmarks.md "Memory at rest"). mimalloc is built without that
+/// advice (its `no_thp` feature: it would be given before `main`, where no
+/// option set here reaches it). On a node whose kernel uses huge pages for
+/// any large enough region unasked (`transparent_hugepage/enabled` =
+/// `always`), weir also opts out for itself (`PR_SET_THP_DISABLE`; children
+/// inherit it) — only there: with it, this kernel (6.18) mapped the whole
+/// code of each compiled filter at load, 2 MiB each where 0.3 MiB were
+/// touched, used or not.
 pub fn configure_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: setting an option has no preconditions.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) }
+    }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[always]") {
+        // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process (a
+        // kernel without it refuses, and nothing changes).
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
 }
 
