@@ -19,7 +19,9 @@ use super::{ChainLink, PolicyModel};
 use crate::context::Direction;
 use crate::policy::{Allowance, FqdnSelector, HttpRule, KafkaRule, L7Rules, PolicyError, ProtocolRules};
 use crate::protocol::Protocol;
-use crate::wasm::{ConfigureError, ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, Refusal};
+use crate::wasm::{
+    ConfigureError, ConfiguredFilter, FailurePolicy, FilterComponent, FilterLimits, LoadError, Refusal, builtin,
+};
 
 /// Most configurations a model keeps; past it a verdict's combination is
 /// configured again (the runtime shares identical ones while any is alive).
@@ -55,6 +57,30 @@ impl PolicyModel {
             return world;
         }
         l7.kind()
+    }
+
+    /// The built-in filters the rules use: each L7 rule's protocol's policy
+    /// filter, and the built-in parser an `l7proto` names.
+    pub(super) fn builtins_used(&self) -> std::collections::BTreeSet<&'static str> {
+        let sections = self.policies.rules.iter().flat_map(|rule| [&rule.ingress, &rule.egress]);
+        let sets = sections.flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
+        sets.filter_map(|set| set.l7.as_ref())
+            .filter_map(|l7| match (l7.kind(), l7.l7proto()) {
+                (Protocol::Stream, Some(name)) => builtin::STREAM_FILTERS.iter().copied().find(|n| *n == name),
+                (kind, _) => kind.spec().policy_filter,
+            })
+            .collect()
+    }
+
+    /// The built-in filter `name`, loaded on first use. The model's rules
+    /// load theirs when it is built ([`Self::builtins_used`]), so traffic
+    /// never waits for one to compile.
+    pub(super) fn builtin(&self, name: &'static str) -> Result<Arc<FilterComponent>, LoadError> {
+        if let Some(component) = self.builtins.lock().unwrap().get(name) {
+            return Ok(component.clone());
+        }
+        let component = self.runtime.load(name, builtin::find(name).expect("an embedded filter"))?;
+        Ok(self.builtins.lock().unwrap().entry(name).or_insert(component).clone())
     }
 
     /// Configure every filter a rule names, so bad rules are rejected now and
@@ -248,22 +274,28 @@ impl PolicyModel {
     }
 
     fn configure_builtin(&self, kind: Protocol, config: String) -> Result<Arc<ConfiguredFilter>, ConfigureError> {
-        let Some(component) = self.policy_filters.get(&kind) else {
+        let Some(name) = kind.spec().policy_filter else {
             return Err(ConfigureError::Failed(format!("{kind} filters are named by l7proto")));
         };
-        self.configure(component, config, FilterLimits::default(), FailurePolicy::Closed)
+        let component = self.builtin(name).map_err(|e| ConfigureError::Failed(e.to_string()))?;
+        self.configure(&component, config, FilterLimits::default(), FailurePolicy::Closed)
     }
 
     /// The stream filter `l7proto: name` selects (weir.yaml `filters` first,
     /// then the built-in ones), configured with the port's `l7` rules.
     fn configure_stream(&self, name: &str, config: String) -> Result<Arc<ConfiguredFilter>, StreamError> {
         let (component, limits, failure) = match self.custom_filters.get(name) {
-            Some(custom) => (&custom.component, custom.limits, custom.failure),
+            Some(custom) => (custom.component.clone(), custom.limits, custom.failure),
             None if self.unavailable.contains_key(name) => return Err(StreamError::Unavailable(self.missing(name))),
-            None => match self.builtin_streams.get(name) {
-                Some(component) => (component, FilterLimits::default(), FailurePolicy::Closed),
+            None => match builtin::STREAM_FILTERS.iter().find(|n| **n == name) {
+                Some(name) => {
+                    let component = self
+                        .builtin(name)
+                        .map_err(|e| StreamError::Configure(ConfigureError::Failed(e.to_string())))?;
+                    (component, FilterLimits::default(), FailurePolicy::Closed)
+                }
                 None => {
-                    let mut known: Vec<&str> = self.builtin_streams.keys().copied().collect();
+                    let mut known: Vec<&str> = builtin::STREAM_FILTERS.to_vec();
                     known.extend(
                         self.custom_filters
                             .iter()
@@ -284,7 +316,7 @@ impl PolicyModel {
                 component.world().world()
             )));
         }
-        self.configure(component, config, limits, failure).map_err(StreamError::Configure)
+        self.configure(&component, config, limits, failure).map_err(StreamError::Configure)
     }
 
     /// Why a rule's filter is not in the chain: a connection it would have
@@ -300,7 +332,7 @@ impl PolicyModel {
 
     /// A stream filter (`l7proto`) weir.yaml or a WasmFilter supplies, or a built-in one.
     fn knows_stream_filter(&self, name: &str) -> bool {
-        self.custom_filters.contains_key(name) || self.builtin_streams.contains_key(name)
+        self.custom_filters.contains_key(name) || builtin::STREAM_FILTERS.contains(&name)
     }
 
     /// `component` with `config`: the one this model configured already, or

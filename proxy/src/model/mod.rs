@@ -164,14 +164,15 @@ pub struct PolicyModel {
     runtime: Arc<FilterRuntime>,
     /// Addresses endpoints learned through the DNS proxy (shared by every model).
     pub fqdn: Arc<FqdnCache>,
-    /// Each protocol's built-in policy filter (`Spec::policy_filter`).
-    policy_filters: HashMap<Protocol, Arc<FilterComponent>>,
+    /// The built-in filters (protocols' policy filters, `Spec::policy_filter`,
+    /// and built-in `l7proto` parsers) by name: those the rules use, loaded
+    /// when the model is built ([`PolicyModel::builtin`]). One no rule uses
+    /// is not loaded: each is about 1 MiB of mapped code and data.
+    builtins: Mutex<HashMap<&'static str, Arc<FilterComponent>>>,
     custom_filters: HashMap<String, CustomFilter>,
     /// Filters another source names but cannot supply yet, with why: a rule
     /// naming one is accepted and refuses its traffic until it loads.
     unavailable: HashMap<String, String>,
-    /// Stream filters built into weir, by `l7proto` name.
-    builtin_streams: HashMap<&'static str, Arc<FilterComponent>>,
     verdicts: Mutex<HashMap<VerdictKey, Arc<ConnectionVerdict>>>,
     /// Every filter configuration this model made, by (component, config):
     /// each is configured once (`filters.rs`).
@@ -299,22 +300,8 @@ impl PolicyModel {
             listeners.insert(l.name.clone(), Arc::new(model));
         }
 
-        // Filters: the built-in policy filters and the custom ones.
-        let load_builtin = |name: &str| {
-            runtime
-                .load(name, builtin::find(name).expect("embedded"))
-                .map_err(|e| vec![config_error("filters".into(), e.to_string())])
-        };
-        let mut policy_filters = HashMap::new();
-        for protocol in Protocol::ALL {
-            if let Some(name) = protocol.spec().policy_filter {
-                policy_filters.insert(protocol, load_builtin(name)?);
-            }
-        }
-        let mut builtin_streams = HashMap::new();
-        for name in builtin::STREAM_FILTERS {
-            builtin_streams.insert(*name, load_builtin(name)?);
-        }
+        // Filters: the custom ones here, the built-in ones the rules use
+        // once the rules are compiled (below).
         let mut custom_filters = HashMap::new();
         let mut unavailable = HashMap::new();
         for (i, f) in config.filters.iter().enumerate() {
@@ -391,14 +378,18 @@ impl PolicyModel {
             policy_names,
             runtime: runtime.clone(),
             fqdn: fqdn.clone(),
-            policy_filters,
+            builtins: Mutex::new(HashMap::new()),
             custom_filters,
             unavailable,
-            builtin_streams,
             verdicts: Mutex::new(HashMap::new()),
             configured: Mutex::new(HashMap::new()),
             transparent: Mutex::new(HashMap::new()),
         };
+        for name in model.builtins_used() {
+            if let Err(e) = model.builtin(name) {
+                errors.push(config_error("filters".into(), e.to_string()));
+            }
+        }
         errors.extend(model.validate_l7(&api_objects));
         if errors.is_empty() { Ok(model) } else { Err(errors) }
     }

@@ -222,3 +222,31 @@ fn wasm_rules_alone_speak_their_filters_protocol() {
     let names: Vec<&str> = links(&verdict).iter().map(|l| &*l.filter.name).collect();
     assert!(names.contains(&"blocklist"), "{names:?}");
 }
+
+#[test]
+fn only_the_built_in_filters_the_rules_use_are_loaded() {
+    let loaded = |ingress: &str| -> Vec<&'static str> {
+        let built = build(&policy(ingress));
+        let model = built.model.unwrap();
+        let mut names: Vec<_> = model.builtins.lock().unwrap().keys().copied().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(loaded("[{toPorts: [{ports: [{port: '80'}]}]}]"), Vec::<&str>::new());
+    assert_eq!(
+        loaded("[{toPorts: [{ports: [{port: '80'}], rules: {http: [{method: GET}]}}]}]"),
+        [builtin::HTTP_POLICY]
+    );
+    assert_eq!(
+        loaded(
+            "[{toPorts: [{ports: [{port: '11211'}], rules: {l7proto: memcache, l7: [{command: get}]}}]}, \
+              {toPorts: [{ports: [{port: '9000'}], rules: {l7proto: r2d2, l7: [{cmd: READ}]}}]}]"
+        ),
+        [builtin::MEMCACHED_POLICY, builtin::R2D2]
+    );
+    // a rule that names no filter of its own still gets its protocol's
+    assert_eq!(
+        loaded("[{toPorts: [{ports: [{port: '9092'}], rules: {kafka: [{topic: orders}]}}]}]"),
+        [builtin::KAFKA_POLICY]
+    );
+}
