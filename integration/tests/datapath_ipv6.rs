@@ -437,10 +437,26 @@ spec:
 /// the gateway's far side: it holds the two translated addresses.
 #[test]
 fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
+    // 10.98.0.1 and 10.99.0.1, as NAT64 spells them
+    judged_as_embedded_ipv4("", "64:ff9b::/96", "64:ff9b::a62:1", "64:ff9b::a63:1");
+}
+
+/// The same through a network-specific prefix (RFC 8215's local-use range),
+/// the kind a gateway to private IPv4 addresses uses, named in weir.yaml:
+/// before it could be, it was IPv6 to weir, and the IPv6 allow reached the
+/// excepted address.
+#[test]
+fn a_network_specific_nat64_prefix_is_judged_as_ipv4_once_named() {
+    let prefixes = "  nat64_prefixes: [\"64:ff9b:1:a::/96\"]\n";
+    judged_as_embedded_ipv4(prefixes, "64:ff9b:1:a::/96", "64:ff9b:1:a::a62:1", "64:ff9b:1:a::a63:1");
+}
+
+/// `ext` holds `allowed` and `excepted` (the NAT64 spellings of 10.98.0.1
+/// and 10.99.0.1 in `prefix`), which `datapath_config` makes NAT64 prefixes
+/// ("" for the default).
+fn judged_as_embedded_ipv4(datapath_config: &str, prefix: &str, allowed: &str, excepted: &str) {
     let mut node = Node::dual_stack(&["cli", "ext"]);
     let (ext_netns, ext_interface) = (node.pod("ext").netns.clone(), node.pod("ext").interface.clone());
-    // 10.98.0.1 and 10.99.0.1, as NAT64 spells them
-    let (allowed, excepted) = ("64:ff9b::a62:1", "64:ff9b::a63:1");
     for address in [allowed, excepted] {
         let added = std::process::Command::new("ip")
             .args(["-n", &ext_netns, "addr", "add", &format!("{address}/128"), "dev", "eth0", "nodad"])
@@ -449,14 +465,14 @@ fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
         assert!(added.success());
     }
     let routed = std::process::Command::new("ip")
-        .args(["-n", &node.netns, "-6", "route", "add", "64:ff9b::/96", "dev", &ext_interface])
+        .args(["-n", &node.netns, "-6", "route", "add", prefix, "dev", &ext_interface])
         .status()
         .unwrap();
     assert!(routed.success());
     node.enter();
     node.serve("ext", "echo", "python3", &[&peer_script(), "tcp-echo", "::", "9000"]);
     let config = format!(
-        "{BASE}datapath:\n  bpffs: {}\nendpoints:\n  \
+        "{BASE}datapath:\n  bpffs: {}\n{datapath_config}endpoints:\n  \
          - {{name: cli, addresses: [{}, \"{}\"], interface: {}, labels: {{app: client}}}}\n",
         node.bpffs,
         node.pod("cli").ip,
@@ -468,7 +484,7 @@ fn nat64_addresses_are_judged_as_the_ipv4_addresses_they_embed() {
         echo_once(&node, "cli", allowed, 9000, "allowed") == "allowed"
     });
     // the except of the IPv4 rule holds for its NAT64 spelling, though IPv6
-    // rules allow all of IPv6 and name the prefix
+    // rules allow all of IPv6 (and name the well-known prefix)
     assert!(echo_once(&node, "cli", excepted, 9000, "excepted").starts_with("error"));
     // those IPv6 rules still hold for IPv6 outside the prefix
     assert_eq!(echo_once(&node, "cli", &ip6(&node, "ext"), 9000, "plain"), "plain");

@@ -183,6 +183,15 @@ pub struct DatapathConfig {
     /// leaves them to the node's routing, so the node's own firewall rules
     /// (iptables `FORWARD`) see them. Either way weir's policy is the same.
     pub host_routing: HostRouting,
+    /// The prefixes a NAT64 gateway serves, each a /96 whose last 32 bits
+    /// are an IPv4 address: an address in one is judged as the IPv4 address
+    /// it embeds (IPv4 rules and their excepts apply, IPv6 rules do not), in
+    /// the kernel and in the proxy. RFC 6052's well-known `64:ff9b::/96` by
+    /// default; a gateway that translates to private IPv4 addresses must use
+    /// a network-specific prefix (RFC 6052 §3.1), e.g. from `64:ff9b:1::/48`
+    /// (RFC 8215). Name every prefix the node's NAT64 serves: an address in
+    /// one not named is judged by IPv6 rules. `[]`: no NAT64.
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
 }
 
 /// `datapath.host_routing` (docs/datapath.md, "Local delivery").
@@ -211,6 +220,7 @@ impl Default for DatapathConfig {
             splice: false,
             cgroup: None,
             host_routing: HostRouting::Bpf,
+            nat64_prefixes: vec![weir_datapath_common::NAT64_PREFIX.parse().expect("a prefix")],
         }
     }
 }
@@ -714,6 +724,19 @@ impl WeirConfig {
                 ));
             }
         }
+        for (i, prefix) in self.datapath.nat64_prefixes.iter().enumerate() {
+            // RFC 6052's shorter prefixes put the IPv4 address elsewhere
+            // (around the reserved bits 64..72): not judged as IPv4 here
+            if prefix.prefix_len() != 96 || prefix.network() != prefix.addr() {
+                return Err(format!(
+                    "datapath.nat64_prefixes[{i}]: {prefix} is not a /96 network (weir judges the IPv4 address \
+                     in the last 32 bits of a /96 prefix; RFC 6052's shorter prefixes are not supported)"
+                ));
+            }
+            if self.datapath.nat64_prefixes[..i].contains(prefix) {
+                return Err(format!("datapath.nat64_prefixes[{i}]: {prefix} is named twice"));
+            }
+        }
         let mut filter_names = std::collections::HashSet::new();
         for (i, f) in self.filters.iter().enumerate() {
             if !filter_names.insert(&f.name) {
@@ -941,6 +964,23 @@ mod tests {
         let e = WeirConfig::parse("endpoints: [{name: web, address: 10.0.0.1, visibility: '<Ingress/x/TCP/HTTP>'}]")
             .unwrap_err();
         assert!(e.starts_with("endpoints[0].visibility (web): "), "{e}");
+    }
+
+    #[test]
+    fn nat64_prefixes_are_96_bit_networks_named_once() {
+        let defaults = WeirConfig::parse("{}").unwrap().datapath.nat64_prefixes;
+        assert_eq!(defaults, ["64:ff9b::/96".parse::<ipnet::Ipv6Net>().unwrap()]);
+        let two = WeirConfig::parse("datapath: {nat64_prefixes: ['64:ff9b::/96', '64:ff9b:1:a::/96']}").unwrap();
+        assert_eq!(two.datapath.nat64_prefixes.len(), 2);
+        assert!(WeirConfig::parse("datapath: {nat64_prefixes: []}").unwrap().datapath.nat64_prefixes.is_empty());
+        for (bad, says) in [
+            ("['64:ff9b:1::/48']", "64:ff9b:1::/48 is not a /96 network"),
+            ("['64:ff9b::1/96']", "64:ff9b::1/96 is not a /96 network"),
+            ("['64:ff9b::/96', '64:ff9b::/96']", "nat64_prefixes[1]: 64:ff9b::/96 is named twice"),
+        ] {
+            let e = WeirConfig::parse(&format!("datapath: {{nat64_prefixes: {bad}}}")).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -338,16 +338,36 @@ impl IdentityCache {
     }
 }
 
-/// The IPv4 addresses a network inside the NAT64 prefix (`64:ff9b::/96`)
+/// The node's NAT64 prefixes (`datapath.nat64_prefixes`, RFC 6052's
+/// well-known `64:ff9b::/96` unless configured). Process-wide: they describe
+/// the node's network, as its address does, and are set once at start
+/// ([`set_nat64_prefixes`]) so that the proxy's CIDR matching and the
+/// datapath's ipcache agree for the process's whole life.
+static NAT64_PREFIXES: std::sync::LazyLock<std::sync::RwLock<Vec<ipnet::Ipv6Net>>> =
+    std::sync::LazyLock::new(|| std::sync::RwLock::new(vec![weir_datapath_common::NAT64_PREFIX.parse().unwrap()]));
+
+/// At start, from `datapath.nat64_prefixes` (each a /96: `config.rs`).
+pub fn set_nat64_prefixes(prefixes: &[ipnet::Ipv6Net]) {
+    *NAT64_PREFIXES.write().unwrap() = prefixes.to_vec();
+}
+
+pub fn nat64_prefixes() -> Vec<ipnet::Ipv6Net> {
+    NAT64_PREFIXES.read().unwrap().clone()
+}
+
+/// The IPv4 addresses a network inside one of the node's NAT64 prefixes
 /// embeds: where a NAT64 gateway takes connections to it (an address is a
 /// /128, and embeds a /32).
 pub fn nat64_embedded(net: ipnet::IpNet) -> Option<ipnet::IpNet> {
+    embedded_in(&NAT64_PREFIXES.read().unwrap(), net)
+}
+
+fn embedded_in(prefixes: &[ipnet::Ipv6Net], net: ipnet::IpNet) -> Option<ipnet::IpNet> {
     match net {
         ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => {
-            let s = v6.network().segments();
             let v4 = std::net::Ipv4Addr::from(v6.network().to_bits() as u32);
             let embedded = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?;
-            (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then_some(ipnet::IpNet::V4(embedded))
+            prefixes.iter().any(|p| p.contains(&v6.network())).then_some(ipnet::IpNet::V4(embedded))
         }
         _ => None,
     }
@@ -379,6 +399,13 @@ mod tests {
         assert_eq!(embedded("64:ff9b::/64"), None);
         assert_eq!(embedded("2001:db8::a63:1/128"), None);
         assert_eq!(embedded("10.99.0.1/32"), None);
+        // a network-specific prefix (RFC 8215's local-use range) when the
+        // node names it, and then the well-known one is not judged so
+        let specific: Vec<ipnet::Ipv6Net> = vec!["64:ff9b:1:a::/96".parse().unwrap()];
+        let embedded_in = |net: &str| embedded_in(&specific, net.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(embedded_in("64:ff9b:1:a::a63:1/128").as_deref(), Some("10.99.0.1/32"));
+        assert_eq!(embedded_in("64:ff9b:1:b::a63:1/128"), None);
+        assert_eq!(embedded_in("64:ff9b::a63:1/128"), None);
     }
 
     #[test]

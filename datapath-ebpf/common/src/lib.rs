@@ -55,7 +55,9 @@ pub mod identity {
 }
 
 /// RFC 6052's well-known NAT64 prefix, `64:ff9b::/96`: its last 32 bits are
-/// an IPv4 address.
+/// an IPv4 address. The default of `datapath.nat64_prefixes`, which may name
+/// network-specific /96 prefixes instead (the programs take the last 32 bits
+/// of any address the ipcache marks [`identity::NAT64`]).
 pub const NAT64_PREFIX: &str = "64:ff9b::/96";
 
 pub const PROTO_ICMP: u8 = 1;

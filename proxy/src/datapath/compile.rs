@@ -18,8 +18,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
     ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
-    IpcacheValue, NAT64_PREFIX, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT,
-    VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, identity,
+    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, identity,
 };
 
 use crate::config::{DatapathConfig, Visibility};
@@ -198,18 +198,19 @@ pub fn compile(
     for (n, cidr) in cidrs.into_iter().enumerate() {
         let id = FIRST_CIDR_IDENTITY + n as u32;
         desired.cidr_identities.insert(id, cidr);
-        // an IPv6 prefix inside the NAT64 prefix decides nothing there: its
+        // an IPv6 prefix inside a NAT64 prefix decides nothing there: its
         // addresses are judged as the IPv4 ones they embed (below)
         if crate::identity::nat64_embedded(cidr).is_none() {
             desired.ipcache_insert(cidr, IpcacheValue { identity: id, local_ifindex: 0 }, false);
         }
         peers.push((world.clone(), id, cidr));
     }
-    // NAT64: the programs judge an address in the prefix as the IPv4 address
+    // NAT64: the programs judge an address in a NAT64 prefix as the IPv4 address
     // it embeds, whatever IPv6 rules name (only a learned name is more
     // specific: toFQDNs through DNS64)
-    let nat64: IpNet = NAT64_PREFIX.parse().expect("a prefix");
-    desired.ipcache_insert(nat64, IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
+    for nat64 in crate::identity::nat64_prefixes() {
+        desired.ipcache_insert(nat64.into(), IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
+    }
 
     let no_names = BTreeMap::new();
     let mut fqdn_peers = Vec::new();
