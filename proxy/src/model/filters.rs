@@ -59,28 +59,35 @@ impl PolicyModel {
         l7.kind()
     }
 
-    /// The built-in filters the rules use: each L7 rule's protocol's policy
-    /// filter, and the built-in parser an `l7proto` names.
+    /// The built-in filters the rules use: the policy filter of the
+    /// protocol each L7 rule's port speaks (as traffic decides it:
+    /// [`Self::kind_of`], so `wasm` rules alone get their filter's protocol's),
+    /// and the built-in parser an `l7proto` names.
     pub(super) fn builtins_used(&self) -> std::collections::BTreeSet<&'static str> {
         let sections = self.policies.rules.iter().flat_map(|rule| [&rule.ingress, &rule.egress]);
         let sets = sections.flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
         sets.filter_map(|set| set.l7.as_ref())
-            .filter_map(|l7| match (l7.kind(), l7.l7proto()) {
+            .filter_map(|l7| match (self.kind_of(l7), l7.l7proto()) {
                 (Protocol::Stream, Some(name)) => builtin::STREAM_FILTERS.iter().copied().find(|n| *n == name),
                 (kind, _) => kind.spec().policy_filter,
             })
             .collect()
     }
 
-    /// The built-in filter `name`, loaded on first use. The model's rules
-    /// load theirs when it is built ([`Self::builtins_used`]), so traffic
-    /// never waits for one to compile.
-    pub(super) fn builtin(&self, name: &'static str) -> Result<Arc<FilterComponent>, LoadError> {
-        if let Some(component) = self.builtins.lock().unwrap().get(name) {
-            return Ok(component.clone());
-        }
-        let component = self.runtime.load(name, builtin::find(name).expect("an embedded filter"))?;
-        Ok(self.builtins.lock().unwrap().entry(name).or_insert(component).clone())
+    /// The built-in filter `name`, loaded on first use and then kept, as is
+    /// a failure to load it (one attempt, one error per model). The model's
+    /// rules load theirs when it is built ([`Self::builtins_used`]), so
+    /// traffic never waits for one to compile; the lock is held while one
+    /// loads, so a filter is never compiled twice at once.
+    pub(super) fn builtin(&self, name: &'static str) -> Result<Arc<FilterComponent>, String> {
+        let mut builtins = self.builtins.lock().unwrap();
+        builtins
+            .entry(name)
+            .or_insert_with(|| {
+                let bytes = builtin::find(name).expect("an embedded filter");
+                self.runtime.load(name, bytes).map_err(|e: LoadError| e.to_string())
+            })
+            .clone()
     }
 
     /// Configure every filter a rule names, so bad rules are rejected now and
@@ -277,7 +284,7 @@ impl PolicyModel {
         let Some(name) = kind.spec().policy_filter else {
             return Err(ConfigureError::Failed(format!("{kind} filters are named by l7proto")));
         };
-        let component = self.builtin(name).map_err(|e| ConfigureError::Failed(e.to_string()))?;
+        let component = self.builtin(name).map_err(ConfigureError::Failed)?;
         self.configure(&component, config, FilterLimits::default(), FailurePolicy::Closed)
     }
 
@@ -289,9 +296,8 @@ impl PolicyModel {
             None if self.unavailable.contains_key(name) => return Err(StreamError::Unavailable(self.missing(name))),
             None => match builtin::STREAM_FILTERS.iter().find(|n| **n == name) {
                 Some(name) => {
-                    let component = self
-                        .builtin(name)
-                        .map_err(|e| StreamError::Configure(ConfigureError::Failed(e.to_string())))?;
+                    let component =
+                        self.builtin(name).map_err(|e| StreamError::Configure(ConfigureError::Failed(e)))?;
                     (component, FilterLimits::default(), FailurePolicy::Closed)
                 }
                 None => {

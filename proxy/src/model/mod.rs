@@ -168,7 +168,7 @@ pub struct PolicyModel {
     /// and built-in `l7proto` parsers) by name: those the rules use, loaded
     /// when the model is built ([`PolicyModel::builtin`]). One no rule uses
     /// is not loaded: each is about 1 MiB of mapped code and data.
-    builtins: Mutex<HashMap<&'static str, Arc<FilterComponent>>>,
+    builtins: Mutex<HashMap<&'static str, Result<Arc<FilterComponent>, String>>>,
     custom_filters: HashMap<String, CustomFilter>,
     /// Filters another source names but cannot supply yet, with why: a rule
     /// naming one is accepted and refuses its traffic until it loads.
@@ -387,7 +387,7 @@ impl PolicyModel {
         };
         for name in model.builtins_used() {
             if let Err(e) = model.builtin(name) {
-                errors.push(config_error("filters".into(), e.to_string()));
+                errors.push(config_error("filters".into(), e));
             }
         }
         errors.extend(model.validate_l7(&api_objects));
