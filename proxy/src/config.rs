@@ -725,16 +725,35 @@ impl WeirConfig {
             }
         }
         for (i, prefix) in self.datapath.nat64_prefixes.iter().enumerate() {
+            let at = format!("datapath.nat64_prefixes[{i}]: {prefix}");
             // RFC 6052's shorter prefixes put the IPv4 address elsewhere
             // (around the reserved bits 64..72): not judged as IPv4 here
             if prefix.prefix_len() != 96 || prefix.network() != prefix.addr() {
                 return Err(format!(
-                    "datapath.nat64_prefixes[{i}]: {prefix} is not a /96 network (weir judges the IPv4 address \
-                     in the last 32 bits of a /96 prefix; RFC 6052's shorter prefixes are not supported)"
+                    "{at} is not a /96 network (weir judges the IPv4 address in the last 32 bits of a /96 \
+                     prefix; RFC 6052's shorter prefixes are not supported)"
                 ));
             }
+            // bits 64..72 must be zero (RFC 6052 §2.2); ::/96 holds :: and
+            // ::1, ::ffff:0:0/96 is how sockets spell IPv4 itself
+            if prefix.network().octets()[8] != 0 {
+                return Err(format!("{at}: bits 64 to 71 of a NAT64 prefix must be zero (RFC 6052 §2.2)"));
+            }
+            if prefix.network().segments()[..5] == [0; 5] {
+                return Err(format!("{at} holds the unspecified, loopback or IPv4-mapped addresses"));
+            }
             if self.datapath.nat64_prefixes[..i].contains(prefix) {
-                return Err(format!("datapath.nat64_prefixes[{i}]: {prefix} is named twice"));
+                return Err(format!("{at} is named twice"));
+            }
+            // a workload's address there would be judged as IPv4 by the
+            // proxy wherever the kernel knows it as the workload
+            for ep in &self.endpoints {
+                if let Some(address) = ep.all_addresses().into_iter().find(|a| match a {
+                    IpAddr::V6(v6) => prefix.contains(v6),
+                    IpAddr::V4(_) => false,
+                }) {
+                    return Err(format!("{at} holds {address}, the address of endpoint {:?}", ep.name));
+                }
             }
         }
         let mut filter_names = std::collections::HashSet::new();
@@ -977,10 +996,17 @@ mod tests {
             ("['64:ff9b:1::/48']", "64:ff9b:1::/48 is not a /96 network"),
             ("['64:ff9b::1/96']", "64:ff9b::1/96 is not a /96 network"),
             ("['64:ff9b::/96', '64:ff9b::/96']", "nat64_prefixes[1]: 64:ff9b::/96 is named twice"),
+            ("['64:ff9b:0:0:100::/96']", "bits 64 to 71 of a NAT64 prefix must be zero"),
+            ("['::/96']", "holds the unspecified, loopback or IPv4-mapped addresses"),
+            ("['::ffff:0:0/96']", "holds the unspecified, loopback or IPv4-mapped addresses"),
         ] {
             let e = WeirConfig::parse(&format!("datapath: {{nat64_prefixes: {bad}}}")).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+        let pod_inside = "datapath: {nat64_prefixes: ['fd00:64::/96']}\n\
+                          endpoints: [{name: web, addresses: [10.0.0.1, 'fd00:64::a00:1']}]";
+        let e = WeirConfig::parse(pod_inside).unwrap_err();
+        assert!(e.contains("holds fd00:64::a00:1, the address of endpoint \"web\""), "{e}");
     }
 
     #[test]

@@ -340,26 +340,28 @@ impl IdentityCache {
 
 /// The node's NAT64 prefixes (`datapath.nat64_prefixes`, RFC 6052's
 /// well-known `64:ff9b::/96` unless configured). Process-wide: they describe
-/// the node's network, as its address does, and are set once at start
-/// ([`set_nat64_prefixes`]) so that the proxy's CIDR matching and the
+/// the node's network, as its address does, and are set once, at start
+/// ([`set_nat64_prefixes`]), so the proxy's CIDR matching and the
 /// datapath's ipcache agree for the process's whole life.
-static NAT64_PREFIXES: std::sync::LazyLock<std::sync::RwLock<Vec<ipnet::Ipv6Net>>> =
-    std::sync::LazyLock::new(|| std::sync::RwLock::new(vec![weir_datapath_common::NAT64_PREFIX.parse().unwrap()]));
+static NAT64_PREFIXES: std::sync::OnceLock<Vec<ipnet::Ipv6Net>> = std::sync::OnceLock::new();
 
-/// At start, from `datapath.nat64_prefixes` (each a /96: `config.rs`).
+/// At start, from `datapath.nat64_prefixes` (checked in `config.rs`),
+/// before any model is built. A second call changes nothing.
 pub fn set_nat64_prefixes(prefixes: &[ipnet::Ipv6Net]) {
-    *NAT64_PREFIXES.write().unwrap() = prefixes.to_vec();
+    if NAT64_PREFIXES.set(prefixes.to_vec()).is_err() && nat64_prefixes() != prefixes {
+        tracing::warn!(kept = ?nat64_prefixes(), ignored = ?prefixes, "NAT64 prefixes are set once, at start");
+    }
 }
 
-pub fn nat64_prefixes() -> Vec<ipnet::Ipv6Net> {
-    NAT64_PREFIXES.read().unwrap().clone()
+pub fn nat64_prefixes() -> &'static [ipnet::Ipv6Net] {
+    NAT64_PREFIXES.get_or_init(|| vec![weir_datapath_common::NAT64_PREFIX.parse().expect("a prefix")])
 }
 
 /// The IPv4 addresses a network inside one of the node's NAT64 prefixes
 /// embeds: where a NAT64 gateway takes connections to it (an address is a
 /// /128, and embeds a /32).
 pub fn nat64_embedded(net: ipnet::IpNet) -> Option<ipnet::IpNet> {
-    embedded_in(&NAT64_PREFIXES.read().unwrap(), net)
+    embedded_in(nat64_prefixes(), net)
 }
 
 fn embedded_in(prefixes: &[ipnet::Ipv6Net], net: ipnet::IpNet) -> Option<ipnet::IpNet> {

@@ -209,7 +209,7 @@ pub fn compile(
     // it embeds, whatever IPv6 rules name (only a learned name is more
     // specific: toFQDNs through DNS64)
     for nat64 in crate::identity::nat64_prefixes() {
-        desired.ipcache_insert(nat64.into(), IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
+        desired.ipcache_insert((*nat64).into(), IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
     }
 
     let no_names = BTreeMap::new();
