@@ -145,8 +145,8 @@ pub fn warn_if_strict_overcommit() {
 /// Transparent huge pages are off for weir's heap: mimalloc 3 advises the
 /// kernel to back its arenas with 2 MiB pages (`MADV_HUGEPAGE`), so the first
 /// small allocations of each thread made a 2 MiB page resident. The quickstart
-/// held 13 MiB of anonymous memory after start and 21 MiB after its first
-/// requests, 14 MiB of it in huge pages; without them 3 and 6 MiB
+/// held 13 MiB of anonymous memory after start and about 20 MiB after its
+/// first requests, 14 MiB of it in huge pages; without them 3 and 5 MiB
 /// (docs/benchmarks.md "Memory at rest"). mimalloc is built without that
 /// advice (its `no_thp` feature: it would be given before `main`, where no
 /// option set here reaches it). On a node whose kernel uses huge pages for
