@@ -271,9 +271,13 @@ fn exchange_service(
         // hyper may switch protocols after this request: the framing
         // guard waits for the answer before reading on
         let gate = gate.clone().filter(|_| request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
+        // boxed: for HTTP/2 hyper spawns a task per stream holding this
+        // future, and moving the whole exchange's state into it was the
+        // largest copy of an h2 request (h2 +11% rps; HTTP/1.1, which
+        // keeps it in its dispatcher, the same within noise)
+        let exchange: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(conn.clone().handle(request));
         async move {
-            let mut response =
-                conn.clone().handle(request).await.map(|body| CountedBody { body, _open: open, _answered: answered });
+            let mut response = exchange.await.map(|body| CountedBody { body, _open: open, _answered: answered });
             if let Some(gate) = gate {
                 gate.answered(response.status() == http::StatusCode::SWITCHING_PROTOCOLS);
             }
