@@ -27,10 +27,14 @@ pub(super) async fn run(client: ApiClient, node: String, tables: Arc<Tables>, ch
     loop {
         for labels in wanted(&node, &tables) {
             match allocate(&client, &labels, &tables).await {
-                Ok(number) => {
+                Ok((number, news)) => {
                     changes.metrics.identities_allocated.inc();
                     tracing::info!(identity = number, labels = %labels, "identity allocated");
-                    changes.bump();
+                    // the watch may have brought the object (and said so)
+                    // before the create's answer: no second rebuild for it
+                    if news {
+                        changes.bump();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(labels = %labels, "identity not allocated (retrying): {e:#}");
@@ -66,15 +70,16 @@ pub(super) fn wanted(node: &str, tables: &Tables) -> BTreeSet<Labels> {
 }
 
 /// Create (or find, when another node won the race) the identity object of
-/// `labels`; its number. What it creates or finds goes into the table at
-/// once, before the watch brings it.
-async fn allocate(client: &ApiClient, labels: &Labels, tables: &Tables) -> anyhow::Result<u32> {
+/// `labels`; its number, and whether the table learned it from this call
+/// (not from the watch, which can bring the object before the create's
+/// answer). What it creates or finds goes into the table at once.
+async fn allocate(client: &ApiClient, labels: &Labels, tables: &Tables) -> anyhow::Result<(u32, bool)> {
     let wanted = security_labels(labels);
     for number in candidates(labels) {
         let name = number.to_string();
         let key = (String::new(), name.clone());
         match tables.identities.lock().unwrap().objects.get(&key) {
-            Some(theirs) if theirs == labels => return Ok(number),
+            Some(theirs) if theirs == labels => return Ok((number, false)),
             Some(_) => continue,
             None => {}
         }
@@ -104,9 +109,9 @@ async fn allocate(client: &ApiClient, labels: &Labels, tables: &Tables) -> anyho
             status => bail!("creating identity {number}: {status}: {}", String::from_utf8_lossy(&answer)),
         };
         let Some(theirs) = identity(&IDENTITIES, &found) else { continue };
-        tables.identities.lock().unwrap().objects.insert(key, theirs.clone());
+        let known = tables.identities.lock().unwrap().objects.insert(key, theirs.clone());
         if &theirs == labels {
-            return Ok(number);
+            return Ok((number, known.as_ref() != Some(&theirs)));
         }
     }
     bail!("every identity number is taken")
