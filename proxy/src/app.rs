@@ -412,8 +412,6 @@ async fn serve(
     Ok(())
 }
 
-/// Wait for open connections and UDP queries to finish, up to the
-/// deadline. Returns whether all did, and how many connections are cut.
 /// One transparent listener per TCP engine (the programs pick the engine by
 /// the port a policy entry redirects to) and the DNS proxy's own pair, TCP
 /// and UDP on one port; for IPv4, and for IPv6 where the node has it
@@ -480,6 +478,8 @@ fn abandon_datapath(datapath: Option<crate::datapath::Datapath>, taking_over: bo
     }
 }
 
+/// Wait for open connections and UDP queries to finish, up to the
+/// deadline. Returns whether all did, and how many connections are cut.
 async fn drain(state: &ProxyState) -> (bool, usize) {
     let started = tokio::time::Instant::now();
     let timeout = state.model.load().config.drain_timeout;

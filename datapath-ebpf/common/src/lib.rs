@@ -46,11 +46,11 @@ pub mod identity {
     pub const HOST: u32 = 1;
     pub const WORLD: u32 = 2;
     /// Not an identity: the ipcache's value for each NAT64 prefix
-    /// (`datapath.nat64_prefixes`, by default [`super::NAT64_PREFIX`]). An address there is judged as the IPv4
-    /// address it embeds (which is where the NAT64 gateway takes it), by
-    /// that address's CIDR identity or the world's: never a pod's or the
-    /// node's (no packet with such an address is theirs, and a sender must
-    /// not claim their identity by writing one).
+    /// (`datapath.nat64_prefixes`, by default [`super::NAT64_PREFIX`]). An
+    /// address there is judged as the IPv4 address it embeds (which is where
+    /// the NAT64 gateway takes it), by that address's CIDR identity or the
+    /// world's: never a pod's or the node's (no packet with such an address
+    /// is theirs, and a sender must not claim their identity by writing one).
     pub const NAT64: u32 = 0xFFFF_FF64;
 }
 

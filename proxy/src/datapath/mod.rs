@@ -344,9 +344,10 @@ impl Datapath {
     }
 
     /// Endpoints new to this process that the programs have not learned
-    /// yet, from the node's neighbour table: a pod that was talking before weir started sends no neighbour
-    /// message until an entry needs confirming (tens of seconds, or never
-    /// while traffic confirms it), but the node's table already knows it.
+    /// yet, from the node's neighbour table: a pod that was talking before
+    /// weir started sends no neighbour message until an entry needs
+    /// confirming (tens of seconds, or never while traffic confirms it), but
+    /// the node's table already knows it.
     fn seed_deliveries(&mut self, endpoints: &[AttachedEndpoint]) -> anyhow::Result<()> {
         let peers: Vec<&AttachedEndpoint> =
             endpoints.iter().filter(|e| self.peer_devices.get(&e.ifindex) == Some(&true)).collect();

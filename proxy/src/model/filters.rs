@@ -64,11 +64,10 @@ impl PolicyModel {
     /// [`Self::kind_of`], so `wasm` rules alone get their filter's protocol's),
     /// and the built-in parser an `l7proto` names.
     pub(super) fn builtins_used(&self) -> std::collections::BTreeSet<&'static str> {
-        let sections = self.policies.rules.iter().flat_map(|rule| [&rule.ingress, &rule.egress]);
-        let sets = sections.flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
+        let sets = self.policies.rules.iter().flat_map(|rule| rule.allowed_port_rule_sets());
         sets.filter_map(|set| set.l7.as_ref())
             .filter_map(|l7| match (self.kind_of(l7), l7.l7proto()) {
-                (Protocol::Stream, Some(name)) => builtin::STREAM_FILTERS.iter().copied().find(|n| *n == name),
+                (Protocol::Stream, Some(name)) => builtin::stream_filter(name),
                 (kind, _) => kind.spec().policy_filter,
             })
             .collect()
@@ -99,9 +98,7 @@ impl PolicyModel {
     pub(super) fn validate_l7(&self, api_objects: &std::collections::HashSet<String>) -> Vec<PolicyError> {
         let mut errors = Vec::new();
         for rule in &self.policies.rules {
-            let sections = [&rule.ingress, &rule.egress];
-            let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
-            for set in sets {
+            for set in rule.allowed_port_rule_sets() {
                 let Some(l7) = &set.l7 else { continue };
                 let error = |field: String, message: String| PolicyError {
                     file: rule.file.clone(),
@@ -294,7 +291,7 @@ impl PolicyModel {
         let (component, limits, failure) = match self.custom_filters.get(name) {
             Some(custom) => (custom.component.clone(), custom.limits, custom.failure),
             None if self.unavailable.contains_key(name) => return Err(StreamError::Unavailable(self.missing(name))),
-            None => match builtin::STREAM_FILTERS.iter().find(|n| **n == name) {
+            None => match builtin::stream_filter(name) {
                 Some(name) => {
                     let component =
                         self.builtin(name).map_err(|e| StreamError::Configure(ConfigureError::Failed(e)))?;
@@ -338,7 +335,7 @@ impl PolicyModel {
 
     /// A stream filter (`l7proto`) weir.yaml or a WasmFilter supplies, or a built-in one.
     fn knows_stream_filter(&self, name: &str) -> bool {
-        self.custom_filters.contains_key(name) || builtin::STREAM_FILTERS.contains(&name)
+        self.custom_filters.contains_key(name) || builtin::stream_filter(name).is_some()
     }
 
     /// `component` with `config`: the one this model configured already, or

@@ -79,9 +79,7 @@ fn compile_rule(doc: &SourcedDocument, rule: &document::Rule, path: &str) -> Res
     if audit {
         // a stream parser decides bytes, not requests: there is no request
         // to let through while reporting what it would have refused
-        let sections = [&ingress, &egress];
-        let sets = sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten());
-        for set in sets {
+        for set in super::rules::allowed_port_rule_sets([&ingress, &egress]) {
             if let Some(l7) = &set.l7
                 && l7.kind() == Protocol::Stream
             {

@@ -303,7 +303,18 @@ pub struct PolicyRule {
     pub audit: bool,
 }
 
+/// The port rule sets of allow sections, `[ingress, egress]` (deny sections
+/// have no L7 rules).
+pub(super) fn allowed_port_rule_sets(sections: [&Option<Vec<PeerRule>>; 2]) -> impl Iterator<Item = &PortRuleSet> {
+    sections.into_iter().flatten().flatten().flat_map(|pr| pr.to_ports.iter().flatten())
+}
+
 impl PolicyRule {
+    /// The port rule sets of its allow sections: where its L7 rules are.
+    pub fn allowed_port_rule_sets(&self) -> impl Iterator<Item = &PortRuleSet> {
+        allowed_port_rule_sets([&self.ingress, &self.egress])
+    }
+
     /// Whether the rule speaks about `direction` (has a section for it).
     pub fn concerns(&self, direction: Direction) -> bool {
         let (allow, deny, _) = self.sections(direction);

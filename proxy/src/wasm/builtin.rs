@@ -46,6 +46,11 @@ pub static BUILTIN_FILTERS: &[(&str, &[u8], [u8; 32])] = &[
     embedded!("require-header", "require_header"),
 ];
 
+/// The built-in stream filter `l7proto: name` selects, if there is one.
+pub fn stream_filter(name: &str) -> Option<&'static str> {
+    STREAM_FILTERS.iter().copied().find(|n| *n == name)
+}
+
 pub fn find(name: &str) -> Option<&'static [u8]> {
     BUILTIN_FILTERS.iter().find(|(n, ..)| *n == name).map(|(_, bytes, _)| *bytes)
 }

@@ -275,7 +275,7 @@ fn exchange_service(
         // future, and moving the whole exchange's state into it was the
         // largest copy of an h2 request (h2 +11% rps; HTTP/1.1, which
         // keeps it in its dispatcher, the same within noise)
-        let exchange: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(conn.clone().handle(request));
+        let exchange = Box::pin(conn.clone().handle(request));
         async move {
             let mut response = exchange.await.map(|body| CountedBody { body, _open: open, _answered: answered });
             if let Some(gate) = gate {
