@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Weak};
 
 use wasmtime::Store;
@@ -29,8 +30,32 @@ pub(super) struct LiveInstance {
 
 #[derive(Default)]
 struct InstancePool {
-    live: HashMap<u64, LiveInstance>,
+    live: HashMap<u64, LiveInstance, BuildHasherDefault<FilterIdHasher>>,
     created_since_sweep: usize,
+}
+
+/// The pool is looked up once per filter call, and its keys are filter ids
+/// weir counts itself (no one can choose them to collide): one multiply
+/// instead of SipHash, which was a tenth of the host's cost of a call.
+#[derive(Default)]
+struct FilterIdHasher(u64);
+
+impl Hasher for FilterIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: consecutive ids spread over the high bits too,
+        // which hashbrown uses to tell entries apart within a group
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 thread_local! {
@@ -38,16 +63,18 @@ thread_local! {
 }
 
 /// Run `f` on this thread's instance of `filter`, creating it if needed. On
-/// any error the instance is dropped, so the next call starts fresh.
+/// any error the instance is dropped, so the next call starts fresh. The
+/// runtime is reached (a `Weak` upgraded: two atomic operations) only to make
+/// or retire an instance, not on every call.
 pub(super) fn with_instance<R>(
-    runtime: &FilterRuntime,
     filter: &ConfiguredFilter,
     f: impl FnOnce(&mut LiveInstance) -> wasmtime::Result<R>,
 ) -> Result<R, FilterFailure> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if !pool.live.contains_key(&filter.id) {
-            let live = instantiate(runtime, filter, Use::Shared).map_err(|e| e.into_failure(filter))?;
+            let runtime = filter.runtime()?;
+            let live = instantiate(&runtime, filter, Use::Shared).map_err(|e| e.into_failure(filter))?;
             pool.created_since_sweep += 1;
             if pool.created_since_sweep >= 32 {
                 // forget instances of filters no model uses any more
@@ -61,11 +88,13 @@ pub(super) fn with_instance<R>(
             Ok(value) => {
                 if live.store.data().limits.nearly_full() {
                     pool.live.remove(&filter.id);
-                    runtime
-                        .metrics
-                        .filter_recycled
-                        .get_or_create(&crate::observe::metrics::FilterLabels { filter: filter.name.to_string() })
-                        .inc();
+                    if let Ok(runtime) = filter.runtime() {
+                        runtime
+                            .metrics
+                            .filter_recycled
+                            .get_or_create(&crate::observe::metrics::FilterLabels { filter: filter.name.to_string() })
+                            .inc();
+                    }
                 }
                 Ok(value)
             }

@@ -623,11 +623,19 @@ impl ConfiguredFilter {
             wasmtime::component::Resource<ConnectionView>,
         ) -> wasmtime::Result<R>,
     ) -> Result<R, FilterFailure> {
-        let Some(runtime) = self.runtime.upgrade() else {
-            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
-        };
-        let result = instances::with_instance(&runtime, self, |live| run(live, self.limits, connection, f));
-        result.inspect_err(|failure| self.count_failure(&runtime, failure))
+        let result = instances::with_instance(self, |live| run(live, self.limits, connection, f));
+        result.inspect_err(|failure| {
+            if let Ok(runtime) = self.runtime() {
+                self.count_failure(&runtime, failure)
+            }
+        })
+    }
+
+    /// The runtime this filter was configured in, unless it is shutting down.
+    fn runtime(&self) -> Result<Arc<FilterRuntime>, FilterFailure> {
+        self.runtime
+            .upgrade()
+            .ok_or_else(|| self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()))
     }
 
     /// An instance for one connection alone (stream filters keep parser
@@ -635,9 +643,7 @@ impl ConfiguredFilter {
     /// their connection, so they get only part of the pool, each filter a
     /// part of that, and each `client` address at most `per_client` of them.
     pub fn dedicated(self: &Arc<Self>, client: IpAddr, per_client: usize) -> Result<DedicatedInstance, FilterFailure> {
-        let Some(runtime) = self.runtime.upgrade() else {
-            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
-        };
+        let runtime = self.runtime()?;
         let purpose = slots::Use::Dedicated { filter: self.name.clone(), client, per_client };
         let live = instances::instantiate(&runtime, self, purpose)
             .map_err(|e| e.into_failure(self))
@@ -648,9 +654,7 @@ impl ConfiguredFilter {
     /// The linear memory of a fresh instance after `configure`: what an
     /// instance costs each worker before its first request.
     pub fn instance_memory(&self) -> Result<usize, FilterFailure> {
-        let Some(runtime) = self.runtime.upgrade() else {
-            return Err(self.failure(FailureKind::Instantiate, "the filter runtime is shutting down".into()));
-        };
+        let runtime = self.runtime()?;
         let live = instances::instantiate(&runtime, self, slots::Use::Shared).map_err(|e| e.into_failure(self))?;
         Ok(live.store.data().limits.size())
     }
