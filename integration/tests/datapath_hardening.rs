@@ -1,8 +1,9 @@
 //! The eBPF datapath against a hostile pod: raw frames (scapy) from inside
 //! the pods, a sniffer in the receiving pod that logs what actually arrives,
 //! and an iptables DNAT in the node standing in for kube-proxy's service
-//! rule. One test per bypass class of issue 23; each asserts on what the
-//! receiving pod got and on the drop flows and counters weir reports.
+//! rule. One test per bypass class of issue 23, and one for ICMP type
+//! rules; each asserts on what the receiving pod got and on the drop flows
+//! and counters weir reports.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -521,4 +522,57 @@ fn icmp_errors_pass_only_for_tracked_connections() {
     send(&node, "srv", &["icmp-error", &client, &client, &other, "41002", "9001", "forged-on-live"]);
     settle();
     assert!(seen(&log, "forged-on-live").is_empty(), "an error about another's connection passed:\n{}", read(&log));
+}
+
+/// `icmps`: the monitor may ping srv (echo requests, IPv4 type 8) and
+/// nothing else of ICMP; the client, allowed a TCP port, may not ping.
+const PINGABLE_SERVER: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pingable}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: monitor}}]
+      icmps: [{fields: [{type: EchoRequest}]}]
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+"#;
+
+/// ICMP type rules in the kernel: a message passes when an `icmps` rule
+/// names its type for its sender, whatever else that sender may do.
+#[test]
+fn icmps_rules_let_only_the_named_icmp_types_through() {
+    let mut node = Node::new(&["cli", "srv", "mon"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, monitor) = (node.pod("srv").ip.to_string(), node.pod("mon").ip.to_string());
+    let at_server = sniff(&mut node, "srv", dir.path());
+    let at_monitor = sniff(&mut node, "mon", dir.path());
+    let config = config(&node, &[("cli", "client"), ("srv", "server"), ("mon", "monitor")], SHORT_LIVED);
+    node.start_weir(&config, &[("server.yaml", PINGABLE_SERVER)]);
+
+    // the monitor's echo request arrives, and srv's kernel answers it
+    send(&node, "mon", &["icmp", &server, "8", "4711", "monitor-ping"]);
+    wait_for("the monitor's echo request at srv", Duration::from_secs(5), || {
+        !seen(&at_server, "monitor-ping").is_empty()
+    });
+    wait_for("srv's echo reply at the monitor", Duration::from_secs(5), || {
+        !seen(&at_monitor, &format!("icmp {server} > {monitor} 0 4711")).is_empty()
+    });
+    // a timestamp request (type 13) from the monitor, an echo request from
+    // the client: no rule names them
+    send(&node, "mon", &["icmp", &server, "13", "4712", "monitor-timestamp"]);
+    send(&node, "cli", &["icmp", &server, "8", "4713", "client-ping"]);
+    let refused = node.weir().wait_flow("", "the timestamp's drop", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmp" && f.source.labels.iter().any(|l| l == "k8s:app=monitor")
+    });
+    assert!(refused.reason.as_deref().unwrap_or_default().contains("ICMP type"), "{refused:?}");
+    node.weir().wait_flow("", "the client's ping's drop", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmp" && f.source.labels.iter().any(|l| l == "k8s:app=client")
+    });
+    settle();
+    for payload in ["monitor-timestamp", "client-ping"] {
+        assert!(seen(&at_server, payload).is_empty(), "{payload} reached srv:\n{}", read(&at_server));
+    }
 }

@@ -180,8 +180,12 @@ const NANOS: u64 = 1_000_000_000;
 /// an entry.
 struct Packet<A> {
     tuple: Tuple<A>,
-    /// TCP flags; 0 for other protocols and for non-first fragments.
-    tcp_flags: u8,
+    /// TCP: its flags. ICMP and ICMPv6: the message's type plus one, the
+    /// port `icmps` rules are keyed by in the policy map (one byte, as no
+    /// room is left on `weir_to_pod`'s stack: the reserved type 255 wraps to
+    /// 0, "every type", which weir.yaml's rules cannot name). 0 for other
+    /// protocols and for non-first fragments (no L4 header).
+    l4_byte: u8,
     /// A TCP SYN without ACK: the first packet of a connection, always
     /// judged as new, never a reply.
     syn: bool,
@@ -428,7 +432,7 @@ fn frame(ctx: &TcContext) -> Result<Frame, i64> {
 fn new_packet<A: Addr>(saddr: A, daddr: A, protocol: u8, ip_id: u32) -> Packet<A> {
     Packet {
         tuple: Tuple { saddr, daddr, sport: 0, dport: 0, protocol, _pad: [0; 3] },
-        tcp_flags: 0,
+        l4_byte: 0,
         syn: false,
         reply_candidate: true,
         opens: true,
@@ -480,7 +484,7 @@ fn read_ports<A: Addr>(ctx: &TcContext, packet: &mut Packet<A>, l4: usize) -> Re
     packet.tuple.dport = ctx.load::<u16>(l4 + 2)?;
     if packet.tuple.protocol == PROTO_TCP {
         let flags: u8 = ctx.load(l4 + 13)?;
-        packet.tcp_flags = flags;
+        packet.l4_byte = flags;
         packet.syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
         packet.reply_candidate = !packet.syn;
     }
@@ -510,6 +514,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
     } else if protocol == PROTO_ICMP {
         let icmp_type: u8 = ctx.load(l4)?;
         let id: u16 = ctx.load(l4 + 4)?;
+        packet.l4_byte = icmp_type.wrapping_add(1);
         match icmp_type {
             ICMP_ECHO_REQUEST => {
                 packet.tuple.sport = id;
@@ -590,6 +595,7 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
         read_ports(ctx, &mut packet, l4)?;
     } else if next == PROTO_ICMPV6 {
         let icmp_type: u8 = ctx.load(l4)?;
+        packet.l4_byte = icmp_type.wrapping_add(1);
         match icmp_type {
             ICMPV6_MLD_QUERY..=ICMPV6_REDIRECT | ICMPV6_MLD2_REPORT => {
                 packet.reply_candidate = false;
@@ -772,7 +778,7 @@ fn ct_touch<A: Addr>(entry: *mut CtValue, packet: &Packet<A>, reply: bool) {
     let protocol = packet.tuple.protocol;
     let mut tcp = unsafe { (*entry).tcp };
     if protocol == PROTO_TCP {
-        let flags = packet.tcp_flags;
+        let flags = packet.l4_byte;
         if reply {
             tcp |= TCP_REPLY_SEEN;
         }
@@ -919,15 +925,23 @@ fn allow_event(verdict: u8) -> u8 {
     if verdict == VERDICT_AUDIT { EVENT_AUDIT } else { EVENT_ALLOW }
 }
 
-/// The policy verdict for `subject` (an endpoint with `flags`) and `peer`.
+/// The policy verdict for `subject` (an endpoint with `flags`) and `peer`
+/// for the packet of tuple `t` (and, for ICMP, its `l4_byte`: type + 1).
 #[inline(always)]
-fn policy<A: Addr>(subject: u32, flags: u32, peer: u32, t: &Tuple<A>, direction: u8) -> PolicyValue {
+fn policy<A: Addr>(subject: u32, flags: u32, peer: u32, t: &Tuple<A>, l4_byte: u8, direction: u8) -> PolicyValue {
     let enforced = if direction == DIR_INGRESS { ENDPOINT_ENFORCE_INGRESS } else { ENDPOINT_ENFORCE_EGRESS };
     if flags & enforced == 0 {
         return PolicyValue { verdict: VERDICT_ALLOW, _pad: 0, proxy_port: 0, rule: 0 };
     }
-    // ICMP's id rides in the tuple's ports; policy knows no ports there
-    let port = if has_ports(t.protocol) { u16::from_be(t.dport) } else { 0 };
+    // ICMP's id rides in the tuple's ports; policy keys it by type
+    // (`icmps` rules; entries exist only where a rule names a type)
+    let port = if has_ports(t.protocol) {
+        u16::from_be(t.dport)
+    } else if matches!(t.protocol, PROTO_ICMP | PROTO_ICMPV6) {
+        u16::from(l4_byte)
+    } else {
+        0
+    };
     let mut key = PolicyKey { subject, peer, port, protocol: t.protocol, direction };
     // exact port, then every port of the protocol, then every protocol
     if let Some(v) = unsafe { POLICY.get(&key) } {
@@ -1308,7 +1322,7 @@ fn judge_from_pod<A: Addr>(
         }
     }
     let peer = ipcache(t.daddr);
-    let mut verdict = policy(me, endpoint.flags, peer.identity, t, DIR_EGRESS);
+    let mut verdict = policy(me, endpoint.flags, peer.identity, t, packet.l4_byte, DIR_EGRESS);
     let mut direction = DIR_EGRESS;
     let mut ct_flags = 0;
     if verdict.verdict != VERDICT_DENY && peer.local_ifindex != 0 {
@@ -1316,7 +1330,7 @@ fn judge_from_pod<A: Addr>(
         // redirect is still possible. The entry says so, for this tuple
         // only: rewritten on the way (DNAT), it is judged again there.
         let flags = unsafe { ENDPOINTS.get(&peer.local_ifindex) }.map_or(0, |e| e.flags);
-        let ingress = policy(peer.identity, flags, me, t, DIR_INGRESS);
+        let ingress = policy(peer.identity, flags, me, t, packet.l4_byte, DIR_INGRESS);
         // the stricter side decides
         if strictness(ingress.verdict) > strictness(verdict.verdict) {
             verdict = ingress;
@@ -1549,7 +1563,7 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
         emit(EVENT_DROP, REASON_SPOOFED, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
         return shot(REASON_SPOOFED);
     }
-    let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
+    let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, packet.l4_byte, DIR_INGRESS);
     match verdict.verdict {
         // only an ingress hook can hand packets to the proxy: rules that only
         // look at L7 let what reaches here pass, unjudged
@@ -1641,7 +1655,7 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
     if peer.local_ifindex != 0 || peer.identity == identity::HOST {
         return TC_ACT_UNSPEC;
     }
-    let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, DIR_INGRESS);
+    let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, packet.l4_byte, DIR_INGRESS);
     if verdict.verdict != VERDICT_REDIRECT && verdict.verdict != VERDICT_REDIRECT_OR_ALLOW {
         return TC_ACT_UNSPEC;
     }

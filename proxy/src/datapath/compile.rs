@@ -18,8 +18,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weir_datapath_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS,
     ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, EndpointInfo, FIRST_FQDN_IDENTITY,
-    IpcacheValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, identity,
+    IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, VERDICT_ALLOW,
+    VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, identity,
 };
 
 use crate::config::{DatapathConfig, Visibility};
@@ -33,6 +33,8 @@ pub use weir_datapath_common::FIRST_CIDR_IDENTITY;
 /// The protocols with ports, as policies name them and as IP numbers.
 const PORT_PROTOCOLS: [(L4Protocol, u8); 3] =
     [(L4Protocol::Tcp, PROTO_TCP), (L4Protocol::Udp, PROTO_UDP), (L4Protocol::Sctp, PROTO_SCTP)];
+/// The protocols `icmps` rules name types of (a type's "port" is type + 1).
+const ICMP_PROTOCOLS: [(L4Protocol, u8); 2] = [(L4Protocol::Icmp, PROTO_ICMP), (L4Protocol::Icmp6, PROTO_ICMPV6)];
 
 /// In rule texts of "every other port" entries, where the packet's port goes.
 pub const PORT_PLACEHOLDER: &str = "{port}";
@@ -321,8 +323,13 @@ pub fn compile(
                     let mut value_of = |rules: &SubjectRules<'_>| {
                         let v = match rules.evaluate(direction, info, port, protocol) {
                             SideVerdict::Denied { reason } if wildcard => SideVerdict::Denied {
-                                reason: reason
-                                    .replace(&format!("on port {port}"), &format!("on port {PORT_PLACEHOLDER}")),
+                                reason: reason.replace(
+                                    &format!("on {}", protocol.describe_port(port)),
+                                    &match protocol {
+                                        L4Protocol::Icmp | L4Protocol::Icmp6 => "on an ICMP type no rule names".into(),
+                                        _ => format!("on port {PORT_PLACEHOLDER}"),
+                                    },
+                                ),
                             },
                             v => v,
                         };
@@ -370,6 +377,34 @@ pub fn compile(
                         }
                     }
                 }
+                // ICMP types `icmps` rules name: the kernel looks the
+                // message's type plus one up first, then every other type
+                // (port 0). Where no rule names one, neither is written and
+                // ICMP is judged with the protocols without ports below.
+                for (protocol, number) in ICMP_PROTOCOLS {
+                    let named = &ports[&number];
+                    if named.is_empty() {
+                        continue;
+                    }
+                    let key = |port| PolicyKey {
+                        subject: identity.id,
+                        peer: *peer_id,
+                        port,
+                        protocol: number,
+                        direction: dir,
+                    };
+                    let other_type = (1..=256).find(|p| !named.contains(p));
+                    let wildcard = other_type.map(|port| entry(port, protocol, true));
+                    if let Some(w) = wildcard {
+                        desired.policy.insert(key(0), w);
+                    }
+                    for port in named {
+                        let v = entry(*port, protocol, false);
+                        if Some(v) != wildcard {
+                            desired.policy.insert(key(*port), v);
+                        }
+                    }
+                }
                 // protocols without ports (ICMP and the rest)
                 let v = entry(0, L4Protocol::Other, false);
                 desired.policy.insert(
@@ -385,8 +420,13 @@ pub fn compile(
 
 /// The ports rules name for `subject` in `direction`, per IP protocol number.
 fn named_ports(rules: &SubjectRules<'_>, direction: Direction) -> Result<HashMap<u8, BTreeSet<u16>>, String> {
-    let mut out: HashMap<u8, BTreeSet<u16>> = PORT_PROTOCOLS.iter().map(|(_, n)| (*n, BTreeSet::new())).collect();
+    let mut out: HashMap<u8, BTreeSet<u16>> =
+        PORT_PROTOCOLS.iter().chain(&ICMP_PROTOCOLS).map(|(_, n)| (*n, BTreeSet::new())).collect();
     for range in rules.port_ranges(direction) {
+        if let Some((_, number)) = ICMP_PROTOCOLS.iter().find(|(p, _)| *p == range.protocol) {
+            out.get_mut(number).unwrap().extend(range.start..=range.end);
+            continue;
+        }
         let width = u32::from(range.end) - u32::from(range.start) + 1;
         if width > MAX_RANGE_WIDTH {
             return Err(format!(

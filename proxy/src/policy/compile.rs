@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use weir_fqdn_match::NameMatcher;
 
-use super::document::{self, CidrRule, EgressRule, FqdnSelector, IngressRule, PolicyError, PortRule, SourcedDocument};
+use super::document::{
+    self, CidrRule, EgressRule, FqdnSelector, IcmpRule, IngressRule, PolicyError, PortRule, PortValue, SourcedDocument,
+};
 use super::rules::*;
 use super::selector::Selector;
 use crate::context::Direction;
@@ -160,15 +162,28 @@ fn compile_section<R: HasPorts>(
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("{path}[{i}]");
         let peers = peers(rule, &at, namespace)?;
-        let to_ports = match rule.to_ports() {
-            None => None,
-            Some(port_rules) => Some(
+        let to_ports = match (rule.to_ports(), rule.icmps()) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    format!("{at}.icmps"),
+                    "cannot be combined with toPorts in one rule (as in Cilium); write two rules".into(),
+                ));
+            }
+            (None, Some(icmps)) => Some(
+                icmps
+                    .iter()
+                    .enumerate()
+                    .map(|(j, rule)| compile_icmp_rule(rule, &format!("{at}.icmps[{j}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            (Some(port_rules), None) => Some(
                 port_rules
                     .iter()
                     .enumerate()
                     .map(|(j, pr)| compile_port_rule(pr, &format!("{at}.toPorts[{j}]"), deny, direction))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
+            (None, None) => None,
         };
         compiled.push(PeerRule { path: at, peers, to_ports });
     }
@@ -177,17 +192,64 @@ fn compile_section<R: HasPorts>(
 
 trait HasPorts {
     fn to_ports(&self) -> Option<&Vec<PortRule>>;
+    fn icmps(&self) -> Option<&Vec<IcmpRule>>;
+}
+
+/// An `icmps` entry: the ICMP types it names, as port ranges of one type
+/// each (the type plus one: see `L4Protocol::Icmp`). Only the kernel sees
+/// ICMP; in local mode such a rule covers nothing the proxy carries.
+fn compile_icmp_rule(rule: &IcmpRule, at: &str) -> Result<PortRuleSet, FieldError> {
+    if rule.fields.is_empty() {
+        return Err((format!("{at}.fields"), "names no ICMP type".into()));
+    }
+    let mut ports = Vec::with_capacity(rule.fields.len());
+    for (i, field) in rule.fields.iter().enumerate() {
+        let here = format!("{at}.fields[{i}]");
+        let (ipv6, protocol) = match field.family.as_deref() {
+            None | Some("IPv4") => (false, L4Protocol::Icmp),
+            Some("IPv6") => (true, L4Protocol::Icmp6),
+            Some(other) => return Err((format!("{here}.family"), format!("{other:?} is not IPv4 or IPv6"))),
+        };
+        let number = match &field.icmp_type {
+            PortValue::Number(n) => u8::try_from(*n).ok(),
+            PortValue::Text(text) => text.parse::<u8>().ok().or_else(|| icmp_type_named(text, ipv6)),
+        };
+        let Some(number) = number else {
+            let family = if ipv6 { "ICMPv6" } else { "ICMP" };
+            let written = match &field.icmp_type {
+                PortValue::Number(n) => n.to_string(),
+                PortValue::Text(t) => format!("{t:?}"),
+            };
+            return Err((
+                format!("{here}.type"),
+                format!("{written} is not an {family} type (a number 0-255 or Cilium's name, e.g. EchoRequest)"),
+            ));
+        };
+        if number == 255 {
+            // the kernel keys a type by one byte, type + 1: 255 wraps to "every type"
+            return Err((format!("{here}.type"), "255 is reserved in ICMP and ICMPv6 and cannot be named".into()));
+        }
+        let port = L4Protocol::icmp_port(number);
+        ports.push(PortRange { start: port, end: port, protocol });
+    }
+    Ok(PortRuleSet { path: at.to_string(), ports, l7: None })
 }
 
 impl HasPorts for IngressRule {
     fn to_ports(&self) -> Option<&Vec<PortRule>> {
         self.to_ports.as_ref()
     }
+    fn icmps(&self) -> Option<&Vec<IcmpRule>> {
+        self.icmps.as_ref()
+    }
 }
 
 impl HasPorts for EgressRule {
     fn to_ports(&self) -> Option<&Vec<PortRule>> {
         self.to_ports.as_ref()
+    }
+    fn icmps(&self) -> Option<&Vec<IcmpRule>> {
+        self.icmps.as_ref()
     }
 }
 
@@ -196,7 +258,6 @@ fn ingress_rule(rule: &IngressRule, at: &str, namespace: Option<&str>) -> Result
         (rule.from_requires.is_some(), "fromRequires", "deprecated in Cilium"),
         (rule.from_groups.is_some(), "fromGroups", "cloud provider groups"),
         (rule.from_nodes.is_some(), "fromNodes", "node selection needs Kubernetes"),
-        (rule.icmps.is_some(), "icmps", "ICMP rules need the eBPF datapath"),
         (rule.authentication.is_some(), "authentication", "mutual authentication"),
     ] {
         if present {
@@ -219,7 +280,6 @@ fn egress_rule(rule: &EgressRule, at: &str, namespace: Option<&str>) -> Result<O
         (rule.to_services.is_some(), "toServices", "service selection needs Kubernetes"),
         (rule.to_groups.is_some(), "toGroups", "cloud provider groups"),
         (rule.to_nodes.is_some(), "toNodes", "node selection needs Kubernetes"),
-        (rule.icmps.is_some(), "icmps", "ICMP rules need the eBPF datapath"),
         (rule.authentication.is_some(), "authentication", "mutual authentication"),
     ] {
         if present {
@@ -413,7 +473,7 @@ fn compile_port_rule(rule: &PortRule, at: &str, deny: bool, direction: Direction
             None => L4Protocol::Any,
             Some(text) => L4Protocol::parse(text).ok_or_else(|| {
                 let msg = if text.starts_with("ICMP") {
-                    format!("{text} is not supported by weir yet (ICMP rules need the eBPF datapath)")
+                    format!("{text} is not a toPorts protocol; ICMP is allowed by type in `icmps` (as in Cilium)")
                 } else {
                     format!("unknown protocol {text:?}; use TCP, UDP, SCTP or ANY")
                 };

@@ -156,8 +156,7 @@ pub struct IngressRule {
     #[serde(default)]
     pub to_ports: Option<Vec<PortRule>>,
     #[serde(default, rename = "icmps")]
-    #[schemars(with = "Option<AnyValue>")]
-    pub icmps: Option<serde_yaml::Value>,
+    pub icmps: Option<Vec<IcmpRule>>,
     #[serde(default)]
     #[schemars(with = "Option<AnyValue>")]
     pub authentication: Option<serde_yaml::Value>,
@@ -191,8 +190,7 @@ pub struct EgressRule {
     #[serde(default)]
     pub to_ports: Option<Vec<PortRule>>,
     #[serde(default, rename = "icmps")]
-    #[schemars(with = "Option<AnyValue>")]
-    pub icmps: Option<serde_yaml::Value>,
+    pub icmps: Option<Vec<IcmpRule>>,
     #[serde(default)]
     #[schemars(with = "Option<AnyValue>")]
     pub authentication: Option<serde_yaml::Value>,
@@ -241,6 +239,28 @@ pub struct PortProtocol {
     pub end_port: Option<i64>,
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+/// `icmps`: the ICMP messages a rule covers, by type (Cilium's ICMPRule). A
+/// rule with `icmps` covers those messages only, so it may not have
+/// `toPorts` too (as in Cilium).
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IcmpRule {
+    #[serde(default)]
+    pub fields: Vec<IcmpField>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IcmpField {
+    /// `IPv4` (the default) or `IPv6`.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// The message type: a number (0-255) or Cilium's name for it
+    /// (`EchoRequest`, `DestinationUnreachable`, ...).
+    #[serde(rename = "type")]
+    pub icmp_type: PortValue,
 }
 
 /// Cilium writes ports as strings ("80") but numbers are common too.

@@ -112,8 +112,9 @@ impl<'a> SubjectRules<'a> {
             };
             SideVerdict::Denied {
                 reason: format!(
-                    "no {side} rule allows {} on port {port} (default deny of {})",
+                    "no {side} rule allows {} on {} (default deny of {})",
                     peer.identity.brief(),
+                    protocol.describe_port(port),
                     enforcing.join(", ")
                 ),
             }

@@ -21,9 +21,16 @@ pub enum L4Protocol {
     Udp,
     Sctp,
     Any,
-    /// A protocol without ports (ICMP, …): only port-less rules cover it.
-    /// Never written in a policy; the datapath asks about it.
+    /// A protocol without ports (ICMP where no `icmps` rule names a type,
+    /// …): only port-less rules cover it. Never written in a policy; the
+    /// datapath asks about it.
     Other,
+    /// ICMP messages named by `icmps` rules. For these the "port" is the
+    /// message type plus one, so that 0 keeps meaning every type — in
+    /// `PortRange`s as in the kernel's policy map.
+    Icmp,
+    /// The same for ICMPv6.
+    Icmp6,
 }
 
 impl L4Protocol {
@@ -40,6 +47,72 @@ impl L4Protocol {
     pub(super) fn covers(self, actual: L4Protocol) -> bool {
         self == L4Protocol::Any || self == actual
     }
+
+    /// ICMP type `icmp_type` as a port range (and the policy map) holds it:
+    /// its number plus one.
+    pub fn icmp_port(icmp_type: u8) -> u16 {
+        u16::from(icmp_type) + 1
+    }
+
+    /// What a verdict's reason calls `port` of this protocol.
+    pub fn describe_port(self, port: u16) -> String {
+        match self {
+            L4Protocol::Icmp if port > 0 => format!("ICMP type {}", port - 1),
+            L4Protocol::Icmp6 if port > 0 => format!("ICMPv6 type {}", port - 1),
+            _ => format!("port {port}"),
+        }
+    }
+}
+
+/// Cilium's names of ICMP types (`icmps[].fields[].type`), per family.
+pub fn icmp_type_named(name: &str, ipv6: bool) -> Option<u8> {
+    const V4: &[(&str, u8)] = &[
+        ("EchoReply", 0),
+        ("DestinationUnreachable", 3),
+        ("Redirect", 5),
+        ("Echo", 8),
+        ("EchoRequest", 8),
+        ("RouterAdvertisement", 9),
+        ("RouterSelection", 10),
+        ("TimeExceeded", 11),
+        ("ParameterProblem", 12),
+        ("Timestamp", 13),
+        ("TimestampReply", 14),
+        ("Photuris", 40),
+        ("ExtendedEchoRequest", 42),
+        ("ExtendedEchoReply", 43),
+    ];
+    const V6: &[(&str, u8)] = &[
+        ("DestinationUnreachable", 1),
+        ("PacketTooBig", 2),
+        ("TimeExceeded", 3),
+        ("ParameterProblem", 4),
+        ("EchoRequest", 128),
+        ("EchoReply", 129),
+        ("MulticastListenerQuery", 130),
+        ("MulticastListenerReport", 131),
+        ("MulticastListenerDone", 132),
+        ("RouterSolicitation", 133),
+        ("RouterAdvertisement", 134),
+        ("NeighborSolicitation", 135),
+        ("NeighborAdvertisement", 136),
+        ("RedirectMessage", 137),
+        ("RouterRenumbering", 138),
+        ("ICMPNodeInformationQuery", 139),
+        ("ICMPNodeInformationResponse", 140),
+        ("InverseNeighborDiscoverySolicitation", 141),
+        ("InverseNeighborDiscoveryAdvertisement", 142),
+        ("HomeAgentAddressDiscoveryRequest", 144),
+        ("HomeAgentAddressDiscoveryReply", 145),
+        ("MobilePrefixSolicitation", 146),
+        ("MobilePrefixAdvertisement", 147),
+        ("DuplicateAddressRequestCodeSuffix", 157),
+        ("DuplicateAddressConfirmationCodeSuffix", 158),
+        ("ExtendedEchoRequest", 160),
+        ("ExtendedEchoReply", 161),
+    ];
+    let table = if ipv6 { V6 } else { V4 };
+    table.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
 /// Cilium entities: sets of identities with well-known meaning.

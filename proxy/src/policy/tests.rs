@@ -603,3 +603,62 @@ fn a_default_deny_names_the_policies_that_make_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn icmps_rules_allow_the_types_they_name_and_nothing_else() {
+    let set = set(r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pingable, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: monitor}}]
+      icmps:
+        - fields: [{type: 8}, {type: EchoRequest, family: IPv6}]
+        - fields: [{type: "13"}]
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#);
+    let web = identity(300, "shop", &[("app", "web")]);
+    let monitor = identity(301, "shop", &[("app", "monitor")]);
+    let frontend = identity(302, "shop", &[("app", "frontend")]);
+    let judge = |who: &Identity, port, protocol| {
+        set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip("10.0.0.9")), port, protocol)
+    };
+    let icmp = |t| L4Protocol::icmp_port(t);
+    assert!(allowed(&judge(&monitor, icmp(8), L4Protocol::Icmp)), "echo request");
+    assert!(allowed(&judge(&monitor, icmp(13), L4Protocol::Icmp)), "timestamp, named as a string");
+    assert!(allowed(&judge(&monitor, icmp(128), L4Protocol::Icmp6)), "ICMPv6 echo request by name");
+    match judge(&monitor, icmp(0), L4Protocol::Icmp) {
+        SideVerdict::Denied { reason } => assert!(reason.contains("on ICMP type 0"), "{reason}"),
+        other => panic!("echo reply is not named: {other:?}"),
+    }
+    assert!(!allowed(&judge(&monitor, icmp(8), L4Protocol::Icmp6)), "type 8 was named for IPv4 only");
+    assert!(!allowed(&judge(&monitor, 0, L4Protocol::Other)), "other port-less protocols are not ICMP types");
+    assert!(!allowed(&judge(&monitor, 80, L4Protocol::Tcp)), "an icmps rule allows no port");
+    assert!(allowed(&judge(&frontend, 80, L4Protocol::Tcp)));
+    assert!(!allowed(&judge(&frontend, icmp(8), L4Protocol::Icmp)), "a toPorts rule allows no ICMP");
+}
+
+#[test]
+fn bad_icmps_rules_are_refused_with_the_field() {
+    let rule = |icmps: &str| format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - icmps: {icmps}\n");
+    let cases = [
+        ("[{fields: [{type: Echo, family: IPv6}]}]", "spec.ingress[0].icmps[0].fields[0].type", "not an ICMPv6 type"),
+        ("[{fields: [{type: 256}]}]", "spec.ingress[0].icmps[0].fields[0].type", "not an ICMP type"),
+        ("[{fields: [{type: 255}]}]", "spec.ingress[0].icmps[0].fields[0].type", "reserved"),
+        ("[{fields: [{type: 8, family: IPv5}]}]", "spec.ingress[0].icmps[0].fields[0].family", "not IPv4 or IPv6"),
+        ("[{fields: []}]", "spec.ingress[0].icmps[0].fields", "names no ICMP type"),
+    ];
+    for (icmps, field, message) in cases {
+        let e = one_error(&rule(icmps));
+        assert_eq!(e.field.as_deref(), Some(field), "{icmps}: {e:?}");
+        assert!(e.message.contains(message), "{icmps}: {}", e.message);
+    }
+    let e = one_error(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n    - icmps: [{{fields: [{{type: 8}}]}}]\n      toPorts: [{{ports: [{{port: '53'}}]}}]\n"
+    ));
+    assert_eq!(e.field.as_deref(), Some("spec.egress[0].icmps"));
+    assert!(e.message.contains("cannot be combined with toPorts"), "{}", e.message);
+}
