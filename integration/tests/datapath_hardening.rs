@@ -552,13 +552,15 @@ fn icmps_rules_let_only_the_named_icmp_types_through() {
     let config = config(&node, &[("cli", "client"), ("srv", "server"), ("mon", "monitor")], SHORT_LIVED);
     node.start_weir(&config, &[("server.yaml", PINGABLE_SERVER)]);
 
-    // the monitor's echo request arrives, and srv's kernel answers it
-    send(&node, "mon", &["icmp", &server, "8", "4711", "monitor-ping"]);
+    // the monitor's echo request arrives, and srv's kernel answers it. Id 0:
+    // the tuple every other ICMP type has (no id), which must open nothing
+    // for them
+    send(&node, "mon", &["icmp", &server, "8", "0", "monitor-ping"]);
     wait_for("the monitor's echo request at srv", Duration::from_secs(5), || {
         !seen(&at_server, "monitor-ping").is_empty()
     });
     wait_for("srv's echo reply at the monitor", Duration::from_secs(5), || {
-        !seen(&at_monitor, &format!("icmp {server} > {monitor} 0 4711")).is_empty()
+        !seen(&at_monitor, &format!("icmp {server} > {monitor} 0 0 ")).is_empty()
     });
     // a timestamp request (type 13) from the monitor, an echo request from
     // the client: no rule names them

@@ -187,7 +187,9 @@ struct Packet<A> {
     /// protocols and for non-first fragments (no L4 header).
     l4_byte: u8,
     /// A TCP SYN without ACK: the first packet of a connection, always
-    /// judged as new, never a reply.
+    /// judged as new, never a reply. Also every ICMP message but an echo:
+    /// with no id its tuple is (0, 0), which an echo with id 0 opens, and
+    /// `icmps` rules judge each type on its own.
     syn: bool,
     /// May be a reply of a tracked connection.
     reply_candidate: bool,
@@ -527,6 +529,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
             // errors may be related to a connection; they and the rest are
             // judged by policy otherwise, every time
             _ => {
+                packet.syn = true;
                 packet.reply_candidate = false;
                 packet.opens = false;
                 if matches!(icmp_type, ICMP_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
@@ -598,6 +601,7 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
         packet.l4_byte = icmp_type.wrapping_add(1);
         match icmp_type {
             ICMPV6_MLD_QUERY..=ICMPV6_REDIRECT | ICMPV6_MLD2_REPORT => {
+                packet.syn = true;
                 packet.reply_candidate = false;
                 packet.opens = false;
                 packet.neighbor = Some((icmp_type, hop_limit));
@@ -611,6 +615,7 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
                 packet.opens = false;
             }
             _ => {
+                packet.syn = true;
                 packet.reply_candidate = false;
                 packet.opens = false;
                 if matches!(

@@ -169,6 +169,11 @@ fn compile_section<R: HasPorts>(
                     "cannot be combined with toPorts in one rule (as in Cilium); write two rules".into(),
                 ));
             }
+            (None, Some(icmps)) if icmps.is_empty() => {
+                // Cilium would read it as absent (every ICMP message and
+                // every port); in a deny rule that is the opposite of "none"
+                return Err((format!("{at}.icmps"), "names no ICMP type; leave it out or name one".into()));
+            }
             (None, Some(icmps)) => Some(
                 icmps
                     .iter()

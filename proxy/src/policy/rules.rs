@@ -225,6 +225,12 @@ pub struct PortRange {
 
 impl PortRange {
     pub(super) fn matches(&self, port: u16, protocol: L4Protocol) -> bool {
+        // ANY means TCP, UDP and SCTP ports: of ICMP's types (ports here) it
+        // covers all with port 0, as it covers protocols without ports, and
+        // none by number
+        if self.protocol == L4Protocol::Any && matches!(protocol, L4Protocol::Icmp | L4Protocol::Icmp6) {
+            return self.start == 0;
+        }
         self.protocol.covers(protocol) && (self.start == 0 || (self.start..=self.end).contains(&port))
     }
 }

@@ -619,9 +619,12 @@ spec:
         - fields: [{type: "13"}]
     - fromEndpoints: [{matchLabels: {app: frontend}}]
       toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    - fromEndpoints: [{matchLabels: {app: scanner}}]
+      toPorts: [{ports: [{port: "1", endPort: 65535}]}]
 "#);
     let web = identity(300, "shop", &[("app", "web")]);
     let monitor = identity(301, "shop", &[("app", "monitor")]);
+    let scanner = identity(303, "shop", &[("app", "scanner")]);
     let frontend = identity(302, "shop", &[("app", "frontend")]);
     let judge = |who: &Identity, port, protocol| {
         set.evaluate(Direction::Ingress, &web, PeerInfo::new(who, ip("10.0.0.9")), port, protocol)
@@ -639,6 +642,9 @@ spec:
     assert!(!allowed(&judge(&monitor, 80, L4Protocol::Tcp)), "an icmps rule allows no port");
     assert!(allowed(&judge(&frontend, 80, L4Protocol::Tcp)));
     assert!(!allowed(&judge(&frontend, icmp(8), L4Protocol::Icmp)), "a toPorts rule allows no ICMP");
+    // ANY is TCP, UDP and SCTP: a range of its ports holds no ICMP type
+    assert!(allowed(&judge(&scanner, 9, L4Protocol::Udp)));
+    assert!(!allowed(&judge(&scanner, icmp(8), L4Protocol::Icmp)), "port 9 of ANY is not ICMP type 8");
 }
 
 #[test]
@@ -650,6 +656,7 @@ fn bad_icmps_rules_are_refused_with_the_field() {
         ("[{fields: [{type: 255}]}]", "spec.ingress[0].icmps[0].fields[0].type", "reserved"),
         ("[{fields: [{type: 8, family: IPv5}]}]", "spec.ingress[0].icmps[0].fields[0].family", "not IPv4 or IPv6"),
         ("[{fields: []}]", "spec.ingress[0].icmps[0].fields", "names no ICMP type"),
+        ("[]", "spec.ingress[0].icmps", "names no ICMP type"),
     ];
     for (icmps, field, message) in cases {
         let e = one_error(&rule(icmps));
