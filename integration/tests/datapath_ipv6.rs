@@ -493,3 +493,67 @@ fn judged_as_embedded_ipv4(datapath_config: &str, prefix: &str, allowed: &str, e
     });
     assert_eq!(drop.port, 9000);
 }
+
+/// The client may ping srv over IPv6 (ICMPv6 echo requests) and send it no
+/// other ICMP: neither IPv4's echo request (the rule names IPv6's) nor
+/// another ICMPv6 type.
+const PINGABLE_OVER_IPV6: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pingable-v6}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      icmps: [{fields: [{type: EchoRequest, family: IPv6}]}]
+"#;
+
+#[test]
+fn icmps_rules_name_icmpv6_types_of_their_family_only() {
+    let mut node = Node::dual_stack(&["cli", "srv"]);
+    node.enter();
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", PINGABLE_OVER_IPV6)]);
+    let (server, server6) = (node.pod("srv").ip.to_string(), ip6(&node, "srv"));
+
+    assert_eq!(ping6(&node, "cli", &server6), "reply", "the named ICMPv6 echo request");
+
+    // IPv4's echo request (type 8, checksummed by hand: raw IPv4 ICMP is not)
+    let ping4 = format!(
+        "import socket,struct\n\
+         def csum(b):\n\
+         \x20   s=sum(struct.unpack('!%dH'%(len(b)//2),b)); s=(s>>16)+(s&0xffff); s+=s>>16\n\
+         \x20   return ~s&0xffff\n\
+         m=struct.pack('!BBHHH',8,0,0,0x4343,1)+b'weir'\n\
+         m=m[:2]+struct.pack('!H',csum(m))+m[4:]\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\n\
+         s.settimeout(2)\n\
+         s.sendto(m,('{server}',0))\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       data,_=s.recvfrom(1500)\n\
+         \x20       if data[20]==0 and data[24:26]==b'\\x43\\x43':\n\
+         \x20           print('reply'); break\n\
+         except socket.timeout:\n\
+         \x20   print('none')\n"
+    );
+    let out = node.in_pod("cli", "python3").args(["-c", &ping4]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none", "{}", String::from_utf8_lossy(&out.stderr));
+    node.weir().wait_flow("", "the IPv4 echo request's drop", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmp" && f.destination.address.ip().to_string() == server
+    });
+
+    // an ICMPv6 node information query (type 139) is no echo request
+    let query = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n\
+         s.sendto(bytes([139,0,0,0,0,0,0,0])+b'weir-query',('{server6}',0))\n"
+    );
+    let out = node.in_pod("cli", "python3").args(["-c", &query]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drop = node.weir().wait_flow("", "the ICMPv6 query's drop", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == server6
+    });
+    assert!(drop.reason.as_deref().unwrap_or_default().contains("ICMP type"), "{drop:?}");
+    assert_eq!(ping6(&node, "cli", &server6), "reply", "and the echo request still passes");
+}

@@ -205,7 +205,7 @@ fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Repl
         (Some(FlowDetail::Dns(d)), _) if d.transport == "udp" => L4Protocol::Udp,
         (_, "udp") => L4Protocol::Udp,
         (_, "sctp") => L4Protocol::Sctp,
-        (_, "icmp" | "ip") => L4Protocol::Other,
+        (_, "icmp" | "icmpv6" | "ip") => L4Protocol::Other,
         _ => L4Protocol::Tcp,
     };
     let names = learned.names(flow.source.address.ip(), flow.destination.address.ip());
