@@ -504,3 +504,93 @@ fn value(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::WeirConfig;
+    use crate::model::ModelInputs;
+    use crate::model::fqdn::FqdnCache;
+    use crate::observe::metrics::Metrics;
+    use crate::policy::document::parse_file;
+    use crate::wasm::{FilterRuntime, RuntimeOptions};
+
+    const CONFIG: &str = r#"
+endpoints:
+  - {name: web, address: 10.0.0.2, interface: veth-web, labels: {app: web}}
+  - {name: monitor, address: 10.0.0.3, interface: veth-mon, labels: {app: monitor}}
+  - {name: db, address: 10.0.0.4, interface: veth-db, labels: {app: db}}
+"#;
+
+    /// web may be pinged by the monitor (echo requests); db has a TCP rule.
+    const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: monitor}}]
+      icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, family: IPv6}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: web}}]
+      toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+"#;
+
+    fn compiled() -> (PolicyModel, Desired) {
+        let runtime = Arc::new(
+            FilterRuntime::new(Arc::new(Metrics::default()), RuntimeOptions { cache_dir: None, max_instances: None })
+                .unwrap(),
+        );
+        let (documents, errors) = parse_file("p.yaml", POLICY);
+        assert!(errors.is_empty(), "{errors:?}");
+        let inputs = ModelInputs {
+            config: WeirConfig::parse(CONFIG).unwrap(),
+            config_dir: ".".into(),
+            config_file: "weir.yaml".into(),
+            documents,
+        };
+        let model = PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let desired = compile(&model, &DatapathConfig::default(), &[], |_| Some(7)).unwrap();
+        (model, desired)
+    }
+
+    fn id(model: &PolicyModel, name: &str) -> u32 {
+        model.endpoints.iter().find(|e| &*e.name == name).unwrap().identity.id
+    }
+
+    #[test]
+    fn icmp_types_are_entries_of_their_protocol_only_where_rules_name_one() {
+        let (model, desired) = compiled();
+        let (web, monitor, db) = (id(&model, "web"), id(&model, "monitor"), id(&model, "db"));
+        let verdict = |subject, peer, port, protocol| {
+            desired.policy.get(&PolicyKey { subject, peer, port, protocol, direction: DIR_INGRESS }).map(|v| v.verdict)
+        };
+        // type + 1: echo request is 9 (ICMP) and 129 (ICMPv6)
+        assert_eq!(verdict(web, monitor, 9, PROTO_ICMP), Some(VERDICT_ALLOW));
+        assert_eq!(verdict(web, monitor, 129, PROTO_ICMPV6), Some(VERDICT_ALLOW));
+        // every other type, and the peer no rule names
+        assert_eq!(verdict(web, monitor, 0, PROTO_ICMP), Some(VERDICT_DENY));
+        assert_eq!(verdict(web, monitor, 0, PROTO_ICMPV6), Some(VERDICT_DENY));
+        assert_eq!(verdict(web, db, 9, PROTO_ICMP).unwrap_or(VERDICT_DENY), VERDICT_DENY);
+        let why = &desired.rules[desired.policy
+            [&PolicyKey { subject: web, peer: monitor, port: 0, protocol: PROTO_ICMP, direction: DIR_INGRESS }]
+            .rule as usize];
+        assert!(why.contains("on an ICMP type no rule names"), "{why}");
+        // db's rules name no type: ICMP stays with the port-less entry
+        assert!(
+            !desired.policy.keys().any(|k| k.subject == db && matches!(k.protocol, PROTO_ICMP | PROTO_ICMPV6)),
+            "db has ICMP entries"
+        );
+        assert_eq!(verdict(db, web, 0, 0), Some(VERDICT_DENY));
+    }
+}
