@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Weak};
 
@@ -72,18 +73,22 @@ pub(super) fn with_instance<R>(
 ) -> Result<R, FilterFailure> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if !pool.live.contains_key(&filter.id) {
-            let runtime = filter.runtime()?;
-            let live = instantiate(&runtime, filter, Use::Shared).map_err(|e| e.into_failure(filter))?;
-            pool.created_since_sweep += 1;
-            if pool.created_since_sweep >= 32 {
-                // forget instances of filters no model uses any more
-                pool.live.retain(|_, live| live.owner.strong_count() > 0);
-                pool.created_since_sweep = 0;
-            }
-            pool.live.insert(filter.id, live);
+        let pool = &mut *pool;
+        if pool.created_since_sweep >= 32 {
+            // forget instances of filters no model uses any more
+            pool.live.retain(|_, live| live.owner.strong_count() > 0);
+            pool.created_since_sweep = 0;
         }
-        let live = pool.live.get_mut(&filter.id).expect("inserted above");
+        // one lookup per call: the instance, or where a new one goes
+        let live = match pool.live.entry(filter.id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let runtime = filter.runtime()?;
+                let live = instantiate(&runtime, filter, Use::Shared).map_err(|e| e.into_failure(filter))?;
+                pool.created_since_sweep += 1;
+                entry.insert(live)
+            }
+        };
         match f(live) {
             Ok(value) => {
                 if live.store.data().limits.nearly_full() {
@@ -99,8 +104,8 @@ pub(super) fn with_instance<R>(
                 Ok(value)
             }
             Err(error) => {
-                let live = pool.live.remove(&filter.id).expect("present above");
                 let (kind, message) = describe(&error, live.store.data());
+                pool.live.remove(&filter.id);
                 Err(FilterFailure { filter: filter.name.clone(), kind, message })
             }
         }
