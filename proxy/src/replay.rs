@@ -444,13 +444,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::config::WeirConfig;
-    use crate::model::ModelInputs;
-    use crate::model::fqdn::FqdnCache;
     use crate::observe::flow::{DnsAnswer, DnsFlow, HttpFlow};
     use crate::observe::metrics::Metrics;
-    use crate::policy::document::parse_file;
-    use crate::wasm::{FilterRuntime, RuntimeOptions};
 
     const POLICY: &str = r#"
 apiVersion: cilium.io/v2
@@ -475,20 +470,7 @@ spec:
 "#;
 
     fn model() -> PolicyModel {
-        let runtime = Arc::new(
-            FilterRuntime::new(Arc::new(Metrics::default()), RuntimeOptions { cache_dir: None, max_instances: None })
-                .unwrap(),
-        );
-        let (documents, errors) = parse_file("p.yaml", POLICY);
-        assert!(errors.is_empty(), "{errors:?}");
-        let inputs = ModelInputs {
-            config: WeirConfig::parse("{}").unwrap(),
-            config_dir: ".".into(),
-            config_file: "weir.yaml".into(),
-            documents,
-        };
-        PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
-            .unwrap_or_else(|e| panic!("{e:?}"))
+        PolicyModel::from_texts("{}", POLICY, Arc::new(Metrics::default())).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     fn peer(app: &str, address: &str) -> FlowPeer {

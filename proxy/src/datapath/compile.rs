@@ -356,34 +356,15 @@ pub fn compile(
                         _ => entry,
                     }
                 };
-                for (protocol, number) in PORT_PROTOCOLS {
+                // Each port the rules name, and port 0 for every other one.
+                // ICMP's "ports" are the types `icmps` rules name, plus one
+                // (the kernel looks the message's up first, then port 0);
+                // where no rule names one, neither is written and ICMP is
+                // judged with the protocols without ports below.
+                for (protocol, number) in PORT_PROTOCOLS.into_iter().chain(ICMP_PROTOCOLS) {
                     let named = &ports[&number];
-                    let key = |port| PolicyKey {
-                        subject: identity.id,
-                        peer: *peer_id,
-                        port,
-                        protocol: number,
-                        direction: dir,
-                    };
-                    let other_port = (1..=u16::MAX).rev().find(|p| !named.contains(p));
-                    let wildcard = other_port.map(|port| entry(port, protocol, true));
-                    if let Some(w) = wildcard {
-                        desired.policy.insert(key(0), w);
-                    }
-                    for port in named {
-                        let v = entry(*port, protocol, false);
-                        if Some(v) != wildcard {
-                            desired.policy.insert(key(*port), v);
-                        }
-                    }
-                }
-                // ICMP types `icmps` rules name: the kernel looks the
-                // message's type plus one up first, then every other type
-                // (port 0). Where no rule names one, neither is written and
-                // ICMP is judged with the protocols without ports below.
-                for (protocol, number) in ICMP_PROTOCOLS {
-                    let named = &ports[&number];
-                    if named.is_empty() {
+                    let icmp = ICMP_PROTOCOLS.iter().any(|(p, _)| *p == protocol);
+                    if icmp && named.is_empty() {
                         continue;
                     }
                     let key = |port| PolicyKey {
@@ -393,8 +374,9 @@ pub fn compile(
                         protocol: number,
                         direction: dir,
                     };
-                    let other_type = (1..=256).find(|p| !named.contains(p));
-                    let wildcard = other_type.map(|port| entry(port, protocol, true));
+                    let last = if icmp { L4Protocol::icmp_port(u8::MAX) } else { u16::MAX };
+                    let other_port = (1..=last).rev().find(|p| !named.contains(p));
+                    let wildcard = other_port.map(|port| entry(port, protocol, true));
                     if let Some(w) = wildcard {
                         desired.policy.insert(key(0), w);
                     }
@@ -507,15 +489,8 @@ fn value(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::config::WeirConfig;
-    use crate::model::ModelInputs;
-    use crate::model::fqdn::FqdnCache;
     use crate::observe::metrics::Metrics;
-    use crate::policy::document::parse_file;
-    use crate::wasm::{FilterRuntime, RuntimeOptions};
 
     const CONFIG: &str = r#"
 endpoints:
@@ -546,20 +521,8 @@ spec:
 "#;
 
     fn compiled() -> (PolicyModel, Desired) {
-        let runtime = Arc::new(
-            FilterRuntime::new(Arc::new(Metrics::default()), RuntimeOptions { cache_dir: None, max_instances: None })
-                .unwrap(),
-        );
-        let (documents, errors) = parse_file("p.yaml", POLICY);
-        assert!(errors.is_empty(), "{errors:?}");
-        let inputs = ModelInputs {
-            config: WeirConfig::parse(CONFIG).unwrap(),
-            config_dir: ".".into(),
-            config_file: "weir.yaml".into(),
-            documents,
-        };
-        let model = PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let model =
+            PolicyModel::from_texts(CONFIG, POLICY, Arc::new(Metrics::default())).unwrap_or_else(|e| panic!("{e:?}"));
         let desired = compile(&model, &DatapathConfig::default(), &[], |_| Some(7)).unwrap();
         (model, desired)
     }

@@ -209,6 +209,30 @@ impl Resolved {
     }
 }
 
+#[cfg(test)]
+impl PolicyModel {
+    /// The model of weir.yaml text `node` and one policy file's text, built
+    /// as at start: a fresh filter runtime counting into `metrics`, no filter
+    /// cache, nothing learned from DNS. The file must parse. For tests.
+    pub(crate) fn from_texts(
+        node: &str,
+        policies: &str,
+        metrics: Arc<crate::observe::metrics::Metrics>,
+    ) -> Result<PolicyModel, Vec<PolicyError>> {
+        let options = crate::wasm::RuntimeOptions { cache_dir: None, max_instances: None };
+        let runtime = Arc::new(FilterRuntime::new(metrics, options).unwrap());
+        let (documents, errors) = crate::policy::document::parse_file("policies.yaml", policies);
+        assert!(errors.is_empty(), "{errors:?}");
+        let inputs = ModelInputs {
+            config: WeirConfig::parse(node).unwrap(),
+            config_dir: ".".into(),
+            config_file: "weir.yaml".into(),
+            documents,
+        };
+        PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
+    }
+}
+
 impl PolicyModel {
     pub fn build(
         inputs: ModelInputs,

@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::*;
-use crate::config::WeirConfig;
 use crate::context::Target;
 use crate::observe::metrics::{FilterLabels, Metrics};
-use crate::policy::document::parse_file;
-use crate::wasm::{RuntimeOptions, builtin};
+use crate::wasm::builtin;
 
 const NODE: &str = "endpoints:\n  \
     - {name: frontend, address: 127.0.0.5, labels: {app: frontend, tier: edge}}\n  \
@@ -34,18 +32,7 @@ struct Built {
 
 fn build(policy: &str) -> Built {
     let metrics = Arc::new(Metrics::default());
-    let options = RuntimeOptions { cache_dir: None, max_instances: None };
-    let runtime = Arc::new(FilterRuntime::new(metrics.clone(), options).unwrap());
-    let fqdn = Arc::new(FqdnCache::new(Default::default(), None));
-    let (documents, errors) = parse_file("web.yaml", policy);
-    assert!(errors.is_empty(), "{errors:?}");
-    let inputs = ModelInputs {
-        config: WeirConfig::parse(NODE).unwrap(),
-        config_dir: ".".into(),
-        config_file: "weir.yaml".into(),
-        documents,
-    };
-    Built { metrics, model: PolicyModel::build(inputs, &runtime, &fqdn, 1) }
+    Built { metrics: metrics.clone(), model: PolicyModel::from_texts(NODE, policy, metrics) }
 }
 
 impl Built {
@@ -203,18 +190,7 @@ fn wasm_rules_alone_speak_their_filters_protocol() {
         endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n    - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]\n      \
         toPorts: [{ports: [{port: '53', protocol: ANY}], rules: {wasm: [{name: blocklist, \
         config: {groups: [{name: only, rules: [{matchName: allowed.example}]}]}}]}}]\n";
-    let metrics = Arc::new(Metrics::default());
-    let runtime =
-        Arc::new(FilterRuntime::new(metrics, RuntimeOptions { cache_dir: None, max_instances: None }).unwrap());
-    let (documents, errors) = parse_file("dns.yaml", policy);
-    assert!(errors.is_empty(), "{errors:?}");
-    let inputs = ModelInputs {
-        config: WeirConfig::parse(node).unwrap(),
-        config_dir: ".".into(),
-        config_file: "weir.yaml".into(),
-        documents,
-    };
-    let model = PolicyModel::build(inputs, &runtime, &Arc::new(FqdnCache::new(Default::default(), None)), 1)
+    let model = PolicyModel::from_texts(node, policy, Arc::new(Metrics::default()))
         .unwrap_or_else(|e| panic!("refused: {e:?}"));
     // the DNS port's own policy filter is loaded when the model is built,
     // not when the first query comes (and HTTP's is not loaded at all)
