@@ -24,6 +24,14 @@ pod actually receives. For the datapath hardening tests.
                              ISRC:ISPORT > IDST:IDPORT
   frag-tail DST DPORT ID     the second fragment of a UDP datagram whose first
                              fragment was never sent
+  frag-part DST DPORT ID MSG first|rest
+                             the first fragment, or the others, of a UDP
+                             datagram carrying MSG (the same bytes each time)
+  frag-datagrams DST DPORT FIRST_ID N TAG
+                             N whole UDP datagrams in two fragments each, ids
+                             FIRST_ID.., payloads "TAG-I-" and padding
+  frag-heads DST DPORT FIRST_ID N
+                             N first fragments whose datagrams never finish
   hold HOST PORT SPORT       connect from SPORT to HOST:PORT and keep it open
   multi "CMD ARGS" ...       several of the senders above in one process, in
                              order (scapy takes seconds to start)
@@ -181,6 +189,43 @@ def frag_tail(dst, dport, ident):
     send(ether() / IP(src=my_address(), dst=dst, id=int(ident), proto=17, frag=3, flags=0) / (b"tail" * 10))
 
 
+def udp_fragments(me, dst, dport, ident, msg):
+    from scapy.all import IP, UDP, fragment
+
+    packet = IP(src=me, dst=dst, id=int(ident)) / UDP(sport=40000, dport=int(dport)) / msg.encode()
+    # 64 bytes of IP payload per fragment
+    return fragment(packet, fragsize=64)
+
+
+def frag_part(dst, dport, ident, msg, part):
+    frames = [ether() / f for f in udp_fragments(my_address(), dst, dport, ident, msg)]
+    send(frames[:1] if part == "first" else frames[1:])
+
+
+def frag_datagrams(dst, dport, first, n, tag):
+    from scapy.all import sendp
+
+    base, me = ether(), my_address()
+    frames = []
+    for i in range(int(n)):
+        msg = f"{tag}-{i}-".ljust(100, "x")
+        frames += [base / f for f in udp_fragments(me, dst, dport, int(first) + i, msg)]
+    # paced: the receiving pod's UDP socket must not overflow
+    sendp(frames, iface="eth0", verbose=False, inter=0.0002)
+
+
+def frag_heads(dst, dport, first, n):
+    from scapy.all import IP, UDP, sendp
+
+    base, me = ether(), my_address()
+    frames = [
+        base / IP(src=me, dst=dst, id=(int(first) + i) % 65536, flags="MF") / UDP(sport=40001, dport=int(dport))
+        / (b"h" * 56)
+        for i in range(int(n))
+    ]
+    sendp(frames, iface="eth0", verbose=False)
+
+
 def hold(host, port, sport):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -208,6 +253,9 @@ if __name__ == "__main__":
         "icmp": icmp,
         "icmp-error": icmp_error,
         "frag-tail": frag_tail,
+        "frag-part": frag_part,
+        "frag-datagrams": frag_datagrams,
+        "frag-heads": frag_heads,
         "hold": hold,
     }
     if command == "multi":

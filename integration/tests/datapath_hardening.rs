@@ -475,6 +475,67 @@ fn fragments_follow_their_first_fragments_verdict() {
     assert_eq!(entries, 0, "cli's entries are all expired and collected");
 }
 
+/// Class 5, continued: a pod's unfinished fragmented datagrams are charged
+/// to it. One pod sending 17,000 first fragments whose datagrams never
+/// finish (more than the 16,384 records the table holds) is stopped at its
+/// limit of 1,024 and pushes out no other pod's record; a finished
+/// datagram frees its record at once, so a pod sending more whole
+/// datagrams than its limit loses none; unfinished ones are freed when
+/// they expire.
+#[test]
+fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
+    let mut node = Node::new(&["cli", "srv", "oth"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let server = node.pod("srv").ip.to_string();
+    let udp_log = dir.path().join("udp");
+    node.serve(
+        "srv",
+        "udp sink",
+        "python3",
+        &[&script("datapath_peer.py"), "udp-sink", "9001", udp_log.to_str().unwrap()],
+    );
+    // both pods may send to the port: the flooding one's first fragments pass
+    let config = config(&node, &[("cli", "client"), ("srv", "server"), ("oth", "client")], SHORT_LIVED);
+    node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
+    let received = |tag: &str| read(&udp_log).lines().filter(|l| l.contains(tag)).count();
+    wait_for("client UDP delivered", Duration::from_secs(10), || {
+        send(&node, "cli", &["udp", "40000", &server, "9001", "plain"]);
+        received("plain") > 0
+    });
+
+    // more whole datagrams than the limit: each frees its record at its end
+    send(&node, "cli", &["frag-datagrams", &server, "9001", "1000", "1100", "whole"]);
+    wait_for("1,100 fragmented datagrams received", Duration::from_secs(20), || received("whole-") == 1100);
+    assert_eq!(node.weir().datapath_drops("fragment_endpoint_limit"), 0);
+    let records = |pod: &str| node.weir().metric(&format!("weir_datapath_fragment_records{{endpoint=\"{pod}\"}}"));
+    wait_for("cli's records freed", Duration::from_secs(5), || {
+        node.weir().metrics().contains("weir_datapath_fragment_records{endpoint=\"cli\"} 0")
+    });
+
+    // cli's datagram is half sent when oth floods
+    let survivor = format!("survivor-{}", "s".repeat(100));
+    send(&node, "cli", &["frag-part", &server, "9001", "4242", &survivor, "first"]);
+    send(&node, "oth", &["frag-heads", &server, "9001", "20000", "17000"]);
+    let refused = wait_drops(&node, "fragment_endpoint_limit", 15_000);
+    assert!(refused <= 17_000 - 1024, "{refused} first fragments refused: oth was held below its limit");
+    let held = records("oth");
+    assert!((1024..=1024 + 4).contains(&held), "oth holds {held} records, its limit is 1,024");
+    node.weir().wait_flow("", "oth's drop flow", |f| {
+        f.verdict == Verdict::Dropped
+            && f.reason.as_deref().is_some_and(|r| r.contains("limit of unfinished fragmented datagrams"))
+            && f.source.labels.iter().any(|l| l == "k8s:app=client")
+            && f.source.address.ip().to_string() == node.pod("oth").ip.to_string()
+    });
+    send(&node, "cli", &["frag-part", &server, "9001", "4242", &survivor, "rest"]);
+    wait_for("cli's datagram completed after the flood", Duration::from_secs(10), || received("survivor-") == 1);
+
+    // oth's records expire (30 s) and are collected: it may send again
+    wait_for("oth's records collected", Duration::from_secs(60), || records("oth") == 0);
+    send(&node, "oth", &["frag-datagrams", &server, "9001", "50000", "3", "again"]);
+    wait_for("oth's datagrams received", Duration::from_secs(10), || received("again-") == 3);
+}
+
 /// srv takes UDP 9001 from the client and may send nothing at all.
 const SERVER_SILENT: &str = r#"
 apiVersion: cilium.io/v2

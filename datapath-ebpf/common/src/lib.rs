@@ -79,7 +79,11 @@ pub mod maps {
     pub const CONNTRACK: &str = "WEIR_CONNTRACK";
     pub const CT_USAGE: &str = "WEIR_CT_USAGE";
     pub const CT_FREED: &str = "WEIR_CT_FREED";
-    pub const FRAGMENTS: &str = "WEIR_FRAGMENTS";
+    /// Renamed from `WEIR_FRAGMENTS` (an LRU) when records became charged
+    /// to endpoints: the old pin is never read.
+    pub const FRAGMENTS: &str = "WEIR_FRAGS";
+    pub const FRAG_USAGE: &str = "WEIR_FRAG_USAGE";
+    pub const FRAG_FREED: &str = "WEIR_FRAG_FREED";
     pub const DROPS: &str = "WEIR_DROPS";
     pub const PROXY_SOCKETS: &str = "WEIR_PROXY_SOCKS";
     pub const EVENTS: &str = "WEIR_EVENTS";
@@ -91,7 +95,7 @@ pub mod maps {
     pub const ENDPOINTS6: &str = "WEIR_ENDPOINTS6";
     pub const IPCACHE6: &str = "WEIR_IPCACHE6";
     pub const CONNTRACK6: &str = "WEIR_CONNTRACK6";
-    pub const FRAGMENTS6: &str = "WEIR_FRAGMENTS6";
+    pub const FRAGMENTS6: &str = "WEIR_FRAGS6";
     /// Sockets of pods on this node whose connection goes through the proxy
     /// (added by `weir_sockops`): where the proxy's writes may be spliced to.
     pub const SPLICE_PODS: &str = "WEIR_SPLICE_PODS";
@@ -115,6 +119,8 @@ pub mod maps {
         CT_FREED,
         FRAGMENTS,
         FRAGMENTS6,
+        FRAG_USAGE,
+        FRAG_FREED,
         SPLICE_PODS,
         SPLICE_PROXY,
         DELIVERY,
@@ -388,7 +394,9 @@ pub struct FragKey {
     /// IP identification, as on the wire.
     pub id: u16,
     pub protocol: u8,
-    pub _pad: u8,
+    /// Whose record: the sender's veth ([`DIR_EGRESS`](super::DIR_EGRESS))
+    /// or the receiver's ([`DIR_INGRESS`](super::DIR_INGRESS)).
+    pub direction: u8,
 }
 
 /// FRAGMENTS6 key: one IPv6 datagram being fragmented (its Fragment header's
@@ -400,7 +408,8 @@ pub struct FragKey6 {
     pub daddr: [u32; 4],
     pub id: u32,
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    pub direction: u8,
+    pub _pad: [u8; 2],
 }
 
 /// FRAGMENTS value: what the first fragment carried, for the later ones.
@@ -412,6 +421,9 @@ pub struct FragValue {
     /// Non-zero: the first fragment may be a conntrack reply (not a SYN,
     /// not an ICMP echo request).
     pub reply_candidate: u32,
+    /// The endpoint (host veth ifindex) the record is charged to.
+    pub owner: u32,
+    pub _pad: u32,
     pub expires: u64,
 }
 
@@ -431,6 +443,10 @@ pub mod conntrack {
     /// (Linux gives up reassembly after 30 s: ipfrag_time).
     pub const FRAGMENT_SECS: u32 = 30;
     pub const FRAGMENT_CAPACITY: u32 = 16384;
+    /// Records one endpoint may hold: datagrams whose first fragment passed
+    /// its veth and whose last has not (a finished datagram frees its
+    /// record). Sixteen endpoints at their limit fill the table.
+    pub const FRAGMENT_PER_ENDPOINT: u32 = 1024;
     /// IPv6 has a table of its own (see [`super::maps::CONNTRACK6`]).
     pub const CAPACITY6: u32 = 131072;
 }
@@ -479,6 +495,10 @@ pub const REASON_CT_LIMIT: u8 = 8;
 pub const REASON_CT_FULL: u8 = 9;
 /// A non-first fragment whose first fragment was not seen (or not passed).
 pub const REASON_FRAGMENT: u8 = 10;
+/// A first fragment past the endpoint's limit of unfinished datagrams.
+pub const REASON_FRAG_LIMIT: u8 = 11;
+/// A first fragment while the fragment records are full.
+pub const REASON_FRAG_FULL: u8 = 12;
 /// Size of DROPS.
 pub const DROP_REASONS: u32 = 16;
 
@@ -495,6 +515,8 @@ pub const fn reason_name(reason: u8) -> &'static str {
         REASON_CT_LIMIT => "conntrack_endpoint_limit",
         REASON_CT_FULL => "conntrack_full",
         REASON_FRAGMENT => "fragment_without_first",
+        REASON_FRAG_LIMIT => "fragment_endpoint_limit",
+        REASON_FRAG_FULL => "fragment_table_full",
         _ => "other",
     }
 }

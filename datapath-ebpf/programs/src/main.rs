@@ -48,7 +48,7 @@ use aya_ebpf::helpers::generated::{
 };
 use aya_ebpf::macros::{classifier, map, sk_msg, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, SockHash};
 use aya_ebpf::programs::{SkMsgContext, SockOpsContext, TcContext};
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
@@ -57,10 +57,10 @@ use weir_datapath_common::{
     EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_CIDR_IDENTITY,
     FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue, IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE,
-    REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN,
-    Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple,
-    VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark,
-    proxy_socket_key, proxy_socket_key6,
+    REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY,
+    REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD,
+    TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
+    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -79,8 +79,17 @@ static CT_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(16384, 0);
 /// Written by weir's collector only: entries of each endpoint it deleted.
 #[map(name = "WEIR_CT_FREED")]
 static CT_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
-#[map(name = "WEIR_FRAGMENTS")]
-static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+/// Not an LRU either: one pod's unfinished datagrams must not push out
+/// another's records. Each record is charged to the endpoint whose veth
+/// made it (FRAG_USAGE) and freed at its datagram's last fragment, or by
+/// weir's collector when it expires (FRAG_FREED).
+#[map(name = "WEIR_FRAGS")]
+static FRAGMENTS: HashMap<FragKey, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+#[map(name = "WEIR_FRAG_USAGE")]
+static FRAG_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(16384, 0);
+/// Written by weir's collector only: expired records of each endpoint it deleted.
+#[map(name = "WEIR_FRAG_FREED")]
+static FRAG_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
 #[map(name = "WEIR_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASONS, 0);
 #[map(name = "WEIR_SETTINGS")]
@@ -97,8 +106,8 @@ static ENDPOINTS6: HashMap<u32, EndpointIpv6> = HashMap::pinned(4096, 0);
 static IPCACHE6: LpmTrie<IpcacheKey6, IpcacheValue> = LpmTrie::pinned(65536, 0);
 #[map(name = "WEIR_CONNTRACK6")]
 static CT6: HashMap<CtKey6, CtValue> = HashMap::pinned(conntrack::CAPACITY6, 0);
-#[map(name = "WEIR_FRAGMENTS6")]
-static FRAGMENTS6: LruHashMap<FragKey6, FragValue> = LruHashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+#[map(name = "WEIR_FRAGS6")]
+static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
 #[map(name = "WEIR_SPLICE_PODS")]
 static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
@@ -171,6 +180,9 @@ const NEXTHDR_DEST: u8 = 60;
 const MAX_EXTENSION_HEADERS: usize = 4;
 const EEXIST: i32 = 17;
 const NANOS: u64 = 1_000_000_000;
+/// [`Packet::fragment`]: the first of a fragmented datagram, and its last.
+const FRAGMENT_FIRST: u8 = 1;
+const FRAGMENT_LAST: u8 = 2;
 
 /// The packet fields every decision needs. Addresses and ports as on the wire.
 ///
@@ -195,9 +207,9 @@ struct Packet<A> {
     reply_candidate: bool,
     /// May record a conntrack entry when allowed.
     opens: bool,
-    /// The first fragment of a fragmented datagram: the later fragments
-    /// are judged with its ports.
-    first_fragment: bool,
+    /// [`FRAGMENT_FIRST`] of a fragmented datagram: the later fragments are
+    /// judged with its ports, until [`FRAGMENT_LAST`] passes; 0 otherwise.
+    fragment: u8,
     /// IP identification (IPv4's 16 bits, or the IPv6 Fragment header's 32).
     ip_id: u32,
     /// An ICMP error (unreachable, time exceeded, parameter problem, and
@@ -229,8 +241,10 @@ trait Addr: Copy + PartialEq + Default + 'static {
     type Fragment: 'static;
     const FAMILY: u8;
     fn conntrack() -> &'static HashMap<Tuple<Self>, CtValue>;
-    fn fragments() -> &'static LruHashMap<Self::Fragment, FragValue>;
-    fn fragment_key(t: &Tuple<Self>, id: u32) -> Self::Fragment;
+    fn fragments() -> &'static HashMap<Self::Fragment, FragValue>;
+    /// `direction`: the sender's veth (egress) and the receiver's (ingress)
+    /// keep records of their own, each charged to its endpoint.
+    fn fragment_key(t: &Tuple<Self>, id: u32, direction: u8) -> Self::Fragment;
     /// The identity and local interface the ipcache holds for the address.
     fn ipcache(self) -> IpcacheValue;
     /// The tuple `bpf_skc_lookup_tcp` reads, and its size.
@@ -255,12 +269,12 @@ impl Addr for u32 {
         &CT
     }
     #[inline(always)]
-    fn fragments() -> &'static LruHashMap<FragKey, FragValue> {
+    fn fragments() -> &'static HashMap<FragKey, FragValue> {
         &FRAGMENTS
     }
     #[inline(always)]
-    fn fragment_key(t: &CtKey, id: u32) -> FragKey {
-        FragKey { saddr: t.saddr, daddr: t.daddr, id: id as u16, protocol: t.protocol, _pad: 0 }
+    fn fragment_key(t: &CtKey, id: u32, direction: u8) -> FragKey {
+        FragKey { saddr: t.saddr, daddr: t.daddr, id: id as u16, protocol: t.protocol, direction }
     }
     #[inline(always)]
     fn ipcache(self) -> IpcacheValue {
@@ -309,12 +323,12 @@ impl Addr for [u32; 4] {
         &CT6
     }
     #[inline(always)]
-    fn fragments() -> &'static LruHashMap<FragKey6, FragValue> {
+    fn fragments() -> &'static HashMap<FragKey6, FragValue> {
         &FRAGMENTS6
     }
     #[inline(always)]
-    fn fragment_key(t: &CtKey6, id: u32) -> FragKey6 {
-        FragKey6 { saddr: t.saddr, daddr: t.daddr, id, protocol: t.protocol, _pad: [0; 3] }
+    fn fragment_key(t: &CtKey6, id: u32, direction: u8) -> FragKey6 {
+        FragKey6 { saddr: t.saddr, daddr: t.daddr, id, protocol: t.protocol, direction, _pad: [0; 2] }
     }
     #[inline(always)]
     fn ipcache(self) -> IpcacheValue {
@@ -395,10 +409,10 @@ fn shot(reason: u8) -> i32 {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
+fn parse(ctx: &TcContext, direction: u8) -> Result<Parsed, i64> {
     match frame(ctx)? {
-        Frame::Ipv4 => parse_ipv4(ctx),
-        Frame::Ipv6 => parse_ipv6(ctx),
+        Frame::Ipv4 => parse_ipv4(ctx, direction),
+        Frame::Ipv6 => parse_ipv6(ctx, direction),
         Frame::Other(parsed) => Ok(parsed),
     }
 }
@@ -438,20 +452,21 @@ fn new_packet<A: Addr>(saddr: A, daddr: A, protocol: u8, ip_id: u32) -> Packet<A
         syn: false,
         reply_candidate: true,
         opens: true,
-        first_fragment: false,
+        fragment: 0,
         ip_id,
         quoted: None,
         neighbor: None,
     }
 }
 
-/// A later fragment: no L4 header; it is what its first fragment was.
+/// A later fragment: no L4 header; it is what its first fragment was, as
+/// recorded on this veth (`direction`).
 #[inline(always)]
-fn later_fragment<A: Addr>(mut packet: Packet<A>) -> Parsed
+fn later_fragment<A: Addr>(mut packet: Packet<A>, direction: u8, last: bool) -> Parsed
 where
     Parsed: From<Packet<A>>,
 {
-    let key = A::fragment_key(&packet.tuple, packet.ip_id);
+    let key = A::fragment_key(&packet.tuple, packet.ip_id, direction);
     let Some(first) = (unsafe { A::fragments().get(&key) }).copied() else {
         return Parsed::Drop(REASON_FRAGMENT);
     };
@@ -462,6 +477,9 @@ where
     packet.tuple.dport = first.dport;
     packet.reply_candidate = first.reply_candidate != 0;
     packet.opens = false;
+    if last {
+        packet.fragment = FRAGMENT_LAST;
+    }
     Parsed::from(packet)
 }
 
@@ -494,7 +512,7 @@ fn read_ports<A: Addr>(ctx: &TcContext, packet: &mut Packet<A>, l4: usize) -> Re
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
+fn parse_ipv4(ctx: &TcContext, direction: u8) -> Result<Parsed, i64> {
     let version_ihl: u8 = ctx.load(ETH_HLEN)?;
     if version_ihl >> 4 != 4 || version_ihl & 0x0F < 5 {
         return Ok(Parsed::Drop(REASON_MALFORMED));
@@ -508,9 +526,11 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
     let l4 = ETH_HLEN + ihl;
     let mut packet = new_packet(saddr, daddr, protocol, ip_id as u32);
     if frag & IP_OFFSET != 0 {
-        return Ok(later_fragment(packet));
+        return Ok(later_fragment(packet, direction, frag & IP_MF == 0));
     }
-    packet.first_fragment = frag & IP_MF != 0;
+    if frag & IP_MF != 0 {
+        packet.fragment = FRAGMENT_FIRST;
+    }
     if has_ports(protocol) {
         read_ports(ctx, &mut packet, l4)?;
     } else if protocol == PROTO_ICMP {
@@ -549,7 +569,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Parsed, i64> {
 /// ends at a fragment header: what follows it in a later fragment is
 /// payload, not headers, so an extension header after it is refused too.
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
+fn parse_ipv6(ctx: &TcContext, direction: u8) -> Result<Parsed, i64> {
     let version: u8 = ctx.load(ETH_HLEN)?;
     if version >> 4 != 6 {
         return Ok(Parsed::Drop(REASON_MALFORMED));
@@ -590,9 +610,11 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Parsed, i64> {
     let mut packet = new_packet(saddr, daddr, next, ip_id);
     // the fragment offset is in the upper 13 bits; M is bit 0
     if offset_flags & 0xFFF8 != 0 {
-        return Ok(later_fragment(packet));
+        return Ok(later_fragment(packet, direction, offset_flags & 1 == 0));
     }
-    packet.first_fragment = offset_flags & 1 != 0;
+    if offset_flags & 1 != 0 {
+        packet.fragment = FRAGMENT_FIRST;
+    }
     let l4 = offset;
     if has_ports(next) {
         read_ports(ctx, &mut packet, l4)?;
@@ -724,18 +746,52 @@ fn related_error<A: Addr>(packet: &Packet<A>) -> bool {
     }
 }
 
-/// Remember a passed first fragment's ports for the rest of its datagram.
+/// After a fragment passed this veth (`direction`): remember a first
+/// fragment's ports for the rest of its datagram, charged to `owner`; forget
+/// them at the last one. `Err(reason)`: no room for the record; the caller
+/// drops the first fragment, as its datagram could not be delivered whole.
 #[inline(always)]
-fn record_fragment<A: Addr>(packet: &Packet<A>) {
+fn fragment_passed<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Result<(), u8> {
     let t = &packet.tuple;
-    let key = A::fragment_key(t, packet.ip_id);
-    let value = FragValue {
+    let key = A::fragment_key(t, packet.ip_id, direction);
+    if packet.fragment == FRAGMENT_LAST {
+        if let Some(record) = unsafe { A::fragments().get(&key) } {
+            let holder = record.owner;
+            // of two CPUs deleting it, one releases it
+            if A::fragments().remove(&key).is_ok() {
+                release(&FRAG_USAGE, holder);
+            }
+        }
+        return Ok(());
+    }
+    let expires = now() + conntrack::FRAGMENT_SECS as u64 * NANOS;
+    let mut value = FragValue {
         sport: t.sport,
         dport: t.dport,
         reply_candidate: packet.reply_candidate as u32,
-        expires: now() + conntrack::FRAGMENT_SECS as u64 * NANOS,
+        owner,
+        _pad: 0,
+        expires,
     };
-    let _ = A::fragments().insert(&key, &value, 0);
+    if let Some(record) = A::fragments().get_ptr_mut(&key) {
+        // the first fragment again (resent, or the id reused): its holder keeps it
+        value.owner = unsafe { (*record).owner };
+        unsafe { *record = value };
+        return Ok(());
+    }
+    let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, conntrack::FRAGMENT_PER_ENDPOINT, REASON_FRAG_LIMIT)?;
+    match A::fragments().insert(&key, &value, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            add(unsafe { &mut (*usage).reclaimed }, 1);
+            if e == -EEXIST {
+                Ok(())
+            } else {
+                add(unsafe { &mut (*usage).refused }, 1);
+                Err(REASON_FRAG_FULL)
+            }
+        }
+    }
 }
 
 /// Read once per packet, before its policy lookups: an entry opened or
@@ -837,22 +893,26 @@ fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// Count one more entry for `owner`, unless it is at its limit.
+/// Count one more entry for `owner` in `usage` (conntrack's or the
+/// fragment records'), unless it holds `limit` (`limit_reason`).
 #[inline(always)]
-fn charge(owner: u32) -> Result<*mut CtUsage, u8> {
-    let usage = match CT_USAGE.get_ptr_mut(&owner) {
-        Some(usage) => usage,
+fn charge(
+    usage: &HashMap<u32, CtUsage>,
+    freed: &HashMap<u32, u64>,
+    owner: u32,
+    limit: u32,
+    limit_reason: u8,
+) -> Result<*mut CtUsage, u8> {
+    let counts = match usage.get_ptr_mut(&owner) {
+        Some(counts) => counts,
         None => {
-            let _ = CT_USAGE.insert(&owner, &CtUsage::default(), BPF_NOEXIST as u64);
-            CT_USAGE.get_ptr_mut(&owner).ok_or(REASON_CT_FULL)?
+            let _ = usage.insert(&owner, &CtUsage::default(), BPF_NOEXIST as u64);
+            usage.get_ptr_mut(&owner).ok_or(limit_reason)?
         }
     };
-    let freed = unsafe { CT_FREED.get(&owner) }.copied().unwrap_or(0);
-    let limit = match settings().ct_per_endpoint {
-        0 => conntrack::PER_ENDPOINT,
-        n => n,
-    } as u64;
-    let u = unsafe { &mut *usage };
+    let freed = unsafe { freed.get(&owner) }.copied().unwrap_or(0);
+    let limit = limit as u64;
+    let u = unsafe { &mut *counts };
     // racing CPUs may each pass the check: the limit holds to within one
     // entry per CPU. A count that went below zero (a race with the
     // collector) reads as empty, never as full.
@@ -860,17 +920,26 @@ fn charge(owner: u32) -> Result<*mut CtUsage, u8> {
     let used = if u.created > gone { u.created - gone } else { 0 };
     if used >= limit {
         add(&mut u.refused, 1);
-        return Err(REASON_CT_LIMIT);
+        return Err(limit_reason);
     }
     add(&mut u.created, 1);
-    Ok(usage)
+    Ok(counts)
 }
 
 #[inline(always)]
-fn release(owner: u32) {
-    if let Some(usage) = CT_USAGE.get_ptr_mut(&owner) {
+fn release(usage: &HashMap<u32, CtUsage>, owner: u32) {
+    if let Some(usage) = usage.get_ptr_mut(&owner) {
         add(unsafe { &mut (*usage).reclaimed }, 1);
     }
+}
+
+#[inline(always)]
+fn charge_conntrack(owner: u32) -> Result<*mut CtUsage, u8> {
+    let limit = match settings().ct_per_endpoint {
+        0 => conntrack::PER_ENDPOINT,
+        n => n,
+    };
+    charge(&CT_USAGE, &CT_FREED, owner, limit, REASON_CT_LIMIT)
 }
 
 /// Record a new connection charged to `owner` (the endpoint whose veth
@@ -884,13 +953,13 @@ fn ct_open<A: Addr>(t: &Tuple<A>, flags: u32, src: u32, dst: u32, owner: u32, re
         // the tuple's old entry (expired, closing, or a restarted handshake)
         let previous = unsafe { (*entry).owner };
         if previous != owner {
-            charge(owner)?;
-            release(previous);
+            charge_conntrack(owner)?;
+            release(&CT_USAGE, previous);
         }
         unsafe { *entry = value };
         return Ok(());
     }
-    let usage = charge(owner)?;
+    let usage = charge_conntrack(owner)?;
     match A::conntrack().insert(t, &value, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -979,7 +1048,11 @@ fn policy<A: Addr>(subject: u32, flags: u32, peer: u32, t: &Tuple<A>, l4_byte: u
 
 #[inline(always)]
 fn emit<A: Addr>(kind: u8, reason: u8, direction: u8, t: &Tuple<A>, src: u32, dst: u32, ifindex: u32, rule: u32) {
-    let event = Event {
+    // written in place in the ring, not built on the stack and copied: the
+    // programs are near BPF's 512-byte stack. A full ring loses the event,
+    // never the decision.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else { return };
+    entry.write(Event {
         kind,
         reason,
         direction,
@@ -994,9 +1067,8 @@ fn emit<A: Addr>(kind: u8, reason: u8, direction: u8, t: &Tuple<A>, src: u32, ds
         _pad: [0; 3],
         saddr: t.saddr.event_address(),
         daddr: t.daddr.event_address(),
-    };
-    // a full ring loses the event, never the decision
-    let _ = EVENTS.output::<Event>(&event, 0);
+    });
+    entry.submit(0);
 }
 
 /// Hand a TCP packet to the proxy: the socket that already owns the 4-tuple
@@ -1204,7 +1276,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, i64> {
 /// map ([`PACKET6`]) to keep the frame under BPF's 512 bytes.
 #[inline(always)]
 fn from_pod_ipv4(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo) -> i32 {
-    match parse_ipv4(ctx) {
+    match parse_ipv4(ctx, DIR_EGRESS) {
         Err(_) => shot(REASON_MALFORMED),
         // a pod without an IPv4 address sends none
         Ok(Parsed::Ipv4(_)) if endpoint.ipv4 == 0 => shot(REASON_SPOOFED),
@@ -1215,7 +1287,7 @@ fn from_pod_ipv4(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo) -> i32 
 
 #[inline(always)]
 fn from_pod_ipv6(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo) -> i32 {
-    match parse_ipv6(ctx) {
+    match parse_ipv6(ctx, DIR_EGRESS) {
         Err(_) => shot(REASON_MALFORMED),
         Ok(Parsed::Ipv6(parsed)) => {
             let Some(packet) = PACKET6.get_ptr_mut(0) else { return shot(REASON_MALFORMED) };
@@ -1247,8 +1319,11 @@ fn from_pod_packet<A: Addr>(
         return TC_ACT_OK as i32;
     }
     let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
-    if (action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT) && packet.first_fragment {
-        record_fragment(packet);
+    if (action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT) && packet.fragment != 0 {
+        if let Err(reason) = fragment_passed(packet, DIR_EGRESS, ifindex) {
+            emit(EVENT_DROP, reason, DIR_EGRESS, &packet.tuple, endpoint.identity, 0, ifindex, 0);
+            return shot(reason);
+        }
     }
     action
 }
@@ -1464,7 +1539,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, i64> {
         Ok(found) => found,
         Err(action) => return Ok(action),
     };
-    Ok(match parse(ctx)? {
+    Ok(match parse(ctx, DIR_INGRESS)? {
         Parsed::Ipv4(packet) => to_pod_packet(ctx, ifindex, &endpoint, &packet),
         Parsed::Ipv6(packet) => match pod_ipv6(ifindex) {
             Some(address) => {
@@ -1491,8 +1566,11 @@ fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo
         return TC_ACT_OK as i32;
     }
     let action = judge_to_pod(ctx, ifindex, endpoint, packet);
-    if action == TC_ACT_OK as i32 && packet.first_fragment {
-        record_fragment(packet);
+    if action == TC_ACT_OK as i32 && packet.fragment != 0 {
+        if let Err(reason) = fragment_passed(packet, DIR_INGRESS, ifindex) {
+            emit(EVENT_DROP, reason, DIR_INGRESS, &packet.tuple, 0, endpoint.identity, ifindex, 0);
+            return shot(reason);
+        }
     }
     action
 }
@@ -1629,7 +1707,8 @@ pub fn weir_from_netdev(ctx: TcContext) -> i32 {
 /// their flows included).
 #[inline(always)]
 fn from_netdev(ctx: &TcContext) -> Result<i32, i64> {
-    Ok(match parse(ctx)? {
+    // the records `weir_to_pod` keeps, for a later fragment's ports
+    Ok(match parse(ctx, DIR_INGRESS)? {
         Parsed::Ipv4(packet) => from_netdev_packet(ctx, &packet),
         Parsed::Ipv6(packet) => from_netdev_packet(ctx, &packet),
         _ => TC_ACT_UNSPEC,

@@ -1,6 +1,7 @@
 //! Kernel events (drops, and verdicts for new connections) into flow
 //! records; the kernel's drop counters and conntrack fill into metrics; and
-//! the conntrack collector, which deletes expired entries.
+//! the collector, which deletes expired conntrack entries and fragment
+//! records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,9 +13,9 @@ use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
     CtKey, CtKey6, CtUsage, CtValue, DIR_INGRESS, DROP_REASONS, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, Event, EventV4,
-    FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_CT_FULL,
-    REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY,
-    REASON_SPOOFED, REASON_VLAN, reason_name,
+    FAMILY_IPV4, FAMILY_IPV6, FragKey, FragKey6, FragValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT,
+    REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, reason_name,
 };
 
 use crate::engines::state::ProxyState;
@@ -39,10 +40,64 @@ pub struct Kernel {
     pub conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
     /// Size of the (IPv4) conntrack table.
     pub capacity: u32,
-    pub usage: BpfHashMap<MapData, u32, CtUsage>,
-    pub freed: BpfHashMap<MapData, u32, u64>,
+    pub usage: Ledger,
+    pub fragments: BpfHashMap<MapData, FragKey, FragValue>,
+    pub fragments6: BpfHashMap<MapData, FragKey6, FragValue>,
+    pub fragment_usage: Ledger,
     pub drops: PerCpuArray<MapData, u64>,
     pub gc_interval: Duration,
+}
+
+/// Per-endpoint counts of one table's entries (conntrack's, or the fragment
+/// records'): the programs add to `created`, `reclaimed` and `refused` in
+/// the usage map, the collector writes what it deleted into the freed map;
+/// one writer per field, so no update is lost.
+pub struct Ledger {
+    pub usage: BpfHashMap<MapData, u32, CtUsage>,
+    pub freed: BpfHashMap<MapData, u32, u64>,
+}
+
+impl Ledger {
+    /// Add what a sweep deleted, per owner.
+    fn add_freed(&mut self, freed_now: HashMap<u32, u64>) {
+        // added to what the map holds, not written from this process's own
+        // total: during a hand-over two weirs have collected into it
+        for (owner, count) in freed_now {
+            let total = self.freed.get(&owner, 0).unwrap_or(0) + count;
+            if let Err(e) = self.freed.insert(owner, total, 0) {
+                tracing::warn!(owner, "datapath usage not updated: {e}");
+            }
+        }
+    }
+
+    /// Forget the usage of interfaces that are no endpoint anymore and hold
+    /// no entry (veths come and go, each with a new ifindex); returns them.
+    fn forget_gone(&mut self, endpoints: &BTreeMap<u32, String>) -> Vec<u32> {
+        if endpoints.is_empty() {
+            return Vec::new();
+        }
+        let gone: Vec<u32> = self
+            .usages()
+            .into_iter()
+            .filter(|(owner, usage)| !endpoints.contains_key(owner) && self.in_use(*owner, usage) == 0)
+            .map(|(owner, _)| owner)
+            .collect();
+        for owner in &gone {
+            let _ = self.usage.remove(owner);
+            let _ = self.freed.remove(owner);
+        }
+        gone
+    }
+
+    /// Entries `owner` holds (as the programs count them).
+    fn in_use(&self, owner: u32, usage: &CtUsage) -> u64 {
+        let gone = usage.reclaimed + self.freed.get(&owner, 0).unwrap_or(0);
+        usage.created.saturating_sub(gone)
+    }
+
+    fn usages(&self) -> Vec<(u32, CtUsage)> {
+        self.usage.iter().filter_map(Result::ok).collect()
+    }
 }
 
 /// Read events until the ring is closed; meanwhile a thread keeps the
@@ -51,10 +106,31 @@ pub struct Kernel {
 /// A weir taking over starts collecting once it serves; one that handed
 /// over stops (`handover`): the conntrack table is the successor's.
 pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleTexts>>) {
-    let Kernel { ring, conntrack, conntrack6, capacity, usage, freed, drops, gc_interval } = kernel;
+    let Kernel {
+        ring,
+        conntrack,
+        conntrack6,
+        capacity,
+        usage,
+        fragments,
+        fragments6,
+        fragment_usage,
+        drops,
+        gc_interval,
+    } = kernel;
     state.metrics.datapath.conntrack_capacity.set(i64::from(capacity));
     crate::handover::sockets::until_serving().await;
-    let mut collector = Collector::new(conntrack, conntrack6, usage, freed, drops);
+    let mut collector = Collector {
+        conntrack,
+        conntrack6,
+        usage,
+        fragments,
+        fragments6,
+        fragment_usage,
+        drops,
+        last_drops: [0; DROP_REASONS as usize],
+        last_refused: HashMap::new(),
+    };
     let (counter_state, counter_rules) = (state.clone(), rules.clone());
     let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
         let mut last_sweep = Instant::now();
@@ -146,80 +222,39 @@ pub(super) fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Deletes expired conntrack entries and reads the kernel's counters.
+/// Deletes expired conntrack entries and fragment records, and reads the
+/// kernel's counters.
 struct Collector {
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
     conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
-    usage: BpfHashMap<MapData, u32, CtUsage>,
-    freed_map: BpfHashMap<MapData, u32, u64>,
+    usage: Ledger,
+    fragments: BpfHashMap<MapData, FragKey, FragValue>,
+    fragments6: BpfHashMap<MapData, FragKey6, FragValue>,
+    fragment_usage: Ledger,
     drops: PerCpuArray<MapData, u64>,
-    /// Entries deleted per owner since the maps were created (CT_FREED).
-    freed: HashMap<u32, u64>,
     last_drops: [u64; DROP_REASONS as usize],
     last_refused: HashMap<u32, u64>,
 }
 
 impl Collector {
-    fn new(
-        conntrack: BpfHashMap<MapData, CtKey, CtValue>,
-        conntrack6: BpfHashMap<MapData, CtKey6, CtValue>,
-        usage: BpfHashMap<MapData, u32, CtUsage>,
-        freed_map: BpfHashMap<MapData, u32, u64>,
-        drops: PerCpuArray<MapData, u64>,
-    ) -> Collector {
-        // a weir taking over pinned maps goes on from their totals
-        let freed = freed_map.iter().filter_map(Result::ok).collect();
-        Collector {
-            conntrack,
-            conntrack6,
-            usage,
-            freed_map,
-            drops,
-            freed,
-            last_drops: [0; DROP_REASONS as usize],
-            last_refused: HashMap::new(),
-        }
-    }
-
-    /// Delete the entries whose deadline has passed; returns how many.
-    /// Also forgets the usage of interfaces that are no endpoint anymore and
-    /// hold no entry (veths come and go, each with a new ifindex).
+    /// Delete the conntrack entries and fragment records whose deadline has
+    /// passed; returns how many conntrack entries went. Also forgets the
+    /// usage of endpoints that are gone.
     fn sweep(&mut self, endpoints: &BTreeMap<u32, String>) -> u64 {
         let now = monotonic_ns();
         let mut freed_now: HashMap<u32, u64> = HashMap::new();
         let deleted = sweep_table(&mut self.conntrack, now, &mut freed_now)
             + sweep_table(&mut self.conntrack6, now, &mut freed_now);
-        // added to what the map holds, not written from this process's own
-        // total: during a hand-over two weirs have collected into it
-        for (owner, count) in freed_now {
-            let total = self.freed_map.get(&owner, 0).unwrap_or(0) + count;
-            if let Err(e) = self.freed_map.insert(owner, total, 0) {
-                tracing::warn!(owner, "conntrack usage not updated: {e}");
-            }
-            self.freed.insert(owner, total);
+        self.usage.add_freed(freed_now);
+        let mut fragments_freed: HashMap<u32, u64> = HashMap::new();
+        sweep_table(&mut self.fragments, now, &mut fragments_freed);
+        sweep_table(&mut self.fragments6, now, &mut fragments_freed);
+        self.fragment_usage.add_freed(fragments_freed);
+        for owner in self.usage.forget_gone(endpoints) {
+            self.last_refused.remove(&owner);
         }
-        if !endpoints.is_empty() {
-            let gone: Vec<u32> = self
-                .usage
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(owner, usage)| !endpoints.contains_key(owner) && self.in_use(*owner, usage) == 0)
-                .map(|(owner, _)| owner)
-                .collect();
-            for owner in gone {
-                let _ = self.usage.remove(&owner);
-                let _ = self.freed_map.remove(&owner);
-                self.freed.remove(&owner);
-                self.last_refused.remove(&owner);
-            }
-        }
+        self.fragment_usage.forget_gone(endpoints);
         deleted
-    }
-
-    /// Entries `owner` holds (as the programs count them).
-    fn in_use(&self, owner: u32, usage: &CtUsage) -> u64 {
-        let gone = usage.reclaimed + self.freed_map.get(&owner, 0).unwrap_or(0);
-        usage.created.saturating_sub(gone)
     }
 
     fn publish(&mut self, metrics: &DatapathMetrics, rules: &RuleTexts) {
@@ -232,38 +267,67 @@ impl Collector {
             }
             *last = total;
         }
-        let usages: Vec<(u32, CtUsage)> = self.usage.iter().filter_map(Result::ok).collect();
-        for (owner, usage) in usages {
-            let held = self.in_use(owner, &usage);
-            let endpoint = rules.endpoints.get(&owner).cloned().unwrap_or_else(|| format!("ifindex-{owner}"));
-            let labels = EndpointLabels { endpoint };
-            metrics.conntrack_entries.get_or_create(&labels).set(held as i64);
+        let labels = |owner: u32| EndpointLabels {
+            endpoint: rules.endpoints.get(&owner).cloned().unwrap_or_else(|| format!("ifindex-{owner}")),
+        };
+        for (owner, usage) in self.usage.usages() {
+            let held = self.usage.in_use(owner, &usage);
+            metrics.conntrack_entries.get_or_create(&labels(owner)).set(held as i64);
             let last = self.last_refused.entry(owner).or_default();
             if usage.refused > *last {
-                metrics.conntrack_refused.get_or_create(&labels).inc_by(usage.refused - *last);
+                metrics.conntrack_refused.get_or_create(&labels(owner)).inc_by(usage.refused - *last);
             }
             *last = usage.refused;
         }
+        for (owner, usage) in self.fragment_usage.usages() {
+            let held = self.fragment_usage.in_use(owner, &usage);
+            metrics.fragment_records.get_or_create(&labels(owner)).set(held as i64);
+        }
+    }
+}
+
+/// What the collector needs of a table's values.
+trait Expiring: aya::Pod + PartialEq {
+    fn expires(&self) -> u64;
+    fn owner(&self) -> u32;
+}
+
+impl Expiring for CtValue {
+    fn expires(&self) -> u64 {
+        self.expires
+    }
+    fn owner(&self) -> u32 {
+        self.owner
+    }
+}
+
+impl Expiring for FragValue {
+    fn expires(&self) -> u64 {
+        self.expires
+    }
+    fn owner(&self) -> u32 {
+        self.owner
     }
 }
 
 /// Delete `table`'s entries whose deadline has passed, counting them per
 /// owner into `freed`; returns how many.
-fn sweep_table<K: aya::Pod>(
-    table: &mut BpfHashMap<MapData, K, CtValue>,
+fn sweep_table<K: aya::Pod, V: Expiring>(
+    table: &mut BpfHashMap<MapData, K, V>,
     now: u64,
     freed: &mut HashMap<u32, u64>,
 ) -> u64 {
-    let expired: Vec<(K, CtValue)> = table.iter().filter_map(Result::ok).filter(|(_, v)| v.expires <= now).collect();
+    let expired: Vec<(K, V)> = table.iter().filter_map(Result::ok).filter(|(_, v)| v.expires() <= now).collect();
     let mut deleted = 0;
     for (key, value) in expired {
         // the programs may have restarted the entry since (a new
-        // connection on the same tuple): leave that one alone
+        // connection on the same tuple, a first fragment resent): leave
+        // that one alone
         if table.get(&key, 0).ok() != Some(value) {
             continue;
         }
         if table.remove(&key).is_ok() {
-            *freed.entry(value.owner).or_default() += 1;
+            *freed.entry(value.owner()).or_default() += 1;
             deleted += 1;
         }
     }
@@ -285,6 +349,10 @@ fn drop_reason(event: &Event) -> String {
                              segments left, or more than 4 extension headers)"
             .into(),
         REASON_FRAGMENT => "an IP fragment whose first fragment did not pass".into(),
+        REASON_FRAG_LIMIT => "first fragment refused: the endpoint holds its limit of unfinished fragmented \
+                              datagrams"
+            .into(),
+        REASON_FRAG_FULL => "first fragment refused: the fragment records are full".into(),
         REASON_CT_LIMIT => "new connection refused: the endpoint holds its limit of conntrack entries".into(),
         REASON_CT_FULL => "new connection refused: the conntrack table is full".into(),
         other => format!("dropped ({})", reason_name(other)),

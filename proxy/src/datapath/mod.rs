@@ -191,7 +191,7 @@ impl Datapath {
     }
 
     /// The kernel's event ring and counters, for [`events::run`] (which
-    /// also collects expired conntrack entries). Call once.
+    /// also collects expired conntrack entries and fragment records). Call once.
     pub fn take_events(&mut self) -> anyhow::Result<events::Kernel> {
         let mut take = |name: &str| self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} already taken"));
         let conntrack = take(maps::CONNTRACK)?;
@@ -206,8 +206,16 @@ impl Datapath {
             conntrack: BpfHashMap::try_from(conntrack)?,
             conntrack6: BpfHashMap::try_from(conntrack6)?,
             capacity: capacity.unwrap_or(self.config.conntrack.capacity),
-            usage: BpfHashMap::try_from(take(maps::CT_USAGE)?)?,
-            freed: BpfHashMap::try_from(take(maps::CT_FREED)?)?,
+            usage: events::Ledger {
+                usage: BpfHashMap::try_from(take(maps::CT_USAGE)?)?,
+                freed: BpfHashMap::try_from(take(maps::CT_FREED)?)?,
+            },
+            fragments: BpfHashMap::try_from(take(maps::FRAGMENTS)?)?,
+            fragments6: BpfHashMap::try_from(take(maps::FRAGMENTS6)?)?,
+            fragment_usage: events::Ledger {
+                usage: BpfHashMap::try_from(take(maps::FRAG_USAGE)?)?,
+                freed: BpfHashMap::try_from(take(maps::FRAG_FREED)?)?,
+            },
             drops: PerCpuArray::try_from(take(maps::DROPS)?)?,
             gc_interval: self.config.conntrack.gc_interval,
         })

@@ -172,6 +172,8 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
     let usage: BTreeMap<u32, CtUsage> = entries(maps_dir, maps::CT_USAGE);
     let ipv6: BTreeMap<u32, EndpointIpv6> = entries(maps_dir, maps::ENDPOINTS6);
     let freed: BTreeMap<u32, u64> = entries(maps_dir, maps::CT_FREED);
+    let fragment_usage: BTreeMap<u32, CtUsage> = entries(maps_dir, maps::FRAG_USAGE);
+    let fragments_freed: BTreeMap<u32, u64> = entries(maps_dir, maps::FRAG_FREED);
     let delivery: BTreeMap<u32, Delivery> = entries(maps_dir, maps::DELIVERY);
     let delivery6: BTreeMap<EndpointIpv6, Delivery> = entries(maps_dir, maps::DELIVERY6);
     let mut out = Vec::new();
@@ -182,10 +184,14 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
             .filter(|p| links.iter().any(|l| *l == super::link_name(&interface, p)))
             .collect();
         let programs = if linked.is_empty() { "none".to_string() } else { linked.join(",") };
-        let (held, refused) = usage.get(&ifindex).map_or((0, 0), |u| {
-            let gone = u.reclaimed + freed.get(&ifindex).copied().unwrap_or(0);
-            (u.created.saturating_sub(gone), u.refused)
-        });
+        let held_refused = |usage: &BTreeMap<u32, CtUsage>, freed: &BTreeMap<u32, u64>| {
+            usage.get(&ifindex).map_or((0, 0), |u| {
+                let gone = u.reclaimed + freed.get(&ifindex).copied().unwrap_or(0);
+                (u.created.saturating_sub(gone), u.refused)
+            })
+        };
+        let (held, refused) = held_refused(&usage, &freed);
+        let (fragments_held, fragments_refused) = held_refused(&fragment_usage, &fragments_freed);
         let mut address = std::net::Ipv4Addr::from(info.ipv4.to_ne_bytes()).to_string();
         if let Some(v6) = ipv6.get(&ifindex) {
             address = format!("{address},{}", super::ipv6_of(*v6));
@@ -197,7 +203,7 @@ fn endpoint_lines(maps_dir: &Path, links: &[String]) -> Vec<String> {
         let delivered = if past { "past the node's stack" } else { "by the node's routing" };
         out.push(format!(
             "endpoint {interface} {address} identity {}: programs {programs}; conntrack {held} held, {refused} refused; \
-             delivered {delivered}",
+             fragmented datagrams {fragments_held} held, {fragments_refused} refused; delivered {delivered}",
             info.identity
         ));
     }

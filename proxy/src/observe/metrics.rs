@@ -373,6 +373,7 @@ pub struct DatapathMetrics {
     pub conntrack_refused: Family<EndpointLabels, Counter>,
     pub conntrack_expired: Counter,
     pub conntrack_capacity: Gauge,
+    pub fragment_records: Family<EndpointLabels, Gauge>,
 }
 
 impl DatapathMetrics {
@@ -401,6 +402,11 @@ impl DatapathMetrics {
             "datapath_conntrack_capacity",
             "Size of the conntrack table",
             self.conntrack_capacity.clone(),
+        );
+        registry.register(
+            "datapath_fragment_records",
+            "Fragmented datagrams of each endpoint whose first fragment passed and whose last has not",
+            self.fragment_records.clone(),
         );
     }
 }
