@@ -631,6 +631,14 @@ fn icmps_rules_let_only_the_named_icmp_types_through() {
         f.verdict == Verdict::Dropped && f.protocol == "icmp" && f.source.labels.iter().any(|l| l == "k8s:app=monitor")
     });
     assert!(refused.reason.as_deref().unwrap_or_default().contains("ICMP type"), "{refused:?}");
+    // the kernel's flows carry the message's type
+    assert_eq!(refused.icmp_type, Some(13), "{refused:?}");
+    let allowed = node.weir().wait_flow("", "the monitor's echo request allowed", |f| {
+        f.verdict == Verdict::Forwarded
+            && f.protocol == "icmp"
+            && f.source.labels.iter().any(|l| l == "k8s:app=monitor")
+    });
+    assert_eq!(allowed.icmp_type, Some(8), "{allowed:?}");
     node.weir().wait_flow("", "the client's ping's drop", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "icmp" && f.source.labels.iter().any(|l| l == "k8s:app=client")
     });

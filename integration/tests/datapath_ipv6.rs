@@ -560,5 +560,7 @@ fn icmps_rules_name_icmpv6_types_of_their_family_only() {
         f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.destination.address.ip().to_string() == server6
     });
     assert!(drop.reason.as_deref().unwrap_or_default().contains("ICMP type"), "{drop:?}");
+    // node information query: ICMPv6 type 139, in the kernel's flow
+    assert_eq!(drop.icmp_type, Some(139), "{drop:?}");
     assert_eq!(ping6(&node, "cli", &server6), "reply", "and the echo request still passes");
 }

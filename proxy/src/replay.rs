@@ -201,12 +201,16 @@ fn identity_of(peer: &FlowPeer) -> Identity {
 
 fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Replayed {
     let (source, destination) = (identity_of(&flow.source), identity_of(&flow.destination));
-    let protocol = match (&flow.detail, flow.protocol.as_str()) {
-        (Some(FlowDetail::Dns(d)), _) if d.transport == "udp" => L4Protocol::Udp,
-        (_, "udp") => L4Protocol::Udp,
-        (_, "sctp") => L4Protocol::Sctp,
-        (_, "icmp" | "icmpv6" | "ip") => L4Protocol::Other,
-        _ => L4Protocol::Tcp,
+    // an ICMP flow with its type is judged by `icmps` rules, as the kernel
+    // did; without one (older records, later fragments) as a port-less protocol
+    let (protocol, port) = match (&flow.detail, flow.protocol.as_str(), flow.icmp_type) {
+        (Some(FlowDetail::Dns(d)), _, _) if d.transport == "udp" => (L4Protocol::Udp, flow.port),
+        (_, "udp", _) => (L4Protocol::Udp, flow.port),
+        (_, "sctp", _) => (L4Protocol::Sctp, flow.port),
+        (_, "icmp", Some(t)) => (L4Protocol::Icmp, L4Protocol::icmp_port(t)),
+        (_, "icmpv6", Some(t)) => (L4Protocol::Icmp6, L4Protocol::icmp_port(t)),
+        (_, "icmp" | "icmpv6" | "ip", _) => (L4Protocol::Other, flow.port),
+        _ => (L4Protocol::Tcp, flow.port),
     };
     let names = learned.names(flow.source.address.ip(), flow.destination.address.ip());
     let source_peer = PeerInfo::new(&source, flow.source.address.ip().into());
@@ -215,7 +219,7 @@ fn judge_flow(model: &PolicyModel, flow: &FlowRecord, learned: &Learned) -> Repl
     let summary = summary(flow);
     let Some(kind) = kind_of(flow) else {
         // the kernel's flow of a connection: its L3/L4 verdict is all there is
-        let outcome = l3l4(model, source_peer, destination_peer, flow.port, protocol);
+        let outcome = l3l4(model, source_peer, destination_peer, port, protocol);
         return Replayed { id: flow.id, recorded: flow.verdict, outcome, approximate: None, summary };
     };
     let connection = Connection { source: source_peer, destination: destination_peer, port: flow.port, protocol, kind };
@@ -429,7 +433,10 @@ fn summary(flow: &FlowRecord) -> String {
         Some(FlowDetail::Dns(d)) => format!("{} {}", d.qtype, d.query),
         Some(FlowDetail::Kafka(k)) => format!("{} {}", k.api_key, k.topics.join(",")),
         Some(FlowDetail::Memcached(m)) => format!("{} {}", m.command, m.keys.join(" ")),
-        _ => format!("{} port {}", flow.protocol, flow.port),
+        _ => match flow.icmp_type {
+            Some(t) => format!("{} type {t}", flow.protocol),
+            None => format!("{} port {}", flow.protocol, flow.port),
+        },
     };
     format!("{what} from {} to {}", who(&flow.source), who(&flow.destination))
 }
@@ -514,6 +521,43 @@ spec:
         let report = replay(&model(), [redirected, sctp, spoofed]);
         assert_eq!((report.read, report.unchanged, report.skipped), (3, 2, 1), "{report:#?}");
         assert!(!report.changes(), "{report:#?}");
+    }
+
+    #[test]
+    fn kernel_icmp_flows_are_judged_by_their_type() {
+        const PINGABLE: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pingable}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      icmps: [{fields: [{type: 8}]}]
+"#;
+        let model =
+            PolicyModel::from_texts("{}", PINGABLE, Arc::new(Metrics::default())).unwrap_or_else(|e| panic!("{e:?}"));
+        let (client, web) = (peer("client", "10.0.0.1:0"), peer("web", "10.0.0.2:0"));
+        // as the kernel recorded them: an echo request allowed, a timestamp
+        // request dropped; both verdicts hold under the same policy
+        let icmp = |id, icmp_type, verdict| FlowRecord {
+            listener: "datapath".into(),
+            icmp_type: Some(icmp_type),
+            ..flow(id, "icmp", verdict, client.clone(), web.clone())
+        };
+        let report = replay(&model, [icmp(1, 8, Verdict::Forwarded), icmp(2, 13, Verdict::Dropped)]);
+        assert_eq!((report.read, report.unchanged), (2, 2), "{report:#?}");
+        assert!(!report.changes(), "{report:#?}");
+        // recorded the other way round, both are changes, with the type named
+        let report = replay(&model, [icmp(1, 8, Verdict::Dropped), icmp(2, 13, Verdict::Forwarded)]);
+        assert_eq!(report.newly_allowed.iter().map(|f| f.id).collect::<Vec<_>>(), [1], "{report:#?}");
+        assert_eq!(report.newly_refused.iter().map(|f| f.id).collect::<Vec<_>>(), [2], "{report:#?}");
+        let refused = &report.newly_refused[0];
+        assert!(refused.summary.starts_with("icmp type 13 from"), "{refused:#?}");
+        match &refused.outcome {
+            Outcome::Refused { because } => assert!(because.contains("ICMP type 13"), "{because}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

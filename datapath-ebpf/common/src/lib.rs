@@ -537,7 +537,11 @@ pub struct Event {
     pub ifindex: u32,
     pub rule: u32,
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// ICMP and ICMPv6: the message's type plus one; 0 for other protocols,
+    /// a later fragment, and the reserved type 255. (Padding before: a
+    /// weir of an older version reads it as such.)
+    pub l4_byte: u8,
+    pub _pad: [u8; 2],
     pub saddr: [u32; 4],
     pub daddr: [u32; 4],
 }

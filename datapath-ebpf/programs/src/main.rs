@@ -1047,7 +1047,18 @@ fn policy<A: Addr>(subject: u32, flags: u32, peer: u32, t: &Tuple<A>, l4_byte: u
 }
 
 #[inline(always)]
-fn emit<A: Addr>(kind: u8, reason: u8, direction: u8, t: &Tuple<A>, src: u32, dst: u32, ifindex: u32, rule: u32) {
+#[allow(clippy::too_many_arguments)]
+fn emit<A: Addr>(
+    kind: u8,
+    reason: u8,
+    direction: u8,
+    t: &Tuple<A>,
+    src: u32,
+    dst: u32,
+    ifindex: u32,
+    rule: u32,
+    l4_byte: u8,
+) {
     // written in place in the ring, not built on the stack and copied: the
     // programs are near BPF's 512-byte stack. A full ring loses the event,
     // never the decision.
@@ -1064,7 +1075,8 @@ fn emit<A: Addr>(kind: u8, reason: u8, direction: u8, t: &Tuple<A>, src: u32, ds
         ifindex,
         rule,
         family: A::FAMILY,
-        _pad: [0; 3],
+        l4_byte: if matches!(t.protocol, PROTO_ICMP | PROTO_ICMPV6) { l4_byte } else { 0 },
+        _pad: [0; 2],
         saddr: t.saddr.event_address(),
         daddr: t.daddr.event_address(),
     });
@@ -1230,7 +1242,7 @@ fn not_judged(ctx: &TcContext, parsed: Parsed, direction: u8, ifindex: u32, endp
                 let ethertype = u16::from_be(ctx.load::<u16>(12).unwrap_or(0));
                 let t = CtKey { dport: ethertype.to_be(), ..CtKey::default() };
                 let (src, dst) = if direction == DIR_EGRESS { (endpoint.identity, 0) } else { (0, endpoint.identity) };
-                emit(EVENT_DROP, reason, direction, &t, src, dst, ifindex, 0);
+                emit(EVENT_DROP, reason, direction, &t, src, dst, ifindex, 0, 0);
             }
             shot(reason)
         }
@@ -1321,7 +1333,7 @@ fn from_pod_packet<A: Addr>(
     let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
     if (action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT) && packet.fragment != 0 {
         if let Err(reason) = fragment_passed(packet, DIR_EGRESS, ifindex) {
-            emit(EVENT_DROP, reason, DIR_EGRESS, &packet.tuple, endpoint.identity, 0, ifindex, 0);
+            emit(EVENT_DROP, reason, DIR_EGRESS, &packet.tuple, endpoint.identity, 0, ifindex, 0, packet.l4_byte);
             return shot(reason);
         }
     }
@@ -1340,7 +1352,7 @@ fn judge_from_pod<A: Addr>(
     let me = endpoint.identity;
     if t.saddr != address {
         // a pod may only send from its own address
-        emit(EVENT_DROP, REASON_SPOOFED, DIR_EGRESS, t, me, 0, ifindex, 0);
+        emit(EVENT_DROP, REASON_SPOOFED, DIR_EGRESS, t, me, 0, ifindex, 0, packet.l4_byte);
         return shot(REASON_SPOOFED);
     }
 
@@ -1455,7 +1467,17 @@ fn judge_from_pod<A: Addr>(
                     _ => false,
                 };
             if !assigned {
-                emit(EVENT_DROP, REASON_NO_PROXY, direction, t, me, peer.identity, ifindex, verdict.rule);
+                emit(
+                    EVENT_DROP,
+                    REASON_NO_PROXY,
+                    direction,
+                    t,
+                    me,
+                    peer.identity,
+                    ifindex,
+                    verdict.rule,
+                    packet.l4_byte,
+                );
                 return shot(REASON_NO_PROXY);
             }
             ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
@@ -1471,11 +1493,21 @@ fn judge_from_pod<A: Addr>(
                 }
                 _ if packet.opens => {
                     if let Err(reason) = ct_open(t, CT_PROXIED, me, peer.identity, ifindex, revision) {
-                        emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
+                        emit(
+                            EVENT_DROP,
+                            reason,
+                            direction,
+                            t,
+                            me,
+                            peer.identity,
+                            ifindex,
+                            verdict.rule,
+                            packet.l4_byte,
+                        );
                         return shot(reason);
                     }
                     if packet.syn {
-                        emit(EVENT_REDIRECT, 0, direction, t, me, peer.identity, ifindex, verdict.rule);
+                        emit(EVENT_REDIRECT, 0, direction, t, me, peer.identity, ifindex, verdict.rule, packet.l4_byte);
                     }
                 }
                 _ => {}
@@ -1496,11 +1528,31 @@ fn judge_from_pod<A: Addr>(
                         ct_flags |= CT_FQDN;
                     }
                     if let Err(reason) = ct_open(t, ct_flags, me, peer.identity, ifindex, revision) {
-                        emit(EVENT_DROP, reason, direction, t, me, peer.identity, ifindex, verdict.rule);
+                        emit(
+                            EVENT_DROP,
+                            reason,
+                            direction,
+                            t,
+                            me,
+                            peer.identity,
+                            ifindex,
+                            verdict.rule,
+                            packet.l4_byte,
+                        );
                         return shot(reason);
                     }
                     let why = if unjudged { REASON_NO_PROXY } else { 0 };
-                    emit(allow_event(verdict.verdict), why, direction, t, me, peer.identity, ifindex, verdict.rule);
+                    emit(
+                        allow_event(verdict.verdict),
+                        why,
+                        direction,
+                        t,
+                        me,
+                        peer.identity,
+                        ifindex,
+                        verdict.rule,
+                        packet.l4_byte,
+                    );
                 }
                 _ => {}
             }
@@ -1522,7 +1574,7 @@ fn judge_from_pod<A: Addr>(
             TC_ACT_OK as i32
         }
         _ => {
-            emit(EVENT_DROP, REASON_POLICY, direction, t, me, peer.identity, ifindex, verdict.rule);
+            emit(EVENT_DROP, REASON_POLICY, direction, t, me, peer.identity, ifindex, verdict.rule, packet.l4_byte);
             shot(REASON_POLICY)
         }
     }
@@ -1568,7 +1620,7 @@ fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo
     let action = judge_to_pod(ctx, ifindex, endpoint, packet);
     if action == TC_ACT_OK as i32 && packet.fragment != 0 {
         if let Err(reason) = fragment_passed(packet, DIR_INGRESS, ifindex) {
-            emit(EVENT_DROP, reason, DIR_INGRESS, &packet.tuple, 0, endpoint.identity, ifindex, 0);
+            emit(EVENT_DROP, reason, DIR_INGRESS, &packet.tuple, 0, endpoint.identity, ifindex, 0, packet.l4_byte);
             return shot(reason);
         }
     }
@@ -1591,7 +1643,17 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
                     _ => {
                         let src = mark::identity_of(skb_mark);
                         if let Err(reason) = ct_open(t, CT_PROXIED, src, endpoint.identity, ifindex, revision()) {
-                            emit(EVENT_DROP, reason, DIR_INGRESS, t, src, endpoint.identity, ifindex, 0);
+                            emit(
+                                EVENT_DROP,
+                                reason,
+                                DIR_INGRESS,
+                                t,
+                                src,
+                                endpoint.identity,
+                                ifindex,
+                                0,
+                                packet.l4_byte,
+                            );
                             return shot(reason);
                         }
                     }
@@ -1643,7 +1705,7 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
     if peer.local_ifindex != 0
         && (mark::magic(skb_mark) != mark::MAGIC_IDENTITY || mark::identity_of(skb_mark) != peer.identity)
     {
-        emit(EVENT_DROP, REASON_SPOOFED, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
+        emit(EVENT_DROP, REASON_SPOOFED, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0, packet.l4_byte);
         return shot(REASON_SPOOFED);
     }
     let verdict = policy(endpoint.identity, endpoint.flags, peer.identity, t, packet.l4_byte, DIR_INGRESS);
@@ -1660,14 +1722,34 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
                 }
                 _ if packet.opens => {
                     if let Err(reason) = ct_open(t, 0, peer.identity, endpoint.identity, ifindex, revision) {
-                        emit(EVENT_DROP, reason, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0);
+                        emit(
+                            EVENT_DROP,
+                            reason,
+                            DIR_INGRESS,
+                            t,
+                            peer.identity,
+                            endpoint.identity,
+                            ifindex,
+                            0,
+                            packet.l4_byte,
+                        );
                         return shot(reason);
                     }
                     let (event, why) = match verdict.verdict {
                         VERDICT_REDIRECT_OR_ALLOW => (EVENT_ALLOW, REASON_NO_PROXY),
                         v => (allow_event(v), 0),
                     };
-                    emit(event, why, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+                    emit(
+                        event,
+                        why,
+                        DIR_INGRESS,
+                        t,
+                        peer.identity,
+                        endpoint.identity,
+                        ifindex,
+                        verdict.rule,
+                        packet.l4_byte,
+                    );
                 }
                 _ => {}
             }
@@ -1679,11 +1761,31 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
             // off-node traffic. What reaches here did not pass either — a
             // device weir is not attached to, a service DNAT on the way — and
             // fails closed
-            emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+            emit(
+                EVENT_DROP,
+                REASON_NO_PROXY,
+                DIR_INGRESS,
+                t,
+                peer.identity,
+                endpoint.identity,
+                ifindex,
+                verdict.rule,
+                packet.l4_byte,
+            );
             shot(REASON_NO_PROXY)
         }
         _ => {
-            emit(EVENT_DROP, REASON_POLICY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+            emit(
+                EVENT_DROP,
+                REASON_POLICY,
+                DIR_INGRESS,
+                t,
+                peer.identity,
+                endpoint.identity,
+                ifindex,
+                verdict.rule,
+                packet.l4_byte,
+            );
             shot(REASON_POLICY)
         }
     }
@@ -1750,7 +1852,17 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
         return TC_ACT_UNSPEC;
     }
     if !assigned {
-        emit(EVENT_DROP, REASON_NO_PROXY, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+        emit(
+            EVENT_DROP,
+            REASON_NO_PROXY,
+            DIR_INGRESS,
+            t,
+            peer.identity,
+            endpoint.identity,
+            ifindex,
+            verdict.rule,
+            packet.l4_byte,
+        );
         return shot(REASON_NO_PROXY);
     }
     // the mark carries 24 bits of identity: CIDR and DNS-learned identities
@@ -1759,7 +1871,17 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
     let marked = if peer.identity < mark::MAX_IDENTITY { peer.identity } else { 0 };
     ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, marked));
     if packet.syn {
-        emit(EVENT_REDIRECT, 0, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, verdict.rule);
+        emit(
+            EVENT_REDIRECT,
+            0,
+            DIR_INGRESS,
+            t,
+            peer.identity,
+            endpoint.identity,
+            ifindex,
+            verdict.rule,
+            packet.l4_byte,
+        );
     }
     TC_ACT_OK as i32
 }

@@ -206,7 +206,8 @@ fn decode(item: &[u8]) -> Option<Event> {
             ifindex: old.ifindex,
             rule: old.rule,
             family: FAMILY_IPV4,
-            _pad: [0; 3],
+            l4_byte: 0,
+            _pad: [0; 2],
             saddr: [old.saddr, 0, 0, 0],
             daddr: [old.daddr, 0, 0, 0],
         });
@@ -452,6 +453,10 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
         drop_reason: (event.kind == EVENT_DROP).then(|| reason_name(event.reason).to_string()),
         listener: "datapath".into(),
         port,
+        icmp_type: match event.protocol {
+            PROTO_ICMP | PROTO_ICMPV6 => event.l4_byte.checked_sub(1),
+            _ => None,
+        },
         ..FlowRecord::new(protocol, verdict, source, destination)
     }
 }

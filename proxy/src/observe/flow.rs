@@ -144,6 +144,10 @@ pub struct FlowRecord {
     pub destination: FlowPeer,
     pub listener: String,
     pub port: u16,
+    /// An ICMP or ICMPv6 message's type, as the kernel's programs read it
+    /// (none for a later fragment, which carries no ICMP header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
     pub connection: u64,
     /// The protocol's own part, shown under its name (`"http": {...}`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +176,7 @@ impl FlowRecord {
             destination,
             listener: String::new(),
             port: 0,
+            icmp_type: None,
             connection: 0,
             detail: None,
             latency_us: None,
