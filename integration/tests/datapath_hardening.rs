@@ -423,6 +423,17 @@ fn a_full_table_refuses_new_flows_and_evicts_no_established_one() {
 /// denied port, and fragments without their first, stay dropped.
 #[test]
 fn fragments_follow_their_first_fragments_verdict() {
+    fragments_follow_their_first(SHORT_LIVED);
+}
+
+/// The same through the node's routing: the receiver's veth keeps records
+/// of its own (charged to the sender, as it is on this node).
+#[test]
+fn fragments_follow_their_first_fragments_verdict_through_the_nodes_routing() {
+    fragments_follow_their_first(&format!("{SHORT_LIVED}\n  host_routing: kernel"));
+}
+
+fn fragments_follow_their_first(conntrack: &str) {
     let mut node = Node::new(&["cli", "srv"]);
     node.enter();
     let dir = tempfile::tempdir().unwrap();
@@ -437,7 +448,7 @@ fn fragments_follow_their_first_fragments_verdict() {
         );
     }
     let log = sniff(&mut node, "srv", dir.path());
-    let config = config(&node, &[("cli", "client"), ("srv", "server")], SHORT_LIVED);
+    let config = config(&node, &[("cli", "client"), ("srv", "server")], conntrack);
     node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
 
     // 4000 bytes over a 1500-byte MTU: three fragments, sent by cli's kernel
@@ -473,12 +484,18 @@ fn fragments_follow_their_first_fragments_verdict() {
     });
     let entries = node.weir().metric("weir_datapath_conntrack_entries{endpoint=\"cli\"}");
     assert_eq!(entries, 0, "cli's entries are all expired and collected");
+    // every record went with its datagram's last fragment, or expired
+    wait_for("no fragment records held", Duration::from_secs(40), || {
+        ["cli", "srv"]
+            .iter()
+            .all(|pod| node.weir().metric(&format!("weir_datapath_fragment_records{{endpoint=\"{pod}\"}}")) == 0)
+    });
 }
 
 /// Class 5, continued: a pod's unfinished fragmented datagrams are charged
 /// to it. One pod sending 17,000 first fragments whose datagrams never
-/// finish (more than the 16,384 records the table holds) is stopped at its
-/// limit of 1,024 and pushes out no other pod's record; a finished
+/// finish (more than the 16,384 records the LRU of old held) is stopped at
+/// its limit of 128 and pushes out no other pod's record; a finished
 /// datagram frees its record at once, so a pod sending more whole
 /// datagrams than its limit loses none; unfinished ones are freed when
 /// they expire.
@@ -505,8 +522,8 @@ fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
     });
 
     // more whole datagrams than the limit: each frees its record at its end
-    send(&node, "cli", &["frag-datagrams", &server, "9001", "1000", "1100", "whole"]);
-    wait_for("1,100 fragmented datagrams received", Duration::from_secs(20), || received("whole-") == 1100);
+    send(&node, "cli", &["frag-datagrams", &server, "9001", "1000", "400", "whole"]);
+    wait_for("400 fragmented datagrams received", Duration::from_secs(20), || received("whole-") == 400);
     assert_eq!(node.weir().datapath_drops("fragment_endpoint_limit"), 0);
     let records = |pod: &str| node.weir().metric(&format!("weir_datapath_fragment_records{{endpoint=\"{pod}\"}}"));
     wait_for("cli's records freed", Duration::from_secs(5), || {
@@ -518,9 +535,9 @@ fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
     send(&node, "cli", &["frag-part", &server, "9001", "4242", &survivor, "first"]);
     send(&node, "oth", &["frag-heads", &server, "9001", "20000", "17000"]);
     let refused = wait_drops(&node, "fragment_endpoint_limit", 15_000);
-    assert!(refused <= 17_000 - 1024, "{refused} first fragments refused: oth was held below its limit");
+    assert!(refused <= 17_000 - 128, "{refused} first fragments refused: oth was held below its limit");
     let held = records("oth");
-    assert!((1024..=1024 + 4).contains(&held), "oth holds {held} records, its limit is 1,024");
+    assert!((128..=128 + 4).contains(&held), "oth holds {held} records, its limit is 128");
     node.weir().wait_flow("", "oth's drop flow", |f| {
         f.verdict == Verdict::Dropped
             && f.reason.as_deref().is_some_and(|r| r.contains("limit of unfinished fragmented datagrams"))

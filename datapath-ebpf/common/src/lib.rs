@@ -442,11 +442,14 @@ pub mod conntrack {
     /// How long a first fragment's ports are kept for the later fragments
     /// (Linux gives up reassembly after 30 s: ipfrag_time).
     pub const FRAGMENT_SECS: u32 = 30;
-    pub const FRAGMENT_CAPACITY: u32 = 16384;
+    /// Allocated as used (`BPF_F_NO_PREALLOC`).
+    pub const FRAGMENT_CAPACITY: u32 = 32768;
     /// Records one endpoint may hold: datagrams whose first fragment passed
-    /// its veth and whose last has not (a finished datagram frees its
-    /// record). Sixteen endpoints at their limit fill the table.
-    pub const FRAGMENT_PER_ENDPOINT: u32 = 1024;
+    /// a veth and whose last has not (a finished datagram frees its record
+    /// at once, so a pod's own in-order fragments hold one at a time).
+    /// 256 endpoints at their limit fill the table: more than a node runs
+    /// pods (Kubernetes' default is 110).
+    pub const FRAGMENT_PER_ENDPOINT: u32 = 128;
     /// IPv6 has a table of its own (see [`super::maps::CONNTRACK6`]).
     pub const CAPACITY6: u32 = 131072;
 }

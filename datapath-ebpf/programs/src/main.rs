@@ -84,7 +84,7 @@ static CT_FREED: HashMap<u32, u64> = HashMap::pinned(16384, 0);
 /// made it (FRAG_USAGE) and freed at its datagram's last fragment, or by
 /// weir's collector when it expires (FRAG_FREED).
 #[map(name = "WEIR_FRAGS")]
-static FRAGMENTS: HashMap<FragKey, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+static FRAGMENTS: HashMap<FragKey, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map(name = "WEIR_FRAG_USAGE")]
 static FRAG_USAGE: HashMap<u32, CtUsage> = HashMap::pinned(16384, 0);
 /// Written by weir's collector only: expired records of each endpoint it deleted.
@@ -107,7 +107,7 @@ static IPCACHE6: LpmTrie<IpcacheKey6, IpcacheValue> = LpmTrie::pinned(65536, 0);
 #[map(name = "WEIR_CONNTRACK6")]
 static CT6: HashMap<CtKey6, CtValue> = HashMap::pinned(conntrack::CAPACITY6, 0);
 #[map(name = "WEIR_FRAGS6")]
-static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, 0);
+static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map(name = "WEIR_SPLICE_PODS")]
 static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
@@ -746,24 +746,16 @@ fn related_error<A: Addr>(packet: &Packet<A>) -> bool {
     }
 }
 
-/// After a fragment passed this veth (`direction`): remember a first
-/// fragment's ports for the rest of its datagram, charged to `owner`; forget
-/// them at the last one. `Err(reason)`: no room for the record; the caller
-/// drops the first fragment, as its datagram could not be delivered whole.
+/// Remember a first fragment's ports on this veth (`direction`) for the rest
+/// of its datagram, charged to `owner`. Called before the fragment is
+/// judged, so one refused for want of room opens no connection and writes
+/// no allow flow; the caller forgets the record if the fragment does not
+/// pass. `Err(reason)`: no room; the caller drops the first fragment, as its
+/// datagram could not be delivered whole.
 #[inline(always)]
-fn fragment_passed<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Result<(), u8> {
+fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Result<(), u8> {
     let t = &packet.tuple;
     let key = A::fragment_key(t, packet.ip_id, direction);
-    if packet.fragment == FRAGMENT_LAST {
-        if let Some(record) = unsafe { A::fragments().get(&key) } {
-            let holder = record.owner;
-            // of two CPUs deleting it, one releases it
-            if A::fragments().remove(&key).is_ok() {
-                release(&FRAG_USAGE, holder);
-            }
-        }
-        return Ok(());
-    }
     let expires = now() + conntrack::FRAGMENT_SECS as u64 * NANOS;
     let mut value = FragValue {
         sport: t.sport,
@@ -791,6 +783,30 @@ fn fragment_passed<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
                 Err(REASON_FRAG_FULL)
             }
         }
+    }
+}
+
+/// Forget a datagram's record on this veth and release its charge: at its
+/// last fragment, or when its first did not pass after all.
+#[inline(always)]
+fn fragment_forget<A: Addr>(packet: &Packet<A>, direction: u8) {
+    let key = A::fragment_key(&packet.tuple, packet.ip_id, direction);
+    if let Some(record) = unsafe { A::fragments().get(&key) } {
+        let holder = record.owner;
+        // of two CPUs deleting it, one releases it
+        if A::fragments().remove(&key).is_ok() {
+            release(&FRAG_USAGE, holder);
+        }
+    }
+}
+
+/// After a fragment was judged: its record goes at the last fragment that
+/// passes, or with a first fragment that does not.
+#[inline(always)]
+fn fragment_judged<A: Addr>(packet: &Packet<A>, direction: u8, passed: bool) {
+    let done = if passed { FRAGMENT_LAST } else { FRAGMENT_FIRST };
+    if packet.fragment == done {
+        fragment_forget(packet, direction);
     }
 }
 
@@ -1330,13 +1346,14 @@ fn from_pod_packet<A: Addr>(
         learn_delivery(ctx, ifindex, &address, false);
         return TC_ACT_OK as i32;
     }
-    let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
-    if (action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT) && packet.fragment != 0 {
-        if let Err(reason) = fragment_passed(packet, DIR_EGRESS, ifindex) {
+    if packet.fragment == FRAGMENT_FIRST {
+        if let Err(reason) = fragment_record(packet, DIR_EGRESS, ifindex) {
             emit(EVENT_DROP, reason, DIR_EGRESS, &packet.tuple, endpoint.identity, 0, ifindex, 0, packet.l4_byte);
             return shot(reason);
         }
     }
+    let action = judge_from_pod(ctx, ifindex, endpoint, address, packet);
+    fragment_judged(packet, DIR_EGRESS, action == TC_ACT_OK as i32 || action == TC_ACT_REDIRECT);
     action
 }
 
@@ -1617,13 +1634,19 @@ fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo
     if packet.neighbor.is_some_and(|n| neighbor_to_pod(n, &packet.tuple)) {
         return TC_ACT_OK as i32;
     }
-    let action = judge_to_pod(ctx, ifindex, endpoint, packet);
-    if action == TC_ACT_OK as i32 && packet.fragment != 0 {
-        if let Err(reason) = fragment_passed(packet, DIR_INGRESS, ifindex) {
+    if packet.fragment == FRAGMENT_FIRST {
+        // a sender on this node pays for its datagrams here too (it could
+        // release its own record and not this one: a last fragment its veth
+        // passes and the node's stack drops); one from elsewhere, the pod
+        let sender = packet.tuple.saddr.ipcache().local_ifindex;
+        let owner = if sender != 0 { sender } else { ifindex };
+        if let Err(reason) = fragment_record(packet, DIR_INGRESS, owner) {
             emit(EVENT_DROP, reason, DIR_INGRESS, &packet.tuple, 0, endpoint.identity, ifindex, 0, packet.l4_byte);
             return shot(reason);
         }
     }
+    let action = judge_to_pod(ctx, ifindex, endpoint, packet);
+    fragment_judged(packet, DIR_INGRESS, action == TC_ACT_OK as i32);
     action
 }
 
