@@ -772,7 +772,21 @@ fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
         return Ok(());
     }
     let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, conntrack::FRAGMENT_PER_ENDPOINT, REASON_FRAG_LIMIT)?;
-    match A::fragments().insert(&key, &value, BPF_NOEXIST as u64) {
+    insert_charged(A::fragments(), &key, &value, usage, REASON_FRAG_FULL)
+}
+
+/// Insert a new entry already charged to its owner (`usage`); where another
+/// CPU inserted it first, or there is no room (`full_reason`), the charge is
+/// taken back.
+#[inline(always)]
+fn insert_charged<K, V>(
+    map: &HashMap<K, V>,
+    key: &K,
+    value: &V,
+    usage: *mut CtUsage,
+    full_reason: u8,
+) -> Result<(), u8> {
+    match map.insert(key, value, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) => {
             add(unsafe { &mut (*usage).reclaimed }, 1);
@@ -780,7 +794,7 @@ fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
                 Ok(())
             } else {
                 add(unsafe { &mut (*usage).refused }, 1);
-                Err(REASON_FRAG_FULL)
+                Err(full_reason)
             }
         }
     }
@@ -976,19 +990,7 @@ fn ct_open<A: Addr>(t: &Tuple<A>, flags: u32, src: u32, dst: u32, owner: u32, re
         return Ok(());
     }
     let usage = charge_conntrack(owner)?;
-    match A::conntrack().insert(t, &value, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // not ours after all: another CPU inserted it, or no room
-            add(unsafe { &mut (*usage).reclaimed }, 1);
-            if e == -EEXIST {
-                Ok(())
-            } else {
-                add(unsafe { &mut (*usage).refused }, 1);
-                Err(REASON_CT_FULL)
-            }
-        }
-    }
+    insert_charged(A::conntrack(), t, &value, usage, REASON_CT_FULL)
 }
 
 #[inline(always)]
