@@ -19,9 +19,10 @@ pod actually receives. For the datapath hardening tests.
                              flows), ROUNDS times over
   icmp DST TYPE ID MSG       an ICMP message (8: echo request, 0: echo reply,
                              13: timestamp, 3: unreachable) from this pod
-  icmp-error DST ISRC IDST ISPORT IDPORT MSG
+  icmp-error DST ISRC IDST ISPORT IDPORT MSG [OFFSET]
                              port unreachable to DST quoting a UDP packet
-                             ISRC:ISPORT > IDST:IDPORT
+                             ISRC:ISPORT > IDST:IDPORT (a fragment at OFFSET
+                             units of 8 bytes, if given)
   frag-tail DST DPORT ID     the second fragment of a UDP datagram whose first
                              fragment was never sent
   frag-part DST DPORT ID MSG first|rest
@@ -175,10 +176,10 @@ def icmp(dst, kind, ident, msg):
     send(ether() / IP(src=my_address(), dst=dst) / ICMP(type=int(kind), id=int(ident), seq=1) / msg.encode())
 
 
-def icmp_error(dst, inner_src, inner_dst, inner_sport, inner_dport, msg):
+def icmp_error(dst, inner_src, inner_dst, inner_sport, inner_dport, msg, offset="0"):
     from scapy.all import ICMP, IP, UDP
 
-    quoted = IP(src=inner_src, dst=inner_dst) / UDP(sport=int(inner_sport), dport=int(inner_dport))
+    quoted = IP(src=inner_src, dst=inner_dst, frag=int(offset)) / UDP(sport=int(inner_sport), dport=int(inner_dport))
     send(ether() / IP(src=my_address(), dst=dst) / ICMP(type=3, code=3) / quoted / msg.encode())
 
 

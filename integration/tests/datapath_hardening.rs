@@ -587,10 +587,13 @@ fn icmp_errors_pass_only_for_tracked_connections() {
         send(&node, "cli", &["udp", "41000", &server, "9001", "to-closed-port"]);
         !seen(&log, &format!("icmp {server} > {client} 3")).is_empty()
     });
-    // a forged error quoting a tuple no connection has
+    // a forged error quoting a tuple no connection has, and one quoting a
+    // later fragment of the live one (payload where the ports would be)
     send(&node, "srv", &["icmp-error", &client, &client, &server, "41001", "9001", "unrelated"]);
+    send(&node, "srv", &["icmp-error", &client, &client, &server, "41000", "9001", "later-fragment", "100"]);
     settle();
     assert!(seen(&log, "unrelated").is_empty(), "an unrelated ICMP error passed:\n{}", read(&log));
+    assert!(seen(&log, "later-fragment").is_empty(), "an error quoting a later fragment passed:\n{}", read(&log));
     node.weir().wait_flow("", "the unrelated error's drop", |f| f.verdict == Verdict::Dropped && f.protocol == "icmp");
 
     // the client's live connection to `oth`: srv may not report on it (a pod

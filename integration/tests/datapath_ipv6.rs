@@ -564,3 +564,82 @@ fn icmps_rules_name_icmpv6_types_of_their_family_only() {
     assert_eq!(drop.icmp_type, Some(139), "{drop:?}");
     assert_eq!(ping6(&node, "cli", &server6), "reply", "and the echo request still passes");
 }
+
+/// srv takes UDP 9001 from the client and may send nothing at all: what it
+/// sends the client passes only as an error about a live connection.
+const SERVER_SILENT: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-silent}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
+  egress:
+    - toEndpoints: [{matchLabels: {app: nobody}}]
+"#;
+
+/// An ICMPv6 error quoting a packet with extension headers (a packet too
+/// big about a fragmented datagram quotes its Fragment header) is read past
+/// them to the ports: about the client's live connection it passes; about
+/// another tuple, or quoting a later fragment (payload where the ports
+/// would be), it is judged by srv's egress policy and dropped.
+#[test]
+fn icmpv6_errors_are_read_past_the_quoted_extension_headers() {
+    let mut node = Node::dual_stack(&["cli", "srv"]);
+    node.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("icmpv6");
+    let (server6, client6) = (ip6(&node, "srv"), ip6(&node, "cli"));
+    // every ICMPv6 message cli's kernel hands a raw socket, by its last bytes
+    let sink = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n\
+         while True:\n\
+         \x20   data=s.recv(65535)\n\
+         \x20   open('{}','a').write(str(data[0])+' '+data[-12:].decode(errors='replace')+'\\n')\n",
+        log.display()
+    );
+    node.serve("cli", "icmpv6 sink", "python3", &["-c", &sink]);
+    let config = format!("{BASE}{}", node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]));
+    node.start_weir(&config, &[("server.yaml", SERVER_SILENT)]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // the client's live connection: UDP from port 41000 to srv:9001
+    let open = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); s.bind(('{client6}',41000))\n\
+         s.sendto(b'hello',('{server6}',9001))\n"
+    );
+    assert!(node.in_pod("cli", "python3").args(["-c", &open]).status().unwrap().success());
+    // packets too big from srv, each quoting a datagram with extension headers
+    let too_big = |quoted: &str, marker: &str| {
+        let program = format!(
+            "from scapy.all import *\n\
+             send(IPv6(src='{server6}',dst='{client6}')/ICMPv6PacketTooBig(mtu=1280)\
+             /IPv6(src='{client6}',dst='{server6}')/{quoted}/Raw(b'{marker}'),verbose=False)\n"
+        );
+        let out = node.in_pod("srv", "python3").args(["-c", &program]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let fragment = "IPv6ExtHdrFragment(m=1,offset=0,id=7)";
+    let hop_by_hop = "IPv6ExtHdrHopByHop()/IPv6ExtHdrDestOpt()";
+    wait_for("the packet too big quoting a first fragment", Duration::from_secs(10), || {
+        too_big(&format!("{fragment}/UDP(sport=41000,dport=9001)"), "ptb-fragment");
+        read().contains("2 ptb-fragment")
+    });
+    too_big(&format!("{hop_by_hop}/UDP(sport=41000,dport=9001)"), "ptb-options!");
+    wait_for("the packet too big quoting options", Duration::from_secs(10), || read().contains("2 ptb-options!"));
+
+    // the same headers about a tuple no connection has, and a later
+    // fragment of the live one: no rule lets srv send them
+    too_big(&format!("{fragment}/UDP(sport=41001,dport=9001)"), "ptb-unrelate");
+    too_big("IPv6ExtHdrFragment(m=0,offset=100,id=7)/UDP(sport=41000,dport=9001)", "ptb-laterfra");
+    node.weir().wait_flow("", "the errors' drops", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "icmpv6" && f.icmp_type == Some(2)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!read().contains("ptb-unrelate"), "{}", read());
+    assert!(!read().contains("ptb-laterfra"), "{}", read());
+}

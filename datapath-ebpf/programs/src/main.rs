@@ -700,19 +700,37 @@ fn neighbor_to_pod<A: Addr>(neighbor: (u8, u8), t: &Tuple<A>) -> bool {
     }
 }
 
-/// The tuple of the IPv6 packet an ICMPv6 error quotes at `offset`, when its
-/// upper-layer header follows the fixed header directly and was sent by `to`.
+/// The tuple of the IPv6 packet an ICMPv6 error quotes at `offset`, when it
+/// was sent by `to` and its ports can be read: past the extension headers
+/// the packet parser walks too (a packet too big about a fragmented
+/// datagram quotes its Fragment header), and only in a first fragment.
 #[inline(always)]
 fn quoted_tuple6(ctx: &TcContext, offset: usize, to: [u32; 4]) -> Option<CtKey6> {
     let version: u8 = ctx.load(offset).ok()?;
-    let protocol: u8 = ctx.load(offset + 6).ok()?;
+    let mut protocol: u8 = ctx.load(offset + 6).ok()?;
     let saddr: [u32; 4] = ctx.load(offset + 8).ok()?;
     let daddr: [u32; 4] = ctx.load(offset + 24).ok()?;
-    if version >> 4 != 6 || !has_ports(protocol) || saddr != to {
+    if version >> 4 != 6 || saddr != to {
         return None;
     }
-    let sport: u16 = ctx.load(offset + IPV6_HLEN).ok()?;
-    let dport: u16 = ctx.load(offset + IPV6_HLEN + 2).ok()?;
+    let mut l4 = offset + IPV6_HLEN;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let length = match protocol {
+            NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING => (ctx.load::<u8>(l4 + 1).ok()? as usize + 1) * 8,
+            // a later fragment quotes payload where the ports would be
+            NEXTHDR_FRAGMENT if u16::from_be(ctx.load::<u16>(l4 + 2).ok()?) & 0xFFF8 != 0 => return None,
+            NEXTHDR_FRAGMENT => 8,
+            NEXTHDR_AUTH => (ctx.load::<u8>(l4 + 1).ok()? as usize + 2) * 4,
+            _ => break,
+        };
+        protocol = ctx.load(l4).ok()?;
+        l4 += length;
+    }
+    if !has_ports(protocol) {
+        return None;
+    }
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
     Some(Tuple { saddr, daddr, sport, dport, protocol, _pad: [0; 3] })
 }
 
@@ -728,7 +746,9 @@ fn quoted_tuple(ctx: &TcContext, offset: usize, to: u32) -> Option<CtKey> {
     let protocol: u8 = ctx.load(offset + 9).ok()?;
     let saddr: u32 = ctx.load(offset + 12).ok()?;
     let daddr: u32 = ctx.load(offset + 16).ok()?;
-    if !has_ports(protocol) || saddr != to {
+    // a later fragment quotes payload where the ports would be
+    let fragment_offset = u16::from_be(ctx.load::<u16>(offset + 6).ok()?) & IP_OFFSET;
+    if !has_ports(protocol) || saddr != to || fragment_offset != 0 {
         return None;
     }
     let l4 = offset + ((version_ihl & 0x0F) as usize) * 4;
