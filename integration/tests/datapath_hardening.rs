@@ -27,6 +27,9 @@ const SHORT_LIVED: &str = "{udp: 10s, icmp: 10s, other: 10s, gc_interval: 1s}";
 /// The same without weir's collector: expired entries stay in the map, and
 /// the programs must treat them as absent by themselves.
 const SHORT_LIVED_UNCOLLECTED: &str = "{udp: 10s, icmp: 10s, other: 10s, gc_interval: 1h}";
+/// Short lifetimes, and a per-endpoint limit of fragment records below the
+/// default (128): the setting reaches the programs.
+const FEW_FRAGMENTS: &str = "{udp: 10s, icmp: 10s, other: 10s, gc_interval: 1s, fragments_per_endpoint: 64}";
 /// A small per-endpoint limit (and UDP entries outliving the test).
 const SMALL_LIMIT: &str = "{per_endpoint: 64}";
 
@@ -495,7 +498,7 @@ fn fragments_follow_their_first(conntrack: &str) {
 /// Class 5, continued: a pod's unfinished fragmented datagrams are charged
 /// to it. One pod sending 17,000 first fragments whose datagrams never
 /// finish (more than the 16,384 records the LRU of old held) is stopped at
-/// its limit of 128 and pushes out no other pod's record; a finished
+/// its limit (64, set in weir.yaml) and pushes out no other pod's record; a finished
 /// datagram frees its record at once, so a pod sending more whole
 /// datagrams than its limit loses none; unfinished ones are freed when
 /// they expire.
@@ -513,7 +516,7 @@ fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
         &[&script("datapath_peer.py"), "udp-sink", "9001", udp_log.to_str().unwrap()],
     );
     // both pods may send to the port: the flooding one's first fragments pass
-    let config = config(&node, &[("cli", "client"), ("srv", "server"), ("oth", "client")], SHORT_LIVED);
+    let config = config(&node, &[("cli", "client"), ("srv", "server"), ("oth", "client")], FEW_FRAGMENTS);
     node.start_weir(&config, &[("server.yaml", SERVER_UDP_POLICY)]);
     let received = |tag: &str| read(&udp_log).lines().filter(|l| l.contains(tag)).count();
     wait_for("client UDP delivered", Duration::from_secs(10), || {
@@ -535,9 +538,9 @@ fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
     send(&node, "cli", &["frag-part", &server, "9001", "4242", &survivor, "first"]);
     send(&node, "oth", &["frag-heads", &server, "9001", "20000", "17000"]);
     let refused = wait_drops(&node, "fragment_endpoint_limit", 15_000);
-    assert!(refused <= 17_000 - 128, "{refused} first fragments refused: oth was held below its limit");
+    assert!(refused <= 17_000 - 64, "{refused} first fragments refused: oth was held below its limit");
     let held = records("oth");
-    assert!((128..=128 + 4).contains(&held), "oth holds {held} records, its limit is 128");
+    assert!((64..=64 + 4).contains(&held), "oth holds {held} records, its limit is 64");
     node.weir().wait_flow("", "oth's drop flow", |f| {
         f.verdict == Verdict::Dropped
             && f.reason.as_deref().is_some_and(|r| r.contains("limit of unfinished fragmented datagrams"))

@@ -847,6 +847,11 @@ pub struct ConntrackConfig {
     /// Most entries one endpoint's connections may hold; new connections
     /// past it are dropped (`conntrack_endpoint_limit`).
     pub per_endpoint: u32,
+    /// Most fragmented datagrams whose first fragment passed an endpoint's
+    /// veth and whose last has not, per endpoint; first fragments past it
+    /// are dropped (`fragment_endpoint_limit`). The fragment records' table
+    /// holds 32768 (docs/datapath.md, "IP fragments").
+    pub fragments_per_endpoint: u32,
     /// Size of the table, for all endpoints; when full, new connections are
     /// dropped (`conntrack_full`), nothing is evicted. Takes effect when the
     /// map is created: a pinned table keeps its size until `weir datapath
@@ -871,6 +876,7 @@ impl Default for ConntrackConfig {
             icmp: secs(conntrack::ICMP_SECS),
             other: secs(conntrack::OTHER_SECS),
             per_endpoint: conntrack::PER_ENDPOINT,
+            fragments_per_endpoint: conntrack::FRAGMENT_PER_ENDPOINT,
             capacity: conntrack::CAPACITY,
             capacity_ipv6: conntrack::CAPACITY6,
             gc_interval: Duration::from_secs(10),

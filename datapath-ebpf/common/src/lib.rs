@@ -467,7 +467,9 @@ pub struct Settings {
     pub udp_secs: u32,
     pub icmp_secs: u32,
     pub other_secs: u32,
-    pub _pad: u32,
+    /// Most unfinished fragmented datagrams one endpoint may hold records
+    /// of. (Was padding: a weir of an older version writes 0, the default.)
+    pub fragments_per_endpoint: u32,
 }
 
 pub const EVENT_DROP: u8 = 1;

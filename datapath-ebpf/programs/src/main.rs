@@ -791,7 +791,11 @@ fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
         unsafe { *record = value };
         return Ok(());
     }
-    let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, conntrack::FRAGMENT_PER_ENDPOINT, REASON_FRAG_LIMIT)?;
+    let limit = match settings().fragments_per_endpoint {
+        0 => conntrack::FRAGMENT_PER_ENDPOINT,
+        n => n,
+    };
+    let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, limit, REASON_FRAG_LIMIT)?;
     insert_charged(A::fragments(), &key, &value, usage, REASON_FRAG_FULL)
 }
 

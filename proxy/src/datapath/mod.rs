@@ -57,7 +57,7 @@ impl ConntrackConfig {
             udp_secs: secs(self.udp),
             icmp_secs: secs(self.icmp),
             other_secs: secs(self.other),
-            _pad: 0,
+            fragments_per_endpoint: self.fragments_per_endpoint.max(1),
         }
     }
 }
@@ -825,8 +825,10 @@ mod tests {
 
     #[test]
     fn conntrack_settings_parse_and_reach_the_programs_in_whole_seconds() {
-        let config: ConntrackConfig =
-            serde_yaml::from_str("{udp: 3s, tcp_established: 1h, icmp: 250ms, per_endpoint: 0}").unwrap();
+        let config: ConntrackConfig = serde_yaml::from_str(
+            "{udp: 3s, tcp_established: 1h, icmp: 250ms, per_endpoint: 0, fragments_per_endpoint: 0}",
+        )
+        .unwrap();
         let settings = config.settings();
         assert_eq!(settings.udp_secs, 3);
         assert_eq!(settings.tcp_established_secs, 3600);
@@ -834,6 +836,9 @@ mod tests {
         // programs: they are raised to the smallest real value instead
         assert_eq!(settings.icmp_secs, 1);
         assert_eq!(settings.ct_per_endpoint, 1);
+        assert_eq!(settings.fragments_per_endpoint, 1);
+        let defaults: ConntrackConfig = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(defaults.settings().fragments_per_endpoint, 128);
         assert_eq!(settings.tcp_syn_secs, 60, "unset fields keep their defaults");
         assert!(serde_yaml::from_str::<ConntrackConfig>("{udp_timeout: 3s}").is_err(), "unknown fields are refused");
     }
