@@ -24,6 +24,12 @@ pub(super) struct LiveInstance {
     pub bindings: WorldBindings,
     /// Dead once the configured filter is dropped (no model uses it).
     owner: Weak<()>,
+    /// The host's connection resource in the store's table, made at the
+    /// first call and reused: each call puts its connection there (a push
+    /// and a delete per call cost an allocation and a free). It keeps the
+    /// last call's connection view until the next call or the instance's
+    /// end; nothing hangs on a view's lifetime.
+    pub connection: Option<u32>,
     /// The pool slot it holds, given back when it is dropped (after the store:
     /// fields drop in order).
     _slot: Slot,
@@ -195,5 +201,5 @@ pub(super) fn instantiate(
     }
     store.data_mut().limits.configured();
     store.set_epoch_deadline(deadline_ticks(filter.limits.timeout));
-    Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive), _slot: slot })
+    Ok(LiveInstance { store, bindings, owner: Arc::downgrade(&filter.alive), connection: None, _slot: slot })
 }

@@ -713,15 +713,26 @@ fn run<R>(
     live.store.data_mut().cpu = bindings::CpuBudget::start(limits.timeout);
     live.store.data_mut().limits.refused = false;
     live.store.set_epoch_deadline(deadline_ticks(limits.timeout));
-    let owned = live.store.data_mut().table.push(connection).map_err(wasmtime::Error::from)?;
+    let table = &mut live.store.data_mut().table;
+    let rep = match live.connection {
+        Some(rep) => {
+            let slot = wasmtime::component::Resource::<ConnectionView>::new_own(rep);
+            *table.get_mut(&slot).map_err(wasmtime::Error::from)? = connection;
+            rep
+        }
+        None => {
+            let rep = table.push(connection).map_err(wasmtime::Error::from)?.rep();
+            live.connection = Some(rep);
+            rep
+        }
+    };
     // Lend the guest a transient borrow: an owned handle passed as a
     // borrow would be tracked in the store forever.
-    let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(owned.rep());
+    let lent = wasmtime::component::Resource::<ConnectionView>::new_borrow(rep);
     // the epoch ticks while the guest runs (a guard would hold the store)
     live.store.data().clock.begin();
     let result = f(&live.bindings, &mut live.store, lent);
     live.store.data().clock.end();
-    live.store.data_mut().table.delete(owned)?;
     result
 }
 
