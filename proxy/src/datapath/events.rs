@@ -130,6 +130,8 @@ pub async fn run(state: Arc<ProxyState>, kernel: Kernel, rules: Arc<RwLock<RuleT
         drops,
         last_drops: [0; DROP_REASONS as usize],
         last_refused: HashMap::new(),
+        published_entries: HashMap::new(),
+        published_records: HashMap::new(),
     };
     let (counter_state, counter_rules) = (state.clone(), rules.clone());
     let spawned = std::thread::Builder::new().name("weir-conntrack".into()).spawn(move || {
@@ -235,6 +237,10 @@ struct Collector {
     drops: PerCpuArray<MapData, u64>,
     last_drops: [u64; DROP_REASONS as usize],
     last_refused: HashMap<u32, u64>,
+    /// The series each gauge was last set under, per owner: a series whose
+    /// endpoint went (or was renamed) is removed, not left at its last value.
+    published_entries: HashMap<u32, EndpointLabels>,
+    published_records: HashMap<u32, EndpointLabels>,
 }
 
 impl Collector {
@@ -271,20 +277,42 @@ impl Collector {
         let labels = |owner: u32| EndpointLabels {
             endpoint: rules.endpoints.get(&owner).cloned().unwrap_or_else(|| format!("ifindex-{owner}")),
         };
+        let mut entries = HashMap::new();
         for (owner, usage) in self.usage.usages() {
             let held = self.usage.in_use(owner, &usage);
             metrics.conntrack_entries.get_or_create(&labels(owner)).set(held as i64);
+            entries.insert(owner, labels(owner));
             let last = self.last_refused.entry(owner).or_default();
             if usage.refused > *last {
                 metrics.conntrack_refused.get_or_create(&labels(owner)).inc_by(usage.refused - *last);
             }
             *last = usage.refused;
         }
+        for gone in retired(&mut self.published_entries, entries) {
+            metrics.conntrack_entries.remove(&gone);
+        }
+        let mut records = HashMap::new();
         for (owner, usage) in self.fragment_usage.usages() {
             let held = self.fragment_usage.in_use(owner, &usage);
             metrics.fragment_records.get_or_create(&labels(owner)).set(held as i64);
+            records.insert(owner, labels(owner));
+        }
+        for gone in retired(&mut self.published_records, records) {
+            metrics.fragment_records.remove(&gone);
         }
     }
+}
+
+/// The series published last time and not this time — the owner's usage was
+/// forgotten, or its endpoint is named differently now; `published` becomes
+/// `now`.
+fn retired(published: &mut HashMap<u32, EndpointLabels>, now: HashMap<u32, EndpointLabels>) -> Vec<EndpointLabels> {
+    let before = std::mem::replace(published, now);
+    before
+        .into_iter()
+        .filter(|(owner, labels)| published.get(owner) != Some(labels))
+        .map(|(_, labels)| labels)
+        .collect()
 }
 
 /// What the collector needs of a table's values.
@@ -458,5 +486,29 @@ fn flow_of(event: &Event, model: &PolicyModel, rules: &RuleTexts) -> FlowRecord 
             _ => None,
         },
         ..FlowRecord::new(protocol, verdict, source, destination)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(endpoint: &str) -> EndpointLabels {
+        EndpointLabels { endpoint: endpoint.into() }
+    }
+
+    #[test]
+    fn series_of_endpoints_that_went_or_were_renamed_are_retired() {
+        let mut published = HashMap::new();
+        let first = HashMap::from([(7, named("web")), (8, named("api")), (9, named("db"))]);
+        assert!(retired(&mut published, first).is_empty(), "nothing was published before");
+        // 8's usage was forgotten (its veth went); 9 is only known by its
+        // ifindex now (its endpoint left the model before its entries expired)
+        let second = HashMap::from([(7, named("web")), (9, named("ifindex-9"))]);
+        let mut gone = retired(&mut published, second);
+        gone.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        assert_eq!(gone, [named("api"), named("db")]);
+        assert_eq!(published.len(), 2);
+        assert!(retired(&mut published, HashMap::from([(7, named("web")), (9, named("ifindex-9"))])).is_empty());
     }
 }
