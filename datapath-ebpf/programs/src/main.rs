@@ -791,10 +791,7 @@ fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
         unsafe { *record = value };
         return Ok(());
     }
-    let limit = match settings().fragments_per_endpoint {
-        0 => conntrack::FRAGMENT_PER_ENDPOINT,
-        n => n,
-    };
+    let limit = setting_or(settings().fragments_per_endpoint, conntrack::FRAGMENT_PER_ENDPOINT);
     let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, limit, REASON_FRAG_LIMIT)?;
     insert_charged(A::fragments(), &key, &value, usage, REASON_FRAG_FULL)
 }
@@ -842,8 +839,12 @@ fn fragment_forget<A: Addr>(packet: &Packet<A>, direction: u8) {
 /// passes, or with a first fragment that does not.
 #[inline(always)]
 fn fragment_judged<A: Addr>(packet: &Packet<A>, direction: u8, passed: bool) {
-    let done = if passed { FRAGMENT_LAST } else { FRAGMENT_FIRST };
-    if packet.fragment == done {
+    let finished = match packet.fragment {
+        FRAGMENT_LAST => passed,
+        FRAGMENT_FIRST => !passed,
+        _ => false,
+    };
+    if finished {
         fragment_forget(packet, direction);
     }
 }
@@ -860,9 +861,16 @@ fn settings() -> Settings {
     SETTINGS.get(0).copied().unwrap_or_default()
 }
 
+/// A SETTINGS field, where 0 means `default` (a weir that does not set it).
+#[inline(always)]
+fn setting_or(value: u32, default: u32) -> u32 {
+    if value == 0 { default } else { value }
+}
+
+/// A lifetime in seconds from SETTINGS, in nanoseconds.
 #[inline(always)]
 fn or_default(value: u32, default: u32) -> u64 {
-    (if value == 0 { default } else { value }) as u64 * NANOS
+    setting_or(value, default) as u64 * NANOS
 }
 
 /// How long an entry in this state lives without traffic.
@@ -989,10 +997,7 @@ fn release(usage: &HashMap<u32, CtUsage>, owner: u32) {
 
 #[inline(always)]
 fn charge_conntrack(owner: u32) -> Result<*mut CtUsage, u8> {
-    let limit = match settings().ct_per_endpoint {
-        0 => conntrack::PER_ENDPOINT,
-        n => n,
-    };
+    let limit = setting_or(settings().ct_per_endpoint, conntrack::PER_ENDPOINT);
     charge(&CT_USAGE, &CT_FREED, owner, limit, REASON_CT_LIMIT)
 }
 
