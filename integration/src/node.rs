@@ -491,6 +491,21 @@ spec:
     - fromEndpoints: [{matchLabels: {app: other}}]
 "#;
 
+/// `app: server` takes UDP 9001 from `app: client` and may send nothing at
+/// all: what it sends passes only as an ICMP error about a live connection.
+pub const SERVER_SILENT: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-silent}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
+  egress:
+    - toEndpoints: [{matchLabels: {app: nobody}}]
+"#;
+
 /// `app: server` takes UDP 9001 from `app: client`, nothing else.
 pub const SERVER_UDP_POLICY: &str = r#"
 apiVersion: cilium.io/v2

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
-use weir_integration::node::{Node, SERVER_UDP_POLICY};
+use weir_integration::node::{Node, SERVER_SILENT, SERVER_UDP_POLICY};
 use weir_integration::wait_for;
 
 fn script(name: &str) -> String {
@@ -555,20 +555,6 @@ fn one_pods_unfinished_fragments_cannot_push_out_anothers() {
     send(&node, "oth", &["frag-datagrams", &server, "9001", "50000", "3", "again"]);
     wait_for("oth's datagrams received", Duration::from_secs(10), || received("again-") == 3);
 }
-
-/// srv takes UDP 9001 from the client and may send nothing at all.
-const SERVER_SILENT: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-silent}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
-  egress:
-    - toEndpoints: [{matchLabels: {app: nobody}}]
-"#;
 
 /// ICMP errors about a tracked connection's packet pass (here srv's kernel
 /// answering "port unreachable" to the client's allowed datagram, which

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
-use weir_integration::node::{Node, SERVER_UDP_POLICY, peer_script};
+use weir_integration::node::{Node, SERVER_SILENT, SERVER_UDP_POLICY, peer_script};
 use weir_integration::wait_for;
 
 const BASE: &str = "admin: ADMIN\nworkers: 1\nlog_flows: true\n";
@@ -564,21 +564,6 @@ fn icmps_rules_name_icmpv6_types_of_their_family_only() {
     assert_eq!(drop.icmp_type, Some(139), "{drop:?}");
     assert_eq!(ping6(&node, "cli", &server6), "reply", "and the echo request still passes");
 }
-
-/// srv takes UDP 9001 from the client and may send nothing at all: what it
-/// sends the client passes only as an error about a live connection.
-const SERVER_SILENT: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server-silent}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: client}}]
-      toPorts: [{ports: [{port: "9001", protocol: UDP}]}]
-  egress:
-    - toEndpoints: [{matchLabels: {app: nobody}}]
-"#;
 
 /// An ICMPv6 error quoting a packet with extension headers (a packet too
 /// big about a fragmented datagram quotes its Fragment header) is read past
