@@ -279,23 +279,23 @@ impl Collector {
         };
         let mut entries = HashMap::new();
         for (owner, usage) in self.usage.usages() {
-            let held = self.usage.in_use(owner, &usage);
-            metrics.conntrack_entries.get_or_create(&labels(owner)).set(held as i64);
-            entries.insert(owner, labels(owner));
+            let name = labels(owner);
+            metrics.conntrack_entries.get_or_create(&name).set(self.usage.in_use(owner, &usage) as i64);
             let last = self.last_refused.entry(owner).or_default();
             if usage.refused > *last {
-                metrics.conntrack_refused.get_or_create(&labels(owner)).inc_by(usage.refused - *last);
+                metrics.conntrack_refused.get_or_create(&name).inc_by(usage.refused - *last);
             }
             *last = usage.refused;
+            entries.insert(owner, name);
         }
         for gone in retired(&mut self.published_entries, entries) {
             metrics.conntrack_entries.remove(&gone);
         }
         let mut records = HashMap::new();
         for (owner, usage) in self.fragment_usage.usages() {
-            let held = self.fragment_usage.in_use(owner, &usage);
-            metrics.fragment_records.get_or_create(&labels(owner)).set(held as i64);
-            records.insert(owner, labels(owner));
+            let name = labels(owner);
+            metrics.fragment_records.get_or_create(&name).set(self.fragment_usage.in_use(owner, &usage) as i64);
+            records.insert(owner, name);
         }
         for gone in retired(&mut self.published_records, records) {
             metrics.fragment_records.remove(&gone);
