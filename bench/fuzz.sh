@@ -32,6 +32,11 @@ export RUSTC_BOOTSTRAP=1
 # debug assertions and overflow checks still on (-a). 16 codegen units:
 # cargo-fuzz's default of 1 makes the wasmtime and cranelift build far slower.
 FUZZ_FLAGS=(-s none -O -a --codegen-units 16)
+# No debug info (cargo-fuzz asks for line tables; a later -C wins): twelve
+# targets each link weir and wasmtime, and line tables were half of their
+# 4 GB. A crash still names its functions; for lines, replay the input in a
+# build without this flag.
+export RUSTFLAGS="${RUSTFLAGS:-} -Cdebuginfo=0"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: cargo-fuzz is not installed (scripts/setup.sh installs it)" >&2

@@ -33,6 +33,10 @@ install() {
   command -v go >/dev/null || { log "go is not installed"; exit 1; }
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
+  # Go's module and build caches live in $src and go with it: ~5 GB the
+  # binaries never read again, on machines (CI) with little disk to spare.
+  # -modcacherw: the module cache's files writable, so that rm can remove them
+  export GOCACHE=$src/go-build GOMODCACHE=$src/go-mod GOFLAGS=-modcacherw
   mkdir -p "$src/kube" "$src/etcd" "$BIN.partial"
   local minor=${KUBE_VERSION#1.}
   minor=${minor%%.*}
