@@ -21,10 +21,10 @@ install() {
   log "building helm v$HELM_VERSION from Go modules (about 3 minutes, once per machine)"
   mkdir -p "$BIN.partial"
   # Go's caches in a directory of their own, removed after (as scripts/kube.sh)
-  local scratch
-  scratch=$(mktemp -d)
-  trap 'rm -rf "$scratch"' EXIT
-  GOCACHE=$scratch/go-build GOMODCACHE=$scratch/go-mod GOFLAGS=-modcacherw GOBIN="$BIN.partial" go install -trimpath \
+  # (a global: the EXIT trap runs after this function has returned)
+  go_scratch=$(mktemp -d)
+  trap 'rm -rf "$go_scratch"' EXIT
+  GOCACHE=$go_scratch/go-build GOMODCACHE=$go_scratch/go-mod GOFLAGS=-modcacherw GOBIN="$BIN.partial" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
     "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
   rm -rf "$BIN"
