@@ -476,6 +476,16 @@ fn a_network_specific_nat64_prefix_is_judged_as_ipv4_once_named() {
     judged_as_embedded_ipv4(prefixes, "64:ff9b:1:a::/96", "64:ff9b:1:a::a62:1", "64:ff9b:1:a::a63:1");
 }
 
+/// A /56 (RFC 6052 §2.2): the IPv4 address is split around bits 64 to 71,
+/// 10 before them, 98.0.1 after — so the octet that tells the allowed
+/// address from the excepted one (98, 99) is read only past the u octet.
+/// Before such prefixes were read, weir.yaml naming one was refused.
+#[test]
+fn a_nat64_prefix_shorter_than_96_bits_embeds_ipv4_around_the_u_octet() {
+    let prefixes = "  nat64_prefixes: [\"64:ff9b:1:100::/56\"]\n";
+    judged_as_embedded_ipv4(prefixes, "64:ff9b:1:100::/56", "64:ff9b:1:10a:62:1::", "64:ff9b:1:10a:63:1::");
+}
+
 /// `ext` holds `allowed` and `excepted` (the NAT64 spellings of 10.98.0.1
 /// and 10.99.0.1 in `prefix`), which `datapath_config` makes NAT64 prefixes
 /// ("" for the default).

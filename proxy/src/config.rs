@@ -183,11 +183,12 @@ pub struct DatapathConfig {
     /// leaves them to the node's routing, so the node's own firewall rules
     /// (iptables `FORWARD`) see them. Either way weir's policy is the same.
     pub host_routing: HostRouting,
-    /// The prefixes a NAT64 gateway serves, each a /96 whose last 32 bits
-    /// are an IPv4 address: an address in one is judged as the IPv4 address
-    /// it embeds (IPv4 rules and their excepts apply, IPv6 rules do not), in
-    /// the kernel and in the proxy. RFC 6052's well-known `64:ff9b::/96` by
-    /// default; a gateway that translates to private IPv4 addresses must use
+    /// The prefixes a NAT64 gateway serves, each of RFC 6052's lengths (/32,
+    /// /40, /48, /56, /64 or /96; the 32 bits after the prefix, past bits 64
+    /// to 71, are an IPv4 address): an address in one is judged as the IPv4
+    /// address it embeds (IPv4 rules and their excepts apply, IPv6 rules do
+    /// not), in the kernel and in the proxy. RFC 6052's well-known
+    /// `64:ff9b::/96` by default; a gateway that translates to private IPv4 addresses must use
     /// a network-specific prefix (RFC 6052 §3.1), e.g. from `64:ff9b:1::/48`
     /// (RFC 8215). Name every prefix the node's NAT64 serves: an address in
     /// one not named is judged by IPv6 rules. `[]`: no NAT64.
@@ -726,12 +727,12 @@ impl WeirConfig {
         }
         for (i, prefix) in self.datapath.nat64_prefixes.iter().enumerate() {
             let at = format!("datapath.nat64_prefixes[{i}]: {prefix}");
-            // RFC 6052's shorter prefixes put the IPv4 address elsewhere
-            // (around the reserved bits 64..72): not judged as IPv4 here
-            if prefix.prefix_len() != 96 || prefix.network() != prefix.addr() {
+            // where the IPv4 address is depends on the length: RFC 6052's only
+            let lengths = weir_datapath_common::NAT64_PREFIX_LENGTHS;
+            if !lengths.contains(&prefix.prefix_len()) || prefix.network() != prefix.addr() {
                 return Err(format!(
-                    "{at} is not a /96 network (weir judges the IPv4 address in the last 32 bits of a /96 \
-                     prefix; RFC 6052's shorter prefixes are not supported)"
+                    "{at} is not a network of one of RFC 6052's lengths (/32, /40, /48, /56, /64 or /96), \
+                     whose addresses embed an IPv4 address"
                 ));
             }
             // bits 64..72 must be zero (RFC 6052 §2.2); ::/96 holds :: and
@@ -742,8 +743,26 @@ impl WeirConfig {
             if prefix.network().segments()[..5] == [0; 5] {
                 return Err(format!("{at} holds the unspecified, loopback or IPv4-mapped addresses"));
             }
+            let special: [ipnet::Ipv6Net; 2] =
+                ["fe80::/10".parse().expect("a prefix"), "ff00::/8".parse().expect("a prefix")];
+            if special.iter().any(|s| s.contains(prefix) || prefix.contains(s)) {
+                return Err(format!("{at} holds link-local or multicast addresses"));
+            }
+            // the well-known prefix is a /96 (RFC 6052 §2.1): read with
+            // another length, its addresses would embed other IPv4 addresses
+            // than the gateway's
+            let well_known: ipnet::Ipv6Net = weir_datapath_common::NAT64_PREFIX.parse().expect("a prefix");
+            if *prefix != well_known && prefix.contains(&well_known) {
+                return Err(format!("{at} holds {well_known}, which is a /96 (RFC 6052 §2.1): name it as such"));
+            }
             if self.datapath.nat64_prefixes[..i].contains(prefix) {
                 return Err(format!("{at} is named twice"));
+            }
+            // one inside another would leave its addresses two IPv4 readings
+            if let Some(other) =
+                self.datapath.nat64_prefixes[..i].iter().find(|o| o.contains(prefix) || prefix.contains(*o))
+            {
+                return Err(format!("{at} overlaps {other}: an address in both embeds two IPv4 addresses"));
             }
             // a workload's address there would be judged as IPv4 by the
             // proxy wherever the kernel knows it as the workload
@@ -992,15 +1011,23 @@ mod tests {
     }
 
     #[test]
-    fn nat64_prefixes_are_96_bit_networks_named_once() {
+    fn nat64_prefixes_are_rfc_6052_networks_named_once() {
         let defaults = WeirConfig::parse("{}").unwrap().datapath.nat64_prefixes;
         assert_eq!(defaults, ["64:ff9b::/96".parse::<ipnet::Ipv6Net>().unwrap()]);
         let two = WeirConfig::parse("datapath: {nat64_prefixes: ['64:ff9b::/96', '64:ff9b:1:a::/96']}").unwrap();
         assert_eq!(two.datapath.nat64_prefixes.len(), 2);
+        let lengths = "datapath: {nat64_prefixes: ['2001:db8::/32', '2001:db9:100::/40', '64:ff9b:1::/48', \
+                       '2001:dba:122:300::/56', '2001:dbb:122:344::/64', '64:ff9b::/96']}";
+        assert_eq!(WeirConfig::parse(lengths).unwrap().datapath.nat64_prefixes.len(), 6);
         assert!(WeirConfig::parse("datapath: {nat64_prefixes: []}").unwrap().datapath.nat64_prefixes.is_empty());
         for (bad, says) in [
-            ("['64:ff9b:1::/48']", "64:ff9b:1::/48 is not a /96 network"),
-            ("['64:ff9b::1/96']", "64:ff9b::1/96 is not a /96 network"),
+            ("['64:ff9b:1::/50']", "64:ff9b:1::/50 is not a network of one of RFC 6052's lengths"),
+            ("['64:ff9b::1/96']", "64:ff9b::1/96 is not a network of one of RFC 6052's lengths"),
+            ("['64:ff9b:1::/48', '64:ff9b:1:a::/96']", "64:ff9b:1:a::/96 overlaps 64:ff9b:1::/48"),
+            ("['64:ff9b:1:a::/96', '64:ff9b:1::/48']", "64:ff9b:1::/48 overlaps 64:ff9b:1:a::/96"),
+            ("['64:ff9b::/32']", "holds 64:ff9b::/96, which is a /96 (RFC 6052 §2.1)"),
+            ("['fe80::/32']", "holds link-local or multicast addresses"),
+            ("['ff02::/32']", "holds link-local or multicast addresses"),
             ("['64:ff9b::/96', '64:ff9b::/96']", "nat64_prefixes[1]: 64:ff9b::/96 is named twice"),
             ("['64:ff9b:0:0:100::/96']", "bits 64 to 71 of a NAT64 prefix must be zero"),
             ("['::/96']", "holds the unspecified, loopback or IPv4-mapped addresses"),

@@ -365,14 +365,20 @@ pub fn nat64_embedded(net: ipnet::IpNet) -> Option<ipnet::IpNet> {
 }
 
 fn embedded_in(prefixes: &[ipnet::Ipv6Net], net: ipnet::IpNet) -> Option<ipnet::IpNet> {
-    match net {
-        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => {
-            let v4 = std::net::Ipv4Addr::from(v6.network().to_bits() as u32);
-            let embedded = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?;
-            prefixes.iter().any(|p| p.contains(&v6.network())).then_some(ipnet::IpNet::V4(embedded))
-        }
-        _ => None,
-    }
+    let ipnet::IpNet::V6(v6) = net else { return None };
+    let prefix = prefixes.iter().find(|p| p.prefix_len() <= v6.prefix_len() && p.contains(&v6.network()))?;
+    let prefix_len = u32::from(prefix.prefix_len());
+    let v4 = weir_datapath_common::nat64_embedded_ipv4(&v6.network().octets(), prefix_len);
+    // the IPv4 address's bits the network fixes: bit i of it is bit
+    // prefix_len + i of the IPv6 address, past the u octet (bits 64..72)
+    let fixed = (0..32)
+        .filter(|i| {
+            let at = prefix_len + i;
+            let at = if prefix_len < 96 && at >= 64 { at + 8 } else { at };
+            at < u32::from(v6.prefix_len())
+        })
+        .count();
+    Some(ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4.into(), fixed as u8).ok()?.trunc()))
 }
 
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
@@ -404,10 +410,34 @@ mod tests {
         // a network-specific prefix (RFC 8215's local-use range) when the
         // node names it, and then the well-known one is not judged so
         let specific: Vec<ipnet::Ipv6Net> = vec!["64:ff9b:1:a::/96".parse().unwrap()];
-        let embedded_in = |net: &str| embedded_in(&specific, net.parse().unwrap()).map(|n| n.to_string());
-        assert_eq!(embedded_in("64:ff9b:1:a::a63:1/128").as_deref(), Some("10.99.0.1/32"));
-        assert_eq!(embedded_in("64:ff9b:1:b::a63:1/128"), None);
-        assert_eq!(embedded_in("64:ff9b::a63:1/128"), None);
+        let embedded_specific = |net: &str| embedded_in(&specific, net.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(embedded_specific("64:ff9b:1:a::a63:1/128").as_deref(), Some("10.99.0.1/32"));
+        assert_eq!(embedded_specific("64:ff9b:1:b::a63:1/128"), None);
+        assert_eq!(embedded_specific("64:ff9b::a63:1/128"), None);
+
+        // RFC 6052 §2.4's examples: 192.0.2.33 in each prefix length
+        for (prefix, address) in [
+            ("2001:db8::/32", "2001:db8:c000:221::"),
+            ("2001:db8:100::/40", "2001:db8:1c0:2:21::"),
+            ("2001:db8:122::/48", "2001:db8:122:c000:2:2100::"),
+            ("2001:db8:122:300::/56", "2001:db8:122:3c0:0:221::"),
+            ("2001:db8:122:344::/64", "2001:db8:122:344:c0:2:2100:0"),
+            ("2001:db8:122:344::/96", "2001:db8:122:344::192.0.2.33"),
+        ] {
+            let prefixes: Vec<ipnet::Ipv6Net> = vec![prefix.parse().unwrap()];
+            let embedded = embedded_in(&prefixes, format!("{address}/128").parse().unwrap());
+            assert_eq!(embedded.map(|n| n.to_string()).as_deref(), Some("192.0.2.33/32"), "{prefix}");
+            assert_eq!(embedded_in(&prefixes, prefix.parse().unwrap()).unwrap().to_string(), "0.0.0.0/0");
+        }
+        // a network in a /48 fixes the IPv4 bits it covers, past the u octet:
+        // /64 covers 16 (192.0), /80 the next 8 (192.0.2)
+        let p48: Vec<ipnet::Ipv6Net> = vec!["2001:db8:122::/48".parse().unwrap()];
+        let embedded_48 = |net: &str| embedded_in(&p48, net.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(embedded_48("2001:db8:122:c000::/64").as_deref(), Some("192.0.0.0/16"));
+        assert_eq!(embedded_48("2001:db8:122:c000::/72").as_deref(), Some("192.0.0.0/16"));
+        assert_eq!(embedded_48("2001:db8:122:c000:2::/80").as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(embedded_48("2001:db8:122:c000:2:2100::/88").as_deref(), Some("192.0.2.33/32"));
+        assert_eq!(embedded_48("2001:db8::/40"), None, "broader than the prefix");
     }
 
     #[test]

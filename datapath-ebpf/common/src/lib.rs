@@ -52,13 +52,43 @@ pub mod identity {
     /// world's: never a pod's or the node's (no packet with such an address
     /// is theirs, and a sender must not claim their identity by writing one).
     pub const NAT64: u32 = 0xFFFF_FF64;
+    /// The same for a NAT64 prefix shorter than /96 (its length in the
+    /// entry's `local_ifindex`, [`super::nat64_embedded_ipv4`]). A marker of
+    /// its own: programs older than such prefixes — still running for a
+    /// moment of a rolling upgrade, after the new weir wrote the ipcache —
+    /// would read [`NAT64`]'s addresses as /96, an IPv4 address the sender
+    /// picks in the suffix no gateway reads. This one they take for an
+    /// identity no policy names: they drop, the new programs judge.
+    pub const NAT64_SHORT: u32 = 0xFFFF_FF65;
 }
 
 /// RFC 6052's well-known NAT64 prefix, `64:ff9b::/96`: its last 32 bits are
 /// an IPv4 address. The default of `datapath.nat64_prefixes`, which may name
-/// network-specific /96 prefixes instead (the programs take the last 32 bits
-/// of any address the ipcache marks [`identity::NAT64`]).
+/// network-specific prefixes instead (/32 to /96, [`nat64_embedded_ipv4`]).
 pub const NAT64_PREFIX: &str = "64:ff9b::/96";
+
+/// The lengths RFC 6052 §2.2 defines for a NAT64 prefix.
+pub const NAT64_PREFIX_LENGTHS: [u8; 6] = [32, 40, 48, 56, 64, 96];
+
+/// The IPv4 address (network order) that `address`, in a NAT64 prefix of
+/// `prefix_len` bits, embeds (RFC 6052 §2.2): the 32 bits after the prefix,
+/// past bits 64 to 71 (the "u" octet, which they straddle for /40 to /56).
+/// The u octet and the suffix after the IPv4 address are not read, as a
+/// translator reads them (RFC 6052 has them zero). Another length reads as
+/// 96. One definition for the kernel's programs and the proxy: both judge an address
+/// as the same IPv4 address.
+#[inline(always)]
+pub fn nat64_embedded_ipv4(address: &[u8; 16], prefix_len: u32) -> [u8; 4] {
+    let a = address;
+    match prefix_len {
+        32 => [a[4], a[5], a[6], a[7]],
+        40 => [a[5], a[6], a[7], a[9]],
+        48 => [a[6], a[7], a[9], a[10]],
+        56 => [a[7], a[9], a[10], a[11]],
+        64 => [a[9], a[10], a[11], a[12]],
+        _ => [a[12], a[13], a[14], a[15]],
+    }
+}
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
@@ -235,7 +265,10 @@ pub type IpcacheKey6 = [u8; 16];
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IpcacheValue {
     pub identity: u32,
-    /// Non-zero: a pod on this node (its host-side veth ifindex).
+    /// Non-zero: a pod on this node (its host-side veth ifindex). In the
+    /// entry of a NAT64 prefix shorter than /96 ([`identity::NAT64_SHORT`],
+    /// never a pod): the prefix's length, which says where its addresses
+    /// keep the IPv4 address ([`nat64_embedded_ipv4`]).
     pub local_ifindex: u32,
 }
 

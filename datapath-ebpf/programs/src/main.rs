@@ -60,7 +60,7 @@ use weir_datapath_common::{
     REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY,
     REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD,
     TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
-    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, proxy_socket_key, proxy_socket_key6,
+    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, nat64_embedded_ipv4, proxy_socket_key, proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -340,8 +340,10 @@ impl Addr for [u32; 4] {
             // identity::NAT64), and never as a pod of this node (the gateway,
             // not this packet, reaches it). Only a learned name is more
             // specific (toFQDNs through DNS64).
-            Some(v) if v.identity == identity::NAT64 => {
-                let embedded = self[3].ipcache().identity;
+            Some(v) if v.identity == identity::NAT64 || v.identity == identity::NAT64_SHORT => {
+                let prefix_len = if v.identity == identity::NAT64 { 96 } else { v.local_ifindex };
+                let ipv4 = u32::from_ne_bytes(nat64_embedded_ipv4(&bytes, prefix_len));
+                let embedded = ipv4.ipcache().identity;
                 let cluster = embedded < FIRST_CIDR_IDENTITY && embedded != identity::WORLD;
                 IpcacheValue { identity: if cluster { identity::WORLD } else { embedded }, local_ifindex: 0 }
             }

@@ -211,7 +211,13 @@ pub fn compile(
     // it embeds, whatever IPv6 rules name (only a learned name is more
     // specific: toFQDNs through DNS64)
     for nat64 in crate::identity::nat64_prefixes() {
-        desired.ipcache_insert((*nat64).into(), IpcacheValue { identity: identity::NAT64, local_ifindex: 0 }, true);
+        // a /96 as ever; a shorter one with its length, which says where the
+        // IPv4 address is, under a marker older programs do not read
+        let value = match nat64.prefix_len() {
+            96 => IpcacheValue { identity: identity::NAT64, local_ifindex: 0 },
+            len => IpcacheValue { identity: identity::NAT64_SHORT, local_ifindex: u32::from(len) },
+        };
+        desired.ipcache_insert((*nat64).into(), value, true);
     }
 
     let no_names = BTreeMap::new();
