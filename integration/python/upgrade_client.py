@@ -68,10 +68,16 @@ def main():
             lambda d: d.stdout.strip() == "200")
 
     def dig(transport):
+        # over TCP, long enough for a SYN's second retransmit (3 s): a lookup
+        # begun while no weir runs then reaches the restarted one, as curl's
+        # 5 s do, however slow the restart on a loaded machine (with 2 s,
+        # a restart over ~1 s lost it). Over UDP a query in that gap is
+        # lost whatever the wait (one try).
+        wait = "+time=4" if transport == "tcp" else "+time=2"
         extra = ["+tcp"] if transport == "tcp" else []
         out[f"dns_{transport}"] = loop(
             args.seconds,
-            ["dig", f"@{args.dns_server}", "+tries=1", "+time=2", *extra, args.dns_name, "A"],
+            ["dig", f"@{args.dns_server}", "+tries=1", wait, *extra, args.dns_name, "A"],
             lambda d: "status: NOERROR" in d.stdout)
 
     threads += [threading.Thread(target=curl), threading.Thread(target=dig, args=("udp",)),
