@@ -22,6 +22,7 @@ pub mod wasm;
 // flows, metrics and the `weir observe` client
 pub mod observe;
 // base types every layer uses
+pub mod bpf_syscall;
 pub mod context;
 pub mod identity;
 pub mod limits;

@@ -160,26 +160,9 @@ impl Splicer {
 /// BPF_MAP_UPDATE_ELEM through the raw syscall: aya's map wants `&mut`, and
 /// every connection of every worker adds its socket.
 fn update(map: RawFd, key: &SpliceKey, socket: RawFd) -> std::io::Result<()> {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
     let value = socket as u32;
-    let attr = Attr {
-        map_fd: map as u32,
-        _pad: 0,
-        key: key as *const SpliceKey as u64,
-        value: &value as *const u32 as u64,
-        flags: 0, // BPF_ANY
-    };
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    // SAFETY: the attribute points at a key and a value that outlive the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr as *const Attr, size_of::<Attr>() as libc::c_uint)
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    let (key, value) = (std::ptr::from_ref(key).cast(), std::ptr::from_ref(&value).cast_mut().cast());
+    // SAFETY: a key and a value of the sockhash's types, alive for the
+    // call; the kernel only reads them (flags 0: BPF_ANY)
+    unsafe { crate::bpf_syscall::map_elem(crate::bpf_syscall::MAP_UPDATE_ELEM, map, key, value, 0) }
 }

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, PerCpuArray, RingBuf};
 use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 use weir_datapath_common::{
@@ -355,12 +356,39 @@ fn sweep_table<K: aya::Pod, V: Expiring>(
         if table.get(&key, 0).ok() != Some(value) {
             continue;
         }
-        if table.remove(&key).is_ok() {
-            *freed.entry(value.owner()).or_default() += 1;
-            deleted += 1;
+        // delete it and learn what was deleted in one step: the programs
+        // may have replaced it since the look above (restarted it in place
+        // for another endpoint, or deleted it and made it again), and the
+        // charge to release is the owner of what is deleted
+        let Some(taken) = take::<K, V>(table.map(), &key) else { continue };
+        if taken.expires() > now {
+            // a live entry after all: it goes back, charged as it was,
+            // unless the programs made another meanwhile (that one is
+            // charged to its own owner; this one is gone)
+            if table.insert(key, taken, crate::bpf_syscall::NOEXIST).is_ok() {
+                continue;
+            }
         }
+        *freed.entry(taken.owner()).or_default() += 1;
+        deleted += 1;
     }
     deleted
+}
+
+/// Delete `key` from a BPF hash map and return the value deleted, in one
+/// step: aya's map offers a lookup and a delete, between which the programs
+/// may change the entry. `None`: no such key.
+fn take<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K) -> Option<V> {
+    use crate::bpf_syscall::{MAP_LOOKUP_AND_DELETE_ELEM, map_elem};
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let fd = map.fd().as_fd().as_raw_fd();
+    // SAFETY: a key and a value buffer of the map's types (aya checked their
+    // sizes when it typed the map) that outlive the call; the kernel writes
+    // the value only when it succeeds
+    let taken = unsafe {
+        map_elem(MAP_LOOKUP_AND_DELETE_ELEM, fd, std::ptr::from_ref(key).cast(), value.as_mut_ptr().cast(), 0)
+    };
+    taken.ok().map(|()| unsafe { value.assume_init() })
 }
 
 /// Why a packet was dropped, for reasons that are not a rule's.
@@ -510,5 +538,57 @@ mod tests {
         assert_eq!(gone, [named("api"), named("db")]);
         assert_eq!(published.len(), 2);
         assert!(retired(&mut published, HashMap::from([(7, named("web")), (9, named("ifindex-9"))])).is_empty());
+    }
+
+    /// A kernel hash map of `FragValue`s by `u32` (needs root, as the
+    /// datapath does; the tests run as root).
+    fn kernel_table(entries: u32) -> BpfHashMap<MapData, u32, FragValue> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        #[repr(C)]
+        struct CreateAttr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_HASH: u32 = 1;
+        let attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: 4,
+            value_size: size_of::<FragValue>() as u32,
+            max_entries: entries,
+            map_flags: 0,
+        };
+        // SAFETY: the attribute is ours for the call
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &attr, size_of::<CreateAttr>() as libc::c_uint) };
+        assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor the kernel just gave us, owned by nobody else
+        let data = MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).unwrap();
+        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+    }
+
+    fn record(owner: u32, expires: u64) -> FragValue {
+        FragValue { sport: 1, dport: 2, reply_candidate: 0, owner, _pad: 0, expires }
+    }
+
+    #[test]
+    fn a_sweep_deletes_expired_entries_and_releases_them_to_their_owners() {
+        let mut table = kernel_table(8);
+        for (key, value) in [(1, record(7, 100)), (2, record(7, 200)), (3, record(8, 150)), (4, record(8, 900))] {
+            table.insert(key, value, 0).unwrap();
+        }
+        let mut freed = HashMap::new();
+        assert_eq!(sweep_table(&mut table, 500, &mut freed), 3);
+        assert_eq!(freed, HashMap::from([(7, 2), (8, 1)]));
+        let left: Vec<u32> = table.keys().map(Result::unwrap).collect();
+        assert_eq!(left, [4], "the live entry stays");
+
+        // take: what was deleted, once
+        assert_eq!(take::<u32, FragValue>(table.map(), &4), Some(record(8, 900)));
+        assert_eq!(take::<u32, FragValue>(table.map(), &4), None);
+        assert!(table.keys().next().is_none());
     }
 }

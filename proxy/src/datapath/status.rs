@@ -142,26 +142,12 @@ fn count_keys(data: &MapData) -> Option<u64> {
 /// BPF_MAP_GET_NEXT_KEY through the raw syscall: aya's key iterators need
 /// the key type, and this report counts maps of every key type alike.
 fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> bool {
+    use crate::bpf_syscall::{MAP_GET_NEXT_KEY, map_elem};
     use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        next_key: u64,
-    }
-    let attr = Attr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        next_key: next.as_mut_ptr() as u64,
-    };
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    // SAFETY: the attribute names buffers of the map's key size that outlive the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const Attr, size_of::<Attr>() as libc::c_uint)
-    };
-    rc == 0
+    let key = key.map_or(std::ptr::null(), |k| k.as_ptr());
+    // SAFETY: buffers of the map's key size (or none: the first key) that
+    // outlive the call
+    unsafe { map_elem(MAP_GET_NEXT_KEY, fd.as_raw_fd(), key, next.as_mut_ptr(), 0) }.is_ok()
 }
 
 /// One line per endpoint in the kernel's endpoint map (whatever the mode,
