@@ -360,7 +360,16 @@ fn sweep_table<K: aya::Pod, V: Expiring>(
         // may have replaced it since the look above (restarted it in place
         // for another endpoint, or deleted it and made it again), and the
         // charge to release is the owner of what is deleted
-        let Some(taken) = take::<K, V>(table.map(), &key) else { continue };
+        let taken = match take::<K, V>(table.map(), &key) {
+            Ok(Some(taken)) => taken,
+            Ok(None) => continue,
+            Err(e) => {
+                // not a race: the kernel refuses the command (and would for
+                // every entry); the table fills and says so in its drops
+                tracing::warn!(error = %e, "datapath collector: BPF_MAP_LOOKUP_AND_DELETE_ELEM failed; expired entries stay");
+                break;
+            }
+        };
         if taken.expires() > now {
             // a live entry after all: it goes back, charged as it was,
             // unless the programs made another meanwhile (that one is
@@ -378,7 +387,7 @@ fn sweep_table<K: aya::Pod, V: Expiring>(
 /// Delete `key` from a BPF hash map and return the value deleted, in one
 /// step: aya's map offers a lookup and a delete, between which the programs
 /// may change the entry. `None`: no such key.
-fn take<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K) -> Option<V> {
+fn take<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K) -> std::io::Result<Option<V>> {
     use crate::bpf_syscall::{MAP_LOOKUP_AND_DELETE_ELEM, map_elem};
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     let fd = map.fd().as_fd().as_raw_fd();
@@ -388,7 +397,12 @@ fn take<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K) -> Option<V> {
     let taken = unsafe {
         map_elem(MAP_LOOKUP_AND_DELETE_ELEM, fd, std::ptr::from_ref(key).cast(), value.as_mut_ptr().cast(), 0)
     };
-    taken.ok().map(|()| unsafe { value.assume_init() })
+    match taken {
+        // SAFETY: the kernel wrote a whole value
+        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a packet was dropped, for reasons that are not a rule's.
@@ -587,8 +601,8 @@ mod tests {
         assert_eq!(left, [4], "the live entry stays");
 
         // take: what was deleted, once
-        assert_eq!(take::<u32, FragValue>(table.map(), &4), Some(record(8, 900)));
-        assert_eq!(take::<u32, FragValue>(table.map(), &4), None);
+        assert_eq!(take::<u32, FragValue>(table.map(), &4).unwrap(), Some(record(8, 900)));
+        assert_eq!(take::<u32, FragValue>(table.map(), &4).unwrap(), None);
         assert!(table.keys().next().is_none());
     }
 }
