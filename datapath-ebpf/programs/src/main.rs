@@ -39,7 +39,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{
-    BPF_ANY, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    BPF_ANY, BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock,
     bpf_sock_tuple, sk_action::SK_PASS,
 };
@@ -1011,14 +1011,25 @@ fn ct_open<A: Addr>(t: &Tuple<A>, flags: u32, src: u32, dst: u32, owner: u32, re
     let mut value = CtValue { flags, src_identity: src, dst_identity: dst, owner, expires: 0, tcp: 0, revision };
     value.expires = now() + lifetime(t.protocol, 0);
     if let Some(entry) = A::conntrack().get_ptr_mut(t) {
-        // the tuple's old entry (expired, closing, or a restarted handshake)
+        // the tuple's old entry (expired, closing, or a restarted handshake),
+        // replaced in one update: weir's collector may delete it between
+        // this look and a write through the pointer, which would land in a
+        // deleted element while the collector releases `previous`
         let previous = unsafe { (*entry).owner };
-        if previous != owner {
-            charge_conntrack(owner)?;
-            release(&CT_USAGE, previous);
+        let charged = if previous != owner { Some(charge_conntrack(owner)?) } else { None };
+        if A::conntrack().insert(t, &value, BPF_EXIST as u64).is_ok() {
+            if charged.is_some() {
+                release(&CT_USAGE, previous);
+            }
+            return Ok(());
         }
-        unsafe { *entry = value };
-        return Ok(());
+        // the collector took it meanwhile (and released its owner): a new
+        // entry, on the charge made above or one made now
+        let usage = match charged {
+            Some(usage) => usage,
+            None => charge_conntrack(owner)?,
+        };
+        return insert_charged(A::conntrack(), t, &value, usage, REASON_CT_FULL);
     }
     let usage = charge_conntrack(owner)?;
     insert_charged(A::conntrack(), t, &value, usage, REASON_CT_FULL)
