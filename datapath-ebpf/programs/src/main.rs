@@ -787,11 +787,15 @@ fn fragment_record<A: Addr>(packet: &Packet<A>, direction: u8, owner: u32) -> Re
         _pad: 0,
         expires,
     };
-    if let Some(record) = A::fragments().get_ptr_mut(&key) {
-        // the first fragment again (resent, or the id reused): its holder keeps it
-        value.owner = unsafe { (*record).owner };
-        unsafe { *record = value };
-        return Ok(());
+    if let Some(record) = unsafe { A::fragments().get(&key) } {
+        // the first fragment again (resent, or the id reused): its holder
+        // keeps it, in one update (as ct_open restarts an entry)
+        value.owner = record.owner;
+        if A::fragments().insert(&key, &value, BPF_EXIST as u64).is_ok() {
+            return Ok(());
+        }
+        // weir's collector took it meanwhile: a new record, charged to `owner`
+        value.owner = owner;
     }
     let limit = setting_or(settings().fragments_per_endpoint, conntrack::FRAGMENT_PER_ENDPOINT);
     let usage = charge(&FRAG_USAGE, &FRAG_FREED, owner, limit, REASON_FRAG_LIMIT)?;
