@@ -368,17 +368,12 @@ fn embedded_in(prefixes: &[ipnet::Ipv6Net], net: ipnet::IpNet) -> Option<ipnet::
     let ipnet::IpNet::V6(v6) = net else { return None };
     let prefix = prefixes.iter().find(|p| p.prefix_len() <= v6.prefix_len() && p.contains(&v6.network()))?;
     let prefix_len = u32::from(prefix.prefix_len());
-    let v4 = weir_datapath_common::nat64_embedded_ipv4(&v6.network().octets(), prefix_len);
-    // the IPv4 address's bits the network fixes: bit i of it is bit
-    // prefix_len + i of the IPv6 address, past the u octet (bits 64..72)
-    let fixed = (0..32)
-        .filter(|i| {
-            let at = prefix_len + i;
-            let at = if prefix_len < 96 && at >= 64 { at + 8 } else { at };
-            at < u32::from(v6.prefix_len())
-        })
-        .count();
-    Some(ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4.into(), fixed as u8).ok()?.trunc()))
+    let embedded = |address: std::net::Ipv6Addr| {
+        u32::from_be_bytes(weir_datapath_common::nat64_embedded_ipv4(&address.octets(), prefix_len))
+    };
+    // the IPv4 bits the network fixes: its netmask read the same way
+    let fixed = embedded(v6.netmask()).leading_ones() as u8;
+    Some(ipnet::IpNet::V4(ipnet::Ipv4Net::new(embedded(v6.network()).into(), fixed).ok()?.trunc()))
 }
 
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.

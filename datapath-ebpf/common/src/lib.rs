@@ -74,9 +74,9 @@ pub const NAT64_PREFIX_LENGTHS: [u8; 6] = [32, 40, 48, 56, 64, 96];
 /// `prefix_len` bits, embeds (RFC 6052 §2.2): the 32 bits after the prefix,
 /// past bits 64 to 71 (the "u" octet, which they straddle for /40 to /56).
 /// The u octet and the suffix after the IPv4 address are not read, as a
-/// translator reads them (RFC 6052 has them zero). Another length reads as
-/// 96. One definition for the kernel's programs and the proxy: both judge an address
-/// as the same IPv4 address.
+/// translator does not read them (RFC 6052 has them zero). Another length
+/// reads as 96. One definition for the kernel's programs and the proxy: both
+/// judge an address as the same IPv4 address.
 #[inline(always)]
 pub fn nat64_embedded_ipv4(address: &[u8; 16], prefix_len: u32) -> [u8; 4] {
     let a = address;
