@@ -10,8 +10,6 @@
 #               packets go from the client's veth straight into the server
 #               pod (`datapath.host_routing: bpf`, the default)
 #   l3l4-kr     the same with `host_routing: kernel`: the node routes them
-#   l3l4-splice l3l4 with `datapath.splice_pods: true`: both pods' writes
-#               spliced into the other's socket (sockmap), past TCP
 #   l7-ebpf     an L7 rule: the programs hand connections to weir (sk_assign)
 #   l7-tproxy   the same L7 rule, with the redirect done by iptables TPROXY
 #               instead (the client's veth has no program; the server's has)
@@ -25,7 +23,7 @@
 #   l3l4-kr6    l3l4-kr over IPv6
 #
 # HTTP: wrk in the client pod against nginx in the server pod (rps, p50, p99).
-# TCP stream: iperf3 for none, l3l4, l3l4-kr and l3l4-splice. Prints ratios to `none`, and for the
+# TCP stream: iperf3 for none, l3l4 and l3l4-kr. Prints ratios to `none`, and for the
 # L7 redirect eBPF : TPROXY. The proxy runs one worker on CPU 1; load and
 # server share CPU 0.
 #
@@ -105,7 +103,7 @@ endpoints() { # $1: "with" or "without" the client's interface
 admin: 127.0.0.1:19901
 workers: 1
 log_flows: false
-datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire], splice: ${SPLICE:-false}, splice_pods: ${SPLICE_PODS:-false}, host_routing: ${HOST_ROUTING:-bpf}}
+datapath: {bpffs: /sys/fs/bpf/weir-bench, devices: [${P}wire], splice: ${SPLICE:-false}, host_routing: ${HOST_ROUTING:-bpf}}
 endpoints:
   - {name: client, addresses: [$CLIENT, "$CLIENT6"], labels: {app: client}$iface}
   - {name: remote-client, address: $REMOTE, labels: {app: client}}
@@ -156,10 +154,7 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
     perf record -a -g -F 499 -o "$work/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  local segs_before segs_after
-  segs_before=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
   out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$server/")
-  segs_after=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     # flat profile by symbol, kernel and user alike (eBPF programs show as
@@ -181,8 +176,7 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
   RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-  # the client's TCP segments sent per request (TcpOutSegs): ~1 over TCP, ~0 spliced
-  echo "$1: ${RPS[$1]} rps, $(awk -v s=$((segs_after - segs_before)) -v r="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.2f", s / r }') client segments/request" >&2
+  echo "$1: ${RPS[$1]} rps" >&2
 }
 iperf_run() { # $1: name
   bps=$(ip netns exec $P-cli iperf3 -c $SERVER -p 5201 -t "$DURATION" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
@@ -204,19 +198,8 @@ http_run x-none ${P}2-cl2
 
 start_weir with l4
 http_run l3l4
-CONNS=1 http_run l3l4-c1
 http_run l3l4-6 $P-cli "[$SERVER6]"
 iperf_run l3l4
-stop_weir
-
-SPLICE_PODS=true start_weir with l4
-grep -q "splicing pod-to-pod connections" "$work/weir.log" || { cat "$work/weir.log" >&2; echo "l3l4-splice: not spliced" >&2; exit 1; }
-# what is in the pair map halfway through each run: both sockets of each
-# connection, or the runs did not splice
-pairs() { sleep $((DURATION / 2)); ip netns exec $P-node "$WEIR" datapath status --config "$work" | grep SPLICE_PAIRS >&2 || true; }
-pairs & http_run l3l4-splice; wait $!
-pairs & CONNS=1 http_run l3l4-splice-c1; wait $!
-pairs & iperf_run l3l4-splice; wait $!
 stop_weir
 
 HOST_ROUTING=kernel start_weir with l4
@@ -257,19 +240,16 @@ stop_weir
 result=bench/results/datapath-$(date +%Y%m%d-%H%M%S).txt
 {
   echo "pod -> pod, wrk -c$CONNS ${DURATION}s, nginx in the server pod, weir one worker"
-  printf '%-14s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
-  for t in none none+rules l3l4 l3l4-kr l3l4-splice l3l4-c1 l3l4-splice-c1 l7-ebpf l7-splice l7-tproxy x-none x-l7 none6 l3l4-6 l3l4-kr6 l7-ebpf6; do
+  printf '%-10s %10s %8s %8s %10s %9s\n' target rps p50_ms p99_ms vs_none gbit/s
+  for t in none none+rules l3l4 l3l4-kr l7-ebpf l7-splice l7-tproxy x-none x-l7 none6 l3l4-6 l3l4-kr6 l7-ebpf6; do
     base=none; [[ $t == x-* ]] && base=x-none; [[ $t == *6 ]] && base=none6
     ratio=$(awk -v a="${RPS[$t]}" -v b="${RPS[$base]}" 'BEGIN { printf "%.3f", a / b }')
-    printf '%-14s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
+    printf '%-10s %10s %8s %8s %10s %9s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$ratio" "${GBPS[$t]:--}"
   done
   awk -v a="${GBPS[l3l4]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4 stream throughput vs none: %.3f (target >= 0.95)\n", a / b }'
   awk -v a="${RPS[l3l4]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4 HTTP rps vs none: %.3f (target >= 0.95)\n", a / b }'
   awk -v a="${GBPS[l3l4-kr]}" -v b="${GBPS[none]}" 'BEGIN { printf "L3/L4, host_routing: kernel, stream vs none: %.3f\n", a / b }'
   awk -v a="${RPS[l3l4-kr]}" -v b="${RPS[none]}" 'BEGIN { printf "L3/L4, host_routing: kernel, HTTP rps vs none: %.3f\n", a / b }'
-  awk -v a="${RPS[l3l4-splice]}" -v b="${RPS[l3l4]}" 'BEGIN { printf "L3/L4 pod-to-pod spliced (sockmap) vs not, HTTP rps: %.3f\n", a / b }'
-  awk -v a="${GBPS[l3l4-splice]}" -v b="${GBPS[l3l4]}" 'BEGIN { printf "L3/L4 pod-to-pod spliced (sockmap) vs not, stream: %.3f\n", a / b }'
-  awk -v a="${RPS[l3l4-splice-c1]}" -v b="${RPS[l3l4-c1]}" 'BEGIN { printf "L3/L4 pod-to-pod spliced (sockmap) vs not, one connection: %.3f\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[l7-tproxy]}" 'BEGIN { printf "L7 redirect, eBPF sk_assign vs iptables TPROXY: %.3f (target >= 1)\n", a / b }'
   awk -v a="${RPS[l7-ebpf]}" -v b="${RPS[none]}" 'BEGIN { printf "L7 via weir vs no policy: %.3f (target >= 0.45; Cilium publishes 0.14)\n", a / b }'
   awk -v a="${RPS[x-l7]}" -v b="${RPS[x-none]}" 'BEGIN { printf "cross-node L7 via weir vs cross-node no policy: %.3f\n", a / b }'

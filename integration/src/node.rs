@@ -415,7 +415,6 @@ impl Drop for Node {
             let _ = server.terminate(Duration::from_secs(2));
         }
         self.servers.clear();
-        let mut config_dir = None;
         if let Some(mut weir) = self.weir.take() {
             let dir = weir.config_dir().to_path_buf();
             if weir.terminate().is_none() {
@@ -428,7 +427,6 @@ impl Drop for Node {
                 .args(["datapath", "cleanup", "--config"])
                 .arg(&dir)
                 .output();
-            config_dir = Some(dir);
             drop(weir);
         }
         self.leave();
@@ -436,12 +434,6 @@ impl Drop for Node {
             let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
-        // `ip netns exec` mounts a sysfs of its own, which hides bpffs: a
-        // pin a stopping weir kept (the pair splice map, while pods were
-        // spliced) is removed from here, now that the pods are gone
-        if let Some(dir) = config_dir {
-            let _ = Command::new(weir_bin()).args(["datapath", "cleanup", "--config"]).arg(&dir).output();
-        }
         let _ = std::fs::remove_dir(&self.bpffs);
     }
 }

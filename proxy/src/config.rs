@@ -173,12 +173,6 @@ pub struct DatapathConfig {
     /// kernel's sockmap has no back-pressure on that path, so a pod that
     /// does not read makes the node hold whatever the proxy writes to it.
     pub splice: bool,
-    /// Splice pod-to-pod connections of this node that no L7 rule covers:
-    /// what each pod writes goes straight into the other's socket (sockmap;
-    /// docs/datapath.md, "Splicing pod-to-pod connections"). Off by default
-    /// for the same reason as `splice`: a pod that does not read makes the
-    /// node hold what its peer writes.
-    pub splice_pods: bool,
     /// The cgroup (v2) whose sockets `weir_sockops` watches for splicing:
     /// the node's root, so every pod is in it (default: where cgroup2 is
     /// mounted).
@@ -225,7 +219,6 @@ impl Default for DatapathConfig {
             rule_priority: 9000,
             conntrack: Default::default(),
             splice: false,
-            splice_pods: false,
             cgroup: None,
             host_routing: HostRouting::Bpf,
             nat64_prefixes: vec![weir_datapath_common::NAT64_PREFIX.parse().expect("a prefix")],

@@ -132,12 +132,6 @@ pub mod maps {
     /// The proxy's sockets that splice their writes (added by weir; the
     /// `weir_splice` sk_msg program is attached to this map).
     pub const SPLICE_PROXY: &str = "WEIR_SPLICE_PROXY";
-    /// Both sockets of a pod-to-pod connection of this node that no L7 rule
-    /// covers (`datapath.splice_pods`; added by `weir_sockops`, the
-    /// `weir_splice_pairs` sk_msg program is attached to this map). Kept
-    /// pinned when weir stops: a socket that leaves it loses the bytes
-    /// spliced to it and not yet read.
-    pub const SPLICE_PAIRS: &str = "WEIR_SPLICE_PAIRS";
     /// Local delivery past the node's stack (`datapath.host_routing: bpf`):
     /// a pod's address → its veth and the link addresses to write, learned
     /// by the programs from neighbour messages between the pod and the node.
@@ -159,7 +153,6 @@ pub mod maps {
         FRAG_FREED,
         SPLICE_PODS,
         SPLICE_PROXY,
-        SPLICE_PAIRS,
         DELIVERY,
         DELIVERY6,
         DROPS,
@@ -186,12 +179,6 @@ pub mod programs {
     /// sk_msg on SPLICE_PROXY: what the proxy writes goes straight into the
     /// receive queue of the pod's socket it is connected to.
     pub const SPLICE: &str = "weir_splice";
-    /// sk_msg on SPLICE_PAIRS: what a pod writes to another pod of this
-    /// node goes straight into the receive queue of the other's socket.
-    pub const SPLICE_PAIRS: &str = "weir_splice_pairs";
-    /// Not a program: the object's global that `datapath.splice_pods` sets
-    /// at load (1: `weir_sockops` adds pod-to-pod sockets to SPLICE_PAIRS).
-    pub const SPLICE_PAIRS_ON: &str = "SPLICE_PAIRS_ON";
     /// Not a program: the object's global that `datapath.host_routing`
     /// sets at load (1: deliver to local pods past the node's stack).
     pub const HOST_ROUTING: &str = "HOST_ROUTING";
@@ -364,19 +351,6 @@ pub const CT_FQDN: u32 = 2;
 /// identity mark for it. Without it (the tuple was rewritten on the way, as
 /// by a service DNAT), the destination judges its ingress itself.
 pub const CT_DEST_JUDGED: u32 = 4;
-/// Pod-to-pod splicing (`datapath.splice_pods`): the connection's opening
-/// socket joined SPLICE_PAIRS while the entry was judged under the policy
-/// in force. Only an entry with it lets a write be spliced, so an entry made
-/// again for a connection already under way (after it expired) never does.
-/// Set by `weir_sockops`, never by the TC programs.
-pub const CT_SPLICED: u32 = 8;
-/// A write of the opening side went over TCP after splicing was possible
-/// (the policy changed, the peer's socket was not in the map): that side is
-/// never spliced again, so no spliced byte can overtake one still on its
-/// way over TCP. Set by `weir_splice_pairs`.
-pub const CT_FORWARD_BY_TCP: u32 = 16;
-/// The same for the answering side.
-pub const CT_REPLY_BY_TCP: u32 = 32;
 
 /// First identity of addresses learned from DNS answers (one per address;
 /// above the CIDR identities at 2^24).

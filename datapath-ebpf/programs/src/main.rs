@@ -51,17 +51,16 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, SockHash};
 use aya_ebpf::programs::{SkMsgContext, SockOpsContext, TcContext};
 use weir_datapath_common::{
-    CT_DEST_JUDGED, CT_FORWARD_BY_TCP, CT_FQDN, CT_PROXIED, CT_REPLY_BY_TCP, CT_SPLICED, CtKey, CtKey6, CtUsage,
-    CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS, Delivery, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS,
-    ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS, ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS,
-    ENDPOINT_PEER_DELIVERY, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP, EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event,
-    FAMILY_IPV4, FAMILY_IPV6, FIRST_CIDR_IDENTITY, FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue, IpcacheKey,
-    IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue,
-    REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE, REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT,
-    REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY, REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey,
-    TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD, TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT,
-    VERDICT_DENY, VERDICT_REDIRECT, VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, nat64_embedded_ipv4,
-    proxy_socket_key, proxy_socket_key6,
+    CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
+    Delivery, ENDPOINT_AUDIT_EGRESS, ENDPOINT_AUDIT_INGRESS, ENDPOINT_ENFORCE_EGRESS, ENDPOINT_ENFORCE_INGRESS,
+    ENDPOINT_OBSERVE_EGRESS, ENDPOINT_OBSERVE_INGRESS, ENDPOINT_PEER_DELIVERY, EVENT_ALLOW, EVENT_AUDIT, EVENT_DROP,
+    EVENT_REDIRECT, EndpointInfo, EndpointIpv6, Event, FAMILY_IPV4, FAMILY_IPV6, FIRST_CIDR_IDENTITY,
+    FIRST_FQDN_IDENTITY, FragKey, FragKey6, FragValue, IpcacheKey, IpcacheKey6, IpcacheValue, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, REASON_CT_FULL, REASON_CT_LIMIT, REASON_ETHERTYPE,
+    REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY,
+    REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD,
+    TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
+    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, nat64_embedded_ipv4, proxy_socket_key, proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -113,8 +112,6 @@ static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRA
 static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
 static SPLICE_PROXY: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
-#[map(name = "WEIR_SPLICE_PAIRS")]
-static SPLICE_PAIRS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_DELIVERY")]
 static DELIVERY: HashMap<u32, Delivery> = HashMap::pinned(4096, 0);
 #[map(name = "WEIR_DELIVERY6")]
@@ -133,11 +130,6 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 /// the branch the setting turns off.
 #[unsafe(no_mangle)]
 static HOST_ROUTING: u8 = 0;
-
-/// `datapath.splice_pods`: 1 lets `weir_sockops` add the sockets of
-/// pod-to-pod connections of this node to SPLICE_PAIRS. Set at load.
-#[unsafe(no_mangle)]
-static SPLICE_PAIRS_ON: u8 = 0;
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const TC_ACT_REDIRECT: i32 = 7;
@@ -1969,10 +1961,8 @@ const AF_INET: u32 = 2;
 
 /// A pod's TCP socket became established: if its connection goes through
 /// the proxy (a `CT_PROXIED` entry, either way round), it joins SPLICE_PODS,
-/// where the proxy's writes to it can be spliced; with `datapath.splice_pods`,
-/// a socket of a pod-to-pod connection the programs allowed joins
-/// SPLICE_PAIRS ([`join_pair`]). The proxy's own sockets (marked TO_PROXY or
-/// FROM_PROXY) are weir's to add or not.
+/// where the proxy's writes to it can be spliced. The proxy's own sockets
+/// (marked TO_PROXY or FROM_PROXY) are weir's to add or not.
 #[sock_ops]
 pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
@@ -2006,50 +1996,8 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     let proxied = |t: &CtKey| ct_live(t).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0);
     if proxied(&out) || proxied(&out.reversed()) {
         let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
-        return 1;
-    }
-    if unsafe { core::ptr::read_volatile(&SPLICE_PAIRS_ON) } != 0 {
-        let opener = op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
-        let opening = if opener { out } else { out.reversed() };
-        join_pair(&ctx, &mut key, &opening, opener);
     }
     1
-}
-
-/// A socket of a connection whose opening tuple is `opening` joins
-/// SPLICE_PAIRS when the programs allowed that connection pod to pod on
-/// this node: the sender's veth judged the receiver's ingress for exactly
-/// this tuple (`CT_DEST_JUDGED`: no service rewrote it, the receiver is a
-/// local pod), under the policy in force, without the proxy. The opening
-/// socket is established first (at the SYN-ACK, before its ACK leaves) and
-/// marks the entry `CT_SPLICED`; the answering one (at that ACK) joins only
-/// beside it. Each side's writes are then spliced by `weir_splice_pairs`.
-#[inline(always)]
-fn join_pair(ctx: &SockOpsContext, key: &mut SpliceKey, opening: &CtKey, opener: bool) {
-    let Some(entry) = ct_live(opening) else { return };
-    let flags = unsafe { (*entry).flags };
-    let unspliced = CT_PROXIED | CT_FQDN | CT_FORWARD_BY_TCP | CT_REPLY_BY_TCP;
-    if flags & unspliced != 0 || flags & CT_DEST_JUDGED == 0 || !ct_current(entry, revision()) {
-        return;
-    }
-    if !opener && flags & CT_SPLICED == 0 {
-        return;
-    }
-    if SPLICE_PAIRS.update(key, unsafe { &mut *ctx.ops }, BPF_ANY as u64).is_err() {
-        return;
-    }
-    if opener && flags & CT_SPLICED == 0 {
-        set_flag(entry, CT_SPLICED);
-    }
-}
-
-/// Set `bit` in a conntrack entry's flags. The TC programs never write
-/// flags in place (they replace whole entries), and each of the splice bits
-/// has one writer, which read it clear: an atomic add sets it without
-/// losing a concurrent change to the other bits.
-#[inline(always)]
-fn set_flag(entry: *mut CtValue, bit: u32) {
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*entry).flags, bit) };
 }
 
 /// The proxy writes on one of its SPLICE_PROXY sockets: the bytes go
@@ -2072,63 +2020,6 @@ pub fn weir_splice(ctx: SkMsgContext) -> u32 {
     };
     // a redirect is set only when the peer is found; SK_PASS then carries it out
     let _ = SPLICE_PODS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
-    SK_PASS
-}
-
-/// A pod writes on its socket of a connection to another pod of this node
-/// (`datapath.splice_pods`): the bytes go straight into the receive queue of
-/// the other pod's socket, past both TCP/IP stacks, the veths and the TC
-/// programs — while the connection's entry says it may. A write goes over
-/// TCP instead, and so does every later one of that side, when the policy
-/// changed since the connection was judged (the TC programs judge it again,
-/// as any established connection's next packet) or the other socket is not
-/// in SPLICE_PAIRS: a spliced byte overtaking one sent over TCP would reach
-/// the reader first.
-#[sk_msg]
-pub fn weir_splice_pairs(ctx: SkMsgContext) -> u32 {
-    let md = ctx.msg;
-    if unsafe { (*md).family } != AF_INET {
-        return SK_PASS;
-    }
-    let own = unsafe {
-        SpliceKey {
-            local_ip: (*md).local_ip4,
-            remote_ip: (*md).remote_ip4,
-            local_port: ((*md).local_port as u16).to_be(),
-            remote_port: ((*md).remote_port >> 16) as u16,
-        }
-    };
-    let out = CtKey {
-        saddr: own.local_ip,
-        daddr: own.remote_ip,
-        sport: own.local_port,
-        dport: own.remote_port,
-        protocol: PROTO_TCP,
-        _pad: [0; 3],
-    };
-    let (entry, by_tcp) = match ct_live(&out) {
-        Some(entry) => (entry, CT_FORWARD_BY_TCP),
-        None => match ct_live(&out.reversed()) {
-            Some(entry) => (entry, CT_REPLY_BY_TCP),
-            None => return SK_PASS,
-        },
-    };
-    let flags = unsafe { (*entry).flags };
-    if flags & CT_SPLICED == 0 || flags & by_tcp != 0 {
-        return SK_PASS;
-    }
-    let mut peer = own.reversed();
-    if !ct_current(entry, revision())
-        || SPLICE_PAIRS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) != SK_PASS as i64
-    {
-        set_flag(entry, by_tcp);
-        return SK_PASS;
-    }
-    // spliced bytes pass no TC program: keep the entry alive as they would
-    let expires = now() + lifetime(PROTO_TCP, unsafe { (*entry).tcp });
-    if expires >= unsafe { (*entry).expires } + NANOS {
-        unsafe { (*entry).expires = expires };
-    }
     SK_PASS
 }
 

@@ -144,7 +144,6 @@ impl Datapath {
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
             .override_global(programs::HOST_ROUTING, &u8::from(config.host_routing == HostRouting::Bpf), true)
-            .override_global(programs::SPLICE_PAIRS_ON, &u8::from(config.splice_pods), true)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
@@ -170,12 +169,6 @@ impl Datapath {
         } else {
             None
         };
-        if config.splice_pods {
-            // pods talk over TCP without it, as by default
-            if let Err(e) = start_splicing_pairs(&mut ebpf, config, splicer.is_some()) {
-                tracing::warn!("splicing pod-to-pod connections is off: {e:#}");
-            }
-        }
         Ok(Datapath {
             config: config.clone(),
             ebpf,
@@ -560,50 +553,26 @@ impl Datapath {
 }
 
 /// Load the splice programs: `weir_splice` on WEIR_SPLICE_PROXY, and
-/// `weir_sockops` on the node's cgroup.
+/// `weir_sockops` on the node's cgroup (its link lives as long as this
+/// process: a successor attaches its own beside it).
 fn start_splicing(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<crate::net::Splicer> {
+    let cgroup_path = config.cgroup.clone().or_else(splice::cgroup_root).ok_or_else(|| anyhow!("no cgroup2 mount"))?;
     let proxy_map = ebpf.take_map(maps::SPLICE_PROXY).ok_or_else(|| anyhow!("{} missing", maps::SPLICE_PROXY))?;
     let proxy_map: SockHash<MapData, weir_datapath_common::SpliceKey> = SockHash::try_from(proxy_map)?;
     let program: &mut SkMsg =
         ebpf.program_mut(programs::SPLICE).ok_or_else(|| anyhow!("no splice program"))?.try_into()?;
     program.load().context("verifying weir_splice")?;
     program.attach(proxy_map.fd()).context("attaching weir_splice")?;
-    attach_sockops(ebpf, config)?;
-    tracing::info!("splicing the proxy's writes to local pods");
-    // the weir's own descriptor of the map, for the proxy to add its sockets
-    let fd = std::os::fd::AsFd::as_fd(proxy_map.fd()).try_clone_to_owned()?;
-    Ok(crate::net::Splicer::new(fd))
-}
-
-/// `datapath.splice_pods`: `weir_splice_pairs` on WEIR_SPLICE_PAIRS (a pinned
-/// map a predecessor may have left with sockets in it: attaching replaces
-/// its program), and `weir_sockops` unless `start_splicing` attached it.
-fn start_splicing_pairs(ebpf: &mut Ebpf, config: &DatapathConfig, sockops_attached: bool) -> anyhow::Result<()> {
-    let pairs = ebpf.take_map(maps::SPLICE_PAIRS).ok_or_else(|| anyhow!("{} missing", maps::SPLICE_PAIRS))?;
-    let pairs: SockHash<MapData, weir_datapath_common::SpliceKey> = SockHash::try_from(pairs)?;
-    let program: &mut SkMsg =
-        ebpf.program_mut(programs::SPLICE_PAIRS).ok_or_else(|| anyhow!("no pair splice program"))?.try_into()?;
-    program.load().context("verifying weir_splice_pairs")?;
-    program.attach(pairs.fd()).context("attaching weir_splice_pairs")?;
-    if !sockops_attached {
-        attach_sockops(ebpf, config)?;
-    }
-    tracing::info!("splicing pod-to-pod connections of this node");
-    Ok(())
-}
-
-/// `weir_sockops` on the node's cgroup (its link lives as long as this
-/// process: a successor attaches its own beside it).
-fn attach_sockops(ebpf: &mut Ebpf, config: &DatapathConfig) -> anyhow::Result<()> {
-    let cgroup_path = config.cgroup.clone().or_else(splice::cgroup_root).ok_or_else(|| anyhow!("no cgroup2 mount"))?;
     let program: &mut SockOps =
         ebpf.program_mut(programs::SOCKOPS).ok_or_else(|| anyhow!("no sock_ops program"))?.try_into()?;
     program.load().context("verifying weir_sockops")?;
     let cgroup =
         std::fs::File::open(&cgroup_path).with_context(|| format!("opening the cgroup {}", cgroup_path.display()))?;
     program.attach(cgroup, CgroupAttachMode::Single).context("attaching weir_sockops")?;
-    tracing::info!(cgroup = %cgroup_path.display(), "weir_sockops watches the node's sockets");
-    Ok(())
+    tracing::info!(cgroup = %cgroup_path.display(), "splicing the proxy's writes to local pods");
+    // the weir's own descriptor of the map, for the proxy to add its sockets
+    let fd = std::os::fd::AsFd::as_fd(proxy_map.fd()).try_clone_to_owned()?;
+    Ok(crate::net::Splicer::new(fd))
 }
 
 fn detach<const N: usize>(links: [Attachment; N]) {
@@ -620,9 +589,6 @@ pub fn cleanup_pins_and_node(config: &DatapathConfig, state: Option<NodeState>) 
     for dir in [links_dir(&config.bpffs), maps_dir(&config.bpffs)] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
-                if splice::pairs_still_spliced(&entry.path()) {
-                    continue;
-                }
                 if let Err(e) = std::fs::remove_file(entry.path()) {
                     errors.push(format!("{}: {e}", entry.path().display()));
                 }
