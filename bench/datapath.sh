@@ -133,7 +133,10 @@ YAML
 start_weir() { # $1: with|without client interface, $2: l4|l7
   endpoints "$1" >"$work/weir.yaml"
   policy "$2" >"$work/policies/server.yaml"
-  ip netns exec $P-node taskset -c 1 "$WEIR" run --config "$work" --datapath ebpf >"$work/weir.log" 2>&1 &
+  # `ip netns exec` mounts a sysfs of its own, which hides the cgroup2 mount
+  # weir_sockops attaches to (splicing): mount it again in there
+  ip netns exec $P-node sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec taskset -c 1 "$0" run --config "$1" --datapath ebpf' \
+    "$WEIR" "$work" >"$work/weir.log" 2>&1 &
   weir_pid=$!
   for _ in $(seq 100); do
     ip netns exec $P-node curl -sf http://127.0.0.1:19901/healthz >/dev/null 2>&1 && return 0
@@ -154,7 +157,10 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
     perf record -a -g -F 499 -o "$work/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  local segs_before segs_after
+  segs_before=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
   out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$server/")
+  segs_after=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     # flat profile by symbol, kernel and user alike (eBPF programs show as
@@ -176,7 +182,8 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
   RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-  echo "$1: ${RPS[$1]} rps" >&2
+  # the client's TCP segments sent per request (TcpOutSegs): ~1 over TCP
+  echo "$1: ${RPS[$1]} rps, $(awk -v s=$((segs_after - segs_before)) -v r="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.2f", s / r }') client segments/request" >&2
 }
 iperf_run() { # $1: name
   bps=$(ip netns exec $P-cli iperf3 -c $SERVER -p 5201 -t "$DURATION" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
@@ -218,6 +225,7 @@ grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19
 stop_weir
 
 SPLICE=true start_weir with l7
+! grep -q "is off" "$work/weir.log" || { cat "$work/weir.log" >&2; echo "l7-splice: not spliced" >&2; exit 1; }
 http_run l7-splice
 stop_weir
 
