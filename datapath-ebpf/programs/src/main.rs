@@ -39,7 +39,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{
-    BPF_ANY, BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock,
     bpf_sock_tuple, sk_action::SK_PASS,
 };
@@ -1994,8 +1994,10 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
         _pad: [0; 3],
     };
     let proxied = |t: &CtKey| ct_live(t).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0);
+    // never in place of a socket already there: the key is a tuple, and a
+    // socket in another network namespace can carry the same one
     if proxied(&out) || proxied(&out.reversed()) {
-        let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+        let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
     }
     1
 }

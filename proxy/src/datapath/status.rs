@@ -89,11 +89,12 @@ fn map_of(data: MapData) -> Option<Map> {
         MapType::Array => Map::Array(data),
         MapType::PerCpuArray => Map::PerCpuArray(data),
         MapType::LpmTrie => Map::LpmTrie(data),
+        MapType::SockHash => Map::SockHash(data),
         _ => return None,
     })
 }
 
-/// "N/MAX entries" for maps that hold entries (not arrays, rings, sockets);
+/// "N/MAX entries" for maps that hold entries (not arrays or rings);
 /// the conntrack table also says how many entries are live.
 fn fill_level(name: &str, data: MapData) -> Option<String> {
     let max = data.info().ok()?.max_entries();
@@ -116,7 +117,7 @@ fn fill_level(name: &str, data: MapData) -> Option<String> {
         return Some(live(&mut table.iter().filter_map(Result::ok).map(|(_, v)| v)));
     }
     let count = match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::LpmTrie(data) => count_keys(&data),
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::LpmTrie(data) | Map::SockHash(data) => count_keys(&data),
         _ => return None,
     }?;
     Some(format!("{count}/{max} entries"))
