@@ -148,6 +148,9 @@ start_weir() { # $1: with|without client interface, $2: l4|l7
 # --- measurements ------------------------------------------------------------
 declare -A RPS P50 P99 GBPS
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v } else { sub(/s$/, "", v); print v * 1000 } }'; }
+# TCP segments a namespace has sent (TcpOutSegs): about one per request over
+# TCP, none for a pod-to-pod connection spliced past it
+tcp_out_segs() { ip netns exec "$1" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp; }
 http_run() { # $1: name, $2: the client's namespace (default: the client pod), $3: the server's address in a URL
   local from=${2:-$P-cli} server=${3:-$SERVER}
   check=$(ip netns exec "$from" curl -s -m 3 "http://$server/")
@@ -157,10 +160,11 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
     perf record -a -g -F 499 -o "$work/perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  local segs_before segs_after
-  segs_before=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
+  local segs_before segs_per_request
+  segs_before=$(tcp_out_segs "$from")
   out=$(ip netns exec "$from" taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$server/")
-  segs_after=$(ip netns exec "$from" awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp)
+  segs_per_request=$(awk -v s=$(($(tcp_out_segs "$from") - segs_before)) -v r="$(awk '/requests in/ {print $1}' <<<"$out")" \
+    'BEGIN { printf "%.2f", s / r }')
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     # flat profile by symbol, kernel and user alike (eBPF programs show as
@@ -182,8 +186,7 @@ http_run() { # $1: name, $2: the client's namespace (default: the client pod), $
   RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   P50[$1]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   P99[$1]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-  # the client's TCP segments sent per request (TcpOutSegs): ~1 over TCP
-  echo "$1: ${RPS[$1]} rps, $(awk -v s=$((segs_after - segs_before)) -v r="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.2f", s / r }') client segments/request" >&2
+  echo "$1: ${RPS[$1]} rps, $segs_per_request client segments/request" >&2
 }
 iperf_run() { # $1: name
   bps=$(ip netns exec $P-cli iperf3 -c $SERVER -p 5201 -t "$DURATION" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')

@@ -190,8 +190,9 @@ pub struct DatapathConfig {
     /// not), in the kernel and in the proxy. RFC 6052's well-known
     /// `64:ff9b::/96` by default; a gateway that translates to private IPv4
     /// addresses must use a network-specific prefix (RFC 6052 §3.1), e.g.
-    /// from `64:ff9b:1::/48` (RFC 8215). Name every prefix the node's NAT64 serves: an address in
-    /// one not named is judged by IPv6 rules. `[]`: no NAT64.
+    /// from `64:ff9b:1::/48` (RFC 8215). Name every prefix the node's NAT64
+    /// serves: an address in one not named is judged by IPv6 rules. `[]`: no
+    /// NAT64.
     pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
 }
 
