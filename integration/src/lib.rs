@@ -245,6 +245,17 @@ impl Weir {
         Replaced { exit, serving_after }
     }
 
+    /// A rolling replace this weir's successor must refuse: it exits during
+    /// its start (this one keeps serving). Its log.
+    pub fn replace_refused(&mut self) -> String {
+        let log = self.dir.path().join(format!("weir-refused-{}.log", self.earlier_logs.len() + 2));
+        let mut process = spawn_weir(self.dir.path(), &self.launch, &log);
+        let exit = process.wait(Duration::from_secs(60));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(exit.is_some_and(|s| !s.success()), "the successor did not fail: {exit:?}\n{text}");
+        text
+    }
+
     fn start_successor(&mut self) -> (Process, Duration) {
         let log = self.dir.path().join(format!("weir-{}.log", self.earlier_logs.len() + 2));
         self.earlier_logs.push(std::mem::replace(&mut self.log, log.clone()));

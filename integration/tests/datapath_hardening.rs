@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir::observe::flow::Verdict;
-use weir_integration::node::{Node, SERVER_SILENT, SERVER_UDP_POLICY};
+use weir_integration::node::{Node, SERVER_HTTP_POLICY, SERVER_SILENT, SERVER_UDP_POLICY};
 use weir_integration::wait_for;
 
 fn script(name: &str) -> String {
@@ -655,4 +655,80 @@ fn icmps_rules_let_only_the_named_icmp_types_through() {
     for payload in ["monitor-timestamp", "client-ping"] {
         assert!(seen(&at_server, payload).is_empty(), "{payload} reached srv:\n{}", read(&at_server));
     }
+}
+
+/// `datapath.marks` moved out of the default nibble, where another plugin
+/// marks: the redirect rule, the proxy's upstream leg and the programs all
+/// use the moved values; a packet another plugin marked with the default
+/// nibble's "from the proxy" value (`0x0a00`, Cilium's proxy mark) is judged
+/// like any other; and a successor with other marks is refused while this
+/// weir runs.
+#[test]
+fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
+    let mut node = Node::new(&["cli", "srv"]);
+    node.enter();
+    let server = node.pod("srv").ip.to_string();
+    node.serve("srv", "http server", "python3", &[&script("datapath_peer.py"), "http", &server, "80"]);
+    let moved = "  marks: {mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000}\n";
+    let endpoints = node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]).replacen(
+        "datapath:\n",
+        &format!("datapath:\n{moved}"),
+        1,
+    );
+    node.start_weir(&format!("{BASE}{endpoints}"), &[("server.yaml", SERVER_HTTP_POLICY)]);
+    let url = |path: &str| format!("http://{server}{path}");
+    wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url("/public/ready")).0 == 200);
+
+    // redirected (the local-delivery rule matches the moved TO_PROXY mark),
+    // judged at L7, and dialled onward from cli's address with the moved
+    // FROM_PROXY mark, which srv's veth lets pass: read as any other mark, a
+    // packet from cli's address without cli's identity would be dropped
+    let (status, body) = node.curl("cli", &url("/public/a"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("client={}:", node.pod("cli").ip)), "{body}");
+    assert_eq!(node.curl("cli", &url("/private")).0, 403);
+    let rules = output("ip", &["rule", "show"]);
+    assert!(rules.contains("fwmark 0x1000/0x3000 iif lo lookup main"), "{rules}");
+    // the pooled upstream connection to srv carries the moved mark
+    let sockets = output("ss", &["-Htne", "dst", &format!("{server}:80")]);
+    let marks: Vec<u32> = sockets
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("fwmark:0x"))
+        .filter_map(|hex| u32::from_str_radix(hex, 16).ok())
+        .collect();
+    assert!(!marks.is_empty() && marks.iter().all(|m| m & 0x3f00 == 0x2000), "{sockets}");
+
+    // the node's own packets to srv, marked by another plugin in the
+    // default nibble: not weir's mark here, so srv's ingress policy judges
+    // them (the node is not allowed in)
+    let mark = ["-t", "mangle", "-A", "OUTPUT", "-d", &server, "-j", "MARK", "--set-xmark", "0x0a00/0x0f00"];
+    let marked = std::process::Command::new("iptables").args(mark).output().unwrap();
+    assert!(marked.status.success(), "iptables: {}", String::from_utf8_lossy(&marked.stderr));
+    let from_node = output("curl", &["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", &url("/public/node")]);
+    assert_eq!(from_node, "000", "the node's marked packets got through");
+    let dropped = node.weir().wait_flow("", "the drop of the node's marked SYN", |f| {
+        f.verdict == Verdict::Dropped && f.port == 80 && f.source.labels.iter().any(|l| l == "reserved:host")
+    });
+    assert!(dropped.destination.labels.iter().any(|l| l == "k8s:app=server"), "{dropped:?}");
+
+    // a successor on the default marks would strand this weir's proxied
+    // connections: refused, and this weir serves on
+    let config_file = node.weir().dir.path().join("weir.yaml");
+    let text = std::fs::read_to_string(&config_file).unwrap();
+    std::fs::write(&config_file, text.replace(moved, "")).unwrap();
+    let refused = node.weir.as_mut().unwrap().replace_refused();
+    assert!(refused.contains("datapath.marks differ from those of the running weir"), "{refused}");
+    assert_eq!(node.curl("cli", &url("/public/b")).0, 200, "{}", node.weir().log());
+
+    // a restart (not a hand-over) moves them: the rules are replaced
+    node.weir.as_mut().unwrap().kill_and_restart();
+    let rules = output("ip", &["rule", "show"]);
+    assert!(rules.contains("fwmark 0x200/0xf00 iif lo lookup main") && !rules.contains("0x3000"), "{rules}");
+    assert_eq!(node.curl("cli", &url("/public/c")).0, 200, "{}", node.weir().log());
+}
+
+/// A command's standard output (run in this thread's namespace: the node's).
+fn output(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

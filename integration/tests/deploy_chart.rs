@@ -63,6 +63,8 @@ const OTHER_VALUES: &[&str] = &[
     "operator.replicas=1,logFormat=json,logLevel=debug,image.tag=test,metrics.serviceMonitor.enabled=true",
     "--set-json",
     r#"node.extraConfig={"limits":{"max_connections_per_identity":500}}"#,
+    "--set-json",
+    r#"node.marks={"mask":"0x3000","to_proxy":"0x1000","from_proxy":8192,"identity":"0x3000"}"#,
 ];
 
 #[test]
@@ -118,9 +120,14 @@ fn the_chart_renders_what_the_api_server_accepts_and_weir_reads() {
     assert!(daemonset.contains("image: ghcr.io/weir-proxy/weir:test"));
     assert_eq!(documents(&other, "ServiceMonitor").len(), 1);
     let config = check_weir_yaml(&other);
-    for wanted in
-        ["workers: 4", "refusal: nxdomain", "min_ttl: 30s", "max_connections_per_identity: 500", "log_flows: true"]
-    {
+    for wanted in [
+        "workers: 4",
+        "refusal: nxdomain",
+        "min_ttl: 30s",
+        "max_connections_per_identity: 500",
+        "log_flows: true",
+        "mask: \"0x3000\"",
+    ] {
         assert!(config.contains(wanted), "{wanted} missing from weir.yaml:\n{config}");
     }
 

@@ -130,6 +130,7 @@ pub fn run(
     let config = sources.read().map_err(|errors| invalid(&errors))?.inputs.config;
     // read at start only, as the rest of `datapath`
     crate::identity::set_nat64_prefixes(&config.datapath.nat64_prefixes);
+    crate::net::set_marks(config.datapath.marks.marks());
     let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // One worker needs no work stealing: a current-thread scheduler spares
     // every wakeup its cross-thread bookkeeping.
@@ -597,6 +598,7 @@ fn offline_model(
         None => (WeirConfig::parse("{}").expect("defaults parse"), PathBuf::from("."), "(no weir.yaml)".into()),
     };
     crate::identity::set_nat64_prefixes(&config.datapath.nat64_prefixes);
+    crate::net::set_marks(config.datapath.marks.marks());
     let loaded = document::load_files(
         files.iter().map(|file| (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| e.to_string()))),
     );

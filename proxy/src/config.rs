@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weir_datapath_common::mark::Marks;
 
 use crate::protocol::Protocol;
 use crate::units::{bytes, duration};
@@ -194,6 +195,63 @@ pub struct DatapathConfig {
     /// serves: an address in one not named is judged by IPv6 rules. `[]`: no
     /// NAT64.
     pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
+    /// Where weir's meaning sits in the packet mark: a mask inside `0x3f00`
+    /// and three different values inside it. `0x0f00` with `0x0200` (to the
+    /// proxy), `0x0a00` (from the proxy) and `0x0f00` (judged, with the
+    /// sender's identity) by default, Cilium's nibble and values; move them
+    /// where a node's other plugins do not mark (docs/datapath.md, "Marks").
+    /// Changing them needs a stop, not a hand-over.
+    pub marks: MarksConfig,
+}
+
+/// `datapath.marks`, in numbers (YAML `0x3000` or `"0x3000"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarksConfig {
+    #[serde(deserialize_with = "mark_bits")]
+    pub mask: u32,
+    #[serde(deserialize_with = "mark_bits")]
+    pub to_proxy: u32,
+    #[serde(deserialize_with = "mark_bits")]
+    pub from_proxy: u32,
+    #[serde(deserialize_with = "mark_bits")]
+    pub identity: u32,
+}
+
+impl Default for MarksConfig {
+    fn default() -> Self {
+        let Marks { mask, to_proxy, from_proxy, identity } = Marks::DEFAULT;
+        MarksConfig { mask, to_proxy, from_proxy, identity }
+    }
+}
+
+impl MarksConfig {
+    pub fn marks(&self) -> Marks {
+        let MarksConfig { mask, to_proxy, from_proxy, identity } = *self;
+        Marks { mask, to_proxy, from_proxy, identity }
+    }
+}
+
+/// A mark's bits as a YAML number or a string (`"0x3000"`, `"12288"`):
+/// Helm values and templates quote numbers as often as not.
+fn mark_bits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bits {
+        Number(u32),
+        Text(String),
+    }
+    match Bits::deserialize(deserializer)? {
+        Bits::Number(n) => Ok(n),
+        Bits::Text(text) => {
+            let text = text.trim();
+            let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            parsed.map_err(|_| serde::de::Error::custom(format!("{text:?} is not a 32-bit number")))
+        }
+    }
 }
 
 /// `datapath.host_routing` (docs/datapath.md, "Local delivery").
@@ -223,6 +281,7 @@ impl Default for DatapathConfig {
             cgroup: None,
             host_routing: HostRouting::Bpf,
             nat64_prefixes: vec![weir_datapath_common::NAT64_PREFIX.parse().expect("a prefix")],
+            marks: MarksConfig::default(),
         }
     }
 }
@@ -726,6 +785,7 @@ impl WeirConfig {
                 ));
             }
         }
+        self.datapath.marks.marks().check().map_err(|e| format!("datapath.marks: {e}"))?;
         for (i, prefix) in self.datapath.nat64_prefixes.iter().enumerate() {
             let at = format!("datapath.nat64_prefixes[{i}]: {prefix}");
             // where the IPv4 address is depends on the length: RFC 6052's only
@@ -1041,6 +1101,25 @@ mod tests {
                           endpoints: [{name: web, addresses: [10.0.0.1, 'fd00:64::a00:1']}]";
         let e = WeirConfig::parse(pod_inside).unwrap_err();
         assert!(e.contains("holds fd00:64::a00:1, the address of endpoint \"web\""), "{e}");
+    }
+
+    #[test]
+    fn marks_move_as_numbers_or_strings_and_are_checked() {
+        let defaults = WeirConfig::parse("{}").unwrap().datapath.marks.marks();
+        assert_eq!(defaults, Marks::DEFAULT);
+        let moved = "datapath: {marks: {mask: 0x3000, to_proxy: '0x1000', from_proxy: 8192, identity: \"12288\"}}";
+        let marks = WeirConfig::parse(moved).unwrap().datapath.marks.marks();
+        assert_eq!(marks, Marks { mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000 });
+        for (bad, says) in [
+            ("{mask: 0xf000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000}", "inside 0x3f00"),
+            ("{mask: 0x3000}", "inside the mask"),
+            ("{mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x1000, identity: 0x3000}", "must differ"),
+            ("{mask: '0xzz'}", "\"0xzz\" is not a 32-bit number"),
+            ("{magic: 0x3000}", "unknown field `magic`"),
+        ] {
+            let e = WeirConfig::parse(&format!("datapath: {{marks: {bad}}}")).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -8,8 +8,38 @@ use std::path::Path;
 use std::sync::Arc;
 
 use weir_datapath_common::SpliceKey;
+use weir_datapath_common::mark::{self, Marks};
 
 use rustls::pki_types::ServerName;
+
+/// `datapath.marks`, for the whole process: the programs were loaded with
+/// them, so the proxy must read and write the same.
+static MARKS: std::sync::OnceLock<Marks> = std::sync::OnceLock::new();
+
+/// At start, from the config (checked in `config.rs`), before anything
+/// accepts. A second call changes nothing.
+pub fn set_marks(marks: Marks) {
+    if MARKS.set(marks).is_err() && self::marks() != marks {
+        tracing::warn!(kept = ?self::marks(), ignored = ?marks, "datapath marks are set once, at start");
+    }
+}
+
+pub fn marks() -> Marks {
+    *MARKS.get_or_init(|| Marks::DEFAULT)
+}
+
+/// The mark of what the proxy sends on behalf of `identity`: the datapath
+/// lets it pass once, already enforced.
+pub fn from_proxy_mark(identity: u32) -> u32 {
+    mark::make(marks().from_proxy, identity)
+}
+
+/// The identity a TO_PROXY mark carries (the SYN's, with
+/// `tcp_fwmark_accept`, or a datagram's, with `SO_RCVMARK`).
+pub fn sender_identity(socket_mark: u32) -> Option<u32> {
+    let marks = marks();
+    (marks.magic(socket_mark) == marks.to_proxy).then(|| mark::identity_of(socket_mark))
+}
 
 /// For connections the datapath redirected: dial from the client pod's own
 /// address (`IP_TRANSPARENT`), with a mark that tells the datapath the

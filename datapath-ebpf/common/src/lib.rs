@@ -3,17 +3,20 @@
 //! padding explicit, so both sides see the same bytes.
 #![no_std]
 
-/// The 32-bit skb mark (design.md, "Mark registry"). The nibble under
-/// [`mark::MAGIC_MASK`] says what the rest of the mark means.
+/// The 32-bit skb mark (docs/design.md, "Marks"). The nibble under
+/// [`mark::Marks::mask`] (`0x0F00` unless configured) says what the rest of
+/// the mark means.
 pub mod mark {
-    pub const MAGIC_MASK: u32 = 0x0F00;
+    // The defaults of [`Marks`]; everything reads the marks in force from
+    // a `Marks`, never these.
+    const DEFAULT_MASK: u32 = 0x0F00;
     /// Deliver locally to the proxy; identity bits carry the sender.
-    pub const MAGIC_TO_PROXY: u32 = 0x0200;
+    const DEFAULT_TO_PROXY: u32 = 0x0200;
     /// Sent by the proxy: already enforced, pass exactly once.
-    pub const MAGIC_FROM_PROXY: u32 = 0x0A00;
+    const DEFAULT_FROM_PROXY: u32 = 0x0A00;
     /// Carries the sender's identity; on this node it also says "enforced at
     /// the source's veth", so the destination's veth lets it in.
-    pub const MAGIC_IDENTITY: u32 = 0x0F00;
+    const DEFAULT_IDENTITY: u32 = 0x0F00;
 
     /// `(id & 0xFFFF) << 16 | (id >> 16) & 0xFF`: 24 bits of identity that
     /// leave the magic nibble and kube-proxy's 0x4000/0x8000 alone.
@@ -35,9 +38,55 @@ pub mod mark {
         magic | identity_bits(id)
     }
 
-    #[inline(always)]
-    pub const fn magic(mark: u32) -> u32 {
-        mark & MAGIC_MASK
+    /// The nibble and values weir puts in the mark: the defaults above
+    /// unless `datapath.marks` moves them (a node whose other plugins use
+    /// the same bits). The programs read them from the object's `MARKS`
+    /// global, which weir sets at load; the proxy from the same config.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct Marks {
+        pub mask: u32,
+        pub to_proxy: u32,
+        pub from_proxy: u32,
+        pub identity: u32,
+    }
+
+    /// Where the magic may go: between the identity's bits (`0xFFFF_00FF`)
+    /// and kube-proxy's `0x4000`/`0x8000`.
+    pub const MAGIC_ROOM: u32 = 0x3F00;
+
+    impl Marks {
+        pub const DEFAULT: Marks = Marks {
+            mask: DEFAULT_MASK,
+            to_proxy: DEFAULT_TO_PROXY,
+            from_proxy: DEFAULT_FROM_PROXY,
+            identity: DEFAULT_IDENTITY,
+        };
+
+        /// The part of `mark` that says what it means.
+        #[inline(always)]
+        pub const fn magic(&self, mark: u32) -> u32 {
+            mark & self.mask
+        }
+
+        /// Why these marks cannot work, if they cannot: each value a
+        /// different, non-zero pattern of the mask's bits, the mask in
+        /// [`MAGIC_ROOM`].
+        pub fn check(&self) -> Result<(), &'static str> {
+            if self.mask == 0 || self.mask & !MAGIC_ROOM != 0 {
+                return Err(
+                    "the mask must be non-zero and inside 0x3f00 (the identity has 0xffff00ff, kube-proxy 0xc000)",
+                );
+            }
+            let values = [self.to_proxy, self.from_proxy, self.identity];
+            if values.iter().any(|v| *v == 0 || v & !self.mask != 0) {
+                return Err("to_proxy, from_proxy and identity must each be non-zero and inside the mask");
+            }
+            if values[0] == values[1] || values[0] == values[2] || values[1] == values[2] {
+                return Err("to_proxy, from_proxy and identity must differ");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -182,6 +231,9 @@ pub mod programs {
     /// Not a program: the object's global that `datapath.host_routing`
     /// sets at load (1: deliver to local pods past the node's stack).
     pub const HOST_ROUTING: &str = "HOST_ROUTING";
+    /// Not a program: the object's global that `datapath.marks` sets at
+    /// load ([`super::mark::Marks`]).
+    pub const MARKS: &str = "MARKS";
 }
 
 /// SPLICE_PODS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses
@@ -624,6 +676,7 @@ mod user {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::mark::Marks {}
     unsafe impl aya::Pod for super::EventV4 {}
 }
 
@@ -635,9 +688,27 @@ mod tests {
     fn identity_bits_round_trip_and_stay_out_of_the_magic_nibble() {
         for id in [1u32, 2, 256, 0xFFFF, 0x1_0000, 0xFF_FFFF, 0x12_3456] {
             let bits = mark::identity_bits(id);
-            assert_eq!(bits & mark::MAGIC_MASK, 0, "{id:#x}");
+            assert_eq!(bits & mark::MAGIC_ROOM, 0, "{id:#x}");
             assert_eq!(bits & 0xC000, 0, "{id:#x} touches kube-proxy's bits");
-            assert_eq!(mark::identity_of(mark::make(mark::MAGIC_TO_PROXY, id)), id);
+            assert_eq!(mark::identity_of(mark::make(mark::Marks::DEFAULT.to_proxy, id)), id);
+        }
+    }
+
+    #[test]
+    fn marks_are_checked_for_room_and_distinct_values() {
+        let moved = mark::Marks { mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000 };
+        assert_eq!(mark::Marks::DEFAULT.check(), Ok(()));
+        assert_eq!(moved.check(), Ok(()));
+        for (wrong, why) in [
+            (mark::Marks { mask: 0xF000, ..moved }, "inside 0x3f00"),
+            (mark::Marks { mask: 0x30FF, ..moved }, "inside 0x3f00"),
+            (mark::Marks { mask: 0, ..moved }, "non-zero"),
+            (mark::Marks { to_proxy: 0, ..moved }, "non-zero"),
+            (mark::Marks { from_proxy: 0x0200, ..moved }, "inside the mask"),
+            (mark::Marks { identity: 0x1000, ..moved }, "differ"),
+        ] {
+            let error = wrong.check().expect_err(why);
+            assert!(error.contains(why), "{wrong:?}: {error}");
         }
     }
 }

@@ -60,7 +60,8 @@ use weir_datapath_common::{
     REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY,
     REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD,
     TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
-    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, nat64_embedded_ipv4, proxy_socket_key, proxy_socket_key6,
+    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, mark::Marks, nat64_embedded_ipv4, proxy_socket_key,
+    proxy_socket_key6,
 };
 
 #[map(name = "WEIR_ENDPOINTS")]
@@ -130,6 +131,44 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 /// the branch the setting turns off.
 #[unsafe(no_mangle)]
 static HOST_ROUTING: u8 = 0;
+
+/// `datapath.marks`: the nibble and values of weir's marks, set by weir when
+/// it loads the object (read-only data, as `HOST_ROUTING`).
+#[unsafe(no_mangle)]
+static MARKS: Marks = Marks::DEFAULT;
+
+/// The mark saying "to the proxy", with the sender's identity.
+#[inline(always)]
+fn to_proxy_mark(id: u32) -> u32 {
+    mark::make(unsafe { core::ptr::read_volatile(&MARKS.to_proxy) }, id)
+}
+
+/// The mark saying "judged at the sender's veth", with its identity.
+#[inline(always)]
+fn identity_mark(id: u32) -> u32 {
+    mark::make(unsafe { core::ptr::read_volatile(&MARKS.identity) }, id)
+}
+
+/// What `skb_mark` says, as one of weir's marks.
+#[derive(PartialEq, Eq)]
+enum Magic {
+    ToProxy,
+    FromProxy,
+    Identity,
+    /// Not one of weir's (another plugin's, or none).
+    Other,
+}
+
+#[inline(always)]
+fn magic_of(skb_mark: u32) -> Magic {
+    let marks = unsafe { core::ptr::read_volatile(&MARKS) };
+    match skb_mark & marks.mask {
+        m if m == marks.to_proxy => Magic::ToProxy,
+        m if m == marks.from_proxy => Magic::FromProxy,
+        m if m == marks.identity => Magic::Identity,
+        _ => Magic::Other,
+    }
+}
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const TC_ACT_REDIRECT: i32 = 7;
@@ -1428,13 +1467,13 @@ fn judge_from_pod<A: Addr>(
         ct_touch(ct, packet, true);
         if unsafe { (*ct).flags } & CT_PROXIED != 0 {
             // the proxy opened it (upstream leg of a proxied request)
-            ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
+            ctx.set_mark(to_proxy_mark(me));
             if t.protocol == PROTO_TCP {
                 assign_to_proxy(ctx, t, 0);
             }
             return TC_ACT_OK as i32;
         }
-        ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+        ctx.set_mark(identity_mark(me));
         // opened by another pod's veth (by this one's weir_to_pod, the
         // owner is this pod): that pod is on this node
         let opener = unsafe { (*ct).owner };
@@ -1446,7 +1485,7 @@ fn judge_from_pod<A: Addr>(
     // a pod reports errors only about packets sent to it (it routes none):
     // an error quoting someone else's packet is judged by policy
     if packet.quoted.is_some_and(|q| q.daddr == t.saddr) && related_error(packet) {
-        ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+        ctx.set_mark(identity_mark(me));
         // the way its connection's packets go, when that is past the node
         return to_local_pod(ctx, ifindex, t, 0, 0);
     }
@@ -1464,7 +1503,7 @@ fn judge_from_pod<A: Addr>(
         let proxied = unsafe { (*ct).flags } & CT_PROXIED != 0;
         if !proxied {
             ct_touch(ct, packet, false);
-            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            ctx.set_mark(identity_mark(me));
             if unsafe { (*ct).flags } & CT_DEST_JUDGED != 0 {
                 return to_local_pod(ctx, ifindex, t, 0, unsafe { (*ct).dst_identity });
             }
@@ -1474,7 +1513,7 @@ fn judge_from_pod<A: Addr>(
         // away): judged below like any packet
         if t.protocol == PROTO_TCP && assign_to_proxy(ctx, t, 0) {
             ct_touch(ct, packet, false);
-            ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
+            ctx.set_mark(to_proxy_mark(me));
             return TC_ACT_OK as i32;
         }
     }
@@ -1545,7 +1584,7 @@ fn judge_from_pod<A: Addr>(
                 );
                 return shot(REASON_NO_PROXY);
             }
-            ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, me));
+            ctx.set_mark(to_proxy_mark(me));
             match existing {
                 Some(ct) if !opening => {
                     ct_touch(ct, packet, false);
@@ -1621,7 +1660,7 @@ fn judge_from_pod<A: Addr>(
                 }
                 _ => {}
             }
-            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            ctx.set_mark(identity_mark(me));
             if peer.local_ifindex != 0 {
                 return to_local_pod(ctx, ifindex, t, peer.local_ifindex, peer.identity);
             }
@@ -1635,7 +1674,7 @@ fn judge_from_pod<A: Addr>(
                 ct_touch(ct, packet, false);
                 ct_judged(ct, revision);
             }
-            ctx.set_mark(mark::make(mark::MAGIC_IDENTITY, me));
+            ctx.set_mark(identity_mark(me));
             TC_ACT_OK as i32
         }
         _ => {
@@ -1702,8 +1741,8 @@ fn to_pod_packet<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo
 fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo, packet: &Packet<A>) -> i32 {
     let t = &packet.tuple;
     let skb_mark = unsafe { (*ctx.skb.skb).mark };
-    match mark::magic(skb_mark) {
-        mark::MAGIC_FROM_PROXY => {
+    match magic_of(skb_mark) {
+        Magic::FromProxy => {
             // the proxy's upstream leg: its replies must find the way back
             // to the proxy (weir_from_pod looks this entry up). Not for UDP:
             // there it is the DNS proxy answering, and the pod's next query
@@ -1733,10 +1772,10 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
             return TC_ACT_OK as i32;
         }
         // the proxy answering a pod
-        mark::MAGIC_TO_PROXY => return TC_ACT_OK as i32,
+        Magic::ToProxy => return TC_ACT_OK as i32,
         // judged at the sender's veth, if that judgement named this pod for
         // this very tuple (not so after a DNAT on the way: judged below)
-        mark::MAGIC_IDENTITY => {
+        Magic::Identity => {
             if let Some(ct) = ct_live(t) {
                 let judged = unsafe { (*ct).flags & CT_DEST_JUDGED != 0 && (*ct).dst_identity == endpoint.identity };
                 if judged {
@@ -1744,7 +1783,7 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
                 }
             }
         }
-        _ => {}
+        Magic::Other => {}
     }
     // replies to the pod's own connections
     if packet.reply_candidate
@@ -1774,7 +1813,7 @@ fn judge_to_pod<A: Addr>(ctx: &TcContext, ifindex: u32, endpoint: &EndpointInfo,
     // without that mark came from elsewhere (another node, the uplink) and
     // is not given the pod's identity
     if peer.local_ifindex != 0
-        && (mark::magic(skb_mark) != mark::MAGIC_IDENTITY || mark::identity_of(skb_mark) != peer.identity)
+        && (magic_of(skb_mark) != Magic::Identity || mark::identity_of(skb_mark) != peer.identity)
     {
         emit(EVENT_DROP, REASON_SPOOFED, DIR_INGRESS, t, peer.identity, endpoint.identity, ifindex, 0, packet.l4_byte);
         return shot(REASON_SPOOFED);
@@ -1940,7 +1979,7 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
     // (2^24 and up) do not fit and would read as another one. The proxy then
     // takes the sender's identity from its address, as it does without a mark.
     let marked = if peer.identity < mark::MAX_IDENTITY { peer.identity } else { 0 };
-    ctx.set_mark(mark::make(mark::MAGIC_TO_PROXY, marked));
+    ctx.set_mark(to_proxy_mark(marked));
     if packet.syn {
         emit(
             EVENT_REDIRECT,
@@ -1973,8 +2012,8 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     }
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     if !sk.is_null() {
-        let magic = mark::magic(unsafe { (*sk).mark });
-        if magic == mark::MAGIC_TO_PROXY || magic == mark::MAGIC_FROM_PROXY {
+        let magic = magic_of(unsafe { (*sk).mark });
+        if magic == Magic::ToProxy || magic == Magic::FromProxy {
             return 1;
         }
     }

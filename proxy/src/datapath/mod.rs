@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -121,6 +121,16 @@ impl Datapath {
         // a running weir being taken over keeps what is installed, whatever
         // becomes of this start
         let handing_over = previous.as_ref().is_some_and(|s| s.owner != std::process::id() && s.owner_alive());
+        // the running weir's proxied connections carry its marks, which the
+        // programs and rules would no longer know
+        if let Some(running) = previous.as_ref().filter(|_| handing_over).map(routing::NodeState::marks)
+            && running != config.marks.marks()
+        {
+            bail!(
+                "datapath.marks differ from those of the running weir ({running:x?}): its proxied connections \
+                 would lose their way; stop it first (marks move with a restart, not a hand-over)"
+            );
+        }
         let mut state = previous.unwrap_or_default();
         state.take_ownership();
         routing::install(config, &mut state).context("installing the redirect rules and route")?;
@@ -144,6 +154,7 @@ impl Datapath {
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
             .override_global(programs::HOST_ROUTING, &u8::from(config.host_routing == HostRouting::Bpf), true)
+            .override_global(programs::MARKS, &config.marks.marks(), true)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {

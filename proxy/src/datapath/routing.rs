@@ -20,9 +20,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
-use weir_datapath_common::mark;
+use weir_datapath_common::mark::Marks;
 
-use crate::config::DatapathConfig;
+use crate::config::{DatapathConfig, MarksConfig};
 
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 
@@ -40,6 +40,10 @@ pub struct NodeState {
     /// `tcp_fwmark_accept` before weir set it.
     pub fwmark_accept_before: Option<String>,
     pub rules_installed: bool,
+    /// The marks the rules match and the programs were loaded with (`None`:
+    /// a state file from before marks could move, so the defaults).
+    #[serde(default)]
+    pub marks: Option<MarksConfig>,
 }
 
 /// `ip`'s family flag and the whole address space of each family.
@@ -74,6 +78,11 @@ impl NodeState {
         self.owner_instance = instance();
     }
 
+    /// The marks of the weir that wrote this state.
+    pub fn marks(&self) -> Marks {
+        self.marks.unwrap_or_default().marks()
+    }
+
     /// Whether the owning weir still runs.
     pub fn owner_alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.owner)).exists()
@@ -97,8 +106,9 @@ pub fn remove_state(bpffs: &Path) {
     let _ = std::fs::remove_file(state_file(bpffs));
 }
 
-fn fwmark() -> String {
-    format!("{:#x}/{:#x}", mark::MAGIC_TO_PROXY, mark::MAGIC_MASK)
+/// `ip rule`'s spelling of the TO_PROXY mark.
+fn fwmark(marks: Marks) -> String {
+    format!("{:#x}/{:#x}", marks.to_proxy, marks.mask)
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -161,6 +171,7 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
     state.rule_priority = config.rule_priority;
     state.route_table = config.route_table;
     state.rules_installed = true;
+    state.marks = Some(config.marks);
     write_state(&config.bpffs, state)?;
 
     // one sysctl for both families: TCP over IPv6 reads it too
@@ -181,12 +192,25 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
 fn install_family(config: &DatapathConfig, family: &str, everything: &str) -> anyhow::Result<()> {
     let (first, second) = (config.rule_priority.to_string(), (config.rule_priority + 1).to_string());
     let table = config.route_table.to_string();
+    let fwmark = fwmark(config.marks.marks());
     let rules = ip(&[family, "rule", "show"])?;
-    if !rules.lines().any(|l| l.starts_with(&format!("{first}:"))) {
-        ip(&[family, "rule", "add", "pref", &first, "fwmark", &fwmark(), "iif", "lo", "lookup", "main"])?;
-    }
-    if !rules.lines().any(|l| l.starts_with(&format!("{second}:"))) {
-        ip(&[family, "rule", "add", "pref", &second, "fwmark", &fwmark(), "lookup", &table])?;
+    let wanted: [(&str, &[&str]); 2] = [(&first, &["iif", "lo", "lookup", "main"]), (&second, &["lookup", &table])];
+    for (pref, rest) in wanted {
+        match rules.lines().find(|l| l.starts_with(&format!("{pref}:"))) {
+            // a restart finds its own rule
+            Some(line) if line.contains(&format!("fwmark {fwmark} ")) => continue,
+            // weir's rule from before the marks moved (a stopped weir's)
+            Some(line) if line.contains(&format!("lookup {}", rest[rest.len() - 1])) && line.contains(" fwmark ") => {
+                ip(&[family, "rule", "del", "pref", pref])?;
+            }
+            Some(line) => {
+                bail!("rule priority {pref} is taken by another rule ({}): set datapath.rule_priority", line.trim())
+            }
+            None => {}
+        }
+        let mut args = vec![family, "rule", "add", "pref", pref, "fwmark", &fwmark];
+        args.extend_from_slice(rest);
+        ip(&args)?;
     }
     ip(&[family, "route", "replace", "local", everything, "dev", "lo", "table", &table])?;
     Ok(())

@@ -146,13 +146,6 @@ pub struct Redirected {
     pub source_identity: Option<u32>,
 }
 
-/// The identity a TO_PROXY mark carries (the SYN's, with
-/// `tcp_fwmark_accept`, or a datagram's, with `SO_RCVMARK`).
-pub fn sender_identity(socket_mark: u32) -> Option<u32> {
-    use weir_datapath_common::mark;
-    (mark::magic(socket_mark) == mark::MAGIC_TO_PROXY).then(|| mark::identity_of(socket_mark))
-}
-
 /// Accept connections the datapath redirected, until told to stop, and hand
 /// each to `handle`. Connections dialled to the listener's own address were
 /// not redirected (there is nowhere to forward them) and are closed.
@@ -173,7 +166,7 @@ pub async fn transparent_accept_loop(
                         tracing::debug!(%peer, "direct connection to a transparent listener refused");
                         continue;
                     }
-                    let source_identity = sender_identity(socket2::SockRef::from(&stream).mark().unwrap_or(0));
+                    let source_identity = crate::net::sender_identity(socket2::SockRef::from(&stream).mark().unwrap_or(0));
                     handle(Redirected { stream, peer, original_destination, source_identity });
                 }
                 Err(e) => {

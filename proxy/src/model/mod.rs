@@ -496,10 +496,9 @@ impl PolicyModel {
                 // other destination answers by plain routing, which would
                 // deliver replies to the client pod instead: leave from the
                 // node's address.
-                let bind = self.is_local_pod(original_destination.ip()).then(|| {
-                    use weir_datapath_common::mark;
-                    UpstreamBind { source: peer.ip(), mark: mark::make(mark::MAGIC_FROM_PROXY, source.id) }
-                });
+                let bind = self
+                    .is_local_pod(original_destination.ip())
+                    .then(|| UpstreamBind { source: peer.ip(), mark: crate::net::from_proxy_mark(source.id) });
                 let listener = self.transparent_listener(*original_destination, protocol);
                 let source_endpoint = self.endpoint_of(peer, &source);
                 Some(Resolved { listener, source, source_endpoint, bind })

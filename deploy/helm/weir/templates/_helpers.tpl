@@ -22,6 +22,7 @@ hot reload, without restarting anything.
 {{- /* only when not the default: a weir before host_routing refuses the key */ -}}
 {{- if ne $n.hostRouting "bpf" }}{{- $_ := set $datapath "host_routing" $n.hostRouting -}}{{- end }}
 {{- if kindIs "slice" $n.nat64Prefixes }}{{- $_ := set $datapath "nat64_prefixes" $n.nat64Prefixes -}}{{- end }}
+{{- if kindIs "map" $n.marks }}{{- $_ := set $datapath "marks" $n.marks -}}{{- end }}
 {{- $dns := dict "refusal" $n.dns.refusal "upstream_timeout" $n.dns.upstreamTimeout "min_ttl" $n.dns.minTtl "max_ips_per_name" (int $n.dns.maxIpsPerName) "cache_file" (printf "%s/fqdn-cache.json" $n.stateDir) -}}
 {{- $config := dict "admin" (printf "127.0.0.1:%d" (int $n.adminPort)) "metrics" (printf "0.0.0.0:%d" (int $n.metricsPort)) "log_flows" $n.flows.log "flow_history" (int $n.flows.history) "filter_cache" (printf "%s/filter-cache" $n.stateDir) "drain_timeout" $n.drainTimeout "datapath" $datapath "dns" $dns -}}
 {{- if gt (int $n.workers) 0 }}{{ $_ := set $config "workers" (int $n.workers) }}{{ end -}}

@@ -282,7 +282,7 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: Arc<UdpSocket
         let Some(original_destination) = datagram.original_destination.filter(|d| Some(*d) != own) else {
             continue; // sent to the proxy's own address: not redirected
         };
-        let source_identity = crate::engines::listeners::sender_identity(datagram.mark);
+        let source_identity = crate::net::sender_identity(datagram.mark);
         let query = buf[..datagram.len].to_vec();
         let state = state.clone();
         let in_flight = state.handover.query();
@@ -303,11 +303,10 @@ pub async fn serve_transparent_udp(state: Arc<ProxyState>, socket: Arc<UdpSocket
 /// Send `answer` to `peer` from `from` (the resolver's address), marked as
 /// the proxy's so the datapath passes it once.
 fn reply_from(from: SocketAddr, peer: SocketAddr, identity: Option<u32>, answer: &[u8]) -> std::io::Result<()> {
-    use weir_datapath_common::mark;
     let socket = socket2::Socket::new(socket2::Domain::for_address(from), socket2::Type::DGRAM, None)?;
     socket.set_ip_transparent(true)?;
     socket.set_reuse_address(true)?;
-    socket.set_mark(mark::make(mark::MAGIC_FROM_PROXY, identity.unwrap_or(0)))?;
+    socket.set_mark(crate::net::from_proxy_mark(identity.unwrap_or(0)))?;
     socket.bind(&from.into())?;
     socket.send_to(answer, &peer.into())?;
     Ok(())
