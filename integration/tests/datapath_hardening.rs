@@ -659,23 +659,23 @@ fn icmps_rules_let_only_the_named_icmp_types_through() {
 
 /// `datapath.marks` moved out of the default nibble, where another plugin
 /// marks: the redirect rule, the proxy's upstream leg and the programs all
-/// use the moved values; a packet another plugin marked with the default
-/// nibble's "from the proxy" value (`0x0a00`, Cilium's proxy mark) is judged
-/// like any other; and a successor with other marks is refused while this
-/// weir runs.
+/// use the moved values; packets another plugin marked with the default
+/// nibble's "from the proxy" or "to the proxy" values (`0x0a00`, `0x0200`:
+/// Cilium's) are judged like any other; a successor with other marks is
+/// refused while this weir runs, though both are pid 1 (as in Kubernetes);
+/// and a restart moves them.
 #[test]
 fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
     let mut node = Node::new(&["cli", "srv"]);
     node.enter();
     let server = node.pod("srv").ip.to_string();
     node.serve("srv", "http server", "python3", &[&script("datapath_peer.py"), "http", &server, "80"]);
+    let endpoints = node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]);
     let moved = "  marks: {mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000}\n";
-    let endpoints = node.endpoints_yaml(&[("cli", "client"), ("srv", "server")]).replacen(
-        "datapath:\n",
-        &format!("datapath:\n{moved}"),
-        1,
-    );
-    node.start_weir(&format!("{BASE}{endpoints}"), &[("server.yaml", SERVER_HTTP_POLICY)]);
+    let config = format!("{BASE}{}", endpoints.replacen("datapath:\n", &format!("datapath:\n{moved}"), 1));
+    // each weir pid 1 of a PID namespace of its own, as in a pod
+    let pid_1 = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"];
+    node.try_start_weir_wrapped(&config, &[("server.yaml", SERVER_HTTP_POLICY)], &pid_1).unwrap();
     let url = |path: &str| format!("http://{server}{path}");
     wait_for("the server in its pod", Duration::from_secs(10), || node.curl("cli", &url("/public/ready")).0 == 200);
 
@@ -699,17 +699,23 @@ fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
     assert!(!marks.is_empty() && marks.iter().all(|m| m & 0x3f00 == 0x2000), "{sockets}");
 
     // the node's own packets to srv, marked by another plugin in the
-    // default nibble: not weir's mark here, so srv's ingress policy judges
-    // them (the node is not allowed in)
-    let mark = ["-t", "mangle", "-A", "OUTPUT", "-d", &server, "-j", "MARK", "--set-xmark", "0x0a00/0x0f00"];
-    let marked = std::process::Command::new("iptables").args(mark).output().unwrap();
-    assert!(marked.status.success(), "iptables: {}", String::from_utf8_lossy(&marked.stderr));
-    let from_node = output("curl", &["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", &url("/public/node")]);
-    assert_eq!(from_node, "000", "the node's marked packets got through");
-    let dropped = node.weir().wait_flow("", "the drop of the node's marked SYN", |f| {
-        f.verdict == Verdict::Dropped && f.port == 80 && f.source.labels.iter().any(|l| l == "reserved:host")
-    });
-    assert!(dropped.destination.labels.iter().any(|l| l == "k8s:app=server"), "{dropped:?}");
+    // default nibble: not weir's marks here, so srv's ingress policy judges
+    // them (the node is not allowed in); a port each, for telling the drops
+    // apart (a SYN let through to 81 would be refused, not dropped)
+    for (foreign, port) in [("0x0a00/0x0f00", 80), ("0x0200/0x0f00", 81)] {
+        let _ = output("iptables", &["-t", "mangle", "-F", "OUTPUT"]);
+        let mark = ["-t", "mangle", "-A", "OUTPUT", "-d", &server, "-j", "MARK", "--set-xmark", foreign];
+        let marked = std::process::Command::new("iptables").args(mark).output().unwrap();
+        assert!(marked.status.success(), "iptables: {}", String::from_utf8_lossy(&marked.stderr));
+        let to = format!("http://{server}:{port}/public/node");
+        let from_node = output("curl", &["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", &to]);
+        assert_eq!(from_node, "000", "the node's packets marked {foreign} got through");
+        let dropped = node.weir().wait_flow("", &format!("the drop of the node's SYN marked {foreign}"), |f| {
+            f.verdict == Verdict::Dropped && f.port == port && f.source.labels.iter().any(|l| l == "reserved:host")
+        });
+        assert!(dropped.destination.labels.iter().any(|l| l == "k8s:app=server"), "{dropped:?}");
+    }
+    let _ = output("iptables", &["-t", "mangle", "-F", "OUTPUT"]);
 
     // a successor on the default marks would strand this weir's proxied
     // connections: refused, and this weir serves on
@@ -720,10 +726,17 @@ fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
     assert!(refused.contains("datapath.marks differ from those of the running weir"), "{refused}");
     assert_eq!(node.curl("cli", &url("/public/b")).0, 200, "{}", node.weir().log());
 
-    // a restart (not a hand-over) moves them: the rules are replaced
-    node.weir.as_mut().unwrap().kill_and_restart();
+    // a crash and a start on the default marks (not a hand-over) moves them:
+    // the moved rules are replaced, not kept beside the new ones
+    // SAFETY: signalling our own child (unshare, which takes weir with it).
+    unsafe { libc::kill(node.weir().pid() as i32, libc::SIGKILL) };
+    wait_for("the killed weir to go", Duration::from_secs(10), || !node.weir.as_mut().unwrap().is_running());
+    node.start_weir(&format!("{BASE}{endpoints}"), &[("server.yaml", SERVER_HTTP_POLICY)]);
     let rules = output("ip", &["rule", "show"]);
     assert!(rules.contains("fwmark 0x200/0xf00 iif lo lookup main") && !rules.contains("0x3000"), "{rules}");
+    for pref in ["9000:", "9001:"] {
+        assert_eq!(rules.lines().filter(|l| l.starts_with(pref)).count(), 1, "{rules}");
+    }
     assert_eq!(node.curl("cli", &url("/public/c")).0, 200, "{}", node.weir().log());
 }
 

@@ -260,7 +260,7 @@ async fn serve(
     let mut controller = Controller::new(sources, state.clone());
     let mut kernel_events = None;
     if ebpf {
-        let mut datapath = crate::datapath::Datapath::start(&config.datapath)?;
+        let mut datapath = crate::datapath::Datapath::start(&config.datapath, taking.is_some())?;
         // a start that fails from here on takes down what it installed
         let plumbed = start_transparent_listeners(&mut datapath, &config.datapath, &state, &accepting_stopped);
         let kernel = match plumbed.and_then(|()| datapath.take_events()) {

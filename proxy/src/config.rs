@@ -199,8 +199,8 @@ pub struct DatapathConfig {
     /// and three different values inside it. `0x0f00` with `0x0200` (to the
     /// proxy), `0x0a00` (from the proxy) and `0x0f00` (judged, with the
     /// sender's identity) by default, Cilium's nibble and values; move them
-    /// where a node's other plugins do not mark (docs/datapath.md, "Marks").
-    /// Changing them needs a stop, not a hand-over.
+    /// where a node's other plugins do not mark (docs/datapath.md, "Moving
+    /// the marks"). Changing them needs a stop, not a hand-over.
     pub marks: MarksConfig,
 }
 
@@ -235,23 +235,34 @@ impl MarksConfig {
 /// A mark's bits as a YAML number or a string (`"0x3000"`, `"12288"`):
 /// Helm values and templates quote numbers as often as not.
 fn mark_bits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Bits {
-        Number(u32),
-        Text(String),
-    }
-    match Bits::deserialize(deserializer)? {
-        Bits::Number(n) => Ok(n),
-        Bits::Text(text) => {
+    struct Bits;
+    impl serde::de::Visitor<'_> for Bits {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a 32-bit mark as a number or a string (0x3000, \"0x3000\", 12288)")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom(format!("{n:#x} is wider than a 32-bit mark")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u32, E> {
+            u64::try_from(n).map_err(|_| E::custom(format!("{n} is negative"))).and_then(|n| self.visit_u64(n))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u32, E> {
             let text = text.trim();
-            let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-                Some(hex) => u32::from_str_radix(hex, 16),
-                None => text.parse(),
+            let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(hex) => (hex, 16),
+                None => (text, 10),
             };
-            parsed.map_err(|_| serde::de::Error::custom(format!("{text:?} is not a 32-bit number")))
+            // from_str_radix takes a sign, which no mark has
+            let parsed = (!digits.starts_with(['+', '-'])).then(|| u32::from_str_radix(digits, radix).ok()).flatten();
+            parsed.ok_or_else(|| E::custom(format!("{text:?} is not a 32-bit mark (0x3000 or 12288)")))
         }
     }
+    deserializer.deserialize_any(Bits)
 }
 
 /// `datapath.host_routing` (docs/datapath.md, "Local delivery").
@@ -1114,7 +1125,11 @@ mod tests {
             ("{mask: 0xf000, to_proxy: 0x1000, from_proxy: 0x2000, identity: 0x3000}", "inside 0x3f00"),
             ("{mask: 0x3000}", "inside the mask"),
             ("{mask: 0x3000, to_proxy: 0x1000, from_proxy: 0x1000, identity: 0x3000}", "must differ"),
-            ("{mask: '0xzz'}", "\"0xzz\" is not a 32-bit number"),
+            ("{mask: '0xzz'}", "\"0xzz\" is not a 32-bit mark"),
+            ("{mask: '+12288'}", "\"+12288\" is not a 32-bit mark"),
+            ("{mask: -1}", "-1 is negative"),
+            ("{mask: 0x100000000}", "0x100000000 is wider than a 32-bit mark"),
+            ("{mask: 1.5}", "a 32-bit mark as a number or a string"),
             ("{magic: 0x3000}", "unknown field `magic`"),
         ] {
             let e = WeirConfig::parse(&format!("datapath: {{marks: {bad}}}")).unwrap_err();

@@ -112,18 +112,22 @@ fn link_name(interface: &str, program: &str) -> String {
 impl Datapath {
     /// Load the programs (reusing pinned maps), install the node plumbing and
     /// take ownership. Nothing is attached until [`Datapath::apply`].
-    pub fn start(config: &DatapathConfig) -> anyhow::Result<Datapath> {
+    /// `taking_over`: a running weir is handing the node to this one.
+    pub fn start(config: &DatapathConfig, taking_over: bool) -> anyhow::Result<Datapath> {
         ensure_bpffs(&config.bpffs)?;
         std::fs::create_dir_all(maps_dir(&config.bpffs))
             .with_context(|| format!("creating {}", config.bpffs.display()))?;
         std::fs::create_dir_all(links_dir(&config.bpffs))?;
         let previous = routing::read_state(&config.bpffs);
         // a running weir being taken over keeps what is installed, whatever
-        // becomes of this start
-        let handing_over = previous.as_ref().is_some_and(|s| s.owner != std::process::id() && s.owner_alive());
+        // becomes of this start. The hand-over says so; the owner's pid is
+        // a second guess for one that did not (not in Kubernetes, where
+        // every weir is pid 1 of its own pod)
+        let handing_over =
+            taking_over || previous.as_ref().is_some_and(|s| s.owner != std::process::id() && s.owner_alive());
         // the running weir's proxied connections carry its marks, which the
         // programs and rules would no longer know
-        if let Some(running) = previous.as_ref().filter(|_| handing_over).map(routing::NodeState::marks)
+        if let Some(running) = previous.as_ref().filter(|_| taking_over).map(routing::NodeState::marks)
             && running != config.marks.marks()
         {
             bail!(

@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use weir_datapath_common::mark::Marks;
 
-use crate::config::{DatapathConfig, MarksConfig};
+use crate::config::DatapathConfig;
 
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 
@@ -43,7 +43,23 @@ pub struct NodeState {
     /// The marks the rules match and the programs were loaded with (`None`:
     /// a state file from before marks could move, so the defaults).
     #[serde(default)]
-    pub marks: Option<MarksConfig>,
+    pub marks: Option<StateMarks>,
+}
+
+/// [`Marks`] as the state file keeps them (unknown fields ignored: a newer
+/// weir may add some, and its state must still read as a live node's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMarks {
+    pub mask: u32,
+    pub to_proxy: u32,
+    pub from_proxy: u32,
+    pub identity: u32,
+}
+
+impl From<Marks> for StateMarks {
+    fn from(Marks { mask, to_proxy, from_proxy, identity }: Marks) -> Self {
+        StateMarks { mask, to_proxy, from_proxy, identity }
+    }
 }
 
 /// `ip`'s family flag and the whole address space of each family.
@@ -80,7 +96,15 @@ impl NodeState {
 
     /// The marks of the weir that wrote this state.
     pub fn marks(&self) -> Marks {
-        self.marks.unwrap_or_default().marks()
+        match self.marks {
+            Some(StateMarks { mask, to_proxy, from_proxy, identity }) => Marks { mask, to_proxy, from_proxy, identity },
+            None => Marks::DEFAULT,
+        }
+    }
+
+    /// Its two rules, as [`rule_words`] spells them.
+    fn rules(&self) -> [Vec<String>; 2] {
+        rule_words(self.marks(), self.route_table)
     }
 
     /// Whether the owning weir still runs.
@@ -168,16 +192,18 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
     if state.fwmark_accept_before.is_none() {
         state.fwmark_accept_before = Some(std::fs::read_to_string(FWMARK_ACCEPT)?.trim().to_string());
     }
+    // what an earlier weir installed, to be replaced if the marks moved
+    let installed = state.rules_installed.then(|| (state.rule_priority, state.rules()));
     state.rule_priority = config.rule_priority;
     state.route_table = config.route_table;
     state.rules_installed = true;
-    state.marks = Some(config.marks);
+    state.marks = Some(StateMarks::from(config.marks.marks()));
     write_state(&config.bpffs, state)?;
 
     // one sysctl for both families: TCP over IPv6 reads it too
     std::fs::write(FWMARK_ACCEPT, "1").context("setting net.ipv4.tcp_fwmark_accept=1")?;
     for (family, everything) in FAMILIES {
-        match install_family(config, family, everything) {
+        match install_family(config, state, installed.as_ref(), family, everything) {
             Ok(()) => {}
             // a node without IPv6 still redirects IPv4
             Err(e) if family == "-6" => {
@@ -189,29 +215,62 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
     Ok(())
 }
 
-fn install_family(config: &DatapathConfig, family: &str, everything: &str) -> anyhow::Result<()> {
-    let (first, second) = (config.rule_priority.to_string(), (config.rule_priority + 1).to_string());
-    let table = config.route_table.to_string();
-    let fwmark = fwmark(config.marks.marks());
-    let rules = ip(&[family, "rule", "show"])?;
-    let wanted: [(&str, &[&str]); 2] = [(&first, &["iif", "lo", "lookup", "main"]), (&second, &["lookup", &table])];
-    for (pref, rest) in wanted {
-        match rules.lines().find(|l| l.starts_with(&format!("{pref}:"))) {
-            // a restart finds its own rule
-            Some(line) if line.contains(&format!("fwmark {fwmark} ")) => continue,
-            // weir's rule from before the marks moved (a stopped weir's)
-            Some(line) if line.contains(&format!("lookup {}", rest[rest.len() - 1])) && line.contains(" fwmark ") => {
-                ip(&[family, "rule", "del", "pref", pref])?;
+/// `ip rule`'s words for weir's two rules (after `pref P`), which it prints
+/// after `P:` as `from all <words>`: packets the node sends keep normal
+/// routing, the programs' TO_PROXY packets are delivered locally.
+fn rule_words(marks: Marks, table: u32) -> [Vec<String>; 2] {
+    let fwmark = fwmark(marks);
+    let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    [
+        words(&["fwmark", &fwmark, "iif", "lo", "lookup", "main"]),
+        words(&["fwmark", &fwmark, "lookup", &table.to_string()]),
+    ]
+}
+
+/// The rules of one family at `pref` (as printed, after `from all`).
+fn rules_at(family: &str, pref: u32) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("{pref}:");
+    Ok(ip(&[family, "rule", "show"])?
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|l| l.trim().trim_start_matches("from all").trim().to_string())
+        .collect())
+}
+
+fn rule(family: &str, verb: &str, pref: u32, words: &[String]) -> anyhow::Result<String> {
+    let pref = pref.to_string();
+    let mut args = vec![family, "rule", verb, "pref", &pref];
+    args.extend(words.iter().map(String::as_str));
+    ip(&args)
+}
+
+fn install_family(
+    config: &DatapathConfig,
+    state: &NodeState,
+    installed: Option<&(u32, [Vec<String>; 2])>,
+    family: &str,
+    everything: &str,
+) -> anyhow::Result<()> {
+    let wanted = state.rules();
+    for (i, words) in wanted.iter().enumerate() {
+        let pref = config.rule_priority + i as u32;
+        // weir's own rule from an earlier start, if it differs (other marks)
+        let stale = installed.filter(|(p, rules)| *p == config.rule_priority && rules[i] != *words).map(|(_, r)| &r[i]);
+        let present = rules_at(family, pref)?;
+        if !present.contains(&words.join(" ")) {
+            if let Some(other) = present.iter().find(|l| Some(l.as_str()) != stale.map(|s| s.join(" ")).as_deref()) {
+                bail!("rule priority {pref} is taken by another rule ({other}): set datapath.rule_priority");
             }
-            Some(line) => {
-                bail!("rule priority {pref} is taken by another rule ({}): set datapath.rule_priority", line.trim())
-            }
-            None => {}
+            // the new rule first: the node is never without one
+            rule(family, "add", pref, words)?;
         }
-        let mut args = vec![family, "rule", "add", "pref", pref, "fwmark", &fwmark];
-        args.extend_from_slice(rest);
-        ip(&args)?;
+        if let Some(stale) = stale {
+            for _ in present.iter().filter(|l| **l == stale.join(" ")) {
+                rule(family, "del", pref, stale)?;
+            }
+        }
     }
+    let table = config.route_table.to_string();
     ip(&[family, "route", "replace", "local", everything, "dev", "lo", "table", &table])?;
     Ok(())
 }
@@ -220,13 +279,15 @@ fn install_family(config: &DatapathConfig, family: &str, everything: &str) -> an
 pub fn uninstall(state: &NodeState) -> Vec<String> {
     let mut errors = Vec::new();
     for (family, _) in FAMILIES.iter().filter(|_| state.rules_installed) {
-        for pref in [state.rule_priority, state.rule_priority + 1] {
-            let pref = pref.to_string();
-            if let Ok(rules) = ip(&[family, "rule", "show"])
-                && rules.lines().any(|l| l.starts_with(&format!("{pref}:")))
-                && let Err(e) = ip(&[family, "rule", "del", "pref", &pref])
-            {
-                errors.push(e.to_string());
+        for (i, words) in state.rules().iter().enumerate() {
+            let pref = state.rule_priority + i as u32;
+            // weir's rule only, as often as it is there; another at the
+            // same priority is not weir's to remove
+            let present = rules_at(family, pref).unwrap_or_default();
+            for _ in present.iter().filter(|l| **l == words.join(" ")) {
+                if let Err(e) = rule(family, "del", pref, words) {
+                    errors.push(e.to_string());
+                }
             }
         }
         let table = state.route_table.to_string();
