@@ -181,6 +181,11 @@ pub mod maps {
     /// The proxy's sockets that splice their writes (added by weir; the
     /// `weir_splice` sk_msg program is attached to this map).
     pub const SPLICE_PROXY: &str = "WEIR_SPLICE_PROXY";
+    /// Which socket may join SPLICE_PODS under each tuple: the cookie of
+    /// the socket whose handshake packet crossed the pod's veth (the
+    /// client's SYN, the server's SYN-ACK), recorded there by
+    /// `weir_from_pod` and taken by `weir_sockops`.
+    pub const SPLICE_BINDINGS: &str = "WEIR_SPLICE_BINDINGS";
     /// Local delivery past the node's stack (`datapath.host_routing: bpf`):
     /// a pod's address → its veth and the link addresses to write, learned
     /// by the programs from neighbour messages between the pod and the node.
@@ -202,6 +207,7 @@ pub mod maps {
         FRAG_FREED,
         SPLICE_PODS,
         SPLICE_PROXY,
+        SPLICE_BINDINGS,
         DELIVERY,
         DELIVERY6,
         DROPS,
@@ -234,6 +240,9 @@ pub mod programs {
     /// Not a program: the object's global that `datapath.marks` sets at
     /// load ([`super::mark::Marks`]).
     pub const MARKS: &str = "MARKS";
+    /// Not a program: the object's global that `datapath.splice` sets at
+    /// load (1: record SPLICE_BINDINGS).
+    pub const SPLICE_BINDING: &str = "SPLICE_BINDING";
 }
 
 /// SPLICE_PODS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses

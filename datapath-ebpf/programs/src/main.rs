@@ -44,11 +44,12 @@ use aya_ebpf::bindings::{
     bpf_sock_tuple, sk_action::SK_PASS,
 };
 use aya_ebpf::helpers::generated::{
-    bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_redirect_peer, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
+    bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_redirect_peer, bpf_sk_assign,
+    bpf_sk_release, bpf_skc_lookup_tcp,
 };
 use aya_ebpf::macros::{classifier, map, sk_msg, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, SockHash};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash};
 use aya_ebpf::programs::{SkMsgContext, SockOpsContext, TcContext};
 use weir_datapath_common::{
     CT_DEST_JUDGED, CT_FQDN, CT_PROXIED, CtKey, CtKey6, CtUsage, CtValue, DIR_EGRESS, DIR_INGRESS, DROP_REASONS,
@@ -113,6 +114,10 @@ static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRA
 static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
 static SPLICE_PROXY: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
+/// An LRU: a binding is taken once, at the socket's join; one never taken
+/// (the handshake failed) ages out, and one evicted only costs a splice.
+#[map(name = "WEIR_SPLICE_BINDINGS")]
+static SPLICE_BINDINGS: LruHashMap<SpliceKey, u64> = LruHashMap::pinned(65536, 0);
 #[map(name = "WEIR_DELIVERY")]
 static DELIVERY: HashMap<u32, Delivery> = HashMap::pinned(4096, 0);
 #[map(name = "WEIR_DELIVERY6")]
@@ -131,6 +136,48 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 /// the branch the setting turns off.
 #[unsafe(no_mangle)]
 static HOST_ROUTING: u8 = 0;
+
+/// `datapath.splice`: 1 records which pod socket may join SPLICE_PODS (set
+/// by weir at load, read-only data as `HOST_ROUTING`).
+#[unsafe(no_mangle)]
+static SPLICE_BINDING: u8 = 0;
+
+/// The cookie of the socket a pod's TCP handshake packet carries: `skb->sk`
+/// survives the veth crossing, and TC runs before the stack orphans it. Read
+/// before `bpf_sk_assign`, which puts the proxy's socket there instead. 0:
+/// none, or splicing off (then nothing is recorded).
+#[inline(always)]
+fn handshake_cookie<A: Addr>(ctx: &TcContext, t: &Tuple<A>) -> u64 {
+    if unsafe { core::ptr::read_volatile(&SPLICE_BINDING) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP
+    {
+        return 0;
+    }
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) }
+}
+
+/// A pod's handshake packet of a proxied connection — the client's SYN, the
+/// server's SYN-ACK — crossed its veth carrying the socket of `cookie`: that
+/// socket, and no socket of another network namespace with the same tuple,
+/// may join SPLICE_PODS. For the server it is the request socket, whose
+/// cookie (made by reading it) its child inherits. No socket (SYN cookies,
+/// a veth running XDP or GRO): no binding, so no splice.
+#[inline(always)]
+fn bind_splice<A: Addr>(t: &Tuple<A>, cookie: u64) {
+    if unsafe { core::ptr::read_volatile(&SPLICE_BINDING) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP
+    {
+        return;
+    }
+    let key = SpliceKey {
+        local_ip: t.saddr.event_address()[0],
+        remote_ip: t.daddr.event_address()[0],
+        local_port: t.sport,
+        remote_port: t.dport,
+    };
+    let _ = match cookie {
+        0 => SPLICE_BINDINGS.remove(&key),
+        _ => SPLICE_BINDINGS.insert(&key, &cookie, 0),
+    };
+}
 
 /// `datapath.marks`: the nibble and values of weir's marks, set by weir when
 /// it loads the object (read-only data, as `HOST_ROUTING`).
@@ -1469,6 +1516,9 @@ fn judge_from_pod<A: Addr>(
             // the proxy opened it (upstream leg of a proxied request)
             ctx.set_mark(to_proxy_mark(me));
             if t.protocol == PROTO_TCP {
+                if packet.l4_byte & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK {
+                    bind_splice(t, handshake_cookie(ctx, t));
+                }
                 assign_to_proxy(ctx, t, 0);
             }
             return TC_ACT_OK as i32;
@@ -1537,6 +1587,7 @@ fn judge_from_pod<A: Addr>(
     // rules that only look at L7 go to the proxy when it can take the
     // packet, and otherwise let it pass (an allow event with REASON_NO_PROXY
     // says it went unjudged)
+    let cookie = if packet.syn { handshake_cookie(ctx, t) } else { 0 };
     let mut assigned = false;
     let mut unjudged = false;
     if verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
@@ -1611,6 +1662,7 @@ fn judge_from_pod<A: Addr>(
                         return shot(reason);
                     }
                     if packet.syn {
+                        bind_splice(t, cookie);
                         emit(EVENT_REDIRECT, 0, direction, t, me, peer.identity, ifindex, verdict.rule, packet.l4_byte);
                     }
                 }
@@ -2033,9 +2085,16 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
         _pad: [0; 3],
     };
     let proxied = |t: &CtKey| ct_live(t).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0);
-    // never in place of a socket already there: the key is a tuple, and a
-    // socket in another network namespace can carry the same one
-    if proxied(&out) || proxied(&out.reversed()) {
+    if !proxied(&out) && !proxied(&out.reversed()) {
+        return 1;
+    }
+    // the key is a tuple, which a socket in another network namespace can
+    // carry too: only the socket whose handshake crossed the pod's veth
+    // joins (once), and never in place of a socket already there
+    let bound = unsafe { SPLICE_BINDINGS.get(&key) }.copied();
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    if bound.is_some_and(|b| b != 0 && b == cookie) {
+        let _ = SPLICE_BINDINGS.remove(&key);
         let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
     }
     1

@@ -159,6 +159,7 @@ impl Datapath {
             .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
             .override_global(programs::HOST_ROUTING, &u8::from(config.host_routing == HostRouting::Bpf), true)
             .override_global(programs::MARKS, &config.marks.marks(), true)
+            .override_global(programs::SPLICE_BINDING, &u8::from(config.splice), true)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
