@@ -55,6 +55,14 @@ fn read_and_received(splice: Option<bool>) -> (u64, u64) {
     // the answers came through the proxy (its flows), whichever way
     let flows = node.weir().flows("protocol=http");
     assert!(flows.iter().filter(|f| f.listener == "ebpf").count() >= 50, "{} flows", flows.len());
+    // the client has gone; the proxy's pooled connection to the server pod
+    // is open, but a server's socket never joins (the upstream leg is not
+    // spliced), and the bindings' map is only sized for use when splicing
+    let status = node.datapath_status();
+    let map = |name: &str| status.lines().find(|l| l.contains(name)).unwrap_or_default().to_string();
+    assert!(map("/WEIR_SPLICE_BOUND ").contains(" 0/65536 entries"), "{status}");
+    let bindings = if splice == Some(true) { " 0/65536 entries" } else { " 0/1 entries" };
+    assert!(map("/WEIR_SPLICE_BINDINGS ").contains(bindings), "{status}");
     (numbers[0], numbers[1])
 }
 

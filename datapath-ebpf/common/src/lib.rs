@@ -175,17 +175,27 @@ pub mod maps {
     pub const IPCACHE6: &str = "WEIR_IPCACHE6";
     pub const CONNTRACK6: &str = "WEIR_CONNTRACK6";
     pub const FRAGMENTS6: &str = "WEIR_FRAGS6";
-    /// Sockets of pods on this node whose connection goes through the proxy
-    /// (added by `weir_sockops`): where the proxy's writes may be spliced to.
-    pub const SPLICE_PODS: &str = "WEIR_SPLICE_PODS";
+    /// Client sockets of pods on this node whose connection goes through
+    /// the proxy, each bound to its pod (added by `weir_sockops`): where the
+    /// proxy's writes may be spliced to. Renamed from `WEIR_SPLICE_PODS`
+    /// when joining needed a binding: what an older weir admitted by tuple
+    /// alone is never read.
+    pub const SPLICE_BOUND: &str = "WEIR_SPLICE_BOUND";
     /// The proxy's sockets that splice their writes (added by weir; the
     /// `weir_splice` sk_msg program is attached to this map).
     pub const SPLICE_PROXY: &str = "WEIR_SPLICE_PROXY";
-    /// Which socket may join SPLICE_PODS under each tuple: the cookie of
-    /// the socket whose handshake packet crossed the pod's veth (the
-    /// client's SYN, the server's SYN-ACK), recorded there by
+    /// Which socket may join SPLICE_BOUND under each tuple: the cookie of
+    /// the socket whose SYN crossed the pod's veth, recorded there by
     /// `weir_from_pod` and taken by `weir_sockops`.
     pub const SPLICE_BINDINGS: &str = "WEIR_SPLICE_BINDINGS";
+    /// Its size with `datapath.splice` on, and off (an LRU map is
+    /// allocated whole, 5.7 MB of locked memory at this size).
+    pub const SPLICE_BINDINGS_CAPACITY: u32 = 65536;
+    pub const SPLICE_BINDINGS_OFF: u32 = 1;
+    /// Pins of maps no weir reads any more (renamed: layout or meaning
+    /// changed); a starting weir removes them. A weir still running on one
+    /// keeps its map through its own descriptor.
+    pub const OBSOLETE: &[&str] = &["WEIR_CT", "WEIR_FRAGMENTS", "WEIR_SPLICE_PODS"];
     /// Local delivery past the node's stack (`datapath.host_routing: bpf`):
     /// a pod's address → its veth and the link addresses to write, learned
     /// by the programs from neighbour messages between the pod and the node.
@@ -205,7 +215,7 @@ pub mod maps {
         FRAGMENTS6,
         FRAG_USAGE,
         FRAG_FREED,
-        SPLICE_PODS,
+        SPLICE_BOUND,
         SPLICE_PROXY,
         SPLICE_BINDINGS,
         DELIVERY,
@@ -228,8 +238,8 @@ pub mod programs {
     /// from other nodes, redirected to the proxy where a local pod's L7
     /// ingress rules cover them.
     pub const FROM_NETDEV: &str = "weir_from_netdev";
-    /// sock_ops on the node's cgroup: adds pods' sockets of proxied
-    /// connections to SPLICE_PODS when they are established.
+    /// sock_ops on the node's cgroup: adds pods' client sockets of proxied
+    /// connections to SPLICE_BOUND when they are established.
     pub const SOCKOPS: &str = "weir_sockops";
     /// sk_msg on SPLICE_PROXY: what the proxy writes goes straight into the
     /// receive queue of the pod's socket it is connected to.
@@ -241,11 +251,11 @@ pub mod programs {
     /// load ([`super::mark::Marks`]).
     pub const MARKS: &str = "MARKS";
     /// Not a program: the object's global that `datapath.splice` sets at
-    /// load (1: record SPLICE_BINDINGS).
-    pub const SPLICE_BINDING: &str = "SPLICE_BINDING";
+    /// load (the HTTP proxy's port, whose clients are bound; 0: off).
+    pub const SPLICE_PORT: &str = "SPLICE_PORT";
 }
 
-/// SPLICE_PODS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses
+/// SPLICE_BOUND, SPLICE_BINDINGS and SPLICE_PROXY key: a socket's own IPv4 tuple, addresses
 /// and ports as on the wire. The proxy's socket splices to the pod socket
 /// keyed by its reversed tuple.
 #[repr(C)]

@@ -39,9 +39,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem::size_of;
 
 use aya_ebpf::bindings::{
-    BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-    BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock,
-    bpf_sock_tuple, sk_action::SK_PASS,
+    BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_TCP_LISTEN,
+    TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_sock, bpf_sock_tuple, sk_action::SK_PASS,
 };
 use aya_ebpf::helpers::generated::{
     bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem, bpf_redirect_peer, bpf_sk_assign,
@@ -61,7 +60,7 @@ use weir_datapath_common::{
     REASON_FRAG_FULL, REASON_FRAG_LIMIT, REASON_FRAGMENT, REASON_IPV6, REASON_MALFORMED, REASON_NO_PROXY,
     REASON_POLICY, REASON_SPOOFED, REASON_VLAN, Settings, SpliceKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_FORWARD,
     TCP_FIN_REPLY, TCP_REPLY_SEEN, Tuple, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
-    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, mark, mark::Marks, nat64_embedded_ipv4, proxy_socket_key,
+    VERDICT_REDIRECT_OR_ALLOW, conntrack, identity, maps, mark, mark::Marks, nat64_embedded_ipv4, proxy_socket_key,
     proxy_socket_key6,
 };
 
@@ -110,14 +109,14 @@ static IPCACHE6: LpmTrie<IpcacheKey6, IpcacheValue> = LpmTrie::pinned(65536, 0);
 static CT6: HashMap<CtKey6, CtValue> = HashMap::pinned(conntrack::CAPACITY6, 0);
 #[map(name = "WEIR_FRAGS6")]
 static FRAGMENTS6: HashMap<FragKey6, FragValue> = HashMap::pinned(conntrack::FRAGMENT_CAPACITY, BPF_F_NO_PREALLOC);
-#[map(name = "WEIR_SPLICE_PODS")]
-static SPLICE_PODS: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
+#[map(name = "WEIR_SPLICE_BOUND")]
+static SPLICE_BOUND: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 #[map(name = "WEIR_SPLICE_PROXY")]
 static SPLICE_PROXY: SockHash<SpliceKey> = SockHash::pinned(65536, 0);
 /// An LRU: a binding is taken once, at the socket's join; one never taken
 /// (the handshake failed) ages out, and one evicted only costs a splice.
 #[map(name = "WEIR_SPLICE_BINDINGS")]
-static SPLICE_BINDINGS: LruHashMap<SpliceKey, u64> = LruHashMap::pinned(65536, 0);
+static SPLICE_BINDINGS: LruHashMap<SpliceKey, u64> = LruHashMap::pinned(maps::SPLICE_BINDINGS_CAPACITY, 0);
 #[map(name = "WEIR_DELIVERY")]
 static DELIVERY: HashMap<u32, Delivery> = HashMap::pinned(4096, 0);
 #[map(name = "WEIR_DELIVERY6")]
@@ -137,34 +136,36 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 #[unsafe(no_mangle)]
 static HOST_ROUTING: u8 = 0;
 
-/// `datapath.splice`: 1 records which pod socket may join SPLICE_PODS (set
-/// by weir at load, read-only data as `HOST_ROUTING`).
+/// `datapath.splice`: the HTTP proxy's port, whose connections' client
+/// sockets may be bound and spliced (set by weir at load, read-only data as
+/// `HOST_ROUTING`); 0: splicing off, nothing recorded.
 #[unsafe(no_mangle)]
-static SPLICE_BINDING: u8 = 0;
+static SPLICE_PORT: u16 = 0;
 
-/// The cookie of the socket a pod's TCP handshake packet carries: `skb->sk`
-/// survives the veth crossing, and TC runs before the stack orphans it. Read
-/// before `bpf_sk_assign`, which puts the proxy's socket there instead. 0:
-/// none, or splicing off (then nothing is recorded).
+/// The cookie of the socket a pod's SYN carries, for a connection the proxy
+/// splices to (redirected to the HTTP proxy's port): `skb->sk` survives the
+/// veth crossing, and TC runs before the stack orphans it. Read before
+/// `bpf_sk_assign`, which puts the proxy's socket there instead. 0: none,
+/// or not spliced (then nothing is recorded).
 #[inline(always)]
-fn handshake_cookie<A: Addr>(ctx: &TcContext, t: &Tuple<A>) -> u64 {
-    if unsafe { core::ptr::read_volatile(&SPLICE_BINDING) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP
-    {
+fn handshake_cookie<A: Addr>(ctx: &TcContext, t: &Tuple<A>, proxy_port: u16) -> u64 {
+    let port = unsafe { core::ptr::read_volatile(&SPLICE_PORT) };
+    if port == 0 || proxy_port != port || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP {
         return 0;
     }
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) }
 }
 
-/// A pod's handshake packet of a proxied connection — the client's SYN, the
-/// server's SYN-ACK — crossed its veth carrying the socket of `cookie`: that
-/// socket, and no socket of another network namespace with the same tuple,
-/// may join SPLICE_PODS. For the server it is the request socket, whose
-/// cookie (made by reading it) its child inherits. No socket (SYN cookies,
-/// a veth running XDP or GRO): no binding, so no splice.
+/// A pod's SYN of a connection the proxy splices to crossed its veth
+/// carrying the socket of `cookie` ([`handshake_cookie`]): that socket, and
+/// no socket of another network namespace with the same tuple, may join
+/// SPLICE_BOUND. No socket (a veth running XDP or GRO orphans it): no
+/// binding, so no splice. (Client sockets only: the proxy's upstream leg is
+/// not spliced. A server's SYN-ACK would carry its request socket, whose
+/// cookie the child inherits.)
 #[inline(always)]
 fn bind_splice<A: Addr>(t: &Tuple<A>, cookie: u64) {
-    if unsafe { core::ptr::read_volatile(&SPLICE_BINDING) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP
-    {
+    if unsafe { core::ptr::read_volatile(&SPLICE_PORT) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP {
         return;
     }
     let key = SpliceKey {
@@ -1516,9 +1517,6 @@ fn judge_from_pod<A: Addr>(
             // the proxy opened it (upstream leg of a proxied request)
             ctx.set_mark(to_proxy_mark(me));
             if t.protocol == PROTO_TCP {
-                if packet.l4_byte & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK {
-                    bind_splice(t, handshake_cookie(ctx, t));
-                }
                 assign_to_proxy(ctx, t, 0);
             }
             return TC_ACT_OK as i32;
@@ -1587,7 +1585,8 @@ fn judge_from_pod<A: Addr>(
     // rules that only look at L7 go to the proxy when it can take the
     // packet, and otherwise let it pass (an allow event with REASON_NO_PROXY
     // says it went unjudged)
-    let cookie = if packet.syn { handshake_cookie(ctx, t) } else { 0 };
+    let redirects = verdict.verdict == VERDICT_REDIRECT || verdict.verdict == VERDICT_REDIRECT_OR_ALLOW;
+    let cookie = if packet.syn && redirects { handshake_cookie(ctx, t, verdict.proxy_port) } else { 0 };
     let mut assigned = false;
     let mut unjudged = false;
     if verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
@@ -2050,16 +2049,14 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
 
 const AF_INET: u32 = 2;
 
-/// A pod's TCP socket became established: if its connection goes through
-/// the proxy (a `CT_PROXIED` entry, either way round), it joins SPLICE_PODS,
-/// where the proxy's writes to it can be spliced. The proxy's own sockets
-/// (marked TO_PROXY or FROM_PROXY) are weir's to add or not.
+/// A pod's client TCP socket became established: if its connection goes
+/// through the proxy (a `CT_PROXIED` entry of its SYN) and its SYN bound it
+/// (SPLICE_BINDINGS), it joins SPLICE_BOUND, where the proxy's writes to it
+/// can be spliced. The proxy's own sockets (marked TO_PROXY or FROM_PROXY)
+/// are weir's to add or not.
 #[sock_ops]
 pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
-    let op = ctx.op();
-    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-        || ctx.family() != AF_INET
-    {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ctx.family() != AF_INET {
         return 1;
     }
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
@@ -2084,8 +2081,9 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
         protocol: PROTO_TCP,
         _pad: [0; 3],
     };
-    let proxied = |t: &CtKey| ct_live(t).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0);
-    if !proxied(&out) && !proxied(&out.reversed()) {
+    // a pod's client socket of a proxied connection (the entry its SYN
+    // opened); its server sockets are the upstream leg's, not spliced
+    if !ct_live(&out).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0) {
         return 1;
     }
     // the key is a tuple, which a socket in another network namespace can
@@ -2095,7 +2093,7 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     if bound.is_some_and(|b| b != 0 && b == cookie) {
         let _ = SPLICE_BINDINGS.remove(&key);
-        let _ = SPLICE_PODS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
+        let _ = SPLICE_BOUND.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
     }
     1
 }
@@ -2119,7 +2117,7 @@ pub fn weir_splice(ctx: SkMsgContext) -> u32 {
         }
     };
     // a redirect is set only when the peer is found; SK_PASS then carries it out
-    let _ = SPLICE_PODS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
+    let _ = SPLICE_BOUND.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
     SK_PASS
 }
 

@@ -153,13 +153,27 @@ impl Datapath {
 
     /// The programs and maps, once the node's plumbing is installed.
     fn load(config: &DatapathConfig, state: NodeState) -> anyhow::Result<Datapath> {
+        let pins = maps_dir(&config.bpffs);
+        for obsolete in maps::OBSOLETE {
+            let _ = std::fs::remove_file(pins.join(obsolete));
+        }
+        // a reused pin keeps the size it was made with: the bindings' map is
+        // made anew when splicing was turned on or off (its entries live for
+        // a handshake; connections bound in the old one are not spliced)
+        let bindings = pins.join(maps::SPLICE_BINDINGS);
+        if let Ok(pinned) = aya::maps::MapData::from_pin(&bindings)
+            && pinned.info().is_ok_and(|i| i.max_entries() != splice_bindings_size(config))
+        {
+            let _ = std::fs::remove_file(&bindings);
+        }
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(maps_dir(&config.bpffs))
+            .default_map_pin_directory(&pins)
             .map_max_entries(maps::CONNTRACK, config.conntrack.capacity.max(1))
             .map_max_entries(maps::CONNTRACK6, config.conntrack.capacity_ipv6.max(1))
             .override_global(programs::HOST_ROUTING, &u8::from(config.host_routing == HostRouting::Bpf), true)
             .override_global(programs::MARKS, &config.marks.marks(), true)
-            .override_global(programs::SPLICE_BINDING, &u8::from(config.splice), true)
+            .map_max_entries(maps::SPLICE_BINDINGS, splice_bindings_size(config))
+            .override_global(programs::SPLICE_PORT, &(if config.splice { config.proxy_port } else { 0 }), true)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::FROM_NETDEV] {
@@ -566,6 +580,10 @@ impl Datapath {
         drop(self);
         cleanup_pins_and_node(&config, Some(state))
     }
+}
+
+fn splice_bindings_size(config: &DatapathConfig) -> u32 {
+    if config.splice { maps::SPLICE_BINDINGS_CAPACITY } else { maps::SPLICE_BINDINGS_OFF }
 }
 
 /// Load the splice programs: `weir_splice` on WEIR_SPLICE_PROXY, and
