@@ -689,6 +689,9 @@ fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
     assert_eq!(node.curl("cli", &url("/private")).0, 403);
     let rules = output("ip", &["rule", "show"]);
     assert!(rules.contains("fwmark 0x1000/0x3000 iif lo lookup main"), "{rules}");
+    let status = node.datapath_status();
+    let marks = "marks mask 0x3000 to_proxy 0x1000 from_proxy 0x2000 identity 0x3000";
+    assert!(status.lines().any(|l| l == marks), "{status}");
     // the pooled upstream connection to srv carries the moved mark
     let sockets = output("ss", &["-Htne", "dst", &format!("{server}:80")]);
     let marks: Vec<u32> = sockets
