@@ -690,8 +690,8 @@ fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
     let rules = output("ip", &["rule", "show"]);
     assert!(rules.contains("fwmark 0x1000/0x3000 iif lo lookup main"), "{rules}");
     let status = node.datapath_status();
-    let marks = "marks mask 0x3000 to_proxy 0x1000 from_proxy 0x2000 identity 0x3000";
-    assert!(status.lines().any(|l| l == marks), "{status}");
+    let in_force = "marks mask 0x3000 to_proxy 0x1000 from_proxy 0x2000 identity 0x3000";
+    assert!(status.lines().any(|l| l == in_force), "{status}");
     // the pooled upstream connection to srv carries the moved mark
     let sockets = output("ss", &["-Htne", "dst", &format!("{server}:80")]);
     let marks: Vec<u32> = sockets
@@ -741,6 +741,20 @@ fn moved_marks_are_weirs_own_and_foreign_ones_are_judged() {
         assert_eq!(rules.lines().filter(|l| l.starts_with(pref)).count(), 1, "{rules}");
     }
     assert_eq!(node.curl("cli", &url("/public/c")).0, 200, "{}", node.weir().log());
+
+    // a rule at weir's priority that is not weir's: weir refuses to start,
+    // and leaves it where it is
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(node.weir().pid() as i32, libc::SIGKILL) };
+    wait_for("the killed weir to go", Duration::from_secs(10), || !node.weir.as_mut().unwrap().is_running());
+    let foreign = ["rule", "add", "pref", "9000", "fwmark", "0x5/0xff", "lookup", "main"];
+    assert!(std::process::Command::new("ip").args(foreign).status().unwrap().success());
+    let refused = node
+        .try_start_weir_wrapped(&format!("{BASE}{endpoints}"), &[("server.yaml", SERVER_HTTP_POLICY)], &[])
+        .expect_err("weir started beside another rule at its priority");
+    assert!(refused.contains("rule priority 9000 is taken by another rule (fwmark 0x5/0xff lookup main)"), "{refused}");
+    let rules = output("ip", &["rule", "show"]);
+    assert!(rules.contains("9000:\tfrom all fwmark 0x5/0xff lookup main"), "{rules}");
 }
 
 /// A command's standard output (run in this thread's namespace: the node's).

@@ -796,7 +796,8 @@ impl WeirConfig {
                 ));
             }
         }
-        self.datapath.marks.marks().check().map_err(|e| format!("datapath.marks: {e}"))?;
+        let marks = self.datapath.marks.marks();
+        marks.check().map_err(|e| format!("datapath.marks ({marks}): {e}"))?;
         for (i, prefix) in self.datapath.nat64_prefixes.iter().enumerate() {
             let at = format!("datapath.nat64_prefixes[{i}]: {prefix}");
             // where the IPv4 address is depends on the length: RFC 6052's only

@@ -7,19 +7,8 @@
 /// [`mark::Marks::mask`] (`0x0F00` unless configured) says what the rest of
 /// the mark means.
 pub mod mark {
-    // The defaults of [`Marks`]; everything reads the marks in force from
-    // a `Marks`, never these.
-    const DEFAULT_MASK: u32 = 0x0F00;
-    /// Deliver locally to the proxy; identity bits carry the sender.
-    const DEFAULT_TO_PROXY: u32 = 0x0200;
-    /// Sent by the proxy: already enforced, pass exactly once.
-    const DEFAULT_FROM_PROXY: u32 = 0x0A00;
-    /// Carries the sender's identity; on this node it also says "enforced at
-    /// the source's veth", so the destination's veth lets it in.
-    const DEFAULT_IDENTITY: u32 = 0x0F00;
-
     /// `(id & 0xFFFF) << 16 | (id >> 16) & 0xFF`: 24 bits of identity that
-    /// leave the magic nibble and kube-proxy's 0x4000/0x8000 alone.
+    /// leave [`MAGIC_ROOM`] and kube-proxy's 0x4000/0x8000 alone.
     #[inline(always)]
     pub const fn identity_bits(id: u32) -> u32 {
         ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF)
@@ -38,17 +27,34 @@ pub mod mark {
         magic | identity_bits(id)
     }
 
-    /// The nibble and values weir puts in the mark: the defaults above
+    /// The nibble and values weir puts in the mark: [`Marks::DEFAULT`]
     /// unless `datapath.marks` moves them (a node whose other plugins use
     /// the same bits). The programs read them from the object's `MARKS`
     /// global, which weir sets at load; the proxy from the same config.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     #[repr(C)]
     pub struct Marks {
+        /// The bits that say what a mark means.
         pub mask: u32,
+        /// Deliver locally to the proxy; identity bits carry the sender.
         pub to_proxy: u32,
+        /// Sent by the proxy: already enforced, pass exactly once.
         pub from_proxy: u32,
+        /// Carries the sender's identity; on this node it also says
+        /// "enforced at the source's veth", so the destination's veth lets
+        /// it in.
         pub identity: u32,
+    }
+
+    /// As weir's config, status and errors spell them.
+    impl core::fmt::Display for Marks {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(
+                f,
+                "mask {:#06x} to_proxy {:#06x} from_proxy {:#06x} identity {:#06x}",
+                self.mask, self.to_proxy, self.from_proxy, self.identity
+            )
+        }
     }
 
     /// Where the magic may go: between the identity's bits (`0xFFFF_00FF`)
@@ -56,12 +62,8 @@ pub mod mark {
     pub const MAGIC_ROOM: u32 = 0x3F00;
 
     impl Marks {
-        pub const DEFAULT: Marks = Marks {
-            mask: DEFAULT_MASK,
-            to_proxy: DEFAULT_TO_PROXY,
-            from_proxy: DEFAULT_FROM_PROXY,
-            identity: DEFAULT_IDENTITY,
-        };
+        /// Cilium's nibble and values.
+        pub const DEFAULT: Marks = Marks { mask: 0x0F00, to_proxy: 0x0200, from_proxy: 0x0A00, identity: 0x0F00 };
 
         /// The part of `mark` that says what it means.
         #[inline(always)]
@@ -195,7 +197,7 @@ pub mod maps {
     /// Pins of maps no weir reads any more (renamed: layout or meaning
     /// changed); a starting weir removes them. A weir still running on one
     /// keeps its map through its own descriptor.
-    pub const OBSOLETE: &[&str] = &["WEIR_CT", "WEIR_FRAGMENTS", "WEIR_SPLICE_PODS"];
+    pub const OBSOLETE: &[&str] = &["WEIR_CT", "WEIR_FRAGMENTS", "WEIR_FRAGMENTS6", "WEIR_SPLICE_PODS"];
     /// Local delivery past the node's stack (`datapath.host_routing: bpf`):
     /// a pod's address → its veth and the link addresses to write, learned
     /// by the programs from neighbour messages between the pod and the node.

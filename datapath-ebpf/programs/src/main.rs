@@ -2052,8 +2052,8 @@ const AF_INET: u32 = 2;
 /// A pod's client TCP socket became established: if its connection goes
 /// through the proxy (a `CT_PROXIED` entry of its SYN) and its SYN bound it
 /// (SPLICE_BINDINGS), it joins SPLICE_BOUND, where the proxy's writes to it
-/// can be spliced. The proxy's own sockets (marked TO_PROXY or FROM_PROXY)
-/// are weir's to add or not.
+/// can be spliced. The proxy's upstream sockets (marked FROM_PROXY) are
+/// clients too, never a pod's.
 #[sock_ops]
 pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ctx.family() != AF_INET {
@@ -2091,7 +2091,7 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     // joins (once), and never in place of a socket already there
     let bound = unsafe { SPLICE_BINDINGS.get(&key) }.copied();
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    if bound.is_some_and(|b| b != 0 && b == cookie) {
+    if bound == Some(cookie) {
         let _ = SPLICE_BINDINGS.remove(&key);
         let _ = SPLICE_BOUND.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
     }

@@ -126,13 +126,17 @@ impl Datapath {
         let handing_over =
             taking_over || previous.as_ref().is_some_and(|s| s.owner != std::process::id() && s.owner_alive());
         // the running weir's proxied connections carry its marks, which the
-        // programs and rules would no longer know
-        if let Some(running) = previous.as_ref().filter(|_| taking_over).map(routing::NodeState::marks)
-            && running != config.marks.marks()
+        // programs and rules would no longer know. Only a hand-over says for
+        // sure that one runs (the pid guess above only keeps it safe)
+        let wanted = config.marks.marks();
+        if taking_over
+            && let Some(running) = previous.as_ref().map(routing::NodeState::marks)
+            && running != wanted
         {
             bail!(
-                "datapath.marks differ from those of the running weir ({running:x?}): its proxied connections \
-                 would lose their way; stop it first (marks move with a restart, not a hand-over)"
+                "datapath.marks differ from those of the running weir (running: {running}; configured: \
+                 {wanted}): its proxied connections would lose their way. Marks move with a restart, not a \
+                 hand-over: stop the running weir first (in Kubernetes, delete its pod)"
             );
         }
         let mut state = previous.unwrap_or_default();

@@ -44,11 +44,23 @@ pub struct NodeState {
     /// a state file from before marks could move, so the defaults).
     #[serde(default)]
     pub marks: Option<StateMarks>,
+    /// While a start replaces an earlier weir's rules (other marks or
+    /// table): what they were, so that a crash in between leaves no rule
+    /// `uninstall` does not know.
+    #[serde(default)]
+    pub replacing: Option<EarlierRules>,
+}
+
+/// The marks and table of rules a start is replacing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierRules {
+    pub marks: StateMarks,
+    pub route_table: u32,
 }
 
 /// [`Marks`] as the state file keeps them (unknown fields ignored: a newer
 /// weir may add some, and its state must still read as a live node's).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMarks {
     pub mask: u32,
     pub to_proxy: u32,
@@ -59,6 +71,12 @@ pub struct StateMarks {
 impl From<Marks> for StateMarks {
     fn from(Marks { mask, to_proxy, from_proxy, identity }: Marks) -> Self {
         StateMarks { mask, to_proxy, from_proxy, identity }
+    }
+}
+
+impl From<StateMarks> for Marks {
+    fn from(StateMarks { mask, to_proxy, from_proxy, identity }: StateMarks) -> Self {
+        Marks { mask, to_proxy, from_proxy, identity }
     }
 }
 
@@ -96,15 +114,15 @@ impl NodeState {
 
     /// The marks of the weir that wrote this state.
     pub fn marks(&self) -> Marks {
-        match self.marks {
-            Some(StateMarks { mask, to_proxy, from_proxy, identity }) => Marks { mask, to_proxy, from_proxy, identity },
-            None => Marks::DEFAULT,
-        }
+        self.marks.map_or(Marks::DEFAULT, Marks::from)
     }
 
-    /// Its two rules, as [`rule_words`] spells them.
-    fn rules(&self) -> [Vec<String>; 2] {
-        rule_words(self.marks(), self.route_table)
+    /// Every pair of rules weir may have at its priorities: the current
+    /// ones, and those a start was replacing when it stopped.
+    fn known_rules(&self) -> Vec<[String; 2]> {
+        let mut known = vec![rule_texts(self.marks(), self.route_table)];
+        known.extend(self.replacing.map(|r| rule_texts(Marks::from(r.marks), r.route_table)));
+        known
     }
 
     /// Whether the owning weir still runs.
@@ -188,12 +206,31 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
 }
 
 /// Install rules, route and sysctl; idempotent (a restart finds them there).
+/// An earlier weir's rules with other marks or another table are replaced:
+/// the new ones first, then exactly the old ones, so the node is never
+/// without a rule; a rule at weir's priorities that is not weir's makes the
+/// start fail before anything changed.
 pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result<()> {
     if state.fwmark_accept_before.is_none() {
         state.fwmark_accept_before = Some(std::fs::read_to_string(FWMARK_ACCEPT)?.trim().to_string());
     }
-    // what an earlier weir installed, to be replaced if the marks moved
-    let installed = state.rules_installed.then(|| (state.rule_priority, state.rules()));
+    let wanted = rule_texts(config.marks.marks(), config.route_table);
+    // what earlier weirs installed at these priorities (rules at another
+    // priority are left where they are)
+    let earlier =
+        if state.rules_installed && state.rule_priority == config.rule_priority { state.known_rules() } else { vec![] };
+    for (family, _) in FAMILIES {
+        for (i, wanted) in wanted.iter().enumerate() {
+            let pref = config.rule_priority + i as u32;
+            // a node without IPv6 lists no IPv6 rules: nothing to refuse there
+            let Ok(present) = rules_at(family, pref) else { continue };
+            if let Some(other) = present.iter().find(|l| *l != wanted && !earlier.iter().any(|e| e[i] == **l)) {
+                bail!("rule priority {pref} is taken by another rule ({other}): set datapath.rule_priority");
+            }
+        }
+    }
+    let current = EarlierRules { marks: StateMarks::from(state.marks()), route_table: state.route_table };
+    state.replacing = earlier.iter().any(|e| *e != wanted).then_some(current);
     state.rule_priority = config.rule_priority;
     state.route_table = config.route_table;
     state.rules_installed = true;
@@ -203,7 +240,7 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
     // one sysctl for both families: TCP over IPv6 reads it too
     std::fs::write(FWMARK_ACCEPT, "1").context("setting net.ipv4.tcp_fwmark_accept=1")?;
     for (family, everything) in FAMILIES {
-        match install_family(config, state, installed.as_ref(), family, everything) {
+        match install_family(config, &wanted, &earlier, family, everything) {
             Ok(()) => {}
             // a node without IPv6 still redirects IPv4
             Err(e) if family == "-6" => {
@@ -212,19 +249,18 @@ pub fn install(config: &DatapathConfig, state: &mut NodeState) -> anyhow::Result
             Err(e) => return Err(e),
         }
     }
+    if state.replacing.take().is_some() {
+        write_state(&config.bpffs, state)?;
+    }
     Ok(())
 }
 
-/// `ip rule`'s words for weir's two rules (after `pref P`), which it prints
-/// after `P:` as `from all <words>`: packets the node sends keep normal
-/// routing, the programs' TO_PROXY packets are delivered locally.
-fn rule_words(marks: Marks, table: u32) -> [Vec<String>; 2] {
+/// weir's two rules as `ip rule` takes them after `pref P` and prints them
+/// after `P: from all`: packets the node sends keep normal routing, the
+/// programs' TO_PROXY packets are delivered locally.
+fn rule_texts(marks: Marks, table: u32) -> [String; 2] {
     let fwmark = fwmark(marks);
-    let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<_>>();
-    [
-        words(&["fwmark", &fwmark, "iif", "lo", "lookup", "main"]),
-        words(&["fwmark", &fwmark, "lookup", &table.to_string()]),
-    ]
+    [format!("fwmark {fwmark} iif lo lookup main"), format!("fwmark {fwmark} lookup {table}")]
 }
 
 /// The rules of one family at `pref` (as printed, after `from all`).
@@ -237,37 +273,29 @@ fn rules_at(family: &str, pref: u32) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn rule(family: &str, verb: &str, pref: u32, words: &[String]) -> anyhow::Result<String> {
+fn rule(family: &str, verb: &str, pref: u32, text: &str) -> anyhow::Result<String> {
     let pref = pref.to_string();
     let mut args = vec![family, "rule", verb, "pref", &pref];
-    args.extend(words.iter().map(String::as_str));
+    args.extend(text.split_whitespace());
     ip(&args)
 }
 
 fn install_family(
     config: &DatapathConfig,
-    state: &NodeState,
-    installed: Option<&(u32, [Vec<String>; 2])>,
+    wanted: &[String; 2],
+    earlier: &[[String; 2]],
     family: &str,
     everything: &str,
 ) -> anyhow::Result<()> {
-    let wanted = state.rules();
-    for (i, words) in wanted.iter().enumerate() {
+    for (i, wanted) in wanted.iter().enumerate() {
         let pref = config.rule_priority + i as u32;
-        // weir's own rule from an earlier start, if it differs (other marks)
-        let stale = installed.filter(|(p, rules)| *p == config.rule_priority && rules[i] != *words).map(|(_, r)| &r[i]);
         let present = rules_at(family, pref)?;
-        if !present.contains(&words.join(" ")) {
-            if let Some(other) = present.iter().find(|l| Some(l.as_str()) != stale.map(|s| s.join(" ")).as_deref()) {
-                bail!("rule priority {pref} is taken by another rule ({other}): set datapath.rule_priority");
-            }
-            // the new rule first: the node is never without one
-            rule(family, "add", pref, words)?;
+        if !present.contains(wanted) {
+            rule(family, "add", pref, wanted)?;
         }
-        if let Some(stale) = stale {
-            for _ in present.iter().filter(|l| **l == stale.join(" ")) {
-                rule(family, "del", pref, stale)?;
-            }
+        // then an earlier weir's, as often as it is there
+        for stale in present.iter().filter(|l| *l != wanted && earlier.iter().any(|e| e[i] == **l)) {
+            rule(family, "del", pref, stale)?;
         }
     }
     let table = config.route_table.to_string();
@@ -278,14 +306,15 @@ fn install_family(
 /// Undo what `install` did; every step is tried, errors are collected.
 pub fn uninstall(state: &NodeState) -> Vec<String> {
     let mut errors = Vec::new();
+    let known = state.known_rules();
     for (family, _) in FAMILIES.iter().filter(|_| state.rules_installed) {
-        for (i, words) in state.rules().iter().enumerate() {
+        for i in 0..2 {
             let pref = state.rule_priority + i as u32;
-            // weir's rule only, as often as it is there; another at the
+            // weir's rules only, as often as they are there; another at the
             // same priority is not weir's to remove
             let present = rules_at(family, pref).unwrap_or_default();
-            for _ in present.iter().filter(|l| **l == words.join(" ")) {
-                if let Err(e) = rule(family, "del", pref, words) {
+            for ours in present.iter().filter(|l| known.iter().any(|k| k[i] == **l)) {
+                if let Err(e) = rule(family, "del", pref, ours) {
                     errors.push(e.to_string());
                 }
             }

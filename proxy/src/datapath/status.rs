@@ -20,11 +20,7 @@ pub fn report(config: &DatapathConfig) -> Vec<String> {
         Some(state) => {
             let alive = if state.owner_alive() { "running" } else { "not running" };
             out.push(format!("owner pid {} ({alive})", state.owner));
-            let marks = state.marks();
-            out.push(format!(
-                "marks mask {:#06x} to_proxy {:#06x} from_proxy {:#06x} identity {:#06x}",
-                marks.mask, marks.to_proxy, marks.from_proxy, marks.identity
-            ));
+            out.push(format!("marks {}", state.marks()));
         }
         None => out.push(format!("no state file ({})", routing::state_file(&config.bpffs).display())),
     }
