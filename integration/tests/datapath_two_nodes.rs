@@ -156,3 +156,36 @@ spec:
     assert!(denied.policies.iter().any(|p| p.ends_with("spec.ingress[1].toPorts[0]")), "{denied:?}");
     assert_eq!(denied.source.address.ip(), a.pod("cli").ip);
 }
+
+/// Without the node's uplink in `datapath.devices`, no program can hand an
+/// off-node connection to the proxy: an L7 ingress rule fails closed for
+/// it — dropped at the pod's veth, with a flow saying why — while the
+/// same sender's L3/L4-only port still works.
+#[test]
+fn without_the_uplink_in_devices_l7_ingress_from_another_node_fails_closed() {
+    let mut a = Node::in_subnet(&["cli"], 1);
+    let mut b = Node::in_subnet(&["srv"], 2);
+    Node::wire(&mut a, &mut b, &LABELS);
+    let server = b.pod("srv").ip;
+    b.serve("srv", "http server", "python3", &[&peer_script(), "http", &server.to_string(), "80"]);
+    b.serve("srv", "line echo", "python3", &[&peer_script(), "tcp-echo", &server.to_string(), "4000"]);
+    b.enter();
+    let wire = b.wire.clone().unwrap();
+    let config = b.endpoints_yaml(&LABELS).replace(&format!("  devices: [{wire}]\n"), "");
+    assert!(!config.contains("devices"), "{config}");
+    b.start_weir(&format!("{BASE}{config}"), &[("server.yaml", POLICY)]);
+    let status = b.datapath_status();
+    assert!(!status.contains("weir_from_netdev"), "{status}");
+
+    // the L3/L4 port answers across the wire (weir_to_pod allows it)
+    wait_for("the echo across the wire", Duration::from_secs(10), || {
+        let out = a.run_in("cli", "python3", &[&peer_script(), "lines", &server.to_string(), "4000"], "ping\n");
+        String::from_utf8_lossy(&out.stdout).contains("ping")
+    });
+    // the L7 port does not: dropped, never answered unjudged
+    let (status, body) = a.curl("cli", &format!("http://{server}/public/ready"));
+    assert_eq!(status, 0, "an L7 port answered an off-node client past the proxy: {body}");
+    let dropped = b.weir().wait_flow("", "the fail-closed drop", |f| f.verdict == Verdict::Dropped && f.port == 80);
+    assert!(has_label(&dropped, "k8s:app=client"), "{dropped:?}");
+    assert!(dropped.reason.as_deref().unwrap_or_default().contains("needs the proxy"), "{dropped:?}");
+}
