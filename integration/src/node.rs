@@ -420,9 +420,12 @@ impl Drop for Node {
             if weir.terminate().is_none() {
                 eprintln!("weir did not stop in time:\n{}", weir.log());
             }
-            // in the node's namespace: the rules and routes it removes are there
-            let _ = Command::new("ip")
-                .args(["netns", "exec", &self.netns])
+            // in the node's network namespace, where the rules and routes it
+            // removes are; by nsenter, not `ip netns exec`, whose own sysfs
+            // mount hides the bpffs under /sys/fs/bpf (the pins of a weir
+            // that did not stop cleanly stayed behind)
+            let _ = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.netns))
                 .arg(weir_bin())
                 .args(["datapath", "cleanup", "--config"])
                 .arg(&dir)
