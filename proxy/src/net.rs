@@ -24,7 +24,7 @@ pub fn set_marks(marks: Marks) {
     }
 }
 
-pub fn marks() -> Marks {
+fn marks() -> Marks {
     *MARKS.get_or_init(|| Marks::DEFAULT)
 }
 

@@ -142,32 +142,28 @@ static HOST_ROUTING: u8 = 0;
 #[unsafe(no_mangle)]
 static SPLICE_PORT: u16 = 0;
 
-/// The cookie of the socket a pod's SYN carries, for a connection the proxy
-/// splices to (redirected to the HTTP proxy's port): `skb->sk` survives the
-/// veth crossing, and TC runs before the stack orphans it. Read before
-/// `bpf_sk_assign`, which puts the proxy's socket there instead. 0: none,
-/// or not spliced (then nothing is recorded).
+/// For a pod's SYN redirected to the HTTP proxy while splicing is on: the
+/// cookie of the socket it carries (`skb->sk` survives the veth crossing,
+/// and TC runs before the stack orphans it; 0 when none does, as on a veth
+/// running XDP or GRO). Read before `bpf_sk_assign`, which puts the proxy's
+/// socket there instead. `None`: not a connection the proxy splices to.
 #[inline(always)]
-fn handshake_cookie<A: Addr>(ctx: &TcContext, t: &Tuple<A>, proxy_port: u16) -> u64 {
+fn handshake_cookie<A: Addr>(ctx: &TcContext, t: &Tuple<A>, proxy_port: u16) -> Option<u64> {
     let port = unsafe { core::ptr::read_volatile(&SPLICE_PORT) };
     if port == 0 || proxy_port != port || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP {
-        return 0;
+        return None;
     }
-    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) }
+    Some(unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) })
 }
 
-/// A pod's SYN of a connection the proxy splices to crossed its veth
-/// carrying the socket of `cookie` ([`handshake_cookie`]): that socket, and
-/// no socket of another network namespace with the same tuple, may join
-/// SPLICE_BOUND. No socket (a veth running XDP or GRO orphans it): no
-/// binding, so no splice. (Client sockets only: the proxy's upstream leg is
-/// not spliced. A server's SYN-ACK would carry its request socket, whose
-/// cookie the child inherits.)
+/// The socket of `cookie` ([`handshake_cookie`]), and no socket of another
+/// network namespace with the same tuple, may join SPLICE_BOUND; no socket
+/// on the SYN: none may (an earlier binding of the tuple goes). Client
+/// sockets only: the proxy's upstream leg is not spliced (a server's
+/// SYN-ACK would carry its request socket, whose cookie the child inherits).
 #[inline(always)]
-fn bind_splice<A: Addr>(t: &Tuple<A>, cookie: u64) {
-    if unsafe { core::ptr::read_volatile(&SPLICE_PORT) } == 0 || A::FAMILY != FAMILY_IPV4 || t.protocol != PROTO_TCP {
-        return;
-    }
+fn bind_splice<A: Addr>(t: &Tuple<A>, cookie: Option<u64>) {
+    let Some(cookie) = cookie else { return };
     let key = SpliceKey {
         local_ip: t.saddr.event_address()[0],
         remote_ip: t.daddr.event_address()[0],
@@ -210,7 +206,7 @@ enum Magic {
 #[inline(always)]
 fn magic_of(skb_mark: u32) -> Magic {
     let marks = unsafe { core::ptr::read_volatile(&MARKS) };
-    match skb_mark & marks.mask {
+    match marks.magic(skb_mark) {
         m if m == marks.to_proxy => Magic::ToProxy,
         m if m == marks.from_proxy => Magic::FromProxy,
         m if m == marks.identity => Magic::Identity,
@@ -1586,7 +1582,7 @@ fn judge_from_pod<A: Addr>(
     // packet, and otherwise let it pass (an allow event with REASON_NO_PROXY
     // says it went unjudged)
     let redirects = verdict.verdict == VERDICT_REDIRECT || verdict.verdict == VERDICT_REDIRECT_OR_ALLOW;
-    let cookie = if packet.syn && redirects { handshake_cookie(ctx, t, verdict.proxy_port) } else { 0 };
+    let cookie = if packet.syn && redirects { handshake_cookie(ctx, t, verdict.proxy_port) } else { None };
     let mut assigned = false;
     let mut unjudged = false;
     if verdict.verdict == VERDICT_REDIRECT_OR_ALLOW {
@@ -2049,22 +2045,16 @@ fn from_netdev_packet<A: Addr>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
 
 const AF_INET: u32 = 2;
 
-/// A pod's client TCP socket became established: if its connection goes
-/// through the proxy (a `CT_PROXIED` entry of its SYN) and its SYN bound it
-/// (SPLICE_BINDINGS), it joins SPLICE_BOUND, where the proxy's writes to it
-/// can be spliced. The proxy's upstream sockets (marked FROM_PROXY) are
-/// clients too, never a pod's.
+/// A pod's client TCP socket became established: if its SYN bound it
+/// (SPLICE_BINDINGS, recorded only for a SYN redirected to the HTTP proxy,
+/// so its connection is proxied), it joins SPLICE_BOUND, where the proxy's
+/// writes to it can be spliced. The key is a tuple, which a socket in
+/// another network namespace can carry too: only the socket whose SYN
+/// crossed the pod's veth joins, once, and never in place of another.
 #[sock_ops]
 pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ctx.family() != AF_INET {
         return 1;
-    }
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if !sk.is_null() {
-        let magic = magic_of(unsafe { (*sk).mark });
-        if magic == Magic::ToProxy || magic == Magic::FromProxy {
-            return 1;
-        }
     }
     let mut key = SpliceKey {
         local_ip: ctx.local_ip4(),
@@ -2073,25 +2063,8 @@ pub fn weir_sockops(ctx: SockOpsContext) -> u32 {
         local_port: (ctx.local_port() as u16).to_be(),
         remote_port: (ctx.remote_port() >> 16) as u16,
     };
-    let out = CtKey {
-        saddr: key.local_ip,
-        daddr: key.remote_ip,
-        sport: key.local_port,
-        dport: key.remote_port,
-        protocol: PROTO_TCP,
-        _pad: [0; 3],
-    };
-    // a pod's client socket of a proxied connection (the entry its SYN
-    // opened); its server sockets are the upstream leg's, not spliced
-    if !ct_live(&out).is_some_and(|ct| unsafe { (*ct).flags } & CT_PROXIED != 0) {
-        return 1;
-    }
-    // the key is a tuple, which a socket in another network namespace can
-    // carry too: only the socket whose handshake crossed the pod's veth
-    // joins (once), and never in place of a socket already there
-    let bound = unsafe { SPLICE_BINDINGS.get(&key) }.copied();
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    if bound == Some(cookie) {
+    let Some(bound) = (unsafe { SPLICE_BINDINGS.get(&key) }).copied() else { return 1 };
+    if bound == unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) } {
         let _ = SPLICE_BINDINGS.remove(&key);
         let _ = SPLICE_BOUND.update(&mut key, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
     }
