@@ -36,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
-  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat memcached
+  unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat memcached tinyproxy-bin
   buildah chromium fonts-dejavu-core)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"

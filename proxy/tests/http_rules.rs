@@ -113,6 +113,29 @@ fn path_is_a_whole_value_regex() {
     assert!(!regex.allows(get("/v2/items/x")));
 }
 
+/// A CONNECT as weir hands it over: the request-target is its path and its host.
+fn connect(target: &'static str) -> Req {
+    Req { method: "CONNECT", path: target, authority: target, headers: vec![] }
+}
+
+#[test]
+fn only_a_rule_naming_the_method_allows_a_connect() {
+    let named = rules(json!([{ "method": "CONNECT", "host": "api\\.example\\.com:443" }]));
+    assert!(named.allows(connect("api.example.com:443")));
+    assert!(!named.allows(connect("api.example.com:22")), "another port");
+    assert!(!named.allows(connect("evil.example:443")));
+    // rules written for requests never open a tunnel
+    let open_method = rules(json!([{ "host": "api\\.example\\.com:443" }, { "path": ".*" }, {}]));
+    assert!(open_method.allows(get("/x").host("api.example.com:443")), "plain requests still pass");
+    assert!(!open_method.allows(connect("api.example.com:443")), "no method named: no tunnel");
+    let any_method = rules(json!([{ "method": ".*" }]));
+    assert!(any_method.allows(connect("api.example.com:443")), "a method pattern that matches CONNECT names it");
+    // a peer allowed all HTTP (no rules in its group) gets no tunnel either
+    let all_http = groups(json!([{ "name": "all", "rules": [] }, { "name": "g", "rules": [{ "method": "GET" }] }]));
+    assert!(all_http.allows(get("/anything")));
+    assert!(!all_http.allows(connect("api.example.com:443")));
+}
+
 #[test]
 fn path_includes_the_query_string_as_in_cilium() {
     assert!(!rules(json!([{ "path": "/search" }])).allows(get("/search?q=1")));

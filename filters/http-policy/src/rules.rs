@@ -24,6 +24,8 @@ struct CompiledGroup {
 struct CompiledRule {
     /// All must hold for the rule to match.
     matchers: Vec<Matcher>,
+    /// The rule names a method: only such a rule may allow a CONNECT.
+    names_method: bool,
     /// Run only when the matchers hold; a FAIL mismatch makes the rule deny.
     actions: Vec<HeaderAction>,
 }
@@ -72,7 +74,7 @@ impl CompiledPolicy {
     /// returning a string is a good part of a call's cost.
     pub fn evaluate(&self, view: &mut HeaderView<'_>) -> Option<Option<&str>> {
         if self.groups.is_empty() {
-            return Some(None);
+            return (view.method != "CONNECT").then_some(None);
         }
         let mut allowed_by = None;
         for group in &self.groups {
@@ -89,12 +91,16 @@ impl CompiledPolicy {
 
 impl CompiledGroup {
     fn allows(&self, view: &mut HeaderView<'_>) -> bool {
+        // a CONNECT opens a tunnel no later rule sees into: it takes a rule
+        // that names the method, never a peer's "all HTTP" or a rule that
+        // leaves the method open
+        let connect = view.method == "CONNECT";
         if self.rules.is_empty() {
-            return true;
+            return !connect;
         }
         let mut matched = false;
         for rule in &self.rules {
-            if rule.matches(view) {
+            if (!connect || rule.names_method) && rule.matches(view) {
                 if !self.have_header_matches {
                     return true;
                 }
@@ -201,7 +207,8 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, ConfigError> {
             }
         }
     }
-    Ok(CompiledRule { matchers, actions })
+    let names_method = rule.method.as_deref().is_some_and(|m| !m.is_empty());
+    Ok(CompiledRule { matchers, names_method, actions })
 }
 
 /// A Cilium regex, which must match the whole value. Literals and literal

@@ -247,7 +247,7 @@ impl PolicyModel {
                     .map_err(|e| format!("{}-policy configuration failed: {e}", kind.rules_name()))?
             };
             let judges = allowances.iter().filter(|a| a.l7.is_some()).map(|a| a.origin.clone()).collect();
-            links.push(ChainLink { direction, filter, judges });
+            links.push(ChainLink { direction, filter, judges, rules: true });
         }
         let mut seen: Vec<(&str, &str)> = Vec::new();
         for wasm in allowances.iter().filter_map(|a| a.l7).flat_map(|l| &l.wasm) {
@@ -272,7 +272,7 @@ impl PolicyModel {
                 .filter(|a| a.l7.is_some_and(|l| l.wasm.iter().any(|w| w.name == wasm.name && w.config == wasm.config)))
                 .map(|a| a.origin.clone())
                 .collect();
-            links.push(ChainLink { direction, filter, judges });
+            links.push(ChainLink { direction, filter, judges, rules: false });
         }
         Ok(links)
     }

@@ -115,6 +115,9 @@ pub struct ChainLink {
     /// The rules it judges for (`default/api spec.ingress[0].toPorts[0]`):
     /// a refusal names them.
     pub judges: Arc<[String]>,
+    /// The protocol's own rules (`http`, `dns`, `kafka`, ...), not a
+    /// custom `wasm` filter: an HTTP CONNECT needs an `http` rule's allow.
+    pub rules: bool,
 }
 
 impl ChainLink {

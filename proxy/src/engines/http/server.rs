@@ -271,6 +271,7 @@ fn exchange_service(
         // hyper may switch protocols after this request: the framing
         // guard waits for the answer before reading on
         let gate = gate.clone().filter(|_| request.extensions().get::<hyper::upgrade::OnUpgrade>().is_some());
+        let connect = request.method() == http::Method::CONNECT;
         // boxed: for HTTP/2 hyper spawns a task per stream holding this
         // future, and moving the whole exchange's state into it was the
         // largest copy of an h2 request (h2 +11% rps; HTTP/1.1, which
@@ -278,12 +279,15 @@ fn exchange_service(
         let exchange = Box::pin(conn.clone().handle(request));
         async move {
             let mut response = exchange.await.map(|body| CountedBody { body, _open: open, _answered: answered });
+            // hyper switches after a 101, and after a 2xx to a CONNECT
+            let status = response.status();
+            let switched = status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success());
             if let Some(gate) = gate {
-                gate.answered(response.status() == http::StatusCode::SWITCHING_PROTOCOLS);
+                gate.answered(switched);
             }
             // a weir handing over: the client's next request opens a new
             // connection (to the new weir) instead of racing a close
-            if http1 && conn.is_draining() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            if http1 && conn.is_draining() && !switched {
                 response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(response)

@@ -312,6 +312,11 @@ impl HttpConnection {
                 upgrade.head = head;
             }
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
+            if checked.upgrade.as_ref().is_some_and(|u| u.connect) && !chain.links.iter().any(|l| l.rules) {
+                let why = CONNECT_NEEDS_A_RULE.to_string();
+                let (request, response) = (checked.into_request(), reply::method_not_allowed(&why));
+                return Err(Box::new(Stop::Refuse { request, response, verdict: Verdict::Denied, reason: why }));
+            }
             let upgrade = checked.upgrade.take();
             let (mut response, leg) = Self::forward(&snap, checked, version).await?;
             // a switched connection is the relay's, never the pool's
@@ -345,13 +350,7 @@ impl HttpConnection {
             Err(why) => return Err(refuse(request, why)),
         };
         if request.method() == Method::CONNECT {
-            let why = "CONNECT is not supported by an L7 policy listener".to_string();
-            return Err(Box::new(Stop::Refuse {
-                request,
-                response: reply::method_not_allowed(&why),
-                verdict: Verdict::Error,
-                reason: why,
-            }));
+            return self.check_connect(flight, request);
         }
         let listener_config = &flight.snap.listener.config;
         let path = match normalize_path(
@@ -381,18 +380,85 @@ impl HttpConnection {
             let client = self.pending_upgrade.lock().unwrap().take()?;
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
-            Some(UpgradeRequest { protocol, client, head: Vec::new() })
+            Some(UpgradeRequest { protocol, connect: false, client, head: Vec::new() })
         });
         Ok(Checked { parts, body, authority, path_and_query, scheme: self.scheme, upgrade })
     }
 
+    /// A CONNECT weir may forward as a tunnel: HTTP/1.1, to an HTTP/1.1
+    /// upstream (a forward proxy), without a body, naming `host:port`, with
+    /// a Host header (if any) naming the same: the target is what rules
+    /// match (`host`, and the request-target as the path) and what the
+    /// upstream connects to. Whether a rule allows it is decided after the
+    /// filters ([`HttpConnection::handle`]); anything else is refused here.
+    fn check_connect(&self, flight: &mut InFlight, request: Request<Incoming>) -> Result<Checked, Box<Stop>> {
+        let refuse = |request, why: String| {
+            Box::new(Stop::Refuse {
+                request,
+                response: reply::method_not_allowed(&why),
+                verdict: Verdict::Error,
+                reason: why,
+            })
+        };
+        let listener = &flight.snap.listener.config;
+        let target =
+            request.uri().authority().filter(|a| a.port().is_some() && request.uri().path_and_query().is_none());
+        let why = if request.version() != Version::HTTP_11 {
+            Some("CONNECT is forwarded over HTTP/1.1 only")
+        } else if listener.upstream_protocol == UpstreamProtocol::Http2 {
+            Some("CONNECT needs an HTTP/1.1 upstream")
+        } else if target.is_none() {
+            Some("CONNECT needs a host:port target")
+        } else if !request.body().is_end_stream() {
+            Some("a CONNECT request has no body")
+        } else if self.is_draining() {
+            // a tunnel would pin this weir until the drain ends
+            Some("weir is draining: CONNECT again")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(refuse(request, why.to_string()));
+        }
+        let target = target.map(|t| t.as_str().to_ascii_lowercase()).unwrap_or_default();
+        // the upstream connects to the request-target; a Host naming
+        // another would let a rule judge a target the upstream never sees
+        if let Some(host) = request.headers().get(header::HOST)
+            && !host.as_bytes().eq_ignore_ascii_case(target.as_bytes())
+        {
+            return Err(refuse(request, "Host header differs from the CONNECT target".into()));
+        }
+        let Some(client) = self.pending_upgrade.lock().unwrap().take() else {
+            return Err(refuse(request, "CONNECT without hyper's upgrade".into()));
+        };
+        flight.trace().http.path = target.clone();
+        flight.trace().http.host = target.clone();
+        let (mut parts, body) = request.into_parts();
+        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
+            return Err(refuse(Request::from_parts(parts, body), why));
+        }
+        let upgrade = Some(UpgradeRequest {
+            protocol: HeaderValue::from_static("CONNECT"),
+            connect: true,
+            client,
+            head: Vec::new(),
+        });
+        Ok(Checked { parts, body, authority: target.clone(), path_and_query: target, scheme: self.scheme, upgrade })
+    }
+
     /// A 101 from the upstream: the connection switches if weir asked for
     /// that protocol; a 101 it did not ask for is the upstream's fault.
+    /// A CONNECT switches on a 2xx instead.
     fn switched(
         &self,
-        upgrade: Option<UpgradeRequest>,
+        mut upgrade: Option<UpgradeRequest>,
         response: &mut Response<Incoming>,
     ) -> Result<Option<Switched>, Box<Stop>> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && let Some(connect) = upgrade.take_if(|u| u.connect)
+        {
+            return Ok(self.connect_answered(connect, response));
+        }
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             if let Some(declined) = upgrade {
                 *self.pending_upgrade.lock().unwrap() = Some(declined.client);
@@ -402,7 +468,7 @@ impl HttpConnection {
         let unasked = |why: String| {
             Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why })
         };
-        let Some(UpgradeRequest { protocol, client, head }) = upgrade else {
+        let Some(UpgradeRequest { protocol, connect: false, client, head }) = upgrade else {
             return Err(unasked("the upstream switched protocols unasked (101)".into()));
         };
         let answered = response.headers().get(header::UPGRADE);
@@ -410,7 +476,19 @@ impl HttpConnection {
             return Err(unasked(format!("the upstream switched to {answered:?}, not the {protocol:?} asked for")));
         }
         let upstream = hyper::upgrade::on(&mut *response);
-        Ok(Some(Switched { protocol, client, upstream, head }))
+        Ok(Some(Switched { protocol, connect: false, client, upstream, head }))
+    }
+
+    /// The upstream's answer to a CONNECT (not a 101): a 2xx opens the
+    /// tunnel; after anything else the connection goes on as HTTP.
+    fn connect_answered(&self, request: UpgradeRequest, response: &mut Response<Incoming>) -> Option<Switched> {
+        let UpgradeRequest { protocol, client, head, .. } = request;
+        if !response.status().is_success() {
+            *self.pending_upgrade.lock().unwrap() = Some(client);
+            return None;
+        }
+        let upstream = hyper::upgrade::on(&mut *response);
+        Some(Switched { protocol, connect: true, client, upstream, head })
     }
 
     /// Answer 101 and relay the switched connection; its flow is recorded
@@ -423,8 +501,15 @@ impl HttpConnection {
     ) -> Response<ProxyBody> {
         let (mut parts, _) = response.into_parts();
         parts.version = Version::HTTP_11;
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, switched.protocol.clone());
+        if switched.connect {
+            // a 2xx to CONNECT has no content and frames nothing (RFC 9110 §9.3.6)
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+        } else {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, switched.protocol.clone());
+        }
+        let status = parts.status.as_u16();
         let trace = flight.trace();
         trace.latency = Some(trace.started.elapsed());
         let (http, matched) = (trace.http.clone(), trace.matched.clone());
@@ -432,10 +517,10 @@ impl HttpConnection {
         let idle_timeout = crate::engines::http::heads::http_limits(&self.state, &self.target).idle_timeout;
         let mut changed = self.state.model_changed.subscribe();
         let judge = self.clone();
-        let head = switched.head.clone();
+        let (head, connect) = (switched.head.clone(), switched.connect);
         let refused = async move {
             while changed.changed().await.is_ok() {
-                if let Some(why) = judge.upgrade_refused(&head) {
+                if let Some(why) = judge.upgrade_refused(&head, connect) {
                     return why;
                 }
             }
@@ -467,7 +552,7 @@ impl HttpConnection {
                 (false, Some(_)) => Verdict::Error,
                 (false, None) => Verdict::Forwarded,
             };
-            conn.record(&snap, trace, verdict, relayed.ended_by, Some(101));
+            conn.record(&snap, trace, verdict, relayed.ended_by, Some(status));
         });
         *self.tunnel.lock().unwrap() = Some(relay);
         Self::finish(
@@ -481,8 +566,8 @@ impl HttpConnection {
     /// Why the policy in force no longer allows an upgrade request the
     /// relay of which is open (`head` as the filters first judged it);
     /// `None` while it still does. The enforced chain only: an audit never
-    /// closes anything.
-    fn upgrade_refused(&self, head: &[u8]) -> Option<String> {
+    /// closes anything. A CONNECT needs a rule that allows it, as at first.
+    fn upgrade_refused(&self, head: &[u8], connect: bool) -> Option<String> {
         let Some(snap) = self.snapshot() else {
             return Some("the listener was removed; connection closed".into());
         };
@@ -490,6 +575,9 @@ impl HttpConnection {
             ConnectionVerdict::Drop { reason } => return Some(format!("{reason} (policy changed; connection closed)")),
             ConnectionVerdict::Forward(chain) => chain,
         };
+        if connect && !chain.links.iter().any(|l| l.rules) {
+            return Some(format!("{CONNECT_NEEDS_A_RULE} (policy changed; connection closed)"));
+        }
         let request = wit::Request { id: 0, head: head.to_vec() };
         let stopped = chain::run(&chain.links, &snap.context, &mut ChainRun::default(), |link, view| {
             Ok(match link.filter.on_request(view, &request)? {
@@ -528,6 +616,7 @@ impl HttpConnection {
             return Ok(checked);
         }
         let mut head = wit::Request { id: request_id, head: checked.head() };
+        let connect = checked.upgrade.as_ref().is_some_and(|u| u.connect);
         let mut run = ChainRun::default();
         let stopped = chain::run(&chain.links, &flight.snap.context, &mut run, |link, view| {
             match link.filter.on_request(view, &head)? {
@@ -546,6 +635,8 @@ impl HttpConnection {
                 wit::RequestDecision::Deny(deny) => {
                     let response = match deny.reply {
                         None => reply::access_denied(),
+                        // a 2xx to a CONNECT would tell the client its tunnel opened
+                        Some(custom) if connect && (200..300).contains(&custom.status) => reply::access_denied(),
                         Some(custom) => custom_reply(custom).unwrap_or_else(|why| {
                             tracing::warn!(filter = &*link.filter.name, "invalid deny reply: {why}");
                             reply::access_denied()
@@ -608,12 +699,14 @@ impl HttpConnection {
         };
         let authority_for_uri =
             if authority.is_empty() { snap.listener.config.upstream.to_string() } else { authority };
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(authority_for_uri.as_str())
-            .path_and_query(path_and_query)
-            .build()
-        {
+        let connect = parts.method == Method::CONNECT;
+        let uri = if connect {
+            // authority-form, as the client sent it (checked: host:port)
+            Uri::builder().authority(authority_for_uri.as_str()).build()
+        } else {
+            Uri::builder().scheme("http").authority(authority_for_uri.as_str()).path_and_query(path_and_query).build()
+        };
+        let uri = match uri {
             Ok(uri) => uri,
             Err(e) => {
                 let why = format!("cannot form the upstream URI: {e}");
@@ -630,8 +723,8 @@ impl HttpConnection {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         } else {
-            // origin-form: the authority goes in Host
-            parts.uri = uri.path_and_query().cloned().map_or(uri, Uri::from);
+            // origin-form (a CONNECT's authority-form): the authority goes in Host
+            parts.uri = if connect { uri } else { uri.path_and_query().cloned().map_or(uri, Uri::from) };
             parts.version = Version::HTTP_11;
             if let Ok(host) = HeaderValue::from_str(&authority_for_uri) {
                 parts.headers.insert(header::HOST, host);
@@ -956,6 +1049,11 @@ fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
     }
     Ok(reply::custom(status, headers, custom.body))
 }
+
+/// Why a CONNECT is refused where no `http` rule applies (a listener no
+/// policy selects, a port allowed at L3/L4 only): only a rule naming the
+/// method opens a tunnel (the `http-policy` filter holds the rest to that).
+const CONNECT_NEEDS_A_RULE: &str = "CONNECT needs an http rule that allows it";
 
 /// The protocol a request asks to switch to, when weir forwards the switch:
 /// HTTP/1.1 `GET` without a body, `Connection: upgrade`, one protocol in

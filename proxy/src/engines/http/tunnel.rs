@@ -1,6 +1,7 @@
-//! A connection upgraded to another protocol (WebSocket). Weir judged the
-//! upgrade request like any other; once the upstream answered 101, the
-//! client's and the upstream's connections are joined and bytes relayed both
+//! A connection upgraded to another protocol (WebSocket), or turned into a
+//! tunnel by CONNECT. Weir judged the request like any other; once the
+//! upstream answered 101 (a 2xx to CONNECT), the client's and the
+//! upstream's connections are joined and bytes relayed both
 //! ways, unjudged, until either side closes (the other is shut down for
 //! writing, so a half-close passes), both sides stay quiet for the
 //! listener's `idle_timeout`, or a new policy no longer allows the upgrade
@@ -19,10 +20,13 @@ use crate::limits::Idle;
 /// Bytes read at once in each direction.
 const TUNNEL_BUFFER: usize = 16 << 10;
 
-/// A request weir forwards as an upgrade: the protocol asked for, and the
-/// client's side of the connection once hyper has sent the 101.
+/// A request weir forwards as an upgrade: the protocol asked for (`CONNECT`
+/// for a tunnel), and the client's side of the connection once hyper has
+/// sent the 101 (the 2xx).
 pub struct UpgradeRequest {
     pub protocol: HeaderValue,
+    /// A CONNECT: switched by a 2xx, not a 101 naming the protocol.
+    pub connect: bool,
     pub client: OnUpgrade,
     /// The request head as the filters first judged it, to judge it again
     /// when the policy changes.
@@ -32,6 +36,7 @@ pub struct UpgradeRequest {
 /// Both ends of a switched connection, waiting to be joined.
 pub struct Switched {
     pub protocol: HeaderValue,
+    pub connect: bool,
     pub client: OnUpgrade,
     pub upstream: OnUpgrade,
     pub head: Vec<u8>,
