@@ -119,7 +119,7 @@ fn connect(target: &'static str) -> Req {
 }
 
 #[test]
-fn only_a_rule_naming_the_method_allows_a_connect() {
+fn only_a_rule_whose_method_is_connect_allows_a_connect() {
     let named = rules(json!([{ "method": "CONNECT", "host": "api\\.example\\.com:443" }]));
     assert!(named.allows(connect("api.example.com:443")));
     assert!(!named.allows(connect("api.example.com:22")), "another port");
@@ -128,8 +128,9 @@ fn only_a_rule_naming_the_method_allows_a_connect() {
     let open_method = rules(json!([{ "host": "api\\.example\\.com:443" }, { "path": ".*" }, {}]));
     assert!(open_method.allows(get("/x").host("api.example.com:443")), "plain requests still pass");
     assert!(!open_method.allows(connect("api.example.com:443")), "no method named: no tunnel");
-    let any_method = rules(json!([{ "method": ".*" }]));
-    assert!(any_method.allows(connect("api.example.com:443")), "a method pattern that matches CONNECT names it");
+    let any_method = rules(json!([{ "method": ".*" }, { "method": "GET|CONNECT" }]));
+    assert!(any_method.allows(get("/x")));
+    assert!(!any_method.allows(connect("api.example.com:443")), "a pattern that happens to match is not CONNECT");
     // a peer allowed all HTTP (no rules in its group) gets no tunnel either
     let all_http = groups(json!([{ "name": "all", "rules": [] }, { "name": "g", "rules": [{ "method": "GET" }] }]));
     assert!(all_http.allows(get("/anything")));

@@ -24,8 +24,8 @@ struct CompiledGroup {
 struct CompiledRule {
     /// All must hold for the rule to match.
     matchers: Vec<Matcher>,
-    /// The rule names a method: only such a rule may allow a CONNECT.
-    names_method: bool,
+    /// The rule's method is `CONNECT`: only such a rule may allow one.
+    names_connect: bool,
     /// Run only when the matchers hold; a FAIL mismatch makes the rule deny.
     actions: Vec<HeaderAction>,
 }
@@ -92,7 +92,7 @@ impl CompiledPolicy {
 impl CompiledGroup {
     fn allows(&self, view: &mut HeaderView<'_>) -> bool {
         // a CONNECT opens a tunnel no later rule sees into: it takes a rule
-        // that names the method, never a peer's "all HTTP" or a rule that
+        // whose method is CONNECT, never a peer's "all HTTP" or a rule that
         // leaves the method open
         let connect = view.method == "CONNECT";
         if self.rules.is_empty() {
@@ -100,7 +100,7 @@ impl CompiledGroup {
         }
         let mut matched = false;
         for rule in &self.rules {
-            if (!connect || rule.names_method) && rule.matches(view) {
+            if (!connect || rule.names_connect) && rule.matches(view) {
                 if !self.have_header_matches {
                     return true;
                 }
@@ -207,8 +207,10 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, ConfigError> {
             }
         }
     }
-    let names_method = rule.method.as_deref().is_some_and(|m| !m.is_empty());
-    Ok(CompiledRule { matchers, names_method, actions })
+    // literally: a pattern written for requests (`.*`, `GET|POST|.*`) that
+    // happens to match CONNECT does not open tunnels
+    let names_connect = rule.method.as_deref() == Some("CONNECT");
+    Ok(CompiledRule { matchers, names_connect, actions })
 }
 
 /// A Cilium regex, which must match the whole value. Literals and literal

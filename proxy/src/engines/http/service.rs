@@ -321,7 +321,13 @@ impl HttpConnection {
             let (mut response, leg) = Self::forward(&snap, checked, version).await?;
             // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
-            Self::filter_response(&mut flight, chain, &mut response, request_id)?;
+            if let Err(stop) = Self::filter_response(&mut flight, chain, &mut response, request_id) {
+                // not switched after all: the client's side is closed properly
+                if let Some(switched) = switched {
+                    *self.pending_upgrade.lock().unwrap() = Some(switched.client);
+                }
+                return Err(stop);
+            }
             Ok::<_, Box<Stop>>((response, leg, switched))
         };
         let (response, leg, switched) = match stages.await {
@@ -469,6 +475,10 @@ impl HttpConnection {
             Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why })
         };
         let Some(UpgradeRequest { protocol, connect: false, client, head }) = upgrade else {
+            if let Some(connect) = upgrade {
+                *self.pending_upgrade.lock().unwrap() = Some(connect.client);
+                return Err(unasked("the upstream answered a CONNECT with 101".into()));
+            }
             return Err(unasked("the upstream switched protocols unasked (101)".into()));
         };
         let answered = response.headers().get(header::UPGRADE);
@@ -516,6 +526,9 @@ impl HttpConnection {
         let (conn, snap) = (self.clone(), flight.snap.clone());
         let idle_timeout = crate::engines::http::heads::http_limits(&self.state, &self.target).idle_timeout;
         let mut changed = self.state.model_changed.subscribe();
+        // judged against the model the request started with: a change while
+        // the upstream answered (a forward proxy dialling) is judged at once
+        changed.mark_changed();
         let judge = self.clone();
         let (head, connect) = (switched.head.clone(), switched.connect);
         let refused = async move {
@@ -734,6 +747,10 @@ impl HttpConnection {
         let request = Request::from_parts(parts, TrackedBody::new(body, aborted.clone()));
         let sent = if upstream_h2 {
             snap.pools.http2.request(request).await.map(|response| (response, None)).map_err(UpstreamError::Http2Pool)
+        } else if connect {
+            // never on a pooled connection: a forward proxy may keep per-connection
+            // state (its authentication) that would then be another client's
+            snap.pools.http1.request_on_new(request).await.map(|(response, checkin)| (response, Some(checkin)))
         } else {
             snap.pools.http1.request(request).await.map(|(response, checkin)| (response, Some(checkin)))
         };
@@ -776,6 +793,8 @@ impl HttpConnection {
             headers: flat_headers(response.headers()).unwrap_or_default(),
         };
         let responders = chain.links.iter().rev().filter(|link| link.filter.wants_responses());
+        // a 2xx in place of a CONNECT's answer would tell the client a tunnel opened
+        let connect = flight.trace().http.method == Method::CONNECT.as_str();
         let mut run = ChainRun::default();
         let stopped = chain::run(responders, &flight.snap.context, &mut run, |link, view| {
             match link.filter.on_response(view, &head)? {
@@ -786,7 +805,10 @@ impl HttpConnection {
                     Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
                 },
                 wit::ResponseDecision::Replace(custom) => {
-                    let replaced = custom_reply(custom).unwrap_or_else(|_| reply::filter_failed());
+                    let replaced = match custom {
+                        custom if connect && (200..300).contains(&custom.status) => reply::filter_failed(),
+                        custom => custom_reply(custom).unwrap_or_else(|_| reply::filter_failed()),
+                    };
                     return Ok(chain::Answer::Deny((replaced, link.filter.name.clone())));
                 }
             }

@@ -315,6 +315,18 @@ impl Http1Pool {
         }
     }
 
+    /// Send `request` on a new connection, never a pooled one (a CONNECT).
+    pub async fn request_on_new(
+        self: &Arc<Self>,
+        request: Request<TrackedBody>,
+    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+        let mut sender = self.connect().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
+            Err(e) => Err(UpstreamError::Http(e)),
+        }
+    }
+
     /// The most recently used connection still open, if any.
     fn take(&self) -> Option<http1::SendRequest<TrackedBody>> {
         let mut idle = self.idle.lock().unwrap();
