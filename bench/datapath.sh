@@ -218,9 +218,8 @@ http_run l3l4-kr6 $P-cli "[$SERVER6]"
 iperf_run l3l4-kr
 stop_weir
 
-# each L7 row on a weir of its own, as l7-tproxy and x-l7 are: run after
-# l7-ebpf6 on one weir, l7-ebpf measured 0.65-0.93x l7-tproxy in four runs
-# (docs/benchmarks.md, 7 December 2026), on a weir of its own 1.16x
+# each L7 row on a weir of its own, as l7-tproxy and x-l7 are, so that
+# every row it is compared with starts from the same state
 start_weir with l7
 http_run l7-ebpf
 grep -q '"listener":"ebpf"' <(ip netns exec $P-node curl -s "http://127.0.0.1:19901/flows") \
