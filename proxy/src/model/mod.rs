@@ -91,6 +91,15 @@ pub struct FilterChain {
     pub audit: Option<Audit>,
 }
 
+impl FilterChain {
+    /// Whether the protocol's own rules judge here (not only custom
+    /// filters, nor nothing: a listener no policy selects, a port allowed
+    /// at L3/L4 only). An HTTP CONNECT needs them.
+    pub fn has_rules(&self) -> bool {
+        self.links.iter().any(|l| l.rules)
+    }
+}
+
 /// The verdict the audited rules would give, beside the enforced one.
 #[derive(Debug)]
 pub struct Audit {

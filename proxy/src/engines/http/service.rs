@@ -273,7 +273,7 @@ impl HttpConnection {
         let started = Instant::now();
         // never forwarded with the request; kept until the answer is known
         if let Some(upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
-            *self.pending_upgrade.lock().unwrap() = Some(upgrade);
+            self.decline(upgrade);
         }
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let version = request.version();
@@ -312,7 +312,7 @@ impl HttpConnection {
                 upgrade.head = head;
             }
             let mut checked = self.filter_request(&mut flight, chain, checked, request_id)?;
-            if checked.upgrade.as_ref().is_some_and(|u| u.connect) && !chain.links.iter().any(|l| l.rules) {
+            if checked.upgrade.as_ref().is_some_and(|u| u.connect) && !chain.has_rules() {
                 let why = CONNECT_NEEDS_A_RULE.to_string();
                 let (request, response) = (checked.into_request(), reply::method_not_allowed(&why));
                 return Err(Box::new(Stop::Refuse { request, response, verdict: Verdict::Denied, reason: why }));
@@ -322,9 +322,9 @@ impl HttpConnection {
             // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
             if let Err(stop) = Self::filter_response(&mut flight, chain, &mut response, request_id) {
-                // not switched after all: the client's side is closed properly
+                // not switched after all
                 if let Some(switched) = switched {
-                    *self.pending_upgrade.lock().unwrap() = Some(switched.client);
+                    self.decline(switched.client);
                 }
                 return Err(stop);
             }
@@ -407,8 +407,11 @@ impl HttpConnection {
             })
         };
         let listener = &flight.snap.listener.config;
-        let target =
-            request.uri().authority().filter(|a| a.port().is_some() && request.uri().path_and_query().is_none());
+        let uri = request.uri();
+        let target = uri
+            .authority()
+            .filter(|a| a.port().is_some() && uri.path_and_query().is_none())
+            .map(|a| a.as_str().to_ascii_lowercase());
         let why = if request.version() != Version::HTTP_11 {
             Some("CONNECT is forwarded over HTTP/1.1 only")
         } else if listener.upstream_protocol == UpstreamProtocol::Http2 {
@@ -423,10 +426,9 @@ impl HttpConnection {
         } else {
             None
         };
-        if let Some(why) = why {
-            return Err(refuse(request, why.to_string()));
-        }
-        let target = target.map(|t| t.as_str().to_ascii_lowercase()).unwrap_or_default();
+        let (None, Some(target)) = (why, target) else {
+            return Err(refuse(request, why.unwrap_or_default().to_string()));
+        };
         // the upstream connects to the request-target; a Host naming
         // another would let a rule judge a target the upstream never sees
         if let Some(host) = request.headers().get(header::HOST)
@@ -457,33 +459,30 @@ impl HttpConnection {
     /// A CONNECT switches on a 2xx instead.
     fn switched(
         &self,
-        mut upgrade: Option<UpgradeRequest>,
+        upgrade: Option<UpgradeRequest>,
         response: &mut Response<Incoming>,
     ) -> Result<Option<Switched>, Box<Stop>> {
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS
-            && let Some(connect) = upgrade.take_if(|u| u.connect)
-        {
-            return Ok(self.connect_answered(connect, response));
-        }
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(declined) = upgrade {
-                *self.pending_upgrade.lock().unwrap() = Some(declined.client);
-            }
-            return Ok(None);
-        }
-        let unasked = |why: String| {
-            Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why })
+        let unasked = |why: &str| {
+            Box::new(Stop::Finish { response: reply::upstream_failed(), verdict: Verdict::Error, reason: why.into() })
         };
-        let Some(UpgradeRequest { protocol, connect: false, client, head }) = upgrade else {
-            if let Some(connect) = upgrade {
-                *self.pending_upgrade.lock().unwrap() = Some(connect.client);
-                return Err(unasked("the upstream answered a CONNECT with 101".into()));
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let (protocol, client, head) = match upgrade {
+            Some(connect) if connect.connect && !switching => return Ok(self.connect_answered(connect, response)),
+            Some(declined) if !switching => {
+                self.decline(declined.client);
+                return Ok(None);
             }
-            return Err(unasked("the upstream switched protocols unasked (101)".into()));
+            None if !switching => return Ok(None),
+            None => return Err(unasked("the upstream switched protocols unasked (101)")),
+            Some(connect) if connect.connect => {
+                self.decline(connect.client);
+                return Err(unasked("the upstream answered a CONNECT with 101"));
+            }
+            Some(UpgradeRequest { protocol, client, head, .. }) => (protocol, client, head),
         };
         let answered = response.headers().get(header::UPGRADE);
         if answered.is_none_or(|a| !same_protocol(a, &protocol)) {
-            return Err(unasked(format!("the upstream switched to {answered:?}, not the {protocol:?} asked for")));
+            return Err(unasked(&format!("the upstream switched to {answered:?}, not the {protocol:?} asked for")));
         }
         let upstream = hyper::upgrade::on(&mut *response);
         Ok(Some(Switched { protocol, connect: false, client, upstream, head }))
@@ -494,7 +493,7 @@ impl HttpConnection {
     fn connect_answered(&self, request: UpgradeRequest, response: &mut Response<Incoming>) -> Option<Switched> {
         let UpgradeRequest { protocol, client, head, .. } = request;
         if !response.status().is_success() {
-            *self.pending_upgrade.lock().unwrap() = Some(client);
+            self.decline(client);
             return None;
         }
         let upstream = hyper::upgrade::on(&mut *response);
@@ -588,7 +587,7 @@ impl HttpConnection {
             ConnectionVerdict::Drop { reason } => return Some(format!("{reason} (policy changed; connection closed)")),
             ConnectionVerdict::Forward(chain) => chain,
         };
-        if connect && !chain.links.iter().any(|l| l.rules) {
+        if connect && !chain.has_rules() {
             return Some(format!("{CONNECT_NEEDS_A_RULE} (policy changed; connection closed)"));
         }
         let request = wit::Request { id: 0, head: head.to_vec() };
@@ -607,6 +606,12 @@ impl HttpConnection {
     /// The relay of the connection's switched protocol, if it switched.
     pub fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.tunnel.lock().unwrap().take()
+    }
+
+    /// hyper's side of a switch weir did not make, kept until the
+    /// connection ends (then it is shut down properly).
+    fn decline(&self, client: hyper::upgrade::OnUpgrade) {
+        *self.pending_upgrade.lock().unwrap() = Some(client);
     }
 
     /// The connection's side of the last upgrade hyper could have made and
@@ -648,9 +653,7 @@ impl HttpConnection {
                 wit::RequestDecision::Deny(deny) => {
                     let response = match deny.reply {
                         None => reply::access_denied(),
-                        // a 2xx to a CONNECT would tell the client its tunnel opened
-                        Some(custom) if connect && (200..300).contains(&custom.status) => reply::access_denied(),
-                        Some(custom) => custom_reply(custom).unwrap_or_else(|why| {
+                        Some(custom) => custom_reply(custom, connect).unwrap_or_else(|why| {
                             tracing::warn!(filter = &*link.filter.name, "invalid deny reply: {why}");
                             reply::access_denied()
                         }),
@@ -793,7 +796,6 @@ impl HttpConnection {
             headers: flat_headers(response.headers()).unwrap_or_default(),
         };
         let responders = chain.links.iter().rev().filter(|link| link.filter.wants_responses());
-        // a 2xx in place of a CONNECT's answer would tell the client a tunnel opened
         let connect = flight.trace().http.method == Method::CONNECT.as_str();
         let mut run = ChainRun::default();
         let stopped = chain::run(responders, &flight.snap.context, &mut run, |link, view| {
@@ -805,10 +807,7 @@ impl HttpConnection {
                     Err(why) => tracing::warn!(filter = &*link.filter.name, "invalid response edit ignored: {why}"),
                 },
                 wit::ResponseDecision::Replace(custom) => {
-                    let replaced = match custom {
-                        custom if connect && (200..300).contains(&custom.status) => reply::filter_failed(),
-                        custom => custom_reply(custom).unwrap_or_else(|_| reply::filter_failed()),
-                    };
+                    let replaced = custom_reply(custom, connect).unwrap_or_else(|_| reply::filter_failed());
                     return Ok(chain::Answer::Deny((replaced, link.filter.name.clone())));
                 }
             }
@@ -1053,11 +1052,17 @@ fn apply_edits(headers: &mut HeaderMap, edits: &[wit::HeaderOp]) -> Result<(), S
     Ok(())
 }
 
-fn custom_reply(custom: wit::Reply) -> Result<Response<ProxyBody>, String> {
+/// A filter's own reply, for a request or in place of a response (`connect`:
+/// to a CONNECT).
+fn custom_reply(custom: wit::Reply, connect: bool) -> Result<Response<ProxyBody>, String> {
     let status = StatusCode::from_u16(custom.status).map_err(|_| format!("invalid status {}", custom.status))?;
     if status.is_informational() {
         // a 101 would tell the client a switch happened that did not
         return Err(format!("a reply may not be informational ({status})"));
+    }
+    if connect && status.is_success() {
+        // so would a 2xx to a CONNECT: that its tunnel opened
+        return Err(format!("a reply to a CONNECT may not be a success ({status})"));
     }
     let mut headers = Vec::with_capacity(custom.headers.len());
     for h in custom.headers {
@@ -1208,10 +1213,10 @@ mod tests {
     fn a_filters_reply_may_not_be_informational() {
         let reply = |status| wit::Reply { status, headers: Vec::new(), body: Vec::new() };
         for status in [100, 101, 103] {
-            let refused = custom_reply(reply(status)).err().unwrap_or_default();
+            let refused = custom_reply(reply(status), false).err().unwrap_or_default();
             assert!(refused.contains("informational"), "{status}");
         }
-        assert_eq!(custom_reply(reply(418)).unwrap().status(), 418);
+        assert_eq!(custom_reply(reply(418), false).unwrap().status(), 418);
     }
 
     #[test]

@@ -308,11 +308,7 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
-            Err(e) => Err(UpstreamError::Http(e)),
-        }
+        self.request_on_new(request).await
     }
 
     /// Send `request` on a new connection, never a pooled one (a CONNECT).
