@@ -234,6 +234,63 @@ fn host_rules_match_the_authority_as_users_expect() {
     }
 }
 
+/// What an HTTP/1.1 upstream reads of an HTTP/2 request is what the policy
+/// judged: crumbs of `Cookie` arrive as one header, joined with "; "; a
+/// request with no authority is judged with the Host weir sends (the
+/// upstream's address); and what the h2 crate lets through but an HTTP/1.1
+/// reader would read otherwise — blanks around a value (trimmed there), a
+/// name that is not a token, an empty or repeated Content-Length — is
+/// refused before it reaches the upstream.
+#[test]
+fn http2_heads_reach_an_http1_upstream_as_judged() {
+    use h2::*;
+    let (upstream, received) = recording_upstream();
+    let port = free_port();
+    // HTTP/1.1 to the upstream whatever the client speaks
+    let http1 =
+        config(upstream, port, "", "").replace("    destination:", "    upstream_protocol: http1\n    destination:");
+    let weir = Weir::start(&http1, &[("web.yaml", &policy(PUBLIC_ONLY))]);
+    let send = |block: Vec<u8>| {
+        let mut stream = connect_from(FRONTEND, addr(port));
+        connect(&mut stream);
+        stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)).unwrap();
+        read_frames(&mut stream, Duration::from_secs(5), |kind, flags, _, _| {
+            (kind == HEADERS || kind == DATA) && flags & END_STREAM != 0
+        });
+    };
+    for (path, extra, why) in [
+        ("/public/blank", literal("x-role", "reader "), "blanks around its value"),
+        ("/public/tab", literal("x-role", "\treader"), "blanks around its value"),
+        ("/public/quote", literal("x\"role", "reader"), "is not a token"),
+        ("/public/empty-length", literal("content-length", ""), "Content-Length is not a number"),
+        (
+            "/public/two-lengths",
+            [literal("content-length", "0"), literal("content-length", "0")].concat(),
+            "more than one Content-Length",
+        ),
+    ] {
+        send([request_block(path), extra].concat());
+        let refused = weir.last_flow(path);
+        assert!(refused.reason.as_deref().unwrap().contains(why), "{path}: {refused:?}");
+        assert_eq!(refused.http().unwrap().status, Some(400), "{path}");
+    }
+    assert!(received.recv_timeout(Duration::from_secs(1)).is_err(), "a refused request reached the upstream");
+
+    let crumbs = [request_block("/public/crumbs"), literal("cookie", "a=1"), literal("cookie", "b=2")].concat();
+    send(crumbs);
+    let seen = String::from_utf8_lossy(&received.recv_timeout(Duration::from_secs(10)).unwrap()).into_owned();
+    assert_eq!(seen.matches("cookie:").count(), 1, "{seen}");
+    assert!(seen.contains("cookie: a=1; b=2\r\n"), "{seen}");
+
+    let no_authority =
+        [literal(":method", "GET"), literal(":scheme", "http"), literal(":path", "/public/bare")].concat();
+    send(no_authority);
+    let seen = String::from_utf8_lossy(&received.recv_timeout(Duration::from_secs(10)).unwrap()).into_owned();
+    assert!(seen.to_ascii_lowercase().contains(&format!("host: {upstream}\r\n")), "{seen}");
+    let judged = weir.last_flow("/public/bare");
+    assert_eq!(judged.http().unwrap().host, upstream.to_string());
+}
+
 /// HTTP/2 frames by hand: enough to attack a server.
 mod h2 {
     use std::io::{Read, Write};

@@ -151,6 +151,94 @@ fn a_descriptor_flood_is_shed_and_the_admin_api_keeps_answering() {
     assert_eq!(http_get(weir.admin, "/healthz").unwrap().0, 200);
 }
 
+/// An upstream that takes connections and never answers; counts them.
+fn silent_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+/// h2load sending `streams` concurrent requests on each of `connections`
+/// HTTP/2 connections, for as long as the test keeps it.
+fn h2load(to: SocketAddr, connections: u32, streams: u32) -> Process {
+    let (c, m) = (connections.to_string(), streams.to_string());
+    Process::spawn(
+        "h2load",
+        std::process::Command::new("h2load")
+            .args(["-c", &c, "-m", &m, "-D", "60", &format!("http://{to}/hello")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+/// How far the count grew past `from` once it stopped growing for a second.
+fn settled(count: &std::sync::atomic::AtomicUsize, from: usize) -> usize {
+    let read = || count.load(std::sync::atomic::Ordering::SeqCst);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        match read() {
+            now if now == last && now > from => return now - from,
+            now => last = now,
+        }
+    }
+}
+
+#[test]
+fn http2_streams_to_an_http1_upstream_take_bounded_upstream_connections() {
+    raise_own_nofile();
+    let backend = DemoBackend::start();
+    let (silent, accepted) = silent_upstream();
+    let (api, flood) = (listen_addr(), listen_addr());
+    let config = format!(
+        "admin: ADMIN\n\
+         endpoints:\n  - {{name: local, address: 127.0.0.1, labels: {{app: client}}}}\n  \
+         - {{name: alice, address: {ALICE}, labels: {{app: client}}}}\n\
+         listeners:\n  \
+         - {{name: api, bind: {api}, upstream: {}, destination: {{labels: {{app: api}}, port: 80}}}}\n  \
+         - {{name: flood, bind: {flood}, upstream: {silent}, upstream_protocol: http1, \
+              destination: {{labels: {{app: api}}, port: 80}}}}\n",
+        backend.addr
+    );
+    // a budget of 96 client connections: 192 descriptors for clients and upstreams
+    let weir = Weir::start_with_nofile(&config, &[("api.yaml", HTTP_POLICY)], 256);
+    assert_eq!(curl_from(ALICE, &[&format!("http://{api}/hello")]).status, 200);
+
+    // one HTTP/2 connection with 100 streams to an upstream that never
+    // answers: 16 of them at the upstream, each on its own connection, the
+    // rest waiting their turn
+    let mut one = h2load(flood, 1, 100);
+    assert_eq!(settled(&accepted, 0), weir::engines::http::UPSTREAM_EXCHANGES_PER_CONNECTION);
+    one.terminate(Duration::from_secs(5));
+
+    // twenty such connections would want 320: upstream sockets stop where
+    // clients' and upstreams' descriptors reach the budget, and the
+    // streams past it are answered 503 instead of spending the reserve
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let mut many = h2load(flood, 20, 100);
+    let opened = settled(&accepted, before);
+    assert!(opened < 192 - 20, "{opened} upstream connections for 20 clients");
+    assert_eq!(http_get(weir.admin, "/healthz").expect("the admin API answers").0, 200);
+    weir.wait_flow("verdict=error", "a stream refused for want of descriptors", |f| {
+        f.reason.as_deref().is_some_and(|r| r.contains("what its descriptors allow"))
+    });
+    assert!(!weir.log().contains("Too many open files"), "{}", weir.log());
+
+    many.terminate(Duration::from_secs(5));
+    wait_for("service after the flood", Duration::from_secs(20), || {
+        curl_from(ALICE, &["--max-time", "5", &format!("http://{api}/hello")]).status == 200
+    });
+}
+
 #[test]
 fn the_admin_api_answers_with_1100_idle_connections_open() {
     let (_backend, listener, weir) = http_weir("limits: {request_head_timeout: 0}\n");

@@ -275,7 +275,31 @@ struct ListenerCount {
 #[derive(Debug, Default)]
 pub struct Admission {
     open: AtomicUsize,
+    /// Upstream sockets: relayed connections' and every HTTP/1.1 pool
+    /// connection, in use or idle. An HTTP/2 client's streams may each need
+    /// one, and a pooled one outlives its client, so they are counted, not
+    /// assumed one per client.
+    upstream: AtomicUsize,
     listeners: Mutex<HashMap<Arc<str>, ListenerCount>>,
+}
+
+/// An upstream socket counted while it lives.
+#[derive(Debug)]
+pub struct UpstreamSlot {
+    state: Arc<Limits>,
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.state.admission.upstream.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// No descriptor is left for another upstream socket.
+#[derive(Debug, thiserror::Error)]
+#[error("weir has {open} client and upstream connections open, what its descriptors allow")]
+pub struct NoUpstreamSlot {
+    pub open: usize,
 }
 
 /// A connection counted while it lives.
@@ -344,6 +368,11 @@ impl Limits {
         if admission.open.load(Ordering::Relaxed) >= process_max {
             return Err(Refused::Process { max: process_max });
         }
+        // upstream sockets beyond one per client (HTTP/2 fan-out, idle
+        // pooled ones) take descriptors clients would otherwise have
+        if self.descriptors_in_use() >= self.descriptors.connection_budget * 2 {
+            return Err(Refused::Process { max: process_max });
+        }
         let count = listeners.entry(listener.clone()).or_default();
         if count.open >= limits.max_connections {
             return Err(Refused::Listener { max: limits.max_connections });
@@ -364,6 +393,26 @@ impl Limits {
 
     pub fn open_connections(&self) -> usize {
         self.admission.open.load(Ordering::Relaxed)
+    }
+
+    /// Client and upstream sockets open.
+    fn descriptors_in_use(&self) -> usize {
+        self.admission.open.load(Ordering::Relaxed) + self.admission.upstream.load(Ordering::Relaxed)
+    }
+
+    /// Count an upstream socket about to be opened, if the descriptors
+    /// allow: client and upstream sockets together stay within twice the
+    /// connection budget, so the reserve (admin API, listeners, DNS, files)
+    /// is never spent on upstreams, whoever asks for them.
+    pub fn upstream_slot(self: &Arc<Self>) -> Result<UpstreamSlot, NoUpstreamSlot> {
+        let max = self.descriptors.connection_budget * 2;
+        let taken = self.admission.upstream.fetch_add(1, Ordering::Relaxed);
+        let open = self.admission.open.load(Ordering::Relaxed) + taken;
+        if open >= max {
+            self.admission.upstream.fetch_sub(1, Ordering::Relaxed);
+            return Err(NoUpstreamSlot { open });
+        }
+        Ok(UpstreamSlot { state: self.clone() })
     }
 }
 
@@ -623,6 +672,33 @@ mod tests {
         drop(first);
         let _again = state.admit(&config, &per, &listener, &a, peer).unwrap();
         assert_eq!(state.open_connections(), 3);
+    }
+
+    #[test]
+    fn upstream_sockets_share_the_descriptors_with_clients_and_spare_the_reserve() {
+        let state = limits();
+        let config = LimitsConfig::default();
+        let per = ListenerLimits::of(&config, &Default::default());
+        let listener: Arc<str> = Arc::from("l");
+        let peer: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let client = state.admit(&config, &per, &listener, &Identity::reserved(reserved::HOST), peer).unwrap();
+        // one client's HTTP/2 streams may take what is left, and no more
+        let max = state.descriptors.connection_budget * 2;
+        let mut slots: Vec<_> = (1..max).map(|_| state.upstream_slot().unwrap()).collect();
+        let full = state.upstream_slot().unwrap_err();
+        assert_eq!(full.open, max);
+        let world = Identity::reserved(reserved::WORLD);
+        assert!(
+            matches!(state.admit(&config, &per, &listener, &world, peer), Err(Refused::Process { .. })),
+            "a client would have no descriptor for its upstream"
+        );
+        slots.truncate(slots.len() - 2);
+        let _client = state.admit(&config, &per, &listener, &world, peer).unwrap();
+        let _slot = state.upstream_slot().unwrap();
+        assert!(state.upstream_slot().is_err());
+        drop(slots);
+        drop(client);
+        assert_eq!(state.admission.upstream.load(Ordering::Relaxed), 1, "slots count while they live");
     }
 
     #[test]

@@ -139,7 +139,13 @@ impl Connection {
     /// The first snapshot and the upstream connection; `None` when the
     /// connection was dropped by policy or the upstream could not be reached
     /// (a flow record says which).
-    pub async fn open(&self, open: &OpenConnection, client: &TcpStream) -> Option<(Snapshot, TcpStream)> {
+    /// The upstream comes with its descriptor slot: keep it while the
+    /// upstream socket lives.
+    pub async fn open(
+        &self,
+        open: &OpenConnection,
+        client: &TcpStream,
+    ) -> Option<(Snapshot, TcpStream, crate::limits::UpstreamSlot)> {
         let snap = self.snapshot(None)?;
         self.idle.set_timeout(self.limits(&snap).idle_timeout);
         if let ConnectionVerdict::Drop { reason } = &*snap.verdict {
@@ -148,6 +154,13 @@ impl Connection {
             return None;
         }
         let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
+        let slot = match self.state.limits.upstream_slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.state.flows.record(self.flow(&snap, Verdict::Error, Some(format!("upstream {address}: {e}"))));
+                return None;
+            }
+        };
         let connect = async {
             match snap.bind {
                 None => TcpStream::connect(address).await,
@@ -157,7 +170,7 @@ impl Connection {
         let reason = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
-                return Some((snap, upstream));
+                return Some((snap, upstream, slot));
             }
             Ok(Err(e)) => format!("upstream {address}: {e}"),
             Err(_) => format!("upstream {address}: connect timed out"),

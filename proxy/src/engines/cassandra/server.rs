@@ -106,7 +106,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let conn = Connection::new(state, target, peer, Protocol::Cassandra);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
-    let Some((snap, server)) = conn.open(&open, &client).await else { return };
+    let Some((snap, server, _upstream_slot)) = conn.open(&open, &client).await else { return };
     let shared = Shared {
         version: OnceLock::new(),
         modern: AtomicBool::new(false),

@@ -377,7 +377,8 @@ async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result
 /// connection that belongs to the client's TCP connection.
 enum Upstream {
     Udp,
-    Tcp(Option<TcpStream>),
+    /// With its descriptor slot (docs/limits.md).
+    Tcp(Option<(TcpStream, crate::limits::UpstreamSlot)>),
 }
 
 impl Upstream {
@@ -413,11 +414,12 @@ impl Upstream {
                 for attempt in 0..2 {
                     let reused = connection.is_some();
                     if connection.is_none() {
+                        let slot = state.limits.upstream_slot().map_err(std::io::Error::other)?;
                         let stream = TcpStream::connect(resolver).await?;
                         let _ = stream.set_nodelay(true);
-                        *connection = Some(stream);
+                        *connection = Some((stream, slot));
                     }
-                    let stream = connection.as_mut().expect("connected above");
+                    let (stream, _) = connection.as_mut().expect("connected above");
                     let result = async {
                         write_framed(stream, bytes).await?;
                         read_framed(stream)

@@ -10,6 +10,7 @@ mod reply;
 mod rest;
 pub mod server;
 pub(crate) mod service;
+pub use service::UPSTREAM_EXCHANGES_PER_CONNECTION;
 mod tunnel;
 pub mod upstream;
 

@@ -63,7 +63,18 @@ pub struct HttpConnection {
     /// header, CONNECT): its side of the connection, kept until weir
     /// switches it or the connection ends (then it is shut down).
     pending_upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
+    /// An HTTP/2 client's requests in flight on HTTP/1.1 upstream
+    /// connections (one connection each): see [`UPSTREAM_EXCHANGES_PER_CONNECTION`].
+    upstream_exchanges: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many of one HTTP/2 connection's streams may be at an HTTP/1.1
+/// upstream at once; the others wait their turn. Each needs an upstream
+/// connection of its own, so without a bound one client connection could
+/// make weir open a hundred (its concurrent streams), and a few such
+/// clients spend the node's descriptors. Browsers keep six HTTP/1.1
+/// connections per host; an HTTP/2 client gets a little more than twice that.
+pub const UPSTREAM_EXCHANGES_PER_CONNECTION: usize = 16;
 
 /// A request in flight. If the client goes away, hyper drops the handler
 /// future; the guard then still records the request's flow.
@@ -84,11 +95,12 @@ impl InFlight {
     /// whole; otherwise it is closed.
     fn record_at_end(mut self, status: u16, leg: UpstreamLeg) -> EndHook {
         let (conn, snap, mut trace) = (self.conn.clone(), self.snap.clone(), self.trace.take());
-        let UpstreamLeg { request_aborted, checkin } = leg;
+        let UpstreamLeg { request_aborted, checkin, turn } = leg;
         Box::new(move |end: BodyEnd| {
             if let (BodyEnd::Complete, Some(checkin)) = (&end, checkin) {
                 checkin.give_back();
             }
+            drop(turn);
             let Some(trace) = trace.take() else { return };
             let (verdict, reason) = match end {
                 BodyEnd::Complete => (Verdict::Forwarded, None),
@@ -119,6 +131,8 @@ impl Drop for InFlight {
 struct UpstreamLeg {
     request_aborted: Arc<AtomicBool>,
     checkin: Option<Checkin>,
+    /// An HTTP/2 client's turn at an HTTP/1.1 upstream, until the response ends.
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What a request's flow record needs, gathered along the way.
@@ -214,6 +228,7 @@ impl HttpConnection {
             snapshot: Mutex::new(None),
             tunnel: Mutex::new(None),
             pending_upgrade: Mutex::new(None),
+            upstream_exchanges: Arc::new(tokio::sync::Semaphore::new(UPSTREAM_EXCHANGES_PER_CONNECTION)),
         }
     }
 
@@ -241,12 +256,15 @@ impl HttpConnection {
             L4Protocol::Tcp,
         )?;
         let config = &decision.listener.config;
-        let pools = self.state.upstreams.get(super::upstream::UpstreamKey {
-            address: config.upstream,
-            connect_timeout: config.connect_timeout,
-            bind: decision.bind,
-            tls: decision.listener.upstream_tls.clone(),
-        });
+        let pools = self.state.upstreams.get(
+            super::upstream::UpstreamKey {
+                address: config.upstream,
+                connect_timeout: config.connect_timeout,
+                bind: decision.bind,
+                tls: decision.listener.upstream_tls.clone(),
+            },
+            &self.state.limits,
+        );
         let snapshot = Arc::new(Snapshot { decision, pools });
         *current = Some(snapshot.clone());
         Some(snapshot)
@@ -318,7 +336,7 @@ impl HttpConnection {
                 return Err(Box::new(Stop::Refuse { request, response, verdict: Verdict::Denied, reason: why }));
             }
             let upgrade = checked.upgrade.take();
-            let (mut response, leg) = Self::forward(&snap, checked, version).await?;
+            let (mut response, leg) = Self::forward(&snap, checked, version, &self.upstream_exchanges).await?;
             // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
             if let Err(stop) = Self::filter_response(&mut flight, chain, &mut response, request_id) {
@@ -352,13 +370,19 @@ impl HttpConnection {
             Box::new(Stop::Refuse { request, response: reply::bad_request(&why), verdict: Verdict::Error, reason: why })
         };
         let authority = match check_request(&request) {
-            Ok(authority) => normalize_authority(&authority, self.scheme),
+            Ok(authority) => authority,
             Err(why) => return Err(refuse(request, why)),
         };
         if request.method() == Method::CONNECT {
             return self.check_connect(flight, request);
         }
         let listener_config = &flight.snap.listener.config;
+        // no authority (HTTP/1.0 without Host, HTTP/2 without :authority):
+        // the upstream is sent its own address as Host, so rules judge that
+        let authority = match authority.is_empty() {
+            true => normalize_authority(&listener_config.upstream.to_string(), self.scheme),
+            false => normalize_authority(&authority, self.scheme),
+        };
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
@@ -377,8 +401,11 @@ impl HttpConnection {
         // a draining weir switches nothing: a WebSocket would pin it until
         // the drain ends; refused the switch, the client comes back to the new one
         let upgrade = upgrade_asked(&parts, &body, &flight.snap.listener.config).filter(|_| !self.is_draining());
-        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
+        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts.headers)) {
             return Err(refuse(Request::from_parts(parts, body), why));
+        }
+        if parts.version == Version::HTTP_2 {
+            join_cookie_crumbs(&mut parts.headers);
         }
         // an upgrade weir forwards: filters judge it with the headers that
         // ask for it, as the upstream receives them
@@ -442,7 +469,7 @@ impl HttpConnection {
         flight.trace().http.path = target.clone();
         flight.trace().http.host = target.clone();
         let (mut parts, body) = request.into_parts();
-        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_headers(&parts.headers)) {
+        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts.headers)) {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
         let upgrade = Some(UpgradeRequest {
@@ -706,6 +733,7 @@ impl HttpConnection {
         snap: &Snapshot,
         checked: Checked,
         version: Version,
+        exchanges: &Arc<tokio::sync::Semaphore>,
     ) -> Result<(Response<Incoming>, UpstreamLeg), Box<Stop>> {
         let Checked { mut parts, body, authority, path_and_query, .. } = checked;
         let upstream_h2 = match snap.listener.config.upstream_protocol {
@@ -713,8 +741,8 @@ impl HttpConnection {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
         };
-        let authority_for_uri =
-            if authority.is_empty() { snap.listener.config.upstream.to_string() } else { authority };
+        // never empty: `check` judged the upstream's address where the client named none
+        let authority_for_uri = authority;
         let connect = parts.method == Method::CONNECT;
         let uri = if connect {
             // authority-form, as the client sent it (checked: host:port)
@@ -746,6 +774,12 @@ impl HttpConnection {
                 parts.headers.insert(header::HOST, host);
             }
         }
+        // an HTTP/1 client has one request at the upstream at a time anyway
+        let turn = match version == Version::HTTP_2 && !upstream_h2 {
+            // never closed: a turn always comes
+            true => exchanges.clone().acquire_owned().await.ok(),
+            false => None,
+        };
         let aborted = Arc::new(AtomicBool::new(false));
         let request = Request::from_parts(parts, TrackedBody::new(body, aborted.clone()));
         let sent = if upstream_h2 {
@@ -763,7 +797,7 @@ impl HttpConnection {
             // body of unknown length (chunked) as none
             Ok((response, checkin)) => {
                 let checkin = checkin.filter(|_| response.version() == Version::HTTP_11);
-                Ok((response, UpstreamLeg { request_aborted: aborted, checkin }))
+                Ok((response, UpstreamLeg { request_aborted: aborted, checkin, turn }))
             }
             Err(e) => {
                 let (response, reason) = if aborted.load(Ordering::Relaxed) {
@@ -908,14 +942,25 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
     if hosts.len() > 1 {
         return Err("more than one Host header".into());
     }
+    if hosts.first().is_some_and(|host| host.to_str().is_err()) {
+        // read as no Host, the upstream would be sent another
+        return Err("Host header is not text".into());
+    }
+    // hyper's HTTP/1 reader refuses other lengths; the h2 crate takes an
+    // empty one as 0 and a repeated one as is, and both would reach an
+    // HTTP/1.1 upstream as written
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err("more than one Content-Length".into());
+    }
+    if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err("Content-Length is not a number".into());
+    }
     if request.version() < Version::HTTP_2 {
-        let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
         let has_te = headers.contains_key(header::TRANSFER_ENCODING);
         if has_te && lengths > 0 {
             return Err("both Content-Length and Transfer-Encoding".into());
-        }
-        if lengths > 1 || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
-            return Err("more than one Content-Length".into());
         }
         // hyper only checks that the last coding is chunked; weir forwards
         // the body decoded from chunked alone, so nothing else may be applied
@@ -1000,6 +1045,53 @@ pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A request's headers as an HTTP/1.1 upstream will read them: names that
+/// are tokens (RFC 9110 §5.1; the `http` crate also takes `"` and others
+/// from HTTP/2, which an HTTP/1.1 server drops or refuses), and values
+/// without leading or trailing blanks (RFC 9113 §8.2.1: HTTP/1.1 readers
+/// trim them, so a filter would judge `"1 "` where the upstream reads `1`).
+/// HTTP/1 requests pass by construction: httparse reads tokens and trims.
+fn check_request_headers(headers: &HeaderMap) -> Result<(), String> {
+    check_headers(headers)?;
+    for (name, value) in headers {
+        if !name.as_str().bytes().all(is_tchar) {
+            return Err(format!("header name {:?} is not a token", name.as_str()));
+        }
+        let bytes = value.as_bytes();
+        if bytes.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+            || bytes.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
+            return Err(format!("header {name} has blanks around its value"));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// HTTP/2 may split `Cookie` into crumbs, one header each (RFC 9113
+/// §8.2.3); before anyone reads them they are one header again, joined
+/// with `"; "`, as an HTTP/1.1 upstream must receive them and as rules
+/// written for one `Cookie` header expect.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (crumbs.next(), crumbs.next()) else { return };
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // the crumbs were valid values; so is their join
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// Append a `name: value\n` line per visible header.
@@ -1309,6 +1401,47 @@ mod tests {
         ] {
             assert_eq!(normalize_authority(given, scheme), want, "{given} ({scheme})");
         }
+    }
+
+    #[test]
+    fn http2_heads_are_held_to_what_an_http1_upstream_reads() {
+        let h2 = |headers: &[(&str, &[u8])]| {
+            let mut b = Request::builder().uri("http://a/").version(Version::HTTP_2);
+            for (n, v) in headers {
+                b = b.header(*n, HeaderValue::from_bytes(v).unwrap());
+            }
+            b.body(()).unwrap()
+        };
+        // lengths the h2 crate lets through
+        assert!(check_request(&h2(&[("content-length", b"")])).is_err(), "empty");
+        assert!(check_request(&h2(&[("content-length", b"5"), ("content-length", b"5")])).is_err(), "twice");
+        assert!(check_request(&h2(&[("content-length", b"+5")])).is_err(), "signed");
+        assert!(check_request(&h2(&[("content-length", b"5")])).is_ok());
+        // a Host that is no text would be read as none and another sent
+        assert!(check_request(&h2(&[("host", "a\u{e9}".as_bytes())])).is_err());
+
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                // as the h2 crate reads names: it also takes `"`
+                h.append(HeaderName::from_lowercase(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        for value in ["reader ", "\treader", " reader", "reader\t"] {
+            assert!(check_request_headers(&headers(&[("x-role", value)])).is_err(), "{value:?}");
+        }
+        assert!(check_request_headers(&headers(&[("x-role", "a reader")])).is_ok(), "blanks inside are text");
+        assert!(check_request_headers(&headers(&[("x\"role", "reader")])).is_err(), "not a token");
+        assert!(check_request_headers(&headers(&[("x-role", "")])).is_ok(), "empty values are values");
+
+        let mut crumbs = headers(&[("cookie", "a=1"), ("x-other", "1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookie_crumbs(&mut crumbs);
+        let cookies: Vec<_> = crumbs.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        let mut one = headers(&[("cookie", "a=1; b=2")]);
+        join_cookie_crumbs(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::TrackedBody;
+use crate::limits::{Limits, NoUpstreamSlot, UpstreamSlot};
 use crate::net::{UpstreamBind, UpstreamTls};
 
 /// Dials one fixed upstream address, with TLS if the listener says so.
@@ -33,6 +34,8 @@ pub struct UpstreamConnector {
     connect_timeout: Duration,
     bind: Option<UpstreamBind>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Every upstream socket is counted against the process's descriptors.
+    limits: Arc<Limits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,22 +46,25 @@ pub enum ConnectError {
     Io(SocketAddr, std::io::Error),
     #[error("TLS with {0}: {1}")]
     Tls(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: {1}")]
+    NoSlot(SocketAddr, NoUpstreamSlot),
 }
 
-/// A connection to an upstream, plaintext or TLS.
+/// A connection to an upstream, plaintext or TLS, with the descriptor
+/// slot it holds until it closes.
 pub enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(TcpStream, UpstreamSlot),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, UpstreamSlot),
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         match self {
-            UpstreamStream::Plain(_) => Connected::new(),
-            UpstreamStream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            UpstreamStream::Plain(_, _) => Connected::new(),
+            UpstreamStream::Tls(tls, _) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                 Connected::new().negotiated_h2()
             }
-            UpstreamStream::Tls(_) => Connected::new(),
+            UpstreamStream::Tls(_, _) => Connected::new(),
         }
     }
 }
@@ -66,8 +72,8 @@ impl Connection for UpstreamStream {
 impl AsyncRead for UpstreamStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -75,8 +81,8 @@ impl AsyncRead for UpstreamStream {
 impl AsyncWrite for UpstreamStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, data),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_write(cx, data),
+            UpstreamStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
 
@@ -86,29 +92,29 @@ impl AsyncWrite for UpstreamStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            UpstreamStream::Plain(s) => s.is_write_vectored(),
-            UpstreamStream::Tls(s) => s.is_write_vectored(),
+            UpstreamStream::Plain(s, _) => s.is_write_vectored(),
+            UpstreamStream::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -130,7 +136,8 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 impl UpstreamConnector {
     /// Connect (and shake hands, for TLS) within the connect timeout.
     async fn dial(self) -> Result<TokioIo<UpstreamStream>, ConnectError> {
-        let UpstreamConnector { address, connect_timeout: timeout, bind, tls } = self;
+        let UpstreamConnector { address, connect_timeout: timeout, bind, tls, limits } = self;
+        let slot = limits.upstream_slot().map_err(|e| ConnectError::NoSlot(address, e))?;
         let connect = async move {
             match bind {
                 None => TcpStream::connect(address).await,
@@ -143,7 +150,7 @@ impl UpstreamConnector {
             .map_err(|e| ConnectError::Io(address, e))?;
         let _ = stream.set_nodelay(true);
         let Some((connector, name)) = tls else {
-            return Ok(TokioIo::new(UpstreamStream::Plain(stream)));
+            return Ok(TokioIo::new(UpstreamStream::Plain(stream, slot)));
         };
         // the handshake shares the connect timeout: a peer that accepts
         // and says nothing is as unreachable as one that never answers
@@ -151,7 +158,7 @@ impl UpstreamConnector {
             .await
             .map_err(|_| ConnectError::Timeout(address))?
             .map_err(|e| ConnectError::Tls(address, e))?;
-        Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
+        Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls), slot)))
     }
 }
 
@@ -166,8 +173,9 @@ pub struct UpstreamPools {
 }
 
 impl UpstreamPools {
-    fn new(key: &UpstreamKey) -> Self {
+    fn new(key: &UpstreamKey, limits: &Arc<Limits>) -> Self {
         let connector = |tls: Option<&Arc<rustls::ClientConfig>>| UpstreamConnector {
+            limits: limits.clone(),
             address: key.address,
             connect_timeout: key.connect_timeout,
             bind: key.bind,
@@ -409,12 +417,12 @@ pub struct UpstreamRegistry {
 const MAX_TRANSPARENT_POOLS: usize = 10_000;
 
 impl UpstreamRegistry {
-    pub fn get(&self, key: UpstreamKey) -> Arc<UpstreamPools> {
+    pub fn get(&self, key: UpstreamKey, limits: &Arc<Limits>) -> Arc<UpstreamPools> {
         let mut pools = self.pools.lock().unwrap();
         if let Some(pools) = pools.get(&key) {
             return pools.clone();
         }
-        let made = Arc::new(UpstreamPools::new(&key));
+        let made = Arc::new(UpstreamPools::new(&key, limits));
         pools.insert(key, made.clone());
         made
     }
@@ -451,6 +459,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             bind: None,
             tls: None,
+            limits: Limits::new(crate::limits::Descriptors::for_limit(256)),
         };
         Arc::new(Http1Pool::new(connector))
     }

@@ -69,7 +69,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let conn = Connection::new(state, target, peer, Protocol::Kafka);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
-    let Some((snap, broker)) = conn.open(&open, &client).await else { return };
+    let Some((snap, broker, _upstream_slot)) = conn.open(&open, &client).await else { return };
     // a listener with `brokers` sends clients to weir's address for each
     // broker; the listener is the one this connection was accepted on
     let rewrite = snap.listener.config.broker_addresses.is_some().then(|| snap.listener.clone());

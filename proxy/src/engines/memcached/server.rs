@@ -48,7 +48,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let conn = Connection::new(state, target, peer, crate::protocol::Protocol::Memcached);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
-    let Some((snap, server)) = conn.open(&open, &client).await else { return };
+    let Some((snap, server, _upstream_slot)) = conn.open(&open, &client).await else { return };
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let (queue, queued) = mpsc::channel(QUEUE);

@@ -140,7 +140,7 @@ pub async fn serve(state: Arc<ProxyState>, target: Target, client: TcpStream, pe
     let conn = relay::Connection::new(state, target, peer, Protocol::Stream);
     let open = OpenConnection::new(&conn.state, &conn.listener);
     let _ = client.set_nodelay(true);
-    let Some((snap, mut server)) = conn.open(&open, &client).await else { return };
+    let Some((snap, mut server, _upstream_slot)) = conn.open(&open, &client).await else { return };
     let mut client = client;
     let links = match &*snap.verdict {
         ConnectionVerdict::Forward(chain) => {
