@@ -225,13 +225,15 @@ pub enum Refused {
     Listener { max: usize },
     /// The source's `max_connections_per_identity` on this listener.
     Identity { max: usize, source: String },
+    /// Client and busy upstream sockets hold every descriptor weir may use.
+    Descriptors { in_use: usize },
 }
 
 impl Refused {
     /// The `reason` label of `weir_connections_refused_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Refused::Process { .. } => "process_limit",
+            Refused::Process { .. } | Refused::Descriptors { .. } => "process_limit",
             Refused::Listener { .. } => "listener_limit",
             Refused::Identity { .. } => "identity_limit",
         }
@@ -243,6 +245,9 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Process { max } => {
                 write!(f, "refused: weir has {max} connections open, its limit (descriptors or limits.max_connections)")
+            }
+            Refused::Descriptors { in_use } => {
+                write!(f, "refused: weir's client and upstream connections hold {in_use} descriptors, all it may use")
             }
             Refused::Listener { max } => {
                 write!(f, "refused: the listener has {max} connections open (its max_connections)")
@@ -281,6 +286,15 @@ pub struct Admission {
     /// assumed one per client.
     upstream: AtomicUsize,
     listeners: Mutex<HashMap<Arc<str>, ListenerCount>>,
+    /// Pools whose idle connections give way to new sockets.
+    idle: Mutex<Vec<std::sync::Weak<dyn IdleUpstreams>>>,
+}
+
+/// Idle upstream connections weir may close when descriptors run short
+/// (the HTTP/1.1 pools).
+pub trait IdleUpstreams: Send + Sync {
+    /// Close up to `n` idle connections, the longest idle first; how many.
+    fn close_idle(&self, n: usize) -> usize;
 }
 
 /// An upstream socket counted while it lives.
@@ -368,10 +382,13 @@ impl Limits {
         if admission.open.load(Ordering::Relaxed) >= process_max {
             return Err(Refused::Process { max: process_max });
         }
-        // upstream sockets beyond one per client (HTTP/2 fan-out, idle
-        // pooled ones) take descriptors clients would otherwise have
-        if self.descriptors_in_use() >= self.descriptors.connection_budget * 2 {
-            return Err(Refused::Process { max: process_max });
+        // a client needs a descriptor for itself and one for its upstream;
+        // idle pooled connections give way (they close within moments: the
+        // reserve covers the overlap), busy upstream sockets do not
+        let max = self.descriptors.connection_budget * 2;
+        let in_use = self.descriptors_in_use();
+        if in_use + 2 > max && in_use + 2 - self.close_idle_upstreams(in_use + 2 - max) > max {
+            return Err(Refused::Descriptors { in_use });
         }
         let count = listeners.entry(listener.clone()).or_default();
         if count.open >= limits.max_connections {
@@ -398,6 +415,54 @@ impl Limits {
     /// Client and upstream sockets open.
     fn descriptors_in_use(&self) -> usize {
         self.admission.open.load(Ordering::Relaxed) + self.admission.upstream.load(Ordering::Relaxed)
+    }
+
+    /// A pool whose idle connections may be closed for new sockets.
+    pub fn register_idle(&self, pool: std::sync::Weak<dyn IdleUpstreams>) {
+        let mut pools = self.admission.idle.lock().unwrap();
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(pool);
+    }
+
+    /// Close up to `n` idle pooled upstream connections; how many. Their
+    /// descriptors come free when hyper's side of each has ended (at once,
+    /// on this worker's next turn).
+    fn close_idle_upstreams(&self, n: usize) -> usize {
+        let pools: Vec<_> = self.admission.idle.lock().unwrap().iter().filter_map(|p| p.upgrade()).collect();
+        let mut closed = 0;
+        for pool in pools {
+            if closed >= n {
+                break;
+            }
+            closed += pool.close_idle(n - closed);
+        }
+        closed
+    }
+
+    /// [`Limits::upstream_slot`], closing idle pooled connections for it
+    /// when there is none, and waiting (briefly) for one to come free.
+    pub async fn upstream_slot_or_make_room(self: &Arc<Self>) -> Result<UpstreamSlot, NoUpstreamSlot> {
+        let mut full = match self.upstream_slot() {
+            Ok(slot) => return Ok(slot),
+            Err(full) => full,
+        };
+        if self.close_idle_upstreams(1) == 0 {
+            return Err(full);
+        }
+        // a descriptor freed may go to another dial that came meanwhile:
+        // close one more for each look that found none, while any idles
+        let mut closable = true;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            match self.upstream_slot() {
+                Ok(slot) => return Ok(slot),
+                Err(still) => full = still,
+            }
+            if closable {
+                closable = self.close_idle_upstreams(1) > 0;
+            }
+        }
+        Err(full)
     }
 
     /// Count an upstream socket about to be opened, if the descriptors
@@ -689,7 +754,7 @@ mod tests {
         assert_eq!(full.open, max);
         let world = Identity::reserved(reserved::WORLD);
         assert!(
-            matches!(state.admit(&config, &per, &listener, &world, peer), Err(Refused::Process { .. })),
+            matches!(state.admit(&config, &per, &listener, &world, peer), Err(Refused::Descriptors { .. })),
             "a client would have no descriptor for its upstream"
         );
         slots.truncate(slots.len() - 2);

@@ -154,7 +154,7 @@ impl Connection {
             return None;
         }
         let (address, timeout) = (snap.listener.config.upstream, snap.listener.config.connect_timeout);
-        let slot = match self.state.limits.upstream_slot() {
+        let slot = match self.state.limits.upstream_slot_or_make_room().await {
             Ok(slot) => slot,
             Err(e) => {
                 self.state.flows.record(self.flow(&snap, Verdict::Error, Some(format!("upstream {address}: {e}"))));

@@ -414,7 +414,7 @@ impl Upstream {
                 for attempt in 0..2 {
                     let reused = connection.is_some();
                     if connection.is_none() {
-                        let slot = state.limits.upstream_slot().map_err(std::io::Error::other)?;
+                        let slot = state.limits.upstream_slot_or_make_room().await.map_err(std::io::Error::other)?;
                         let stream = TcpStream::connect(resolver).await?;
                         let _ = stream.set_nodelay(true);
                         *connection = Some((stream, slot));

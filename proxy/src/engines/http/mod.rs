@@ -10,7 +10,7 @@ mod reply;
 mod rest;
 pub mod server;
 pub(crate) mod service;
-pub use service::UPSTREAM_EXCHANGES_PER_CONNECTION;
+pub use service::HTTP2_STREAMS_TO_HTTP1_UPSTREAM;
 mod tunnel;
 pub mod upstream;
 

@@ -401,7 +401,10 @@ async fn serve_http2<IO>(
     let counted = http2_idle.timeout.map(|_| activity.clone());
     let service = exchange_service(conn.clone(), counted, None, None);
     let mut draining = conn.draining();
-    let builder = hyper_builder(Mode::Http2, head_timeout);
+    let mut builder = hyper_builder(Mode::Http2, head_timeout);
+    if let Some(streams) = conn.http2_stream_bound() {
+        builder.http2().max_concurrent_streams(streams);
+    }
     let connection = builder.serve_connection(TokioIo::new(io), service);
     ended(drive(connection, &mut draining, false, Some((&activity, http2_idle))).await, &on_head_timeout);
     finish_switched(&conn).await;

@@ -63,18 +63,17 @@ pub struct HttpConnection {
     /// header, CONNECT): its side of the connection, kept until weir
     /// switches it or the connection ends (then it is shut down).
     pending_upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
-    /// An HTTP/2 client's requests in flight on HTTP/1.1 upstream
-    /// connections (one connection each): see [`UPSTREAM_EXCHANGES_PER_CONNECTION`].
-    upstream_exchanges: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many of one HTTP/2 connection's streams may be at an HTTP/1.1
-/// upstream at once; the others wait their turn. Each needs an upstream
-/// connection of its own, so without a bound one client connection could
-/// make weir open a hundred (its concurrent streams), and a few such
-/// clients spend the node's descriptors. Browsers keep six HTTP/1.1
-/// connections per host; an HTTP/2 client gets a little more than twice that.
-pub const UPSTREAM_EXCHANGES_PER_CONNECTION: usize = 16;
+/// The concurrent streams an HTTP/2 client may open where the listener
+/// speaks HTTP/1.1 to its upstream (100 elsewhere): each stream at the
+/// upstream needs a connection of its own, so one client connection could
+/// otherwise make weir open a hundred, and a few such clients spend the
+/// node's descriptors. Said in SETTINGS, so the client queues the rest
+/// itself: a stream weir made wait would not be read, and its unread DATA
+/// would fill the connection's window and stall the streams being served.
+/// Browsers keep six HTTP/1.1 connections per host.
+pub const HTTP2_STREAMS_TO_HTTP1_UPSTREAM: u32 = 16;
 
 /// A request in flight. If the client goes away, hyper drops the handler
 /// future; the guard then still records the request's flow.
@@ -95,12 +94,11 @@ impl InFlight {
     /// whole; otherwise it is closed.
     fn record_at_end(mut self, status: u16, leg: UpstreamLeg) -> EndHook {
         let (conn, snap, mut trace) = (self.conn.clone(), self.snap.clone(), self.trace.take());
-        let UpstreamLeg { request_aborted, checkin, turn } = leg;
+        let UpstreamLeg { request_aborted, checkin } = leg;
         Box::new(move |end: BodyEnd| {
             if let (BodyEnd::Complete, Some(checkin)) = (&end, checkin) {
                 checkin.give_back();
             }
-            drop(turn);
             let Some(trace) = trace.take() else { return };
             let (verdict, reason) = match end {
                 BodyEnd::Complete => (Verdict::Forwarded, None),
@@ -131,8 +129,6 @@ impl Drop for InFlight {
 struct UpstreamLeg {
     request_aborted: Arc<AtomicBool>,
     checkin: Option<Checkin>,
-    /// An HTTP/2 client's turn at an HTTP/1.1 upstream, until the response ends.
-    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What a request's flow record needs, gathered along the way.
@@ -228,8 +224,16 @@ impl HttpConnection {
             snapshot: Mutex::new(None),
             tunnel: Mutex::new(None),
             pending_upgrade: Mutex::new(None),
-            upstream_exchanges: Arc::new(tokio::sync::Semaphore::new(UPSTREAM_EXCHANGES_PER_CONNECTION)),
         }
+    }
+
+    /// The bound on an HTTP/2 client's concurrent streams this listener
+    /// needs, if any ([`HTTP2_STREAMS_TO_HTTP1_UPSTREAM`]). Read when the
+    /// connection starts; a reload that makes the upstream HTTP/1.1 reaches
+    /// new connections (the descriptor slots bound the ones open).
+    pub fn http2_stream_bound(&self) -> Option<u32> {
+        let snap = self.snapshot()?;
+        (snap.listener.config.upstream_protocol == UpstreamProtocol::Http1).then_some(HTTP2_STREAMS_TO_HTTP1_UPSTREAM)
     }
 
     /// Who connected, and to which listener (for logs).
@@ -336,7 +340,7 @@ impl HttpConnection {
                 return Err(Box::new(Stop::Refuse { request, response, verdict: Verdict::Denied, reason: why }));
             }
             let upgrade = checked.upgrade.take();
-            let (mut response, leg) = Self::forward(&snap, checked, version, &self.upstream_exchanges).await?;
+            let (mut response, leg) = Self::forward(&snap, checked, version).await?;
             // a switched connection is the relay's, never the pool's
             let switched = self.switched(upgrade, &mut response)?;
             if let Err(stop) = Self::filter_response(&mut flight, chain, &mut response, request_id) {
@@ -733,7 +737,6 @@ impl HttpConnection {
         snap: &Snapshot,
         checked: Checked,
         version: Version,
-        exchanges: &Arc<tokio::sync::Semaphore>,
     ) -> Result<(Response<Incoming>, UpstreamLeg), Box<Stop>> {
         let Checked { mut parts, body, authority, path_and_query, .. } = checked;
         let upstream_h2 = match snap.listener.config.upstream_protocol {
@@ -774,12 +777,6 @@ impl HttpConnection {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        // an HTTP/1 client has one request at the upstream at a time anyway
-        let turn = match version == Version::HTTP_2 && !upstream_h2 {
-            // never closed: a turn always comes
-            true => exchanges.clone().acquire_owned().await.ok(),
-            false => None,
-        };
         let aborted = Arc::new(AtomicBool::new(false));
         let request = Request::from_parts(parts, TrackedBody::new(body, aborted.clone()));
         let sent = if upstream_h2 {
@@ -797,7 +794,7 @@ impl HttpConnection {
             // body of unknown length (chunked) as none
             Ok((response, checkin)) => {
                 let checkin = checkin.filter(|_| response.version() == Version::HTTP_11);
-                Ok((response, UpstreamLeg { request_aborted: aborted, checkin, turn }))
+                Ok((response, UpstreamLeg { request_aborted: aborted, checkin }))
             }
             Err(e) => {
                 let (response, reason) = if aborted.load(Ordering::Relaxed) {

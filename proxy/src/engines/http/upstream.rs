@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::TrackedBody;
-use crate::limits::{Limits, NoUpstreamSlot, UpstreamSlot};
+use crate::limits::{IdleUpstreams, Limits, NoUpstreamSlot, UpstreamSlot};
 use crate::net::{UpstreamBind, UpstreamTls};
 
 /// Dials one fixed upstream address, with TLS if the listener says so.
@@ -137,7 +137,7 @@ impl UpstreamConnector {
     /// Connect (and shake hands, for TLS) within the connect timeout.
     async fn dial(self) -> Result<TokioIo<UpstreamStream>, ConnectError> {
         let UpstreamConnector { address, connect_timeout: timeout, bind, tls, limits } = self;
-        let slot = limits.upstream_slot().map_err(|e| ConnectError::NoSlot(address, e))?;
+        let slot = limits.upstream_slot_or_make_room().await.map_err(|e| ConnectError::NoSlot(address, e))?;
         let connect = async move {
             match bind {
                 None => TcpStream::connect(address).await,
@@ -184,6 +184,8 @@ impl UpstreamPools {
                 .map(|(config, tls)| (tokio_rustls::TlsConnector::from(config.clone()), tls.server_name.clone())),
         };
         let http1 = Arc::new(Http1Pool::new(connector(key.tls.as_ref().map(|t| &t.http1))));
+        let idle: Arc<dyn IdleUpstreams> = http1.clone();
+        limits.register_idle(Arc::downgrade(&idle));
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -221,8 +223,16 @@ struct Idle {
 }
 
 struct IdleSender {
-    sender: http1::SendRequest<TrackedBody>,
+    sender: Pooled,
     since: Instant,
+}
+
+/// A connection of the pool: what sends on it, and the task that drives
+/// it (hyper's side). Dropping the sender ends an idle connection only when
+/// its task next runs, so one closed for room is ended through its task.
+pub struct Pooled {
+    sender: http1::SendRequest<TrackedBody>,
+    task: tokio::task::AbortHandle,
 }
 
 /// Idle upstream connections older than this are closed (hyper-util's
@@ -263,7 +273,7 @@ impl UpstreamError {
 /// body has ended (`give_back`), closed when dropped instead.
 pub struct Checkin {
     pool: Weak<Http1Pool>,
-    sender: http1::SendRequest<TrackedBody>,
+    sender: Pooled,
 }
 
 impl Checkin {
@@ -271,20 +281,20 @@ impl Checkin {
     /// once hyper says so (never after `Connection: close`, a 101, or a
     /// response that ended with the connection).
     pub fn give_back(mut self) {
-        if self.sender.is_ready() {
+        if self.sender.sender.is_ready() {
             if let Some(pool) = self.pool.upgrade() {
                 pool.put(self.sender);
             }
             return;
         }
-        if self.sender.is_closed() {
+        if self.sender.sender.is_closed() {
             return;
         }
         // the request body may still be on its way (the upstream answered
         // early): wait for it off the request's path, for a while
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, self.sender.ready()).await
+            if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, self.sender.sender.ready()).await
                 && let Some(pool) = self.pool.upgrade()
             {
                 pool.put(self.sender);
@@ -308,7 +318,7 @@ impl Http1Pool {
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
         let mut request = request;
         if let Some(mut sender) = self.take() {
-            match sender.try_send_request(request).await {
+            match sender.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => request = unsent,
@@ -325,24 +335,24 @@ impl Http1Pool {
         request: Request<TrackedBody>,
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
         let mut sender = self.connect().await?;
-        match sender.send_request(request).await {
+        match sender.sender.send_request(request).await {
             Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
             Err(e) => Err(UpstreamError::Http(e)),
         }
     }
 
     /// The most recently used connection still open, if any.
-    fn take(&self) -> Option<http1::SendRequest<TrackedBody>> {
+    fn take(&self) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap();
         while let Some(IdleSender { sender, since }) = idle.senders.pop_back() {
-            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+            if sender.sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(sender);
             }
         }
         None
     }
 
-    fn put(self: &Arc<Self>, sender: http1::SendRequest<TrackedBody>) {
+    fn put(self: &Arc<Self>, sender: Pooled) {
         let mut idle = self.idle.lock().unwrap();
         idle.senders.push_back(IdleSender { sender, since: Instant::now() });
         // past the bound, the oldest goes (dropped: closed); the expired
@@ -367,7 +377,7 @@ impl Http1Pool {
             tokio::time::sleep(POOL_SWEEP_EVERY).await;
             let Some(pool) = pool.upgrade() else { return };
             let mut idle = pool.idle.lock().unwrap();
-            idle.senders.retain(|s| !s.sender.is_closed() && s.since.elapsed() < POOL_IDLE_TIMEOUT);
+            idle.senders.retain(|s| !s.sender.sender.is_closed() && s.since.elapsed() < POOL_IDLE_TIMEOUT);
             if idle.senders.is_empty() {
                 idle.swept = false;
                 return;
@@ -377,21 +387,30 @@ impl Http1Pool {
 
     /// A new connection; hyper's side of it runs in a task of its own
     /// (with upgrades: a WebSocket takes the connection over after a 101).
-    async fn connect(&self) -> Result<http1::SendRequest<TrackedBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Pooled, UpstreamError> {
         let io = self.connector.clone().dial().await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("upstream connection ended: {e}");
             }
         });
-        Ok(sender)
+        Ok(Pooled { sender, task: task.abort_handle() })
     }
 
     /// Idle connections held now.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         self.idle.lock().unwrap().senders.len()
+    }
+}
+
+impl IdleUpstreams for Http1Pool {
+    fn close_idle(&self, n: usize) -> usize {
+        let mut idle = self.idle.lock().unwrap();
+        let n = n.min(idle.senders.len());
+        // the longest idle first, ended now: its descriptor is wanted
+        idle.senders.drain(..n).map(|idle| idle.sender.task.abort()).count()
     }
 }
 
@@ -445,12 +464,12 @@ mod tests {
 
     /// A connection as hyper's client sees it, to an in-memory peer that
     /// never speaks: ready for a request until its peer goes.
-    async fn idle_connection() -> (http1::SendRequest<TrackedBody>, tokio::io::DuplexStream) {
+    async fn idle_connection() -> (Pooled, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let (mut sender, connection) = http1::handshake(TokioIo::new(ours)).await.unwrap();
-        tokio::spawn(connection);
+        let task = tokio::spawn(connection).abort_handle();
         sender.ready().await.unwrap();
-        (sender, theirs)
+        (Pooled { sender, task }, theirs)
     }
 
     fn pool() -> Arc<Http1Pool> {
@@ -462,6 +481,24 @@ mod tests {
             limits: Limits::new(crate::limits::Descriptors::for_limit(256)),
         };
         Arc::new(Http1Pool::new(connector))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_closed_for_room_end_at_once_the_longest_idle_first() {
+        use tokio::io::AsyncReadExt as _;
+        let pool = pool();
+        let (first, mut peer1) = idle_connection().await;
+        let (second, mut peer2) = idle_connection().await;
+        pool.put(first);
+        pool.put(second);
+        assert_eq!(pool.close_idle(1), 1);
+        assert_eq!(pool.idle_count(), 1);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(1), peer1.read(&mut byte)).await;
+        assert_eq!(read.expect("ended, not left for its task's next turn").unwrap(), 0);
+        let read = tokio::time::timeout(Duration::from_millis(100), peer2.read(&mut byte)).await;
+        assert!(read.is_err(), "the other stays open");
+        assert_eq!(pool.close_idle(5), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -491,7 +528,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let taken = pool.take().expect("the open connection");
-        assert!(!taken.is_closed());
+        assert!(!taken.sender.is_closed());
         assert!(pool.take().is_none(), "the closed one was dropped, not lent");
     }
 }
