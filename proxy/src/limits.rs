@@ -288,6 +288,9 @@ pub struct Admission {
     listeners: Mutex<HashMap<Arc<str>, ListenerCount>>,
     /// Pools whose idle connections give way to new sockets.
     idle: Mutex<Vec<std::sync::Weak<dyn IdleUpstreams>>>,
+    /// Their idle connections, all pools together: with none, nothing is
+    /// scanned (a flood of busy sockets makes every dial look).
+    idle_connections: AtomicUsize,
 }
 
 /// Idle upstream connections weir may close when descriptors run short
@@ -295,6 +298,8 @@ pub struct Admission {
 pub trait IdleUpstreams: Send + Sync {
     /// Close up to `n` idle connections, the longest idle first; how many.
     fn close_idle(&self, n: usize) -> usize;
+    /// Since when its longest-idle connection has idled, if it has one.
+    fn idle_since(&self) -> Option<Instant>;
 }
 
 /// An upstream socket counted while it lives.
@@ -382,14 +387,6 @@ impl Limits {
         if admission.open.load(Ordering::Relaxed) >= process_max {
             return Err(Refused::Process { max: process_max });
         }
-        // a client needs a descriptor for itself and one for its upstream;
-        // idle pooled connections give way (they close within moments: the
-        // reserve covers the overlap), busy upstream sockets do not
-        let max = self.descriptors.connection_budget * 2;
-        let in_use = self.descriptors_in_use();
-        if in_use + 2 > max && in_use + 2 - self.close_idle_upstreams(in_use + 2 - max) > max {
-            return Err(Refused::Descriptors { in_use });
-        }
         let count = listeners.entry(listener.clone()).or_default();
         if count.open >= limits.max_connections {
             return Err(Refused::Listener { max: limits.max_connections });
@@ -401,6 +398,15 @@ impl Limits {
                 SourceKey::Identity(id) => format!("identity {id}"),
             };
             return Err(Refused::Identity { max: limits.max_connections_per_identity, source });
+        }
+        // last, so a client refused for another reason closes nothing: a
+        // client needs a descriptor for itself and one for its upstream;
+        // idle pooled connections give way (they close within moments: the
+        // reserve covers the overlap), busy upstream sockets do not
+        let max = self.descriptors.connection_budget * 2;
+        let in_use = self.descriptors_in_use();
+        if in_use + 2 > max && in_use + 2 - self.close_idle_upstreams(in_use + 2 - max) > max {
+            return Err(Refused::Descriptors { in_use });
         }
         count.open += 1;
         *count.by_source.entry(key.clone()).or_default() += 1;
@@ -424,17 +430,28 @@ impl Limits {
         pools.push(pool);
     }
 
-    /// Close up to `n` idle pooled upstream connections; how many. Their
-    /// descriptors come free when hyper's side of each has ended (at once,
-    /// on this worker's next turn).
+    /// A pool's idle connections grew or shrank by `n`.
+    pub fn idle_added(&self, n: usize) {
+        self.admission.idle_connections.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn idle_removed(&self, n: usize) {
+        self.admission.idle_connections.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Close up to `n` idle pooled upstream connections, the longest idle
+    /// of all pools first; how many. Their descriptors come free when
+    /// their tasks end (at once: they are aborted).
     fn close_idle_upstreams(&self, n: usize) -> usize {
+        if self.admission.idle_connections.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         let pools: Vec<_> = self.admission.idle.lock().unwrap().iter().filter_map(|p| p.upgrade()).collect();
         let mut closed = 0;
-        for pool in pools {
-            if closed >= n {
-                break;
-            }
-            closed += pool.close_idle(n - closed);
+        while closed < n {
+            let oldest = pools.iter().filter_map(|p| Some((p.idle_since()?, p))).min_by_key(|(since, _)| *since);
+            let Some((_, pool)) = oldest else { break };
+            closed += pool.close_idle(1);
         }
         closed
     }
@@ -764,6 +781,54 @@ mod tests {
         drop(slots);
         drop(client);
         assert_eq!(state.admission.upstream.load(Ordering::Relaxed), 1, "slots count while they live");
+    }
+
+    /// Idle connections that only count.
+    struct FakePool {
+        idle: Mutex<usize>,
+        since: Instant,
+    }
+
+    impl IdleUpstreams for FakePool {
+        fn close_idle(&self, n: usize) -> usize {
+            let mut idle = self.idle.lock().unwrap();
+            let closed = n.min(*idle);
+            *idle -= closed;
+            closed
+        }
+        fn idle_since(&self) -> Option<Instant> {
+            (*self.idle.lock().unwrap() > 0).then_some(self.since)
+        }
+    }
+
+    #[test]
+    fn idle_upstreams_give_way_the_longest_idle_first_and_only_to_admitted_clients() {
+        let state = limits();
+        let config = LimitsConfig::default();
+        let per =
+            ListenerLimits { max_connections_per_identity: 1, ..ListenerLimits::of(&config, &Default::default()) };
+        let listener: Arc<str> = Arc::from("l");
+        let peer: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let pool = |idle, age| {
+            let since = Instant::now() - Duration::from_secs(age);
+            Arc::new(FakePool { idle: Mutex::new(idle), since })
+        };
+        let (young, old) = (pool(3, 1), pool(3, 10));
+        for p in [&young, &old] {
+            let p: Arc<dyn IdleUpstreams> = p.clone();
+            state.register_idle(Arc::downgrade(&p));
+        }
+        state.idle_added(6);
+        let host = Identity::reserved(reserved::HOST);
+        let _client = state.admit(&config, &per, &listener, &host, peer).unwrap();
+        let max = state.descriptors.connection_budget * 2;
+        let _slots: Vec<_> = (1..max - 1).map(|_| state.upstream_slot().unwrap()).collect();
+        // one descriptor left: a client needs two
+        assert!(matches!(state.admit(&config, &per, &listener, &host, peer), Err(Refused::Identity { .. })));
+        assert_eq!((*young.idle.lock().unwrap(), *old.idle.lock().unwrap()), (3, 3), "a refused client closes nothing");
+        let world = Identity::reserved(reserved::WORLD);
+        let _admitted = state.admit(&config, &per, &listener, &world, peer).unwrap();
+        assert_eq!((*young.idle.lock().unwrap(), *old.idle.lock().unwrap()), (3, 2), "the longest idle gave way");
     }
 
     #[test]

@@ -793,7 +793,10 @@ impl HttpConnection {
             // hyper would send it the next requests as HTTP/1.0, and a
             // body of unknown length (chunked) as none
             Ok((response, checkin)) => {
-                let checkin = checkin.filter(|_| response.version() == Version::HTTP_11);
+                // nor is a CONNECT's, whatever the forward proxy answered:
+                // it may keep per-connection state (its authentication)
+                let refused_connect = connect && !response.status().is_success();
+                let checkin = checkin.filter(|_| response.version() == Version::HTTP_11 && !refused_connect);
                 Ok((response, UpstreamLeg { request_aborted: aborted, checkin }))
             }
             Err(e) => {

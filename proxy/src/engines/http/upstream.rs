@@ -345,6 +345,7 @@ impl Http1Pool {
     fn take(&self) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap();
         while let Some(IdleSender { sender, since }) = idle.senders.pop_back() {
+            self.connector.limits.idle_removed(1);
             if sender.sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(sender);
             }
@@ -355,10 +356,12 @@ impl Http1Pool {
     fn put(self: &Arc<Self>, sender: Pooled) {
         let mut idle = self.idle.lock().unwrap();
         idle.senders.push_back(IdleSender { sender, since: Instant::now() });
+        self.connector.limits.idle_added(1);
         // past the bound, the oldest goes (dropped: closed); the expired
         // ones are the sweeper's
         if idle.senders.len() > POOL_MAX_IDLE {
             idle.senders.pop_front();
+            self.connector.limits.idle_removed(1);
         }
         // a pool that goes quiet must still close what expires in it
         if !idle.swept
@@ -377,7 +380,9 @@ impl Http1Pool {
             tokio::time::sleep(POOL_SWEEP_EVERY).await;
             let Some(pool) = pool.upgrade() else { return };
             let mut idle = pool.idle.lock().unwrap();
+            let before = idle.senders.len();
             idle.senders.retain(|s| !s.sender.sender.is_closed() && s.since.elapsed() < POOL_IDLE_TIMEOUT);
+            pool.connector.limits.idle_removed(before - idle.senders.len());
             if idle.senders.is_empty() {
                 idle.swept = false;
                 return;
@@ -409,8 +414,20 @@ impl IdleUpstreams for Http1Pool {
     fn close_idle(&self, n: usize) -> usize {
         let mut idle = self.idle.lock().unwrap();
         let n = n.min(idle.senders.len());
+        self.connector.limits.idle_removed(n);
         // the longest idle first, ended now: its descriptor is wanted
         idle.senders.drain(..n).map(|idle| idle.sender.task.abort()).count()
+    }
+
+    fn idle_since(&self) -> Option<std::time::Instant> {
+        self.idle.lock().unwrap().senders.front().map(|idle| idle.since.into_std())
+    }
+}
+
+impl Drop for Http1Pool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.senders.len());
+        self.connector.limits.idle_removed(idle);
     }
 }
 
