@@ -403,8 +403,7 @@ impl Limits {
         // client needs a descriptor for itself and one for its upstream;
         // idle pooled connections give way (they close within moments: the
         // reserve covers the overlap), busy upstream sockets do not
-        let max = self.descriptors.connection_budget * 2;
-        let in_use = self.descriptors_in_use();
+        let (max, in_use) = (self.descriptors_for_connections(), self.descriptors_in_use());
         if in_use + 2 > max && in_use + 2 - self.close_idle_upstreams(in_use + 2 - max) > max {
             return Err(Refused::Descriptors { in_use });
         }
@@ -416,6 +415,12 @@ impl Limits {
 
     pub fn open_connections(&self) -> usize {
         self.admission.open.load(Ordering::Relaxed)
+    }
+
+    /// The descriptors client and upstream sockets may take together: all
+    /// but the reserve.
+    fn descriptors_for_connections(&self) -> usize {
+        self.descriptors.connection_budget * 2
     }
 
     /// Client and upstream sockets open.
@@ -487,7 +492,7 @@ impl Limits {
     /// connection budget, so the reserve (admin API, listeners, DNS, files)
     /// is never spent on upstreams, whoever asks for them.
     pub fn upstream_slot(self: &Arc<Self>) -> Result<UpstreamSlot, NoUpstreamSlot> {
-        let max = self.descriptors.connection_budget * 2;
+        let max = self.descriptors_for_connections();
         let taken = self.admission.upstream.fetch_add(1, Ordering::Relaxed);
         let open = self.admission.open.load(Ordering::Relaxed) + taken;
         if open >= max {
@@ -765,7 +770,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.2:1".parse().unwrap();
         let client = state.admit(&config, &per, &listener, &Identity::reserved(reserved::HOST), peer).unwrap();
         // one client's HTTP/2 streams may take what is left, and no more
-        let max = state.descriptors.connection_budget * 2;
+        let max = state.descriptors_for_connections();
         let mut slots: Vec<_> = (1..max).map(|_| state.upstream_slot().unwrap()).collect();
         let full = state.upstream_slot().unwrap_err();
         assert_eq!(full.open, max);
@@ -821,7 +826,7 @@ mod tests {
         state.idle_added(6);
         let host = Identity::reserved(reserved::HOST);
         let _client = state.admit(&config, &per, &listener, &host, peer).unwrap();
-        let max = state.descriptors.connection_budget * 2;
+        let max = state.descriptors_for_connections();
         let _slots: Vec<_> = (1..max - 1).map(|_| state.upstream_slot().unwrap()).collect();
         // one descriptor left: a client needs two
         assert!(matches!(state.admit(&config, &per, &listener, &host, peer), Err(Refused::Identity { .. })));

@@ -138,9 +138,8 @@ impl Connection {
 
     /// The first snapshot and the upstream connection; `None` when the
     /// connection was dropped by policy or the upstream could not be reached
-    /// (a flow record says which).
-    /// The upstream comes with its descriptor slot: keep it while the
-    /// upstream socket lives.
+    /// (a flow record says which). The upstream comes with its descriptor
+    /// slot: keep it while the upstream socket lives.
     pub async fn open(
         &self,
         open: &OpenConnection,

@@ -383,10 +383,8 @@ impl HttpConnection {
         let listener_config = &flight.snap.listener.config;
         // no authority (HTTP/1.0 without Host, HTTP/2 without :authority):
         // the upstream is sent its own address as Host, so rules judge that
-        let authority = match authority.is_empty() {
-            true => normalize_authority(&listener_config.upstream.to_string(), self.scheme),
-            false => normalize_authority(&authority, self.scheme),
-        };
+        let named = if authority.is_empty() { listener_config.upstream.to_string() } else { authority };
+        let authority = normalize_authority(&named, self.scheme);
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
@@ -405,7 +403,8 @@ impl HttpConnection {
         // a draining weir switches nothing: a WebSocket would pin it until
         // the drain ends; refused the switch, the client comes back to the new one
         let upgrade = upgrade_asked(&parts, &body, &flight.snap.listener.config).filter(|_| !self.is_draining());
-        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts.headers)) {
+        let checked = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts));
+        if let Err(why) = checked {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
         if parts.version == Version::HTTP_2 {
@@ -473,7 +472,7 @@ impl HttpConnection {
         flight.trace().http.path = target.clone();
         flight.trace().http.host = target.clone();
         let (mut parts, body) = request.into_parts();
-        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts.headers)) {
+        if let Err(why) = strip_hop_by_hop(&mut parts.headers).and_then(|()| check_request_headers(&parts)) {
             return Err(refuse(Request::from_parts(parts, body), why));
         }
         let upgrade = Some(UpgradeRequest {
@@ -745,13 +744,12 @@ impl HttpConnection {
             UpstreamProtocol::Http2 => true,
         };
         // never empty: `check` judged the upstream's address where the client named none
-        let authority_for_uri = authority;
         let connect = parts.method == Method::CONNECT;
         let uri = if connect {
             // authority-form, as the client sent it (checked: host:port)
-            Uri::builder().authority(authority_for_uri.as_str()).build()
+            Uri::builder().authority(authority.as_str()).build()
         } else {
-            Uri::builder().scheme("http").authority(authority_for_uri.as_str()).path_and_query(path_and_query).build()
+            Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(path_and_query).build()
         };
         let uri = match uri {
             Ok(uri) => uri,
@@ -773,7 +771,7 @@ impl HttpConnection {
             // origin-form (a CONNECT's authority-form): the authority goes in Host
             parts.uri = if connect { uri } else { uri.path_and_query().cloned().map_or(uri, Uri::from) };
             parts.version = Version::HTTP_11;
-            if let Ok(host) = HeaderValue::from_str(&authority_for_uri) {
+            if let Ok(host) = HeaderValue::from_str(&authority) {
                 parts.headers.insert(header::HOST, host);
             }
         }
@@ -1038,13 +1036,15 @@ fn filter_visible(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &He
 
 /// Filters read header values as text: refuse anything else.
 pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), String> {
-    for (name, value) in filter_visible(headers) {
-        let bytes = value.as_bytes();
-        if std::str::from_utf8(bytes).is_err() || bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
-            return Err(format!("header {name} has bytes that are not text"));
-        }
+    match filter_visible(headers).find(|(_, value)| !is_text(value)) {
+        Some((name, _)) => Err(format!("header {name} has bytes that are not text")),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn is_text(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    std::str::from_utf8(bytes).is_ok() && !bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t')
 }
 
 /// A request's headers as an HTTP/1.1 upstream will read them: names that
@@ -1052,17 +1052,21 @@ pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), String> {
 /// from HTTP/2, which an HTTP/1.1 server drops or refuses), and values
 /// without leading or trailing blanks (RFC 9113 §8.2.1: HTTP/1.1 readers
 /// trim them, so a filter would judge `"1 "` where the upstream reads `1`).
-/// HTTP/1 requests pass by construction: httparse reads tokens and trims.
-fn check_request_headers(headers: &HeaderMap) -> Result<(), String> {
-    check_headers(headers)?;
-    for (name, value) in headers {
+/// HTTP/1 requests hold to both by construction (httparse reads tokens and
+/// trims values): for them only [`check_headers`] runs.
+fn check_request_headers(parts: &http::request::Parts) -> Result<(), String> {
+    if parts.version < Version::HTTP_2 {
+        return check_headers(&parts.headers);
+    }
+    let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    for (name, value) in &parts.headers {
+        if *name != header::HOST && !is_text(value) {
+            return Err(format!("header {name} has bytes that are not text"));
+        }
         if !name.as_str().bytes().all(is_tchar) {
             return Err(format!("header name {:?} is not a token", name.as_str()));
         }
-        let bytes = value.as_bytes();
-        if bytes.first().is_some_and(|b| *b == b' ' || *b == b'\t')
-            || bytes.last().is_some_and(|b| *b == b' ' || *b == b'\t')
-        {
+        if blank(value.as_bytes().first()) || blank(value.as_bytes().last()) {
             return Err(format!("header {name} has blanks around its value"));
         }
     }
@@ -1428,12 +1432,17 @@ mod tests {
             }
             h
         };
+        let h2_head = |pairs: &[(&str, &str)]| {
+            let (mut parts, ()) = Request::builder().version(Version::HTTP_2).body(()).unwrap().into_parts();
+            parts.headers = headers(pairs);
+            parts
+        };
         for value in ["reader ", "\treader", " reader", "reader\t"] {
-            assert!(check_request_headers(&headers(&[("x-role", value)])).is_err(), "{value:?}");
+            assert!(check_request_headers(&h2_head(&[("x-role", value)])).is_err(), "{value:?}");
         }
-        assert!(check_request_headers(&headers(&[("x-role", "a reader")])).is_ok(), "blanks inside are text");
-        assert!(check_request_headers(&headers(&[("x\"role", "reader")])).is_err(), "not a token");
-        assert!(check_request_headers(&headers(&[("x-role", "")])).is_ok(), "empty values are values");
+        assert!(check_request_headers(&h2_head(&[("x-role", "a reader")])).is_ok(), "blanks inside are text");
+        assert!(check_request_headers(&h2_head(&[("x\"role", "reader")])).is_err(), "not a token");
+        assert!(check_request_headers(&h2_head(&[("x-role", "")])).is_ok(), "empty values are values");
 
         let mut crumbs = headers(&[("cookie", "a=1"), ("x-other", "1"), ("cookie", "b=2"), ("cookie", "c=3")]);
         join_cookie_crumbs(&mut crumbs);

@@ -218,19 +218,18 @@ pub struct Http1Pool {
 struct Idle {
     /// Ready connections, the most recently used last (taken first: warm
     /// connections stay warm, the oldest expire).
-    senders: VecDeque<IdleSender>,
+    connections: VecDeque<IdleConnection>,
     swept: bool,
 }
 
-struct IdleSender {
-    sender: Pooled,
+struct IdleConnection {
+    connection: Pooled,
     since: Instant,
 }
 
 /// A connection of the pool: what sends on it, and the task that drives
-/// it (hyper's side). Dropping the sender ends an idle connection only when
-/// its task next runs, so one closed for room is ended through its task.
-pub struct Pooled {
+/// it (hyper's side), through which one closed for room is ended at once.
+struct Pooled {
     sender: http1::SendRequest<TrackedBody>,
     task: tokio::task::AbortHandle,
 }
@@ -273,7 +272,7 @@ impl UpstreamError {
 /// body has ended (`give_back`), closed when dropped instead.
 pub struct Checkin {
     pool: Weak<Http1Pool>,
-    sender: Pooled,
+    connection: Pooled,
 }
 
 impl Checkin {
@@ -281,23 +280,23 @@ impl Checkin {
     /// once hyper says so (never after `Connection: close`, a 101, or a
     /// response that ended with the connection).
     pub fn give_back(mut self) {
-        if self.sender.sender.is_ready() {
+        if self.connection.sender.is_ready() {
             if let Some(pool) = self.pool.upgrade() {
-                pool.put(self.sender);
+                pool.put(self.connection);
             }
             return;
         }
-        if self.sender.sender.is_closed() {
+        if self.connection.sender.is_closed() {
             return;
         }
         // the request body may still be on its way (the upstream answered
         // early): wait for it off the request's path, for a while
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, self.sender.sender.ready()).await
+            if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, self.connection.sender.ready()).await
                 && let Some(pool) = self.pool.upgrade()
             {
-                pool.put(self.sender);
+                pool.put(self.connection);
             }
         });
     }
@@ -317,9 +316,9 @@ impl Http1Pool {
         request: Request<TrackedBody>,
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
         let mut request = request;
-        if let Some(mut sender) = self.take() {
-            match sender.sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
+        if let Some(mut connection) = self.take() {
+            match connection.sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Checkin { pool: Arc::downgrade(self), connection })),
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(UpstreamError::Http(failed.into_error())),
@@ -334,42 +333,57 @@ impl Http1Pool {
         self: &Arc<Self>,
         request: Request<TrackedBody>,
     ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
-        let mut sender = self.connect().await?;
-        match sender.sender.send_request(request).await {
-            Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), sender })),
+        let mut connection = self.connect().await?;
+        match connection.sender.send_request(request).await {
+            Ok(response) => Ok((response, Checkin { pool: Arc::downgrade(self), connection })),
             Err(e) => Err(UpstreamError::Http(e)),
         }
     }
 
-    /// The most recently used connection still open, if any.
-    fn take(&self) -> Option<Pooled> {
+    /// Change the idle connections under their lock; the process's count
+    /// of idle connections (`Limits`) follows what the change did.
+    fn change_idle<R>(&self, change: impl FnOnce(&mut Idle) -> R) -> R {
         let mut idle = self.idle.lock().unwrap();
-        while let Some(IdleSender { sender, since }) = idle.senders.pop_back() {
-            self.connector.limits.idle_removed(1);
-            if sender.sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(sender);
-            }
+        let before = idle.connections.len();
+        let out = change(&mut idle);
+        let after = idle.connections.len();
+        let limits = &self.connector.limits;
+        if after > before {
+            limits.idle_added(after - before);
+        } else if after < before {
+            limits.idle_removed(before - after);
         }
-        None
+        out
     }
 
-    fn put(self: &Arc<Self>, sender: Pooled) {
-        let mut idle = self.idle.lock().unwrap();
-        idle.senders.push_back(IdleSender { sender, since: Instant::now() });
-        self.connector.limits.idle_added(1);
-        // past the bound, the oldest goes (dropped: closed); the expired
-        // ones are the sweeper's
-        if idle.senders.len() > POOL_MAX_IDLE {
-            idle.senders.pop_front();
-            self.connector.limits.idle_removed(1);
-        }
-        // a pool that goes quiet must still close what expires in it
-        if !idle.swept
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            idle.swept = true;
-            runtime.spawn(Self::sweep(Arc::downgrade(self)));
-        }
+    /// The most recently used connection still open, if any.
+    fn take(&self) -> Option<Pooled> {
+        self.change_idle(|idle| {
+            while let Some(IdleConnection { connection, since }) = idle.connections.pop_back() {
+                if connection.sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                    return Some(connection);
+                }
+            }
+            None
+        })
+    }
+
+    fn put(self: &Arc<Self>, connection: Pooled) {
+        self.change_idle(|idle| {
+            idle.connections.push_back(IdleConnection { connection, since: Instant::now() });
+            // past the bound, the oldest goes (dropped: closed); the expired
+            // ones are the sweeper's
+            if idle.connections.len() > POOL_MAX_IDLE {
+                idle.connections.pop_front();
+            }
+            // a pool that goes quiet must still close what expires in it
+            if !idle.swept
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                idle.swept = true;
+                runtime.spawn(Self::sweep(Arc::downgrade(self)));
+            }
+        })
     }
 
     /// Close expired and closed idle connections every `POOL_SWEEP_EVERY`
@@ -379,12 +393,12 @@ impl Http1Pool {
         loop {
             tokio::time::sleep(POOL_SWEEP_EVERY).await;
             let Some(pool) = pool.upgrade() else { return };
-            let mut idle = pool.idle.lock().unwrap();
-            let before = idle.senders.len();
-            idle.senders.retain(|s| !s.sender.sender.is_closed() && s.since.elapsed() < POOL_IDLE_TIMEOUT);
-            pool.connector.limits.idle_removed(before - idle.senders.len());
-            if idle.senders.is_empty() {
-                idle.swept = false;
+            let emptied = pool.change_idle(|idle| {
+                idle.connections.retain(|c| !c.connection.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT);
+                idle.swept = !idle.connections.is_empty();
+                !idle.swept
+            });
+            if emptied {
                 return;
             }
         }
@@ -406,27 +420,27 @@ impl Http1Pool {
     /// Idle connections held now.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().senders.len()
+        self.idle.lock().unwrap().connections.len()
     }
 }
 
 impl IdleUpstreams for Http1Pool {
     fn close_idle(&self, n: usize) -> usize {
-        let mut idle = self.idle.lock().unwrap();
-        let n = n.min(idle.senders.len());
-        self.connector.limits.idle_removed(n);
-        // the longest idle first, ended now: its descriptor is wanted
-        idle.senders.drain(..n).map(|idle| idle.sender.task.abort()).count()
+        self.change_idle(|idle| {
+            let n = n.min(idle.connections.len());
+            // the longest idle first, ended now: its descriptor is wanted
+            idle.connections.drain(..n).map(|idle| idle.connection.task.abort()).count()
+        })
     }
 
     fn idle_since(&self) -> Option<std::time::Instant> {
-        self.idle.lock().unwrap().senders.front().map(|idle| idle.since.into_std())
+        self.idle.lock().unwrap().connections.front().map(|idle| idle.since.into_std())
     }
 }
 
 impl Drop for Http1Pool {
     fn drop(&mut self) {
-        let idle = self.idle.get_mut().map_or(0, |idle| idle.senders.len());
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.connections.len());
         self.connector.limits.idle_removed(idle);
     }
 }
