@@ -24,7 +24,6 @@ use crate::engines::connection::Decision;
 use crate::engines::state::ProxyState;
 use crate::model::{ConnectionVerdict, FilterChain};
 use crate::observe::flow::{FlowDetail, FlowRecord, HttpFlow, Verdict};
-use crate::observe::metrics::{ProtocolLabels, RequestLabels};
 use crate::policy::L4Protocol;
 use crate::wasm::{FilterFailure, http as wit, request_head_line};
 
@@ -384,7 +383,7 @@ impl HttpConnection {
         // no authority (HTTP/1.0 without Host, HTTP/2 without :authority):
         // the upstream is sent its own address as Host, so rules judge that
         let named = if authority.is_empty() { listener_config.upstream.to_string() } else { authority };
-        let authority = normalize_authority(&named, self.scheme);
+        let authority = normalize_authority(named, self.scheme);
         let path = match normalize_path(
             request.uri().path(),
             listener_config.escaped_slashes,
@@ -889,10 +888,7 @@ impl HttpConnection {
         };
         // a relay's end is no request (its upgrade request was counted)
         if trace.http.tunnel.is_none() {
-            let metrics = &self.state.metrics;
-            metrics.requests.get_or_create(&RequestLabels { protocol: "http", verdict: verdict.as_str() }).inc();
-            let duration = metrics.request_duration.get_or_create(&ProtocolLabels { protocol: "http" });
-            duration.observe(elapsed.as_secs_f64());
+            self.state.metrics.http_request(verdict.as_str(), elapsed);
         }
         let policies = match &*snap.verdict {
             ConnectionVerdict::Forward(chain) => chain.allowed_by.clone(),
@@ -928,7 +924,7 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
     request
         .uri()
         .authority()
-        .map(|a| a.to_string())
+        .map(|a| a.as_str().to_owned())
         .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
 }
 
@@ -990,33 +986,44 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
 /// The authority as rules match it and the upstream receives it: host in
 /// lower case without a trailing dot, and no port when it is the scheme's
 /// default (RFC 3986 §6.2.2-6.2.3), so `API.Example.:80` is `api.example`.
-fn normalize_authority(authority: &str, scheme: &str) -> String {
-    let authority = authority.to_ascii_lowercase();
-    let (host, port) = match authority.strip_prefix('[') {
-        // an IPv6 literal: the port follows the `]`
-        Some(_) => match authority.find(']') {
-            Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
-            None => return authority,
-        },
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority.as_str(), None),
-        },
+fn normalize_authority(authority: String, scheme: &str) -> String {
+    let mut authority = authority;
+    authority.make_ascii_lowercase();
+    // `None`: the lower-cased authority is already in its normal form
+    // (most are), and is given back as it is
+    let normalized = {
+        let (host, port) = match authority.strip_prefix('[') {
+            // an IPv6 literal: the port follows the `]`
+            Some(_) => match authority.find(']') {
+                Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+                None => return authority,
+            },
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority.as_str(), None),
+            },
+        };
+        let host = match host.strip_suffix('.') {
+            Some(stripped) if !stripped.is_empty() && !host.starts_with('[') => stripped,
+            _ => host,
+        };
+        let unchanged = |port: &str| host.len() + 1 + port.len() == authority.len();
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        match port {
+            None if host.len() == authority.len() => None,
+            None | Some("") => Some(host.to_string()),
+            Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => match port.parse::<u16>() {
+                Ok(p) if p == default_port => Some(host.to_string()),
+                Ok(_) if unchanged(port) && (port.len() == 1 || !port.starts_with('0')) => None,
+                Ok(p) => Some(format!("{host}:{p}")),
+                Err(_) if unchanged(port) => None,
+                Err(_) => Some(format!("{host}:{port}")),
+            },
+            Some(port) if unchanged(port) => None,
+            Some(port) => Some(format!("{host}:{port}")),
+        }
     };
-    let host = match host.strip_suffix('.') {
-        Some(stripped) if !stripped.is_empty() && !host.starts_with('[') => stripped,
-        _ => host,
-    };
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    match port {
-        None | Some("") => host.to_string(),
-        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => match port.parse::<u16>() {
-            Ok(p) if p == default_port => host.to_string(),
-            Ok(p) => format!("{host}:{p}"),
-            Err(_) => format!("{host}:{port}"),
-        },
-        Some(port) => format!("{host}:{port}"),
-    }
+    normalized.unwrap_or(authority)
 }
 
 /// Headers as the filters see them: `name: value\n`, Host left out (it is
@@ -1241,8 +1248,15 @@ fn connection_options(headers: &HeaderMap) -> Result<Vec<HeaderName>, String> {
     for value in headers.get_all(header::CONNECTION) {
         let value = value.to_str().map_err(|_| "Connection header is not text".to_string())?;
         for option in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            let name = HeaderName::from_bytes(option.as_bytes())
-                .map_err(|_| format!("Connection header names {option:?}, not a header name"))?;
+            // the two options nearly every head carries, without parsing them
+            let name = if option.eq_ignore_ascii_case("keep-alive") {
+                KEEP_ALIVE
+            } else if option.eq_ignore_ascii_case("close") {
+                CLOSE
+            } else {
+                HeaderName::from_bytes(option.as_bytes())
+                    .map_err(|_| format!("Connection header names {option:?}, not a header name"))?
+            };
             if END_TO_END.contains(&name) {
                 return Err(format!("Connection header names the end-to-end header {name}"));
             }
@@ -1252,15 +1266,22 @@ fn connection_options(headers: &HeaderMap) -> Result<Vec<HeaderName>, String> {
     Ok(listed)
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Connection: close` names a header `close` too (RFC 9110 §7.6.1).
+const CLOSE: HeaderName = HeaderName::from_static("close");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 fn remove_hop_by_hop(headers: &mut HeaderMap, listed: Vec<HeaderName>) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
+    // found in one look over the names: removing a name that is absent
+    // (most heads have none of these) still hashes it
+    let fixed = [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, KEEP_ALIVE, PROXY_CONNECTION];
+    let present: Vec<HeaderName> = headers.keys().filter(|name| fixed.contains(name)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     // TE: only "trailers" may cross (gRPC needs it)
     if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         headers.remove(header::TE);
@@ -1401,9 +1422,18 @@ mod tests {
             ("[::1]:80", "http", "[::1]"),
             ("[::1]:8080", "http", "[::1]:8080"),
             ("10.0.0.1.:80", "http", "10.0.0.1"),
+            ("api.example.:8080", "http", "api.example:8080"),
+            ("api.example:08080", "http", "api.example:8080"),
+            ("api.example:0", "http", "api.example:0"),
+            ("api.example:99999", "http", "api.example:99999"),
+            ("api.example.:99999", "http", "api.example:99999"),
+            ("api.example:x1", "http", "api.example:x1"),
+            ("API.example.:x1", "http", "api.example:x1"),
+            ("[::1]", "http", "[::1]"),
+            ("[::1", "http", "[::1"),
             ("", "http", ""),
         ] {
-            assert_eq!(normalize_authority(given, scheme), want, "{given} ({scheme})");
+            assert_eq!(normalize_authority(given.to_string(), scheme), want, "{given} ({scheme})");
         }
     }
 
