@@ -37,7 +37,7 @@ fi
 
 packages=(curl nginx haproxy nghttp2-client wrk iperf3 ncat iptables bpftool iproute2
   unbound bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base kcat memcached tinyproxy-bin
-  buildah chromium fonts-dejavu-core)
+  buildah chromium fonts-dejavu-core valgrind)
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   log "rustup has wasm32-unknown-unknown: filters build with it"
 else
