@@ -720,6 +720,66 @@ fn upstream_connections_are_reused_only_when_they_can_be() {
     assert_eq!(old.accepted(), 3);
 }
 
+#[test]
+fn an_upload_the_upstream_answers_early_goes_on_while_the_client_reads_nothing() {
+    use std::io::Read;
+    // An upstream (a stand-in on threads) that answers as soon as it has the
+    // head, with a body larger than the sockets between hold, and reads the
+    // upload meanwhile; a client that sends all of its body before reading
+    // a byte. The upload must go on though nobody reads the answer yet.
+    const UPLOAD: usize = 32 << 20;
+    const ANSWER: usize = 32 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (received_tx, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let mut writer = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = writer.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n").as_bytes());
+            let _ = writer.write_all(&vec![b'a'; ANSWER]);
+        });
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < UPLOAD {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        let _ = received_tx.send(got);
+        // the connection stays open until the answer is out
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let port = free_port();
+    let _weir = Weir::start(&config(upstream, port, "", ""), &[("web.yaml", WEB_POLICY)]);
+    let mut client = connect_from(FRONTEND, format!("127.0.0.1:{port}").parse().unwrap());
+    client.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!("POST /echo-body HTTP/1.1\r\nHost: web\r\nContent-Length: {UPLOAD}\r\n\r\n");
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(&vec![b'u'; UPLOAD]).expect("the whole upload is taken though the answer is not read");
+    assert_eq!(received.recv_timeout(Duration::from_secs(20)), Ok(UPLOAD), "the upstream got all of it");
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let body_read = |answer: &[u8]| answer.windows(4).position(|w| w == b"\r\n\r\n").map(|end| answer.len() - end - 4);
+    while body_read(&answer).is_none_or(|n| n < ANSWER) {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("an answer head");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..end]));
+    assert_eq!(answer.len() - end - 4, ANSWER, "all of the answer");
+}
+
 /// `count` requests one after another, each on a new client connection,
 /// each answered `ok` by the upstream.
 fn requests_answered_ok(port: u16, count: usize) {
