@@ -1276,10 +1276,17 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, listed: Vec<HeaderName>) {
         headers.remove(name);
     }
     // found in one look over the names: removing a name that is absent
-    // (most heads have none of these) still hashes it
+    // (most heads have none of these) still hashes it. Removed in this
+    // order whatever the head's: a removal moves the map's last entry into
+    // the gap, so the order of what is left depends on it.
     let fixed = [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, KEEP_ALIVE, PROXY_CONNECTION];
-    let present: Vec<HeaderName> = headers.keys().filter(|name| fixed.contains(name)).cloned().collect();
-    for name in present {
+    let mut present = [false; 5];
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| f == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in fixed.into_iter().zip(present).filter(|(_, present)| *present) {
         headers.remove(name);
     }
     // TE: only "trailers" may cross (gRPC needs it)
@@ -1352,6 +1359,23 @@ mod tests {
         grpc.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut grpc).unwrap();
         assert!(grpc.contains_key(header::TE));
+
+        // what is left is in the order that removing every fixed name in
+        // a fixed order leaves (a removal moves the last entry into the gap)
+        let names = ["keep-alive", "upgrade", "proxy-connection", "x-a", "x-b", "x-c"];
+        for rotation in 0..names.len() {
+            let mut head = HeaderMap::new();
+            for name in names.iter().cycle().skip(rotation).take(names.len()) {
+                head.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            }
+            let mut expected = head.clone();
+            for name in ["connection", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"] {
+                expected.remove(name);
+            }
+            strip_hop_by_hop(&mut head).unwrap();
+            let order = |h: &HeaderMap| h.keys().map(HeaderName::to_string).collect::<Vec<_>>();
+            assert_eq!(order(&head), order(&expected), "rotation {rotation}");
+        }
     }
 
     #[test]
