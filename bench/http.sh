@@ -19,6 +19,7 @@
 # made one request each and then idle: the resident memory each costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
@@ -72,19 +73,6 @@ done
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-# The part of an nginx.conf every instance here shares: one worker, its files
-# in its own directory, no logs, unlimited keep-alive. $1: the directory.
-nginx_preamble() {
-  cat <<CONF
-daemon off; worker_processes ${2:-1}; user root; error_log $1/error.log; pid $1/nginx.pid;
-events { worker_connections 16384; }
-http {
-  access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
-  fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;
-  keepalive_requests 1000000;
-CONF
-}
-
 # --- upstream: a static nginx answering every path, HTTP/1.1 and h2c ----------
 mkdir -p "$work/up"
 { nginx_preamble "$work/up"; cat <<CONF
@@ -121,48 +109,11 @@ WEIR_LOG=warn taskset -c $PROXY_CPU "$WEIR" run --config "$work/weir" & pids+=($
 
 # --- nginx as a proxy with the same rules --------------------------------------
 mkdir -p "$work/nginx"
-{ nginx_preamble "$work/nginx" "$WORKERS"; cat <<CONF
-  upstream up { server 127.0.0.1:$UP_H1; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_H1; listen 127.0.0.1:$NGINX_H2 http2;
-    proxy_http_version 1.1; proxy_set_header Connection "";
-    location ~ ^/public/ { limit_except GET { deny all; } proxy_pass http://up; }
-    location = /api/orders {
-      if (\$http_content_type != "application/json") { return 403 "Access denied\r\n"; }
-      limit_except POST { deny all; }
-      proxy_pass http://up;
-    }
-    location / { return 403 "Access denied\r\n"; }
-  }
-}
-CONF
-} > "$work/nginx/nginx.conf"
+{ nginx_preamble "$work/nginx" "$WORKERS"; nginx_rules $NGINX_H1 $NGINX_H2 $UP_H1; } > "$work/nginx/nginx.conf"
 taskset -c $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
 
 # --- HAProxy with the same rules -------------------------------------------------
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread $WORKERS
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend web
-  bind 127.0.0.1:$HAPROXY_H1
-  bind 127.0.0.1:$HAPROXY_H2 proto h2
-  acl public path_reg ^/public/.*$
-  acl get method GET
-  acl orders path /api/orders
-  acl post method POST
-  acl json req.hdr(content-type) -m str application/json
-  http-request deny deny_status 403 unless public get or orders post json
-  default_backend up
-backend up
-  server up 127.0.0.1:$UP_H1
-CONF
+haproxy_rules "$WORKERS" $HAPROXY_H1 $HAPROXY_H2 $UP_H1 > "$work/haproxy.cfg"
 taskset -c $PROXY_CPU haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 
 # --- Envoy, with the rules as routes, and with them in a proxy-wasm filter -----

@@ -20,18 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-3000}
-scripts/setup.sh
-if [ -z "${WEIR_BIN:-}" ]; then cargo build --locked --release --bin weir 2>&1 | tail -1; fi
-WEIR=${WEIR_BIN:-$PWD/target/release/weir}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/lib.sh
+bench_start
 
 UP_H1=18200 UP_H2=18201
 WEIR_POLICY=18210 WEIR_OPEN=18211 WEIR_ADMIN=18219
@@ -44,17 +34,6 @@ wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 # counting starts off: start-up (weir compiling its filters) is not counted
 callgrind() { exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/$1.%p.out" "${@:2}"; }
 
-nginx_preamble() {
-  cat <<CONF
-daemon off; master_process off; worker_processes 1; user root; error_log $1/error.log; pid $1/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
-  fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;
-  keepalive_requests 1000000;
-CONF
-}
-
 # the upstream, natively: only the proxies are counted
 mkdir -p "$work/up"
 { nginx_preamble "$work/up"; cat <<CONF
@@ -64,8 +43,7 @@ CONF
 } > "$work/up/nginx.conf"
 nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 
-mkdir -p "$work/weir/policies"
-cat > "$work/weir/weir.yaml" <<CONF
+cat > "$work/weir.yaml" <<CONF
 admin: 127.0.0.1:$WEIR_ADMIN
 workers: 1
 log_flows: false
@@ -86,53 +64,16 @@ listeners:
     upstream_protocol: http1
     destination: {labels: {app: unpoliced}, port: 80}
 CONF
-cp examples/quickstart/policies/demo-api.yaml "$work/weir/policies/"
-WEIR_LOG=warn callgrind weir "$WEIR" run --config "$work/weir" & pids+=($!)
+cp examples/quickstart/policies/demo-api.yaml "$work/policies/"
+WEIR_LOG=warn callgrind weir "$WEIR" run --config "$work" & pids+=($!)
 weir_pid=$!
 
 mkdir -p "$work/nginx"
-{ nginx_preamble "$work/nginx"; cat <<CONF
-  upstream up { server 127.0.0.1:$UP_H1; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_H1; listen 127.0.0.1:$NGINX_H2 http2;
-    proxy_http_version 1.1; proxy_set_header Connection "";
-    location ~ ^/public/ { limit_except GET { deny all; } proxy_pass http://up; }
-    location = /api/orders {
-      if (\$http_content_type != "application/json") { return 403 "Access denied\r\n"; }
-      limit_except POST { deny all; }
-      proxy_pass http://up;
-    }
-    location / { return 403 "Access denied\r\n"; }
-  }
-}
-CONF
-} > "$work/nginx/nginx.conf"
+{ nginx_preamble "$work/nginx" 1 "master_process off; "; nginx_rules $NGINX_H1 $NGINX_H2 $UP_H1; } > "$work/nginx/nginx.conf"
 callgrind nginx nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
 nginx_pid=$!
 
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend web
-  bind 127.0.0.1:$HAPROXY_H1
-  bind 127.0.0.1:$HAPROXY_H2 proto h2
-  acl public path_reg ^/public/.*$
-  acl get method GET
-  acl orders path /api/orders
-  acl post method POST
-  acl json req.hdr(content-type) -m str application/json
-  http-request deny deny_status 403 unless public get or orders post json
-  default_backend up
-backend up
-  server up 127.0.0.1:$UP_H1
-CONF
+haproxy_rules 1 $HAPROXY_H1 $HAPROXY_H2 $UP_H1 > "$work/haproxy.cfg"
 callgrind haproxy haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 haproxy_pid=$!
 
@@ -177,5 +118,4 @@ table=$(
   done
 )
 echo "$table"
-mkdir -p bench/results
 echo "$table" > "bench/results/instructions-$(date -u +%Y%m%dT%H%M%SZ).txt"

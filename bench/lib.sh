@@ -100,3 +100,67 @@ CONF
   taskset -c "$1" haproxy -f "$work/haproxy-$2.cfg" -db >"$work/haproxy-$2.log" 2>&1 &
   pids+=($!)
 }
+
+# The part of an nginx.conf every nginx of the HTTP benches shares: its
+# files in its own directory, no logs, unlimited keep-alive; the http {}
+# block is left open. $1 the directory, $2 workers (1), $3 more top-level
+# directives (`master_process off;` under valgrind).
+nginx_preamble() {
+  cat <<CONF
+daemon off; ${3:-}worker_processes ${2:-1}; user root; error_log $1/error.log; pid $1/nginx.pid;
+events { worker_connections 16384; }
+http {
+  access_log off; client_body_temp_path $1/b; proxy_temp_path $1/p;
+  fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;
+  keepalive_requests 1000000;
+CONF
+}
+
+# The quickstart's demo-api rules (GET /public/.*, POST /api/orders with
+# JSON, everything else 403) as nginx states them: the rest of the http {}
+# block of a proxy on ports $1 (HTTP/1.1) and $2 (h2c) to the upstream on $3.
+nginx_rules() {
+  cat <<CONF
+  upstream up { server 127.0.0.1:$3; keepalive 128; }
+  server {
+    listen 127.0.0.1:$1; listen 127.0.0.1:$2 http2;
+    proxy_http_version 1.1; proxy_set_header Connection "";
+    location ~ ^/public/ { limit_except GET { deny all; } proxy_pass http://up; }
+    location = /api/orders {
+      if (\$http_content_type != "application/json") { return 403 "Access denied\r\n"; }
+      limit_except POST { deny all; }
+      proxy_pass http://up;
+    }
+    location / { return 403 "Access denied\r\n"; }
+  }
+}
+CONF
+}
+
+# The same rules as HAProxy states them: a haproxy.cfg with $1 threads, on
+# ports $2 (HTTP/1.1) and $3 (h2c), to the upstream on $4.
+haproxy_rules() {
+  cat <<CONF
+global
+  nbthread $1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend web
+  bind 127.0.0.1:$2
+  bind 127.0.0.1:$3 proto h2
+  acl public path_reg ^/public/.*\$
+  acl get method GET
+  acl orders path /api/orders
+  acl post method POST
+  acl json req.hdr(content-type) -m str application/json
+  http-request deny deny_status 403 unless public get or orders post json
+  default_backend up
+backend up
+  server up 127.0.0.1:$4
+CONF
+}
