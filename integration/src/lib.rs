@@ -744,3 +744,53 @@ impl Memcached {
         Memcached { addr, _process: process }
     }
 }
+
+/// An upstream on a thread per connection that answers every request with
+/// `answer` and counts the connections it accepted; with
+/// `close_after_answer` it closes each connection after its first answer
+/// without saying so (as an upstream whose keep-alive timeout passed does).
+/// A stand-in: what it stands for is a server's connection handling, which
+/// the tests count, not what it serves.
+pub struct CountingUpstream {
+    pub addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    pub fn start(answer: &'static [u8], close_after_answer: bool) -> CountingUpstream {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        // requests without bodies: each ends at its blank line
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            if stream.write_all(answer).is_err() || close_after_answer {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        CountingUpstream { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

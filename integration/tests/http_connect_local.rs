@@ -224,50 +224,26 @@ fn a_policy_change_closes_a_tunnel_it_no_longer_allows() {
 
 #[test]
 fn a_connect_the_forward_proxy_refuses_leaves_its_connection_to_no_other_request() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    // A forward proxy (a stand-in on threads) that refuses everything with
-    // 407 and keeps each connection open, as one asking for credentials
-    // does: the connection it refused a CONNECT on may hold per-connection
-    // state (the authentication exchange), so no other request may use it.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let forward_proxy = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let (mut pending, mut buf) = (Vec::new(), [0u8; 4096]);
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let refused = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
-                            Proxy-Authenticate: Basic realm=\"egress\"\r\nContent-Length: 0\r\n\r\n";
-                        if stream.write_all(refused).is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
+    // A forward proxy (a stand-in) that refuses everything with 407 and
+    // keeps each connection open, as one asking for credentials does: the
+    // connection it refused a CONNECT on may hold per-connection state (the
+    // authentication exchange), so no other request may use it.
+    let forward_proxy = CountingUpstream::start(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+          Proxy-Authenticate: Basic realm=\"egress\"\r\nContent-Length: 0\r\n\r\n",
+        false,
+    );
     let (port, open_port) = (free_port(), free_port());
     let target = "127.0.0.1:9443";
-    let _weir = Weir::start(&config(forward_proxy, port, open_port), &[("egress.yaml", &policy(target))]);
+    let _weir = Weir::start(&config(forward_proxy.addr, port, open_port), &[("egress.yaml", &policy(target))]);
     let weir_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let answer = raw_exchange(FRONTEND, weir_addr, connect_request(target).as_bytes(), Duration::from_secs(1));
     assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(forward_proxy.accepted(), 1);
     // a plain request after it, from another client: a new connection
     for i in 0..2 {
         let got = curl_from(FRONTEND, &[&format!("http://127.0.0.1:{port}/public/{i}")]);
         assert_eq!(got.status, 407, "{got:?}");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the refused CONNECT's connection was not lent to the GETs");
+    assert_eq!(forward_proxy.accepted(), 2, "the refused CONNECT's connection was not lent to the GETs");
 }

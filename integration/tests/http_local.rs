@@ -644,54 +644,6 @@ fn an_unreachable_upstream_answers_503_with_a_flow() {
     assert!(flow.reason.unwrap().contains("upstream connect failed"));
 }
 
-/// An upstream on a thread per connection that answers every request with
-/// `answer` and counts the connections it accepted; with
-/// `close_after_answer` it closes each connection after its first answer
-/// without saying so (as an upstream whose keep-alive timeout passed does).
-struct CountingUpstream {
-    addr: SocketAddr,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl CountingUpstream {
-    fn start(answer: &'static [u8], close_after_answer: bool) -> CountingUpstream {
-        use std::io::Read;
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                counted.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let mut pending = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        // requests without bodies: each ends at its blank line
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            if stream.write_all(answer).is_err() || close_after_answer {
-                                return;
-                            }
-                        }
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        CountingUpstream { addr, accepted }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn upstream_connections_are_reused_only_when_they_can_be() {
     // weir keeps its HTTP/1.1 connections to the upstream open between
