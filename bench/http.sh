@@ -84,26 +84,7 @@ taskset -c $LOAD_CPU nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 
 # --- weir: the quickstart rules, and a listener no policy selects -------------
 mkdir -p "$work/weir/policies"
-cat > "$work/weir/weir.yaml" <<CONF
-admin: 127.0.0.1:$WEIR_ADMIN
-workers: $WORKERS
-log_flows: false
-filter_cache: $work/weir-cache
-limits: {max_connections_per_identity: 20000}
-endpoints:
-  - {name: load, address: 127.0.0.1, labels: {app: frontend}}
-listeners:
-  - name: demo-api
-    bind: 127.0.0.1:$WEIR_POLICY
-    upstream: 127.0.0.1:$UP_H1
-    upstream_protocol: http1
-    destination: {labels: {app: demo-api}, port: 80}
-  - name: open
-    bind: 127.0.0.1:$WEIR_OPEN
-    upstream: 127.0.0.1:$UP_H1
-    upstream_protocol: http1
-    destination: {labels: {app: unpoliced}, port: 80}
-CONF
+weir_rules_config $WEIR_ADMIN "$WORKERS" $WEIR_POLICY $WEIR_OPEN $UP_H1 > "$work/weir/weir.yaml"
 cp examples/quickstart/policies/demo-api.yaml "$work/weir/policies/"
 WEIR_LOG=warn taskset -c $PROXY_CPU "$WEIR" run --config "$work/weir" & pids+=($!)
 

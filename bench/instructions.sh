@@ -43,27 +43,8 @@ CONF
 } > "$work/up/nginx.conf"
 nginx -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 
-cat > "$work/weir.yaml" <<CONF
-admin: 127.0.0.1:$WEIR_ADMIN
-workers: 1
-log_flows: false
-filter_cache: $work/weir-cache
 # the filter instances' address space must fit valgrind's
-limits: {max_connections_per_identity: 20000, filter_instances: 32}
-endpoints:
-  - {name: load, address: 127.0.0.1, labels: {app: frontend}}
-listeners:
-  - name: demo-api
-    bind: 127.0.0.1:$WEIR_POLICY
-    upstream: 127.0.0.1:$UP_H1
-    upstream_protocol: http1
-    destination: {labels: {app: demo-api}, port: 80}
-  - name: open
-    bind: 127.0.0.1:$WEIR_OPEN
-    upstream: 127.0.0.1:$UP_H1
-    upstream_protocol: http1
-    destination: {labels: {app: unpoliced}, port: 80}
-CONF
+weir_rules_config $WEIR_ADMIN 1 $WEIR_POLICY $WEIR_OPEN $UP_H1 ", filter_instances: 32" > "$work/weir.yaml"
 cp examples/quickstart/policies/demo-api.yaml "$work/policies/"
 WEIR_LOG=warn callgrind weir "$WEIR" run --config "$work" & pids+=($!)
 weir_pid=$!

@@ -164,3 +164,30 @@ backend up
   server up 127.0.0.1:$4
 CONF
 }
+
+# weir's side of the HTTP benches: admin API on port $1, $2 workers, the
+# quickstart's demo-api rules on a listener on $3 and a listener no policy
+# selects on $4, both to the upstream on $5; $6 more limits (", name: n").
+# The filter cache is in $work.
+weir_rules_config() {
+  cat <<CONF
+admin: 127.0.0.1:$1
+workers: $2
+log_flows: false
+filter_cache: $work/weir-cache
+limits: {max_connections_per_identity: 20000${6:-}}
+endpoints:
+  - {name: load, address: 127.0.0.1, labels: {app: frontend}}
+listeners:
+  - name: demo-api
+    bind: 127.0.0.1:$3
+    upstream: 127.0.0.1:$5
+    upstream_protocol: http1
+    destination: {labels: {app: demo-api}, port: 80}
+  - name: open
+    bind: 127.0.0.1:$4
+    upstream: 127.0.0.1:$5
+    upstream_protocol: http1
+    destination: {labels: {app: unpoliced}, port: 80}
+CONF
+}

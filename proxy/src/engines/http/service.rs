@@ -986,11 +986,8 @@ fn check_request<B>(request: &Request<B>) -> Result<String, String> {
 /// The authority as rules match it and the upstream receives it: host in
 /// lower case without a trailing dot, and no port when it is the scheme's
 /// default (RFC 3986 §6.2.2-6.2.3), so `API.Example.:80` is `api.example`.
-fn normalize_authority(authority: String, scheme: &str) -> String {
-    let mut authority = authority;
+fn normalize_authority(mut authority: String, scheme: &str) -> String {
     authority.make_ascii_lowercase();
-    // `None`: the lower-cased authority is already in its normal form
-    // (most are), and is given back as it is
     let normalized = {
         let (host, port) = match authority.strip_prefix('[') {
             // an IPv6 literal: the port follows the `]`
@@ -1007,20 +1004,23 @@ fn normalize_authority(authority: String, scheme: &str) -> String {
             Some(stripped) if !stripped.is_empty() && !host.starts_with('[') => stripped,
             _ => host,
         };
-        let unchanged = |port: &str| host.len() + 1 + port.len() == authority.len();
         let default_port = if scheme == "https" { 443 } else { 80 };
-        match port {
-            None if host.len() == authority.len() => None,
-            None | Some("") => Some(host.to_string()),
+        // the port as it stays: a number without its leading zeros
+        let port = match port {
+            None | Some("") => None,
             Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => match port.parse::<u16>() {
-                Ok(p) if p == default_port => Some(host.to_string()),
-                Ok(_) if unchanged(port) && (port.len() == 1 || !port.starts_with('0')) => None,
-                Ok(p) => Some(format!("{host}:{p}")),
-                Err(_) if unchanged(port) => None,
-                Err(_) => Some(format!("{host}:{port}")),
+                Ok(p) if p == default_port => None,
+                Ok(_) => Some(port.trim_start_matches('0')).filter(|p| !p.is_empty()).or(Some("0")),
+                Err(_) => Some(port),
             },
-            Some(port) if unchanged(port) => None,
+            Some(port) => Some(port),
+        };
+        // both parts are the authority's own text: of its length, the
+        // normal form is the authority itself (most are), given back as it is
+        match port {
+            _ if host.len() + port.map_or(0, |p| p.len() + 1) == authority.len() => None,
             Some(port) => Some(format!("{host}:{port}")),
+            None => Some(host.to_string()),
         }
     };
     normalized.unwrap_or(authority)
